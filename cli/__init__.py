@@ -1,0 +1,1 @@
+"""The `orch` command line: manifests, output formatting, `orch up`."""

@@ -1,0 +1,69 @@
+"""Finding and calling the scheduler from the CLI.
+
+The address comes from --scheduler, then $ORCH_SCHEDULER, then the
+cluster.json of the default `orch up` state dir, then 127.0.0.1:7070.
+Several addresses (comma-separated) are tried in turn.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+from orch.v1 import api_pb2_grpc
+
+T = TypeVar("T")
+DEFAULT_STATE_DIR = Path(os.environ.get("ORCH_STATE_DIR") or Path.home() / ".local/state/orch/up")
+DEFAULT_ADDRESS = "127.0.0.1:7070"
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class CliError(Exception):
+    """A message for the user; the CLI prints it and exits 1."""
+
+
+def scheduler_addresses(option: str | None) -> list[str]:
+    raw = option or os.environ.get("ORCH_SCHEDULER", "")
+    if not raw:
+        cluster = DEFAULT_STATE_DIR / "cluster.json"
+        try:
+            raw = ",".join(json.loads(cluster.read_text())["schedulers"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raw = DEFAULT_ADDRESS
+    return [a.strip() for a in raw.split(",") if a.strip()]
+
+
+def describe_rpc_error(e: grpc.RpcError, address: str) -> str:
+    code: grpc.StatusCode = e.code()
+    details: str = e.details() or ""
+    if code in RETRYABLE:
+        hint = "is it running? (--scheduler, $ORCH_SCHEDULER)"
+        return f"cannot reach the scheduler at {address} ({code.name.lower()}); {hint}"
+    if code == grpc.StatusCode.NOT_FOUND:
+        return f"Error: {details}"
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return "Error: the scheduler rejected the request:\n  " + details.replace("; ", "\n  ")
+    return f"Error from scheduler ({code.name}): {details}"
+
+
+class Client:
+    def __init__(self, addresses: list[str], timeout: float = 10.0) -> None:
+        self.addresses = addresses
+        self.timeout = timeout
+
+    def call(self, fn: Callable[[api_pb2_grpc.OrchStub], T]) -> T:
+        """Run fn against each scheduler in turn until one answers."""
+        last = ""
+        for address in self.addresses:
+            with grpc.insecure_channel(address) as channel:
+                try:
+                    return fn(api_pb2_grpc.OrchStub(channel))
+                except grpc.RpcError as e:
+                    last = describe_rpc_error(e, address)
+                    if e.code() not in RETRYABLE:
+                        raise CliError(last) from None
+        raise CliError(last)

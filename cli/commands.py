@@ -1,0 +1,212 @@
+"""What each CLI command does, apart from argument parsing (main.py)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+from orch.quantity import QuantityError, parse_cpu, parse_memory
+from orch.v1 import api_pb2 as api
+from orch.v1 import types_pb2 as pb
+
+from cli.client import Client, CliError
+from cli.manifest import LoadedApp, load_manifests
+from cli.output import app_row, instance_row, node_row, render
+
+if TYPE_CHECKING:
+    from node.agent import AgentConfig
+
+PLURAL = {"app": "apps", "node": "nodes", "instance": "instances", "inst": "instances"}
+ACTIONS = {
+    api.APPLY_ACTION_CREATED: "created",
+    api.APPLY_ACTION_CONFIGURED: "configured",
+    api.APPLY_ACTION_UNCHANGED: "unchanged",
+}
+
+
+def plural(kind: str) -> str:
+    return PLURAL.get(kind, kind)
+
+
+def load(paths: Sequence[str]) -> list[LoadedApp]:
+    if not paths:
+        raise CliError("no manifest given")
+    return load_manifests(paths)
+
+
+def apply(c: Client, paths: Sequence[str], dry_run: bool, wait: bool, wait_timeout: float) -> None:
+    apps = load(paths)
+    req = api.ApplyRequest(apps=[a.spec for a in apps], dry_run=dry_run)
+    resp = c.call(lambda s: s.Apply(req, timeout=c.timeout))
+    suffix = " (dry run)" if dry_run else ""
+    for r in resp.results:
+        click.echo(f"app/{r.name} {ACTIONS.get(r.action, '?')}{suffix}")
+    if wait and not dry_run:
+        wait_ready(c, [r.name for r in resp.results], wait_timeout)
+
+
+def wait_ready(c: Client, names: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        infos = c.call(lambda s: s.ListApps(api.ListAppsRequest(), timeout=c.timeout)).apps
+        by_name = {i.app.spec.name: i for i in infos}
+        line = ", ".join(f"{n} {by_name[n].ready}/{by_name[n].app.spec.replicas} ready" for n in names if n in by_name)
+        if line != last:
+            click.echo(f"waiting: {line}", err=True)
+            last = line
+        if all(n in by_name and _settled(c, by_name[n]) for n in names):
+            click.echo("all replicas ready", err=True)
+            return
+        if time.monotonic() > deadline:
+            raise CliError(f"timed out after {timeout:.0f}s: {line}")
+        time.sleep(0.3)
+
+
+def _settled(c: Client, info: api.AppInfo) -> bool:
+    if info.ready != info.app.spec.replicas:
+        return False
+    insts = c.call(lambda s: s.ListInstances(api.ListInstancesRequest(app=info.app.spec.name), timeout=c.timeout))
+    live = [i for i in insts.instances if i.desired != pb.DESIRED_STATE_STOP]
+    return all(i.app_generation == info.app.generation for i in live)
+
+
+def rows(c: Client, kind: str, name: str | None, app: str | None, node: str | None) -> list[dict[str, object]]:
+    if kind == "apps":
+        apps = c.call(lambda s: s.ListApps(api.ListAppsRequest(), timeout=c.timeout)).apps
+        out = [app_row(a) for a in apps]
+    elif kind == "nodes":
+        out = [node_row(n) for n in c.call(lambda s: s.ListNodes(api.ListNodesRequest(), timeout=c.timeout)).nodes]
+    else:
+        req = api.ListInstancesRequest(app=app or "", node=node or "")
+        out = [instance_row(i) for i in c.call(lambda s: s.ListInstances(req, timeout=c.timeout)).instances]
+    if name:
+        out = [r for r in out if r["name"] == name]
+        if not out:
+            raise CliError(f'Error: {kind.rstrip("s")} "{name}" not found')
+    return out
+
+
+def get(c: Client, kind: str, name: str | None, fmt: str, app: str | None, node: str | None, watch: bool) -> None:
+    last = ""
+    while True:
+        text = render(kind, rows(c, kind, name, app, node), fmt)
+        if text != last:
+            click.echo(text)
+            last = text
+        if not watch:
+            return
+        time.sleep(1.0)
+        if fmt in ("table", "wide"):
+            click.echo()
+
+
+def describe(c: Client, kind: str, name: str) -> str:
+    row = rows(c, plural(kind), name, None, None)[0]
+    lines = [f"{k}: {_plain(v)}" for k, v in row.items()]
+    events = c.call(lambda s: s.ListEvents(api.ListEventsRequest(), timeout=c.timeout)).events
+    mine = [e for e in events if e.object == name or (kind == "app" and e.object.startswith(name + "-"))][-15:]
+    lines.append("events:" if mine else "events: <none>")
+    for e in mine:
+        lines.append(f"  {e.time.ToJsonString()}  {e.type:<7}  {e.reason:<14}  {e.object}: {e.message}")
+    return "\n".join(lines)
+
+
+def _plain(v: object) -> str:
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={x}" for k, x in v.items()) or "<none>"
+    return "<none>" if v is None else str(v)
+
+
+def delete(c: Client, names: list[str]) -> None:
+    for n in names:
+        c.call(lambda s, n=n: s.DeleteApp(api.DeleteAppRequest(name=n), timeout=c.timeout))  # type: ignore[misc]
+        click.echo(f"app/{n} deleted")
+
+
+def scale(c: Client, app: str, replicas: int) -> None:
+    c.call(lambda s: s.Scale(api.ScaleRequest(name=app, replicas=replicas), timeout=c.timeout))
+    click.echo(f"app/{app} scaled to {replicas}")
+
+
+def set_schedulable(c: Client, node: str, schedulable: bool) -> None:
+    req = api.SetSchedulableRequest(name=node, schedulable=schedulable)
+    c.call(lambda s: s.SetSchedulable(req, timeout=c.timeout))
+    click.echo(f"node/{node} {'uncordoned' if schedulable else 'cordoned'}")
+
+
+def events(c: Client, watch: bool, limit: int) -> None:
+    seen: set[tuple[int, str, str]] = set()
+    while True:
+        evs = c.call(lambda s: s.ListEvents(api.ListEventsRequest(limit=limit), timeout=c.timeout)).events
+        for e in evs:
+            key = (e.time.ToNanoseconds(), e.object, e.reason)
+            if key not in seen:
+                seen.add(key)
+                click.echo(
+                    f"{e.time.ToJsonString()}  {e.type:<7}  {e.kind:<8}  {e.object:<24}  {e.reason:<14}  {e.message}"
+                )
+        if not watch:
+            return
+        time.sleep(1.0)
+
+
+def parse_resources(text: str, what: str) -> pb.Resources | None:
+    if not text:
+        return None
+    res = pb.Resources()
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        try:
+            if key == "cpu" and sep:
+                res.cpu_millis = parse_cpu(value)
+            elif key == "memory" and sep:
+                res.memory_bytes = parse_memory(value)
+            elif key == "pids" and sep and value.isdigit():
+                res.pids = int(value)
+            else:
+                raise CliError(f'--{what}: "{item}" is not cpu=..., memory=... or pids=N')
+        except QuantityError as e:
+            raise CliError(f"--{what} {key}: {e}") from None
+    return res
+
+
+def parse_labels(labels: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in labels:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f'--label "{item}" is not KEY=VALUE')
+        out[key] = value
+    return out
+
+
+def agent_config(
+    name: str,
+    state_dir: Path,
+    schedulers: tuple[str, ...],
+    labels: Sequence[str],
+    capacity: str,
+    reserve: str,
+    bridge: str,
+    subnet: str,
+    metrics_listen: str,
+) -> AgentConfig:
+    from node.agent import AgentConfig
+
+    if bool(bridge) != bool(subnet):
+        raise CliError("--bridge and --subnet go together")
+    return AgentConfig(
+        name=name,
+        state_dir=state_dir.resolve(),
+        schedulers=schedulers,
+        labels=parse_labels(labels),
+        capacity=parse_resources(capacity, "capacity"),
+        reserve=parse_resources(reserve, "reserve") or pb.Resources(),
+        bridge=bridge,
+        subnet=subnet,
+        metrics_listen=metrics_listen,
+    )

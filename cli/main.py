@@ -1,0 +1,252 @@
+"""`orch`: kubectl-like commands against the scheduler, plus the entry points
+that run a scheduler (`orch scheduler`), an agent (`orch node`) or a whole
+local cluster (`orch up`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cli import commands
+from cli.client import Client, CliError, scheduler_addresses
+from cli.manifest import ManifestError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+OUTPUT = click.Choice(["table", "wide", "json", "yaml"])
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group(context_settings=CONTEXT)
+@click.option("--scheduler", "scheduler", metavar="ADDR[,ADDR...]", help="Scheduler address(es), tried in turn.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for each API call.")
+@click.pass_context
+def cli(ctx: click.Context, scheduler: str | None, timeout: float) -> None:
+    """orch: a small container orchestrator."""
+    ctx.obj = lambda: Client(scheduler_addresses(scheduler), timeout)
+
+
+def client(ctx: click.Context) -> Client:
+    c: Client = ctx.obj()
+    return c
+
+
+@cli.command()
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-f", "--filename", "more", multiple=True, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--dry-run", is_flag=True, help="Validate on the scheduler, store nothing.")
+@click.option("--wait", is_flag=True, help="Wait until every applied app has all replicas ready.")
+@click.option("--wait-timeout", default=300.0, show_default=True, help="Seconds --wait waits.")
+@click.pass_context
+def apply(
+    ctx: click.Context, files: tuple[str, ...], more: tuple[str, ...], dry_run: bool, wait: bool, wait_timeout: float
+) -> None:
+    """Create or update the apps in FILE(s) (multi-document YAML; - for stdin)."""
+    paths = list(files) + list(more)
+    if not paths:
+        raise CliError("apply needs a manifest file: orch apply app.yaml")
+    commands.apply(client(ctx), paths, dry_run=dry_run, wait=wait, wait_timeout=wait_timeout)
+
+
+@cli.command()
+@click.argument("kind", type=click.Choice(["apps", "app", "nodes", "node", "instances", "instance", "inst"]))
+@click.argument("name", required=False)
+@click.option("-o", "--output", "fmt", type=OUTPUT, default="table", show_default=True)
+@click.option("--app", "app", help="instances: only this app's.")
+@click.option("--node", "node", help="instances: only those on this node.")
+@click.option("-w", "--watch", is_flag=True, help="Print again whenever something changes.")
+@click.pass_context
+def get(
+    ctx: click.Context, kind: str, name: str | None, fmt: str, app: str | None, node: str | None, watch: bool
+) -> None:
+    """List apps, nodes or instances."""
+    commands.get(client(ctx), commands.plural(kind), name, fmt, app=app, node=node, watch=watch)
+
+
+@cli.command()
+@click.argument("kind", type=click.Choice(["app", "node", "instance"]))
+@click.argument("name")
+@click.pass_context
+def describe(ctx: click.Context, kind: str, name: str) -> None:
+    """Show one object in detail, with its recent events."""
+    click.echo(commands.describe(client(ctx), kind, name))
+
+
+@cli.command()
+@click.argument("args", nargs=-1, required=True)
+@click.option("-f", "--filename", "files", multiple=True, type=click.Path(dir_okay=False, allow_dash=True))
+@click.pass_context
+def delete(ctx: click.Context, args: tuple[str, ...], files: tuple[str, ...]) -> None:
+    """Delete apps: `orch delete app NAME...` or `orch delete FILE...`."""
+    if args and args[0] == "app":
+        names = list(args[1:])
+        if not names:
+            raise CliError("delete app needs a name: orch delete app NAME")
+    else:
+        names = [a.spec.name for a in commands.load(list(args) + list(files))]
+    commands.delete(client(ctx), names)
+
+
+@cli.command()
+@click.argument("app")
+@click.argument("replicas", type=click.IntRange(0, 10000))
+@click.pass_context
+def scale(ctx: click.Context, app: str, replicas: int) -> None:
+    """Set an app's replica count."""
+    commands.scale(client(ctx), app, replicas)
+
+
+@cli.command()
+@click.argument("node")
+@click.pass_context
+def cordon(ctx: click.Context, node: str) -> None:
+    """Mark a node unschedulable (its instances keep running)."""
+    commands.set_schedulable(client(ctx), node, False)
+
+
+@cli.command()
+@click.argument("node")
+@click.pass_context
+def uncordon(ctx: click.Context, node: str) -> None:
+    """Make a node schedulable again."""
+    commands.set_schedulable(client(ctx), node, True)
+
+
+@cli.command()
+@click.option("-w", "--watch", is_flag=True)
+@click.option("--limit", default=50, show_default=True)
+@click.pass_context
+def events(ctx: click.Context, watch: bool, limit: int) -> None:
+    """Recent scheduling decisions and node changes."""
+    commands.events(client(ctx), watch=watch, limit=limit)
+
+
+@cli.command()
+@click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 50))
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where etcd data, agent state and cluster.json go (default ~/.local/state/orch/up).",
+)
+@click.option("--port", default=7070, show_default=True, help="Scheduler port (0 = any free port).")
+@click.option("--lease-ttl", default=1, show_default=True, help="Node lease TTL in seconds.")
+@click.option("-v", "--verbose", is_flag=True)
+def up(nodes: int, state_dir: Path | None, port: int, lease_ttl: int, verbose: bool) -> None:
+    """Run a local cluster in the foreground: etcd, a scheduler and N agents. Ctrl-C stops it."""
+    from cli.up import run_cluster
+
+    setup_logging(verbose)
+    run_cluster(nodes=nodes, state_dir=state_dir, port=port, lease_ttl=lease_ttl)
+
+
+@cli.command("scheduler")
+@click.option("--listen", default="127.0.0.1:7070", show_default=True)
+@click.option("--etcd", default="127.0.0.1:2379", show_default=True, help="etcd endpoints, comma-separated.")
+@click.option("--prefix", default="/orch/", show_default=True)
+@click.option("--lease-ttl", default=1, show_default=True, help="Node lease TTL in seconds.")
+@click.option("--leader-ttl", default=2, show_default=True, help="Leader lease TTL in seconds.")
+@click.option("--metrics-listen", default="", help="host:port for /metrics.")
+@click.option("--id", "identity", default="", help="Name of this scheduler (default host-pid).")
+@click.option("-v", "--verbose", is_flag=True)
+def scheduler_cmd(
+    listen: str,
+    etcd: str,
+    prefix: str,
+    lease_ttl: int,
+    leader_ttl: int,
+    metrics_listen: str,
+    identity: str,
+    verbose: bool,
+) -> None:
+    """Run a scheduler (production entry point)."""
+    from scheduler.server import SchedulerConfig, main
+
+    setup_logging(verbose)
+    endpoints = tuple(e.strip() for e in etcd.split(",") if e.strip())
+    main(
+        SchedulerConfig(
+            listen=listen,
+            etcd=endpoints,
+            prefix=prefix,
+            lease_ttl=lease_ttl,
+            leader_ttl=leader_ttl,
+            metrics_listen=metrics_listen,
+            identity=identity,
+        )
+    )
+
+
+@cli.command("node")
+@click.option("--name", required=True, help="Node name (unique in the cluster).")
+@click.option("--state-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE")
+@click.option("--capacity", default="", metavar="cpu=2,memory=4Gi,pids=4096", help="Override detected capacity.")
+@click.option("--reserve", default="", metavar="cpu=100m,memory=256Mi", help="Kept back from allocatable.")
+@click.option("--bridge", default="", help="Bridge for container networking (empty: loopback only).")
+@click.option("--subnet", default="", help="This node's container subnet, e.g. 10.88.1.0/24.")
+@click.option("--metrics-listen", default="", help="host:port for /metrics.")
+@click.option("--cleanup", is_flag=True, help="Stop and remove every container and network of this node, then exit.")
+@click.option("-v", "--verbose", is_flag=True)
+@click.pass_context
+def node_cmd(
+    ctx: click.Context,
+    name: str,
+    state_dir: Path,
+    labels: tuple[str, ...],
+    capacity: str,
+    reserve: str,
+    bridge: str,
+    subnet: str,
+    metrics_listen: str,
+    cleanup: bool,
+    verbose: bool,
+) -> None:
+    """Run a node agent (production entry point)."""
+    from node.agent import cleanup as cleanup_node
+    from node.agent import main
+
+    setup_logging(verbose)
+    schedulers = tuple(scheduler_addresses(ctx.parent.params.get("scheduler") if ctx.parent else None))
+    config = commands.agent_config(
+        name, state_dir, schedulers, labels, capacity, reserve, bridge, subnet, metrics_listen
+    )
+    if cleanup:
+        cleanup_node(config)
+        return
+    main(config)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    try:
+        return cli.main(args=argv, prog_name="orch", standalone_mode=False)
+    except ManifestError as e:
+        click.echo("\n".join(e.problems), err=True)
+        click.echo("nothing was applied", err=True)
+        sys.exit(1)
+    except CliError as e:
+        click.echo(str(e), err=True)
+        sys.exit(1)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:  # a bug: say so in one line; ORCH_DEBUG=1 shows the traceback
+        if os.environ.get("ORCH_DEBUG"):
+            raise
+        click.echo(f"orch: internal error: {type(e).__name__}: {e} (ORCH_DEBUG=1 shows the traceback)", err=True)
+        sys.exit(2)

@@ -1,0 +1,154 @@
+"""Rendering API objects: stable camelCase JSON (scripts rely on it), YAML,
+and kubectl-like plain tables."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+from orch.quantity import format_cpu, format_memory
+from orch.v1 import api_pb2 as api
+from orch.v1 import types_pb2 as pb
+
+Row = dict[str, Any]
+
+
+def _enum(name: str, prefix: str) -> str:
+    """INSTANCE_STATE_NOT_READY -> NotReady."""
+    return "".join(part.capitalize() for part in name.removeprefix(prefix).split("_"))
+
+
+def _time(ts: Any) -> str | None:
+    if not ts.seconds and not ts.nanos:
+        return None
+    return str(ts.ToJsonString())
+
+
+def _resources(r: pb.Resources) -> Row:
+    return {"cpu": r.cpu_millis, "memory": r.memory_bytes, "pids": r.pids}
+
+
+def instance_row(i: pb.Instance) -> Row:
+    s = i.status
+    return {
+        "name": i.name,
+        "app": i.app,
+        "node": i.node or None,
+        "state": _enum(pb.InstanceState.Name(s.state), "INSTANCE_STATE_"),
+        "reason": s.reason or None,
+        "message": s.message or None,
+        "exitCode": s.exit_code if s.has_exit_code else None,
+        "restarts": s.restarts,
+        "ip": s.ip or None,
+        "startedAt": _time(s.started_at),
+        "ready": s.ready,
+        "desired": "Stop" if i.desired == pb.DESIRED_STATE_STOP else "Run",
+        "generation": i.app_generation,
+        "image": i.spec.image,
+        "createdAt": _time(i.created_at),
+    }
+
+
+def node_row(n: api.NodeInfo) -> Row:
+    node = n.node
+    ready = n.state == api.NODE_STATE_READY
+    return {
+        "name": node.name,
+        "state": "Ready" if ready else "NotReady",
+        "schedulable": not (node.unschedulable or node.draining),
+        "labels": dict(sorted(node.labels.items())),
+        "capacity": _resources(node.capacity),
+        "allocatable": _resources(node.allocatable),
+        "allocated": _resources(n.allocated),
+        "instances": n.instances,
+        "address": node.address or None,
+        "version": node.version or None,
+    }
+
+
+def app_row(a: api.AppInfo) -> Row:
+    spec = a.app.spec
+    return {
+        "name": spec.name,
+        "replicas": spec.replicas,
+        "ready": a.ready,
+        "running": a.running,
+        "pending": a.pending,
+        "image": spec.image,
+        "generation": a.app.generation,
+        "labels": dict(sorted(spec.labels.items())),
+        "createdAt": _time(a.app.created_at),
+    }
+
+
+def age(iso: str | None, now: float | None = None) -> str:
+    if not iso:
+        return "-"
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    t = Timestamp()
+    t.FromJsonString(iso)
+    secs = int((now or time.time()) - t.seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs // size}{unit}"
+    return f"{max(secs, 0)}s"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+
+
+def instance_table(rows: list[Row], wide: bool) -> str:
+    headers = ["NAME", "APP", "NODE", "STATE", "REASON", "RESTARTS", "IP", "AGE"]
+    if wide:
+        headers += ["EXIT", "READY", "GEN", "MESSAGE"]
+    out = []
+    for r in rows:
+        line = [r["name"], r["app"], r["node"], r["state"], r["reason"], r["restarts"], r["ip"], age(r["startedAt"])]
+        if wide:
+            line += [r["exitCode"], r["ready"], r["generation"], r["message"]]
+        out.append(line)
+    return table(headers, out)
+
+
+def node_table(rows: list[Row], wide: bool) -> str:
+    headers = ["NAME", "STATE", "SCHEDULABLE", "INSTANCES", "CPU", "MEMORY"]
+    if wide:
+        headers += ["ADDRESS", "LABELS"]
+    out = []
+    for r in rows:
+        cpu = f"{format_cpu(r['allocated']['cpu'])}/{format_cpu(r['allocatable']['cpu'])}"
+        mem = f"{format_memory(r['allocated']['memory'])}/{format_memory(r['allocatable']['memory'])}"
+        line = [r["name"], r["state"], r["schedulable"], r["instances"], cpu, mem]
+        if wide:
+            line += [r["address"], ",".join(f"{k}={v}" for k, v in r["labels"].items()) or None]
+        out.append(line)
+    return table(headers, out)
+
+
+def app_table(rows: list[Row], wide: bool) -> str:
+    headers = ["NAME", "READY", "RUNNING", "PENDING", "GENERATION", "IMAGE"]
+    out = [
+        [r["name"], f"{r['ready']}/{r['replicas']}", r["running"], r["pending"], r["generation"], r["image"]]
+        for r in rows
+    ]
+    return table(headers, out)
+
+
+TABLES = {"instances": instance_table, "nodes": node_table, "apps": app_table}
+
+
+def render(kind: str, rows: list[Row], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+    if fmt == "yaml":
+        return yaml.safe_dump(rows, sort_keys=False).rstrip()
+    if not rows:
+        return f"No {kind} found."
+    return TABLES[kind](rows, fmt == "wide")

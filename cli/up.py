@@ -1,0 +1,209 @@
+"""`orch up`: a local cluster of the production shape in the foreground:
+one etcd, one scheduler, N agents, each a separate process, all on
+loopback. Ctrl-C or SIGTERM stops everything and removes what it made."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import json
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cli.client import DEFAULT_STATE_DIR, CliError
+
+log = logging.getLogger("orch.up")
+ETCD = "etcd"
+
+
+@dataclass
+class Proc:
+    role: str
+    node: str | None
+    argv: list[str]
+    metricsUrl: str | None
+    pid: int = 0
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: object, what: str, timeout: float, proc: Proc) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.popen is not None
+        if proc.popen.poll() is not None:
+            raise CliError(f"{what}: process exited with code {proc.popen.returncode}; see its log")
+        with contextlib.suppress(OSError, ValueError):
+            if check():  # type: ignore[operator]
+                return
+        time.sleep(0.05)
+    raise CliError(f"{what}: not ready after {timeout:.0f}s")
+
+
+def http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=1) as r:
+        return bool(r.status == 200)
+
+
+def tcp_open(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+
+
+class Cluster:
+    def __init__(self, state_dir: Path, nodes: int, port: int, lease_ttl: int, cidr: str) -> None:
+        self.dir = state_dir.resolve()
+        self.nodes = nodes
+        self.port = port or free_port()
+        self.lease_ttl = lease_ttl
+        self.cidr = ipaddress.ip_network(cidr)
+        self.procs: list[Proc] = []
+        # Bridge names must be unique per cluster on this host and ≤ 15 chars.
+        self.cluster_id = hashlib.sha256(str(self.dir).encode()).hexdigest()[:4]
+        self.etcd_endpoint = ""
+
+    def node_name(self, i: int) -> str:
+        return f"node-{i}"
+
+    def _spawn(self, proc: Proc, logfile: Path) -> Proc:
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        with open(logfile, "ab") as out:
+            proc.popen = subprocess.Popen(proc.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc.pid = proc.popen.pid
+        self.procs.append(proc)
+        return proc
+
+    def start_etcd(self) -> None:
+        if shutil.which(ETCD) is None:
+            raise CliError("etcd not found on PATH: install Debian's etcd-server (make demo does)")
+        client, peer = free_port(), free_port()
+        self.etcd_endpoint = f"http://127.0.0.1:{client}"
+        argv = [ETCD, "--name", "up", "--data-dir", str(self.dir / "etcd"),
+                "--listen-client-urls", self.etcd_endpoint, "--advertise-client-urls", self.etcd_endpoint,
+                "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                "--initial-cluster", f"up=http://127.0.0.1:{peer}", "--initial-cluster-state", "new",
+                # 1 s node leases need an election timeout below 667 ms (etcd raises smaller TTLs).
+                "--heartbeat-interval", "50", "--election-timeout", "500",
+                "--logger", "zap", "--log-outputs", str(self.dir / "logs" / "etcd.log")]  # fmt: skip
+        proc = self._spawn(Proc("etcd", None, argv, f"{self.etcd_endpoint}/metrics"), self.dir / "logs" / "etcd.out")
+        wait_until(lambda: http_ok(f"{self.etcd_endpoint}/health"), "etcd", 15, proc)
+
+    def orch(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "cli", *args]
+
+    def start_scheduler(self) -> None:
+        metrics = free_port()
+        argv = self.orch("scheduler", "--listen", f"127.0.0.1:{self.port}", "--etcd", self.etcd_endpoint,
+                         "--lease-ttl", str(self.lease_ttl), "--metrics-listen", f"127.0.0.1:{metrics}",
+                         "--id", "scheduler-0")  # fmt: skip
+        proc = self._spawn(Proc("scheduler", None, argv, f"http://127.0.0.1:{metrics}/metrics"),
+                           self.dir / "logs" / "scheduler.log")  # fmt: skip
+        wait_until(lambda: tcp_open(self.port), "scheduler", 15, proc)
+
+    def agent_args(self, i: int) -> list[str]:
+        name = self.node_name(i)
+        subnet = list(self.cidr.subnets(new_prefix=24))[i]
+        return ["--name", name, "--state-dir", str(self.dir / "nodes" / name),
+                "--bridge", f"orch{self.cluster_id}n{i}", "--subnet", str(subnet)]  # fmt: skip
+
+    def start_agent(self, i: int) -> None:
+        metrics = free_port()
+        name = self.node_name(i)
+        argv = self.orch("--scheduler", f"127.0.0.1:{self.port}", "node", *self.agent_args(i),
+                         "--label", f"zone=zone-{i % 3}", "--metrics-listen", f"127.0.0.1:{metrics}")  # fmt: skip
+        proc = self._spawn(Proc("agent", name, argv, f"http://127.0.0.1:{metrics}/metrics"),
+                           self.dir / "logs" / f"{name}.log")  # fmt: skip
+        wait_until(lambda: tcp_open(metrics), f"agent {name}", 15, proc)
+
+    def write_cluster_json(self) -> None:
+        doc = {
+            "schedulers": [f"127.0.0.1:{self.port}"],
+            "etcd": [self.etcd_endpoint],
+            "stateDir": str(self.dir),
+            "processes": [
+                {"role": p.role, "node": p.node, "pid": p.pid, "argv": p.argv, "metricsUrl": p.metricsUrl}
+                for p in self.procs
+            ],
+        }
+        tmp = self.dir / "cluster.json.tmp"
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        tmp.replace(self.dir / "cluster.json")
+
+    def stop(self) -> None:
+        """Agents and scheduler first (SIGTERM), then every container and network, then etcd."""
+        for role in ("agent", "scheduler", "etcd"):
+            group = [p for p in self.procs if p.role == role and p.popen is not None]
+            for p in group:
+                with contextlib.suppress(ProcessLookupError):
+                    p.popen.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            for p in group:
+                try:
+                    p.popen.wait(timeout=10)  # type: ignore[union-attr]
+                except subprocess.TimeoutExpired:
+                    p.popen.kill()  # type: ignore[union-attr]
+                    p.popen.wait()  # type: ignore[union-attr]
+            if role == "agent":
+                self.cleanup_nodes()
+        for name in ("cluster.json", "etcd", "nodes"):
+            path = self.dir / name
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+    def cleanup_nodes(self) -> None:
+        # Agents leave containers running on exit (so restarts adopt them); the
+        # cluster going away is the one time they must all go.
+        for i in range(self.nodes):
+            argv = self.orch("node", *self.agent_args(i), "--cleanup")
+            result = subprocess.run(argv, capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                log.error("cleanup of %s failed: %s", self.node_name(i), result.stderr.strip())
+
+
+def run_cluster(nodes: int, state_dir: Path | None, port: int, lease_ttl: int, cidr: str = "10.88.0.0/16") -> None:
+    cluster = Cluster(state_dir or DEFAULT_STATE_DIR, nodes, port, lease_ttl, cidr)
+    if (cluster.dir / "cluster.json").exists():
+        raise CliError(f"{cluster.dir / 'cluster.json'} exists: is another `orch up` running there?")
+    cluster.dir.mkdir(parents=True, exist_ok=True)
+    stopping = False
+
+    def on_signal(signum: int, _: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        cluster.start_etcd()
+        cluster.start_scheduler()
+        for i in range(nodes):
+            cluster.start_agent(i)
+        cluster.write_cluster_json()
+        print(f"orch up: {nodes} node(s), scheduler 127.0.0.1:{cluster.port}, state in {cluster.dir}", flush=True)
+        print(f"  export ORCH_SCHEDULER=127.0.0.1:{cluster.port}; Ctrl-C stops the cluster", flush=True)
+        reported: set[int] = set()
+        while not stopping:
+            for p in cluster.procs:
+                if p.popen is not None and p.popen.poll() is not None and p.pid not in reported:
+                    reported.add(p.pid)
+                    log.warning("%s %s (pid %d) exited with %s", p.role, p.node or "", p.pid, p.popen.returncode)
+            time.sleep(0.2)
+    finally:
+        print("orch up: stopping", flush=True)
+        cluster.stop()

@@ -1,0 +1,153 @@
+"""The node agent: wires session, workers, runtime and network together.
+
+Level-triggered: every desired set is diffed against the workers, removed
+ones are stopped first, then added ones are started. Containers found at
+start-up (the agent was restarted) are adopted, not restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orch.v1 import agent_pb2 as apb
+from orch.v1 import types_pb2 as pb
+from prometheus_client import start_http_server
+
+from node.capacity import host_capacity, minus_reserve
+from node.images import rootfs_for
+from node.metrics import NodeMetrics
+from node.network import NetworkConfig, NodeNetwork
+from node.reconcile import diff
+from node.runtime import ContainerState, Runtime
+from node.session import Session
+from node.worker import InstanceWorker, WorkerDeps
+
+log = logging.getLogger(__name__)
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    name: str
+    state_dir: Path
+    schedulers: tuple[str, ...] = ("127.0.0.1:7070",)
+    labels: dict[str, str] = field(default_factory=dict)
+    capacity: pb.Resources | None = None  # None: what the host has
+    reserve: pb.Resources = field(default_factory=pb.Resources)
+    bridge: str = ""  # empty: containers get only a loopback network namespace
+    subnet: str = ""
+    metrics_listen: str = ""  # host:port
+
+    @property
+    def cgroup_parent(self) -> str:
+        return f"orch/{self.name}"
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.runtime = Runtime(config.state_dir / "containers", config.cgroup_parent)
+        self.network = (
+            NodeNetwork(NetworkConfig(config.bridge, config.subnet, config.state_dir / "ipam"))
+            if config.bridge
+            else None
+        )
+        self.metrics = NodeMetrics(config.name)
+        self.workers: dict[str, InstanceWorker] = {}
+        self._adoptable: dict[str, ContainerState] = {}
+        log_dir = config.state_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self._deps = WorkerDeps(self.runtime, self.network, rootfs_for, log_dir, self._report)
+        self.session = Session(config.schedulers, self._register, self._full_report, self.apply_desired)
+        self._apply_lock = asyncio.Lock()
+
+    def _register(self, lease_id: int) -> apb.Register:
+        capacity = self.config.capacity or host_capacity()
+        return apb.Register(
+            node=self.config.name,
+            address=self.config.metrics_listen,
+            capacity=capacity,
+            allocatable=minus_reserve(capacity, self.config.reserve),
+            labels=self.config.labels,
+            version=VERSION,
+            lease_id=lease_id,
+        )
+
+    def _report(self, inst: pb.Instance, status: pb.InstanceStatus) -> None:
+        self.metrics.observe(status)
+        report = apb.StatusReport(instances=[apb.InstanceReport(name=inst.name, app=inst.app, status=status)])
+        self.session.send_status(report)
+
+    def _full_report(self) -> apb.StatusReport:
+        return apb.StatusReport(
+            instances=[
+                apb.InstanceReport(name=name, app=w.instance.app, status=w.status) for name, w in self.workers.items()
+            ],
+            full=True,
+        )
+
+    async def apply_desired(self, desired: apb.DesiredSet) -> None:
+        async with self._apply_lock:
+            d = diff(desired.instances, self.workers)
+            for name in d.removed:
+                self.workers[name].request_stop()
+            for name in d.removed:
+                task = self.workers[name].task
+                if task is not None:
+                    await asyncio.wait({task})
+                self.workers.pop(name, None)
+            for inst in d.added:
+                worker = InstanceWorker(inst, self._deps, adopted=self._adoptable.pop(inst.name, None))
+                self.workers[inst.name] = worker
+                worker.start()
+            await self._stop_unclaimed()
+            self.metrics.instances.set(len(self.workers))
+
+    async def _stop_unclaimed(self) -> None:
+        """Containers from before a restart that the scheduler no longer wants."""
+        for name in list(self._adoptable):
+            self._adoptable.pop(name)
+            log.info("removing container %s: not in the desired set", name)
+            await asyncio.to_thread(self.runtime.stop, name, 2.0)
+            await asyncio.to_thread(self.runtime.remove, name)
+            if self.network is not None:
+                await asyncio.to_thread(self.network.detach, name)
+
+    async def run(self) -> None:
+        if self.network is not None:
+            await asyncio.to_thread(self.network.ensure_bridge)
+        self._adoptable = {s.id: s for s in await asyncio.to_thread(self.runtime.list)}
+        if self._adoptable:
+            log.info("found %d containers from a previous run", len(self._adoptable))
+        if self.config.metrics_listen:
+            host, _, port = self.config.metrics_listen.rpartition(":")
+            start_http_server(int(port), addr=host or "127.0.0.1", registry=self.metrics.registry)
+        await self.session.run()
+
+
+def cleanup(config: AgentConfig) -> None:
+    """Stop and remove every container and network object this node created."""
+    Runtime(config.state_dir / "containers", config.cgroup_parent).cleanup_all()
+    if config.bridge:
+        NodeNetwork(NetworkConfig(config.bridge, config.subnet, config.state_dir / "ipam")).teardown()
+
+
+def main(config: AgentConfig) -> None:
+    async def run() -> None:
+        agent = Agent(config)
+        task = asyncio.create_task(agent.run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        # Containers keep running on purpose: an agent restart must not
+        # restart workloads (the next agent adopts them).
+        log.info("agent %s stopped; %d containers left running", config.name, len(agent.workers))
+
+    asyncio.run(run())

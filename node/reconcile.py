@@ -1,0 +1,24 @@
+"""Pure diff of the desired set against the workers the agent has."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from orch.v1 import types_pb2 as pb
+
+
+@dataclass(frozen=True, slots=True)
+class Diff:
+    added: tuple[pb.Instance, ...]
+    removed: tuple[str, ...]
+    unchanged: tuple[str, ...]
+
+
+def diff(desired: Iterable[pb.Instance], actual: Mapping[str, object]) -> Diff:
+    want = {i.name: i for i in desired}
+    return Diff(
+        added=tuple(want[n] for n in sorted(want) if n not in actual),
+        removed=tuple(sorted(n for n in actual if n not in want)),
+        unchanged=tuple(sorted(n for n in want if n in actual)),
+    )

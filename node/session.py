@@ -1,0 +1,97 @@
+"""The agent's stream to a scheduler: register, heartbeat, report status,
+receive desired sets. Reconnects with capped, jittered backoff and tries
+the scheduler addresses in turn."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+import grpc
+from orch.v1 import agent_pb2 as apb
+from orch.v1 import agent_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MIN = 0.1
+BACKOFF_MAX = 3.0
+
+
+class Session:
+    def __init__(
+        self,
+        schedulers: Sequence[str],
+        register: Callable[[int], apb.Register],
+        full_report: Callable[[], apb.StatusReport],
+        on_desired: Callable[[apb.DesiredSet], Awaitable[None]],
+    ) -> None:
+        self._schedulers = list(schedulers)
+        self._register = register
+        self._full_report = full_report
+        self._on_desired = on_desired
+        self._outbox: asyncio.Queue[apb.AgentMessage] | None = None
+        self.lease_id = 0
+        self.observed_generation = 0
+        self.connected = asyncio.Event()
+
+    def send_status(self, report: apb.StatusReport) -> None:
+        """Queue a report; dropped while disconnected (a full report follows on reconnect)."""
+        if self._outbox is not None:
+            self._outbox.put_nowait(apb.AgentMessage(status=report))
+
+    async def run(self) -> None:
+        delay = BACKOFF_MIN
+        attempt = 0
+        while True:
+            target = self._schedulers[attempt % len(self._schedulers)]
+            attempt += 1
+            try:
+                await self._session(target)
+                delay = BACKOFF_MIN  # a session that worked resets the backoff
+            except grpc.aio.AioRpcError as e:
+                log.warning("scheduler %s: %s %s", target, e.code().name, e.details())
+            except (OSError, ConnectionError) as e:
+                log.warning("scheduler %s: %s", target, e)
+            finally:
+                self.connected.clear()
+                self._outbox = None
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(BACKOFF_MAX, delay * 2)
+
+    async def _session(self, target: str) -> None:
+        outbox: asyncio.Queue[apb.AgentMessage] = asyncio.Queue()
+        outbox.put_nowait(apb.AgentMessage(register=self._register(self.lease_id)))
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = agent_pb2_grpc.AgentSessionStub(channel)
+            call = stub.Session(_drain(outbox))
+            heartbeat: asyncio.Task[None] | None = None
+            try:
+                async for msg in call:
+                    kind = msg.WhichOneof("msg")
+                    if kind == "registered":
+                        self.lease_id = msg.registered.lease_id
+                        self._outbox = outbox
+                        outbox.put_nowait(apb.AgentMessage(status=self._full_report()))
+                        interval = msg.registered.heartbeat_interval_ms / 1000
+                        heartbeat = asyncio.create_task(self._heartbeat(outbox, interval))
+                        self.connected.set()
+                        log.info("connected to scheduler %s (lease %x)", target, self.lease_id)
+                    elif kind == "desired":
+                        self.observed_generation = msg.desired.generation
+                        await self._on_desired(msg.desired)
+            finally:
+                if heartbeat is not None:
+                    heartbeat.cancel()
+                call.cancel()
+
+    async def _heartbeat(self, outbox: asyncio.Queue[apb.AgentMessage], interval: float) -> None:
+        while True:
+            outbox.put_nowait(apb.AgentMessage(heartbeat=apb.Heartbeat(observed_generation=self.observed_generation)))
+            await asyncio.sleep(interval)
+
+
+async def _drain(outbox: asyncio.Queue[apb.AgentMessage]) -> AsyncIterator[apb.AgentMessage]:
+    while True:
+        yield await outbox.get()

@@ -1,0 +1,225 @@
+"""One asyncio task per instance: start → wait for exit → restart per policy
+→ stop. A stop request is never overwritten by later updates.
+
+Blocking runtime and network calls run in threads; the wait for an exit is
+a pidfd registered with the event loop, so an idle instance costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from orch.v1 import types_pb2 as pb
+
+from node.network import NetworkError, NodeNetwork
+from node.restarts import RestartTracker
+from node.runtime import ContainerConfig, ContainerError, ContainerState, ContainerStatus, Runtime
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[pb.Instance, pb.InstanceStatus], None]
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerDeps:
+    runtime: Runtime
+    network: NodeNetwork | None
+    rootfs_for: Callable[[str], Path]  # image reference -> read-only root directory
+    log_dir: Path
+    report: Report
+
+
+def container_config(inst: pb.Instance, rootfs: Path, log_dir: Path, network: bool) -> ContainerConfig:
+    spec = inst.spec
+    env = dict(spec.env)
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.setdefault("HOSTNAME", inst.name)
+    return ContainerConfig(
+        id=inst.name,
+        rootfs=rootfs,
+        argv=(*spec.command, *spec.args) or ("/bin/sh",),
+        env=env,
+        log_path=log_dir / f"{inst.name}.log",
+        hostname=inst.name,
+        working_dir=spec.working_dir or "/",
+        cpu_millis=spec.resources.cpu_millis,
+        memory_bytes=spec.resources.memory_bytes,
+        pids=spec.resources.pids,
+        network=network,
+    )
+
+
+def exit_status(state: ContainerState, restarts: int) -> pb.InstanceStatus:
+    code = state.exit_code if state.exit_code is not None else -1
+    status = pb.InstanceStatus(
+        state=pb.INSTANCE_STATE_SUCCEEDED if code == 0 else pb.INSTANCE_STATE_FAILED,
+        reason=state.reason or ("Completed" if code == 0 else "Error"),
+        message=state.message,
+        exit_code=code,
+        has_exit_code=True,
+        restarts=restarts,
+    )
+    if state.finished_at:
+        status.finished_at.FromNanoseconds(int(state.finished_at * 1e9))
+    return status
+
+
+class InstanceWorker:
+    def __init__(self, inst: pb.Instance, deps: WorkerDeps, adopted: ContainerState | None = None) -> None:
+        self.instance = inst
+        self._deps = deps
+        self._adopted = adopted
+        self._stop = asyncio.Event()
+        self._tracker = RestartTracker(inst.spec.restart_policy)
+        self.status = pb.InstanceStatus(state=pb.INSTANCE_STATE_STARTING)
+        self.ip = ""
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"worker-{self.instance.name}")
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _set(self, status: pb.InstanceStatus) -> None:
+        status.ip = status.ip or self.ip
+        status.restarts = self._tracker.restarts
+        self.status = status
+        self._deps.report(self.instance, status)
+
+    async def _run(self) -> None:
+        state = self._adopted  # a container found running (or exited) after an agent restart
+        try:
+            while not self._stop.is_set():
+                if state is None:
+                    state = await self._start()
+                    continue  # None after a failed start and its backoff
+                if state.status == ContainerStatus.RUNNING:
+                    self._set(self._running_status(state))
+                    state = await self._wait_exit(state)
+                    if state is None:
+                        break  # stop requested
+                if not await self._after_exit(state):
+                    await self._stop.wait()  # finished for good; keep it until told to remove it
+                state = None
+        except Exception:
+            log.exception("instance %s: worker failed", self.instance.name)
+            self._set(pb.InstanceStatus(state=pb.INSTANCE_STATE_FAILED, reason="AgentError", message="see agent log"))
+            await self._stop.wait()
+        finally:
+            if self._stop.is_set():
+                await self._teardown()
+
+    async def _start(self) -> ContainerState | None:
+        inst = self.instance
+        self._set(pb.InstanceStatus(state=pb.INSTANCE_STATE_STARTING))
+        try:
+            rootfs = self._deps.rootfs_for(inst.spec.image)
+            config = container_config(inst, rootfs, self._deps.log_dir, self._deps.network is not None)
+            await asyncio.to_thread(self._deps.runtime.remove, inst.name)  # a previous run's leftovers
+            return await asyncio.to_thread(self._deps.runtime.start, config, self._on_netns)
+        except (ContainerError, NetworkError, OSError, ValueError) as e:
+            log.warning("instance %s: start failed: %s", inst.name, e)
+            self._set(pb.InstanceStatus(state=pb.INSTANCE_STATE_FAILED, reason="StartError", message=str(e)))
+            return await self._backoff_or_none(1)
+
+    async def _backoff_or_none(self, code: int) -> ContainerState | None:
+        decision = self._tracker.next(code, 0.0)
+        if not decision.restart:
+            await self._stop.wait()
+            return None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=max(decision.delay, 0.5))
+        return None
+
+    def _on_netns(self, pid: int) -> None:
+        if self._deps.network is not None:
+            self.ip = self._deps.network.attach(self.instance.name, pid).ip
+
+    def _running_status(self, state: ContainerState) -> pb.InstanceStatus:
+        status = pb.InstanceStatus(state=pb.INSTANCE_STATE_RUNNING, pid=state.pid or 0, ip=self.ip)
+        # Without a readiness probe, running is ready (probes come with rollouts).
+        status.ready = not self.instance.spec.HasField("readiness")
+        if state.started_at:
+            status.started_at.FromNanoseconds(int(state.started_at * 1e9))
+        return status
+
+    async def _wait_exit(self, state: ContainerState) -> ContainerState | None:
+        """Until the container ends (its state) or a stop is requested (None)."""
+        name = self.instance.name
+        try:
+            fd = self._deps.runtime.exit_fd(name)
+        except ContainerError:
+            return self._deps.runtime.state(name)
+        exited = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_reader(fd, exited.set)
+        try:
+            stop = asyncio.create_task(self._stop.wait())
+            done = asyncio.create_task(exited.wait())
+            await asyncio.wait({stop, done}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            done.cancel()
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+        if self._stop.is_set():
+            return None
+        return await self._final_state(name)
+
+    async def _final_state(self, name: str) -> ContainerState:
+        # The supervisor writes the exit record right before it ends; allow it a moment.
+        for _ in range(50):
+            state = await asyncio.to_thread(self._deps.runtime.state, name)
+            if state.status == ContainerStatus.EXITED:
+                return state
+            await asyncio.sleep(0.02)
+        return state
+
+    async def _after_exit(self, state: ContainerState) -> bool:
+        """Report the exit; wait out the backoff. False: do not restart."""
+        code = state.exit_code if state.exit_code is not None else -1
+        ran_for = (state.finished_at or time.time()) - (state.started_at or time.time())
+        decision = self._tracker.next(code, ran_for)
+        status = exit_status(state, self._tracker.restarts)
+        if not decision.restart:
+            self._set(status)
+            return False
+        if decision.delay > 0:
+            status.reason = "CrashLoopBackOff"
+            status.message = f"exit code {code}; restarting in {decision.delay:.1f}s"
+        self._set(status)
+        if self._deps.network is not None:
+            await asyncio.to_thread(self._deps.network.detach, self.instance.name)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=decision.delay)
+        return True
+
+    async def _teardown(self) -> None:
+        """Stop and remove the container, free its address, report Stopped."""
+        name = self.instance.name
+        grace = (self.instance.spec.stop_grace_period_ms or 10_000) / 1000
+        try:
+            state = await asyncio.to_thread(self._deps.runtime.stop, name, grace)
+            await asyncio.to_thread(self._deps.runtime.remove, name)
+        except ContainerError as e:
+            log.warning("instance %s: stop failed: %s", name, e)
+            state = None
+        if self._deps.network is not None:
+            try:
+                await asyncio.to_thread(self._deps.network.detach, name)
+            except NetworkError as e:
+                log.warning("instance %s: detach failed: %s", name, e)
+        status = pb.InstanceStatus(state=pb.INSTANCE_STATE_STOPPED, reason="Stopped")
+        if state is not None and state.exit_code is not None:
+            status.exit_code = state.exit_code
+            status.has_exit_code = True
+        self._set(status)

@@ -1,0 +1,260 @@
+"""The user-facing gRPC service. Translates our errors into gRPC status
+codes at this edge; reads come from one consistent snapshot."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+from orch.v1 import api_pb2 as api
+from orch.v1 import api_pb2_grpc
+from orch.v1 import types_pb2 as pb
+from orch.validation import normalize_app_spec, validate_app_spec
+
+from scheduler.errors import Conflict, InvalidRequest, NotFound, SchedulerError, StoreUnavailable
+from scheduler.events import EventLog
+from scheduler.placement import node_views
+from scheduler.reconcile import is_ready
+from scheduler.snapshot import ClusterSnapshot, wants_to_run
+from scheduler.store import Delete, Put, Store
+from scheduler.timeutil import ts
+
+T = TypeVar("T")
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+STATUS_OF: dict[type[SchedulerError], grpc.StatusCode] = {
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    Conflict: grpc.StatusCode.ABORTED,
+    StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def runtime_part(spec: pb.AppSpec) -> bytes:
+    """What instances run: the spec without replicas and labels (changing those rolls nothing)."""
+    copy = pb.AppSpec()
+    copy.CopyFrom(spec)
+    copy.ClearField("replicas")
+    copy.ClearField("labels")
+    return copy.SerializeToString(deterministic=True)
+
+
+def app_info(snap: ClusterSnapshot, app: pb.App) -> api.AppInfo:
+    insts = [v.value for v in snap.instances_of(app.spec.name) if wants_to_run(v.value)]
+    return api.AppInfo(
+        app=app,
+        running=sum(1 for i in insts if i.status.state == pb.INSTANCE_STATE_RUNNING),
+        ready=sum(1 for i in insts if is_ready(i)),
+        pending=sum(1 for i in insts if i.status.state == pb.INSTANCE_STATE_PENDING),
+    )
+
+
+def node_infos(snap: ClusterSnapshot) -> list[api.NodeInfo]:
+    views = node_views(snap)
+    out = []
+    for name in sorted(snap.nodes):
+        view = views[name]
+        out.append(
+            api.NodeInfo(
+                node=snap.nodes[name].value,
+                state=api.NODE_STATE_READY if snap.is_ready(name) else api.NODE_STATE_NOT_READY,
+                allocated=pb.Resources(cpu_millis=view.cpu, memory_bytes=view.memory, pids=view.pids),
+                instances=view.total,
+            )
+        )
+    return out
+
+
+class OrchService(api_pb2_grpc.OrchServicer):
+    def __init__(self, store: Store, events: EventLog, on_change: Callable[[], None] = lambda: None) -> None:
+        self._store = store
+        self._events = events
+        self._on_change = on_change
+
+    async def _call(self, context: Ctx, fn: Callable[[], T]) -> T:
+        try:
+            return await asyncio.to_thread(fn)
+        except SchedulerError as e:
+            code = next((c for cls, c in STATUS_OF.items() if isinstance(e, cls)), grpc.StatusCode.INTERNAL)
+            await context.abort(code, str(e))
+            raise  # unreachable: abort raises
+
+    async def Apply(self, request: api.ApplyRequest, context: Ctx) -> api.ApplyResponse:
+        return await self._call(context, lambda: self._apply(request))
+
+    def _apply(self, request: api.ApplyRequest) -> api.ApplyResponse:
+        specs = [normalize_app_spec(s) for s in request.apps]
+        problems = [
+            f"app {s.name or '#' + str(i)}: {e.path}: {e.message}"
+            for i, s in enumerate(specs)
+            for e in validate_app_spec(s)
+        ]
+        names = [s.name for s in specs]
+        problems += [f'app "{n}" appears more than once' for n in sorted({n for n in names if names.count(n) > 1})]
+        if problems:
+            raise InvalidRequest(problems)
+        now = time.time()
+        writes: list[Put | Delete] = []
+        results = []
+        for spec in specs:
+            key = self._store.keys.app(spec.name)
+            existing = self._store.get(pb.App, key)
+            action, app = self._next_app(existing.value if existing else None, spec, now)
+            results.append(api.ApplyResult(name=spec.name, action=action, generation=app.generation))
+            if action != api.APPLY_ACTION_UNCHANGED:
+                writes.append(Put(key, app, existing.mod_revision if existing else 0))
+        if writes and not request.dry_run:
+            self._store.commit(writes)  # one transaction: all apps or none (up to 128)
+            self._events.record(
+                [
+                    pb.Event(
+                        time=ts(now),
+                        type="Normal",
+                        kind="App",
+                        object=r.name,
+                        reason="Applied",
+                        message=f"{api.ApplyAction.Name(r.action).removeprefix('APPLY_ACTION_').lower()}, "
+                        f"generation {r.generation}",
+                    )
+                    for r in results
+                    if r.action != api.APPLY_ACTION_UNCHANGED
+                ]
+            )
+            self._on_change()
+        return api.ApplyResponse(results=results)
+
+    @staticmethod
+    def _next_app(current: pb.App | None, spec: pb.AppSpec, now: float) -> tuple[api.ApplyAction.ValueType, pb.App]:
+        if current is None:
+            return api.APPLY_ACTION_CREATED, pb.App(spec=spec, generation=1, created_at=ts(now), updated_at=ts(now))
+        if current.spec == spec:
+            return api.APPLY_ACTION_UNCHANGED, current
+        app = pb.App()
+        app.CopyFrom(current)
+        app.spec.CopyFrom(spec)
+        if runtime_part(current.spec) != runtime_part(spec):
+            app.generation += 1
+        app.updated_at.CopyFrom(ts(now))
+        return api.APPLY_ACTION_CONFIGURED, app
+
+    async def GetApp(self, request: api.GetAppRequest, context: Ctx) -> api.AppInfo:
+        def get() -> api.AppInfo:
+            snap = self._store.snapshot()
+            if request.name not in snap.apps:
+                raise NotFound("app", request.name)
+            return app_info(snap, snap.apps[request.name].value)
+
+        return await self._call(context, get)
+
+    async def ListApps(self, request: api.ListAppsRequest, context: Ctx) -> api.ListAppsResponse:
+        def list_apps() -> api.ListAppsResponse:
+            snap = self._store.snapshot()
+            return api.ListAppsResponse(apps=[app_info(snap, snap.apps[n].value) for n in sorted(snap.apps)])
+
+        return await self._call(context, list_apps)
+
+    async def DeleteApp(self, request: api.DeleteAppRequest, context: Ctx) -> api.DeleteAppResponse:
+        def delete() -> api.DeleteAppResponse:
+            key = self._store.keys.app(request.name)
+            existing = self._store.get(pb.App, key)
+            if existing is None:
+                raise NotFound("app", request.name)
+            # The reconciler stops and removes its instances (they outlive the app key).
+            self._store.commit([Delete(key, existing.mod_revision)])
+            self._events.record(
+                [
+                    pb.Event(
+                        time=ts(time.time()),
+                        type="Normal",
+                        kind="App",
+                        object=request.name,
+                        reason="Deleted",
+                        message="app deleted; stopping its instances",
+                    )
+                ]
+            )
+            self._on_change()
+            return api.DeleteAppResponse(deleted=True)
+
+        return await self._call(context, delete)
+
+    async def Scale(self, request: api.ScaleRequest, context: Ctx) -> api.AppInfo:
+        def scale() -> api.AppInfo:
+            if not 0 <= request.replicas <= 10000:
+                raise InvalidRequest([f"replicas: {request.replicas} is out of range 0..10000"])
+            key = self._store.keys.app(request.name)
+            for _ in range(5):
+                existing = self._store.get(pb.App, key)
+                if existing is None:
+                    raise NotFound("app", request.name)
+                app = pb.App()
+                app.CopyFrom(existing.value)
+                app.spec.replicas = request.replicas
+                app.updated_at.CopyFrom(ts(time.time()))
+                try:
+                    self._store.commit([Put(key, app, existing.mod_revision)])
+                except Conflict:
+                    continue
+                self._on_change()
+                return app_info(self._store.snapshot(), app)
+            raise Conflict(f"app {request.name}")
+
+        return await self._call(context, scale)
+
+    async def ListNodes(self, request: api.ListNodesRequest, context: Ctx) -> api.ListNodesResponse:
+        return await self._call(context, lambda: api.ListNodesResponse(nodes=node_infos(self._store.snapshot())))
+
+    async def SetSchedulable(self, request: api.SetSchedulableRequest, context: Ctx) -> api.NodeInfo:
+        def set_schedulable() -> api.NodeInfo:
+            key = self._store.keys.node(request.name)
+            for _ in range(5):
+                existing = self._store.get(pb.Node, key)
+                if existing is None:
+                    raise NotFound("node", request.name)
+                node = pb.Node()
+                node.CopyFrom(existing.value)
+                node.unschedulable = not request.schedulable
+                if request.schedulable:
+                    node.draining = False
+                try:
+                    self._store.commit([Put(key, node, existing.mod_revision)])
+                except Conflict:
+                    continue
+                verb = "Uncordoned" if request.schedulable else "Cordoned"
+                self._events.record(
+                    [
+                        pb.Event(
+                            time=ts(time.time()),
+                            type="Normal",
+                            kind="Node",
+                            object=request.name,
+                            reason=verb,
+                            message=f"node {verb.lower()}",
+                        )
+                    ]
+                )
+                self._on_change()
+                return next(n for n in node_infos(self._store.snapshot()) if n.node.name == request.name)
+            raise Conflict(f"node {request.name}")
+
+        return await self._call(context, set_schedulable)
+
+    async def ListInstances(self, request: api.ListInstancesRequest, context: Ctx) -> api.ListInstancesResponse:
+        def list_instances() -> api.ListInstancesResponse:
+            snap = self._store.snapshot()
+            insts = [
+                v.value
+                for v in snap.instances.values()
+                if (not request.app or v.value.app == request.app)
+                and (not request.node or v.value.node == request.node)
+            ]
+            insts.sort(key=lambda i: (i.app, i.name))
+            return api.ListInstancesResponse(instances=insts)
+
+        return await self._call(context, list_instances)
+
+    async def ListEvents(self, request: api.ListEventsRequest, context: Ctx) -> api.ListEventsResponse:
+        return await self._call(context, lambda: api.ListEventsResponse(events=self._events.list(request.limit)))

@@ -1,0 +1,135 @@
+"""A watch-fed copy of instances, nodes and node leases (an informer).
+
+Agent sessions read their desired sets from here instead of querying etcd
+for every change. All mutation happens on the event loop thread; the etcd
+watch thread only hands batches over with call_soon_threadsafe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+
+from orch.v1 import types_pb2 as pb
+
+from scheduler.snapshot import Versioned
+from scheduler.store import Store, WatchEvent, decode
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[set[str]], None]  # gets the names of nodes whose instances changed
+
+
+class ClusterCache:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.revision = 0
+        self.instances: dict[str, Versioned[pb.Instance]] = {}
+        self.by_node: dict[str, set[str]] = defaultdict(set)
+        self.live_nodes: set[str] = set()
+        self._listeners: list[Listener] = []
+        self._any_change: list[Callable[[], None]] = []
+        self._cancel: Callable[[], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._broken = asyncio.Event()
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def on_any_change(self, callback: Callable[[], None]) -> None:
+        self._any_change.append(callback)
+
+    def desired_for(self, node: str) -> list[pb.Instance]:
+        out = []
+        for name in sorted(self.by_node.get(node, ())):
+            inst = self.instances[name].value
+            if inst.desired in (pb.DESIRED_STATE_RUN, pb.DESIRED_STATE_UNSPECIFIED):
+                out.append(inst)
+        return out
+
+    def on_node(self, node: str) -> list[Versioned[pb.Instance]]:
+        return [self.instances[n] for n in sorted(self.by_node.get(node, ()))]
+
+    async def run(self) -> None:
+        """Load, then follow the watch; on a broken stream, resume from the last revision."""
+        self._loop = asyncio.get_running_loop()
+        await self._load()
+        while True:
+            self._broken.clear()
+            try:
+                self._cancel = await asyncio.to_thread(
+                    self._store.watch, self.revision + 1, self._from_thread, self._on_error
+                )
+            except Exception as e:  # etcd down: retry, the loop is level-triggered anyway
+                log.warning("watch failed to start: %s", e)
+                await asyncio.sleep(0.5)
+                continue
+            await self._broken.wait()
+            self._cancel()
+            await asyncio.sleep(0.2)
+            try:
+                await self._load()  # the watch may have missed a compaction; reload
+            except Exception as e:
+                log.warning("reload after broken watch failed: %s", e)
+
+    async def _load(self) -> None:
+        snap = await asyncio.to_thread(self._store.snapshot)
+        old_nodes = set(self.by_node)
+        self.revision = snap.revision
+        self.instances = dict(snap.instances)
+        self.by_node = defaultdict(set)
+        for name, v in self.instances.items():
+            if v.value.node:
+                self.by_node[v.value.node].add(name)
+        self.live_nodes = set(snap.live_nodes)
+        self._notify(old_nodes | set(self.by_node))
+
+    def _from_thread(self, events: list[WatchEvent], revision: int) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._apply, events, revision)
+
+    def _on_error(self, err: Exception) -> None:
+        log.warning("etcd watch broke: %s", err)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._broken.set)
+
+    def _apply(self, events: list[WatchEvent], revision: int) -> None:
+        touched: set[str] = set()
+        for ev in events:
+            if ev.mod_revision <= self.revision and ev.value is not None:
+                continue  # already part of the loaded state
+            kind, _, rest = ev.key.partition("/")
+            if kind == "instances":
+                self._apply_instance(rest.partition("/")[2], ev, touched)
+            elif kind == "leases" and rest.startswith("nodes/"):
+                node = rest.removeprefix("nodes/")
+                (self.live_nodes.add if ev.value is not None else self.live_nodes.discard)(node)
+        self.revision = max(self.revision, revision)
+        if all(ev.key.startswith("events/") for ev in events):
+            return  # our own event records: nothing to reconcile
+        self._notify(touched)
+
+    def _apply_instance(self, name: str, ev: WatchEvent, touched: set[str]) -> None:
+        old = self.instances.get(name)
+        if old is not None and old.value.node:
+            self.by_node[old.value.node].discard(name)
+            touched.add(old.value.node)
+        if ev.value is None:
+            self.instances.pop(name, None)
+            return
+        inst = decode(pb.Instance, ev.value, ev.key)
+        if inst is None:
+            return
+        self.instances[name] = Versioned(inst, ev.mod_revision)
+        if inst.node:
+            self.by_node[inst.node].add(name)
+            touched.add(inst.node)
+
+    def _notify(self, nodes: set[str]) -> None:
+        for listener in list(self._listeners):
+            listener(nodes)
+        for callback in self._any_change:
+            callback()

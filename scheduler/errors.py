@@ -1,0 +1,42 @@
+"""Errors of the scheduler.
+
+    SchedulerError
+    ├── StoreUnavailable   etcd could not be reached or timed out
+    ├── Conflict           a revision-checked transaction lost a race
+    ├── NotFound           the named object does not exist
+    └── InvalidRequest     the request is malformed (carries field errors)
+
+`api.py` maps these to gRPC status codes; nothing else crosses the edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class SchedulerError(Exception):
+    """Base class of every error the scheduler raises on purpose."""
+
+
+class StoreUnavailable(SchedulerError):
+    def __init__(self, operation: str, detail: str) -> None:
+        super().__init__(f"etcd unavailable during {operation}: {detail}")
+        self.operation = operation
+
+
+class Conflict(SchedulerError):
+    def __init__(self, what: str) -> None:
+        super().__init__(f"conflicting update of {what}; re-read and retry")
+
+
+class NotFound(SchedulerError):
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__(f'{kind} "{name}" not found')
+        self.kind = kind
+        self.name = name
+
+
+class InvalidRequest(SchedulerError):
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)

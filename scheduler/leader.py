@@ -1,0 +1,61 @@
+"""Leader election through an etcd lease: whoever creates the `leader` key
+(attached to its own lease) runs the reconciler until the lease is lost.
+Followers retry; a dead leader's key expires with its lease (one TTL)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from orch.v1 import types_pb2 as pb
+
+from scheduler.errors import Conflict, StoreUnavailable
+from scheduler.store import Put, Store
+
+log = logging.getLogger(__name__)
+
+
+class LeaderElection:
+    def __init__(self, store: Store, identity: str, ttl: int = 2) -> None:
+        self._store = store
+        self.identity = identity
+        self._ttl = ttl
+        self._lease = 0
+        self._valid_until = 0.0
+        self.changed = asyncio.Event()
+
+    def is_leader(self) -> bool:
+        # Leadership is only trusted until the lease could have expired.
+        return bool(self._lease) and time.monotonic() < self._valid_until
+
+    def _campaign(self) -> bool:
+        lease, _ = self._store.grant_lease(self._ttl)
+        marker = pb.Node(name=self.identity)  # the value only names the holder
+        try:
+            self._store.commit([Put(self._store.keys.leader(), marker, 0, lease)])
+        except Conflict:
+            self._store.revoke_lease(lease)
+            return False
+        self._lease = lease
+        return True
+
+    async def run(self) -> None:
+        interval = self._ttl / 3
+        while True:
+            started = time.monotonic()
+            try:
+                if self._lease:
+                    ttl = await asyncio.to_thread(self._store.refresh_lease, self._lease)
+                    if ttl <= 0:
+                        log.warning("%s: lost leadership (lease expired)", self.identity)
+                        self._lease = 0
+                        self.changed.set()
+                elif await asyncio.to_thread(self._campaign):
+                    log.info("%s: became leader", self.identity)
+                    self.changed.set()
+                if self._lease:
+                    self._valid_until = started + self._ttl
+            except StoreUnavailable as e:
+                log.warning("leader election: %s", e)
+            await asyncio.sleep(interval)

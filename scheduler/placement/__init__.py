@@ -1,0 +1,10 @@
+"""Where instances go: filters reject nodes, scores rank the rest.
+
+`pipeline.place` runs both over `NodeView`s built from a snapshot; the
+caller records each placement on its view so one pass never overcommits.
+"""
+
+from scheduler.placement.nodes import NodeView, node_views
+from scheduler.placement.pipeline import Placement, Unschedulable, place
+
+__all__ = ["NodeView", "Placement", "Unschedulable", "node_views", "place"]

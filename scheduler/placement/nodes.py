@@ -1,0 +1,79 @@
+"""Per-node accounting that placement filters and scores read."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from orch.v1 import types_pb2 as pb
+
+from scheduler.snapshot import ClusterSnapshot, wants_to_run
+
+# States in which an instance no longer holds its node's resources.
+RELEASED = frozenset(
+    {pb.INSTANCE_STATE_STOPPED, pb.INSTANCE_STATE_SUCCEEDED, pb.INSTANCE_STATE_FAILED, pb.INSTANCE_STATE_LOST}
+)
+
+
+def holds_resources(inst: pb.Instance) -> bool:
+    return wants_to_run(inst) or inst.status.state not in RELEASED
+
+
+@dataclass(slots=True)
+class NodeView:
+    """One node as placement sees it; `add` records a planned placement."""
+
+    name: str
+    ready: bool
+    schedulable: bool
+    labels: dict[str, str]
+    allocatable: tuple[int, int, int]  # cpu millis, memory bytes, pids; 0 = unlimited
+    cpu: int = 0
+    memory: int = 0
+    pids: int = 0
+    host_ports: set[tuple[int, str]] = field(default_factory=set)
+    apps: Counter[str] = field(default_factory=Counter)
+    total: int = 0
+
+    def add(self, spec: pb.AppSpec) -> None:
+        self.cpu += spec.resources.cpu_millis
+        self.memory += spec.resources.memory_bytes
+        self.pids += spec.resources.pids
+        self.host_ports.update(host_ports(spec))
+        self.apps[spec.name] += 1
+        self.total += 1
+
+    def allocated_fraction(self) -> float:
+        """Mean share of cpu and memory requested; unlimited counts as 0."""
+        parts = [
+            used / cap for used, cap in ((self.cpu, self.allocatable[0]), (self.memory, self.allocatable[1])) if cap
+        ]
+        return sum(parts) / len(parts) if parts else 0.0
+
+
+def host_ports(spec: pb.AppSpec) -> set[tuple[int, str]]:
+    return {(p.host_port, p.protocol or "tcp") for p in spec.ports if p.host_port}
+
+
+def allocatable(node: pb.Node) -> tuple[int, int, int]:
+    res = node.allocatable if node.HasField("allocatable") else node.capacity
+    return res.cpu_millis, res.memory_bytes, res.pids
+
+
+def node_views(snap: ClusterSnapshot) -> dict[str, NodeView]:
+    views = {
+        name: NodeView(
+            name=name,
+            ready=snap.is_ready(name),
+            schedulable=not (v.value.unschedulable or v.value.draining),
+            labels=dict(v.value.labels),
+            allocatable=allocatable(v.value),
+        )
+        for name, v in snap.nodes.items()
+    }
+    for v in snap.instances.values():
+        inst = v.value
+        view = views.get(inst.node)
+        if view is not None and holds_resources(inst):
+            view.add(inst.spec)
+    return views

@@ -1,0 +1,220 @@
+"""What should change: pure `reconcile(snapshot, now) -> Plan`.
+
+Per app, instances fall into buckets (Nomad's names):
+- *lost*: wants to run on a node that is not Ready → marked Lost and
+  stopped, which frees its slot for a replacement;
+- *untainted*: wants to run (current or older app generation);
+- *stopping*: desired STOP; deleted once their node confirmed the stop (or
+  the node is gone for longer than LOST_RETENTION).
+
+Scaling and rollouts work on the untainted bucket with the app's
+maxSurge/maxUnavailable. Where new instances go is placement's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from orch.v1 import types_pb2 as pb
+
+from scheduler.snapshot import ClusterSnapshot, Versioned, wants_to_run
+from scheduler.timeutil import seconds, ts
+
+LOST_RETENTION = 300.0  # seconds a Lost instance stays visible on a dead node
+DONE = frozenset({pb.INSTANCE_STATE_STOPPED, pb.INSTANCE_STATE_SUCCEEDED, pb.INSTANCE_STATE_FAILED})
+STARTED = frozenset(
+    {
+        pb.INSTANCE_STATE_STARTING,
+        pb.INSTANCE_STATE_RUNNING,
+        pb.INSTANCE_STATE_PULLING,
+        pb.INSTANCE_STATE_SCHEDULED,
+    }
+)
+
+
+@dataclass(slots=True)
+class Plan:
+    create: list[pb.Instance] = field(default_factory=list)  # new, Pending, not placed
+    update: list[tuple[pb.Instance, int]] = field(default_factory=list)  # (new value, expected mod_revision)
+    delete: list[tuple[pb.Instance, int]] = field(default_factory=list)
+    events: list[pb.Event] = field(default_factory=list)
+
+    def extend(self, other: Plan) -> None:
+        self.create += other.create
+        self.update += other.update
+        self.delete += other.delete
+        self.events += other.events
+
+    def is_empty(self) -> bool:
+        return not (self.create or self.update or self.delete)
+
+
+def event(now: float, kind: str, obj: str, reason: str, message: str, warning: bool = False) -> pb.Event:
+    return pb.Event(
+        time=ts(now),
+        type="Warning" if warning else "Normal",
+        kind=kind,
+        object=obj,
+        reason=reason,
+        message=message,
+    )
+
+
+def is_ready(inst: pb.Instance) -> bool:
+    if inst.status.state != pb.INSTANCE_STATE_RUNNING:
+        return False
+    return inst.status.ready or not inst.spec.HasField("readiness")
+
+
+def reconcile(snap: ClusterSnapshot, now: float, new_suffix: Callable[[], str]) -> Plan:
+    plan = Plan()
+    for name in sorted(snap.app_names()):
+        plan.extend(reconcile_app(snap.apps.get(name), snap.instances_of(name), snap, now, new_suffix))
+    return plan
+
+
+def reconcile_app(
+    app: Versioned[pb.App] | None,
+    instances: list[Versioned[pb.Instance]],
+    snap: ClusterSnapshot,
+    now: float,
+    new_suffix: Callable[[], str],
+) -> Plan:
+    plan = Plan()
+    untainted: list[Versioned[pb.Instance]] = []
+    for v in instances:
+        inst = v.value
+        if not wants_to_run(inst):
+            _collect_garbage(v, snap, now, plan)
+        elif inst.node and not snap.is_ready(inst.node):
+            _mark_lost(v, now, plan)
+        else:
+            untainted.append(v)
+    if app is None:
+        _stop(untainted, "AppDeleted", "its app was deleted", now, plan)
+    else:
+        _scale(app.value, untainted, now, new_suffix, plan)
+    return plan
+
+
+def _collect_garbage(v: Versioned[pb.Instance], snap: ClusterSnapshot, now: float, plan: Plan) -> None:
+    inst = v.value
+    if not inst.node:
+        plan.delete.append((inst, v.mod_revision))
+    elif snap.is_ready(inst.node):
+        if inst.status.state in DONE:
+            plan.delete.append((inst, v.mod_revision))
+    elif now - seconds(inst.updated_at) > LOST_RETENTION or inst.node not in snap.nodes:
+        plan.delete.append((inst, v.mod_revision))
+
+
+def _mark_lost(v: Versioned[pb.Instance], now: float, plan: Plan) -> None:
+    inst = pb.Instance()
+    inst.CopyFrom(v.value)
+    inst.desired = pb.DESIRED_STATE_STOP
+    inst.status.state = pb.INSTANCE_STATE_LOST
+    inst.status.reason = "NodeLost"
+    inst.status.message = f'node "{inst.node}" stopped answering'
+    inst.status.ready = False
+    inst.updated_at.CopyFrom(ts(now))
+    plan.update.append((inst, v.mod_revision))
+    plan.events.append(
+        event(
+            now,
+            "Instance",
+            inst.name,
+            "InstanceLost",
+            f"node {inst.node} is not ready; replacing",
+            warning=True,
+        )
+    )
+
+
+def _stop(victims: Iterable[Versioned[pb.Instance]], reason: str, message: str, now: float, plan: Plan) -> None:
+    for v in victims:
+        inst = pb.Instance()
+        inst.CopyFrom(v.value)
+        inst.desired = pb.DESIRED_STATE_STOP
+        if inst.status.state in STARTED:
+            inst.status.state = pb.INSTANCE_STATE_TERMINATING
+        inst.status.reason = reason
+        inst.status.message = message
+        inst.updated_at.CopyFrom(ts(now))
+        plan.update.append((inst, v.mod_revision))
+        plan.events.append(event(now, "Instance", inst.name, "Stopping", message))
+
+
+def _stop_order(v: Versioned[pb.Instance]) -> tuple[int, int, int, float]:
+    """Cheapest to lose first: unplaced, then not running, then not ready, then newest."""
+    inst = v.value
+    return (
+        0 if not inst.node else 1,
+        0 if inst.status.state != pb.INSTANCE_STATE_RUNNING else 1,
+        0 if not is_ready(inst) else 1,
+        -seconds(inst.created_at),
+    )
+
+
+def _scale(
+    app: pb.App,
+    untainted: list[Versioned[pb.Instance]],
+    now: float,
+    new_suffix: Callable[[], str],
+    plan: Plan,
+) -> None:
+    spec = app.spec
+    replicas = spec.replicas
+    current = [v for v in untainted if v.value.app_generation == app.generation]
+    old = [v for v in untainted if v.value.app_generation != app.generation]
+
+    surge = spec.update.max_surge if spec.HasField("update") else 1
+    unavailable = spec.update.max_unavailable if spec.HasField("update") else 0
+    # Without old instances there is nothing to roll: converge straight to replicas.
+    ceiling = replicas + surge if old else replicas
+    to_create = min(replicas - len(current), ceiling - len(untainted))
+    for _ in range(max(0, to_create)):
+        plan.create.append(new_instance(app, new_suffix(), now))
+    if to_create > 0:
+        plan.events.append(event(now, "App", spec.name, "ScalingUp", f"creating {to_create} instance(s)"))
+
+    if len(current) > replicas:
+        extra = sorted(current, key=_stop_order)[: len(current) - replicas]
+        _stop(extra, "ScaledDown", f"app scaled to {replicas}", now, plan)
+    if old:
+        _retire_old(app, old, untainted, unavailable, now, plan)
+
+
+def _retire_old(
+    app: pb.App,
+    old: list[Versioned[pb.Instance]],
+    untainted: list[Versioned[pb.Instance]],
+    max_unavailable: int,
+    now: float,
+    plan: Plan,
+) -> None:
+    """Stop old-generation instances without going below replicas - maxUnavailable ready."""
+    replicas = app.spec.replicas
+    old_unready = [v for v in old if not is_ready(v.value)]
+    old_ready = sorted((v for v in old if is_ready(v.value)), key=_stop_order)
+    ready = sum(1 for v in untainted if is_ready(v.value))
+    budget = ready - (replicas - max_unavailable)
+    # Old instances beyond what replicas needs can go regardless.
+    surplus = len(untainted) - len(old_unready) - replicas
+    count = max(0, min(len(old_ready), max(budget, surplus)))
+    msg = f"replaced by generation {app.generation}"
+    _stop(old_unready + old_ready[:count], "Replaced", msg, now, plan)
+
+
+def new_instance(app: pb.App, suffix: str, now: float) -> pb.Instance:
+    inst = pb.Instance(
+        name=f"{app.spec.name}-{suffix}",
+        app=app.spec.name,
+        app_generation=app.generation,
+        desired=pb.DESIRED_STATE_RUN,
+        status=pb.InstanceStatus(state=pb.INSTANCE_STATE_PENDING),
+        created_at=ts(now),
+        updated_at=ts(now),
+    )
+    inst.spec.CopyFrom(app.spec)
+    return inst

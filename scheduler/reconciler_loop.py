@@ -1,0 +1,169 @@
+"""snapshot → reconcile → place → commit, level-triggered.
+
+A pass runs when something under the prefix changed (the watch sets the
+trigger) and at least every RESYNC seconds. A lost revision race (Conflict)
+re-reads and retries a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from orch.v1 import types_pb2 as pb
+
+from scheduler.errors import Conflict, StoreUnavailable
+from scheduler.events import EventLog
+from scheduler.metrics import SchedulerMetrics
+from scheduler.placement import NodeView, Placement, node_views, place
+from scheduler.reconcile import Plan, event, reconcile
+from scheduler.snapshot import ClusterSnapshot, wants_to_run
+from scheduler.store import Delete, Put, Store, Write
+from scheduler.timeutil import seconds, ts
+
+log = logging.getLogger(__name__)
+
+RESYNC = 2.0
+RETRY_MAX = 5
+SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # no vowels: no accidental words
+
+
+def random_suffix() -> str:
+    return "".join(secrets.choice(SUFFIX_ALPHABET) for _ in range(5))
+
+
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    revision: int
+    writes: int
+    placed: int
+    unschedulable: int
+
+
+def place_pending(plan: Plan, snap: ClusterSnapshot, now: float) -> tuple[list[pb.Instance], int]:
+    """Give nodes to new and still-Pending instances; returns (changed instances, placed count)."""
+    views = node_views(snap)
+    ordered: list[NodeView] = [views[n] for n in sorted(views)]
+    updating = {inst.name for inst, _ in plan.update} | {inst.name for inst, _ in plan.delete}
+    pending = list(plan.create) + sorted(
+        (
+            v.value
+            for v in snap.instances.values()
+            if not v.value.node and wants_to_run(v.value) and v.value.name not in updating
+        ),
+        key=lambda i: (seconds(i.created_at), i.name),
+    )
+    created = {c.name for c in plan.create}
+    changed: list[pb.Instance] = []
+    placed = 0
+    for i, inst in enumerate(pending):
+        result = place(inst.spec, ordered, start=i % max(1, len(ordered)))
+        new = pb.Instance()
+        new.CopyFrom(inst)
+        if isinstance(result, Placement):
+            views[result.node].add(inst.spec)
+            new.node = result.node
+            new.status.state = pb.INSTANCE_STATE_SCHEDULED
+            new.status.reason = ""
+            new.status.message = ""
+            plan.events.append(event(now, "Instance", new.name, "Scheduled", f"assigned to {result.node}"))
+            placed += 1
+        else:
+            new.status.state = pb.INSTANCE_STATE_PENDING
+            new.status.reason = "Unschedulable"
+            new.status.message = result.message
+        if new != inst or inst.name in created:
+            new.updated_at.CopyFrom(ts(now))
+            changed.append(new)
+    return changed, placed
+
+
+def plan_writes(plan: Plan, placed: list[pb.Instance], snap: ClusterSnapshot, store: Store) -> list[Write]:
+    keys = store.keys
+    created = {i.name for i in plan.create}
+    writes: list[Write] = []
+    for inst in placed:
+        expect = 0 if inst.name in created else snap.instances[inst.name].mod_revision
+        writes.append(Put(keys.instance(inst.app, inst.name), inst, expect))
+    for inst, rev in plan.update:
+        writes.append(Put(keys.instance(inst.app, inst.name), inst, rev))
+    for inst, rev in plan.delete:
+        writes.append(Delete(keys.instance(inst.app, inst.name), rev))
+    return writes
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: Store,
+        events: EventLog,
+        clock: Callable[[], float] = time.time,
+        resync: float = RESYNC,
+        metrics: SchedulerMetrics | None = None,
+    ) -> None:
+        self._store = store
+        self._metrics = metrics or SchedulerMetrics()
+        self._events = events
+        self._clock = clock
+        self._resync = resync
+        self.trigger = asyncio.Event()
+        self.last_pass_at = 0.0  # monotonic time of the last good pass (health)
+
+    def run_once(self) -> PassResult:
+        """One pass, retried on Conflict. Blocking: run it in a thread."""
+        for attempt in range(RETRY_MAX):
+            snap = self._store.snapshot()
+            now = self._clock()
+            plan = reconcile(snap, now, random_suffix)
+            placed, n_placed = place_pending(plan, snap, now)
+            writes = plan_writes(plan, placed, snap, self._store)
+            if not writes:
+                self.last_pass_at = time.monotonic()
+                return PassResult(snap.revision, 0, 0, 0)
+            try:
+                revision = self._store.commit(writes)
+            except Conflict:
+                log.debug("reconcile pass %d lost a race; re-reading", attempt)
+                continue
+            self._record(plan.events)
+            self.last_pass_at = time.monotonic()
+            return PassResult(revision, len(writes), n_placed, len(placed) - n_placed)
+        raise Conflict(f"reconcile pass after {RETRY_MAX} attempts")
+
+    def _record(self, events: list[pb.Event]) -> None:
+        try:
+            self._events.record(events)
+        except StoreUnavailable:
+            log.warning("could not record %d events", len(events))
+
+    async def run(self, is_leader: Callable[[], bool]) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.trigger.wait(), timeout=self._resync)
+            self.trigger.clear()
+            if not is_leader():
+                continue
+            started = time.monotonic()
+            try:
+                result = await asyncio.to_thread(self.run_once)
+            except (StoreUnavailable, Conflict) as e:
+                self._metrics.reconcile_passes.labels("error").inc()
+                log.warning("reconcile pass failed: %s", e)
+                await asyncio.sleep(0.2)
+                self.trigger.set()
+                continue
+            self._metrics.reconcile_passes.labels("ok").inc()
+            self._metrics.reconcile_seconds.observe(time.monotonic() - started)
+            self._metrics.placements.inc(result.placed)
+            if result.writes:
+                log.info(
+                    "reconciled: %d writes, %d placed, %d unschedulable",
+                    result.writes,
+                    result.placed,
+                    result.unschedulable,
+                )

@@ -1,0 +1,106 @@
+"""Wires the scheduler together and serves it: `orch scheduler ...`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from orch.v1 import agent_pb2_grpc, api_pb2_grpc
+from prometheus_client import start_http_server
+
+from scheduler.api import OrchService
+from scheduler.cache import ClusterCache
+from scheduler.events import EventLog
+from scheduler.leader import LeaderElection
+from scheduler.metrics import SchedulerMetrics
+from scheduler.reconciler_loop import Reconciler
+from scheduler.sessions import AgentSessionService, NodeRegistry
+from scheduler.status import StatusWriter
+from scheduler.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    listen: str = "127.0.0.1:7070"
+    etcd: tuple[str, ...] = ("127.0.0.1:2379",)
+    prefix: str = "/orch/"
+    lease_ttl: int = 1
+    leader_ttl: int = 2
+    metrics_listen: str = ""  # host:port; empty = no metrics endpoint
+    identity: str = ""
+
+
+async def serve(config: SchedulerConfig) -> None:
+    identity = config.identity or f"{socket.gethostname()}-{os.getpid()}"
+    store = Store(config.etcd, prefix=config.prefix)
+    metrics = SchedulerMetrics()
+    events = EventLog(store)
+    cache = ClusterCache(store)
+    reconciler = Reconciler(store, events, metrics=metrics)
+    election = LeaderElection(store, identity, ttl=config.leader_ttl)
+    status = StatusWriter(store, cache)
+    sessions = AgentSessionService(NodeRegistry(store, config.lease_ttl), cache, status, metrics)
+    cache.on_any_change(reconciler.trigger.set)
+
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    api_pb2_grpc.add_OrchServicer_to_server(OrchService(store, events, reconciler.trigger.set), server)
+    agent_pb2_grpc.add_AgentSessionServicer_to_server(sessions, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if server.add_insecure_port(config.listen) == 0:
+        raise SystemExit(f"orch scheduler: cannot listen on {config.listen}")
+    if config.metrics_listen:
+        host, _, port = config.metrics_listen.rpartition(":")
+        start_http_server(int(port), addr=host or "127.0.0.1", registry=metrics.registry)
+
+    tasks = [asyncio.create_task(cache.run(), name="cache")]
+    # Serve agents only once the cache holds the cluster, or their first
+    # desired set would be empty and they would stop everything.
+    while cache.revision == 0:
+        await asyncio.sleep(0.02)
+    tasks += [
+        asyncio.create_task(election.run(), name="leader"),
+        asyncio.create_task(reconciler.run(election.is_leader), name="reconciler"),
+        asyncio.create_task(status.run(), name="status"),
+        asyncio.create_task(_watch_leadership(election, reconciler, metrics), name="leadership"),
+    ]
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    log.info("scheduler %s serving on %s (etcd %s)", identity, config.listen, ",".join(config.etcd))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    done = asyncio.create_task(stop.wait())
+    await asyncio.wait([done, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for t in tasks:
+        if t.done() and not t.cancelled() and t.exception():
+            log.error("task %s failed", t.get_name(), exc_info=t.exception())
+    await server.stop(grace=1)
+    for t in tasks:
+        t.cancel()
+    with contextlib.suppress(BaseException):
+        await asyncio.gather(*tasks, return_exceptions=True)
+    store.close()
+
+
+async def _watch_leadership(election: LeaderElection, reconciler: Reconciler, metrics: SchedulerMetrics) -> None:
+    while True:
+        await election.changed.wait()
+        election.changed.clear()
+        metrics.is_leader.set(1 if election.is_leader() else 0)
+        reconciler.trigger.set()  # a new leader reconciles at once
+
+
+def main(config: SchedulerConfig) -> None:
+    asyncio.run(serve(config))

@@ -1,0 +1,52 @@
+"""A frozen view of the cluster from one etcd read; everything downstream
+(reconcile, placement, the API's views) treats it as immutable."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from orch.v1 import types_pb2 as pb
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Versioned(Generic[T]):
+    value: T
+    mod_revision: int
+
+
+ACTIVE_DESIRED = (pb.DESIRED_STATE_RUN, pb.DESIRED_STATE_UNSPECIFIED)
+
+
+def wants_to_run(inst: pb.Instance) -> bool:
+    return inst.desired in ACTIVE_DESIRED
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSnapshot:
+    revision: int
+    apps: Mapping[str, Versioned[pb.App]]
+    instances: Mapping[str, Versioned[pb.Instance]]  # by instance name
+    nodes: Mapping[str, Versioned[pb.Node]]
+    live_nodes: frozenset[str]  # nodes whose lease key exists
+    _by_app: dict[str, list[Versioned[pb.Instance]]] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for v in self.instances.values():
+            self._by_app.setdefault(v.value.app, []).append(v)
+
+    def instances_of(self, app: str) -> list[Versioned[pb.Instance]]:
+        return list(self._by_app.get(app, ()))
+
+    def app_names(self) -> set[str]:
+        """Apps that exist, plus apps whose instances outlived them."""
+        return set(self.apps) | set(self._by_app)
+
+    def is_ready(self, node: str) -> bool:
+        return node in self.live_nodes and node in self.nodes
+
+    def on_node(self, node: str) -> list[pb.Instance]:
+        return [v.value for v in self.instances.values() if v.value.node == node]

@@ -1,0 +1,119 @@
+"""Writes what agents report into the instances' status, in batches.
+
+Reports are coalesced per instance (latest wins) and flushed in one
+revision-checked transaction; a conflict falls back to re-reading each
+instance. A report from a node the instance is no longer assigned to is
+dropped: a stale node must not overwrite its replacement's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from orch.v1 import agent_pb2 as apb
+from orch.v1 import types_pb2 as pb
+
+from scheduler.cache import ClusterCache
+from scheduler.errors import Conflict, StoreUnavailable
+from scheduler.snapshot import Versioned
+from scheduler.store import Put, Store
+from scheduler.timeutil import ts
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY = 0.02
+MAX_BATCH = 128
+
+
+def merged(current: pb.Instance, node: str, status: pb.InstanceStatus, now: float) -> pb.Instance | None:
+    """The instance with the reported status, or None if nothing changes or the report is stale."""
+    if current.node != node:
+        return None
+    new = pb.Instance()
+    new.CopyFrom(current)
+    new.status.CopyFrom(status)
+    if current.desired == pb.DESIRED_STATE_STOP and status.state in (
+        pb.INSTANCE_STATE_RUNNING,
+        pb.INSTANCE_STATE_STARTING,
+    ):
+        new.status.state = pb.INSTANCE_STATE_TERMINATING  # it is being stopped; say so
+    if new.status == current.status:
+        return None
+    new.updated_at.CopyFrom(ts(now))
+    return new
+
+
+class StatusWriter:
+    def __init__(self, store: Store, cache: ClusterCache) -> None:
+        self._store = store
+        self._cache = cache
+        self._pending: dict[str, tuple[str, pb.InstanceStatus]] = {}  # instance -> (node, status)
+        self._wake = asyncio.Event()
+
+    def report(self, node: str, reports: list[apb.InstanceReport]) -> None:
+        for r in reports:
+            self._pending[r.name] = (node, r.status)
+        self._wake.set()
+
+    def stopped_elsewhere(self, node: str, present: set[str]) -> None:
+        """After a full report: instances being stopped that the node no longer has are done."""
+        for v in self._cache.on_node(node):
+            inst = v.value
+            gone = inst.desired == pb.DESIRED_STATE_STOP and inst.name not in present
+            if gone and inst.status.state not in (pb.INSTANCE_STATE_STOPPED, pb.INSTANCE_STATE_SUCCEEDED):
+                status = pb.InstanceStatus()
+                status.CopyFrom(inst.status)
+                status.state = pb.INSTANCE_STATE_STOPPED
+                self._pending[inst.name] = (node, status)
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(FLUSH_EVERY)
+            batch, self._pending = self._pending, {}
+            try:
+                await asyncio.to_thread(self._flush, batch)
+            except StoreUnavailable as e:
+                log.warning("could not record %d status reports: %s", len(batch), e)
+                for name, item in batch.items():  # keep them for the next try
+                    self._pending.setdefault(name, item)
+                await asyncio.sleep(0.5)
+                self._wake.set()
+
+    def _flush(self, batch: dict[str, tuple[str, pb.InstanceStatus]]) -> None:
+        now = time.time()
+        writes: list[Put] = []
+        for name, (node, status) in batch.items():
+            v = self._cache.instances.get(name)
+            if v is None:
+                continue
+            new = merged(v.value, node, status, now)
+            if new is not None:
+                writes.append(Put(self._store.keys.instance(new.app, new.name), new, v.mod_revision))
+        for start in range(0, len(writes), MAX_BATCH):
+            chunk = writes[start : start + MAX_BATCH]
+            try:
+                self._store.commit(chunk)
+            except Conflict:
+                self._one_by_one(chunk, batch, now)
+
+    def _one_by_one(self, chunk: list[Put], batch: dict[str, tuple[str, pb.InstanceStatus]], now: float) -> None:
+        for w in chunk:
+            assert isinstance(w.value, pb.Instance)
+            name = w.value.name
+            for _ in range(3):
+                fresh: Versioned[pb.Instance] | None = self._store.get(pb.Instance, w.key)
+                if fresh is None:
+                    break
+                new = merged(fresh.value, *batch[name], now)
+                if new is None:
+                    break
+                try:
+                    self._store.commit([Put(w.key, new, fresh.mod_revision)])
+                    break
+                except Conflict:
+                    continue

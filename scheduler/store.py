@@ -1,0 +1,294 @@
+"""The only module that talks to etcd.
+
+Values are the API's protobuf messages under one key prefix:
+
+    apps/<name>             App
+    instances/<app>/<name>  Instance
+    nodes/<name>            Node
+    leases/nodes/<name>     node name, attached to the node's etcd lease
+    leader                  scheduler id, attached to the leader's lease
+    events/<time>-<rand>    Event, attached to a TTL lease
+
+Every write that depends on a read carries the `mod_revision` it read
+(`expect`); a failed compare raises `Conflict`, so two schedulers can never
+double-place or resurrect an instance.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import types
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import etcd3
+import etcd3.exceptions
+import etcd3.watch
+import grpc
+from google.protobuf.message import DecodeError, Message
+from orch.v1 import types_pb2 as pb
+
+from scheduler.errors import Conflict, StoreUnavailable
+from scheduler.snapshot import ClusterSnapshot, Versioned
+
+log = logging.getLogger(__name__)
+
+# python3-etcd3 0.13 uses `six` in its watch thread without importing it; a
+# broken watch stream then dies with NameError and callbacks are never told.
+etcd3.watch.six = types.SimpleNamespace(itervalues=lambda d: iter(d.values()))
+
+M = TypeVar("M", bound=Message)
+
+# etcd's default --max-txn-ops: compares and operations each count.
+MAX_TXN_OPS = 128
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    key: str
+    value: Message
+    expect: int | None  # mod_revision read; 0 = must not exist; None = unconditional
+    lease: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: str
+    expect: int | None
+
+
+Write = Put | Delete
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    key: str  # without the prefix
+    value: bytes | None  # None for a delete
+    mod_revision: int
+
+
+class Keys:
+    """Key names under one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix if prefix.endswith("/") else prefix + "/"
+
+    def app(self, name: str) -> str:
+        return f"{self.prefix}apps/{name}"
+
+    def instance(self, app: str, name: str) -> str:
+        return f"{self.prefix}instances/{app}/{name}"
+
+    def node(self, name: str) -> str:
+        return f"{self.prefix}nodes/{name}"
+
+    def node_lease(self, name: str) -> str:
+        return f"{self.prefix}leases/nodes/{name}"
+
+    def leader(self) -> str:
+        return f"{self.prefix}leader"
+
+    def event(self, suffix: str) -> str:
+        return f"{self.prefix}events/{suffix}"
+
+
+def parse_endpoints(endpoints: Sequence[str]) -> list[tuple[str, int]]:
+    parsed = []
+    for ep in endpoints:
+        hostport = ep.split("://", 1)[-1].rstrip("/")
+        host, _, port = hostport.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f'etcd endpoint "{ep}" is not HOST:PORT')
+        parsed.append((host, int(port)))
+    return parsed
+
+
+@contextmanager
+def _translated(operation: str) -> Iterator[None]:
+    """Turn the client's errors into ours, at the edge."""
+    try:
+        yield
+    except (etcd3.exceptions.ConnectionFailedError, etcd3.exceptions.ConnectionTimeoutError) as e:
+        raise StoreUnavailable(operation, str(e) or type(e).__name__) from e
+    except (etcd3.exceptions.NoServerAvailableError, etcd3.exceptions.InternalServerError) as e:
+        raise StoreUnavailable(operation, type(e).__name__) from e
+    except ValueError as e:  # 'Trying to use a failed node' from a non-failover client
+        raise StoreUnavailable(operation, str(e)) from e
+    except grpc.RpcError as e:
+        raise StoreUnavailable(operation, f"{e.code().name}: {e.details()}") from e
+
+
+def decode(cls: type[M], data: bytes, key: str) -> M | None:
+    msg = cls()
+    try:
+        msg.ParseFromString(data)
+    except DecodeError:
+        log.error("skipping undecodable value at %s", key)
+        return None
+    return msg
+
+
+class Store:
+    def __init__(self, endpoints: Sequence[str], prefix: str = "/orch/", timeout: float = 2.0) -> None:
+        self.keys = Keys(prefix)
+        eps = [etcd3.Endpoint(host, port, secure=False, time_retry=2) for host, port in parse_endpoints(endpoints)]
+        # failover=True: after one error the client moves on to the next
+        # endpoint instead of refusing every call for minutes.
+        self._client = etcd3.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout, failover=True)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- reads ---------------------------------------------------------
+
+    def snapshot(self) -> ClusterSnapshot:
+        """Everything but events, from one range read (one revision)."""
+        with _translated("snapshot"):
+            resp = self._client.get_prefix_response(self.keys.prefix)
+        apps: dict[str, Versioned[pb.App]] = {}
+        instances: dict[str, Versioned[pb.Instance]] = {}
+        nodes: dict[str, Versioned[pb.Node]] = {}
+        live: set[str] = set()
+        plen = len(self.keys.prefix)
+        for kv in resp.kvs:
+            key = kv.key.decode()[plen:]
+            kind, _, rest = key.partition("/")
+            if kind == "apps":
+                if app := decode(pb.App, kv.value, key):
+                    apps[rest] = Versioned(app, kv.mod_revision)
+            elif kind == "instances":
+                if inst := decode(pb.Instance, kv.value, key):
+                    instances[inst.name] = Versioned(inst, kv.mod_revision)
+            elif kind == "nodes":
+                if node := decode(pb.Node, kv.value, key):
+                    nodes[rest] = Versioned(node, kv.mod_revision)
+            elif kind == "leases" and rest.startswith("nodes/"):
+                live.add(rest.removeprefix("nodes/"))
+        return ClusterSnapshot(
+            revision=resp.header.revision,
+            apps=apps,
+            instances=instances,
+            nodes=nodes,
+            live_nodes=frozenset(live),
+        )
+
+    def get(self, cls: type[M], key: str) -> Versioned[M] | None:
+        with _translated(f"get {key}"):
+            value, meta = self._client.get(key)
+        if value is None:
+            return None
+        msg = decode(cls, value, key)
+        return None if msg is None else Versioned(msg, meta.mod_revision)
+
+    def list_prefix(self, cls: type[M], prefix: str) -> list[Versioned[M]]:
+        with _translated(f"list {prefix}"):
+            items = list(self._client.get_prefix(prefix))
+        out = []
+        for value, meta in items:
+            msg = decode(cls, value, meta.key.decode())
+            if msg is not None:
+                out.append(Versioned(msg, meta.mod_revision))
+        return out
+
+    # -- writes --------------------------------------------------------
+
+    def commit(self, writes: Sequence[Write]) -> int:
+        """Apply writes atomically per chunk of MAX_TXN_OPS; returns the revision.
+
+        Each write is guarded on its own, so a later chunk's conflict never
+        makes an earlier chunk wrong: the caller re-reads and retries.
+        """
+        revision = 0
+        for start in range(0, len(writes), MAX_TXN_OPS):
+            revision = self._commit_chunk(writes[start : start + MAX_TXN_OPS])
+        return revision
+
+    def _commit_chunk(self, writes: Sequence[Write]) -> int:
+        tx = self._client.transactions
+        compare: list[Any] = []
+        ops: list[Any] = []
+        for w in writes:
+            if w.expect == 0:
+                compare.append(tx.version(w.key) == 0)
+            elif w.expect is not None:
+                compare.append(tx.mod(w.key) == w.expect)
+            if isinstance(w, Put):
+                ops.append(tx.put(w.key, w.value.SerializeToString(), lease=w.lease))
+            else:
+                ops.append(tx.delete(w.key))
+        with _translated("commit"):
+            ok, responses = self._client.transaction(compare=compare, success=ops, failure=[])
+        if not ok:
+            raise Conflict(", ".join(w.key.removeprefix(self.keys.prefix) for w in writes[:3]))
+        for r in responses:
+            header = getattr(getattr(r, r.WhichOneof("response")), "header", None)
+            if header is not None:
+                return int(header.revision)
+        return 0
+
+    # -- leases --------------------------------------------------------
+
+    def grant_lease(self, ttl: int) -> tuple[int, int]:
+        """Returns (lease id, granted TTL); etcd may raise a too-small TTL."""
+        with _translated("grant lease"):
+            lease = self._client.lease(ttl)
+        return int(lease.id), int(lease.ttl)
+
+    def refresh_lease(self, lease_id: int) -> int:
+        """Returns the remaining TTL; 0 or less means the lease is gone."""
+        with _translated("refresh lease"):
+            responses = list(self._client.refresh_lease(lease_id))
+        return int(responses[0].TTL) if responses else 0
+
+    def revoke_lease(self, lease_id: int) -> None:
+        with _translated("revoke lease"):
+            try:
+                self._client.revoke_lease(lease_id)
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+
+    # -- watches -------------------------------------------------------
+
+    def watch(
+        self,
+        start_revision: int,
+        on_events: Callable[[list[WatchEvent], int], None],
+        on_error: Callable[[Exception], None],
+    ) -> Callable[[], None]:
+        """Watch the whole prefix from start_revision; returns a cancel function.
+
+        on_events gets the events and the response's header revision; on_error
+        is called once when the stream breaks (the caller re-creates the watch
+        from the last revision it saw).
+        """
+        plen = len(self.keys.prefix)
+
+        def callback(resp: Any) -> None:
+            if isinstance(resp, Exception):
+                on_error(resp)
+                return
+            events = [
+                WatchEvent(
+                    key=ev.key.decode()[plen:],
+                    value=None if isinstance(ev, etcd3.events.DeleteEvent) else ev.value,
+                    mod_revision=ev.mod_revision,
+                )
+                for ev in resp.events
+            ]
+            on_events(events, int(resp.header.revision))
+
+        with _translated("watch"):
+            watch_id = self._client.add_watch_prefix_callback(self.keys.prefix, callback, start_revision=start_revision)
+
+        def cancel() -> None:
+            try:
+                self._client.cancel_watch(watch_id)
+            except Exception:  # the stream may already be gone
+                log.debug("cancel_watch failed", exc_info=True)
+
+        return cancel
