@@ -1,0 +1,45 @@
+"""Container networking for the node agent (pyroute2, no forks, no iptables).
+
+Vocabulary:
+    bridge       one per node agent, e.g. "orch1"; holds the subnet's gateway address
+    gateway      the subnet's first host address, on the bridge
+    host veth    "ov" + 10 hex of hash(bridge, instance), enslaved to the bridge
+    eth0         the veth's peer, created inside the container's network namespace
+    IPAM         one file per allocated address under NetworkConfig.state_dir
+
+Typical use by the agent (blocking calls: from a worker thread, not a coroutine)::
+
+    net = NodeNetwork(NetworkConfig("orch1", "10.88.1.0/24", state_dir / "ipam"))
+    net.ensure_bridge()                        # at start
+    att = net.attach(instance, pid)            # in the runtime's on_netns(pid) hook
+    net.detach(instance)                       # when the instance is gone
+    net.addresses()                            # after a restart: who holds which address
+    net.teardown()                             # `orch up` shutdown
+
+Errors: see node.network.errors (NetworkError and its subclasses).
+"""
+
+from node.network.errors import (
+    AddressExhausted,
+    ConfigError,
+    LinkError,
+    NamespaceError,
+    NetworkError,
+    StateError,
+)
+from node.network.model import Attachment, NetworkConfig
+from node.network.names import veth_name
+from node.network.node import NodeNetwork
+
+__all__ = [
+    "AddressExhausted",
+    "Attachment",
+    "ConfigError",
+    "LinkError",
+    "NamespaceError",
+    "NetworkConfig",
+    "NetworkError",
+    "NodeNetwork",
+    "StateError",
+    "veth_name",
+]
