@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
+
 from orch.v1 import api_pb2_grpc
 
 T = TypeVar("T")

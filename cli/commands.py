@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from orch.quantity import QuantityError, parse_cpu, parse_memory
-from orch.v1 import api_pb2 as api
-from orch.v1 import types_pb2 as pb
 
 from cli.client import Client, CliError
 from cli.manifest import LoadedApp, load_manifests
 from cli.output import app_row, instance_row, node_row, render
+from orch.quantity import QuantityError, parse_cpu, parse_memory
+from orch.v1 import api_pb2 as api
+from orch.v1 import types_pb2 as pb
 
 if TYPE_CHECKING:
     from node.agent import AgentConfig
@@ -194,6 +194,7 @@ def agent_config(
     bridge: str,
     subnet: str,
     metrics_listen: str,
+    cgroup_parent: str = "",
 ) -> AgentConfig:
     from node.agent import AgentConfig
 
@@ -209,4 +210,5 @@ def agent_config(
         bridge=bridge,
         subnet=subnet,
         metrics_listen=metrics_listen,
+        cgroup=cgroup_parent,
     )

@@ -142,13 +142,14 @@ def events(ctx: click.Context, watch: bool, limit: int) -> None:
 )
 @click.option("--port", default=7070, show_default=True, help="Scheduler port (0 = any free port).")
 @click.option("--lease-ttl", default=1, show_default=True, help="Node lease TTL in seconds.")
+@click.option("--cidr", default="", help="Container addresses; node i gets the i-th /24 (default 10.88.0.0/16).")
 @click.option("-v", "--verbose", is_flag=True)
-def up(nodes: int, state_dir: Path | None, port: int, lease_ttl: int, verbose: bool) -> None:
+def up(nodes: int, state_dir: Path | None, port: int, lease_ttl: int, cidr: str, verbose: bool) -> None:
     """Run a local cluster in the foreground: etcd, a scheduler and N agents. Ctrl-C stops it."""
     from cli.up import run_cluster
 
     setup_logging(verbose)
-    run_cluster(nodes=nodes, state_dir=state_dir, port=port, lease_ttl=lease_ttl)
+    run_cluster(nodes=nodes, state_dir=state_dir, port=port, lease_ttl=lease_ttl, cidr=cidr)
 
 
 @cli.command("scheduler")
@@ -197,6 +198,7 @@ def scheduler_cmd(
 @click.option("--bridge", default="", help="Bridge for container networking (empty: loopback only).")
 @click.option("--subnet", default="", help="This node's container subnet, e.g. 10.88.1.0/24.")
 @click.option("--metrics-listen", default="", help="host:port for /metrics.")
+@click.option("--cgroup-parent", default="", help="cgroup of this node's containers (default orch/NAME).")
 @click.option("--cleanup", is_flag=True, help="Stop and remove every container and network of this node, then exit.")
 @click.option("-v", "--verbose", is_flag=True)
 @click.pass_context
@@ -210,6 +212,7 @@ def node_cmd(
     bridge: str,
     subnet: str,
     metrics_listen: str,
+    cgroup_parent: str,
     cleanup: bool,
     verbose: bool,
 ) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import yaml
+
 from orch.quantity import format_cpu, format_memory
 from orch.v1 import api_pb2 as api
 from orch.v1 import types_pb2 as pb

@@ -9,6 +9,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -119,7 +120,8 @@ class Cluster:
         name = self.node_name(i)
         subnet = list(self.cidr.subnets(new_prefix=24))[i]
         return ["--name", name, "--state-dir", str(self.dir / "nodes" / name),
-                "--bridge", f"orch{self.cluster_id}n{i}", "--subnet", str(subnet)]  # fmt: skip
+                "--bridge", f"orch{self.cluster_id}n{i}", "--subnet", str(subnet),
+                "--cgroup-parent", f"orch/up-{self.cluster_id}/{name}"]  # fmt: skip
 
     def start_agent(self, i: int) -> None:
         metrics = free_port()
@@ -176,7 +178,8 @@ class Cluster:
                 log.error("cleanup of %s failed: %s", self.node_name(i), result.stderr.strip())
 
 
-def run_cluster(nodes: int, state_dir: Path | None, port: int, lease_ttl: int, cidr: str = "10.88.0.0/16") -> None:
+def run_cluster(nodes: int, state_dir: Path | None, port: int, lease_ttl: int, cidr: str = "") -> None:
+    cidr = cidr or os.environ.get("ORCH_UP_CIDR", "10.88.0.0/16")
     cluster = Cluster(state_dir or DEFAULT_STATE_DIR, nodes, port, lease_ttl, cidr)
     if (cluster.dir / "cluster.json").exists():
         raise CliError(f"{cluster.dir / 'cluster.json'} exists: is another `orch up` running there?")

@@ -14,8 +14,6 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orch.v1 import agent_pb2 as apb
-from orch.v1 import types_pb2 as pb
 from prometheus_client import start_http_server
 
 from node.capacity import host_capacity, minus_reserve
@@ -26,6 +24,8 @@ from node.reconcile import diff
 from node.runtime import ContainerState, Runtime
 from node.session import Session
 from node.worker import InstanceWorker, WorkerDeps
+from orch.v1 import agent_pb2 as apb
+from orch.v1 import types_pb2 as pb
 
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
@@ -42,10 +42,11 @@ class AgentConfig:
     bridge: str = ""  # empty: containers get only a loopback network namespace
     subnet: str = ""
     metrics_listen: str = ""  # host:port
+    cgroup: str = ""  # cgroup parent of the containers; default orch/<name>
 
     @property
     def cgroup_parent(self) -> str:
-        return f"orch/{self.name}"
+        return self.cgroup or f"orch/{self.name}"
 
 
 class Agent:

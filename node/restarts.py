@@ -37,7 +37,7 @@ class RestartTracker:
             return Decision(False, 0.0)
         if ran_for >= self.reset_after:
             self.failures = 0
-        delay = min(self.maximum, self.initial * (2**self.failures)) if self.failures else 0.0
+        delay = min(self.maximum, self.initial * 2 ** (self.failures - 1)) if self.failures else 0.0
         self.failures += 1
         self.restarts += 1
         return Decision(True, delay)

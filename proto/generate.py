@@ -1,7 +1,7 @@
 """Regenerate the Python code for proto/orch/v1/*.proto.
 
-    python proto/generate.py            # writes next to the .proto files
-    python proto/generate.py OUT_DIR    # writes into OUT_DIR (the staleness test)
+python proto/generate.py            # writes next to the .proto files
+python proto/generate.py OUT_DIR    # writes into OUT_DIR (the staleness test)
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ def generate(out_dir: Path) -> None:
     sources = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "orch" / "v1").glob("*.proto"))
     include = Path(protoc.__file__).parent / "_proto"
     out = str(out_dir)
+    bindir = Path(sys.executable).parent  # the venv's plugins, even when it is not on PATH
     argv = [
         "protoc",
+        f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
         f"-I{PROTO_ROOT}",
         f"-I{include}",
         f"--python_out={out}",

@@ -1,0 +1,40 @@
+# make demo: set up a fresh Debian 12 machine and run a local 3-node cluster.
+# make test: set up and run every test, lint and type check.
+SHELL := /bin/bash
+PYTHON ?= /usr/bin/python3
+VENV := venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint unit bench proto clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml deploy/install-deps.sh
+	bash deploy/install-deps.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: setup
+	bash deploy/demo.sh
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+unit: setup
+	$(BIN)/pytest -q tests/unit
+
+bench: setup
+	$(BIN)/python -m bench
+
+proto: setup
+	$(BIN)/python proto/generate.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .state

@@ -1,0 +1,152 @@
+"""orch up with real etcd, a real scheduler and three real agents running
+real containers: spread, node death, fencing on return, delete, teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.processes import orch_argv, orch_env, run_orch, stop
+
+pytestmark = pytest.mark.root
+
+APP = """
+apiVersion: orch/v1
+kind: App
+metadata: {name: web}
+spec:
+  replicas: 6
+  image: rootfs:%s
+  command: ["httpd", "-f", "-p", "8080", "-h", "/www"]
+  resources: {cpu: 100m, memory: 32Mi, pids: 64}
+  stopGracePeriod: 1s
+"""
+
+
+def unused_cidr() -> str:
+    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True, check=True).stdout
+    for second in range(200, 250):
+        if f"10.{second}." not in routes:
+            return f"10.{second}.0.0/16"
+    raise RuntimeError("no free 10.x/16 for the test cluster")
+
+
+@pytest.fixture
+def cluster(tmp_path, busybox_rootfs):
+    state = tmp_path / "up"
+    argv = orch_argv("up", "--nodes", "3", "--state-dir", str(state), "--port", "0")
+    env = orch_env() | {"ORCH_UP_CIDR": unused_cidr()}
+    with open(tmp_path / "up.log", "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not (state / "cluster.json").exists():
+            assert proc.poll() is None, (tmp_path / "up.log").read_text()
+            assert time.monotonic() < deadline, "orch up did not write cluster.json"
+            time.sleep(0.1)
+        yield json.loads((state / "cluster.json").read_text())
+    finally:
+        stop(proc, signal.SIGTERM, timeout=60)
+    assert proc.returncode == 0, (tmp_path / "up.log").read_text()[-3000:]
+    assert not (state / "cluster.json").exists()
+
+
+def orch(info, *args, stdin=None):
+    return run_orch("--scheduler", info["schedulers"][0], *args, stdin=stdin)
+
+
+def instances(info):
+    r = orch(info, "get", "instances", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def running_elsewhere(info, dead):
+    return [i for i in instances(info) if i["state"] == "Running" and i["node"] != dead]
+
+
+def container_pids(state_dir: str) -> list[int]:
+    """PIDs of every shim or container whose state lives in this cluster's state dir."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cg = (p / "cgroup").read_text()
+        except OSError:
+            continue
+        if (state_dir in cmd and "node.runtime.shim" in cmd) or ("/orch/up-" in cg and "httpd" in cmd):
+            pids.append(int(p.name))
+    return pids
+
+
+def test_spread_replace_fence_and_delete(cluster, busybox_rootfs, record_property):
+    info = cluster
+    nodes = json.loads(orch(info, "get", "nodes", "-o", "json").stdout)
+    assert sorted(n["name"] for n in nodes) == ["node-0", "node-1", "node-2"]
+    assert all(n["state"] == "Ready" for n in nodes)
+
+    started = time.monotonic()
+    r = orch(info, "apply", "-", stdin=APP % busybox_rootfs)
+    assert r.returncode == 0, r.stderr
+
+    def all_running():
+        insts = instances(info)
+        return insts if sum(i["state"] == "Running" for i in insts) == 6 else None
+
+    insts = wait_for(all_running, 30, "6 Running")
+    record_property("apply_to_running_s", round(time.monotonic() - started, 2))
+    per_node = sorted(sum(i["node"] == n for i in insts) for n in ("node-0", "node-1", "node-2"))
+    assert per_node == [2, 2, 2]
+    assert all(i["ip"] and i["startedAt"] and i["exitCode"] is None for i in insts)
+    # The containers really serve, each from its own network namespace.
+    with urllib.request.urlopen(f"http://{insts[0]['ip']}:8080/", timeout=5) as resp:
+        assert resp.read() == b"hello from orch\n"
+
+    agent = next(p for p in info["processes"] if p["role"] == "agent" and p["node"] == "node-1")
+    killed_at = time.monotonic()
+    os.kill(agent["pid"], signal.SIGKILL)
+    wait_for(lambda: len(running_elsewhere(info, "node-1")) == 6, 10, "replacements on the other nodes")
+    record_property("node_kill_to_replaced_s", round(time.monotonic() - killed_at, 2))
+    lost = [i for i in instances(info) if i["state"] == "Lost"]
+    assert len(lost) == 2 and {i["node"] for i in lost} == {"node-1"}
+
+    # The node comes back: its old instances are no longer desired there, so
+    # it stops them (fencing): never more than replicas + maxSurge run.
+    restarted = subprocess.Popen(agent["argv"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=orch_env())
+    try:
+        wait_for(lambda: not [i for i in instances(info) if i["node"] == "node-1"], 20, "fenced instances gone")
+        assert len(running_elsewhere(info, "node-1")) == 6
+
+        assert orch(info, "delete", "app", "web").returncode == 0
+        wait_for(lambda: not instances(info), 20, "all instances removed")
+        wait_for(lambda: not container_pids(info["stateDir"]), 10, "no container processes")
+    finally:
+        stop(restarted)
+
+
+def test_bad_manifest_names_file_line_and_field_and_applies_nothing(cluster, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(APP.replace("memory: 32Mi", "memory: 32Mb") % "/x")
+    r = orch(cluster, "apply", str(path))
+    assert r.returncode == 1
+    assert f"{path}:9 spec.resources.memory" in r.stderr and "did you mean 32Mi?" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert json.loads(orch(cluster, "get", "apps", "-o", "json").stdout) == []

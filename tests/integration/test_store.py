@@ -1,0 +1,81 @@
+"""The store against a real etcd, with etcdctl as an independent oracle."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from orch.v1 import types_pb2 as pb
+from scheduler.errors import Conflict, StoreUnavailable
+from scheduler.store import Delete, Put, Store
+
+
+@pytest.fixture
+def store(etcd):
+    s = Store([etcd.endpoint], prefix="/t/")
+    yield s
+    s.close()
+
+
+def etcdctl_keys(etcd, prefix):
+    out = subprocess.run(
+        ["etcdctl", "--endpoints", etcd.url, "get", "--prefix", prefix, "-w", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"ETCDCTL_API": "3"},
+    )
+    import base64
+
+    return sorted(base64.b64decode(kv["key"]).decode() for kv in json.loads(out.stdout).get("kvs", []))
+
+
+def test_commit_is_revision_checked(store, etcd):
+    key = store.keys.app("web")
+    store.commit([Put(key, pb.App(generation=1), 0)])
+    with pytest.raises(Conflict):
+        store.commit([Put(key, pb.App(generation=2), 0)])  # must not exist: it does
+    current = store.get(pb.App, key)
+    store.commit([Put(key, pb.App(generation=2), current.mod_revision)])
+    with pytest.raises(Conflict):
+        store.commit([Put(key, pb.App(generation=3), current.mod_revision)])  # stale read
+    assert store.get(pb.App, key).value.generation == 2
+    assert etcdctl_keys(etcd, "/t/") == ["/t/apps/web"]
+
+
+def test_failed_chunk_writes_nothing(store):
+    a, b = store.keys.app("a"), store.keys.app("b")
+    store.commit([Put(a, pb.App(generation=1), 0)])
+    with pytest.raises(Conflict):
+        store.commit([Put(b, pb.App(generation=1), 0), Delete(a, 999999)])
+    assert store.get(pb.App, b) is None and store.get(pb.App, a) is not None
+
+
+def test_large_commits_are_chunked_under_the_txn_limit(store):
+    writes = [Put(store.keys.instance("x", f"x-{i}"), pb.Instance(name=f"x-{i}", app="x"), 0) for i in range(300)]
+    store.commit(writes)
+    assert len(store.snapshot().instances) == 300
+
+
+def test_snapshot_sees_node_leases_and_their_expiry(store):
+    lease, granted = store.grant_lease(1)
+    assert granted == 1  # etcd started with --election-timeout 500 honours 1 s
+    store.commit(
+        [Put(store.keys.node("n1"), pb.Node(name="n1"), 0), Put(store.keys.node_lease("n1"), pb.Node(), None, lease)]
+    )
+    assert store.snapshot().live_nodes == {"n1"}
+    deadline = time.monotonic() + 5
+    while store.snapshot().live_nodes and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert store.snapshot().live_nodes == frozenset()
+    assert "n1" in store.snapshot().nodes  # the node record stays; only liveness went
+
+
+def test_unreachable_etcd_is_a_clear_error(etcd):
+    s = Store(["127.0.0.1:1"], timeout=0.5)
+    with pytest.raises(StoreUnavailable, match="etcd unavailable during snapshot"):
+        s.snapshot()
+    s.close()

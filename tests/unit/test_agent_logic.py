@@ -1,0 +1,39 @@
+"""The agent's pure parts: desired/actual diff and restart decisions."""
+
+from __future__ import annotations
+
+import pytest
+
+from node.reconcile import diff
+from node.restarts import RestartTracker
+from orch.v1 import types_pb2 as pb
+
+
+def test_diff_splits_added_removed_unchanged():
+    d = diff([pb.Instance(name="a"), pb.Instance(name="b")], {"b": object(), "c": object()})
+    assert [i.name for i in d.added] == ["a"]
+    assert d.removed == ("c",)
+    assert d.unchanged == ("b",)
+
+
+@pytest.mark.parametrize(
+    ("policy", "code", "restart"),
+    [
+        (pb.RESTART_POLICY_ALWAYS, 0, True),
+        (pb.RESTART_POLICY_ALWAYS, 1, True),
+        (pb.RESTART_POLICY_ON_FAILURE, 0, False),
+        (pb.RESTART_POLICY_ON_FAILURE, 2, True),
+        (pb.RESTART_POLICY_NEVER, 1, False),
+        (pb.RESTART_POLICY_UNSPECIFIED, 0, True),
+    ],
+)
+def test_restart_policy(policy, code, restart):
+    assert RestartTracker(policy).next(code, 1.0).restart is restart
+
+
+def test_backoff_doubles_caps_and_resets_after_a_healthy_run():
+    t = RestartTracker(pb.RESTART_POLICY_ALWAYS, initial=1, maximum=5, reset_after=60)
+    delays = [t.next(1, 0.1).delay for _ in range(6)]
+    assert delays == [0.0, 1, 2, 4, 5, 5]
+    assert t.next(1, 120).delay == 0.0
+    assert t.restarts == 7

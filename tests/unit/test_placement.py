@@ -1,0 +1,125 @@
+"""Placement: filters, scores and the pipeline, as tables and properties."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from orch.v1 import types_pb2 as pb
+from scheduler.placement import Placement, Unschedulable, node_views, place
+from scheduler.placement.filters import first_reject
+from tests.factories import make_app, make_instance, make_node, make_snapshot, make_spec
+
+
+def views(nodes, instances=(), live=None):
+    snap = make_snapshot(nodes=nodes, instances=list(instances), live=live)
+    v = node_views(snap)
+    return [v[n] for n in sorted(v)]
+
+
+@pytest.mark.parametrize(
+    ("node", "spec", "reason"),
+    [
+        (make_node("a"), make_spec(), None),
+        (make_node("a", unschedulable=True), make_spec(), "node(s) cordoned"),
+        (make_node("a", cpu=100), make_spec(cpu=200), "insufficient cpu"),
+        (make_node("a", memory=1 << 20), make_spec(memory=2 << 20), "insufficient memory"),
+        (
+            make_node("a", labels={"disk": "hdd"}),
+            make_spec(node_selector={"disk": "ssd"}),
+            "node(s) didn't match node selector",
+        ),
+        (make_node("a", labels={"disk": "ssd"}), make_spec(node_selector={"disk": "ssd"}), None),
+    ],
+)
+def test_filters(node, spec, reason):
+    reject = first_reject(spec, views([node])[0])
+    assert (reject.reason if reject else None) == reason
+
+
+def test_not_ready_node_is_rejected():
+    v = views([make_node("a")], live=set())
+    reject = first_reject(make_spec(), v[0])
+    assert reject is not None and reject.reason == "node(s) not ready"
+
+
+def test_host_port_conflict_counts_existing_instances():
+    spec = make_spec(ports=[pb.Port(name="http", container_port=80, host_port=8080)])
+    app = make_app(spec)
+    v = views([make_node("a"), make_node("b")], [make_instance(app, "web-1", node="a")])
+    assert place(spec, v) == Placement("b")
+
+
+def test_unschedulable_message_is_kubernetes_style():
+    nodes = [make_node("a", memory=1 << 20), make_node("b", memory=1 << 20), make_node("c", unschedulable=True)]
+    result = place(make_spec(memory=64 << 20), views(nodes))
+    assert isinstance(result, Unschedulable)
+    assert result.message == "0/3 nodes available: 2 insufficient memory, 1 node(s) cordoned"
+
+
+def test_spread_prefers_node_without_the_app_then_least_allocated():
+    app = make_app(make_spec())
+    other = make_app(make_spec(name="db", cpu=2000))
+    insts = [make_instance(app, "web-1", node="a"), make_instance(other, "db-1", node="b")]
+    assert place(app.spec, views([make_node("a"), make_node("b"), make_node("c")], insts)) == Placement("c")
+
+
+def test_binpack_prefers_most_allocated():
+    spec = make_spec(cpu=100, placement=pb.PLACEMENT_STRATEGY_BINPACK)
+    other = make_app(make_spec(name="db", cpu=2000))
+    insts = [make_instance(other, "db-1", node="b")]
+    assert place(spec, views([make_node("a"), make_node("b"), make_node("c")], insts)) == Placement("b")
+
+
+def test_ties_break_deterministically():
+    nodes = [make_node("c"), make_node("a"), make_node("b")]
+    assert {place(make_spec(), views(nodes), start=s) for s in range(3)} == {Placement("a")}
+
+
+node_strategy = st.builds(
+    lambda i, cpu, mem, disk: make_node(f"n{i}", cpu=cpu, memory=mem, labels={"disk": disk}),
+    st.integers(0, 10_000),
+    st.integers(0, 4000),
+    st.integers(0, 4 << 30),
+    st.sampled_from(["ssd", "hdd"]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    nodes=st.lists(node_strategy, min_size=1, max_size=12, unique_by=lambda n: n.name),
+    replicas=st.integers(1, 40),
+    cpu=st.integers(0, 1500),
+    memory=st.integers(0, 1 << 30),
+    selector=st.sampled_from([{}, {"disk": "ssd"}]),
+    host_port=st.sampled_from([0, 8080]),
+)
+def test_pipeline_properties(nodes, replicas, cpu, memory, selector, host_port):
+    """Never overcommits, always honours selectors and host ports, spread stays balanced within one."""
+    ports = [pb.Port(name="p", container_port=80, host_port=host_port)] if host_port else []
+    spec = make_spec(cpu=cpu, memory=memory, node_selector=selector, ports=ports)
+    vs = views(nodes)
+    by_name = {v.name: v for v in vs}
+    placed: Counter[str] = Counter()
+    for i in range(replicas):
+        result = place(spec, vs, start=i % len(vs))
+        if isinstance(result, Unschedulable):
+            continue
+        by_name[result.node].add(spec)
+        placed[result.node] += 1
+    for node in nodes:
+        v = by_name[node.name]
+        # A capacity of 0 means the node does not limit that resource.
+        assert node.allocatable.cpu_millis == 0 or v.cpu <= node.allocatable.cpu_millis
+        assert node.allocatable.memory_bytes == 0 or v.memory <= node.allocatable.memory_bytes
+        if placed[node.name]:
+            assert all(node.labels.get(k) == val for k, val in selector.items())
+        if host_port:
+            assert placed[node.name] <= 1
+    # Balanced within one among nodes that could still take another instance.
+    eligible = [n.name for n in nodes if first_reject(spec, by_name[n.name]) is None]
+    if eligible and placed:
+        assert max(placed.values()) - min(placed[n] for n in eligible) <= 1

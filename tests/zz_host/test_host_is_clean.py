@@ -1,0 +1,44 @@
+"""Runs last: the suite left no cgroup, mount, link, netns or process of ours."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+
+def test_no_cgroups_left():
+    # Every controller hierarchy (v1) and the unified one (v2) sit one level down.
+    left = [str(p) for p in Path("/sys/fs/cgroup").glob("*/orch*")]
+    assert not left, left
+
+
+def test_no_mounts_left():
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert not [line for line in mounts.splitlines() if "orch" in line or " overlay " in line]
+
+
+def test_no_links_or_netns_left():
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    ours = [line.split(": ")[1] for line in links.splitlines() if line.split(": ")[1].startswith(("orch", "ov"))]
+    assert not ours, ours
+    assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.strip() == ""
+
+
+def test_no_processes_left():
+    me = os.getpid()
+    ours = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit() or int(p.name) == me:
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "node.runtime.shim" in cmd or "-m cli " in cmd or (cmd.startswith("etcd ") and "orch-etcd-" in cmd):
+            ours.append(f"{p.name}: {cmd[:120]}")
+    assert not ours, ours
