@@ -37,3 +37,9 @@ def test_backoff_doubles_caps_and_resets_after_a_healthy_run():
     assert delays == [0.0, 1, 2, 4, 5, 5]
     assert t.next(1, 120).delay == 0.0
     assert t.restarts == 7
+
+
+def test_tables_show_memory_for_people():
+    from cli.output import human_memory
+
+    assert [human_memory(n) for n in (0, 64 << 20, 24684092 * 1024, 1536)] == ["0", "64Mi", "23.5Gi", "1.5Ki"]

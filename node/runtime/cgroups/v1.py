@@ -1,0 +1,127 @@
+"""cgroup v1 driver: one hierarchy per controller (memory, cpu, cpuacct, pids).
+
+The container's cgroup is <root>/<controller>/<path> in each mounted hierarchy;
+a controller that is not mounted is skipped only when no limit needs it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from node.runtime.cgroups.common import (
+    CPU_PERIOD_US,
+    CgroupStats,
+    Limits,
+    cpu_quota_us,
+    cpu_shares,
+    kill_procs_until_empty,
+    read_int,
+    read_keyed,
+    read_pids,
+    rmdir_retry,
+    write,
+)
+from node.runtime.errors import ContainerError
+
+__all__ = ["CONTROLLERS", "V1Driver", "apply_cpu", "apply_memory", "apply_pids"]
+
+CONTROLLERS = ("memory", "cpu", "cpuacct", "pids")
+
+
+def apply_memory(cg: Path, limit_bytes: int) -> None:
+    if limit_bytes <= 0:
+        return
+    write(cg / "memory.limit_in_bytes", str(limit_bytes))
+    # memsw = memory + swap; equal to the limit means no swap. It must be set
+    # after limit_in_bytes (the kernel keeps memsw >= limit) and exists only
+    # with swap accounting.
+    if (cg / "memory.memsw.limit_in_bytes").exists():
+        write(cg / "memory.memsw.limit_in_bytes", str(limit_bytes))
+
+
+def apply_cpu(cg: Path, millis: int) -> None:
+    if millis <= 0:
+        return
+    write(cg / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+    write(cg / "cpu.cfs_quota_us", str(cpu_quota_us(millis)))
+    write(cg / "cpu.shares", str(cpu_shares(millis)))
+
+
+def apply_pids(cg: Path, limit: int) -> None:
+    if limit > 0:
+        write(cg / "pids.max", str(limit))
+
+
+class V1Driver:
+    name = "v1"
+
+    def __init__(self, root: Path = Path("/sys/fs/cgroup")) -> None:
+        self.root = root
+
+    def _dirs(self, path: str) -> dict[str, Path]:
+        """Controller -> cgroup dir, for mounted controllers; co-mounted ones (cpu,cpuacct) once."""
+        dirs: dict[str, Path] = {}
+        seen: set[Path] = set()
+        for ctrl in CONTROLLERS:
+            base = self.root / ctrl
+            if base.is_dir() and (real := base.resolve()) not in seen:
+                seen.add(real)
+                dirs[ctrl] = base / path
+        return dirs
+
+    def create(self, path: str, limits: Limits) -> None:
+        dirs = self._dirs(path)
+        needed = {"memory": limits.memory_bytes, "cpu": limits.cpu_millis, "pids": limits.pids}
+        for ctrl, value in needed.items():
+            if value > 0 and ctrl not in dirs:
+                raise ContainerError(f"cgroup v1 controller {ctrl} is not mounted under {self.root}")
+        for cg in dirs.values():
+            cg.mkdir(parents=True, exist_ok=True)
+        if "memory" in dirs:
+            apply_memory(dirs["memory"], limits.memory_bytes)
+        if "cpu" in dirs:
+            apply_cpu(dirs["cpu"], limits.cpu_millis)
+        if "pids" in dirs:
+            apply_pids(dirs["pids"], limits.pids)
+
+    def add_process(self, path: str, pid: int) -> None:
+        for cg in self._dirs(path).values():
+            write(cg / "cgroup.procs", str(pid))
+
+    def _procs_file(self, path: str) -> Path:
+        dirs = self._dirs(path)
+        # Every controller holds the same processes; pids is the one meant to count them.
+        cg = dirs.get("pids") or dirs.get("memory") or next(iter(dirs.values()), self.root / "pids" / path)
+        return cg / "cgroup.procs"
+
+    def kill_all(self, path: str) -> None:
+        # v1 has no cgroup.kill; repeat until empty so racing forks are caught too.
+        kill_procs_until_empty(self._procs_file(path))
+
+    def populated(self, path: str) -> bool:
+        return bool(read_pids(self._procs_file(path)))
+
+    def oom_killed(self, path: str) -> int:
+        return read_keyed(self.root / "memory" / path / "memory.oom_control").get("oom_kill", 0)
+
+    def stats(self, path: str) -> CgroupStats:
+        return CgroupStats(
+            cpu_usage_ns=read_int(self.root / "cpuacct" / path / "cpuacct.usage"),
+            memory_bytes=read_int(self.root / "memory" / path / "memory.usage_in_bytes"),
+            pids=read_int(self.root / "pids" / path / "pids.current"),
+        )
+
+    def remove(self, path: str) -> None:
+        for cg in self._dirs(path).values():
+            rmdir_retry(cg)
+
+    def exists(self, path: str) -> bool:
+        return any(cg.is_dir() for cg in self._dirs(path).values())
+
+    def children(self, path: str) -> list[str]:
+        names: set[str] = set()
+        for cg in self._dirs(path).values():
+            if cg.is_dir():
+                names.update(e.name for e in os.scandir(cg) if e.is_dir())
+        return sorted(names)

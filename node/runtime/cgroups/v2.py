@@ -1,0 +1,119 @@
+"""cgroup v2 driver: one unified hierarchy, <root>/<path>.
+
+Controllers must be enabled in cgroup.subtree_control of every ancestor
+before a child can use them; only those listed in cgroup.controllers are.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from node.runtime.cgroups.common import (
+    CPU_PERIOD_US,
+    CgroupStats,
+    Limits,
+    cpu_quota_us,
+    cpu_shares,
+    kill_procs_until_empty,
+    read_int,
+    read_keyed,
+    rmdir_retry,
+    write,
+)
+
+__all__ = [
+    "V2Driver",
+    "apply_cpu",
+    "apply_memory",
+    "apply_pids",
+    "cpu_weight",
+    "enable_controllers",
+]
+
+
+def cpu_weight(millis: int) -> int:
+    """cpu.weight (1..10000) from v1 shares (2..262144), the mapping runc and crun use."""
+    return 1 + ((cpu_shares(millis) - 2) * 9999) // 262142
+
+
+def enable_controllers(root: Path, path: str, wanted: set[str]) -> None:
+    """Enable `wanted` (as far as available) in subtree_control of every ancestor; create the dirs."""
+    cg = root
+    for part in Path(path).parts:
+        available = set((cg / "cgroup.controllers").read_text().split())
+        if todo := sorted(wanted & available):
+            write(cg / "cgroup.subtree_control", " ".join(f"+{c}" for c in todo))
+        cg = cg / part
+        cg.mkdir(exist_ok=True)
+
+
+def apply_memory(cg: Path, limit_bytes: int) -> None:
+    if limit_bytes <= 0:
+        return
+    write(cg / "memory.max", str(limit_bytes))
+    if (cg / "memory.swap.max").exists():  # absent without swap accounting
+        write(cg / "memory.swap.max", "0")
+
+
+def apply_cpu(cg: Path, millis: int) -> None:
+    if millis <= 0:
+        return
+    write(cg / "cpu.max", f"{cpu_quota_us(millis)} {CPU_PERIOD_US}")
+    write(cg / "cpu.weight", str(cpu_weight(millis)))
+
+
+def apply_pids(cg: Path, limit: int) -> None:
+    if limit > 0:
+        write(cg / "pids.max", str(limit))
+
+
+class V2Driver:
+    name = "v2"
+
+    def __init__(self, root: Path = Path("/sys/fs/cgroup")) -> None:
+        self.root = root
+
+    def create(self, path: str, limits: Limits) -> None:
+        wanted = {
+            c for c, v in (("memory", limits.memory_bytes), ("cpu", limits.cpu_millis), ("pids", limits.pids)) if v
+        }
+        enable_controllers(self.root, path, wanted)
+        cg = self.root / path
+        cg.mkdir(exist_ok=True)
+        apply_memory(cg, limits.memory_bytes)
+        apply_cpu(cg, limits.cpu_millis)
+        apply_pids(cg, limits.pids)
+
+    def add_process(self, path: str, pid: int) -> None:
+        write(self.root / path / "cgroup.procs", str(pid))
+
+    def kill_all(self, path: str) -> None:
+        cg = self.root / path
+        if (cg / "cgroup.kill").exists():  # Linux >= 5.14: atomic, no fork race
+            write(cg / "cgroup.kill", "1")
+        kill_procs_until_empty(cg / "cgroup.procs")
+
+    def populated(self, path: str) -> bool:
+        return read_keyed(self.root / path / "cgroup.events").get("populated", 0) == 1
+
+    def oom_killed(self, path: str) -> int:
+        return read_keyed(self.root / path / "memory.events").get("oom_kill", 0)
+
+    def stats(self, path: str) -> CgroupStats:
+        cg = self.root / path
+        return CgroupStats(
+            cpu_usage_ns=read_keyed(cg / "cpu.stat").get("usage_usec", 0) * 1000,
+            memory_bytes=read_int(cg / "memory.current"),
+            pids=read_int(cg / "pids.current"),
+        )
+
+    def remove(self, path: str) -> None:
+        rmdir_retry(self.root / path)
+
+    def exists(self, path: str) -> bool:
+        return (self.root / path).is_dir()
+
+    def children(self, path: str) -> list[str]:
+        cg = self.root / path
+        return sorted(e.name for e in os.scandir(cg) if e.is_dir()) if cg.is_dir() else []

@@ -1,0 +1,246 @@
+"""The Runtime: start, observe, stop and remove containers, each run by its own shim.
+
+All container state lives in files under state_dir (see layout.py) and in
+/proc, so any Runtime object, in any process, sees the same containers: an
+agent restarted after a crash adopts what its predecessor started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from node.runtime import procs
+from node.runtime.cgroups import CgroupDriver, CgroupStats, Limits, driver_for
+from node.runtime.errors import ContainerError, NotFound, RuntimeStartError
+from node.runtime.layout import ContainerDir, read_json, write_json_atomic
+from node.runtime.model import ContainerConfig, ContainerState, ContainerStatus, valid_id
+from node.runtime.shim_client import run_shim
+from node.runtime.spec import ShimSpec
+
+__all__ = ["Runtime"]
+
+_NEVER_STARTED_AFTER = 120.0  # s: a spec without start.json this old belongs to a start that died
+_SHIM_EXIT_TIMEOUT = 10.0  # s: the shim writes exit.json right after the container ends
+
+
+class Runtime:
+    def __init__(self, state_dir: Path, cgroup_parent: str, *, cgroups: CgroupDriver | None = None) -> None:
+        self.state_dir = Path(state_dir)
+        self.cgroup_parent = cgroup_parent.strip("/")
+        self._cg = cgroups if cgroups is not None else driver_for()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- paths ---------------------------------------------------------------
+
+    def _dir(self, id: str) -> ContainerDir:
+        cdir = ContainerDir(self.state_dir / id)
+        if not valid_id(id) or not cdir.spec.exists():
+            raise NotFound(id, self.state_dir)
+        return cdir
+
+    def _cgroup(self, id: str) -> str:
+        return f"{self.cgroup_parent}/{id}"
+
+    # -- start ---------------------------------------------------------------
+
+    def start(self, config: ContainerConfig, on_netns: Callable[[int], None] | None = None) -> ContainerState:
+        """Blocks until the command was exec'd (RUNNING) or could not be (EXITED, StartError)."""
+        cdir = self._prepare(config)
+        try:
+            run_shim(cdir, on_netns)
+        except BaseException:
+            self._discard(config.id)
+            raise
+        return self.state(config.id)
+
+    def _prepare(self, config: ContainerConfig) -> ContainerDir:
+        """Validate, then create the state dir and the cgroup (limits applied). Raises RuntimeStartError."""
+        id = config.id
+        if not valid_id(id):
+            raise RuntimeStartError("container id must be a DNS-1123 label", id=id)
+        if not config.argv or not config.argv[0]:
+            raise RuntimeStartError("empty argv", id=id)
+        if not config.rootfs.is_dir():
+            raise RuntimeStartError(f"rootfs {config.rootfs} is not a directory", id=id)
+        cdir = ContainerDir(self.state_dir / id)
+        for path in (config.rootfs, cdir.path):  # overlay options are split on ',' and ':'
+            if "," in str(path) or ":" in str(path):
+                raise RuntimeStartError(f"path {path} contains ',' or ':'", id=id)
+        try:
+            cdir.path.mkdir()
+        except FileExistsError:
+            raise RuntimeStartError(f"{cdir.path} exists: remove the old container first", id=id) from None
+        try:
+            for sub in (cdir.upper, cdir.work, cdir.rootfs):
+                sub.mkdir()
+            limits = Limits(config.cpu_millis, config.memory_bytes, config.pids)
+            self._cg.create(self._cgroup(id), limits)
+            spec = ShimSpec(config, self._cg.name, self._cg.root, self._cgroup(id))
+            write_json_atomic(cdir.spec, spec.to_json())
+        except (OSError, ContainerError) as exc:
+            self._remove_files(id)
+            raise RuntimeStartError(f"prepare: {exc}", id=id) from exc
+        return cdir
+
+    def _discard(self, id: str) -> None:
+        """Undo a failed start as far as possible; the original error is what the caller sees."""
+        with contextlib.suppress(Exception):
+            self.stop(id, 0)
+        with contextlib.suppress(Exception):
+            self.remove(id)
+
+    # -- observe -------------------------------------------------------------
+
+    def state(self, id: str) -> ContainerState:
+        cdir = self._dir(id)
+        start = read_json(cdir.start) or {}
+        ended = read_json(cdir.exit)
+        if ended is not None:
+            return _exited(id, start, ended)
+        pid, started_at = start.get("pid"), start.get("started_at")
+        status = ContainerStatus.RUNNING if started_at else ContainerStatus.CREATED
+        if procs.is_alive(pid, start.get("pid_start")) or procs.is_alive(
+            start.get("shim_pid"), start.get("shim_start")
+        ):
+            return ContainerState(id, status, pid, None, False, started_at, None, "", "")
+        if not start and time.time() - cdir.spec.stat().st_mtime < _NEVER_STARTED_AFTER:
+            return ContainerState(id, ContainerStatus.CREATED, None, None, False, None, None, "", "")
+        if (ended := read_json(cdir.exit)) is not None:  # the shim finished meanwhile
+            return _exited(id, start, ended)
+        lost = {"reason": "Error", "message": "shim died; exit status unknown"}
+        return _exited(id, start, lost)
+
+    def list(self) -> list[ContainerState]:
+        states = []
+        for entry in sorted(os.scandir(self.state_dir), key=lambda e: e.name):
+            with contextlib.suppress(NotFound):
+                states.append(self.state(entry.name))
+        return states
+
+    def exit_fd(self, id: str) -> int:
+        """A pidfd of the shim (readable once it wrote exit.json and exited); caller closes it."""
+        cdir = self._dir(id)
+        start = read_json(cdir.start) or {}
+        if cdir.exit.exists():
+            return procs.ended_fd()
+        fd = procs.open_pidfd(start.get("shim_pid"), start.get("shim_start"))
+        return fd if fd is not None else procs.ended_fd()
+
+    def stats(self, id: str) -> CgroupStats:
+        """cgroup usage (cpu ns, memory bytes, pids) for metrics; zeros once the cgroup is gone."""
+        self._dir(id)
+        return self._cg.stats(self._cgroup(id))
+
+    # -- stop ----------------------------------------------------------------
+
+    def kill(self, id: str, sig: int) -> None:
+        """Signal PID 1 of the container; a container that has ended is not an error."""
+        start = read_json(self._dir(id).start) or {}
+        fd = procs.open_pidfd(start.get("pid"), start.get("pid_start"))
+        if fd is None:
+            return
+        try:
+            signal.pidfd_send_signal(fd, sig)
+        except ProcessLookupError:
+            pass
+        finally:
+            os.close(fd)
+
+    def stop(self, id: str, grace: float) -> ContainerState:
+        cdir = self._dir(id)
+        start = read_json(cdir.start) or {}
+        if not cdir.exit.exists():
+            pidfd = procs.open_pidfd(start.get("pid"), start.get("pid_start"))
+            if pidfd is not None:
+                try:
+                    if grace > 0:
+                        signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+                    if grace <= 0 or not procs.wait_fd(pidfd, grace):
+                        self._cg.kill_all(self._cgroup(id))
+                finally:
+                    os.close(pidfd)
+            self._wait_shim(id)
+        return self.state(id)
+
+    def _wait_shim(self, id: str, timeout: float = _SHIM_EXIT_TIMEOUT) -> None:
+        """Until the shim process is gone (it exits right after writing exit.json)."""
+        start = read_json(ContainerDir(self.state_dir / id).start) or {}
+        fd = procs.open_pidfd(start.get("shim_pid"), start.get("shim_start"))
+        if fd is not None:
+            try:
+                procs.wait_fd(fd, timeout)
+            finally:
+                os.close(fd)
+
+    # -- remove --------------------------------------------------------------
+
+    def remove(self, id: str) -> None:
+        """Remove an exited container's cgroup and files. A missing container is success."""
+        try:
+            state = self.state(id)
+        except NotFound:
+            self._remove_files(id)
+            return
+        if state.status is not ContainerStatus.EXITED:
+            raise ContainerError(f"cannot remove a {state.status.value} container; stop it first", id=id)
+        self._wait_shim(id)  # nothing of the container may outlive remove()
+        self._remove_files(id)
+
+    def _remove_files(self, id: str) -> None:
+        path = self._cgroup(id)
+        if self._cg.exists(path):
+            if self._cg.populated(path):  # strays, e.g. after a shim died
+                self._cg.kill_all(path)
+            self._cg.remove(path)
+        shutil.rmtree(self.state_dir / id, onerror=_ignore_enoent)
+
+    def cleanup_all(self) -> None:
+        """Stop (grace 0) and remove every container, orphaned cgroups too, then the parent cgroups."""
+        errors: list[str] = []
+        for st in self.list():
+            try:
+                self.stop(st.id, 0)
+                self.remove(st.id)
+            except (OSError, ContainerError) as exc:
+                errors.append(f"{st.id}: {exc}")
+        for name in self._cg.children(self.cgroup_parent):  # cgroups whose state dir is gone
+            try:
+                self._remove_files(name)
+            except (OSError, ContainerError) as exc:
+                errors.append(f"cgroup {name}: {exc}")
+        parts = Path(self.cgroup_parent).parts
+        for depth in range(len(parts), 0, -1):
+            parent = "/".join(parts[:depth])
+            if self._cg.children(parent):  # e.g. another node's cgroups under "orch"
+                break
+            self._cg.remove(parent)
+        if errors:
+            raise ContainerError("cleanup_all: " + "; ".join(errors))
+
+
+def _exited(id: str, start: dict[str, Any], ended: dict[str, Any]) -> ContainerState:
+    return ContainerState(
+        id=id,
+        status=ContainerStatus.EXITED,
+        pid=start.get("pid"),
+        exit_code=ended.get("exit_code"),
+        oom_killed=bool(ended.get("oom_killed", False)),
+        started_at=start.get("started_at"),
+        finished_at=ended.get("finished_at"),
+        reason=str(ended.get("reason", "")),
+        message=str(ended.get("message", "")),
+    )
+
+
+def _ignore_enoent(func: Callable[..., Any], path: str, exc_info: Any) -> None:
+    exc = exc_info[1]
+    if not (isinstance(exc, OSError) and exc.errno == errno.ENOENT):
+        raise exc

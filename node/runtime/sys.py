@@ -1,0 +1,185 @@
+"""The one seam between the runtime and the kernel calls the stdlib lacks.
+
+`LinuxSyscalls` reaches libc through ctypes (Python 3.11 has no os.unshare /
+os.setns / mount / pivot_root); `RecordingSyscalls` only records, so unit tests
+can assert the order of the container's init steps without root.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import NoReturn, Protocol
+
+__all__ = [
+    "CLONE_NEWCGROUP",
+    "CLONE_NEWIPC",
+    "CLONE_NEWNET",
+    "CLONE_NEWNS",
+    "CLONE_NEWPID",
+    "CLONE_NEWUTS",
+    "MNT_DETACH",
+    "MS_BIND",
+    "MS_NODEV",
+    "MS_NOEXEC",
+    "MS_NOSUID",
+    "MS_PRIVATE",
+    "MS_RDONLY",
+    "MS_REC",
+    "MS_REMOUNT",
+    "LinuxSyscalls",
+    "RecordedExec",
+    "RecordingSyscalls",
+    "Syscalls",
+]
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+
+
+class Syscalls(Protocol):
+    def unshare(self, flags: int) -> None: ...
+    def mount(self, source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None: ...
+    def umount2(self, target: str, flags: int) -> None: ...
+    def pivot_root(self, new_root: str, put_old: str) -> None: ...
+    def sethostname(self, name: str) -> None: ...
+    def chdir(self, path: str) -> None: ...
+    def mkdir(self, path: str, mode: int) -> None: ...  # existing dir is fine
+    def touch(self, path: str) -> None: ...  # bind-mount target for a device node
+    def symlink(self, target: str, path: str) -> None: ...  # existing link is fine
+    def execvpe(self, file: str, argv: Sequence[str], env: Mapping[str, str]) -> NoReturn: ...
+
+
+def _libc() -> ctypes.CDLL:
+    # The interpreter is linked against libc: CDLL(None) finds its symbols without
+    # ctypes.util.find_library, which imports subprocess and runs ldconfig (slow).
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _fs(value: str | None) -> bytes | None:
+    return None if value is None else os.fsencode(value)
+
+
+class LinuxSyscalls:
+    """Real calls through libc; every failure raises OSError with the path."""
+
+    def __init__(self) -> None:
+        self._libc = _libc()
+
+    def _check(self, result: int, what: str, path: str | None = None) -> None:
+        if result != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"{what}: {os.strerror(err)}", path)
+
+    def unshare(self, flags: int) -> None:
+        self._check(self._libc.unshare(ctypes.c_int(flags)), "unshare")
+
+    def mount(self, source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+        res = self._libc.mount(_fs(source), _fs(target), _fs(fstype), ctypes.c_ulong(flags), _fs(data))
+        self._check(res, f"mount {fstype or source or ''}", target)
+
+    def umount2(self, target: str, flags: int) -> None:
+        self._check(self._libc.umount2(_fs(target), ctypes.c_int(flags)), "umount", target)
+
+    def pivot_root(self, new_root: str, put_old: str) -> None:
+        # glibc has no wrapper; 155 on x86_64, 41 on aarch64.
+        nr = {"x86_64": 155, "aarch64": 41}[os.uname().machine]
+        self._check(self._libc.syscall(nr, _fs(new_root), _fs(put_old)), "pivot_root", new_root)
+
+    def sethostname(self, name: str) -> None:
+        raw = name.encode()
+        self._check(self._libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname")
+
+    def chdir(self, path: str) -> None:
+        os.chdir(path)
+
+    def mkdir(self, path: str, mode: int) -> None:
+        os.makedirs(path, mode, exist_ok=True)
+
+    def touch(self, path: str) -> None:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+
+    def symlink(self, target: str, path: str) -> None:
+        if not os.path.lexists(path):
+            os.symlink(target, path)
+
+    def execvpe(self, file: str, argv: Sequence[str], env: Mapping[str, str]) -> NoReturn:
+        # os.execvpe looks `file` up in env["PATH"], i.e. inside the container.
+        os.execvpe(file, list(argv), dict(env))
+
+
+class RecordedExec(BaseException):
+    """Raised by RecordingSyscalls.execvpe: the recorded init reached exec."""
+
+
+class RecordingSyscalls:
+    """Records (name, *args) for each call; `fail_on` makes that call raise OSError."""
+
+    def __init__(self, fail_on: str = "") -> None:
+        self.calls: list[tuple[object, ...]] = []
+        self._fail_on = fail_on
+
+    def _record(self, name: str, *args: object) -> None:
+        self.calls.append((name, *args))
+        if name == self._fail_on:
+            raise OSError(1, f"{name}: recorded failure")
+
+    def names(self) -> list[str]:
+        return [str(call[0]) for call in self.calls]
+
+    def unshare(self, flags: int) -> None:
+        self._record("unshare", flags)
+
+    def mount(self, source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+        self._record("mount", source, target, fstype, flags, data)
+
+    def umount2(self, target: str, flags: int) -> None:
+        self._record("umount2", target, flags)
+
+    def pivot_root(self, new_root: str, put_old: str) -> None:
+        self._record("pivot_root", new_root, put_old)
+
+    def sethostname(self, name: str) -> None:
+        self._record("sethostname", name)
+
+    def chdir(self, path: str) -> None:
+        self._record("chdir", path)
+
+    def mkdir(self, path: str, mode: int) -> None:
+        self._record("mkdir", path, mode)
+
+    def touch(self, path: str) -> None:
+        self._record("touch", path)
+
+    def symlink(self, target: str, path: str) -> None:
+        self._record("symlink", target, path)
+
+    def execvpe(self, file: str, argv: Sequence[str], env: Mapping[str, str]) -> NoReturn:
+        self._record("execvpe", file, tuple(argv), dict(env))
+        raise RecordedExec(file)
+
+
+def statfs_magic(path: Path) -> int:
+    """f_type of statfs(2): os.statvfs does not expose it."""
+    libc = _libc()
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on x86_64; f_type comes first
+    if libc.statfs(os.fsencode(path), buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(path))
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF

@@ -1,0 +1,81 @@
+"""Fixtures for the runtime tests: a busybox rootfs, a Runtime that always cleans up."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from node.runtime import ContainerConfig, Runtime
+
+BUSYBOX = Path("/bin/busybox")
+APPLETS = ("sh", "ls", "cat", "echo", "sleep", "env", "ps", "hostname", "mount", "true", "false", "id", "wget")
+
+
+@pytest.fixture(autouse=True)
+def _skip_root_tests_unless_root(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("root") and os.geteuid() != 0:
+        pytest.skip("needs root")
+
+
+@pytest.fixture(scope="session")
+def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A minimal image: static busybox plus applet symlinks; used read-only by every container."""
+    if not BUSYBOX.exists():
+        pytest.skip("busybox-static is not installed")
+    root = tmp_path_factory.mktemp("rootfs")
+    for sub in ("bin", "proc", "sys", "dev", "etc", "tmp"):
+        (root / sub).mkdir()
+    shutil.copy2(BUSYBOX, root / "bin" / "busybox")
+    for name in APPLETS:
+        (root / "bin" / name).symlink_to("busybox")
+    (root / "etc" / "not-executable").write_text("data\n")
+    return root
+
+
+@pytest.fixture
+def cgroup_parent() -> str:
+    return f"orch-test-{uuid.uuid4().hex[:8]}/node"
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, cgroup_parent: str) -> Iterator[Runtime]:
+    rt = Runtime(tmp_path / "state", cgroup_parent)
+    try:
+        yield rt
+    finally:
+        rt.cleanup_all()
+
+
+@pytest.fixture
+def make_config(rootfs: Path, tmp_path: Path) -> Callable[..., ContainerConfig]:
+    def make(id: str, *argv: str, **kw: object) -> ContainerConfig:
+        return ContainerConfig(
+            id=id,
+            rootfs=rootfs,
+            argv=argv,
+            env={},
+            log_path=tmp_path / "logs" / f"{id}.log",
+            **kw,  # type: ignore[arg-type]
+        )
+
+    return make
+
+
+@pytest.fixture
+def host_leftovers() -> Callable[[str, Path], list[str]]:
+    return _host_leftovers
+
+
+def _host_leftovers(cgroup_parent: str, state_dir: Path) -> list[str]:
+    """Anything of ours on the host: cgroup dirs, mounts, state entries."""
+    top = cgroup_parent.split("/")[0]
+    found = [str(p) for p in Path("/sys/fs/cgroup").glob(f"*/{top}")]
+    found += [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(state_dir) in line]
+    if state_dir.exists():
+        found += [str(p) for p in state_dir.iterdir()]
+    return found

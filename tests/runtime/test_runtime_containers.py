@@ -1,0 +1,252 @@
+"""Root: real containers from a busybox rootfs; isolation is checked from inside the container."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from node.runtime import ContainerConfig, ContainerState, ContainerStatus, NotFound, Runtime, RuntimeStartError
+from node.runtime.cgroups import driver_for
+
+pytestmark = pytest.mark.root
+MakeConfig = Callable[..., ContainerConfig]
+
+
+def wait_exit(rt: Runtime, id: str, timeout: float = 20.0) -> ContainerState:
+    fd = rt.exit_fd(id)
+    try:
+        assert select.select([fd], [], [], timeout)[0], f"{id} still running after {timeout} s"
+    finally:
+        os.close(fd)
+    return rt.state(id)
+
+
+def run(rt: Runtime, config: ContainerConfig) -> tuple[ContainerState, str]:
+    rt.start(config)
+    state = wait_exit(rt, config.id)
+    return state, config.log_path.read_text()
+
+
+def sections(out: str) -> dict[str, list[str]]:
+    """Output split at '#name' marker lines."""
+    parts: dict[str, list[str]] = {}
+    current = parts.setdefault("", [])
+    for line in out.splitlines():
+        if line.startswith("#"):
+            current = parts.setdefault(line[1:], [])
+        else:
+            current.append(line)
+    return parts
+
+
+def test_container_sees_only_itself(runtime: Runtime, make_config: MakeConfig) -> None:
+    script = (
+        "echo pid=$$; echo '#ps'; ps -o pid,args; echo '#host'; hostname;"
+        " echo '#mounts'; cat /proc/self/mounts; echo '#net'; cat /proc/net/dev"
+    )
+    seen: list[int] = []
+    config = make_config("iso", "sh", "-c", script, hostname="box-1")
+    started = runtime.start(config, on_netns=seen.append)
+    assert started.status is ContainerStatus.RUNNING and seen == [started.pid]
+    assert os.readlink(f"/proc/{started.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    state = wait_exit(runtime, "iso")
+    out = sections(config.log_path.read_text())
+    assert (state.exit_code, state.reason) == (0, "Completed"), out
+    assert out[""] == ["pid=1"]
+    pids = [int(line.split()[0]) for line in out["ps"][1:]]
+    assert pids[0] == 1 and out["ps"][1].split(None, 1)[1].startswith("sh -c echo pid")
+    assert max(pids) < 10, out["ps"]
+    assert out["host"] == ["box-1"]
+    targets = {line.split()[1] for line in out["mounts"]}
+    assert {"/", "/proc", "/dev", "/sys", "/dev/pts", "/dev/shm", "/dev/null"} <= targets
+    assert all(t == "/" or t.startswith(("/proc", "/dev", "/sys")) for t in targets), targets
+    ifaces = [line.split(":")[0].strip() for line in out["net"][2:]]
+    assert ifaces == ["lo"]
+
+
+def test_exit_codes_propagate(runtime: Runtime, make_config: MakeConfig) -> None:
+    state, _ = run(runtime, make_config("three", "sh", "-c", "exit 3"))
+    assert (state.status, state.exit_code, state.reason) == (ContainerStatus.EXITED, 3, "Error")
+    state, _ = run(runtime, make_config("zero", "true"))
+    assert (state.exit_code, state.reason, state.oom_killed) == (0, "Completed", False)
+    assert state.started_at is not None and state.finished_at is not None
+    assert state.finished_at >= state.started_at
+
+
+@pytest.mark.parametrize(
+    ("argv0", "code", "message"),
+    [
+        ("/bin/nope", 127, 'exec "/bin/nope": no such file or directory'),
+        ("nope", 127, 'exec "nope": no such file or directory'),
+        ("/etc/not-executable", 126, 'exec "/etc/not-executable": permission denied'),
+    ],
+)
+def test_command_that_cannot_run_is_a_start_error(
+    runtime: Runtime, make_config: MakeConfig, argv0: str, code: int, message: str
+) -> None:
+    state = runtime.start(make_config("bad", argv0))
+    assert state.status is ContainerStatus.EXITED
+    assert (state.exit_code, state.reason, state.message) == (code, "StartError", message)
+    assert runtime.state("bad") == state
+
+
+def test_memory_limit_oom_kill_is_reported(runtime: Runtime, make_config: MakeConfig) -> None:
+    config = make_config("oom", "sh", "-c", "x=a; while true; do x=$x$x; done", memory_bytes=16 << 20)
+    state, _ = run(runtime, config)
+    assert (state.exit_code, state.oom_killed, state.reason) == (137, True, "OOMKilled")
+
+
+def test_pids_limit_caps_a_fork_loop(runtime: Runtime, make_config: MakeConfig) -> None:
+    script = "i=0; while [ $i -lt 40 ]; do sleep 30 & echo forked; i=$((i+1)); done; echo looped"
+    config = make_config("forky", "sh", "-c", script, pids=8)
+    runtime.start(config)
+    state = runtime.stop("forky", 5)  # the shell dies on the failed fork, or is stopped
+    out = config.log_path.read_text()
+    assert "can't fork" in out, out
+    assert 1 <= out.count("forked") <= 7  # 8 pids: the shell plus at most 7 sleeps
+    assert "looped" not in out
+    assert state.status is ContainerStatus.EXITED
+
+
+def test_stop_escalates_to_sigkill_after_grace(runtime: Runtime, make_config: MakeConfig) -> None:
+    runtime.start(make_config("sleepy", "sleep", "1000"))
+    t0 = time.monotonic()
+    state = runtime.stop("sleepy", 1.0)
+    elapsed = time.monotonic() - t0
+    assert 0.9 <= elapsed < 8, elapsed  # PID 1 ignores SIGTERM: the grace is used up
+    assert (state.status, state.exit_code, state.reason) == (ContainerStatus.EXITED, 137, "Killed")
+    assert runtime.stop("sleepy", 1.0) == state  # stopping an exited container is a no-op
+
+
+def test_stop_with_a_sigterm_handler_is_graceful(runtime: Runtime, make_config: MakeConfig) -> None:
+    script = "trap 'echo bye; exit 0' TERM; echo ready; while true; do sleep 0.1; done"
+    config = make_config("polite", "sh", "-c", script)
+    runtime.start(config)
+    while "ready" not in config.log_path.read_text():
+        time.sleep(0.02)
+    state = runtime.stop("polite", 10)
+    assert (state.exit_code, state.reason) == (0, "Completed")
+    assert "bye" in config.log_path.read_text()
+
+
+def test_kill_signals_pid_1(runtime: Runtime, make_config: MakeConfig) -> None:
+    runtime.start(make_config("victim", "sleep", "1000"))
+    runtime.kill("victim", signal.SIGKILL)
+    assert wait_exit(runtime, "victim").exit_code == 137
+    runtime.kill("victim", signal.SIGKILL)  # already gone: not an error
+
+
+def test_state_from_a_fresh_runtime(runtime: Runtime, make_config: MakeConfig, cgroup_parent: str) -> None:
+    first = runtime.start(make_config("adopt", "sleep", "1000"))
+    fresh = Runtime(runtime.state_dir, cgroup_parent)
+    assert fresh.state("adopt") == first
+    stats = fresh.stats("adopt")
+    assert stats.pids == 1 and stats.memory_bytes > 0 and stats.cpu_usage_ns > 0
+    assert [s.id for s in fresh.list()] == ["adopt"]
+    assert fresh.stop("adopt", 0).status is ContainerStatus.EXITED
+    fresh.remove("adopt")
+    with pytest.raises(NotFound):
+        runtime.state("adopt")
+
+
+def test_container_outlives_the_process_that_started_it(
+    runtime: Runtime, make_config: MakeConfig, cgroup_parent: str
+) -> None:
+    config = make_config("orphan", "sleep", "1000")
+    code = (
+        "import sys; from pathlib import Path; from node.runtime import Runtime, ContainerConfig\n"
+        f"rt = Runtime(Path({str(runtime.state_dir)!r}), {cgroup_parent!r})\n"
+        f"st = rt.start(ContainerConfig(id='orphan', rootfs=Path({str(config.rootfs)!r}), argv=('sleep', '1000'),"
+        f" env={{}}, log_path=Path({str(config.log_path)!r})))\n"
+        "print(st.pid)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    state = runtime.state("orphan")
+    assert (state.status, state.pid) == (ContainerStatus.RUNNING, int(out.stdout))
+    assert Path(f"/proc/{state.pid}").exists()
+    assert runtime.stop("orphan", 0).exit_code == 137
+
+
+def test_exit_fd_works_with_asyncio(runtime: Runtime, make_config: MakeConfig) -> None:
+    runtime.start(make_config("aio", "sh", "-c", "sleep 0.2; exit 7"))
+
+    async def wait() -> ContainerState:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        fd = runtime.exit_fd("aio")
+        loop.add_reader(fd, done.set_result, None)
+        try:
+            await asyncio.wait_for(done, 20)
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+        return runtime.state("aio")
+
+    assert asyncio.run(wait()).exit_code == 7
+    fd = runtime.exit_fd("aio")  # after the end: readable at once
+    try:
+        assert select.select([fd], [], [], 0)[0]
+    finally:
+        os.close(fd)
+
+
+def test_host_side_failures_raise_and_leave_nothing(
+    runtime: Runtime, make_config: MakeConfig, tmp_path: Path, cgroup_parent: str
+) -> None:
+    with pytest.raises(RuntimeStartError, match="not a directory"):
+        runtime.start(ContainerConfig("nofs", tmp_path / "missing", ("true",), {}, tmp_path / "x.log"))
+    with pytest.raises(RuntimeStartError, match="DNS-1123"):
+        runtime.start(make_config("Bad_Name", "true"))
+
+    def fail(pid: int) -> None:
+        raise ValueError("veth failed")
+
+    with pytest.raises(RuntimeStartError, match="veth failed"):
+        runtime.start(make_config("netfail", "sleep", "1000"), on_netns=fail)
+    assert runtime.list() == []
+    assert driver_for().children(cgroup_parent) == []
+
+
+def test_remove_refuses_running_and_is_idempotent(runtime: Runtime, make_config: MakeConfig) -> None:
+    runtime.start(make_config("busy", "sleep", "1000"))
+    with pytest.raises(Exception, match="stop it first"):
+        runtime.remove("busy")
+    runtime.stop("busy", 0)
+    runtime.remove("busy")
+    runtime.remove("busy")
+    with pytest.raises(NotFound):
+        runtime.exit_fd("busy")
+
+
+def test_start_stop_remove_cycles_leave_nothing(
+    runtime: Runtime, make_config: MakeConfig, cgroup_parent: str, host_leftovers: Callable[..., list[str]]
+) -> None:
+    for i in range(20):
+        runtime.start(make_config(f"cycle-{i}", "sleep", "1000", memory_bytes=32 << 20, pids=16, cpu_millis=200))
+        assert runtime.stop(f"cycle-{i}", 0).exit_code == 137
+        runtime.remove(f"cycle-{i}")
+    assert driver_for().children(cgroup_parent) == []
+    assert list(runtime.state_dir.iterdir()) == []
+    state_dir = str(runtime.state_dir)
+    shims = [p for p in Path("/proc").iterdir() if p.name.isdigit() and state_dir in _cmdline(p)]
+    assert shims == []
+    runtime.cleanup_all()
+    assert host_leftovers(cgroup_parent, runtime.state_dir) == []
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
