@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from orch.v1 import types_pb2 as pb
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from orch.v1 import types_pb2 as pb
 
 
 class NodeMetrics:

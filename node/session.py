@@ -10,6 +10,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
+
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import agent_pb2_grpc
 

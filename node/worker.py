@@ -16,11 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from orch.v1 import types_pb2 as pb
-
 from node.network import NetworkError, NodeNetwork
 from node.restarts import RestartTracker
 from node.runtime import ContainerConfig, ContainerError, ContainerState, ContainerStatus, Runtime
+from orch.v1 import types_pb2 as pb
 
 log = logging.getLogger(__name__)
 

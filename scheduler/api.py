@@ -9,11 +9,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
+
 from orch.v1 import api_pb2 as api
 from orch.v1 import api_pb2_grpc
 from orch.v1 import types_pb2 as pb
 from orch.validation import normalize_app_spec, validate_app_spec
-
 from scheduler.errors import Conflict, InvalidRequest, NotFound, SchedulerError, StoreUnavailable
 from scheduler.events import EventLog
 from scheduler.placement import node_views

@@ -13,7 +13,6 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from orch.v1 import types_pb2 as pb
-
 from scheduler.snapshot import Versioned
 from scheduler.store import Store, WatchEvent, decode
 

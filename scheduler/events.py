@@ -9,7 +9,6 @@ import time
 from collections.abc import Sequence
 
 from orch.v1 import types_pb2 as pb
-
 from scheduler.store import Put, Store
 from scheduler.timeutil import seconds
 

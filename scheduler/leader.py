@@ -9,7 +9,6 @@ import logging
 import time
 
 from orch.v1 import types_pb2 as pb
-
 from scheduler.errors import Conflict, StoreUnavailable
 from scheduler.store import Put, Store
 

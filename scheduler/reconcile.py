@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from orch.v1 import types_pb2 as pb
-
 from scheduler.snapshot import ClusterSnapshot, Versioned, wants_to_run
 from scheduler.timeutil import seconds, ts
 

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from orch.v1 import types_pb2 as pb
-
 from scheduler.errors import Conflict, StoreUnavailable
 from scheduler.events import EventLog
 from scheduler.metrics import SchedulerMetrics

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from orch.v1 import agent_pb2_grpc, api_pb2_grpc
 from prometheus_client import start_http_server
 
+from orch.v1 import agent_pb2_grpc, api_pb2_grpc
 from scheduler.api import OrchService
 from scheduler.cache import ClusterCache
 from scheduler.events import EventLog

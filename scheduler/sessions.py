@@ -14,10 +14,10 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import agent_pb2_grpc
 from orch.v1 import types_pb2 as pb
-
 from scheduler.cache import ClusterCache
 from scheduler.errors import Conflict, StoreUnavailable
 from scheduler.metrics import SchedulerMetrics

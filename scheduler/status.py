@@ -14,7 +14,6 @@ import time
 
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import types_pb2 as pb
-
 from scheduler.cache import ClusterCache
 from scheduler.errors import Conflict, StoreUnavailable
 from scheduler.snapshot import Versioned

@@ -29,8 +29,8 @@ import etcd3.exceptions
 import etcd3.watch
 import grpc
 from google.protobuf.message import DecodeError, Message
-from orch.v1 import types_pb2 as pb
 
+from orch.v1 import types_pb2 as pb
 from scheduler.errors import Conflict, StoreUnavailable
 from scheduler.snapshot import ClusterSnapshot, Versioned
 

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from orch.v1 import types_pb2 as pb
-
 from scheduler.placement.nodes import NodeView, host_ports
 
 

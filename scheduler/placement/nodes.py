@@ -6,7 +6,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from orch.v1 import types_pb2 as pb
-
 from scheduler.snapshot import ClusterSnapshot, wants_to_run
 
 # States in which an instance no longer holds its node's resources.

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from orch.v1 import types_pb2 as pb
-
 from scheduler.placement.filters import first_reject
 from scheduler.placement.nodes import NodeView
 from scheduler.placement.scores import STRATEGIES

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from orch.v1 import types_pb2 as pb
-
 from scheduler.placement.nodes import NodeView
 
 Score = Callable[[pb.AppSpec, NodeView], float]
