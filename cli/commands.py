@@ -12,9 +12,10 @@ import click
 from cli.client import Client, CliError
 from cli.manifest import LoadedApp, load_manifests
 from cli.output import app_row, instance_row, node_row, render
-from orch.quantity import QuantityError, parse_cpu, parse_memory
+from orch.quantity import QuantityError, parse_cpu, parse_duration, parse_memory
 from orch.v1 import api_pb2 as api
 from orch.v1 import types_pb2 as pb
+from orch.v1.api_pb2_grpc import OrchStub
 
 if TYPE_CHECKING:
     from node.agent import AgentConfig
@@ -136,6 +137,27 @@ def set_schedulable(c: Client, node: str, schedulable: bool) -> None:
     req = api.SetSchedulableRequest(name=node, schedulable=schedulable)
     c.call(lambda s: s.SetSchedulable(req, timeout=c.timeout))
     click.echo(f"node/{node} {'uncordoned' if schedulable else 'cordoned'}")
+
+
+def drain(c: Client, node: str, timeout: str) -> None:
+    try:
+        timeout_ms = parse_duration(timeout)
+    except QuantityError as e:
+        raise CliError(f"--timeout: {e}") from None
+    req = api.DrainRequest(name=node, timeout_ms=timeout_ms)
+
+    def stream(stub: OrchStub) -> api.DrainProgress:
+        last = api.DrainProgress()
+        for p in stub.Drain(req, timeout=timeout_ms / 1000 + 60):
+            if not p.done:
+                click.echo(p.message + (f" (blocked: {p.blocked})" if p.blocked else ""), err=True)
+            last = p
+        return last
+
+    result = c.call(stream)
+    if result.forced:
+        raise CliError(f"node/{node}: drain timed out after {timeout}; the remaining instances were stopped")
+    click.echo(f"node/{node} drained")
 
 
 def events(c: Client, watch: bool, limit: int) -> None:

@@ -124,6 +124,15 @@ def uncordon(ctx: click.Context, node: str) -> None:
 
 
 @cli.command()
+@click.argument("node")
+@click.option("--timeout", "timeout", default="5m", show_default=True, help="Then stop what is left anyway.")
+@click.pass_context
+def drain(ctx: click.Context, node: str, timeout: str) -> None:
+    """Cordon NODE and move its instances elsewhere, replacement first."""
+    commands.drain(client(ctx), node, timeout)
+
+
+@cli.command()
 @click.option("-w", "--watch", is_flag=True)
 @click.option("--limit", default=50, show_default=True)
 @click.pass_context
@@ -142,14 +151,17 @@ def events(ctx: click.Context, watch: bool, limit: int) -> None:
 )
 @click.option("--port", default=7070, show_default=True, help="Scheduler port (0 = any free port).")
 @click.option("--lease-ttl", default=1, show_default=True, help="Node lease TTL in seconds.")
+@click.option("--schedulers", default=1, show_default=True, type=click.IntRange(1, 5), help="Schedulers (one leads).")
 @click.option("--cidr", default="", help="Container addresses; node i gets the i-th /24 (default 10.88.0.0/16).")
 @click.option("-v", "--verbose", is_flag=True)
-def up(nodes: int, state_dir: Path | None, port: int, lease_ttl: int, cidr: str, verbose: bool) -> None:
+def up(
+    nodes: int, state_dir: Path | None, port: int, lease_ttl: int, schedulers: int, cidr: str, verbose: bool
+) -> None:
     """Run a local cluster in the foreground: etcd, a scheduler and N agents. Ctrl-C stops it."""
     from cli.up import run_cluster
 
     setup_logging(verbose)
-    run_cluster(nodes=nodes, state_dir=state_dir, port=port, lease_ttl=lease_ttl, cidr=cidr)
+    run_cluster(nodes=nodes, state_dir=state_dir, port=port, lease_ttl=lease_ttl, cidr=cidr, schedulers=schedulers)
 
 
 @cli.command("scheduler")

@@ -66,10 +66,10 @@ def tcp_open(port: int) -> bool:
 
 
 class Cluster:
-    def __init__(self, state_dir: Path, nodes: int, port: int, lease_ttl: int, cidr: str) -> None:
+    def __init__(self, state_dir: Path, nodes: int, ports: list[int], lease_ttl: int, cidr: str) -> None:
         self.dir = state_dir.resolve()
         self.nodes = nodes
-        self.port = port or free_port()
+        self.ports = [p or free_port() for p in ports]
         self.lease_ttl = lease_ttl
         self.cidr = ipaddress.ip_network(cidr)
         self.procs: list[Proc] = []
@@ -107,14 +107,18 @@ class Cluster:
     def orch(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "cli", *args]
 
-    def start_scheduler(self) -> None:
-        metrics = free_port()
-        argv = self.orch("scheduler", "--listen", f"127.0.0.1:{self.port}", "--etcd", self.etcd_endpoint,
+    @property
+    def addresses(self) -> list[str]:
+        return [f"127.0.0.1:{p}" for p in self.ports]
+
+    def start_scheduler(self, i: int) -> None:
+        metrics, port = free_port(), self.ports[i]
+        argv = self.orch("scheduler", "--listen", f"127.0.0.1:{port}", "--etcd", self.etcd_endpoint,
                          "--lease-ttl", str(self.lease_ttl), "--metrics-listen", f"127.0.0.1:{metrics}",
-                         "--id", "scheduler-0")  # fmt: skip
+                         "--id", f"scheduler-{i}")  # fmt: skip
         proc = self._spawn(Proc("scheduler", None, argv, f"http://127.0.0.1:{metrics}/metrics"),
-                           self.dir / "logs" / "scheduler.log")  # fmt: skip
-        wait_until(lambda: tcp_open(self.port), "scheduler", 15, proc)
+                           self.dir / "logs" / f"scheduler-{i}.log")  # fmt: skip
+        wait_until(lambda: tcp_open(port), f"scheduler-{i}", 15, proc)
 
     def agent_args(self, i: int) -> list[str]:
         name = self.node_name(i)
@@ -126,7 +130,8 @@ class Cluster:
     def start_agent(self, i: int) -> None:
         metrics = free_port()
         name = self.node_name(i)
-        argv = self.orch("--scheduler", f"127.0.0.1:{self.port}", "node", *self.agent_args(i),
+        # Agents get every scheduler and fail over between them.
+        argv = self.orch("--scheduler", ",".join(self.addresses), "node", *self.agent_args(i),
                          "--label", f"zone=zone-{i % 3}", "--metrics-listen", f"127.0.0.1:{metrics}")  # fmt: skip
         proc = self._spawn(Proc("agent", name, argv, f"http://127.0.0.1:{metrics}/metrics"),
                            self.dir / "logs" / f"{name}.log")  # fmt: skip
@@ -134,7 +139,7 @@ class Cluster:
 
     def write_cluster_json(self) -> None:
         doc = {
-            "schedulers": [f"127.0.0.1:{self.port}"],
+            "schedulers": self.addresses,
             "etcd": [self.etcd_endpoint],
             "stateDir": str(self.dir),
             "processes": [
@@ -178,9 +183,12 @@ class Cluster:
                 log.error("cleanup of %s failed: %s", self.node_name(i), result.stderr.strip())
 
 
-def run_cluster(nodes: int, state_dir: Path | None, port: int, lease_ttl: int, cidr: str = "") -> None:
+def run_cluster(
+    nodes: int, state_dir: Path | None, port: int, lease_ttl: int, cidr: str = "", schedulers: int = 1
+) -> None:
     cidr = cidr or os.environ.get("ORCH_UP_CIDR", "10.88.0.0/16")
-    cluster = Cluster(state_dir or DEFAULT_STATE_DIR, nodes, port, lease_ttl, cidr)
+    ports = [port] + [0] * (schedulers - 1)
+    cluster = Cluster(state_dir or DEFAULT_STATE_DIR, nodes, ports, lease_ttl, cidr)
     if (cluster.dir / "cluster.json").exists():
         raise CliError(f"{cluster.dir / 'cluster.json'} exists: is another `orch up` running there?")
     cluster.dir.mkdir(parents=True, exist_ok=True)
@@ -194,12 +202,14 @@ def run_cluster(nodes: int, state_dir: Path | None, port: int, lease_ttl: int, c
     signal.signal(signal.SIGINT, on_signal)
     try:
         cluster.start_etcd()
-        cluster.start_scheduler()
+        for i in range(schedulers):
+            cluster.start_scheduler(i)
         for i in range(nodes):
             cluster.start_agent(i)
         cluster.write_cluster_json()
-        print(f"orch up: {nodes} node(s), scheduler 127.0.0.1:{cluster.port}, state in {cluster.dir}", flush=True)
-        print(f"  export ORCH_SCHEDULER=127.0.0.1:{cluster.port}; Ctrl-C stops the cluster", flush=True)
+        addresses = ",".join(cluster.addresses)
+        print(f"orch up: {nodes} node(s), scheduler(s) {addresses}, state in {cluster.dir}", flush=True)
+        print(f"  export ORCH_SCHEDULER={addresses}; Ctrl-C stops the cluster", flush=True)
         reported: set[int] = set()
         while not stopping:
             for p in cluster.procs:

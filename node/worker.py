@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.network import NetworkError, NodeNetwork
+from node.probes import period_of, probe
 from node.restarts import RestartTracker
 from node.runtime import ContainerConfig, ContainerError, ContainerState, ContainerStatus, Runtime
 from orch.v1 import types_pb2 as pb
@@ -145,7 +146,7 @@ class InstanceWorker:
 
     def _running_status(self, state: ContainerState) -> pb.InstanceStatus:
         status = pb.InstanceStatus(state=pb.INSTANCE_STATE_RUNNING, pid=state.pid or 0, ip=self.ip)
-        # Without a readiness probe, running is ready (probes come with rollouts).
+        # Without a readiness probe, running is ready; with one, the probe decides.
         status.ready = not self.instance.spec.HasField("readiness")
         if state.started_at:
             status.started_at.FromNanoseconds(int(state.started_at * 1e9))
@@ -161,6 +162,7 @@ class InstanceWorker:
         exited = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_reader(fd, exited.set)
+        probes = asyncio.create_task(self._probe_loop(state.pid or 0))
         try:
             stop = asyncio.create_task(self._stop.wait())
             done = asyncio.create_task(exited.wait())
@@ -168,11 +170,26 @@ class InstanceWorker:
             stop.cancel()
             done.cancel()
         finally:
+            probes.cancel()
             loop.remove_reader(fd)
             os.close(fd)
         if self._stop.is_set():
             return None
         return await self._final_state(name)
+
+    async def _probe_loop(self, pid: int) -> None:
+        spec = self.instance.spec
+        if not spec.HasField("readiness"):
+            return
+        while True:
+            result = await asyncio.to_thread(probe, spec.readiness, self.ip, pid)
+            if result.ok != self.status.ready:
+                status = pb.InstanceStatus()
+                status.CopyFrom(self.status)
+                status.ready = result.ok
+                status.message = "" if result.ok else f"readiness: {result.detail}"
+                self._set(status)
+            await asyncio.sleep(period_of(spec.readiness))
 
     async def _final_state(self, name: str) -> ContainerState:
         # The supervisor writes the exit record right before it ends; allow it a moment.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -17,7 +17,7 @@ from orch.validation import normalize_app_spec, validate_app_spec
 from scheduler.errors import Conflict, InvalidRequest, NotFound, SchedulerError, StoreUnavailable
 from scheduler.events import EventLog
 from scheduler.placement import node_views
-from scheduler.reconcile import is_ready
+from scheduler.reconcile import DONE, event, is_ready
 from scheduler.snapshot import ClusterSnapshot, wants_to_run
 from scheduler.store import Delete, Put, Store
 from scheduler.timeutil import ts
@@ -40,6 +40,29 @@ def runtime_part(spec: pb.AppSpec) -> bytes:
     copy.ClearField("replicas")
     copy.ClearField("labels")
     return copy.SerializeToString(deterministic=True)
+
+
+def drain_progress(snap: ClusterSnapshot, node: str, overdue: bool) -> api.DrainProgress:
+    """How far a drain is: instances still on the node, and what blocks their replacements."""
+    gone = DONE | {pb.INSTANCE_STATE_LOST}
+    on_node = [i for i in snap.on_node(node) if wants_to_run(i) or i.status.state not in gone]
+    if not on_node:
+        return api.DrainProgress(done=True, forced=overdue, message=f"node/{node} drained")
+    apps = {i.app for i in on_node}
+    blocked = sorted(
+        {v.value.status.message for v in snap.instances.values() if v.value.app in apps and is_unschedulable(v.value)}
+    )
+    names = ", ".join(sorted(i.name for i in on_node)[:5])
+    return api.DrainProgress(
+        remaining=len(on_node),
+        message=f"{len(on_node)} instance(s) left: {names}",
+        blocked="; ".join(blocked),
+        forced=overdue,
+    )
+
+
+def is_unschedulable(inst: pb.Instance) -> bool:
+    return not inst.node and wants_to_run(inst) and inst.status.reason == "Unschedulable"
 
 
 def app_info(snap: ClusterSnapshot, app: pb.App) -> api.AppInfo:
@@ -219,6 +242,7 @@ class OrchService(api_pb2_grpc.OrchServicer):
                 node.unschedulable = not request.schedulable
                 if request.schedulable:
                     node.draining = False
+                    node.ClearField("drain_deadline")
                 try:
                     self._store.commit([Put(key, node, existing.mod_revision)])
                 except Conflict:
@@ -241,6 +265,42 @@ class OrchService(api_pb2_grpc.OrchServicer):
             raise Conflict(f"node {request.name}")
 
         return await self._call(context, set_schedulable)
+
+    async def Drain(self, request: api.DrainRequest, context: Ctx) -> AsyncIterator[api.DrainProgress]:
+        timeout = (request.timeout_ms or 300_000) / 1000
+        deadline = time.time() + timeout
+        await self._call(context, lambda: self._mark_draining(request.name, deadline))
+        self._on_change()
+        yield api.DrainProgress(message=f"node/{request.name} cordoned; draining (timeout {timeout:.0f}s)")
+        last: api.DrainProgress | None = None
+        while True:
+            snap = await self._call(context, self._store.snapshot)
+            progress = drain_progress(snap, request.name, time.time() >= deadline)
+            if progress != last:
+                yield progress
+                last = progress
+            if progress.done:
+                return
+            await asyncio.sleep(0.3)
+
+    def _mark_draining(self, name: str, deadline: float) -> None:
+        key = self._store.keys.node(name)
+        for _ in range(5):
+            existing = self._store.get(pb.Node, key)
+            if existing is None:
+                raise NotFound("node", name)
+            node = pb.Node()
+            node.CopyFrom(existing.value)
+            node.unschedulable = True
+            node.draining = True
+            node.drain_deadline.CopyFrom(ts(deadline))
+            try:
+                self._store.commit([Put(key, node, existing.mod_revision)])
+            except Conflict:
+                continue
+            self._events.record([event(time.time(), "Node", name, "Draining", "cordoned; migrating instances")])
+            return
+        raise Conflict(f"node {name}")
 
     async def ListInstances(self, request: api.ListInstancesRequest, context: Ctx) -> api.ListInstancesResponse:
         def list_instances() -> api.ListInstancesResponse:

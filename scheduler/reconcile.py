@@ -8,7 +8,10 @@ Per app, instances fall into buckets (Nomad's names):
   the node is gone for longer than LOST_RETENTION).
 
 Scaling and rollouts work on the untainted bucket with the app's
-maxSurge/maxUnavailable. Where new instances go is placement's job.
+maxSurge/maxUnavailable. Instances that must *migrate* (their node is
+draining, or they keep crashing there) are handled like an older
+generation: a replacement starts first and the old one stops once the app
+can spare it. Where new instances go is placement's job.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from scheduler.snapshot import ClusterSnapshot, Versioned, wants_to_run
 from scheduler.timeutil import seconds, ts
 
 LOST_RETENTION = 300.0  # seconds a Lost instance stays visible on a dead node
+CRASHLOOP_RESTARTS = 5  # restarts in CrashLoopBackOff before the instance moves to another node
 DONE = frozenset({pb.INSTANCE_STATE_STOPPED, pb.INSTANCE_STATE_SUCCEEDED, pb.INSTANCE_STATE_FAILED})
 STARTED = frozenset(
     {
@@ -30,6 +34,15 @@ STARTED = frozenset(
         pb.INSTANCE_STATE_SCHEDULED,
     }
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    crashloop_restarts: int = CRASHLOOP_RESTARTS
+    lost_retention: float = LOST_RETENTION
+
+
+DEFAULT_POLICY = Policy()
 
 
 @dataclass(slots=True)
@@ -66,10 +79,12 @@ def is_ready(inst: pb.Instance) -> bool:
     return inst.status.ready or not inst.spec.HasField("readiness")
 
 
-def reconcile(snap: ClusterSnapshot, now: float, new_suffix: Callable[[], str]) -> Plan:
+def reconcile(
+    snap: ClusterSnapshot, now: float, new_suffix: Callable[[], str], policy: Policy = DEFAULT_POLICY
+) -> Plan:
     plan = Plan()
     for name in sorted(snap.app_names()):
-        plan.extend(reconcile_app(snap.apps.get(name), snap.instances_of(name), snap, now, new_suffix))
+        plan.extend(reconcile_app(snap.apps.get(name), snap.instances_of(name), snap, now, new_suffix, policy))
     return plan
 
 
@@ -79,32 +94,61 @@ def reconcile_app(
     snap: ClusterSnapshot,
     now: float,
     new_suffix: Callable[[], str],
+    policy: Policy = DEFAULT_POLICY,
 ) -> Plan:
     plan = Plan()
     untainted: list[Versioned[pb.Instance]] = []
+    overdue: list[Versioned[pb.Instance]] = []
     for v in instances:
         inst = v.value
         if not wants_to_run(inst):
-            _collect_garbage(v, snap, now, plan)
+            _collect_garbage(v, snap, now, plan, policy)
         elif inst.node and not snap.is_ready(inst.node):
             _mark_lost(v, now, plan)
+        elif _drain_overdue(inst, snap, now):
+            overdue.append(v)
         else:
             untainted.append(v)
+    _stop(overdue, "Drained", "drain deadline reached before a replacement was ready", now, plan)
     if app is None:
         _stop(untainted, "AppDeleted", "its app was deleted", now, plan)
     else:
-        _scale(app.value, untainted, now, new_suffix, plan)
+        _scale(app.value, untainted, snap, now, new_suffix, plan, policy)
     return plan
 
 
-def _collect_garbage(v: Versioned[pb.Instance], snap: ClusterSnapshot, now: float, plan: Plan) -> None:
+def _drain_overdue(inst: pb.Instance, snap: ClusterSnapshot, now: float) -> bool:
+    node = snap.nodes.get(inst.node)
+    if node is None or not node.value.draining or not node.value.HasField("drain_deadline"):
+        return False
+    return now >= seconds(node.value.drain_deadline)
+
+
+def must_migrate(inst: pb.Instance, snap: ClusterSnapshot, policy: Policy) -> bool:
+    """Its node is draining, or it keeps crashing there."""
+    node = snap.nodes.get(inst.node)
+    if node is not None and node.value.draining:
+        return True
+    return crash_looping(inst, policy)
+
+
+def crash_looping(inst: pb.Instance, policy: Policy) -> bool:
+    return (
+        policy.crashloop_restarts > 0
+        and inst.status.reason == "CrashLoopBackOff"
+        and inst.status.restarts >= policy.crashloop_restarts
+        and inst.spec.restart_policy != pb.RESTART_POLICY_NEVER
+    )
+
+
+def _collect_garbage(v: Versioned[pb.Instance], snap: ClusterSnapshot, now: float, plan: Plan, policy: Policy) -> None:
     inst = v.value
     if not inst.node:
         plan.delete.append((inst, v.mod_revision))
     elif snap.is_ready(inst.node):
         if inst.status.state in DONE:
             plan.delete.append((inst, v.mod_revision))
-    elif now - seconds(inst.updated_at) > LOST_RETENTION or inst.node not in snap.nodes:
+    elif now - seconds(inst.updated_at) > policy.lost_retention or inst.node not in snap.nodes:
         plan.delete.append((inst, v.mod_revision))
 
 
@@ -158,14 +202,19 @@ def _stop_order(v: Versioned[pb.Instance]) -> tuple[int, int, int, float]:
 def _scale(
     app: pb.App,
     untainted: list[Versioned[pb.Instance]],
+    snap: ClusterSnapshot,
     now: float,
     new_suffix: Callable[[], str],
     plan: Plan,
+    policy: Policy,
 ) -> None:
     spec = app.spec
     replicas = spec.replicas
-    current = [v for v in untainted if v.value.app_generation == app.generation]
-    old = [v for v in untainted if v.value.app_generation != app.generation]
+    migrating = {v.value.name for v in untainted if must_migrate(v.value, snap, policy)}
+    current = [v for v in untainted if v.value.app_generation == app.generation and v.value.name not in migrating]
+    old = [v for v in untainted if v.value.app_generation != app.generation or v.value.name in migrating]
+    # Replacements of crash-looping instances prefer other nodes.
+    avoid = sorted({n for v in old if crash_looping(v.value, policy) for n in (v.value.node, *v.value.avoid_nodes)})
 
     surge = spec.update.max_surge if spec.HasField("update") else 1
     unavailable = spec.update.max_unavailable if spec.HasField("update") else 0
@@ -173,7 +222,7 @@ def _scale(
     ceiling = replicas + surge if old else replicas
     to_create = min(replicas - len(current), ceiling - len(untainted))
     for _ in range(max(0, to_create)):
-        plan.create.append(new_instance(app, new_suffix(), now))
+        plan.create.append(new_instance(app, new_suffix(), now, avoid))
     if to_create > 0:
         plan.events.append(event(now, "App", spec.name, "ScalingUp", f"creating {to_create} instance(s)"))
 
@@ -197,15 +246,21 @@ def _retire_old(
     old_unready = [v for v in old if not is_ready(v.value)]
     old_ready = sorted((v for v in old if is_ready(v.value)), key=_stop_order)
     ready = sum(1 for v in untainted if is_ready(v.value))
+    # Readiness is the budget: a Pending replacement serves nobody yet. A lower
+    # replica count raises the budget, so scaling down mid-rollout needs no extra case.
     budget = ready - (replicas - max_unavailable)
-    # Old instances beyond what replicas needs can go regardless.
-    surplus = len(untainted) - len(old_unready) - replicas
-    count = max(0, min(len(old_ready), max(budget, surplus)))
-    msg = f"replaced by generation {app.generation}"
-    _stop(old_unready + old_ready[:count], "Replaced", msg, now, plan)
+    count = max(0, min(len(old_ready), budget))
+    for v in old_unready + old_ready[:count]:
+        inst = v.value
+        if inst.app_generation != app.generation:
+            _stop([v], "Replaced", f"replaced by generation {app.generation}", now, plan)
+        elif inst.status.reason == "CrashLoopBackOff":
+            _stop([v], "CrashLoop", f"restarted {inst.status.restarts} times on {inst.node}; moving", now, plan)
+        else:
+            _stop([v], "Drained", f"node {inst.node} is draining; a replacement runs elsewhere", now, plan)
 
 
-def new_instance(app: pb.App, suffix: str, now: float) -> pb.Instance:
+def new_instance(app: pb.App, suffix: str, now: float, avoid_nodes: Iterable[str] = ()) -> pb.Instance:
     inst = pb.Instance(
         name=f"{app.spec.name}-{suffix}",
         app=app.spec.name,
@@ -214,6 +269,7 @@ def new_instance(app: pb.App, suffix: str, now: float) -> pb.Instance:
         status=pb.InstanceStatus(state=pb.INSTANCE_STATE_PENDING),
         created_at=ts(now),
         updated_at=ts(now),
+        avoid_nodes=list(avoid_nodes),
     )
     inst.spec.CopyFrom(app.spec)
     return inst

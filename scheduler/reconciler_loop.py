@@ -20,7 +20,7 @@ from scheduler.errors import Conflict, StoreUnavailable
 from scheduler.events import EventLog
 from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import NodeView, Placement, node_views, place
-from scheduler.reconcile import Plan, event, reconcile
+from scheduler.reconcile import DEFAULT_POLICY, Plan, Policy, event, reconcile
 from scheduler.snapshot import ClusterSnapshot, wants_to_run
 from scheduler.store import Delete, Put, Store, Write
 from scheduler.timeutil import seconds, ts
@@ -61,7 +61,7 @@ def place_pending(plan: Plan, snap: ClusterSnapshot, now: float) -> tuple[list[p
     changed: list[pb.Instance] = []
     placed = 0
     for i, inst in enumerate(pending):
-        result = place(inst.spec, ordered, start=i % max(1, len(ordered)))
+        result = place(inst.spec, ordered, start=i % max(1, len(ordered)), avoid=frozenset(inst.avoid_nodes))
         new = pb.Instance()
         new.CopyFrom(inst)
         if isinstance(result, Placement):
@@ -104,7 +104,9 @@ class Reconciler:
         clock: Callable[[], float] = time.time,
         resync: float = RESYNC,
         metrics: SchedulerMetrics | None = None,
+        policy: Policy = DEFAULT_POLICY,
     ) -> None:
+        self._policy = policy
         self._store = store
         self._metrics = metrics or SchedulerMetrics()
         self._events = events
@@ -118,7 +120,7 @@ class Reconciler:
         for attempt in range(RETRY_MAX):
             snap = self._store.snapshot()
             now = self._clock()
-            plan = reconcile(snap, now, random_suffix)
+            plan = reconcile(snap, now, random_suffix, self._policy)
             placed, n_placed = place_pending(plan, snap, now)
             writes = plan_writes(plan, placed, snap, self._store)
             if not writes:

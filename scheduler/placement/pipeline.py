@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from orch.v1 import types_pb2 as pb
 from scheduler.placement.filters import first_reject
 from scheduler.placement.nodes import NodeView
-from scheduler.placement.scores import STRATEGIES
+from scheduler.placement.scores import STRATEGIES, score_reschedule_penalty
 
 # Below this many nodes every node is scored; above it a bounded sample of
 # feasible nodes is (as Kubernetes' percentageOfNodesToScore does).
@@ -40,11 +40,14 @@ def feasible_limit(total: int) -> int:
     return total if total <= SCORE_ALL_BELOW else max(SCORE_ALL_BELOW, total // 20)
 
 
-def place(spec: pb.AppSpec, nodes: Sequence[NodeView], start: int = 0) -> Placement | Unschedulable:
+def place(
+    spec: pb.AppSpec, nodes: Sequence[NodeView], start: int = 0, avoid: frozenset[str] = frozenset()
+) -> Placement | Unschedulable:
     """Pick a node for one instance of spec.
 
     `nodes` is visited from `start` (rotating it spreads the sample between
-    calls); the first `feasible_limit` feasible nodes are scored.
+    calls); the first `feasible_limit` feasible nodes are scored. Nodes in
+    `avoid` (where this slot kept crashing) rank below all others.
     """
     limit = feasible_limit(len(nodes))
     feasible: list[NodeView] = []
@@ -62,7 +65,10 @@ def place(spec: pb.AppSpec, nodes: Sequence[NodeView], start: int = 0) -> Placem
     if not feasible:
         return Unschedulable(diagnosis)
     scores = STRATEGIES.get(spec.placement, STRATEGIES[pb.PLACEMENT_STRATEGY_SPREAD])
-    best = max(feasible, key=lambda nd: (*(s(spec, nd) for s in scores), _tiebreak(nd.name)))
+    best = max(
+        feasible,
+        key=lambda nd: (score_reschedule_penalty(nd, avoid), *(s(spec, nd) for s in scores), _tiebreak(nd.name)),
+    )
     return Placement(best.name)
 
 

@@ -30,3 +30,8 @@ STRATEGIES: dict[int, tuple[Score, ...]] = {
     pb.PLACEMENT_STRATEGY_SPREAD: (score_spread, score_least_allocated),
     pb.PLACEMENT_STRATEGY_BINPACK: (score_binpack,),
 }
+
+
+def score_reschedule_penalty(node: NodeView, avoid: frozenset[str]) -> float:
+    """0 on nodes where this slot kept crashing: any other feasible node wins."""
+    return 0.0 if node.name in avoid else 100.0

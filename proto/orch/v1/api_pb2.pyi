@@ -357,6 +357,64 @@ class SetSchedulableRequest(_message.Message):
 Global___SetSchedulableRequest: _TypeAlias = SetSchedulableRequest  # noqa: Y015
 
 @_typing.final
+class DrainRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    timeout_ms: _builtins.int
+    """0: 5 minutes"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        timeout_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrainRequest: _TypeAlias = DrainRequest  # noqa: Y015
+
+@_typing.final
+class DrainProgress(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMAINING_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    BLOCKED_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    FORCED_FIELD_NUMBER: _builtins.int
+    remaining: _builtins.int
+    """instances still on the node"""
+    message: _builtins.str
+    """human readable step"""
+    blocked: _builtins.str
+    """why replacements cannot start, if they cannot"""
+    done: _builtins.bool
+    forced: _builtins.bool
+    """the deadline passed and the rest were stopped"""
+    def __init__(
+        self,
+        *,
+        remaining: _builtins.int = ...,
+        message: _builtins.str = ...,
+        blocked: _builtins.str = ...,
+        done: _builtins.bool = ...,
+        forced: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "done", b"done", "forced", b"forced", "message", b"message", "remaining", b"remaining"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrainProgress: _TypeAlias = DrainProgress  # noqa: Y015
+
+@_typing.final
 class ListInstancesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

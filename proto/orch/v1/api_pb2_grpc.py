@@ -69,6 +69,11 @@ class OrchStub:
                 request_serializer=orch_dot_v1_dot_api__pb2.SetSchedulableRequest.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_api__pb2.NodeInfo.FromString,
                 _registered_method=True)
+        self.Drain = channel.unary_stream(
+                '/orch.v1.Orch/Drain',
+                request_serializer=orch_dot_v1_dot_api__pb2.DrainRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_api__pb2.DrainProgress.FromString,
+                _registered_method=True)
         self.ListInstances = channel.unary_unary(
                 '/orch.v1.Orch/ListInstances',
                 request_serializer=orch_dot_v1_dot_api__pb2.ListInstancesRequest.SerializeToString,
@@ -129,6 +134,14 @@ class OrchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Drain(self, request, context):
+        """Cordons the node and migrates its instances (replacement first), then
+        streams progress until the node is empty or the timeout forced the rest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListInstances(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -178,6 +191,11 @@ def add_OrchServicer_to_server(servicer, server):
                     servicer.SetSchedulable,
                     request_deserializer=orch_dot_v1_dot_api__pb2.SetSchedulableRequest.FromString,
                     response_serializer=orch_dot_v1_dot_api__pb2.NodeInfo.SerializeToString,
+            ),
+            'Drain': grpc.unary_stream_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=orch_dot_v1_dot_api__pb2.DrainRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_api__pb2.DrainProgress.SerializeToString,
             ),
             'ListInstances': grpc.unary_unary_rpc_method_handler(
                     servicer.ListInstances,
@@ -379,6 +397,33 @@ class Orch:
             '/orch.v1.Orch/SetSchedulable',
             orch_dot_v1_dot_api__pb2.SetSchedulableRequest.SerializeToString,
             orch_dot_v1_dot_api__pb2.NodeInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/orch.v1.Orch/Drain',
+            orch_dot_v1_dot_api__pb2.DrainRequest.SerializeToString,
+            orch_dot_v1_dot_api__pb2.DrainProgress.FromString,
             options,
             channel_credentials,
             insecure,

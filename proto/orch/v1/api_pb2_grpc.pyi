@@ -42,6 +42,10 @@ class OrchStub:
     ListNodes: _grpc.UnaryUnaryMultiCallable[_api_pb2.ListNodesRequest, _api_pb2.ListNodesResponse]
     SetSchedulable: _grpc.UnaryUnaryMultiCallable[_api_pb2.SetSchedulableRequest, _api_pb2.NodeInfo]
     """cordon / uncordon"""
+    Drain: _grpc.UnaryStreamMultiCallable[_api_pb2.DrainRequest, _api_pb2.DrainProgress]
+    """Cordons the node and migrates its instances (replacement first), then
+    streams progress until the node is empty or the timeout forced the rest.
+    """
     ListInstances: _grpc.UnaryUnaryMultiCallable[_api_pb2.ListInstancesRequest, _api_pb2.ListInstancesResponse]
     ListEvents: _grpc.UnaryUnaryMultiCallable[_api_pb2.ListEventsRequest, _api_pb2.ListEventsResponse]
 
@@ -59,6 +63,10 @@ class OrchAsyncStub(OrchStub):
     ListNodes: _aio.UnaryUnaryMultiCallable[_api_pb2.ListNodesRequest, _api_pb2.ListNodesResponse]  # type: ignore[assignment]
     SetSchedulable: _aio.UnaryUnaryMultiCallable[_api_pb2.SetSchedulableRequest, _api_pb2.NodeInfo]  # type: ignore[assignment]
     """cordon / uncordon"""
+    Drain: _aio.UnaryStreamMultiCallable[_api_pb2.DrainRequest, _api_pb2.DrainProgress]  # type: ignore[assignment]
+    """Cordons the node and migrates its instances (replacement first), then
+    streams progress until the node is empty or the timeout forced the rest.
+    """
     ListInstances: _aio.UnaryUnaryMultiCallable[_api_pb2.ListInstancesRequest, _api_pb2.ListInstancesResponse]  # type: ignore[assignment]
     ListEvents: _aio.UnaryUnaryMultiCallable[_api_pb2.ListEventsRequest, _api_pb2.ListEventsResponse]  # type: ignore[assignment]
 
@@ -115,6 +123,16 @@ class OrchServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_api_pb2.NodeInfo, _abc.Awaitable[_api_pb2.NodeInfo]]:
         """cordon / uncordon"""
+
+    @_abc_1.abstractmethod
+    def Drain(
+        self,
+        request: _api_pb2.DrainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_api_pb2.DrainProgress], _abc.AsyncIterator[_api_pb2.DrainProgress]]:
+        """Cordons the node and migrates its instances (replacement first), then
+        streams progress until the node is empty or the timeout forced the rest.
+        """
 
     @_abc_1.abstractmethod
     def ListInstances(

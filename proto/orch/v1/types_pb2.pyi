@@ -554,6 +554,7 @@ class Instance(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    AVOID_NODES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """<app>-<suffix>"""
     app: _builtins.str
@@ -571,6 +572,12 @@ class Instance(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def avoid_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Nodes where earlier incarnations of this slot kept crashing; placement
+        prefers other nodes (a reschedule penalty, not a hard filter).
+        """
+
     def __init__(
         self,
         *,
@@ -583,10 +590,11 @@ class Instance(_message.Message):
         status: Global___InstanceStatus | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        avoid_nodes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "spec", b"spec", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "app_generation", b"app_generation", "created_at", b"created_at", "desired", b"desired", "name", b"name", "node", b"node", "spec", b"spec", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "app_generation", b"app_generation", "avoid_nodes", b"avoid_nodes", "created_at", b"created_at", "desired", b"desired", "name", b"name", "node", b"node", "spec", b"spec", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -630,6 +638,7 @@ class Node(_message.Message):
     REGISTERED_AT_FIELD_NUMBER: _builtins.int
     LEASE_ID_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    DRAIN_DEADLINE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
     """the agent's metrics/log endpoint host:port"""
@@ -648,6 +657,12 @@ class Node(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def registered_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def drain_deadline(self) -> _timestamp_pb2.Timestamp:
+        """While draining: after this time the remaining instances are stopped
+        even if no replacement could start.
+        """
+
     def __init__(
         self,
         *,
@@ -661,10 +676,11 @@ class Node(_message.Message):
         registered_at: _timestamp_pb2.Timestamp | None = ...,
         lease_id: _builtins.int = ...,
         version: _builtins.str = ...,
+        drain_deadline: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["allocatable", b"allocatable", "capacity", b"capacity", "registered_at", b"registered_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allocatable", b"allocatable", "capacity", b"capacity", "drain_deadline", b"drain_deadline", "registered_at", b"registered_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allocatable", b"allocatable", "capacity", b"capacity", "draining", b"draining", "labels", b"labels", "lease_id", b"lease_id", "name", b"name", "registered_at", b"registered_at", "unschedulable", b"unschedulable", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allocatable", b"allocatable", "capacity", b"capacity", "drain_deadline", b"drain_deadline", "draining", b"draining", "labels", b"labels", "lease_id", b"lease_id", "name", b"name", "registered_at", b"registered_at", "unschedulable", b"unschedulable", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
