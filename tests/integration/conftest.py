@@ -51,7 +51,7 @@ def instances(address: str) -> list[dict]:
     return list(json.loads(r.stdout))
 
 
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if value := predicate():
