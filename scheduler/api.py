@@ -72,6 +72,7 @@ def app_info(snap: ClusterSnapshot, app: pb.App) -> api.AppInfo:
         running=sum(1 for i in insts if i.status.state == pb.INSTANCE_STATE_RUNNING),
         ready=sum(1 for i in insts if is_ready(i)),
         pending=sum(1 for i in insts if i.status.state == pb.INSTANCE_STATE_PENDING),
+        placed=sum(1 for i in insts if i.node),
     )
 
 

@@ -19,7 +19,7 @@ from orch.v1 import types_pb2 as pb
 from scheduler.errors import Conflict, StoreUnavailable
 from scheduler.events import EventLog
 from scheduler.metrics import SchedulerMetrics
-from scheduler.placement import NodeView, Placement, node_views, place
+from scheduler.placement import NodeView, Placement, node_views, place, request_for
 from scheduler.reconcile import DEFAULT_POLICY, Plan, Policy, event, reconcile
 from scheduler.snapshot import ClusterSnapshot, wants_to_run
 from scheduler.store import Delete, Put, Store, Write
@@ -28,6 +28,7 @@ from scheduler.timeutil import seconds, ts
 log = logging.getLogger(__name__)
 
 RESYNC = 2.0
+MIN_INTERVAL = 0.05  # a burst of watch events (status reports) coalesces into one pass
 RETRY_MAX = 5
 SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # no vowels: no accidental words
 
@@ -61,11 +62,12 @@ def place_pending(plan: Plan, snap: ClusterSnapshot, now: float) -> tuple[list[p
     changed: list[pb.Instance] = []
     placed = 0
     for i, inst in enumerate(pending):
-        result = place(inst.spec, ordered, start=i % max(1, len(ordered)), avoid=frozenset(inst.avoid_nodes))
+        req = request_for(inst.spec, frozenset(inst.avoid_nodes))
+        result = place(req, ordered, start=i % max(1, len(ordered)))
         new = pb.Instance()
         new.CopyFrom(inst)
         if isinstance(result, Placement):
-            views[result.node].add(inst.spec)
+            views[result.node].add(req)
             new.node = result.node
             new.status.state = pb.INSTANCE_STATE_SCHEDULED
             new.status.reason = ""
@@ -146,6 +148,7 @@ class Reconciler:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.trigger.wait(), timeout=self._resync)
+            await asyncio.sleep(MIN_INTERVAL)
             self.trigger.clear()
             if not is_leader():
                 continue

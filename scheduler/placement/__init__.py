@@ -6,5 +6,6 @@ caller records each placement on its view so one pass never overcommits.
 
 from scheduler.placement.nodes import NodeView, node_views
 from scheduler.placement.pipeline import Placement, Unschedulable, place
+from scheduler.placement.request import Request, request_for
 
-__all__ = ["NodeView", "Placement", "Unschedulable", "node_views", "place"]
+__all__ = ["NodeView", "Placement", "Request", "Unschedulable", "node_views", "place", "request_for"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from orch.v1 import types_pb2 as pb
-from scheduler.placement.nodes import NodeView, host_ports
+from scheduler.placement.nodes import NodeView
+from scheduler.placement.request import Request
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,51 +26,46 @@ INSUFFICIENT = {
     "pids": Reject("insufficient pids", True),
 }
 
-Filter = Callable[[pb.AppSpec, NodeView], Reject | None]
+Filter = Callable[[Request, NodeView], Reject | None]
 
 
-def is_ready(spec: pb.AppSpec, node: NodeView) -> Reject | None:
+def is_ready(req: Request, node: NodeView) -> Reject | None:
     return None if node.ready else NOT_READY
 
 
-def is_schedulable(spec: pb.AppSpec, node: NodeView) -> Reject | None:
+def is_schedulable(req: Request, node: NodeView) -> Reject | None:
     return None if node.schedulable else CORDONED
 
 
-def matches_selector(spec: pb.AppSpec, node: NodeView) -> Reject | None:
-    ok = all(node.labels.get(k) == v for k, v in spec.node_selector.items())
-    return None if ok else SELECTOR_MISMATCH
-
-
-def fits_resources(spec: pb.AppSpec, node: NodeView) -> Reject | None:
-    req = spec.resources
-    cpu_cap, mem_cap, pids_cap = node.allocatable
-    for name, used, want, cap in (
-        ("cpu", node.cpu, req.cpu_millis, cpu_cap),
-        ("memory", node.memory, req.memory_bytes, mem_cap),
-        ("pids", node.pids, req.pids, pids_cap),
-    ):
-        if cap and want and used + want > cap:
-            return INSUFFICIENT[name]
+def matches_selector(req: Request, node: NodeView) -> Reject | None:
+    labels = node.labels
+    for key, value in req.selector:
+        if labels.get(key) != value:
+            return SELECTOR_MISMATCH
     return None
 
 
-def has_free_host_ports(spec: pb.AppSpec, node: NodeView) -> Reject | None:
-    return PORTS_IN_USE if host_ports(spec) & node.host_ports else None
+def fits_resources(req: Request, node: NodeView) -> Reject | None:
+    cpu_cap, mem_cap, pids_cap = node.allocatable  # 0 = the node does not limit it
+    if cpu_cap and req.cpu and node.cpu + req.cpu > cpu_cap:
+        return INSUFFICIENT["cpu"]
+    if mem_cap and req.memory and node.memory + req.memory > mem_cap:
+        return INSUFFICIENT["memory"]
+    if pids_cap and req.pids and node.pids + req.pids > pids_cap:
+        return INSUFFICIENT["pids"]
+    return None
+
+
+def has_free_host_ports(req: Request, node: NodeView) -> Reject | None:
+    return PORTS_IN_USE if req.host_ports and not req.host_ports.isdisjoint(node.host_ports) else None
 
 
 # Cheap, common rejections first.
-FILTERS: tuple[Filter, ...] = (
-    is_ready,
-    is_schedulable,
-    matches_selector,
-    fits_resources,
-    has_free_host_ports,
-)
+FILTERS: tuple[Filter, ...] = (is_ready, is_schedulable, matches_selector, fits_resources, has_free_host_ports)
 
 
-def first_reject(spec: pb.AppSpec, node: NodeView) -> Reject | None:
+def first_reject(req: Request, node: NodeView) -> Reject | None:
     for check in FILTERS:
-        if (reject := check(spec, node)) is not None:
+        if (reject := check(req, node)) is not None:
             return reject
     return None

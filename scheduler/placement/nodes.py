@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from orch.v1 import types_pb2 as pb
+from scheduler.placement.request import Request, request_for
 from scheduler.snapshot import ClusterSnapshot, wants_to_run
 
 # States in which an instance no longer holds its node's resources.
@@ -33,25 +34,24 @@ class NodeView:
     host_ports: set[tuple[int, str]] = field(default_factory=set)
     apps: Counter[str] = field(default_factory=Counter)
     total: int = 0
+    order: int = 0  # position by name: the deterministic tie-break
+    allocated: float = 0.0  # mean share of cpu and memory requested, kept current by add()
 
-    def add(self, spec: pb.AppSpec) -> None:
-        self.cpu += spec.resources.cpu_millis
-        self.memory += spec.resources.memory_bytes
-        self.pids += spec.resources.pids
-        self.host_ports.update(host_ports(spec))
-        self.apps[spec.name] += 1
+    def add(self, req: Request) -> None:
+        self.cpu += req.cpu
+        self.memory += req.memory
+        self.pids += req.pids
+        if req.host_ports:
+            self.host_ports.update(req.host_ports)
+        self.apps[req.app] += 1
         self.total += 1
-
-    def allocated_fraction(self) -> float:
-        """Mean share of cpu and memory requested; unlimited counts as 0."""
-        parts = [
-            used / cap for used, cap in ((self.cpu, self.allocatable[0]), (self.memory, self.allocatable[1])) if cap
-        ]
-        return sum(parts) / len(parts) if parts else 0.0
+        self.allocated = allocated_fraction(self.cpu, self.memory, self.allocatable)
 
 
-def host_ports(spec: pb.AppSpec) -> set[tuple[int, str]]:
-    return {(p.host_port, p.protocol or "tcp") for p in spec.ports if p.host_port}
+def allocated_fraction(cpu: int, memory: int, allocatable: tuple[int, int, int]) -> float:
+    """Mean share of cpu and memory requested; a resource the node does not limit counts as 0."""
+    parts = [used / cap for used, cap in ((cpu, allocatable[0]), (memory, allocatable[1])) if cap]
+    return sum(parts) / len(parts) if parts else 0.0
 
 
 def allocatable(node: pb.Node) -> tuple[int, int, int]:
@@ -70,9 +70,11 @@ def node_views(snap: ClusterSnapshot) -> dict[str, NodeView]:
         )
         for name, v in snap.nodes.items()
     }
+    for order, name in enumerate(sorted(views)):
+        views[name].order = order
     for v in snap.instances.values():
         inst = v.value
         view = views.get(inst.node)
         if view is not None and holds_resources(inst):
-            view.add(inst.spec)
+            view.add(request_for(inst.spec))
     return views

@@ -6,13 +6,14 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from orch.v1 import types_pb2 as pb
 from scheduler.placement.filters import first_reject
 from scheduler.placement.nodes import NodeView
-from scheduler.placement.scores import STRATEGIES, score_reschedule_penalty
+from scheduler.placement.request import Request
+from scheduler.placement.scores import RANKS, rank_spread
 
-# Below this many nodes every node is scored; above it a bounded sample of
-# feasible nodes is (as Kubernetes' percentageOfNodesToScore does).
+# Up to this many nodes every node is scored; above it a bounded sample of
+# feasible nodes is (as Kubernetes' percentageOfNodesToScore and Nomad's
+# candidate limit do).
 SCORE_ALL_BELOW = 100
 
 
@@ -37,17 +38,16 @@ class Unschedulable:
 
 
 def feasible_limit(total: int) -> int:
-    return total if total <= SCORE_ALL_BELOW else max(SCORE_ALL_BELOW, total // 20)
+    # A fixed-size sample keeps a placement O(1) in the cluster size; the
+    # rotating start makes successive placements look at different nodes.
+    return min(total, SCORE_ALL_BELOW)
 
 
-def place(
-    spec: pb.AppSpec, nodes: Sequence[NodeView], start: int = 0, avoid: frozenset[str] = frozenset()
-) -> Placement | Unschedulable:
-    """Pick a node for one instance of spec.
+def place(req: Request, nodes: Sequence[NodeView], start: int = 0) -> Placement | Unschedulable:
+    """Pick a node for one instance.
 
     `nodes` is visited from `start` (rotating it spreads the sample between
-    calls); the first `feasible_limit` feasible nodes are scored. Nodes in
-    `avoid` (where this slot kept crashing) rank below all others.
+    calls); the first `feasible_limit` feasible nodes are scored.
     """
     limit = feasible_limit(len(nodes))
     feasible: list[NodeView] = []
@@ -55,7 +55,7 @@ def place(
     n = len(nodes)
     for i in range(n):
         node = nodes[(start + i) % n]
-        reject = first_reject(spec, node)
+        reject = first_reject(req, node)
         if reject is None:
             feasible.append(node)
             if len(feasible) >= limit:
@@ -64,14 +64,6 @@ def place(
             diagnosis[node.name] = reject.reason
     if not feasible:
         return Unschedulable(diagnosis)
-    scores = STRATEGIES.get(spec.placement, STRATEGIES[pb.PLACEMENT_STRATEGY_SPREAD])
-    best = max(
-        feasible,
-        key=lambda nd: (score_reschedule_penalty(nd, avoid), *(s(spec, nd) for s in scores), _tiebreak(nd.name)),
-    )
+    rank = RANKS.get(req.strategy, rank_spread)
+    best = max(feasible, key=lambda nd: rank(req, nd))
     return Placement(best.name)
-
-
-def _tiebreak(name: str) -> tuple[int, ...]:
-    # Deterministic: on equal scores the lexically smallest name wins.
-    return tuple(-ord(c) for c in name)

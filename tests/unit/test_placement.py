@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orch.v1 import types_pb2 as pb
-from scheduler.placement import Placement, Unschedulable, node_views, place
+from scheduler.placement import Placement, Unschedulable, node_views, place, request_for
 from scheduler.placement.filters import first_reject
 from tests.factories import make_app, make_instance, make_node, make_snapshot, make_spec
 
@@ -36,13 +36,13 @@ def views(nodes, instances=(), live=None):
     ],
 )
 def test_filters(node, spec, reason):
-    reject = first_reject(spec, views([node])[0])
+    reject = first_reject(request_for(spec), views([node])[0])
     assert (reject.reason if reject else None) == reason
 
 
 def test_not_ready_node_is_rejected():
     v = views([make_node("a")], live=set())
-    reject = first_reject(make_spec(), v[0])
+    reject = first_reject(request_for(make_spec()), v[0])
     assert reject is not None and reject.reason == "node(s) not ready"
 
 
@@ -50,12 +50,12 @@ def test_host_port_conflict_counts_existing_instances():
     spec = make_spec(ports=[pb.Port(name="http", container_port=80, host_port=8080)])
     app = make_app(spec)
     v = views([make_node("a"), make_node("b")], [make_instance(app, "web-1", node="a")])
-    assert place(spec, v) == Placement("b")
+    assert place(request_for(spec), v) == Placement("b")
 
 
 def test_unschedulable_message_is_kubernetes_style():
     nodes = [make_node("a", memory=1 << 20), make_node("b", memory=1 << 20), make_node("c", unschedulable=True)]
-    result = place(make_spec(memory=64 << 20), views(nodes))
+    result = place(request_for(make_spec(memory=64 << 20)), views(nodes))
     assert isinstance(result, Unschedulable)
     assert result.message == "0/3 nodes available: 2 insufficient memory, 1 node(s) cordoned"
 
@@ -64,19 +64,21 @@ def test_spread_prefers_node_without_the_app_then_least_allocated():
     app = make_app(make_spec())
     other = make_app(make_spec(name="db", cpu=2000))
     insts = [make_instance(app, "web-1", node="a"), make_instance(other, "db-1", node="b")]
-    assert place(app.spec, views([make_node("a"), make_node("b"), make_node("c")], insts)) == Placement("c")
+    assert place(request_for(app.spec), views([make_node("a"), make_node("b"), make_node("c")], insts)) == Placement(
+        "c"
+    )
 
 
 def test_binpack_prefers_most_allocated():
     spec = make_spec(cpu=100, placement=pb.PLACEMENT_STRATEGY_BINPACK)
     other = make_app(make_spec(name="db", cpu=2000))
     insts = [make_instance(other, "db-1", node="b")]
-    assert place(spec, views([make_node("a"), make_node("b"), make_node("c")], insts)) == Placement("b")
+    assert place(request_for(spec), views([make_node("a"), make_node("b"), make_node("c")], insts)) == Placement("b")
 
 
 def test_ties_break_deterministically():
     nodes = [make_node("c"), make_node("a"), make_node("b")]
-    assert {place(make_spec(), views(nodes), start=s) for s in range(3)} == {Placement("a")}
+    assert {place(request_for(make_spec()), views(nodes), start=s) for s in range(3)} == {Placement("a")}
 
 
 node_strategy = st.builds(
@@ -105,10 +107,10 @@ def test_pipeline_properties(nodes, replicas, cpu, memory, selector, host_port):
     by_name = {v.name: v for v in vs}
     placed: Counter[str] = Counter()
     for i in range(replicas):
-        result = place(spec, vs, start=i % len(vs))
+        result = place(request_for(spec), vs, start=i % len(vs))
         if isinstance(result, Unschedulable):
             continue
-        by_name[result.node].add(spec)
+        by_name[result.node].add(request_for(spec))
         placed[result.node] += 1
     for node in nodes:
         v = by_name[node.name]
@@ -120,6 +122,28 @@ def test_pipeline_properties(nodes, replicas, cpu, memory, selector, host_port):
         if host_port:
             assert placed[node.name] <= 1
     # Balanced within one among nodes that could still take another instance.
-    eligible = [n.name for n in nodes if first_reject(spec, by_name[n.name]) is None]
+    eligible = [n.name for n in nodes if first_reject(request_for(spec), by_name[n.name]) is None]
     if eligible and placed:
         assert max(placed.values()) - min(placed[n] for n in eligible) <= 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    apps=st.integers(0, 5),
+    cpu=st.integers(0, 4000),
+    total=st.integers(0, 50),
+    avoided=st.booleans(),
+    strategy=st.sampled_from([pb.PLACEMENT_STRATEGY_SPREAD, pb.PLACEMENT_STRATEGY_BINPACK]),
+)
+def test_fast_ranks_match_the_readable_scores(apps, cpu, total, avoided, strategy):
+    from scheduler.placement.scores import RANKS, STRATEGIES
+
+    node = views([make_node("n", cpu=8000)])[0]
+    filler = request_for(make_spec(name="other", cpu=cpu // max(total, 1)))
+    for _ in range(total):
+        node.add(filler)
+    for _ in range(apps):
+        node.add(request_for(make_spec(name="web")))
+    req = request_for(make_spec(name="web", placement=strategy), frozenset({"n"} if avoided else ()))
+    readable = tuple(score(req, node) for score in STRATEGIES[strategy])
+    assert RANKS[strategy](req, node) == (*readable, -node.order)

@@ -132,9 +132,12 @@ class AppInfo(_message.Message):
     RUNNING_FIELD_NUMBER: _builtins.int
     READY_FIELD_NUMBER: _builtins.int
     PENDING_FIELD_NUMBER: _builtins.int
+    PLACED_FIELD_NUMBER: _builtins.int
     running: _builtins.int
     ready: _builtins.int
     pending: _builtins.int
+    placed: _builtins.int
+    """instances that want to run and have a node"""
     @_builtins.property
     def app(self) -> _types_pb2.App: ...
     def __init__(
@@ -144,10 +147,11 @@ class AppInfo(_message.Message):
         running: _builtins.int = ...,
         ready: _builtins.int = ...,
         pending: _builtins.int = ...,
+        placed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["app", b"app"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "pending", b"pending", "ready", b"ready", "running", b"running"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "pending", b"pending", "placed", b"placed", "ready", b"ready", "running", b"running"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

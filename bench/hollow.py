@@ -1,0 +1,163 @@
+"""Placement throughput with hollow nodes.
+
+A real etcd and a real scheduler process; N hollow agents (no runtime: they
+report every desired instance Running at once) speak the real gRPC session
+from one asyncio process. One app of R replicas is applied; we time until
+every instance is placed (committed to etcd) and until all are Running, and
+read the scheduler's peak RSS (VmHWM).
+
+    python -m bench.hollow --nodes 100 1000 5000 --instances 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from orch.v1 import agent_pb2 as apb
+from orch.v1 import agent_pb2_grpc, api_pb2, api_pb2_grpc
+from orch.v1 import types_pb2 as pb
+from tests.fixtures.etcd import free_port, start_etcd
+from tests.fixtures.processes import orch_argv, orch_env, stop, wait_port
+
+NODES_PER_CHANNEL = 100  # HTTP/2 streams share a connection, as a real fleet would not, but it saves fds
+
+
+@dataclass
+class Result:
+    nodes: int
+    instances: int
+    placed_s: float
+    running_s: float
+    peak_rss_mib: float
+
+    @property
+    def placed_per_s(self) -> float:
+        return self.instances / self.placed_s
+
+    @property
+    def running_per_s(self) -> float:
+        return self.instances / self.running_s
+
+
+async def hollow_node(channel: grpc.aio.Channel, name: str, ready: asyncio.Event, stop_event: asyncio.Event) -> None:
+    outbox: asyncio.Queue[apb.AgentMessage] = asyncio.Queue()
+    cap = pb.Resources(cpu_millis=64_000, memory_bytes=256 << 30, pids=1 << 20)
+    outbox.put_nowait(apb.AgentMessage(register=apb.Register(node=name, capacity=cap)))
+
+    async def requests():  # type: ignore[no-untyped-def]
+        while True:
+            yield await outbox.get()
+
+    call = agent_pb2_grpc.AgentSessionStub(channel).Session(requests())
+    known: set[str] = set()
+    interval = 1.0
+
+    async def heartbeat() -> None:
+        while not stop_event.is_set():
+            outbox.put_nowait(apb.AgentMessage(heartbeat=apb.Heartbeat()))
+            await asyncio.sleep(interval)
+
+    beat: asyncio.Task[None] | None = None
+    try:
+        async for msg in call:
+            if msg.WhichOneof("msg") == "registered":
+                interval = msg.registered.heartbeat_interval_ms / 1000
+                beat = asyncio.create_task(heartbeat())
+                ready.set()
+            elif msg.WhichOneof("msg") == "desired":
+                new = [i for i in msg.desired.instances if i.name not in known]
+                known = {i.name for i in msg.desired.instances}
+                if new:
+                    running = pb.InstanceStatus(state=pb.INSTANCE_STATE_RUNNING, ready=True)
+                    report = apb.StatusReport(
+                        instances=[apb.InstanceReport(name=i.name, app=i.app, status=running) for i in new]
+                    )
+                    outbox.put_nowait(apb.AgentMessage(status=report))
+    except (grpc.aio.AioRpcError, asyncio.CancelledError):
+        pass
+    finally:
+        if beat:
+            beat.cancel()
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def run_one(nodes: int, instances: int, lease_ttl: int) -> Result:
+    etcd = start_etcd()
+    port = free_port()
+    argv = orch_argv("scheduler", "--listen", f"127.0.0.1:{port}", "--etcd", etcd.endpoint, "--lease-ttl", str(lease_ttl))
+    sched = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=orch_env())
+    addr = f"127.0.0.1:{port}"
+    stop_event = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+    channels = []
+    try:
+        wait_port(port, sched)
+        readies = []
+        for i in range(nodes):
+            if i % NODES_PER_CHANNEL == 0:
+                channels.append(grpc.aio.insecure_channel(addr))
+            ready = asyncio.Event()
+            readies.append(ready)
+            tasks.append(asyncio.create_task(hollow_node(channels[-1], f"hollow-{i:05d}", ready, stop_event)))
+        await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), timeout=300)
+        async with grpc.aio.insecure_channel(addr) as ch:
+            stub = api_pb2_grpc.OrchStub(ch)
+            spec = pb.AppSpec(name="bench", replicas=instances, image="rootfs:/x", command=["true"])
+            spec.resources.cpu_millis = 10
+            started = time.monotonic()
+            await stub.Apply(api_pb2.ApplyRequest(apps=[spec]))
+            placed_s = running_s = 0.0
+            while not running_s:
+                info = await stub.GetApp(api_pb2.GetAppRequest(name="bench"), timeout=60)
+                now = time.monotonic() - started
+                if not placed_s and info.placed == instances:
+                    placed_s = now
+                if info.running == instances:
+                    running_s = now
+                    placed_s = placed_s or now
+                await asyncio.sleep(0.05)
+        return Result(nodes, instances, placed_s, running_s, peak_rss_mib(sched.pid))
+    finally:
+        stop_event.set()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for ch in channels:
+            await ch.close()
+        stop(sched)
+        etcd.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=int, nargs="+", default=[100, 1000, 5000])
+    parser.add_argument("--instances", type=int, default=10_000)
+    parser.add_argument("--lease-ttl", type=int, default=10, help="node lease TTL for the hollow fleet (seconds)")
+    args = parser.parse_args(argv)
+    print("| nodes | instances | all placed (s) | all Running (s) | placed/s | Running/s | scheduler peak RSS |")
+    print("|---|---|---|---|---|---|---|")
+    for n in args.nodes:
+        r = asyncio.run(run_one(n, args.instances, args.lease_ttl))
+        print(
+            f"| {r.nodes} | {r.instances} | {r.placed_s:.2f} | {r.running_s:.2f} | {r.placed_per_s:,.0f} "
+            f"| {r.running_per_s:,.0f} | {r.peak_rss_mib:.0f} MiB |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
