@@ -5,7 +5,8 @@
 # apt from starting them.
 set -euo pipefail
 
-PACKAGES=(etcd-server etcd-client busybox-static iproute2 util-linux python3-venv python3-pip curl)
+PACKAGES=(etcd-server etcd-client busybox-static iproute2 util-linux python3-venv python3-pip curl
+          docker-registry skopeo umoci golang-github-containers-common)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
