@@ -44,7 +44,7 @@ def describe_rpc_error(e: grpc.RpcError, address: str) -> str:
     if code in RETRYABLE:
         hint = "is it running? (--scheduler, $ORCH_SCHEDULER)"
         return f"cannot reach the scheduler at {address} ({code.name.lower()}); {hint}"
-    if code == grpc.StatusCode.NOT_FOUND:
+    if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
         return f"Error: {details}"
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return "Error: the scheduler rejected the request:\n  " + details.replace("; ", "\n  ")

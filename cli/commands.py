@@ -160,6 +160,19 @@ def drain(c: Client, node: str, timeout: str) -> None:
     click.echo(f"node/{node} drained")
 
 
+def logs(c: Client, name: str, follow: bool, tail: int, timestamps: bool) -> None:
+    req = pb.LogsRequest(name=name, follow=follow, tail=tail)
+
+    def stream(stub: OrchStub) -> None:
+        # No deadline when following: it ends with the instance or Ctrl-C.
+        for e in stub.Logs(req, timeout=None if follow else c.timeout * 6):
+            prefix = f"[{e.instance}] " if e.instance != name else ""
+            stamp = f"{e.time} " if timestamps else ""
+            click.echo(f"{prefix}{stamp}{e.text}", err=e.stream == "stderr")
+
+    c.call(stream)
+
+
 def events(c: Client, watch: bool, limit: int) -> None:
     seen: set[tuple[int, str, str]] = set()
     while True:
@@ -217,6 +230,7 @@ def agent_config(
     subnet: str,
     metrics_listen: str,
     cgroup_parent: str = "",
+    listen: str = "127.0.0.1:0",
 ) -> AgentConfig:
     from node.agent import AgentConfig
 
@@ -233,4 +247,5 @@ def agent_config(
         subnet=subnet,
         metrics_listen=metrics_listen,
         cgroup=cgroup_parent,
+        listen=listen,
     )

@@ -124,6 +124,17 @@ def uncordon(ctx: click.Context, node: str) -> None:
 
 
 @cli.command()
+@click.argument("name")
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming new lines.")
+@click.option("--tail", default=-1, show_default=True, help="Only the last N lines (-1: all).")
+@click.option("--timestamps", is_flag=True, help="Prefix each line with its RFC 3339 time.")
+@click.pass_context
+def logs(ctx: click.Context, name: str, follow: bool, tail: int, timestamps: bool) -> None:
+    """Print an instance's output, or every instance's of an APP (prefixed with the instance)."""
+    commands.logs(client(ctx), name, follow=follow, tail=tail, timestamps=timestamps)
+
+
+@cli.command()
 @click.argument("node")
 @click.option("--timeout", "timeout", default="5m", show_default=True, help="Then stop what is left anyway.")
 @click.pass_context
@@ -210,6 +221,7 @@ def scheduler_cmd(
 @click.option("--bridge", default="", help="Bridge for container networking (empty: loopback only).")
 @click.option("--subnet", default="", help="This node's container subnet, e.g. 10.88.1.0/24.")
 @click.option("--metrics-listen", default="", help="host:port for /metrics.")
+@click.option("--listen", default="127.0.0.1:0", show_default=True, help="host:port of the agent's API (logs).")
 @click.option("--cgroup-parent", default="", help="cgroup of this node's containers (default orch/NAME).")
 @click.option("--cleanup", is_flag=True, help="Stop and remove every container and network of this node, then exit.")
 @click.option("-v", "--verbose", is_flag=True)
@@ -224,6 +236,7 @@ def node_cmd(
     bridge: str,
     subnet: str,
     metrics_listen: str,
+    listen: str,
     cgroup_parent: str,
     cleanup: bool,
     verbose: bool,
@@ -235,7 +248,7 @@ def node_cmd(
     setup_logging(verbose)
     schedulers = tuple(scheduler_addresses(ctx.parent.params.get("scheduler") if ctx.parent else None))
     config = commands.agent_config(
-        name, state_dir, schedulers, labels, capacity, reserve, bridge, subnet, metrics_listen
+        name, state_dir, schedulers, labels, capacity, reserve, bridge, subnet, metrics_listen, cgroup_parent, listen
     )
     if cleanup:
         cleanup_node(config)

@@ -132,7 +132,8 @@ class Cluster:
         name = self.node_name(i)
         # Agents get every scheduler and fail over between them.
         argv = self.orch("--scheduler", ",".join(self.addresses), "node", *self.agent_args(i),
-                         "--label", f"zone=zone-{i % 3}", "--metrics-listen", f"127.0.0.1:{metrics}")  # fmt: skip
+                         "--label", f"zone=zone-{i % 3}", "--metrics-listen", f"127.0.0.1:{metrics}",
+                         "--listen", f"127.0.0.1:{free_port()}")  # fmt: skip
         proc = self._spawn(Proc("agent", name, argv, f"http://127.0.0.1:{metrics}/metrics"),
                            self.dir / "logs" / f"{name}.log")  # fmt: skip
         wait_until(lambda: tcp_open(metrics), f"agent {name}", 15, proc)

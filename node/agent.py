@@ -14,8 +14,10 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 from prometheus_client import start_http_server
 
+from node.api import NodeAgentService
 from node.capacity import host_capacity, minus_reserve
 from node.images import rootfs_for
 from node.metrics import NodeMetrics
@@ -25,6 +27,7 @@ from node.runtime import ContainerState, Runtime
 from node.session import Session
 from node.worker import InstanceWorker, WorkerDeps
 from orch.v1 import agent_pb2 as apb
+from orch.v1 import agent_pb2_grpc
 from orch.v1 import types_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,7 @@ class AgentConfig:
     bridge: str = ""  # empty: containers get only a loopback network namespace
     subnet: str = ""
     metrics_listen: str = ""  # host:port
+    listen: str = "127.0.0.1:0"  # the agent's own gRPC API (logs), reported to the scheduler
     cgroup: str = ""  # cgroup parent of the containers; default orch/<name>
 
     @property
@@ -66,12 +70,15 @@ class Agent:
         self._deps = WorkerDeps(self.runtime, self.network, rootfs_for, log_dir, self._report)
         self.session = Session(config.schedulers, self._register, self._full_report, self.apply_desired)
         self._apply_lock = asyncio.Lock()
+        self.address = config.listen
+        self._server: grpc.aio.Server | None = None
 
     def _register(self, lease_id: int) -> apb.Register:
         capacity = self.config.capacity or host_capacity()
         return apb.Register(
             node=self.config.name,
-            address=self.config.metrics_listen,
+            address=self.address,
+            metrics_address=self.config.metrics_listen,
             capacity=capacity,
             allocatable=minus_reserve(capacity, self.config.reserve),
             labels=self.config.labels,
@@ -119,7 +126,20 @@ class Agent:
             if self.network is not None:
                 await asyncio.to_thread(self.network.detach, name)
 
+    async def serve_api(self) -> None:
+        self._server = grpc.aio.server()
+        log_dir = self.config.state_dir / "logs"
+        service = NodeAgentService(log_dir, lambda name: name in self.workers)
+        agent_pb2_grpc.add_NodeAgentServicer_to_server(service, self._server)
+        port = self._server.add_insecure_port(self.config.listen)
+        if port == 0:
+            raise SystemExit(f"orch node: cannot listen on {self.config.listen}")
+        host = self.config.listen.rpartition(":")[0] or "127.0.0.1"
+        self.address = f"{host}:{port}"
+        await self._server.start()
+
     async def run(self) -> None:
+        await self.serve_api()
         if self.network is not None:
             await asyncio.to_thread(self.network.ensure_bridge)
         self._adoptable = {s.id: s for s in await asyncio.to_thread(self.runtime.list)}

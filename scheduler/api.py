@@ -16,6 +16,7 @@ from orch.v1 import types_pb2 as pb
 from orch.validation import normalize_app_spec, validate_app_spec
 from scheduler.errors import Conflict, InvalidRequest, NotFound, SchedulerError, StoreUnavailable
 from scheduler.events import EventLog
+from scheduler.logs import LogsUnavailable, log_sources, stream_logs
 from scheduler.placement import node_views
 from scheduler.reconcile import DONE, event, is_ready
 from scheduler.snapshot import ClusterSnapshot, wants_to_run
@@ -316,6 +317,17 @@ class OrchService(api_pb2_grpc.OrchServicer):
             return api.ListInstancesResponse(instances=insts)
 
         return await self._call(context, list_instances)
+
+    async def Logs(self, request: pb.LogsRequest, context: Ctx) -> AsyncIterator[pb.LogEntry]:
+        snap = await self._call(context, self._store.snapshot)
+        try:
+            sources = log_sources(snap, request.name)
+            async for entry in stream_logs(sources, request):
+                yield entry
+        except NotFound as e:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+        except LogsUnavailable as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
 
     async def ListEvents(self, request: api.ListEventsRequest, context: Ctx) -> api.ListEventsResponse:
         return await self._call(context, lambda: api.ListEventsResponse(events=self._events.list(request.limit)))

@@ -55,6 +55,7 @@ class NodeRegistry:
                 node.CopyFrom(existing.value)  # keeps cordon/drain flags across restarts
             node.name = reg.node
             node.address = reg.address
+            node.metrics_address = reg.metrics_address
             node.capacity.CopyFrom(reg.capacity)
             node.allocatable.CopyFrom(reg.allocatable if reg.HasField("allocatable") else reg.capacity)
             node.labels.clear()

@@ -83,11 +83,13 @@ class Register(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     LEASE_ID_FIELD_NUMBER: _builtins.int
+    METRICS_ADDRESS_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     address: _builtins.str
     version: _builtins.str
     lease_id: _builtins.int
     """the lease of a previous session, reused if alive"""
+    metrics_address: _builtins.str
     @_builtins.property
     def capacity(self) -> _types_pb2.Resources: ...
     @_builtins.property
@@ -104,10 +106,11 @@ class Register(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         version: _builtins.str = ...,
         lease_id: _builtins.int = ...,
+        metrics_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["allocatable", b"allocatable", "capacity", b"capacity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allocatable", b"allocatable", "capacity", b"capacity", "labels", b"labels", "lease_id", b"lease_id", "node", b"node", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allocatable", b"allocatable", "capacity", b"capacity", "labels", b"labels", "lease_id", b"lease_id", "metrics_address", b"metrics_address", "node", b"node", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

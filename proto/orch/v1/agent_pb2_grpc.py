@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from orch.v1 import agent_pb2 as orch_dot_v1_dot_agent__pb2
+from orch.v1 import types_pb2 as orch_dot_v1_dot_types__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -23,6 +24,81 @@ if _version_not_supported:
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
+
+
+class NodeAgentStub:
+    """Served by each agent (at Node.address) for the scheduler to call.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Logs = channel.unary_stream(
+                '/orch.v1.NodeAgent/Logs',
+                request_serializer=orch_dot_v1_dot_types__pb2.LogsRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_types__pb2.LogEntry.FromString,
+                _registered_method=True)
+
+
+class NodeAgentServicer:
+    """Served by each agent (at Node.address) for the scheduler to call.
+    """
+
+    def Logs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_NodeAgentServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Logs': grpc.unary_stream_rpc_method_handler(
+                    servicer.Logs,
+                    request_deserializer=orch_dot_v1_dot_types__pb2.LogsRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_types__pb2.LogEntry.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'orch.v1.NodeAgent', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('orch.v1.NodeAgent', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class NodeAgent:
+    """Served by each agent (at Node.address) for the scheduler to call.
+    """
+
+    @staticmethod
+    def Logs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/orch.v1.NodeAgent/Logs',
+            orch_dot_v1_dot_types__pb2.LogsRequest.SerializeToString,
+            orch_dot_v1_dot_types__pb2.LogEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
 
 class AgentSessionStub:

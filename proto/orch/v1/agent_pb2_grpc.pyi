@@ -9,6 +9,7 @@ reconnect heals itself.
 from collections import abc as _abc
 from grpc import aio as _aio
 from orch.v1 import agent_pb2 as _agent_pb2
+from orch.v1 import types_pb2 as _types_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -28,6 +29,34 @@ class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ig
 
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
+
+class NodeAgentStub:
+    """Served by each agent (at Node.address) for the scheduler to call."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> NodeAgentAsyncStub: ...
+    Logs: _grpc.UnaryStreamMultiCallable[_types_pb2.LogsRequest, _types_pb2.LogEntry]
+
+@_typing.type_check_only
+class NodeAgentAsyncStub(NodeAgentStub):
+    """Served by each agent (at Node.address) for the scheduler to call."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Logs: _aio.UnaryStreamMultiCallable[_types_pb2.LogsRequest, _types_pb2.LogEntry]  # type: ignore[assignment]
+
+class NodeAgentServicer(metaclass=_abc_1.ABCMeta):
+    """Served by each agent (at Node.address) for the scheduler to call."""
+
+    @_abc_1.abstractmethod
+    def Logs(
+        self,
+        request: _types_pb2.LogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_types_pb2.LogEntry], _abc.AsyncIterator[_types_pb2.LogEntry]]: ...
+
+def add_NodeAgentServicer_to_server(servicer: NodeAgentServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class AgentSessionStub:
     @_typing.overload

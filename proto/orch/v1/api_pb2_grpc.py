@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from orch.v1 import api_pb2 as orch_dot_v1_dot_api__pb2
+from orch.v1 import types_pb2 as orch_dot_v1_dot_types__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -84,6 +85,11 @@ class OrchStub:
                 request_serializer=orch_dot_v1_dot_api__pb2.ListEventsRequest.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_api__pb2.ListEventsResponse.FromString,
                 _registered_method=True)
+        self.Logs = channel.unary_stream(
+                '/orch.v1.Orch/Logs',
+                request_serializer=orch_dot_v1_dot_types__pb2.LogsRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_types__pb2.LogEntry.FromString,
+                _registered_method=True)
 
 
 class OrchServicer:
@@ -154,6 +160,13 @@ class OrchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Logs(self, request, context):
+        """Streams an instance's (or an app's instances') log lines from their agents.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -206,6 +219,11 @@ def add_OrchServicer_to_server(servicer, server):
                     servicer.ListEvents,
                     request_deserializer=orch_dot_v1_dot_api__pb2.ListEventsRequest.FromString,
                     response_serializer=orch_dot_v1_dot_api__pb2.ListEventsResponse.SerializeToString,
+            ),
+            'Logs': grpc.unary_stream_rpc_method_handler(
+                    servicer.Logs,
+                    request_deserializer=orch_dot_v1_dot_types__pb2.LogsRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_types__pb2.LogEntry.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -478,6 +496,33 @@ class Orch:
             '/orch.v1.Orch/ListEvents',
             orch_dot_v1_dot_api__pb2.ListEventsRequest.SerializeToString,
             orch_dot_v1_dot_api__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Logs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/orch.v1.Orch/Logs',
+            orch_dot_v1_dot_types__pb2.LogsRequest.SerializeToString,
+            orch_dot_v1_dot_types__pb2.LogEntry.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ The scheduler's API for people and tools (the `orch` CLI)."""
 from collections import abc as _abc
 from grpc import aio as _aio
 from orch.v1 import api_pb2 as _api_pb2
+from orch.v1 import types_pb2 as _types_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -48,6 +49,8 @@ class OrchStub:
     """
     ListInstances: _grpc.UnaryUnaryMultiCallable[_api_pb2.ListInstancesRequest, _api_pb2.ListInstancesResponse]
     ListEvents: _grpc.UnaryUnaryMultiCallable[_api_pb2.ListEventsRequest, _api_pb2.ListEventsResponse]
+    Logs: _grpc.UnaryStreamMultiCallable[_types_pb2.LogsRequest, _types_pb2.LogEntry]
+    """Streams an instance's (or an app's instances') log lines from their agents."""
 
 @_typing.type_check_only
 class OrchAsyncStub(OrchStub):
@@ -69,6 +72,8 @@ class OrchAsyncStub(OrchStub):
     """
     ListInstances: _aio.UnaryUnaryMultiCallable[_api_pb2.ListInstancesRequest, _api_pb2.ListInstancesResponse]  # type: ignore[assignment]
     ListEvents: _aio.UnaryUnaryMultiCallable[_api_pb2.ListEventsRequest, _api_pb2.ListEventsResponse]  # type: ignore[assignment]
+    Logs: _aio.UnaryStreamMultiCallable[_types_pb2.LogsRequest, _types_pb2.LogEntry]  # type: ignore[assignment]
+    """Streams an instance's (or an app's instances') log lines from their agents."""
 
 class OrchServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -147,5 +152,13 @@ class OrchServicer(metaclass=_abc_1.ABCMeta):
         request: _api_pb2.ListEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_api_pb2.ListEventsResponse, _abc.Awaitable[_api_pb2.ListEventsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Logs(
+        self,
+        request: _types_pb2.LogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_types_pb2.LogEntry], _abc.AsyncIterator[_types_pb2.LogEntry]]:
+        """Streams an instance's (or an app's instances') log lines from their agents."""
 
 def add_OrchServicer_to_server(servicer: OrchServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,62 @@
+"""What the agent serves to schedulers: today, its instances' logs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from node.runtime.logs import LogLine, read_logs
+from orch.v1 import agent_pb2_grpc
+from orch.v1 import types_pb2 as pb
+
+_END = object()
+
+
+class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
+    def __init__(self, log_dir: Path, is_active: Callable[[str], bool]) -> None:
+        self._log_dir = log_dir
+        self._is_active = is_active  # follow ends when the instance is gone from this node
+
+    async def Logs(
+        self, request: pb.LogsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.LogEntry]:
+        name = request.name
+        path = self._log_dir / f"{name}.log"
+        if "/" in name or not (path.exists() or self._is_active(name)):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f'no logs for instance "{name}" on this node')
+        queue: asyncio.Queue[object] = asyncio.Queue(maxsize=1000)
+        loop = asyncio.get_running_loop()
+        stop = False
+
+        def produce() -> None:
+            lines = read_logs(
+                path,
+                tail=request.tail if request.tail > 0 else None,
+                follow=request.follow,
+                since=request.since or None,
+                done=lambda: stop or not self._is_active(name),
+            )
+            try:
+                for line in lines:
+                    asyncio.run_coroutine_threadsafe(queue.put(line), loop).result()
+                    if stop:
+                        return
+            finally:
+                asyncio.run_coroutine_threadsafe(queue.put(_END), loop).result()
+
+        reader = asyncio.create_task(asyncio.to_thread(produce))
+        try:
+            while (item := await queue.get()) is not _END:
+                assert isinstance(item, LogLine)
+                yield pb.LogEntry(instance=name, time=item.time, stream=item.stream, text=item.text)
+        finally:
+            stop = True
+            with contextlib.suppress(asyncio.QueueEmpty):
+                while True:
+                    queue.get_nowait()  # unblock the producer
+            reader.cancel()
