@@ -183,11 +183,12 @@ class InstanceWorker:
             return
         while True:
             result = await asyncio.to_thread(probe, spec.readiness, self.ip, pid)
-            if result.ok != self.status.ready:
+            message = "" if result.ok else f"readiness: {result.detail}"
+            if result.ok != self.status.ready or message != self.status.message:
                 status = pb.InstanceStatus()
                 status.CopyFrom(self.status)
                 status.ready = result.ok
-                status.message = "" if result.ok else f"readiness: {result.detail}"
+                status.message = message
                 self._set(status)
             await asyncio.sleep(period_of(spec.readiness))
 

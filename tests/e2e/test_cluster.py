@@ -38,8 +38,9 @@ def unused_cidr() -> str:
     raise RuntimeError("no free 10.x/16 for the test cluster")
 
 
-@pytest.fixture
-def cluster(tmp_path, busybox_rootfs):
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, busybox_rootfs):
+    tmp_path = tmp_path_factory.mktemp("cluster")
     state = tmp_path / "up"
     argv = orch_argv("up", "--nodes", "3", "--state-dir", str(state), "--port", "0")
     env = orch_env() | {"ORCH_UP_CIDR": unused_cidr()}
@@ -98,6 +99,7 @@ def container_pids(state_dir: str) -> list[int]:
 
 
 def test_spread_replace_fence_and_delete(cluster, busybox_rootfs, record_property):
+    # Runs first: it needs all three nodes Ready and restarts the one it kills.
     info = cluster
     nodes = json.loads(orch(info, "get", "nodes", "-o", "json").stdout)
     assert sorted(n["name"] for n in nodes) == ["node-0", "node-1", "node-2"]
@@ -150,3 +152,66 @@ def test_bad_manifest_names_file_line_and_field_and_applies_nothing(cluster, tmp
     assert f"{path}:9 spec.resources.memory" in r.stderr and "did you mean 32Mi?" in r.stderr
     assert "Traceback" not in r.stderr
     assert json.loads(orch(cluster, "get", "apps", "-o", "json").stdout) == []
+
+
+LIFECYCLE = """
+apiVersion: orch/v1
+kind: App
+metadata: {name: %(name)s}
+spec:
+  replicas: 1
+  image: rootfs:%(root)s
+  command: ["sh", "-c", %(script)r]
+  restartPolicy: %(policy)s
+  stopGracePeriod: 1s
+"""
+
+
+def apply_app(info, root, name, script, policy="Always", extra=""):
+    doc = LIFECYCLE % {"name": name, "root": root, "script": script, "policy": policy} + extra
+    r = orch(info, "apply", "-", stdin=doc)
+    assert r.returncode == 0, r.stderr
+
+
+def only(info, app):
+    insts = [i for i in instances(info) if i["app"] == app and i["desired"] == "Run"]
+    return insts[0] if len(insts) == 1 else None
+
+
+def test_exit_codes_restart_policies_and_logs(cluster, busybox_rootfs):
+    info, root = cluster, busybox_rootfs
+    apply_app(info, root, "once", "echo out; echo err >&2; exit 3", policy="Never")
+    apply_app(info, root, "flaky", "echo run; exit 1", policy="OnFailure")
+    apply_app(info, root, "nocmd", "exec /bin/definitely-missing", policy="Never")
+    once = wait_for(lambda: (i := only(info, "once")) and i["state"] == "Failed" and i, 20, "once Failed")
+    assert once["exitCode"] == 3 and once["reason"] == "Error"
+    r = orch(info, "logs", once["name"])
+    assert r.returncode == 0 and r.stdout == "out\n" and r.stderr == "err\n"
+    r = orch(info, "logs", once["name"], "--timestamps", "--tail", "1")
+    assert r.stderr.startswith("20") and r.stderr.endswith("Z err\n")
+    flaky = wait_for(lambda: (i := only(info, "flaky")) and i["restarts"] >= 2 and i, 20, "flaky restarting")
+    assert flaky["reason"] in ("CrashLoopBackOff", "Error")
+    nocmd = wait_for(lambda: (i := only(info, "nocmd")) and i["state"] == "Failed" and i, 20, "nocmd Failed")
+    assert nocmd["exitCode"] == 127
+    for app in ("once", "flaky", "nocmd"):
+        assert orch(info, "delete", "app", app).returncode == 0
+    wait_for(lambda: not instances(info), 20, "all removed")
+
+
+def test_readiness_probe_gates_ready(cluster, busybox_rootfs):
+    info, root = cluster, busybox_rootfs
+    ready_tcp = "  readiness: {tcp: 8080}\n"
+    apply_app(info, root, "probed", "sleep 2; exec httpd -f -p 8080 -h /www", extra=ready_tcp)
+    first = wait_for(lambda: (i := only(info, "probed")) and i["state"] == "Running" and i, 20, "running")
+    assert first["ready"] is False  # httpd is not listening yet
+    wait_for(lambda: (i := only(info, "probed")) and i["ready"], 20, "ready after the probe passes")
+    apply_app(info, root, "never-ready", "sleep 1000", extra="  readiness: {exec: [false]}\n")
+    wait_for(lambda: (i := only(info, "never-ready")) and i["state"] == "Running", 20, "running")
+    time.sleep(3)
+    inst = only(info, "never-ready")
+    assert inst["ready"] is False and "readiness" in (inst["message"] or "")
+    apps = {a["name"]: a for a in json.loads(orch(info, "get", "apps", "-o", "json").stdout)}
+    assert apps["probed"]["ready"] == 1 and apps["never-ready"]["ready"] == 0
+    for app in ("probed", "never-ready"):
+        assert orch(info, "delete", "app", app).returncode == 0
+    wait_for(lambda: not instances(info), 20, "all removed")
