@@ -10,19 +10,50 @@ up after a crash).
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
 import os
+import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NoReturn
 
 from node.runtime import sys as sc
 
-__all__ = ["DEVICES", "SETUP_STEPS", "InitPlan", "exec_command", "exec_failure", "run_setup"]
+__all__ = [
+    "DEVICES",
+    "EXEC_STEPS",
+    "MASKED_PATHS",
+    "READONLY_PATHS",
+    "SETUP_STEPS",
+    "InitPlan",
+    "exec_command",
+    "exec_failure",
+    "exec_with_reaper",
+    "run_setup",
+]
 
 # Device nodes bind-mounted from the host: a tmpfs /dev has none, and binding
 # (rather than mknod) also works where mknod is not permitted.
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+# The OCI/runc defaults: kernel interfaces that leak host data or allow host changes.
+MASKED_PATHS = (
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+)
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+ALL_CAPS = (1 << 41) - 1  # CAP_CHECKPOINT_RESTORE (40) is the last one this code knows
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,14 +67,30 @@ class InitPlan:
     argv: tuple[str, ...]
     env: Mapping[str, str]
     network: bool = True
+    read_only_rootfs: bool = False
+    etc_files: tuple[tuple[str, str], ...] = ()  # (path in the container, host file) bound read-only
+    masked_paths: tuple[str, ...] = MASKED_PATHS
+    readonly_paths: tuple[str, ...] = READONLY_PATHS
+    uid: int = 0
+    gid: int = 0
+    groups: tuple[int, ...] = (0,)
+    caps: int = ALL_CAPS  # bounding = permitted = effective = inheritable
+    ambient: int = 0  # raised only for a non-root user (cap_add), as Podman does
+    rlimits: tuple[tuple[int, int, int], ...] = ()  # (RLIMIT_*, soft, hard)
+    no_new_privs: bool = True
+    last_cap: int = 40
 
 
 Step = tuple[str, Callable[[sc.Syscalls, InitPlan], None]]
 
 
 def _unshare_namespaces(s: sc.Syscalls, p: InitPlan) -> None:
-    flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
+    flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
     s.unshare(flags | (sc.CLONE_NEWNET if p.network else 0))
+
+
+def _unshare_cgroup_namespace(s: sc.Syscalls, p: InitPlan) -> None:
+    s.unshare(sc.CLONE_NEWCGROUP)
 
 
 def _make_mounts_private(s: sc.Syscalls, p: InitPlan) -> None:
@@ -89,6 +136,36 @@ def _mount_sys(s: sc.Syscalls, p: InitPlan) -> None:
     s.mount("sysfs", f"{p.merged}/sys", "sysfs", flags, None)
 
 
+def _bind_etc_files(s: sc.Syscalls, p: InitPlan) -> None:
+    for path, source in p.etc_files:
+        target = f"{p.merged}{path}"
+        s.mkdir(target.rsplit("/", 1)[0], 0o755)
+        s.touch(target)
+        s.mount(source, target, None, sc.MS_BIND, None)
+        # A bind mount ignores MS_RDONLY; only a remount of the bind makes it read-only.
+        s.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY, None)
+
+
+def _mask_paths(s: sc.Syscalls, p: InitPlan) -> None:
+    for path in p.masked_paths:
+        target = f"{p.merged}{path}"
+        kind = s.kind(target)
+        if kind == "dir":
+            s.mount("tmpfs", target, "tmpfs", sc.MS_RDONLY, None)
+        elif kind == "file":
+            s.mount("/dev/null", target, None, sc.MS_BIND, None)
+
+
+def _readonly_paths(s: sc.Syscalls, p: InitPlan) -> None:
+    locked = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC  # proc's flags, kept on the remount
+    for path in p.readonly_paths:
+        target = f"{p.merged}{path}"
+        if s.kind(target) is None:
+            continue
+        s.mount(target, target, None, sc.MS_BIND | sc.MS_REC, None)
+        s.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | locked, None)
+
+
 def _pivot_root(s: sc.Syscalls, p: InitPlan) -> None:
     # pivot_root(".", ".") stacks the old root on top of the new one, so no
     # .oldroot directory has to be created in the image (runc does the same).
@@ -101,6 +178,11 @@ def _umount_old_root(s: sc.Syscalls, p: InitPlan) -> None:
     s.chdir("/")
 
 
+def _remount_rootfs_readonly(s: sc.Syscalls, p: InitPlan) -> None:
+    if p.read_only_rootfs:
+        s.mount(None, "/", None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY, None)
+
+
 def _set_hostname(s: sc.Syscalls, p: InitPlan) -> None:
     s.sethostname(p.hostname)
 
@@ -110,8 +192,9 @@ def _chdir_working_dir(s: sc.Syscalls, p: InitPlan) -> None:
 
 
 SETUP_STEPS: tuple[Step, ...] = (
-    # New mount/UTS/IPC/net/cgroup namespaces. The shim already moved us into
-    # the container's cgroup, so the cgroup namespace's root is that cgroup.
+    # New mount/UTS/IPC/net namespaces (the pid ns exists: we are its PID 1).
+    # The cgroup ns comes later, in EXEC_STEPS: the shim moves us into the
+    # container's cgroup while these steps run.
     ("unshare_namespaces", _unshare_namespaces),
     # Before any mount: the host's / is usually shared, and a mount made now
     # would propagate back to the host's mount namespace.
@@ -128,11 +211,75 @@ SETUP_STEPS: tuple[Step, ...] = (
     ("mount_sys", _mount_sys),
     # pivot_root, not chroot: a chroot can be escaped and keeps the host's
     # mounts reachable; after the pivot the old root can be detached.
+    # Bound from the state dir, where the Runtime wrote them (and can rewrite
+    # hosts in place once on_netns knows the ip); mount points are created in
+    # the overlay, so this comes before the read-only remount of /.
+    ("bind_etc_files", _bind_etc_files),
+    # After proc and sys exist, before pivot_root: /dev/null is still the host's.
+    ("mask_paths", _mask_paths),
+    ("readonly_paths", _readonly_paths),
     ("pivot_root", _pivot_root),
     ("umount_old_root", _umount_old_root),
+    # Last mount step: every mount point above had to be created first.
+    ("remount_rootfs_readonly", _remount_rootfs_readonly),
     # Hostname and cwd last: they need the new UTS ns and the new root.
     ("set_hostname", _set_hostname),
     ("chdir_working_dir", _chdir_working_dir),
+)
+
+
+def _set_rlimits(s: sc.Syscalls, p: InitPlan) -> None:
+    for number, soft, hard in p.rlimits:
+        s.setrlimit(number, soft, hard)
+
+
+def _drop_bounding_caps(s: sc.Syscalls, p: InitPlan) -> None:
+    for cap in range(p.last_cap + 1):
+        if not p.caps >> cap & 1:
+            s.prctl(sc.PR_CAPBSET_DROP, cap)
+
+
+def _set_no_new_privs(s: sc.Syscalls, p: InitPlan) -> None:
+    if p.no_new_privs:
+        s.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def _set_groups(s: sc.Syscalls, p: InitPlan) -> None:
+    s.setgroups(p.groups)
+    s.setresgid(p.gid)
+
+
+def _set_uid(s: sc.Syscalls, p: InitPlan) -> None:
+    # KEEPCAPS: a uid change away from 0 would otherwise empty the permitted set.
+    s.prctl(sc.PR_SET_KEEPCAPS, 1)
+    s.setresuid(p.uid)
+    s.prctl(sc.PR_SET_KEEPCAPS, 0)
+
+
+def _set_caps(s: sc.Syscalls, p: InitPlan) -> None:
+    s.capset(p.caps, p.caps, p.caps)
+    s.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_CLEAR_ALL)
+    if p.uid != 0:
+        for cap in range(p.last_cap + 1):
+            if (p.ambient & p.caps) >> cap & 1:
+                s.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_RAISE, cap)
+
+
+EXEC_STEPS: tuple[Step, ...] = (
+    # The shim sends "G" only after moving us into the container's cgroup, so
+    # the new cgroup namespace's root is that cgroup (needs CAP_SYS_ADMIN: first).
+    ("unshare_cgroup_namespace", _unshare_cgroup_namespace),
+    # Limits first: lowering is always allowed, and nothing below needs them raised.
+    ("set_rlimits", _set_rlimits),
+    # PR_CAPBSET_DROP needs CAP_SETPCAP, so the bounding set shrinks while we are still full root.
+    ("drop_bounding_caps", _drop_bounding_caps),
+    # No setuid binary or file capability can give back what is dropped below.
+    ("set_no_new_privs", _set_no_new_privs),
+    # Groups before the uid: setgroups/setgid need CAP_SETGID, gone for a non-root uid.
+    ("set_groups", _set_groups),
+    ("set_uid", _set_uid),
+    # After the uid change (which clears the effective set): the final sets, then ambient.
+    ("set_caps", _set_caps),
 )
 
 
@@ -149,6 +296,75 @@ def run_setup(s: sc.Syscalls, plan: InitPlan, steps: tuple[Step, ...] = SETUP_ST
 def exec_command(s: sc.Syscalls, plan: InitPlan) -> NoReturn:
     """Replace PID 1 with the command; argv[0] is looked up in the container's PATH."""
     s.execvpe(plan.argv[0], plan.argv, plan.env)
+
+
+# What a reaper PID 1 passes on to the command (tini and docker-init do the same).
+FORWARDED_SIGNALS = (
+    signal.SIGHUP,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGTERM,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+    signal.SIGCONT,
+)
+
+
+def exec_with_reaper(s: sc.Syscalls, plan: InitPlan, report: Callable[[dict[str, object]], None]) -> NoReturn:
+    """PID 1 forks the command and stays behind as a tiny init: it forwards signals to the
+    command, reaps every orphan that is re-parented to it, and when the command has ended
+    reports {"status": <wait status>} and exits (the kernel then kills what is left).
+
+    report({}) once the command was exec'd, or report({"stage": "exec", ...}) if it could not be.
+    """
+    child = 0
+
+    def forward(sig: int, _frame: object) -> None:
+        if child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, sig)
+
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, forward)
+    # Blocked until `child` is known: a SIGTERM arriving between fork and the assignment
+    # (the command may already run and print) stays pending instead of being dropped.
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
+    exec_r, exec_w = os.pipe()  # close-on-exec: EOF without data = exec'd
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(exec_r)
+            for sig in FORWARDED_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)  # the mask survives exec
+            exec_command(s, plan)
+        except OSError as exc:
+            code, message = exec_failure(plan.argv[0], exc)
+            os.write(exec_w, json.dumps({"stage": "exec", "code": code, "message": message}).encode())
+        finally:
+            os._exit(code)
+    child = pid
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
+    sc.set_process_title("init")
+    os.close(exec_w)
+    failure = b""
+    while chunk := os.read(exec_r, 4096):
+        failure += chunk
+    os.close(exec_r)
+    report(json.loads(failure) if failure else {})
+    status = 0
+    while True:
+        try:
+            got, st = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        if got == child:
+            status = st
+            break
+    report({"status": status})
+    os._exit(0)
 
 
 def exec_failure(argv0: str, exc: OSError) -> tuple[int, str]:

@@ -5,6 +5,7 @@
     start.json    written by the shim: shim and container pids (+ start times), started_at
     exit.json     written by the shim once, atomically, when the container has ended
     shim.log      the shim's own stderr (tracebacks), not the container's output
+    hostname hosts resolv.conf   bound read-only onto /etc/* in the container
     upper/ work/  the overlay's writable layer
     rootfs/       the overlay mount point (mounted only inside the container)
 """
@@ -39,6 +40,11 @@ class ContainerDir:
     @property
     def shim_log(self) -> Path:
         return self.path / "shim.log"
+
+    @property
+    def etc(self) -> dict[str, Path]:
+        """Container path -> the state dir file bound onto it."""
+        return {f"/etc/{name}": self.path / name for name in ("hostname", "hosts", "resolv.conf")}
 
     @property
     def upper(self) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
@@ -38,6 +38,18 @@ class ContainerConfig:
     memory_bytes: int = 0
     pids: int = 0
     network: bool = True
+    # -- added for issue 3; all optional, see docs/runtime.md ---------------
+    init: bool = True  # PID 1 is a tiny reaper that forwards signals; False: the command is PID 1
+    user: str = ""  # "UID[:GID]" or names from the image's /etc/passwd, /etc/group; "" = root
+    cap_add: tuple[str, ...] = ()  # "NET_ADMIN" or "CAP_NET_ADMIN"; "ALL"
+    cap_drop: tuple[str, ...] = ()
+    rlimits: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # "NOFILE": (soft, hard)
+    read_only_rootfs: bool = False
+    hosts: Mapping[str, str] = field(default_factory=dict)  # extra /etc/hosts entries: name -> ip
+    dns: tuple[str, ...] = ()  # nameservers for /etc/resolv.conf; () = a copy of the host's
+    log_max_bytes: int = 10 << 20  # rotate X.log when it would grow past this
+    log_max_files: int = 3  # X.log, X.log.1, X.log.2
+    user_namespace: bool = False  # not implemented yet: start() refuses True
 
 
 class ContainerStatus(enum.Enum):

@@ -1,20 +1,25 @@
-"""Per-container supervisor: `python -m node.runtime.shim <container dir> <report fd> <go fd>`.
+"""Per-container supervisor, forked by the zygote (zygote.py) or run as
+`python -m node.runtime.shim <container dir> <report fd> <go fd>`.
 
 Like conmon / containerd-shim it outlives the agent: it detaches (double
 fork, own session), forks the container's PID 1 into a new pid namespace,
-waits for it and writes exit.json, then exits. The agent is multi-threaded,
-so all forking of Python code happens here, in a single-threaded process.
+copies the container's stdout/stderr into the log (logs.py), waits for it and
+writes exit.json, then exits. The agent is multi-threaded, so all forking of
+Python code happens in single-threaded processes (zygote, shim).
 
-Handshake (JSON lines on <report fd>, one line back on <go fd>):
+Handshake (one line of JSON per message on <report fd>, one line back on <go fd>):
 
     shim                                  child (PID 1)                 Runtime
     fork ───────────────────────────────▶ waits for "C"
-    add child to cgroup, "C" ──────────▶ unshare, mounts, pivot_root
+    "C", then add child to cgroup ─────▶ unshare, mounts, pivot_root (meanwhile)
                                    ◀───── "R" (or setup error JSON)
     {"event": "netns", "pid": N} ─────────────────────────────────────▶ on_netns(N)
                                    ◀────────────────────────────────── "go"
-    "G" ───────────────────────────────▶ execvpe (CLOEXEC pipe: EOF = exec'd)
-    {"event": "started"} | {"event": "exec_failed"} ──────────────────▶ start() returns
+    "G" ───────────────────────────────▶ cgroup ns, rlimits, caps, ids; exec (directly, or
+                                         forked under the reaper when init=True)
+                                   ◀───── EOF/"{}" = exec'd, or {"stage": ...}
+    {"event": "started"} | {"event": "start_failed"} ─────────────────▶ start() returns
+    (init=True: the reaper sends {"status": <wait status>} when the command ends)
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import sys
 import time
@@ -29,13 +35,16 @@ import traceback
 from pathlib import Path
 from typing import Any, NoReturn
 
-from node.runtime import init, stdio
+from node.runtime import init
 from node.runtime.cgroups import CgroupDriver, driver_for
 from node.runtime.layout import ContainerDir, proc_start_time, read_json, write_json_atomic
+from node.runtime.logs import LogWriter
 from node.runtime.spec import ShimSpec
-from node.runtime.sys import CLONE_NEWPID, LinuxSyscalls
+from node.runtime.sys import CLONE_NEWPID, LinuxSyscalls, set_process_title
 
-__all__ = ["exit_record", "main"]
+__all__ = ["exit_record", "main", "run_detached", "supervise"]
+
+_DRAIN_AFTER_EXIT = 2.0  # s: PID 1 is gone, so every writer dies; this only bounds a surprise
 
 
 def _send(fd: int, msg: dict[str, Any]) -> None:
@@ -43,32 +52,39 @@ def _send(fd: int, msg: dict[str, Any]) -> None:
         os.write(fd, json.dumps(msg).encode() + b"\n")
 
 
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
+class _Reader:
+    """Newline-terminated JSON messages from the child; None at EOF."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.buf = fd, b""
+
+    def message(self) -> dict[str, Any] | None:
+        while b"\n" not in self.buf:
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                rest, self.buf = self.buf, b""
+                return json.loads(rest) if rest.strip() else None
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        msg = json.loads(line)
+        return msg if isinstance(msg, dict) else {}
 
 
-def _child(
-    spec: ShimSpec, cdir: ContainerDir, output_fd: int, pipes: tuple[int, int], shim_fds: tuple[int, ...]
-) -> NoReturn:
-    """The container's PID 1 until exec. Never returns; reports failures as JSON on to_shim."""
+def _child(spec: ShimSpec, cdir: ContainerDir, stdio: tuple[int, int], pipes: tuple[int, int]) -> NoReturn:
+    """The container's PID 1. Never returns; reports failures as JSON lines to the shim."""
     from_shim, to_shim = pipes
     code = 1
     try:
-        for fd in shim_fds:  # the shim's ends: kept open here, EOF would never come
-            os.close(fd)
-        stdio.attach(output_fd)
-        if os.read(from_shim, 1) != b"C":  # wait until the shim put us into the cgroup
+        devnull = os.open("/dev/null", os.O_RDONLY)
+        for target, fd in enumerate((devnull, *stdio)):
+            os.dup2(fd, target)  # dup2 makes 0-2 inheritable; the originals stay CLOEXEC
+        if os.read(from_shim, 1) != b"C":  # the shim is alive and has written start.json
             os._exit(1)
         calls, plan = LinuxSyscalls(), spec.init_plan(cdir)
         try:
             init.run_setup(calls, plan)
         except OSError as exc:
-            notes = "; ".join(getattr(exc, "__notes__", []))
-            os.write(to_shim, json.dumps({"stage": "setup", "message": f"{notes}: {exc}"}).encode())
-            os._exit(1)
+            _fail(to_shim, "setup", exc)
         os.write(to_shim, b"R")
         if os.read(from_shim, 1) != b"G":
             os._exit(1)
@@ -76,13 +92,25 @@ def _child(
         for sig in (signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(sig, signal.SIG_DFL)
         try:
+            init.run_setup(calls, plan, init.EXEC_STEPS)
+        except OSError as exc:
+            _fail(to_shim, "setup", exc)
+        if spec.config.init:
+            init.exec_with_reaper(calls, plan, lambda msg: _send(to_shim, msg))
+        try:
             init.exec_command(calls, plan)
         except OSError as exc:
             code, message = init.exec_failure(plan.argv[0], exc)
-            os.write(to_shim, json.dumps({"stage": "exec", "code": code, "message": message}).encode())
+            _send(to_shim, {"stage": "exec", "code": code, "message": message})
     except BaseException:
         traceback.print_exc()
     os._exit(code)
+
+
+def _fail(to_shim: int, stage: str, exc: OSError) -> NoReturn:
+    notes = "; ".join(getattr(exc, "__notes__", []))
+    _send(to_shim, {"stage": stage, "message": f"{notes}: {exc}"})
+    os._exit(1)
 
 
 def exit_record(status: int, oom_kills: int, start_error: str = "") -> dict[str, Any]:
@@ -111,44 +139,83 @@ def exit_record(status: int, oom_kills: int, start_error: str = "") -> dict[str,
 Failure = tuple[str, str]  # (stage "setup" | "exec" | "shim", message); ("", "") = exec'd
 
 
-def _handshake(cg: CgroupDriver, spec: ShimSpec, child: int, pipes: tuple[int, int], fds: tuple[int, int]) -> Failure:
+def _handshake(
+    cg: CgroupDriver, spec: ShimSpec, child: int, to_child: int, msgs: _Reader, fds: tuple[int, int]
+) -> Failure:
     """Drive the child from fork to exec."""
-    to_child, from_child = pipes
     report, go = fds
-    cg.add_process(spec.cgroup_path, child)
+    # "C" first, then the cgroup: on cgroup v1 the first attach waits ~10 ms for an RCU
+    # grace period, and the child's mounts run meanwhile on another CPU. The child only
+    # unshares its cgroup namespace and execs after "G", which is sent after the attach.
     os.write(to_child, b"C")
-    first = os.read(from_child, 1)
+    cg.add_process(spec.cgroup_path, child)
+    first = os.read(msgs.fd, 1)
     if first != b"R":
-        rest = (first + _read_all(from_child)).decode(errors="replace")
-        return "setup", json.loads(rest)["message"] if rest.startswith("{") else "container init died"
+        msgs.buf = first
+        failed = msgs.message() or {"message": "container init died"}
+        return "setup", str(failed.get("message"))
     _send(report, {"event": "netns", "pid": child})
     if os.read(go, 16).strip() != b"go":
         return "setup", "start aborted by the runtime"
     os.write(to_child, b"G")
-    if failure := _read_all(from_child):
-        return "exec", str(json.loads(failure)["message"])
+    msg = msgs.message()
+    if msg and "stage" in msg:
+        return str(msg["stage"]), str(msg["message"])
     return "", ""
+
+
+def _pump(child: int, outputs: dict[int, str], writer: LogWriter) -> int:
+    """Copy the container's output into the log until PID 1 has ended and the pipes are drained."""
+    pidfd = os.pidfd_open(child)
+    deadline = None
+    try:
+        while outputs:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([*outputs, pidfd], [], [], timeout)
+            if not ready:
+                break
+            for fd in ready:
+                if fd == pidfd:
+                    deadline = deadline or time.monotonic() + _DRAIN_AFTER_EXIT
+                    continue
+                data = os.read(fd, 65536)
+                writer.write(outputs[fd], data)
+                if not data:
+                    os.close(fd)
+                    del outputs[fd]
+    finally:
+        os.close(pidfd)
+        for fd in outputs:
+            os.close(fd)
+        writer.close()
+    return os.waitpid(child, 0)[1]
 
 
 def _supervise(cdir: ContainerDir, fds: tuple[int, int]) -> int:
     report = fds[0]
     spec = ShimSpec.from_json(read_json(cdir.spec) or {})
     cg = driver_for(spec.cgroup_driver, spec.cgroup_root)
-    output_fd = stdio.open_output(spec.config.log_path)
+    c = spec.config
+    writer = LogWriter(c.log_path, c.log_max_bytes, c.log_max_files)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
     to_child_r, to_child_w = os.pipe()
     from_child_r, from_child_w = os.pipe()
     # CLONE_NEWPID affects only children: the next fork becomes PID 1.
     LinuxSyscalls().unshare(CLONE_NEWPID)
     child = os.fork()
     if child == 0:
-        _child(spec, cdir, output_fd, (to_child_r, from_child_w), (to_child_w, from_child_r, *fds))
-    for fd in (output_fd, to_child_r, from_child_w):
+        for fd in (to_child_w, from_child_r, out_r, err_r, *fds):  # EOF must reach the child
+            os.close(fd)
+        _child(spec, cdir, (out_w, err_w), (to_child_r, from_child_w))
+    for fd in (out_w, err_w, to_child_r, from_child_w):
         os.close(fd)
     shim = {"shim_pid": os.getpid(), "shim_start": proc_start_time(os.getpid())}
     start: dict[str, Any] = {**shim, "pid": child, "pid_start": proc_start_time(child), "started_at": None}
     write_json_atomic(cdir.start, start)
+    msgs = _Reader(from_child_r)
     try:
-        stage, error = _handshake(cg, spec, child, (to_child_w, from_child_r), fds)
+        stage, error = _handshake(cg, spec, child, to_child_w, msgs, fds)
     except Exception as exc:  # e.g. a cgroup write failed: the container must not run unconfined
         stage, error = "shim", f"{type(exc).__name__}: {exc}"
         traceback.print_exc()
@@ -157,29 +224,49 @@ def _supervise(cdir: ContainerDir, fds: tuple[int, int]) -> int:
         write_json_atomic(cdir.start, {**start, "started_at": time.time()})
         _send(report, {"event": "started"})
         os.close(report)
-    _, status = os.waitpid(child, 0)
+    status = _pump(child, {out_r: "stdout", err_r: "stderr"}, writer)
+    if c.init and stage in ("", "exec") and not os.WIFSIGNALED(status):
+        with contextlib.suppress(ValueError):
+            final = msgs.message()  # the reaper's {"status": ...} about the command
+            if final and "status" in final:
+                status = int(final["status"])
+    os.close(from_child_r)
     write_json_atomic(cdir.exit, exit_record(status, cg.oom_killed(spec.cgroup_path), error))
     if stage:
         _send(report, {"event": "start_failed", "stage": stage, "message": error})
     return 0
 
 
-def main(argv: list[str]) -> int:
-    cdir, report, go = ContainerDir(Path(argv[1])), int(argv[2]), int(argv[3])
-    # Detach: the Runtime reaps the intermediate at once; the shim is re-parented
-    # to init (or a subreaper) and survives the agent.
+def run_detached(cdir: ContainerDir, report: int, go: int) -> NoReturn:
+    """Fork the shim off (the caller reaps the intermediate at once) and supervise; never returns."""
     if os.fork() != 0:
         os._exit(0)
+    supervise(cdir, report, go)
+
+
+def supervise(cdir: ContainerDir, report: int, go: int) -> NoReturn:
+    """The shim's life, in an already detached process; never returns."""
+    set_process_title(f"orch-shim {cdir.path}")
     for fd in (report, go):
         os.set_inheritable(fd, False)  # must not leak into the container
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    code = 1
     try:
-        return _supervise(cdir, (report, go))
+        code = _supervise(cdir, (report, go))
     except BaseException as exc:
         traceback.print_exc()
         _send(report, {"event": "shim_error", "message": f"{type(exc).__name__}: {exc}"})
-        return 1
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def main(argv: list[str]) -> int:
+    # Detach: the Runtime reaps the intermediate at once; the shim is re-parented
+    # to init (or a subreaper) and survives the agent.
+    run_detached(ContainerDir(Path(argv[1])), int(argv[2]), int(argv[3]))
 
 
 if __name__ == "__main__":

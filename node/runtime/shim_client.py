@@ -1,10 +1,16 @@
-"""The Runtime's side of the shim handshake (see shim.py for the protocol)."""
+"""The Runtime's side of the shim handshake (see shim.py for the protocol), and the
+client of the zygote (zygote.py) that forks the shims."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import select
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +21,7 @@ from typing import Any
 from node.runtime.errors import RuntimeStartError
 from node.runtime.layout import ContainerDir
 
-__all__ = ["run_shim", "shim_command"]
+__all__ = ["Zygote", "run_shim", "shim_command"]
 
 START_TIMEOUT = 30.0  # s for the shim's own steps; time spent in on_netns is not counted
 # The directory holding the `node` package, so `-m node.runtime.shim` resolves in the shim.
@@ -54,12 +60,106 @@ class _Lines:
         return msg if isinstance(msg, dict) else None
 
 
-def run_shim(cdir: ContainerDir, on_netns: Callable[[int], None] | None) -> None:
-    """Spawn the shim and drive the handshake. Returns when the command was exec'd or failed to exec."""
+def _code_version() -> str:
+    """A digest of this package's source files (path, size, mtime); changes with every deploy."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        st = path.stat()
+        h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:12]
+
+
+class Zygote:
+    """The fork server of one state dir: started on first use, restarted if it died.
+
+    Its files live in <state_dir>/.zygote/ (pid, lock, log); its socket is abstract
+    (@orch-zygote-<hash of the state dir>), so a dead zygote leaves no stale socket.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir / ".zygote"
+        digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
+        self.prefix = f"orch-zygote-{digest}-"
+        self.name = self.prefix + _code_version()  # new code, new zygote: never a stale fork server
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect("\0" + self.name)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def spawn_shim(self, cdir: ContainerDir, report_w: int, go_r: int) -> None:
+        """Have the zygote fork a shim for cdir; starts the zygote when there is none."""
+        try:
+            sock = self._connect()
+        except (ConnectionRefusedError, FileNotFoundError):
+            self.start()
+            sock = self._connect()
+        with sock:
+            sock.settimeout(START_TIMEOUT)
+            socket.send_fds(sock, [json.dumps({"dir": str(cdir.path)}).encode()], [report_w, go_r])
+            if not sock.recv(16).startswith(b"ok"):
+                raise OSError(f"zygote refused to start a shim; see {self.dir / 'log'}")
+
+    def start(self) -> None:
+        self.dir.mkdir(exist_ok=True)
+        with open(self.dir / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one starter at a time; the others then connect
+            with contextlib.suppress(ConnectionRefusedError, FileNotFoundError):
+                self._connect().close()
+                return
+            self.stop(keep_dir=True)  # an older version's zygote, if any
+            with open(self.dir / "log", "ab") as log:
+                cmd = [sys.executable, "-m", "node.runtime.zygote", self.name, str(self.dir / "pid")]
+                subprocess.run(
+                    cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_shim_env(), cwd="/", check=False
+                )
+
+    def pid(self) -> int | None:
+        """The running zygote's pid (checked against its command line), else None."""
+        try:
+            pid = int((self.dir / "pid").read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        return pid if self.prefix.encode() in cmdline else None
+
+    def stop(self, keep_dir: bool = False) -> None:
+        """Kill the zygote of this state dir (any code version). Its shims live on."""
+        if (pid := self.pid()) is not None:
+            fd = os.pidfd_open(pid)
+            try:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+                select.select([fd], [], [], 5.0)
+            finally:
+                os.close(fd)
+        if self.dir.exists() and not keep_dir:
+            for name in ("pid", "lock", "log"):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.dir / name).unlink()
+            with contextlib.suppress(OSError):
+                self.dir.rmdir()
+
+
+def run_shim(cdir: ContainerDir, on_netns: Callable[[int], object] | None, zygote: Zygote | None = None) -> None:
+    """Start the shim (through the zygote, or as a fresh process) and drive the handshake.
+
+    Returns when the command was exec'd or failed to exec.
+    """
     id = cdir.path.name
     report_r, report_w = os.pipe()
     go_r, go_w = os.pipe()
     try:
+        if zygote is not None:
+            zygote.spawn_shim(cdir, report_w, go_r)
+            os.close(report_w)
+            os.close(go_r)
+            report_w = go_r = -1
+            _drive(_Lines(report_r), go_w, on_netns, cdir)
+            return
         with open(cdir.shim_log, "ab") as log:
             # subprocess, not os.fork: the agent is multi-threaded; the shim detaches
             # itself at once (double fork), so wait() returns within its start-up time.
@@ -86,7 +186,7 @@ def run_shim(cdir: ContainerDir, on_netns: Callable[[int], None] | None) -> None
                 os.close(fd)
 
 
-def _drive(lines: _Lines, go_w: int, on_netns: Callable[[int], None] | None, cdir: ContainerDir) -> None:
+def _drive(lines: _Lines, go_w: int, on_netns: Callable[[int], object] | None, cdir: ContainerDir) -> None:
     id = cdir.path.name
     while (msg := lines.next(START_TIMEOUT)) is not None:
         event = msg.get("event")

@@ -1,7 +1,13 @@
-"""What the Runtime hands the shim (spec.json): the config plus where its cgroup lives."""
+"""What the Runtime hands the shim (spec.json): the config plus what was resolved on the host.
+
+The Runtime resolves everything that can fail (user names, capability names,
+rlimits) before the shim starts, so a bad config is a RuntimeStartError and
+the container's init only applies numbers.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,8 +15,40 @@ from typing import Any
 from node.runtime.init import InitPlan
 from node.runtime.layout import ContainerDir
 from node.runtime.model import DEFAULT_PATH, ContainerConfig
+from node.runtime.security import Identity, cap_mask, resolve_user, rlimit_numbers
 
 __all__ = ["ShimSpec"]
+
+ROOT = Identity(0, 0, (0,))
+
+_TUPLES = {"argv", "cap_add", "cap_drop", "dns"}
+
+
+def _config_to_json(c: ContainerConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(c):
+        value = getattr(c, f.name)
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        elif f.name == "rlimits":
+            value = {k: list(v) for k, v in value.items()}
+        elif f.name in ("env", "hosts"):
+            value = dict(value)
+        out[f.name] = value
+    return out
+
+
+def _config_from_json(c: dict[str, Any]) -> ContainerConfig:
+    known = {f.name for f in dataclasses.fields(ContainerConfig)}
+    kw: dict[str, Any] = {k: v for k, v in c.items() if k in known}
+    kw["rootfs"], kw["log_path"] = Path(c["rootfs"]), Path(c["log_path"])
+    for name in _TUPLES & kw.keys():
+        kw[name] = tuple(kw[name])
+    if "rlimits" in kw:
+        kw["rlimits"] = {k: (int(v[0]), int(v[1])) for k, v in kw["rlimits"].items()}
+    return ContainerConfig(**kw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,50 +57,45 @@ class ShimSpec:
     cgroup_driver: str  # "v1" | "v2"
     cgroup_root: Path
     cgroup_path: str  # <cgroup_parent>/<id>
+    identity: Identity = ROOT
+    caps: int = 0
+    rlimits: tuple[tuple[int, int, int], ...] = ()
+
+    @classmethod
+    def resolve(cls, config: ContainerConfig, driver: str, root: Path, path: str) -> ShimSpec:
+        """Raises ValueError for an unknown user, group, capability or rlimit."""
+        identity = resolve_user(config.rootfs, config.user)
+        caps = cap_mask(config.cap_add, config.cap_drop)
+        rlimits = tuple(rlimit_numbers(config.rlimits))
+        return cls(config, driver, root, path, identity, caps, rlimits)
 
     def to_json(self) -> dict[str, Any]:
-        c = self.config
+        i = self.identity
         return {
-            "version": 1,
-            "config": {
-                "id": c.id,
-                "rootfs": str(c.rootfs),
-                "argv": list(c.argv),
-                "env": dict(c.env),
-                "log_path": str(c.log_path),
-                "hostname": c.hostname,
-                "working_dir": c.working_dir,
-                "cpu_millis": c.cpu_millis,
-                "memory_bytes": c.memory_bytes,
-                "pids": c.pids,
-                "network": c.network,
-            },
+            "version": 2,
+            "config": _config_to_json(self.config),
             "cgroup": {"driver": self.cgroup_driver, "root": str(self.cgroup_root), "path": self.cgroup_path},
+            "identity": {"uid": i.uid, "gid": i.gid, "groups": list(i.groups)},
+            "caps": self.caps,
+            "rlimits": [list(r) for r in self.rlimits],
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ShimSpec:
-        c = data["config"]
-        config = ContainerConfig(
-            id=c["id"],
-            rootfs=Path(c["rootfs"]),
-            argv=tuple(c["argv"]),
-            env=dict(c["env"]),
-            log_path=Path(c["log_path"]),
-            hostname=c["hostname"],
-            working_dir=c["working_dir"],
-            cpu_millis=c["cpu_millis"],
-            memory_bytes=c["memory_bytes"],
-            pids=c["pids"],
-            network=c["network"],
+        cg, i = data["cgroup"], data.get("identity", {"uid": 0, "gid": 0, "groups": [0]})
+        rlimits = tuple((int(r[0]), int(r[1]), int(r[2])) for r in data.get("rlimits", []))
+        identity = Identity(int(i["uid"]), int(i["gid"]), tuple(i["groups"]))
+        caps = int(data.get("caps", cap_mask()))
+        return cls(
+            _config_from_json(data["config"]), cg["driver"], Path(cg["root"]), cg["path"], identity, caps, rlimits
         )
-        cg = data["cgroup"]
-        return cls(config, cg["driver"], Path(cg["root"]), cg["path"])
 
     def init_plan(self, cdir: ContainerDir) -> InitPlan:
         c = self.config
         env = dict(c.env)
         env.setdefault("PATH", DEFAULT_PATH)
+        if self.identity.uid == 0:
+            env.setdefault("HOME", "/root")
         return InitPlan(
             lower=str(c.rootfs),
             upper=str(cdir.upper),
@@ -73,4 +106,12 @@ class ShimSpec:
             argv=c.argv,
             env=env,
             network=c.network,
+            read_only_rootfs=c.read_only_rootfs,
+            etc_files=tuple((path, str(src)) for path, src in cdir.etc.items()),
+            uid=self.identity.uid,
+            gid=self.identity.gid,
+            groups=self.identity.groups,
+            caps=self.caps,
+            ambient=cap_mask(c.cap_add, default=()) if c.cap_add else 0,
+            rlimits=self.rlimits,
         )

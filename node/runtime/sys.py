@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource as _resource
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn, Protocol
@@ -29,6 +31,12 @@ __all__ = [
     "MS_RDONLY",
     "MS_REC",
     "MS_REMOUNT",
+    "PR_CAPBSET_DROP",
+    "PR_CAP_AMBIENT",
+    "PR_CAP_AMBIENT_CLEAR_ALL",
+    "PR_CAP_AMBIENT_RAISE",
+    "PR_SET_KEEPCAPS",
+    "PR_SET_NO_NEW_PRIVS",
     "LinuxSyscalls",
     "RecordedExec",
     "RecordingSyscalls",
@@ -52,6 +60,14 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 
+PR_SET_KEEPCAPS = 8
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
 
 class Syscalls(Protocol):
     def unshare(self, flags: int) -> None: ...
@@ -63,7 +79,22 @@ class Syscalls(Protocol):
     def mkdir(self, path: str, mode: int) -> None: ...  # existing dir is fine
     def touch(self, path: str) -> None: ...  # bind-mount target for a device node
     def symlink(self, target: str, path: str) -> None: ...  # existing link is fine
+    def kind(self, path: str) -> str | None: ...  # "dir", "file" or None (missing); follows symlinks
+    def prctl(self, option: int, arg2: int = 0, arg3: int = 0) -> None: ...
+    def capset(self, effective: int, permitted: int, inheritable: int) -> None: ...  # 64-bit masks
+    def setrlimit(self, resource: int, soft: int, hard: int) -> None: ...
+    def setgroups(self, gids: Sequence[int]) -> None: ...
+    def setresgid(self, gid: int) -> None: ...
+    def setresuid(self, uid: int) -> None: ...
     def execvpe(self, file: str, argv: Sequence[str], env: Mapping[str, str]) -> NoReturn: ...
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
 def _libc() -> ctypes.CDLL:
@@ -119,6 +150,37 @@ class LinuxSyscalls:
         if not os.path.lexists(path):
             os.symlink(target, path)
 
+    def kind(self, path: str) -> str | None:
+        try:
+            return "dir" if stat.S_ISDIR(os.stat(path).st_mode) else "file"
+        except OSError:
+            return None
+
+    def prctl(self, option: int, arg2: int = 0, arg3: int = 0) -> None:
+        args = (ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), ctypes.c_ulong(0), ctypes.c_ulong(0))
+        self._check(self._libc.prctl(ctypes.c_int(option), *args), f"prctl {option}")
+
+    def capset(self, effective: int, permitted: int, inheritable: int) -> None:
+        header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+        data = (_CapData * 2)()
+        for i, shift in enumerate((0, 32)):
+            data[i].effective = (effective >> shift) & 0xFFFFFFFF
+            data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
+            data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+        self._check(self._libc.capset(ctypes.byref(header), data), "capset")
+
+    def setrlimit(self, resource: int, soft: int, hard: int) -> None:
+        _resource.setrlimit(resource, (soft, hard))
+
+    def setgroups(self, gids: Sequence[int]) -> None:
+        os.setgroups(list(gids))
+
+    def setresgid(self, gid: int) -> None:
+        os.setresgid(gid, gid, gid)
+
+    def setresuid(self, uid: int) -> None:
+        os.setresuid(uid, uid, uid)
+
     def execvpe(self, file: str, argv: Sequence[str], env: Mapping[str, str]) -> NoReturn:
         # os.execvpe looks `file` up in env["PATH"], i.e. inside the container.
         os.execvpe(file, list(argv), dict(env))
@@ -131,9 +193,10 @@ class RecordedExec(BaseException):
 class RecordingSyscalls:
     """Records (name, *args) for each call; `fail_on` makes that call raise OSError."""
 
-    def __init__(self, fail_on: str = "") -> None:
+    def __init__(self, fail_on: str = "", kinds: Mapping[str, str | None] | None = None) -> None:
         self.calls: list[tuple[object, ...]] = []
         self._fail_on = fail_on
+        self._kinds = dict(kinds or {})  # path -> "dir" | "file" | None; unlisted paths are files
 
     def _record(self, name: str, *args: object) -> None:
         self.calls.append((name, *args))
@@ -170,9 +233,50 @@ class RecordingSyscalls:
     def symlink(self, target: str, path: str) -> None:
         self._record("symlink", target, path)
 
+    def kind(self, path: str) -> str | None:
+        return self._kinds.get(path, "file")
+
+    def prctl(self, option: int, arg2: int = 0, arg3: int = 0) -> None:
+        self._record("prctl", option, arg2, arg3)
+
+    def capset(self, effective: int, permitted: int, inheritable: int) -> None:
+        self._record("capset", effective, permitted, inheritable)
+
+    def setrlimit(self, resource: int, soft: int, hard: int) -> None:
+        self._record("setrlimit", resource, soft, hard)
+
+    def setgroups(self, gids: Sequence[int]) -> None:
+        self._record("setgroups", tuple(gids))
+
+    def setresgid(self, gid: int) -> None:
+        self._record("setresgid", gid)
+
+    def setresuid(self, uid: int) -> None:
+        self._record("setresuid", uid)
+
     def execvpe(self, file: str, argv: Sequence[str], env: Mapping[str, str]) -> NoReturn:
         self._record("execvpe", file, tuple(argv), dict(env))
         raise RecordedExec(file)
+
+
+def set_process_title(title: str) -> None:
+    """Overwrite this process's argv area (/proc/PID/cmdline, ps), as setproctitle does.
+
+    A forked Python process keeps its parent's command line; the shim and the
+    reaper are forked from the zygote, so they rename themselves. Best effort.
+    """
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (stat fields 48, 49)
+    except (OSError, ValueError, IndexError):
+        return
+    size = end - start
+    if size <= 1:
+        return
+    raw = title.encode()[: size - 1]
+    ctypes.memmove(start, raw + b"\0" * (size - len(raw)), size)
 
 
 def statfs_magic(path: Path) -> int:

@@ -11,9 +11,31 @@ from pathlib import Path
 import pytest
 
 from node.runtime import ContainerConfig, Runtime
+from node.runtime.logs import parse_log_line
 
 BUSYBOX = Path("/bin/busybox")
-APPLETS = ("sh", "ls", "cat", "echo", "sleep", "env", "ps", "hostname", "mount", "true", "false", "id", "wget")
+APPLETS = (
+    "sh",
+    "ls",
+    "cat",
+    "echo",
+    "sleep",
+    "env",
+    "ps",
+    "hostname",
+    "mount",
+    "true",
+    "false",
+    "id",
+    "wget",
+    "ping",
+    "touch",
+    "grep",
+    "wc",
+    "head",
+    "seq",
+    "ip",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -34,6 +56,8 @@ def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in APPLETS:
         (root / "bin" / name).symlink_to("busybox")
     (root / "etc" / "not-executable").write_text("data\n")
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\napp:x:1001:1002::/:/bin/sh\n")
+    (root / "etc" / "group").write_text("root:x:0:\napp:x:1002:\nextra:x:1003:app\n")
     return root
 
 
@@ -69,6 +93,13 @@ def make_config(rootfs: Path, tmp_path: Path) -> Callable[..., ContainerConfig]:
 @pytest.fixture
 def host_leftovers() -> Callable[[str, Path], list[str]]:
     return _host_leftovers
+
+
+def log_text(path: Path) -> str:
+    """The container's output from its CRI-format log (the text of each line)."""
+    if not path.exists():
+        return ""
+    return "".join(parse_log_line(line).text + "\n" for line in path.read_text().splitlines())
 
 
 def _host_leftovers(cgroup_parent: str, state_dir: Path) -> list[str]:

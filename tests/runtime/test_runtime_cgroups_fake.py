@@ -71,9 +71,12 @@ def test_v1_reads_oom_kills_and_stats(tmp_path: Path) -> None:
     (root / "memory" / PATH / "memory.usage_in_bytes").write_text("4096\n")
     (root / "cpuacct" / PATH / "cpuacct.usage").write_text("123456\n")
     (root / "pids" / PATH / "pids.current").write_text("3\n")
+    (root / "memory" / PATH / "memory.stat").write_text("cache 1024\ntotal_inactive_file 1000\n")
     drv = V1Driver(root)
     assert drv.oom_killed(PATH) == 2
-    assert drv.stats(PATH) == common.CgroupStats(cpu_usage_ns=123456, memory_bytes=4096, pids=3)
+    assert drv.stats(PATH) == common.CgroupStats(
+        cpu_usage_ns=123456, memory_bytes=4096, pids=3, memory_working_set_bytes=3096, oom_kills=2
+    )
 
 
 def v2_tree(root: Path, available: str = "cpuset cpu io memory hugetlb pids rdma misc") -> Path:
@@ -116,10 +119,13 @@ def test_v2_reads_events(tmp_path: Path) -> None:
     (cg / "cpu.stat").write_text("usage_usec 1500\nuser_usec 1000\n")
     (cg / "memory.current").write_text("8192\n")
     (cg / "pids.current").write_text("2\n")
+    (cg / "memory.stat").write_text("anon 4096\ninactive_file 192\n")
     drv = V2Driver(root)
     assert drv.populated(PATH)
     assert drv.oom_killed(PATH) == 1
-    assert drv.stats(PATH) == common.CgroupStats(cpu_usage_ns=1_500_000, memory_bytes=8192, pids=2)
+    assert drv.stats(PATH) == common.CgroupStats(
+        cpu_usage_ns=1_500_000, memory_bytes=8192, pids=2, memory_working_set_bytes=8000, oom_kills=1
+    )
 
 
 def test_write_error_carries_path_data_and_errno(tmp_path: Path) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import resource
+from pathlib import Path
 
 import pytest
 
 from node.runtime import init
 from node.runtime import sys as sc
+from node.runtime.security import DEFAULT_CAPS, Identity, cap_mask, cap_names, resolve_user, rlimit_numbers
 from node.runtime.sys import RecordedExec, RecordingSyscalls
 
 PLAN = init.InitPlan(
@@ -38,8 +41,12 @@ def test_step_names_are_in_the_documented_order() -> None:
         "mount_proc",
         "mount_dev",
         "mount_sys",
+        "bind_etc_files",
+        "mask_paths",
+        "readonly_paths",
         "pivot_root",
         "umount_old_root",
+        "remount_rootfs_readonly",
         "set_hostname",
         "chdir_working_dir",
     ]
@@ -64,7 +71,7 @@ def test_calls_happen_in_order_from_private_propagation_to_exec() -> None:
 
 
 def test_unshare_flags_include_net_only_when_networked() -> None:
-    base = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
+    base = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC  # the cgroup ns comes in EXEC_STEPS
     with_net, without = RecordingSyscalls(), RecordingSyscalls()
     run_all(with_net)
     run_all(without, dataclasses.replace(PLAN, network=False))
@@ -111,3 +118,77 @@ def test_failure_names_the_step_and_stops() -> None:
 )
 def test_exec_failure_follows_shell_convention(err: int, code: int, text: str) -> None:
     assert init.exec_failure("/bin/nope", OSError(err, "x")) == (code, f'exec "/bin/nope": {text}')
+
+
+def test_masked_paths_bind_dev_null_over_files_and_tmpfs_over_dirs() -> None:
+    kinds = {"/st/c/rootfs/proc/acpi": "dir", "/st/c/rootfs/proc/kcore": None, "/st/c/rootfs/proc/bus": None}
+    calls = RecordingSyscalls(kinds=kinds)
+    init.run_setup(calls, PLAN)
+    targets = {c[2]: c for c in calls.calls if c[0] == "mount"}
+    assert targets["/st/c/rootfs/proc/acpi"][3:5] == ("tmpfs", sc.MS_RDONLY)
+    assert targets["/st/c/rootfs/proc/keys"][1] == "/dev/null"
+    assert "/st/c/rootfs/proc/kcore" not in targets and "/st/c/rootfs/proc/bus" not in targets  # missing: skipped
+    remount = [c for c in calls.calls if c[0] == "mount" and c[2] == "/st/c/rootfs/proc/sys" and c[1] is None]
+    flags = remount[0][4]
+    assert isinstance(flags, int) and flags & sc.MS_RDONLY and flags & sc.MS_REMOUNT
+
+
+def test_read_only_rootfs_is_remounted_after_the_pivot() -> None:
+    calls = RecordingSyscalls()
+    init.run_setup(calls, dataclasses.replace(PLAN, read_only_rootfs=True))
+    last_mount = [c for c in calls.calls if c[0] == "mount"][-1]
+    assert last_mount == ("mount", None, "/", None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY, None)
+    assert calls.names().index("pivot_root") < calls.calls.index(last_mount)
+
+
+def test_exec_steps_drop_privileges_in_order() -> None:
+    caps = cap_mask()
+    plan = dataclasses.replace(
+        PLAN, uid=1000, gid=1000, groups=(1000,), caps=caps, ambient=1 << 12, rlimits=((7, 10, 20),)
+    )
+    calls = RecordingSyscalls()
+    init.run_setup(calls, plan, init.EXEC_STEPS)
+    names = calls.names()
+    assert calls.calls[0] == ("unshare", sc.CLONE_NEWCGROUP)  # after the shim's cgroup attach
+    assert names.index("setrlimit") < names.index("prctl") < names.index("setgroups") < names.index("setresuid")
+    dropped = [int(str(c[2])) for c in calls.calls if c[:2] == ("prctl", sc.PR_CAPBSET_DROP)]
+    assert len(dropped) == 41 - bin(caps).count("1") and all(not caps >> d & 1 for d in dropped)
+    assert ("prctl", sc.PR_SET_NO_NEW_PRIVS, 1, 0) in calls.calls
+    assert calls.calls[names.index("setresuid") - 1] == ("prctl", sc.PR_SET_KEEPCAPS, 1, 0)
+    assert ("capset", caps, caps, caps) in calls.calls[names.index("setresuid") :]
+    assert not [
+        c for c in calls.calls if c[:3] == ("prctl", sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_RAISE)
+    ]  # 12 not in caps
+
+
+def test_cap_mask_defaults_add_drop_all() -> None:
+    assert cap_names(cap_mask()) == sorted(DEFAULT_CAPS)
+    assert cap_names(cap_mask(add=("CAP_NET_ADMIN",), drop=("chown",))) == sorted(
+        {*DEFAULT_CAPS, "NET_ADMIN"} - {"CHOWN"}
+    )
+    assert cap_mask(drop=("ALL",)) == 0
+    assert cap_names(cap_mask(add=("NET_RAW",), drop=("ALL",))) == ["NET_RAW"]
+    assert cap_mask(add=("ALL",)) == (1 << 41) - 1
+    with pytest.raises(ValueError, match="unknown capability"):
+        cap_mask(add=("FLY",))
+
+
+def test_resolve_user(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\nweb:x:33:34::/:/bin/sh\n")
+    (tmp_path / "etc" / "group").write_text("web:x:34:\nlog:x:4:web\nops:x:50:\n")
+    assert resolve_user(tmp_path, "") == Identity(0, 0, (0,))
+    assert resolve_user(tmp_path, "1000:1000") == Identity(1000, 1000, (1000,))
+    assert resolve_user(tmp_path, "web") == Identity(33, 34, (4, 34))
+    assert resolve_user(tmp_path, "web:ops") == Identity(33, 50, (4, 50))
+    assert resolve_user(tmp_path, "33") == Identity(33, 34, (4, 34))
+    with pytest.raises(ValueError, match="nobody"):
+        resolve_user(tmp_path, "nobody")
+
+
+def test_rlimits_default_is_clamped_explicit_is_not() -> None:
+    nofile = resource.RLIMIT_NOFILE
+    assert rlimit_numbers({}, host_hard={nofile: 4096}) == [(nofile, 1024, 4096)]
+    assert rlimit_numbers({"RLIMIT_NOFILE": (10, 1 << 20)}, host_hard={nofile: 4096}) == [(nofile, 10, 1 << 20)]
+    with pytest.raises(ValueError):
+        rlimit_numbers({"BOGUS": (1, 1)})

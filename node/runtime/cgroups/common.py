@@ -23,6 +23,7 @@ __all__ = [
     "read_keyed",
     "read_pids",
     "rmdir_retry",
+    "working_set",
     "write",
 ]
 
@@ -39,8 +40,14 @@ class Limits:
 @dataclass(frozen=True, slots=True)
 class CgroupStats:
     cpu_usage_ns: int
-    memory_bytes: int
+    memory_bytes: int  # usage, page cache included
     pids: int
+    memory_working_set_bytes: int = 0  # usage - inactive_file, what the kubelet evicts on
+    oom_kills: int = 0
+
+
+def working_set(usage: int, inactive_file: int) -> int:
+    return max(0, usage - inactive_file)
 
 
 def cpu_quota_us(millis: int, period_us: int = CPU_PERIOD_US) -> int:

@@ -20,6 +20,7 @@ from node.runtime.cgroups.common import (
     read_keyed,
     read_pids,
     rmdir_retry,
+    working_set,
     write,
 )
 from node.runtime.errors import ContainerError
@@ -106,10 +107,14 @@ class V1Driver:
         return read_keyed(self.root / "memory" / path / "memory.oom_control").get("oom_kill", 0)
 
     def stats(self, path: str) -> CgroupStats:
+        memory = read_int(self.root / "memory" / path / "memory.usage_in_bytes")
+        inactive = read_keyed(self.root / "memory" / path / "memory.stat").get("total_inactive_file", 0)
         return CgroupStats(
             cpu_usage_ns=read_int(self.root / "cpuacct" / path / "cpuacct.usage"),
-            memory_bytes=read_int(self.root / "memory" / path / "memory.usage_in_bytes"),
+            memory_bytes=memory,
             pids=read_int(self.root / "pids" / path / "pids.current"),
+            memory_working_set_bytes=working_set(memory, inactive),
+            oom_kills=self.oom_killed(path),
         )
 
     def remove(self, path: str) -> None:

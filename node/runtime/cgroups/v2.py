@@ -19,6 +19,7 @@ from node.runtime.cgroups.common import (
     read_int,
     read_keyed,
     rmdir_retry,
+    working_set,
     write,
 )
 
@@ -102,10 +103,14 @@ class V2Driver:
 
     def stats(self, path: str) -> CgroupStats:
         cg = self.root / path
+        memory = read_int(cg / "memory.current")
+        inactive = read_keyed(cg / "memory.stat").get("inactive_file", 0)
         return CgroupStats(
             cpu_usage_ns=read_keyed(cg / "cpu.stat").get("usage_usec", 0) * 1000,
-            memory_bytes=read_int(cg / "memory.current"),
+            memory_bytes=memory,
             pids=read_int(cg / "pids.current"),
+            memory_working_set_bytes=working_set(memory, inactive),
+            oom_kills=self.oom_killed(path),
         )
 
     def remove(self, path: str) -> None:

@@ -1,0 +1,184 @@
+"""Pure helpers for the container's privileges: capability sets, user lookup, rlimits.
+
+Everything here runs on the host side (Runtime) or is pure arithmetic, so it is
+unit-tested without root; init.py only applies the numbers.
+"""
+
+from __future__ import annotations
+
+import resource
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "CAPS",
+    "DEFAULT_CAPS",
+    "DEFAULT_RLIMITS",
+    "Identity",
+    "cap_mask",
+    "cap_names",
+    "resolve_user",
+    "rlimit_numbers",
+]
+
+# linux/capability.h numbering; 0..40 (CAP_CHECKPOINT_RESTORE) as of Linux 5.9.
+CAPS: dict[str, int] = {
+    name: number
+    for number, name in enumerate(
+        [
+            "CHOWN",
+            "DAC_OVERRIDE",
+            "DAC_READ_SEARCH",
+            "FOWNER",
+            "FSETID",
+            "KILL",
+            "SETGID",
+            "SETUID",
+            "SETPCAP",
+            "LINUX_IMMUTABLE",
+            "NET_BIND_SERVICE",
+            "NET_BROADCAST",
+            "NET_ADMIN",
+            "NET_RAW",
+            "IPC_LOCK",
+            "IPC_OWNER",
+            "SYS_MODULE",
+            "SYS_RAWIO",
+            "SYS_CHROOT",
+            "SYS_PTRACE",
+            "SYS_PACCT",
+            "SYS_ADMIN",
+            "SYS_BOOT",
+            "SYS_NICE",
+            "SYS_RESOURCE",
+            "SYS_TIME",
+            "SYS_TTY_CONFIG",
+            "MKNOD",
+            "LEASE",
+            "AUDIT_WRITE",
+            "AUDIT_CONTROL",
+            "SETFCAP",
+            "MAC_OVERRIDE",
+            "MAC_ADMIN",
+            "SYSLOG",
+            "WAKE_ALARM",
+            "BLOCK_SUSPEND",
+            "AUDIT_READ",
+            "PERFMON",
+            "BPF",
+            "CHECKPOINT_RESTORE",
+        ]
+    )
+}
+
+# Podman's default set (containers.conf default_capabilities).
+DEFAULT_CAPS = (
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+)
+
+# name -> (soft, hard); the hard limit is clamped to the host's (raising it needs CAP_SYS_RESOURCE).
+DEFAULT_RLIMITS: dict[str, tuple[int, int]] = {"NOFILE": (1024, 1048576)}
+
+
+def _cap_name(name: str) -> str:
+    upper = name.strip().upper()
+    upper = upper.removeprefix("CAP_")
+    if upper != "ALL" and upper not in CAPS:
+        raise ValueError(f"unknown capability {name!r}")
+    return upper
+
+
+def cap_mask(add: Iterable[str] = (), drop: Iterable[str] = (), default: Iterable[str] = DEFAULT_CAPS) -> int:
+    """The capability bitmask: default, minus drop, plus add ("ALL" allowed in both; add wins)."""
+    adds, drops = {_cap_name(n) for n in add}, {_cap_name(n) for n in drop}
+    mask = 0 if "ALL" in drops else _bits(set(default) - drops)
+    return mask | (_bits(set(CAPS)) if "ALL" in adds else _bits(adds))
+
+
+def _bits(names: Iterable[str]) -> int:
+    return sum(1 << CAPS[n] for n in set(names))
+
+
+def cap_names(mask: int) -> list[str]:
+    return sorted(n for n, bit in CAPS.items() if mask >> bit & 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def _read_db(path: Path) -> list[list[str]]:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def resolve_user(rootfs: Path, user: str) -> Identity:
+    """'UID[:GID]' or 'NAME[:GROUP]' with names from the image's /etc/passwd and /etc/group.
+
+    Supplementary groups are those of /etc/group listing the user by name. "" means root.
+    Raises ValueError when a name is unknown.
+    """
+    name, _, group = (user or "0").partition(":")
+    passwd = _read_db(rootfs / "etc" / "passwd")
+    groups_db = _read_db(rootfs / "etc" / "group")
+    entry = next((e for e in passwd if len(e) >= 4 and (e[0] == name or e[2] == name)), None)
+    if name.isdigit():
+        uid = int(name)
+    elif entry is not None:
+        uid = int(entry[2])
+    else:
+        raise ValueError(f"user {name!r} not found in the image's /etc/passwd")
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        elif g := next((e for e in groups_db if len(e) >= 3 and e[0] == group), None):
+            gid = int(g[2])
+        else:
+            raise ValueError(f"group {group!r} not found in the image's /etc/group")
+    else:
+        gid = int(entry[3]) if entry is not None else 0
+    login = entry[0] if entry is not None else ""
+    extra = {int(e[2]) for e in groups_db if len(e) >= 4 and login and login in e[3].split(",")}
+    return Identity(uid, gid, tuple(sorted(extra | {gid})))
+
+
+def rlimit_numbers(
+    limits: Mapping[str, tuple[int, int]], host_hard: Mapping[int, int] | None = None
+) -> list[tuple[int, int, int]]:
+    """(resource, soft, hard) for setrlimit: the defaults, overridden by `limits` (names like "NOFILE"
+    or "RLIMIT_NOFILE"). Only the defaults are clamped to the host's hard limit; an explicit limit
+    the host cannot grant fails the start."""
+    result = []
+    merged = {k.upper().removeprefix("RLIMIT_"): v for k, v in DEFAULT_RLIMITS.items()}
+    explicit = {k.upper().removeprefix("RLIMIT_"): v for k, v in limits.items()}
+    for name, (soft, hard) in {**merged, **explicit}.items():
+        number = getattr(resource, f"RLIMIT_{name}", None)
+        if not isinstance(number, int):
+            raise ValueError(f"unknown rlimit {name!r}")
+        if soft > hard:
+            raise ValueError(f"rlimit {name}: soft {soft} > hard {hard}")
+        if name not in explicit:
+            cap = (host_hard or {}).get(number)
+            if cap is None:
+                cap = resource.getrlimit(number)[1]
+            if cap != resource.RLIM_INFINITY:
+                hard, soft = min(hard, cap), min(soft, cap)
+        result.append((number, soft, hard))
+    return result
