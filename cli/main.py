@@ -21,11 +21,10 @@ OUTPUT = click.Choice(["table", "wide", "json", "yaml"])
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if verbose:  # our own debug lines only; grpc's are noise
+        for name in ("scheduler", "node", "cli"):
+            logging.getLogger(name).setLevel(logging.DEBUG)
 
 
 @click.group(context_settings=CONTEXT)
@@ -180,7 +179,7 @@ def up(
 @click.option("--etcd", default="127.0.0.1:2379", show_default=True, help="etcd endpoints, comma-separated.")
 @click.option("--prefix", default="/orch/", show_default=True)
 @click.option("--lease-ttl", default=1, show_default=True, help="Node lease TTL in seconds.")
-@click.option("--leader-ttl", default=2, show_default=True, help="Leader lease TTL in seconds.")
+@click.option("--leader-ttl", default=3, show_default=True, help="Leader lease TTL in seconds.")
 @click.option("--metrics-listen", default="", help="host:port for /metrics.")
 @click.option("--id", "identity", default="", help="Name of this scheduler (default host-pid).")
 @click.option("-v", "--verbose", is_flag=True)

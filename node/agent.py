@@ -19,7 +19,7 @@ from prometheus_client import start_http_server
 
 from node.api import NodeAgentService
 from node.capacity import host_capacity, minus_reserve
-from node.images import rootfs_for
+from node.images import ImageStore
 from node.metrics import NodeMetrics
 from node.network import NetworkConfig, NodeNetwork
 from node.reconcile import diff
@@ -46,6 +46,7 @@ class AgentConfig:
     subnet: str = ""
     metrics_listen: str = ""  # host:port
     listen: str = "127.0.0.1:0"  # the agent's own gRPC API (logs), reported to the scheduler
+    insecure_registries: tuple[str, ...] = ()  # plain HTTP besides loopback
     cgroup: str = ""  # cgroup parent of the containers; default orch/<name>
 
     @property
@@ -67,9 +68,11 @@ class Agent:
         self._adoptable: dict[str, ContainerState] = {}
         log_dir = config.state_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        self._deps = WorkerDeps(self.runtime, self.network, rootfs_for, log_dir, self._report)
+        self.images = ImageStore(config.state_dir / "images", insecure=config.insecure_registries)
+        self._deps = WorkerDeps(self.runtime, self.network, self.images, log_dir, self._report)
         self.session = Session(config.schedulers, self._register, self._full_report, self.apply_desired)
         self._apply_lock = asyncio.Lock()
+        self._swept = False
         self.address = config.listen
         self._server: grpc.aio.Server | None = None
 
@@ -114,6 +117,11 @@ class Agent:
                 self.workers[inst.name] = worker
                 worker.start()
             await self._stop_unclaimed()
+            if not self._swept:
+                # Once the scheduler said what it wants: exited containers of a previous
+                # run that it no longer wants, and cgroups without state, are leftovers.
+                await asyncio.to_thread(self.runtime.remove_unknown, set(self.workers))
+                self._swept = True
             self.metrics.instances.set(len(self.workers))
 
     async def _stop_unclaimed(self) -> None:

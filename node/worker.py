@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from node.images import ImageError, ImageStore, PreparedImage, effective_process
 from node.network import NetworkError, NodeNetwork
 from node.probes import period_of, probe
 from node.restarts import RestartTracker
@@ -32,24 +33,33 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 class WorkerDeps:
     runtime: Runtime
     network: NodeNetwork | None
-    rootfs_for: Callable[[str], Path]  # image reference -> read-only root directory
+    images: ImageStore
     log_dir: Path
     report: Report
 
 
-def container_config(inst: pb.Instance, rootfs: Path, log_dir: Path, network: bool) -> ContainerConfig:
+def container_config(inst: pb.Instance, image: PreparedImage, log_dir: Path, network: bool) -> ContainerConfig:
+    """The instance's spec over the image's defaults (Docker's rules), as the runtime wants it."""
     spec = inst.spec
-    env = dict(spec.env)
+    process = effective_process(
+        image.config, list(spec.command), list(spec.args), dict(spec.env), spec.working_dir or None, spec.user or None
+    )
+    env = dict(process.env)
     env.setdefault("PATH", DEFAULT_PATH)
     env.setdefault("HOSTNAME", inst.name)
     return ContainerConfig(
         id=inst.name,
-        rootfs=rootfs,
-        argv=(*spec.command, *spec.args) or ("/bin/sh",),
+        rootfs=image.lower_dirs[0],
+        lower_dirs=image.lower_dirs,
+        argv=process.argv,
         env=env,
         log_path=log_dir / f"{inst.name}.log",
         hostname=inst.name,
-        working_dir=spec.working_dir or "/",
+        working_dir=process.working_dir or "/",
+        user=process.user,
+        cap_add=tuple(spec.capabilities.add),
+        cap_drop=tuple(spec.capabilities.drop),
+        read_only_rootfs=spec.read_only_root_fs,
         cpu_millis=spec.resources.cpu_millis,
         memory_bytes=spec.resources.memory_bytes,
         pids=spec.resources.pids,
@@ -79,6 +89,7 @@ class InstanceWorker:
         self._adopted = adopted
         self._stop = asyncio.Event()
         self._tracker = RestartTracker(inst.spec.restart_policy)
+        self._pulls = RestartTracker(pb.RESTART_POLICY_ALWAYS, initial=1.0, maximum=60.0)
         self.status = pb.InstanceStatus(state=pb.INSTANCE_STATE_STARTING)
         self.ip = ""
         self.task: asyncio.Task[None] | None = None
@@ -120,16 +131,42 @@ class InstanceWorker:
 
     async def _start(self) -> ContainerState | None:
         inst = self.instance
+        image = await self._pull()
+        if image is None:
+            return None
         self._set(pb.InstanceStatus(state=pb.INSTANCE_STATE_STARTING))
         try:
-            rootfs = self._deps.rootfs_for(inst.spec.image)
-            config = container_config(inst, rootfs, self._deps.log_dir, self._deps.network is not None)
+            config = container_config(inst, image, self._deps.log_dir, self._deps.network is not None)
             await asyncio.to_thread(self._deps.runtime.remove, inst.name)  # a previous run's leftovers
             return await asyncio.to_thread(self._deps.runtime.start, config, self._on_netns)
         except (ContainerError, NetworkError, OSError, ValueError) as e:
             log.warning("instance %s: start failed: %s", inst.name, e)
             self._set(pb.InstanceStatus(state=pb.INSTANCE_STATE_FAILED, reason="StartError", message=str(e)))
             return await self._backoff_or_none(1)
+
+    async def _pull(self) -> PreparedImage | None:
+        """The image, pulled if needed; None after a failed pull and its backoff (or a stop)."""
+        image = self.instance.spec.image
+        images = self._deps.images
+        if not await asyncio.to_thread(images.is_present, image):
+            self._set(pb.InstanceStatus(state=pb.INSTANCE_STATE_PULLING, reason="Pulling", message=f"pulling {image}"))
+        try:
+            prepared = await asyncio.to_thread(images.prepare, image)
+        except ImageError as e:
+            log.warning("instance %s: %s", self.instance.name, e)
+            delay = self._pulls.next(1, 0.0).delay or 1.0
+            self._set(
+                pb.InstanceStatus(
+                    state=pb.INSTANCE_STATE_PULLING,
+                    reason="ImagePullBackOff" if self._pulls.restarts > 1 else "ErrImagePull",
+                    message=f"{e}; retrying in {delay:.0f}s",
+                )
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=delay)
+            return None
+        self._pulls = RestartTracker(pb.RESTART_POLICY_ALWAYS, initial=1.0, maximum=60.0)
+        return prepared
 
     async def _backoff_or_none(self, code: int) -> ContainerState | None:
         decision = self._tracker.next(code, 0.0)
@@ -140,9 +177,12 @@ class InstanceWorker:
             await asyncio.wait_for(self._stop.wait(), timeout=max(decision.delay, 0.5))
         return None
 
-    def _on_netns(self, pid: int) -> None:
-        if self._deps.network is not None:
-            self.ip = self._deps.network.attach(self.instance.name, pid).ip
+    def _on_netns(self, pid: int) -> str | None:
+        """Wires the container's network namespace; the IP goes into its /etc/hosts."""
+        if self._deps.network is None:
+            return None
+        self.ip = self._deps.network.attach(self.instance.name, pid).ip
+        return self.ip
 
     def _running_status(self, state: ContainerState) -> pb.InstanceStatus:
         status = pb.InstanceStatus(state=pb.INSTANCE_STATE_RUNNING, pid=state.pid or 0, ip=self.ip)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from orch.v1 import types_pb2 as pb
 from scheduler.errors import Conflict, StoreUnavailable
@@ -23,6 +24,8 @@ class LeaderElection:
         self._lease = 0
         self._valid_until = 0.0
         self.changed = asyncio.Event()
+        # Its own thread: a leader whose refresh waits behind busy work loses the lease.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leader")
 
     def is_leader(self) -> bool:
         # Leadership is only trusted until the lease could have expired.
@@ -41,16 +44,17 @@ class LeaderElection:
 
     async def run(self) -> None:
         interval = self._ttl / 3
+        loop = asyncio.get_running_loop()
         while True:
             started = time.monotonic()
             try:
                 if self._lease:
-                    ttl = await asyncio.to_thread(self._store.refresh_lease, self._lease)
+                    ttl = await loop.run_in_executor(self._executor, self._store.refresh_lease, self._lease)
                     if ttl <= 0:
                         log.warning("%s: lost leadership (lease expired)", self.identity)
                         self._lease = 0
                         self.changed.set()
-                elif await asyncio.to_thread(self._campaign):
+                elif await loop.run_in_executor(self._executor, self._campaign):
                     log.info("%s: became leader", self.identity)
                     self.changed.set()
                 if self._lease:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from orch.v1 import types_pb2 as pb
@@ -35,6 +35,20 @@ SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # no vowels: no accidental word
 
 def random_suffix() -> str:
     return "".join(secrets.choice(SUFFIX_ALPHABET) for _ in range(5))
+
+
+def unique_suffixes(existing: Iterable[str]) -> Callable[[], str]:
+    """Suffixes no instance in the snapshot or in this pass uses: 27^5 names
+    collide by the birthday bound after a few thousand instances."""
+    taken = {name.rpartition("-")[2] for name in existing}
+
+    def fresh() -> str:
+        while (suffix := random_suffix()) in taken:
+            pass
+        taken.add(suffix)
+        return suffix
+
+    return fresh
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,15 +130,19 @@ class Reconciler:
         self._resync = resync
         self.trigger = asyncio.Event()
         self.last_pass_at = 0.0  # monotonic time of the last good pass (health)
+        self._last_duration = 0.0
 
     def run_once(self) -> PassResult:
         """One pass, retried on Conflict. Blocking: run it in a thread."""
         for attempt in range(RETRY_MAX):
+            t0 = time.monotonic()
             snap = self._store.snapshot()
+            t1 = time.monotonic()
             now = self._clock()
-            plan = reconcile(snap, now, random_suffix, self._policy)
+            plan = reconcile(snap, now, unique_suffixes(snap.instances), self._policy)
             placed, n_placed = place_pending(plan, snap, now)
             writes = plan_writes(plan, placed, snap, self._store)
+            t2 = time.monotonic()
             if not writes:
                 self.last_pass_at = time.monotonic()
                 return PassResult(snap.revision, 0, 0, 0)
@@ -135,6 +153,13 @@ class Reconciler:
                 continue
             self._record(plan.events)
             self.last_pass_at = time.monotonic()
+            log.debug(
+                "pass: snapshot %.3fs (%d instances), plan %.3fs, commit %.3fs",
+                t1 - t0,
+                len(snap.instances),
+                t2 - t1,
+                self.last_pass_at - t2,
+            )
             return PassResult(revision, len(writes), n_placed, len(placed) - n_placed)
         raise Conflict(f"reconcile pass after {RETRY_MAX} attempts")
 
@@ -148,7 +173,9 @@ class Reconciler:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.trigger.wait(), timeout=self._resync)
-            await asyncio.sleep(MIN_INTERVAL)
+            # Never spend more than about half the time reconciling: a pass over a
+            # big cluster is CPU-bound and shares the process with the sessions.
+            await asyncio.sleep(max(MIN_INTERVAL, self._last_duration))
             self.trigger.clear()
             if not is_leader():
                 continue
@@ -161,8 +188,9 @@ class Reconciler:
                 await asyncio.sleep(0.2)
                 self.trigger.set()
                 continue
+            self._last_duration = time.monotonic() - started
             self._metrics.reconcile_passes.labels("ok").inc()
-            self._metrics.reconcile_seconds.observe(time.monotonic() - started)
+            self._metrics.reconcile_seconds.observe(self._last_duration)
             self._metrics.placements.inc(result.placed)
             if result.writes:
                 log.info(

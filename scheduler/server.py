@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
@@ -19,6 +20,7 @@ from scheduler.api import OrchService
 from scheduler.cache import ClusterCache
 from scheduler.events import EventLog
 from scheduler.leader import LeaderElection
+from scheduler.leases import LeaseKeeper
 from scheduler.metrics import SchedulerMetrics
 from scheduler.reconciler_loop import Reconciler
 from scheduler.sessions import AgentSessionService, NodeRegistry
@@ -34,12 +36,15 @@ class SchedulerConfig:
     etcd: tuple[str, ...] = ("127.0.0.1:2379",)
     prefix: str = "/orch/"
     lease_ttl: int = 1
-    leader_ttl: int = 2
+    leader_ttl: int = 3
     metrics_listen: str = ""  # host:port; empty = no metrics endpoint
     identity: str = ""
 
 
 async def serve(config: SchedulerConfig) -> None:
+    # etcd calls are blocking and run in threads; the default pool (cpus + 4)
+    # starves under a few hundred agents.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="etcd"))
     identity = config.identity or f"{socket.gethostname()}-{os.getpid()}"
     store = Store(config.etcd, prefix=config.prefix)
     metrics = SchedulerMetrics()
@@ -48,7 +53,8 @@ async def serve(config: SchedulerConfig) -> None:
     reconciler = Reconciler(store, events, metrics=metrics)
     election = LeaderElection(store, identity, ttl=config.leader_ttl)
     status = StatusWriter(store, cache)
-    sessions = AgentSessionService(NodeRegistry(store, config.lease_ttl), cache, status, metrics)
+    keeper = LeaseKeeper(store, interval=config.lease_ttl / 4)
+    sessions = AgentSessionService(NodeRegistry(store, config.lease_ttl), cache, status, metrics, keeper)
     cache.on_any_change(reconciler.trigger.set)
 
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -71,6 +77,7 @@ async def serve(config: SchedulerConfig) -> None:
         asyncio.create_task(election.run(), name="leader"),
         asyncio.create_task(reconciler.run(election.is_leader), name="reconciler"),
         asyncio.create_task(status.run(), name="status"),
+        asyncio.create_task(keeper.run(), name="leases"),
         asyncio.create_task(_watch_leadership(election, reconciler, metrics), name="leadership"),
     ]
     await server.start()

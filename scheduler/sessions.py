@@ -20,6 +20,7 @@ from orch.v1 import agent_pb2_grpc
 from orch.v1 import types_pb2 as pb
 from scheduler.cache import ClusterCache
 from scheduler.errors import Conflict, StoreUnavailable
+from scheduler.leases import LeaseKeeper
 from scheduler.metrics import SchedulerMetrics
 from scheduler.status import StatusWriter
 from scheduler.store import Put, Store
@@ -84,10 +85,8 @@ class NodeRegistry:
             log.warning("etcd granted a %ds lease instead of %ds (see --election-timeout)", granted, self.lease_ttl)
         return lease_id
 
-    def keep_alive(self, node: str, lease_id: int) -> int:
-        """Refresh; if the lease already expired, re-register the lease key on a new one."""
-        if self._store.refresh_lease(lease_id) > 0:
-            return lease_id
+    def renew(self, node: str) -> int:
+        """The node's lease expired while its agent still beats: attach the lease key to a new one."""
         new_id, _ = self._store.grant_lease(self.lease_ttl)
         self._store.commit([Put(self._store.keys.node_lease(node), pb.Node(name=node), None, new_id)])
         log.info("node %s: lease had expired; new lease %x", node, new_id)
@@ -96,8 +95,14 @@ class NodeRegistry:
 
 class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
     def __init__(
-        self, registry: NodeRegistry, cache: ClusterCache, status: StatusWriter, metrics: SchedulerMetrics
+        self,
+        registry: NodeRegistry,
+        cache: ClusterCache,
+        status: StatusWriter,
+        metrics: SchedulerMetrics,
+        keeper: LeaseKeeper,
     ) -> None:
+        self._keeper = keeper
         self._registry = registry
         self._cache = cache
         self._status = status
@@ -153,11 +158,15 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
     async def _read(
         self, node: str, lease_id: int, requests: AsyncIterator[apb.AgentMessage], dirty: asyncio.Event
     ) -> None:
+        expired = asyncio.Event()
         try:
             async for msg in requests:
                 kind = msg.WhichOneof("msg")
                 if kind == "heartbeat":
-                    lease_id = await self._keep_alive(node, lease_id)
+                    if expired.is_set():
+                        expired.clear()
+                        lease_id = await self._renew(node, lease_id)
+                    self._keeper.mark(lease_id, expired.set)
                 elif kind == "status":
                     self._status.report(node, list(msg.status.instances))
                     if msg.status.full:
@@ -165,10 +174,12 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
                         dirty.set()
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
+        finally:
+            self._keeper.forget(lease_id)
 
-    async def _keep_alive(self, node: str, lease_id: int) -> int:
+    async def _renew(self, node: str, lease_id: int) -> int:
         try:
-            return await asyncio.to_thread(self._registry.keep_alive, node, lease_id)
+            return await asyncio.to_thread(self._registry.renew, node)
         except (StoreUnavailable, Conflict) as e:
-            log.warning("node %s: lease refresh failed: %s", node, e)
+            log.warning("node %s: lease renewal failed: %s", node, e)
             return lease_id

@@ -50,6 +50,8 @@ class ContainerConfig:
     log_max_bytes: int = 10 << 20  # rotate X.log when it would grow past this
     log_max_files: int = 3  # X.log, X.log.1, X.log.2
     user_namespace: bool = False  # not implemented yet: start() refuses True
+    # Image layers for the overlay, top layer first; () = `rootfs` is the only lower layer.
+    lower_dirs: tuple[Path, ...] = ()
 
 
 class ContainerStatus(enum.Enum):

@@ -95,7 +95,7 @@ class Runtime:
         if config.user_namespace:
             raise RuntimeStartError("user_namespace=True is not implemented yet", id=id)
         cdir = ContainerDir(self.state_dir / id)
-        for path in (config.rootfs, cdir.path):  # overlay options are split on ',' and ':'
+        for path in (config.rootfs, *config.lower_dirs, cdir.path):  # overlay options are split on ',' and ':'
             if "," in str(path) or ":" in str(path):
                 raise RuntimeStartError(f"path {path} contains ',' or ':'", id=id)
         try:

@@ -31,7 +31,7 @@ def _config_to_json(c: ContainerConfig) -> dict[str, Any]:
         if isinstance(value, Path):
             value = str(value)
         elif isinstance(value, tuple):
-            value = list(value)
+            value = [str(v) if isinstance(v, Path) else v for v in value]
         elif f.name == "rlimits":
             value = {k: list(v) for k, v in value.items()}
         elif f.name in ("env", "hosts"):
@@ -46,6 +46,7 @@ def _config_from_json(c: dict[str, Any]) -> ContainerConfig:
     kw["rootfs"], kw["log_path"] = Path(c["rootfs"]), Path(c["log_path"])
     for name in _TUPLES & kw.keys():
         kw[name] = tuple(kw[name])
+    kw["lower_dirs"] = tuple(Path(p) for p in kw.get("lower_dirs", ()))
     if "rlimits" in kw:
         kw["rlimits"] = {k: (int(v[0]), int(v[1])) for k, v in kw["rlimits"].items()}
     return ContainerConfig(**kw)
@@ -97,7 +98,7 @@ class ShimSpec:
         if self.identity.uid == 0:
             env.setdefault("HOME", "/root")
         return InitPlan(
-            lower=str(c.rootfs),
+            lower=":".join(str(p) for p in c.lower_dirs) if c.lower_dirs else str(c.rootfs),
             upper=str(cdir.upper),
             work=str(cdir.work),
             merged=str(cdir.rootfs),

@@ -78,6 +78,13 @@ def wait_for(predicate, timeout, what):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def wait_all_removed(info, timeout=20):
+    deadline = time.monotonic() + timeout
+    while (left := instances(info)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, [(i["name"], i["node"], i["state"], i["reason"], i["desired"]) for i in left]
+
+
 def running_elsewhere(info, dead):
     return [i for i in instances(info) if i["state"] == "Running" and i["node"] != dead]
 
@@ -143,6 +150,13 @@ def test_spread_replace_fence_and_delete(cluster, busybox_rootfs, record_propert
     finally:
         stop(restarted)
 
+    def node1_not_ready():
+        nodes = json.loads(orch(info, "get", "nodes", "-o", "json").stdout)
+        return any(n["name"] == "node-1" and n["state"] == "NotReady" for n in nodes)
+
+    # Later tests in this module must not place work on the node we just stopped.
+    wait_for(node1_not_ready, 10, "node-1 NotReady again")
+
 
 def test_bad_manifest_names_file_line_and_field_and_applies_nothing(cluster, tmp_path):
     path = tmp_path / "bad.yaml"
@@ -195,7 +209,7 @@ def test_exit_codes_restart_policies_and_logs(cluster, busybox_rootfs):
     assert nocmd["exitCode"] == 127
     for app in ("once", "flaky", "nocmd"):
         assert orch(info, "delete", "app", app).returncode == 0
-    wait_for(lambda: not instances(info), 20, "all removed")
+    wait_all_removed(info)
 
 
 def test_readiness_probe_gates_ready(cluster, busybox_rootfs):
@@ -214,4 +228,4 @@ def test_readiness_probe_gates_ready(cluster, busybox_rootfs):
     assert apps["probed"]["ready"] == 1 and apps["never-ready"]["ready"] == 0
     for app in ("probed", "never-ready"):
         assert orch(info, "delete", "app", app).returncode == 0
-    wait_for(lambda: not instances(info), 20, "all removed")
+    wait_all_removed(info)

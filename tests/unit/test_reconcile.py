@@ -107,3 +107,14 @@ def test_unschedulable_instances_stay_pending_with_a_reason():
     assert n == 0
     assert placed[0].status.state == pb.INSTANCE_STATE_PENDING
     assert placed[0].status.message == "0/1 nodes available: 1 insufficient memory"
+
+
+def test_new_instance_names_never_collide_with_existing_ones():
+    from scheduler.reconciler_loop import unique_suffixes
+
+    app = make_app(make_spec(replicas=20000))
+    existing = [make_instance(app, f"web-{i:05d}", "a") for i in range(3)]
+    fresh = unique_suffixes(i.name for i in existing)
+    suffixes = [fresh() for _ in range(20000)]
+    assert len(set(suffixes)) == 20000
+    assert not {f"{i:05d}" for i in range(3)} & set(suffixes)
