@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,9 +99,12 @@ def peak_rss_mib(pid: int) -> float:
 async def run_one(nodes: int, instances: int, lease_ttl: int) -> Result:
     etcd = start_etcd()
     port = free_port()
-    argv = orch_argv("scheduler", "--listen", f"127.0.0.1:{port}", "--etcd", etcd.endpoint, "--lease-ttl", str(lease_ttl), "-v")
-    log = open(f"/tmp/bench-scheduler-{nodes}.log", "wb")  # noqa: SIM115
-    sched = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=orch_env())
+    argv = orch_argv(
+        "scheduler", "--listen", f"127.0.0.1:{port}", "--etcd", etcd.endpoint, "--lease-ttl", str(lease_ttl), "-v"
+    )
+    log_path = Path(tempfile.gettempdir()) / f"orch-bench-scheduler-{nodes}.log"
+    with open(log_path, "wb") as log:
+        sched = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=orch_env())
     addr = f"127.0.0.1:{port}"
     stop_event = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
