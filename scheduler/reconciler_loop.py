@@ -12,6 +12,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 RESYNC = 2.0
 MIN_INTERVAL = 0.05  # a burst of watch events (status reports) coalesces into one pass
 RETRY_MAX = 5
+EVENTS_PER_APP = 20  # per pass; beyond it one summary event
 SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # no vowels: no accidental words
 
 
@@ -74,28 +76,38 @@ def place_pending(plan: Plan, snap: ClusterSnapshot, now: float) -> tuple[list[p
     )
     created = {c.name for c in plan.create}
     changed: list[pb.Instance] = []
-    placed = 0
+    per_app: Counter[str] = Counter()
     for i, inst in enumerate(pending):
         req = request_for(inst.spec, frozenset(inst.avoid_nodes))
         result = place(req, ordered, start=i % max(1, len(ordered)))
-        new = pb.Instance()
-        new.CopyFrom(inst)
+        fresh = inst.name in created
+        new = inst if fresh else _copy(inst)  # new instances are ours to change
         if isinstance(result, Placement):
             views[result.node].add(req)
             new.node = result.node
             new.status.state = pb.INSTANCE_STATE_SCHEDULED
             new.status.reason = ""
             new.status.message = ""
-            plan.events.append(event(now, "Instance", new.name, "Scheduled", f"assigned to {result.node}"))
-            placed += 1
+            per_app[new.app] += 1
+            if per_app[new.app] <= EVENTS_PER_APP:
+                plan.events.append(event(now, "Instance", new.name, "Scheduled", f"assigned to {result.node}"))
         else:
             new.status.state = pb.INSTANCE_STATE_PENDING
             new.status.reason = "Unschedulable"
             new.status.message = result.message
-        if new != inst or inst.name in created:
+        if fresh or new.node != inst.node or new.status != inst.status:
             new.updated_at.CopyFrom(ts(now))
             changed.append(new)
-    return changed, placed
+    for app, n in per_app.items():
+        if n > EVENTS_PER_APP:  # a summary instead of thousands of lines
+            plan.events.append(event(now, "App", app, "Scheduled", f"{n} instances assigned to nodes"))
+    return changed, sum(per_app.values())
+
+
+def _copy(inst: pb.Instance) -> pb.Instance:
+    new = pb.Instance()
+    new.CopyFrom(inst)
+    return new
 
 
 def plan_writes(plan: Plan, placed: list[pb.Instance], snap: ClusterSnapshot, store: Store) -> list[Write]:
