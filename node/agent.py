@@ -19,7 +19,7 @@ from prometheus_client import start_http_server
 
 from node.api import NodeAgentService
 from node.capacity import host_capacity, minus_reserve
-from node.images import ImageStore
+from node.images import ImageError, ImageStore
 from node.metrics import NodeMetrics
 from node.network import NetworkConfig, NodeNetwork
 from node.reconcile import diff
@@ -47,6 +47,8 @@ class AgentConfig:
     metrics_listen: str = ""  # host:port
     listen: str = "127.0.0.1:0"  # the agent's own gRPC API (logs), reported to the scheduler
     insecure_registries: tuple[str, ...] = ()  # plain HTTP besides loopback
+    image_gc_interval: float = 300.0  # seconds between sweeps of images no instance here uses
+    image_gc_above: int = 0  # sweep only while the store holds more bytes than this
     cgroup: str = ""  # cgroup parent of the containers; default orch/<name>
 
     @property
@@ -146,8 +148,30 @@ class Agent:
         self.address = f"{host}:{port}"
         await self._server.start()
 
+    async def collect_images(self) -> None:
+        """Level-triggered image GC: keep what the current instances use."""
+        while True:
+            await asyncio.sleep(self.config.image_gc_interval)
+            try:
+                usage = await asyncio.to_thread(self.images.disk_usage)
+                if usage.total_bytes <= self.config.image_gc_above:
+                    continue
+                keep = {w.instance.spec.image for w in self.workers.values()}
+                result = await asyncio.to_thread(self.images.gc, keep)
+                if result.freed_bytes:
+                    log.info("image gc: freed %d bytes (%d layers)", result.freed_bytes, result.removed_layers)
+            except (OSError, ImageError) as e:
+                log.warning("image gc failed: %s", e)
+
     async def run(self) -> None:
         await self.serve_api()
+        gc_task = asyncio.create_task(self.collect_images(), name="image-gc")
+        try:
+            await self._run_session()
+        finally:
+            gc_task.cancel()
+
+    async def _run_session(self) -> None:
         if self.network is not None:
             await asyncio.to_thread(self.network.ensure_bridge)
         self._adoptable = {s.id: s for s in await asyncio.to_thread(self.runtime.list)}
