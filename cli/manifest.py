@@ -235,7 +235,9 @@ def _describe(node: yaml.Node) -> str:
         return "a mapping"
     if isinstance(node, yaml.SequenceNode):
         return "a list"
-    return f'"{node.value}"' if node.tag == _STR else ("null" if node.tag == _NULL else str(node.value))
+    # One problem is one line: control characters in the value are escaped.
+    text = str(node.value).encode("unicode_escape").decode("ascii")
+    return f'"{text}"' if node.tag == _STR else ("null" if node.tag == _NULL else text)
 
 
 def _did_you_mean(key: str, allowed: Collection[str]) -> str:

@@ -26,6 +26,8 @@ from scheduler.timeutil import ts
 T = TypeVar("T")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
+ACTION_WORDS = {api.APPLY_ACTION_CREATED: "created", api.APPLY_ACTION_CONFIGURED: "configured"}
+
 STATUS_OF: dict[type[SchedulerError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
@@ -135,15 +137,7 @@ class OrchService(api_pb2_grpc.OrchServicer):
             self._store.commit(writes)  # one transaction: all apps or none (up to 128)
             self._events.record(
                 [
-                    pb.Event(
-                        time=ts(now),
-                        type="Normal",
-                        kind="App",
-                        object=r.name,
-                        reason="Applied",
-                        message=f"{api.ApplyAction.Name(r.action).removeprefix('APPLY_ACTION_').lower()}, "
-                        f"generation {r.generation}",
-                    )
+                    event(now, "App", r.name, "Applied", f"{ACTION_WORDS[r.action]}, generation {r.generation}")
                     for r in results
                     if r.action != api.APPLY_ACTION_UNCHANGED
                 ]
@@ -189,18 +183,7 @@ class OrchService(api_pb2_grpc.OrchServicer):
                 raise NotFound("app", request.name)
             # The reconciler stops and removes its instances (they outlive the app key).
             self._store.commit([Delete(key, existing.mod_revision)])
-            self._events.record(
-                [
-                    pb.Event(
-                        time=ts(time.time()),
-                        type="Normal",
-                        kind="App",
-                        object=request.name,
-                        reason="Deleted",
-                        message="app deleted; stopping its instances",
-                    )
-                ]
-            )
+            self._events.record([event(time.time(), "App", request.name, "Deleted", "stopping its instances")])
             self._on_change()
             return api.DeleteAppResponse(deleted=True)
 
@@ -210,22 +193,16 @@ class OrchService(api_pb2_grpc.OrchServicer):
         def scale() -> api.AppInfo:
             if not 0 <= request.replicas <= 10000:
                 raise InvalidRequest([f"replicas: {request.replicas} is out of range 0..10000"])
-            key = self._store.keys.app(request.name)
-            for _ in range(5):
-                existing = self._store.get(pb.App, key)
-                if existing is None:
-                    raise NotFound("app", request.name)
-                app = pb.App()
-                app.CopyFrom(existing.value)
+
+            def set_replicas(app: pb.App) -> None:
                 app.spec.replicas = request.replicas
                 app.updated_at.CopyFrom(ts(time.time()))
-                try:
-                    self._store.commit([Put(key, app, existing.mod_revision)])
-                except Conflict:
-                    continue
-                self._on_change()
-                return app_info(self._store.snapshot(), app)
-            raise Conflict(f"app {request.name}")
+
+            app = self._store.update(pb.App, self._store.keys.app(request.name), set_replicas)
+            if app is None:
+                raise NotFound("app", request.name)
+            self._on_change()
+            return app_info(self._store.snapshot(), app)
 
         return await self._call(context, scale)
 
@@ -234,37 +211,18 @@ class OrchService(api_pb2_grpc.OrchServicer):
 
     async def SetSchedulable(self, request: api.SetSchedulableRequest, context: Ctx) -> api.NodeInfo:
         def set_schedulable() -> api.NodeInfo:
-            key = self._store.keys.node(request.name)
-            for _ in range(5):
-                existing = self._store.get(pb.Node, key)
-                if existing is None:
-                    raise NotFound("node", request.name)
-                node = pb.Node()
-                node.CopyFrom(existing.value)
+            def set_flag(node: pb.Node) -> None:
                 node.unschedulable = not request.schedulable
-                if request.schedulable:
+                if request.schedulable:  # uncordon also ends a drain
                     node.draining = False
                     node.ClearField("drain_deadline")
-                try:
-                    self._store.commit([Put(key, node, existing.mod_revision)])
-                except Conflict:
-                    continue
-                verb = "Uncordoned" if request.schedulable else "Cordoned"
-                self._events.record(
-                    [
-                        pb.Event(
-                            time=ts(time.time()),
-                            type="Normal",
-                            kind="Node",
-                            object=request.name,
-                            reason=verb,
-                            message=f"node {verb.lower()}",
-                        )
-                    ]
-                )
-                self._on_change()
-                return next(n for n in node_infos(self._store.snapshot()) if n.node.name == request.name)
-            raise Conflict(f"node {request.name}")
+
+            if self._store.update(pb.Node, self._store.keys.node(request.name), set_flag) is None:
+                raise NotFound("node", request.name)
+            verb = "Uncordoned" if request.schedulable else "Cordoned"
+            self._events.record([event(time.time(), "Node", request.name, verb, f"node {verb.lower()}")])
+            self._on_change()
+            return next(n for n in node_infos(self._store.snapshot()) if n.node.name == request.name)
 
         return await self._call(context, set_schedulable)
 
@@ -286,23 +244,14 @@ class OrchService(api_pb2_grpc.OrchServicer):
             await asyncio.sleep(0.3)
 
     def _mark_draining(self, name: str, deadline: float) -> None:
-        key = self._store.keys.node(name)
-        for _ in range(5):
-            existing = self._store.get(pb.Node, key)
-            if existing is None:
-                raise NotFound("node", name)
-            node = pb.Node()
-            node.CopyFrom(existing.value)
+        def drain(node: pb.Node) -> None:
             node.unschedulable = True
             node.draining = True
             node.drain_deadline.CopyFrom(ts(deadline))
-            try:
-                self._store.commit([Put(key, node, existing.mod_revision)])
-            except Conflict:
-                continue
-            self._events.record([event(time.time(), "Node", name, "Draining", "cordoned; migrating instances")])
-            return
-        raise Conflict(f"node {name}")
+
+        if self._store.update(pb.Node, self._store.keys.node(name), drain) is None:
+            raise NotFound("node", name)
+        self._events.record([event(time.time(), "Node", name, "Draining", "cordoned; migrating instances")])
 
     async def ListInstances(self, request: api.ListInstancesRequest, context: Ctx) -> api.ListInstancesResponse:
         def list_instances() -> api.ListInstancesResponse:

@@ -246,6 +246,25 @@ class Store:
                 return int(header.revision)
         return 0
 
+    def update(self, cls: type[M], key: str, mutate: Callable[[M], None], attempts: int = 5) -> M | None:
+        """Read-modify-write guarded by mod_revision, retried on Conflict.
+
+        Returns the stored value, or None when the key does not exist.
+        """
+        for _ in range(attempts):
+            existing = self.get(cls, key)
+            if existing is None:
+                return None
+            new = cls()
+            new.CopyFrom(existing.value)
+            mutate(new)
+            try:
+                self.commit([Put(key, new, existing.mod_revision)])
+            except Conflict:
+                continue
+            return new
+        raise Conflict(key.removeprefix(self.keys.prefix))
+
     # -- leases --------------------------------------------------------
 
     def grant_lease(self, ttl: int) -> tuple[int, int]:
