@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,30 +11,9 @@ import pytest
 
 from node.runtime import ContainerConfig, Runtime
 from node.runtime.logs import parse_log_line
+from tests.fixtures.rootfs import BUSYBOX, build_busybox_rootfs
 
-BUSYBOX = Path("/bin/busybox")
-APPLETS = (
-    "sh",
-    "ls",
-    "cat",
-    "echo",
-    "sleep",
-    "env",
-    "ps",
-    "hostname",
-    "mount",
-    "true",
-    "false",
-    "id",
-    "wget",
-    "ping",
-    "touch",
-    "grep",
-    "wc",
-    "head",
-    "seq",
-    "ip",
-)
+EXTRA_APPLETS = ("ping", "touch", "wc", "head", "seq")
 
 
 @pytest.fixture(autouse=True)
@@ -49,11 +27,8 @@ def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A minimal image: static busybox plus applet symlinks; used read-only by every container."""
     if not BUSYBOX.exists():
         pytest.skip("busybox-static is not installed")
-    root = tmp_path_factory.mktemp("rootfs")
-    for sub in ("bin", "proc", "sys", "dev", "etc", "tmp"):
-        (root / sub).mkdir()
-    shutil.copy2(BUSYBOX, root / "bin" / "busybox")
-    for name in APPLETS:
+    root = build_busybox_rootfs(tmp_path_factory.mktemp("rootfs"))
+    for name in EXTRA_APPLETS:
         (root / "bin" / name).symlink_to("busybox")
     (root / "etc" / "not-executable").write_text("data\n")
     (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\napp:x:1001:1002::/:/bin/sh\n")
