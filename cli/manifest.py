@@ -376,6 +376,7 @@ _SPEC: dict[str, _Setter] = {
     "ports": _ports,
     "restartPolicy": _choice("restart_policy", _RESTART),
     "nodeSelector": _map("node_selector"),
+    "antiAffinity": _list("anti_affinity"),
     "placement": _choice("placement", _PLACEMENT),
     # Each bound defaults on its own, so {maxUnavailable: 1} keeps maxSurge 1.
     "update": _message(

@@ -88,6 +88,7 @@ def validate_app_spec(spec: types_pb2.AppSpec) -> list[FieldError]:
         *_check_ports(spec.ports),
         *_check_enums(spec),
         *_check_labels("spec.nodeSelector", spec.node_selector),
+        *_check_app_names("spec.antiAffinity", spec.anti_affinity),
         *_check_update(spec),
         *_check_readiness(spec),
         *_check_duration("spec.stopGracePeriod", spec.stop_grace_period_ms),
@@ -188,6 +189,12 @@ def _check_image(image: str) -> Iterator[FieldError]:
             yield FieldError("spec.image", f'the path after "{transport}:" must be absolute, got "{rest}"')
     elif not _IMAGE.fullmatch(image):
         yield FieldError("spec.image", f'"{image}" is not a valid image reference; {_IMAGE_HELP}')
+
+
+def _check_app_names(path: str, names: Iterable[str]) -> Iterator[FieldError]:
+    for i, name in enumerate(names):
+        if len(name) > MAX_APP_NAME or not _DNS_LABEL.fullmatch(name):
+            yield FieldError(f"{path}[{i}]", f'"{name}" is not an app name (a DNS-1123 label)')
 
 
 def _check_strings(path: str, values: Iterable[str]) -> Iterator[FieldError]:

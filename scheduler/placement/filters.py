@@ -20,6 +20,7 @@ NOT_READY = Reject("node(s) not ready", True)
 CORDONED = Reject("node(s) cordoned", True)
 SELECTOR_MISMATCH = Reject("node(s) didn't match node selector", False)
 PORTS_IN_USE = Reject("node(s) didn't have free host ports", True)
+ANTI_AFFINITY = Reject("node(s) didn't satisfy anti-affinity", True)
 INSUFFICIENT = {
     "cpu": Reject("insufficient cpu", True),
     "memory": Reject("insufficient memory", True),
@@ -60,8 +61,20 @@ def has_free_host_ports(req: Request, node: NodeView) -> Reject | None:
     return PORTS_IN_USE if req.host_ports and not req.host_ports.isdisjoint(node.host_ports) else None
 
 
+def satisfies_anti_affinity(req: Request, node: NodeView) -> Reject | None:
+    apps = node.apps
+    return ANTI_AFFINITY if any(apps[a] for a in req.anti_affinity) else None
+
+
 # Cheap, common rejections first.
-FILTERS: tuple[Filter, ...] = (is_ready, is_schedulable, matches_selector, fits_resources, has_free_host_ports)
+FILTERS: tuple[Filter, ...] = (
+    is_ready,
+    is_schedulable,
+    matches_selector,
+    fits_resources,
+    has_free_host_ports,
+    satisfies_anti_affinity,
+)
 
 
 def first_reject(req: Request, node: NodeView) -> Reject | None:

@@ -18,6 +18,7 @@ class Request:
     host_ports: frozenset[tuple[int, str]]
     strategy: int
     avoid: frozenset[str]
+    anti_affinity: tuple[str, ...] = ()
 
 
 def host_ports(spec: pb.AppSpec) -> frozenset[tuple[int, str]]:
@@ -35,4 +36,5 @@ def request_for(spec: pb.AppSpec, avoid: frozenset[str] = frozenset()) -> Reques
         host_ports=host_ports(spec),
         strategy=spec.placement,
         avoid=avoid,
+        anti_affinity=tuple(spec.anti_affinity),
     )

@@ -34,6 +34,7 @@ spec:
   workingDir: /srv
   readOnlyRootFilesystem: true
   capabilities: {add: [NET_ADMIN], drop: [CAP_CHOWN]}
+  antiAffinity: [full, db]
 """
 
 MINIMAL = "apiVersion: orch/v1\nkind: App\nmetadata:\n  name: {name}\nspec:\n  image: busybox\n"
@@ -76,6 +77,7 @@ def test_full_manifest() -> None:
     assert (s.stop_grace_period_ms, s.user, s.working_dir) == (90_000, "1000:1000", "/srv")
     assert s.read_only_root_fs is True
     assert (list(s.capabilities.add), list(s.capabilities.drop)) == (["CAP_NET_ADMIN"], ["CAP_CHOWN"])
+    assert list(s.anti_affinity) == ["full", "db"]
 
 
 def test_minimal_manifest_gets_defaults() -> None:
@@ -134,8 +136,8 @@ BAD: list[tuple[str, str, str]] = [
         HEAD + "  zzz: 1\n",
         (
             "6 spec.zzz: unknown field; expected one of replicas, image, command, args, env, resources, ports, "
-            "restartPolicy, nodeSelector, placement, update, readiness, stopGracePeriod, user, workingDir, "
-            "readOnlyRootFilesystem, capabilities"
+            "restartPolicy, nodeSelector, antiAffinity, placement, update, readiness, stopGracePeriod, user, "
+            "workingDir, readOnlyRootFilesystem, capabilities"
         ),
     ),
     (

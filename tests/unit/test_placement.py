@@ -53,6 +53,20 @@ def test_host_port_conflict_counts_existing_instances():
     assert place(request_for(spec), v) == Placement("b")
 
 
+def test_anti_affinity_keeps_apps_apart_and_self_reference_means_one_per_node():
+    db = make_app(make_spec(name="db"))
+    spec = make_spec(name="web", anti_affinity=["db", "web"])
+    v = views([make_node("a"), make_node("b"), make_node("c")], [make_instance(db, "db-1", node="a")])
+    first = place(request_for(spec), v)
+    assert first == Placement("b")
+    v[1].add(request_for(spec))
+    assert place(request_for(spec), v) == Placement("c")
+    v[2].add(request_for(spec))
+    result = place(request_for(spec), v)
+    assert isinstance(result, Unschedulable)
+    assert result.message == "0/3 nodes available: 3 node(s) didn't satisfy anti-affinity"
+
+
 def test_unschedulable_message_is_kubernetes_style():
     nodes = [make_node("a", memory=1 << 20), make_node("b", memory=1 << 20), make_node("c", unschedulable=True)]
     result = place(request_for(make_spec(memory=64 << 20)), views(nodes))

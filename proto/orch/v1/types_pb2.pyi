@@ -387,6 +387,7 @@ class AppSpec(_message.Message):
     CAPABILITIES_FIELD_NUMBER: _builtins.int
     WORKING_DIR_FIELD_NUMBER: _builtins.int
     READ_ONLY_ROOT_FS_FIELD_NUMBER: _builtins.int
+    ANTI_AFFINITY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     replicas: _builtins.int
     image: _builtins.str
@@ -416,6 +417,12 @@ class AppSpec(_message.Message):
     def readiness(self) -> Global___Readiness: ...
     @_builtins.property
     def capabilities(self) -> Global___Capabilities: ...
+    @_builtins.property
+    def anti_affinity(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Never placed on a node that runs an instance of one of these apps;
+        naming the app itself means at most one instance per node.
+        """
+
     def __init__(
         self,
         *,
@@ -438,10 +445,11 @@ class AppSpec(_message.Message):
         capabilities: Global___Capabilities | None = ...,
         working_dir: _builtins.str = ...,
         read_only_root_fs: _builtins.bool = ...,
+        anti_affinity: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "readiness", b"readiness", "resources", b"resources", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "capabilities", b"capabilities", "command", b"command", "env", b"env", "image", b"image", "labels", b"labels", "name", b"name", "node_selector", b"node_selector", "placement", b"placement", "ports", b"ports", "read_only_root_fs", b"read_only_root_fs", "readiness", b"readiness", "replicas", b"replicas", "resources", b"resources", "restart_policy", b"restart_policy", "stop_grace_period_ms", b"stop_grace_period_ms", "update", b"update", "user", b"user", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity", b"anti_affinity", "args", b"args", "capabilities", b"capabilities", "command", b"command", "env", b"env", "image", b"image", "labels", b"labels", "name", b"name", "node_selector", b"node_selector", "placement", b"placement", "ports", b"ports", "read_only_root_fs", b"read_only_root_fs", "readiness", b"readiness", "replicas", b"replicas", "resources", b"resources", "restart_policy", b"restart_policy", "stop_grace_period_ms", b"stop_grace_period_ms", "update", b"update", "user", b"user", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
