@@ -46,6 +46,7 @@ def instance_row(i: pb.Instance) -> Row:
         "ip": s.ip or None,
         "startedAt": _time(s.started_at),
         "ready": s.ready,
+        "pid": s.pid or None,
         "desired": "Stop" if i.desired == pb.DESIRED_STATE_STOP else "Run",
         "generation": i.app_generation,
         "image": i.spec.image,

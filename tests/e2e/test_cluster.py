@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.processes import orch_argv, orch_env, run_orch, stop
+from tests.e2e.cluster import instances, orch, orch_up, wait_all_removed, wait_for
+from tests.fixtures.processes import orch_env, stop
 
 pytestmark = pytest.mark.root
 
@@ -30,59 +31,10 @@ spec:
 """
 
 
-def unused_cidr() -> str:
-    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True, check=True).stdout
-    for second in range(200, 250):
-        if f"10.{second}." not in routes:
-            return f"10.{second}.0.0/16"
-    raise RuntimeError("no free 10.x/16 for the test cluster")
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, busybox_rootfs):
-    tmp_path = tmp_path_factory.mktemp("cluster")
-    state = tmp_path / "up"
-    argv = orch_argv("up", "--nodes", "3", "--state-dir", str(state), "--port", "0")
-    env = orch_env() | {"ORCH_UP_CIDR": unused_cidr()}
-    with open(tmp_path / "up.log", "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while not (state / "cluster.json").exists():
-            assert proc.poll() is None, (tmp_path / "up.log").read_text()
-            assert time.monotonic() < deadline, "orch up did not write cluster.json"
-            time.sleep(0.1)
-        yield json.loads((state / "cluster.json").read_text())
-    finally:
-        stop(proc, signal.SIGTERM, timeout=60)
-    assert proc.returncode == 0, (tmp_path / "up.log").read_text()[-3000:]
-    assert not (state / "cluster.json").exists()
-
-
-def orch(info, *args, stdin=None):
-    return run_orch("--scheduler", info["schedulers"][0], *args, stdin=stdin)
-
-
-def instances(info):
-    r = orch(info, "get", "instances", "-o", "json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def wait_all_removed(info, timeout=20):
-    deadline = time.monotonic() + timeout
-    while (left := instances(info)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not left, [(i["name"], i["node"], i["state"], i["reason"], i["desired"]) for i in left]
+    with orch_up(tmp_path_factory.mktemp("cluster"), "--nodes", "3") as info:
+        yield info
 
 
 def running_elsewhere(info, dead):
