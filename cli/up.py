@@ -143,6 +143,7 @@ class Cluster:
             "schedulers": self.addresses,
             "etcd": [self.etcd_endpoint],
             "stateDir": str(self.dir),
+            "clusterId": self.cluster_id,  # names its bridges (orch<id>n<i>) and cgroups (orch/up-<id>/)
             "processes": [
                 {"role": p.role, "node": p.node, "pid": p.pid, "argv": p.argv, "metricsUrl": p.metricsUrl}
                 for p in self.procs
