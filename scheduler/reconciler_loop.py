@@ -1,8 +1,9 @@
 """snapshot → reconcile → place → commit, level-triggered.
 
 A pass runs when something under the prefix changed (the watch sets the
-trigger) and at least every RESYNC seconds. A lost revision race (Conflict)
-re-reads and retries a bounded number of times.
+trigger) and at least every RESYNC seconds. Writes that lose a revision
+race are dropped and the next pass, from a fresh snapshot, decides again;
+the rest of the plan still lands, so a busy key cannot starve the loop.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from orch.v1 import types_pb2 as pb
-from scheduler.errors import Conflict, StoreUnavailable
+from scheduler.errors import StoreUnavailable
 from scheduler.events import EventLog
 from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import NodeView, Placement, node_views, place, request_for
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 
 RESYNC = 2.0
 MIN_INTERVAL = 0.05  # a burst of watch events (status reports) coalesces into one pass
-RETRY_MAX = 5
 EVENTS_PER_APP = 20  # per pass; beyond it one summary event
 SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # no vowels: no accidental words
 
@@ -59,6 +59,7 @@ class PassResult:
     writes: int
     placed: int
     unschedulable: int
+    refused: int  # lost a race; the next pass redoes them
 
 
 def place_pending(plan: Plan, snap: ClusterSnapshot, now: float) -> tuple[list[pb.Instance], int]:
@@ -145,35 +146,36 @@ class Reconciler:
         self._last_duration = 0.0
 
     def run_once(self) -> PassResult:
-        """One pass, retried on Conflict. Blocking: run it in a thread."""
-        for attempt in range(RETRY_MAX):
-            t0 = time.monotonic()
-            snap = self._store.snapshot()
-            t1 = time.monotonic()
-            now = self._clock()
-            plan = reconcile(snap, now, unique_suffixes(snap.instances), self._policy)
-            placed, n_placed = place_pending(plan, snap, now)
-            writes = plan_writes(plan, placed, snap, self._store)
-            t2 = time.monotonic()
-            if not writes:
-                self.last_pass_at = time.monotonic()
-                return PassResult(snap.revision, 0, 0, 0)
-            try:
-                revision = self._store.commit(writes)
-            except Conflict:
-                log.debug("reconcile pass %d lost a race; re-reading", attempt)
-                continue
-            self._record(plan.events)
+        """One pass. Blocking: run it in a thread.
+
+        Writes that lost a race (their key changed since the snapshot) are
+        dropped and the next pass, from a fresh snapshot, decides again.
+        """
+        t0 = time.monotonic()
+        snap = self._store.snapshot()
+        t1 = time.monotonic()
+        now = self._clock()
+        plan = reconcile(snap, now, unique_suffixes(snap.instances), self._policy)
+        placed, n_placed = place_pending(plan, snap, now)
+        writes = plan_writes(plan, placed, snap, self._store)
+        t2 = time.monotonic()
+        if not writes:
             self.last_pass_at = time.monotonic()
-            log.debug(
-                "pass: snapshot %.3fs (%d instances), plan %.3fs, commit %.3fs",
-                t1 - t0,
-                len(snap.instances),
-                t2 - t1,
-                self.last_pass_at - t2,
-            )
-            return PassResult(revision, len(writes), n_placed, len(placed) - n_placed)
-        raise Conflict(f"reconcile pass after {RETRY_MAX} attempts")
+            return PassResult(snap.revision, 0, 0, 0, 0)
+        revision, refused = self._store.commit_partial(writes)
+        if len(refused) < len(writes):
+            self._record(plan.events)
+        self.last_pass_at = time.monotonic()
+        log.debug(
+            "pass: snapshot %.3fs (%d instances), plan %.3fs, commit %.3fs, %d of %d writes lost a race",
+            t1 - t0,
+            len(snap.instances),
+            t2 - t1,
+            self.last_pass_at - t2,
+            len(refused),
+            len(writes),
+        )
+        return PassResult(revision, len(writes) - len(refused), n_placed, len(placed) - n_placed, len(refused))
 
     def _record(self, events: list[pb.Event]) -> None:
         try:
@@ -194,13 +196,15 @@ class Reconciler:
             started = time.monotonic()
             try:
                 result = await asyncio.to_thread(self.run_once)
-            except (StoreUnavailable, Conflict) as e:
+            except StoreUnavailable as e:
                 self._metrics.reconcile_passes.labels("error").inc()
                 log.warning("reconcile pass failed: %s", e)
                 await asyncio.sleep(0.2)
                 self.trigger.set()
                 continue
             self._last_duration = time.monotonic() - started
+            if result.refused:
+                self.trigger.set()
             self._metrics.reconcile_passes.labels("ok").inc()
             self._metrics.reconcile_seconds.observe(self._last_duration)
             self._metrics.placements.inc(result.placed)

@@ -217,6 +217,26 @@ class Store:
             raise failed[0]
         return max(r for r in results if isinstance(r, int))
 
+    def commit_partial(self, writes: Sequence[Write]) -> tuple[int, list[Write]]:
+        """Apply what still applies: a chunk that lost a race is retried write by
+        write, so one busy key (an instance its agent keeps reporting on) cannot
+        hold back the rest. Returns (revision, the writes that were refused)."""
+        chunks = [writes[start : start + MAX_TXN_OPS] for start in range(0, len(writes), MAX_TXN_OPS)]
+        results = list(self._pool.map(self._try_chunk, chunks)) if len(chunks) > 1 else [self._try_chunk(chunks[0])]
+        revision, refused = 0, []
+        for chunk, result in zip(chunks, results, strict=True):
+            if isinstance(result, StoreUnavailable):
+                raise result
+            if isinstance(result, int):
+                revision = max(revision, result)
+                continue
+            for w in chunk:
+                try:
+                    revision = max(revision, self._commit_chunk([w]))
+                except Conflict:
+                    refused.append(w)
+        return revision, refused
+
     def _try_chunk(self, chunk: Sequence[Write]) -> int | Exception:
         try:
             return self._commit_chunk(chunk)

@@ -79,3 +79,16 @@ def test_unreachable_etcd_is_a_clear_error(etcd):
     with pytest.raises(StoreUnavailable, match="etcd unavailable during snapshot"):
         s.snapshot()
     s.close()
+
+
+def test_commit_partial_applies_what_still_applies(store):
+    keys = [store.keys.app(f"a{i}") for i in range(200)]
+    store.commit([Put(k, pb.App(generation=1), 0) for k in keys])
+    stale = store.get(pb.App, keys[5])
+    store.commit([Put(keys[5], pb.App(generation=9), stale.mod_revision)])  # someone else wins keys[5]
+    writes = [Put(k, pb.App(generation=2), store.get(pb.App, k).mod_revision) for k in keys]
+    writes[5] = Put(keys[5], pb.App(generation=2), stale.mod_revision)
+    _, refused = store.commit_partial(writes)
+    assert [w.key for w in refused] == [keys[5]]
+    assert store.get(pb.App, keys[5]).value.generation == 9
+    assert {store.get(pb.App, k).value.generation for i, k in enumerate(keys) if i != 5} == {2}
