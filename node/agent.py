@@ -66,6 +66,7 @@ class Agent:
             else None
         )
         self.metrics = NodeMetrics(config.name)
+        self.metrics.watch_usage(self._running_instances, self.runtime.stats)
         self.workers: dict[str, InstanceWorker] = {}
         self._adoptable: dict[str, ContainerState] = {}
         log_dir = config.state_dir / "logs"
@@ -77,6 +78,14 @@ class Agent:
         self._swept = False
         self.address = config.listen
         self._server: grpc.aio.Server | None = None
+
+    def _running_instances(self) -> list[tuple[str, str]]:
+        # Called from the metrics server's thread: copy before iterating.
+        return [
+            (name, w.instance.app)
+            for name, w in list(self.workers.items())
+            if w.status.state == pb.INSTANCE_STATE_RUNNING
+        ]
 
     def _register(self, lease_id: int) -> apb.Register:
         capacity = self.config.capacity or host_capacity()

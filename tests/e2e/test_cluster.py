@@ -177,6 +177,14 @@ def test_readiness_probe_gates_ready(cluster, busybox_rootfs):
     assert inst["ready"] is False and "readiness" in (inst["message"] or "")
     apps = {a["name"]: a for a in json.loads(orch(info, "get", "apps", "-o", "json").stdout)}
     assert apps["probed"]["ready"] == 1 and apps["never-ready"]["ready"] == 0
+    # The agent's /metrics reads the instance's cgroup at scrape time.
+    agent = next(p for p in info["processes"] if p["role"] == "agent" and p["node"] == inst["node"])
+    with urllib.request.urlopen(agent["metricsUrl"], timeout=5) as resp:
+        text = resp.read().decode()
+    labels = f'{{app="never-ready",instance="{inst["name"]}"}}'  # prometheus-client sorts labels
+    assert f"orch_node_instance_memory_working_set_bytes{labels}" in text
+    assert f"orch_node_instance_cpu_seconds_total{labels}" in text
+    assert f"orch_node_instance_pids{labels} 2.0" in text  # the init reaper and sleep
     for app in ("probed", "never-ready"):
         assert orch(info, "delete", "app", app).returncode == 0
     wait_all_removed(info)
