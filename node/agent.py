@@ -208,6 +208,8 @@ def main(config: AgentConfig) -> None:
             loop.add_signal_handler(sig, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if agent._server is not None:
+            await agent._server.stop(grace=0.5)
         # Containers keep running on purpose: an agent restart must not
         # restart workloads (the next agent adopts them).
         log.info("agent %s stopped; %d containers left running", config.name, len(agent.workers))

@@ -124,7 +124,8 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot register node {reg.node}: {e}")
             return
         log.info("node %s registered (lease %x)", reg.node, lease_id)
-        interval_ms = max(100, self._registry.lease_ttl * 1000 // 4)
+        # Three beats per TTL: one lost or late beat never lets a live node's lease lapse.
+        interval_ms = max(100, self._registry.lease_ttl * 1000 // 3)
         yield apb.SchedulerMessage(
             registered=apb.Registered(
                 lease_id=lease_id,
@@ -141,8 +142,10 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
             last: bytes | None = None
             while not reader.done():
                 waiter = asyncio.create_task(dirty.wait())
-                await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
+                try:
+                    await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()  # also when the stream is torn down mid-wait
                 dirty.clear()
                 msg = desired_message(self._cache.desired_for(reg.node), self._cache.revision)
                 body = b"".join(i.SerializeToString(deterministic=True) for i in msg.instances)

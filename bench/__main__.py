@@ -1,0 +1,65 @@
+"""Run orch's benchmarks and print markdown tables (see docs/benchmarks.md).
+
+    python -m bench                          all of them, in sequence, with modest defaults
+    python -m bench runtime|hollow|recovery [ARGS...]
+
+ARGS go to that benchmark after its defaults, so an option given there wins
+(e.g. `python -m bench hollow --nodes 100`). Each benchmark runs in its own
+process with the same interpreter (sys.executable). Root is needed for
+runtime and recovery (real containers).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# name -> (module, default arguments, what it measures)
+BENCHES: dict[str, tuple[str, list[str], str]] = {
+    "runtime": ("bench.runtime_start", ["--runs", "100"], "container start-to-exit: orch Runtime vs crun and runc"),
+    "hollow": (
+        "bench.hollow",
+        ["--nodes", "100", "1000", "5000", "--instances", "10000"],
+        "placement throughput on hollow nodes",
+    ),
+    "recovery": ("bench.recovery", ["--runs", "5"], "node-failure recovery on a real 3-node `orch up`"),
+}
+
+
+def run(name: str, extra: list[str]) -> int:
+    module, defaults, what = BENCHES[name]
+    print(f"\n## {name}: {what}\n", flush=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), str(ROOT / "proto"), env.get("PYTHONPATH")) if p)
+    started = time.monotonic()
+    code = subprocess.run([sys.executable, "-m", module, *defaults, *extra], cwd=ROOT, env=env, check=False).returncode
+    print(f"\n({name}: {time.monotonic() - started:.0f} s wall, exit {code})", flush=True)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    if args and not args[0].startswith("-"):
+        if args[0] not in BENCHES:
+            print(f"unknown benchmark {args[0]!r}; choose from {', '.join(BENCHES)}", file=sys.stderr)
+            return 2
+        return run(args[0], args[1:])
+    if args:
+        print("options go after a benchmark's name: python -m bench runtime|hollow|recovery [ARGS...]", file=sys.stderr)
+        return 2
+    failed = [name for name in BENCHES if run(name, []) != 0]
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
