@@ -22,6 +22,7 @@ OUTPUT = click.Choice(["table", "wide", "json", "yaml"])
 
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per registry request
     if verbose:  # our own debug lines only; grpc's are noise
         for name in ("scheduler", "node", "cli"):
             logging.getLogger(name).setLevel(logging.DEBUG)

@@ -83,7 +83,11 @@ class Cluster:
     def _spawn(self, proc: Proc, logfile: Path) -> Proc:
         logfile.parent.mkdir(parents=True, exist_ok=True)
         with open(logfile, "ab") as out:
-            proc.popen = subprocess.Popen(proc.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            # Own session: a Ctrl-C at the terminal reaches orch up only, which
+            # then stops its children in order (agents, scheduler, etcd).
+            proc.popen = subprocess.Popen(
+                proc.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         proc.pid = proc.popen.pid
         self.procs.append(proc)
         return proc
