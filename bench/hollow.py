@@ -39,6 +39,7 @@ class Result:
     placed_s: float
     running_s: float
     peak_rss_mib: float
+    reconnects: int = 0
 
     @property
     def placed_per_s(self) -> float:
@@ -65,19 +66,38 @@ class Delivered:
             self.done.set()
 
 
-async def hollow_node(
-    channel: grpc.aio.Channel, name: str, ready: asyncio.Event, stop_event: asyncio.Event, delivered: Delivered
+@dataclass
+class Hollow:
+    """One hollow node: what it was told to run, across reconnects."""
+
+    name: str
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    known: set[str] = field(default_factory=set)
+    reconnects: int = 0
+
+
+async def hollow_node(channel: grpc.aio.Channel, node: Hollow, stop_event: asyncio.Event, delivered: Delivered) -> None:
+    """Like a real agent, reconnect after an error (a busy scheduler may refuse a registration)."""
+    while not stop_event.is_set():
+        try:
+            await hollow_session(channel, node, stop_event, delivered)
+        except grpc.aio.AioRpcError:
+            node.reconnects += 1
+            await asyncio.sleep(0.5)
+
+
+async def hollow_session(
+    channel: grpc.aio.Channel, node: Hollow, stop_event: asyncio.Event, delivered: Delivered
 ) -> None:
     outbox: asyncio.Queue[apb.AgentMessage] = asyncio.Queue()
     cap = pb.Resources(cpu_millis=64_000, memory_bytes=256 << 30, pids=1 << 20)
-    outbox.put_nowait(apb.AgentMessage(register=apb.Register(node=name, capacity=cap)))
+    outbox.put_nowait(apb.AgentMessage(register=apb.Register(node=node.name, capacity=cap)))
 
     async def requests():  # type: ignore[no-untyped-def]
         while True:
             yield await outbox.get()
 
     call = agent_pb2_grpc.AgentSessionStub(channel).Session(requests())
-    known: set[str] = set()
     interval = 1.0
 
     async def heartbeat() -> None:
@@ -91,10 +111,10 @@ async def hollow_node(
             if msg.WhichOneof("msg") == "registered":
                 interval = msg.registered.heartbeat_interval_ms / 1000
                 beat = asyncio.create_task(heartbeat())
-                ready.set()
+                node.ready.set()
             elif msg.WhichOneof("msg") == "desired":
-                new = [i for i in msg.desired.instances if i.name not in known]
-                known = {i.name for i in msg.desired.instances}
+                new = [i for i in msg.desired.instances if i.name not in node.known]
+                node.known = {i.name for i in msg.desired.instances}
                 delivered.add(len(new))
                 if new:
                     running = pb.InstanceStatus(state=pb.INSTANCE_STATE_RUNNING, ready=True)
@@ -102,11 +122,10 @@ async def hollow_node(
                         instances=[apb.InstanceReport(name=i.name, app=i.app, status=running) for i in new]
                     )
                     outbox.put_nowait(apb.AgentMessage(status=report))
-    except (grpc.aio.AioRpcError, asyncio.CancelledError):
-        pass
     finally:
         if beat:
             beat.cancel()
+        call.cancel()
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -132,16 +151,12 @@ async def run_one(nodes: int, instances: int, lease_ttl: int) -> Result:
     channels = []
     try:
         wait_port(port, sched)
-        readies = []
-        for i in range(nodes):
+        fleet = [Hollow(f"hollow-{i:05d}") for i in range(nodes)]
+        for i, node in enumerate(fleet):
             if i % NODES_PER_CHANNEL == 0:
                 channels.append(grpc.aio.insecure_channel(addr))
-            ready = asyncio.Event()
-            readies.append(ready)
-            tasks.append(
-                asyncio.create_task(hollow_node(channels[-1], f"hollow-{i:05d}", ready, stop_event, delivered))
-            )
-        await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), timeout=300)
+            tasks.append(asyncio.create_task(hollow_node(channels[-1], node, stop_event, delivered)))
+        await asyncio.wait_for(asyncio.gather(*(n.ready.wait() for n in fleet)), timeout=300)
         async with grpc.aio.insecure_channel(addr) as ch:
             stub = api_pb2_grpc.OrchStub(ch)
             spec = pb.AppSpec(name="bench", replicas=instances, image="rootfs:/x", command=["true"])
@@ -156,7 +171,8 @@ async def run_one(nodes: int, instances: int, lease_ttl: int) -> Result:
                 if info.running == instances:
                     running_s = time.monotonic() - started
                 await asyncio.sleep(0.2)
-        return Result(nodes, instances, placed_s, running_s, peak_rss_mib(sched.pid))
+        reconnects = sum(n.reconnects for n in fleet)
+        return Result(nodes, instances, placed_s, running_s, peak_rss_mib(sched.pid), reconnects)
     finally:
         stop_event.set()
         for t in tasks:
@@ -175,13 +191,16 @@ def main(argv: list[str] | None = None) -> None:
     # Kubernetes' node lease is 40 s: a big fleet beats slowly; failure detection is measured separately.
     parser.add_argument("--lease-ttl", type=int, default=40, help="node lease TTL for the hollow fleet (seconds)")
     args = parser.parse_args(argv)
-    print("| nodes | instances | all at agents (s) | all Running (s) | placed/s | Running/s | scheduler peak RSS |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| nodes | instances | all at agents (s) | all Running (s) | placed/s | Running/s | scheduler peak RSS "
+        "| agent reconnects |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for n in args.nodes:
         r = asyncio.run(run_one(n, args.instances, args.lease_ttl))
         print(
             f"| {r.nodes} | {r.instances} | {r.placed_s:.2f} | {r.running_s:.2f} | {r.placed_per_s:,.0f} "
-            f"| {r.running_per_s:,.0f} | {r.peak_rss_mib:.0f} MiB |",
+            f"| {r.running_per_s:,.0f} | {r.peak_rss_mib:.0f} MiB | {r.reconnects} |",
             flush=True,
         )
 
