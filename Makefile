@@ -31,6 +31,7 @@ unit: setup
 	$(BIN)/pytest -q tests/unit
 
 bench: setup
+	bash deploy/install-deps.sh bench
 	$(BIN)/python -m bench
 
 proto: setup

@@ -7,6 +7,8 @@ set -euo pipefail
 
 PACKAGES=(etcd-server etcd-client busybox-static iproute2 util-linux python3-venv python3-pip curl
           docker-registry skopeo umoci golang-github-containers-common)
+# `install-deps.sh bench` adds the peers the benchmarks compare against.
+[ "${1:-}" = bench ] && PACKAGES+=(runc crun)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
