@@ -7,17 +7,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.e2e.cluster import instances as all_instances
+from tests.e2e.cluster import orch, orch_up, wait_for
 from tests.fixtures.oci_image import BUSYBOX, build_busybox_layout
-from tests.fixtures.processes import orch_argv, orch_env, run_orch, stop
 from tests.fixtures.registry import Registry, start_registry
 
 pytestmark = pytest.mark.root
@@ -36,15 +34,6 @@ spec:
   resources: {cpu: 50m, memory: 16Mi, pids: 16}
   stopGracePeriod: 1s
 """
-
-
-def unused_cidr() -> str:
-    # test_cluster.py searches upwards from 10.200; this module downwards from 10.250.
-    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True, check=True).stdout
-    for second in range(250, 200, -1):
-        if f"10.{second}." not in routes:
-            return f"10.{second}.0.0/16"
-    raise RuntimeError("no free 10.x/16 for the test cluster")
 
 
 @pytest.fixture(scope="module")
@@ -66,42 +55,13 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Info]:
     tmp_path = tmp_path_factory.mktemp("images-cluster")
-    state = tmp_path / "up"
-    argv = orch_argv("up", "--nodes", "2", "--state-dir", str(state), "--port", "0")
-    env = orch_env() | {"ORCH_UP_CIDR": unused_cidr()}
-    with open(tmp_path / "up.log", "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while not (state / "cluster.json").exists():
-            assert proc.poll() is None, (tmp_path / "up.log").read_text()
-            assert time.monotonic() < deadline, "orch up did not write cluster.json"
-            time.sleep(0.1)
-        yield json.loads((state / "cluster.json").read_text())
-    finally:
-        stop(proc, signal.SIGTERM, timeout=60)
-    assert proc.returncode == 0, (tmp_path / "up.log").read_text()[-3000:]
-    assert not (state / "cluster.json").exists()
-    assert not (state / "nodes").exists()  # agent state, image stores included
-
-
-def orch(info: Info, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return run_orch("--scheduler", info["schedulers"][0], *args, stdin=stdin)
+    with orch_up(tmp_path, "--nodes", "2", cidr_start=240) as info:
+        yield info
+    assert not (tmp_path / "up" / "nodes").exists()  # agent state, image stores included
 
 
 def instances(info: Info, app: str | None = None) -> list[dict[str, Any]]:
-    r = orch(info, "get", "instances", "-o", "json")
-    assert r.returncode == 0, r.stderr
-    return [i for i in json.loads(r.stdout) if app is None or i["app"] == app]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return [i for i in all_instances(info) if app is None or i["app"] == app]
 
 
 def apply(info: Info, name: str, image: str, replicas: int = 1) -> None:
