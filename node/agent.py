@@ -21,9 +21,9 @@ from node.api import NodeAgentService
 from node.capacity import host_capacity, minus_reserve
 from node.images import ImageError, ImageStore
 from node.metrics import NodeMetrics
-from node.network import NetworkConfig, NodeNetwork
+from node.network import NetworkConfig, NetworkError, NodeNetwork
 from node.reconcile import diff
-from node.runtime import ContainerState, Runtime
+from node.runtime import ContainerError, ContainerState, Runtime
 from node.session import Session
 from node.worker import InstanceWorker, WorkerDeps
 from orch.v1 import agent_pb2 as apb
@@ -131,7 +131,10 @@ class Agent:
             if not self._swept:
                 # Once the scheduler said what it wants: exited containers of a previous
                 # run that it no longer wants, and cgroups without state, are leftovers.
-                await asyncio.to_thread(self.runtime.remove_unknown, set(self.workers))
+                try:
+                    await asyncio.to_thread(self.runtime.remove_unknown, set(self.workers))
+                except (ContainerError, OSError) as e:
+                    log.warning("sweeping leftovers failed: %s", e)
                 self._swept = True
             self.metrics.instances.set(len(self.workers))
 
@@ -140,10 +143,13 @@ class Agent:
         for name in list(self._adoptable):
             self._adoptable.pop(name)
             log.info("removing container %s: not in the desired set", name)
-            await asyncio.to_thread(self.runtime.stop, name, 2.0)
-            await asyncio.to_thread(self.runtime.remove, name)
-            if self.network is not None:
-                await asyncio.to_thread(self.network.detach, name)
+            try:
+                await asyncio.to_thread(self.runtime.stop, name, 2.0)
+                await asyncio.to_thread(self.runtime.remove, name)
+                if self.network is not None:
+                    await asyncio.to_thread(self.network.detach, name)
+            except (ContainerError, NetworkError, OSError) as e:  # swept again at the next start
+                log.warning("could not remove container %s: %s", name, e)
 
     async def serve_api(self) -> None:
         self._server = grpc.aio.server()

@@ -81,7 +81,10 @@ class Session:
                         log.info("connected to scheduler %s (lease %x)", target, self.lease_id)
                     elif kind == "desired":
                         self.observed_generation = msg.desired.generation
-                        await self._on_desired(msg.desired)
+                        try:
+                            await self._on_desired(msg.desired)
+                        except Exception:  # level-triggered: the next desired set tries again
+                            log.exception("applying desired set %d failed", msg.desired.generation)
             finally:
                 if heartbeat is not None:
                     heartbeat.cancel()

@@ -148,11 +148,13 @@ class InstanceWorker:
         """The image, pulled if needed; None after a failed pull and its backoff (or a stop)."""
         image = self.instance.spec.image
         images = self._deps.images
-        if not await asyncio.to_thread(images.is_present, image):
-            self._set(pb.InstanceStatus(state=pb.INSTANCE_STATE_PULLING, reason="Pulling", message=f"pulling {image}"))
         try:
+            if not await asyncio.to_thread(images.is_present, image):
+                self._set(
+                    pb.InstanceStatus(state=pb.INSTANCE_STATE_PULLING, reason="Pulling", message=f"pulling {image}")
+                )
             prepared = await asyncio.to_thread(images.prepare, image)
-        except ImageError as e:
+        except (ImageError, OSError) as e:
             log.warning("instance %s: %s", self.instance.name, e)
             delay = self._pulls.next(1, 0.0).delay or 1.0
             self._set(
@@ -255,7 +257,10 @@ class InstanceWorker:
             status.message = f"exit code {code}; restarting in {decision.delay:.1f}s"
         self._set(status)
         if self._deps.network is not None:
-            await asyncio.to_thread(self._deps.network.detach, self.instance.name)
+            try:
+                await asyncio.to_thread(self._deps.network.detach, self.instance.name)
+            except NetworkError as e:  # the next attach replaces a leftover veth
+                log.warning("instance %s: detach failed: %s", self.instance.name, e)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), timeout=decision.delay)
         return True
@@ -267,7 +272,7 @@ class InstanceWorker:
         try:
             state = await asyncio.to_thread(self._deps.runtime.stop, name, grace)
             await asyncio.to_thread(self._deps.runtime.remove, name)
-        except ContainerError as e:
+        except (ContainerError, OSError) as e:
             log.warning("instance %s: stop failed: %s", name, e)
             state = None
         if self._deps.network is not None:

@@ -55,7 +55,13 @@ class ClusterCache:
     async def run(self) -> None:
         """Load, then follow the watch; on a broken stream, resume from the last revision."""
         self._loop = asyncio.get_running_loop()
-        await self._load()
+        while True:  # etcd may still be starting
+            try:
+                await self._load()
+                break
+            except Exception as e:
+                log.warning("loading the cluster state failed: %s; retrying", e)
+                await asyncio.sleep(0.5)
         while True:
             self._broken.clear()
             try:
@@ -98,8 +104,6 @@ class ClusterCache:
     def _apply(self, events: list[WatchEvent], revision: int) -> None:
         touched: set[str] = set()
         for ev in events:
-            if ev.mod_revision <= self.revision and ev.value is not None:
-                continue  # already part of the loaded state
             kind, _, rest = ev.key.partition("/")
             if kind == "instances":
                 self._apply_instance(rest.partition("/")[2], ev, touched)
@@ -113,6 +117,8 @@ class ClusterCache:
 
     def _apply_instance(self, name: str, ev: WatchEvent, touched: set[str]) -> None:
         old = self.instances.get(name)
+        if old is not None and ev.value is not None and old.mod_revision >= ev.mod_revision:
+            return  # already part of the loaded state (a watch resumed after a reload)
         if old is not None and old.value.node:
             self.by_node[old.value.node].discard(name)
             touched.add(old.value.node)

@@ -3,17 +3,20 @@ so etcd expires them without a cleanup job."""
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
 from collections.abc import Sequence
 
 from orch.v1 import types_pb2 as pb
+from scheduler.errors import StoreUnavailable
 from scheduler.store import Put, Store
 from scheduler.timeutil import seconds
 
 EVENT_TTL = 3600  # seconds an event stays
 ROTATE_AFTER = 300.0  # a new lease every 5 minutes, so events live 55-60 minutes
+log = logging.getLogger(__name__)
 
 
 class EventLog:
@@ -46,8 +49,13 @@ class EventLog:
         ]
 
     def record(self, events: Sequence[pb.Event]) -> None:
-        if events:
+        """Best effort: the change they describe has already landed."""
+        if not events:
+            return
+        try:
             self._store.commit(self.writes(events))
+        except StoreUnavailable as e:
+            log.warning("could not record %d events: %s", len(events), e)
 
     def list(self, limit: int = 0) -> list[pb.Event]:
         events = [v.value for v in self._store.list_prefix(pb.Event, self._store.keys.event(""))]

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from scheduler.errors import StoreUnavailable
 from scheduler.store import KeepAliveStream, Store
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,14 @@ class LeaseKeeper:
                     self._broken = False
                     if self._stream is not None:
                         self._stream.close()
-                    self._stream = await asyncio.to_thread(self._store.keep_alive_stream, self._response, self._error)
+                        self._stream = None
+                    try:
+                        self._stream = await asyncio.to_thread(
+                            self._store.keep_alive_stream, self._response, self._error
+                        )
+                    except StoreUnavailable as e:  # etcd away: keep the marks, try again next tick
+                        log.warning("lease keep-alive stream: %s", e)
+                        continue
                 due, self._due = self._due, set()
                 for lease_id in due:
                     self._stream.send(lease_id)

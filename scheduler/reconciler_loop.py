@@ -178,10 +178,7 @@ class Reconciler:
         return PassResult(revision, len(writes) - len(refused), n_placed, len(placed) - n_placed, len(refused))
 
     def _record(self, events: list[pb.Event]) -> None:
-        try:
-            self._events.record(events)
-        except StoreUnavailable:
-            log.warning("could not record %d events", len(events))
+        self._events.record(events)
 
     async def run(self, is_leader: Callable[[], bool]) -> None:
         while True:
@@ -196,9 +193,12 @@ class Reconciler:
             started = time.monotonic()
             try:
                 result = await asyncio.to_thread(self.run_once)
-            except StoreUnavailable as e:
+            except Exception as e:  # the loop must outlive any one bad pass
                 self._metrics.reconcile_passes.labels("error").inc()
-                log.warning("reconcile pass failed: %s", e)
+                if isinstance(e, StoreUnavailable):
+                    log.warning("reconcile pass failed: %s", e)
+                else:
+                    log.exception("reconcile pass failed")
                 await asyncio.sleep(0.2)
                 self.trigger.set()
                 continue

@@ -58,7 +58,13 @@ async def serve(config: SchedulerConfig) -> None:
     cache.on_any_change(reconciler.trigger.set)
 
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    api_pb2_grpc.add_OrchServicer_to_server(OrchService(store, events, reconciler.trigger.set), server)
+    # The API calls on_change from worker threads; an asyncio.Event must be set on its loop.
+    loop = asyncio.get_running_loop()
+
+    def on_change() -> None:
+        loop.call_soon_threadsafe(reconciler.trigger.set)
+
+    api_pb2_grpc.add_OrchServicer_to_server(OrchService(store, events, on_change), server)
     agent_pb2_grpc.add_AgentSessionServicer_to_server(sessions, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -117,7 +117,7 @@ def _translated(operation: str) -> Iterator[None]:
         yield
     except (etcd3.exceptions.ConnectionFailedError, etcd3.exceptions.ConnectionTimeoutError) as e:
         raise StoreUnavailable(operation, str(e) or type(e).__name__) from e
-    except (etcd3.exceptions.NoServerAvailableError, etcd3.exceptions.InternalServerError) as e:
+    except etcd3.exceptions.Etcd3Exception as e:  # NoServerAvailable, InternalServerError, ...
         raise StoreUnavailable(operation, type(e).__name__) from e
     except ValueError as e:  # 'Trying to use a failed node' from a non-failover client
         raise StoreUnavailable(operation, str(e)) from e
@@ -312,7 +312,8 @@ class Store:
     ) -> KeepAliveStream:
         """One long-lived LeaseKeepAlive stream: refreshing N leases costs N small
         messages instead of N new RPCs (python-etcd3's refresh_lease opens one each)."""
-        return KeepAliveStream(self._client, on_response, on_error)
+        with _translated("lease keep-alive"):
+            return KeepAliveStream(self._client, on_response, on_error)
 
     # -- watches -------------------------------------------------------
 
@@ -331,8 +332,8 @@ class Store:
         plen = len(self.keys.prefix)
 
         def callback(resp: Any) -> None:
-            if isinstance(resp, Exception):
-                on_error(resp)
+            if resp is None or isinstance(resp, Exception):  # None: the stream ended without an error
+                on_error(resp if isinstance(resp, Exception) else ConnectionError("etcd watch stream ended"))
                 return
             events = [
                 WatchEvent(
