@@ -55,6 +55,10 @@ class Client:
     def __init__(self, addresses: list[str], timeout: float = 10.0) -> None:
         self.addresses = addresses
         self.timeout = timeout
+        # Set by streaming commands once they printed something: a stream that
+        # breaks halfway is not retried on the next scheduler (lines would repeat,
+        # a drain would start over).
+        self.output_started = False
 
     def call(self, fn: Callable[[api_pb2_grpc.OrchStub], T]) -> T:
         """Run fn against each scheduler in turn until one answers."""
@@ -65,6 +69,6 @@ class Client:
                     return fn(api_pb2_grpc.OrchStub(channel))
                 except grpc.RpcError as e:
                     last = describe_rpc_error(e, address)
-                    if e.code() not in RETRYABLE:
+                    if e.code() not in RETRYABLE or self.output_started:
                         raise CliError(last) from None
         raise CliError(last)

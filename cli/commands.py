@@ -149,6 +149,7 @@ def drain(c: Client, node: str, timeout: str) -> None:
     def stream(stub: OrchStub) -> api.DrainProgress:
         last = api.DrainProgress()
         for p in stub.Drain(req, timeout=timeout_ms / 1000 + 60):
+            c.output_started = True
             if not p.done:
                 click.echo(p.message + (f" (blocked: {p.blocked})" if p.blocked else ""), err=True)
             last = p
@@ -166,6 +167,7 @@ def logs(c: Client, name: str, follow: bool, tail: int, timestamps: bool) -> Non
     def stream(stub: OrchStub) -> None:
         # No deadline when following: it ends with the instance or Ctrl-C.
         for e in stub.Logs(req, timeout=None if follow else c.timeout * 6):
+            c.output_started = True
             prefix = f"[{e.instance}] " if e.instance != name else ""
             stamp = f"{e.time} " if timestamps else ""
             click.echo(f"{prefix}{stamp}{e.text}", err=e.stream == "stderr")

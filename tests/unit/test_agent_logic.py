@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
 
 from node.reconcile import diff
@@ -43,3 +44,37 @@ def test_tables_show_memory_for_people():
     from cli.output import human_memory
 
     assert [human_memory(n) for n in (0, 64 << 20, 24684092 * 1024, 1536)] == ["0", "64Mi", "23.5Gi", "1.5Ki"]
+
+
+class _Unavailable(grpc.RpcError):
+    def code(self):
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self):
+        return "gone"
+
+
+def test_cli_fails_over_between_schedulers_but_not_in_the_middle_of_a_stream():
+    from cli.client import Client, CliError
+
+    tried: list[int] = []
+
+    def flaky(stub):
+        tried.append(1)
+        if len(tried) == 1:
+            raise _Unavailable()
+        return "answer"
+
+    assert Client(["127.0.0.1:1", "127.0.0.1:2"]).call(flaky) == "answer"  # the second one answered
+
+    client = Client(["127.0.0.1:1", "127.0.0.1:2"])
+    calls: list[int] = []
+
+    def stream(stub):
+        calls.append(1)
+        client.output_started = True  # printed a line, then the scheduler died
+        raise _Unavailable()
+
+    with pytest.raises(CliError, match="cannot reach the scheduler"):
+        client.call(stream)
+    assert len(calls) == 1
