@@ -41,7 +41,8 @@ import grpc
 
 from orch.v1 import api_pb2, api_pb2_grpc
 from orch.v1 import types_pb2 as pb
-from tests.fixtures.processes import orch_argv, orch_env
+from tests.e2e.cluster import unused_cidr
+from tests.fixtures.processes import orch_argv, orch_env, stop
 from tests.fixtures.rootfs import build_busybox_rootfs
 
 APP = "bench-recovery"
@@ -66,14 +67,6 @@ class Sample:
     placed_s: float
     running_s: float
     rejoin_s: float  # restart until fenced, Ready and back to 6 Running
-
-
-def unused_cidr() -> str:
-    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True, check=True).stdout
-    for second in range(150, 200):
-        if f"10.{second}." not in routes:
-            return f"10.{second}.0.0/16"
-    raise RuntimeError("no free 10.x/16 for the benchmark cluster")
 
 
 def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
@@ -171,14 +164,7 @@ class Bench:
 
     def close(self) -> None:
         for proc in self.restarted.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.restarted.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc, timeout=20)
         self.restarted.clear()
         self.channel.close()
 
@@ -187,7 +173,7 @@ class Bench:
 def orch_up(base: Path) -> Iterator[dict[str, Any]]:
     state = base / "up"
     argv = orch_argv("up", "--nodes", "3", "--state-dir", str(state), "--port", "0")
-    env = orch_env() | {"ORCH_UP_CIDR": unused_cidr()}
+    env = orch_env() | {"ORCH_UP_CIDR": unused_cidr(150)}
     log_path = base / "up.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
@@ -201,13 +187,7 @@ def orch_up(base: Path) -> Iterator[dict[str, Any]]:
             time.sleep(0.1)
         yield json.loads((state / "cluster.json").read_text())
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=120)
         if proc.returncode != 0:
             print(f"orch up exited with {proc.returncode}; see {LOGS / 'up.log'}", file=sys.stderr)
         shutil.rmtree(LOGS, ignore_errors=True)

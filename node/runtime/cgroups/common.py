@@ -75,6 +75,12 @@ def write(path: Path, data: str) -> None:
         raise CgroupWriteError(path, data, exc.errno or errno.EIO) from exc
 
 
+def apply_pids(cg: Path, limit: int) -> None:
+    """pids.max has the same name and meaning in v1 and v2."""
+    if limit > 0:
+        write(cg / "pids.max", str(limit))
+
+
 def read_int(path: Path, default: int = 0) -> int:
     try:
         text = path.read_text().strip()

@@ -13,6 +13,7 @@ from node.runtime.cgroups.common import (
     CPU_PERIOD_US,
     CgroupStats,
     Limits,
+    apply_pids,
     cpu_quota_us,
     cpu_shares,
     kill_procs_until_empty,
@@ -47,11 +48,6 @@ def apply_cpu(cg: Path, millis: int) -> None:
     write(cg / "cpu.cfs_period_us", str(CPU_PERIOD_US))
     write(cg / "cpu.cfs_quota_us", str(cpu_quota_us(millis)))
     write(cg / "cpu.shares", str(cpu_shares(millis)))
-
-
-def apply_pids(cg: Path, limit: int) -> None:
-    if limit > 0:
-        write(cg / "pids.max", str(limit))
 
 
 class V1Driver:

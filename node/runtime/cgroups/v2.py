@@ -13,6 +13,7 @@ from node.runtime.cgroups.common import (
     CPU_PERIOD_US,
     CgroupStats,
     Limits,
+    apply_pids,
     cpu_quota_us,
     cpu_shares,
     kill_procs_until_empty,
@@ -62,11 +63,6 @@ def apply_cpu(cg: Path, millis: int) -> None:
         return
     write(cg / "cpu.max", f"{cpu_quota_us(millis)} {CPU_PERIOD_US}")
     write(cg / "cpu.weight", str(cpu_weight(millis)))
-
-
-def apply_pids(cg: Path, limit: int) -> None:
-    if limit > 0:
-        write(cg / "pids.max", str(limit))
 
 
 class V2Driver:
