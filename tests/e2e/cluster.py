@@ -6,7 +6,7 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -52,15 +52,6 @@ def instances(info: dict[str, Any]) -> list[dict[str, Any]]:
     r = orch(info, "get", "instances", "-o", "json")
     assert r.returncode == 0, r.stderr
     return list(json.loads(r.stdout))
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def wait_all_removed(info: dict[str, Any], timeout: float = 20) -> None:

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from tests.e2e.cluster import instances as all_instances
-from tests.e2e.cluster import orch, orch_up, wait_for
+from tests.e2e.cluster import orch, orch_up
 from tests.fixtures.oci_image import BUSYBOX, build_busybox_layout
+from tests.fixtures.processes import wait_for
 from tests.fixtures.registry import Registry, start_registry
 
 pytestmark = pytest.mark.root

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from tests.e2e.cluster import instances, orch, orch_up, wait_all_removed, wait_for
+from tests.e2e.cluster import instances, orch, orch_up, wait_all_removed
+from tests.fixtures.processes import wait_for
 
 pytestmark = pytest.mark.root
 

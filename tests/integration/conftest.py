@@ -49,12 +49,3 @@ def instances(address: str) -> list[dict]:
     r = orch(address, "get", "instances", "-o", "json")
     assert r.returncode == 0, r.stderr
     return list(json.loads(r.stdout))
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

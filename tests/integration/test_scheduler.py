@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import pytest
 
 from tests.fixtures.etcd import free_port
 from tests.fixtures.fake_agent import FakeAgent
-from tests.fixtures.processes import orch_argv, orch_env, run_orch, stop, wait_port
+from tests.fixtures.processes import orch_argv, orch_env, run_orch, stop, wait_for, wait_port
 
 MANIFEST = """
 apiVersion: orch/v1
@@ -45,16 +44,6 @@ def instances(address):
     r = orch(address, "get", "instances", "-o", "json")
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
-
-
-def wait_for(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_apply_places_reports_and_replaces_a_dead_node(scheduler, tmp_path):

@@ -8,7 +8,8 @@ import time
 
 from orch.v1 import types_pb2 as pb
 from tests.fixtures.fake_agent import FakeAgent
-from tests.integration.conftest import instances, orch, wait_for
+from tests.fixtures.processes import wait_for
+from tests.integration.conftest import instances, orch
 
 APP = """
 apiVersion: orch/v1
