@@ -233,11 +233,18 @@ def agent_config(
     metrics_listen: str,
     cgroup_parent: str = "",
     listen: str = "127.0.0.1:0",
+    *,
+    userns_range: str = "",
 ) -> AgentConfig:
     from node.agent import AgentConfig
+    from node.runtime.userns import IdRange
 
     if bool(bridge) != bool(subnet):
         raise CliError("--bridge and --subnet go together")
+    try:
+        userns_ids = IdRange.parse(userns_range) if userns_range else IdRange()
+    except ValueError as e:
+        raise CliError(f"--userns-range: {e}") from None
     return AgentConfig(
         name=name,
         state_dir=state_dir.resolve(),
@@ -250,4 +257,5 @@ def agent_config(
         metrics_listen=metrics_listen,
         cgroup=cgroup_parent,
         listen=listen,
+        userns_ids=userns_ids,
     )

@@ -223,6 +223,12 @@ def scheduler_cmd(
 @click.option("--metrics-listen", default="", help="host:port for /metrics.")
 @click.option("--listen", default="127.0.0.1:0", show_default=True, help="host:port of the agent's API (logs).")
 @click.option("--cgroup-parent", default="", help="cgroup of this node's containers (default orch/NAME).")
+@click.option(
+    "--userns-range",
+    default="",
+    metavar="FIRST:COUNT",
+    help="Host ids for hostUsers: false containers, 65536 each (default 1073741824:67108864).",
+)
 @click.option("--cleanup", is_flag=True, help="Stop and remove every container and network of this node, then exit.")
 @click.option("-v", "--verbose", is_flag=True)
 @click.pass_context
@@ -238,6 +244,7 @@ def node_cmd(
     metrics_listen: str,
     listen: str,
     cgroup_parent: str,
+    userns_range: str,
     cleanup: bool,
     verbose: bool,
 ) -> None:
@@ -248,7 +255,18 @@ def node_cmd(
     setup_logging(verbose)
     schedulers = tuple(scheduler_addresses(ctx.parent.params.get("scheduler") if ctx.parent else None))
     config = commands.agent_config(
-        name, state_dir, schedulers, labels, capacity, reserve, bridge, subnet, metrics_listen, cgroup_parent, listen
+        name,
+        state_dir,
+        schedulers,
+        labels,
+        capacity,
+        reserve,
+        bridge,
+        subnet,
+        metrics_listen,
+        cgroup_parent,
+        listen,
+        userns_range=userns_range,
     )
     if cleanup:
         cleanup_node(config)

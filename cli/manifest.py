@@ -283,6 +283,16 @@ def _scalar(attr: str, read: _Reader) -> _Setter:
     return setter
 
 
+def _not(read: Callable[[_Doc, yaml.Node, str], bool | None]) -> _Reader:
+    """Kubernetes' `hostUsers: false` is our user_namespace = True."""
+
+    def inverted(doc: _Doc, node: yaml.Node, path: str) -> bool | None:
+        value = read(doc, node, path)
+        return None if value is None else not value
+
+    return inverted
+
+
 def _list(attr: str) -> _Setter:
     def setter(doc: _Doc, node: yaml.Node, path: str, msg: Message) -> None:
         getattr(msg, attr).extend(doc.strings(node, path))
@@ -389,6 +399,7 @@ _SPEC: dict[str, _Setter] = {
     "user": _scalar("user", _Doc.string),
     "workingDir": _scalar("working_dir", _Doc.string),
     "readOnlyRootFilesystem": _scalar("read_only_root_fs", _Doc.boolean),
+    "hostUsers": _scalar("user_namespace", _not(_Doc.boolean)),
     "capabilities": _message("capabilities", {"add": _list("add"), "drop": _list("drop")}),
 }
 

@@ -24,6 +24,7 @@ from node.metrics import NodeMetrics
 from node.network import NetworkConfig, NetworkError, NodeNetwork
 from node.reconcile import diff
 from node.runtime import ContainerError, ContainerState, Runtime
+from node.runtime.userns import IdRange
 from node.session import Session
 from node.worker import InstanceWorker, WorkerDeps
 from orch.v1 import agent_pb2 as apb
@@ -50,6 +51,7 @@ class AgentConfig:
     image_gc_interval: float = 300.0  # seconds between sweeps of images no instance here uses
     image_gc_above: int = 0  # sweep only while the store holds more bytes than this
     cgroup: str = ""  # cgroup parent of the containers; default orch/<name>
+    userns_ids: IdRange = field(default_factory=IdRange)  # host ids for hostUsers: false containers
 
     @property
     def cgroup_parent(self) -> str:
@@ -59,7 +61,7 @@ class AgentConfig:
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.runtime = Runtime(config.state_dir / "containers", config.cgroup_parent)
+        self.runtime = Runtime(config.state_dir / "containers", config.cgroup_parent, userns_ids=config.userns_ids)
         self.network = (
             NodeNetwork(NetworkConfig(config.bridge, config.subnet, config.state_dir / "ipam"))
             if config.bridge

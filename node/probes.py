@@ -9,6 +9,7 @@ nsenter. A probe is one blocking call; the worker runs them in a thread.
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 import subprocess
 from dataclasses import dataclass
@@ -63,8 +64,10 @@ def probe_http(host: str, port: int, path: str, timeout: float) -> ProbeResult:
 
 
 def probe_exec(pid: int, command: list[str], timeout: float) -> ProbeResult:
-    # nsenter joins every namespace of the container's PID 1, its root included.
-    argv = ["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w", "--", *command]
+    # nsenter joins every namespace of the container's PID 1, its root included, and
+    # its user namespace if it has one (then the probe runs as container root, not host root).
+    userns = ["-U"] if _own_user_namespace(pid) else []
+    argv = ["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w", *userns, "--", *command]
     try:
         done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -72,3 +75,10 @@ def probe_exec(pid: int, command: list[str], timeout: float) -> ProbeResult:
     except OSError as e:
         return ProbeResult(False, f"exec: {e}")
     return ProbeResult(done.returncode == 0, f"exec {command[0]}: exit {done.returncode}")
+
+
+def _own_user_namespace(pid: int) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/user") != os.readlink("/proc/self/ns/user")
+    except OSError:
+        return False

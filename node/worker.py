@@ -60,6 +60,7 @@ def container_config(inst: pb.Instance, image: PreparedImage, log_dir: Path, net
         cap_add=tuple(spec.capabilities.add),
         cap_drop=tuple(spec.capabilities.drop),
         read_only_rootfs=spec.read_only_root_fs,
+        user_namespace=spec.user_namespace,
         cpu_millis=spec.resources.cpu_millis,
         memory_bytes=spec.resources.memory_bytes,
         pids=spec.resources.pids,

@@ -79,6 +79,10 @@ class InitPlan:
     rlimits: tuple[tuple[int, int, int], ...] = ()  # (RLIMIT_*, soft, hard)
     no_new_privs: bool = True
     last_cap: int = 40
+    # User namespace (userns.py): an fd of it, inherited from the shim; -1 = none.
+    userns_fd: int = -1
+    userns_root: int = 0  # the host uid/gid of container root, owner of the tmpfs /dev
+    idmapped_dir: str = ""  # where the idmapped image layers are mounted (state dir)
 
 
 Step = tuple[str, Callable[[sc.Syscalls, InitPlan], None]]
@@ -97,8 +101,20 @@ def _make_mounts_private(s: sc.Syscalls, p: InitPlan) -> None:
     s.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE, None)
 
 
+def _idmap_layers(s: sc.Syscalls, p: InitPlan) -> str:
+    """Each image layer bound with its ids shifted into the user namespace; the new lowerdir."""
+    layers = []
+    for i, layer in enumerate(p.lower.split(":")):
+        target = f"{p.idmapped_dir}/{i}"
+        s.mkdir(target, 0o700)
+        s.idmapped_bind(layer, target, p.userns_fd)
+        layers.append(target)
+    return ":".join(layers)
+
+
 def _mount_overlay(s: sc.Syscalls, p: InitPlan) -> None:
-    s.mount("overlay", p.merged, "overlay", 0, f"lowerdir={p.lower},upperdir={p.upper},workdir={p.work}")
+    lower = _idmap_layers(s, p) if p.userns_fd >= 0 else p.lower
+    s.mount("overlay", p.merged, "overlay", 0, f"lowerdir={lower},upperdir={p.upper},workdir={p.work}")
 
 
 def _bind_rootfs(s: sc.Syscalls, p: InitPlan) -> None:
@@ -113,7 +129,8 @@ def _mount_proc(s: sc.Syscalls, p: InitPlan) -> None:
 def _mount_dev(s: sc.Syscalls, p: InitPlan) -> None:
     dev = f"{p.merged}/dev"
     s.mkdir(dev, 0o755)
-    s.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID, "mode=755,size=65536k")
+    owner = f",uid={p.userns_root},gid={p.userns_root}" if p.userns_fd >= 0 else ""
+    s.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID, f"mode=755,size=65536k{owner}")
     for name in DEVICES:
         s.touch(f"{dev}/{name}")
         s.mount(f"/dev/{name}", f"{dev}/{name}", None, sc.MS_BIND, None)
@@ -233,6 +250,11 @@ def _set_rlimits(s: sc.Syscalls, p: InitPlan) -> None:
         s.setrlimit(number, soft, hard)
 
 
+def _enter_user_namespace(s: sc.Syscalls, p: InitPlan) -> None:
+    if p.userns_fd >= 0:
+        s.setns(p.userns_fd, sc.CLONE_NEWUSER)
+
+
 def _drop_bounding_caps(s: sc.Syscalls, p: InitPlan) -> None:
     for cap in range(p.last_cap + 1):
         if not p.caps >> cap & 1:
@@ -270,7 +292,12 @@ EXEC_STEPS: tuple[Step, ...] = (
     # the new cgroup namespace's root is that cgroup (needs CAP_SYS_ADMIN: first).
     ("unshare_cgroup_namespace", _unshare_cgroup_namespace),
     # Limits first: lowering is always allowed, and nothing below needs them raised.
+    # Raising one needs CAP_SYS_RESOURCE on the host, so before the user namespace.
     ("set_rlimits", _set_rlimits),
+    # Every namespace and mount above was made as host root, so they stay owned by
+    # the host's user namespace: inside, even CAP_SYS_ADMIN cannot mount or undo
+    # them. Joining resets the bounding set to full, so the drop comes after.
+    ("enter_user_namespace", _enter_user_namespace),
     # PR_CAPBSET_DROP needs CAP_SETPCAP, so the bounding set shrinks while we are still full root.
     ("drop_bounding_caps", _drop_bounding_caps),
     # No setuid binary or file capability can give back what is dropped below.

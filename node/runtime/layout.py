@@ -8,6 +8,7 @@
     hostname hosts resolv.conf   bound read-only onto /etc/* in the container
     upper/ work/  the overlay's writable layer
     rootfs/       the overlay mount point (mounted only inside the container)
+    layers/       with a user namespace: mount points of the idmapped image layers (ditto)
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ class ContainerDir:
     @property
     def rootfs(self) -> Path:
         return self.path / "rootfs"
+
+    @property
+    def idmapped(self) -> Path:
+        return self.path / "layers"
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

@@ -49,7 +49,8 @@ class ContainerConfig:
     dns: tuple[str, ...] = ()  # nameservers for /etc/resolv.conf; () = a copy of the host's
     log_max_bytes: int = 10 << 20  # rotate X.log when it would grow past this
     log_max_files: int = 3  # X.log, X.log.1, X.log.2
-    user_namespace: bool = False  # not implemented yet: start() refuses True
+    # Container ids 0..65535 are a host id block of their own (userns.py); Kubernetes' hostUsers: false.
+    user_namespace: bool = False
     # Image layers for the overlay, top layer first; () = `rootfs` is the only lower layer.
     lower_dirs: tuple[Path, ...] = ()
 

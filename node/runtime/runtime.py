@@ -13,12 +13,13 @@ import errno
 import os
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from node.runtime import procs
+from node.runtime import procs, userns
 from node.runtime.cgroups import CgroupDriver, CgroupStats, Limits, driver_for
 from node.runtime.errors import ContainerError, NotFound, RuntimeStartError
 from node.runtime.layout import ContainerDir, read_json, write_json_atomic
@@ -33,7 +34,11 @@ _SHIM_EXIT_TIMEOUT = 10.0  # s: the shim writes exit.json right after the contai
 
 
 class Runtime:
-    """use_zygote=False starts each shim as a fresh `python -m node.runtime.shim` (~80 ms slower)."""
+    """use_zygote=False starts each shim as a fresh `python -m node.runtime.shim` (~80 ms slower).
+
+    userns_ids: the host ids handed out, 65536 per container, to containers with
+    user_namespace=True.
+    """
 
     def __init__(
         self,
@@ -42,12 +47,16 @@ class Runtime:
         *,
         cgroups: CgroupDriver | None = None,
         use_zygote: bool = True,
+        userns_ids: userns.IdRange = userns.DEFAULT_RANGE,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.cgroup_parent = cgroup_parent.strip("/")
         self._cg = cgroups if cgroups is not None else driver_for()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._zygote = Zygote(self.state_dir) if use_zygote else None
+        self._userns_ids = userns_ids
+        self._userns_lock = threading.Lock()
+        self._userns_pending: dict[str, int] = {}  # id -> host id, until its spec.json exists
 
     # -- paths ---------------------------------------------------------------
 
@@ -92,8 +101,6 @@ class Runtime:
             raise RuntimeStartError("empty argv", id=id)
         if not config.rootfs.is_dir():
             raise RuntimeStartError(f"rootfs {config.rootfs} is not a directory", id=id)
-        if config.user_namespace:
-            raise RuntimeStartError("user_namespace=True is not implemented yet", id=id)
         cdir = ContainerDir(self.state_dir / id)
         for path in (config.rootfs, *config.lower_dirs, cdir.path):  # overlay options are split on ',' and ':'
             if "," in str(path) or ":" in str(path):
@@ -103,9 +110,12 @@ class Runtime:
         except FileExistsError:
             raise RuntimeStartError(f"{cdir.path} exists: remove the old container first", id=id) from None
         try:
+            host_id = self._reserve_userns(id) if config.user_namespace else -1
             for sub in (cdir.upper, cdir.work, cdir.rootfs):
                 sub.mkdir()
-            spec = ShimSpec.resolve(config, self._cg.name, self._cg.root, self._cgroup(id))
+            if host_id >= 0:  # the overlay's root directory is the upper's: owned by container root
+                os.chown(cdir.upper, host_id, host_id)
+            spec = ShimSpec.resolve(config, self._cg.name, self._cg.root, self._cgroup(id), host_id)
             _write_etc_files(cdir, config)
             limits = Limits(config.cpu_millis, config.memory_bytes, config.pids)
             self._cg.create(self._cgroup(id), limits)
@@ -113,7 +123,25 @@ class Runtime:
         except (OSError, ValueError, ContainerError) as exc:
             self._remove_files(id)
             raise RuntimeStartError(f"prepare: {exc}", id=id) from exc
+        finally:
+            with self._userns_lock:
+                self._userns_pending.pop(id, None)  # now in spec.json, or not needed
         return cdir
+
+    def _reserve_userns(self, id: str) -> int:
+        """A block of host ids no other container of this state dir holds (until it is removed)."""
+        with self._userns_lock:
+            in_use = set(self._userns_pending.values())
+            for entry in os.scandir(self.state_dir):
+                with contextlib.suppress(OSError, ValueError):  # not a container, or a torn spec
+                    userns_spec = (read_json(Path(entry.path) / "spec.json") or {}).get("userns") or {}
+                    in_use.add(int(userns_spec.get("host_id", -1)))
+            host_id = userns.allocate(self._userns_ids, in_use)
+            if host_id is None:
+                blocks = self._userns_ids.count // userns.IDS_PER_CONTAINER
+                raise ContainerError(f"all {blocks} user namespace id blocks are in use")
+            self._userns_pending[id] = host_id
+            return host_id
 
     def _discard(self, id: str) -> None:
         """Undo a failed start as far as possible; the original error is what the caller sees."""

@@ -35,7 +35,7 @@ import traceback
 from pathlib import Path
 from typing import Any, NoReturn
 
-from node.runtime import init
+from node.runtime import init, userns
 from node.runtime.cgroups import CgroupDriver, driver_for
 from node.runtime.layout import ContainerDir, proc_start_time, read_json, write_json_atomic
 from node.runtime.logs import LogWriter
@@ -70,7 +70,9 @@ class _Reader:
         return msg if isinstance(msg, dict) else {}
 
 
-def _child(spec: ShimSpec, cdir: ContainerDir, stdio: tuple[int, int], pipes: tuple[int, int]) -> NoReturn:
+def _child(
+    spec: ShimSpec, cdir: ContainerDir, stdio: tuple[int, int], pipes: tuple[int, int], userns_fd: int
+) -> NoReturn:
     """The container's PID 1. Never returns; reports failures as JSON lines to the shim."""
     from_shim, to_shim = pipes
     code = 1
@@ -80,7 +82,7 @@ def _child(spec: ShimSpec, cdir: ContainerDir, stdio: tuple[int, int], pipes: tu
             os.dup2(fd, target)  # dup2 makes 0-2 inheritable; the originals stay CLOEXEC
         if os.read(from_shim, 1) != b"C":  # the shim is alive and has written start.json
             os._exit(1)
-        calls, plan = LinuxSyscalls(), spec.init_plan(cdir)
+        calls, plan = LinuxSyscalls(), spec.init_plan(cdir, userns_fd)
         try:
             init.run_setup(calls, plan)
         except OSError as exc:
@@ -201,15 +203,19 @@ def _supervise(cdir: ContainerDir, fds: tuple[int, int]) -> int:
     err_r, err_w = os.pipe()
     to_child_r, to_child_w = os.pipe()
     from_child_r, from_child_w = os.pipe()
+    # Before the pid namespace: creating it forks, and that fork must not become PID 1.
+    userns_fd = userns.create(spec.userns_host_id) if spec.userns_host_id >= 0 else -1
     # CLONE_NEWPID affects only children: the next fork becomes PID 1.
     LinuxSyscalls().unshare(CLONE_NEWPID)
     child = os.fork()
     if child == 0:
         for fd in (to_child_w, from_child_r, out_r, err_r, *fds):  # EOF must reach the child
             os.close(fd)
-        _child(spec, cdir, (out_w, err_w), (to_child_r, from_child_w))
+        _child(spec, cdir, (out_w, err_w), (to_child_r, from_child_w), userns_fd)
     for fd in (out_w, err_w, to_child_r, from_child_w):
         os.close(fd)
+    if userns_fd >= 0:
+        os.close(userns_fd)
     shim = {"shim_pid": os.getpid(), "shim_start": proc_start_time(os.getpid())}
     start: dict[str, Any] = {**shim, "pid": child, "pid_start": proc_start_time(child), "started_at": None}
     write_json_atomic(cdir.start, start)

@@ -16,6 +16,7 @@ from node.runtime.init import InitPlan
 from node.runtime.layout import ContainerDir
 from node.runtime.model import DEFAULT_PATH, ContainerConfig
 from node.runtime.security import Identity, cap_mask, resolve_user, rlimit_numbers
+from node.runtime.userns import IDS_PER_CONTAINER
 
 __all__ = ["ShimSpec"]
 
@@ -61,14 +62,19 @@ class ShimSpec:
     identity: Identity = ROOT
     caps: int = 0
     rlimits: tuple[tuple[int, int, int], ...] = ()
+    userns_host_id: int = -1  # host id of container root in its user namespace; -1 = none
 
     @classmethod
-    def resolve(cls, config: ContainerConfig, driver: str, root: Path, path: str) -> ShimSpec:
+    def resolve(cls, config: ContainerConfig, driver: str, root: Path, path: str, userns_host_id: int = -1) -> ShimSpec:
         """Raises ValueError for an unknown user, group, capability or rlimit."""
         identity = resolve_user(config.rootfs, config.user)
+        if userns_host_id >= 0 and max(identity.uid, identity.gid, *identity.groups) >= IDS_PER_CONTAINER:
+            raise ValueError(
+                f"user {config.user!r}: ids above {IDS_PER_CONTAINER - 1} are not mapped in the user namespace"
+            )
         caps = cap_mask(config.cap_add, config.cap_drop)
         rlimits = tuple(rlimit_numbers(config.rlimits))
-        return cls(config, driver, root, path, identity, caps, rlimits)
+        return cls(config, driver, root, path, identity, caps, rlimits, userns_host_id)
 
     def to_json(self) -> dict[str, Any]:
         i = self.identity
@@ -79,6 +85,7 @@ class ShimSpec:
             "identity": {"uid": i.uid, "gid": i.gid, "groups": list(i.groups)},
             "caps": self.caps,
             "rlimits": [list(r) for r in self.rlimits],
+            "userns": {"host_id": self.userns_host_id} if self.userns_host_id >= 0 else None,
         }
 
     @classmethod
@@ -87,11 +94,11 @@ class ShimSpec:
         rlimits = tuple((int(r[0]), int(r[1]), int(r[2])) for r in data.get("rlimits", []))
         identity = Identity(int(i["uid"]), int(i["gid"]), tuple(i["groups"]))
         caps = int(data.get("caps", cap_mask()))
-        return cls(
-            _config_from_json(data["config"]), cg["driver"], Path(cg["root"]), cg["path"], identity, caps, rlimits
-        )
+        userns = data.get("userns") or {"host_id": -1}
+        config = _config_from_json(data["config"])
+        return cls(config, cg["driver"], Path(cg["root"]), cg["path"], identity, caps, rlimits, int(userns["host_id"]))
 
-    def init_plan(self, cdir: ContainerDir) -> InitPlan:
+    def init_plan(self, cdir: ContainerDir, userns_fd: int = -1) -> InitPlan:
         c = self.config
         env = dict(c.env)
         env.setdefault("PATH", DEFAULT_PATH)
@@ -115,4 +122,7 @@ class ShimSpec:
             caps=self.caps,
             ambient=cap_mask(c.cap_add, default=()) if c.cap_add else 0,
             rlimits=self.rlimits,
+            userns_fd=userns_fd,
+            userns_root=max(self.userns_host_id, 0),
+            idmapped_dir=str(cdir.idmapped),
         )

@@ -21,6 +21,7 @@ __all__ = [
     "CLONE_NEWNET",
     "CLONE_NEWNS",
     "CLONE_NEWPID",
+    "CLONE_NEWUSER",
     "CLONE_NEWUTS",
     "MNT_DETACH",
     "MS_BIND",
@@ -46,6 +47,7 @@ __all__ = [
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
+CLONE_NEWUSER = 0x10000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
@@ -60,6 +62,18 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 
+# The new mount API (Linux 5.12+ for idmapped mounts); glibc 2.36 has no wrappers.
+_SYSCALLS = {
+    "x86_64": {"pivot_root": 155, "open_tree": 428, "move_mount": 429, "mount_setattr": 442},
+    "aarch64": {"pivot_root": 41, "open_tree": 428, "move_mount": 429, "mount_setattr": 442},
+}
+_AT_FDCWD = -100
+_AT_EMPTY_PATH = 0x1000
+_AT_RECURSIVE = 0x8000
+_OPEN_TREE_CLONE = 1
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_MOUNT_ATTR_IDMAP = 0x00100000
+
 PR_SET_KEEPCAPS = 8
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
@@ -71,6 +85,8 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 class Syscalls(Protocol):
     def unshare(self, flags: int) -> None: ...
+    def setns(self, fd: int, nstype: int) -> None: ...
+    def idmapped_bind(self, source: str, target: str, userns_fd: int) -> None: ...  # recursive
     def mount(self, source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None: ...
     def umount2(self, target: str, flags: int) -> None: ...
     def pivot_root(self, new_root: str, put_old: str) -> None: ...
@@ -87,6 +103,15 @@ class Syscalls(Protocol):
     def setresgid(self, gid: int) -> None: ...
     def setresuid(self, uid: int) -> None: ...
     def execvpe(self, file: str, argv: Sequence[str], env: Mapping[str, str]) -> NoReturn: ...
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
 
 
 class _CapHeader(ctypes.Structure):
@@ -112,6 +137,7 @@ class LinuxSyscalls:
 
     def __init__(self) -> None:
         self._libc = _libc()
+        self._nr = _SYSCALLS[os.uname().machine]
 
     def _check(self, result: int, what: str, path: str | None = None) -> None:
         if result != 0:
@@ -121,6 +147,28 @@ class LinuxSyscalls:
     def unshare(self, flags: int) -> None:
         self._check(self._libc.unshare(ctypes.c_int(flags)), "unshare")
 
+    def setns(self, fd: int, nstype: int) -> None:
+        self._check(self._libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+    def idmapped_bind(self, source: str, target: str, userns_fd: int) -> None:
+        """Bind source onto target with its ids shifted through userns_fd's maps (mount_setattr(2))."""
+        flags = _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_RECURSIVE
+        tree = self._libc.syscall(self._nr["open_tree"], _AT_FDCWD, _fs(source), ctypes.c_uint(flags))
+        if tree < 0:
+            self._check(-1, "open_tree", source)
+        try:
+            attr = _MountAttr(_MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
+            res = self._libc.syscall(
+                self._nr["mount_setattr"], tree, b"", _AT_EMPTY_PATH | _AT_RECURSIVE, ctypes.byref(attr), 32
+            )
+            self._check(res, "mount_setattr idmap", source)
+            res = self._libc.syscall(
+                self._nr["move_mount"], tree, b"", _AT_FDCWD, _fs(target), _MOVE_MOUNT_F_EMPTY_PATH
+            )
+            self._check(res, "move_mount", target)
+        finally:
+            os.close(tree)
+
     def mount(self, source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
         res = self._libc.mount(_fs(source), _fs(target), _fs(fstype), ctypes.c_ulong(flags), _fs(data))
         self._check(res, f"mount {fstype or source or ''}", target)
@@ -129,9 +177,8 @@ class LinuxSyscalls:
         self._check(self._libc.umount2(_fs(target), ctypes.c_int(flags)), "umount", target)
 
     def pivot_root(self, new_root: str, put_old: str) -> None:
-        # glibc has no wrapper; 155 on x86_64, 41 on aarch64.
-        nr = {"x86_64": 155, "aarch64": 41}[os.uname().machine]
-        self._check(self._libc.syscall(nr, _fs(new_root), _fs(put_old)), "pivot_root", new_root)
+        # glibc has no wrapper.
+        self._check(self._libc.syscall(self._nr["pivot_root"], _fs(new_root), _fs(put_old)), "pivot_root", new_root)
 
     def sethostname(self, name: str) -> None:
         raw = name.encode()
@@ -208,6 +255,12 @@ class RecordingSyscalls:
 
     def unshare(self, flags: int) -> None:
         self._record("unshare", flags)
+
+    def setns(self, fd: int, nstype: int) -> None:
+        self._record("setns", fd, nstype)
+
+    def idmapped_bind(self, source: str, target: str, userns_fd: int) -> None:
+        self._record("idmapped_bind", source, target, userns_fd)
 
     def mount(self, source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
         self._record("mount", source, target, fstype, flags, data)

@@ -188,3 +188,17 @@ def test_readiness_probe_gates_ready(cluster, busybox_rootfs):
     for app in ("probed", "never-ready"):
         assert orch(info, "delete", "app", app).returncode == 0
     wait_all_removed(info)
+
+
+def test_host_users_false_runs_in_a_user_namespace(cluster, busybox_rootfs):
+    # The manifest field reaches the runtime, and the exec probe joins the user namespace.
+    info, root = cluster, busybox_rootfs
+    probe = "  hostUsers: false\n  readiness: {exec: [sh, -c, 'test $(id -u) = 0 && touch /etc/probed']}\n"
+    apply_app(info, root, "userns", "echo uid=$(id -u); exec sleep 1000", extra=probe)
+    inst = wait_for(lambda: (i := only(info, "userns")) and i["ready"] and i, 20, "ready")
+    status = Path(f"/proc/{inst['pid']}/status").read_text()
+    host_uid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+    assert host_uid >= 1 << 30  # root inside, an unprivileged id of its own on the host
+    assert orch(info, "logs", inst["name"]).stdout == "uid=0\n"
+    assert orch(info, "delete", "app", "userns").returncode == 0
+    wait_all_removed(info)

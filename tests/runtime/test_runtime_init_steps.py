@@ -161,6 +161,34 @@ def test_exec_steps_drop_privileges_in_order() -> None:
     ]  # 12 not in caps
 
 
+def test_user_namespace_idmaps_the_layers_and_is_joined_before_the_caps_drop() -> None:
+    plan = dataclasses.replace(
+        PLAN, lower="/l1:/l0", userns_fd=9, userns_root=100000, idmapped_dir="/st/c/layers", rlimits=((7, 10, 20),)
+    )
+    calls = RecordingSyscalls()
+    init.run_setup(calls, plan)
+    binds = [c for c in calls.calls if c[0] == "idmapped_bind"]
+    assert binds == [("idmapped_bind", "/l1", "/st/c/layers/0", 9), ("idmapped_bind", "/l0", "/st/c/layers/1", 9)]
+    overlay = next(c for c in calls.calls if c[0] == "mount" and c[3] == "overlay")
+    assert str(overlay[5]).startswith("lowerdir=/st/c/layers/0:/st/c/layers/1,")
+    assert calls.calls.index(binds[-1]) < calls.calls.index(overlay)
+    dev = next(c for c in calls.calls if c[0] == "mount" and c[2] == "/st/c/rootfs/dev")
+    assert str(dev[5]).endswith(",uid=100000,gid=100000")  # container root owns /dev
+    calls = RecordingSyscalls()
+    init.run_setup(calls, plan, init.EXEC_STEPS)
+    names = calls.names()
+    # rlimits need the host's CAP_SYS_RESOURCE; joining resets the bounding set, so the drop follows.
+    assert names.index("setrlimit") < names.index("setns") < names.index("prctl")
+    assert ("setns", 9, sc.CLONE_NEWUSER) in calls.calls
+
+
+def test_no_user_namespace_by_default() -> None:
+    calls = RecordingSyscalls()
+    run_all(calls)
+    init.run_setup(calls, PLAN, init.EXEC_STEPS)
+    assert "idmapped_bind" not in calls.names() and "setns" not in calls.names()
+
+
 def test_cap_mask_defaults_add_drop_all() -> None:
     assert cap_names(cap_mask()) == sorted(DEFAULT_CAPS)
     assert cap_names(cap_mask(add=("CAP_NET_ADMIN",), drop=("chown",))) == sorted(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 
@@ -78,3 +80,18 @@ def test_cli_fails_over_between_schedulers_but_not_in_the_middle_of_a_stream():
     with pytest.raises(CliError, match="cannot reach the scheduler"):
         client.call(stream)
     assert len(calls) == 1
+
+
+def test_node_flags_become_an_agent_config(tmp_path: Path) -> None:
+    from cli.client import CliError
+    from cli.commands import agent_config
+    from node.agent import AgentConfig
+    from node.runtime.userns import IdRange
+
+    def config(**kw: str) -> AgentConfig:
+        return agent_config("n1", tmp_path, ("127.0.0.1:7070",), ["zone=a"], "", "", "", "", "", **kw)
+
+    assert config(userns_range="200000:131072").userns_ids == IdRange(200000, 131072)
+    assert config().userns_ids == IdRange()
+    with pytest.raises(CliError, match=r"--userns-range: .*expected FIRST:COUNT"):
+        config(userns_range="lots")

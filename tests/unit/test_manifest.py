@@ -33,6 +33,7 @@ spec:
   user: 1000:1000
   workingDir: /srv
   readOnlyRootFilesystem: true
+  hostUsers: false
   capabilities: {add: [NET_ADMIN], drop: [CAP_CHOWN]}
   antiAffinity: [full, db]
 """
@@ -76,6 +77,7 @@ def test_full_manifest() -> None:
     )
     assert (s.stop_grace_period_ms, s.user, s.working_dir) == (90_000, "1000:1000", "/srv")
     assert s.read_only_root_fs is True
+    assert s.user_namespace is True  # hostUsers: false
     assert (list(s.capabilities.add), list(s.capabilities.drop)) == (["CAP_NET_ADMIN"], ["CAP_CHOWN"])
     assert list(s.anti_affinity) == ["full", "db"]
 
@@ -137,7 +139,7 @@ BAD: list[tuple[str, str, str]] = [
         (
             "6 spec.zzz: unknown field; expected one of replicas, image, command, args, env, resources, ports, "
             "restartPolicy, nodeSelector, antiAffinity, placement, update, readiness, stopGracePeriod, user, "
-            "workingDir, readOnlyRootFilesystem, capabilities"
+            "workingDir, readOnlyRootFilesystem, hostUsers, capabilities"
         ),
     ),
     (
