@@ -19,6 +19,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cli.client import DEFAULT_STATE_DIR, CliError
 
@@ -153,9 +154,17 @@ class Cluster:
                 for p in self.procs
             ],
         }
-        tmp = self.dir / "cluster.json.tmp"
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
-        tmp.replace(self.dir / "cluster.json")
+        _write_atomic(self.dir / "cluster.json", doc)
+        # Prometheus file_sd targets (deploy/prometheus.yml reads this file next to it).
+        targets = [
+            {
+                "targets": [urlsplit(p.metricsUrl).netloc],
+                "labels": {"role": p.role, "cluster": self.cluster_id, **({"node": p.node} if p.node else {})},
+            }
+            for p in self.procs
+            if p.metricsUrl
+        ]
+        _write_atomic(self.dir / "prometheus-targets.json", targets)
 
     def stop(self) -> None:
         """Agents and scheduler first (SIGTERM), then every container and network, then etcd."""
@@ -172,7 +181,7 @@ class Cluster:
                     p.popen.wait()  # type: ignore[union-attr]
             if role == "agent":
                 self.cleanup_nodes()
-        for name in ("cluster.json", "etcd", "nodes"):
+        for name in ("cluster.json", "prometheus-targets.json", "etcd", "nodes"):
             path = self.dir / name
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
@@ -187,6 +196,12 @@ class Cluster:
             result = subprocess.run(argv, capture_output=True, text=True, check=False)
             if result.returncode != 0:
                 log.error("cleanup of %s failed: %s", self.node_name(i), result.stderr.strip())
+
+
+def _write_atomic(path: Path, doc: object) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def run_cluster(

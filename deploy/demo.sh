@@ -11,6 +11,7 @@ REGISTRY_STATE=$STATE/registry
 IMAGE_REPO=orch/busybox-web
 IMAGE_TAG=1
 UP=
+PROM=
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
@@ -33,6 +34,7 @@ cleanup() {
     kill -TERM "$UP" 2>/dev/null || true
   fi
   if [ -n "$UP" ]; then wait "$UP" 2>/dev/null || true; fi
+  if [ -n "$PROM" ]; then kill -TERM "$PROM" 2>/dev/null || true; wait "$PROM" 2>/dev/null || true; fi
   deploy/registry.sh stop "$REGISTRY_STATE" || true
 }
 trap cleanup EXIT
@@ -94,6 +96,16 @@ ORCH_SCHEDULER=$($PY -c 'import json, sys; print(",".join(json.load(open(sys.arg
 export ORCH_SCHEDULER
 $ORCH get nodes
 
+say "prometheus (deploy/prometheus.yml, scraping what orch up listed in prometheus-targets.json)"
+cp deploy/prometheus.yml deploy/orch-alerts.yml "$STATE/"
+PROM_PORT=${ORCH_DEMO_PROMETHEUS_PORT:-9090}
+port_free "$PROM_PORT" || PROM_PORT=$(any_port)
+prometheus --config.file="$STATE/prometheus.yml" --storage.tsdb.path="$STATE/prometheus-data" \
+  --web.listen-address="127.0.0.1:$PROM_PORT" --storage.tsdb.retention.time=1d --log.level=warn \
+  >"$STATE/prometheus.log" 2>&1 &
+PROM=$!
+echo "prometheus on http://127.0.0.1:$PROM_PORT (log: $STATE/prometheus.log)"
+
 say "orch apply $EXAMPLES/web.yaml --wait"
 $ORCH apply "$EXAMPLES/web.yaml" --wait --wait-timeout 90
 $ORCH get apps
@@ -104,7 +116,9 @@ echo "curl http://$ip:8080/  ->  $(curl -sS --noproxy '*' -m 5 "http://$ip:8080/
 
 cat <<MSG
 
-The cluster runs until Ctrl-C (which also stops the registry on $REGISTRY). In another shell:
+The cluster runs until Ctrl-C (which also stops the registry on $REGISTRY and Prometheus).
+Prometheus: http://127.0.0.1:$PROM_PORT/graph?g0.expr=orch_scheduler_instances  (the Grafana
+dashboard to import is deploy/grafana/orch-dashboard.json). In another shell:
   export PATH=$PWD/venv/bin:\$PATH ORCH_SCHEDULER=$ORCH_SCHEDULER
   orch get instances -o wide
   # kill a node: its agent's PID is in $STATE/cluster.json

@@ -29,7 +29,9 @@ class InstanceUsage(Collector):
         self._stats = stats
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        labels = ["instance", "app"]
+        # Not "instance": Prometheus sets that label to the scrape target and would
+        # rename ours to exported_instance.
+        labels = ["instance_name", "app"]
         cpu = CounterMetricFamily("orch_node_instance_cpu_seconds", "CPU time used by the instance.", labels=labels)
         mem = GaugeMetricFamily("orch_node_instance_memory_bytes", "Memory in use, page cache included.", labels=labels)
         ws = GaugeMetricFamily(

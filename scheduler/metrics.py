@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from orch.v1 import types_pb2 as pb
+
+if TYPE_CHECKING:
+    from scheduler.cache import ClusterCache
 
 
 class SchedulerMetrics:
@@ -18,3 +29,30 @@ class SchedulerMetrics:
         self.placements = Counter("orch_scheduler_placements_total", "Instances assigned to nodes.", registry=r)
         self.is_leader = Gauge("orch_scheduler_leader", "1 while this scheduler is the leader.", registry=r)
         self.sessions = Gauge("orch_scheduler_agent_sessions", "Open agent sessions.", registry=r)
+
+
+def state_name(state: int) -> str:
+    """INSTANCE_STATE_CRASH... -> the CLI's spelling (Running, Lost, ...)."""
+    name = pb.InstanceState.Name(state).removeprefix("INSTANCE_STATE_")  # type: ignore[arg-type]
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+class ClusterCollector(Collector):
+    """Cluster state as every scheduler's cache sees it, read at scrape time (like
+    kube-state-metrics): instances by app and state, and live nodes. All schedulers
+    export the same numbers; dashboards take max() over them."""
+
+    def __init__(self, cache: ClusterCache) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        # Runs on the HTTP server's thread: copy before iterating what the event loop mutates.
+        instances = [v.value for v in list(self._cache.instances.values())]
+        tally = Tally((i.app, state_name(i.status.state)) for i in instances)
+        family = GaugeMetricFamily("orch_scheduler_instances", "Instances by app and state.", labels=["app", "state"])
+        for (app, state), count in sorted(tally.items()):
+            family.add_metric([app, state], count)
+        yield family
+        yield GaugeMetricFamily(
+            "orch_scheduler_live_nodes", "Nodes whose liveness lease is held.", value=len(self._cache.live_nodes)
+        )

@@ -21,7 +21,7 @@ from scheduler.cache import ClusterCache
 from scheduler.events import EventLog
 from scheduler.leader import LeaderElection
 from scheduler.leases import LeaseKeeper
-from scheduler.metrics import SchedulerMetrics
+from scheduler.metrics import ClusterCollector, SchedulerMetrics
 from scheduler.reconciler_loop import Reconciler
 from scheduler.sessions import AgentSessionService, NodeRegistry
 from scheduler.status import StatusWriter
@@ -50,6 +50,7 @@ async def serve(config: SchedulerConfig) -> None:
     metrics = SchedulerMetrics()
     events = EventLog(store)
     cache = ClusterCache(store)
+    metrics.registry.register(ClusterCollector(cache))
     reconciler = Reconciler(store, events, metrics=metrics)
     election = LeaderElection(store, identity, ttl=config.leader_ttl)
     status = StatusWriter(store, cache)

@@ -15,6 +15,7 @@ import pytest
 
 from tests.e2e.cluster import instances, orch, orch_up, wait_all_removed
 from tests.fixtures.processes import orch_env, stop, wait_for
+from tests.fixtures.prometheus import DEPLOY, config_dir, prometheus
 
 pytestmark = pytest.mark.root
 
@@ -181,7 +182,7 @@ def test_readiness_probe_gates_ready(cluster, busybox_rootfs):
     agent = next(p for p in info["processes"] if p["role"] == "agent" and p["node"] == inst["node"])
     with urllib.request.urlopen(agent["metricsUrl"], timeout=5) as resp:
         text = resp.read().decode()
-    labels = f'{{app="never-ready",instance="{inst["name"]}"}}'  # prometheus-client sorts labels
+    labels = f'{{app="never-ready",instance_name="{inst["name"]}"}}'  # prometheus-client sorts labels
     assert f"orch_node_instance_memory_working_set_bytes{labels}" in text
     assert f"orch_node_instance_cpu_seconds_total{labels}" in text
     assert f"orch_node_instance_pids{labels} 2.0" in text  # the init reaper and sleep
@@ -201,4 +202,39 @@ def test_host_users_false_runs_in_a_user_namespace(cluster, busybox_rootfs):
     assert host_uid >= 1 << 30  # root inside, an unprivileged id of its own on the host
     assert orch(info, "logs", inst["name"]).stdout == "uid=0\n"
     assert orch(info, "delete", "app", "userns").returncode == 0
+    wait_all_removed(info)
+
+
+def test_prometheus_scrapes_the_cluster_with_the_shipped_config(cluster, busybox_rootfs, tmp_path):
+    # A real Prometheus with deploy/prometheus.yml and orch up's file_sd targets: every running
+    # agent and the scheduler are up, our metrics arrive under their names, the alert rules
+    # load, and every panel of the Grafana dashboard has data.
+    info, root = cluster, busybox_rootfs
+    apply_app(info, root, "scraped", "exec sleep 1000", extra="")
+    orch(info, "scale", "scraped", "2")
+    wait_for(lambda: sum(i["state"] == "Running" for i in instances(info) if i["app"] == "scraped") == 2, 20, "2 up")
+    targets = Path(info["stateDir"]) / "prometheus-targets.json"
+    config = config_dir(targets, tmp_path / "prometheus")
+    check = subprocess.run(["promtool", "check", "config", str(config / "prometheus.yml")], capture_output=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    ready = {n["name"] for n in json.loads(orch(info, "get", "nodes", "-o", "json").stdout) if n["state"] == "Ready"}
+    with prometheus(config) as prom:
+        # The first scrape comes ~5 s after start, whatever the interval (RECIPES §3).
+        count = len(json.loads(targets.read_text()))
+        ups = wait_for(lambda: (r := prom.query('up{job="orch"}')) and len(r) == count and r, 20, "all targets")
+        up = {(s["metric"]["role"], s["metric"].get("node")): s["value"][1] for s in ups}
+        assert up[("scheduler", None)] == "1" and up[("etcd", None)] == "1"
+        assert {node for (role, node), v in up.items() if role == "agent" and v == "1"} == ready
+        running = 'orch_scheduler_instances{app="scraped",state="Running"}'
+        wait_for(lambda: [s["value"][1] for s in prom.query(running)] == ["2"], 20, "instances by state")
+        ws = prom.query('orch_node_instance_memory_working_set_bytes{app="scraped"}')
+        assert len(ws) == 2 and all(float(s["value"][1]) > 0 for s in ws), ws
+        assert {s["metric"]["instance_name"].startswith("scraped-") for s in ws} == {True}
+        rules = prom.get("/api/v1/rules")["groups"][0]["rules"]
+        assert {r["name"] for r in rules} >= {"OrchAgentDown", "OrchNoLeader", "OrchInstancesLost"}
+        assert all(r["health"] == "ok" for r in rules), rules
+        dashboard = json.loads((DEPLOY / "grafana" / "orch-dashboard.json").read_text())
+        exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+        wait_for(lambda: all(prom.query(e) for e in exprs), 20, "data for every dashboard panel")
+    assert orch(info, "delete", "app", "scraped").returncode == 0
     wait_all_removed(info)
