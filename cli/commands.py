@@ -11,7 +11,7 @@ import click
 
 from cli.client import Client, CliError
 from cli.manifest import LoadedApp, load_manifests
-from cli.output import app_row, instance_row, node_row, render
+from cli.output import app_row, instance_row, node_row, render, usage_instance_row, usage_node_row
 from orch.quantity import QuantityError, parse_cpu, parse_duration, parse_memory
 from orch.v1 import api_pb2 as api
 from orch.v1 import types_pb2 as pb
@@ -103,6 +103,22 @@ def get(c: Client, kind: str, name: str | None, fmt: str, app: str | None, node:
         time.sleep(1.0)
         if fmt in ("table", "wide"):
             click.echo()
+
+
+def top(c: Client, kind: str, app: str | None, node: str | None, fmt: str) -> None:
+    """Usage now, like `kubectl top`: the scheduler asks each node's agent (sampling CPU for 0.5 s)."""
+    resp = c.call(lambda s: s.Top(api.TopRequest(node=node or "", app=app or ""), timeout=c.timeout))
+    for n in resp.nodes:
+        if n.error:  # its instances are missing from the list: say why
+            click.echo(f"warning: node {n.node}: {n.error}", err=True)
+    if kind == "nodes":
+        rows = [usage_node_row(n) for n in resp.nodes]
+    else:
+        rows = [usage_instance_row(i) for i in resp.instances]
+    if not rows and fmt in ("table", "wide"):
+        click.echo(f"No running {kind} found.")
+        return
+    click.echo(render(f"top-{kind}", rows, fmt))
 
 
 def describe(c: Client, kind: str, name: str) -> str:

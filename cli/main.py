@@ -75,6 +75,17 @@ def get(
 
 
 @cli.command()
+@click.argument("kind", type=click.Choice(["nodes", "node", "instances", "instance"]))
+@click.option("--app", "app", help="instances: only this app's.")
+@click.option("--node", "node", help="Only this node (and its instances).")
+@click.option("-o", "--output", "fmt", type=OUTPUT, default="table", show_default=True)
+@click.pass_context
+def top(ctx: click.Context, kind: str, app: str | None, node: str | None, fmt: str) -> None:
+    """CPU and memory in use now, per node or per instance (read from the cgroups)."""
+    commands.top(client(ctx), commands.plural(kind), app, node, fmt)
+
+
+@cli.command()
 @click.argument("kind", type=click.Choice(["app", "node", "instance"]))
 @click.argument("name")
 @click.pass_context

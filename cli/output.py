@@ -152,7 +152,59 @@ def app_table(rows: list[Row], wide: bool) -> str:
     return table(headers, out)
 
 
-TABLES = {"instances": instance_table, "nodes": node_table, "apps": app_table}
+def usage_instance_row(u: pb.InstanceUsage) -> Row:
+    return {
+        "name": u.instance,
+        "app": u.app,
+        "node": u.node,
+        "cpu": u.cpu_millis,
+        "memory": u.memory_working_set_bytes,
+        "memoryWithCache": u.memory_bytes,
+        "pids": u.pids,
+    }
+
+
+def usage_node_row(u: api.NodeUsage) -> Row:
+    def percent(used: int, of: int) -> int | None:
+        return round(100 * used / of) if of and not u.error else None
+
+    return {
+        "name": u.node,
+        "cpu": None if u.error else u.cpu_millis,
+        "cpuPercent": percent(u.cpu_millis, u.allocatable.cpu_millis),
+        "memory": None if u.error else u.memory_working_set_bytes,
+        "memoryPercent": percent(u.memory_working_set_bytes, u.allocatable.memory_bytes),
+        "instances": None if u.error else u.instances,
+        "error": u.error or None,
+    }
+
+
+def top_instance_table(rows: list[Row], wide: bool) -> str:
+    headers = ["NAME", "APP", "NODE", "CPU(cores)", "MEMORY(bytes)", "PIDS"]
+    out = [[r["name"], r["app"], r["node"], format_cpu(r["cpu"]), human_memory(r["memory"]), r["pids"]] for r in rows]
+    return table(headers, out)
+
+
+def top_node_table(rows: list[Row], wide: bool) -> str:
+    headers = ["NAME", "CPU(cores)", "CPU%", "MEMORY(bytes)", "MEMORY%", "INSTANCES"]
+    out = []
+    for r in rows:
+        if r["error"]:
+            out.append([r["name"], "<unknown>", "<unknown>", "<unknown>", "<unknown>", None])
+            continue
+        cpu_pct = None if r["cpuPercent"] is None else f"{r['cpuPercent']}%"
+        mem_pct = None if r["memoryPercent"] is None else f"{r['memoryPercent']}%"
+        out.append([r["name"], format_cpu(r["cpu"]), cpu_pct, human_memory(r["memory"]), mem_pct, r["instances"]])
+    return table(headers, out)
+
+
+TABLES = {
+    "instances": instance_table,
+    "nodes": node_table,
+    "apps": app_table,
+    "top-instances": top_instance_table,
+    "top-nodes": top_node_table,
+}
 
 
 def render(kind: str, rows: list[Row], fmt: str) -> str:

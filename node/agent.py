@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from node.reconcile import diff
 from node.runtime import ContainerError, ContainerState, Runtime
 from node.runtime.userns import IdRange
 from node.session import Session
+from node.usage import sample_usage
 from node.worker import InstanceWorker, WorkerDeps
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import agent_pb2_grpc
@@ -156,7 +158,8 @@ class Agent:
     async def serve_api(self) -> None:
         self._server = grpc.aio.server()
         log_dir = self.config.state_dir / "logs"
-        service = NodeAgentService(log_dir, lambda name: name in self.workers)
+        usage = functools.partial(sample_usage, self.config.name, self._running_instances, self.runtime.stats)
+        service = NodeAgentService(log_dir, lambda name: name in self.workers, usage)
         agent_pb2_grpc.add_NodeAgentServicer_to_server(service, self._server)
         port = self._server.add_insecure_port(self.config.listen)
         if port == 0:

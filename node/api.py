@@ -1,4 +1,4 @@
-"""What the agent serves to schedulers: today, its instances' logs."""
+"""What the agent serves to schedulers: its instances' logs and usage."""
 
 from __future__ import annotations
 
@@ -18,9 +18,13 @@ _END = object()
 
 
 class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
-    def __init__(self, log_dir: Path, is_active: Callable[[str], bool]) -> None:
+    def __init__(self, log_dir: Path, is_active: Callable[[str], bool], usage: Callable[[], pb.UsageReport]) -> None:
         self._log_dir = log_dir
         self._is_active = is_active  # follow ends when the instance is gone from this node
+        self._usage = usage  # blocking: sleeps for its sampling window
+
+    async def Usage(self, request: pb.UsageRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.UsageReport:
+        return await asyncio.to_thread(self._usage)
 
     async def Logs(
         self, request: pb.LogsRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -22,6 +22,7 @@ from scheduler.reconcile import DONE, event, is_ready
 from scheduler.snapshot import ClusterSnapshot, wants_to_run
 from scheduler.store import Delete, Put, Store
 from scheduler.timeutil import ts
+from scheduler.top import top
 
 T = TypeVar("T")
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -277,6 +278,14 @@ class OrchService(api_pb2_grpc.OrchServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
         except LogsUnavailable as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+
+    async def Top(self, request: api.TopRequest, context: Ctx) -> api.TopResponse:
+        snap = await self._call(context, self._store.snapshot)
+        try:
+            return await top(snap, request)
+        except NotFound as e:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+            raise  # abort raises; this keeps mypy sure that nothing is returned
 
     async def ListEvents(self, request: api.ListEventsRequest, context: Ctx) -> api.ListEventsResponse:
         return await self._call(context, lambda: api.ListEventsResponse(events=self._events.list(request.limit)))

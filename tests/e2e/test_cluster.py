@@ -238,3 +238,25 @@ def test_prometheus_scrapes_the_cluster_with_the_shipped_config(cluster, busybox
         wait_for(lambda: all(prom.query(e) for e in exprs), 20, "data for every dashboard panel")
     assert orch(info, "delete", "app", "scraped").returncode == 0
     wait_all_removed(info)
+
+
+def test_top_reads_usage_from_the_agents(cluster, busybox_rootfs):
+    info, root = cluster, busybox_rootfs
+    apply_app(info, root, "busy", "while true; do :; done", extra="  resources: {cpu: 200m, memory: 32Mi}\n")
+    inst = wait_for(lambda: (i := only(info, "busy")) and i["state"] == "Running" and i, 20, "running")
+    rows = json.loads(orch(info, "top", "instances", "--app", "busy", "-o", "json").stdout)
+    assert [r["name"] for r in rows] == [inst["name"]] and rows[0]["node"] == inst["node"]
+    assert 100 <= rows[0]["cpu"] <= 260, rows  # the busy loop, held near its 200m quota
+    assert rows[0]["memory"] > 0 and rows[0]["pids"] == 2
+    r = orch(info, "top", "nodes")
+    assert r.returncode == 0
+    assert r.stdout.split()[:6] == ["NAME", "CPU(cores)", "CPU%", "MEMORY(bytes)", "MEMORY%", "INSTANCES"]
+    nodes = {n["name"]: n for n in json.loads(orch(info, "top", "nodes", "-o", "json").stdout)}
+    assert nodes[inst["node"]]["cpu"] >= 100 and nodes[inst["node"]]["instances"] >= 1
+    ready = {n["name"] for n in json.loads(orch(info, "get", "nodes", "-o", "json").stdout) if n["state"] == "Ready"}
+    for name in set(nodes) - ready:  # a node an earlier test stopped: reported, not an error
+        assert nodes[name]["error"] == "node is NotReady"
+    missing = orch(info, "top", "instances", "--app", "nope")
+    assert missing.returncode == 1 and 'app "nope" not found' in missing.stderr
+    assert orch(info, "delete", "app", "busy").returncode == 0
+    wait_all_removed(info)

@@ -41,6 +41,11 @@ class NodeAgentStub:
                 request_serializer=orch_dot_v1_dot_types__pb2.LogsRequest.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_types__pb2.LogEntry.FromString,
                 _registered_method=True)
+        self.Usage = channel.unary_unary(
+                '/orch.v1.NodeAgent/Usage',
+                request_serializer=orch_dot_v1_dot_types__pb2.UsageRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_types__pb2.UsageReport.FromString,
+                _registered_method=True)
 
 
 class NodeAgentServicer:
@@ -53,6 +58,13 @@ class NodeAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Usage(self, request, context):
+        """Current usage of every running instance on this node (for `orch top`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +72,11 @@ def add_NodeAgentServicer_to_server(servicer, server):
                     servicer.Logs,
                     request_deserializer=orch_dot_v1_dot_types__pb2.LogsRequest.FromString,
                     response_serializer=orch_dot_v1_dot_types__pb2.LogEntry.SerializeToString,
+            ),
+            'Usage': grpc.unary_unary_rpc_method_handler(
+                    servicer.Usage,
+                    request_deserializer=orch_dot_v1_dot_types__pb2.UsageRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_types__pb2.UsageReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +107,33 @@ class NodeAgent:
             '/orch.v1.NodeAgent/Logs',
             orch_dot_v1_dot_types__pb2.LogsRequest.SerializeToString,
             orch_dot_v1_dot_types__pb2.LogEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Usage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.NodeAgent/Usage',
+            orch_dot_v1_dot_types__pb2.UsageRequest.SerializeToString,
+            orch_dot_v1_dot_types__pb2.UsageReport.FromString,
             options,
             channel_credentials,
             insecure,

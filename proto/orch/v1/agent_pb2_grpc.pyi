@@ -38,6 +38,8 @@ class NodeAgentStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> NodeAgentAsyncStub: ...
     Logs: _grpc.UnaryStreamMultiCallable[_types_pb2.LogsRequest, _types_pb2.LogEntry]
+    Usage: _grpc.UnaryUnaryMultiCallable[_types_pb2.UsageRequest, _types_pb2.UsageReport]
+    """Current usage of every running instance on this node (for `orch top`)."""
 
 @_typing.type_check_only
 class NodeAgentAsyncStub(NodeAgentStub):
@@ -45,6 +47,8 @@ class NodeAgentAsyncStub(NodeAgentStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Logs: _aio.UnaryStreamMultiCallable[_types_pb2.LogsRequest, _types_pb2.LogEntry]  # type: ignore[assignment]
+    Usage: _aio.UnaryUnaryMultiCallable[_types_pb2.UsageRequest, _types_pb2.UsageReport]  # type: ignore[assignment]
+    """Current usage of every running instance on this node (for `orch top`)."""
 
 class NodeAgentServicer(metaclass=_abc_1.ABCMeta):
     """Served by each agent (at Node.address) for the scheduler to call."""
@@ -55,6 +59,14 @@ class NodeAgentServicer(metaclass=_abc_1.ABCMeta):
         request: _types_pb2.LogsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_types_pb2.LogEntry], _abc.AsyncIterator[_types_pb2.LogEntry]]: ...
+
+    @_abc_1.abstractmethod
+    def Usage(
+        self,
+        request: _types_pb2.UsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.UsageReport, _abc.Awaitable[_types_pb2.UsageReport]]:
+        """Current usage of every running instance on this node (for `orch top`)."""
 
 def add_NodeAgentServicer_to_server(servicer: NodeAgentServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

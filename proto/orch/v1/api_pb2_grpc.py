@@ -90,6 +90,11 @@ class OrchStub:
                 request_serializer=orch_dot_v1_dot_types__pb2.LogsRequest.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_types__pb2.LogEntry.FromString,
                 _registered_method=True)
+        self.Top = channel.unary_unary(
+                '/orch.v1.Orch/Top',
+                request_serializer=orch_dot_v1_dot_api__pb2.TopRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_api__pb2.TopResponse.FromString,
+                _registered_method=True)
 
 
 class OrchServicer:
@@ -167,6 +172,13 @@ class OrchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Top(self, request, context):
+        """Usage now, asked of every ready node's agent (`orch top`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -224,6 +236,11 @@ def add_OrchServicer_to_server(servicer, server):
                     servicer.Logs,
                     request_deserializer=orch_dot_v1_dot_types__pb2.LogsRequest.FromString,
                     response_serializer=orch_dot_v1_dot_types__pb2.LogEntry.SerializeToString,
+            ),
+            'Top': grpc.unary_unary_rpc_method_handler(
+                    servicer.Top,
+                    request_deserializer=orch_dot_v1_dot_api__pb2.TopRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_api__pb2.TopResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -523,6 +540,33 @@ class Orch:
             '/orch.v1.Orch/Logs',
             orch_dot_v1_dot_types__pb2.LogsRequest.SerializeToString,
             orch_dot_v1_dot_types__pb2.LogEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Top(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.Orch/Top',
+            orch_dot_v1_dot_api__pb2.TopRequest.SerializeToString,
+            orch_dot_v1_dot_api__pb2.TopResponse.FromString,
             options,
             channel_credentials,
             insecure,

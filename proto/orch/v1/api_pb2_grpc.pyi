@@ -51,6 +51,8 @@ class OrchStub:
     ListEvents: _grpc.UnaryUnaryMultiCallable[_api_pb2.ListEventsRequest, _api_pb2.ListEventsResponse]
     Logs: _grpc.UnaryStreamMultiCallable[_types_pb2.LogsRequest, _types_pb2.LogEntry]
     """Streams an instance's (or an app's instances') log lines from their agents."""
+    Top: _grpc.UnaryUnaryMultiCallable[_api_pb2.TopRequest, _api_pb2.TopResponse]
+    """Usage now, asked of every ready node's agent (`orch top`)."""
 
 @_typing.type_check_only
 class OrchAsyncStub(OrchStub):
@@ -74,6 +76,8 @@ class OrchAsyncStub(OrchStub):
     ListEvents: _aio.UnaryUnaryMultiCallable[_api_pb2.ListEventsRequest, _api_pb2.ListEventsResponse]  # type: ignore[assignment]
     Logs: _aio.UnaryStreamMultiCallable[_types_pb2.LogsRequest, _types_pb2.LogEntry]  # type: ignore[assignment]
     """Streams an instance's (or an app's instances') log lines from their agents."""
+    Top: _aio.UnaryUnaryMultiCallable[_api_pb2.TopRequest, _api_pb2.TopResponse]  # type: ignore[assignment]
+    """Usage now, asked of every ready node's agent (`orch top`)."""
 
 class OrchServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -160,5 +164,13 @@ class OrchServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_types_pb2.LogEntry], _abc.AsyncIterator[_types_pb2.LogEntry]]:
         """Streams an instance's (or an app's instances') log lines from their agents."""
+
+    @_abc_1.abstractmethod
+    def Top(
+        self,
+        request: _api_pb2.TopRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.TopResponse, _abc.Awaitable[_api_pb2.TopResponse]]:
+        """Usage now, asked of every ready node's agent (`orch top`)."""
 
 def add_OrchServicer_to_server(servicer: OrchServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -779,6 +779,87 @@ class LogsRequest(_message.Message):
 Global___LogsRequest: _TypeAlias = LogsRequest  # noqa: Y015
 
 @_typing.final
+class InstanceUsage(_message.Message):
+    """`orch top`: what an instance uses now, read from its cgroup by its agent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    APP_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    CPU_MILLIS_FIELD_NUMBER: _builtins.int
+    MEMORY_WORKING_SET_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    PIDS_FIELD_NUMBER: _builtins.int
+    instance: _builtins.str
+    app: _builtins.str
+    node: _builtins.str
+    cpu_millis: _builtins.int
+    """average over the agent's sampling window"""
+    memory_working_set_bytes: _builtins.int
+    """usage minus inactive file cache"""
+    memory_bytes: _builtins.int
+    """page cache included"""
+    pids: _builtins.int
+    def __init__(
+        self,
+        *,
+        instance: _builtins.str = ...,
+        app: _builtins.str = ...,
+        node: _builtins.str = ...,
+        cpu_millis: _builtins.int = ...,
+        memory_working_set_bytes: _builtins.int = ...,
+        memory_bytes: _builtins.int = ...,
+        pids: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "cpu_millis", b"cpu_millis", "instance", b"instance", "memory_bytes", b"memory_bytes", "memory_working_set_bytes", b"memory_working_set_bytes", "node", b"node", "pids", b"pids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstanceUsage: _TypeAlias = InstanceUsage  # noqa: Y015
+
+@_typing.final
+class UsageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageRequest: _TypeAlias = UsageRequest  # noqa: Y015
+
+@_typing.final
+class UsageReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCES_FIELD_NUMBER: _builtins.int
+    WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    window_seconds: _builtins.float
+    """CPU is averaged over this"""
+    @_builtins.property
+    def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstanceUsage]: ...
+    def __init__(
+        self,
+        *,
+        instances: _abc.Iterable[Global___InstanceUsage] | None = ...,
+        window_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances", "window_seconds", b"window_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageReport: _TypeAlias = UsageReport  # noqa: Y015
+
+@_typing.final
 class LogEntry(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
