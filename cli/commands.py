@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -251,6 +252,7 @@ def agent_config(
     listen: str = "127.0.0.1:0",
     *,
     userns_range: str = "",
+    publish_address: str = "",
 ) -> AgentConfig:
     from node.agent import AgentConfig
     from node.runtime.userns import IdRange
@@ -261,6 +263,11 @@ def agent_config(
         userns_ids = IdRange.parse(userns_range) if userns_range else IdRange()
     except ValueError as e:
         raise CliError(f"--userns-range: {e}") from None
+    if publish_address:
+        try:
+            ipaddress.IPv4Address(publish_address)
+        except ValueError:
+            raise CliError(f'--publish-address "{publish_address}" is not an IPv4 address') from None
     return AgentConfig(
         name=name,
         state_dir=state_dir.resolve(),
@@ -274,4 +281,5 @@ def agent_config(
         cgroup=cgroup_parent,
         listen=listen,
         userns_ids=userns_ids,
+        publish_address=publish_address,
     )

@@ -235,6 +235,12 @@ def scheduler_cmd(
 @click.option("--listen", default="127.0.0.1:0", show_default=True, help="host:port of the agent's API (logs).")
 @click.option("--cgroup-parent", default="", help="cgroup of this node's containers (default orch/NAME).")
 @click.option(
+    "--publish-address",
+    default="",
+    metavar="ADDR",
+    help="Publish hostPorts only on this local address (default: every local address).",
+)
+@click.option(
     "--userns-range",
     default="",
     metavar="FIRST:COUNT",
@@ -255,6 +261,7 @@ def node_cmd(
     metrics_listen: str,
     listen: str,
     cgroup_parent: str,
+    publish_address: str,
     userns_range: str,
     cleanup: bool,
     verbose: bool,
@@ -278,6 +285,7 @@ def node_cmd(
         cgroup_parent,
         listen,
         userns_range=userns_range,
+        publish_address=publish_address,
     )
     if cleanup:
         cleanup_node(config)

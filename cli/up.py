@@ -33,6 +33,7 @@ class Proc:
     node: str | None
     argv: list[str]
     metricsUrl: str | None
+    publishAddress: str | None = None  # agents: the local address their hostPorts are published on
     pid: int = 0
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -132,14 +133,20 @@ class Cluster:
                 "--bridge", f"orch{self.cluster_id}n{i}", "--subnet", str(subnet),
                 "--cgroup-parent", f"orch/up-{self.cluster_id}/{name}"]  # fmt: skip
 
+    def publish_address(self, i: int) -> str:
+        """Each node its own loopback address for hostPorts, as if the nodes were separate hosts."""
+        digest = hashlib.sha256(self.cluster_id.encode()).digest()
+        return f"127.{1 + digest[0] % 254}.{digest[1]}.{i + 1}"
+
     def start_agent(self, i: int) -> None:
         metrics = free_port()
         name = self.node_name(i)
         # Agents get every scheduler and fail over between them.
         argv = self.orch("--scheduler", ",".join(self.addresses), "node", *self.agent_args(i),
                          "--label", f"zone=zone-{i % 3}", "--metrics-listen", f"127.0.0.1:{metrics}",
-                         "--listen", f"127.0.0.1:{free_port()}")  # fmt: skip
-        proc = self._spawn(Proc("agent", name, argv, f"http://127.0.0.1:{metrics}/metrics"),
+                         "--listen", f"127.0.0.1:{free_port()}",
+                         "--publish-address", self.publish_address(i))  # fmt: skip
+        proc = self._spawn(Proc("agent", name, argv, f"http://127.0.0.1:{metrics}/metrics", self.publish_address(i)),
                            self.dir / "logs" / f"{name}.log")  # fmt: skip
         wait_until(lambda: tcp_open(metrics), f"agent {name}", 15, proc)
 
@@ -151,6 +158,7 @@ class Cluster:
             "clusterId": self.cluster_id,  # names its bridges (orch<id>n<i>) and cgroups (orch/up-<id>/)
             "processes": [
                 {"role": p.role, "node": p.node, "pid": p.pid, "argv": p.argv, "metricsUrl": p.metricsUrl}
+                | ({"publishAddress": p.publishAddress} if p.publishAddress else {})
                 for p in self.procs
             ],
         }

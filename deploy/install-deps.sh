@@ -6,7 +6,7 @@
 set -euo pipefail
 
 PACKAGES=(etcd-server etcd-client busybox-static iproute2 util-linux python3-venv python3-pip curl
-          docker-registry skopeo umoci golang-github-containers-common prometheus)
+          docker-registry skopeo umoci golang-github-containers-common prometheus iptables)
 # `install-deps.sh bench` adds the peers the benchmarks compare against.
 [ "${1:-}" = bench ] && PACKAGES+=(runc crun)
 missing=()

@@ -54,21 +54,24 @@ class AgentConfig:
     image_gc_above: int = 0  # sweep only while the store holds more bytes than this
     cgroup: str = ""  # cgroup parent of the containers; default orch/<name>
     userns_ids: IdRange = field(default_factory=IdRange)  # host ids for hostUsers: false containers
+    publish_address: str = ""  # hostPorts only on this local address; "" = every local address
 
     @property
     def cgroup_parent(self) -> str:
         return self.cgroup or f"orch/{self.name}"
 
 
+def network_config(config: AgentConfig) -> NetworkConfig:
+    return NetworkConfig(
+        config.bridge, config.subnet, config.state_dir / "ipam", publish_address=config.publish_address
+    )
+
+
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.runtime = Runtime(config.state_dir / "containers", config.cgroup_parent, userns_ids=config.userns_ids)
-        self.network = (
-            NodeNetwork(NetworkConfig(config.bridge, config.subnet, config.state_dir / "ipam"))
-            if config.bridge
-            else None
-        )
+        self.network = NodeNetwork(network_config(config)) if config.bridge else None
         self.metrics = NodeMetrics(config.name)
         self.metrics.watch_usage(self._running_instances, self.runtime.stats)
         self.workers: dict[str, InstanceWorker] = {}
@@ -207,7 +210,7 @@ def cleanup(config: AgentConfig) -> None:
     """Stop and remove every container and network object this node created."""
     Runtime(config.state_dir / "containers", config.cgroup_parent).cleanup_all()
     if config.bridge:
-        NodeNetwork(NetworkConfig(config.bridge, config.subnet, config.state_dir / "ipam")).teardown()
+        NodeNetwork(network_config(config)).teardown()
 
 
 def main(config: AgentConfig) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.images import ImageError, ImageStore, PreparedImage, effective_process
-from node.network import NetworkError, NodeNetwork
+from node.network import NetworkError, NodeNetwork, PortMapping
 from node.probes import period_of, probe
 from node.restarts import RestartTracker
 from node.runtime import ContainerConfig, ContainerError, ContainerState, ContainerStatus, Runtime
@@ -184,7 +184,12 @@ class InstanceWorker:
         """Wires the container's network namespace; the IP goes into its /etc/hosts."""
         if self._deps.network is None:
             return None
-        self.ip = self._deps.network.attach(self.instance.name, pid).ip
+        ports = [
+            PortMapping(p.host_port, p.container_port, p.protocol or "tcp")
+            for p in self.instance.spec.ports
+            if p.host_port
+        ]
+        self.ip = self._deps.network.attach(self.instance.name, pid, ports).ip
         return self.ip
 
     def _running_status(self, state: ContainerState) -> pb.InstanceStatus:

@@ -1,4 +1,4 @@
-"""Container networking for the node agent (pyroute2, no forks, no iptables).
+"""Container networking for the node agent (pyroute2; iptables only for hostPorts).
 
 Vocabulary:
     bridge       one per node agent, e.g. "orch1"; holds the subnet's gateway address
@@ -11,7 +11,7 @@ Typical use by the agent (blocking calls: from a worker thread, not a coroutine)
 
     net = NodeNetwork(NetworkConfig("orch1", "10.88.1.0/24", state_dir / "ipam"))
     net.ensure_bridge()                        # at start
-    att = net.attach(instance, pid)            # in the runtime's on_netns(pid) hook
+    att = net.attach(instance, pid, ports)     # in the runtime's on_netns(pid) hook; ports: hostPorts
     net.detach(instance)                       # when the instance is gone
     net.addresses()                            # after a restart: who holds which address
     net.teardown()                             # `orch up` shutdown
@@ -27,6 +27,7 @@ from node.network.errors import (
     NetworkError,
     StateError,
 )
+from node.network.hostports import PortMapping
 from node.network.model import Attachment, NetworkConfig
 from node.network.names import veth_name
 from node.network.node import NodeNetwork
@@ -40,6 +41,7 @@ __all__ = [
     "NetworkConfig",
     "NetworkError",
     "NodeNetwork",
+    "PortMapping",
     "StateError",
     "veth_name",
 ]

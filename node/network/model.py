@@ -31,8 +31,9 @@ class NetworkConfig:
 
     bridge: str  # e.g. "orch1"
     subnet: str  # e.g. "10.88.1.0/24"; the gateway is its first host address
-    state_dir: Path  # IPAM state (one file per allocated address)
+    state_dir: Path  # IPAM state (one file per allocated address); host ports in <state_dir>/hostports
     mtu: int = 1500
+    publish_address: str = ""  # hostPorts only on this local address; "" = every local address
 
     def __post_init__(self) -> None:
         check_ifname(self.bridge)

@@ -7,7 +7,7 @@ and subnet):
     container netns:                           eth0 <ip>/prefix, default via gateway, lo up
 
 Host-to-container traffic is plain L2 on the bridge, so it needs neither
-ip_forward nor iptables.
+ip_forward nor iptables. Only hostPorts use iptables (DNAT, hostports.py).
 
 The methods are blocking netlink calls. pyroute2's sync API fails inside a
 running asyncio loop ("This event loop is already running"), so call them
@@ -20,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pyroute2 import IPRoute
 
 from node.network import links
 from node.network.errors import LinkError, NetworkError
+from node.network.hostports import HostPorts, PortMapping
 from node.network.ipam import Ipam, check_instance
 from node.network.model import Attachment, NetworkConfig
 from node.network.names import CONTAINER_IFNAME, VETH_PREFIX, bridge_mac, veth_name
@@ -61,6 +62,7 @@ class NodeNetwork:
     def __init__(self, config: NetworkConfig) -> None:
         self.config = config
         self._ipam = Ipam(config.subnet, config.state_dir)
+        self.host_ports = HostPorts(config.bridge, config.state_dir / "hostports", config.publish_address)
 
     def ensure_bridge(self) -> None:
         """Create the bridge if missing, give it the gateway address, bring it up. Idempotent."""
@@ -68,12 +70,13 @@ class NodeNetwork:
         with _host() as ipr:
             index = links.ensure_bridge(ipr, cfg.bridge, cfg.mtu, bridge_mac(cfg.bridge))
             links.ensure_addr(ipr, index, cfg.bridge, str(cfg.gateway), cfg.network.prefixlen)
+        self.host_ports.sync()  # after an agent restart: the rules equal the recorded ports again
 
     def veth_name(self, instance: str) -> str:
         return veth_name(self.config.bridge, instance)
 
-    def attach(self, instance: str, pid: int) -> Attachment:
-        """Give the network namespace of ``pid`` an eth0 on the bridge.
+    def attach(self, instance: str, pid: int, ports: Sequence[PortMapping] = ()) -> Attachment:
+        """Give the network namespace of ``pid`` an eth0 on the bridge, and publish its host ports.
 
         Idempotent per instance: the address is kept, and a veth left from an
         earlier attach is replaced. On failure the veth is removed and an
@@ -92,14 +95,16 @@ class NodeNetwork:
         )
         try:
             self._plumb(attachment, pid)
+            self.host_ports.publish(instance, attachment.ip, ports)
         except BaseException:
             self._undo(attachment, release=not had_ip)
             raise
         return attachment
 
     def detach(self, instance: str) -> None:
-        """Delete the instance's host veth (gone already is fine) and release its address."""
+        """Unpublish its host ports, delete its host veth (gone already is fine), release its address."""
         check_instance(instance)
+        self.host_ports.unpublish(instance)
         with _host() as ipr:
             links.delete_link(ipr, self.veth_name(instance))
         self._ipam.release(instance)
@@ -109,7 +114,8 @@ class NodeNetwork:
         return {owner: str(ip) for ip, owner in sorted(self._ipam.allocations().items())}
 
     def teardown(self) -> None:
-        """Remove every veth of this bridge, the bridge itself, and the IPAM state."""
+        """Remove the host port rules, every veth of this bridge, the bridge itself, and the IPAM state."""
+        self.host_ports.teardown()
         bridge = self.config.bridge
         with _host() as ipr:
             index = links.lookup(ipr, bridge)
@@ -138,6 +144,8 @@ class NodeNetwork:
 
     def _undo(self, att: Attachment, release: bool) -> None:
         # Best effort: the error that made attach fail is the one to report.
+        with contextlib.suppress(Exception):
+            self.host_ports.unpublish(att.instance)
         with contextlib.suppress(Exception), _host() as ipr:
             links.delete_link(ipr, att.host_veth)
         if release:

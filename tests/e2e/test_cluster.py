@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -260,3 +261,31 @@ def test_top_reads_usage_from_the_agents(cluster, busybox_rootfs):
     assert missing.returncode == 1 and 'app "nope" not found' in missing.stderr
     assert orch(info, "delete", "app", "busy").returncode == 0
     wait_all_removed(info)
+
+
+def test_host_port_reaches_the_instance_on_its_nodes_address(cluster, busybox_rootfs):
+    # orch up gives each node its own loopback address, as if the nodes were separate hosts.
+    info, root = cluster, busybox_rootfs
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        host_port = s.getsockname()[1]
+    ports = f"  ports: [{{containerPort: 8080, hostPort: {host_port}}}]\n"
+    apply_app(info, root, "published", "exec httpd -f -p 8080 -h /www", extra=ports)
+    inst = wait_for(lambda: (i := only(info, "published")) and i["state"] == "Running" and i, 20, "running")
+    agent = next(p for p in info["processes"] if p["role"] == "agent" and p["node"] == inst["node"])
+    url = f"http://{agent['publishAddress']}:{host_port}/"
+    body = wait_for(lambda: _get(url), 10, f"{url} answers")
+    assert body == b"hello from orch\n"
+    assert orch(info, "delete", "app", "published").returncode == 0
+    wait_all_removed(info)
+    assert _get(url) is None
+    saved = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True).stdout
+    assert inst["name"] not in saved  # its DNAT rule went with it
+
+
+def _get(url: str) -> bytes | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bytes(resp.read())
+    except OSError:
+        return None

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import ipaddress
 import os
 import random
 import secrets
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +32,7 @@ from node.network import (
     NetworkConfig,
     NetworkError,
     NodeNetwork,
+    PortMapping,
 )
 
 pytestmark = [
@@ -291,3 +295,60 @@ def test_mtu_is_applied(tmp_path: Path, config: NetworkConfig, spawn_netns: Spaw
     assert "mtu 1400" in in_netns(pid, "ip", "-o", "link", "show", "eth0")
     assert "mtu 1400" in run("ip", "-o", "link", "show", att.host_veth).stdout
     assert "mtu 1400" in run("ip", "-o", "link", "show", cfg.bridge).stdout
+
+
+SERVER = (
+    "import socket\n"
+    "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind(('0.0.0.0', 8080)); s.listen()\n"
+    "while True:\n"
+    "    c, _ = s.accept(); c.sendall(b'hello'); c.close()\n"
+)
+
+
+def fetch(address: str, port: int) -> bytes | None:
+    try:
+        with socket.create_connection((address, port), timeout=2) as s:
+            return s.recv(16)
+    except OSError:
+        return None
+
+
+def nat_rules() -> list[str]:
+    saved = run("iptables-save", "-t", "nat").stdout
+    return [line for line in saved.splitlines() if "ORCH-" in line or "route_localnet" in line]
+
+
+def test_host_ports_are_published_on_the_address_and_removed(tmp_path: Path, config: NetworkConfig) -> None:
+    address = f"127.{random.randint(100, 200)}.{random.randint(0, 255)}.1"
+    cfg = dataclasses.replace(config, publish_address=address)
+    net = NodeNetwork(cfg)
+    net.ensure_bridge()
+    assert nat_rules() == []  # nothing published, nothing installed
+    server = subprocess.Popen(["unshare", "--net", sys.executable, "-c", SERVER])
+    try:
+        assert wait_until(lambda: netns_inode(server.pid) != netns_inode("self"))
+        host_port = free_port()
+        net.attach("web-1", server.pid, [PortMapping(host_port, 8080)])
+        assert wait_until(lambda: fetch(address, host_port) == b"hello"), nat_rules()
+        assert fetch("127.0.0.1", host_port) is None  # published on that address only
+        assert any('--comment "web-1"' in r or "--comment web-1" in r for r in nat_rules())
+        # An agent restart: the kernel lost the rules (or someone flushed them); the files bring them back.
+        run("iptables", "-t", "nat", "-F", net.host_ports.chain)
+        assert fetch(address, host_port) is None
+        NodeNetwork(cfg).ensure_bridge()
+        assert wait_until(lambda: fetch(address, host_port) == b"hello")
+        net.detach("web-1")
+        assert fetch(address, host_port) is None
+        assert not [r for r in nat_rules() if "DNAT" in r]
+    finally:
+        server.kill()
+        server.wait()
+    net.teardown()
+    assert nat_rules() == []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 
 import node.network
 from node.network import AddressExhausted, ConfigError, LinkError, NetworkConfig, StateError, veth_name
+from node.network.errors import NetworkError
+from node.network.hostports import HostPorts, PortMapping, chain_name, chain_rules
 from node.network.ipam import Ipam
 from node.network.names import bridge_mac, check_ifname
 
@@ -186,3 +189,50 @@ def test_exports() -> None:
     assert sorted(node.network.__all__) == node.network.__all__
     for name in node.network.__all__:
         assert getattr(node.network, name) is not None
+
+
+def test_host_port_chain_rules_replace_the_chain_with_one_dnat_per_port() -> None:
+    published = {
+        "web-2": ("10.88.1.3", [PortMapping(18080, 8080), PortMapping(5353, 53, "udp")]),
+        "api-1": ("10.88.1.2", [PortMapping(9000, 9000)]),
+    }
+    text = chain_rules("ORCH-HP-orch1", published, "127.1.2.3")
+    assert text.splitlines() == [
+        "*nat",
+        ":ORCH-HP-orch1 - [0:0]",  # with --noflush this line empties the chain first
+        '-A ORCH-HP-orch1 -d 127.1.2.3/32 -p tcp -m tcp --dport 9000 -m comment --comment "api-1"'
+        " -j DNAT --to-destination 10.88.1.2:9000",
+        '-A ORCH-HP-orch1 -d 127.1.2.3/32 -p tcp -m tcp --dport 18080 -m comment --comment "web-2"'
+        " -j DNAT --to-destination 10.88.1.3:8080",
+        '-A ORCH-HP-orch1 -d 127.1.2.3/32 -p udp -m udp --dport 5353 -m comment --comment "web-2"'
+        " -j DNAT --to-destination 10.88.1.3:53",
+        "COMMIT",
+    ]
+    assert "-d " not in chain_rules("ORCH-HP-orch1", published)  # no address: every local one
+    assert chain_name("orch" + "x" * 30) == "ORCH-HP-orch" + "x" * 16  # 28 characters at most
+
+
+def test_host_ports_state_drives_the_rules(tmp_path: Path) -> None:
+    calls: list[tuple[list[str], str]] = []
+
+    def run(argv: Sequence[str], stdin: str) -> None:
+        calls.append((list(argv), stdin))
+        if argv[:4] == ["iptables", "-t", "nat", "-C"] or argv[3:4] == ["-S"]:
+            raise NetworkError("no such rule")  # nothing installed yet
+
+    ports = HostPorts("orch1", tmp_path / "hp", run=run)
+    ports.sync()
+    assert calls[-1][0][3:4] == ["-S"]  # nothing published: only looked, touched nothing
+    ports.publish("web-1", "10.88.1.2", [PortMapping(18080, 8080)])
+    restores = [stdin for argv, stdin in calls if argv[0] == "iptables-restore"]
+    assert "--dport 18080" in restores[-1]
+    appended = [argv[4:] for argv, _ in calls if argv[3:4] == ["-A"]]
+    assert [rule[0] for rule in appended] == ["PREROUTING", "OUTPUT", "POSTROUTING"]
+    assert HostPorts("orch1", tmp_path / "hp", run=run).published() == {
+        "web-1": ("10.88.1.2", [PortMapping(18080, 8080)])
+    }
+    ports.unpublish("web-1")
+    assert "--dport" not in [stdin for argv, stdin in calls if argv[0] == "iptables-restore"][-1]
+    (tmp_path / "hp" / "bad.json").write_text("{")
+    with pytest.raises(NetworkError, match=r"bad\.json is unreadable"):
+        ports.sync()

@@ -1,4 +1,4 @@
-"""Runs last: the suite left no cgroup, mount, link, netns or process of ours."""
+"""Runs last: the suite left no cgroup, mount, link, netns, iptables rule or process of ours."""
 
 from __future__ import annotations
 
@@ -39,6 +39,18 @@ def test_no_processes_left():
             cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if "node.runtime.shim" in cmd or "-m cli " in cmd or (cmd.startswith("etcd ") and "orch-etcd-" in cmd):
+        if (
+            "node.runtime.shim" in cmd
+            or "-m cli " in cmd
+            or (cmd.startswith("etcd ") and "orch-etcd-" in cmd)
+            or "/pytest-of-" in cmd  # prometheus, docker-registry, ... started on a test's tmp dir
+        ):
             ours.append(f"{p.name}: {cmd[:120]}")
+    assert not ours, ours
+
+
+def test_no_iptables_rules_left():
+    # hostPorts: the ORCH-HP-<bridge> chains and the jumps and masquerade rules around them.
+    saved = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True).stdout
+    ours = [line for line in saved.splitlines() if "ORCH-" in line or "-o orch" in line]
     assert not ours, ours

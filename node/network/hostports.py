@@ -1,0 +1,164 @@
+"""hostPort publishing: DNAT from the host's ports to containers (iptables nat table).
+
+What Kubernetes' CNI portmap plugin and Docker's `-p` do, for one node:
+
+    nat PREROUTING  -m addrtype --dst-type LOCAL -j ORCH-HP-<bridge>   traffic from other hosts
+    nat OUTPUT      -m addrtype --dst-type LOCAL -j ORCH-HP-<bridge>   traffic from this host
+    ORCH-HP-<bridge>: one DNAT per published port, commented with the instance
+    nat POSTROUTING -o <bridge> -s 127.0.0.0/8 -j MASQUERADE            so localhost clients work
+    net.ipv4.conf.<bridge>.route_localnet = 1                           (vanishes with the bridge)
+
+Level-triggered: the published ports of each instance are files under
+state_dir (they survive agent restarts, like the kernel's rules do), and every
+change rewrites the whole chain from them in one iptables-restore, so the
+rules always equal the files. `address` limits publishing to one local
+address (orch up gives each node of a one-host cluster its own 127.x address,
+as if they were separate machines); empty means every local address.
+Traffic from other hosts also needs net.ipv4.ip_forward=1, as for Kubernetes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.network.errors import NetworkError
+
+__all__ = ["HostPorts", "PortMapping", "chain_name", "chain_rules", "ip_forward_enabled"]
+
+log = logging.getLogger(__name__)
+
+Runner = Callable[[Sequence[str], str], None]  # (argv, stdin): raises NetworkError on failure
+
+
+@dataclass(frozen=True, slots=True)
+class PortMapping:
+    host_port: int
+    container_port: int
+    protocol: str = "tcp"  # tcp | udp
+
+
+def chain_name(bridge: str) -> str:
+    return f"ORCH-HP-{bridge}"[:28]  # iptables chain names are at most 28 characters
+
+
+def chain_rules(chain: str, published: dict[str, tuple[str, list[PortMapping]]], address: str = "") -> str:
+    """iptables-restore input that replaces the chain with one DNAT per mapping (pure)."""
+    lines = ["*nat", f":{chain} - [0:0]"]
+    dest = f" -d {address}/32" if address else ""
+    for instance, (ip, mappings) in sorted(published.items()):
+        for m in mappings:
+            lines.append(
+                f"-A {chain}{dest} -p {m.protocol} -m {m.protocol} --dport {m.host_port}"
+                f' -m comment --comment "{instance}" -j DNAT --to-destination {ip}:{m.container_port}'
+            )
+    return "\n".join([*lines, "COMMIT", ""])
+
+
+def _run(argv: Sequence[str], stdin: str = "") -> None:
+    try:
+        done = subprocess.run(list(argv), input=stdin, capture_output=True, text=True, check=False, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise NetworkError(f"{argv[0]}: {e}") from e
+    if done.returncode != 0:
+        raise NetworkError(f"{' '.join(argv)}: {done.stderr.strip() or f'exit {done.returncode}'}")
+
+
+class HostPorts:
+    def __init__(self, bridge: str, state_dir: Path, address: str = "", run: Runner = _run) -> None:
+        self.bridge, self.address = bridge, address
+        self.chain = chain_name(bridge)
+        self._dir = state_dir
+        self._run = run
+        self._hooked = False
+
+    def _jumps(self) -> list[list[str]]:
+        local = ["-m", "addrtype", "--dst-type", "LOCAL", "-j", self.chain]
+        masquerade = ["-o", self.bridge, "-s", "127.0.0.0/8", "-j", "MASQUERADE"]
+        return [["PREROUTING", *local], ["OUTPUT", *local], ["POSTROUTING", *masquerade]]
+
+    def published(self) -> dict[str, tuple[str, list[PortMapping]]]:
+        """instance -> (container ip, mappings), from the state files."""
+        out: dict[str, tuple[str, list[PortMapping]]] = {}
+        if not self._dir.is_dir():
+            return out
+        for path in sorted(self._dir.glob("*.json")):
+            try:
+                doc = json.loads(path.read_text())
+                out[path.stem] = (str(doc["ip"]), [PortMapping(**m) for m in doc["ports"]])
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise NetworkError(f"host port state {path} is unreadable: {e}") from e
+        return out
+
+    def publish(self, instance: str, ip: str, mappings: Sequence[PortMapping]) -> None:
+        if not mappings:
+            return self.unpublish(instance)
+        self._dir.mkdir(parents=True, exist_ok=True)
+        doc = {"ip": ip, "ports": [{"host_port": m.host_port, "container_port": m.container_port,
+                                    "protocol": m.protocol} for m in mappings]}  # fmt: skip
+        tmp = self._dir / f".{instance}.tmp"
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(self._dir / f"{instance}.json")
+        self.sync()
+
+    def unpublish(self, instance: str) -> None:
+        path = self._dir / f"{instance}.json"
+        if path.exists():
+            path.unlink()
+            self.sync()
+
+    def sync(self) -> None:
+        """Make the kernel's rules equal the state files (idempotent)."""
+        published = self.published()
+        if not published and not self._hooked and not self._chain_exists():
+            return  # nothing published, nothing installed: leave the host's tables alone
+        self._run(["iptables-restore", "--noflush"], chain_rules(self.chain, published, self.address))
+        if not self._hooked:
+            for rule in self._jumps():
+                if not self._has(rule):
+                    self._run(["iptables", "-t", "nat", "-A", *rule], "")
+            if not self.address.startswith("127.") and not ip_forward_enabled():
+                log.warning("net.ipv4.ip_forward is 0: hostPorts answer only to clients on this host")
+            route_localnet = Path(f"/proc/sys/net/ipv4/conf/{self.bridge}/route_localnet")
+            if route_localnet.exists():  # localhost clients: 127.x sources may leave via the bridge
+                route_localnet.write_text("1")
+            self._hooked = True
+
+    def teardown(self) -> None:
+        """Remove the jumps, the masquerade rule, the chain and the state files."""
+        for rule in self._jumps():
+            while self._has(rule):
+                self._run(["iptables", "-t", "nat", "-D", *rule], "")
+        if self._chain_exists():
+            self._run(["iptables", "-t", "nat", "-F", self.chain], "")
+            self._run(["iptables", "-t", "nat", "-X", self.chain], "")
+        for path in self._dir.glob("*.json") if self._dir.is_dir() else ():
+            path.unlink()
+        if self._dir.is_dir() and not any(self._dir.iterdir()):
+            self._dir.rmdir()
+        self._hooked = False
+
+    def _has(self, rule: list[str]) -> bool:
+        try:
+            self._run(["iptables", "-t", "nat", "-C", *rule], "")
+        except NetworkError:
+            return False
+        return True
+
+    def _chain_exists(self) -> bool:
+        try:
+            self._run(["iptables", "-t", "nat", "-S", self.chain], "")
+        except NetworkError:
+            return False
+        return True
+
+
+def ip_forward_enabled() -> bool:
+    try:
+        return Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "1"
+    except OSError:
+        return False
