@@ -37,8 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import grpc
-
+from orch.tls import TlsFiles, channel
 from orch.v1 import api_pb2, api_pb2_grpc
 from orch.v1 import types_pb2 as pb
 from tests.e2e.cluster import unused_cidr
@@ -88,7 +87,8 @@ class Bench:
     def __init__(self, info: dict[str, Any], logs: Path) -> None:
         self.info = info
         self.logs = logs
-        self.channel = grpc.insecure_channel(info["schedulers"][0])
+        tls = TlsFiles.in_dir(Path(info["tlsDir"]), "admin") if info.get("tlsDir") else None
+        self.channel = channel(info["schedulers"][0], tls)
         self.stub = api_pb2_grpc.OrchStub(self.channel)
         agents = [p for p in info["processes"] if p["role"] == "agent"]
         self.argv: dict[str, list[str]] = {p["node"]: p["argv"] for p in agents}

@@ -3,6 +3,11 @@
 The address comes from --scheduler, then $ORCH_SCHEDULER, then the
 cluster.json of the default `orch up` state dir, then 127.0.0.1:7070.
 Several addresses (comma-separated) are tried in turn.
+
+TLS (mutual, orch/tls.py): the client certificate is <dir>/admin.crt with
+<dir>/admin.key and <dir>/ca.crt, where <dir> comes from --tls-dir, then
+$ORCH_TLS_DIR, then the default cluster.json's tlsDir when the scheduler
+address is one of that cluster's; otherwise plaintext.
 """
 
 from __future__ import annotations
@@ -11,10 +16,11 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
+from orch.tls import TlsError, TlsFiles, channel
 from orch.v1 import api_pb2_grpc
 
 T = TypeVar("T")
@@ -27,23 +33,40 @@ class CliError(Exception):
     """A message for the user; the CLI prints it and exits 1."""
 
 
+def _default_cluster() -> dict[str, Any]:
+    try:
+        doc = json.loads((DEFAULT_STATE_DIR / "cluster.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 def scheduler_addresses(option: str | None) -> list[str]:
     raw = option or os.environ.get("ORCH_SCHEDULER", "")
     if not raw:
-        cluster = DEFAULT_STATE_DIR / "cluster.json"
         try:
-            raw = ",".join(json.loads(cluster.read_text())["schedulers"])
-        except (OSError, ValueError, KeyError, TypeError):
+            raw = ",".join(_default_cluster()["schedulers"])
+        except (KeyError, TypeError):
             raw = DEFAULT_ADDRESS
     return [a.strip() for a in raw.split(",") if a.strip()]
+
+
+def tls_files(option: str | None, addresses: list[str]) -> TlsFiles | None:
+    directory = option or os.environ.get("ORCH_TLS_DIR", "")
+    if not directory:
+        cluster = _default_cluster()
+        if not cluster.get("tlsDir") or not set(addresses) & set(cluster.get("schedulers", [])):
+            return None
+        directory = str(cluster["tlsDir"])
+    return TlsFiles.in_dir(Path(directory), "admin")
 
 
 def describe_rpc_error(e: grpc.RpcError, address: str) -> str:
     code: grpc.StatusCode = e.code()
     details: str = e.details() or ""
     if code in RETRYABLE:
-        hint = "is it running? (--scheduler, $ORCH_SCHEDULER)"
-        return f"cannot reach the scheduler at {address} ({code.name.lower()}); {hint}"
+        hint = "is it running? (--scheduler, $ORCH_SCHEDULER; if it requires TLS: --tls-dir, $ORCH_TLS_DIR)"
+        return f"cannot reach the scheduler at {address} ({code.name.lower()}: {details}); {hint}"
     if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
         return f"Error: {details}"
     if code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -52,9 +75,10 @@ def describe_rpc_error(e: grpc.RpcError, address: str) -> str:
 
 
 class Client:
-    def __init__(self, addresses: list[str], timeout: float = 10.0) -> None:
+    def __init__(self, addresses: list[str], timeout: float = 10.0, tls: TlsFiles | None = None) -> None:
         self.addresses = addresses
         self.timeout = timeout
+        self.tls = tls
         # Set by streaming commands once they printed something: a stream that
         # breaks halfway is not retried on the next scheduler (lines would repeat,
         # a drain would start over).
@@ -64,9 +88,13 @@ class Client:
         """Run fn against each scheduler in turn until one answers."""
         last = ""
         for address in self.addresses:
-            with grpc.insecure_channel(address) as channel:
+            try:
+                opened = channel(address, self.tls)
+            except TlsError as e:
+                raise CliError(str(e)) from None
+            with opened:
                 try:
-                    return fn(api_pb2_grpc.OrchStub(channel))
+                    return fn(api_pb2_grpc.OrchStub(opened))
                 except grpc.RpcError as e:
                     last = describe_rpc_error(e, address)
                     if e.code() not in RETRYABLE or self.output_started:

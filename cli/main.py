@@ -7,14 +7,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from cli import commands
-from cli.client import Client, CliError, scheduler_addresses
+from cli.client import Client, CliError, scheduler_addresses, tls_files
 from cli.manifest import ManifestError
+from orch.tls import TlsError, TlsFiles
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 OUTPUT = click.Choice(["table", "wide", "json", "yaml"])
@@ -31,10 +33,16 @@ def setup_logging(verbose: bool) -> None:
 @click.group(context_settings=CONTEXT)
 @click.option("--scheduler", "scheduler", metavar="ADDR[,ADDR...]", help="Scheduler address(es), tried in turn.")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for each API call.")
+@click.option("--tls-dir", metavar="DIR", help="ca.crt, admin.crt and admin.key for mutual TLS ($ORCH_TLS_DIR).")
 @click.pass_context
-def cli(ctx: click.Context, scheduler: str | None, timeout: float) -> None:
+def cli(ctx: click.Context, scheduler: str | None, timeout: float, tls_dir: str | None) -> None:
     """orch: a small container orchestrator."""
-    ctx.obj = lambda: Client(scheduler_addresses(scheduler), timeout)
+
+    def connect() -> Client:
+        addresses = scheduler_addresses(scheduler)
+        return Client(addresses, timeout, tls_files(tls_dir, addresses))
+
+    ctx.obj = connect
 
 
 def client(ctx: click.Context) -> Client:
@@ -175,15 +183,50 @@ def events(ctx: click.Context, watch: bool, limit: int) -> None:
 @click.option("--lease-ttl", default=1, show_default=True, help="Node lease TTL in seconds.")
 @click.option("--schedulers", default=1, show_default=True, type=click.IntRange(1, 5), help="Schedulers (one leads).")
 @click.option("--cidr", default="", help="Container addresses; node i gets the i-th /24 (default 10.88.0.0/16).")
+@click.option("--no-tls", is_flag=True, help="Plaintext gRPC instead of mutual TLS (certificates in STATE/pki).")
 @click.option("-v", "--verbose", is_flag=True)
 def up(
-    nodes: int, state_dir: Path | None, port: int, lease_ttl: int, schedulers: int, cidr: str, verbose: bool
+    nodes: int,
+    state_dir: Path | None,
+    port: int,
+    lease_ttl: int,
+    schedulers: int,
+    cidr: str,
+    no_tls: bool,
+    verbose: bool,
 ) -> None:
     """Run a local cluster in the foreground: etcd, a scheduler and N agents. Ctrl-C stops it."""
     from cli.up import run_cluster
 
     setup_logging(verbose)
-    run_cluster(nodes=nodes, state_dir=state_dir, port=port, lease_ttl=lease_ttl, cidr=cidr, schedulers=schedulers)
+    run_cluster(
+        nodes=nodes,
+        state_dir=state_dir,
+        port=port,
+        lease_ttl=lease_ttl,
+        cidr=cidr,
+        schedulers=schedulers,
+        tls=not no_tls,
+    )
+
+
+def tls_options(f: Callable[..., None]) -> Callable[..., None]:
+    """--tls-ca/--tls-cert/--tls-key: mutual TLS (all three, or none for plaintext)."""
+    # Applied in reverse, so --help lists them as ca, cert, key.
+    for name, what in (
+        ("key", "this component's private key"),
+        ("cert", "its certificate"),
+        ("ca", "the cluster's CA"),
+    ):
+        f = click.option(f"--tls-{name}", default="", metavar="FILE", help=f"PEM file: {what}.")(f)
+    return f
+
+
+def tls_config(ca: str, cert: str, key: str) -> TlsFiles | None:
+    try:
+        return TlsFiles.from_options(ca, cert, key)
+    except TlsError as e:
+        raise CliError(str(e)) from None
 
 
 @cli.command("scheduler")
@@ -194,6 +237,7 @@ def up(
 @click.option("--leader-ttl", default=3, show_default=True, help="Leader lease TTL in seconds.")
 @click.option("--metrics-listen", default="", help="host:port for /metrics.")
 @click.option("--id", "identity", default="", help="Name of this scheduler (default host-pid).")
+@tls_options
 @click.option("-v", "--verbose", is_flag=True)
 def scheduler_cmd(
     listen: str,
@@ -203,6 +247,9 @@ def scheduler_cmd(
     leader_ttl: int,
     metrics_listen: str,
     identity: str,
+    tls_ca: str,
+    tls_cert: str,
+    tls_key: str,
     verbose: bool,
 ) -> None:
     """Run a scheduler (production entry point)."""
@@ -219,6 +266,7 @@ def scheduler_cmd(
             leader_ttl=leader_ttl,
             metrics_listen=metrics_listen,
             identity=identity,
+            tls=tls_config(tls_ca, tls_cert, tls_key),
         )
     )
 
@@ -247,6 +295,7 @@ def scheduler_cmd(
     help="Host ids for hostUsers: false containers, 65536 each (default 1073741824:67108864).",
 )
 @click.option("--cleanup", is_flag=True, help="Stop and remove every container and network of this node, then exit.")
+@tls_options
 @click.option("-v", "--verbose", is_flag=True)
 @click.pass_context
 def node_cmd(
@@ -264,6 +313,9 @@ def node_cmd(
     publish_address: str,
     userns_range: str,
     cleanup: bool,
+    tls_ca: str,
+    tls_cert: str,
+    tls_key: str,
     verbose: bool,
 ) -> None:
     """Run a node agent (production entry point)."""
@@ -286,6 +338,7 @@ def node_cmd(
         listen,
         userns_range=userns_range,
         publish_address=publish_address,
+        tls=tls_config(tls_ca, tls_cert, tls_key),
     )
     if cleanup:
         cleanup_node(config)

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from cli import pki
 from cli.client import DEFAULT_STATE_DIR, CliError
+from orch.tls import SCHEDULER, TlsFiles, node_identity
 
 log = logging.getLogger("orch.up")
 ETCD = "etcd"
@@ -68,8 +70,11 @@ def tcp_open(port: int) -> bool:
 
 
 class Cluster:
-    def __init__(self, state_dir: Path, nodes: int, ports: list[int], lease_ttl: int, cidr: str) -> None:
+    def __init__(
+        self, state_dir: Path, nodes: int, ports: list[int], lease_ttl: int, cidr: str, tls: bool = True
+    ) -> None:
         self.dir = state_dir.resolve()
+        self.pki = self.dir / "pki" if tls else None
         self.nodes = nodes
         self.ports = [p or free_port() for p in ports]
         self.lease_ttl = lease_ttl
@@ -113,6 +118,23 @@ class Cluster:
     def orch(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "cli", *args]
 
+    def make_certificates(self) -> None:
+        """A CA and a certificate per component (kept across runs: the cluster's identity)."""
+        if self.pki is None:
+            return
+        pki.ensure_ca(self.pki)
+        loopback = ["127.0.0.1", "localhost"]
+        pki.issue(self.pki, "scheduler", SCHEDULER, loopback)
+        pki.issue(self.pki, "admin", "admin", [])
+        for i in range(self.nodes):
+            pki.issue(self.pki, self.node_name(i), node_identity(self.node_name(i)), loopback)
+
+    def tls_args(self, name: str) -> list[str]:
+        if self.pki is None:
+            return []
+        files = TlsFiles.in_dir(self.pki, name)
+        return ["--tls-ca", str(files.ca), "--tls-cert", str(files.cert), "--tls-key", str(files.key)]
+
     @property
     def addresses(self) -> list[str]:
         return [f"127.0.0.1:{p}" for p in self.ports]
@@ -121,7 +143,7 @@ class Cluster:
         metrics, port = free_port(), self.ports[i]
         argv = self.orch("scheduler", "--listen", f"127.0.0.1:{port}", "--etcd", self.etcd_endpoint,
                          "--lease-ttl", str(self.lease_ttl), "--metrics-listen", f"127.0.0.1:{metrics}",
-                         "--id", f"scheduler-{i}")  # fmt: skip
+                         "--id", f"scheduler-{i}", *self.tls_args("scheduler"))  # fmt: skip
         proc = self._spawn(Proc("scheduler", None, argv, f"http://127.0.0.1:{metrics}/metrics"),
                            self.dir / "logs" / f"scheduler-{i}.log")  # fmt: skip
         wait_until(lambda: tcp_open(port), f"scheduler-{i}", 15, proc)
@@ -145,7 +167,7 @@ class Cluster:
         argv = self.orch("--scheduler", ",".join(self.addresses), "node", *self.agent_args(i),
                          "--label", f"zone=zone-{i % 3}", "--metrics-listen", f"127.0.0.1:{metrics}",
                          "--listen", f"127.0.0.1:{free_port()}",
-                         "--publish-address", self.publish_address(i))  # fmt: skip
+                         "--publish-address", self.publish_address(i), *self.tls_args(name))  # fmt: skip
         proc = self._spawn(Proc("agent", name, argv, f"http://127.0.0.1:{metrics}/metrics", self.publish_address(i)),
                            self.dir / "logs" / f"{name}.log")  # fmt: skip
         wait_until(lambda: tcp_open(metrics), f"agent {name}", 15, proc)
@@ -156,6 +178,7 @@ class Cluster:
             "etcd": [self.etcd_endpoint],
             "stateDir": str(self.dir),
             "clusterId": self.cluster_id,  # names its bridges (orch<id>n<i>) and cgroups (orch/up-<id>/)
+            "tlsDir": str(self.pki) if self.pki else None,  # ca.crt, admin.crt, admin.key for the CLI
             "processes": [
                 {"role": p.role, "node": p.node, "pid": p.pid, "argv": p.argv, "metricsUrl": p.metricsUrl}
                 | ({"publishAddress": p.publishAddress} if p.publishAddress else {})
@@ -213,11 +236,17 @@ def _write_atomic(path: Path, doc: object) -> None:
 
 
 def run_cluster(
-    nodes: int, state_dir: Path | None, port: int, lease_ttl: int, cidr: str = "", schedulers: int = 1
+    nodes: int,
+    state_dir: Path | None,
+    port: int,
+    lease_ttl: int,
+    cidr: str = "",
+    schedulers: int = 1,
+    tls: bool = True,
 ) -> None:
     cidr = cidr or os.environ.get("ORCH_UP_CIDR", "10.88.0.0/16")
     ports = [port] + [0] * (schedulers - 1)
-    cluster = Cluster(state_dir or DEFAULT_STATE_DIR, nodes, ports, lease_ttl, cidr)
+    cluster = Cluster(state_dir or DEFAULT_STATE_DIR, nodes, ports, lease_ttl, cidr, tls)
     if (cluster.dir / "cluster.json").exists():
         raise CliError(f"{cluster.dir / 'cluster.json'} exists: is another `orch up` running there?")
     cluster.dir.mkdir(parents=True, exist_ok=True)
@@ -230,6 +259,7 @@ def run_cluster(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
+        cluster.make_certificates()
         cluster.start_etcd()
         for i in range(schedulers):
             cluster.start_scheduler(i)
@@ -238,7 +268,8 @@ def run_cluster(
         cluster.write_cluster_json()
         addresses = ",".join(cluster.addresses)
         print(f"orch up: {nodes} node(s), scheduler(s) {addresses}, state in {cluster.dir}", flush=True)
-        print(f"  export ORCH_SCHEDULER={addresses}; Ctrl-C stops the cluster", flush=True)
+        tls_env = f" ORCH_TLS_DIR={cluster.pki}" if cluster.pki else ""
+        print(f"  export ORCH_SCHEDULER={addresses}{tls_env}; Ctrl-C stops the cluster", flush=True)
         reported: set[int] = set()
         while not stopping:
             for p in cluster.procs:

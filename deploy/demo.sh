@@ -93,7 +93,8 @@ done
 [ -f "$STATE/cluster.json" ] || { echo "demo: orch up did not start within 60s; see $STATE/logs/" >&2; exit 1; }
 ORCH_SCHEDULER=$($PY -c 'import json, sys; print(",".join(json.load(open(sys.argv[1]))["schedulers"]))' \
   "$STATE/cluster.json")
-export ORCH_SCHEDULER
+ORCH_TLS_DIR=$($PY -c 'import json, sys; print(json.load(open(sys.argv[1]))["tlsDir"] or "")' "$STATE/cluster.json")
+export ORCH_SCHEDULER ORCH_TLS_DIR   # every hop is mutual TLS; the CLI uses $ORCH_TLS_DIR/admin.crt
 $ORCH get nodes
 
 say "prometheus (deploy/prometheus.yml, scraping what orch up listed in prometheus-targets.json)"
@@ -119,7 +120,7 @@ cat <<MSG
 The cluster runs until Ctrl-C (which also stops the registry on $REGISTRY and Prometheus).
 Prometheus: http://127.0.0.1:$PROM_PORT/graph?g0.expr=orch_scheduler_instances  (the Grafana
 dashboard to import is deploy/grafana/orch-dashboard.json). In another shell:
-  export PATH=$PWD/venv/bin:\$PATH ORCH_SCHEDULER=$ORCH_SCHEDULER
+  export PATH=$PWD/venv/bin:\$PATH ORCH_SCHEDULER=$ORCH_SCHEDULER ORCH_TLS_DIR=$ORCH_TLS_DIR
   orch get instances -o wide
   # kill a node: its agent's PID is in $STATE/cluster.json
   kill -9 \$(python3 -c 'import json; print([p["pid"] for p in json.load(open("$STATE/cluster.json"))["processes"] if p["node"] == "node-1"][0])')

@@ -29,6 +29,7 @@ from node.runtime.userns import IdRange
 from node.session import Session
 from node.usage import sample_usage
 from node.worker import InstanceWorker, WorkerDeps
+from orch.tls import TlsFiles, add_port
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import agent_pb2_grpc
 from orch.v1 import types_pb2 as pb
@@ -55,6 +56,7 @@ class AgentConfig:
     cgroup: str = ""  # cgroup parent of the containers; default orch/<name>
     userns_ids: IdRange = field(default_factory=IdRange)  # host ids for hostUsers: false containers
     publish_address: str = ""  # hostPorts only on this local address; "" = every local address
+    tls: TlsFiles | None = None  # mutual TLS: to the schedulers, and for our own API
 
     @property
     def cgroup_parent(self) -> str:
@@ -80,7 +82,7 @@ class Agent:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.images = ImageStore(config.state_dir / "images", insecure=config.insecure_registries)
         self._deps = WorkerDeps(self.runtime, self.network, self.images, log_dir, self._report)
-        self.session = Session(config.schedulers, self._register, self._full_report, self.apply_desired)
+        self.session = Session(config.schedulers, self._register, self._full_report, self.apply_desired, tls=config.tls)
         self._apply_lock = asyncio.Lock()
         self._swept = False
         self.address = config.listen
@@ -164,7 +166,7 @@ class Agent:
         usage = functools.partial(sample_usage, self.config.name, self._running_instances, self.runtime.stats)
         service = NodeAgentService(log_dir, lambda name: name in self.workers, usage)
         agent_pb2_grpc.add_NodeAgentServicer_to_server(service, self._server)
-        port = self._server.add_insecure_port(self.config.listen)
+        port = add_port(self._server, self.config.listen, self.config.tls)
         if port == 0:
             raise SystemExit(f"orch node: cannot listen on {self.config.listen}")
         host = self.config.listen.rpartition(":")[0] or "127.0.0.1"

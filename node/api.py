@@ -11,10 +11,18 @@ from typing import Any
 import grpc
 
 from node.runtime.logs import LogLine, read_logs
+from orch.tls import SCHEDULER, peer_identity
 from orch.v1 import agent_pb2_grpc
 from orch.v1 import types_pb2 as pb
 
 _END = object()
+
+
+async def _only_schedulers(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """With TLS, only a scheduler's certificate may read logs and usage (the CLI goes through it)."""
+    identity = peer_identity(context)
+    if identity is not None and identity != SCHEDULER:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, f'certificate "{identity}" is not a scheduler')
 
 
 class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
@@ -24,11 +32,13 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
         self._usage = usage  # blocking: sleeps for its sampling window
 
     async def Usage(self, request: pb.UsageRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.UsageReport:
+        await _only_schedulers(context)
         return await asyncio.to_thread(self._usage)
 
     async def Logs(
         self, request: pb.LogsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.LogEntry]:
+        await _only_schedulers(context)
         name = request.name
         path = self._log_dir / f"{name}.log"
         if "/" in name or not (path.exists() or self._is_active(name)):

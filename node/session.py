@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
 
+from orch.tls import TlsFiles, aio_channel
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import agent_pb2_grpc
 
@@ -27,8 +28,10 @@ class Session:
         register: Callable[[int], apb.Register],
         full_report: Callable[[], apb.StatusReport],
         on_desired: Callable[[apb.DesiredSet], Awaitable[None]],
+        tls: TlsFiles | None = None,
     ) -> None:
         self._schedulers = list(schedulers)
+        self._tls = tls
         self._register = register
         self._full_report = full_report
         self._on_desired = on_desired
@@ -64,7 +67,7 @@ class Session:
     async def _session(self, target: str) -> None:
         outbox: asyncio.Queue[apb.AgentMessage] = asyncio.Queue()
         outbox.put_nowait(apb.AgentMessage(register=self._register(self.lease_id)))
-        async with grpc.aio.insecure_channel(target) as channel:
+        async with aio_channel(target, self._tls) as channel:
             stub = agent_pb2_grpc.AgentSessionStub(channel)
             call = stub.Session(_drain(outbox))
             heartbeat: asyncio.Task[None] | None = None

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from orch.tls import TlsFiles
 from orch.v1 import api_pb2 as api
 from orch.v1 import api_pb2_grpc
 from orch.v1 import types_pb2 as pb
@@ -97,10 +98,17 @@ def node_infos(snap: ClusterSnapshot) -> list[api.NodeInfo]:
 
 
 class OrchService(api_pb2_grpc.OrchServicer):
-    def __init__(self, store: Store, events: EventLog, on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        events: EventLog,
+        on_change: Callable[[], None] = lambda: None,
+        agent_tls: TlsFiles | None = None,  # our certificate when we call agents (logs, top)
+    ) -> None:
         self._store = store
         self._events = events
         self._on_change = on_change
+        self._agent_tls = agent_tls
 
     async def _call(self, context: Ctx, fn: Callable[[], T]) -> T:
         try:
@@ -272,7 +280,7 @@ class OrchService(api_pb2_grpc.OrchServicer):
         snap = await self._call(context, self._store.snapshot)
         try:
             sources = log_sources(snap, request.name)
-            async for entry in stream_logs(sources, request):
+            async for entry in stream_logs(sources, request, self._agent_tls):
                 yield entry
         except NotFound as e:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
@@ -282,7 +290,7 @@ class OrchService(api_pb2_grpc.OrchServicer):
     async def Top(self, request: api.TopRequest, context: Ctx) -> api.TopResponse:
         snap = await self._call(context, self._store.snapshot)
         try:
-            return await top(snap, request)
+            return await top(snap, request, self._agent_tls)
         except NotFound as e:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
             raise  # abort raises; this keeps mypy sure that nothing is returned

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from orch.tls import TlsFiles, aio_channel
 from orch.v1 import agent_pb2_grpc
 from orch.v1 import types_pb2 as pb
 from scheduler.errors import NotFound, SchedulerError
@@ -47,12 +48,17 @@ def log_sources(snap: ClusterSnapshot, name: str) -> list[LogSource]:
     return sources
 
 
-async def _pump(source: LogSource, request: pb.LogsRequest, out: asyncio.Queue[pb.LogEntry | Exception | None]) -> None:
+async def _pump(
+    source: LogSource,
+    request: pb.LogsRequest,
+    out: asyncio.Queue[pb.LogEntry | Exception | None],
+    tls: TlsFiles | None,
+) -> None:
     req = pb.LogsRequest()
     req.CopyFrom(request)
     req.name = source.instance
     try:
-        async with grpc.aio.insecure_channel(source.address) as channel:
+        async with aio_channel(source.address, tls) as channel:
             async for entry in agent_pb2_grpc.NodeAgentStub(channel).Logs(req):
                 await out.put(entry)
     except grpc.aio.AioRpcError as e:
@@ -62,9 +68,11 @@ async def _pump(source: LogSource, request: pb.LogsRequest, out: asyncio.Queue[p
         await out.put(None)
 
 
-async def stream_logs(sources: list[LogSource], request: pb.LogsRequest) -> AsyncIterator[pb.LogEntry]:
+async def stream_logs(
+    sources: list[LogSource], request: pb.LogsRequest, tls: TlsFiles | None = None
+) -> AsyncIterator[pb.LogEntry]:
     out: asyncio.Queue[pb.LogEntry | Exception | None] = asyncio.Queue(maxsize=1000)
-    pumps = [asyncio.create_task(_pump(s, request, out)) for s in sources]
+    pumps = [asyncio.create_task(_pump(s, request, out, tls)) for s in sources]
     open_streams = len(pumps)
     try:
         while open_streams:

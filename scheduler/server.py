@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
+from orch.tls import TlsFiles, add_port
 from orch.v1 import agent_pb2_grpc, api_pb2_grpc
 from scheduler.api import OrchService
 from scheduler.cache import ClusterCache
@@ -39,6 +40,7 @@ class SchedulerConfig:
     leader_ttl: int = 3
     metrics_listen: str = ""  # host:port; empty = no metrics endpoint
     identity: str = ""
+    tls: TlsFiles | None = None  # mutual TLS for the API, agent sessions and calls to agents
 
 
 async def serve(config: SchedulerConfig) -> None:
@@ -65,11 +67,11 @@ async def serve(config: SchedulerConfig) -> None:
     def on_change() -> None:
         loop.call_soon_threadsafe(reconciler.trigger.set)
 
-    api_pb2_grpc.add_OrchServicer_to_server(OrchService(store, events, on_change), server)
+    api_pb2_grpc.add_OrchServicer_to_server(OrchService(store, events, on_change, agent_tls=config.tls), server)
     agent_pb2_grpc.add_AgentSessionServicer_to_server(sessions, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    if server.add_insecure_port(config.listen) == 0:
+    if add_port(server, config.listen, config.tls) == 0:
         raise SystemExit(f"orch scheduler: cannot listen on {config.listen}")
     if config.metrics_listen:
         host, _, port = config.metrics_listen.rpartition(":")

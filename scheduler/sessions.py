@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from orch.tls import node_identity, peer_identity
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import agent_pb2_grpc
 from orch.v1 import types_pb2 as pb
@@ -118,6 +119,12 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be register with a node name")
             return
         reg = first.register
+        identity = peer_identity(context)  # None without TLS
+        if identity is not None and identity != node_identity(reg.node):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f'certificate "{identity}" may not register node "{reg.node}"'
+            )
+            return
         try:
             lease_id = await asyncio.to_thread(self._registry.register, reg)
         except (StoreUnavailable, Conflict) as e:

@@ -7,6 +7,7 @@ import asyncio
 
 import grpc
 
+from orch.tls import TlsFiles, aio_channel
 from orch.v1 import agent_pb2_grpc
 from orch.v1 import api_pb2 as api
 from orch.v1 import types_pb2 as pb
@@ -18,12 +19,14 @@ __all__ = ["top"]
 AGENT_TIMEOUT = 5.0  # s; the agent itself samples for 0.5 s
 
 
-async def _ask(address: str) -> pb.UsageReport:
-    async with grpc.aio.insecure_channel(address) as channel:
+async def _ask(address: str, tls: TlsFiles | None) -> pb.UsageReport:
+    async with aio_channel(address, tls) as channel:
         return await agent_pb2_grpc.NodeAgentStub(channel).Usage(pb.UsageRequest(), timeout=AGENT_TIMEOUT)
 
 
-async def _node_usage(snap: ClusterSnapshot, name: str) -> tuple[api.NodeUsage, list[pb.InstanceUsage]]:
+async def _node_usage(
+    snap: ClusterSnapshot, name: str, tls: TlsFiles | None
+) -> tuple[api.NodeUsage, list[pb.InstanceUsage]]:
     node = snap.nodes[name].value
     usage = api.NodeUsage(node=name, allocatable=node.allocatable)
     if not snap.is_ready(name):
@@ -33,7 +36,7 @@ async def _node_usage(snap: ClusterSnapshot, name: str) -> tuple[api.NodeUsage, 
         usage.error = "the agent has no API address"
         return usage, []
     try:
-        report = await _ask(node.address)
+        report = await _ask(node.address, tls)
     except grpc.aio.AioRpcError as e:
         usage.error = f"agent at {node.address}: {e.code().name}: {e.details()}"
         return usage, []
@@ -44,14 +47,14 @@ async def _node_usage(snap: ClusterSnapshot, name: str) -> tuple[api.NodeUsage, 
     return usage, list(report.instances)
 
 
-async def top(snap: ClusterSnapshot, request: api.TopRequest) -> api.TopResponse:
+async def top(snap: ClusterSnapshot, request: api.TopRequest, tls: TlsFiles | None = None) -> api.TopResponse:
     """Node totals count every instance on the node; `request.app` filters only the instance list."""
     if request.node and request.node not in snap.nodes:
         raise NotFound("node", request.node)
     if request.app and request.app not in snap.app_names():
         raise NotFound("app", request.app)
     names = [request.node] if request.node else sorted(snap.nodes)
-    results = await asyncio.gather(*(_node_usage(snap, name) for name in names))
+    results = await asyncio.gather(*(_node_usage(snap, name, tls) for name in names))
     response = api.TopResponse()
     for usage, instances in results:
         response.nodes.append(usage)

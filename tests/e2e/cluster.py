@@ -45,7 +45,8 @@ def orch_up(tmp_path: Path, *args: str, cidr_start: int = 200) -> Iterator[dict[
 
 
 def orch(info: dict[str, Any], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return run_orch("--scheduler", info["schedulers"][0], *args, stdin=stdin)
+    tls = ["--tls-dir", info["tlsDir"]] if info.get("tlsDir") else []
+    return run_orch("--scheduler", info["schedulers"][0], *tls, *args, stdin=stdin)
 
 
 def instances(info: dict[str, Any]) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -88,7 +89,7 @@ def test_node_flags_become_an_agent_config(tmp_path: Path) -> None:
     from node.agent import AgentConfig
     from node.runtime.userns import IdRange
 
-    def config(**kw: str) -> AgentConfig:
+    def config(**kw: Any) -> AgentConfig:
         return agent_config("n1", tmp_path, ("127.0.0.1:7070",), ["zone=a"], "", "", "", "", "", **kw)
 
     assert config(userns_range="200000:131072").userns_ids == IdRange(200000, 131072)
