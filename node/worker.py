@@ -94,8 +94,16 @@ class InstanceWorker:
         self.ip = ""
         self.task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self.task = asyncio.create_task(self._run(), name=f"worker-{self.instance.name}")
+    def start(self, after: asyncio.Task[None] | None = None) -> None:
+        """after: a previous worker of the same instance that is still stopping its container."""
+        self.task = asyncio.create_task(self._run_after(after), name=f"worker-{self.instance.name}")
+
+    async def _run_after(self, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await asyncio.wait({previous})
+            if self._stop.is_set():
+                return  # removed again before it began: nothing of ours to tear down
+        await self._run()
 
     def request_stop(self) -> None:
         self._stop.set()
