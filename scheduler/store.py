@@ -192,6 +192,7 @@ class Store:
             instances=instances,
             nodes=nodes,
             live_nodes=frozenset(live),
+            cluster_id=int(resp.header.cluster_id),
         )
 
     def get(self, cls: type[M], key: str) -> Versioned[M] | None:
