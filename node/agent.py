@@ -1,7 +1,8 @@
 """The node agent: wires session, workers, runtime and network together.
 
-Level-triggered: every desired set is diffed against the workers, removed
-ones are stopped first, then added ones are started. Containers found at
+Level-triggered: every desired set is diffed against the workers; removed
+ones are told to stop and finish in the background, added ones start at
+once, so a slow stop never delays the next desired set. Containers found at
 start-up (the agent was restarted) are adopted, not restarted.
 """
 
@@ -76,7 +77,8 @@ class Agent:
         self.network = NodeNetwork(network_config(config)) if config.bridge else None
         self.metrics = NodeMetrics(config.name)
         self.metrics.watch_usage(self._running_instances, self.runtime.stats)
-        self.workers: dict[str, InstanceWorker] = {}
+        self.workers: dict[str, InstanceWorker] = {}  # the instances the scheduler wants here
+        self.stopping: dict[str, InstanceWorker] = {}  # removed, still stopping their container
         self._adoptable: dict[str, ContainerState] = {}
         log_dir = config.state_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -116,36 +118,65 @@ class Agent:
 
     def _full_report(self) -> apb.StatusReport:
         return apb.StatusReport(
+            # Stopping ones too: the scheduler counts an instance missing here as stopped.
             instances=[
-                apb.InstanceReport(name=name, app=w.instance.app, status=w.status) for name, w in self.workers.items()
+                apb.InstanceReport(name=w.instance.name, app=w.instance.app, status=w.status)
+                for w in self._all_workers()
             ],
             full=True,
         )
+
+    def _all_workers(self) -> list[InstanceWorker]:
+        """Wanted and still-stopping workers: both have a container on this host."""
+        return [*self.stopping.values(), *self.workers.values()]
 
     async def apply_desired(self, desired: apb.DesiredSet) -> None:
         async with self._apply_lock:
             d = diff(desired.instances, self.workers)
             for name in d.removed:
-                self.workers[name].request_stop()
-            for name in d.removed:
-                task = self.workers[name].task
-                if task is not None:
-                    await asyncio.wait({task})
-                self.workers.pop(name, None)
+                self._stop_worker(self.workers.pop(name))
             for inst in d.added:
-                worker = InstanceWorker(inst, self._deps, adopted=self._adoptable.pop(inst.name, None))
-                self.workers[inst.name] = worker
-                worker.start()
+                self._start_worker(inst)
             await self._stop_unclaimed()
             if not self._swept:
                 # Once the scheduler said what it wants: exited containers of a previous
                 # run that it no longer wants, and cgroups without state, are leftovers.
+                keep = {w.instance.name for w in self._all_workers()}
                 try:
-                    await asyncio.to_thread(self.runtime.remove_unknown, set(self.workers))
+                    await asyncio.to_thread(self.runtime.remove_unknown, keep)
                 except (ContainerError, OSError) as e:
                     log.warning("sweeping leftovers failed: %s", e)
                 self._swept = True
             self.metrics.instances.set(len(self.workers))
+
+    def _stop_worker(self, worker: InstanceWorker) -> None:
+        """Stops in the background (grace period, shim wait): the receive loop must not wait."""
+        name = worker.instance.name
+        worker.request_stop()
+        if worker.task is None or worker.task.done():
+            return
+        self.stopping[name] = worker
+
+        def forget(_: object) -> None:
+            if self.stopping.get(name) is worker:
+                del self.stopping[name]
+
+        worker.task.add_done_callback(forget)
+
+    def _start_worker(self, inst: pb.Instance) -> None:
+        worker = InstanceWorker(inst, self._deps, adopted=self._adoptable.pop(inst.name, None))
+        self.workers[inst.name] = worker
+        # The same instance back while its old worker still stops it: start once that is done,
+        # or the old teardown would remove the new container.
+        previous = self.stopping.get(inst.name)
+        worker.start(after=previous.task if previous is not None else None)
+
+    async def wait_stopping(self) -> None:
+        """Let stops in flight finish, so no container is left half-stopped."""
+        tasks = {w.task for w in self.stopping.values() if w.task is not None}
+        if tasks:
+            log.info("waiting for %d instances to stop", len(tasks))
+            await asyncio.wait(tasks)
 
     async def _stop_unclaimed(self) -> None:
         """Containers from before a restart that the scheduler no longer wants."""
@@ -164,7 +195,7 @@ class Agent:
         self._server = grpc.aio.server()
         log_dir = self.config.state_dir / "logs"
         usage = functools.partial(sample_usage, self.config.name, self._running_instances, self.runtime.stats)
-        service = NodeAgentService(log_dir, lambda name: name in self.workers, usage)
+        service = NodeAgentService(log_dir, lambda name: name in self.workers or name in self.stopping, usage)
         agent_pb2_grpc.add_NodeAgentServicer_to_server(service, self._server)
         port = add_port(self._server, self.config.listen, self.config.tls)
         if port == 0:
@@ -181,7 +212,7 @@ class Agent:
                 usage = await asyncio.to_thread(self.images.disk_usage)
                 if usage.total_bytes <= self.config.image_gc_above:
                     continue
-                keep = {w.instance.spec.image for w in self.workers.values()}
+                keep = {w.instance.spec.image for w in self._all_workers()}
                 result = await asyncio.to_thread(self.images.gc, keep)
                 if result.freed_bytes:
                     log.info("image gc: freed %d bytes (%d layers)", result.freed_bytes, result.removed_layers)
@@ -224,6 +255,7 @@ def main(config: AgentConfig) -> None:
             loop.add_signal_handler(sig, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await agent.wait_stopping()
         if agent._server is not None:
             await agent._server.stop(grace=0.5)
         # Containers keep running on purpose: an agent restart must not

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
 
+from node.reconcile import Applied, is_stale
 from orch.tls import TlsFiles, aio_channel
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import agent_pb2_grpc
@@ -37,7 +38,8 @@ class Session:
         self._on_desired = on_desired
         self._outbox: asyncio.Queue[apb.AgentMessage] | None = None
         self.lease_id = 0
-        self.observed_generation = 0
+        self.observed_generation = 0  # of the last desired set applied, for heartbeats
+        self._applied: Applied | None = None
         self.connected = asyncio.Event()
 
     def send_status(self, report: apb.StatusReport) -> None:
@@ -83,15 +85,28 @@ class Session:
                         self.connected.set()
                         log.info("connected to scheduler %s (lease %x)", target, self.lease_id)
                     elif kind == "desired":
-                        self.observed_generation = msg.desired.generation
-                        try:
-                            await self._on_desired(msg.desired)
-                        except Exception:  # level-triggered: the next desired set tries again
-                            log.exception("applying desired set %d failed", msg.desired.generation)
+                        await self.handle_desired(msg.desired, target)
             finally:
                 if heartbeat is not None:
                     heartbeat.cancel()
                 call.cancel()
+
+    async def handle_desired(self, desired: apb.DesiredSet, source: str) -> None:
+        if is_stale(desired, self._applied):
+            # The heartbeat still carries the newer generation; the scheduler resends once it caught up.
+            log.warning(
+                "ignoring desired set %d from %s: older than %d, already applied",
+                desired.generation,
+                source,
+                self.observed_generation,
+            )
+            return
+        self._applied = Applied(desired.cluster_id, desired.generation)
+        self.observed_generation = desired.generation
+        try:
+            await self._on_desired(desired)
+        except Exception:  # level-triggered: the next desired set tries again
+            log.exception("applying desired set %d failed", desired.generation)
 
     async def _heartbeat(self, outbox: asyncio.Queue[apb.AgentMessage], interval: float) -> None:
         while True:

@@ -1,6 +1,11 @@
 """One asyncio task per instance: start → wait for exit → restart per policy
 → stop. A stop request is never overwritten by later updates.
 
+An unexpected error in the worker itself (a bug, a surprise from the host) is
+retried with capped backoff, adopting whatever container the failed attempt
+left; after AGENT_ERROR_LIMIT quick failures in a row the instance is given up
+as Failed/AgentError, which the scheduler replaces on another node.
+
 Blocking runtime and network calls run in threads; the wait for an exit is
 a pidfd registered with the event loop, so an idle instance costs nothing.
 """
@@ -26,6 +31,8 @@ from orch.v1 import types_pb2 as pb
 log = logging.getLogger(__name__)
 
 Report = Callable[[pb.Instance, pb.InstanceStatus], None]
+AGENT_ERROR_LIMIT = 5  # worker failures in a row before the instance is given up
+AGENT_ERROR_BACKOFF = (1.0, 30.0)  # first and longest wait between those attempts
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -91,12 +98,22 @@ class InstanceWorker:
         self._stop = asyncio.Event()
         self._tracker = RestartTracker(inst.spec.restart_policy)
         self._pulls = RestartTracker(pb.RESTART_POLICY_ALWAYS, initial=1.0, maximum=60.0)
+        first, longest = AGENT_ERROR_BACKOFF
+        self._errors = RestartTracker(pb.RESTART_POLICY_ALWAYS, initial=first, maximum=longest)
         self.status = pb.InstanceStatus(state=pb.INSTANCE_STATE_STARTING)
         self.ip = ""
         self.task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self.task = asyncio.create_task(self._run(), name=f"worker-{self.instance.name}")
+    def start(self, after: asyncio.Task[None] | None = None) -> None:
+        """after: a previous worker of the same instance that is still stopping its container."""
+        self.task = asyncio.create_task(self._run_after(after), name=f"worker-{self.instance.name}")
+
+    async def _run_after(self, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await asyncio.wait({previous})
+            if self._stop.is_set():
+                return  # removed again before it began: nothing of ours to tear down
+        await self._run()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -111,24 +128,54 @@ class InstanceWorker:
         state = self._adopted  # a container found running (or exited) after an agent restart
         try:
             while not self._stop.is_set():
-                if state is None:
-                    state = await self._start()
-                    continue  # None after a failed start and its backoff
-                if state.status == ContainerStatus.RUNNING:
-                    self._set(self._running_status(state))
-                    state = await self._wait_exit(state)
-                    if state is None:
-                        break  # stop requested
-                if not await self._after_exit(state):
-                    await self._stop.wait()  # finished for good; keep it until told to remove it
-                state = None
-        except Exception:
-            log.exception("instance %s: worker failed", self.instance.name)
-            self._set(pb.InstanceStatus(state=pb.INSTANCE_STATE_FAILED, reason="AgentError", message="see agent log"))
-            await self._stop.wait()
+                began = time.monotonic()
+                try:
+                    await self._supervise(state)
+                except Exception as e:
+                    log.exception("instance %s: worker failed", self.instance.name)
+                    if not await self._after_agent_error(e, time.monotonic() - began):
+                        await self._stop.wait()  # given up: the scheduler places a replacement
+                    state = await self._existing()
         finally:
             if self._stop.is_set():
                 await self._teardown()
+
+    async def _supervise(self, state: ContainerState | None) -> None:
+        """Keeps the container running per its restart policy until a stop is requested."""
+        while not self._stop.is_set():
+            if state is None:
+                state = await self._start()
+                continue  # None after a failed start and its backoff
+            if state.status == ContainerStatus.RUNNING:
+                self._set(self._running_status(state))
+                state = await self._wait_exit(state)
+                if state is None:
+                    return  # stop requested
+            if not await self._after_exit(state):
+                await self._stop.wait()  # finished for good; keep it until told to remove it
+            state = None
+
+    async def _after_agent_error(self, error: Exception, ran_for: float) -> bool:
+        """Report and wait out the backoff. False: given up (Failed/AgentError)."""
+        delay = self._errors.next(1, ran_for).delay or self._errors.initial
+        what = f"{type(error).__name__}: {error}"
+        if self._errors.failures >= AGENT_ERROR_LIMIT:
+            message = f"gave up after {self._errors.failures} attempts: {what}"
+            self._set(pb.InstanceStatus(state=pb.INSTANCE_STATE_FAILED, reason="AgentError", message=message))
+            return False
+        message = f"{what}; retrying in {delay:.0f}s"
+        self._set(pb.InstanceStatus(state=pb.INSTANCE_STATE_FAILED, reason="AgentErrorBackOff", message=message))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=delay)
+        return True
+
+    async def _existing(self) -> ContainerState | None:
+        """The container a failed attempt left, adopted as after an agent restart."""
+        try:
+            state = await asyncio.to_thread(self._deps.runtime.state, self.instance.name)
+        except (ContainerError, OSError):  # NotFound: nothing to adopt
+            return None
+        return state if state.status in (ContainerStatus.RUNNING, ContainerStatus.EXITED) else None
 
     async def _start(self) -> ContainerState | None:
         inst = self.instance

@@ -25,6 +25,7 @@ class ClusterCache:
     def __init__(self, store: Store) -> None:
         self._store = store
         self.revision = 0
+        self.cluster_id = 0
         self.instances: dict[str, Versioned[pb.Instance]] = {}
         self.by_node: dict[str, set[str]] = defaultdict(set)
         self.live_nodes: set[str] = set()
@@ -84,6 +85,7 @@ class ClusterCache:
         snap = await asyncio.to_thread(self._store.snapshot)
         old_nodes = set(self.by_node)
         self.revision = snap.revision
+        self.cluster_id = snap.cluster_id
         self.instances = dict(snap.instances)
         self.by_node = defaultdict(set)
         for name, v in self.instances.items():

@@ -3,6 +3,7 @@
     SchedulerError
     ├── StoreUnavailable   etcd could not be reached or timed out
     ├── Conflict           a revision-checked transaction lost a race
+    ├── NotLeader          a fenced transaction found the leader key changed
     ├── NotFound           the named object does not exist
     └── InvalidRequest     the request is malformed (carries field errors)
 
@@ -27,6 +28,11 @@ class StoreUnavailable(SchedulerError):
 class Conflict(SchedulerError):
     def __init__(self, what: str) -> None:
         super().__init__(f"conflicting update of {what}; re-read and retry")
+
+
+class NotLeader(SchedulerError):
+    def __init__(self, identity: str) -> None:
+        super().__init__(f"{identity} is no longer the leader; nothing was written")
 
 
 class NotFound(SchedulerError):

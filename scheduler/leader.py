@@ -1,6 +1,10 @@
 """Leader election through an etcd lease: whoever creates the `leader` key
 (attached to its own lease) runs the reconciler until the lease is lost.
-Followers retry; a dead leader's key expires with its lease (one TTL)."""
+Followers retry; a dead leader's key expires with its lease (one TTL).
+
+`is_leader()` is this process's belief; `fence()` turns it into a compare
+etcd checks in every reconciler transaction, so a pass that outlives the
+lease (a long pause, a partition) commits nothing."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from orch.v1 import types_pb2 as pb
 from scheduler.errors import Conflict, StoreUnavailable
-from scheduler.store import Put, Store
+from scheduler.store import Fence, Put, Store
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +26,7 @@ class LeaderElection:
         self.identity = identity
         self._ttl = ttl
         self._lease = 0
+        self._fence: Fence | None = None
         self._valid_until = 0.0
         self.changed = asyncio.Event()
         # Its own thread: a leader whose refresh waits behind busy work loses the lease.
@@ -31,16 +36,32 @@ class LeaderElection:
         # Leadership is only trusted until the lease could have expired.
         return bool(self._lease) and time.monotonic() < self._valid_until
 
+    def fence(self) -> Fence | None:
+        """The leader key as we created it, while we believe we lead."""
+        return self._fence if self.is_leader() else None
+
     def _campaign(self) -> bool:
         lease, _ = self._store.grant_lease(self._ttl)
         marker = pb.Node(name=self.identity)  # the value only names the holder
+        key = self._store.keys.leader()
         try:
-            self._store.commit([Put(self._store.keys.leader(), marker, 0, lease)])
+            revision = self._store.commit([Put(key, marker, 0, lease)])
         except Conflict:
             self._store.revoke_lease(lease)
             return False
+        self._fence = Fence(key, revision, self.identity)  # created by this transaction
         self._lease = lease
         return True
+
+    def _check(self) -> str:
+        """Refresh our lease; why we no longer lead, or "" while we do."""
+        if self._store.refresh_lease(self._lease) <= 0:
+            return "lease expired"
+        current = self._store.get(pb.Node, self._store.keys.leader())
+        # Nobody updates the leader key: while it is ours, its mod_revision is its create_revision.
+        if self._fence is None or current is None or current.mod_revision != self._fence.create_revision:
+            return "the leader key was deleted or re-created"
+        return ""
 
     async def run(self) -> None:
         interval = self._ttl / 3
@@ -49,10 +70,11 @@ class LeaderElection:
             started = time.monotonic()
             try:
                 if self._lease:
-                    ttl = await loop.run_in_executor(self._executor, self._store.refresh_lease, self._lease)
-                    if ttl <= 0:
-                        log.warning("%s: lost leadership (lease expired)", self.identity)
+                    lost = await loop.run_in_executor(self._executor, self._check)
+                    if lost:
+                        log.warning("%s: lost leadership (%s)", self.identity, lost)
                         self._lease = 0
+                        self._fence = None
                         self.changed.set()
                 elif await loop.run_in_executor(self._executor, self._campaign):
                     log.info("%s: became leader", self.identity)

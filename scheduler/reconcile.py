@@ -9,7 +9,7 @@ Per app, instances fall into buckets (Nomad's names):
 
 Scaling and rollouts work on the untainted bucket with the app's
 maxSurge/maxUnavailable. Instances that must *migrate* (their node is
-draining, or they keep crashing there) are handled like an older
+draining, they keep crashing there, or its agent gave up on them) are handled like an older
 generation: a replacement starts first and the old one stops once the app
 can spare it. Where new instances go is placement's job.
 """
@@ -125,11 +125,16 @@ def _drain_overdue(inst: pb.Instance, snap: ClusterSnapshot, now: float) -> bool
 
 
 def must_migrate(inst: pb.Instance, snap: ClusterSnapshot, policy: Policy) -> bool:
-    """Its node is draining, or it keeps crashing there."""
+    """Its node is draining, it keeps crashing there, or its agent gave up on it."""
     node = snap.nodes.get(inst.node)
     if node is not None and node.value.draining:
         return True
-    return crash_looping(inst, policy)
+    return crash_looping(inst, policy) or agent_gave_up(inst)
+
+
+def agent_gave_up(inst: pb.Instance) -> bool:
+    """The agent failed to run it, again and again: it will not run on that node."""
+    return inst.status.state == pb.INSTANCE_STATE_FAILED and inst.status.reason == "AgentError"
 
 
 def crash_looping(inst: pb.Instance, policy: Policy) -> bool:
@@ -213,8 +218,9 @@ def _scale(
     migrating = {v.value.name for v in untainted if must_migrate(v.value, snap, policy)}
     current = [v for v in untainted if v.value.app_generation == app.generation and v.value.name not in migrating]
     old = [v for v in untainted if v.value.app_generation != app.generation or v.value.name in migrating]
-    # Replacements of crash-looping instances prefer other nodes.
-    avoid = sorted({n for v in old if crash_looping(v.value, policy) for n in (v.value.node, *v.value.avoid_nodes)})
+    # Replacements of crash-looping or given-up instances prefer other nodes.
+    failing = [v.value for v in old if crash_looping(v.value, policy) or agent_gave_up(v.value)]
+    avoid = sorted({n for inst in failing for n in (inst.node, *inst.avoid_nodes)})
 
     surge = spec.update.max_surge if spec.HasField("update") else 1
     unavailable = spec.update.max_unavailable if spec.HasField("update") else 0
@@ -254,6 +260,8 @@ def _retire_old(
         inst = v.value
         if inst.app_generation != app.generation:
             _stop([v], "Replaced", f"replaced by generation {app.generation}", now, plan)
+        elif agent_gave_up(inst):
+            _stop([v], "AgentError", f"the agent on {inst.node} could not run it; moving", now, plan)
         elif inst.status.reason == "CrashLoopBackOff":
             _stop([v], "CrashLoop", f"restarted {inst.status.restarts} times on {inst.node}; moving", now, plan)
         else:

@@ -4,6 +4,8 @@ A pass runs when something under the prefix changed (the watch sets the
 trigger) and at least every RESYNC seconds. Writes that lose a revision
 race are dropped and the next pass, from a fresh snapshot, decides again;
 the rest of the plan still lands, so a busy key cannot starve the loop.
+Every write is fenced on the leader key: once another scheduler leads (or
+the key is gone) the pass stops and writes nothing more.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from orch.v1 import types_pb2 as pb
-from scheduler.errors import StoreUnavailable
+from scheduler.errors import NotLeader, StoreUnavailable
 from scheduler.events import EventLog
 from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import NodeView, Placement, node_views, place, request_for
 from scheduler.reconcile import DEFAULT_POLICY, Plan, Policy, event, reconcile
 from scheduler.snapshot import ClusterSnapshot, wants_to_run
-from scheduler.store import Delete, Put, Store, Write
+from scheduler.store import Delete, Fence, Put, Store, Write
 from scheduler.timeutil import seconds, ts
 
 log = logging.getLogger(__name__)
@@ -145,11 +147,12 @@ class Reconciler:
         self.last_pass_at = 0.0  # monotonic time of the last good pass (health)
         self._last_duration = 0.0
 
-    def run_once(self) -> PassResult:
+    def run_once(self, fence: Fence | None = None) -> PassResult:
         """One pass. Blocking: run it in a thread.
 
         Writes that lost a race (their key changed since the snapshot) are
         dropped and the next pass, from a fresh snapshot, decides again.
+        Raises NotLeader when the fence no longer holds.
         """
         t0 = time.monotonic()
         snap = self._store.snapshot()
@@ -162,7 +165,7 @@ class Reconciler:
         if not writes:
             self.last_pass_at = time.monotonic()
             return PassResult(snap.revision, 0, 0, 0, 0)
-        revision, refused = self._store.commit_partial(writes)
+        revision, refused = self._store.commit_partial(writes, fence)
         if len(refused) < len(writes):
             self._record(plan.events)
         self.last_pass_at = time.monotonic()
@@ -180,7 +183,8 @@ class Reconciler:
     def _record(self, events: list[pb.Event]) -> None:
         self._events.record(events)
 
-    async def run(self, is_leader: Callable[[], bool]) -> None:
+    async def run(self, leadership: Callable[[], Fence | None]) -> None:
+        """leadership: the fence while this scheduler leads, else None."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.trigger.wait(), timeout=self._resync)
@@ -188,11 +192,16 @@ class Reconciler:
             # big cluster is CPU-bound and shares the process with the sessions.
             await asyncio.sleep(max(MIN_INTERVAL, self._last_duration))
             self.trigger.clear()
-            if not is_leader():
+            fence = leadership()
+            if fence is None:
                 continue
             started = time.monotonic()
             try:
-                result = await asyncio.to_thread(self.run_once)
+                result = await asyncio.to_thread(self.run_once, fence)
+            except NotLeader as e:  # the election notices too; no retrying writes meanwhile
+                self._metrics.reconcile_passes.labels("not_leader").inc()
+                log.warning("reconcile pass dropped: %s", e)
+                continue
             except Exception as e:  # the loop must outlive any one bad pass
                 self._metrics.reconcile_passes.labels("error").inc()
                 if isinstance(e, StoreUnavailable):

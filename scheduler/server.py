@@ -84,7 +84,7 @@ async def serve(config: SchedulerConfig) -> None:
         await asyncio.sleep(0.02)
     tasks += [
         asyncio.create_task(election.run(), name="leader"),
-        asyncio.create_task(reconciler.run(election.is_leader), name="reconciler"),
+        asyncio.create_task(reconciler.run(election.fence), name="reconciler"),
         asyncio.create_task(status.run(), name="status"),
         asyncio.create_task(keeper.run(), name="leases"),
         asyncio.create_task(_watch_leadership(election, reconciler, metrics), name="leadership"),

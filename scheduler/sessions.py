@@ -3,7 +3,10 @@
 On `register` the node record and its lease key are written (the lease is
 reused when the agent reconnects within its TTL, so moving to another
 scheduler never looks like a death). Every heartbeat refreshes the lease.
-Whenever the node's instances change, the whole desired set is sent again.
+Whenever the node's instances change, the whole desired set is sent again,
+numbered with the etcd revision of the cache it came from. An agent ignores a
+set older than one it applied (from a scheduler that was ahead of us); its
+heartbeats then say so, and the set is sent again once this cache caught up.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 
@@ -30,8 +34,18 @@ from scheduler.timeutil import ts
 log = logging.getLogger(__name__)
 
 
-def desired_message(instances: list[pb.Instance], generation: int) -> apb.DesiredSet:
-    out = apb.DesiredSet(generation=generation)
+@dataclass(slots=True)
+class Generations:
+    sent: int = 0  # of the last desired set this session sent
+    observed: int = 0  # of the last one the agent applied (its heartbeats)
+
+    def agent_ahead(self) -> bool:
+        """The agent ignored our last set: it had applied a newer one (from another scheduler)."""
+        return self.observed > self.sent
+
+
+def desired_message(instances: list[pb.Instance], generation: int, cluster_id: int = 0) -> apb.DesiredSet:
+    out = apb.DesiredSet(generation=generation, cluster_id=cluster_id)
     for inst in instances:
         item = out.instances.add()
         item.CopyFrom(inst)
@@ -143,7 +157,8 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
         dirty = asyncio.Event()
         dirty.set()
         unsubscribe = self._cache.subscribe(lambda nodes: dirty.set() if reg.node in nodes else None)
-        reader = asyncio.create_task(self._read(reg.node, lease_id, request_iterator, dirty))
+        gens = Generations()
+        reader = asyncio.create_task(self._read(reg.node, lease_id, request_iterator, dirty, gens))
         self._metrics.sessions.inc()
         try:
             last: bytes | None = None
@@ -154,10 +169,13 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
                 finally:
                     waiter.cancel()  # also when the stream is torn down mid-wait
                 dirty.clear()
-                msg = desired_message(self._cache.desired_for(reg.node), self._cache.revision)
+                msg = desired_message(self._cache.desired_for(reg.node), self._cache.revision, self._cache.cluster_id)
                 body = b"".join(i.SerializeToString(deterministic=True) for i in msg.instances)
-                if body != last:
+                # Same body but the agent ignored it as stale: resend once it no longer is.
+                resend = gens.agent_ahead() and msg.generation >= gens.observed
+                if body != last or resend:
                     last = body
+                    gens.sent = msg.generation
                     yield apb.SchedulerMessage(desired=msg)
         finally:
             unsubscribe()
@@ -166,7 +184,12 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
             log.info("node %s: session closed", reg.node)
 
     async def _read(
-        self, node: str, lease_id: int, requests: AsyncIterator[apb.AgentMessage], dirty: asyncio.Event
+        self,
+        node: str,
+        lease_id: int,
+        requests: AsyncIterator[apb.AgentMessage],
+        dirty: asyncio.Event,
+        gens: Generations,
     ) -> None:
         expired = asyncio.Event()
         try:
@@ -177,6 +200,9 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
                         expired.clear()
                         lease_id = await self._renew(node, lease_id)
                     self._keeper.mark(lease_id, expired.set)
+                    gens.observed = msg.heartbeat.observed_generation
+                    if gens.agent_ahead():
+                        dirty.set()  # look again at each beat until our cache caught up
                 elif kind == "status":
                     self._status.report(node, list(msg.status.instances))
                     if msg.status.full:

@@ -32,6 +32,7 @@ class ClusterSnapshot:
     instances: Mapping[str, Versioned[pb.Instance]]  # by instance name
     nodes: Mapping[str, Versioned[pb.Node]]
     live_nodes: frozenset[str]  # nodes whose lease key exists
+    cluster_id: int = 0  # etcd's: revisions are only comparable within one etcd cluster
     _by_app: dict[str, list[Versioned[pb.Instance]]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

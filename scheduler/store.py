@@ -11,7 +11,9 @@ Values are the API's protobuf messages under one key prefix:
 
 Every write that depends on a read carries the `mod_revision` it read
 (`expect`); a failed compare raises `Conflict`, so two schedulers can never
-double-place or resurrect an instance.
+double-place or resurrect an instance. The reconciler's writes also carry a
+`Fence` (the leader key is still the one it created); a failed fence raises
+`NotLeader`, so a pass that outlived its leadership writes nothing.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from etcd3 import etcdrpc
 from google.protobuf.message import DecodeError, Message
 
 from orch.v1 import types_pb2 as pb
-from scheduler.errors import Conflict, StoreUnavailable
+from scheduler.errors import Conflict, NotLeader, StoreUnavailable
 from scheduler.snapshot import ClusterSnapshot, Versioned
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ M = TypeVar("M", bound=Message)
 
 # etcd's default --max-txn-ops: compares and operations each count.
 MAX_TXN_OPS = 128
+CHUNK = MAX_TXN_OPS - 1  # writes per transaction: one compare is left for a Fence
 MAX_RECEIVE = 512 << 20
 
 
@@ -65,6 +68,16 @@ class Delete:
 
 
 Write = Put | Delete
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """Leadership as etcd sees it: the leader key still has the create_revision
+    it got when this scheduler created it (a new leader creates a new key)."""
+
+    key: str
+    create_revision: int
+    identity: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +192,7 @@ class Store:
             instances=instances,
             nodes=nodes,
             live_nodes=frozenset(live),
+            cluster_id=int(resp.header.cluster_id),
         )
 
     def get(self, cls: type[M], key: str) -> Versioned[M] | None:
@@ -207,7 +221,7 @@ class Store:
         Each write is guarded on its own, so a later chunk's conflict never
         makes an earlier chunk wrong: the caller re-reads and retries.
         """
-        chunks = [writes[start : start + MAX_TXN_OPS] for start in range(0, len(writes), MAX_TXN_OPS)]
+        chunks = _chunks(writes)
         if len(chunks) <= 1:
             return self._commit_chunk(chunks[0]) if chunks else 0
         # In flight together, etcd batches the chunks' proposals into fewer disk syncs.
@@ -217,33 +231,40 @@ class Store:
             raise failed[0]
         return max(r for r in results if isinstance(r, int))
 
-    def commit_partial(self, writes: Sequence[Write]) -> tuple[int, list[Write]]:
+    def commit_partial(self, writes: Sequence[Write], fence: Fence | None = None) -> tuple[int, list[Write]]:
         """Apply what still applies: a chunk that lost a race is retried write by
         write, so one busy key (an instance its agent keeps reporting on) cannot
-        hold back the rest. Returns (revision, the writes that were refused)."""
-        chunks = [writes[start : start + MAX_TXN_OPS] for start in range(0, len(writes), MAX_TXN_OPS)]
-        results = list(self._pool.map(self._try_chunk, chunks)) if len(chunks) > 1 else [self._try_chunk(chunks[0])]
+        hold back the rest. Returns (revision, the writes that were refused).
+
+        With a fence, every transaction also requires that leadership; once it
+        fails, NotLeader is raised and nothing more is tried."""
+        chunks = _chunks(writes)
+
+        def attempt(chunk: Sequence[Write]) -> int | Exception:
+            return self._try_chunk(chunk, fence)
+
+        results = list(self._pool.map(attempt, chunks)) if len(chunks) > 1 else [attempt(chunks[0])]
         revision, refused = 0, []
         for chunk, result in zip(chunks, results, strict=True):
-            if isinstance(result, StoreUnavailable):
+            if isinstance(result, (StoreUnavailable, NotLeader)):
                 raise result
             if isinstance(result, int):
                 revision = max(revision, result)
                 continue
             for w in chunk:
                 try:
-                    revision = max(revision, self._commit_chunk([w]))
+                    revision = max(revision, self._commit_chunk([w], fence))
                 except Conflict:
                     refused.append(w)
         return revision, refused
 
-    def _try_chunk(self, chunk: Sequence[Write]) -> int | Exception:
+    def _try_chunk(self, chunk: Sequence[Write], fence: Fence | None = None) -> int | Exception:
         try:
-            return self._commit_chunk(chunk)
-        except (Conflict, StoreUnavailable) as e:
+            return self._commit_chunk(chunk, fence)
+        except (Conflict, NotLeader, StoreUnavailable) as e:
             return e
 
-    def _commit_chunk(self, writes: Sequence[Write]) -> int:
+    def _commit_chunk(self, writes: Sequence[Write], fence: Fence | None = None) -> int:
         tx = self._client.transactions
         compare: list[Any] = []
         ops: list[Any] = []
@@ -256,9 +277,15 @@ class Store:
                 ops.append(tx.put(w.key, w.value.SerializeToString(), lease=w.lease))
             else:
                 ops.append(tx.delete(w.key))
+        failure: list[Any] = []
+        if fence is not None:
+            compare.append(tx.create(fence.key) == fence.create_revision)
+            failure.append(tx.get(fence.key))  # on failure: was it the fence or a write?
         with _translated("commit"):
-            ok, responses = self._client.transaction(compare=compare, success=ops, failure=[])
+            ok, responses = self._client.transaction(compare=compare, success=ops, failure=failure)
         if not ok:
+            if fence is not None and not _still_holds(fence, responses[0]):
+                raise NotLeader(fence.identity or "this scheduler")
             raise Conflict(", ".join(w.key.removeprefix(self.keys.prefix) for w in writes[:3]))
         for r in responses:
             header = getattr(getattr(r, r.WhichOneof("response")), "header", None)
@@ -355,6 +382,15 @@ class Store:
                 log.debug("cancel_watch failed", exc_info=True)
 
         return cancel
+
+
+def _chunks(writes: Sequence[Write]) -> list[Sequence[Write]]:
+    return [writes[start : start + CHUNK] for start in range(0, len(writes), CHUNK)]
+
+
+def _still_holds(fence: Fence, leader: list[tuple[bytes, Any]]) -> bool:
+    """leader: the failure branch's read of the leader key, [(value, meta)] or []."""
+    return bool(leader) and int(leader[0][1].create_revision) == fence.create_revision
 
 
 class KeepAliveStream:

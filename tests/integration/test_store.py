@@ -92,3 +92,17 @@ def test_commit_partial_applies_what_still_applies(store):
     assert [w.key for w in refused] == [keys[5]]
     assert store.get(pb.App, keys[5]).value.generation == 9
     assert {store.get(pb.App, k).value.generation for i, k in enumerate(keys) if i != 5} == {2}
+
+
+def test_snapshot_names_the_etcd_cluster_its_revision_belongs_to(store, etcd):
+    snap = store.snapshot()
+    member = json.loads(
+        subprocess.run(
+            ["etcdctl", "--endpoints", etcd.url, "endpoint", "status", "-w", "json"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"ETCDCTL_API": "3"},
+        ).stdout
+    )[0]
+    assert snap.cluster_id == member["Status"]["header"]["cluster_id"] != 0

@@ -118,3 +118,20 @@ def test_new_instance_names_never_collide_with_existing_ones():
     suffixes = [fresh() for _ in range(20000)]
     assert len(set(suffixes)) == 20000
     assert not {f"{i:05d}" for i in range(3)} & set(suffixes)
+
+
+def test_an_instance_its_agent_gave_up_on_is_replaced_on_another_node():
+    app = make_app(make_spec(replicas=2))
+    failed = make_instance(app, "web-1", "a", state=pb.INSTANCE_STATE_FAILED, ready=False)
+    failed.status.reason = "AgentError"
+    retrying = make_instance(app, "web-2", "b", state=pb.INSTANCE_STATE_FAILED, ready=False)
+    retrying.status.reason = "AgentErrorBackOff"  # still the agent's to retry
+    snap = make_snapshot([app], [make_node("a"), make_node("b")], [failed, retrying])
+    plan = reconcile(snap, NOW, suffixes())
+    [new] = plan.create
+    assert list(new.avoid_nodes) == ["a"]
+    [(stopped, _)] = plan.update
+    assert stopped.name == "web-1" and stopped.desired == pb.DESIRED_STATE_STOP
+    assert stopped.status.reason == "AgentError" and "could not run it" in stopped.status.message
+    placed, _ = place_pending(plan, snap, NOW)
+    assert [i.node for i in placed] == ["b"]

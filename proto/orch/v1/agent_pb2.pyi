@@ -118,6 +118,8 @@ Global___Register: _TypeAlias = Register  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):
+    """observed_generation: the generation of the last desired set the agent applied."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     OBSERVED_GENERATION_FIELD_NUMBER: _builtins.int
@@ -241,11 +243,19 @@ Global___Registered: _TypeAlias = Registered  # noqa: Y015
 
 @_typing.final
 class DesiredSet(_message.Message):
+    """generation is the etcd revision the set was computed from, so it is
+    comparable between the schedulers of one etcd cluster (cluster_id): an agent
+    ignores a set older than the last one it applied from the same cluster.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     GENERATION_FIELD_NUMBER: _builtins.int
     INSTANCES_FIELD_NUMBER: _builtins.int
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
     generation: _builtins.int
+    cluster_id: _builtins.int
+    """the etcd cluster's ID"""
     @_builtins.property
     def instances(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Instance]: ...
     def __init__(
@@ -253,10 +263,11 @@ class DesiredSet(_message.Message):
         *,
         generation: _builtins.int = ...,
         instances: _abc.Iterable[_types_pb2.Instance] | None = ...,
+        cluster_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "instances", b"instances"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "generation", b"generation", "instances", b"instances"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
