@@ -179,17 +179,21 @@ class Agent:
             await asyncio.wait(tasks)
 
     async def _stop_unclaimed(self) -> None:
-        """Containers from before a restart that the scheduler no longer wants."""
-        for name in list(self._adoptable):
-            self._adoptable.pop(name)
-            log.info("removing container %s: not in the desired set", name)
-            try:
-                await asyncio.to_thread(self.runtime.stop, name, 2.0)
-                await asyncio.to_thread(self.runtime.remove, name)
-                if self.network is not None:
-                    await asyncio.to_thread(self.network.detach, name)
-            except (ContainerError, NetworkError, OSError) as e:  # swept again at the next start
-                log.warning("could not remove container %s: %s", name, e)
+        """Containers from before a restart that the scheduler no longer wants, all at once:
+        one by one, their grace periods would add up in front of the next desired set."""
+        names = list(self._adoptable)
+        self._adoptable.clear()
+        await asyncio.gather(*(self._remove_unclaimed(name) for name in names))
+
+    async def _remove_unclaimed(self, name: str) -> None:
+        log.info("removing container %s: not in the desired set", name)
+        try:
+            await asyncio.to_thread(self.runtime.stop, name, 2.0)
+            await asyncio.to_thread(self.runtime.remove, name)
+            if self.network is not None:
+                await asyncio.to_thread(self.network.detach, name)
+        except (ContainerError, NetworkError, OSError) as e:  # swept again at the next start
+            log.warning("could not remove container %s: %s", name, e)
 
     async def serve_api(self) -> None:
         self._server = grpc.aio.server()
