@@ -181,7 +181,8 @@ def usage_node_row(u: api.NodeUsage) -> Row:
 
 def top_instance_table(rows: list[Row], wide: bool) -> str:
     headers = ["NAME", "APP", "NODE", "CPU(cores)", "MEMORY(bytes)", "PIDS"]
-    out = [[r["name"], r["app"], r["node"], format_cpu(r["cpu"]), human_memory(r["memory"]), r["pids"]] for r in rows]
+    # Millicores always, as kubectl top does: usage is rarely a round number of cores.
+    out = [[r["name"], r["app"], r["node"], f"{r['cpu']}m", human_memory(r["memory"]), r["pids"]] for r in rows]
     return table(headers, out)
 
 
@@ -194,7 +195,7 @@ def top_node_table(rows: list[Row], wide: bool) -> str:
             continue
         cpu_pct = None if r["cpuPercent"] is None else f"{r['cpuPercent']}%"
         mem_pct = None if r["memoryPercent"] is None else f"{r['memoryPercent']}%"
-        out.append([r["name"], format_cpu(r["cpu"]), cpu_pct, human_memory(r["memory"]), mem_pct, r["instances"]])
+        out.append([r["name"], f"{r['cpu']}m", cpu_pct, human_memory(r["memory"]), mem_pct, r["instances"]])
     return table(headers, out)
 
 
