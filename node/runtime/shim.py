@@ -16,7 +16,7 @@ Handshake (one line of JSON per message on <report fd>, one line back on <go fd>
     {"event": "netns", "pid": N} ─────────────────────────────────────▶ on_netns(N)
                                    ◀────────────────────────────────── "go"
     "G" ───────────────────────────────▶ cgroup ns, rlimits, caps, ids; exec (directly, or
-                                         forked under the reaper when init=True)
+                                         spawned under the reaper when init=True)
                                    ◀───── EOF/"{}" = exec'd, or {"stage": ...}
     {"event": "started"} | {"event": "start_failed"} ─────────────────▶ start() returns
     (init=True: the reaper sends {"status": <wait status>} when the command ends)

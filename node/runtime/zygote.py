@@ -7,8 +7,9 @@ It binds the abstract unix socket (no file to go stale; only root peers are
 served, checked with SO_PEERCRED), detaches (double fork, own session; its pid
 goes to <pid file>) and serves requests one at a time: a request is one JSON
 line {"dir": <container dir>} with two fds attached (SCM_RIGHTS: the shim's
-report and go pipe ends). It forks the shim (shim.supervise) and replies
-b"ok\\n". A shim is the zygote's child, never the agent's: the zygote reaps
+report and go pipe ends). It hands them to a spare shim forked ahead of
+time (or forks one now if none is ready) and replies b"ok\\n"; the shim then
+runs shim.supervise. A shim is the zygote's child, never the agent's: the zygote reaps
 shims on SIGCHLD, and if the zygote dies they are re-parented to init and
 live on (one fork instead of a double fork saves ~1.5 ms per start).
 
