@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import signal
 from collections.abc import Callable, Mapping
@@ -339,7 +338,7 @@ FORWARDED_SIGNALS = (
 
 
 def exec_with_reaper(s: sc.Syscalls, plan: InitPlan, report: Callable[[dict[str, object]], None]) -> NoReturn:
-    """PID 1 forks the command and stays behind as a tiny init: it forwards signals to the
+    """PID 1 spawns the command and stays behind as a tiny init: it forwards signals to the
     command, reaps every orphan that is re-parented to it, and when the command has ended
     reports {"status": <wait status>} and exits (the kernel then kills what is left).
 
@@ -354,33 +353,20 @@ def exec_with_reaper(s: sc.Syscalls, plan: InitPlan, report: Callable[[dict[str,
 
     for sig in FORWARDED_SIGNALS:
         signal.signal(sig, forward)
-    # Blocked until `child` is known: a SIGTERM arriving between fork and the assignment
-    # (the command may already run and print) stays pending instead of being dropped.
+    # Blocked until `child` is known: a SIGTERM arriving before the assignment (the command
+    # may already run and print) stays pending instead of being dropped. The command starts
+    # with these signals at SIG_DFL and unblocked.
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
-    exec_r, exec_w = os.pipe()  # close-on-exec: EOF without data = exec'd
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(exec_r)
-            for sig in FORWARDED_SIGNALS:
-                signal.signal(sig, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)  # the mask survives exec
-            exec_command(s, plan)
-        except OSError as exc:
-            code, message = exec_failure(plan.argv[0], exc)
-            os.write(exec_w, json.dumps({"stage": "exec", "code": code, "message": message}).encode())
-        finally:
-            os._exit(code)
-    child = pid
+    try:
+        child = s.spawnvpe(plan.argv[0], plan.argv, plan.env, FORWARDED_SIGNALS)
+    except OSError as exc:
+        code, message = exec_failure(plan.argv[0], exc)
+        report({"stage": "exec", "code": code, "message": message})
+        report({"status": code << 8})  # as if a child had exited with `code`
+        os._exit(0)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
     sc.set_process_title("init")
-    os.close(exec_w)
-    failure = b""
-    while chunk := os.read(exec_r, 4096):
-        failure += chunk
-    os.close(exec_r)
-    report(json.loads(failure) if failure else {})
+    report({})
     status = 0
     while True:
         try:

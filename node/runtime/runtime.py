@@ -119,6 +119,9 @@ class Runtime:
             _write_etc_files(cdir, config)
             limits = Limits(config.cpu_millis, config.memory_bytes, config.pids)
             self._cg.create(self._cgroup(id), limits)
+            # The shim's attach comes ~10 ms from now; its RCU wait starts here, in the background
+            # (after create: the warm-up holds cgroup_mutex while it waits, which mkdir needs too).
+            self._cg.warm_attach()
             write_json_atomic(cdir.spec, spec.to_json())
         except (OSError, ValueError, ContainerError) as exc:
             self._remove_files(id)

@@ -10,13 +10,13 @@ Python code happens in single-threaded processes (zygote, shim).
 Handshake (one line of JSON per message on <report fd>, one line back on <go fd>):
 
     shim                                  child (PID 1)                 Runtime
-    fork ───────────────────────────────▶ waits for "C"
-    "C", then add child to cgroup ─────▶ unshare, mounts, pivot_root (meanwhile)
+    fork, start.json ───────────────────▶ unshare, mounts, pivot_root (at once)
+    add child to cgroup (meanwhile)
                                    ◀───── "R" (or setup error JSON)
     {"event": "netns", "pid": N} ─────────────────────────────────────▶ on_netns(N)
                                    ◀────────────────────────────────── "go"
     "G" ───────────────────────────────▶ cgroup ns, rlimits, caps, ids; exec (directly, or
-                                         forked under the reaper when init=True)
+                                         spawned under the reaper when init=True)
                                    ◀───── EOF/"{}" = exec'd, or {"stage": ...}
     {"event": "started"} | {"event": "start_failed"} ─────────────────▶ start() returns
     (init=True: the reaper sends {"status": <wait status>} when the command ends)
@@ -80,8 +80,8 @@ def _child(
         devnull = os.open("/dev/null", os.O_RDONLY)
         for target, fd in enumerate((devnull, *stdio)):
             os.dup2(fd, target)  # dup2 makes 0-2 inheritable; the originals stay CLOEXEC
-        if os.read(from_shim, 1) != b"C":  # the shim is alive and has written start.json
-            os._exit(1)
+        # No wait for the shim before the mounts: they touch nothing outside our own
+        # namespaces, and without "G" (sent after start.json and the attach) we never exec.
         calls, plan = LinuxSyscalls(), spec.init_plan(cdir, userns_fd)
         try:
             init.run_setup(calls, plan)
@@ -146,10 +146,9 @@ def _handshake(
 ) -> Failure:
     """Drive the child from fork to exec."""
     report, go = fds
-    # "C" first, then the cgroup: on cgroup v1 the first attach waits ~10 ms for an RCU
-    # grace period, and the child's mounts run meanwhile on another CPU. The child only
-    # unshares its cgroup namespace and execs after "G", which is sent after the attach.
-    os.write(to_child, b"C")
+    # The child's mounts already run (on another CPU) while a cgroup v1 attach may wait for
+    # an RCU grace period. The child only unshares its cgroup namespace and execs after "G",
+    # which is sent after the attach.
     cg.add_process(spec.cgroup_path, child)
     first = os.read(msgs.fd, 1)
     if first != b"R":
@@ -225,7 +224,7 @@ def _supervise(cdir: ContainerDir, fds: tuple[int, int]) -> int:
     except Exception as exc:  # e.g. a cgroup write failed: the container must not run unconfined
         stage, error = "shim", f"{type(exc).__name__}: {exc}"
         traceback.print_exc()
-    os.close(to_child_w)  # EOF makes a child still waiting for "C"/"G" exit without exec
+    os.close(to_child_w)  # EOF makes a child still waiting for "G" exit without exec
     if not stage:
         write_json_atomic(cdir.start, {**start, "started_at": time.time()})
         _send(report, {"event": "started"})

@@ -7,8 +7,9 @@ It binds the abstract unix socket (no file to go stale; only root peers are
 served, checked with SO_PEERCRED), detaches (double fork, own session; its pid
 goes to <pid file>) and serves requests one at a time: a request is one JSON
 line {"dir": <container dir>} with two fds attached (SCM_RIGHTS: the shim's
-report and go pipe ends). It forks the shim (shim.supervise) and replies
-b"ok\\n". A shim is the zygote's child, never the agent's: the zygote reaps
+report and go pipe ends). It hands them to a spare shim forked ahead of
+time (or forks one now if none is ready) and replies b"ok\\n"; the shim then
+runs shim.supervise. A shim is the zygote's child, never the agent's: the zygote reaps
 shims on SIGCHLD, and if the zygote dies they are re-parented to init and
 live on (one fork instead of a double fork saves ~1.5 ms per start).
 
@@ -32,11 +33,57 @@ from pathlib import Path
 
 from node.runtime import shim
 from node.runtime.layout import ContainerDir
+from node.runtime.sys import set_process_title
 
 __all__ = ["main", "serve"]
 
+_SPARE_AFTER = 0.005  # s without a request before the next spare shim is forked
 
-def _handle(conn: socket.socket, listener: socket.socket) -> None:
+
+class _Spare:
+    """A shim forked ahead of time, waiting for its container on a socketpair.
+
+    Forking the zygote and the first moments of the child (copy-on-write faults while
+    it starts running Python) cost ~3-5 ms here; a spare pays them between starts.
+    """
+
+    def __init__(self, listener: socket.socket, wake: tuple[int, int]) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.pid = os.fork()
+        if self.pid == 0:
+            signal.set_wakeup_fd(-1)
+            for fd in wake:
+                os.close(fd)
+            listener.close()
+            ours.close()
+            _spare_child(theirs)
+        theirs.close()
+        self.sock = ours
+
+    def hand_over(self, msg: bytes, fds: list[int]) -> bool:
+        """Give the spare its container; False if it has gone (then fork a shim as before)."""
+        try:
+            socket.send_fds(self.sock, [msg], fds)
+            return True
+        except OSError:
+            return False
+        finally:
+            self.sock.close()
+
+
+def _spare_child(sock: socket.socket) -> None:
+    try:
+        set_process_title("orch-shim (spare)")
+        msg, fds, _, _ = socket.recv_fds(sock, 65536, 2)  # EOF (zygote gone): exit
+        sock.close()
+        if len(fds) == 2:
+            _shim_child(ContainerDir(Path(json.loads(msg)["dir"])), fds[0], fds[1])
+    finally:
+        os._exit(1)
+
+
+def _handle(conn: socket.socket, listener: socket.socket, spare: _Spare | None) -> bool:
+    """Serve one request; True if it used up the spare."""
     msg, fds, _, _ = socket.recv_fds(conn, 65536, 2)
     try:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -45,12 +92,14 @@ def _handle(conn: socket.socket, listener: socket.socket) -> None:
         if len(fds) != 2:
             raise ValueError("expected two fds")
         cdir = ContainerDir(Path(json.loads(msg)["dir"]))
-        if os.fork() == 0:
+        used = spare is not None
+        if (spare is None or not spare.hand_over(msg, fds)) and os.fork() == 0:
             signal.set_wakeup_fd(-1)
             listener.close()
             conn.close()
             _shim_child(cdir, fds[0], fds[1])
         conn.sendall(b"ok\n")
+        return used
     finally:
         for fd in fds:
             os.close(fd)
@@ -81,8 +130,15 @@ def serve(listener: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wakeup fd is written
     gc.collect()
     gc.freeze()
+    spare: _Spare | None = None
     while True:
-        ready, _, _ = select.select([listener.fileno(), wake_r], [], [])
+        # The next spare is forked once no request came for a moment, so that its fork
+        # does not compete for CPU with the start that used the last one.
+        timeout = None if spare is not None else _SPARE_AFTER
+        ready, _, _ = select.select([listener.fileno(), wake_r], [], [], timeout)
+        if not ready:
+            with contextlib.suppress(OSError):
+                spare = _Spare(listener, (wake_r, wake_w))
         if wake_r in ready:
             with contextlib.suppress(BlockingIOError):
                 os.read(wake_r, 4096)
@@ -90,7 +146,8 @@ def serve(listener: socket.socket) -> None:
         if listener.fileno() in ready:
             conn, _ = listener.accept()
             with conn, contextlib.suppress(Exception):
-                _handle(conn, listener)
+                if _handle(conn, listener, spare):
+                    spare = None
 
 
 def main(argv: list[str]) -> int:

@@ -146,3 +146,28 @@ def test_detect_by_filesystem_magic(tmp_path: Path) -> None:
 
         assert statfs_magic(unified) == CGROUP2_SUPER_MAGIC
         assert detect(unified) == "v2"
+
+
+def test_own_cgroup_reads_the_hierarchy_of_a_controller(tmp_path: Path) -> None:
+    (tmp_path / "thread-self").mkdir()
+    (tmp_path / "thread-self" / "cgroup").write_text("2:cpu,cpuacct:/a\n8:pids:/b/c\n0::/u\n")
+    assert common.own_cgroup("cpuacct", tmp_path) == "/a"
+    assert common.own_cgroup("pids", tmp_path) == "/b/c"
+    assert common.own_cgroup("", tmp_path) == "/u"
+    assert common.own_cgroup("memory", tmp_path) is None
+
+
+def test_warm_attach_moves_its_thread_into_its_own_cgroup(tmp_path: Path) -> None:
+    own = common.own_cgroup("pids") or common.own_cgroup("")
+    controller = "pids" if common.own_cgroup("pids") is not None else ""
+    assert own is not None
+    tasks = tmp_path / own.lstrip("/") / "tasks"
+    tasks.parent.mkdir(parents=True, exist_ok=True)
+    tasks.write_text("")
+    common.warm_attach(tmp_path, controller, "tasks").join()
+    assert tasks.read_text().isdigit()  # the warm-up thread's tid
+
+
+def test_warm_attach_ignores_a_missing_hierarchy(tmp_path: Path) -> None:
+    common.warm_attach(tmp_path / "absent", "pids", "tasks").join()  # no exception, nothing written
+    assert not (tmp_path / "absent").exists()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import os
 import resource
+import signal
 from pathlib import Path
 
 import pytest
@@ -220,3 +222,34 @@ def test_rlimits_default_is_clamped_explicit_is_not() -> None:
     assert rlimit_numbers({"RLIMIT_NOFILE": (10, 1 << 20)}, host_hard={nofile: 4096}) == [(nofile, 10, 1 << 20)]
     with pytest.raises(ValueError):
         rlimit_numbers({"BOGUS": (1, 1)})
+
+
+def _spawn_wait(file: str, argv: list[str], env: dict[str, str]) -> int:
+    pid = sc.LinuxSyscalls().spawnvpe(file, argv, env, init.FORWARDED_SIGNALS)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_spawnvpe_searches_the_given_path_like_execvpe(tmp_path: Path) -> None:
+    (tmp_path / "data").write_text("not a program\n")
+    (tmp_path / "data").chmod(0o644)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    assert _spawn_wait("true", ["true"], env) == 0
+    with pytest.raises(OSError) as missing:
+        _spawn_wait("no-such-command", ["no-such-command"], env)
+    assert missing.value.errno == errno.ENOENT
+    with pytest.raises(OSError) as denied:  # found on PATH but not executable: that error wins
+        _spawn_wait("data", ["data"], env)
+    assert denied.value.errno == errno.EACCES
+
+
+def test_spawnvpe_child_starts_with_default_unblocked_signals(capfd: pytest.CaptureFixture[str]) -> None:
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, init.FORWARDED_SIGNALS)
+    handler = signal.signal(signal.SIGUSR1, lambda *_: None)
+    try:
+        assert _spawn_wait("/bin/cat", ["cat", "/proc/self/status"], {}) == 0
+    finally:
+        signal.signal(signal.SIGUSR1, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    status = dict(line.split(":\t", 1) for line in capfd.readouterr().out.splitlines())
+    assert int(status["SigBlk"], 16) == 0
+    assert int(status["SigCgt"], 16) == 0

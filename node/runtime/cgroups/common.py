@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +20,12 @@ __all__ = [
     "cpu_quota_us",
     "cpu_shares",
     "kill_procs_until_empty",
+    "own_cgroup",
     "read_int",
     "read_keyed",
     "read_pids",
     "rmdir_retry",
+    "warm_attach",
     "working_set",
     "write",
 ]
@@ -135,3 +138,38 @@ def rmdir_retry(path: Path, timeout: float = 2.0) -> None:
             if exc.errno != errno.EBUSY or time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
+
+
+def own_cgroup(controller: str, proc: Path = Path("/proc")) -> str | None:
+    """The calling thread's cgroup path in the hierarchy of `controller` ("" = the v2 hierarchy)."""
+    for line in (proc / "thread-self" / "cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controller in controllers.split(","):
+            return path
+    return None
+
+
+def warm_attach(hierarchy: Path, controller: str, tasks_file: str) -> threading.Thread:
+    """Start, in a background thread, the RCU grace period the next cgroup attach would wait for.
+
+    Every write to cgroup.procs/tasks takes the kernel's global cgroup_threadgroup_rwsem for
+    writing, and unless another write happened moments before (or the hierarchy is mounted
+    with favordynmods) that first waits for an RCU grace period: 6-15 ms here, on the
+    critical path of a start. A no-op move, this thread into the cgroup it is already in,
+    made when a start begins, pays that wait in the background: the shim's attach a few ms
+    later finds the grace period passed (or waits only for the rest of it). Best effort.
+    """
+    args = (hierarchy, controller, tasks_file)
+    thread = threading.Thread(target=_move_self_in_place, args=args, name="cgroup-warm-attach", daemon=True)
+    thread.start()
+    return thread
+
+
+def _move_self_in_place(hierarchy: Path, controller: str, tasks_file: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        if (path := own_cgroup(controller)) is not None:
+            fd = os.open(hierarchy / path.lstrip("/") / tasks_file, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, str(threading.get_native_id()).encode())
+            finally:
+                os.close(fd)

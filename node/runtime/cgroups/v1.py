@@ -21,6 +21,7 @@ from node.runtime.cgroups.common import (
     read_keyed,
     read_pids,
     rmdir_retry,
+    warm_attach,
     working_set,
     write,
 )
@@ -81,6 +82,13 @@ class V1Driver:
             apply_cpu(dirs["cpu"], limits.cpu_millis)
         if "pids" in dirs:
             apply_pids(dirs["pids"], limits.pids)
+
+    def warm_attach(self) -> None:
+        # Any hierarchy will do (the kernel lock is global); pids has no attach side effects.
+        for ctrl in ("pids", *CONTROLLERS):
+            if (self.root / ctrl).is_dir():
+                warm_attach(self.root / ctrl, ctrl, "tasks")
+                return
 
     def add_process(self, path: str, pid: int) -> None:
         for cg in self._dirs(path).values():

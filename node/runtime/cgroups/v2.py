@@ -20,6 +20,7 @@ from node.runtime.cgroups.common import (
     read_int,
     read_keyed,
     rmdir_retry,
+    warm_attach,
     working_set,
     write,
 )
@@ -81,6 +82,9 @@ class V2Driver:
         apply_memory(cg, limits.memory_bytes)
         apply_cpu(cg, limits.cpu_millis)
         apply_pids(cg, limits.pids)
+
+    def warm_attach(self) -> None:
+        warm_attach(self.root, "", "cgroup.threads")
 
     def add_process(self, path: str, pid: int) -> None:
         write(self.root / path / "cgroup.procs", str(pid))
