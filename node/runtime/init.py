@@ -30,6 +30,7 @@ __all__ = [
     "exec_command",
     "exec_failure",
     "exec_with_reaper",
+    "pick_steps",
     "run_setup",
 ]
 
@@ -82,6 +83,7 @@ class InitPlan:
     userns_fd: int = -1
     userns_root: int = 0  # the host uid/gid of container root, owner of the tmpfs /dev
     idmapped_dir: str = ""  # where the idmapped image layers are mounted (state dir)
+    staged_dir: str = ""  # where a pre-staged PID 1 holds its /proc /dev /sys (staged.py)
 
 
 Step = tuple[str, Callable[[sc.Syscalls, InitPlan], None]]
@@ -242,6 +244,12 @@ SETUP_STEPS: tuple[Step, ...] = (
     ("set_hostname", _set_hostname),
     ("chdir_working_dir", _chdir_working_dir),
 )
+
+
+def pick_steps(*names: str, steps: tuple[Step, ...] = SETUP_STEPS) -> tuple[Step, ...]:
+    """The named steps of `steps`, in the order given (staged.py splits SETUP_STEPS in two)."""
+    by_name = dict(steps)
+    return tuple((name, by_name[name]) for name in names)
 
 
 def _set_rlimits(s: sc.Syscalls, p: InitPlan) -> None:

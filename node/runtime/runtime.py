@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from node.runtime import procs, userns
+from node.runtime import procs, staged, userns
 from node.runtime.cgroups import CgroupDriver, CgroupStats, Limits, driver_for
 from node.runtime.errors import ContainerError, NotFound, RuntimeStartError
 from node.runtime.layout import ContainerDir, read_json, write_json_atomic
@@ -86,7 +86,7 @@ class Runtime:
                 _rewrite_in_place(cdir.path / "hosts", hosts_file(config, ip))
 
         try:
-            run_shim(cdir, netns_hook, self._zygote)
+            run_shim(cdir, netns_hook, self._zygote, staged.usable(config.user_namespace, config.network))
         except BaseException:
             self._discard(config.id)
             raise

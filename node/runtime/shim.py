@@ -25,6 +25,7 @@ Handshake (one line of JSON per message on <report fd>, one line back on <go fd>
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import select
@@ -32,17 +33,19 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from node.runtime import init, userns
+from node.runtime import init, staged, userns
 from node.runtime.cgroups import CgroupDriver, driver_for
 from node.runtime.layout import ContainerDir, proc_start_time, read_json, write_json_atomic
 from node.runtime.logs import LogWriter
 from node.runtime.spec import ShimSpec
 from node.runtime.sys import CLONE_NEWPID, LinuxSyscalls, set_process_title
 
-__all__ = ["exit_record", "main", "run_detached", "supervise"]
+__all__ = ["Pid1", "exit_record", "fork_staged", "main", "run_detached", "supervise"]
 
 _DRAIN_AFTER_EXIT = 2.0  # s: PID 1 is gone, so every writer dies; this only bounds a surprise
 
@@ -74,39 +77,91 @@ def _child(
     spec: ShimSpec, cdir: ContainerDir, stdio: tuple[int, int], pipes: tuple[int, int], userns_fd: int
 ) -> NoReturn:
     """The container's PID 1. Never returns; reports failures as JSON lines to the shim."""
-    from_shim, to_shim = pipes
     code = 1
     try:
-        devnull = os.open("/dev/null", os.O_RDONLY)
-        for target, fd in enumerate((devnull, *stdio)):
-            os.dup2(fd, target)  # dup2 makes 0-2 inheritable; the originals stay CLOEXEC
+        _redirect_stdio(stdio)
         # No wait for the shim before the mounts: they touch nothing outside our own
         # namespaces, and without "G" (sent after start.json and the attach) we never exec.
         calls, plan = LinuxSyscalls(), spec.init_plan(cdir, userns_fd)
         try:
             init.run_setup(calls, plan)
         except OSError as exc:
-            _fail(to_shim, "setup", exc)
-        os.write(to_shim, b"R")
-        if os.read(from_shim, 1) != b"G":
-            os._exit(1)
-        # Python ignores SIGPIPE/SIGXFSZ; ignored signals survive exec, so restore them.
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)
-        try:
-            init.run_setup(calls, plan, init.EXEC_STEPS)
-        except OSError as exc:
-            _fail(to_shim, "setup", exc)
-        if spec.config.init:
-            init.exec_with_reaper(calls, plan, lambda msg: _send(to_shim, msg))
-        try:
-            init.exec_command(calls, plan)
-        except OSError as exc:
-            code, message = init.exec_failure(plan.argv[0], exc)
-            _send(to_shim, {"stage": "exec", "code": code, "message": message})
+            _fail(pipes[1], "setup", exc)
+        code = _run_container(calls, plan, spec.config.init, pipes)
     except BaseException:
         traceback.print_exc()
     os._exit(code)
+
+
+def _staged_child(stage_dir: str, stdio: tuple[int, int], pipes: tuple[int, int]) -> NoReturn:
+    """A pre-staged PID 1 (staged.py): stages its mounts, then waits for its container's
+    directory from the shim; EOF instead means the spare was never used."""
+    from_shim, to_shim = pipes
+    code = 1
+    try:
+        _redirect_stdio(stdio)
+        set_process_title("orch-init (spare)")
+        calls, error = LinuxSyscalls(), None
+        try:
+            init.run_setup(calls, staged.stage_plan(stage_dir), staged.STAGE_STEPS)
+        except OSError as exc:
+            error = exc  # reported to the container that would have used us
+        line = _read_line(from_shim)
+        if not line:
+            os._exit(0)
+        if error is not None:
+            _fail(to_shim, "setup", error)
+        cdir = ContainerDir(Path(line))
+        spec = ShimSpec.from_json(read_json(cdir.spec) or {})
+        plan = dataclasses.replace(spec.init_plan(cdir), staged_dir=stage_dir)
+        try:
+            init.run_setup(calls, plan, staged.ROOTFS_STEPS)
+        except OSError as exc:
+            _fail(to_shim, "setup", exc)
+        code = _run_container(calls, plan, spec.config.init, pipes)
+    except BaseException:
+        traceback.print_exc()
+    os._exit(code)
+
+
+def _redirect_stdio(stdio: tuple[int, int]) -> None:
+    devnull = os.open("/dev/null", os.O_RDONLY)
+    for target, fd in enumerate((devnull, *stdio)):
+        os.dup2(fd, target)  # dup2 makes 0-2 inheritable; the originals stay CLOEXEC
+
+
+def _read_line(fd: int) -> str:
+    """One line from a pipe, byte by byte (nothing after it may be consumed); "" at EOF."""
+    data = b""
+    while not data.endswith(b"\n"):
+        byte = os.read(fd, 1)
+        if not byte:
+            return ""
+        data += byte
+    return data[:-1].decode()
+
+
+def _run_container(calls: LinuxSyscalls, plan: init.InitPlan, use_init: bool, pipes: tuple[int, int]) -> int:
+    """From "R" on: wait for "G", run the exec steps, exec. Returns only with the exec failure's code."""
+    from_shim, to_shim = pipes
+    os.write(to_shim, b"R")
+    if os.read(from_shim, 1) != b"G":
+        os._exit(1)
+    # Python ignores SIGPIPE/SIGXFSZ; ignored signals survive exec, so restore them.
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        init.run_setup(calls, plan, init.EXEC_STEPS)
+    except OSError as exc:
+        _fail(to_shim, "setup", exc)
+    if use_init:
+        init.exec_with_reaper(calls, plan, lambda msg: _send(to_shim, msg))
+    try:
+        init.exec_command(calls, plan)
+    except OSError as exc:
+        code, message = init.exec_failure(plan.argv[0], exc)
+        _send(to_shim, {"stage": "exec", "code": code, "message": message})
+        return code
 
 
 def _fail(to_shim: int, stage: str, exc: OSError) -> NoReturn:
@@ -192,29 +247,65 @@ def _pump(child: int, outputs: dict[int, str], writer: LogWriter) -> int:
     return os.waitpid(child, 0)[1]
 
 
-def _supervise(cdir: ContainerDir, fds: tuple[int, int]) -> int:
-    report = fds[0]
-    spec = ShimSpec.from_json(read_json(cdir.spec) or {})
-    cg = driver_for(spec.cgroup_driver, spec.cgroup_root)
-    c = spec.config
-    writer = LogWriter(c.log_path, c.log_max_bytes, c.log_max_files)
+@dataclass(frozen=True, slots=True)
+class Pid1:
+    """The container's PID 1 as its shim holds it: the pid and the shim's ends of its pipes."""
+
+    pid: int
+    out: int  # the container's stdout, read end
+    err: int  # its stderr, read end
+    to_child: int  # "G" (and, to a pre-staged PID 1, its container dir)
+    from_child: int  # "R", then JSON lines
+
+
+def _fork_pid1(run: Callable[[tuple[int, int], tuple[int, int]], NoReturn]) -> Pid1:
+    """Fork PID 1 of a new pid namespace; it runs run((stdout, stderr), (from_shim, to_shim))."""
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     to_child_r, to_child_w = os.pipe()
     from_child_r, from_child_w = os.pipe()
-    # Before the pid namespace: creating it forks, and that fork must not become PID 1.
-    userns_fd = userns.create(spec.userns_host_id) if spec.userns_host_id >= 0 else -1
     # CLONE_NEWPID affects only children: the next fork becomes PID 1.
     LinuxSyscalls().unshare(CLONE_NEWPID)
     child = os.fork()
     if child == 0:
-        for fd in (to_child_w, from_child_r, out_r, err_r, *fds):  # EOF must reach the child
+        for fd in (to_child_w, from_child_r, out_r, err_r):  # EOF must reach the child
             os.close(fd)
-        _child(spec, cdir, (out_w, err_w), (to_child_r, from_child_w), userns_fd)
+        run((out_w, err_w), (to_child_r, from_child_w))
     for fd in (out_w, err_w, to_child_r, from_child_w):
         os.close(fd)
+    return Pid1(child, out_r, err_r, to_child_w, from_child_r)
+
+
+def fork_staged(stage_dir: str) -> Pid1:
+    """In a spare shim, before its request: a PID 1 that stages its mounts (staged.py)."""
+    return _fork_pid1(lambda stdio, pipes: _staged_child(stage_dir, stdio, pipes))
+
+
+def _fork_unstaged(spec: ShimSpec, cdir: ContainerDir, fds: tuple[int, int]) -> Pid1:
+    # Before the pid namespace: creating it forks, and that fork must not become PID 1.
+    userns_fd = userns.create(spec.userns_host_id) if spec.userns_host_id >= 0 else -1
+
+    def run(stdio: tuple[int, int], pipes: tuple[int, int]) -> NoReturn:
+        for fd in fds:
+            os.close(fd)
+        _child(spec, cdir, stdio, pipes, userns_fd)
+
+    pid1 = _fork_pid1(run)
     if userns_fd >= 0:
         os.close(userns_fd)
+    return pid1
+
+
+def _supervise(cdir: ContainerDir, fds: tuple[int, int], staged_pid1: Pid1 | None) -> int:
+    report = fds[0]
+    if staged_pid1 is not None:  # first of all: it reads the spec and mounts meanwhile
+        os.write(staged_pid1.to_child, f"{cdir.path}\n".encode())
+    spec = ShimSpec.from_json(read_json(cdir.spec) or {})
+    cg = driver_for(spec.cgroup_driver, spec.cgroup_root)
+    c = spec.config
+    writer = LogWriter(c.log_path, c.log_max_bytes, c.log_max_files)
+    pid1 = staged_pid1 or _fork_unstaged(spec, cdir, fds)
+    child, to_child_w, from_child_r = pid1.pid, pid1.to_child, pid1.from_child
     shim = {"shim_pid": os.getpid(), "shim_start": proc_start_time(os.getpid())}
     start: dict[str, Any] = {**shim, "pid": child, "pid_start": proc_start_time(child), "started_at": None}
     write_json_atomic(cdir.start, start)
@@ -229,7 +320,7 @@ def _supervise(cdir: ContainerDir, fds: tuple[int, int]) -> int:
         write_json_atomic(cdir.start, {**start, "started_at": time.time()})
         _send(report, {"event": "started"})
         os.close(report)
-    status = _pump(child, {out_r: "stdout", err_r: "stderr"}, writer)
+    status = _pump(child, {pid1.out: "stdout", pid1.err: "stderr"}, writer)
     if c.init and stage in ("", "exec") and not os.WIFSIGNALED(status):
         with contextlib.suppress(ValueError):
             final = msgs.message()  # the reaper's {"status": ...} about the command
@@ -249,8 +340,11 @@ def run_detached(cdir: ContainerDir, report: int, go: int) -> NoReturn:
     supervise(cdir, report, go)
 
 
-def supervise(cdir: ContainerDir, report: int, go: int) -> NoReturn:
-    """The shim's life, in an already detached process; never returns."""
+def supervise(cdir: ContainerDir, report: int, go: int, staged_pid1: Pid1 | None = None) -> NoReturn:
+    """The shim's life, in an already detached process; never returns.
+
+    staged_pid1: the PID 1 a spare shim forked ahead of time (fork_staged), else one is forked now.
+    """
     set_process_title(f"orch-shim {cdir.path}")
     for fd in (report, go):
         os.set_inheritable(fd, False)  # must not leak into the container
@@ -258,7 +352,7 @@ def supervise(cdir: ContainerDir, report: int, go: int) -> NoReturn:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     code = 1
     try:
-        code = _supervise(cdir, (report, go))
+        code = _supervise(cdir, (report, go), staged_pid1)
     except BaseException as exc:
         traceback.print_exc()
         _send(report, {"event": "shim_error", "message": f"{type(exc).__name__}: {exc}"})

@@ -91,8 +91,11 @@ class Zygote:
             raise
         return sock
 
-    def spawn_shim(self, cdir: ContainerDir, report_w: int, go_r: int) -> None:
-        """Have the zygote fork a shim for cdir; starts the zygote when there is none."""
+    def spawn_shim(self, cdir: ContainerDir, report_w: int, go_r: int, staged: bool = False) -> None:
+        """Have the zygote fork a shim for cdir; starts the zygote when there is none.
+
+        staged: the container may take a pre-staged PID 1 (staged.usable).
+        """
         try:
             sock = self._connect()
         except (ConnectionRefusedError, FileNotFoundError):
@@ -100,7 +103,8 @@ class Zygote:
             sock = self._connect()
         with sock:
             sock.settimeout(START_TIMEOUT)
-            socket.send_fds(sock, [json.dumps({"dir": str(cdir.path)}).encode()], [report_w, go_r])
+            request = {"dir": str(cdir.path), "staged": staged}
+            socket.send_fds(sock, [json.dumps(request).encode()], [report_w, go_r])
             if not sock.recv(16).startswith(b"ok"):
                 raise OSError(f"zygote refused to start a shim; see {self.dir / 'log'}")
 
@@ -141,11 +145,17 @@ class Zygote:
                 with contextlib.suppress(FileNotFoundError):
                     (self.dir / name).unlink()
             with contextlib.suppress(OSError):
+                (self.dir / "stage").rmdir()  # empty here; a spare's tmpfs on it is in its own mount ns
+            with contextlib.suppress(OSError):
                 self.dir.rmdir()
 
 
-def run_shim(cdir: ContainerDir, on_netns: Callable[[int], object] | None, zygote: Zygote | None = None) -> None:
+def run_shim(
+    cdir: ContainerDir, on_netns: Callable[[int], object] | None, zygote: Zygote | None = None, staged: bool = False
+) -> None:
     """Start the shim (through the zygote, or as a fresh process) and drive the handshake.
+
+    staged: the container may take a pre-staged PID 1 (zygote only; see staged.py).
 
     Returns when the command was exec'd or failed to exec.
     """
@@ -154,7 +164,7 @@ def run_shim(cdir: ContainerDir, on_netns: Callable[[int], object] | None, zygot
     go_r, go_w = os.pipe()
     try:
         if zygote is not None:
-            zygote.spawn_shim(cdir, report_w, go_r)
+            zygote.spawn_shim(cdir, report_w, go_r, staged)
             os.close(report_w)
             os.close(go_r)
             report_w = go_r = -1

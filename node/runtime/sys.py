@@ -26,6 +26,7 @@ __all__ = [
     "CLONE_NEWUTS",
     "MNT_DETACH",
     "MS_BIND",
+    "MS_MOVE",
     "MS_NODEV",
     "MS_NOEXEC",
     "MS_NOSUID",
@@ -58,6 +59,7 @@ MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
 MS_REMOUNT = 32
+MS_MOVE = 8192
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18

@@ -47,18 +47,22 @@ class _Spare:
     it starts running Python) cost ~3-5 ms here; a spare pays them between starts.
     """
 
-    def __init__(self, listener: socket.socket, wake: tuple[int, int]) -> None:
+    def __init__(self, listener: socket.socket, keep_out: tuple[int, ...], stage_dir: str) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.pid = os.fork()
         if self.pid == 0:
             signal.set_wakeup_fd(-1)
-            for fd in wake:
+            for fd in keep_out:
                 os.close(fd)
             listener.close()
             ours.close()
-            _spare_child(theirs)
+            _spare_child(theirs, stage_dir)
         theirs.close()
         self.sock = ours
+
+    def discard(self) -> None:
+        """EOF: the spare exits, and its PID 1 with it."""
+        self.sock.close()
 
     def hand_over(self, msg: bytes, fds: list[int]) -> bool:
         """Give the spare its container; False if it has gone (then fork a shim as before)."""
@@ -71,19 +75,24 @@ class _Spare:
             self.sock.close()
 
 
-def _spare_child(sock: socket.socket) -> None:
+def _spare_child(sock: socket.socket, stage_dir: str) -> None:
     try:
         set_process_title("orch-shim (spare)")
-        msg, fds, _, _ = socket.recv_fds(sock, 65536, 2)  # EOF (zygote gone): exit
+        pid1 = shim.fork_staged(stage_dir)
+        msg, fds, _, _ = socket.recv_fds(sock, 65536, 2)  # EOF (zygote gone): exit, so does PID 1
         sock.close()
         if len(fds) == 2:
-            _shim_child(ContainerDir(Path(json.loads(msg)["dir"])), fds[0], fds[1])
+            _shim_child(ContainerDir(Path(json.loads(msg)["dir"])), fds[0], fds[1], pid1)
     finally:
         os._exit(1)
 
 
-def _handle(conn: socket.socket, listener: socket.socket, spare: _Spare | None) -> bool:
-    """Serve one request; True if it used up the spare."""
+def _handle(conn: socket.socket, listener: socket.socket, spare: _Spare | None, keep_out: tuple[int, ...]) -> bool:
+    """Serve one request; True if it used up the spare.
+
+    A request that cannot take a pre-staged PID 1 ({"staged": false}: user namespace, no
+    network) gets a freshly forked shim, and the spare stays for the next one.
+    """
     msg, fds, _, _ = socket.recv_fds(conn, 65536, 2)
     try:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -91,10 +100,15 @@ def _handle(conn: socket.socket, listener: socket.socket, spare: _Spare | None) 
             raise PermissionError("only root may start shims")
         if len(fds) != 2:
             raise ValueError("expected two fds")
-        cdir = ContainerDir(Path(json.loads(msg)["dir"]))
+        request = json.loads(msg)
+        cdir = ContainerDir(Path(request["dir"]))
+        if not request.get("staged", False):
+            spare = None
         used = spare is not None
         if (spare is None or not spare.hand_over(msg, fds)) and os.fork() == 0:
             signal.set_wakeup_fd(-1)
+            for fd in keep_out:
+                os.close(fd)
             listener.close()
             conn.close()
             _shim_child(cdir, fds[0], fds[1])
@@ -105,7 +119,7 @@ def _handle(conn: socket.socket, listener: socket.socket, spare: _Spare | None) 
             os.close(fd)
 
 
-def _shim_child(cdir: ContainerDir, report: int, go: int) -> None:
+def _shim_child(cdir: ContainerDir, report: int, go: int, pid1: shim.Pid1 | None = None) -> None:
     try:
         log = os.open(cdir.shim_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         os.dup2(log, 1)
@@ -113,7 +127,7 @@ def _shim_child(cdir: ContainerDir, report: int, go: int) -> None:
         os.close(log)
         for sig in (signal.SIGTERM, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
-        shim.supervise(cdir, report, go)
+        shim.supervise(cdir, report, go, pid1)
     finally:
         os._exit(1)
 
@@ -124,10 +138,14 @@ def _reap() -> None:
             pass
 
 
-def serve(listener: socket.socket) -> None:
+def serve(listener: socket.socket, stage_dir: str) -> None:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wakeup fd is written
+    # A spare's PID 1 has a private copy of the mount table from when it was forked: a
+    # filesystem mounted on the host later (say, a new image store) would be missing in it.
+    # poll() on mountinfo reports every change of our mount namespace; then a fresh spare.
+    mounts = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
     gc.collect()
     gc.freeze()
     spare: _Spare | None = None
@@ -135,10 +153,14 @@ def serve(listener: socket.socket) -> None:
         # The next spare is forked once no request came for a moment, so that its fork
         # does not compete for CPU with the start that used the last one.
         timeout = None if spare is not None else _SPARE_AFTER
-        ready, _, _ = select.select([listener.fileno(), wake_r], [], [], timeout)
-        if not ready:
+        keep_out = (wake_r, wake_w, mounts, *([spare.sock.fileno()] if spare else []))
+        ready, _, changed = select.select([listener.fileno(), wake_r], [], [mounts], timeout)
+        if changed and spare is not None:
+            spare.discard()
+            spare = None
+        elif not ready and not changed:
             with contextlib.suppress(OSError):
-                spare = _Spare(listener, (wake_r, wake_w))
+                spare = _Spare(listener, (wake_r, wake_w, mounts), stage_dir)
         if wake_r in ready:
             with contextlib.suppress(BlockingIOError):
                 os.read(wake_r, 4096)
@@ -146,12 +168,14 @@ def serve(listener: socket.socket) -> None:
         if listener.fileno() in ready:
             conn, _ = listener.accept()
             with conn, contextlib.suppress(Exception):
-                if _handle(conn, listener, spare):
+                if _handle(conn, listener, spare, keep_out):
                     spare = None
 
 
 def main(argv: list[str]) -> int:
     name, pid_file = argv[1], Path(argv[2])
+    stage_dir = pid_file.parent / "stage"  # a spare's PID 1 mounts a tmpfs here, in its own mount ns
+    stage_dir.mkdir(mode=0o700, exist_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         listener.bind("\0" + name)
@@ -168,7 +192,7 @@ def main(argv: list[str]) -> int:
     os.close(devnull)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    serve(listener)
+    serve(listener, str(stage_dir))
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import select
 import signal
@@ -279,3 +280,28 @@ def test_zygote_is_restarted_transparently(runtime: Runtime, make_config: MakeCo
     assert zygote.pid() not in (None, first)
     assert runtime.state("z1").status is ContainerStatus.RUNNING  # shims do not depend on the zygote
     assert runtime.stop("z1", 0).exit_code == 137 and runtime.stop("z2", 0).exit_code == 137
+
+
+def _mount_table(rt: Runtime, config: ContainerConfig) -> list[str]:
+    state, out = run(rt, config)
+    assert state.exit_code == 0, out
+    return sorted(out.splitlines())
+
+
+def _uptime_ticks() -> int:
+    return int(float(Path("/proc/uptime").read_text().split()[0]) * os.sysconf("SC_CLK_TCK"))
+
+
+def test_pre_staged_pid1_gives_the_same_mounts(runtime: Runtime, make_config: MakeConfig) -> None:
+    """After a moment idle the zygote has a spare whose PID 1 staged /proc /dev /sys ahead of
+    time (staged.py); its mount tree must equal the one the unstaged steps build."""
+    table = "cut -d' ' -f5,6,9 /proc/self/mountinfo"  # mount point, options, fs type
+    runtime.start(make_config("warm", "true"))  # starts the zygote
+    wait_exit(runtime, "warm")
+    time.sleep(0.3)
+    before = _uptime_ticks()
+    staged = _mount_table(runtime, make_config("staged", "sh", "-c", table))
+    start = (runtime.state_dir / "staged" / "start.json").read_text()
+    assert int(json.loads(start)["pid_start"]) < before  # PID 1 was forked before the request
+    unstaged = _mount_table(runtime, make_config("unstaged", "sh", "-c", table, network=False))
+    assert staged == unstaged

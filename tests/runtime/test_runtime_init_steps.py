@@ -253,3 +253,14 @@ def test_spawnvpe_child_starts_with_default_unblocked_signals(capfd: pytest.Capt
     status = dict(line.split(":\t", 1) for line in capfd.readouterr().out.splitlines())
     assert int(status["SigBlk"], 16) == 0
     assert int(status["SigCgt"], 16) == 0
+
+
+def test_staged_steps_are_the_setup_steps_split_in_two() -> None:
+    """A pre-staged PID 1 (staged.py) runs every setup step, in the same relative order."""
+    from node.runtime import staged
+
+    own = {"mount_stage", "move_staged_mounts"}
+    names = [name for name, _ in (*staged.STAGE_STEPS, *staged.ROOTFS_STEPS) if name not in own]
+    assert sorted(names) == sorted(name for name, _ in init.SETUP_STEPS)
+    rootfs = [name for name, _ in staged.ROOTFS_STEPS if name not in own]
+    assert rootfs == [name for name, _ in init.SETUP_STEPS if name in rootfs]
