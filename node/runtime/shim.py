@@ -14,6 +14,7 @@ Handshake (one line of JSON per message on <report fd>, one line back on <go fd>
     add child to cgroup (meanwhile)
                                    ◀───── "R" (or setup error JSON)
     {"event": "netns", "pid": N} ─────────────────────────────────────▶ on_netns(N)
+      (only if the Runtime has an on_netns hook; else straight to "G")
                                    ◀────────────────────────────────── "go"
     "G" ───────────────────────────────▶ cgroup ns, rlimits, caps, ids; exec (directly, or
                                          spawned under the reaper when init=True)
@@ -210,9 +211,10 @@ def _handshake(
         msgs.buf = first
         failed = msgs.message() or {"message": "container init died"}
         return "setup", str(failed.get("message"))
-    _send(report, {"event": "netns", "pid": child})
-    if os.read(go, 16).strip() != b"go":
-        return "setup", "start aborted by the runtime"
+    if spec.netns_hook:  # else nobody waits for the netns: on to exec at once
+        _send(report, {"event": "netns", "pid": child})
+        if os.read(go, 16).strip() != b"go":
+            return "setup", "start aborted by the runtime"
     os.write(to_child, b"G")
     msg = msgs.message()
     if msg and "stage" in msg:

@@ -63,9 +63,19 @@ class ShimSpec:
     caps: int = 0
     rlimits: tuple[tuple[int, int, int], ...] = ()
     userns_host_id: int = -1  # host id of container root in its user namespace; -1 = none
+    # The Runtime has an on_netns hook: the shim reports the netns and waits for "go" before exec.
+    netns_hook: bool = True
 
     @classmethod
-    def resolve(cls, config: ContainerConfig, driver: str, root: Path, path: str, userns_host_id: int = -1) -> ShimSpec:
+    def resolve(
+        cls,
+        config: ContainerConfig,
+        driver: str,
+        root: Path,
+        path: str,
+        userns_host_id: int = -1,
+        netns_hook: bool = True,
+    ) -> ShimSpec:
         """Raises ValueError for an unknown user, group, capability or rlimit."""
         identity = resolve_user(config.rootfs, config.user)
         if userns_host_id >= 0 and max(identity.uid, identity.gid, *identity.groups) >= IDS_PER_CONTAINER:
@@ -74,7 +84,7 @@ class ShimSpec:
             )
         caps = cap_mask(config.cap_add, config.cap_drop)
         rlimits = tuple(rlimit_numbers(config.rlimits))
-        return cls(config, driver, root, path, identity, caps, rlimits, userns_host_id)
+        return cls(config, driver, root, path, identity, caps, rlimits, userns_host_id, netns_hook)
 
     def to_json(self) -> dict[str, Any]:
         i = self.identity
@@ -86,6 +96,7 @@ class ShimSpec:
             "caps": self.caps,
             "rlimits": [list(r) for r in self.rlimits],
             "userns": {"host_id": self.userns_host_id} if self.userns_host_id >= 0 else None,
+            "netns_hook": self.netns_hook,
         }
 
     @classmethod
@@ -96,7 +107,8 @@ class ShimSpec:
         caps = int(data.get("caps", cap_mask()))
         userns = data.get("userns") or {"host_id": -1}
         config = _config_from_json(data["config"])
-        return cls(config, cg["driver"], Path(cg["root"]), cg["path"], identity, caps, rlimits, int(userns["host_id"]))
+        host_id, hook = int(userns["host_id"]), bool(data.get("netns_hook", True))
+        return cls(config, cg["driver"], Path(cg["root"]), cg["path"], identity, caps, rlimits, host_id, hook)
 
     def init_plan(self, cdir: ContainerDir, userns_fd: int = -1) -> InitPlan:
         c = self.config
