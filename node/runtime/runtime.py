@@ -230,8 +230,13 @@ class Runtime:
 
     def _wait_shim(self, id: str, timeout: float = _SHIM_EXIT_TIMEOUT) -> None:
         """Until the shim process is gone (it exits right after writing exit.json)."""
+        self._wait_gone(id, "shim", timeout)
+
+    def _wait_gone(self, id: str, which: str, timeout: float) -> None:
+        """Until the process start.json names (which: "shim" or "pid", PID 1) has exited."""
         start = read_json(ContainerDir(self.state_dir / id).start) or {}
-        fd = procs.open_pidfd(start.get("shim_pid"), start.get("shim_start"))
+        pid, since = ("shim_pid", "shim_start") if which == "shim" else ("pid", "pid_start")
+        fd = procs.open_pidfd(start.get(pid), start.get(since))
         if fd is not None:
             try:
                 procs.wait_fd(fd, timeout)
@@ -250,6 +255,9 @@ class Runtime:
         if state.status is not ContainerStatus.EXITED:
             raise ContainerError(f"cannot remove a {state.status.value} container; stop it first", id=id)
         self._wait_shim(id)  # nothing of the container may outlive remove()
+        # A reaper PID 1 left alone may still be in its kernel exit (the shim does not wait
+        # for that, see shim._exit_status): its mounts and namespaces go with it.
+        self._wait_gone(id, "pid", _SHIM_EXIT_TIMEOUT)
         self._remove_files(id)
 
     def _remove_files(self, id: str) -> None:

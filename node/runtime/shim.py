@@ -128,7 +128,9 @@ def _staged_child(stage_dir: str, stdio: tuple[int, int], pipes: tuple[int, int]
 def _redirect_stdio(stdio: tuple[int, int]) -> None:
     devnull = os.open("/dev/null", os.O_RDONLY)
     for target, fd in enumerate((devnull, *stdio)):
-        os.dup2(fd, target)  # dup2 makes 0-2 inheritable; the originals stay CLOEXEC
+        os.dup2(fd, target)  # dup2 makes 0-2 inheritable
+    for fd in (devnull, *stdio):  # only 0-2 may hold the log pipes (see init._alone)
+        os.close(fd)
 
 
 def _read_line(fd: int) -> str:
@@ -222,7 +224,7 @@ def _handshake(
     return "", ""
 
 
-def _pump(child: int, outputs: dict[int, str], writer: LogWriter) -> int:
+def _pump(child: int, outputs: dict[int, str], writer: LogWriter) -> None:
     """Copy the container's output into the log until PID 1 has ended and the pipes are drained."""
     pidfd = os.pidfd_open(child)
     deadline = None
@@ -246,7 +248,25 @@ def _pump(child: int, outputs: dict[int, str], writer: LogWriter) -> int:
         for fd in outputs:
             os.close(fd)
         writer.close()
-    return os.waitpid(child, 0)[1]
+
+
+def _exit_status(child: int, msgs: _Reader, reaper: bool) -> int:
+    """The container's wait status, once its output is drained: the command's, as the reaper
+    reports it, or PID 1's own (init=False, or the reaper was killed before it could report).
+
+    A reaper that was alone in its pid namespace has closed its end of the log pipes and is
+    only exiting: its kernel teardown (~3-5 ms) is not waited for here; remove() waits for it.
+    """
+    final = None
+    if reaper:
+        with contextlib.suppress(ValueError):
+            final = msgs.message()  # EOF (None) at the latest when PID 1 has exited
+    if final and "status" in final and final.get("alone"):
+        return int(final["status"])
+    status = os.waitpid(child, 0)[1]
+    if final and "status" in final and not os.WIFSIGNALED(status):
+        return int(final["status"])
+    return status
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,12 +342,8 @@ def _supervise(cdir: ContainerDir, fds: tuple[int, int], staged_pid1: Pid1 | Non
         write_json_atomic(cdir.start, {**start, "started_at": time.time()})
         _send(report, {"event": "started"})
         os.close(report)
-    status = _pump(child, {pid1.out: "stdout", pid1.err: "stderr"}, writer)
-    if c.init and stage in ("", "exec") and not os.WIFSIGNALED(status):
-        with contextlib.suppress(ValueError):
-            final = msgs.message()  # the reaper's {"status": ...} about the command
-            if final and "status" in final:
-                status = int(final["status"])
+    _pump(child, {pid1.out: "stdout", pid1.err: "stderr"}, writer)
+    status = _exit_status(child, msgs, c.init and stage in ("", "exec"))
     os.close(from_child_r)
     write_json_atomic(cdir.exit, exit_record(status, cg.oom_killed(spec.cgroup_path), error))
     if stage:

@@ -33,10 +33,11 @@ from pathlib import Path
 
 from node.runtime import shim
 from node.runtime.layout import ContainerDir
-from node.runtime.sys import set_process_title
+from node.runtime.sys import LinuxSyscalls, set_process_title
 
 __all__ = ["main", "serve"]
 
+_PR_SET_CHILD_SUBREAPER = 36
 _SPARE_AFTER = 0.005  # s without a request before the next spare shim is forked
 
 
@@ -187,6 +188,9 @@ def main(argv: list[str]) -> int:
         pid_file.write_text(f"{pid}\n")
         os._exit(0)
     os.setsid()
+    # A shim need not wait for its PID 1's kernel exit (shim._exit_status): the orphan is then
+    # re-parented to us, the shim's parent, and reaped with the shims.
+    LinuxSyscalls().prctl(_PR_SET_CHILD_SUBREAPER, 1)
     devnull = os.open("/dev/null", os.O_RDWR)
     os.dup2(devnull, 0)
     os.close(devnull)

@@ -305,3 +305,25 @@ def test_pre_staged_pid1_gives_the_same_mounts(runtime: Runtime, make_config: Ma
     assert int(json.loads(start)["pid_start"]) < before  # PID 1 was forked before the request
     unstaged = _mount_table(runtime, make_config("unstaged", "sh", "-c", table, network=False))
     assert staged == unstaged
+
+
+def test_exit_with_a_background_process_left(runtime: Runtime, make_config: MakeConfig) -> None:
+    """The reaper is not alone when the command ends: the shim waits for PID 1's exit, which
+    takes the rest of the pid namespace with it, before it reports the container's end."""
+    state, out = run(runtime, make_config("bg", "sh", "-c", "sleep 100 & echo hi"))
+    assert (state.exit_code, out) == (0, "hi\n")
+    assert runtime.stats("bg").pids == 0
+
+
+def test_remove_waits_for_pid1_to_be_gone(runtime: Runtime, make_config: MakeConfig) -> None:
+    """A reaper left alone reports the end before its kernel exit (shim._exit_status); remove()
+    still leaves nothing of the container behind."""
+    from node.runtime import procs
+
+    state, out = run(runtime, make_config("quick", "sh", "-c", "echo done"))
+    assert (state.exit_code, out) == (0, "done\n")
+    start = json.loads((runtime.state_dir / "quick" / "start.json").read_text())
+    runtime.remove("quick")
+    if procs.is_alive(start["pid"], start["pid_start"]):  # a zombie at most: its namespaces are gone
+        stat = Path(f"/proc/{start['pid']}/stat").read_text()
+        assert stat[stat.rindex(")") + 2] in "ZX"
