@@ -112,6 +112,12 @@ class Runtime:
         except FileExistsError:
             raise RuntimeStartError(f"{cdir.path} exists: remove the old container first", id=id) from None
         try:
+            limits = Limits(config.cpu_millis, config.memory_bytes, config.pids)
+            self._cg.create(self._cgroup(id), limits)
+            # The shim's attach comes a few ms from now and its RCU grace period (~5-10 ms) is
+            # the longest wait of a start: it begins here, first of all, in the background
+            # (after create: the warm-up holds cgroup_mutex while it waits, which mkdir needs too).
+            self._cg.warm_attach()
             host_id = self._reserve_userns(id) if config.user_namespace else -1
             for sub in (cdir.upper, cdir.work, cdir.rootfs):
                 sub.mkdir()
@@ -119,11 +125,6 @@ class Runtime:
                 os.chown(cdir.upper, host_id, host_id)
             spec = ShimSpec.resolve(config, self._cg.name, self._cg.root, self._cgroup(id), host_id, netns_hook)
             _write_etc_files(cdir, config)
-            limits = Limits(config.cpu_millis, config.memory_bytes, config.pids)
-            self._cg.create(self._cgroup(id), limits)
-            # The shim's attach comes ~10 ms from now; its RCU wait starts here, in the background
-            # (after create: the warm-up holds cgroup_mutex while it waits, which mkdir needs too).
-            self._cg.warm_attach()
             write_json_atomic(cdir.spec, spec.to_json())
         except (OSError, ValueError, ContainerError) as exc:
             self._remove_files(id)
