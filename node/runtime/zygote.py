@@ -60,6 +60,7 @@ class _Spare:
             _spare_child(theirs, stage_dir)
         theirs.close()
         self.sock = ours
+        self.stale = False  # the host's mounts changed since: its PID 1 has an old copy
 
     def discard(self) -> None:
         """EOF: the spare exits, and its PID 1 with it."""
@@ -107,12 +108,15 @@ def _handle(conn: socket.socket, listener: socket.socket, spare: _Spare | None, 
             spare = None
         used = spare is not None
         if (spare is None or not spare.hand_over(msg, fds)) and os.fork() == 0:
-            signal.set_wakeup_fd(-1)
-            for fd in keep_out:
-                os.close(fd)
-            listener.close()
-            conn.close()
-            _shim_child(cdir, fds[0], fds[1])
+            try:  # never back into the zygote's loop
+                signal.set_wakeup_fd(-1)
+                for fd in keep_out:
+                    os.close(fd)
+                listener.close()
+                conn.close()
+                _shim_child(cdir, fds[0], fds[1])
+            finally:
+                os._exit(1)
         conn.sendall(b"ok\n")
         return used
     finally:
@@ -145,7 +149,9 @@ def serve(listener: socket.socket, stage_dir: str) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wakeup fd is written
     # A spare's PID 1 has a private copy of the mount table from when it was forked: a
     # filesystem mounted on the host later (say, a new image store) would be missing in it.
-    # poll() on mountinfo reports every change of our mount namespace; then a fresh spare.
+    # poll() on mountinfo reports every change of our mount namespace: the spare is then stale
+    # and is replaced at the next request (not at once: some hosts change mounts all the time,
+    # e.g. each `crun run` does, and a spare costs a few ms of CPU to make).
     mounts = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
     gc.collect()
     gc.freeze()
@@ -154,12 +160,10 @@ def serve(listener: socket.socket, stage_dir: str) -> None:
         # The next spare is forked once no request came for a moment, so that its fork
         # does not compete for CPU with the start that used the last one.
         timeout = None if spare is not None else _SPARE_AFTER
-        keep_out = (wake_r, wake_w, mounts, *([spare.sock.fileno()] if spare else []))
         ready, _, changed = select.select([listener.fileno(), wake_r], [], [mounts], timeout)
         if changed and spare is not None:
-            spare.discard()
-            spare = None
-        elif not ready and not changed:
+            spare.stale = True
+        if not ready and not changed:
             with contextlib.suppress(OSError):
                 spare = _Spare(listener, (wake_r, wake_w, mounts), stage_dir)
         if wake_r in ready:
@@ -169,6 +173,10 @@ def serve(listener: socket.socket, stage_dir: str) -> None:
         if listener.fileno() in ready:
             conn, _ = listener.accept()
             with conn, contextlib.suppress(Exception):
+                if spare is not None and spare.stale:
+                    spare.discard()
+                    spare = None
+                keep_out = (wake_r, wake_w, mounts, *([spare.sock.fileno()] if spare else []))
                 if _handle(conn, listener, spare, keep_out):
                     spare = None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import select
@@ -327,3 +328,23 @@ def test_remove_waits_for_pid1_to_be_gone(runtime: Runtime, make_config: MakeCon
     if procs.is_alive(start["pid"], start["pid_start"]):  # a zombie at most: its namespaces are gone
         stat = Path(f"/proc/{start['pid']}/stat").read_text()
         assert stat[stat.rindex(")") + 2] in "ZX"
+
+
+def test_pre_staged_pid1_sees_a_filesystem_mounted_after_it(
+    runtime: Runtime, make_config: MakeConfig, rootfs: Path, tmp_path: Path
+) -> None:
+    """A spare whose PID 1 copied the mount table before the host mounted something is not used
+    (zygote.serve), so an image on a filesystem mounted later (e.g. a new image store) works."""
+    runtime.start(make_config("warm", "true"))  # the zygote, then a spare after a moment idle
+    wait_exit(runtime, "warm")
+    time.sleep(0.3)
+    store = tmp_path / "store"
+    store.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(store)], check=True)
+    try:
+        subprocess.run(["cp", "-a", str(rootfs), str(store / "image")], check=True)
+        config = dataclasses.replace(make_config("late", "cat", "/etc/hostname"), rootfs=store / "image")
+        state, out = run(runtime, config)
+        assert (state.exit_code, out) == (0, "late\n")
+    finally:
+        subprocess.run(["umount", "-l", str(store)], check=True)
