@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from cli import pki
 from cli.client import DEFAULT_STATE_DIR, CliError
+from node.runtime.userns import IDS_PER_CONTAINER, IdRange
 from orch.tls import SCHEDULER, TlsFiles, node_identity
 
 log = logging.getLogger("orch.up")
@@ -160,6 +161,11 @@ class Cluster:
         digest = hashlib.sha256(self.cluster_id.encode()).digest()
         return f"127.{1 + digest[0] % 254}.{digest[1]}.{i + 1}"
 
+    def userns_range(self, i: int) -> str:
+        """Disjoint user namespace id blocks per node: the nodes share this host's uids."""
+        count = IdRange().count // max(self.nodes, 1) // IDS_PER_CONTAINER * IDS_PER_CONTAINER
+        return f"{IdRange().first + i * count}:{count}"
+
     def start_agent(self, i: int) -> None:
         metrics = free_port()
         name = self.node_name(i)
@@ -167,7 +173,8 @@ class Cluster:
         argv = self.orch("--scheduler", ",".join(self.addresses), "node", *self.agent_args(i),
                          "--label", f"zone=zone-{i % 3}", "--metrics-listen", f"127.0.0.1:{metrics}",
                          "--listen", f"127.0.0.1:{free_port()}",
-                         "--publish-address", self.publish_address(i), *self.tls_args(name))  # fmt: skip
+                         "--publish-address", self.publish_address(i), *self.tls_args(name),
+                         "--userns-range", self.userns_range(i))  # fmt: skip
         proc = self._spawn(Proc("agent", name, argv, f"http://127.0.0.1:{metrics}/metrics", self.publish_address(i)),
                            self.dir / "logs" / f"{name}.log")  # fmt: skip
         wait_until(lambda: tcp_open(metrics), f"agent {name}", 15, proc)

@@ -7,6 +7,8 @@ What Kubernetes' CNI portmap plugin and Docker's `-p` do, for one node:
     ORCH-HP-<bridge>: one DNAT per published port, commented with the instance
     nat POSTROUTING -o <bridge> -s 127.0.0.0/8 -j MASQUERADE            so localhost clients work
     net.ipv4.conf.<bridge>.route_localnet = 1                           (vanishes with the bridge)
+    raw PREROUTING  -i <bridge> -d 127.0.0.0/8 -j DROP                  but containers may not reach
+                                                                        the host's loopback services
 
 Level-triggered: the published ports of each instance are files under
 state_dir (they survive agent restarts, like the kernel's rules do), and every
@@ -22,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,11 +78,21 @@ class HostPorts:
         self._dir = state_dir
         self._run = run
         self._hooked = False
+        # Worker threads publish and unpublish concurrently: each sync must see the others' files.
+        self._lock = threading.RLock()
 
     def _jumps(self) -> list[list[str]]:
+        """Rules around the chain, each as [table, chain, match..., target]."""
         local = ["-m", "addrtype", "--dst-type", "LOCAL", "-j", self.chain]
         masquerade = ["-o", self.bridge, "-s", "127.0.0.0/8", "-j", "MASQUERADE"]
-        return [["PREROUTING", *local], ["OUTPUT", *local], ["POSTROUTING", *masquerade]]
+        # route_localnet would otherwise let a container with NET_RAW send to 127.0.0.1 (CVE-2020-8558).
+        no_loopback = ["-i", self.bridge, "-d", "127.0.0.0/8", "-j", "DROP"]
+        return [
+            ["raw", "PREROUTING", *no_loopback],
+            ["nat", "PREROUTING", *local],
+            ["nat", "OUTPUT", *local],
+            ["nat", "POSTROUTING", *masquerade],
+        ]
 
     def published(self) -> dict[str, tuple[str, list[PortMapping]]]:
         """instance -> (container ip, mappings), from the state files."""
@@ -95,6 +108,10 @@ class HostPorts:
         return out
 
     def publish(self, instance: str, ip: str, mappings: Sequence[PortMapping]) -> None:
+        with self._lock:
+            self._publish(instance, ip, mappings)
+
+    def _publish(self, instance: str, ip: str, mappings: Sequence[PortMapping]) -> None:
         if not mappings:
             return self.unpublish(instance)
         self._dir.mkdir(parents=True, exist_ok=True)
@@ -106,21 +123,26 @@ class HostPorts:
         self.sync()
 
     def unpublish(self, instance: str) -> None:
-        path = self._dir / f"{instance}.json"
-        if path.exists():
-            path.unlink()
-            self.sync()
+        with self._lock:
+            path = self._dir / f"{instance}.json"
+            if path.exists():
+                path.unlink()
+                self.sync()
 
     def sync(self) -> None:
         """Make the kernel's rules equal the state files (idempotent)."""
+        with self._lock:
+            self._sync()
+
+    def _sync(self) -> None:
         published = self.published()
         if not published and not self._hooked and not self._chain_exists():
             return  # nothing published, nothing installed: leave the host's tables alone
         self._run(["iptables-restore", "--noflush"], chain_rules(self.chain, published, self.address))
         if not self._hooked:
-            for rule in self._jumps():
-                if not self._has(rule):
-                    self._run(["iptables", "-t", "nat", "-A", *rule], "")
+            for table, *rule in self._jumps():
+                if not self._has(table, rule):
+                    self._run(["iptables", "-t", table, "-A", *rule], "")
             if not self.address.startswith("127.") and not ip_forward_enabled():
                 log.warning("net.ipv4.ip_forward is 0: hostPorts answer only to clients on this host")
             route_localnet = Path(f"/proc/sys/net/ipv4/conf/{self.bridge}/route_localnet")
@@ -130,9 +152,9 @@ class HostPorts:
 
     def teardown(self) -> None:
         """Remove the jumps, the masquerade rule, the chain and the state files."""
-        for rule in self._jumps():
-            while self._has(rule):
-                self._run(["iptables", "-t", "nat", "-D", *rule], "")
+        for table, *rule in self._jumps():
+            while self._has(table, rule):
+                self._run(["iptables", "-t", table, "-D", *rule], "")
         if self._chain_exists():
             self._run(["iptables", "-t", "nat", "-F", self.chain], "")
             self._run(["iptables", "-t", "nat", "-X", self.chain], "")
@@ -142,9 +164,9 @@ class HostPorts:
             self._dir.rmdir()
         self._hooked = False
 
-    def _has(self, rule: list[str]) -> bool:
+    def _has(self, table: str, rule: list[str]) -> bool:
         try:
-            self._run(["iptables", "-t", "nat", "-C", *rule], "")
+            self._run(["iptables", "-t", table, "-C", *rule], "")
         except NetworkError:
             return False
         return True

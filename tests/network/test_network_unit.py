@@ -217,7 +217,7 @@ def test_host_ports_state_drives_the_rules(tmp_path: Path) -> None:
 
     def run(argv: Sequence[str], stdin: str) -> None:
         calls.append((list(argv), stdin))
-        if argv[:4] == ["iptables", "-t", "nat", "-C"] or argv[3:4] == ["-S"]:
+        if argv[3:4] in (["-C"], ["-S"]):
             raise NetworkError("no such rule")  # nothing installed yet
 
     ports = HostPorts("orch1", tmp_path / "hp", run=run)
@@ -226,8 +226,9 @@ def test_host_ports_state_drives_the_rules(tmp_path: Path) -> None:
     ports.publish("web-1", "10.88.1.2", [PortMapping(18080, 8080)])
     restores = [stdin for argv, stdin in calls if argv[0] == "iptables-restore"]
     assert "--dport 18080" in restores[-1]
-    appended = [argv[4:] for argv, _ in calls if argv[3:4] == ["-A"]]
-    assert [rule[0] for rule in appended] == ["PREROUTING", "OUTPUT", "POSTROUTING"]
+    appended = [argv[2:5] for argv, _ in calls if argv[3:4] == ["-A"]]
+    assert appended == [["raw", "-A", "PREROUTING"], ["nat", "-A", "PREROUTING"], ["nat", "-A", "OUTPUT"],
+                        ["nat", "-A", "POSTROUTING"]]  # fmt: skip
     assert HostPorts("orch1", tmp_path / "hp", run=run).published() == {
         "web-1": ("10.88.1.2", [PortMapping(18080, 8080)])
     }

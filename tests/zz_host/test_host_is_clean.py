@@ -51,6 +51,9 @@ def test_no_processes_left():
 
 def test_no_iptables_rules_left():
     # hostPorts: the ORCH-HP-<bridge> chains and the jumps and masquerade rules around them.
-    saved = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True).stdout
-    ours = [line for line in saved.splitlines() if "ORCH-" in line or "-o orch" in line]
+    saved = "".join(
+        subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True, check=True).stdout
+        for table in ("nat", "raw")
+    )
+    ours = [line for line in saved.splitlines() if "ORCH-" in line or "-o orch" in line or "-i orch" in line]
     assert not ours, ours
