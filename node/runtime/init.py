@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import signal
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NoReturn
@@ -122,13 +123,30 @@ def _bind_rootfs(s: sc.Syscalls, p: InitPlan) -> None:
     s.mount(p.merged, p.merged, None, sc.MS_BIND | sc.MS_REC, None)
 
 
+def in_rootfs(p: InitPlan, path: str) -> str:
+    """merged + path, refused if the image makes any part of it a symlink.
+
+    These steps run as host root before pivot_root, so a symlink in the image
+    (/etc -> /some/host/dir) would make mkdir/touch/mount act on the host's files.
+    """
+    current = p.merged
+    for part in path.strip("/").split("/"):
+        current = f"{current}/{part}"
+        try:
+            if stat.S_ISLNK(os.lstat(current).st_mode):
+                raise OSError(errno.ELOOP, f"{path} is a symlink in the image ({part}); refused", current)
+        except FileNotFoundError:
+            break  # created below by the step itself, inside the rootfs
+    return f"{p.merged}{path}"
+
+
 def _mount_proc(s: sc.Syscalls, p: InitPlan) -> None:
-    s.mkdir(f"{p.merged}/proc", 0o555)
+    s.mkdir(in_rootfs(p, "/proc"), 0o555)
     s.mount("proc", f"{p.merged}/proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, None)
 
 
 def _mount_dev(s: sc.Syscalls, p: InitPlan) -> None:
-    dev = f"{p.merged}/dev"
+    dev = in_rootfs(p, "/dev")
     s.mkdir(dev, 0o755)
     owner = f",uid={p.userns_root},gid={p.userns_root}" if p.userns_fd >= 0 else ""
     s.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID, f"mode=755,size=65536k{owner}")
@@ -149,14 +167,14 @@ def _mount_dev(s: sc.Syscalls, p: InitPlan) -> None:
 
 
 def _mount_sys(s: sc.Syscalls, p: InitPlan) -> None:
-    s.mkdir(f"{p.merged}/sys", 0o555)
+    s.mkdir(in_rootfs(p, "/sys"), 0o555)
     flags = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
     s.mount("sysfs", f"{p.merged}/sys", "sysfs", flags, None)
 
 
 def _bind_etc_files(s: sc.Syscalls, p: InitPlan) -> None:
     for path, source in p.etc_files:
-        target = f"{p.merged}{path}"
+        target = in_rootfs(p, path)
         s.mkdir(target.rsplit("/", 1)[0], 0o755)
         s.touch(target)
         s.mount(source, target, None, sc.MS_BIND, None)

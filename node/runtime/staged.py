@@ -48,7 +48,7 @@ def _mount_stage(s: sc.Syscalls, p: InitPlan) -> None:
 
 def _move_staged_mounts(s: sc.Syscalls, p: InitPlan) -> None:
     for name, mode in _STAGED:
-        s.mkdir(f"{p.merged}/{name}", mode)
+        s.mkdir(init.in_rootfs(p, f"/{name}"), mode)
         s.mount(f"{p.staged_dir}/{name}", f"{p.merged}/{name}", None, sc.MS_MOVE, None)
 
 

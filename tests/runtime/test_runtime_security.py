@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from node.runtime import ContainerConfig, ContainerStatus, Runtime, RuntimeStartError
 from node.runtime.security import cap_mask
+from tests.fixtures.rootfs import build_busybox_rootfs
 from tests.runtime.conftest import log_text
 from tests.runtime.test_runtime_containers import run, sections, wait_exit, wait_for_output
 
@@ -154,3 +157,16 @@ def test_remove_unknown_removes_exited_and_orphaned(
     assert sorted(removed) == ["gone", "stray"]
     assert sorted(s.id for s in runtime.list()) == ["kept", "live"]
     assert cg.children(cgroup_parent) == ["kept", "live"]
+
+
+def test_an_image_symlink_cannot_make_setup_touch_host_files(runtime: Runtime, tmp_path: Path) -> None:
+    # Setup runs as host root before pivot_root: /etc -> a host dir must not get hosts/hostname files there.
+    host_dir = tmp_path / "host-etc"
+    host_dir.mkdir()
+    image = build_busybox_rootfs(tmp_path / "evil")
+    shutil.rmtree(image / "etc")
+    (image / "etc").symlink_to(host_dir)
+    config = ContainerConfig(id="evil", rootfs=image, argv=("true",), env={}, log_path=tmp_path / "evil.log")
+    with pytest.raises(RuntimeStartError, match="/etc/hostname is a symlink in the image"):
+        runtime.start(config)
+    assert list(host_dir.iterdir()) == []
