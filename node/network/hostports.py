@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.network.errors import NetworkError
+from node.runtime.layout import write_json_atomic
 
 __all__ = ["HostPorts", "PortMapping", "chain_name", "chain_rules", "ip_forward_enabled"]
 
@@ -117,9 +118,7 @@ class HostPorts:
         self._dir.mkdir(parents=True, exist_ok=True)
         doc = {"ip": ip, "ports": [{"host_port": m.host_port, "container_port": m.container_port,
                                     "protocol": m.protocol} for m in mappings]}  # fmt: skip
-        tmp = self._dir / f".{instance}.tmp"
-        tmp.write_text(json.dumps(doc))
-        tmp.replace(self._dir / f"{instance}.json")
+        write_json_atomic(self._dir / f"{instance}.json", doc)
         self.sync()
 
     def unpublish(self, instance: str) -> None:
