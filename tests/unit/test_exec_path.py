@@ -16,7 +16,7 @@ from node.runtime.layout import ContainerDir
 from node.runtime.proctree import children, descendants
 from node.runtime.security import Identity, cap_mask
 from node.runtime.spec import ShimSpec
-from node.runtime.sys import RecordingSyscalls
+from node.runtime.sys import CLONE_NEWCGROUP, RecordingSyscalls
 
 
 def make_spec(tmp_path: Path) -> ShimSpec:
@@ -59,7 +59,7 @@ def test_an_exec_does_what_pid1_does_before_its_exec(tmp_path: Path) -> None:
     init.run_setup(pid1, spec.init_plan(cdir, 9), init.EXEC_STEPS)
     execd = RecordingSyscalls()
     init.run_setup(execd, exec_plan(spec, cdir, ExecRequest(("id",)), 9), exec_steps())
-    assert pid1.calls[0] == ("unshare", init.sc.CLONE_NEWCGROUP)
+    assert pid1.calls[0] == ("unshare", CLONE_NEWCGROUP)
     assert execd.calls == [("chdir", "/srv"), *pid1.calls[1:]]  # the same ids, caps, rlimits, user ns
 
 

@@ -12,7 +12,6 @@ import pytest
 
 from cli.exec import EXIT_ERROR, EXIT_NOT_FOUND, EXIT_NOT_RUNNING, EXIT_UNREACHABLE
 from cli.main import main
-from orch.v1 import api_pb2_grpc
 from orch.v1 import exec_pb2 as xpb
 from orch.v1 import types_pb2 as pb
 from scheduler.errors import NotFound
@@ -38,7 +37,9 @@ def test_exec_target_is_the_instances_agent() -> None:
         exec_target(snapshot(live=set()), "web-1")
 
 
-class FakeScheduler(api_pb2_grpc.OrchServicer):
+class FakeScheduler:
+    """Orch.Exec only (the other methods stay UNIMPLEMENTED)."""
+
     def __init__(self) -> None:
         self.abort: tuple[grpc.StatusCode, str] | None = None
         self.started: list[xpb.ExecStart] = []
@@ -58,7 +59,10 @@ class FakeScheduler(api_pb2_grpc.OrchServicer):
 def scheduler() -> Iterator[tuple[FakeScheduler, str]]:
     fake = FakeScheduler()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    api_pb2_grpc.add_OrchServicer_to_server(fake, server)
+    handler = grpc.stream_stream_rpc_method_handler(
+        fake.Exec, request_deserializer=xpb.ExecInput.FromString, response_serializer=xpb.ExecOutput.SerializeToString
+    )
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("orch.v1.Orch", {"Exec": handler})])
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
