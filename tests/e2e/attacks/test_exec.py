@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import select
+import signal
 import struct
 import subprocess
 import termios
@@ -111,6 +112,32 @@ def test_orch_exec_runs_commands_with_stdin_and_exit_codes(cluster: dict[str, An
     r = orch(cluster, "exec", done["name"], "--", "true")
     assert r.returncode == 122 and r.stderr.count("\n") == 1 and "not running" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_nothing_of_an_exec_outlives_its_caller(cluster: dict[str, Any], app: Any) -> None:
+    # Ctrl-C on `orch exec` (no tty): the stream is cancelled, scheduler to agent, and the
+    # command and what it started in the background are killed, not left in the container.
+    name = app("exec-gone")["name"]
+
+    def sleeps() -> list[str]:
+        r = orch(cluster, "exec", name, "--", "ps", "-o", "args")
+        assert r.returncode == 0, r.stderr
+        return [line for line in r.stdout.splitlines() if line.strip() in ("sleep 1001", "sleep 1002")]
+
+    tls = ["--tls-dir", cluster["tlsDir"]] if cluster.get("tlsDir") else []
+    script = "sleep 1001 & exec sleep 1002"
+    argv = orch_argv("--scheduler", cluster["schedulers"][0], *tls, "exec", name, "--", "sh", "-c", script)
+    cli = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=orch_env(), cwd=ROOT)
+    try:
+        wait_for(lambda: len(sleeps()) == 2, 30, "both sleeps running")
+        cli.send_signal(signal.SIGINT)
+        _, err = cli.communicate(timeout=30)
+        assert cli.returncode == 130 and b"Traceback" not in err, err
+    finally:
+        stop(cli)
+        if cli.stderr is not None:
+            cli.stderr.close()
+    wait_for(lambda: not sleeps(), 30, "the exec's processes gone")
 
 
 def _read_until(fd: int, needle: bytes, deadline: float) -> bytes:
