@@ -146,7 +146,8 @@ def _reap(g: int, sock: socket.socket, wake: int) -> None:
             break
     while True:
         for pid in children(os.getpid()):
-            with contextlib.suppress(ProcessLookupError):
+            # EPERM: without CAP_KILL, a process of another uid; the helper's sweep killed it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         try:
             os.waitpid(-1, 0)

@@ -232,3 +232,40 @@ def test_a_hanging_probe_is_killed_at_its_timeout(runtime: Runtime, sleeper: Cal
     result = probe_exec(runtime, "ex", ["sh", "-c", "sleep 1000 & setsid sleep 1000 & sleep 1000"], timeout=0.5)
     assert not result.ok and result.detail == "exec sh: timed out after 0.5s"
     assert pid_namespace_members(pid1) == [pid1]
+
+
+def test_the_exec_reaper_is_not_dumpable(runtime: Runtime, sleeper: Callable[..., int]) -> None:
+    # The exec's reaper (the command's parent, in the container) was forked from the host-root
+    # helper: its /proc/<pid>/exe is the host's python and its memory held host-side state. A
+    # container process, even root, must not open them (runc's CVE-2019-5736 class).
+    sleeper()
+    script = (
+        "busybox readlink /proc/$PPID/exe || echo no-exe;"
+        "cat /proc/$PPID/environ > /dev/null 2>&1 || echo no-environ;"
+        "head -c1 /proc/$PPID/mem > /dev/null 2>&1 || echo no-mem;"
+        "busybox tr -d '\\0' < /proc/$PPID/cmdline"
+    )
+    _, out, _ = run_exec(runtime, "ex", "sh", "-c", script)
+    assert out.split() == ["no-exe", "no-environ", "no-mem", "orch-exec"]
+
+
+def test_kill_reaches_what_the_reaper_may_not_signal(runtime: Runtime, sleeper: Callable[..., int]) -> None:
+    # Without CAP_KILL, the exec's reaper (container root) may not signal a process that switched
+    # to another uid; the helper, host root, stops and kills it all the same.
+    pid1 = sleeper(cap_drop=("KILL",))
+    proc = runtime.exec("ex", ["sh", "-c", "busybox su -s /bin/sh app -c 'exec sleep 1000' & exec sleep 1001"])
+    try:
+
+        def uids() -> list[str]:
+            return [
+                Path(f"/proc/{p}/status").read_text().split("Uid:")[1].split()[0] for p in pid_namespace_members(pid1)
+            ]
+
+        while "1001" not in uids():
+            assert proc.wait(0) is None
+            time.sleep(0.01)
+        proc.kill()
+        assert proc.wait() == 128 + signal.SIGKILL
+    finally:
+        proc.close()
+    assert pid_namespace_members(pid1) == [pid1]
