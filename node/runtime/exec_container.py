@@ -89,7 +89,7 @@ def container_side(
         for fd in pid1:
             os.close(fd)
         calls.prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of the command stay below us, for the sweep
-        if sock.recv(1) != b"G":
+        if _recv(sock, 1) != b"G":
             os._exit(1)  # the helper could not put us into the cgroup
         try:
             init.run_setup(calls, plan, exec_steps())
@@ -142,7 +142,7 @@ def _reap(g: int, sock: socket.socket, wake: int) -> None:
         if wake in ready:
             with contextlib.suppress(BlockingIOError):
                 os.read(wake, 512)
-        if sock.fileno() in ready and not sock.recv(64):
+        if sock.fileno() in ready and not _recv(sock):
             break
     while True:
         for pid in children(os.getpid()):
@@ -153,6 +153,14 @@ def _reap(g: int, sock: socket.socket, wake: int) -> None:
             os.waitpid(-1, 0)
         except ChildProcessError:
             return
+
+
+def _recv(sock: socket.socket, size: int = 64) -> bytes:
+    """b"" at EOF, and when the helper closed its end with our status unread (ECONNRESET)."""
+    try:
+        return sock.recv(size)
+    except OSError:
+        return b""
 
 
 def _command(calls: LinuxSyscalls, plan: init.InitPlan, tty: int) -> NoReturn:

@@ -68,7 +68,10 @@ class Lines:
 
     def feed(self) -> None:
         """One recv (blocks unless the socket is readable); sets eof at the end."""
-        data, fds, _, _ = socket.recv_fds(self.sock, 65536, 4)
+        try:
+            data, fds, _, _ = socket.recv_fds(self.sock, 65536, 4)
+        except ConnectionResetError:  # closed with something of ours unread: EOF all the same
+            data, fds = b"", []
         self.fds += fds
         self.buf += data
         self.eof = self.eof or not data
