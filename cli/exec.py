@@ -87,7 +87,8 @@ def _on_some_scheduler(c: Client, start: xpb.ExecInput) -> int:
 
 
 def _session(stub: OrchStub, start: xpb.ExecInput) -> int:
-    requests: queue.Queue[xpb.ExecInput | None] = queue.Queue()
+    # Bounded: stdin is read only as fast as the stream takes it (a big file is not buffered here).
+    requests: queue.Queue[xpb.ExecInput | None] = queue.Queue(maxsize=16)
     requests.put(start)
     responses = stub.Exec(iter(requests.get, None))
     try:
@@ -103,8 +104,9 @@ def _session(stub: OrchStub, start: xpb.ExecInput) -> int:
                 elif kind == "exit_code":
                     return out.exit_code
     finally:
-        requests.put(None)
         responses.cancel()
+        with contextlib.suppress(queue.Full):
+            requests.put_nowait(None)  # ends the request iterator, if gRPC still reads it
     raise ExecError("Error: the exec ended without the command's exit code", EXIT_ERROR)
 
 
@@ -146,7 +148,8 @@ def _forward_resizes(requests: queue.Queue[xpb.ExecInput | None], enabled: bool)
         return
 
     def resized(_sig: int, _frame: FrameType | None) -> None:
-        requests.put(xpb.ExecInput(resize=_size()))
+        with contextlib.suppress(queue.Full):  # in a signal handler: never block; the next one catches up
+            requests.put_nowait(xpb.ExecInput(resize=_size()))
 
     previous = signal.signal(signal.SIGWINCH, resized)
     try:

@@ -101,6 +101,10 @@ def test_orch_exec_runs_commands_with_stdin_and_exit_codes(cluster: dict[str, An
     assert (r.returncode, r.stdout, r.stderr) == (3, "out\n", "err\n")
     r = orch(cluster, "exec", "-i", name, "--", "sh", "-c", "cat; echo done", stdin="hello\n")
     assert (r.returncode, r.stdout) == (0, "hello\ndone\n")
+    r = orch(cluster, "exec", "-i", name, "--", "busybox", "wc", "-c", stdin="x" * (4 << 20))
+    assert (r.returncode, r.stdout.strip()) == (0, str(4 << 20))  # more than any pipe or window holds
+    r = orch(cluster, "exec", name, "--", "busybox", "seq", "1", "300000")
+    assert r.returncode == 0 and r.stdout.splitlines() == [str(i) for i in range(1, 300001)]
     r = orch(cluster, "exec", name, "--", "cat", stdin="not forwarded without -i\n")
     assert (r.returncode, r.stdout) == (0, "")
     r = orch(cluster, "exec", name, "--", "definitely-missing")
