@@ -111,7 +111,10 @@ def main(argv: list[str]) -> NoReturn:
     code = FAILED
     agent = Lines(ctl)
     try:
-        request = ExecRequest.from_json(agent.next() or {"argv": []})
+        msg = agent.next()
+        if msg is None:  # the agent went away before it asked for anything
+            os._exit(FAILED)
+        request = ExecRequest.from_json(msg)
         code = _run(calls, ContainerDir(Path(argv[1])), request, agent)
     except NotRunning as exc:
         send(ctl, {"error": str(exc), "not_running": True})
