@@ -97,12 +97,29 @@ def start_exec(
     Raises NotRunning, or ContainerError when the helper failed (its message names why).
     """
     id = cdir.path.name
+    process = _spawn(cdir, stdin, output, request.tty)
+    try:
+        process.ctl.sendall(json.dumps(request.to_json()).encode() + b"\n")
+        reply = _reply(Lines(process.ctl), timeout)
+    except BaseException:
+        process.close()
+        raise
+    if reply.get("ok"):
+        return process
+    process.close()
+    if reply.get("not_running"):
+        raise NotRunning(id)
+    raise ContainerError(f"exec: {reply.get('error') or 'the exec helper failed'}", id=id)
+
+
+def _spawn(cdir: ContainerDir, stdin: bool, output: bool, tty: bool) -> ExecProcess:
+    """The helper, with a pipe (or /dev/null) for each stdio stream and the control socket."""
     ours, theirs = socket.socketpair()
-    mine: list[int] = []  # the caller's ends
+    mine: list[int] = []  # the caller's ends; -1: /dev/null
     given: list[int] = []  # the helper's ends, closed here once it has them
     try:
         stdio = []
-        for wanted, reader in ((stdin, False), (output, True), (output and not request.tty, True)):
+        for wanted, reader in ((stdin, False), (output, True), (output and not tty, True)):
             if not wanted:
                 stdio.append(subprocess.DEVNULL)
                 mine.append(-1)
@@ -132,19 +149,7 @@ def start_exec(
             os.close(fd)
         theirs.close()
     fds = [fd if fd >= 0 else None for fd in mine]
-    process = ExecProcess(proc, ours, fds[0], fds[1], fds[2])
-    try:
-        ours.sendall(json.dumps(request.to_json()).encode() + b"\n")
-        reply = _reply(Lines(ours), timeout)
-    except BaseException:
-        process.close()
-        raise
-    if reply.get("ok"):
-        return process
-    process.close()
-    if reply.get("not_running"):
-        raise NotRunning(id)
-    raise ContainerError(f"exec: {reply.get('error') or 'the exec helper failed'}", id=id)
+    return ExecProcess(proc, ours, fds[0], fds[1], fds[2])
 
 
 def _reply(lines: Lines, timeout: float) -> dict[str, object]:
