@@ -40,11 +40,8 @@ def _files(ca: str, cert: str, key: str, prefix: str) -> TlsFiles | None:
         raise CliError(str(e)) from None
 
 
-def _plaintext(command: str, listen: str, insecure: bool) -> None:
-    risk = [
-        f"{command}: no TLS (--tls-ca/--tls-cert/--tls-key): plaintext gRPC on {listen}.",
-        "Nobody is authenticated: whoever can connect may run any container as root on every node.",
-    ]
+def _plaintext(command: str, where: str, danger: str, insecure: bool) -> None:
+    risk = [f"{command}: no TLS (--tls-ca/--tls-cert/--tls-key): plaintext gRPC {where}.", danger]
     if not insecure:
         _warn([*risk, "Refusing to start. Pass the certificates (orch pki), or --insecure to run anyway."])
         raise CliError(f"{command}: refusing plaintext without --insecure")
@@ -54,7 +51,8 @@ def _plaintext(command: str, listen: str, insecure: bool) -> None:
 def scheduler_credentials(ca: str, cert: str, key: str, listen: str, insecure: bool) -> Credentials | None:
     files = _files(ca, cert, key, "--tls")
     if files is None:
-        _plaintext("orch scheduler", listen, insecure)
+        danger = "Nobody is authenticated: whoever can connect may run any container as root on every node."
+        _plaintext("orch scheduler", f"on {listen}", danger, insecure)
         return None
     return _load(files, roles=(Role.SCHEDULER,), serve=True)
 
@@ -62,7 +60,8 @@ def scheduler_credentials(ca: str, cert: str, key: str, listen: str, insecure: b
 def node_credentials(ca: str, cert: str, key: str, name: str, insecure: bool) -> Credentials | None:
     files = _files(ca, cert, key, "--tls")
     if files is None:
-        _plaintext(f"orch node {name}", "the agent's API and its scheduler session", insecure)
+        danger = "Whoever answers at the scheduler's address may run any container as root here."
+        _plaintext(f"orch node {name}", "to the scheduler and on the agent's API", danger, insecure)
         return None
     return _load(files, identity=node_identity(name), serve=True)
 
