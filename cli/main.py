@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from cli import commands
+from cli import commands, pki_commands
 from cli.client import Client, CliError, load_credentials, scheduler_addresses, tls_files
 from cli.manifest import ManifestError
 
@@ -363,47 +363,7 @@ def node_cmd(
     main(config)
 
 
-@cli.group()
-def pki() -> None:
-    """Certificates for a cluster: `orch pki init DIR`, then `orch pki issue DIR ROLE NAME`."""
-
-
-@pki.command("init")
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-def pki_init(directory: Path) -> None:
-    """Create the cluster's CA and etcd's CA in DIRECTORY (kept if they exist)."""
-    from cli import pki as ca
-
-    made = _pki(lambda: ca.init(directory))
-    for path in made:
-        click.echo(f"created {path}")
-    if not made:
-        click.echo(f"{directory}: the CAs exist; kept")
-
-
-@pki.command("issue")
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.argument("role", type=click.Choice(["scheduler", "admin", "viewer", "node", "etcd"]))
-@click.argument("name")
-@click.option("--host", "hosts", multiple=True, metavar="H", help="IP or DNS name it serves on (repeat).")
-def pki_issue(directory: Path, role: str, name: str, hosts: tuple[str, ...]) -> None:
-    """Issue NAME.crt/NAME.key for ROLE (a scheduler also gets etcd/NAME.crt, an etcd member etcd/NAME.crt)."""
-    from cli import pki as ca
-
-    issued = _pki(lambda: ca.issue_for(directory, role, name, hosts))
-    for path in issued:
-        click.echo(f"issued {path}")
-    if not issued:
-        click.echo(f"{name}: the certificates are current; kept")
-
-
-def _pki(fn: Callable[[], list[Path]]) -> list[Path]:
-    from cli.pki import PkiError
-
-    try:
-        return fn()
-    except (PkiError, OSError) as e:
-        raise CliError(f"orch pki: {e}") from None
+cli.add_command(pki_commands.pki)
 
 
 def main(argv: list[str] | None = None) -> Any:

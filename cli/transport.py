@@ -16,7 +16,6 @@ import click
 from cli.client import CliError
 from orch.identity import Role, node_identity
 from orch.tls import Credentials, TlsError, TlsFiles
-from scheduler.store import parse_endpoints
 
 __all__ = ["etcd_credentials", "node_credentials", "scheduler_credentials"]
 
@@ -67,6 +66,8 @@ def node_credentials(ca: str, cert: str, key: str, name: str, insecure: bool) ->
 
 
 def etcd_credentials(ca: str, cert: str, key: str, endpoints: Sequence[str], insecure: bool) -> Credentials | None:
+    from scheduler.store import parse_endpoints  # only a scheduler needs etcd's client
+
     files = _files(ca, cert, key, "--etcd")
     try:
         parse_endpoints(endpoints, tls=files is not None)

@@ -13,8 +13,9 @@ import json
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from orch.tls import SCHEDULER, Credentials, TlsFiles, channel
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import agent_pb2_grpc, api_pb2, api_pb2_grpc
 from orch.v1 import types_pb2 as pb
+from scheduler.store import Store
 from tests.e2e.cluster import orch
 from tests.fixtures.etcd import free_port
 from tests.fixtures.processes import run_orch
@@ -221,20 +223,92 @@ class _Impostor(api_pb2_grpc.OrchServicer, agent_pb2_grpc.AgentSessionServicer):
         yield apb.SchedulerMessage(registered=apb.Registered(lease_id=1, heartbeat_interval_ms=1000))
 
 
-@pytest.fixture
-def impostor(request: pytest.FixtureRequest, tls_dir: Path) -> Iterator[tuple[str, _Impostor]]:
-    """A gRPC server on a free loopback port with the certificate named by the test's parameter."""
-    servicer = _Impostor()  # type: ignore[abstract]
+class _AgentImpostor(agent_pb2_grpc.NodeAgentServicer):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def Usage(self, request: Any, context: Any) -> pb.UsageReport:
+        self.calls += 1
+        return pb.UsageReport()
+
+
+@contextmanager
+def _serving(tls_dir: Path, cert: str, add: Callable[[grpc.Server], None]) -> Iterator[str]:
+    """A gRPC server on a free loopback port with a valid certificate of the cluster's CA."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    api_pb2_grpc.add_OrchServicer_to_server(servicer, server)
-    agent_pb2_grpc.add_AgentSessionServicer_to_server(servicer, server)
-    creds = TlsFiles.in_dir(tls_dir, request.param).load()  # a valid certificate of the cluster's CA
+    add(server)
+    creds = TlsFiles.in_dir(tls_dir, cert).load()
     port = server.add_secure_port(f"127.0.0.1:{free_port()}", creds.server_credentials())
     server.start()
     try:
-        yield f"127.0.0.1:{port}", servicer
+        yield f"127.0.0.1:{port}"
     finally:
         server.stop(None).wait()
+
+
+@pytest.fixture
+def impostor(request: pytest.FixtureRequest, tls_dir: Path) -> Iterator[tuple[str, _Impostor]]:
+    """A scheduler impostor with the certificate named by the test's parameter."""
+    servicer = _Impostor()  # type: ignore[abstract]
+
+    def add(server: grpc.Server) -> None:
+        api_pb2_grpc.add_OrchServicer_to_server(servicer, server)
+        agent_pb2_grpc.add_AgentSessionServicer_to_server(servicer, server)
+
+    with _serving(tls_dir, request.param, add) as address:
+        yield address, servicer
+
+
+@pytest.fixture
+def agent_impostor(request: pytest.FixtureRequest, tls_dir: Path) -> Iterator[tuple[str, _AgentImpostor]]:
+    """An agent impostor with the certificate named by the test's parameter."""
+    servicer = _AgentImpostor()  # type: ignore[abstract]
+    with _serving(tls_dir, request.param, lambda s: agent_pb2_grpc.add_NodeAgentServicer_to_server(servicer, s)) as a:
+        yield a, servicer
+
+
+@contextmanager
+def _node_address(info: dict[str, Any], tls_dir: Path, node: str, address: str) -> Iterator[None]:
+    """Point the scheduler at another address for node's agent, as one who could write etcd would."""
+    store = Store(info["etcd"], tls=TlsFiles.in_dir(tls_dir / pki.ETCD_DIR, "scheduler").load())
+    key = store.keys.node(node)
+    record = store.get(pb.Node, key)
+    assert record is not None
+    old = record.value.address
+    try:
+        store.update(pb.Node, key, lambda n: setattr(n, "address", address))
+        yield
+    finally:
+        store.update(pb.Node, key, lambda n: setattr(n, "address", old))
+        store.close()
+
+
+def _top_node_1(info: dict[str, Any]) -> dict[str, Any]:
+    r = orch(info, "top", "nodes", "--node", "node-1", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    return dict(json.loads(r.stdout)[0])
+
+
+@pytest.mark.parametrize("agent_impostor", ["node-0"], indirect=True)
+def test_the_scheduler_dials_only_the_node_it_means(
+    cluster: dict[str, Any], agent_impostor: tuple[str, _AgentImpostor], tls_dir: Path
+) -> None:
+    address, servicer = agent_impostor  # node-0's certificate, answering at "node-1's" address
+    with _node_address(cluster, tls_dir, "node-1", address):
+        usage = _top_node_1(cluster)
+    assert servicer.calls == 0, usage  # the handshake failed: it never got a call
+    assert "UNAVAILABLE" in (usage["error"] or ""), usage
+    assert _top_node_1(cluster)["error"] is None  # node-1 itself answers again
+
+
+@pytest.mark.parametrize("agent_impostor", ["node-1"], indirect=True)
+def test_control_node_1s_certificate_answers_for_node_1(
+    cluster: dict[str, Any], agent_impostor: tuple[str, _AgentImpostor], tls_dir: Path
+) -> None:
+    address, servicer = agent_impostor
+    with _node_address(cluster, tls_dir, "node-1", address):
+        usage = _top_node_1(cluster)
+    assert usage["error"] is None and servicer.calls == 1
 
 
 def _agent_session(address: str, creds: Credentials) -> str:
