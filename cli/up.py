@@ -297,6 +297,8 @@ def run_cluster(
         addresses = ",".join(cluster.addresses)
         print(f"orch up: {nodes} node(s), scheduler(s) {addresses}, state in {cluster.dir}", flush=True)
         tls_env = f" ORCH_TLS_DIR={cluster.pki}" if cluster.pki else ""
+        if cluster.pki is None:
+            print("  WARNING --no-tls: plaintext gRPC and etcd; every local user can control this cluster", flush=True)
         print(f"  export ORCH_SCHEDULER={addresses}{tls_env}; Ctrl-C stops the cluster", flush=True)
         reported: set[int] = set()
         while not stopping:
