@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import stat
 import subprocess
@@ -52,7 +53,8 @@ spec:
 def etcdctl(info: dict[str, Any], *args: str, user: list[str] | None = None) -> subprocess.CompletedProcess[str]:
     argv = [*(user or []), "etcdctl", "--endpoints", info["etcd"][0], "--dial-timeout", "2s",
             "--command-timeout", "4s", *args]  # fmt: skip
-    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False, env={"ETCDCTL_API": "3"})
+    env = {"ETCDCTL_API": "3", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}  # no ETCDCTL_* of the caller's
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False, env=env)
 
 
 def etcd_client(info: dict[str, Any], name: str = "scheduler") -> list[str]:
