@@ -14,7 +14,7 @@ from cli.client import Client, CliError
 from cli.manifest import LoadedApp, load_manifests
 from cli.output import app_row, instance_row, node_row, render, usage_instance_row, usage_node_row
 from orch.quantity import QuantityError, parse_cpu, parse_duration, parse_memory
-from orch.tls import TlsFiles
+from orch.tls import Credentials
 from orch.v1 import api_pb2 as api
 from orch.v1 import types_pb2 as pb
 from orch.v1.api_pb2_grpc import OrchStub
@@ -254,7 +254,7 @@ def agent_config(
     *,
     userns_range: str = "",
     publish_address: str = "",
-    tls: TlsFiles | None = None,
+    tls: Credentials | None = None,
 ) -> AgentConfig:
     from node.agent import AgentConfig
     from node.runtime.userns import IdRange

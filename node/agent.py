@@ -30,7 +30,7 @@ from node.runtime.userns import IdRange
 from node.session import Session
 from node.usage import sample_usage
 from node.worker import InstanceWorker, WorkerDeps
-from orch.tls import TlsFiles, add_port
+from orch.tls import Credentials, add_port
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import agent_pb2_grpc
 from orch.v1 import types_pb2 as pb
@@ -57,7 +57,7 @@ class AgentConfig:
     cgroup: str = ""  # cgroup parent of the containers; default orch/<name>
     userns_ids: IdRange = field(default_factory=IdRange)  # host ids for hostUsers: false containers
     publish_address: str = ""  # hostPorts only on this local address; "" = every local address
-    tls: TlsFiles | None = None  # mutual TLS: to the schedulers, and for our own API
+    tls: Credentials | None = None  # mutual TLS: to the schedulers, and for our own API
 
     @property
     def cgroup_parent(self) -> str:

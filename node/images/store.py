@@ -38,6 +38,7 @@ from node.images.reference import Reference, parse_reference
 from node.images.registry import RegistryClient, RegistrySource
 from node.images.source import Resolved, Source
 from node.images.usage import DiskUsage, GcResult, tree_bytes
+from orch.files import write_atomic
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +204,7 @@ class ImageStore:
             if path.exists():
                 old = _read_json(path)
                 record["refs"] = sorted(set(old.get("refs", [])) | {key})
-            _write_atomic(path, json.dumps(record, indent=1).encode())
+            write_atomic(path, json.dumps(record, indent=1).encode(), mode=0o600)
             self._refs[key] = res.manifest_digest
             self._save_refs()
         return self._prepared(key, record)
@@ -238,7 +239,7 @@ class ImageStore:
         return {str(k): str(v) for k, v in _read_json(path).items()} if path.exists() else {}
 
     def _save_refs(self) -> None:
-        _write_atomic(self.root / "refs.json", json.dumps(self._refs, indent=1, sort_keys=True).encode())
+        write_atomic(self.root / "refs.json", json.dumps(self._refs, indent=1, sort_keys=True).encode(), mode=0o600)
 
 
 def _rootfs_dir(ref: Reference, image: str) -> Path:
@@ -281,21 +282,8 @@ def _put_blob(root: Path, data: bytes) -> str:
     digest = sha256_digest(data)
     path = root / "blobs" / "sha256" / digest.removeprefix("sha256:")
     if not path.exists():
-        _write_atomic(path, data)
+        write_atomic(path, data, mode=0o600)
     return digest
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from node.network.errors import AddressExhausted, ConfigError, StateError
 from node.network.model import parse_subnet
+from orch.files import write_atomic
 
 _LAST = "last"
 _TMP_PREFIX = ".tmp-"
@@ -73,7 +74,7 @@ class Ipam:
     def clear(self) -> None:
         """Remove every file this class writes, then the directory if it is empty."""
         for name in self._listdir():
-            if name == _LAST or name.startswith(_TMP_PREFIX) or self._parse(name) is not None:
+            if name == _LAST or name.startswith((_TMP_PREFIX, f".{_LAST}.")) or self._parse(name) is not None:
                 self._unlink(self._dir / name)
         with contextlib.suppress(OSError):  # missing, or holds someone else's files: leave it
             self._dir.rmdir()
@@ -153,9 +154,5 @@ class Ipam:
             return None  # only a hint: start from the bottom
 
     def _write_last(self, ip: ipaddress.IPv4Address) -> None:
-        tmp = self._dir / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
-        try:
-            tmp.write_text(str(ip))
-            os.replace(tmp, self._dir / _LAST)
-        except OSError:
-            tmp.unlink(missing_ok=True)  # only a hint: losing it costs nothing
+        with contextlib.suppress(OSError):  # only a hint: losing it costs nothing
+            write_atomic(self._dir / _LAST, str(ip).encode(), fsync=False)

@@ -14,10 +14,11 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from orch import files
 
 __all__ = ["ContainerDir", "proc_start_time", "read_json", "write_json_atomic"]
 
@@ -70,13 +71,7 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     No fsync: after a host crash the containers are gone anyway, and it would
     cost milliseconds on every start.
     """
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, json.dumps(data).encode())
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+    files.write_json_atomic(path, data, fsync=False)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
