@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -170,3 +172,34 @@ def test_an_image_symlink_cannot_make_setup_touch_host_files(runtime: Runtime, t
     with pytest.raises(RuntimeStartError, match="/etc/hostname is a symlink in the image"):
         runtime.start(config)
     assert list(host_dir.iterdir()) == []
+
+
+def layered(config: ContainerConfig, *layers: Path) -> ContainerConfig:
+    """`config` on an image of `layers` (top first), as the agent builds it from an ImageStore."""
+    return dataclasses.replace(config, rootfs=layers[0], lower_dirs=layers)
+
+
+def test_user_of_a_lower_layer_and_passwd_resolved_inside_the_image(
+    runtime: Runtime, make_config: MakeConfig, rootfs: Path, tmp_path: Path
+) -> None:
+    # Issue 9 item 7: /etc/passwd is looked up across every layer, inside the image.
+    top = tmp_path / "top"
+    (top / "etc").mkdir(parents=True)
+    (top / "etc" / "motd").write_text("top layer\n")
+    _, text = run(runtime, layered(make_config("lower", "id", user="app"), top, rootfs))
+    assert text.startswith("uid=1001(app) gid=1002(app)"), text
+
+    # passwd -> the host's /etc/shadow: read on the host it would make "root" uid <days since 1970>.
+    evil = tmp_path / "evil"
+    (evil / "etc").mkdir(parents=True)
+    (evil / "etc" / "passwd").symlink_to("/etc/shadow")
+    config = layered(make_config("shadow", "id", user="root"), evil, rootfs)
+    with pytest.raises(RuntimeStartError, match="user 'root' not found in the image's /etc/passwd"):
+        runtime.start(config)
+
+    # A FIFO would hang the agent's thread.
+    (evil / "etc" / "passwd").unlink()
+    os.mkfifo(evil / "etc" / "passwd")
+    with pytest.raises(RuntimeStartError, match="the image's /etc/passwd is a FIFO, not a regular file"):
+        runtime.start(layered(make_config("fifo", "id"), evil, rootfs))
+    assert [s.id for s in runtime.list()] == ["lower"]  # nothing left of the refused starts
