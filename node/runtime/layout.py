@@ -1,7 +1,7 @@
 """On-disk layout of one container's state dir, shared by the Runtime and the shim.
 
-<state_dir>/<id>/
-    spec.json     written by the Runtime before the shim starts (config + cgroup)
+<state_dir>/<id>/          0700, in a 0700 state_dir: spec.json holds the app's env (secrets)
+    spec.json     written by the Runtime before the shim starts (config + cgroup); 0600 like every JSON here
     start.json    written by the shim: shim and container pids (+ start times), started_at
     exit.json     written by the shim once, atomically, when the container has ended
     shim.log      the shim's own stderr (tracebacks), not the container's output
@@ -71,7 +71,7 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     cost milliseconds on every start.
     """
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, json.dumps(data).encode())
     finally:

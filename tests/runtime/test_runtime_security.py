@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import stat
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -203,3 +206,36 @@ def test_user_of_a_lower_layer_and_passwd_resolved_inside_the_image(
     with pytest.raises(RuntimeStartError, match="the image's /etc/passwd is a FIFO, not a regular file"):
         runtime.start(layered(make_config("fifo", "id"), evil, rootfs))
     assert [s.id for s in runtime.list()] == ["lower"]  # nothing left of the refused starts
+
+
+def as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv], capture_output=True, text=True
+    )
+
+
+def test_state_is_private_to_root(cgroup_parent: str, rootfs: Path, tmp_path: Path) -> None:
+    # Issue 9 item 8: spec.json holds the app's env (its secrets). The parent here is world-readable
+    # on purpose (pytest's own tmp dirs are 0700, which would hide a leak).
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    parent = Path(tempfile.mkdtemp(prefix="orch-modes-"))
+    os.chmod(parent, 0o755)
+    (parent / "control").write_text("readable\n")
+    runtime = Runtime(parent / "state", cgroup_parent)
+    try:
+        env = {"DB_PASSWORD": "hunter2"}
+        config = ContainerConfig("secret", rootfs, ("sleep", "1000"), env, tmp_path / "secret.log")
+        runtime.start(config)
+        cdir = parent / "state" / "secret"
+        assert "hunter2" in (cdir / "spec.json").read_text()
+        assert as_nobody("cat", str(parent / "control")).stdout == "readable\n"  # the harness can read
+        denied = as_nobody("cat", str(cdir / "spec.json"))
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr, denied
+        assert "hunter2" not in denied.stdout
+        # Each level on its own, so that no one of them depends on another to stay private.
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (parent / "state", cdir, cdir / "spec.json")}
+        assert modes == {"state": 0o700, "secret": 0o700, "spec.json": 0o600}
+    finally:
+        runtime.cleanup_all()
+        shutil.rmtree(parent)
