@@ -135,8 +135,8 @@ class _Walk:
         raise ImageFileError(self.path, "is a directory", self.resolved)
 
     def _merge_roots(self) -> tuple[int, ...]:
-        roots = [self._open_dir(None, str(layer)) for layer in self.layers]
-        return _until_opaque(roots)
+        # overlayfs merges the layers' roots whole: an opaque marker on a root is not looked at.
+        return tuple(self._open_dir(None, str(layer)) for layer in self.layers)
 
     def _lookup(self, dirs: tuple[int, ...], name: str) -> _Found | None:
         """overlayfs's lookup of `name` in a merged directory (its layers' fds, top first)."""

@@ -141,3 +141,9 @@ def test_deep_nesting_is_bounded(tmp_path: Path) -> None:
     image = layer(tmp_path / "image", {f"{deep}/p": b"x", "etc/passwd": f"->/{deep}/p"})
     with pytest.raises(ImageFileError, match="/etc/passwd is nested too deeply"):
         read_image_file([image], "/etc/passwd")
+
+
+def test_opaque_marker_on_a_layer_root_is_ignored_as_overlayfs_does(tmp_path: Path, base: Path) -> None:
+    top = layer(tmp_path / "top", {"bin/x": b"x"})
+    os.setxattr(top, OPAQUE_XATTR, b"y")  # checked against a real overlay mount: the base still shows
+    assert read_image_file([top, base], "/etc/passwd") == PASSWD
