@@ -87,7 +87,19 @@ def parse_image_config(raw: bytes, what: str) -> tuple[ImageConfig, tuple[str, .
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ImageError(f"{what}: malformed image config: {exc!r}") from exc
+    _refuse_nul(config, what)
     return config, tuple(parse_digest(d, f"{what}: config: diff_id") for d in ids)
+
+
+def _refuse_nul(config: ImageConfig, what: str) -> None:
+    """execve takes C strings: a NUL in the image's process fields would fail every start, unexplained."""
+    fields = {"Entrypoint": config.entrypoint, "Cmd": config.cmd, "Env": config.env}
+    fields |= {"WorkingDir": (config.working_dir,), "User": (config.user,)}
+    for name, values in fields.items():
+        for i, value in enumerate(values):
+            if "\0" in value:
+                where = f"{name}[{i}]" if name in ("Entrypoint", "Cmd", "Env") else name
+                raise ImageError(f"{what}: config: {where} contains a NUL byte")
 
 
 def config_to_json(config: ImageConfig) -> dict[str, Any]:

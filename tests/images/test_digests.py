@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -222,5 +223,21 @@ def test_layout_files_are_regular_and_capped(make_store: MakeStore, tmp_path: Pa
             f.truncate(MAX_SMALL_BLOB + 1)
     why = {"symlink": "a symlink", "fifo": "is not a regular file", "huge": f"larger than {MAX_SMALL_BLOB} bytes"}
     with pytest.raises(ImageError, match=f"pull oci:{layout}:evil: {index}.*{why[kind]}"):
+        make_store(tmp_path / "store").prepare(f"oci:{layout}:evil")
+    nothing_written(tmp_path / "store")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "where"),
+    [("Env", ["A=x\0y"], "Env[0]"), ("Cmd", ["sh", "-c\0"], "Cmd[1]"), ("WorkingDir", "/a\0", "WorkingDir")],
+)
+def test_nul_in_the_image_process_is_refused_at_pull(
+    make_store: MakeStore, tmp_path: Path, field: str, value: object, where: str
+) -> None:
+    # Issue 9 item 8, from the image's side: the manifest's fields are checked at apply, the image's here.
+    layout = crafted_layout(
+        tmp_path / "layout", "evil", [LAYER], config=lambda c: c["config"].__setitem__(field, value)
+    )
+    with pytest.raises(ImageError, match=rf"pull oci:{layout}:evil: config: {re.escape(where)} contains a NUL byte"):
         make_store(tmp_path / "store").prepare(f"oci:{layout}:evil")
     nothing_written(tmp_path / "store")
