@@ -255,9 +255,11 @@ def agent_config(
     userns_range: str = "",
     publish_address: str = "",
     tls: Credentials | None = None,
+    default_pids_limit: int | None = None,
 ) -> AgentConfig:
     from node.agent import AgentConfig
     from node.runtime.userns import IdRange
+    from node.worker import DEFAULT_PIDS_LIMIT
 
     if bool(bridge) != bool(subnet):
         raise CliError("--bridge and --subnet go together")
@@ -285,4 +287,5 @@ def agent_config(
         userns_ids=userns_ids,
         publish_address=publish_address,
         tls=tls,
+        default_pids_limit=DEFAULT_PIDS_LIMIT if default_pids_limit is None else default_pids_limit,
     )

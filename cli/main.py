@@ -306,6 +306,13 @@ def scheduler_cmd(
     metavar="FIRST:COUNT",
     help="Host ids for hostUsers: false containers, 65536 each (default 1073741824:67108864).",
 )
+@click.option(
+    "--default-pids-limit",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="pids.max of containers whose app sets no resources.pids (default 4096; 0: unlimited).",
+)
 @click.option("--cleanup", is_flag=True, help="Stop and remove every container and network of this node, then exit.")
 @tls_options
 @click.option("--insecure", is_flag=True, help="Allow plaintext gRPC without TLS files (anyone can pose as scheduler).")
@@ -325,6 +332,7 @@ def node_cmd(
     cgroup_parent: str,
     publish_address: str,
     userns_range: str,
+    default_pids_limit: int | None,
     cleanup: bool,
     tls_ca: str,
     tls_cert: str,
@@ -356,6 +364,7 @@ def node_cmd(
         userns_range=userns_range,
         publish_address=publish_address,
         tls=tls,
+        default_pids_limit=default_pids_limit,
     )
     if cleanup:
         cleanup_node(config)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from node.runtime import ContainerError, ContainerState, Runtime
 from node.runtime.userns import IdRange
 from node.session import Session
 from node.usage import sample_usage
-from node.worker import InstanceWorker, WorkerDeps
+from node.worker import DEFAULT_PIDS_LIMIT, InstanceWorker, WorkerDeps
 from orch.tls import Credentials, add_port
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import agent_pb2_grpc
@@ -58,6 +59,7 @@ class AgentConfig:
     userns_ids: IdRange = field(default_factory=IdRange)  # host ids for hostUsers: false containers
     publish_address: str = ""  # hostPorts only on this local address; "" = every local address
     tls: Credentials | None = None  # mutual TLS: to the schedulers, and for our own API
+    default_pids_limit: int = DEFAULT_PIDS_LIMIT  # pids.max for apps that set none; 0: unlimited
 
     @property
     def cgroup_parent(self) -> str:
@@ -73,6 +75,9 @@ def network_config(config: AgentConfig) -> NetworkConfig:
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
+        # Private: container specs hold the apps' env (secrets), logs their output.
+        config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(config.state_dir, 0o700)
         self.runtime = Runtime(config.state_dir / "containers", config.cgroup_parent, userns_ids=config.userns_ids)
         self.network = NodeNetwork(network_config(config)) if config.bridge else None
         self.metrics = NodeMetrics(config.name)
@@ -83,7 +88,9 @@ class Agent:
         log_dir = config.state_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         self.images = ImageStore(config.state_dir / "images", insecure=config.insecure_registries)
-        self._deps = WorkerDeps(self.runtime, self.network, self.images, log_dir, self._report)
+        self._deps = WorkerDeps(
+            self.runtime, self.network, self.images, log_dir, self._report, config.default_pids_limit
+        )
         self.session = Session(config.schedulers, self._register, self._full_report, self.apply_desired, tls=config.tls)
         self._apply_lock = asyncio.Lock()
         self._swept = False

@@ -34,6 +34,9 @@ Report = Callable[[pb.Instance, pb.InstanceStatus], None]
 AGENT_ERROR_LIMIT = 5  # worker failures in a row before the instance is given up
 AGENT_ERROR_BACKOFF = (1.0, 30.0)  # first and longest wait between those attempts
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# pids.max of a container whose app sets no resources.pids (`orch node --default-pids-limit`): a fork
+# bomb stays in its container. Not part of the app's spec, so the scheduler's accounting is unchanged.
+DEFAULT_PIDS_LIMIT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +46,13 @@ class WorkerDeps:
     images: ImageStore
     log_dir: Path
     report: Report
+    default_pids: int = DEFAULT_PIDS_LIMIT  # 0: unlimited
 
 
-def container_config(inst: pb.Instance, image: PreparedImage, log_dir: Path, network: bool) -> ContainerConfig:
-    """The instance's spec over the image's defaults (Docker's rules), as the runtime wants it."""
+def container_config(
+    inst: pb.Instance, image: PreparedImage, log_dir: Path, network: bool, default_pids: int = DEFAULT_PIDS_LIMIT
+) -> ContainerConfig:
+    """The instance's spec over the image's defaults (Docker's rules) and the node's default limits."""
     spec = inst.spec
     process = effective_process(
         image.config, list(spec.command), list(spec.args), dict(spec.env), spec.working_dir or None, spec.user or None
@@ -70,7 +76,7 @@ def container_config(inst: pb.Instance, image: PreparedImage, log_dir: Path, net
         user_namespace=spec.user_namespace,
         cpu_millis=spec.resources.cpu_millis,
         memory_bytes=spec.resources.memory_bytes,
-        pids=spec.resources.pids,
+        pids=spec.resources.pids or default_pids,
         network=network,
     )
 
@@ -184,7 +190,8 @@ class InstanceWorker:
             return None
         self._set(pb.InstanceStatus(state=pb.INSTANCE_STATE_STARTING))
         try:
-            config = container_config(inst, image, self._deps.log_dir, self._deps.network is not None)
+            deps = self._deps
+            config = container_config(inst, image, deps.log_dir, deps.network is not None, deps.default_pids)
             await asyncio.to_thread(self._deps.runtime.remove, inst.name)  # a previous run's leftovers
             return await asyncio.to_thread(self._deps.runtime.start, config, self._on_netns)
         except (ContainerError, NetworkError, OSError, ValueError) as e:

@@ -1,7 +1,7 @@
 """On-disk layout of one container's state dir, shared by the Runtime and the shim.
 
-<state_dir>/<id>/
-    spec.json     written by the Runtime before the shim starts (config + cgroup)
+<state_dir>/<id>/          0700, in a 0700 state_dir: spec.json holds the app's env (secrets)
+    spec.json     written by the Runtime before the shim starts (config + cgroup); 0600 like every JSON here
     start.json    written by the shim: shim and container pids (+ start times), started_at
     exit.json     written by the shim once, atomically, when the container has ended
     shim.log      the shim's own stderr (tracebacks), not the container's output
@@ -71,7 +71,7 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     No fsync: after a host crash the containers are gone anyway, and it would
     cost milliseconds on every start.
     """
-    files.write_json_atomic(path, data, fsync=False)
+    files.write_json_atomic(path, data, mode=0o600, fsync=False)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

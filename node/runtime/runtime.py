@@ -52,7 +52,8 @@ class Runtime:
         self.state_dir = Path(state_dir)
         self.cgroup_parent = cgroup_parent.strip("/")
         self._cg = cgroups if cgroups is not None else driver_for()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)  # spec.json holds the apps' env: root only (layout.py)
         self._zygote = Zygote(self.state_dir) if use_zygote else None
         self._userns_ids = userns_ids
         self._userns_lock = threading.Lock()
@@ -108,7 +109,7 @@ class Runtime:
             if "," in str(path) or ":" in str(path):
                 raise RuntimeStartError(f"path {path} contains ',' or ':'", id=id)
         try:
-            cdir.path.mkdir()
+            cdir.path.mkdir(mode=0o700)
         except FileExistsError:
             raise RuntimeStartError(f"{cdir.path} exists: remove the old container first", id=id) from None
         try:

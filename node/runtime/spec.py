@@ -76,8 +76,9 @@ class ShimSpec:
         userns_host_id: int = -1,
         netns_hook: bool = True,
     ) -> ShimSpec:
-        """Raises ValueError for an unknown user, group, capability or rlimit."""
-        identity = resolve_user(config.rootfs, config.user)
+        """Raises ValueError for an unknown user, group, capability or rlimit, or an unusable
+        /etc/passwd or /etc/group (read across all the image's layers, inside the image)."""
+        identity = resolve_user(config.lower_dirs or (config.rootfs,), config.user)
         if userns_host_id >= 0 and max(identity.uid, identity.gid, *identity.groups) >= IDS_PER_CONTAINER:
             raise ValueError(
                 f"user {config.user!r}: ids above {IDS_PER_CONTAINER - 1} are not mapped in the user namespace"
