@@ -50,7 +50,7 @@ class WorkerDeps:
 
 
 def container_config(
-    inst: pb.Instance, image: PreparedImage, log_dir: Path, network: bool, default_pids: int = DEFAULT_PIDS_LIMIT
+    inst: pb.Instance, image: PreparedImage, log_dir: Path, default_pids: int = DEFAULT_PIDS_LIMIT
 ) -> ContainerConfig:
     """The instance's spec over the image's defaults (Docker's rules) and the node's default limits."""
     spec = inst.spec
@@ -77,7 +77,6 @@ def container_config(
         cpu_millis=spec.resources.cpu_millis,
         memory_bytes=spec.resources.memory_bytes,
         pids=spec.resources.pids or default_pids,
-        network=network,
     )
 
 
@@ -191,7 +190,7 @@ class InstanceWorker:
         self._set(pb.InstanceStatus(state=pb.INSTANCE_STATE_STARTING))
         try:
             deps = self._deps
-            config = container_config(inst, image, deps.log_dir, deps.network is not None, deps.default_pids)
+            config = container_config(inst, image, deps.log_dir, deps.default_pids)
             await asyncio.to_thread(self._deps.runtime.remove, inst.name)  # a previous run's leftovers
             return await asyncio.to_thread(self._deps.runtime.start, config, self._on_netns)
         except (ContainerError, NetworkError, OSError, ValueError) as e:
