@@ -90,8 +90,8 @@ class ContainerDir:
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """tmp + rename: a reader (or an agent after a crash) sees all or nothing.
 
-    No fsync: after a host crash the containers are gone anyway, and it would
-    cost milliseconds on every start.
+    No fsync: after a host crash the containers are gone anyway, it would cost
+    milliseconds on every start, and read_json sets aside what a crash tore.
     """
     files.write_json_atomic(path, data, mode=0o600, fsync=False)
 
