@@ -298,7 +298,14 @@ def scheduler_cmd(
     "--publish-address",
     default="",
     metavar="ADDR",
-    help="Publish hostPorts only on this local address (default: every local address).",
+    help="Publish hostPorts only on this local address (default: every local address but loopback).",
+)
+@click.option(
+    "--host-port-range",
+    default="1024-65535",
+    show_default=True,
+    metavar="FIRST-LAST",
+    help="hostPorts this node publishes; ports the host listens on are refused too.",
 )
 @click.option(
     "--userns-range",
@@ -331,6 +338,7 @@ def node_cmd(
     listen: str,
     cgroup_parent: str,
     publish_address: str,
+    host_port_range: str,
     userns_range: str,
     default_pids_limit: int | None,
     cleanup: bool,
@@ -363,6 +371,7 @@ def node_cmd(
         listen,
         userns_range=userns_range,
         publish_address=publish_address,
+        host_port_range=host_port_range,
         tls=tls,
         default_pids_limit=default_pids_limit,
     )

@@ -24,7 +24,7 @@ from node.api import NodeAgentService
 from node.capacity import host_capacity, minus_reserve
 from node.images import ImageError, ImageStore
 from node.metrics import NodeMetrics
-from node.network import NetworkConfig, NetworkError, NodeNetwork
+from node.network import NetworkConfig, NetworkError, NodeNetwork, PortRange
 from node.reconcile import diff
 from node.runtime import ContainerError, ContainerState, Runtime
 from node.runtime.userns import IdRange
@@ -57,7 +57,8 @@ class AgentConfig:
     image_gc_above: int = 0  # sweep only while the store holds more bytes than this
     cgroup: str = ""  # cgroup parent of the containers; default orch/<name>
     userns_ids: IdRange = field(default_factory=IdRange)  # host ids for hostUsers: false containers
-    publish_address: str = ""  # hostPorts only on this local address; "" = every local address
+    publish_address: str = ""  # hostPorts only on this local address; "" = every local one but loopback
+    host_port_range: PortRange = field(default_factory=PortRange)  # hostPorts this node publishes at all
     tls: Credentials | None = None  # mutual TLS: to the schedulers, and for our own API
     default_pids_limit: int = DEFAULT_PIDS_LIMIT  # pids.max for apps that set none; 0: unlimited
 
@@ -68,7 +69,12 @@ class AgentConfig:
 
 def network_config(config: AgentConfig) -> NetworkConfig:
     return NetworkConfig(
-        config.bridge, config.subnet, config.state_dir / "ipam", publish_address=config.publish_address
+        config.bridge,
+        config.subnet,
+        config.state_dir / "ipam",
+        publish_address=config.publish_address,
+        host_port_range=config.host_port_range,
+        node=config.name,
     )
 
 
@@ -116,6 +122,8 @@ class Agent:
             labels=self.config.labels,
             version=VERSION,
             lease_id=lease_id,
+            host_port_min=self.config.host_port_range.first,
+            host_port_max=self.config.host_port_range.last,
         )
 
     def _report(self, inst: pb.Instance, status: pb.InstanceStatus) -> None:

@@ -21,12 +21,12 @@ def instance(pids: int = 0) -> pb.Instance:
 
 def test_an_app_without_pids_gets_the_node_default() -> None:
     assert DEFAULT_PIDS_LIMIT == 4096
-    assert container_config(instance(), IMAGE, Path("/logs"), False).pids == 4096
-    assert container_config(instance(), IMAGE, Path("/logs"), False, default_pids=100).pids == 100
-    assert container_config(instance(), IMAGE, Path("/logs"), False, default_pids=0).pids == 0  # unlimited
-    assert container_config(instance(pids=16), IMAGE, Path("/logs"), False).pids == 16  # the app's own wins
+    assert container_config(instance(), IMAGE, Path("/logs")).pids == 4096
+    assert container_config(instance(), IMAGE, Path("/logs"), default_pids=100).pids == 100
+    assert container_config(instance(), IMAGE, Path("/logs"), default_pids=0).pids == 0  # unlimited
+    assert container_config(instance(pids=16), IMAGE, Path("/logs")).pids == 16  # the app's own wins
     inst = instance()
-    container_config(inst, IMAGE, Path("/logs"), False)
+    container_config(inst, IMAGE, Path("/logs"))
     assert inst.spec.resources.pids == 0  # the spec is not touched: describe shows what the app asked
 
 
