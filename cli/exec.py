@@ -24,7 +24,7 @@ import click
 import grpc
 
 from cli.client import Client, describe_rpc_error
-from orch.tls import TlsError, channel
+from orch.tls import SCHEDULER, channel
 from orch.v1 import exec_pb2 as xpb
 from orch.v1.api_pb2_grpc import OrchStub
 
@@ -66,11 +66,7 @@ def run_exec(c: Client, instance: str, command: list[str], *, stdin: bool, tty: 
 def _on_some_scheduler(c: Client, start: xpb.ExecInput) -> int:
     last = "no scheduler address"
     for address in c.addresses:
-        try:
-            opened = channel(address, c.tls)
-        except TlsError as e:
-            raise ExecError(str(e), EXIT_ERROR) from None
-        with opened:
+        with channel(address, c.tls, peer=SCHEDULER) as opened:
             try:  # only a scheduler that answers: once the stream runs, it is not retried elsewhere
                 grpc.channel_ready_future(opened).result(timeout=c.timeout)
             except grpc.FutureTimeoutError:

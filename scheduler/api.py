@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from orch.tls import TlsFiles
+from orch.tls import Credentials
 from orch.v1 import api_pb2 as api
 from orch.v1 import api_pb2_grpc
 from orch.v1 import exec_pb2 as xpb
@@ -108,7 +108,7 @@ class OrchService(api_pb2_grpc.OrchServicer):
         store: Store,
         events: EventLog,
         on_change: Callable[[], None] = lambda: None,
-        agent_tls: TlsFiles | None = None,  # our certificate when we call agents (logs, top)
+        agent_tls: Credentials | None = None,  # our certificate when we call agents (logs, top)
     ) -> None:
         self._store = store
         self._events = events

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from orch.tls import TlsFiles, aio_channel
+from orch.tls import Credentials, aio_channel, node_identity
 from orch.v1 import agent_pb2_grpc
 from orch.v1 import exec_pb2 as xpb
 from orch.v1 import types_pb2 as pb
@@ -59,10 +59,10 @@ def exec_target(snap: ClusterSnapshot, name: str) -> ExecTarget:
 
 
 async def relay_exec(
-    target: ExecTarget, first: xpb.ExecInput, requests: AsyncIterator[xpb.ExecInput], tls: TlsFiles | None
+    target: ExecTarget, first: xpb.ExecInput, requests: AsyncIterator[xpb.ExecInput], tls: Credentials | None
 ) -> AsyncIterator[xpb.ExecOutput]:
     """The agent's output for the caller; the caller's input (after `first`) for the agent."""
-    async with aio_channel(target.address, tls) as channel:
+    async with aio_channel(target.address, tls, peer=node_identity(target.node)) as channel:
         call = agent_pb2_grpc.NodeAgentStub(channel).Exec()
         forward = asyncio.create_task(_forward(first, requests, call))
         try:

@@ -65,6 +65,7 @@ class ShimSpec:
     userns_host_id: int = -1  # host id of container root in its user namespace; -1 = none
     # The Runtime has an on_netns hook: the shim reports the netns and waits for "go" before exec.
     netns_hook: bool = True
+    fault_step: str = ""  # test seam: see InitPlan.fault_step
 
     @classmethod
     def resolve(
@@ -76,8 +77,9 @@ class ShimSpec:
         userns_host_id: int = -1,
         netns_hook: bool = True,
     ) -> ShimSpec:
-        """Raises ValueError for an unknown user, group, capability or rlimit."""
-        identity = resolve_user(config.rootfs, config.user)
+        """Raises ValueError for an unknown user, group, capability or rlimit, or an unusable
+        /etc/passwd or /etc/group (read across all the image's layers, inside the image)."""
+        identity = resolve_user(config.lower_dirs or (config.rootfs,), config.user)
         if userns_host_id >= 0 and max(identity.uid, identity.gid, *identity.groups) >= IDS_PER_CONTAINER:
             raise ValueError(
                 f"user {config.user!r}: ids above {IDS_PER_CONTAINER - 1} are not mapped in the user namespace"
@@ -97,7 +99,7 @@ class ShimSpec:
             "rlimits": [list(r) for r in self.rlimits],
             "userns": {"host_id": self.userns_host_id} if self.userns_host_id >= 0 else None,
             "netns_hook": self.netns_hook,
-        }
+        } | ({"fault_step": self.fault_step} if self.fault_step else {})
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ShimSpec:
@@ -107,8 +109,12 @@ class ShimSpec:
         caps = int(data.get("caps", cap_mask()))
         userns = data.get("userns") or {"host_id": -1}
         config = _config_from_json(data["config"])
-        host_id, hook = int(userns["host_id"]), bool(data.get("netns_hook", True))
-        return cls(config, cg["driver"], Path(cg["root"]), cg["path"], identity, caps, rlimits, host_id, hook)
+        host_id, hook, fault = (
+            int(userns["host_id"]),
+            bool(data.get("netns_hook", True)),
+            str(data.get("fault_step", "")),
+        )
+        return cls(config, cg["driver"], Path(cg["root"]), cg["path"], identity, caps, rlimits, host_id, hook, fault)
 
     def init_plan(self, cdir: ContainerDir, userns_fd: int = -1) -> InitPlan:
         c = self.config
@@ -125,7 +131,6 @@ class ShimSpec:
             working_dir=c.working_dir or "/",
             argv=c.argv,
             env=env,
-            network=c.network,
             read_only_rootfs=c.read_only_rootfs,
             etc_files=tuple((path, str(src)) for path, src in cdir.etc.items()),
             uid=self.identity.uid,
@@ -137,4 +142,5 @@ class ShimSpec:
             userns_fd=userns_fd,
             userns_root=max(self.userns_host_id, 0),
             idmapped_dir=str(cdir.idmapped),
+            fault_step=self.fault_step,
         )

@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 import pytest
 
-from orch.tls import TlsFiles, channel
+from orch.tls import TlsFiles, channel, node_identity
 from orch.v1 import agent_pb2_grpc
 from orch.v1 import exec_pb2 as xpb
 from tests.e2e.cluster import instances, orch
@@ -198,7 +198,8 @@ def test_only_a_scheduler_may_ask_an_agent_for_an_exec(cluster: dict[str, Any], 
     address = nodes[inst["node"]]["address"]
     start = xpb.ExecStart(instance=inst["name"], command=["touch", "/tmp/pwned"])
     for who in ("node-0", "node-1", "admin"):
-        with channel(address, TlsFiles.in_dir(pki, who)) as ch, pytest.raises(grpc.RpcError) as denied:
+        creds = TlsFiles.in_dir(pki, who).load()
+        with channel(address, creds, peer=node_identity(inst["node"])) as ch, pytest.raises(grpc.RpcError) as denied:
             list(agent_pb2_grpc.NodeAgentStub(ch).Exec(iter([xpb.ExecInput(start=start)]), timeout=10))
         assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED, who
     r = orch(cluster, "exec", inst["name"], "--", "ls", "/tmp")
