@@ -153,6 +153,22 @@ def logs(ctx: click.Context, name: str, follow: bool, tail: int, timestamps: boo
     commands.logs(client(ctx), name, follow=follow, tail=tail, timestamps=timestamps)
 
 
+@cli.command("exec")
+@click.argument("instance")
+@click.argument("command", nargs=-1, required=True)
+@click.option("-i", "--stdin", is_flag=True, help="Pass stdin to the command.")
+@click.option("-t", "--tty", is_flag=True, help="Give the command a terminal (raw mode here, resizes forwarded).")
+@click.pass_context
+def exec_cmd(ctx: click.Context, instance: str, command: tuple[str, ...], stdin: bool, tty: bool) -> None:
+    """Run a command in a running instance: orch exec INSTANCE [-i] [-t] -- CMD [ARG...].
+
+    Exits with the command's code; 121 no such instance, 122 not running, 123 its node cannot
+    be reached, 125 another orch error."""
+    from cli.exec import run_exec
+
+    sys.exit(run_exec(client(ctx), instance, list(command), stdin=stdin, tty=tty))
+
+
 @cli.command()
 @click.argument("node")
 @click.option("--timeout", "timeout", default="5m", show_default=True, help="Then stop what is left anyway.")

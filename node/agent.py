@@ -214,7 +214,9 @@ class Agent:
         self._server = grpc.aio.server()
         log_dir = self.config.state_dir / "logs"
         usage = functools.partial(sample_usage, self.config.name, self._running_instances, self.runtime.stats)
-        service = NodeAgentService(log_dir, lambda name: name in self.workers or name in self.stopping, usage)
+        service = NodeAgentService(
+            log_dir, lambda name: name in self.workers or name in self.stopping, usage, self.runtime.exec
+        )
         agent_pb2_grpc.add_NodeAgentServicer_to_server(service, self._server)
         port = add_port(self._server, self.config.listen, self.config.tls)
         if port == 0:

@@ -321,7 +321,7 @@ class InstanceWorker:
         if not spec.HasField("readiness"):
             return
         while True:
-            result = await asyncio.to_thread(probe, spec.readiness, self.ip, pid)
+            result = await asyncio.to_thread(probe, spec.readiness, self.ip, self._deps.runtime, self.instance.name)
             message = "" if result.ok else f"readiness: {result.detail}"
             if result.ok != self.status.ready or message != self.status.message:
                 status = pb.InstanceStatus()

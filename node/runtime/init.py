@@ -331,6 +331,8 @@ def _set_caps(s: sc.Syscalls, p: InitPlan) -> None:
                 s.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_RAISE, cap)
 
 
+# The exec path (`orch exec`, exec probes) runs these too, derived at each call by
+# exec_container.exec_steps(): a step added here applies to every exec'd process as well.
 EXEC_STEPS: tuple[Step, ...] = (
     # The shim sends "G" only after moving us into the container's cgroup, so
     # the new cgroup namespace's root is that cgroup (needs CAP_SYS_ADMIN: first).

@@ -21,13 +21,15 @@ import os
 import shutil
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from node.runtime import procs, staged, userns
 from node.runtime.cgroups import CgroupDriver, CgroupStats, Limits, driver_for
-from node.runtime.errors import ContainerError, NotFound, RuntimeStartError
+from node.runtime.errors import ContainerError, NotFound, NotRunning, RuntimeStartError
+from node.runtime.exec_client import ExecProcess, start_exec
+from node.runtime.exec_request import ExecRequest
 from node.runtime.layout import (
     ContainerDir,
     read_json,
@@ -37,6 +39,7 @@ from node.runtime.layout import (
     write_json_atomic,
 )
 from node.runtime.model import ContainerConfig, ContainerState, ContainerStatus, valid_id
+from node.runtime.security import resolve_user
 from node.runtime.shim_client import Zygote, run_shim
 from node.runtime.spec import ShimSpec
 
@@ -219,6 +222,38 @@ class Runtime:
         """cgroup usage (cpu ns, memory bytes, pids) for metrics; zeros once the cgroup is gone."""
         self._dir(id)
         return self._cg.stats(self._cgroup(id))
+
+    # -- exec ----------------------------------------------------------------
+
+    def exec(
+        self,
+        id: str,
+        argv: Sequence[str],
+        *,
+        tty: bool = False,
+        stdin: bool = False,
+        output: bool = True,
+        env: Mapping[str, str] | None = None,
+        user: str = "",
+        workdir: str = "",
+        size: tuple[int, int] = (24, 80),
+    ) -> ExecProcess:
+        """Run argv in the running container as `runc exec` does (exec_helper.py): all its
+        namespaces, its cgroup, and what its PID 1 applied before exec (rlimits, user,
+        capabilities, no_new_privs, ...). user: "" for the container's, else as in ContainerConfig.
+        Returns once the command was forked; raises NotFound, NotRunning or ContainerError."""
+        cdir = self._dir(id)
+        if not argv or not argv[0]:
+            raise ContainerError("exec: empty command", id=id)
+        if self.state(id).status is not ContainerStatus.RUNNING:
+            raise NotRunning(id)
+        try:
+            config = ShimSpec.from_json(read_json(cdir.spec) or {}).config
+            identity = resolve_user(config.lower_dirs or (config.rootfs,), user) if user else None
+        except (OSError, ValueError, KeyError) as exc:
+            raise ContainerError(f"exec: {exc}", id=id) from exc
+        request = ExecRequest(tuple(argv), dict(env or {}), identity, workdir, tty, size)
+        return start_exec(cdir, request, stdin=stdin, output=output)
 
     # -- stop ----------------------------------------------------------------
 
