@@ -85,6 +85,9 @@ class InitPlan:
     userns_root: int = 0  # the host uid/gid of container root, owner of the tmpfs /dev
     idmapped_dir: str = ""  # where the idmapped image layers are mounted (state dir)
     staged_dir: str = ""  # where a pre-staged PID 1 holds its /proc /dev /sys (staged.py)
+    # The compiled BPF program (seccomp/), read on the host side: the exec steps run after
+    # pivot_root or setns, where the host's state dir is out of reach. b"" = unconfined.
+    seccomp_program: bytes = b""
 
 
 Step = tuple[str, Callable[[sc.Syscalls, InitPlan], None]]
@@ -312,6 +315,11 @@ def _set_caps(s: sc.Syscalls, p: InitPlan) -> None:
                 s.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_RAISE, cap)
 
 
+def _load_seccomp(s: sc.Syscalls, p: InitPlan) -> None:
+    if p.seccomp_program:
+        s.load_seccomp(p.seccomp_program)
+
+
 EXEC_STEPS: tuple[Step, ...] = (
     # The shim sends "G" only after moving us into the container's cgroup, so
     # the new cgroup namespace's root is that cgroup (needs CAP_SYS_ADMIN: first).
@@ -332,6 +340,11 @@ EXEC_STEPS: tuple[Step, ...] = (
     ("set_uid", _set_uid),
     # After the uid change (which clears the effective set): the final sets, then ambient.
     ("set_caps", _set_caps),
+    # Last before exec: the filter was compiled for the final capability set, and the
+    # steps above make calls it denies a container (setns, unshare). Loading needs
+    # no_new_privs (set above) once CAP_SYS_ADMIN is gone. What runs after it (exec,
+    # and a reaper PID 1's spawn, waitpid, kill, write) is all allowed by the profile.
+    ("load_seccomp", _load_seccomp),
 )
 
 

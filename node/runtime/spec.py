@@ -14,8 +14,9 @@ from typing import Any
 
 from node.runtime.init import InitPlan
 from node.runtime.layout import ContainerDir
-from node.runtime.model import DEFAULT_PATH, ContainerConfig
-from node.runtime.security import Identity, cap_mask, resolve_user, rlimit_numbers
+from node.runtime.model import DEFAULT_PATH, SECCOMP_DEFAULT, SECCOMP_UNCONFINED, ContainerConfig
+from node.runtime.seccomp import FilterCache
+from node.runtime.security import Identity, cap_mask, cap_names, resolve_user, rlimit_numbers
 from node.runtime.userns import IDS_PER_CONTAINER
 
 __all__ = ["ShimSpec"]
@@ -65,6 +66,7 @@ class ShimSpec:
     userns_host_id: int = -1  # host id of container root in its user namespace; -1 = none
     # The Runtime has an on_netns hook: the shim reports the netns and waits for "go" before exec.
     netns_hook: bool = True
+    seccomp_program: str = ""  # the compiled filter's file (seccomp/cache.py); "" = unconfined
 
     @classmethod
     def resolve(
@@ -75,8 +77,10 @@ class ShimSpec:
         path: str,
         userns_host_id: int = -1,
         netns_hook: bool = True,
+        seccomp: FilterCache | None = None,
     ) -> ShimSpec:
-        """Raises ValueError for an unknown user, group, capability or rlimit."""
+        """Raises ValueError for an unknown user, group, capability, rlimit or seccomp mode,
+        SeccompError when the filter cannot be built."""
         identity = resolve_user(config.rootfs, config.user)
         if userns_host_id >= 0 and max(identity.uid, identity.gid, *identity.groups) >= IDS_PER_CONTAINER:
             raise ValueError(
@@ -84,7 +88,8 @@ class ShimSpec:
             )
         caps = cap_mask(config.cap_add, config.cap_drop)
         rlimits = tuple(rlimit_numbers(config.rlimits))
-        return cls(config, driver, root, path, identity, caps, rlimits, userns_host_id, netns_hook)
+        program = _seccomp_program(config.seccomp, caps, seccomp)
+        return cls(config, driver, root, path, identity, caps, rlimits, userns_host_id, netns_hook, program)
 
     def to_json(self) -> dict[str, Any]:
         i = self.identity
@@ -97,6 +102,7 @@ class ShimSpec:
             "rlimits": [list(r) for r in self.rlimits],
             "userns": {"host_id": self.userns_host_id} if self.userns_host_id >= 0 else None,
             "netns_hook": self.netns_hook,
+            "seccomp": {"program": self.seccomp_program} if self.seccomp_program else None,
         }
 
     @classmethod
@@ -108,9 +114,11 @@ class ShimSpec:
         userns = data.get("userns") or {"host_id": -1}
         config = _config_from_json(data["config"])
         host_id, hook = int(userns["host_id"]), bool(data.get("netns_hook", True))
-        return cls(config, cg["driver"], Path(cg["root"]), cg["path"], identity, caps, rlimits, host_id, hook)
+        program = str((data.get("seccomp") or {}).get("program", ""))
+        return cls(config, cg["driver"], Path(cg["root"]), cg["path"], identity, caps, rlimits, host_id, hook, program)
 
     def init_plan(self, cdir: ContainerDir, userns_fd: int = -1) -> InitPlan:
+        """Reads the seccomp program: call it where the host's state dir is in reach (OSError)."""
         c = self.config
         env = dict(c.env)
         env.setdefault("PATH", DEFAULT_PATH)
@@ -137,4 +145,15 @@ class ShimSpec:
             userns_fd=userns_fd,
             userns_root=max(self.userns_host_id, 0),
             idmapped_dir=str(cdir.idmapped),
+            seccomp_program=Path(self.seccomp_program).read_bytes() if self.seccomp_program else b"",
         )
+
+
+def _seccomp_program(mode: str, caps: int, cache: FilterCache | None) -> str:
+    if mode == SECCOMP_UNCONFINED:
+        return ""
+    if mode != SECCOMP_DEFAULT:
+        raise ValueError(f"seccomp {mode!r}: expected {SECCOMP_DEFAULT!r} or {SECCOMP_UNCONFINED!r}")
+    if cache is None:
+        raise ValueError("seccomp: this runtime has no profile; use seccomp=unconfined")
+    return str(cache.program_for(cap_names(caps)))
