@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from node.runtime import ContainerConfig, Runtime
-from node.runtime.cgroups import Limits, V2Driver, detect, driver_for, v1
+from node.runtime.cgroups import CgroupDriver, Limits, V2Driver, detect, driver_for, v1
 from node.runtime.cgroups.devices import (
     ACC_MKNOD,
     ACC_READ,
@@ -233,6 +233,7 @@ def test_control_without_the_device_rules_reads_the_disk(
     probe_rootfs: Path, tmp_path: Path, disk: tuple[int, int, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same container on a cgroup without the allow-list reads the disk: the list is the defence."""
+    cgroups: CgroupDriver
     if detect() == "v2":
         cgroups = V2Driver(attach_devices=lambda _: None)
     else:
