@@ -255,8 +255,11 @@ def agent_config(
     userns_range: str = "",
     publish_address: str = "",
     tls: TlsFiles | None = None,
+    seccomp_profile: Path | None = None,
 ) -> AgentConfig:
     from node.agent import AgentConfig
+    from node.runtime.seccomp import DEFAULT_PROFILE, SeccompError, check_profile
+    from node.runtime.security import CAPS, DEFAULT_CAPS
     from node.runtime.userns import IdRange
 
     if bool(bridge) != bool(subnet):
@@ -270,6 +273,10 @@ def agent_config(
             ipaddress.IPv4Address(publish_address)
         except ValueError:
             raise CliError(f'--publish-address "{publish_address}" is not an IPv4 address') from None
+    try:  # compiled for the default and for every capability: a bad profile fails now, not at a start
+        check_profile(seccomp_profile or DEFAULT_PROFILE, [DEFAULT_CAPS, CAPS])
+    except SeccompError as e:
+        raise CliError(f"--seccomp-profile: {e}") from None
     return AgentConfig(
         name=name,
         state_dir=state_dir.resolve(),
@@ -285,4 +292,5 @@ def agent_config(
         userns_ids=userns_ids,
         publish_address=publish_address,
         tls=tls,
+        seccomp_profile=(seccomp_profile or DEFAULT_PROFILE).resolve(),
     )

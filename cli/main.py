@@ -294,6 +294,11 @@ def scheduler_cmd(
     metavar="FIRST:COUNT",
     help="Host ids for hostUsers: false containers, 65536 each (default 1073741824:67108864).",
 )
+@click.option(
+    "--seccomp-profile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="seccomp profile in Docker's JSON format (default: orch's, node/runtime/seccomp/default.json).",
+)
 @click.option("--cleanup", is_flag=True, help="Stop and remove every container and network of this node, then exit.")
 @tls_options
 @click.option("-v", "--verbose", is_flag=True)
@@ -312,6 +317,7 @@ def node_cmd(
     cgroup_parent: str,
     publish_address: str,
     userns_range: str,
+    seccomp_profile: Path | None,
     cleanup: bool,
     tls_ca: str,
     tls_cert: str,
@@ -339,6 +345,7 @@ def node_cmd(
         userns_range=userns_range,
         publish_address=publish_address,
         tls=tls_config(tls_ca, tls_cert, tls_key),
+        seccomp_profile=seccomp_profile,
     )
     if cleanup:
         cleanup_node(config)

@@ -26,6 +26,7 @@ from node.metrics import NodeMetrics
 from node.network import NetworkConfig, NetworkError, NodeNetwork
 from node.reconcile import diff
 from node.runtime import ContainerError, ContainerState, Runtime
+from node.runtime.seccomp import DEFAULT_PROFILE
 from node.runtime.userns import IdRange
 from node.session import Session
 from node.usage import sample_usage
@@ -58,6 +59,7 @@ class AgentConfig:
     userns_ids: IdRange = field(default_factory=IdRange)  # host ids for hostUsers: false containers
     publish_address: str = ""  # hostPorts only on this local address; "" = every local address
     tls: TlsFiles | None = None  # mutual TLS: to the schedulers, and for our own API
+    seccomp_profile: Path = DEFAULT_PROFILE  # Docker's JSON format; `seccomp: unconfined` apps skip it
 
     @property
     def cgroup_parent(self) -> str:
@@ -73,7 +75,12 @@ def network_config(config: AgentConfig) -> NetworkConfig:
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.runtime = Runtime(config.state_dir / "containers", config.cgroup_parent, userns_ids=config.userns_ids)
+        self.runtime = Runtime(
+            config.state_dir / "containers",
+            config.cgroup_parent,
+            userns_ids=config.userns_ids,
+            seccomp_profile=config.seccomp_profile,
+        )
         self.network = NodeNetwork(network_config(config)) if config.bridge else None
         self.metrics = NodeMetrics(config.name)
         self.metrics.watch_usage(self._running_instances, self.runtime.stats)
