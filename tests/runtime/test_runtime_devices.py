@@ -5,7 +5,6 @@ with CAP_MKNOD that make a node for the host's disk and cannot read it (root).""
 from __future__ import annotations
 
 import os
-import stat
 import struct
 import uuid
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from node.runtime.cgroups.devices import (
     Insn,
     assemble,
 )
+from tests.fixtures.devices import open_read, readable_block_device
 from tests.fixtures.rootfs import SysprobeUnavailable, build_sysprobe_rootfs
 from tests.runtime.test_runtime_containers import run
 
@@ -113,30 +113,6 @@ def test_access_must_be_a_subset_of_the_rule() -> None:
 # -- for real ------------------------------------------------------------------
 
 
-def block_devices() -> list[tuple[int, int]]:
-    """The block device that holds / first, then every other block device of the host."""
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        if fields[4] == "/" and Path(f"/sys/dev/block/{fields[2]}").exists():
-            found.append(fields[2])
-    found += sorted(e.name for e in Path("/sys/dev/block").iterdir() if e.name not in found)
-    return [(int(major), int(minor)) for major, minor in (d.split(":") for d in found)]
-
-
-def open_read(path: str) -> str:
-    """ "OK" if 512 bytes (or EOF) could be read, else the errno's name."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.read(fd, 512)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        return os.strerror(exc.errno or 0)
-    return "OK"
-
-
 def unified_root() -> Path:
     for root in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
         if detect(root) == "v2" and (root / "cgroup.procs").exists():
@@ -146,16 +122,12 @@ def unified_root() -> Path:
 
 @pytest.fixture
 def disk(tmp_path: Path) -> tuple[int, int, str]:
-    """major, minor and a node in tmp_path of the host's root disk, or of the first block device
-    the host's root can open here (a sandbox may deny even that disk): else nothing is to deny."""
-    refused = []
-    for major, minor in block_devices():
-        node = tmp_path / f"block-{major}-{minor}"
-        os.mknod(node, 0o600 | stat.S_IFBLK, os.makedev(major, minor))
-        if (result := open_read(str(node))) == "OK":
-            return major, minor, str(node)
-        refused.append(f"{major}:{minor} {result}")
-    pytest.skip(f"the host's root can open no block device here: {refused}")
+    """major, minor and a node in tmp_path of the host's root disk (else of a block device the
+    host's root can read here): without one there is nothing to deny."""
+    found = readable_block_device(tmp_path)
+    if isinstance(found, str):
+        pytest.skip(found)
+    return found
 
 
 def in_cgroup(cgroup: Path, probe: Callable[[], str]) -> str:
