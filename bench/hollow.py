@@ -139,8 +139,9 @@ async def run_one(nodes: int, instances: int, lease_ttl: int) -> Result:
     etcd = start_etcd()
     port = free_port()
     argv = orch_argv(
-        "scheduler", "--listen", f"127.0.0.1:{port}", "--etcd", etcd.endpoint, "--lease-ttl", str(lease_ttl), "-v"
-    )
+        "scheduler", "--listen", f"127.0.0.1:{port}", "--etcd", etcd.endpoint, "--lease-ttl", str(lease_ttl), "-v",
+        "--insecure", "--insecure-etcd",  # plaintext: hollow agents measure scheduling, not TLS
+    )  # fmt: skip
     log_path = Path(tempfile.gettempdir()) / f"orch-bench-scheduler-{nodes}.log"
     with open(log_path, "wb") as log:
         sched = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=orch_env())

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from orch.tls import TlsFiles, channel
+from orch.tls import SCHEDULER, TlsFiles, channel
 from orch.v1 import api_pb2, api_pb2_grpc
 from orch.v1 import types_pb2 as pb
 from tests.e2e.cluster import unused_cidr
@@ -87,8 +87,8 @@ class Bench:
     def __init__(self, info: dict[str, Any], logs: Path) -> None:
         self.info = info
         self.logs = logs
-        tls = TlsFiles.in_dir(Path(info["tlsDir"]), "admin") if info.get("tlsDir") else None
-        self.channel = channel(info["schedulers"][0], tls)
+        tls = TlsFiles.in_dir(Path(info["tlsDir"]), "admin").load() if info.get("tlsDir") else None
+        self.channel = channel(info["schedulers"][0], tls, peer=SCHEDULER)
         self.stub = api_pb2_grpc.OrchStub(self.channel)
         agents = [p for p in info["processes"] if p["role"] == "agent"]
         self.argv: dict[str, list[str]] = {p["node"]: p["argv"] for p in agents}

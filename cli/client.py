@@ -4,10 +4,12 @@ The address comes from --scheduler, then $ORCH_SCHEDULER, then the
 cluster.json of the default `orch up` state dir, then 127.0.0.1:7070.
 Several addresses (comma-separated) are tried in turn.
 
-TLS (mutual, orch/tls.py): the client certificate is <dir>/admin.crt with
-<dir>/admin.key and <dir>/ca.crt, where <dir> comes from --tls-dir, then
+TLS (mutual, orch/tls.py): the client certificate is <dir>/<user>.crt with
+<dir>/<user>.key and <dir>/ca.crt, where <dir> comes from --tls-dir, then
 $ORCH_TLS_DIR, then the default cluster.json's tlsDir when the scheduler
-address is one of that cluster's; otherwise plaintext.
+address is one of that cluster's; otherwise plaintext. <user> comes from
+--tls-user, then $ORCH_TLS_USER, then "admin". The certificate is checked
+before the first call, and the scheduler must prove its role (orch/identity.py).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from orch.tls import TlsError, TlsFiles, channel
+from orch.identity import Role
+from orch.tls import SCHEDULER, Credentials, TlsError, TlsFiles, channel
 from orch.v1 import api_pb2_grpc
 
 T = TypeVar("T")
@@ -51,14 +54,24 @@ def scheduler_addresses(option: str | None) -> list[str]:
     return [a.strip() for a in raw.split(",") if a.strip()]
 
 
-def tls_files(option: str | None, addresses: list[str]) -> TlsFiles | None:
+def tls_files(option: str | None, addresses: list[str], user: str | None = None) -> TlsFiles | None:
     directory = option or os.environ.get("ORCH_TLS_DIR", "")
     if not directory:
         cluster = _default_cluster()
         if not cluster.get("tlsDir") or not set(addresses) & set(cluster.get("schedulers", [])):
             return None
         directory = str(cluster["tlsDir"])
-    return TlsFiles.in_dir(Path(directory), "admin")
+    return TlsFiles.in_dir(Path(directory), user or os.environ.get("ORCH_TLS_USER") or "admin")
+
+
+def load_credentials(files: TlsFiles | None) -> Credentials | None:
+    """The CLI's certificate, checked now: a person's or a tool's (admin or viewer)."""
+    if files is None:
+        return None
+    try:
+        return files.load(roles=(Role.ADMIN, Role.VIEWER))
+    except TlsError as e:
+        raise CliError(str(e)) from None
 
 
 def describe_rpc_error(e: grpc.RpcError, address: str) -> str:
@@ -67,7 +80,7 @@ def describe_rpc_error(e: grpc.RpcError, address: str) -> str:
     if code in RETRYABLE:
         hint = "is it running? (--scheduler, $ORCH_SCHEDULER; if it requires TLS: --tls-dir, $ORCH_TLS_DIR)"
         return f"cannot reach the scheduler at {address} ({code.name.lower()}: {details}); {hint}"
-    if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+    if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED):
         return f"Error: {details}"
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return "Error: the scheduler rejected the request:\n  " + details.replace("; ", "\n  ")
@@ -75,7 +88,7 @@ def describe_rpc_error(e: grpc.RpcError, address: str) -> str:
 
 
 class Client:
-    def __init__(self, addresses: list[str], timeout: float = 10.0, tls: TlsFiles | None = None) -> None:
+    def __init__(self, addresses: list[str], timeout: float = 10.0, tls: Credentials | None = None) -> None:
         self.addresses = addresses
         self.timeout = timeout
         self.tls = tls
@@ -88,11 +101,7 @@ class Client:
         """Run fn against each scheduler in turn until one answers."""
         last = ""
         for address in self.addresses:
-            try:
-                opened = channel(address, self.tls)
-            except TlsError as e:
-                raise CliError(str(e)) from None
-            with opened:
+            with channel(address, self.tls, peer=SCHEDULER) as opened:
                 try:
                     return fn(api_pb2_grpc.OrchStub(opened))
                 except grpc.RpcError as e:

@@ -14,7 +14,7 @@ from cli.client import Client, CliError
 from cli.manifest import LoadedApp, load_manifests
 from cli.output import app_row, instance_row, node_row, render, usage_instance_row, usage_node_row
 from orch.quantity import QuantityError, parse_cpu, parse_duration, parse_memory
-from orch.tls import TlsFiles
+from orch.tls import Credentials
 from orch.v1 import api_pb2 as api
 from orch.v1 import types_pb2 as pb
 from orch.v1.api_pb2_grpc import OrchStub
@@ -254,13 +254,17 @@ def agent_config(
     *,
     userns_range: str = "",
     publish_address: str = "",
-    tls: TlsFiles | None = None,
+    host_port_range: str = "",
+    tls: Credentials | None = None,
+    default_pids_limit: int | None = None,
     seccomp_profile: Path | None = None,
 ) -> AgentConfig:
     from node.agent import AgentConfig
+    from node.network import ConfigError, PortRange
     from node.runtime.seccomp import DEFAULT_PROFILE, SeccompError, check_profile
     from node.runtime.security import CAPS, DEFAULT_CAPS
     from node.runtime.userns import IdRange
+    from node.worker import DEFAULT_PIDS_LIMIT
 
     if bool(bridge) != bool(subnet):
         raise CliError("--bridge and --subnet go together")
@@ -273,6 +277,10 @@ def agent_config(
             ipaddress.IPv4Address(publish_address)
         except ValueError:
             raise CliError(f'--publish-address "{publish_address}" is not an IPv4 address') from None
+    try:
+        port_range = PortRange.parse(host_port_range) if host_port_range else PortRange()
+    except ConfigError as e:
+        raise CliError(f"--host-port-range: {e}") from None
     try:  # compiled for the default and for every capability: a bad profile fails now, not at a start
         check_profile(seccomp_profile or DEFAULT_PROFILE, [DEFAULT_CAPS, CAPS])
     except SeccompError as e:
@@ -291,6 +299,8 @@ def agent_config(
         listen=listen,
         userns_ids=userns_ids,
         publish_address=publish_address,
+        host_port_range=port_range,
         tls=tls,
+        default_pids_limit=DEFAULT_PIDS_LIMIT if default_pids_limit is None else default_pids_limit,
         seccomp_profile=(seccomp_profile or DEFAULT_PROFILE).resolve(),
     )

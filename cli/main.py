@@ -13,10 +13,9 @@ from typing import Any
 
 import click
 
-from cli import commands
-from cli.client import Client, CliError, scheduler_addresses, tls_files
+from cli import commands, pki_commands
+from cli.client import Client, CliError, load_credentials, scheduler_addresses, tls_files
 from cli.manifest import ManifestError
-from orch.tls import TlsError, TlsFiles
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 OUTPUT = click.Choice(["table", "wide", "json", "yaml"])
@@ -33,14 +32,15 @@ def setup_logging(verbose: bool) -> None:
 @click.group(context_settings=CONTEXT)
 @click.option("--scheduler", "scheduler", metavar="ADDR[,ADDR...]", help="Scheduler address(es), tried in turn.")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for each API call.")
-@click.option("--tls-dir", metavar="DIR", help="ca.crt, admin.crt and admin.key for mutual TLS ($ORCH_TLS_DIR).")
+@click.option("--tls-dir", metavar="DIR", help="ca.crt, USER.crt and USER.key for mutual TLS ($ORCH_TLS_DIR).")
+@click.option("--tls-user", metavar="USER", help="Whose certificate in --tls-dir ($ORCH_TLS_USER; default admin).")
 @click.pass_context
-def cli(ctx: click.Context, scheduler: str | None, timeout: float, tls_dir: str | None) -> None:
+def cli(ctx: click.Context, scheduler: str | None, timeout: float, tls_dir: str | None, tls_user: str | None) -> None:
     """orch: a small container orchestrator."""
 
     def connect() -> Client:
         addresses = scheduler_addresses(scheduler)
-        return Client(addresses, timeout, tls_files(tls_dir, addresses))
+        return Client(addresses, timeout, load_credentials(tls_files(tls_dir, addresses, tls_user)))
 
     ctx.obj = connect
 
@@ -153,6 +153,22 @@ def logs(ctx: click.Context, name: str, follow: bool, tail: int, timestamps: boo
     commands.logs(client(ctx), name, follow=follow, tail=tail, timestamps=timestamps)
 
 
+@cli.command("exec")
+@click.argument("instance")
+@click.argument("command", nargs=-1, required=True)
+@click.option("-i", "--stdin", is_flag=True, help="Pass stdin to the command.")
+@click.option("-t", "--tty", is_flag=True, help="Give the command a terminal (raw mode here, resizes forwarded).")
+@click.pass_context
+def exec_cmd(ctx: click.Context, instance: str, command: tuple[str, ...], stdin: bool, tty: bool) -> None:
+    """Run a command in a running instance: orch exec INSTANCE [-i] [-t] -- CMD [ARG...].
+
+    Exits with the command's code; 121 no such instance, 122 not running, 123 its node cannot
+    be reached, 125 another orch error."""
+    from cli.exec import run_exec
+
+    sys.exit(run_exec(client(ctx), instance, list(command), stdin=stdin, tty=tty))
+
+
 @cli.command()
 @click.argument("node")
 @click.option("--timeout", "timeout", default="5m", show_default=True, help="Then stop what is left anyway.")
@@ -183,7 +199,9 @@ def events(ctx: click.Context, watch: bool, limit: int) -> None:
 @click.option("--lease-ttl", default=1, show_default=True, help="Node lease TTL in seconds.")
 @click.option("--schedulers", default=1, show_default=True, type=click.IntRange(1, 5), help="Schedulers (one leads).")
 @click.option("--cidr", default="", help="Container addresses; node i gets the i-th /24 (default 10.88.0.0/16).")
-@click.option("--no-tls", is_flag=True, help="Plaintext gRPC instead of mutual TLS (certificates in STATE/pki).")
+@click.option(
+    "--no-tls", is_flag=True, help="Plaintext gRPC and etcd instead of mutual TLS (certificates in STATE/pki)."
+)
 @click.option("-v", "--verbose", is_flag=True)
 def up(
     nodes: int,
@@ -222,22 +240,25 @@ def tls_options(f: Callable[..., None]) -> Callable[..., None]:
     return f
 
 
-def tls_config(ca: str, cert: str, key: str) -> TlsFiles | None:
-    try:
-        return TlsFiles.from_options(ca, cert, key)
-    except TlsError as e:
-        raise CliError(str(e)) from None
+def etcd_tls_options(f: Callable[..., None]) -> Callable[..., None]:
+    """--etcd-ca/--etcd-cert/--etcd-key: the scheduler's client certificate for etcd."""
+    for name, what in (("key", "the etcd client key"), ("cert", "the etcd client certificate"), ("ca", "etcd's CA")):
+        f = click.option(f"--etcd-{name}", default="", metavar="FILE", help=f"PEM file: {what}.")(f)
+    return f
 
 
 @cli.command("scheduler")
 @click.option("--listen", default="127.0.0.1:7070", show_default=True)
-@click.option("--etcd", default="127.0.0.1:2379", show_default=True, help="etcd endpoints, comma-separated.")
+@click.option("--etcd", default="127.0.0.1:2379", show_default=True, help="etcd endpoints, [https://]HOST:PORT,...")
 @click.option("--prefix", default="/orch/", show_default=True)
 @click.option("--lease-ttl", default=1, show_default=True, help="Node lease TTL in seconds.")
 @click.option("--leader-ttl", default=3, show_default=True, help="Leader lease TTL in seconds.")
 @click.option("--metrics-listen", default="", help="host:port for /metrics.")
 @click.option("--id", "identity", default="", help="Name of this scheduler (default host-pid).")
 @tls_options
+@etcd_tls_options
+@click.option("--insecure", is_flag=True, help="Allow plaintext gRPC without TLS files (anyone is admin).")
+@click.option("--insecure-etcd", is_flag=True, help="Allow plaintext etcd without a client certificate.")
 @click.option("-v", "--verbose", is_flag=True)
 def scheduler_cmd(
     listen: str,
@@ -250,9 +271,15 @@ def scheduler_cmd(
     tls_ca: str,
     tls_cert: str,
     tls_key: str,
+    etcd_ca: str,
+    etcd_cert: str,
+    etcd_key: str,
+    insecure: bool,
+    insecure_etcd: bool,
     verbose: bool,
 ) -> None:
     """Run a scheduler (production entry point)."""
+    from cli.transport import etcd_credentials, scheduler_credentials
     from scheduler.server import SchedulerConfig, main
 
     setup_logging(verbose)
@@ -266,7 +293,8 @@ def scheduler_cmd(
             leader_ttl=leader_ttl,
             metrics_listen=metrics_listen,
             identity=identity,
-            tls=tls_config(tls_ca, tls_cert, tls_key),
+            tls=scheduler_credentials(tls_ca, tls_cert, tls_key, listen, insecure),
+            etcd_tls=etcd_credentials(etcd_ca, etcd_cert, etcd_key, endpoints, insecure_etcd),
         )
     )
 
@@ -286,7 +314,14 @@ def scheduler_cmd(
     "--publish-address",
     default="",
     metavar="ADDR",
-    help="Publish hostPorts only on this local address (default: every local address).",
+    help="Publish hostPorts only on this local address (default: every local address but loopback).",
+)
+@click.option(
+    "--host-port-range",
+    default="1024-65535",
+    show_default=True,
+    metavar="FIRST-LAST",
+    help="hostPorts this node publishes; ports the host listens on are refused too.",
 )
 @click.option(
     "--userns-range",
@@ -295,12 +330,20 @@ def scheduler_cmd(
     help="Host ids for hostUsers: false containers, 65536 each (default 1073741824:67108864).",
 )
 @click.option(
+    "--default-pids-limit",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="pids.max of containers whose app sets no resources.pids (default 4096; 0: unlimited).",
+)
+@click.option(
     "--seccomp-profile",
     type=click.Path(dir_okay=False, path_type=Path),
     help="seccomp profile in Docker's JSON format (default: orch's, node/runtime/seccomp/default.json).",
 )
 @click.option("--cleanup", is_flag=True, help="Stop and remove every container and network of this node, then exit.")
 @tls_options
+@click.option("--insecure", is_flag=True, help="Allow plaintext gRPC without TLS files (anyone can pose as scheduler).")
 @click.option("-v", "--verbose", is_flag=True)
 @click.pass_context
 def node_cmd(
@@ -316,19 +359,25 @@ def node_cmd(
     listen: str,
     cgroup_parent: str,
     publish_address: str,
+    host_port_range: str,
     userns_range: str,
+    default_pids_limit: int | None,
     seccomp_profile: Path | None,
     cleanup: bool,
     tls_ca: str,
     tls_cert: str,
     tls_key: str,
+    insecure: bool,
     verbose: bool,
 ) -> None:
     """Run a node agent (production entry point)."""
+    from cli.transport import node_credentials
     from node.agent import cleanup as cleanup_node
     from node.agent import main
 
     setup_logging(verbose)
+    # --cleanup talks to nobody: it needs no certificate.
+    tls = None if cleanup else node_credentials(tls_ca, tls_cert, tls_key, name, insecure)
     schedulers = tuple(scheduler_addresses(ctx.parent.params.get("scheduler") if ctx.parent else None))
     config = commands.agent_config(
         name,
@@ -344,13 +393,18 @@ def node_cmd(
         listen,
         userns_range=userns_range,
         publish_address=publish_address,
-        tls=tls_config(tls_ca, tls_cert, tls_key),
+        host_port_range=host_port_range,
+        tls=tls,
+        default_pids_limit=default_pids_limit,
         seccomp_profile=seccomp_profile,
     )
     if cleanup:
         cleanup_node(config)
         return
     main(config)
+
+
+cli.add_command(pki_commands.pki)
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -137,6 +137,7 @@ class _Doc:
         self.line = line
         self.lines: dict[str, int] = {}
         self.problems: list[tuple[int, str, str]] = []
+        self.blocked: set[str] = set()  # paths whose value is missing or mistyped: validation is moot there
 
     def line_of(self, path: str) -> int:
         """The line of `path`, else of its nearest ancestor, else of the document."""
@@ -145,9 +146,12 @@ class _Doc:
             path = path[: max(cut, 0)]
         return self.lines.get(path, self.line)
 
-    def problem(self, where: yaml.Node | int, path: str, message: str) -> None:
+    def problem(self, where: yaml.Node | int, path: str, message: str, *, blocks: bool = True) -> None:
+        """blocks=False: a problem with a key, which leaves the values under `path` worth validating."""
         line = where if isinstance(where, int) else where.start_mark.line + 1
         self.problems.append((line, path, message))
+        if blocks:
+            self.blocked.add(path)
 
     def report(self) -> list[str]:
         ordered = sorted(self.problems, key=lambda p: p[0])  # stable: keeps field order within a line
@@ -162,12 +166,14 @@ class _Doc:
         for key_node, value in node.value:
             key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else ""
             child = f"{path}.{key}" if path else key
-            if not key:
-                self.problem(key_node, path, f"field names must be strings, got {_describe(key_node)}")
+            if not isinstance(key_node, yaml.ScalarNode) or _is_null(key_node):
+                self.problem(key_node, path, f"field names must be strings, got {_describe(key_node)}", blocks=False)
+            elif not key:
+                self.problem(key_node, path, "field names must not be empty", blocks=False)
             elif key in found:
-                self.problem(key_node, child, f"duplicate field (first at line {self.lines[child]})")
+                self.problem(key_node, child, f"duplicate field (first at line {self.lines[child]})", blocks=False)
             elif allowed is not None and key not in allowed:
-                self.problem(key_node, child, f"unknown field{_did_you_mean(key, allowed)}")
+                self.problem(key_node, child, f"unknown field{_did_you_mean(key, allowed)}", blocks=False)
             else:
                 self.lines[child] = key_node.start_mark.line + 1
                 found[key] = value
@@ -428,9 +434,8 @@ def _load_document(doc: _Doc, root: yaml.Node) -> types_pb2.AppSpec:
         else:
             doc.problem(doc.line, f"{section}.{required}", "required field is missing")
     spec = normalize_app_spec(spec)
-    reported = [path for _, path, _ in doc.problems]
     for error in validate_app_spec(spec):
         # Skip what the walk already reported (a missing or mistyped field looks empty here).
-        if not any(error.path == p or error.path.startswith((p + ".", p + "[")) for p in reported):
+        if not any(error.path == p or error.path.startswith((p + ".", p + "[")) for p in doc.blocked):
             doc.problem(doc.line_of(error.path), error.path, error.message)
     return spec

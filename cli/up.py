@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
-import json
 import logging
 import os
 import shutil
@@ -24,10 +23,12 @@ from urllib.parse import urlsplit
 from cli import pki
 from cli.client import DEFAULT_STATE_DIR, CliError
 from node.runtime.userns import IDS_PER_CONTAINER, IdRange
-from orch.tls import SCHEDULER, TlsFiles, node_identity
+from orch.files import write_json_atomic
+from orch.tls import TlsFiles
 
 log = logging.getLogger("orch.up")
 ETCD = "etcd"
+ETCD_MEMBER = "up"  # the one etcd member's name, and its certificate's
 
 
 @dataclass
@@ -103,38 +104,63 @@ class Cluster:
     def start_etcd(self) -> None:
         if shutil.which(ETCD) is None:
             raise CliError("etcd not found on PATH: install Debian's etcd-server (make demo does)")
-        client, peer = free_port(), free_port()
-        self.etcd_endpoint = f"http://127.0.0.1:{client}"
-        argv = [ETCD, "--name", "up", "--data-dir", str(self.dir / "etcd"),
+        client, peer, metrics = free_port(), free_port(), free_port()
+        scheme = "https" if self.pki else "http"
+        self.etcd_endpoint = f"{scheme}://127.0.0.1:{client}"
+        peer_url, metrics_url = f"{scheme}://127.0.0.1:{peer}", f"http://127.0.0.1:{metrics}"
+        argv = [ETCD, "--name", ETCD_MEMBER, "--data-dir", str(self.dir / "etcd"),
                 "--listen-client-urls", self.etcd_endpoint, "--advertise-client-urls", self.etcd_endpoint,
-                "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-                "--initial-cluster", f"up=http://127.0.0.1:{peer}", "--initial-cluster-state", "new",
+                "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+                "--initial-cluster", f"{ETCD_MEMBER}={peer_url}", "--initial-cluster-state", "new",
+                # /metrics and /health only, in plaintext for Prometheus: no keys are served there.
+                "--listen-metrics-urls", metrics_url,
                 # 1 s node leases need an election timeout below 667 ms (etcd raises smaller TTLs).
                 "--heartbeat-interval", "50", "--election-timeout", "500",
-                "--logger", "zap", "--log-outputs", str(self.dir / "logs" / "etcd.log")]  # fmt: skip
-        proc = self._spawn(Proc("etcd", None, argv, f"{self.etcd_endpoint}/metrics"), self.dir / "logs" / "etcd.out")
-        wait_until(lambda: http_ok(f"{self.etcd_endpoint}/health"), "etcd", 15, proc)
+                "--logger", "zap", "--log-outputs", str(self.dir / "logs" / "etcd.log"),
+                *self.etcd_tls_args()]  # fmt: skip
+        proc = self._spawn(Proc("etcd", None, argv, f"{metrics_url}/metrics"), self.dir / "logs" / "etcd.out")
+        wait_until(lambda: http_ok(f"{metrics_url}/health"), "etcd", 15, proc)
+
+    def etcd_tls_args(self) -> list[str]:
+        """Clients and peers alike need a certificate of etcd's own CA (cli/pki.py says why)."""
+        if self.pki is None:
+            return []
+        ca, member = self.pki / pki.ETCD_DIR / "ca.crt", TlsFiles.in_dir(self.pki / pki.ETCD_DIR, ETCD_MEMBER)
+        return ["--client-cert-auth", "--trusted-ca-file", str(ca),
+                "--cert-file", str(member.cert), "--key-file", str(member.key),
+                "--peer-client-cert-auth", "--peer-trusted-ca-file", str(ca),
+                "--peer-cert-file", str(member.cert), "--peer-key-file", str(member.key)]  # fmt: skip
 
     def orch(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "cli", *args]
 
     def make_certificates(self) -> None:
-        """A CA and a certificate per component (kept across runs: the cluster's identity)."""
+        """The CAs and a certificate per component (kept across runs: the cluster's identity;
+        reissued when the CA or what they must say changed)."""
         if self.pki is None:
             return
-        pki.ensure_ca(self.pki)
-        loopback = ["127.0.0.1", "localhost"]
-        pki.issue(self.pki, "scheduler", SCHEDULER, loopback)
-        pki.issue(self.pki, "admin", "admin", [])
-        for i in range(self.nodes):
-            pki.issue(self.pki, self.node_name(i), node_identity(self.node_name(i)), loopback)
+        try:
+            pki.init(self.pki)
+            loopback = ["127.0.0.1", "localhost"]
+            pki.issue_for(self.pki, "scheduler", "scheduler", loopback, replace=True)
+            pki.issue_for(self.pki, "etcd", ETCD_MEMBER, loopback, replace=True)
+            pki.issue_for(self.pki, "admin", "admin", [], replace=True)
+            for i in range(self.nodes):
+                pki.issue_for(self.pki, "node", self.node_name(i), ["127.0.0.1"], replace=True)
+        except pki.PkiError as e:
+            raise CliError(f"orch up: {e}") from None
 
     def tls_args(self, name: str) -> list[str]:
         if self.pki is None:
-            return []
+            return ["--insecure"]
         files = TlsFiles.in_dir(self.pki, name)
         return ["--tls-ca", str(files.ca), "--tls-cert", str(files.cert), "--tls-key", str(files.key)]
+
+    def scheduler_etcd_args(self) -> list[str]:
+        if self.pki is None:
+            return ["--insecure-etcd"]
+        files = TlsFiles.in_dir(self.pki / pki.ETCD_DIR, "scheduler")
+        return ["--etcd-ca", str(files.ca), "--etcd-cert", str(files.cert), "--etcd-key", str(files.key)]
 
     @property
     def addresses(self) -> list[str]:
@@ -144,7 +170,8 @@ class Cluster:
         metrics, port = free_port(), self.ports[i]
         argv = self.orch("scheduler", "--listen", f"127.0.0.1:{port}", "--etcd", self.etcd_endpoint,
                          "--lease-ttl", str(self.lease_ttl), "--metrics-listen", f"127.0.0.1:{metrics}",
-                         "--id", f"scheduler-{i}", *self.tls_args("scheduler"))  # fmt: skip
+                         "--id", f"scheduler-{i}", *self.tls_args("scheduler"),
+                         *self.scheduler_etcd_args())  # fmt: skip
         proc = self._spawn(Proc("scheduler", None, argv, f"http://127.0.0.1:{metrics}/metrics"),
                            self.dir / "logs" / f"scheduler-{i}.log")  # fmt: skip
         wait_until(lambda: tcp_open(port), f"scheduler-{i}", 15, proc)
@@ -192,7 +219,7 @@ class Cluster:
                 for p in self.procs
             ],
         }
-        _write_atomic(self.dir / "cluster.json", doc)
+        write_json_atomic(self.dir / "cluster.json", doc, indent=2)
         # Prometheus file_sd targets (deploy/prometheus.yml reads this file next to it).
         targets = [
             {
@@ -202,7 +229,7 @@ class Cluster:
             for p in self.procs
             if p.metricsUrl
         ]
-        _write_atomic(self.dir / "prometheus-targets.json", targets)
+        write_json_atomic(self.dir / "prometheus-targets.json", targets, indent=2)
 
     def stop(self) -> None:
         """Agents and scheduler first (SIGTERM), then every container and network, then etcd."""
@@ -234,12 +261,6 @@ class Cluster:
             result = subprocess.run(argv, capture_output=True, text=True, check=False)
             if result.returncode != 0:
                 log.error("cleanup of %s failed: %s", self.node_name(i), result.stderr.strip())
-
-
-def _write_atomic(path: Path, doc: object) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def run_cluster(
@@ -276,6 +297,8 @@ def run_cluster(
         addresses = ",".join(cluster.addresses)
         print(f"orch up: {nodes} node(s), scheduler(s) {addresses}, state in {cluster.dir}", flush=True)
         tls_env = f" ORCH_TLS_DIR={cluster.pki}" if cluster.pki else ""
+        if cluster.pki is None:
+            print("  WARNING --no-tls: plaintext gRPC and etcd; every local user can control this cluster", flush=True)
         print(f"  export ORCH_SCHEDULER={addresses}{tls_env}; Ctrl-C stops the cluster", flush=True)
         reported: set[int] = set()
         while not stopping:

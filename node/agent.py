@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,15 +24,15 @@ from node.api import NodeAgentService
 from node.capacity import host_capacity, minus_reserve
 from node.images import ImageError, ImageStore
 from node.metrics import NodeMetrics
-from node.network import NetworkConfig, NetworkError, NodeNetwork
+from node.network import NetworkConfig, NetworkError, NodeNetwork, PortRange
 from node.reconcile import diff
 from node.runtime import ContainerError, ContainerState, Runtime
 from node.runtime.seccomp import DEFAULT_PROFILE
 from node.runtime.userns import IdRange
 from node.session import Session
 from node.usage import sample_usage
-from node.worker import InstanceWorker, WorkerDeps
-from orch.tls import TlsFiles, add_port
+from node.worker import DEFAULT_PIDS_LIMIT, InstanceWorker, WorkerDeps
+from orch.tls import Credentials, add_port
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import agent_pb2_grpc
 from orch.v1 import types_pb2 as pb
@@ -57,8 +58,10 @@ class AgentConfig:
     image_gc_above: int = 0  # sweep only while the store holds more bytes than this
     cgroup: str = ""  # cgroup parent of the containers; default orch/<name>
     userns_ids: IdRange = field(default_factory=IdRange)  # host ids for hostUsers: false containers
-    publish_address: str = ""  # hostPorts only on this local address; "" = every local address
-    tls: TlsFiles | None = None  # mutual TLS: to the schedulers, and for our own API
+    publish_address: str = ""  # hostPorts only on this local address; "" = every local one but loopback
+    host_port_range: PortRange = field(default_factory=PortRange)  # hostPorts this node publishes at all
+    tls: Credentials | None = None  # mutual TLS: to the schedulers, and for our own API
+    default_pids_limit: int = DEFAULT_PIDS_LIMIT  # pids.max for apps that set none; 0: unlimited
     seccomp_profile: Path = DEFAULT_PROFILE  # Docker's JSON format; `seccomp: unconfined` apps skip it
 
     @property
@@ -68,13 +71,21 @@ class AgentConfig:
 
 def network_config(config: AgentConfig) -> NetworkConfig:
     return NetworkConfig(
-        config.bridge, config.subnet, config.state_dir / "ipam", publish_address=config.publish_address
+        config.bridge,
+        config.subnet,
+        config.state_dir / "ipam",
+        publish_address=config.publish_address,
+        host_port_range=config.host_port_range,
+        node=config.name,
     )
 
 
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
+        # Private: container specs hold the apps' env (secrets), logs their output.
+        config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(config.state_dir, 0o700)
         self.runtime = Runtime(
             config.state_dir / "containers",
             config.cgroup_parent,
@@ -90,7 +101,9 @@ class Agent:
         log_dir = config.state_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         self.images = ImageStore(config.state_dir / "images", insecure=config.insecure_registries)
-        self._deps = WorkerDeps(self.runtime, self.network, self.images, log_dir, self._report)
+        self._deps = WorkerDeps(
+            self.runtime, self.network, self.images, log_dir, self._report, config.default_pids_limit
+        )
         self.session = Session(config.schedulers, self._register, self._full_report, self.apply_desired, tls=config.tls)
         self._apply_lock = asyncio.Lock()
         self._swept = False
@@ -116,6 +129,8 @@ class Agent:
             labels=self.config.labels,
             version=VERSION,
             lease_id=lease_id,
+            host_port_min=self.config.host_port_range.first,
+            host_port_max=self.config.host_port_range.last,
         )
 
     def _report(self, inst: pb.Instance, status: pb.InstanceStatus) -> None:
@@ -206,7 +221,9 @@ class Agent:
         self._server = grpc.aio.server()
         log_dir = self.config.state_dir / "logs"
         usage = functools.partial(sample_usage, self.config.name, self._running_instances, self.runtime.stats)
-        service = NodeAgentService(log_dir, lambda name: name in self.workers or name in self.stopping, usage)
+        service = NodeAgentService(
+            log_dir, lambda name: name in self.workers or name in self.stopping, usage, self.runtime.exec
+        )
         agent_pb2_grpc.add_NodeAgentServicer_to_server(service, self._server)
         port = add_port(self._server, self.config.listen, self.config.tls)
         if port == 0:

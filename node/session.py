@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 import grpc
 
 from node.reconcile import Applied, is_stale
-from orch.tls import TlsFiles, aio_channel
+from orch.tls import SCHEDULER, Credentials, aio_channel
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import agent_pb2_grpc
 
@@ -29,7 +29,7 @@ class Session:
         register: Callable[[int], apb.Register],
         full_report: Callable[[], apb.StatusReport],
         on_desired: Callable[[apb.DesiredSet], Awaitable[None]],
-        tls: TlsFiles | None = None,
+        tls: Credentials | None = None,
     ) -> None:
         self._schedulers = list(schedulers)
         self._tls = tls
@@ -69,7 +69,7 @@ class Session:
     async def _session(self, target: str) -> None:
         outbox: asyncio.Queue[apb.AgentMessage] = asyncio.Queue()
         outbox.put_nowait(apb.AgentMessage(register=self._register(self.lease_id)))
-        async with aio_channel(target, self._tls) as channel:
+        async with aio_channel(target, self._tls, peer=SCHEDULER) as channel:  # only a scheduler's certificate
             stub = agent_pb2_grpc.AgentSessionStub(channel)
             call = stub.Session(_drain(outbox))
             heartbeat: asyncio.Task[None] | None = None

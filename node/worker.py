@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.images import ImageError, ImageStore, PreparedImage, effective_process
-from node.network import NetworkError, NodeNetwork, PortMapping
+from node.network import HostPortNotAllowed, NetworkError, NodeNetwork, PortMapping
 from node.probes import period_of, probe
 from node.restarts import RestartTracker
-from node.runtime import ContainerConfig, ContainerError, ContainerState, ContainerStatus, Runtime
+from node.runtime import ContainerConfig, ContainerError, ContainerState, ContainerStatus, NotFound, Runtime
 from node.runtime.model import SECCOMP_DEFAULT
 from orch.v1 import types_pb2 as pb
 
@@ -35,6 +35,9 @@ Report = Callable[[pb.Instance, pb.InstanceStatus], None]
 AGENT_ERROR_LIMIT = 5  # worker failures in a row before the instance is given up
 AGENT_ERROR_BACKOFF = (1.0, 30.0)  # first and longest wait between those attempts
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# pids.max of a container whose app sets no resources.pids (`orch node --default-pids-limit`): a fork
+# bomb stays in its container. Not part of the app's spec, so the scheduler's accounting is unchanged.
+DEFAULT_PIDS_LIMIT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +47,13 @@ class WorkerDeps:
     images: ImageStore
     log_dir: Path
     report: Report
+    default_pids: int = DEFAULT_PIDS_LIMIT  # 0: unlimited
 
 
-def container_config(inst: pb.Instance, image: PreparedImage, log_dir: Path, network: bool) -> ContainerConfig:
-    """The instance's spec over the image's defaults (Docker's rules), as the runtime wants it."""
+def container_config(
+    inst: pb.Instance, image: PreparedImage, log_dir: Path, default_pids: int = DEFAULT_PIDS_LIMIT
+) -> ContainerConfig:
+    """The instance's spec over the image's defaults (Docker's rules) and the node's default limits."""
     spec = inst.spec
     process = effective_process(
         image.config, list(spec.command), list(spec.args), dict(spec.env), spec.working_dir or None, spec.user or None
@@ -72,8 +78,7 @@ def container_config(inst: pb.Instance, image: PreparedImage, log_dir: Path, net
         seccomp=spec.seccomp or SECCOMP_DEFAULT,  # "unconfined"; the runtime refuses what it does not know
         cpu_millis=spec.resources.cpu_millis,
         memory_bytes=spec.resources.memory_bytes,
-        pids=spec.resources.pids,
-        network=network,
+        pids=spec.resources.pids or default_pids,
     )
 
 
@@ -128,6 +133,8 @@ class InstanceWorker:
 
     async def _run(self) -> None:
         state = self._adopted  # a container found running (or exited) after an agent restart
+        if state is not None and state.status is ContainerStatus.RUNNING:
+            await self._adopt_network()
         try:
             while not self._stop.is_set():
                 began = time.monotonic()
@@ -186,13 +193,27 @@ class InstanceWorker:
             return None
         self._set(pb.InstanceStatus(state=pb.INSTANCE_STATE_STARTING))
         try:
-            config = container_config(inst, image, self._deps.log_dir, self._deps.network is not None)
-            await asyncio.to_thread(self._deps.runtime.remove, inst.name)  # a previous run's leftovers
+            deps = self._deps
+            config = container_config(inst, image, deps.log_dir, deps.default_pids)
+            if deps.network is not None:  # the node's own policy, whatever the scheduler sent
+                await asyncio.to_thread(deps.network.check_host_ports, inst.name, self._host_ports())
+            await asyncio.to_thread(self._remove_leftover)
             return await asyncio.to_thread(self._deps.runtime.start, config, self._on_netns)
         except (ContainerError, NetworkError, OSError, ValueError) as e:
             log.warning("instance %s: start failed: %s", inst.name, e)
-            self._set(pb.InstanceStatus(state=pb.INSTANCE_STATE_FAILED, reason="StartError", message=str(e)))
+            reason = e.reason if isinstance(e, HostPortNotAllowed) else "StartError"
+            self._set(pb.InstanceStatus(state=pb.INSTANCE_STATE_FAILED, reason=reason, message=str(e)))
+            await self._detach()  # a failed start holds no address and no hostPort
             return await self._backoff_or_none(1)
+
+    def _remove_leftover(self) -> None:
+        """Whatever a previous attempt left of the container, in whatever state (blocking)."""
+        runtime, name = self._deps.runtime, self.instance.name
+        try:
+            runtime.stop(name, 0)  # a start that died half-way may still have a live shim
+        except NotFound:
+            return
+        runtime.remove(name)
 
     async def _pull(self) -> PreparedImage | None:
         """The image, pulled if needed; None after a failed pull and its backoff (or a stop)."""
@@ -229,17 +250,40 @@ class InstanceWorker:
             await asyncio.wait_for(self._stop.wait(), timeout=max(decision.delay, 0.5))
         return None
 
-    def _on_netns(self, pid: int) -> str | None:
-        """Wires the container's network namespace; the IP goes into its /etc/hosts."""
-        if self._deps.network is None:
-            return None
-        ports = [
+    def _host_ports(self) -> list[PortMapping]:
+        return [
             PortMapping(p.host_port, p.container_port, p.protocol or "tcp")
             for p in self.instance.spec.ports
             if p.host_port
         ]
-        self.ip = self._deps.network.attach(self.instance.name, pid, ports).ip
+
+    def _on_netns(self, pid: int) -> str | None:
+        """Wires the container's network namespace; the IP goes into its /etc/hosts."""
+        if self._deps.network is None:
+            return None
+        self.ip = self._deps.network.attach(self.instance.name, pid, self._host_ports()).ip
         return self.ip
+
+    async def _adopt_network(self) -> None:
+        """A container found running after an agent restart: its address from the IPAM state,
+        and its hostPorts published again (level-triggered: heals a lost or unreadable record)."""
+        network = self._deps.network
+        if network is None:
+            return
+        try:
+            self.ip = (await asyncio.to_thread(network.addresses)).get(self.instance.name, "")
+            if self.ip:
+                await asyncio.to_thread(network.host_ports.publish, self.instance.name, self.ip, self._host_ports())
+        except NetworkError as e:
+            log.warning("instance %s: adopting its network state: %s", self.instance.name, e)
+
+    async def _detach(self) -> None:
+        if self._deps.network is None:
+            return
+        try:
+            await asyncio.to_thread(self._deps.network.detach, self.instance.name)
+        except NetworkError as e:  # the next attach replaces a leftover veth
+            log.warning("instance %s: detach failed: %s", self.instance.name, e)
 
     def _running_status(self, state: ContainerState) -> pb.InstanceStatus:
         status = pb.InstanceStatus(state=pb.INSTANCE_STATE_RUNNING, pid=state.pid or 0, ip=self.ip)
@@ -279,7 +323,7 @@ class InstanceWorker:
         if not spec.HasField("readiness"):
             return
         while True:
-            result = await asyncio.to_thread(probe, spec.readiness, self.ip, pid)
+            result = await asyncio.to_thread(probe, spec.readiness, self.ip, self._deps.runtime, self.instance.name)
             message = "" if result.ok else f"readiness: {result.detail}"
             if result.ok != self.status.ready or message != self.status.message:
                 status = pb.InstanceStatus()
@@ -311,11 +355,7 @@ class InstanceWorker:
             status.reason = "CrashLoopBackOff"
             status.message = f"exit code {code}; restarting in {decision.delay:.1f}s"
         self._set(status)
-        if self._deps.network is not None:
-            try:
-                await asyncio.to_thread(self._deps.network.detach, self.instance.name)
-            except NetworkError as e:  # the next attach replaces a leftover veth
-                log.warning("instance %s: detach failed: %s", self.instance.name, e)
+        await self._detach()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), timeout=decision.delay)
         return True
@@ -330,11 +370,7 @@ class InstanceWorker:
         except (ContainerError, OSError) as e:
             log.warning("instance %s: stop failed: %s", name, e)
             state = None
-        if self._deps.network is not None:
-            try:
-                await asyncio.to_thread(self._deps.network.detach, name)
-            except NetworkError as e:
-                log.warning("instance %s: detach failed: %s", name, e)
+        await self._detach()
         status = pb.InstanceStatus(state=pb.INSTANCE_STATE_STOPPED, reason="Stopped")
         if state is not None and state.exit_code is not None:
             status.exit_code = state.exit_code

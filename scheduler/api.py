@@ -10,13 +10,15 @@ from typing import Any, TypeVar
 
 import grpc
 
-from orch.tls import TlsFiles
+from orch.tls import Credentials
 from orch.v1 import api_pb2 as api
 from orch.v1 import api_pb2_grpc
+from orch.v1 import exec_pb2 as xpb
 from orch.v1 import types_pb2 as pb
 from orch.validation import normalize_app_spec, validate_app_spec
 from scheduler.errors import Conflict, InvalidRequest, NotFound, SchedulerError, StoreUnavailable
 from scheduler.events import EventLog
+from scheduler.exec_relay import ExecFailed, InstanceNotRunning, NodeUnreachable, exec_target, relay_exec
 from scheduler.logs import LogsUnavailable, log_sources, stream_logs
 from scheduler.placement import node_views
 from scheduler.reconcile import DONE, event, is_ready
@@ -32,6 +34,9 @@ ACTION_WORDS = {api.APPLY_ACTION_CREATED: "created", api.APPLY_ACTION_CONFIGURED
 
 STATUS_OF: dict[type[SchedulerError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
+    InstanceNotRunning: grpc.StatusCode.FAILED_PRECONDITION,
+    NodeUnreachable: grpc.StatusCode.UNAVAILABLE,
+    ExecFailed: grpc.StatusCode.INTERNAL,
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     Conflict: grpc.StatusCode.ABORTED,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
@@ -103,7 +108,7 @@ class OrchService(api_pb2_grpc.OrchServicer):
         store: Store,
         events: EventLog,
         on_change: Callable[[], None] = lambda: None,
-        agent_tls: TlsFiles | None = None,  # our certificate when we call agents (logs, top)
+        agent_tls: Credentials | None = None,  # our certificate when we call agents (logs, top)
     ) -> None:
         self._store = store
         self._events = events
@@ -294,6 +299,19 @@ class OrchService(api_pb2_grpc.OrchServicer):
         except NotFound as e:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
             raise  # abort raises; this keeps mypy sure that nothing is returned
+
+    async def Exec(self, request_iterator: AsyncIterator[xpb.ExecInput], context: Ctx) -> AsyncIterator[xpb.ExecOutput]:
+        first = await anext(request_iterator, None)
+        if first is None or first.WhichOneof("msg") != "start" or not first.start.command:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must say what to run")
+            return
+        snap = await self._call(context, self._store.snapshot)
+        try:
+            target = exec_target(snap, first.start.instance)
+            async for out in relay_exec(target, first, request_iterator, self._agent_tls):
+                yield out
+        except (NotFound, InstanceNotRunning, NodeUnreachable, ExecFailed) as e:
+            await context.abort(STATUS_OF[type(e)], str(e))
 
     async def ListEvents(self, request: api.ListEventsRequest, context: Ctx) -> api.ListEventsResponse:
         return await self._call(context, lambda: api.ListEventsResponse(events=self._events.list(request.limit)))

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from orch.tls import TlsFiles, aio_channel
+from orch.tls import Credentials, aio_channel, node_identity
 from orch.v1 import agent_pb2_grpc
 from orch.v1 import types_pb2 as pb
 from scheduler.errors import NotFound, SchedulerError
@@ -24,6 +24,7 @@ class LogsUnavailable(SchedulerError):
 @dataclass(frozen=True, slots=True)
 class LogSource:
     instance: str
+    node: str  # whose agent must answer (its certificate is checked)
     address: str  # the agent's API
 
 
@@ -44,7 +45,7 @@ def log_sources(snap: ClusterSnapshot, name: str) -> list[LogSource]:
             raise LogsUnavailable(f'node "{inst.node}" of instance "{inst.name}" has no agent address')
         if not snap.is_ready(inst.node) and len(targets) == 1:
             raise LogsUnavailable(f'node "{inst.node}" is not ready; the logs of "{inst.name}" are on it')
-        sources.append(LogSource(inst.name, node.value.address))
+        sources.append(LogSource(inst.name, inst.node, node.value.address))
     return sources
 
 
@@ -52,13 +53,13 @@ async def _pump(
     source: LogSource,
     request: pb.LogsRequest,
     out: asyncio.Queue[pb.LogEntry | Exception | None],
-    tls: TlsFiles | None,
+    tls: Credentials | None,
 ) -> None:
     req = pb.LogsRequest()
     req.CopyFrom(request)
     req.name = source.instance
     try:
-        async with aio_channel(source.address, tls) as channel:
+        async with aio_channel(source.address, tls, peer=node_identity(source.node)) as channel:
             async for entry in agent_pb2_grpc.NodeAgentStub(channel).Logs(req):
                 await out.put(entry)
     except grpc.aio.AioRpcError as e:
@@ -69,7 +70,7 @@ async def _pump(
 
 
 async def stream_logs(
-    sources: list[LogSource], request: pb.LogsRequest, tls: TlsFiles | None = None
+    sources: list[LogSource], request: pb.LogsRequest, tls: Credentials | None = None
 ) -> AsyncIterator[pb.LogEntry]:
     out: asyncio.Queue[pb.LogEntry | Exception | None] = asyncio.Queue(maxsize=1000)
     pumps = [asyncio.create_task(_pump(s, request, out, tls)) for s in sources]

@@ -15,9 +15,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
-from orch.tls import TlsFiles, add_port
+from orch.tls import Credentials, add_port
 from orch.v1 import agent_pb2_grpc, api_pb2_grpc
 from scheduler.api import OrchService
+from scheduler.authz import Authorizer
 from scheduler.cache import ClusterCache
 from scheduler.events import EventLog
 from scheduler.leader import LeaderElection
@@ -40,7 +41,8 @@ class SchedulerConfig:
     leader_ttl: int = 3
     metrics_listen: str = ""  # host:port; empty = no metrics endpoint
     identity: str = ""
-    tls: TlsFiles | None = None  # mutual TLS for the API, agent sessions and calls to agents
+    tls: Credentials | None = None  # mutual TLS for the API, agent sessions and calls to agents
+    etcd_tls: Credentials | None = None  # client certificate for etcd (https endpoints)
 
 
 async def serve(config: SchedulerConfig) -> None:
@@ -48,7 +50,7 @@ async def serve(config: SchedulerConfig) -> None:
     # starves under a few hundred agents.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="etcd"))
     identity = config.identity or f"{socket.gethostname()}-{os.getpid()}"
-    store = Store(config.etcd, prefix=config.prefix)
+    store = Store(config.etcd, prefix=config.prefix, tls=config.etcd_tls)
     metrics = SchedulerMetrics()
     events = EventLog(store)
     cache = ClusterCache(store)
@@ -60,7 +62,9 @@ async def serve(config: SchedulerConfig) -> None:
     sessions = AgentSessionService(NodeRegistry(store, config.lease_ttl), cache, status, metrics, keeper)
     cache.on_any_change(reconciler.trigger.set)
 
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    # Every call is authorized by the caller's certificate (scheduler/authz.py); without TLS, nothing is.
+    authorizer = Authorizer(insecure=config.tls is None)
+    server = grpc.aio.server(interceptors=[authorizer], options=[("grpc.so_reuseport", 0)])
     # The API calls on_change from worker threads; an asyncio.Event must be set on its loop.
     loop = asyncio.get_running_loop()
 

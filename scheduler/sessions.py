@@ -77,6 +77,7 @@ class NodeRegistry:
             node.labels.clear()
             node.labels.update(reg.labels)
             node.version = reg.version
+            node.host_port_min, node.host_port_max = reg.host_port_min, reg.host_port_max
             node.lease_id = lease_id
             node.registered_at.CopyFrom(ts(time.time()))
             lease_key = self._store.keys.node_lease(reg.node)

@@ -35,6 +35,7 @@ import grpc
 from etcd3 import etcdrpc
 from google.protobuf.message import DecodeError, Message
 
+from orch.tls import Credentials
 from orch.v1 import types_pb2 as pb
 from scheduler.errors import Conflict, NotLeader, StoreUnavailable
 from scheduler.snapshot import ClusterSnapshot, Versioned
@@ -112,14 +113,31 @@ class Keys:
         return f"{self.prefix}events/{suffix}"
 
 
-def parse_endpoints(endpoints: Sequence[str]) -> list[tuple[str, int]]:
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+    secure: bool  # TLS with a client certificate
+
+
+def parse_endpoints(endpoints: Sequence[str], tls: bool = False) -> list[Endpoint]:
+    """[https://|http://]HOST:PORT; without a scheme, https when there are TLS files.
+
+    https needs TLS files, and with them plaintext is refused: one plaintext
+    endpoint would hand etcd's traffic (and so the cluster) to whoever listens."""
     parsed = []
     for ep in endpoints:
-        hostport = ep.split("://", 1)[-1].rstrip("/")
-        host, _, port = hostport.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f'etcd endpoint "{ep}" is not HOST:PORT')
-        parsed.append((host, int(port)))
+        scheme, sep, rest = ep.partition("://")
+        if not sep:
+            scheme, rest = ("https" if tls else "http"), ep
+        host, _, port = rest.rstrip("/").rpartition(":")
+        if scheme not in ("http", "https") or not host or not port.isdigit():
+            raise ValueError(f'etcd endpoint "{ep}" is not [https://]HOST:PORT')
+        if scheme == "https" and not tls:
+            raise ValueError(f'etcd endpoint "{ep}" is https: it needs a client certificate (--etcd-ca/-cert/-key)')
+        if scheme == "http" and tls:
+            raise ValueError(f'etcd endpoint "{ep}" is plaintext http, but etcd TLS files were given: use https://')
+        parsed.append(Endpoint(host, int(port), scheme == "https"))
     return parsed
 
 
@@ -149,9 +167,15 @@ def decode(cls: type[M], data: bytes, key: str) -> M | None:
 
 
 class Store:
-    def __init__(self, endpoints: Sequence[str], prefix: str = "/orch/", timeout: float = 2.0) -> None:
+    def __init__(
+        self, endpoints: Sequence[str], prefix: str = "/orch/", timeout: float = 2.0, tls: Credentials | None = None
+    ) -> None:
         self.keys = Keys(prefix)
-        eps = [etcd3.Endpoint(host, port, secure=False, time_retry=2) for host, port in parse_endpoints(endpoints)]
+        creds = tls.channel_credentials() if tls is not None else None
+        eps = [
+            etcd3.Endpoint(ep.host, ep.port, secure=ep.secure, creds=creds, time_retry=2)
+            for ep in parse_endpoints(endpoints, tls is not None)
+        ]
         # failover=True: after one error the client moves on to the next
         # endpoint instead of refusing every call for minutes.
         self._client = etcd3.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout, failover=True)

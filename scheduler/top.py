@@ -7,7 +7,7 @@ import asyncio
 
 import grpc
 
-from orch.tls import TlsFiles, aio_channel
+from orch.tls import Credentials, aio_channel, node_identity
 from orch.v1 import agent_pb2_grpc
 from orch.v1 import api_pb2 as api
 from orch.v1 import types_pb2 as pb
@@ -19,13 +19,13 @@ __all__ = ["top"]
 AGENT_TIMEOUT = 5.0  # s; the agent itself samples for 0.5 s
 
 
-async def _ask(address: str, tls: TlsFiles | None) -> pb.UsageReport:
-    async with aio_channel(address, tls) as channel:
+async def _ask(node: str, address: str, tls: Credentials | None) -> pb.UsageReport:
+    async with aio_channel(address, tls, peer=node_identity(node)) as channel:
         return await agent_pb2_grpc.NodeAgentStub(channel).Usage(pb.UsageRequest(), timeout=AGENT_TIMEOUT)
 
 
 async def _node_usage(
-    snap: ClusterSnapshot, name: str, tls: TlsFiles | None
+    snap: ClusterSnapshot, name: str, tls: Credentials | None
 ) -> tuple[api.NodeUsage, list[pb.InstanceUsage]]:
     node = snap.nodes[name].value
     usage = api.NodeUsage(node=name, allocatable=node.allocatable)
@@ -36,7 +36,7 @@ async def _node_usage(
         usage.error = "the agent has no API address"
         return usage, []
     try:
-        report = await _ask(node.address, tls)
+        report = await _ask(name, node.address, tls)
     except grpc.aio.AioRpcError as e:
         usage.error = f"agent at {node.address}: {e.code().name}: {e.details()}"
         return usage, []
@@ -47,7 +47,7 @@ async def _node_usage(
     return usage, list(report.instances)
 
 
-async def top(snap: ClusterSnapshot, request: api.TopRequest, tls: TlsFiles | None = None) -> api.TopResponse:
+async def top(snap: ClusterSnapshot, request: api.TopRequest, tls: Credentials | None = None) -> api.TopResponse:
     """Node totals count every instance on the node; `request.app` filters only the instance list."""
     if request.node and request.node not in snap.nodes:
         raise NotFound("node", request.node)

@@ -4,6 +4,7 @@ Vocabulary:
     reference     what `image:` says: a registry name (`busybox`, `127.0.0.1:5000/app:1`, `app@sha256:..`),
                   `oci:/layout[:tag]`, `oci-archive:/x.tar[:tag]`, `docker-archive:/x.tar` or `rootfs:/dir`
     blob          content-addressed bytes (manifest, config, compressed layer), always verified by sha256
+    digest        `sha256:<64 hex>` and nothing else (node.images.digest): digests become file names
     layer         an unpacked layer tar, keyed by its diff_id, shared by every image that has it, used
                   read-only as an overlayfs lowerdir (whiteouts already in overlay's format)
     record        one stored image: its refs, manifest digest, diff_ids and process defaults
@@ -17,7 +18,7 @@ Typical use by the agent (blocking; call from a worker thread)::
     store.gc(keep={every image still wanted})
 
 Errors (all ImageError, a ValueError): InvalidReference, ImageNotFound, Unauthorized, DigestMismatch,
-RegistryUnreachable, LayerRejected, NoCommand; see node.images.errors.
+InvalidDigest, RegistryUnreachable, LayerRejected, NoCommand; see node.images.errors.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from node.images.errors import (
     DigestMismatch,
     ImageError,
     ImageNotFound,
+    InvalidDigest,
     InvalidReference,
     LayerRejected,
     NoCommand,
@@ -62,6 +64,7 @@ __all__ = [
     "ImageError",
     "ImageNotFound",
     "ImageStore",
+    "InvalidDigest",
     "InvalidReference",
     "LayerRejected",
     "NoCommand",

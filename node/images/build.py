@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node.images.manifest import OCI_INDEX, OCI_MANIFEST, sha256_digest
+from node.images.digest import sha256_digest
+from node.images.manifest import OCI_INDEX, OCI_MANIFEST
 
 LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"

@@ -5,6 +5,7 @@ ImageError (ValueError, so existing `except ValueError` callers still catch it)
 ├── ImageNotFound        manifest 404 / unknown tag / no manifest for this platform / missing file
 ├── Unauthorized         401/403 after trying the configured credentials
 ├── DigestMismatch       a manifest, config, blob or layer diff_id does not hash to what was promised
+├── InvalidDigest        a digest, diff_id or blob name is not sha256:<64 hex> (it would become a path)
 ├── RegistryUnreachable  connection errors or 5xx after the retries
 ├── LayerRejected        an unsafe tar member (path traversal, link escape, ...)
 └── NoCommand            neither the manifest nor the image config gives a command
@@ -31,6 +32,12 @@ class Unauthorized(ImageError):
 
 class DigestMismatch(ImageError):
     pass
+
+
+class InvalidDigest(ImageError):
+    def __init__(self, message: str, value: object = None) -> None:
+        super().__init__(message)
+        self.value = value
 
 
 class RegistryUnreachable(ImageError):

@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from node.images.errors import DigestMismatch, LayerRejected
+from node.runtime.imagefs import OPAQUE_XATTR  # the overlay format is the runtime's: it mounts the layers
 
 log = logging.getLogger(__name__)
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
-OPAQUE_XATTR = "trusted.overlay.opaque"
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 20

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from dataclasses import dataclass
 from typing import Any
 
+from node.images.digest import parse_digest, sha256_digest
 from node.images.errors import DigestMismatch, ImageError, ImageNotFound
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -53,10 +53,6 @@ class Manifest:
     layers: tuple[Descriptor, ...]
 
 
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 def verify_bytes(data: bytes, digest: str, what: str) -> None:
     got = sha256_digest(data)
     if got != digest:
@@ -85,34 +81,49 @@ def media_type_of(doc: dict[str, Any], header: str = "") -> str:
 
 def parse_manifest(raw: bytes, digest: str, what: str) -> Manifest:
     doc = load_json(raw, what)
-    try:
-        return Manifest(digest, _descriptor(doc["config"]), tuple(_descriptor(d) for d in doc["layers"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ImageError(f"{what}: malformed manifest: {exc!r}") from exc
+    config, layers = doc.get("config"), doc.get("layers")
+    if not isinstance(config, dict) or not isinstance(layers, list):
+        raise ImageError(f"{what}: malformed manifest: it needs a config object and a layers list")
+    return Manifest(
+        digest,
+        descriptor(config, f"{what}: manifest: config"),
+        tuple(descriptor(d, f"{what}: manifest: layers[{i}]") for i, d in enumerate(layers)),
+    )
 
 
 def select_platform(raw: bytes, want: Platform, what: str) -> Descriptor:
-    """The index entry for `want`; an arm variant falls back to the entry without one."""
+    """The index entry for `want`; an arm variant falls back to the entry without one.
+
+    Every entry's digest is checked, not only the chosen one: an index naming a path is refused whole.
+    """
     doc = load_json(raw, what)
+    entries = doc.get("manifests") or []
+    if not isinstance(entries, list):
+        raise ImageError(f"{what}: index: manifests is not a list")
     seen: list[str] = []
     candidates: list[tuple[int, Descriptor]] = []
-    for entry in doc.get("manifests") or []:
-        plat = entry.get("platform") or {}
+    for i, entry in enumerate(entries):
+        desc = descriptor(entry, f"{what}: index: manifests[{i}]")
+        plat = entry.get("platform")
+        plat = plat if isinstance(plat, dict) else {}
         found = Platform(str(plat.get("os", "")), str(plat.get("architecture", "")), str(plat.get("variant", "")))
         seen.append(str(found))
         if (found.os, found.architecture) != (want.os, want.architecture):
             continue
         if found.variant == want.variant:
-            candidates.append((0, _descriptor(entry)))
+            candidates.append((0, desc))
         elif not found.variant:
-            candidates.append((1, _descriptor(entry)))
+            candidates.append((1, desc))
     if not candidates:
         raise ImageNotFound(f"{what}: no manifest for {want} in the index (it has: {', '.join(seen) or 'none'})")
     return min(candidates, key=lambda c: c[0])[1]
 
 
-def _descriptor(doc: dict[str, Any]) -> Descriptor:
-    digest = str(doc["digest"])
-    if not digest.startswith("sha256:") or len(digest) != 71:
-        raise ValueError(f"unsupported digest {digest!r} (only sha256)")
-    return Descriptor(str(doc.get("mediaType", "")), digest, int(doc.get("size", -1)))
+def descriptor(doc: object, what: str) -> Descriptor:
+    """An OCI descriptor ({mediaType, digest, size}); `what` names it in errors ("...: layers[0]")."""
+    if not isinstance(doc, dict):
+        raise ImageError(f"{what}: expected a descriptor object")
+    size = doc.get("size", -1)
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise ImageError(f"{what}: size {size!r} is not an integer")
+    return Descriptor(str(doc.get("mediaType", "")), parse_digest(doc.get("digest"), f"{what} digest"), size)

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from node.images.digest import parse_digest
 from node.images.errors import ImageError, NoCommand
 
 
@@ -67,11 +68,16 @@ def effective_process(
 
 
 def parse_image_config(raw: bytes, what: str) -> tuple[ImageConfig, tuple[str, ...]]:
-    """(ImageConfig, rootfs.diff_ids) from an OCI/Docker image config blob; `what` names it in errors."""
+    """(ImageConfig, rootfs.diff_ids) from an OCI/Docker image config blob; `what` names it in errors.
+
+    Every diff_id must be a sha256 digest: it names the layer's directory in the store.
+    """
     try:
         doc = json.loads(raw)
         cfg: dict[str, Any] = doc.get("config") or {}
-        diff_ids = tuple(str(d) for d in doc["rootfs"]["diff_ids"])
+        ids = doc["rootfs"]["diff_ids"]
+        if not isinstance(ids, list):
+            raise TypeError(f"rootfs.diff_ids must be a list, got {ids!r}")
         config = ImageConfig(
             entrypoint=_strings(cfg.get("Entrypoint")),
             cmd=_strings(cfg.get("Cmd")),
@@ -81,7 +87,19 @@ def parse_image_config(raw: bytes, what: str) -> tuple[ImageConfig, tuple[str, .
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ImageError(f"{what}: malformed image config: {exc!r}") from exc
-    return config, diff_ids
+    _refuse_nul(config, what)
+    return config, tuple(parse_digest(d, f"{what}: config: diff_id") for d in ids)
+
+
+def _refuse_nul(config: ImageConfig, what: str) -> None:
+    """execve takes C strings: a NUL in the image's process fields would fail every start, unexplained."""
+    fields = {"Entrypoint": config.entrypoint, "Cmd": config.cmd, "Env": config.env}
+    fields |= {"WorkingDir": (config.working_dir,), "User": (config.user,)}
+    for name, values in fields.items():
+        for i, value in enumerate(values):
+            if "\0" in value:
+                where = f"{name}[{i}]" if name in ("Entrypoint", "Cmd", "Env") else name
+                raise ImageError(f"{what}: config: {where} contains a NUL byte")
 
 
 def config_to_json(config: ImageConfig) -> dict[str, Any]:

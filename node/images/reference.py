@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from node.images.digest import DIGEST_SHAPE, is_digest
 from node.images.errors import InvalidReference
 
 DOCKER_HUB = "docker.io"
@@ -19,7 +20,6 @@ _HOST = r"(?:\[[0-9a-fA-F:]+\]|[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Z
 _REPO = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _DOMAIN = re.compile(rf"{_HOST}(?::[0-9]{{1,5}})?")
 _TAG = re.compile(r"\w[\w.-]{0,127}")
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _FILE_TRANSPORTS = ("oci-archive", "docker-archive", "oci", "rootfs")
 
 
@@ -73,8 +73,8 @@ def _parse_file(image: str, transport: str, rest: str) -> Reference:
 
 def _parse_docker(image: str) -> Reference:
     name, at, digest = image.partition("@")
-    if at and not _DIGEST.fullmatch(digest):
-        raise InvalidReference(f'image "{image}": digest must be sha256: followed by 64 lowercase hex digits')
+    if at and not is_digest(digest):
+        raise InvalidReference(f'image "{image}": the digest after "@" must be {DIGEST_SHAPE} (lowercase)')
     registry, repo = DOCKER_HUB, name
     first, slash, remainder = name.partition("/")
     if slash and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):

@@ -20,6 +20,7 @@ from typing import TypeVar
 import httpx
 
 from node.images.auth import Credentials, credentials_for, parse_challenge
+from node.images.digest import sha256_digest
 from node.images.errors import DigestMismatch, ImageError, ImageNotFound, RegistryUnreachable, Unauthorized
 from node.images.manifest import (
     ACCEPT,
@@ -30,15 +31,13 @@ from node.images.manifest import (
     media_type_of,
     parse_manifest,
     select_platform,
-    sha256_digest,
     verify_bytes,
 )
 from node.images.reference import DOCKER_HUB, Reference
-from node.images.source import CHUNK, Resolved, check_digest, resolved
+from node.images.source import CHUNK, MAX_SMALL_BLOB, Resolved, check_digest, resolved
 
 T = TypeVar("T")
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-_MAX_SMALL_BLOB = 16 << 20  # manifests and configs are read into memory
 
 
 class _Retryable(Exception):
@@ -112,7 +111,7 @@ class RegistryClient:
         return resolved(image, digest, raw, config_raw, manifest.layers)
 
     def blob_bytes(self, ref: Reference, desc: Descriptor, image: str) -> bytes:
-        if desc.size > _MAX_SMALL_BLOB:
+        if desc.size > MAX_SMALL_BLOB:
             raise ImageError(f"pull {image}: config blob {desc.digest} is implausibly large ({desc.size} bytes)")
         url = f"{self.base_url(ref.registry)}/v2/{ref.repository}/blobs/{desc.digest}"
         resp = self._attempt(f"pull {image}", lambda: self._send(ref, url, {}))

@@ -15,6 +15,7 @@ from node.images.manifest import Descriptor
 from node.images.process import ImageConfig, parse_image_config
 
 CHUNK = 1 << 20
+MAX_SMALL_BLOB = 16 << 20  # manifests, indexes and configs are read into memory: no bigger than this
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,8 @@
     <root>/refs.json              normalised reference -> image digest
     <root>/tmp/                   downloads and extractions in flight; emptied when a store opens
 
+Every digest that becomes a name here (layer dir, blob, record) has passed node.images.digest,
+including the records and refs read back from disk: a record naming `sha256:/etc` is never a layer.
 Everything lands with a rename after verification, so a failed or interrupted pull leaves nothing
 half-written. Concurrency: one lock per reference (the second prepare() of the same image waits and
 then finds it stored) and one per layer (images sharing a base download it once). Pulls pin their
@@ -16,6 +18,7 @@ One process owns a store root; the locks are not shared across processes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -26,18 +29,22 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from node.images.archive import DockerArchiveSource, OciLayoutSource
 from node.images.auth import default_auth_file, load_credentials
+from node.images.digest import digest_hex, sha256_digest
 from node.images.errors import DigestMismatch, ImageNotFound, LayerRejected
 from node.images.extract import extract_layer
-from node.images.manifest import Descriptor, Platform, host_platform, sha256_digest
-from node.images.process import ImageConfig, config_from_json, config_to_json
+from node.images.manifest import Descriptor, Platform, host_platform
+from node.images.process import ImageConfig
+from node.images.record import ImageRecord, refs_from_json
 from node.images.reference import Reference, parse_reference
 from node.images.registry import RegistryClient, RegistrySource
 from node.images.source import Resolved, Source
 from node.images.usage import DiskUsage, GcResult, tree_bytes
+from orch.files import write_atomic
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,16 +112,17 @@ class ImageStore:
         """Remove images not named in `keep`, then every layer and blob no remaining image uses."""
         keep_keys = {str(r) for r in _parse_all(keep)}
         with self._state:
-            records = {p.stem: _read_json(p) for p in (self.root / "images").glob("*.json")}
-            kept = {self._refs[k].removeprefix("sha256:") for k in keep_keys if k in self._refs}
-            kept |= {r.digest.removeprefix("sha256:") for r in _parse_all(keep) if r.digest}
+            paths = {p.stem: p for p in (self.root / "images").glob("*.json")}
+            records = {h: r for h, p in paths.items() if (r := _read_record(p)) is not None}
+            kept = {digest_hex(self._refs[k]) for k in keep_keys if k in self._refs}
+            kept |= {digest_hex(r.digest) for r in _parse_all(keep) if r.digest}
             freed, removed_images = 0, 0
-            for hexd in set(records) - kept:
-                (self.root / "images" / f"{hexd}.json").unlink()
+            for hexd in set(paths) - (kept & set(records)):  # unwanted, or unreadable: pulled again if needed
+                paths[hexd].unlink()
                 removed_images += 1
-            self._refs = {k: d for k, d in self._refs.items() if d.removeprefix("sha256:") in kept}
+            self._refs = {k: d for k, d in self._refs.items() if digest_hex(d) in kept}
             self._save_refs()
-            live = {r for h in kept & set(records) for r in _record_files(records[h])}
+            live = {name for h in kept & set(records) for name in records[h].files()}
             freed_layers, removed_layers = _sweep(self.root / "layers", live | set(self._pins))
             freed_blobs, removed_blobs = _sweep(self.root / "blobs" / "sha256", live)
             freed += freed_layers + freed_blobs
@@ -135,7 +143,7 @@ class ImageStore:
         pinned: list[str] = []
         try:
             res = source.resolve()
-            pinned = [d.removeprefix("sha256:") for d in res.diff_ids]
+            pinned = [digest_hex(d) for d in res.diff_ids]
             with self._state:
                 self._pins.update(pinned)
             self._fetch_layers(source, res, key)
@@ -167,7 +175,7 @@ class ImageStore:
             future.result()
 
     def _ensure_layer(self, source: Source, desc: Descriptor, diff_id: str, image: str) -> None:
-        hexid = diff_id.removeprefix("sha256:")
+        hexid = digest_hex(diff_id, "diff_id")
         final = self.root / "layers" / hexid
         with self._lock(f"layer:{hexid}"):
             if final.is_dir():
@@ -189,21 +197,13 @@ class ImageStore:
                 shutil.rmtree(work, ignore_errors=True)
 
     def _commit(self, res: Resolved, key: str) -> PreparedImage:
-        hexd = res.manifest_digest.removeprefix("sha256:")
-        record = {
-            "refs": [key],
-            "digest": res.manifest_digest,
-            "manifest": _put_blob(self.root, res.manifest_raw),
-            "config_digest": _put_blob(self.root, res.config_raw),
-            "diff_ids": list(res.diff_ids),
-            "config": config_to_json(res.config),
-        }
-        path = self.root / "images" / f"{hexd}.json"
+        path = self.root / "images" / f"{digest_hex(res.manifest_digest)}.json"
+        manifest, config = _put_blob(self.root, res.manifest_raw), _put_blob(self.root, res.config_raw)
         with self._state:
-            if path.exists():
-                old = _read_json(path)
-                record["refs"] = sorted(set(old.get("refs", [])) | {key})
-            _write_atomic(path, json.dumps(record, indent=1).encode())
+            old = _read_record(path)
+            refs = {key} | set(old.refs if old is not None else ())
+            record = ImageRecord(tuple(refs), res.manifest_digest, manifest, config, res.diff_ids, res.config)
+            write_atomic(path, json.dumps(record.to_json(), indent=1).encode(), mode=0o600)
             self._refs[key] = res.manifest_digest
             self._save_refs()
         return self._prepared(key, record)
@@ -213,18 +213,18 @@ class ImageStore:
     def _lookup(self, ref: Reference) -> PreparedImage | None:
         key = str(ref)
         with self._state:
-            digest = self._refs.get(key) or ref.digest
-            path = self.root / "images" / f"{digest.removeprefix('sha256:')}.json"
-            if not digest or not path.exists():
+            digest = self._refs.get(key) or ref.digest  # both checked: refs when loaded, ref.digest when parsed
+            record = _read_record(self.root / "images" / f"{digest_hex(digest)}.json") if digest else None
+            if record is None:
                 return None
-            prepared = self._prepared(key, _read_json(path))
+            prepared = self._prepared(key, record)
         if not all(d.is_dir() for d in prepared.lower_dirs):
             return None  # a layer went missing (manual cleanup): pull again
         return prepared
 
-    def _prepared(self, key: str, record: dict[str, Any]) -> PreparedImage:
-        layers = tuple(self.root / "layers" / d.removeprefix("sha256:") for d in reversed(record["diff_ids"]))
-        return PreparedImage(key, str(record["digest"]), layers, config_from_json(record["config"]))
+    def _prepared(self, key: str, record: ImageRecord) -> PreparedImage:
+        layers = tuple(self.root / "layers" / digest_hex(d) for d in reversed(record.diff_ids))
+        return PreparedImage(key, record.digest, layers, record.config)
 
     @contextmanager
     def _lock(self, name: str) -> Iterator[None]:
@@ -235,10 +235,20 @@ class ImageStore:
 
     def _load_refs(self) -> dict[str, str]:
         path = self.root / "refs.json"
-        return {str(k): str(v) for k, v in _read_json(path).items()} if path.exists() else {}
+        try:
+            doc = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("image store: ignoring unreadable %s (its images are pulled again): %s", path, exc)
+            return {}
+        refs, dropped = refs_from_json(doc)
+        for problem in dropped:
+            log.warning("image store: %s: dropped %s", path, problem)
+        return refs
 
     def _save_refs(self) -> None:
-        _write_atomic(self.root / "refs.json", json.dumps(self._refs, indent=1, sort_keys=True).encode())
+        write_atomic(self.root / "refs.json", json.dumps(self._refs, indent=1, sort_keys=True).encode(), mode=0o600)
 
 
 def _rootfs_dir(ref: Reference, image: str) -> Path:
@@ -258,12 +268,6 @@ def _parse_all(images: set[str]) -> list[Reference]:
     return refs
 
 
-def _record_files(record: dict[str, Any]) -> set[str]:
-    """Hex names of the blobs and layers an image record keeps alive."""
-    names = {str(d).removeprefix("sha256:") for d in record["diff_ids"]}
-    return names | {str(record[k]).removeprefix("sha256:") for k in ("manifest", "config_digest")}
-
-
 def _sweep(directory: Path, live: set[str]) -> tuple[int, int]:
     freed = removed = 0
     for entry in directory.iterdir():
@@ -279,26 +283,19 @@ def _sweep(directory: Path, live: set[str]) -> tuple[int, int]:
 
 def _put_blob(root: Path, data: bytes) -> str:
     digest = sha256_digest(data)
-    path = root / "blobs" / "sha256" / digest.removeprefix("sha256:")
+    path = root / "blobs" / "sha256" / digest_hex(digest)
     if not path.exists():
-        _write_atomic(path, data)
+        write_atomic(path, data, mode=0o600)
     return digest
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+def _read_record(path: Path) -> ImageRecord | None:
+    """The record at `path`; None when there is none or it cannot be trusted (logged)."""
     try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    doc = json.loads(path.read_bytes())
-    assert isinstance(doc, dict)
-    return doc
+        doc = json.loads(path.read_bytes())
+        return ImageRecord.from_json(doc, str(path))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:  # ImageError is a ValueError
+        log.warning("image store: ignoring %s: %s", path, exc)
+        return None

@@ -22,6 +22,7 @@ Errors: see node.network.errors (NetworkError and its subclasses).
 from node.network.errors import (
     AddressExhausted,
     ConfigError,
+    HostPortNotAllowed,
     LinkError,
     NamespaceError,
     NetworkError,
@@ -31,17 +32,20 @@ from node.network.hostports import PortMapping
 from node.network.model import Attachment, NetworkConfig
 from node.network.names import veth_name
 from node.network.node import NodeNetwork
+from node.network.portpolicy import PortRange
 
 __all__ = [
     "AddressExhausted",
     "Attachment",
     "ConfigError",
+    "HostPortNotAllowed",
     "LinkError",
     "NamespaceError",
     "NetworkConfig",
     "NetworkError",
     "NodeNetwork",
     "PortMapping",
+    "PortRange",
     "StateError",
     "veth_name",
 ]

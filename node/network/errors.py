@@ -5,7 +5,8 @@
     ├── AddressExhausted   no free address left in the subnet
     ├── StateError         the IPAM state directory could not be read or written
     ├── LinkError          a netlink operation on a link, address or route failed
-    └── NamespaceError     the container's network namespace could not be entered
+    ├── NamespaceError     the container's network namespace could not be entered
+    └── HostPortNotAllowed this node does not publish that hostPort (portpolicy.py)
 
 Foreign errors (pyroute2's NetlinkError, OSError) are translated where they
 happen, with ``raise ... from``, so the cause stays in the traceback.
@@ -66,3 +67,9 @@ class NamespaceError(NetworkError):
         self.pid = pid
         self.op = op
         self.errno = errno
+
+
+class HostPortNotAllowed(NetworkError):
+    """The node refuses a hostPort: outside its range, used by the host, or taken."""
+
+    reason = "HostPortNotAllowed"  # the instance status reason the agent reports

@@ -13,24 +13,32 @@ What Kubernetes' CNI portmap plugin and Docker's `-p` do, for one node:
 Level-triggered: the published ports of each instance are files under
 state_dir (they survive agent restarts, like the kernel's rules do), and every
 change rewrites the whole chain from them in one iptables-restore, so the
-rules always equal the files. `address` limits publishing to one local
-address (orch up gives each node of a one-host cluster its own 127.x address,
-as if they were separate machines); empty means every local address.
+rules always equal the files. A file that cannot be read is set aside
+(<file>.corrupt-<time>) with a warning; the agent publishes that instance's
+ports again when it adopts it.
+
+`address` limits publishing to one local address (orch up gives each node of a
+one-host cluster its own 127.x address, as if they were separate machines);
+empty means every local address but loopback: a hostPort never captures the
+host's connections to 127.0.0.1 unless the operator asked for it. Which ports
+the node publishes at all is its own policy (portpolicy.py), checked here.
 Traffic from other hosts also needs net.ipv4.ip_forward=1, as for Kubernetes.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from node.network.errors import NetworkError
-from node.runtime.layout import write_json_atomic
+from node.network.errors import HostPortNotAllowed, NetworkError
+from node.network.portpolicy import DEFAULT_RANGE, PortRange, host_listening, refusal
+from node.runtime.layout import read_json, set_aside
+from orch import files
 
 __all__ = ["HostPorts", "PortMapping", "chain_name", "chain_rules", "ip_forward_enabled"]
 
@@ -53,7 +61,7 @@ def chain_name(bridge: str) -> str:
 def chain_rules(chain: str, published: dict[str, tuple[str, list[PortMapping]]], address: str = "") -> str:
     """iptables-restore input that replaces the chain with one DNAT per mapping (pure)."""
     lines = ["*nat", f":{chain} - [0:0]"]
-    dest = f" -d {address}/32" if address else ""
+    dest = f" -d {address}/32" if address else " ! -d 127.0.0.0/8"  # loopback only when asked for
     for instance, (ip, mappings) in sorted(published.items()):
         for m in mappings:
             lines.append(
@@ -73,8 +81,19 @@ def _run(argv: Sequence[str], stdin: str = "") -> None:
 
 
 class HostPorts:
-    def __init__(self, bridge: str, state_dir: Path, address: str = "", run: Runner = _run) -> None:
+    def __init__(
+        self,
+        bridge: str,
+        state_dir: Path,
+        address: str = "",
+        run: Runner = _run,
+        *,
+        allowed: PortRange = DEFAULT_RANGE,
+        node: str = "",
+        proc_net: Path = Path("/proc/net"),
+    ) -> None:
         self.bridge, self.address = bridge, address
+        self.allowed, self.node, self._proc_net = allowed, node, proc_net
         self.chain = chain_name(bridge)
         self._dir = state_dir
         self._run = run
@@ -101,15 +120,34 @@ class HostPorts:
         if not self._dir.is_dir():
             return out
         for path in sorted(self._dir.glob("*.json")):
+            doc = read_json(path)  # sets an unreadable file aside
             try:
-                doc = json.loads(path.read_text())
-                out[path.stem] = (str(doc["ip"]), [PortMapping(**m) for m in doc["ports"]])
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise NetworkError(f"host port state {path} is unreadable: {e}") from e
+                if doc is not None:
+                    out[path.stem] = (str(doc["ip"]), [_mapping(m) for m in doc["ports"]])
+            except (ValueError, KeyError, TypeError) as e:
+                set_aside(path, f"not a host port record: {e!r}")
         return out
 
+    def check(self, instance: str, mappings: Sequence[PortMapping]) -> None:
+        """Raise HostPortNotAllowed unless this node publishes every mapping (portpolicy.py)."""
+        if not mappings:
+            return
+        listening = host_listening(self._proc_net)
+        taken = {
+            (m.host_port, m.protocol): other
+            for other, (_, published) in self.published().items()
+            if other != instance
+            for m in published
+        }
+        for m in mappings:
+            if why := refusal(m.host_port, m.protocol, self.allowed, listening, taken, self.node):
+                raise HostPortNotAllowed(why)
+
     def publish(self, instance: str, ip: str, mappings: Sequence[PortMapping]) -> None:
+        """Publish the mappings (replacing the instance's earlier ones); HostPortNotAllowed if
+        the node's policy refuses one, and then nothing of them is published."""
         with self._lock:
+            self.check(instance, mappings)
             self._publish(instance, ip, mappings)
 
     def _publish(self, instance: str, ip: str, mappings: Sequence[PortMapping]) -> None:
@@ -118,7 +156,7 @@ class HostPorts:
         self._dir.mkdir(parents=True, exist_ok=True)
         doc = {"ip": ip, "ports": [{"host_port": m.host_port, "container_port": m.container_port,
                                     "protocol": m.protocol} for m in mappings]}  # fmt: skip
-        write_json_atomic(self._dir / f"{instance}.json", doc)
+        files.write_json_atomic(self._dir / f"{instance}.json", doc)  # fsynced: it outlives a reboot
         self.sync()
 
     def unpublish(self, instance: str) -> None:
@@ -145,7 +183,8 @@ class HostPorts:
             if not self.address.startswith("127.") and not ip_forward_enabled():
                 log.warning("net.ipv4.ip_forward is 0: hostPorts answer only to clients on this host")
             route_localnet = Path(f"/proc/sys/net/ipv4/conf/{self.bridge}/route_localnet")
-            if route_localnet.exists():  # localhost clients: 127.x sources may leave via the bridge
+            if self.address.startswith("127.") and route_localnet.exists():
+                # Clients on the published loopback address: 127.x sources may leave via the bridge.
                 route_localnet.write_text("1")
             self._hooked = True
 
@@ -157,7 +196,7 @@ class HostPorts:
         if self._chain_exists():
             self._run(["iptables", "-t", "nat", "-F", self.chain], "")
             self._run(["iptables", "-t", "nat", "-X", self.chain], "")
-        for path in self._dir.glob("*.json") if self._dir.is_dir() else ():
+        for path in self._dir.glob("*.json*") if self._dir.is_dir() else ():  # with the set-aside ones
             path.unlink()
         if self._dir.is_dir() and not any(self._dir.iterdir()):
             self._dir.rmdir()
@@ -176,6 +215,13 @@ class HostPorts:
         except NetworkError:
             return False
         return True
+
+
+def _mapping(doc: Any) -> PortMapping:
+    m = PortMapping(int(doc["host_port"]), int(doc["container_port"]), str(doc.get("protocol", "tcp")))
+    if m.protocol not in ("tcp", "udp") or not (0 < m.host_port < 65536 and 0 < m.container_port < 65536):
+        raise ValueError(f"bad mapping {doc}")
+    return m
 
 
 def ip_forward_enabled() -> bool:

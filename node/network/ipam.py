@@ -10,6 +10,11 @@ never handed out.
 Like CNI's host-local plugin, allocation continues round-robin after the last
 address handed out (``<state_dir>/last``), so a just-released address is not
 reused at once while peers may still hold it in their ARP caches.
+
+A file that cannot be read (empty after a host crash, not text, not a file) is
+set aside as ``<ip>.corrupt-<time>`` with a warning, and its address is
+quarantined: its owner is unknown and may still use it, so it is not handed
+out again until clear() (the node's teardown).
 """
 
 from __future__ import annotations
@@ -17,12 +22,15 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from node.network.errors import AddressExhausted, ConfigError, StateError
 from node.network.model import parse_subnet
+from node.runtime.layout import CORRUPT, set_aside
+from orch.files import fsync_dir, write_atomic
 
 _LAST = "last"
 _TMP_PREFIX = ".tmp-"
@@ -50,7 +58,7 @@ class Ipam:
             if owner == instance:
                 return ip
         self._ensure_dir()
-        for ip in self._candidates(set(allocations)):
+        for ip in self._candidates(set(allocations) | self._quarantined()):
             if self._publish(ip, instance):
                 self._write_last(ip)
                 return ip
@@ -73,8 +81,14 @@ class Ipam:
     def clear(self) -> None:
         """Remove every file this class writes, then the directory if it is empty."""
         for name in self._listdir():
-            if name == _LAST or name.startswith(_TMP_PREFIX) or self._parse(name) is not None:
-                self._unlink(self._dir / name)
+            path = self._dir / name
+            if CORRUPT in name and self._parse(name.partition(CORRUPT)[0]) is not None:
+                if path.is_dir() and not path.is_symlink():  # set aside: not even a file
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    self._unlink(path)
+            elif name == _LAST or name.startswith((_TMP_PREFIX, f".{_LAST}.")) or self._parse(name) is not None:
+                self._unlink(path)
         with contextlib.suppress(OSError):  # missing, or holds someone else's files: leave it
             self._dir.rmdir()
 
@@ -95,8 +109,12 @@ class Ipam:
         """Atomically create ``<ip>`` holding ``instance``; False if it already exists."""
         tmp = self._dir / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
         try:
-            tmp.write_text(instance)
+            with open(tmp, "w") as f:
+                f.write(instance)
+                f.flush()
+                os.fsync(f.fileno())  # an allocation outlives a reboot: never an empty file after one
             os.link(tmp, self._dir / str(ip))
+            fsync_dir(self._dir)
             return True
         except FileExistsError:
             return False  # lost a race for this address: try the next one
@@ -111,13 +129,24 @@ class Ipam:
             ip = self._parse(name)
             if ip is None:
                 continue
+            path = self._dir / name
             try:
-                out[ip] = (self._dir / name).read_text()
+                owner = path.read_text()
             except FileNotFoundError:
                 continue  # released while we listed
-            except OSError as exc:
-                raise StateError(str(self._dir / name), "read", exc.errno or 0) from exc
+            except (OSError, ValueError) as exc:  # not a file, unreadable, not UTF-8
+                set_aside(path, str(exc))
+                continue
+            if owner and owner.isprintable():
+                out[ip] = owner
+            else:
+                set_aside(path, f"owner {owner!r} is not an instance name")
         return out
+
+    def _quarantined(self) -> set[ipaddress.IPv4Address]:
+        """Addresses whose file was set aside: owner unknown, maybe still in use."""
+        names = (name.partition(CORRUPT)[0] for name in self._listdir() if CORRUPT in name)
+        return {ip for ip in map(self._parse, names) if ip is not None}
 
     def _parse(self, name: str) -> ipaddress.IPv4Address | None:
         try:
@@ -152,10 +181,6 @@ class Ipam:
         except OSError:
             return None  # only a hint: start from the bottom
 
-    def _write_last(self, ip: ipaddress.IPv4Address) -> None:
-        tmp = self._dir / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
-        try:
-            tmp.write_text(str(ip))
-            os.replace(tmp, self._dir / _LAST)
-        except OSError:
-            tmp.unlink(missing_ok=True)  # only a hint: losing it costs nothing
+    def _write_last(self, ip: ipaddress.IPv4Address) -> None:  # a hint: no fsync
+        with contextlib.suppress(OSError):  # only a hint: losing it costs nothing
+            write_atomic(self._dir / _LAST, str(ip).encode(), fsync=False)

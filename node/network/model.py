@@ -8,6 +8,7 @@ from pathlib import Path
 
 from node.network.errors import ConfigError
 from node.network.names import check_ifname
+from node.network.portpolicy import DEFAULT_RANGE, PortRange
 
 MIN_MTU = 68  # IPv4's minimum (RFC 791)
 MAX_MTU = 65535
@@ -33,7 +34,9 @@ class NetworkConfig:
     subnet: str  # e.g. "10.88.1.0/24"; the gateway is its first host address
     state_dir: Path  # IPAM state (one file per allocated address); host ports in <state_dir>/hostports
     mtu: int = 1500
-    publish_address: str = ""  # hostPorts only on this local address; "" = every local address
+    publish_address: str = ""  # hostPorts only on this local address; "" = every local one but loopback
+    host_port_range: PortRange = DEFAULT_RANGE  # hostPorts this node publishes at all (portpolicy.py)
+    node: str = ""  # the node's name, for messages
 
     def __post_init__(self) -> None:
         check_ifname(self.bridge)

@@ -62,7 +62,13 @@ class NodeNetwork:
     def __init__(self, config: NetworkConfig) -> None:
         self.config = config
         self._ipam = Ipam(config.subnet, config.state_dir)
-        self.host_ports = HostPorts(config.bridge, config.state_dir / "hostports", config.publish_address)
+        self.host_ports = HostPorts(
+            config.bridge,
+            config.state_dir / "hostports",
+            config.publish_address,
+            allowed=config.host_port_range,
+            node=config.node,
+        )
 
     def ensure_bridge(self) -> None:
         """Create the bridge if missing, give it the gateway address, bring it up. Idempotent."""
@@ -100,6 +106,11 @@ class NodeNetwork:
             self._undo(attachment, release=not had_ip)
             raise
         return attachment
+
+    def check_host_ports(self, instance: str, ports: Sequence[PortMapping]) -> None:
+        """HostPortNotAllowed unless this node would publish all of ports for instance
+        (attach checks again: a port may be taken meanwhile)."""
+        self.host_ports.check(instance, ports)
 
     def detach(self, instance: str) -> None:
         """Unpublish its host ports, delete its host veth (gone already is fine), release its address."""

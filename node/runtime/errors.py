@@ -2,6 +2,7 @@
 
     ContainerError                 base: anything the runtime refuses or fails to do
     ├── NotFound                   no container with that id in the state dir
+    ├── NotRunning                 exec into a container that is not running
     ├── RuntimeStartError          host-side failure while starting (rootfs, cgroup, shim, mounts)
     └── CgroupWriteError           a cgroup file could not be written (path, data, errno)
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["CgroupWriteError", "ContainerError", "NotFound", "RuntimeStartError"]
+__all__ = ["CgroupWriteError", "ContainerError", "NotFound", "NotRunning", "RuntimeStartError"]
 
 
 class ContainerError(Exception):
@@ -29,6 +30,13 @@ class NotFound(ContainerError):
     def __init__(self, id: str, state_dir: Path) -> None:
         super().__init__(f"no such container in {state_dir}", id=id)
         self.state_dir = state_dir
+
+
+class NotRunning(ContainerError):
+    """exec needs a running container (its PID 1 alive, the command exec'd)."""
+
+    def __init__(self, id: str) -> None:
+        super().__init__("container is not running", id=id)
 
 
 class RuntimeStartError(ContainerError):

@@ -25,6 +25,7 @@ __all__ = [
     "DEVICES",
     "EXEC_STEPS",
     "MASKED_PATHS",
+    "NETNS_SYSCTLS",
     "READONLY_PATHS",
     "SETUP_STEPS",
     "InitPlan",
@@ -67,7 +68,6 @@ class InitPlan:
     working_dir: str
     argv: tuple[str, ...]
     env: Mapping[str, str]
-    network: bool = True
     read_only_rootfs: bool = False
     etc_files: tuple[tuple[str, str], ...] = ()  # (path in the container, host file) bound read-only
     masked_paths: tuple[str, ...] = MASKED_PATHS
@@ -85,6 +85,9 @@ class InitPlan:
     userns_root: int = 0  # the host uid/gid of container root, owner of the tmpfs /dev
     idmapped_dir: str = ""  # where the idmapped image layers are mounted (state dir)
     staged_dir: str = ""  # where a pre-staged PID 1 holds its /proc /dev /sys (staged.py)
+    # Test seam (spec.json "fault_step", never written by the Runtime): run_setup fails with
+    # EIO instead of running the step of this name, for the failed-start tests (issue 9 item 16).
+    fault_step: str = ""
     # The compiled BPF program (seccomp/), read on the host side: the exec steps run after
     # pivot_root or setns, where the host's state dir is out of reach. b"" = unconfined.
     seccomp_program: bytes = b""
@@ -94,8 +97,19 @@ Step = tuple[str, Callable[[sc.Syscalls, InitPlan], None]]
 
 
 def _unshare_namespaces(s: sc.Syscalls, p: InitPlan) -> None:
-    flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
-    s.unshare(flags | (sc.CLONE_NEWNET if p.network else 0))
+    s.unshare(sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET)
+
+
+# What Docker sets in every container's network namespace: any uid may bind ports below 1024
+# (root in a user namespace is not privileged for a namespace the host's user namespace owns)
+# and open ICMP echo sockets. Both are this namespace's own and reach nothing outside it.
+NETNS_SYSCTLS = (("net/ipv4/ip_unprivileged_port_start", "0"), ("net/ipv4/ping_group_range", "0 2147483647"))
+
+
+def _configure_network_namespace(s: sc.Syscalls, p: InitPlan) -> None:
+    s.link_up("lo")  # a bridge attach adds eth0 later; without one, lo is all there is
+    for name, value in NETNS_SYSCTLS:
+        s.sysctl(name, value)
 
 
 def _unshare_cgroup_namespace(s: sc.Syscalls, p: InitPlan) -> None:
@@ -231,10 +245,15 @@ def _chdir_working_dir(s: sc.Syscalls, p: InitPlan) -> None:
 
 
 SETUP_STEPS: tuple[Step, ...] = (
-    # New mount/UTS/IPC/net namespaces (the pid ns exists: we are its PID 1).
+    # New mount/UTS/IPC/net namespaces (the pid ns exists: we are its PID 1). Always a
+    # network namespace of its own, bridge or not: the host's would expose every
+    # loopback service and abstract unix socket of the node to the container.
     # The cgroup ns comes later, in EXEC_STEPS: the shim moves us into the
     # container's cgroup while these steps run.
     ("unshare_namespaces", _unshare_namespaces),
+    # Still host root in a fresh network namespace: only now may its sysctls be written
+    # (later the container may be in a user namespace, and /proc/sys is read-only there).
+    ("configure_network_namespace", _configure_network_namespace),
     # Before any mount: the host's / is usually shared, and a mount made now
     # would propagate back to the host's mount namespace.
     ("make_mounts_private", _make_mounts_private),
@@ -320,6 +339,8 @@ def _load_seccomp(s: sc.Syscalls, p: InitPlan) -> None:
         s.load_seccomp(p.seccomp_program)
 
 
+# The exec path (`orch exec`, exec probes) runs these too, derived at each call by
+# exec_container.exec_steps(): a step added here applies to every exec'd process as well.
 EXEC_STEPS: tuple[Step, ...] = (
     # The shim sends "G" only after moving us into the container's cgroup, so
     # the new cgroup namespace's root is that cgroup (needs CAP_SYS_ADMIN: first).
@@ -352,6 +373,8 @@ def run_setup(s: sc.Syscalls, plan: InitPlan, steps: tuple[Step, ...] = SETUP_ST
     """Run each step in order; a failure raises OSError annotated with the step name."""
     for name, step in steps:
         try:
+            if name == plan.fault_step:
+                raise OSError(errno.EIO, f"fault injected at {name} (test seam)")
             step(s, plan)
         except OSError as exc:
             exc.add_note(f"container init step {name}")

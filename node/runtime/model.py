@@ -41,7 +41,6 @@ class ContainerConfig:
     cpu_millis: int = 0
     memory_bytes: int = 0
     pids: int = 0
-    network: bool = True
     # -- added for issue 3; all optional, see docs/runtime.md ---------------
     init: bool = True  # PID 1 is a tiny reaper that forwards signals; False: the command is PID 1
     user: str = ""  # "UID[:GID]" or names from the image's /etc/passwd, /etc/group; "" = root

@@ -6,10 +6,11 @@ import contextlib
 import os
 import select
 import time
+from pathlib import Path
 
 from node.runtime.layout import proc_start_time
 
-__all__ = ["ended_fd", "is_alive", "open_pidfd", "wait_fd"]
+__all__ = ["ended_fd", "is_alive", "open_pidfd", "shims_of", "wait_fd", "wait_gone"]
 
 
 def is_alive(pid: int | None, start_time: int | None) -> bool:
@@ -52,3 +53,28 @@ def wait_fd(fd: int, timeout: float) -> bool:
                 return True
         if time.monotonic() >= deadline:
             return False
+
+
+def wait_gone(pid: int | None, start_time: int | None, timeout: float) -> bool:
+    """Until that process has exited (True), or timeout (False). Not running is gone."""
+    fd = open_pidfd(pid, start_time)
+    if fd is None:
+        return True
+    try:
+        return wait_fd(fd, timeout)
+    finally:
+        os.close(fd)
+
+
+def shims_of(cdir: Path, proc: Path = Path("/proc")) -> list[tuple[int, int | None]]:
+    """(pid, start time) of the shims supervising cdir, found by their title (shim.supervise
+    sets "orch-shim <cdir>"): for a container whose start.json is lost. Slow; rarely needed."""
+    title = f"orch-shim {cdir}".encode()
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if (entry / "cmdline").read_bytes().split(b"\0", 1)[0] == title:
+                found.append((int(entry.name), proc_start_time(int(entry.name), proc)))
+    return found

@@ -3,6 +3,12 @@
 All container state lives in files under state_dir (see layout.py) and in
 /proc, so any Runtime object, in any process, sees the same containers: an
 agent restarted after a crash adopts what its predecessor started.
+
+A start that fails, at any step, leaves nothing behind: start() kills what ran of
+it and removes its cgroup and files before it raises. A start whose runtime died
+with it (no live shim, nobody holding the start lock) reads as EXITED, so it can
+always be removed; so does a container whose state files were unreadable
+(layout.read_json sets them aside).
 """
 
 from __future__ import annotations
@@ -10,27 +16,37 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import signal
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from node.runtime import procs, staged, userns
 from node.runtime.cgroups import CgroupDriver, CgroupStats, Limits, driver_for
-from node.runtime.errors import ContainerError, NotFound, RuntimeStartError
-from node.runtime.layout import ContainerDir, read_json, write_json_atomic
+from node.runtime.errors import ContainerError, NotFound, NotRunning, RuntimeStartError
+from node.runtime.exec_client import ExecProcess, start_exec
+from node.runtime.exec_request import ExecRequest
+from node.runtime.layout import (
+    ContainerDir,
+    read_json,
+    set_aside_files,
+    start_in_progress,
+    start_lock,
+    write_json_atomic,
+)
 from node.runtime.model import ContainerConfig, ContainerState, ContainerStatus, valid_id
 from node.runtime.seccomp import DEFAULT_PROFILE, FilterCache, load_profile
+from node.runtime.security import resolve_user
 from node.runtime.shim_client import Zygote, run_shim
 from node.runtime.spec import ShimSpec
 
 __all__ = ["Runtime"]
 
-_NEVER_STARTED_AFTER = 120.0  # s: a spec without start.json this old belongs to a start that died
+log = logging.getLogger(__name__)
 _SHIM_EXIT_TIMEOUT = 10.0  # s: the shim writes exit.json right after the container ends
 
 
@@ -57,7 +73,8 @@ class Runtime:
         self.state_dir = Path(state_dir)
         self.cgroup_parent = cgroup_parent.strip("/")
         self._cg = cgroups if cgroups is not None else driver_for()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)  # spec.json holds the apps' env: root only (layout.py)
         self._zygote = Zygote(self.state_dir) if use_zygote else None
         self._userns_ids = userns_ids
         self._userns_lock = threading.Lock()
@@ -69,7 +86,7 @@ class Runtime:
 
     def _dir(self, id: str) -> ContainerDir:
         cdir = ContainerDir(self.state_dir / id)
-        if not valid_id(id) or not cdir.spec.exists():
+        if not valid_id(id) or not cdir.path.is_dir():
             raise NotFound(id, self.state_dir)
         return cdir
 
@@ -85,7 +102,7 @@ class Runtime:
         before the command is exec'd; if it returns an ip string, /etc/hosts maps the
         container's hostname to it.
         """
-        cdir = self._prepare(config, netns_hook=on_netns is not None)
+        cdir, lock = self._prepare(config, netns_hook=on_netns is not None)
 
         def netns_hook(pid: int) -> None:
             ip = on_netns(pid) if on_netns is not None else None
@@ -95,14 +112,18 @@ class Runtime:
         # Without on_netns the shim sends "G" itself: no round trip through us (~1 ms).
         hook = netns_hook if on_netns is not None else None
         try:
-            run_shim(cdir, hook, self._zygote, staged.usable(config.user_namespace, config.network))
+            run_shim(cdir, hook, self._zygote, staged.usable(config.user_namespace))
         except BaseException:
             self._discard(config.id)
             raise
+        finally:
+            os.close(lock)
         return self.state(config.id)
 
-    def _prepare(self, config: ContainerConfig, netns_hook: bool = True) -> ContainerDir:
-        """Validate, then create the state dir and the cgroup (limits applied). Raises RuntimeStartError."""
+    def _prepare(self, config: ContainerConfig, netns_hook: bool = True) -> tuple[ContainerDir, int]:
+        """Validate, then create the state dir and the cgroup (limits applied). Raises RuntimeStartError.
+
+        Returns the container dir and its start lock (layout.start_lock), held until start() ends."""
         id = config.id
         if not valid_id(id):
             raise RuntimeStartError("container id must be a DNS-1123 label", id=id)
@@ -115,9 +136,10 @@ class Runtime:
             if "," in str(path) or ":" in str(path):
                 raise RuntimeStartError(f"path {path} contains ',' or ':'", id=id)
         try:
-            cdir.path.mkdir()
+            cdir.path.mkdir(mode=0o700)
         except FileExistsError:
             raise RuntimeStartError(f"{cdir.path} exists: remove the old container first", id=id) from None
+        lock = start_lock(cdir)
         try:
             limits = Limits(config.cpu_millis, config.memory_bytes, config.pids)
             self._cg.create(self._cgroup(id), limits)
@@ -137,11 +159,12 @@ class Runtime:
             write_json_atomic(cdir.spec, spec.to_json())
         except (OSError, ValueError, ContainerError) as exc:
             self._remove_files(id)
+            os.close(lock)
             raise RuntimeStartError(f"prepare: {exc}", id=id) from exc
         finally:
             with self._userns_lock:
                 self._userns_pending.pop(id, None)  # now in spec.json, or not needed
-        return cdir
+        return cdir, lock
 
     def _reserve_userns(self, id: str) -> int:
         """A block of host ids no other container of this state dir holds (until it is removed)."""
@@ -159,32 +182,34 @@ class Runtime:
             return host_id
 
     def _discard(self, id: str) -> None:
-        """Undo a failed start as far as possible; the original error is what the caller sees."""
-        with contextlib.suppress(Exception):
-            self.stop(id, 0)
-        with contextlib.suppress(Exception):
-            self.remove(id)
+        """Undo a failed start, whatever step it failed at: kill what runs of it, remove its
+        cgroup and files. The original error is what the caller sees; this one is logged."""
+        try:
+            self._remove_remains(id)
+        except Exception as exc:
+            log.warning("container %s: cleaning up after its failed start: %s", id, exc)
 
     # -- observe -------------------------------------------------------------
 
     def state(self, id: str) -> ContainerState:
         cdir = self._dir(id)
+        spec_ok = read_json(cdir.spec) is not None
         start = read_json(cdir.start) or {}
         ended = read_json(cdir.exit)
         if ended is not None:
             return _exited(id, start, ended)
         pid, started_at = start.get("pid"), start.get("started_at")
         status = ContainerStatus.RUNNING if started_at else ContainerStatus.CREATED
-        if procs.is_alive(pid, start.get("pid_start")) or procs.is_alive(
+        alive = procs.is_alive(pid, start.get("pid_start")) or procs.is_alive(
             start.get("shim_pid"), start.get("shim_start")
-        ):
+        )
+        if alive and spec_ok:  # without its spec the runtime cannot manage it: lost (below)
             return ContainerState(id, status, pid, None, False, started_at, None, "", "")
-        if not start and time.time() - cdir.spec.stat().st_mtime < _NEVER_STARTED_AFTER:
+        if start_in_progress(cdir):  # spec.json may not even be written yet
             return ContainerState(id, ContainerStatus.CREATED, None, None, False, None, None, "", "")
         if (ended := read_json(cdir.exit)) is not None:  # the shim finished meanwhile
             return _exited(id, start, ended)
-        lost = {"reason": "Error", "message": "shim died; exit status unknown"}
-        return _exited(id, start, lost)
+        return _exited(id, start, _lost(cdir, start))
 
     def list(self) -> list[ContainerState]:
         states = []
@@ -206,6 +231,38 @@ class Runtime:
         """cgroup usage (cpu ns, memory bytes, pids) for metrics; zeros once the cgroup is gone."""
         self._dir(id)
         return self._cg.stats(self._cgroup(id))
+
+    # -- exec ----------------------------------------------------------------
+
+    def exec(
+        self,
+        id: str,
+        argv: Sequence[str],
+        *,
+        tty: bool = False,
+        stdin: bool = False,
+        output: bool = True,
+        env: Mapping[str, str] | None = None,
+        user: str = "",
+        workdir: str = "",
+        size: tuple[int, int] = (24, 80),
+    ) -> ExecProcess:
+        """Run argv in the running container as `runc exec` does (exec_helper.py): all its
+        namespaces, its cgroup, and what its PID 1 applied before exec (rlimits, user,
+        capabilities, no_new_privs, ...). user: "" for the container's, else as in ContainerConfig.
+        Returns once the command was forked; raises NotFound, NotRunning or ContainerError."""
+        cdir = self._dir(id)
+        if not argv or not argv[0]:
+            raise ContainerError("exec: empty command", id=id)
+        if self.state(id).status is not ContainerStatus.RUNNING:
+            raise NotRunning(id)
+        try:
+            config = ShimSpec.from_json(read_json(cdir.spec) or {}).config
+            identity = resolve_user(config.lower_dirs or (config.rootfs,), user) if user else None
+        except (OSError, ValueError, KeyError) as exc:
+            raise ContainerError(f"exec: {exc}", id=id) from exc
+        request = ExecRequest(tuple(argv), dict(env or {}), identity, workdir, tty, size)
+        return start_exec(cdir, request, stdin=stdin, output=output)
 
     # -- stop ----------------------------------------------------------------
 
@@ -232,31 +289,32 @@ class Runtime:
                     if grace > 0:
                         signal.pidfd_send_signal(pidfd, signal.SIGTERM)
                     if grace <= 0 or not procs.wait_fd(pidfd, grace):
-                        self._cg.kill_all(self._cgroup(id))
+                        self._kill(pidfd, id)
                 finally:
                     os.close(pidfd)
             self._wait_shim(id)
         return self.state(id)
 
-    def _wait_shim(self, id: str, timeout: float = _SHIM_EXIT_TIMEOUT) -> None:
-        """Until the shim process is gone (it exits right after writing exit.json)."""
-        self._wait_gone(id, "shim", timeout)
+    def _kill(self, pidfd: int, id: str) -> None:
+        """SIGKILL PID 1 and everything in the container's cgroup (PID 1 of a start that is
+        still in its setup may not be in the cgroup yet)."""
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        if self._cg.exists(self._cgroup(id)):
+            self._cg.kill_all(self._cgroup(id))
 
-    def _wait_gone(self, id: str, which: str, timeout: float) -> None:
-        """Until the process start.json names (which: "shim" or "pid", PID 1) has exited."""
+    def _wait_shim(self, id: str) -> None:
+        """Until the shim process is gone (it exits right after writing exit.json)."""
         start = read_json(ContainerDir(self.state_dir / id).start) or {}
-        pid, since = ("shim_pid", "shim_start") if which == "shim" else ("pid", "pid_start")
-        fd = procs.open_pidfd(start.get(pid), start.get(since))
-        if fd is not None:
-            try:
-                procs.wait_fd(fd, timeout)
-            finally:
-                os.close(fd)
+        procs.wait_gone(start.get("shim_pid"), start.get("shim_start"), _SHIM_EXIT_TIMEOUT)
 
     # -- remove --------------------------------------------------------------
 
     def remove(self, id: str) -> None:
-        """Remove an exited container's cgroup and files. A missing container is success."""
+        """Remove an exited container's cgroup and files. A missing container is success.
+
+        Exited includes a start that failed or died half-way and a container whose state
+        was lost: whatever still runs of those is killed first."""
         try:
             state = self.state(id)
         except NotFound:
@@ -264,10 +322,27 @@ class Runtime:
             return
         if state.status is not ContainerStatus.EXITED:
             raise ContainerError(f"cannot remove a {state.status.value} container; stop it first", id=id)
-        self._wait_shim(id)  # nothing of the container may outlive remove()
+        self._remove_remains(id)
+
+    def _remove_remains(self, id: str) -> None:
+        """Kill what is left of the container (PID 1, its cgroup), wait for its shim and PID 1
+        to be gone (nothing of it may outlive remove()), then remove its cgroup and files."""
+        cdir = ContainerDir(self.state_dir / id)
+        start = read_json(cdir.start) or {}
+        pidfd = procs.open_pidfd(start.get("pid"), start.get("pid_start"))
+        if pidfd is not None:
+            try:
+                self._kill(pidfd, id)
+            finally:
+                os.close(pidfd)
+        elif self._cg.exists(self._cgroup(id)) and self._cg.populated(self._cgroup(id)):
+            self._cg.kill_all(self._cgroup(id))  # PID 1 unknown (start.json lost)
+        shims = [(start["shim_pid"], start.get("shim_start"))] if "shim_pid" in start else procs.shims_of(cdir.path)
+        for shim_pid, shim_start in shims:
+            procs.wait_gone(shim_pid, shim_start, _SHIM_EXIT_TIMEOUT)
         # A reaper PID 1 left alone may still be in its kernel exit (the shim does not wait
         # for that, see shim._exit_status): its mounts and namespaces go with it.
-        self._wait_gone(id, "pid", _SHIM_EXIT_TIMEOUT)
+        procs.wait_gone(start.get("pid"), start.get("pid_start"), _SHIM_EXIT_TIMEOUT)
         self._remove_files(id)
 
     def _remove_files(self, id: str) -> None:
@@ -350,6 +425,16 @@ def _rewrite_in_place(path: Path, text: str) -> None:
     with open(path, "r+") as f:
         f.write(text)
         f.truncate()
+
+
+def _lost(cdir: ContainerDir, start: dict[str, Any]) -> dict[str, Any]:
+    """The exit record of a container with no exit.json, no live shim and no start in progress."""
+    if set_aside := set_aside_files(cdir.path):
+        message = f"its state was unreadable and set aside ({', '.join(set_aside)} in {cdir.path}); exit status unknown"
+        return {"reason": "StateLost", "message": message}
+    if not start:
+        return {"reason": "StartError", "message": "the start did not complete: the runtime starting it has gone"}
+    return {"reason": "Error", "message": "shim died; exit status unknown"}
 
 
 def _exited(id: str, start: dict[str, Any], ended: dict[str, Any]) -> ContainerState:

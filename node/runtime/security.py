@@ -7,9 +7,11 @@ unit-tested without root; init.py only applies the numbers.
 from __future__ import annotations
 
 import resource
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from node.runtime.imagefs import read_image_file
 
 __all__ = [
     "CAPS",
@@ -121,42 +123,50 @@ class Identity:
     groups: tuple[int, ...]
 
 
-def _read_db(path: Path) -> list[list[str]]:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return []
+def _read_db(layers: Sequence[Path], path: str) -> list[list[str]]:
+    """The image's /etc/passwd or /etc/group as fields, read inside the image (imagefs); [] if absent."""
+    data = read_image_file(layers, path)
+    text = data.decode(errors="replace") if data is not None else ""
     return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
 
 
-def resolve_user(rootfs: Path, user: str) -> Identity:
+def resolve_user(image: Path | Sequence[Path], user: str) -> Identity:
     """'UID[:GID]' or 'NAME[:GROUP]' with names from the image's /etc/passwd and /etc/group.
 
+    `image` is its layer stack, top first (a plain rootfs dir is a stack of one): the files are
+    looked up as the container will see them, never outside the image (node.runtime.imagefs).
     Supplementary groups are those of /etc/group listing the user by name. "" means root.
-    Raises ValueError when a name is unknown.
+    Raises ValueError when a name is unknown, ImageFileError (a ValueError) when a file is unusable.
     """
+    layers = (image,) if isinstance(image, Path) else tuple(image)
     name, _, group = (user or "0").partition(":")
-    passwd = _read_db(rootfs / "etc" / "passwd")
-    groups_db = _read_db(rootfs / "etc" / "group")
+    passwd = _read_db(layers, "/etc/passwd")
+    groups_db = _read_db(layers, "/etc/group")
     entry = next((e for e in passwd if len(e) >= 4 and (e[0] == name or e[2] == name)), None)
     if name.isdigit():
         uid = int(name)
     elif entry is not None:
-        uid = int(entry[2])
+        uid = _id(entry[2], "/etc/passwd", name)
     else:
         raise ValueError(f"user {name!r} not found in the image's /etc/passwd")
     if group:
         if group.isdigit():
             gid = int(group)
         elif g := next((e for e in groups_db if len(e) >= 3 and e[0] == group), None):
-            gid = int(g[2])
+            gid = _id(g[2], "/etc/group", group)
         else:
             raise ValueError(f"group {group!r} not found in the image's /etc/group")
     else:
-        gid = int(entry[3]) if entry is not None else 0
+        gid = _id(entry[3], "/etc/passwd", name) if entry is not None else 0
     login = entry[0] if entry is not None else ""
-    extra = {int(e[2]) for e in groups_db if len(e) >= 4 and login and login in e[3].split(",")}
+    extra = {_id(e[2], "/etc/group", e[0]) for e in groups_db if len(e) >= 4 and login and login in e[3].split(",")}
     return Identity(uid, gid, tuple(sorted(extra | {gid})))
+
+
+def _id(field: str, path: str, name: str) -> int:
+    if not field.isdigit() or int(field) >= 2**32 - 1:
+        raise ValueError(f"the image's {path}: {name!r} has the invalid id {field[:20]!r}")
+    return int(field)
 
 
 def rlimit_numbers(

@@ -72,23 +72,32 @@ def _code_version() -> str:
 class Zygote:
     """The fork server of one state dir: started on first use, restarted if it died.
 
-    Its files live in <state_dir>/.zygote/ (pid, lock, log); its socket is abstract
-    (@orch-zygote-<hash of the state dir>), so a dead zygote leaves no stale socket.
+    Its files live in <state_dir>/.zygote/ (mode 0700: pid, lock, log, and its socket
+    <code version>.sock, mode 0600). The process that starts it holds its lifeline (see
+    zygote.py): the zygote exits with that process, and the next user starts another.
     """
 
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir / ".zygote"
         digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
         self.prefix = f"orch-zygote-{digest}-"
-        self.name = self.prefix + _code_version()  # new code, new zygote: never a stale fork server
+        version = _code_version()
+        self.name = self.prefix + version  # new code, new zygote: never a stale fork server
+        self.socket = self.dir / f"{version}.sock"
+        self._lifeline = -1  # write end; only this process holds it (O_CLOEXEC)
 
     def _connect(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        dir_fd = -1
         try:
-            sock.connect("\0" + self.name)
+            dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            sock.connect(f"/proc/self/fd/{dir_fd}/{self.socket.name}")  # any state dir path length
         except OSError:
             sock.close()
             raise
+        finally:
+            if dir_fd >= 0:
+                os.close(dir_fd)
         return sock
 
     def spawn_shim(self, cdir: ContainerDir, report_w: int, go_r: int, staged: bool = False) -> None:
@@ -96,31 +105,52 @@ class Zygote:
 
         staged: the container may take a pre-staged PID 1 (staged.usable).
         """
-        try:
-            sock = self._connect()
-        except (ConnectionRefusedError, FileNotFoundError):
-            self.start()
-            sock = self._connect()
-        with sock:
-            sock.settimeout(START_TIMEOUT)
-            request = {"dir": str(cdir.path), "staged": staged}
-            socket.send_fds(sock, [json.dumps(request).encode()], [report_w, go_r])
-            if not sock.recv(16).startswith(b"ok"):
-                raise OSError(f"zygote refused to start a shim; see {self.dir / 'log'}")
+        for attempt in (1, 2):
+            try:
+                sock = self._connect()
+            except (ConnectionRefusedError, FileNotFoundError):
+                self.start()
+                sock = self._connect()
+            with sock:
+                sock.settimeout(START_TIMEOUT)
+                request = {"dir": str(cdir.path), "staged": staged}
+                socket.send_fds(sock, [json.dumps(request).encode()], [report_w, go_r])
+                reply = sock.recv(16)
+            if reply.startswith(b"ok"):
+                return
+            if reply or attempt == 2:  # no reply: it was exiting (its starter had ended); once more
+                raise OSError(f"zygote refused to start a shim ({reply.decode(errors='replace').strip()}); "
+                              f"see {self.dir / 'log'}")  # fmt: skip
+            self.stop(keep_dir=True)
 
     def start(self) -> None:
-        self.dir.mkdir(exist_ok=True)
+        self.dir.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.dir, 0o700)  # also an older version's dir
         with open(self.dir / "lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one starter at a time; the others then connect
             with contextlib.suppress(ConnectionRefusedError, FileNotFoundError):
                 self._connect().close()
                 return
             self.stop(keep_dir=True)  # an older version's zygote, if any
-            with open(self.dir / "log", "ab") as log:
-                cmd = [sys.executable, "-m", "node.runtime.zygote", self.name, str(self.dir / "pid")]
-                subprocess.run(
-                    cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_shim_env(), cwd="/", check=False
-                )
+            for stale in self.dir.glob("*.sock"):
+                stale.unlink(missing_ok=True)
+            self._close_lifeline()
+            lifeline_r, self._lifeline = os.pipe2(os.O_CLOEXEC)
+            try:
+                with open(self.dir / "log", "ab") as log:
+                    cmd = [sys.executable, "-m", "node.runtime.zygote", self.name, str(self.dir),
+                           self.socket.name, str(lifeline_r)]  # fmt: skip
+                    subprocess.run(
+                        cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_shim_env(), cwd="/",
+                        pass_fds=(lifeline_r,), check=False,
+                    )  # fmt: skip
+            finally:
+                os.close(lifeline_r)
+
+    def _close_lifeline(self) -> None:
+        if self._lifeline >= 0:
+            os.close(self._lifeline)
+            self._lifeline = -1
 
     def pid(self) -> int | None:
         """The running zygote's pid (checked against its command line), else None."""
@@ -134,16 +164,19 @@ class Zygote:
     def stop(self, keep_dir: bool = False) -> None:
         """Kill the zygote of this state dir (any code version). Its shims live on."""
         if (pid := self.pid()) is not None:
-            fd = os.pidfd_open(pid)
-            try:
-                signal.pidfd_send_signal(fd, signal.SIGKILL)
-                select.select([fd], [], [], 5.0)
-            finally:
-                os.close(fd)
+            with contextlib.suppress(ProcessLookupError):
+                fd = os.pidfd_open(pid)
+                try:
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                    select.select([fd], [], [], 5.0)
+                finally:
+                    os.close(fd)
+        if not keep_dir:
+            self._close_lifeline()
         if self.dir.exists() and not keep_dir:
-            for name in ("pid", "lock", "log"):
+            for path in [*self.dir.glob("*.sock"), *(self.dir / name for name in ("pid", "lock", "log"))]:
                 with contextlib.suppress(FileNotFoundError):
-                    (self.dir / name).unlink()
+                    path.unlink()
             with contextlib.suppress(OSError):
                 (self.dir / "stage").rmdir()  # empty here; a spare's tmpfs on it is in its own mount ns
             with contextlib.suppress(OSError):

@@ -66,6 +66,7 @@ class ShimSpec:
     userns_host_id: int = -1  # host id of container root in its user namespace; -1 = none
     # The Runtime has an on_netns hook: the shim reports the netns and waits for "go" before exec.
     netns_hook: bool = True
+    fault_step: str = ""  # test seam: see InitPlan.fault_step
     seccomp_program: str = ""  # the compiled filter's file (seccomp/cache.py); "" = unconfined
 
     @classmethod
@@ -79,9 +80,10 @@ class ShimSpec:
         netns_hook: bool = True,
         seccomp: FilterCache | None = None,
     ) -> ShimSpec:
-        """Raises ValueError for an unknown user, group, capability, rlimit or seccomp mode,
+        """Raises ValueError for an unknown user, group, capability, rlimit or seccomp mode, or an
+        unusable /etc/passwd or /etc/group (read across all the image's layers, inside the image);
         SeccompError when the filter cannot be built."""
-        identity = resolve_user(config.rootfs, config.user)
+        identity = resolve_user(config.lower_dirs or (config.rootfs,), config.user)
         if userns_host_id >= 0 and max(identity.uid, identity.gid, *identity.groups) >= IDS_PER_CONTAINER:
             raise ValueError(
                 f"user {config.user!r}: ids above {IDS_PER_CONTAINER - 1} are not mapped in the user namespace"
@@ -89,7 +91,9 @@ class ShimSpec:
         caps = cap_mask(config.cap_add, config.cap_drop)
         rlimits = tuple(rlimit_numbers(config.rlimits))
         program = _seccomp_program(config.seccomp, caps, seccomp)
-        return cls(config, driver, root, path, identity, caps, rlimits, userns_host_id, netns_hook, program)
+        return cls(
+            config, driver, root, path, identity, caps, rlimits, userns_host_id, netns_hook, seccomp_program=program
+        )
 
     def to_json(self) -> dict[str, Any]:
         i = self.identity
@@ -103,7 +107,7 @@ class ShimSpec:
             "userns": {"host_id": self.userns_host_id} if self.userns_host_id >= 0 else None,
             "netns_hook": self.netns_hook,
             "seccomp": {"program": self.seccomp_program} if self.seccomp_program else None,
-        }
+        } | ({"fault_step": self.fault_step} if self.fault_step else {})
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ShimSpec:
@@ -113,9 +117,14 @@ class ShimSpec:
         caps = int(data.get("caps", cap_mask()))
         userns = data.get("userns") or {"host_id": -1}
         config = _config_from_json(data["config"])
-        host_id, hook = int(userns["host_id"]), bool(data.get("netns_hook", True))
+        host_id, hook, fault = (
+            int(userns["host_id"]),
+            bool(data.get("netns_hook", True)),
+            str(data.get("fault_step", "")),
+        )
         program = str((data.get("seccomp") or {}).get("program", ""))
-        return cls(config, cg["driver"], Path(cg["root"]), cg["path"], identity, caps, rlimits, host_id, hook, program)
+        cgroup = (cg["driver"], Path(cg["root"]), cg["path"])
+        return cls(config, *cgroup, identity, caps, rlimits, host_id, hook, fault, seccomp_program=program)
 
     def init_plan(self, cdir: ContainerDir, userns_fd: int = -1) -> InitPlan:
         """Reads the seccomp program: call it where the host's state dir is in reach (OSError)."""
@@ -133,7 +142,6 @@ class ShimSpec:
             working_dir=c.working_dir or "/",
             argv=c.argv,
             env=env,
-            network=c.network,
             read_only_rootfs=c.read_only_rootfs,
             etc_files=tuple((path, str(src)) for path, src in cdir.etc.items()),
             uid=self.identity.uid,
@@ -145,6 +153,7 @@ class ShimSpec:
             userns_fd=userns_fd,
             userns_root=max(self.userns_host_id, 0),
             idmapped_dir=str(cdir.idmapped),
+            fault_step=self.fault_step,
             seccomp_program=Path(self.seccomp_program).read_bytes() if self.seccomp_program else b"",
         )
 

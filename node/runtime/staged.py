@@ -14,8 +14,8 @@ files, pivot_root. The result is the same mount tree SETUP_STEPS builds.
 A pre-staged PID 1 serves one container and is never reused. One that is never
 used exits when its shim does (EOF on its pipe), and the kernel drops its
 namespaces and mounts with it. Containers with a user namespace (the tmpfs /dev
-is owned by container root, the layers are idmapped) or without a network
-namespace take the unstaged path (SETUP_STEPS in a freshly forked PID 1).
+is owned by container root, the layers are idmapped) take the unstaged path
+(SETUP_STEPS in a freshly forked PID 1).
 """
 
 from __future__ import annotations
@@ -30,16 +30,14 @@ __all__ = ["ROOTFS_STEPS", "STAGE_STEPS", "stage_plan", "usable"]
 _STAGED = (("proc", 0o555), ("dev", 0o755), ("sys", 0o555))
 
 
-def usable(user_namespace: bool, network: bool) -> bool:
-    """Whether a container can take a pre-staged PID 1 (it has no user ns and a net ns)."""
-    return network and not user_namespace
+def usable(user_namespace: bool) -> bool:
+    """Whether a container can take a pre-staged PID 1 (it has no user ns)."""
+    return not user_namespace
 
 
 def stage_plan(stage_dir: str) -> InitPlan:
     """The plan STAGE_STEPS run with: the staging dir stands in for the rootfs."""
-    return InitPlan(
-        lower="", upper="", work="", merged=stage_dir, hostname="", working_dir="/", argv=(), env={}, network=True
-    )
+    return InitPlan(lower="", upper="", work="", merged=stage_dir, hostname="", working_dir="/", argv=(), env={})
 
 
 def _mount_stage(s: sc.Syscalls, p: InitPlan) -> None:
@@ -53,7 +51,8 @@ def _move_staged_mounts(s: sc.Syscalls, p: InitPlan) -> None:
 
 
 STAGE_STEPS: tuple[init.Step, ...] = (
-    *init.pick_steps("unshare_namespaces", "make_mounts_private"),
+    # The network namespace is the container's own from here on: configured once, now.
+    *init.pick_steps("unshare_namespaces", "configure_network_namespace", "make_mounts_private"),
     # A tmpfs of our own to hold the mount points: the staging dir on the host stays empty.
     ("mount_stage", _mount_stage),
     # As in SETUP_STEPS, with the staging dir as the rootfs; proc already shows only our

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import resource as _resource
+import socket
 import stat
+import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn, Protocol
@@ -86,6 +89,7 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
 
 
 class Syscalls(Protocol):
@@ -101,6 +105,8 @@ class Syscalls(Protocol):
     def touch(self, path: str) -> None: ...  # bind-mount target for a device node
     def symlink(self, target: str, path: str) -> None: ...  # existing link is fine
     def kind(self, path: str) -> str | None: ...  # "dir", "file" or None (missing); follows symlinks
+    def link_up(self, name: str) -> None: ...  # a network interface of our network namespace
+    def sysctl(self, name: str, value: str) -> None: ...  # "net/ipv4/...": our network namespace's
     def prctl(self, option: int, arg2: int = 0, arg3: int = 0) -> None: ...
     def capset(self, effective: int, permitted: int, inheritable: int) -> None: ...  # 64-bit masks
     def setrlimit(self, resource: int, soft: int, hard: int) -> None: ...
@@ -213,6 +219,23 @@ class LinuxSyscalls:
         except OSError:
             return None
 
+    def link_up(self, name: str) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            request = struct.pack("16s24x", name.encode())  # struct ifreq: name, then ifr_flags
+            flags = struct.unpack_from("H", fcntl.ioctl(sock, _SIOCGIFFLAGS, request), 16)[0]
+            fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH22x", name.encode(), flags | _IFF_UP))
+
+    def sysctl(self, name: str, value: str) -> None:
+        # /proc/sys/net shows the network namespace of the process that opens the file.
+        path = f"/proc/sys/{name}"
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, value.encode())
+        except OSError as exc:
+            raise OSError(exc.errno, f"sysctl {name}={value}: {exc.strerror}", path) from None
+        finally:
+            os.close(fd)
+
     def prctl(self, option: int, arg2: int = 0, arg3: int = 0) -> None:
         args = (ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), ctypes.c_ulong(0), ctypes.c_ulong(0))
         self._check(self._libc.prctl(ctypes.c_int(option), *args), f"prctl {option}")
@@ -319,6 +342,12 @@ class RecordingSyscalls:
 
     def kind(self, path: str) -> str | None:
         return self._kinds.get(path, "file")
+
+    def link_up(self, name: str) -> None:
+        self._record("link_up", name)
+
+    def sysctl(self, name: str, value: str) -> None:
+        self._record("sysctl", name, value)
 
     def prctl(self, option: int, arg2: int = 0, arg3: int = 0) -> None:
         self._record("prctl", option, arg2, arg3)

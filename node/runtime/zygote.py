@@ -1,17 +1,27 @@
 """A fork server for shims: started once, it forks a shim per container in ~1 ms
 instead of the ~80 ms a fresh `python -m node.runtime.shim` spends importing.
 
-    python -m node.runtime.zygote <abstract socket name> <pid file>
+    python -m node.runtime.zygote <name> <zygote dir> <socket name> <lifeline fd>
 
-It binds the abstract unix socket (no file to go stale; only root peers are
-served, checked with SO_PEERCRED), detaches (double fork, own session; its pid
-goes to <pid file>) and serves requests one at a time: a request is one JSON
-line {"dir": <container dir>} with two fds attached (SCM_RIGHTS: the shim's
-report and go pipe ends). It hands them to a spare shim forked ahead of
-time (or forks one now if none is ready) and replies b"ok\\n"; the shim then
+It binds a unix socket at <zygote dir>/<socket name> (the dir is 0700, the socket 0600),
+detaches (double fork, own session; its pid goes to <zygote dir>/pid) and serves requests
+one at a time: a request is one JSON line {"dir": <container dir>} with two fds attached
+(SCM_RIGHTS: the shim's report and go pipe ends). It hands them to a spare shim forked
+ahead of time (or forks one now if none is ready) and replies b"ok\n"; the shim then
 runs shim.supervise. A shim is the zygote's child, never the agent's: the zygote reaps
 shims on SIGCHLD, and if the zygote dies they are re-parented to init and
 live on (one fork instead of a double fork saves ~1.5 ms per start).
+
+Who may ask (a request makes a process that is root on the host): only a peer that is
+uid 0 and in the zygote's own mount namespace (SO_PEERCRED, SO_PEERPIDFD), so neither a
+local user nor a container's root reaches it, even through a path it was given; the
+directory's mode keeps both from the socket in the first place. The socket is a path,
+not an abstract name: abstract sockets have no permissions and are reachable from
+every process of the network namespace.
+
+It lives as long as its starter: <lifeline fd> is the read end of a pipe whose write
+end only the starting process (the agent) holds, so the zygote exits when the agent
+does, however it ends, and the next agent starts its own. Shims live on either way.
 
 Single-threaded and stdlib-only besides node.runtime, so fork is safe; the
 modules the shim needs are imported once here, and gc.freeze() keeps the
@@ -35,9 +45,10 @@ from node.runtime import shim
 from node.runtime.layout import ContainerDir
 from node.runtime.sys import LinuxSyscalls, set_process_title
 
-__all__ = ["main", "serve"]
+__all__ = ["main", "peer_refused", "serve"]
 
 _PR_SET_CHILD_SUBREAPER = 36
+_SO_PEERPIDFD = 77  # Linux 6.5+; the socket module of Python 3.11 has no name for it
 _SPARE_AFTER = 0.005  # s without a request before the next spare shim is forked
 
 
@@ -92,14 +103,15 @@ def _spare_child(sock: socket.socket, stage_dir: str) -> None:
 def _handle(conn: socket.socket, listener: socket.socket, spare: _Spare | None, keep_out: tuple[int, ...]) -> bool:
     """Serve one request; True if it used up the spare.
 
-    A request that cannot take a pre-staged PID 1 ({"staged": false}: user namespace, no
-    network) gets a freshly forked shim, and the spare stays for the next one.
+    A request that cannot take a pre-staged PID 1 ({"staged": false}: a user namespace)
+    gets a freshly forked shim, and the spare stays for the next one.
     """
-    msg, fds, _, _ = socket.recv_fds(conn, 65536, 2)
+    msg, fds, _, _ = socket.recv_fds(conn, 65536, 2)  # first: a refused peer then reads the reply
     try:
-        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        if struct.unpack("3i", creds)[1] != 0:
-            raise PermissionError("only root may start shims")
+        if refused := peer_refused(conn):
+            print(f"zygote: request refused: {refused}", file=sys.stderr, flush=True)
+            conn.sendall(b"refused\n")
+            return False
         if len(fds) != 2:
             raise ValueError("expected two fds")
         request = json.loads(msg)
@@ -124,6 +136,28 @@ def _handle(conn: socket.socket, listener: socket.socket, spare: _Spare | None, 
             os.close(fd)
 
 
+def peer_refused(conn: socket.socket) -> str:
+    """Why the peer of conn may not start shims; "" if it may (root, our mount namespace)."""
+    pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    if uid != 0:
+        return f"pid {pid} runs as uid {uid}, not root"
+    try:
+        pidfd = conn.getsockopt(socket.SOL_SOCKET, _SO_PEERPIDFD)
+    except OSError:  # before Linux 6.5: the pid; the liveness check below still catches a peer gone
+        pidfd = os.pidfd_open(pid)
+    try:
+        peer = os.stat(f"/proc/{pid}/ns/mnt")
+        signal.pidfd_send_signal(pidfd, 0)  # still the peer: the namespace read above was its own
+    except OSError as exc:
+        return f"pid {pid}: {exc}"
+    finally:
+        os.close(pidfd)
+    own = os.stat("/proc/self/ns/mnt")
+    if (peer.st_dev, peer.st_ino) != (own.st_dev, own.st_ino):
+        return f"pid {pid} is in another mount namespace (a container?)"
+    return ""
+
+
 def _shim_child(cdir: ContainerDir, report: int, go: int, pid1: shim.Pid1 | None = None) -> None:
     try:
         log = os.open(cdir.shim_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -143,7 +177,8 @@ def _reap() -> None:
             pass
 
 
-def serve(listener: socket.socket, stage_dir: str) -> None:
+def serve(listener: socket.socket, stage_dir: str, lifeline: int) -> None:
+    """Until EOF on lifeline (the starter has exited)."""
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wakeup fd is written
@@ -160,12 +195,14 @@ def serve(listener: socket.socket, stage_dir: str) -> None:
         # The next spare is forked once no request came for a moment, so that its fork
         # does not compete for CPU with the start that used the last one.
         timeout = None if spare is not None else _SPARE_AFTER
-        ready, _, changed = select.select([listener.fileno(), wake_r], [], [mounts], timeout)
+        ready, _, changed = select.select([listener.fileno(), wake_r, lifeline], [], [mounts], timeout)
+        if lifeline in ready and not os.read(lifeline, 1):
+            return  # a spare gets EOF on its socket and exits, its PID 1 with it
         if changed and spare is not None:
             spare.stale = True
         if not ready and not changed:
             with contextlib.suppress(OSError):
-                spare = _Spare(listener, (wake_r, wake_w, mounts), stage_dir)
+                spare = _Spare(listener, (wake_r, wake_w, mounts, lifeline), stage_dir)
         if wake_r in ready:
             with contextlib.suppress(BlockingIOError):
                 os.read(wake_r, 4096)
@@ -176,24 +213,40 @@ def serve(listener: socket.socket, stage_dir: str) -> None:
                 if spare is not None and spare.stale:
                     spare.discard()
                     spare = None
-                keep_out = (wake_r, wake_w, mounts, *([spare.sock.fileno()] if spare else []))
+                keep_out = (wake_r, wake_w, mounts, lifeline, *([spare.sock.fileno()] if spare else []))
                 if _handle(conn, listener, spare, keep_out):
                     spare = None
 
 
-def main(argv: list[str]) -> int:
-    name, pid_file = argv[1], Path(argv[2])
-    stage_dir = pid_file.parent / "stage"  # a spare's PID 1 mounts a tmpfs here, in its own mount ns
-    stage_dir.mkdir(mode=0o700, exist_ok=True)
+def _listen(zygote_dir: Path, sock_name: str) -> socket.socket:
+    """Bind <zygote_dir>/<sock_name> with mode 0600, through /proc/self/fd: a state dir's
+    path may be longer than the 107 bytes a unix socket address can hold."""
+    dir_fd = os.open(zygote_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    umask = os.umask(0o177)
     try:
-        listener.bind("\0" + name)
-    except OSError as exc:  # another Runtime started one first: fine, it serves us too
-        print(f"zygote: bind @{name}: {exc}", file=sys.stderr)
-        return 1
+        listener.bind(f"/proc/self/fd/{dir_fd}/{sock_name}")
+    except OSError:
+        listener.close()
+        raise
+    finally:
+        os.umask(umask)
+        os.close(dir_fd)
     listener.listen(64)
+    return listener
+
+
+def main(argv: list[str]) -> int:
+    zygote_dir, sock_name, lifeline = Path(argv[2]), argv[3], int(argv[4])
+    stage_dir = zygote_dir / "stage"  # a spare's PID 1 mounts a tmpfs here, in its own mount ns
+    stage_dir.mkdir(mode=0o700, exist_ok=True)
+    try:
+        listener = _listen(zygote_dir, sock_name)
+    except OSError as exc:  # another Runtime started one first: fine, it serves us too
+        print(f"zygote: bind {zygote_dir / sock_name}: {exc}", file=sys.stderr)
+        return 1
     if pid := os.fork():  # the starter (Runtime) reaps this parent; the socket already accepts
-        pid_file.write_text(f"{pid}\n")
+        (zygote_dir / "pid").write_text(f"{pid}\n")
         os._exit(0)
     os.setsid()
     # A shim need not wait for its PID 1's kernel exit (shim._exit_status): the orphan is then
@@ -204,8 +257,9 @@ def main(argv: list[str]) -> int:
     os.close(devnull)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    serve(listener, str(stage_dir))
-    return 0
+    os.set_inheritable(lifeline, False)
+    serve(listener, str(stage_dir), lifeline)
+    return 0  # the socket file stays: connecting to it is refused, and the next starter replaces it
 
 
 if __name__ == "__main__":

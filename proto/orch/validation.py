@@ -207,15 +207,29 @@ def _check_strings(path: str, values: Iterable[str]) -> Iterator[FieldError]:
     for i, value in enumerate(values):
         if not value:
             yield FieldError(f"{path}[{i}]", "must not be empty")
+        yield from _check_nul(f"{path}[{i}]", value)
+
+
+def _check_nul(path: str, value: str) -> Iterator[FieldError]:
+    """execve() takes C strings: a NUL would cut the value short, or fail every start."""
+    if (at := value.find("\0")) >= 0:
+        yield FieldError(path, f"must not contain a NUL byte (at offset {at})")
+
+
+def _printable(text: str) -> str:
+    """One line of an error message: control characters escaped."""
+    return text.encode("unicode_escape").decode("ascii")
 
 
 def _check_env(env: Mapping[str, str]) -> Iterator[FieldError]:
-    for name in env:
-        if not _ENV_NAME.fullmatch(name):
+    for name, value in env.items():
+        shown = _printable(name)
+        path = f"spec.env.{shown}"
+        if not _ENV_NAME.fullmatch(name):  # also refuses "", "=" and NUL: "NAME=value" must split back
             yield FieldError(
-                f"spec.env.{name}",
-                f'"{name}" is not a valid variable name: letters, digits and "_", not starting with a digit',
+                path, f'"{shown}" is not a valid variable name: letters, digits and "_", not starting with a digit'
             )
+        yield from _check_nul(path, value)
 
 
 def _check_resources(spec: types_pb2.AppSpec) -> Iterator[FieldError]:
@@ -291,12 +305,15 @@ def _check_readiness(spec: types_pb2.AppSpec) -> Iterator[FieldError]:
 
 def _check_process(spec: types_pb2.AppSpec) -> Iterator[FieldError]:
     match = _USER.fullmatch(spec.user)
-    if spec.user and match is None:
-        yield FieldError("spec.user", f'"{spec.user}" is not UID[:GID]; use numbers or names, e.g. "1000:1000"')
+    if spec.user and match is None:  # the grammar has no room for a NUL either
+        yield FieldError(
+            "spec.user", f'"{_printable(spec.user)}" is not UID[:GID]; use numbers or names, e.g. "1000:1000"'
+        )
     elif match is not None and any(p.isdigit() and int(p) >= 2**32 - 1 for p in spec.user.split(":")):
         yield FieldError("spec.user", f'"{spec.user}": IDs must be below 4294967295')
     if spec.working_dir and not spec.working_dir.startswith("/"):
-        yield FieldError("spec.workingDir", f'must be an absolute path, got "{spec.working_dir}"')
+        yield FieldError("spec.workingDir", f'must be an absolute path, got "{_printable(spec.working_dir)}"')
+    yield from _check_nul("spec.workingDir", spec.working_dir)
 
 
 def _check_capabilities(caps: types_pb2.Capabilities) -> Iterator[FieldError]:

@@ -20,6 +20,7 @@ NOT_READY = Reject("node(s) not ready", True)
 CORDONED = Reject("node(s) cordoned", True)
 SELECTOR_MISMATCH = Reject("node(s) didn't match node selector", False)
 PORTS_IN_USE = Reject("node(s) didn't have free host ports", True)
+PORTS_NOT_ALLOWED = Reject("node(s) didn't allow the host port", False)
 ANTI_AFFINITY = Reject("node(s) didn't satisfy anti-affinity", True)
 INSUFFICIENT = {
     "cpu": Reject("insufficient cpu", True),
@@ -61,6 +62,14 @@ def has_free_host_ports(req: Request, node: NodeView) -> Reject | None:
     return PORTS_IN_USE if req.host_ports and not req.host_ports.isdisjoint(node.host_ports) else None
 
 
+def allows_host_ports(req: Request, node: NodeView) -> Reject | None:
+    """The node's own --host-port-range (it refuses the rest itself; this only avoids it)."""
+    first, last = node.host_port_range
+    if not req.host_ports or (first, last) == (0, 0):  # an agent that does not report one
+        return None
+    return None if all(first <= port <= last for port, _ in req.host_ports) else PORTS_NOT_ALLOWED
+
+
 def satisfies_anti_affinity(req: Request, node: NodeView) -> Reject | None:
     apps = node.apps
     return ANTI_AFFINITY if any(apps[a] for a in req.anti_affinity) else None
@@ -72,6 +81,7 @@ FILTERS: tuple[Filter, ...] = (
     is_schedulable,
     matches_selector,
     fits_resources,
+    allows_host_ports,
     has_free_host_ports,
     satisfies_anti_affinity,
 )

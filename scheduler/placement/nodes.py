@@ -28,6 +28,7 @@ class NodeView:
     schedulable: bool
     labels: dict[str, str]
     allocatable: tuple[int, int, int]  # cpu millis, memory bytes, pids; 0 = unlimited
+    host_port_range: tuple[int, int] = (0, 0)  # what the node publishes; (0, 0): any
     cpu: int = 0
     memory: int = 0
     pids: int = 0
@@ -67,6 +68,7 @@ def node_views(snap: ClusterSnapshot) -> dict[str, NodeView]:
             schedulable=not (v.value.unschedulable or v.value.draining),
             labels=dict(v.value.labels),
             allocatable=allocatable(v.value),
+            host_port_range=(v.value.host_port_min, v.value.host_port_max),
         )
         for name, v in snap.nodes.items()
     }

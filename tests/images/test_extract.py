@@ -16,7 +16,8 @@ import pytest
 
 from node.images import LayerRejected
 from node.images.build import Entry, ImageSpec, tar_entries, write_layout
-from node.images.extract import OPAQUE_XATTR, extract_layer
+from node.images.extract import extract_layer
+from node.runtime.imagefs import OPAQUE_XATTR
 
 pytestmark = pytest.mark.root  # whiteouts are char devices (mknod) and opaque markers trusted.* xattrs
 

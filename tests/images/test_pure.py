@@ -55,7 +55,7 @@ def test_reference_fields() -> None:
         ("busybox:", "not a valid tag"),
         ("busybox:-x", "not a valid tag"),
         ("a//b", "not a valid repository"),
-        ("busybox@sha256:abc", "digest must be"),
+        ("busybox@sha256:abc", "digest after"),
         ("with space", "whitespace"),
         ("oci:relative/path", "must be absolute"),
         ("rootfs:dir", "must be absolute"),

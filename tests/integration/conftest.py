@@ -23,7 +23,10 @@ class SchedulerProc:
 
 def start_scheduler(etcd: EtcdServer, log: Path, identity: str) -> SchedulerProc:
     port = free_port()
-    argv = orch_argv("scheduler", "--listen", f"127.0.0.1:{port}", "--etcd", etcd.endpoint, "--id", identity)
+    argv = orch_argv(
+        "scheduler", "--listen", f"127.0.0.1:{port}", "--etcd", etcd.endpoint, "--id", identity,
+        "--insecure", "--insecure-etcd",  # the fixture's etcd is plaintext on loopback
+    )  # fmt: skip
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=orch_env())
     wait_port(port, proc)

@@ -26,7 +26,9 @@ spec:
 @pytest.fixture
 def scheduler(etcd, tmp_path):
     port = free_port()
-    argv = orch_argv("scheduler", "--listen", f"127.0.0.1:{port}", "--etcd", etcd.endpoint)
+    argv = orch_argv(
+        "scheduler", "--listen", f"127.0.0.1:{port}", "--etcd", etcd.endpoint, "--insecure", "--insecure-etcd"
+    )
     with open(tmp_path / "scheduler.log", "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=orch_env())
         try:

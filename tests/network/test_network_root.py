@@ -27,6 +27,7 @@ import pytest
 
 from node.network import (
     Attachment,
+    HostPortNotAllowed,
     LinkError,
     NamespaceError,
     NetworkConfig,
@@ -352,3 +353,51 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_a_host_port_the_host_listens_on_is_refused_and_the_host_keeps_it(
+    tmp_path: Path, config: NetworkConfig
+) -> None:
+    """hostPort hijack (issue 9 item 9): a port etcd, the scheduler or sshd listens on is not
+    published, so the host's own connections to it keep reaching the host's service."""
+    net = NodeNetwork(dataclasses.replace(config, node="node-x"))
+    net.ensure_bridge()
+    server = subprocess.Popen(["unshare", "--net", sys.executable, "-c", SERVER])
+    with socket.socket() as service:  # stands in for etcd on 127.0.0.1
+        service.bind(("127.0.0.1", 0))
+        service.listen()
+        port = service.getsockname()[1]
+        try:
+            assert wait_until(lambda: netns_inode(server.pid) != netns_inode("self"))
+            with pytest.raises(HostPortNotAllowed, match=f"hostPort {port}/tcp is in use on node-x by the host"):
+                net.attach("evil-1", server.pid, [PortMapping(port, 8080)])
+            with pytest.raises(HostPortNotAllowed, match="hostPort 22/tcp is outside the range"):
+                net.attach("evil-1", server.pid, [PortMapping(22, 8080)])
+            assert not [r for r in nat_rules() if "DNAT" in r]
+            with socket.create_connection(("127.0.0.1", port), timeout=2):
+                conn, _ = service.accept()  # the host's connection reached the host's service
+                conn.close()
+        finally:
+            server.kill()
+            server.wait()
+    net.teardown()
+
+
+def test_without_a_publish_address_loopback_is_never_captured(tmp_path: Path, config: NetworkConfig) -> None:
+    """No --publish-address: every local address but 127.0.0.0/8, so a hostPort cannot take over a
+    port of the host's loopback services; the node's other addresses (here the bridge's) serve it."""
+    net = NodeNetwork(config)
+    net.ensure_bridge()
+    server = subprocess.Popen(["unshare", "--net", sys.executable, "-c", SERVER])
+    try:
+        assert wait_until(lambda: netns_inode(server.pid) != netns_inode("self"))
+        host_port = free_port()
+        net.attach("web-1", server.pid, [PortMapping(host_port, 8080)])
+        assert wait_until(lambda: fetch(str(config.gateway), host_port) == b"hello"), nat_rules()
+        assert fetch("127.0.0.1", host_port) is None
+        route_localnet = Path(f"/proc/sys/net/ipv4/conf/{config.bridge}/route_localnet")
+        assert route_localnet.read_text().strip() == "0"  # only for a loopback publish address
+    finally:
+        server.kill()
+        server.wait()
+    net.teardown()

@@ -208,7 +208,10 @@ def test_host_port_chain_rules_replace_the_chain_with_one_dnat_per_port() -> Non
         " -j DNAT --to-destination 10.88.1.3:53",
         "COMMIT",
     ]
-    assert "-d " not in chain_rules("ORCH-HP-orch1", published)  # no address: every local one
+    # No address: every local one but loopback (never the host's own 127.0.0.1 services).
+    assert {line.split(" -p ")[0] for line in chain_rules("ORCH-HP-orch1", published).splitlines()[2:-1]} == {
+        "-A ORCH-HP-orch1 ! -d 127.0.0.0/8"
+    }
     assert chain_name("orch" + "x" * 30) == "ORCH-HP-orch" + "x" * 16  # 28 characters at most
 
 
@@ -220,7 +223,7 @@ def test_host_ports_state_drives_the_rules(tmp_path: Path) -> None:
         if argv[3:4] in (["-C"], ["-S"]):
             raise NetworkError("no such rule")  # nothing installed yet
 
-    ports = HostPorts("orch1", tmp_path / "hp", run=run)
+    ports = HostPorts("orch1", tmp_path / "hp", run=run, proc_net=tmp_path)  # nothing listens
     ports.sync()
     assert calls[-1][0][3:4] == ["-S"]  # nothing published: only looked, touched nothing
     ports.publish("web-1", "10.88.1.2", [PortMapping(18080, 8080)])
@@ -234,6 +237,12 @@ def test_host_ports_state_drives_the_rules(tmp_path: Path) -> None:
     }
     ports.unpublish("web-1")
     assert "--dport" not in [stdin for argv, stdin in calls if argv[0] == "iptables-restore"][-1]
-    (tmp_path / "hp" / "bad.json").write_text("{")
-    with pytest.raises(NetworkError, match=r"bad\.json is unreadable"):
+    # An unreadable record (a host crash, a disk error) is set aside, not fatal (issue 9 item 17).
+    ports.publish("web-1", "10.88.1.2", [PortMapping(18080, 8080)])
+    for bad in ("{", "", '{"ip": "10.88.1.9", "ports": [{"host_port": "x"}]}'):
+        (tmp_path / "hp" / "bad.json").write_text(bad)
         ports.sync()
+        assert list(ports.published()) == ["web-1"]
+    assert len(list((tmp_path / "hp").glob("bad.json.corrupt-*"))) >= 1
+    ports.teardown()
+    assert not (tmp_path / "hp").exists()

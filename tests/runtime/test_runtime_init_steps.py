@@ -37,6 +37,7 @@ def run_all(calls: RecordingSyscalls, plan: init.InitPlan = PLAN) -> None:
 def test_step_names_are_in_the_documented_order() -> None:
     assert [name for name, _ in init.SETUP_STEPS] == [
         "unshare_namespaces",
+        "configure_network_namespace",
         "make_mounts_private",
         "mount_overlay",
         "bind_rootfs",
@@ -72,13 +73,27 @@ def test_calls_happen_in_order_from_private_propagation_to_exec() -> None:
     assert ("chdir", "/app") in calls.calls[names.index("sethostname") :]
 
 
-def test_unshare_flags_include_net_only_when_networked() -> None:
-    base = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC  # the cgroup ns comes in EXEC_STEPS
-    with_net, without = RecordingSyscalls(), RecordingSyscalls()
-    run_all(with_net)
-    run_all(without, dataclasses.replace(PLAN, network=False))
-    assert with_net.calls[0] == ("unshare", base | sc.CLONE_NEWNET)
-    assert without.calls[0] == ("unshare", base)
+def test_every_container_gets_its_own_network_namespace_with_lo_up_and_its_sysctls() -> None:
+    """Bridge or not (issue 9 item 4): the host's namespace is never shared. Its sysctls are set
+    as host root, right after the unshare, before any mount (item 10)."""
+    calls = RecordingSyscalls()
+    run_all(calls)
+    flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET  # cgroup ns: EXEC_STEPS
+    assert calls.calls[:4] == [
+        ("unshare", flags),
+        ("link_up", "lo"),
+        ("sysctl", "net/ipv4/ip_unprivileged_port_start", "0"),
+        ("sysctl", "net/ipv4/ping_group_range", "0 2147483647"),
+    ]
+
+
+def test_a_fault_injected_at_a_step_stops_there() -> None:
+    """The test seam of the failed-start tests (InitPlan.fault_step): that step does not run."""
+    calls = RecordingSyscalls()
+    with pytest.raises(OSError) as info:
+        init.run_setup(calls, dataclasses.replace(PLAN, fault_step="pivot_root"))
+    assert info.value.errno == errno.EIO and "container init step pivot_root" in info.value.__notes__
+    assert "pivot_root" not in calls.names() and "mount" in calls.names()
 
 
 def test_dev_gets_tmpfs_device_binds_pts_and_shm() -> None:

@@ -26,6 +26,7 @@ from node.runtime.spec import ShimSpec
 from node.runtime.sys import RecordingSyscalls
 from tests.fixtures.rootfs import SysprobeUnavailable, build_sysprobe_rootfs
 from tests.runtime.test_runtime_containers import run, wait_for_output
+from tests.runtime.test_runtime_exec import run_exec
 
 ALLOW = ACTIONS["SCMP_ACT_ALLOW"]
 EPERM = ACTIONS["SCMP_ACT_ERRNO"] | 1
@@ -354,3 +355,15 @@ def test_another_profile(probe_rootfs: Path, tmp_path: Path, cgroup_parent: str)
         rt.cleanup_all()
     assert not (tmp_path / "state" / ".seccomp").exists()
     assert os.path.exists(mine)
+
+
+@pytest.mark.root
+def test_an_exec_runs_under_the_containers_filter(runtime: Runtime, probe_rootfs: Path, tmp_path: Path) -> None:
+    """`orch exec` and exec probes reuse EXEC_STEPS: the same filter, from the same spec."""
+    for id, mode, seccomp, keyctl in (("ex-on", "default", "2", "EPERM"), ("ex-off", "unconfined", "0", "OK")):
+        config = ContainerConfig(id, probe_rootfs, ("sleep", "1000"), {}, tmp_path / f"{id}.log", seccomp=mode)
+        runtime.start(config)
+        code, out, err = run_exec(runtime, id, "sh", "-c", "grep Seccomp: /proc/self/status; sysprobe keyctl clone")
+        assert code == 0, err
+        assert out.split() == ["Seccomp:", seccomp, "keyctl", keyctl, "clone", "OK"]
+        runtime.stop(id, 0)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import shutil
+import stat
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -170,3 +175,67 @@ def test_an_image_symlink_cannot_make_setup_touch_host_files(runtime: Runtime, t
     with pytest.raises(RuntimeStartError, match="/etc/hostname is a symlink in the image"):
         runtime.start(config)
     assert list(host_dir.iterdir()) == []
+
+
+def layered(config: ContainerConfig, *layers: Path) -> ContainerConfig:
+    """`config` on an image of `layers` (top first), as the agent builds it from an ImageStore."""
+    return dataclasses.replace(config, rootfs=layers[0], lower_dirs=layers)
+
+
+def test_user_of_a_lower_layer_and_passwd_resolved_inside_the_image(
+    runtime: Runtime, make_config: MakeConfig, rootfs: Path, tmp_path: Path
+) -> None:
+    # Issue 9 item 7: /etc/passwd is looked up across every layer, inside the image.
+    top = tmp_path / "top"
+    (top / "etc").mkdir(parents=True)
+    (top / "etc" / "motd").write_text("top layer\n")
+    _, text = run(runtime, layered(make_config("lower", "id", user="app"), top, rootfs))
+    assert text.startswith("uid=1001(app) gid=1002(app)"), text
+
+    # passwd -> the host's /etc/shadow: read on the host it would make "root" uid <days since 1970>.
+    evil = tmp_path / "evil"
+    (evil / "etc").mkdir(parents=True)
+    (evil / "etc" / "passwd").symlink_to("/etc/shadow")
+    config = layered(make_config("shadow", "id", user="root"), evil, rootfs)
+    with pytest.raises(RuntimeStartError, match="user 'root' not found in the image's /etc/passwd"):
+        runtime.start(config)
+
+    # A FIFO would hang the agent's thread.
+    (evil / "etc" / "passwd").unlink()
+    os.mkfifo(evil / "etc" / "passwd")
+    with pytest.raises(RuntimeStartError, match="the image's /etc/passwd is a FIFO, not a regular file"):
+        runtime.start(layered(make_config("fifo", "id"), evil, rootfs))
+    assert [s.id for s in runtime.list()] == ["lower"]  # nothing left of the refused starts
+
+
+def as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv], capture_output=True, text=True
+    )
+
+
+def test_state_is_private_to_root(cgroup_parent: str, rootfs: Path, tmp_path: Path) -> None:
+    # Issue 9 item 8: spec.json holds the app's env (its secrets). The parent here is world-readable
+    # on purpose (pytest's own tmp dirs are 0700, which would hide a leak).
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    parent = Path(tempfile.mkdtemp(prefix="orch-modes-"))
+    os.chmod(parent, 0o755)
+    (parent / "control").write_text("readable\n")
+    runtime = Runtime(parent / "state", cgroup_parent)
+    try:
+        env = {"DB_PASSWORD": "hunter2"}
+        config = ContainerConfig("secret", rootfs, ("sleep", "1000"), env, tmp_path / "secret.log")
+        runtime.start(config)
+        cdir = parent / "state" / "secret"
+        assert "hunter2" in (cdir / "spec.json").read_text()
+        assert as_nobody("cat", str(parent / "control")).stdout == "readable\n"  # the harness can read
+        denied = as_nobody("cat", str(cdir / "spec.json"))
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr, denied
+        assert "hunter2" not in denied.stdout
+        # Each level on its own, so that no one of them depends on another to stay private.
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (parent / "state", cdir, cdir / "spec.json")}
+        assert modes == {"state": 0o700, "secret": 0o700, "spec.json": 0o600}
+    finally:
+        runtime.cleanup_all()
+        shutil.rmtree(parent)

@@ -400,3 +400,29 @@ def test_never_raises_anything_else(text: str) -> None:
         assert exc.problems and all("\n" not in p for p in exc.problems)
     finally:
         sys.stdin = saved
+
+
+def test_nul_bytes_and_bad_env_names_are_refused_with_file_and_line() -> None:
+    # Issue 9 item 8: before, these were applied and crashed every start of the instance.
+    text = HEAD + (
+        '  command: ["sh", "-c", "echo\\0hi"]\n'
+        "  args:\n"
+        '    - "a\\x00b"\n'
+        "  env:\n"
+        '    GOOD: "fine"\n'
+        '    SECRET: "x\\0y"\n'
+        '    "A=B": "v"\n'
+        '    "": "empty name"\n'
+        '  workingDir: "/tmp\\0x"\n'
+        '  user: "root\\0"\n'
+    )
+    assert problems(write("app.yaml", text)) == [
+        "app.yaml:6 spec.command[2]: must not contain a NUL byte (at offset 4)",
+        "app.yaml:8 spec.args[0]: must not contain a NUL byte (at offset 1)",
+        "app.yaml:11 spec.env.SECRET: must not contain a NUL byte (at offset 1)",
+        'app.yaml:12 spec.env.A=B: "A=B" is not a valid variable name: letters, digits and "_", '
+        "not starting with a digit",
+        "app.yaml:13 spec.env: field names must not be empty",
+        "app.yaml:14 spec.workingDir: must not contain a NUL byte (at offset 4)",
+        'app.yaml:15 spec.user: "root\\x00" is not UID[:GID]; use numbers or names, e.g. "1000:1000"',
+    ]

@@ -53,6 +53,24 @@ def test_host_port_conflict_counts_existing_instances():
     assert place(request_for(spec), v) == Placement("b")
 
 
+def test_a_host_port_outside_a_nodes_allowed_range_avoids_that_node():
+    """Placement avoids a node whose --host-port-range excludes the port (issue 9 item 9); the
+    node refuses it anyway, this only keeps the instance from landing there."""
+    strict = make_node("a")
+    strict.host_port_min, strict.host_port_max = 1024, 65535
+    lenient = make_node("b")
+    lenient.host_port_min, lenient.host_port_max = 1, 65535
+    old = make_node("c")  # an agent that reports no range: not judged here
+    ssh = make_spec(ports=[pb.Port(name="ssh", container_port=22, host_port=22)])
+    assert place(request_for(ssh), views([strict, lenient])) == Placement("b")
+    result = place(request_for(ssh), views([strict]))
+    assert isinstance(result, Unschedulable)
+    assert result.message == "0/1 nodes available: 1 node(s) didn't allow the host port"
+    assert place(request_for(ssh), views([strict, old])) == Placement("c")
+    web = make_spec(ports=[pb.Port(name="http", container_port=80, host_port=8080)])
+    assert place(request_for(web), views([strict])) == Placement("a")
+
+
 def test_anti_affinity_keeps_apps_apart_and_self_reference_means_one_per_node():
     db = make_app(make_spec(name="db"))
     spec = make_spec(name="web", anti_affinity=["db", "web"])

@@ -55,7 +55,7 @@ def test_the_scheduler_checks_it_too() -> None:
 def test_the_agent_maps_it_for_the_runtime(tmp_path: Path, mode: str, runtime_mode: str) -> None:
     inst = types_pb2.Instance(name="web-abcde", app="web", spec=types_pb2.AppSpec(image="x", seccomp=mode))
     image = PreparedImage("x", "sha256:" + "0" * 64, (tmp_path,), ImageConfig(cmd=("true",)))
-    assert container_config(inst, image, tmp_path, network=True).seccomp == runtime_mode
+    assert container_config(inst, image, tmp_path).seccomp == runtime_mode
 
 
 def test_orch_node_checks_its_profile_at_start(tmp_path: Path) -> None:

@@ -141,6 +141,16 @@ BAD: list[tuple[str, Callable[[Spec], None], str, str]] = [
     ("uid range", _set(user="4294967295"), "spec.user", "IDs must be below 4294967295"),
     ("workdir", _set(working_dir="tmp"), "spec.workingDir", 'absolute path, got "tmp"'),
     ("cap typo", lambda s: s.capabilities.add.append("NET_ADMN"), "spec.capabilities.add[1]", "mean NET_ADMIN?"),
+    # Issue 9 item 8: execve() takes C strings; a NUL crashed every start of the instance.
+    ("nul command", lambda s: s.command.append("a\0b"), "spec.command[2]", "NUL byte (at offset 1)"),
+    ("nul arg", lambda s: s.args.insert(0, "\0"), "spec.args[0]", "must not contain a NUL byte"),
+    ("nul env value", lambda s: s.env.update({"K": "v\0"}), "spec.env.K", "must not contain a NUL byte"),
+    ("nul env name", lambda s: s.env.update({"K\0": "v"}), "spec.env.K\\x00", "not a valid variable name"),
+    ("env name =", lambda s: s.env.update({"A=B": "v"}), "spec.env.A=B", "is not a valid variable name"),
+    ("empty env name", lambda s: s.env.update({"": "v"}), "spec.env.", '"" is not a valid variable name'),
+    ("nul workdir", _set(working_dir="/tmp\0"), "spec.workingDir", "must not contain a NUL byte"),
+    ("nul user", _set(user="root\0"), "spec.user", '"root\\x00" is not UID[:GID]'),
+    ("nul probe", lambda s: s.readiness.exec.command.append("\0"), "spec.readiness.exec[0]", "NUL byte"),
     ("cap junk", lambda s: s.capabilities.drop.append("xyzzy"), "spec.capabilities.drop[1]", "capabilities(7)"),
 ]
 

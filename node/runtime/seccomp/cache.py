@@ -8,7 +8,6 @@ whole input of the compiler. An agent restart finds them still there.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from collections.abc import Iterable
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from node.runtime.seccomp.compiler import compile_filter, libseccomp_version
 from node.runtime.seccomp.profile import Profile, ProfileError, parse_profile, resolve
+from orch import files
 
 __all__ = ["DEFAULT_PROFILE", "FilterCache", "check_profile", "load_profile"]
 
@@ -64,20 +64,9 @@ class FilterCache:
             return path
         program = compile_filter(filter)
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            # fsync before the rename: a program cut short by a crash could still end in a
-            # return instruction and load, with half of its rules missing.
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, program)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        # fsync'd: a program cut short by a crash could still end in a return instruction and
+        # load, with half of its rules missing.
+        files.write_atomic(path, program, mode=0o600, fsync=True)
         return path
 
 

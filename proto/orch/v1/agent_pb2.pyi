@@ -84,12 +84,20 @@ class Register(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     LEASE_ID_FIELD_NUMBER: _builtins.int
     METRICS_ADDRESS_FIELD_NUMBER: _builtins.int
+    HOST_PORT_MIN_FIELD_NUMBER: _builtins.int
+    HOST_PORT_MAX_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     address: _builtins.str
     version: _builtins.str
     lease_id: _builtins.int
     """the lease of a previous session, reused if alive"""
     metrics_address: _builtins.str
+    host_port_min: _builtins.int
+    """The hostPorts this node publishes at all (orch node --host-port-range), so that
+    placement avoids it for others; 0, 0: not reported (any). The node refuses more
+    on its own (ports in use on the host), whatever placement decided.
+    """
+    host_port_max: _builtins.int
     @_builtins.property
     def capacity(self) -> _types_pb2.Resources: ...
     @_builtins.property
@@ -107,10 +115,12 @@ class Register(_message.Message):
         version: _builtins.str = ...,
         lease_id: _builtins.int = ...,
         metrics_address: _builtins.str = ...,
+        host_port_min: _builtins.int = ...,
+        host_port_max: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["allocatable", b"allocatable", "capacity", b"capacity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allocatable", b"allocatable", "capacity", b"capacity", "labels", b"labels", "lease_id", b"lease_id", "metrics_address", b"metrics_address", "node", b"node", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allocatable", b"allocatable", "capacity", b"capacity", "host_port_max", b"host_port_max", "host_port_min", b"host_port_min", "labels", b"labels", "lease_id", b"lease_id", "metrics_address", b"metrics_address", "node", b"node", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

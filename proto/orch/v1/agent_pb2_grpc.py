@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from orch.v1 import agent_pb2 as orch_dot_v1_dot_agent__pb2
+from orch.v1 import exec_pb2 as orch_dot_v1_dot_exec__pb2
 from orch.v1 import types_pb2 as orch_dot_v1_dot_types__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -46,6 +47,11 @@ class NodeAgentStub:
                 request_serializer=orch_dot_v1_dot_types__pb2.UsageRequest.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_types__pb2.UsageReport.FromString,
                 _registered_method=True)
+        self.Exec = channel.stream_stream(
+                '/orch.v1.NodeAgent/Exec',
+                request_serializer=orch_dot_v1_dot_exec__pb2.ExecInput.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_exec__pb2.ExecOutput.FromString,
+                _registered_method=True)
 
 
 class NodeAgentServicer:
@@ -65,6 +71,13 @@ class NodeAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Exec(self, request_iterator, context):
+        """Runs a command in one of this node's running instances (the runtime's exec path).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +90,11 @@ def add_NodeAgentServicer_to_server(servicer, server):
                     servicer.Usage,
                     request_deserializer=orch_dot_v1_dot_types__pb2.UsageRequest.FromString,
                     response_serializer=orch_dot_v1_dot_types__pb2.UsageReport.SerializeToString,
+            ),
+            'Exec': grpc.stream_stream_rpc_method_handler(
+                    servicer.Exec,
+                    request_deserializer=orch_dot_v1_dot_exec__pb2.ExecInput.FromString,
+                    response_serializer=orch_dot_v1_dot_exec__pb2.ExecOutput.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +152,33 @@ class NodeAgent:
             '/orch.v1.NodeAgent/Usage',
             orch_dot_v1_dot_types__pb2.UsageRequest.SerializeToString,
             orch_dot_v1_dot_types__pb2.UsageReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exec(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/orch.v1.NodeAgent/Exec',
+            orch_dot_v1_dot_exec__pb2.ExecInput.SerializeToString,
+            orch_dot_v1_dot_exec__pb2.ExecOutput.FromString,
             options,
             channel_credentials,
             insecure,

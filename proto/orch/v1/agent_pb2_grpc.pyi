@@ -9,6 +9,7 @@ reconnect heals itself.
 from collections import abc as _abc
 from grpc import aio as _aio
 from orch.v1 import agent_pb2 as _agent_pb2
+from orch.v1 import exec_pb2 as _exec_pb2
 from orch.v1 import types_pb2 as _types_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -40,6 +41,8 @@ class NodeAgentStub:
     Logs: _grpc.UnaryStreamMultiCallable[_types_pb2.LogsRequest, _types_pb2.LogEntry]
     Usage: _grpc.UnaryUnaryMultiCallable[_types_pb2.UsageRequest, _types_pb2.UsageReport]
     """Current usage of every running instance on this node (for `orch top`)."""
+    Exec: _grpc.StreamStreamMultiCallable[_exec_pb2.ExecInput, _exec_pb2.ExecOutput]
+    """Runs a command in one of this node's running instances (the runtime's exec path)."""
 
 @_typing.type_check_only
 class NodeAgentAsyncStub(NodeAgentStub):
@@ -49,6 +52,8 @@ class NodeAgentAsyncStub(NodeAgentStub):
     Logs: _aio.UnaryStreamMultiCallable[_types_pb2.LogsRequest, _types_pb2.LogEntry]  # type: ignore[assignment]
     Usage: _aio.UnaryUnaryMultiCallable[_types_pb2.UsageRequest, _types_pb2.UsageReport]  # type: ignore[assignment]
     """Current usage of every running instance on this node (for `orch top`)."""
+    Exec: _aio.StreamStreamMultiCallable[_exec_pb2.ExecInput, _exec_pb2.ExecOutput]  # type: ignore[assignment]
+    """Runs a command in one of this node's running instances (the runtime's exec path)."""
 
 class NodeAgentServicer(metaclass=_abc_1.ABCMeta):
     """Served by each agent (at Node.address) for the scheduler to call."""
@@ -67,6 +72,14 @@ class NodeAgentServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_types_pb2.UsageReport, _abc.Awaitable[_types_pb2.UsageReport]]:
         """Current usage of every running instance on this node (for `orch top`)."""
+
+    @_abc_1.abstractmethod
+    def Exec(
+        self,
+        request_iterator: _MaybeAsyncIterator[_exec_pb2.ExecInput],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_exec_pb2.ExecOutput], _abc.AsyncIterator[_exec_pb2.ExecOutput]]:
+        """Runs a command in one of this node's running instances (the runtime's exec path)."""
 
 def add_NodeAgentServicer_to_server(servicer: NodeAgentServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from orch.v1 import api_pb2 as orch_dot_v1_dot_api__pb2
+from orch.v1 import exec_pb2 as orch_dot_v1_dot_exec__pb2
 from orch.v1 import types_pb2 as orch_dot_v1_dot_types__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -95,6 +96,11 @@ class OrchStub:
                 request_serializer=orch_dot_v1_dot_api__pb2.TopRequest.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_api__pb2.TopResponse.FromString,
                 _registered_method=True)
+        self.Exec = channel.stream_stream(
+                '/orch.v1.Orch/Exec',
+                request_serializer=orch_dot_v1_dot_exec__pb2.ExecInput.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_exec__pb2.ExecOutput.FromString,
+                _registered_method=True)
 
 
 class OrchServicer:
@@ -179,6 +185,13 @@ class OrchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Exec(self, request_iterator, context):
+        """`orch exec`: a command in a running instance, relayed to its node's agent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -241,6 +254,11 @@ def add_OrchServicer_to_server(servicer, server):
                     servicer.Top,
                     request_deserializer=orch_dot_v1_dot_api__pb2.TopRequest.FromString,
                     response_serializer=orch_dot_v1_dot_api__pb2.TopResponse.SerializeToString,
+            ),
+            'Exec': grpc.stream_stream_rpc_method_handler(
+                    servicer.Exec,
+                    request_deserializer=orch_dot_v1_dot_exec__pb2.ExecInput.FromString,
+                    response_serializer=orch_dot_v1_dot_exec__pb2.ExecOutput.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -567,6 +585,33 @@ class Orch:
             '/orch.v1.Orch/Top',
             orch_dot_v1_dot_api__pb2.TopRequest.SerializeToString,
             orch_dot_v1_dot_api__pb2.TopResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exec(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/orch.v1.Orch/Exec',
+            orch_dot_v1_dot_exec__pb2.ExecInput.SerializeToString,
+            orch_dot_v1_dot_exec__pb2.ExecOutput.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ The scheduler's API for people and tools (the `orch` CLI)."""
 from collections import abc as _abc
 from grpc import aio as _aio
 from orch.v1 import api_pb2 as _api_pb2
+from orch.v1 import exec_pb2 as _exec_pb2
 from orch.v1 import types_pb2 as _types_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -53,6 +54,8 @@ class OrchStub:
     """Streams an instance's (or an app's instances') log lines from their agents."""
     Top: _grpc.UnaryUnaryMultiCallable[_api_pb2.TopRequest, _api_pb2.TopResponse]
     """Usage now, asked of every ready node's agent (`orch top`)."""
+    Exec: _grpc.StreamStreamMultiCallable[_exec_pb2.ExecInput, _exec_pb2.ExecOutput]
+    """`orch exec`: a command in a running instance, relayed to its node's agent."""
 
 @_typing.type_check_only
 class OrchAsyncStub(OrchStub):
@@ -78,6 +81,8 @@ class OrchAsyncStub(OrchStub):
     """Streams an instance's (or an app's instances') log lines from their agents."""
     Top: _aio.UnaryUnaryMultiCallable[_api_pb2.TopRequest, _api_pb2.TopResponse]  # type: ignore[assignment]
     """Usage now, asked of every ready node's agent (`orch top`)."""
+    Exec: _aio.StreamStreamMultiCallable[_exec_pb2.ExecInput, _exec_pb2.ExecOutput]  # type: ignore[assignment]
+    """`orch exec`: a command in a running instance, relayed to its node's agent."""
 
 class OrchServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -172,5 +177,13 @@ class OrchServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_api_pb2.TopResponse, _abc.Awaitable[_api_pb2.TopResponse]]:
         """Usage now, asked of every ready node's agent (`orch top`)."""
+
+    @_abc_1.abstractmethod
+    def Exec(
+        self,
+        request_iterator: _MaybeAsyncIterator[_exec_pb2.ExecInput],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_exec_pb2.ExecOutput], _abc.AsyncIterator[_exec_pb2.ExecOutput]]:
+        """`orch exec`: a command in a running instance, relayed to its node's agent."""
 
 def add_OrchServicer_to_server(servicer: OrchServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -658,6 +658,8 @@ class Node(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     DRAIN_DEADLINE_FIELD_NUMBER: _builtins.int
     METRICS_ADDRESS_FIELD_NUMBER: _builtins.int
+    HOST_PORT_MIN_FIELD_NUMBER: _builtins.int
+    HOST_PORT_MAX_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
     """the agent's metrics/log endpoint host:port"""
@@ -668,6 +670,9 @@ class Node(_message.Message):
     version: _builtins.str
     metrics_address: _builtins.str
     """host:port of the agent's /metrics"""
+    host_port_min: _builtins.int
+    """hostPorts the node allows (Register); 0, 0: any"""
+    host_port_max: _builtins.int
     @_builtins.property
     def capacity(self) -> Global___Resources: ...
     @_builtins.property
@@ -699,10 +704,12 @@ class Node(_message.Message):
         version: _builtins.str = ...,
         drain_deadline: _timestamp_pb2.Timestamp | None = ...,
         metrics_address: _builtins.str = ...,
+        host_port_min: _builtins.int = ...,
+        host_port_max: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["allocatable", b"allocatable", "capacity", b"capacity", "drain_deadline", b"drain_deadline", "registered_at", b"registered_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allocatable", b"allocatable", "capacity", b"capacity", "drain_deadline", b"drain_deadline", "draining", b"draining", "labels", b"labels", "lease_id", b"lease_id", "metrics_address", b"metrics_address", "name", b"name", "registered_at", b"registered_at", "unschedulable", b"unschedulable", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allocatable", b"allocatable", "capacity", b"capacity", "drain_deadline", b"drain_deadline", "draining", b"draining", "host_port_max", b"host_port_max", "host_port_min", b"host_port_min", "labels", b"labels", "lease_id", b"lease_id", "metrics_address", b"metrics_address", "name", b"name", "registered_at", b"registered_at", "unschedulable", b"unschedulable", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

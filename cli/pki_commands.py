@@ -1,0 +1,50 @@
+"""`orch pki init|issue`: the certificates of a cluster (cli/pki.py does the work)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from cli import pki as ca
+from cli.client import CliError
+
+__all__ = ["pki"]
+
+
+@click.group()
+def pki() -> None:
+    """Certificates for a cluster: `orch pki init DIR`, then `orch pki issue DIR ROLE NAME`."""
+
+
+@pki.command("init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def pki_init(directory: Path) -> None:
+    """Create the cluster's CA and etcd's CA in DIRECTORY (kept if they exist)."""
+    made = _pki(lambda: ca.init(directory))
+    for path in made:
+        click.echo(f"created {path}")
+    if not made:
+        click.echo(f"{directory}: the CAs exist; kept")
+
+
+@pki.command("issue")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("role", type=click.Choice(ca.ROLES))
+@click.argument("name")
+@click.option("--host", "hosts", multiple=True, metavar="H", help="IP or DNS name it serves on (repeat).")
+def pki_issue(directory: Path, role: str, name: str, hosts: tuple[str, ...]) -> None:
+    """Issue NAME.crt/NAME.key for ROLE (a scheduler also gets etcd/NAME.crt, an etcd member etcd/NAME.crt)."""
+    issued = _pki(lambda: ca.issue_for(directory, role, name, hosts))
+    for path in issued:
+        click.echo(f"issued {path}")
+    if not issued:
+        click.echo(f"{name}: the certificates are current; kept")
+
+
+def _pki(fn: Callable[[], list[Path]]) -> list[Path]:
+    try:
+        return fn()
+    except (ca.PkiError, OSError) as e:
+        raise CliError(f"orch pki: {e}") from None
