@@ -257,9 +257,12 @@ def agent_config(
     host_port_range: str = "",
     tls: Credentials | None = None,
     default_pids_limit: int | None = None,
+    seccomp_profile: Path | None = None,
 ) -> AgentConfig:
     from node.agent import AgentConfig
     from node.network import ConfigError, PortRange
+    from node.runtime.seccomp import DEFAULT_PROFILE, SeccompError, check_profile
+    from node.runtime.security import CAPS, DEFAULT_CAPS
     from node.runtime.userns import IdRange
     from node.worker import DEFAULT_PIDS_LIMIT
 
@@ -278,6 +281,10 @@ def agent_config(
         port_range = PortRange.parse(host_port_range) if host_port_range else PortRange()
     except ConfigError as e:
         raise CliError(f"--host-port-range: {e}") from None
+    try:  # compiled for the default and for every capability: a bad profile fails now, not at a start
+        check_profile(seccomp_profile or DEFAULT_PROFILE, [DEFAULT_CAPS, CAPS])
+    except SeccompError as e:
+        raise CliError(f"--seccomp-profile: {e}") from None
     return AgentConfig(
         name=name,
         state_dir=state_dir.resolve(),
@@ -295,4 +302,5 @@ def agent_config(
         host_port_range=port_range,
         tls=tls,
         default_pids_limit=DEFAULT_PIDS_LIMIT if default_pids_limit is None else default_pids_limit,
+        seccomp_profile=(seccomp_profile or DEFAULT_PROFILE).resolve(),
     )

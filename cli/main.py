@@ -336,6 +336,11 @@ def scheduler_cmd(
     metavar="N",
     help="pids.max of containers whose app sets no resources.pids (default 4096; 0: unlimited).",
 )
+@click.option(
+    "--seccomp-profile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="seccomp profile in Docker's JSON format (default: orch's, node/runtime/seccomp/default.json).",
+)
 @click.option("--cleanup", is_flag=True, help="Stop and remove every container and network of this node, then exit.")
 @tls_options
 @click.option("--insecure", is_flag=True, help="Allow plaintext gRPC without TLS files (anyone can pose as scheduler).")
@@ -357,6 +362,7 @@ def node_cmd(
     host_port_range: str,
     userns_range: str,
     default_pids_limit: int | None,
+    seccomp_profile: Path | None,
     cleanup: bool,
     tls_ca: str,
     tls_cert: str,
@@ -390,6 +396,7 @@ def node_cmd(
         host_port_range=host_port_range,
         tls=tls,
         default_pids_limit=default_pids_limit,
+        seccomp_profile=seccomp_profile,
     )
     if cleanup:
         cleanup_node(config)

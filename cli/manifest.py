@@ -407,6 +407,7 @@ _SPEC: dict[str, _Setter] = {
     "readOnlyRootFilesystem": _scalar("read_only_root_fs", _Doc.boolean),
     "hostUsers": _scalar("user_namespace", _not(_Doc.boolean)),
     "capabilities": _message("capabilities", {"add": _list("add"), "drop": _list("drop")}),
+    "seccomp": _lower("seccomp"),
 }
 
 

@@ -5,8 +5,11 @@
 # apt from starting them.
 set -euo pipefail
 
+# libseccomp2: the runtime compiles its seccomp filters with it (ctypes).
+# gcc, libc6-dev: the tests build tests/fixtures/sysprobe.c statically.
 PACKAGES=(etcd-server etcd-client busybox-static iproute2 util-linux python3-venv python3-pip curl
-          docker-registry skopeo umoci golang-github-containers-common prometheus iptables)
+          docker-registry skopeo umoci golang-github-containers-common prometheus iptables
+          libseccomp2 gcc libc6-dev)
 # `install-deps.sh bench` adds the peers the benchmarks compare against.
 [ "${1:-}" = bench ] && PACKAGES+=(runc crun)
 missing=()

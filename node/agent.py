@@ -27,6 +27,7 @@ from node.metrics import NodeMetrics
 from node.network import NetworkConfig, NetworkError, NodeNetwork, PortRange
 from node.reconcile import diff
 from node.runtime import ContainerError, ContainerState, Runtime
+from node.runtime.seccomp import DEFAULT_PROFILE
 from node.runtime.userns import IdRange
 from node.session import Session
 from node.usage import sample_usage
@@ -61,6 +62,7 @@ class AgentConfig:
     host_port_range: PortRange = field(default_factory=PortRange)  # hostPorts this node publishes at all
     tls: Credentials | None = None  # mutual TLS: to the schedulers, and for our own API
     default_pids_limit: int = DEFAULT_PIDS_LIMIT  # pids.max for apps that set none; 0: unlimited
+    seccomp_profile: Path = DEFAULT_PROFILE  # Docker's JSON format; `seccomp: unconfined` apps skip it
 
     @property
     def cgroup_parent(self) -> str:
@@ -84,7 +86,12 @@ class Agent:
         # Private: container specs hold the apps' env (secrets), logs their output.
         config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(config.state_dir, 0o700)
-        self.runtime = Runtime(config.state_dir / "containers", config.cgroup_parent, userns_ids=config.userns_ids)
+        self.runtime = Runtime(
+            config.state_dir / "containers",
+            config.cgroup_parent,
+            userns_ids=config.userns_ids,
+            seccomp_profile=config.seccomp_profile,
+        )
         self.network = NodeNetwork(network_config(config)) if config.bridge else None
         self.metrics = NodeMetrics(config.name)
         self.metrics.watch_usage(self._running_instances, self.runtime.stats)

@@ -26,6 +26,7 @@ from node.network import HostPortNotAllowed, NetworkError, NodeNetwork, PortMapp
 from node.probes import period_of, probe
 from node.restarts import RestartTracker
 from node.runtime import ContainerConfig, ContainerError, ContainerState, ContainerStatus, NotFound, Runtime
+from node.runtime.model import SECCOMP_DEFAULT
 from orch.v1 import types_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def container_config(
         cap_drop=tuple(spec.capabilities.drop),
         read_only_rootfs=spec.read_only_root_fs,
         user_namespace=spec.user_namespace,
+        seccomp=spec.seccomp or SECCOMP_DEFAULT,  # "unconfined"; the runtime refuses what it does not know
         cpu_millis=spec.resources.cpu_millis,
         memory_bytes=spec.resources.memory_bytes,
         pids=spec.resources.pids or default_pids,

@@ -88,6 +88,9 @@ class InitPlan:
     # Test seam (spec.json "fault_step", never written by the Runtime): run_setup fails with
     # EIO instead of running the step of this name, for the failed-start tests (issue 9 item 16).
     fault_step: str = ""
+    # The compiled BPF program (seccomp/), read on the host side: the exec steps run after
+    # pivot_root or setns, where the host's state dir is out of reach. b"" = unconfined.
+    seccomp_program: bytes = b""
 
 
 Step = tuple[str, Callable[[sc.Syscalls, InitPlan], None]]
@@ -331,6 +334,11 @@ def _set_caps(s: sc.Syscalls, p: InitPlan) -> None:
                 s.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_RAISE, cap)
 
 
+def _load_seccomp(s: sc.Syscalls, p: InitPlan) -> None:
+    if p.seccomp_program:
+        s.load_seccomp(p.seccomp_program)
+
+
 # The exec path (`orch exec`, exec probes) runs these too, derived at each call by
 # exec_container.exec_steps(): a step added here applies to every exec'd process as well.
 EXEC_STEPS: tuple[Step, ...] = (
@@ -353,6 +361,11 @@ EXEC_STEPS: tuple[Step, ...] = (
     ("set_uid", _set_uid),
     # After the uid change (which clears the effective set): the final sets, then ambient.
     ("set_caps", _set_caps),
+    # Last before exec: the filter was compiled for the final capability set, and the
+    # steps above make calls it denies a container (setns, unshare). Loading needs
+    # no_new_privs (set above) once CAP_SYS_ADMIN is gone. What runs after it (exec,
+    # and a reaper PID 1's spawn, waitpid, kill, write) is all allowed by the profile.
+    ("load_seccomp", _load_seccomp),
 )
 
 

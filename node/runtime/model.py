@@ -10,6 +10,8 @@ from pathlib import Path
 
 __all__ = [
     "DEFAULT_PATH",
+    "SECCOMP_DEFAULT",
+    "SECCOMP_UNCONFINED",
     "ContainerConfig",
     "ContainerState",
     "ContainerStatus",
@@ -17,6 +19,8 @@ __all__ = [
 ]
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SECCOMP_DEFAULT = "default"  # the Runtime's profile (seccomp/default.json or the node's --seccomp-profile)
+SECCOMP_UNCONFINED = "unconfined"  # no filter (manifest `seccomp: unconfined`)
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -52,6 +56,7 @@ class ContainerConfig:
     user_namespace: bool = False
     # Image layers for the overlay, top layer first; () = `rootfs` is the only lower layer.
     lower_dirs: tuple[Path, ...] = ()
+    seccomp: str = SECCOMP_DEFAULT  # or SECCOMP_UNCONFINED
 
 
 class ContainerStatus(enum.Enum):

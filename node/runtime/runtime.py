@@ -39,6 +39,7 @@ from node.runtime.layout import (
     write_json_atomic,
 )
 from node.runtime.model import ContainerConfig, ContainerState, ContainerStatus, valid_id
+from node.runtime.seccomp import DEFAULT_PROFILE, FilterCache, load_profile
 from node.runtime.security import resolve_user
 from node.runtime.shim_client import Zygote, run_shim
 from node.runtime.spec import ShimSpec
@@ -54,6 +55,9 @@ class Runtime:
 
     userns_ids: the host ids handed out, 65536 per container, to containers with
     user_namespace=True.
+
+    seccomp_profile: the profile (Docker's JSON format) of containers with seccomp="default";
+    its compiled filters are kept in <state_dir>/.seccomp. Raises ProfileError for a bad one.
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class Runtime:
         cgroups: CgroupDriver | None = None,
         use_zygote: bool = True,
         userns_ids: userns.IdRange = userns.DEFAULT_RANGE,
+        seccomp_profile: Path = DEFAULT_PROFILE,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.cgroup_parent = cgroup_parent.strip("/")
@@ -74,6 +79,8 @@ class Runtime:
         self._userns_ids = userns_ids
         self._userns_lock = threading.Lock()
         self._userns_pending: dict[str, int] = {}  # id -> host id, until its spec.json exists
+        # ".seccomp" is no container id (not a DNS label), so list() and the sweeps skip it.
+        self._seccomp = FilterCache(load_profile(seccomp_profile), self.state_dir / ".seccomp")
 
     # -- paths ---------------------------------------------------------------
 
@@ -145,7 +152,9 @@ class Runtime:
                 sub.mkdir()
             if host_id >= 0:  # the overlay's root directory is the upper's: owned by container root
                 os.chown(cdir.upper, host_id, host_id)
-            spec = ShimSpec.resolve(config, self._cg.name, self._cg.root, self._cgroup(id), host_id, netns_hook)
+            spec = ShimSpec.resolve(
+                config, self._cg.name, self._cg.root, self._cgroup(id), host_id, netns_hook, self._seccomp
+            )
             _write_etc_files(cdir, config)
             write_json_atomic(cdir.spec, spec.to_json())
         except (OSError, ValueError, ContainerError) as exc:
@@ -360,7 +369,8 @@ class Runtime:
         return removed
 
     def cleanup_all(self) -> None:
-        """Stop (grace 0) and remove every container, orphaned cgroups too, then the parent cgroups."""
+        """Stop (grace 0) and remove every container, orphaned cgroups too, the compiled seccomp
+        filters, then the parent cgroups."""
         errors: list[str] = []
         for st in self.list():
             try:
@@ -375,6 +385,7 @@ class Runtime:
                 errors.append(f"cgroup {name}: {exc}")
         if self._zygote is not None:
             self._zygote.stop()
+        shutil.rmtree(self._seccomp.directory, ignore_errors=True)
         parts = Path(self.cgroup_parent).parts
         for depth in range(len(parts), 0, -1):
             parent = "/".join(parts[:depth])

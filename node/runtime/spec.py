@@ -14,8 +14,9 @@ from typing import Any
 
 from node.runtime.init import InitPlan
 from node.runtime.layout import ContainerDir
-from node.runtime.model import DEFAULT_PATH, ContainerConfig
-from node.runtime.security import Identity, cap_mask, resolve_user, rlimit_numbers
+from node.runtime.model import DEFAULT_PATH, SECCOMP_DEFAULT, SECCOMP_UNCONFINED, ContainerConfig
+from node.runtime.seccomp import FilterCache
+from node.runtime.security import Identity, cap_mask, cap_names, resolve_user, rlimit_numbers
 from node.runtime.userns import IDS_PER_CONTAINER
 
 __all__ = ["ShimSpec"]
@@ -66,6 +67,7 @@ class ShimSpec:
     # The Runtime has an on_netns hook: the shim reports the netns and waits for "go" before exec.
     netns_hook: bool = True
     fault_step: str = ""  # test seam: see InitPlan.fault_step
+    seccomp_program: str = ""  # the compiled filter's file (seccomp/cache.py); "" = unconfined
 
     @classmethod
     def resolve(
@@ -76,9 +78,11 @@ class ShimSpec:
         path: str,
         userns_host_id: int = -1,
         netns_hook: bool = True,
+        seccomp: FilterCache | None = None,
     ) -> ShimSpec:
-        """Raises ValueError for an unknown user, group, capability or rlimit, or an unusable
-        /etc/passwd or /etc/group (read across all the image's layers, inside the image)."""
+        """Raises ValueError for an unknown user, group, capability, rlimit or seccomp mode, or an
+        unusable /etc/passwd or /etc/group (read across all the image's layers, inside the image);
+        SeccompError when the filter cannot be built."""
         identity = resolve_user(config.lower_dirs or (config.rootfs,), config.user)
         if userns_host_id >= 0 and max(identity.uid, identity.gid, *identity.groups) >= IDS_PER_CONTAINER:
             raise ValueError(
@@ -86,7 +90,10 @@ class ShimSpec:
             )
         caps = cap_mask(config.cap_add, config.cap_drop)
         rlimits = tuple(rlimit_numbers(config.rlimits))
-        return cls(config, driver, root, path, identity, caps, rlimits, userns_host_id, netns_hook)
+        program = _seccomp_program(config.seccomp, caps, seccomp)
+        return cls(
+            config, driver, root, path, identity, caps, rlimits, userns_host_id, netns_hook, seccomp_program=program
+        )
 
     def to_json(self) -> dict[str, Any]:
         i = self.identity
@@ -99,6 +106,7 @@ class ShimSpec:
             "rlimits": [list(r) for r in self.rlimits],
             "userns": {"host_id": self.userns_host_id} if self.userns_host_id >= 0 else None,
             "netns_hook": self.netns_hook,
+            "seccomp": {"program": self.seccomp_program} if self.seccomp_program else None,
         } | ({"fault_step": self.fault_step} if self.fault_step else {})
 
     @classmethod
@@ -114,9 +122,12 @@ class ShimSpec:
             bool(data.get("netns_hook", True)),
             str(data.get("fault_step", "")),
         )
-        return cls(config, cg["driver"], Path(cg["root"]), cg["path"], identity, caps, rlimits, host_id, hook, fault)
+        program = str((data.get("seccomp") or {}).get("program", ""))
+        cgroup = (cg["driver"], Path(cg["root"]), cg["path"])
+        return cls(config, *cgroup, identity, caps, rlimits, host_id, hook, fault, seccomp_program=program)
 
     def init_plan(self, cdir: ContainerDir, userns_fd: int = -1) -> InitPlan:
+        """Reads the seccomp program: call it where the host's state dir is in reach (OSError)."""
         c = self.config
         env = dict(c.env)
         env.setdefault("PATH", DEFAULT_PATH)
@@ -143,4 +154,15 @@ class ShimSpec:
             userns_root=max(self.userns_host_id, 0),
             idmapped_dir=str(cdir.idmapped),
             fault_step=self.fault_step,
+            seccomp_program=Path(self.seccomp_program).read_bytes() if self.seccomp_program else b"",
         )
+
+
+def _seccomp_program(mode: str, caps: int, cache: FilterCache | None) -> str:
+    if mode == SECCOMP_UNCONFINED:
+        return ""
+    if mode != SECCOMP_DEFAULT:
+        raise ValueError(f"seccomp {mode!r}: expected {SECCOMP_DEFAULT!r} or {SECCOMP_UNCONFINED!r}")
+    if cache is None:
+        raise ValueError("seccomp: this runtime has no profile; use seccomp=unconfined")
+    return str(cache.program_for(cap_names(caps)))

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn, Protocol
 
+from node.runtime.seccomp.loader import load_program
+
 __all__ = [
     "CLONE_NEWCGROUP",
     "CLONE_NEWIPC",
@@ -111,6 +113,7 @@ class Syscalls(Protocol):
     def setgroups(self, gids: Sequence[int]) -> None: ...
     def setresgid(self, gid: int) -> None: ...
     def setresuid(self, uid: int) -> None: ...
+    def load_seccomp(self, program: bytes) -> None: ...  # a compiled BPF program (seccomp/loader.py)
     def execvpe(self, file: str, argv: Sequence[str], env: Mapping[str, str]) -> NoReturn: ...
     # Like execvpe in a new child (its pid is returned); `default_signals` start at SIG_DFL, none blocked.
     def spawnvpe(
@@ -258,6 +261,9 @@ class LinuxSyscalls:
     def setresuid(self, uid: int) -> None:
         os.setresuid(uid, uid, uid)
 
+    def load_seccomp(self, program: bytes) -> None:
+        load_program(program)
+
     def execvpe(self, file: str, argv: Sequence[str], env: Mapping[str, str]) -> NoReturn:
         # os.execvpe looks `file` up in env["PATH"], i.e. inside the container.
         os.execvpe(file, list(argv), dict(env))
@@ -360,6 +366,9 @@ class RecordingSyscalls:
 
     def setresuid(self, uid: int) -> None:
         self._record("setresuid", uid)
+
+    def load_seccomp(self, program: bytes) -> None:
+        self._record("load_seccomp", len(program))
 
     def execvpe(self, file: str, argv: Sequence[str], env: Mapping[str, str]) -> NoReturn:
         self._record("execvpe", file, tuple(argv), dict(env))

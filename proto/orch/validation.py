@@ -20,6 +20,7 @@ __all__ = [
     "LINUX_CAPABILITIES",
     "MAX_APP_NAME",
     "MAX_REPLICAS",
+    "SECCOMP_MODES",
     "FieldError",
     "canonical_capability",
     "normalize_app_spec",
@@ -41,6 +42,9 @@ LINUX_CAPABILITIES = (
     "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
 )
 # fmt: on
+
+# spec.seccomp: "" = the node's profile; "default" is normalized to "".
+SECCOMP_MODES = ("", "unconfined")
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -94,6 +98,7 @@ def validate_app_spec(spec: types_pb2.AppSpec) -> list[FieldError]:
         *_check_duration("spec.stopGracePeriod", spec.stop_grace_period_ms),
         *_check_process(spec),
         *_check_capabilities(spec.capabilities),
+        *_check_seccomp(spec.seccomp),
     ]
 
 
@@ -103,7 +108,7 @@ def normalize_app_spec(spec: types_pb2.AppSpec) -> types_pb2.AppSpec:
     Unset means default, since proto3 cannot tell 0 from absent: restart ALWAYS,
     placement SPREAD, update maxSurge 1 / maxUnavailable 0, stopGracePeriod 10s,
     readiness period 10s / timeout 1s (as Kubernetes), port protocol "tcp".
-    Capabilities become "CAP_NET_ADMIN" (or "ALL"). Idempotent.
+    Capabilities become "CAP_NET_ADMIN" (or "ALL"); seccomp "default" becomes "". Idempotent.
     """
     out = types_pb2.AppSpec()
     out.CopyFrom(spec)
@@ -121,6 +126,7 @@ def normalize_app_spec(spec: types_pb2.AppSpec) -> types_pb2.AppSpec:
         port.protocol = port.protocol.lower() or "tcp"
     for caps in (out.capabilities.add, out.capabilities.drop):
         caps[:] = [canonical_capability(c) or c for c in caps]
+    out.seccomp = "" if out.seccomp.lower() == "default" else out.seccomp.lower()
     return out
 
 
@@ -318,3 +324,10 @@ def _check_capabilities(caps: types_pb2.Capabilities) -> Iterator[FieldError]:
             guess = difflib.get_close_matches(name.upper().removeprefix("CAP_"), LINUX_CAPABILITIES, n=1)
             hint = f"; did you mean {guess[0]}?" if guess else " (see capabilities(7))"
             yield FieldError(f"spec.capabilities.{field}[{i}]", f'unknown capability "{name}"{hint}')
+
+
+def _check_seccomp(mode: str) -> Iterator[FieldError]:
+    if mode not in SECCOMP_MODES and mode.lower() != "default":
+        yield FieldError(
+            "spec.seccomp", f'"{mode}" is not a seccomp mode: use "unconfined" (or "default", the node\'s profile)'
+        )

@@ -6,7 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from node.runtime.cgroups import CGROUP2_SUPER_MAGIC, Limits, V1Driver, V2Driver, common, detect, driver_for, v1, v2
+from node.runtime.cgroups import (
+    CGROUP2_SUPER_MAGIC,
+    Limits,
+    V1Driver,
+    V2Driver,
+    common,
+    detect,
+    devices,
+    driver_for,
+    v1,
+    v2,
+)
 from node.runtime.errors import CgroupWriteError, ContainerError
 
 PATH = "orch/node-1/web-1"
@@ -46,10 +57,24 @@ def test_v1_create_writes_each_controller(tmp_path: Path) -> None:
     assert (root / "cpuacct" / PATH).is_dir()
 
 
-def test_v1_unlimited_writes_nothing(tmp_path: Path) -> None:
+def test_v1_unlimited_writes_only_the_device_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = v1_tree(tmp_path)
+    written: list[tuple[str, str]] = []
+    monkeypatch.setattr(v1, "write", lambda path, data: written.append((path.name, data)))
     V1Driver(root).create(PATH, Limits())
-    assert [p for p in root.rglob("*") if p.is_file()] == []
+    # Deny all first, then runc's list, one line per write (the kernel parses one per write).
+    assert written == [("devices.deny", "a")] + [("devices.allow", line) for line in devices.v1_lines()]
+    assert written[1:4] == [("devices.allow", "c *:* m"), ("devices.allow", "b *:* m"), ("devices.allow", "c 1:3 rwm")]
+    assert ("devices.allow", "c 136:* rwm") in written
+    # No block device can be read or written, whatever its number.
+    assert not any(data.startswith(("b ", "a ")) and data.split()[-1] != "m" for _, data in written[1:])
+
+
+def test_v1_without_the_devices_controller_is_an_error(tmp_path: Path) -> None:
+    for ctrl in ("memory", "cpu", "cpuacct", "pids"):
+        (tmp_path / ctrl).mkdir()
+    with pytest.raises(ContainerError, match="devices is not mounted"):
+        V1Driver(tmp_path).create(PATH, Limits())
 
 
 def test_v1_memsw_follows_limit_when_swap_accounting_exists(tmp_path: Path) -> None:
@@ -92,7 +117,9 @@ def test_v2_create_enables_controllers_down_the_tree_and_writes_limits(tmp_path:
     root = v2_tree(tmp_path)
     (root / PATH).mkdir()
     (root / PATH / "memory.swap.max").write_text("max\n")
-    V2Driver(root).create(PATH, Limits(cpu_millis=250, memory_bytes=32 << 20, pids=64))
+    attached: list[Path] = []
+    V2Driver(root, attach_devices=attached.append).create(PATH, Limits(cpu_millis=250, memory_bytes=32 << 20, pids=64))
+    assert attached == [root / PATH]  # the device program, on the container's own cgroup
     for ancestor in (root, root / "orch", root / "orch" / "node-1"):
         assert (ancestor / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
     cg = root / PATH
@@ -105,9 +132,9 @@ def test_v2_create_enables_controllers_down_the_tree_and_writes_limits(tmp_path:
 
 def test_v2_enables_only_available_and_needed_controllers(tmp_path: Path) -> None:
     root = v2_tree(tmp_path, available="hugetlb pids")
-    V2Driver(root).create(PATH, Limits(memory_bytes=0, pids=10))
+    V2Driver(root, attach_devices=lambda _: None).create(PATH, Limits(memory_bytes=0, pids=10))
     assert (root / "cgroup.subtree_control").read_text() == "+pids"
-    V2Driver(root).create("orch/node-1/other", Limits())
+    V2Driver(root, attach_devices=lambda _: None).create("orch/node-1/other", Limits())
 
 
 def test_v2_reads_events(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
-"""cgroup v1 driver: one hierarchy per controller (memory, cpu, cpuacct, pids).
+"""cgroup v1 driver: one hierarchy per controller (memory, cpu, cpuacct, pids, devices).
 
 The container's cgroup is <root>/<controller>/<path> in each mounted hierarchy;
-a controller that is not mounted is skipped only when no limit needs it.
+a controller that is not mounted is skipped only when no limit needs it. The
+devices controller is always needed: it keeps the container off the host's disks.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from node.runtime.cgroups.common import (
     working_set,
     write,
 )
+from node.runtime.cgroups.devices import DEFAULT_RULES, DeviceRule, v1_lines
 from node.runtime.errors import ContainerError
 
-__all__ = ["CONTROLLERS", "V1Driver", "apply_cpu", "apply_memory", "apply_pids"]
+__all__ = ["CONTROLLERS", "V1Driver", "apply_cpu", "apply_devices", "apply_memory", "apply_pids"]
 
-CONTROLLERS = ("memory", "cpu", "cpuacct", "pids")
+CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "devices")
 
 
 def apply_memory(cg: Path, limit_bytes: int) -> None:
@@ -51,6 +53,16 @@ def apply_cpu(cg: Path, millis: int) -> None:
     write(cg / "cpu.shares", str(cpu_shares(millis)))
 
 
+def apply_devices(cg: Path, rules: tuple[DeviceRule, ...] = DEFAULT_RULES) -> None:
+    """Deny everything, then allow `rules`, one line per write (the kernel takes one per write).
+
+    A new cgroup starts with its parent's list: at the top of the hierarchy, every device.
+    """
+    write(cg / "devices.deny", "a")
+    for line in v1_lines(rules):
+        write(cg / "devices.allow", line)
+
+
 class V1Driver:
     name = "v1"
 
@@ -70,7 +82,7 @@ class V1Driver:
 
     def create(self, path: str, limits: Limits) -> None:
         dirs = self._dirs(path)
-        needed = {"memory": limits.memory_bytes, "cpu": limits.cpu_millis, "pids": limits.pids}
+        needed = {"memory": limits.memory_bytes, "cpu": limits.cpu_millis, "pids": limits.pids, "devices": 1}
         for ctrl, value in needed.items():
             if value > 0 and ctrl not in dirs:
                 raise ContainerError(f"cgroup v1 controller {ctrl} is not mounted under {self.root}")
@@ -82,6 +94,7 @@ class V1Driver:
             apply_cpu(dirs["cpu"], limits.cpu_millis)
         if "pids" in dirs:
             apply_pids(dirs["pids"], limits.pids)
+        apply_devices(dirs["devices"])
 
     def warm_attach(self) -> None:
         # Any hierarchy will do (the kernel lock is global); pids has no attach side effects.

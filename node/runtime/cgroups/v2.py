@@ -2,13 +2,17 @@
 
 Controllers must be enabled in cgroup.subtree_control of every ancestor
 before a child can use them; only those listed in cgroup.controllers are.
+Devices have no controller file in v2: an eBPF program attached to the
+cgroup decides (devices.py, bpf.py).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+from node.runtime.cgroups.bpf import attach_device_program
 from node.runtime.cgroups.common import (
     CPU_PERIOD_US,
     CgroupStats,
@@ -67,10 +71,15 @@ def apply_cpu(cg: Path, millis: int) -> None:
 
 
 class V2Driver:
+    """attach_devices(cgroup dir): the device allow-list; tests on a fake tree record it instead."""
+
     name = "v2"
 
-    def __init__(self, root: Path = Path("/sys/fs/cgroup")) -> None:
+    def __init__(
+        self, root: Path = Path("/sys/fs/cgroup"), attach_devices: Callable[[Path], None] = attach_device_program
+    ) -> None:
         self.root = root
+        self._attach_devices = attach_devices
 
     def create(self, path: str, limits: Limits) -> None:
         wanted = {
@@ -82,6 +91,7 @@ class V2Driver:
         apply_memory(cg, limits.memory_bytes)
         apply_cpu(cg, limits.cpu_millis)
         apply_pids(cg, limits.pids)
+        self._attach_devices(cg)
 
     def warm_attach(self) -> None:
         warm_attach(self.root, "", "cgroup.threads")

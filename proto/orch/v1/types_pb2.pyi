@@ -389,6 +389,7 @@ class AppSpec(_message.Message):
     READ_ONLY_ROOT_FS_FIELD_NUMBER: _builtins.int
     ANTI_AFFINITY_FIELD_NUMBER: _builtins.int
     USER_NAMESPACE_FIELD_NUMBER: _builtins.int
+    SECCOMP_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     replicas: _builtins.int
     image: _builtins.str
@@ -402,6 +403,8 @@ class AppSpec(_message.Message):
     """Run in a user namespace of its own: container root is an unprivileged
     host id (manifest `hostUsers: false`, as in Kubernetes).
     """
+    seccomp: _builtins.str
+    """seccomp filter: "" (the node's profile, the default) or "unconfined"."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -452,10 +455,11 @@ class AppSpec(_message.Message):
         read_only_root_fs: _builtins.bool = ...,
         anti_affinity: _abc.Iterable[_builtins.str] | None = ...,
         user_namespace: _builtins.bool = ...,
+        seccomp: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "readiness", b"readiness", "resources", b"resources", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity", b"anti_affinity", "args", b"args", "capabilities", b"capabilities", "command", b"command", "env", b"env", "image", b"image", "labels", b"labels", "name", b"name", "node_selector", b"node_selector", "placement", b"placement", "ports", b"ports", "read_only_root_fs", b"read_only_root_fs", "readiness", b"readiness", "replicas", b"replicas", "resources", b"resources", "restart_policy", b"restart_policy", "stop_grace_period_ms", b"stop_grace_period_ms", "update", b"update", "user", b"user", "user_namespace", b"user_namespace", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity", b"anti_affinity", "args", b"args", "capabilities", b"capabilities", "command", b"command", "env", b"env", "image", b"image", "labels", b"labels", "name", b"name", "node_selector", b"node_selector", "placement", b"placement", "ports", b"ports", "read_only_root_fs", b"read_only_root_fs", "readiness", b"readiness", "replicas", b"replicas", "resources", b"resources", "restart_policy", b"restart_policy", "seccomp", b"seccomp", "stop_grace_period_ms", b"stop_grace_period_ms", "update", b"update", "user", b"user", "user_namespace", b"user_namespace", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
