@@ -5,7 +5,7 @@ PYTHON ?= /usr/bin/python3
 VENV := venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint unit bench proto clean
+.PHONY: setup demo test test-v2 lint unit bench proto clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,12 @@ lint: setup
 
 test: lint
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# The whole suite on a fresh Debian 12 VM with systemd and pure cgroup v2 (the committed HEAD;
+# software emulation here, ~30 min). DEBIAN_VM: the steering repo's shared/tools/debian-vm.
+DEBIAN_VM ?= ../shared/tools/debian-vm
+test-v2:
+	$(DEBIAN_VM) . -- make test
 
 unit: setup
 	$(BIN)/pytest -q tests/unit

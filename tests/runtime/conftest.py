@@ -80,7 +80,8 @@ def log_text(path: Path) -> str:
 def _host_leftovers(cgroup_parent: str, state_dir: Path) -> list[str]:
     """Anything of ours on the host: cgroup dirs, mounts, state entries."""
     top = cgroup_parent.split("/")[0]
-    found = [str(p) for p in Path("/sys/fs/cgroup").glob(f"*/{top}")]
+    cgroups = Path("/sys/fs/cgroup")  # v1: one dir per hierarchy; pure v2: the one tree
+    found = [str(p) for p in [*cgroups.glob(f"*/{top}"), *cgroups.glob(top)]]
     found += [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(state_dir) in line]
     if state_dir.exists():
         found += [str(p) for p in state_dir.iterdir()]

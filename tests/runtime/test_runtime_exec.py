@@ -142,8 +142,10 @@ def test_exec_is_in_the_containers_cgroup(runtime: Runtime, sleeper: Callable[..
     try:
         members = pid_namespace_members(pid1)
         assert len(members) == 3  # PID 1, the exec's reaper, its command
-        wanted = [line for line in Path(f"/proc/{pid1}/cgroup").read_text().splitlines() if "pids" in line]
-        assert wanted and wanted[0].endswith("/ex")
+        # v1: the pids hierarchy's line; v2: the one "0::" line of the unified hierarchy.
+        lines = Path(f"/proc/{pid1}/cgroup").read_text().splitlines()
+        wanted = [line for line in lines if ":pids:" in line or (line.startswith("0::") and len(lines) == 1)]
+        assert wanted and wanted[0].endswith("/ex"), lines
         for pid in members:
             lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
             assert Path(f"/proc/{pid1}/cgroup").read_text().splitlines() == lines, pid

@@ -50,7 +50,8 @@ def inject(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
 def leftovers(rt: Runtime, id: str) -> list[str]:
     """What is left of container id on the host: state dir, cgroup, mounts, shim processes."""
     found = [str(p) for p in [rt.state_dir / id] if p.exists()]
-    found += [str(p) for p in Path("/sys/fs/cgroup").glob(f"*/{rt.cgroup_parent}/{id}")]
+    cgroups = Path("/sys/fs/cgroup")  # v1: one dir per hierarchy; pure v2: the one tree
+    found += [str(p) for p in [*cgroups.glob(f"*/{rt.cgroup_parent}/{id}"), *cgroups.glob(f"{rt.cgroup_parent}/{id}")]]
     found += [m for m in Path("/proc/self/mountinfo").read_text().splitlines() if f"{rt.state_dir}/{id}" in m]
     found += [f"shim pid {pid}" for pid, _ in procs.shims_of(rt.state_dir / id)]
     return found
@@ -62,10 +63,17 @@ def wait_for_spare(rt: Runtime, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         children = Path(f"/proc/{zygote}/task/{zygote}/children").read_text().split()
-        if any(Path(f"/proc/{c}/cmdline").read_bytes().startswith(b"orch-shim (spare)") for c in children):
+        if any(_cmdline(c).startswith(b"orch-shim (spare)") for c in children):
             return
         time.sleep(0.02)
     raise AssertionError("the zygote made no spare shim")
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # it ended meanwhile
+        return b""
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 from node.runtime.cgroups.bpf import attach_device_program
@@ -39,12 +40,15 @@ __all__ = [
 ]
 
 
+ACCOUNTING = frozenset({"cpu", "memory", "pids"})
+
+
 def cpu_weight(millis: int) -> int:
     """cpu.weight (1..10000) from v1 shares (2..262144), the mapping runc and crun use."""
     return 1 + ((cpu_shares(millis) - 2) * 9999) // 262142
 
 
-def enable_controllers(root: Path, path: str, wanted: set[str]) -> None:
+def enable_controllers(root: Path, path: str, wanted: AbstractSet[str]) -> None:
     """Enable `wanted` (as far as available) in subtree_control of every ancestor; create the dirs."""
     cg = root
     for part in Path(path).parts:
@@ -82,10 +86,9 @@ class V2Driver:
         self._attach_devices = attach_devices
 
     def create(self, path: str, limits: Limits) -> None:
-        wanted = {
-            c for c, v in (("memory", limits.memory_bytes), ("cpu", limits.cpu_millis), ("pids", limits.pids)) if v
-        }
-        enable_controllers(self.root, path, wanted)
+        # Accounting, not only limits: without these controllers a container without limits has no
+        # memory.current, pids.current or memory.events (runc and systemd enable them alike).
+        enable_controllers(self.root, path, ACCOUNTING)
         cg = self.root / path
         cg.mkdir(exist_ok=True)
         apply_memory(cg, limits.memory_bytes)
