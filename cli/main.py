@@ -188,7 +188,13 @@ def events(ctx: click.Context, watch: bool, limit: int) -> None:
 
 
 @cli.command()
-@click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 50))
+@click.option("--nodes", type=click.IntRange(1, 50), help="Agents, all in this network namespace [default: 3].")
+@click.option(
+    "--hosts",
+    type=click.IntRange(1, 20),
+    help="Instead of --nodes: N lab hosts (network namespaces on a lab bridge), each with an agent; "
+    "etcd members and schedulers on different hosts (docs/cli.md).",
+)
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -197,34 +203,46 @@ def events(ctx: click.Context, watch: bool, limit: int) -> None:
 )
 @click.option("--port", default=7070, show_default=True, help="Scheduler port (0 = any free port).")
 @click.option("--lease-ttl", default=1, show_default=True, help="Node lease TTL in seconds.")
-@click.option("--schedulers", default=1, show_default=True, type=click.IntRange(1, 5), help="Schedulers (one leads).")
-@click.option("--cidr", default="", help="Container addresses; node i gets the i-th /24 (default 10.88.0.0/16).")
+@click.option(
+    "--schedulers", type=click.IntRange(1, 5), help="Schedulers (one leads) [default: 1; 2 with --hosts 2 or more]."
+)
+@click.option(
+    "--cidr",
+    default="",
+    help="Container addresses; node i gets the i-th /24, lab hosts the last /24 (default 10.88.0.0/16).",
+)
 @click.option(
     "--no-tls", is_flag=True, help="Plaintext gRPC and etcd instead of mutual TLS (certificates in STATE/pki)."
 )
 @click.option("-v", "--verbose", is_flag=True)
 def up(
-    nodes: int,
+    nodes: int | None,
+    hosts: int | None,
     state_dir: Path | None,
     port: int,
     lease_ttl: int,
-    schedulers: int,
+    schedulers: int | None,
     cidr: str,
     no_tls: bool,
     verbose: bool,
 ) -> None:
-    """Run a local cluster in the foreground: etcd, a scheduler and N agents. Ctrl-C stops it."""
+    """Run a local cluster in the foreground: etcd, schedulers and agents. Ctrl-C stops it."""
     from cli.up import run_cluster
 
+    if nodes is not None and hosts is not None:
+        raise CliError("orch up: --nodes or --hosts, not both (--hosts runs one agent per host)")
+    if schedulers is None:
+        schedulers = 2 if hosts is not None and hosts >= 2 else 1
     setup_logging(verbose)
     run_cluster(
-        nodes=nodes,
+        nodes=nodes or 3,
         state_dir=state_dir,
         port=port,
         lease_ttl=lease_ttl,
         cidr=cidr,
         schedulers=schedulers,
         tls=not no_tls,
+        hosts=hosts or 0,
     )
 
 

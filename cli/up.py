@@ -1,93 +1,93 @@
-"""`orch up`: a local cluster of the production shape in the foreground:
-one etcd, one scheduler, N agents, each a separate process, all on
-loopback. Ctrl-C or SIGTERM stops everything and removes what it made."""
+"""`orch up`: a local cluster of the production shape in the foreground: etcd, schedulers and
+N agents, each a separate process.
+
+By default they all listen on loopback in this network namespace. With `--hosts N` each lab
+host (cli/lab.py: a network namespace on a lab bridge) is a machine of its own: etcd has a
+member on each of the first three hosts (one member below three hosts), schedulers run on
+different hosts, every host runs an agent, and they talk only over the lab network, on the
+well-known ports of docs/deploy.md. Ctrl-C or SIGTERM stops everything and removes what it
+made, the lab included."""
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import hashlib
 import ipaddress
 import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from cli import pki
+from cli import lab, pki
 from cli.client import DEFAULT_STATE_DIR, CliError
+from cli.procs import LOCAL, Place, Proc, free_port, http_ok, tcp_open, terminate, wait_until
 from node.runtime.userns import IDS_PER_CONTAINER, IdRange
 from orch.files import write_json_atomic
 from orch.tls import TlsFiles
 
 log = logging.getLogger("orch.up")
 ETCD = "etcd"
-ETCD_MEMBER = "up"  # the one etcd member's name, and its certificate's
-
-
-@dataclass
-class Proc:
-    role: str
-    node: str | None
-    argv: list[str]
-    metricsUrl: str | None
-    publishAddress: str | None = None  # agents: the local address their hostPorts are published on
-    pid: int = 0
-    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(check: object, what: str, timeout: float, proc: Proc) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.popen is not None
-        if proc.popen.poll() is not None:
-            raise CliError(f"{what}: process exited with code {proc.popen.returncode}; see its log")
-        with contextlib.suppress(OSError, ValueError):
-            if check():  # type: ignore[operator]
-                return
-        time.sleep(0.05)
-    raise CliError(f"{what}: not ready after {timeout:.0f}s")
-
-
-def http_ok(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=1) as r:
-        return bool(r.status == 200)
-
-
-def tcp_open(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-        return True
+ETCD_MEMBER = "up"  # the one etcd member's name without a lab, and its certificate's
+# Ports on a lab host, which has its own network stack (docs/deploy.md uses the same).
+ETCD_CLIENT, ETCD_PEER, ETCD_METRICS = 2379, 2380, 2381
+SCHEDULER_PORT, SCHEDULER_METRICS = 7070, 9101
+AGENT_API, AGENT_METRICS = 7071, 9100
 
 
 class Cluster:
     def __init__(
-        self, state_dir: Path, nodes: int, ports: list[int], lease_ttl: int, cidr: str, tls: bool = True
+        self,
+        state_dir: Path,
+        nodes: int,
+        ports: list[int],
+        lease_ttl: int,
+        cidr: str,
+        tls: bool = True,
+        hosts: int = 0,
     ) -> None:
         self.dir = state_dir.resolve()
         self.pki = self.dir / "pki" if tls else None
         self.nodes = nodes
-        self.ports = [p or free_port() for p in ports]
         self.lease_ttl = lease_ttl
         self.cidr = ipaddress.ip_network(cidr)
         self.procs: list[Proc] = []
-        # Bridge names must be unique per cluster on this host and ≤ 15 chars.
+        self.reported: set[int] = set()  # pids whose exit was logged
+        # Bridge and lab names must be unique per cluster on this host and ≤ 15 chars.
         self.cluster_id = hashlib.sha256(str(self.dir).encode()).hexdigest()[:4]
-        self.etcd_endpoint = ""
+        self.lab = self.plan_lab(hosts) if hosts else None
+        self.addresses = [
+            f"{self.place(i).address}:{p or (SCHEDULER_PORT if self.lab else free_port())}" for i, p in enumerate(ports)
+        ]
+        self.etcd_endpoints: list[str] = []
+
+    def plan_lab(self, hosts: int) -> lab.Lab:
+        """The hosts h1..hN on the last /24 of the cluster's CIDR (the first ones go to containers)."""
+        subnets = list(self.cidr.subnets(new_prefix=24))  # one per host for containers, the last for the lab
+        if hosts >= len(subnets):
+            raise CliError(f"--hosts {hosts}: --cidr {self.cidr} has too few /24s; give a /16")
+        try:
+            return lab.plan(self.cluster_id, [f"h{i + 1}" for i in range(hosts)], str(subnets[-1]))
+        except lab.LabError as e:
+            raise CliError(f"orch up: {e}") from None
+
+    def place(self, i: int) -> Place:
+        """Where node i, scheduler i and etcd member i run."""
+        if self.lab is None:
+            return LOCAL
+        host = self.lab.hosts[i % len(self.lab.hosts)]
+        return Place(host.address, host)
 
     def node_name(self, i: int) -> str:
-        return f"node-{i}"
+        return self.place(i).name or f"node-{i}"
+
+    def host_dir(self, place: Place) -> Path:
+        """A lab host's own directory (its etcd data, its agent's state); the cluster's otherwise."""
+        return self.dir / "hosts" / place.name if place.name else self.dir
 
     def _spawn(self, proc: Proc, logfile: Path) -> Proc:
         logfile.parent.mkdir(parents=True, exist_ok=True)
@@ -101,52 +101,69 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
+    def etcd_members(self) -> list[tuple[str, Place]]:
+        if self.lab is None:
+            return [(ETCD_MEMBER, LOCAL)]
+        count = 3 if len(self.lab.hosts) >= 3 else 1  # two members tolerate no failure: one is simpler
+        return [(h.name, self.place(i)) for i, h in enumerate(self.lab.hosts[:count])]
+
     def start_etcd(self) -> None:
+        """Every member at once (they wait for each other's votes), then each one healthy."""
         if shutil.which(ETCD) is None:
             raise CliError("etcd not found on PATH: install Debian's etcd-server (make demo does)")
-        client, peer, metrics = free_port(), free_port(), free_port()
         scheme = "https" if self.pki else "http"
-        self.etcd_endpoint = f"{scheme}://127.0.0.1:{client}"
-        peer_url, metrics_url = f"{scheme}://127.0.0.1:{peer}", f"http://127.0.0.1:{metrics}"
-        argv = [ETCD, "--name", ETCD_MEMBER, "--data-dir", str(self.dir / "etcd"),
-                "--listen-client-urls", self.etcd_endpoint, "--advertise-client-urls", self.etcd_endpoint,
-                "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-                "--initial-cluster", f"{ETCD_MEMBER}={peer_url}", "--initial-cluster-state", "new",
-                # /metrics and /health only, in plaintext for Prometheus: no keys are served there.
-                "--listen-metrics-urls", metrics_url,
-                # 1 s node leases need an election timeout below 667 ms (etcd raises smaller TTLs).
-                "--heartbeat-interval", "50", "--election-timeout", "500",
-                "--logger", "zap", "--log-outputs", str(self.dir / "logs" / "etcd.log"),
-                *self.etcd_tls_args()]  # fmt: skip
-        proc = self._spawn(Proc("etcd", None, argv, f"{metrics_url}/metrics"), self.dir / "logs" / "etcd.out")
-        wait_until(lambda: http_ok(f"{metrics_url}/health"), "etcd", 15, proc)
+        members = [(name, place, place.port(ETCD_CLIENT), place.port(ETCD_PEER), place.port(ETCD_METRICS))
+                   for name, place in self.etcd_members()]  # fmt: skip
+        initial = ",".join(f"{n}={scheme}://{p.address}:{peer}" for n, p, _, peer, _ in members)
+        self.etcd_endpoints = [f"{scheme}://{p.address}:{client}" for _, p, client, _, _ in members]
+        started = []
+        for (name, place, _, peer, metrics), client_url in zip(members, self.etcd_endpoints, strict=True):
+            peer_url, metrics_url = f"{scheme}://{place.address}:{peer}", f"http://{place.address}:{metrics}"
+            suffix = f"-{name}" if place.host else ""
+            argv = [ETCD, "--name", name, "--data-dir", str(self.host_dir(place) / "etcd"),
+                    "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+                    "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+                    "--initial-cluster", initial, "--initial-cluster-state", "new",
+                    "--initial-cluster-token", f"orch-{self.cluster_id}",
+                    # /metrics and /health only, in plaintext for Prometheus: no keys are served there.
+                    "--listen-metrics-urls", metrics_url,
+                    # 1 s node leases need an election timeout below 667 ms (etcd raises smaller TTLs).
+                    "--heartbeat-interval", "50", "--election-timeout", "500",
+                    "--logger", "zap", "--log-outputs", str(self.dir / "logs" / f"etcd{suffix}.log"),
+                    *self.etcd_tls_args(name)]  # fmt: skip
+            proc = Proc("etcd", None, place.argv(argv), f"{metrics_url}/metrics", host=place.name)
+            started.append((self._spawn(proc, self.dir / "logs" / f"etcd{suffix}.out"), metrics_url, name))
+        for proc, metrics_url, name in started:
+            wait_until(functools.partial(http_ok, f"{metrics_url}/health"), f"etcd {name}", 20, proc)
 
-    def etcd_tls_args(self) -> list[str]:
+    def etcd_tls_args(self, member: str) -> list[str]:
         """Clients and peers alike need a certificate of etcd's own CA (cli/pki.py says why)."""
         if self.pki is None:
             return []
-        ca, member = self.pki / pki.ETCD_DIR / "ca.crt", TlsFiles.in_dir(self.pki / pki.ETCD_DIR, ETCD_MEMBER)
+        ca, cert = self.pki / pki.ETCD_DIR / "ca.crt", TlsFiles.in_dir(self.pki / pki.ETCD_DIR, member)
         return ["--client-cert-auth", "--trusted-ca-file", str(ca),
-                "--cert-file", str(member.cert), "--key-file", str(member.key),
+                "--cert-file", str(cert.cert), "--key-file", str(cert.key),
                 "--peer-client-cert-auth", "--peer-trusted-ca-file", str(ca),
-                "--peer-cert-file", str(member.cert), "--peer-key-file", str(member.key)]  # fmt: skip
+                "--peer-cert-file", str(cert.cert), "--peer-key-file", str(cert.key)]  # fmt: skip
 
     def orch(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "cli", *args]
 
     def make_certificates(self) -> None:
-        """The CAs and a certificate per component (kept across runs: the cluster's identity;
-        reissued when the CA or what they must say changed)."""
+        """The CAs and a certificate per component, for the addresses it serves on (kept across
+        runs: the cluster's identity; reissued when the CA or what they must say changed)."""
         if self.pki is None:
             return
+        loopback = ["127.0.0.1", "localhost"]
+        schedulers = [a.rpartition(":")[0] for a in self.addresses]
         try:
             pki.init(self.pki)
-            loopback = ["127.0.0.1", "localhost"]
-            pki.issue_for(self.pki, "scheduler", "scheduler", loopback, replace=True)
-            pki.issue_for(self.pki, "etcd", ETCD_MEMBER, loopback, replace=True)
+            pki.issue_for(self.pki, "scheduler", "scheduler", sorted({*loopback, *schedulers}), replace=True)
+            for name, place in self.etcd_members():
+                pki.issue_for(self.pki, "etcd", name, [place.address] if place.host else loopback, replace=True)
             pki.issue_for(self.pki, "admin", "admin", [], replace=True)
             for i in range(self.nodes):
-                pki.issue_for(self.pki, "node", self.node_name(i), ["127.0.0.1"], replace=True)
+                pki.issue_for(self.pki, "node", self.node_name(i), [self.place(i).address], replace=True)
         except pki.PkiError as e:
             raise CliError(f"orch up: {e}") from None
 
@@ -162,29 +179,30 @@ class Cluster:
         files = TlsFiles.in_dir(self.pki / pki.ETCD_DIR, "scheduler")
         return ["--etcd-ca", str(files.ca), "--etcd-cert", str(files.cert), "--etcd-key", str(files.key)]
 
-    @property
-    def addresses(self) -> list[str]:
-        return [f"127.0.0.1:{p}" for p in self.ports]
-
     def start_scheduler(self, i: int) -> None:
-        metrics, port = free_port(), self.ports[i]
-        argv = self.orch("scheduler", "--listen", f"127.0.0.1:{port}", "--etcd", self.etcd_endpoint,
-                         "--lease-ttl", str(self.lease_ttl), "--metrics-listen", f"127.0.0.1:{metrics}",
+        place, address = self.place(i), self.addresses[i]
+        metrics = f"{place.address}:{place.port(SCHEDULER_METRICS)}"
+        argv = self.orch("scheduler", "--listen", address, "--etcd", ",".join(self.etcd_endpoints),
+                         "--lease-ttl", str(self.lease_ttl), "--metrics-listen", metrics,
                          "--id", f"scheduler-{i}", *self.tls_args("scheduler"),
                          *self.scheduler_etcd_args())  # fmt: skip
-        proc = self._spawn(Proc("scheduler", None, argv, f"http://127.0.0.1:{metrics}/metrics"),
+        proc = self._spawn(Proc("scheduler", None, place.argv(argv), f"http://{metrics}/metrics", host=place.name),
                            self.dir / "logs" / f"scheduler-{i}.log")  # fmt: skip
-        wait_until(lambda: tcp_open(port), f"scheduler-{i}", 15, proc)
+        wait_until(lambda: tcp_open(address), f"scheduler-{i}", 15, proc)
 
     def agent_args(self, i: int) -> list[str]:
-        name = self.node_name(i)
+        name, place = self.node_name(i), self.place(i)
         subnet = list(self.cidr.subnets(new_prefix=24))[i]
-        return ["--name", name, "--state-dir", str(self.dir / "nodes" / name),
+        state = self.host_dir(place) / "node" if place.host else self.dir / "nodes" / name
+        return ["--name", name, "--state-dir", str(state),
                 "--bridge", f"orch{self.cluster_id}n{i}", "--subnet", str(subnet),
                 "--cgroup-parent", f"orch/up-{self.cluster_id}/{name}"]  # fmt: skip
 
     def publish_address(self, i: int) -> str:
-        """Each node its own loopback address for hostPorts, as if the nodes were separate hosts."""
+        """Each node its own address for hostPorts, as if the nodes were separate hosts (a lab
+        host's is its own; on loopback, 127.a.b.(i+1))."""
+        if self.lab is not None:
+            return self.place(i).address
         digest = hashlib.sha256(self.cluster_id.encode()).digest()
         return f"127.{1 + digest[0] % 254}.{digest[1]}.{i + 1}"
 
@@ -194,27 +212,29 @@ class Cluster:
         return f"{IdRange().first + i * count}:{count}"
 
     def start_agent(self, i: int) -> None:
-        metrics = free_port()
-        name = self.node_name(i)
+        place, name = self.place(i), self.node_name(i)
+        metrics = f"{place.address}:{place.port(AGENT_METRICS)}"
         # Agents get every scheduler and fail over between them.
         argv = self.orch("--scheduler", ",".join(self.addresses), "node", *self.agent_args(i),
-                         "--label", f"zone=zone-{i % 3}", "--metrics-listen", f"127.0.0.1:{metrics}",
-                         "--listen", f"127.0.0.1:{free_port()}",
+                         "--label", f"zone=zone-{i % 3}", "--metrics-listen", metrics,
+                         "--listen", f"{place.address}:{place.port(AGENT_API)}",
                          "--publish-address", self.publish_address(i), *self.tls_args(name),
                          "--userns-range", self.userns_range(i))  # fmt: skip
-        proc = self._spawn(Proc("agent", name, argv, f"http://127.0.0.1:{metrics}/metrics", self.publish_address(i)),
-                           self.dir / "logs" / f"{name}.log")  # fmt: skip
+        proc = Proc("agent", name, place.argv(argv), f"http://{metrics}/metrics", self.publish_address(i), place.name)
+        self._spawn(proc, self.dir / "logs" / f"{name}.log")
         wait_until(lambda: tcp_open(metrics), f"agent {name}", 15, proc)
 
     def write_cluster_json(self) -> None:
         doc = {
             "schedulers": self.addresses,
-            "etcd": [self.etcd_endpoint],
+            "etcd": self.etcd_endpoints,
             "stateDir": str(self.dir),
             "clusterId": self.cluster_id,  # names its bridges (orch<id>n<i>) and cgroups (orch/up-<id>/)
             "tlsDir": str(self.pki) if self.pki else None,  # ca.crt, admin.crt, admin.key for the CLI
+            "lab": lab.describe(self.lab) if self.lab else None,
             "processes": [
-                {"role": p.role, "node": p.node, "pid": p.pid, "argv": p.argv, "metricsUrl": p.metricsUrl}
+                {"role": p.role, "node": p.node, "host": p.host, "pid": p.pid, "argv": p.argv}
+                | {"metricsUrl": p.metricsUrl}
                 | ({"publishAddress": p.publishAddress} if p.publishAddress else {})
                 for p in self.procs
             ],
@@ -224,7 +244,8 @@ class Cluster:
         targets = [
             {
                 "targets": [urlsplit(p.metricsUrl).netloc],
-                "labels": {"role": p.role, "cluster": self.cluster_id, **({"node": p.node} if p.node else {})},
+                "labels": {"role": p.role, "cluster": self.cluster_id, **({"node": p.node} if p.node else {})}
+                | ({"host": p.host} if p.host else {}),
             }
             for p in self.procs
             if p.metricsUrl
@@ -232,21 +253,20 @@ class Cluster:
         write_json_atomic(self.dir / "prometheus-targets.json", targets, indent=2)
 
     def stop(self) -> None:
-        """Agents and scheduler first (SIGTERM), then every container and network, then etcd."""
-        for role in ("agent", "scheduler", "etcd"):
-            group = [p for p in self.procs if p.role == role and p.popen is not None]
-            for p in group:
-                with contextlib.suppress(ProcessLookupError):
-                    p.popen.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-            for p in group:
-                try:
-                    p.popen.wait(timeout=10)  # type: ignore[union-attr]
-                except subprocess.TimeoutExpired:
-                    p.popen.kill()  # type: ignore[union-attr]
-                    p.popen.wait()  # type: ignore[union-attr]
-            if role == "agent":
-                self.cleanup_nodes()
-        for name in ("cluster.json", "prometheus-targets.json", "etcd", "nodes"):
+        """Agents and schedulers first (SIGTERM), then every container and network, then etcd,
+        then the lab."""
+        terminate([p for p in self.procs if p.role == "agent"])
+        self.cleanup_nodes()
+        terminate([p for p in self.procs if p.role == "scheduler"])
+        # One member at a time: a leader that stops hands its lead to a live member at once,
+        # but waits seconds for one when every member stops together.
+        for p in self.procs:
+            if p.role == "etcd":
+                terminate([p])
+        if self.lab is not None:
+            for what in lab.remove(self.lab):
+                log.error("could not remove the lab's %s", what)
+        for name in ("cluster.json", "prometheus-targets.json", "etcd", "nodes", "hosts"):
             path = self.dir / name
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
@@ -254,10 +274,11 @@ class Cluster:
                 path.unlink(missing_ok=True)
 
     def cleanup_nodes(self) -> None:
-        # Agents leave containers running on exit (so restarts adopt them); the
-        # cluster going away is the one time they must all go.
+        """Agents leave containers running on exit (so restarts adopt them); the cluster going
+        away is the one time they must all go. Each node's cleanup runs where its agent ran, one
+        after the other (the last one removes the cgroup parents they share)."""
         for i in range(self.nodes):
-            argv = self.orch("node", *self.agent_args(i), "--cleanup")
+            argv = self.place(i).argv(self.orch("node", *self.agent_args(i), "--cleanup"))
             result = subprocess.run(argv, capture_output=True, text=True, check=False)
             if result.returncode != 0:
                 log.error("cleanup of %s failed: %s", self.node_name(i), result.stderr.strip())
@@ -271,10 +292,11 @@ def run_cluster(
     cidr: str = "",
     schedulers: int = 1,
     tls: bool = True,
+    hosts: int = 0,
 ) -> None:
     cidr = cidr or os.environ.get("ORCH_UP_CIDR", "10.88.0.0/16")
     ports = [port] + [0] * (schedulers - 1)
-    cluster = Cluster(state_dir or DEFAULT_STATE_DIR, nodes, ports, lease_ttl, cidr, tls)
+    cluster = Cluster(state_dir or DEFAULT_STATE_DIR, hosts or nodes, ports, lease_ttl, cidr, tls, hosts)
     if (cluster.dir / "cluster.json").exists():
         raise CliError(f"{cluster.dir / 'cluster.json'} exists: is another `orch up` running there?")
     cluster.dir.mkdir(parents=True, exist_ok=True)
@@ -287,26 +309,43 @@ def run_cluster(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        cluster.make_certificates()
-        cluster.start_etcd()
-        for i in range(schedulers):
-            cluster.start_scheduler(i)
-        for i in range(nodes):
-            cluster.start_agent(i)
-        cluster.write_cluster_json()
-        addresses = ",".join(cluster.addresses)
-        print(f"orch up: {nodes} node(s), scheduler(s) {addresses}, state in {cluster.dir}", flush=True)
-        tls_env = f" ORCH_TLS_DIR={cluster.pki}" if cluster.pki else ""
-        if cluster.pki is None:
-            print("  WARNING --no-tls: plaintext gRPC and etcd; every local user can control this cluster", flush=True)
-        print(f"  export ORCH_SCHEDULER={addresses}{tls_env}; Ctrl-C stops the cluster", flush=True)
-        reported: set[int] = set()
+        start(cluster, schedulers)
         while not stopping:
-            for p in cluster.procs:
-                if p.popen is not None and p.popen.poll() is not None and p.pid not in reported:
-                    reported.add(p.pid)
-                    log.warning("%s %s (pid %d) exited with %s", p.role, p.node or "", p.pid, p.popen.returncode)
+            watch_children(cluster)
             time.sleep(0.2)
     finally:
         print("orch up: stopping", flush=True)
         cluster.stop()
+
+
+def start(cluster: Cluster, schedulers: int) -> None:
+    if cluster.lab is not None:
+        try:
+            lab.create(cluster.lab)
+        except lab.LabError as e:
+            raise CliError(f"orch up --hosts: {e}") from None
+    cluster.make_certificates()
+    cluster.start_etcd()
+    for i in range(schedulers):
+        cluster.start_scheduler(i)
+    for i in range(cluster.nodes):
+        cluster.start_agent(i)
+    cluster.write_cluster_json()
+    addresses = ",".join(cluster.addresses)
+    print(f"orch up: {cluster.nodes} node(s), scheduler(s) {addresses}, state in {cluster.dir}", flush=True)
+    if cluster.lab is not None:
+        hosts = ", ".join(f"{h.name} {h.address}" for h in cluster.lab.hosts)
+        where = f"lab network {cluster.lab.network} on bridge {cluster.lab.bridge}, this machine {cluster.lab.gateway}"
+        enter = " ".join(lab.enter(cluster.lab.hosts[0]))
+        print(f"  {where}; hosts {hosts} (`{enter} CMD` runs CMD on h1)", flush=True)
+    tls_env = f" ORCH_TLS_DIR={cluster.pki}" if cluster.pki else ""
+    if cluster.pki is None:
+        print("  WARNING --no-tls: plaintext gRPC and etcd; every local user can control this cluster", flush=True)
+    print(f"  export ORCH_SCHEDULER={addresses}{tls_env}; Ctrl-C stops the cluster", flush=True)
+
+
+def watch_children(cluster: Cluster) -> None:
+    for p in cluster.procs:
+        if p.popen is not None and p.popen.poll() is not None and p.pid not in cluster.reported:
+            cluster.reported.add(p.pid)
+            log.warning("%s %s (pid %d) exited with %s", p.role, p.node or "", p.pid, p.popen.returncode)
