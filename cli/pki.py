@@ -16,6 +16,11 @@ directory owned by another user is refused (it could read the keys). Issuing
 again keeps a certificate that is still what was asked for (same CA, names
 and usage, valid for another 30 days) and replaces any other: a new CA
 reissues every leaf.
+
+For a cluster of several machines, one directory on a trusted machine holds
+both CAs, and `bundle` copies to a directory for each machine only what that
+machine needs: both CA certificates and its own certificates and keys, never
+a CA key.
 """
 
 from __future__ import annotations
@@ -37,7 +42,17 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from orch.files import write_atomic
 from orch.identity import IdentityError, Role, identity_for, server_name
 
-__all__ = ["ETCD_DIR", "Leaf", "PkiError", "ensure_ca", "etcd_leaf", "existing_identity", "issue", "role_leaf"]
+__all__ = [
+    "ETCD_DIR",
+    "Leaf",
+    "PkiError",
+    "bundle",
+    "ensure_ca",
+    "etcd_leaf",
+    "existing_identity",
+    "issue",
+    "role_leaf",
+]
 
 ETCD_DIR = "etcd"
 _CA_DAYS = 3650
@@ -245,3 +260,28 @@ def issue_for(directory: Path, role: str, name: str, hosts: Sequence[str], repla
         if issue(where, name, leaf):
             issued.append(where / f"{name}.crt")
     return issued
+
+
+def bundle(directory: Path, out: Path, names: Sequence[str]) -> list[Path]:
+    """`orch pki bundle DIR OUT NAME...`: a machine's own files, in DIR's layout: ca.crt,
+    etcd/ca.crt, and <NAME>.crt/.key from DIR and DIR/etcd for each NAME (a node, its
+    scheduler, its etcd member). CA keys never leave DIR. Returns the files written."""
+    wanted: list[tuple[Path, Path, int]] = []
+    for where, to in ((directory, out), (directory / ETCD_DIR, out / ETCD_DIR)):
+        if not (where / "ca.crt").exists():
+            raise PkiError(f"no CA in {where}: run `orch pki init {directory}` first")
+        wanted.append((where / "ca.crt", to / "ca.crt", _PUBLIC))
+    for name in names:
+        if name == "ca":
+            raise PkiError("the CA keys stay in the PKI directory: bundle the certificates' names only")
+        found = [(where, to) for where, to in ((directory, out), (directory / ETCD_DIR, out / ETCD_DIR))
+                 if (where / f"{name}.crt").exists()]  # fmt: skip
+        if not found:
+            raise PkiError(f"no certificate {name}.crt in {directory} or {directory / ETCD_DIR}: issue it first")
+        for where, to in found:
+            wanted += [(where / f"{name}.crt", to / f"{name}.crt", _PUBLIC),
+                       (where / f"{name}.key", to / f"{name}.key", _PRIVATE)]  # fmt: skip
+    for source, target, mode in wanted:
+        _private_dir(target.parent)
+        write_atomic(target, source.read_bytes(), mode=mode)
+    return [target for _, target, _ in wanted]

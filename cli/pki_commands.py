@@ -15,7 +15,8 @@ __all__ = ["pki"]
 
 @click.group()
 def pki() -> None:
-    """Certificates for a cluster: `orch pki init DIR`, then `orch pki issue DIR ROLE NAME`."""
+    """Certificates for a cluster: `orch pki init DIR`, `orch pki issue DIR ROLE NAME`, then
+    `orch pki bundle DIR OUT NAME...` for each machine (docs/deploy.md)."""
 
 
 @pki.command("init")
@@ -41,6 +42,17 @@ def pki_issue(directory: Path, role: str, name: str, hosts: tuple[str, ...]) -> 
         click.echo(f"issued {path}")
     if not issued:
         click.echo(f"{name}: the certificates are current; kept")
+
+
+@pki.command("bundle")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("names", nargs=-1, required=True)
+def pki_bundle(directory: Path, out: Path, names: tuple[str, ...]) -> None:
+    """Copy to OUT what one machine needs: both CA certificates and NAME.crt/NAME.key of each NAME
+    (from DIRECTORY and DIRECTORY/etcd), never a CA key. Then copy OUT to the machine's /etc/orch/pki."""
+    for path in _pki(lambda: ca.bundle(directory, out, names)):
+        click.echo(f"wrote {path}")
 
 
 def _pki(fn: Callable[[], list[Path]]) -> list[Path]:
