@@ -19,32 +19,23 @@ double-place or resurrect an instance. The reconciler's writes also carry a
 from __future__ import annotations
 
 import logging
-import queue
-import threading
-import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import etcd3
-import etcd3.exceptions
-import etcd3.watch
 import grpc
-from etcd3 import etcdrpc
+from etcd3 import utils as etcd_utils
 from google.protobuf.message import DecodeError, Message
 
 from orch.tls import Credentials
 from orch.v1 import types_pb2 as pb
 from scheduler.errors import Conflict, NotLeader, StoreUnavailable
+from scheduler.etcd_client import EtcdClient, WatchStream, translated
+from scheduler.etcd_client import KeepAliveStream as KeepAliveStream  # leases.py's type
 from scheduler.snapshot import ClusterSnapshot, Versioned
 
 log = logging.getLogger(__name__)
-
-# python3-etcd3 0.13 uses `six` in its watch thread without importing it; a
-# broken watch stream then dies with NameError and callbacks are never told.
-etcd3.watch.six = types.SimpleNamespace(itervalues=lambda d: iter(d.values()))
 
 M = TypeVar("M", bound=Message)
 
@@ -141,21 +132,6 @@ def parse_endpoints(endpoints: Sequence[str], tls: bool = False) -> list[Endpoin
     return parsed
 
 
-@contextmanager
-def _translated(operation: str) -> Iterator[None]:
-    """Turn the client's errors into ours, at the edge."""
-    try:
-        yield
-    except (etcd3.exceptions.ConnectionFailedError, etcd3.exceptions.ConnectionTimeoutError) as e:
-        raise StoreUnavailable(operation, str(e) or type(e).__name__) from e
-    except etcd3.exceptions.Etcd3Exception as e:  # NoServerAvailable, InternalServerError, ...
-        raise StoreUnavailable(operation, type(e).__name__) from e
-    except ValueError as e:  # 'Trying to use a failed node' from a non-failover client
-        raise StoreUnavailable(operation, str(e)) from e
-    except grpc.RpcError as e:
-        raise StoreUnavailable(operation, f"{e.code().name}: {e.details()}") from e
-
-
 def decode(cls: type[M], data: bytes, key: str) -> M | None:
     msg = cls()
     try:
@@ -172,25 +148,24 @@ class Store:
     ) -> None:
         self.keys = Keys(prefix)
         creds = tls.channel_credentials() if tls is not None else None
-        eps = [
-            etcd3.Endpoint(ep.host, ep.port, secure=ep.secure, creds=creds, time_retry=2)
-            for ep in parse_endpoints(endpoints, tls is not None)
-        ]
-        # failover=True: after one error the client moves on to the next
-        # endpoint instead of refusing every call for minutes.
-        self._client = etcd3.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout, failover=True)
+        eps = [(ep.host, ep.port, ep.secure) for ep in parse_endpoints(endpoints, tls is not None)]
+        self._etcd = EtcdClient(eps, timeout, creds)  # fails over between the members (etcd_client.py)
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="etcd-commit")
+
+    @property
+    def endpoint(self) -> str:
+        """host:port of the etcd member this store talks to now."""
+        return self._etcd.endpoint
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
-        self._client.close()
+        self._etcd.close()
 
     # -- reads ---------------------------------------------------------
 
     def snapshot(self) -> ClusterSnapshot:
         """Everything but events, from one range read (one revision)."""
-        with _translated("snapshot"):
-            resp = self._client.get_prefix_response(self.keys.prefix)
+        resp = self._etcd.call("snapshot", lambda c: c.get_prefix_response(self.keys.prefix))
         apps: dict[str, Versioned[pb.App]] = {}
         instances: dict[str, Versioned[pb.Instance]] = {}
         nodes: dict[str, Versioned[pb.Node]] = {}
@@ -220,16 +195,14 @@ class Store:
         )
 
     def get(self, cls: type[M], key: str) -> Versioned[M] | None:
-        with _translated(f"get {key}"):
-            value, meta = self._client.get(key)
+        value, meta = self._etcd.call(f"get {key}", lambda c: c.get(key))
         if value is None:
             return None
         msg = decode(cls, value, key)
         return None if msg is None else Versioned(msg, meta.mod_revision)
 
     def list_prefix(self, cls: type[M], prefix: str) -> list[Versioned[M]]:
-        with _translated(f"list {prefix}"):
-            items = list(self._client.get_prefix(prefix))
+        items = self._etcd.call(f"list {prefix}", lambda c: list(c.get_prefix(prefix)))
         out = []
         for value, meta in items:
             msg = decode(cls, value, meta.key.decode())
@@ -289,7 +262,7 @@ class Store:
             return e
 
     def _commit_chunk(self, writes: Sequence[Write], fence: Fence | None = None) -> int:
-        tx = self._client.transactions
+        tx = self._etcd.raw.transactions  # builds compares and requests; no I/O
         compare: list[Any] = []
         ops: list[Any] = []
         for w in writes:
@@ -305,8 +278,11 @@ class Store:
         if fence is not None:
             compare.append(tx.create(fence.key) == fence.create_revision)
             failure.append(tx.get(fence.key))  # on failure: was it the fence or a write?
-        with _translated("commit"):
-            ok, responses = self._client.transaction(compare=compare, success=ops, failure=failure)
+        # Retried on another member after a failure: a commit that did land then fails its compare
+        # (Conflict), and the caller re-reads, as after any conflict.
+        ok, responses = self._etcd.call(
+            "commit", lambda c: c.transaction(compare=compare, success=ops, failure=failure)
+        )
         if not ok:
             if fence is not None and not _still_holds(fence, responses[0]):
                 raise NotLeader(fence.identity or "this scheduler")
@@ -340,31 +316,32 @@ class Store:
 
     def grant_lease(self, ttl: int) -> tuple[int, int]:
         """Returns (lease id, granted TTL); etcd may raise a too-small TTL."""
-        with _translated("grant lease"):
-            lease = self._client.lease(ttl)
+        lease = self._etcd.call("grant lease", lambda c: c.lease(ttl))
         return int(lease.id), int(lease.ttl)
 
     def refresh_lease(self, lease_id: int) -> int:
         """Returns the remaining TTL; 0 or less means the lease is gone."""
-        with _translated("refresh lease"):
-            responses = list(self._client.refresh_lease(lease_id))
+        responses = self._etcd.call("refresh lease", lambda c: list(c.refresh_lease(lease_id)))
         return int(responses[0].TTL) if responses else 0
 
     def revoke_lease(self, lease_id: int) -> None:
-        with _translated("revoke lease"):
+
+        def revoke(c: Any) -> None:
             try:
-                self._client.revoke_lease(lease_id)
+                c.revoke_lease(lease_id)
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.NOT_FOUND:
                     raise
+
+        self._etcd.call("revoke lease", revoke)
 
     def keep_alive_stream(
         self, on_response: Callable[[int, int], None], on_error: Callable[[Exception], None]
     ) -> KeepAliveStream:
         """One long-lived LeaseKeepAlive stream: refreshing N leases costs N small
         messages instead of N new RPCs (python-etcd3's refresh_lease opens one each)."""
-        with _translated("lease keep-alive"):
-            return KeepAliveStream(self._client, on_response, on_error)
+        with translated("lease keep-alive"):
+            return KeepAliveStream(self._etcd, on_response, on_error)
 
     # -- watches -------------------------------------------------------
 
@@ -378,34 +355,27 @@ class Store:
 
         on_events gets the events and the response's header revision; on_error
         is called once when the stream breaks (the caller re-creates the watch
-        from the last revision it saw).
+        from the last revision it saw; it then goes to a live member).
         """
         plen = len(self.keys.prefix)
 
-        def callback(resp: Any) -> None:
-            if resp is None or isinstance(resp, Exception):  # None: the stream ended without an error
-                on_error(resp if isinstance(resp, Exception) else ConnectionError("etcd watch stream ended"))
-                return
+        def on_response(resp: Any) -> None:
             events = [
                 WatchEvent(
-                    key=ev.key.decode()[plen:],
-                    value=None if isinstance(ev, etcd3.events.DeleteEvent) else ev.value,
-                    mod_revision=ev.mod_revision,
+                    key=ev.kv.key.decode()[plen:],
+                    value=None if ev.type == ev.DELETE else ev.kv.value,
+                    mod_revision=ev.kv.mod_revision,
                 )
                 for ev in resp.events
             ]
             on_events(events, int(resp.header.revision))
 
-        with _translated("watch"):
-            watch_id = self._client.add_watch_prefix_callback(self.keys.prefix, callback, start_revision=start_revision)
-
-        def cancel() -> None:
-            try:
-                self._client.cancel_watch(watch_id)
-            except Exception:  # the stream may already be gone
-                log.debug("cancel_watch failed", exc_info=True)
-
-        return cancel
+        prefix = self.keys.prefix.encode()
+        end = etcd_utils.prefix_range_end(prefix)
+        stream = self._etcd.call(
+            "watch", lambda _: WatchStream(self._etcd, prefix, end, start_revision, on_response, on_error)
+        )
+        return stream.close
 
 
 def _chunks(writes: Sequence[Write]) -> list[Sequence[Write]]:
@@ -415,35 +385,3 @@ def _chunks(writes: Sequence[Write]) -> list[Sequence[Write]]:
 def _still_holds(fence: Fence, leader: list[tuple[bytes, Any]]) -> bool:
     """leader: the failure branch's read of the leader key, [(value, meta)] or []."""
     return bool(leader) and int(leader[0][1].create_revision) == fence.create_revision
-
-
-class KeepAliveStream:
-    def __init__(
-        self, client: Any, on_response: Callable[[int, int], None], on_error: Callable[[Exception], None]
-    ) -> None:
-        self._requests: queue.Queue[Any] = queue.Queue()
-        self._call = client.leasestub.LeaseKeepAlive(
-            self._iterate(), credentials=client.call_credentials, metadata=client.metadata
-        )
-        self._on_response = on_response
-        self._on_error = on_error
-        threading.Thread(target=self._read, name="etcd-keepalive", daemon=True).start()
-
-    def _iterate(self) -> Iterator[Any]:
-        while (request := self._requests.get()) is not None:
-            yield request
-
-    def _read(self) -> None:
-        try:
-            for response in self._call:
-                self._on_response(int(response.ID), int(response.TTL))
-        except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.CANCELLED:
-                self._on_error(e)
-
-    def send(self, lease_id: int) -> None:
-        self._requests.put(etcdrpc.LeaseKeepAliveRequest(ID=lease_id))
-
-    def close(self) -> None:
-        self._requests.put(None)
-        self._call.cancel()
