@@ -1,12 +1,12 @@
 """Run orch's benchmarks and print markdown tables (see docs/benchmarks.md).
 
     python -m bench                          all of them, in sequence, with modest defaults
-    python -m bench runtime|hollow|recovery [ARGS...]
+    python -m bench runtime|hollow|recovery|lab [ARGS...]
 
 ARGS go to that benchmark after its defaults, so an option given there wins
 (e.g. `python -m bench hollow --nodes 100`). Each benchmark runs in its own
 process with the same interpreter (sys.executable). Root is needed for
-runtime and recovery (real containers).
+runtime, recovery and lab (real containers).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ BENCHES: dict[str, tuple[str, list[str], str]] = {
         "placement throughput on hollow nodes",
     ),
     "recovery": ("bench.recovery", ["--runs", "5"], "node-failure recovery on a real 3-node `orch up`"),
+    "lab": ("bench.lab", ["--runs", "3"], "`orch up --hosts 3` ready, and 6 replicas Running, on a lab of hosts"),
 }
 
 
@@ -53,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return run(args[0], args[1:])
     if args:
-        print("options go after a benchmark's name: python -m bench runtime|hollow|recovery [ARGS...]", file=sys.stderr)
+        print(
+            "options go after a benchmark's name: python -m bench runtime|hollow|recovery|lab [ARGS...]",
+            file=sys.stderr,
+        )
         return 2
     failed = [name for name in BENCHES if run(name, []) != 0]
     if failed:
