@@ -253,11 +253,13 @@ def test_each_hosts_processes_live_in_its_namespace_and_answer_only_on_the_lab_n
 def test_the_schedulers_fail_over_between_the_etcd_members(deployed: Deployment) -> None:
     # Each member in turn is killed: writes and reads through the CLI keep working (the
     # schedulers' etcd client moves to another member), then the member restarts on its data.
+    # The CLI asks m1's scheduler only: another scheduler must not answer in its place.
     d = deployed
     wait_for(lambda: ready_nodes(d) == ["m1", "m2", "m3"], 30, "m1, m2, m3 Ready")
+    m1 = f"{d.lab.hosts['m1'].address}:7070"
     for replicas, (m, host) in enumerate(d.lab.hosts.items(), start=1):
         host.stop("etcd", signal.SIGKILL)
-        r = d.orch("scale", "web", str(replicas))
+        r = d.orch("--scheduler", m1, "scale", "web", str(replicas))
         assert r.returncode == 0, f"with {m}'s member dead: {r.stderr}"
         wait_for(lambda: running(d, "web") == replicas, 30, f"{replicas} web instances running")  # noqa: B023
         host.start("etcd", ["etcd"], env=_service_env(host.path("/etc/orch/etcd.env").read_text()))
