@@ -108,9 +108,13 @@ def enter(host: LabHost) -> list[str]:
 
 
 def _ip(*args: str) -> None:
-    result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    _run(["ip", *args])
+
+
+def _run(argv: list[str]) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise LabError(f"`ip {' '.join(args)}` failed: {result.stderr.strip() or result.returncode}")
+        raise LabError(f"`{' '.join(argv)}` failed: {result.stderr.strip() or result.returncode}")
 
 
 def routed_overlaps(network: str) -> list[str]:
@@ -140,8 +144,9 @@ def _forward_rule(lab: Lab) -> list[str]:
     return ["FORWARD", "-i", lab.bridge, "-o", lab.bridge, "-j", "ACCEPT"]
 
 
-def create(lab: Lab) -> None:
-    """The bridge, then each host's namespace, link and address; on failure nothing is left."""
+def create(lab: Lab, ip_forward: bool = False) -> None:
+    """The bridge, then each host's namespace, link and address; on failure nothing is left.
+    ip_forward: the hosts forward packets (hostPorts answer other hosts; docs/deploy.md sets it)."""
     overlaps = routed_overlaps(str(lab.network))
     if overlaps:
         raise LabError(f"lab network {lab.network} overlaps routes of this machine ({overlaps[0]}): choose another")
@@ -158,6 +163,8 @@ def create(lab: Lab) -> None:
             _ip("-n", host.netns, "addr", "add", f"{host.address}/{lab.network.prefixlen}", "dev", HOST_IFNAME)
             _ip("-n", host.netns, "link", "set", HOST_IFNAME, "up")
             _ip("-n", host.netns, "link", "set", "lo", "up")
+            if ip_forward:  # /proc/sys/net is the writer's network namespace's
+                _run([*enter(host), "sysctl", "-qw", "net.ipv4.ip_forward=1"])
     except LabError:
         remove(lab)
         raise

@@ -321,7 +321,7 @@ def run_cluster(
 def start(cluster: Cluster, schedulers: int) -> None:
     if cluster.lab is not None:
         try:
-            lab.create(cluster.lab)
+            lab.create(cluster.lab, ip_forward=True)
         except lab.LabError as e:
             raise CliError(f"orch up --hosts: {e}") from None
     cluster.make_certificates()

@@ -55,6 +55,9 @@ def test_up_hosts_runs_each_node_on_its_own_host_and_leaves_nothing(tmp_path: Pa
             path = f"/run/netns/{hosts[p['host']]['netns']}"
             assert p["argv"][:3] == ["nsenter", f"--net={path}", "--"]
             assert netns_inode(f"/proc/{p['pid']}/ns/net") == netns_inode(path)
+        for h in hosts.values():  # hostPorts answer other hosts, as docs/deploy.md sets up machines
+            argv = ["nsenter", f"--net=/run/netns/{h['netns']}", "sysctl", "-n", "net.ipv4.ip_forward"]
+            assert subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip() == "1"
         wait_for(lambda: ready(info) == ["h1", "h2", "h3"], 30, "h1, h2, h3 Ready")
 
         assert orch(info, "apply", "-", stdin=APP % busybox_rootfs).returncode == 0
