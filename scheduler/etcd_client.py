@@ -62,6 +62,8 @@ class Stream(Protocol):
 
     def abort(self, reason: str) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class EtcdClient:
     """A multi-endpoint client that fails over; `raw` is python3-etcd3's client."""
@@ -98,11 +100,13 @@ class EtcdClient:
 
     def endpoint_failed(self, netloc: str) -> bool:
         """After an error on netloc: True if the client marked it failed, and then make sure the
-        next call has a member to go to, and abort the streams on netloc."""
+        next call has a member to go to, and abort the streams on netloc if there is another
+        member for them (on the only one, a stream resumes by itself when the member does)."""
         ep = self.raw.endpoints.get(netloc)
         if ep is None or not ep.is_failed():
             return False
-        self._abort_streams(netloc)
+        if len(self.raw.endpoints) > 1:
+            self._abort_streams(netloc)
         eps = list(self.raw.endpoints.values())
         if all(e.is_failed() for e in eps):  # the blacklisting trap: retry the longest-failed one
             min(eps, key=lambda e: e.last_failed).last_failed = 0
@@ -139,9 +143,9 @@ class EtcdClient:
 
     def close(self) -> None:
         with self._lock:
-            doomed, self._streams = self._streams, []
-        for s in doomed:
-            s.abort("closing")
+            streams, self._streams = self._streams, []
+        for s in streams:
+            s.close()
         self.raw.close()
 
 
@@ -155,8 +159,8 @@ class _BidiStream:
         self._on_error = on_error
         self._closed = False
         self._aborted = ""
-        self.endpoint = client.endpoint
         self._call = open_call(client.raw, self._iterate())
+        self.endpoint = client.endpoint  # after open_call: taking the channel may have moved the client on
         client.register(self)
 
     def _iterate(self) -> Iterator[Any]:

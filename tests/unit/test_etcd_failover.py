@@ -30,6 +30,9 @@ class FakeStream:
     def abort(self, reason: str) -> None:
         self.aborted = reason
 
+    def close(self) -> None:
+        pass
+
 
 def failing_on(count: int, used: list[str]) -> Any:
     """A call that fails on its first `count` endpoints as a dead member makes it fail."""
@@ -83,3 +86,17 @@ def test_streams_on_a_failed_endpoint_are_aborted_and_only_those(client: EtcdCli
     client.mark_failed(first)
     assert doomed.aborted == f"etcd member {first} failed"
     assert not kept.aborted
+
+
+def test_with_one_member_streams_stay_and_it_is_never_blacklisted() -> None:
+    # Nowhere to move to: the stream resumes when the member does, and calls keep trying it.
+    client = EtcdClient(ENDPOINTS[:1], timeout=2.0, creds=None)
+    try:
+        (only,) = client.raw.endpoints
+        stream = FakeStream(only)
+        client.register(stream)
+        client.mark_failed(only)
+        assert not stream.aborted
+        assert client.call("get", failing_on(0, [])) == "ok"
+    finally:
+        client.close()
