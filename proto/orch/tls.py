@@ -125,7 +125,8 @@ def _read(what: str, path: Path) -> bytes:
         raise TlsError(f"TLS {what} {path}: {e.strerror or e}") from None
     if what == "private key" and stat.S_IMODE(mode) & 0o077:
         # As ssh does: a key other users can read is no secret; refuse it before it is used.
-        raise TlsError(f"TLS private key {path} is readable by its group or other users (mode {stat.S_IMODE(mode):o}); chmod 600")
+        mode_text = f"{stat.S_IMODE(mode):o}"
+        raise TlsError(f"TLS private key {path} is readable by its group or other users (mode {mode_text}); chmod 600")
     return data
 
 
