@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, NoReturn
 
 import grpc
 import pytest
@@ -16,11 +17,11 @@ from orch.v1 import types_pb2 as pb
 LINE = "2026-01-01T00:00:00.000000000Z stdout F hello\n"
 
 
-def _no_exec(*args: object, **kw: object) -> object:
+def _no_exec(*args: object, **kw: object) -> NoReturn:
     raise AssertionError("not used")
 
 
-async def _follow(stub: agent_pb2_grpc.NodeAgentStub, started: asyncio.Event) -> grpc.StatusCode | None:
+async def _follow(stub: Any, started: asyncio.Event) -> grpc.StatusCode | None:
     call = stub.Logs(pb.LogsRequest(name="web-1", follow=True))
     try:
         async for _ in call:
@@ -45,7 +46,7 @@ def test_log_followers_are_bounded_and_leave_the_runtime_threads_alone(tmp_path:
         await server.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = agent_pb2_grpc.NodeAgentStub(channel)
+                stub: Any = agent_pb2_grpc.NodeAgentStub(channel)  # an aio channel: the stubs type sync calls
                 events = [asyncio.Event() for _ in range(cap)]
                 followers = [asyncio.create_task(_follow(stub, e)) for e in events]
                 await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), 10)
@@ -74,7 +75,7 @@ def test_a_freed_stream_can_be_taken_again(tmp_path: Path, cap: int) -> None:
         await server.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = agent_pb2_grpc.NodeAgentStub(channel)
+                stub: Any = agent_pb2_grpc.NodeAgentStub(channel)  # an aio channel: the stubs type sync calls
                 for _ in range(3):  # without follow each stream ends and gives its place back
                     lines = [e.text async for e in stub.Logs(pb.LogsRequest(name="web-1"))]
                     assert lines == ["hello"]
