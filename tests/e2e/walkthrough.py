@@ -4,6 +4,8 @@ the page's values, each one is on the page word for word."""
 
 from __future__ import annotations
 
+import re
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,6 +37,11 @@ PAGE = Values(
 )
 
 
+def install_commands(v: Values, m: str) -> list[str]:
+    """Section 1, what is left of it on a lab host (the rest installs software it shares)."""
+    return [f"install -d -m 0700 {v.etc(m)} {v.etc(m)}/pki {v.etc(m)}/etcd", "sysctl -w net.ipv4.ip_forward=1"]
+
+
 def pki_commands(v: Values) -> list[str]:
     """Section 2, on the workstation."""
     hosts = {m: f"--host {m} --host {v.ip[m]}" for m in MACHINES}
@@ -52,48 +59,53 @@ def etcd_urls(v: Values, port: int) -> str:
     return ",".join(f"https://{v.ip[m]}:{port}" for m in MACHINES)
 
 
+def etcd_files(v: Values, m: str) -> list[str]:
+    """Section 3: the member's certificate where orch-etcd.service reads it."""
+    pki, etcd = f"{v.etc(m)}/pki/etcd", f"{v.etc(m)}/etcd"
+    return [
+        f"install -m 0644 {pki}/ca.crt {etcd}/ca.crt",
+        f"install -m 0644 {pki}/{m}.crt {etcd}/member.crt",
+        f"install -m 0600 {pki}/{m}.key {etcd}/member.key",
+    ]
+
+
 def etcd_env(v: Values, m: str) -> str:
     """Section 3: /etc/orch/etcd.env."""
-    ip, pki = v.ip[m], f"{v.etc(m)}/pki/etcd"
+    ip = v.ip[m]
     cluster = ",".join(f"{n}=https://{v.ip[n]}:2380" for n in MACHINES)
     return f"""ETCD_NAME={m}
 ETCD_LISTEN_CLIENT_URLS=https://{ip}:2379
 ETCD_ADVERTISE_CLIENT_URLS=https://{ip}:2379
 ETCD_LISTEN_PEER_URLS=https://{ip}:2380
 ETCD_INITIAL_ADVERTISE_PEER_URLS=https://{ip}:2380
-ETCD_LISTEN_METRICS_URLS=http://{ip}:2381
 ETCD_INITIAL_CLUSTER={cluster}
 ETCD_INITIAL_CLUSTER_STATE=new
 ETCD_INITIAL_CLUSTER_TOKEN=orch
-ETCD_DATA_DIR={v.on(m, "/var/lib/etcd")}/orch
-ETCD_HEARTBEAT_INTERVAL=50
-ETCD_ELECTION_TIMEOUT=500
-ETCD_CLIENT_CERT_AUTH=true
-ETCD_TRUSTED_CA_FILE={pki}/ca.crt
-ETCD_CERT_FILE={pki}/{m}.crt
-ETCD_KEY_FILE={pki}/{m}.key
-ETCD_PEER_CLIENT_CERT_AUTH=true
-ETCD_PEER_TRUSTED_CA_FILE={pki}/ca.crt
-ETCD_PEER_CERT_FILE={pki}/{m}.crt
-ETCD_PEER_KEY_FILE={pki}/{m}.key
+ETCD_LISTEN_METRICS_URLS=http://{ip}:2381
 """
 
 
 def etcd_health(v: Values, m: str) -> str:
-    pki = f"{v.etc(m)}/pki/etcd"
+    etcd = f"{v.etc(m)}/etcd"
     return (
-        f"etcdctl --endpoints {etcd_urls(v, 2379)} --cacert {pki}/ca.crt --cert {pki}/{m}.crt --key {pki}/{m}.key"
-        " endpoint health"
+        f"etcdctl --endpoints {etcd_urls(v, 2379)} --cacert {etcd}/ca.crt --cert {etcd}/member.crt"
+        f" --key {etcd}/member.key endpoint health"
     )
 
 
 def scheduler_env(v: Values, m: str) -> str:
     """Section 4: /etc/orch/scheduler.env."""
     ip, pki = v.ip[m], f"{v.etc(m)}/pki"
-    return f"""ORCH_SCHEDULER_ARGS=--id {m} --listen {ip}:7070 --metrics-listen {ip}:9101 \\
-  --etcd {etcd_urls(v, 2379)} \\
-  --tls-ca {pki}/ca.crt --tls-cert {pki}/scheduler-{m}.crt --tls-key {pki}/scheduler-{m}.key \\
-  --etcd-ca {pki}/etcd/ca.crt --etcd-cert {pki}/etcd/scheduler-{m}.crt --etcd-key {pki}/etcd/scheduler-{m}.key
+    return f"""ORCH_LISTEN={ip}:7070
+ORCH_ETCD={etcd_urls(v, 2379)}
+ORCH_SCHEDULER_ID={m}
+ORCH_TLS_CA={pki}/ca.crt
+ORCH_TLS_CERT={pki}/scheduler-{m}.crt
+ORCH_TLS_KEY={pki}/scheduler-{m}.key
+ORCH_ETCD_CA={pki}/etcd/ca.crt
+ORCH_ETCD_CERT={pki}/etcd/scheduler-{m}.crt
+ORCH_ETCD_KEY={pki}/etcd/scheduler-{m}.key
+ORCH_SCHEDULER_ARGS=--metrics-listen {ip}:9101
 """
 
 
@@ -105,10 +117,12 @@ def node_env(v: Values, m: str) -> str:
     """Section 5: /etc/orch/node.env."""
     ip, pki = v.ip[m], f"{v.etc(m)}/pki"
     return f"""ORCH_SCHEDULER={schedulers(v)}
-ORCH_NODE_ARGS=--name {m} --state-dir {v.on(m, "/var/lib/orch")}/node \\
-  --listen {ip}:7071 --metrics-listen {ip}:9100 \\
-  --bridge orch0 --subnet {v.subnet[m]} \\
-  --tls-ca {pki}/ca.crt --tls-cert {pki}/{m}.crt --tls-key {pki}/{m}.key
+ORCH_NODE_NAME={m}
+ORCH_NODE_LISTEN={ip}:7071
+ORCH_TLS_CA={pki}/ca.crt
+ORCH_TLS_CERT={pki}/{m}.crt
+ORCH_TLS_KEY={pki}/{m}.key
+ORCH_NODE_ARGS=--bridge orch0 --subnet {v.subnet[m]} --metrics-listen {ip}:9100
 """
 
 
@@ -157,6 +171,42 @@ def prometheus_targets(v: Values) -> str:
 {agents}
 ]
 """
+
+
+# The units' ExecStart lines, as deploy/systemd/*.service have them (from branch v2host at
+# 05512fa; test_lab.py checks them against the unit files once those are here).
+EXEC_START = {
+    "orch-etcd": "/usr/bin/etcd --data-dir=%S/orch-etcd --heartbeat-interval=50 --election-timeout=500"
+    " --client-cert-auth --trusted-ca-file=%d/ca.crt --cert-file=%d/member.crt --key-file=%d/member.key"
+    " --peer-client-cert-auth --peer-trusted-ca-file=%d/ca.crt --peer-cert-file=%d/member.crt"
+    " --peer-key-file=%d/member.key",
+    "orch-scheduler": "/usr/local/bin/orch scheduler --listen ${ORCH_LISTEN} --etcd ${ORCH_ETCD}"
+    " --id ${ORCH_SCHEDULER_ID} --tls-ca ${ORCH_TLS_CA} --tls-cert ${ORCH_TLS_CERT} --tls-key ${ORCH_TLS_KEY}"
+    " --etcd-ca ${ORCH_ETCD_CA} --etcd-cert ${ORCH_ETCD_CERT} --etcd-key ${ORCH_ETCD_KEY} $ORCH_SCHEDULER_ARGS",
+    "orch-node": "/usr/local/bin/orch node --name ${ORCH_NODE_NAME} --state-dir /var/lib/orch/node"
+    " --listen ${ORCH_NODE_LISTEN} --tls-ca ${ORCH_TLS_CA} --tls-cert ${ORCH_TLS_CERT} --tls-key ${ORCH_TLS_KEY}"
+    " $ORCH_NODE_ARGS",
+}
+
+
+def unit_exec_start(text: str) -> str:
+    """A unit file's ExecStart=, its continuation lines joined and its whitespace collapsed."""
+    joined = text.replace("\\\n", " ")
+    line = next(line for line in joined.splitlines() if line.startswith("ExecStart="))
+    return " ".join(line.removeprefix("ExecStart=").split())
+
+
+def expand(exec_start: str, env: dict[str, str], specifiers: dict[str, str]) -> list[str]:
+    """The argv systemd makes of an ExecStart line: a word `$VAR` becomes the variable's words,
+    `${VAR}` inside a word its value, `%x` the unit's specifier (systemd.exec(5), systemd.unit(5))."""
+    argv = []
+    for word in shlex.split(exec_start):
+        if re.fullmatch(r"\$\w+", word):
+            argv += env.get(word[1:], "").split()
+            continue
+        word = re.sub(r"\$\{(\w+)\}", lambda m: env.get(m[1], ""), word)
+        argv.append(re.sub(r"%(\w)", lambda m: specifiers[m[1]], word))
+    return argv
 
 
 def read_env_file(text: str) -> dict[str, str]:
