@@ -4,8 +4,8 @@ Each host (m1, m2, m3) is a network namespace with its own address on a lab brid
 (tests/fixtures/lab.py); this test stands in the root namespace as the admin's workstation and
 reaches the hosts only over the lab network. Every command and file is the page's, with the
 lab's addresses and paths (tests/e2e/walkthrough.py; the first test checks the page says them).
-The services start as the page's units would start them, with their /etc/orch/*.env as
-environment, but as processes inside each host's namespace.
+The services start as deploy/systemd's units start them (each ExecStart line expanded with its
+/etc/orch/*.env, as systemd does), but as processes inside each host's namespace.
 """
 
 from __future__ import annotations
