@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
+from orch import sdnotify
 from orch.tls import Credentials, add_port
 from orch.v1 import agent_pb2_grpc, api_pb2_grpc
 from scheduler.api import OrchService
@@ -96,6 +97,7 @@ async def serve(config: SchedulerConfig) -> None:
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info("scheduler %s serving on %s (etcd %s)", identity, config.listen, ",".join(config.etcd))
+    sdnotify.ready(f"serving on {config.listen}")  # Type=notify: `systemctl start` returns now
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -103,6 +105,7 @@ async def serve(config: SchedulerConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     done = asyncio.create_task(stop.wait())
     await asyncio.wait([done, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    sdnotify.stopping()
     for t in tasks:
         if t.done() and not t.cancelled() and t.exception():
             log.error("task %s failed", t.get_name(), exc_info=t.exception())

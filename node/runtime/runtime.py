@@ -27,6 +27,7 @@ from typing import Any
 
 from node.runtime import procs, staged, userns
 from node.runtime.cgroups import CgroupDriver, CgroupStats, Limits, driver_for
+from node.runtime.cgroups.placement import Supervisors
 from node.runtime.errors import ContainerError, NotFound, NotRunning, RuntimeStartError
 from node.runtime.exec_client import ExecProcess, start_exec
 from node.runtime.exec_request import ExecRequest
@@ -58,6 +59,9 @@ class Runtime:
 
     seccomp_profile: the profile (Docker's JSON format) of containers with seccomp="default";
     its compiled filters are kept in <state_dir>/.seccomp. Raises ProfileError for a bad one.
+
+    supervisors: the cgroup of the zygote and the shims (a systemd scope, cgroups/placement.py),
+    which then also holds cgroup_parent; None: they stay in the caller's cgroup.
     """
 
     def __init__(
@@ -69,13 +73,17 @@ class Runtime:
         use_zygote: bool = True,
         userns_ids: userns.IdRange = userns.DEFAULT_RANGE,
         seccomp_profile: Path = DEFAULT_PROFILE,
+        supervisors: Supervisors | None = None,
     ) -> None:
+        if supervisors is not None and not use_zygote:
+            raise ValueError("a supervisors' cgroup needs the zygote: it is what moves the shims there")
         self.state_dir = Path(state_dir)
         self.cgroup_parent = cgroup_parent.strip("/")
         self._cg = cgroups if cgroups is not None else driver_for()
+        self._supervisors = supervisors
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)  # spec.json holds the apps' env: root only (layout.py)
-        self._zygote = Zygote(self.state_dir) if use_zygote else None
+        self._zygote = Zygote(self.state_dir, supervisors, self._cg.root) if use_zygote else None
         self._userns_ids = userns_ids
         self._userns_lock = threading.Lock()
         self._userns_pending: dict[str, int] = {}  # id -> host id, until its spec.json exists
@@ -141,6 +149,8 @@ class Runtime:
             raise RuntimeStartError(f"{cdir.path} exists: remove the old container first", id=id) from None
         lock = start_lock(cdir)
         try:
+            if self._supervisors is not None and self._zygote is not None:
+                self._zygote.ensure_running()  # it keeps the scope that holds cgroup_parent alive
             limits = Limits(config.cpu_millis, config.memory_bytes, config.pids)
             self._cg.create(self._cgroup(id), limits)
             # The shim's attach comes a few ms from now and its RCU grace period (~5-10 ms) is
@@ -386,8 +396,14 @@ class Runtime:
         if self._zygote is not None:
             self._zygote.stop()
         shutil.rmtree(self._seccomp.directory, ignore_errors=True)
+        base = 0  # cgroupfs: every level of cgroup_parent is ours; systemd: those below the scope
+        if (sup := self._supervisors) is not None:
+            base = len(Path(sup.scope_path).parts)
+            if self._cg.exists(sup.path):  # left: spare shims of the zygote killed just now
+                self._cg.kill_all(sup.path)
+                self._cg.remove(sup.path)
         parts = Path(self.cgroup_parent).parts
-        for depth in range(len(parts), 0, -1):
+        for depth in range(len(parts), base, -1):
             parent = "/".join(parts[:depth])
             if self._cg.children(parent):  # e.g. another node's cgroups under "orch"
                 break
