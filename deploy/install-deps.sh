@@ -57,11 +57,15 @@ quiet() {  # disable and mask one service that a package installed just now enab
     systemctl mask -q "$unit.service"
   else
     if [ -x "/etc/init.d/$unit" ]; then update-rc.d "$unit" disable >/dev/null 2>&1 || true; fi
-    # and for the day this root boots with systemd (an image built in a container): the
-    # tool the packages' own scripts use, which needs no running systemd
-    if [ -e "/lib/systemd/system/$unit.service" ] && command -v deb-systemd-helper >/dev/null; then
-      deb-systemd-helper disable "$unit.service" >/dev/null 2>&1 || true
-      deb-systemd-helper mask "$unit.service" >/dev/null 2>&1 || true
+    # and for the day this root boots with systemd (an image built in a container)
+    if [ -e "/lib/systemd/system/$unit.service" ]; then
+      if command -v systemctl >/dev/null; then  # works on the unit files, offline
+        systemctl disable -q "$unit.service" >/dev/null 2>&1 || true
+        systemctl mask -q "$unit.service" >/dev/null 2>&1 || true
+      else  # what those two do
+        rm -f /etc/systemd/system/*.wants/"$unit.service"
+        ln -sfn /dev/null "/etc/systemd/system/$unit.service"
+      fi
     fi
   fi
   echo "install-deps: $unit: disabled and masked (ORCH_KEEP_SERVICES=1 keeps such services)"
