@@ -183,10 +183,11 @@ def move_self(root: Path, leaf: str) -> None:
 
 def scope_command(supervisors: Supervisors) -> list[str]:
     """The prefix that runs a command in a new delegated scope (systemd-run execs it there,
-    same pid). --collect: a failed scope is unloaded too, and the name can be used again."""
+    same pid). --collect: a failed scope is unloaded too, and the name can be used again.
+    TasksMax: the containers' own pids limits apply, not systemd's default for a unit."""
     return [
         "systemd-run", "--scope", "--quiet", "--collect", f"--unit={supervisors.scope}",
-        f"--slice={supervisors.slice}", "--property=Delegate=yes",
+        f"--slice={supervisors.slice}", "--property=Delegate=yes", "--property=TasksMax=infinity",
         f"--description=orch containers of {supervisors.scope.removeprefix('orch-node-').removesuffix('.scope')}",
         "--",
     ]  # fmt: skip
