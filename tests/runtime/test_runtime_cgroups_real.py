@@ -121,6 +121,7 @@ def check_v2_accounting(drv: CgroupDriver, path: str) -> None:
     cg = Path("/sys/fs/cgroup") / path
     for name in ("memory.current", "memory.events", "pids.current", "cpu.stat"):
         assert (cg / name).exists(), name
+    assert (cg / "cgroup.kill").exists()  # so kill_all (next) kills with it: Linux >= 5.14
     stats = drv.stats(path)
     assert stats.pids == 1 and stats.memory_bytes > 0
 
