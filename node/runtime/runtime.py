@@ -399,9 +399,9 @@ class Runtime:
         base = 0  # cgroupfs: every level of cgroup_parent is ours; systemd: those below the scope
         if (sup := self._supervisors) is not None:
             base = len(Path(sup.scope_path).parts)
-            if self._cg.exists(sup.path):  # left: spare shims of the zygote killed just now
+            if self._cg.populated(sup.path):  # spare shims of the zygote killed just now
                 self._cg.kill_all(sup.path)
-                self._cg.remove(sup.path)
+            self._cg.remove(sup.path)  # gone is fine: systemd trims the scope once it is empty
         parts = Path(self.cgroup_parent).parts
         for depth in range(len(parts), base, -1):
             parent = "/".join(parts[:depth])
