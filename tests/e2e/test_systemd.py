@@ -55,6 +55,11 @@ def systemctl(*args: str, check: bool = True) -> str:
     return done.stdout.strip()
 
 
+def journal(unit: str) -> str:
+    done = subprocess.run(["journalctl", "-u", unit, "-n", "40", "--no-pager"], capture_output=True, text=True)
+    return done.stdout
+
+
 def show(unit: str, prop: str) -> str:
     return systemctl("show", f"--property={prop}", "--value", unit)
 
@@ -157,7 +162,9 @@ def services() -> Iterator[dict[str, str]]:
             shutil.copy(ROOT / "deploy" / "systemd" / f"{unit}.service", UNIT_DIR)
         systemctl("daemon-reload")
         for unit in UNITS:  # Type=notify: each returns once the service said READY=1
-            systemctl("start", unit)
+            systemctl("start", unit, check=False)
+            if systemctl("is-active", unit, check=False) != "active":
+                raise AssertionError(f"{unit} did not start:\n{journal(unit)}")
         yield addresses
     finally:
         _remove_everything()
