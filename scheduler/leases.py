@@ -13,7 +13,8 @@ import logging
 from collections.abc import Callable
 
 from scheduler.errors import StoreUnavailable
-from scheduler.store import KeepAliveStream, Store
+from scheduler.etcd_failover import KeepAliveStream
+from scheduler.store import Store
 
 log = logging.getLogger(__name__)
 
