@@ -69,7 +69,9 @@ class LeaseKeeper:
             return
         self._store.contact.failed(ago=now - since)
         if self._stream is not None and not self._broken:
-            log.warning("lease keep-alives unanswered for %.1fs on %s; re-opening", now - since, self._stream.member)
+            # Once per outage at warning level: etcd stopped for 30 s would otherwise say it 60 times.
+            level = logging.DEBUG if self._store.contact.down_for() > 2 * self._store.contact.stall else logging.WARNING
+            log.log(level, "lease keep-alives unanswered for %.1fs on %s; re-opening", now - since, self._stream.member)
             self._store.abandon(self._stream)
             self._stream = None
             self._unanswered_since = None  # the next stream gets a stall of its own
