@@ -12,7 +12,9 @@ A node is
 
 - *grace* (`EvictionDelayed`): this scheduler just took the lead, or etcd
   answers again after an outage (`Liveness.evict_from`): agents first get a
-  lease period plus their reconnect backoff to re-register;
+  lease period plus their reconnect backoff to re-register. A node seen
+  Ready again since then (`Liveness.recovered`) had its chance: if it goes
+  NotReady now, that is a failure like any other;
 - *too many NotReady at once* (`EvictionPaused`): more than half of the
   nodes that matter are down (Kubernetes' unhealthyZoneThreshold). An etcd
   stall, a partition of the control plane or a scheduler that cannot keep
@@ -38,6 +40,7 @@ from scheduler.timeutil import seconds
 AGENT_RECONNECT_BACKOFF = 4.5
 REGISTRATION_MARGIN = 1.0  # to register: a lease grant and a transaction, on a busy machine
 MAX_NOT_READY = 0.5  # fraction of the nodes that matter; above it nothing is evicted
+ETCD_EXPIRY_TICK = 0.5  # s: etcd revokes expired leases on this tick (RECIPES §2)
 RECHECK_SOON = 0.25  # s: when a hold rests on overdue heartbeats, which change without an etcd event
 
 GRACE = "EvictionDelayed"
@@ -74,6 +77,7 @@ class Liveness:
     grace_reason: str = ""  # why, for the event: "scheduler s1 became the leader"
     beating: frozenset[str] = frozenset()  # nodes whose agent beats on this scheduler now
     silent: frozenset[str] = frozenset()  # nodes with a session here whose heartbeats are overdue
+    recovered: frozenset[str] = frozenset()  # nodes seen Ready (for good) since the grace began
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +101,9 @@ def evictions(snap: ClusterSnapshot, now: float, live: Liveness, max_not_ready: 
     recheck = _next_change(snap, busy, now, live)
     if not dead:
         return Evictions(frozenset(), None, recheck)
-    if now < live.evict_from:
-        message = (
-            f"{live.grace_reason or 'the control plane just came back'}: agents have {live.evict_from - now:.1f}s "
-            f"more to re-register before the instances of {_names(dead)} are replaced"
-        )
-        return Evictions(frozenset(), Hold(GRACE, message, tuple(dead)), recheck)
+    graced = [n for n in dead if now < live.evict_from and n not in live.recovered]
+    if graced == dead:  # the control plane just came back: nobody had a chance to re-register yet
+        return Evictions(frozenset(), _grace_hold(graced, now, live), recheck)
     counted = {n for n, s in states.items() if s is NodeState.READY} | busy
     down = set(dead) | (live.silent & counted)
     if len(down) > max_not_ready * len(counted):
@@ -114,7 +115,16 @@ def evictions(snap: ClusterSnapshot, now: float, live: Liveness, max_not_ready: 
         if len(dead) <= max_not_ready * len(counted):  # overdue heartbeats tipped it: they change without events
             recheck = min(filter(None, (recheck, now + RECHECK_SOON)))
         return Evictions(frozenset(), Hold(TOO_MANY_NOT_READY, message, tuple(dead)), recheck)
-    return Evictions(frozenset(dead), None, recheck)
+    hold = _grace_hold(graced, now, live) if graced else None
+    return Evictions(frozenset(dead) - set(graced), hold, recheck)
+
+
+def _grace_hold(nodes: list[str], now: float, live: Liveness) -> Hold:
+    message = (
+        f"{live.grace_reason or 'the control plane just came back'}: agents have {live.evict_from - now:.1f}s "
+        f"more to re-register before the instances of {_names(nodes)} are replaced"
+    )
+    return Hold(GRACE, message, tuple(nodes))
 
 
 def _next_change(snap: ClusterSnapshot, busy: set[str], now: float, live: Liveness) -> float | None:

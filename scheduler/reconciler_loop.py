@@ -9,7 +9,9 @@ the key is gone) the pass stops and writes nothing more.
 
 Each pass also hands reconcile() what liveness needs beyond the snapshot
 (`Liveness`): the end of the grace after this scheduler took the lead or got
-etcd back (`reconnect_grace`), and which nodes beat on this scheduler. When
+etcd back (`reconnect_grace`), the nodes seen Ready since (in a snapshot
+read once leases that lapsed meanwhile are surely gone), and which nodes
+beat on this scheduler. When
 a hold starts (instances of NotReady nodes kept, liveness.py), it says why
 once: an event per node, a log line and the orch_scheduler_evictions_held
 gauge.
@@ -24,12 +26,12 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from orch.v1 import types_pb2 as pb
 from scheduler.errors import NotLeader, StoreUnavailable
 from scheduler.events import EventLog
-from scheduler.liveness import GRACE, TOO_MANY_NOT_READY, Hold, Liveness, reconnect_grace
+from scheduler.liveness import ETCD_EXPIRY_TICK, GRACE, TOO_MANY_NOT_READY, Hold, Liveness, reconnect_grace
 from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import NodeView, Placement, node_views, place, request_for
 from scheduler.reconcile import DEFAULT_POLICY, Plan, Policy, event, reconcile
@@ -147,15 +149,19 @@ class Reconciler:
         metrics: SchedulerMetrics | None = None,
         policy: Policy = DEFAULT_POLICY,
         heartbeats: Callable[[], tuple[frozenset[str], frozenset[str]]] = lambda: (frozenset(), frozenset()),
-        grace: float = reconnect_grace(1),
+        lease_ttl: float = 1.0,
     ) -> None:
-        """heartbeats: (beating, silent) nodes of this scheduler's sessions; grace: how long agents
-        get to re-register after this scheduler took the lead or got etcd back."""
+        """heartbeats: (beating, silent) nodes of this scheduler's sessions; lease_ttl: the node
+        lease, from which the grace after this scheduler took the lead or got etcd back follows."""
         self._policy = policy
         self._heartbeats = heartbeats
-        self.grace = grace
+        self.grace = reconnect_grace(lease_ttl)
+        # A lease that lapsed during an outage is gone from etcd within a TTL and one expiry tick.
+        self._settle = lease_ttl + ETCD_EXPIRY_TICK
         self._led: Fence | None = None
         self._lead_since = 0.0
+        self._grace_since = 0.0
+        self._recovered: set[str] = set()  # nodes seen Ready since the grace began
         self._held: dict[str, str] = {}  # node -> hold reason, to say it once
         self._wakeup: asyncio.TimerHandle | None = None
         self._store = store
@@ -173,15 +179,23 @@ class Reconciler:
         if fence is not None and fence != self._led:
             self._led, self._lead_since = fence, now
         who = fence.identity if fence is not None and fence.identity else "this scheduler"
-        ends = [(self._lead_since + self.grace, f"{who} became the leader {now - self._lead_since:.0f}s ago")]
+        starts = [(self._lead_since, f"{who} became the leader {now - self._lead_since:.0f}s ago")]
         contact = self._store.contact
         if contact.in_outage():  # leases may be lapsing right now; the grace starts once etcd answers
-            ends.append((now + self.grace, f"etcd has not answered for {contact.down_for():.0f}s"))
+            starts.append((now, f"etcd has not answered for {contact.down_for():.0f}s"))
         elif contact.back_at:
-            ends.append((contact.back_at + self.grace, f"etcd answered again after {contact.outage:.1f}s"))
-        evict_from, why = max(ends)
+            starts.append((contact.back_at, f"etcd answered again after {contact.outage:.1f}s"))
+        since, why = max(starts)
+        if since != self._grace_since:
+            self._grace_since, self._recovered = since, set()
         beating, silent = self._heartbeats()
-        return Liveness(evict_from, why, beating, silent)
+        return Liveness(since + self.grace, why, beating, silent)
+
+    def _seen(self, live: Liveness, snap: ClusterSnapshot, read_at: float) -> Liveness:
+        """Note the nodes Ready in a snapshot read long enough after the grace began."""
+        if read_at >= self._grace_since + self._settle:
+            self._recovered |= snap.live_nodes
+        return replace(live, recovered=frozenset(self._recovered))
 
     def run_once(self, fence: Fence | None = None, liveness: Liveness | None = None) -> PassResult:
         """One pass. Blocking: run it in a thread.
@@ -190,10 +204,12 @@ class Reconciler:
         dropped and the next pass, from a fresh snapshot, decides again.
         Raises NotLeader when the fence no longer holds.
         """
-        t0 = time.monotonic()
+        t0, read_at = time.monotonic(), self._clock()
         snap = self._store.snapshot()
         t1 = time.monotonic()
         now = self._clock()
+        if liveness is not None:
+            liveness = self._seen(liveness, snap, read_at)
         plan = reconcile(snap, now, unique_suffixes(snap.instances), self._policy, liveness)
         self._record(self._note_hold(plan.hold, now))
         placed, n_placed = place_pending(plan, snap, now)

@@ -24,7 +24,6 @@ from scheduler.contact import Contact
 from scheduler.events import EventLog
 from scheduler.leader import LeaderElection
 from scheduler.leases import LeaseKeeper
-from scheduler.liveness import reconnect_grace
 from scheduler.metrics import ClusterCollector, SchedulerMetrics
 from scheduler.reconciler_loop import Reconciler
 from scheduler.sessions import RESTART_GRACE, AgentSessionService, NodeRegistry
@@ -66,7 +65,7 @@ async def serve(config: SchedulerConfig) -> None:
     registry = NodeRegistry(store, config.lease_ttl, config.restart_grace)
     sessions = AgentSessionService(registry, cache, status, metrics, keeper, events)
     reconciler = Reconciler(
-        store, events, metrics=metrics, heartbeats=sessions.heartbeats.split, grace=reconnect_grace(config.lease_ttl)
+        store, events, metrics=metrics, heartbeats=sessions.heartbeats.split, lease_ttl=config.lease_ttl
     )
     cache.on_any_change(reconciler.trigger.set)
 

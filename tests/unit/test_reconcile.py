@@ -194,6 +194,12 @@ LIVENESS_TABLE = [
     ("grace after leadership or an etcd outage", {"a": "ready", "b": "ready", "c": "down"},
      Liveness(evict_from=GRACE_END, grace_reason="s1 became the leader 1s ago"), set(), GRACE),
     ("the grace is over", {"a": "ready", "b": "ready", "c": "down"}, Liveness(evict_from=NOW), {"c"}, None),
+    ("seen Ready since the grace began: a failure like any other", {"a": "ready", "b": "ready", "c": "down"},
+     Liveness(evict_from=GRACE_END, recovered=frozenset({"c"})), {"c"}, None),
+    ("only the nodes not back yet are graced", {"a": "ready", "b": "ready", "c": "down", "d": "down"},
+     Liveness(evict_from=GRACE_END, recovered=frozenset({"a", "b", "d"})), {"d"}, GRACE),
+    ("everything down during the grace: said as a grace", {"a": "down", "b": "down"},
+     Liveness(evict_from=GRACE_END), set(), GRACE),
     ("a grace holds nothing when nothing is down", {"a": "ready", "b": "ready"},
      Liveness(evict_from=GRACE_END), set(), None),
 ]  # fmt: skip
@@ -262,3 +268,56 @@ def test_the_grace_covers_a_lease_and_the_agents_reconnect_backoff():
 
     assert BACKOFF_MAX * JITTER[1] == AGENT_RECONNECT_BACKOFF
     assert reconnect_grace(1) > 1 + AGENT_RECONNECT_BACKOFF
+
+
+class LoopStore:
+    """What Reconciler.run_once needs of a Store: a snapshot to read, commits to record."""
+
+    def __init__(self, clock):
+        from scheduler.contact import Contact
+        from scheduler.store import Keys
+
+        self.keys = Keys("/orch/")
+        self.contact = Contact(clock=clock)
+        self.snap = make_snapshot()
+        self.commits: list = []
+
+    def snapshot(self):
+        return self.snap
+
+    def commit_partial(self, writes, fence=None):
+        self.commits.append(writes)
+        return 1, []
+
+
+class NoEvents:
+    def record(self, events):
+        pass
+
+
+def test_the_loop_graces_only_nodes_not_seen_ready_since_it_took_the_lead():
+    from scheduler.reconciler_loop import Reconciler
+    from scheduler.store import Fence
+
+    clock = [100.0]
+    store = LoopStore(lambda: clock[0])
+    loop = Reconciler(store, NoEvents(), clock=lambda: clock[0], lease_ttl=1)  # type: ignore[arg-type]
+    app = make_app(make_spec(replicas=3))
+    insts = [make_instance(app, f"web-{n}", n) for n in "abc"]
+    nodes = [make_node(n) for n in "abc"]
+
+    def lost_after(at: float, live: set[str], fence: Fence) -> set[str]:
+        clock[0] = at
+        store.snap = make_snapshot([app], nodes, insts, live=live)
+        result = loop.run_once(fence, loop.liveness(fence))
+        writes = store.commits.pop() if result.writes else []
+        return {w.value.node for w in writes if w.value.status.reason == "NodeLost"}
+
+    first = Fence("/orch/leader", 7, "s1")
+    assert lost_after(100.0, {"a", "b", "c"}, first) == set()  # the lead begins; too early to vouch for anyone
+    assert lost_after(101.0, {"a", "b"}, first) == set()  # c not seen Ready since: graced
+    assert lost_after(101.6, {"a", "b", "c"}, first) == set()  # read past a lease and an expiry tick: recovered
+    assert lost_after(102.0, {"a", "b"}, first) == {"c"}  # a failure like any other, within the grace
+    second = Fence("/orch/leader", 9, "s2")  # a new lead: everyone gets the grace again
+    assert lost_after(103.0, {"a", "b"}, second) == set()
+    assert lost_after(103.0 + reconnect_grace(1), {"a", "b"}, second) == {"c"}
