@@ -407,6 +407,11 @@ def exec_with_reaper(s: sc.Syscalls, plan: InitPlan, report: Callable[[dict[str,
 
     report({}) once the command was exec'd, or report({"stage": "exec", ...}) if it could not be.
     """
+    # This process never execs: it is the host's Python with the shim's memory and pipes, and
+    # container root (same uid, CAP_DAC_OVERRIDE) could open its /proc/1/fd, environ and mem.
+    # Not dumpable, those need CAP_SYS_PTRACE over the host's user namespace. The command's
+    # execve makes it dumpable again, as any container process is.
+    s.prctl(sc.PR_SET_DUMPABLE, 0)
     child = 0
 
     def forward(sig: int, _frame: object) -> None:
