@@ -65,7 +65,8 @@ DEFAULT_RULES = (
     DeviceRule("c", None, None, "m"),
     DeviceRule("b", None, None, "m"),
     *(DeviceRule("c", major, minor, "rwm") for _, major, minor in NODES),
-    DeviceRule("c", 5, 1, "rwm"),  # /dev/console
+    # Not /dev/console (c 5:1), which runc lists for the console it makes with terminal=true:
+    # orch makes none, so with CAP_MKNOD the rule would open the host's console.
     DeviceRule("c", 5, 2, "rwm"),  # /dev/ptmx
     DeviceRule("c", 136, None, "rwm"),  # /dev/pts/*
 )
