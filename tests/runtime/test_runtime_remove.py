@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from node.runtime import ContainerConfig, ContainerError, ContainerStatus, Runtime
-from node.runtime import runtime as runtime_module
+from orch import trees
 from tests.runtime.test_runtime_containers import run
 
 pytestmark = pytest.mark.root
@@ -40,14 +40,13 @@ def test_sweeps_go_on_past_a_container_they_cannot_remove(
     others removed. Injected: removal no longer fails for a reason that can be made real."""
     for id in ("a-bad", "b-good", "c-good"):
         run(runtime, make_config(id, "true"))
-    real = runtime_module.remove_tree
 
     def remove_tree(path: Path) -> None:
         if path.name == "a-bad":
             raise RecursionError("maximum recursion depth exceeded")
-        real(path)
+        trees.remove_tree(path)
 
-    monkeypatch.setattr(runtime_module, "remove_tree", remove_tree)
+    monkeypatch.setattr("node.runtime.runtime.remove_tree", remove_tree)
     with caplog.at_level(logging.WARNING, logger="node.runtime.runtime"):
         assert runtime.remove_unknown(keep={"c-good"}) == ["b-good"]  # after a-bad failed
     assert "removing leftover container a-bad: maximum recursion depth exceeded" in caplog.text
