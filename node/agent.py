@@ -23,7 +23,7 @@ from prometheus_client import start_http_server
 
 from node.api import NodeAgentService
 from node.capacity import host_capacity, minus_reserve
-from node.images import ImageError, ImageStore
+from node.images import ImageStore
 from node.metrics import NodeMetrics
 from node.network import NetworkConfig, NetworkError, NodeNetwork, PortRange
 from node.reconcile import diff
@@ -246,7 +246,7 @@ class Agent:
                 result = await asyncio.to_thread(self.images.gc, keep)
                 if result.freed_bytes:
                     log.info("image gc: freed %d bytes (%d layers)", result.freed_bytes, result.removed_layers)
-            except (OSError, ImageError) as e:
+            except Exception as e:  # whatever it was, the next round tries again: the task lives on
                 log.warning("image gc failed: %s", e)
 
     async def run(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from orch.v1 import exec_pb2 as xpb
 from orch.v1 import types_pb2 as pb
 
 _END = object()
+MAX_LOG_STREAMS = 16  # concurrent `orch logs` readers per node; each holds a thread while it follows
 
 
 # Runtime.exec(instance, argv, tty=, stdin=, size=): starts the command (blocking, ~0.1 s).
@@ -42,15 +44,27 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
         is_active: Callable[[str], bool],
         usage: Callable[[], pb.UsageReport],
         start_exec: StartExec,
+        max_log_streams: int = MAX_LOG_STREAMS,
     ) -> None:
         self._log_dir = log_dir
         self._is_active = is_active  # follow ends when the instance is gone from this node
         self._usage = usage  # blocking: sleeps for its sampling window
         self._start_exec = start_exec
+        # Readers (a viewer may open many) block a thread each: on pools of their own, bounded,
+        # so they can never take the threads that start, stop and probe containers.
+        self._max_log_streams = max_log_streams
+        self._log_streams = 0
+        self._log_pool = ThreadPoolExecutor(max_workers=max_log_streams, thread_name_prefix="orch-logs")
+        self._usage_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="orch-usage")
+
+    def close(self) -> None:
+        """Wait for the log readers to end (each sees its stream gone within a poll)."""
+        self._log_pool.shutdown(wait=True)
+        self._usage_pool.shutdown(wait=True)
 
     async def Usage(self, request: pb.UsageRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.UsageReport:
         await _only_schedulers(context)
-        return await asyncio.to_thread(self._usage)
+        return await asyncio.get_running_loop().run_in_executor(self._usage_pool, self._usage)
 
     async def Exec(
         self, request_iterator: AsyncIterator[xpb.ExecInput], context: grpc.aio.ServicerContext[Any, Any]
@@ -89,6 +103,20 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
         path = self._log_dir / f"{name}.log"
         if "/" in name or not (path.exists() or self._is_active(name)):
             await context.abort(grpc.StatusCode.NOT_FOUND, f'no logs for instance "{name}" on this node')
+        if self._log_streams >= self._max_log_streams:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this node already serves {self._max_log_streams} log streams; try again when one ends",
+            )
+        self._log_streams += 1
+        try:
+            async for entry in self._read_logs(request, path):
+                yield entry
+        finally:
+            self._log_streams -= 1
+
+    async def _read_logs(self, request: pb.LogsRequest, path: Path) -> AsyncIterator[pb.LogEntry]:
+        name = request.name
         queue: asyncio.Queue[object] = asyncio.Queue(maxsize=1000)
         loop = asyncio.get_running_loop()
         stop = False
@@ -103,13 +131,29 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
             )
             try:
                 for line in lines:
-                    asyncio.run_coroutine_threadsafe(queue.put(line), loop).result()
-                    if stop:
+                    if not put(line) or stop:
                         return
             finally:
-                asyncio.run_coroutine_threadsafe(queue.put(_END), loop).result()
+                put(_END)
 
-        reader = asyncio.create_task(asyncio.to_thread(produce))
+        def put(item: object) -> bool:
+            """Hand item to the stream (waiting while its queue is full); False once it is gone."""
+            while not stop:
+                coro = queue.put(item)
+                try:
+                    future = asyncio.run_coroutine_threadsafe(coro, loop)
+                except RuntimeError:  # the loop has closed (the agent is exiting)
+                    coro.close()
+                    return False
+                try:
+                    future.result(timeout=1)
+                    return True
+                except TimeoutError:
+                    if not future.cancel():  # it went in just now
+                        return True
+            return False
+
+        reader = loop.run_in_executor(self._log_pool, produce)
         try:
             while (item := await queue.get()) is not _END:
                 assert isinstance(item, LogLine)

@@ -98,9 +98,14 @@ class NodeRegistry:
 
     def register(self, reg: apb.Register) -> tuple[int, float]:
         """Returns (lease id, the end of the restart hold this registration ended, or 0)."""
-        lease_id = self._reuse_or_grant(reg.lease_id)
+        key = self._store.keys.node(reg.node)
+        # Only this node's own last lease may be reused: any other live lease (another node's,
+        # the leader's) kept alive by this session would keep a dead node Ready or a dead
+        # leader leading.
+        recorded = self._store.get(pb.Node, key)
+        own = reg.lease_id if recorded is not None and reg.lease_id == recorded.value.lease_id else 0
+        lease_id = self._reuse_or_grant(own)
         for _ in range(5):
-            key = self._store.keys.node(reg.node)
             existing = self._store.get(pb.Node, key)
             node = pb.Node()
             if existing is not None:

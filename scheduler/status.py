@@ -48,12 +48,14 @@ class StatusWriter:
     def __init__(self, store: Store, cache: ClusterCache) -> None:
         self._store = store
         self._cache = cache
-        self._pending: dict[str, tuple[str, pb.InstanceStatus]] = {}  # instance -> (node, status)
+        # (node, instance) -> status: keyed by the reporting node too, so a node that reports
+        # another node's instance name cannot overwrite that node's pending report.
+        self._pending: dict[tuple[str, str], pb.InstanceStatus] = {}
         self._wake = asyncio.Event()
 
     def report(self, node: str, reports: list[apb.InstanceReport]) -> None:
         for r in reports:
-            self._pending[r.name] = (node, r.status)
+            self._pending[(node, r.name)] = r.status
         self._wake.set()
 
     def stopped_elsewhere(self, node: str, present: set[str]) -> None:
@@ -65,7 +67,7 @@ class StatusWriter:
                 status = pb.InstanceStatus()
                 status.CopyFrom(inst.status)
                 status.state = pb.INSTANCE_STATE_STOPPED
-                self._pending[inst.name] = (node, status)
+                self._pending[(node, inst.name)] = status
         self._wake.set()
 
     async def run(self) -> None:
@@ -78,29 +80,33 @@ class StatusWriter:
                 await asyncio.to_thread(self._flush, batch)
             except StoreUnavailable as e:
                 log.warning("could not record %d status reports: %s", len(batch), e)
-                for name, item in batch.items():  # keep them for the next try
-                    self._pending.setdefault(name, item)
+                for key, item in batch.items():  # keep them for the next try
+                    self._pending.setdefault(key, item)
                 await asyncio.sleep(0.5)
                 self._wake.set()
 
-    def _flush(self, batch: dict[str, tuple[str, pb.InstanceStatus]]) -> None:
+    def _flush(self, batch: dict[tuple[str, str], pb.InstanceStatus]) -> None:
         now = time.time()
         writes: list[Put] = []
-        for name, (node, status) in batch.items():
+        nodes: dict[str, str] = {}  # instance -> the node whose report is written
+        for (node, name), status in batch.items():
             v = self._cache.instances.get(name)
             if v is None:
                 continue
-            new = merged(v.value, node, status, now)
+            new = merged(v.value, node, status, now)  # None for a node the instance is not on
             if new is not None:
                 writes.append(Put(self._store.keys.instance(new.app, new.name), new, v.mod_revision))
+                nodes[name] = node
         for start in range(0, len(writes), MAX_BATCH):
             chunk = writes[start : start + MAX_BATCH]
             try:
                 self._store.commit(chunk)
             except Conflict:
-                self._one_by_one(chunk, batch, now)
+                self._one_by_one(chunk, batch, nodes, now)
 
-    def _one_by_one(self, chunk: list[Put], batch: dict[str, tuple[str, pb.InstanceStatus]], now: float) -> None:
+    def _one_by_one(
+        self, chunk: list[Put], batch: dict[tuple[str, str], pb.InstanceStatus], nodes: dict[str, str], now: float
+    ) -> None:
         for w in chunk:
             assert isinstance(w.value, pb.Instance)
             name = w.value.name
@@ -108,7 +114,8 @@ class StatusWriter:
                 fresh: Versioned[pb.Instance] | None = self._store.get(pb.Instance, w.key)
                 if fresh is None:
                     break
-                new = merged(fresh.value, *batch[name], now)
+                node = nodes[name]
+                new = merged(fresh.value, node, batch[(node, name)], now)
                 if new is None:
                     break
                 try:

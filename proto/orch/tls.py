@@ -123,9 +123,10 @@ def _read(what: str, path: Path) -> bytes:
         mode = path.stat().st_mode
     except OSError as e:
         raise TlsError(f"TLS {what} {path}: {e.strerror or e}") from None
-    if what == "private key" and stat.S_IMODE(mode) & 0o007:
+    if what == "private key" and stat.S_IMODE(mode) & 0o077:
         # As ssh does: a key other users can read is no secret; refuse it before it is used.
-        raise TlsError(f"TLS private key {path} is accessible by other users (mode {stat.S_IMODE(mode):o}); chmod 600")
+        mode_text = f"{stat.S_IMODE(mode):o}"
+        raise TlsError(f"TLS private key {path} is readable by its group or other users (mode {mode_text}); chmod 600")
     return data
 
 

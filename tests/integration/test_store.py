@@ -106,3 +106,38 @@ def test_snapshot_names_the_etcd_cluster_its_revision_belongs_to(store, etcd):
         ).stdout
     )[0]
     assert snap.cluster_id == member["Status"]["header"]["cluster_id"] != 0
+
+
+def test_a_node_may_reuse_only_its_own_lease(store):
+    """A session that names another live lease (another node's, the leader's) gets a new one:
+    keeping someone else's lease alive would keep a dead node Ready or a dead leader leading."""
+    from orch.v1 import agent_pb2 as apb
+    from scheduler.sessions import NodeRegistry
+
+    registry = NodeRegistry(store, lease_ttl=5)
+    lease_a = registry.register(apb.Register(node="node-a"))
+    leader_lease, _ = store.grant_lease(5)
+    for stolen in (lease_a, leader_lease):
+        assert registry.register(apb.Register(node="node-b", lease_id=stolen)) not in (lease_a, leader_lease)
+    assert registry.register(apb.Register(node="node-a", lease_id=lease_a)) == lease_a  # its own: reused
+
+
+def test_a_node_cannot_erase_another_nodes_status_report(store):
+    """Reports are keyed by the reporting node too: node-b naming node-a's instance in the same
+    flush window neither lands nor displaces node-a's report."""
+    from types import SimpleNamespace
+
+    from orch.v1 import agent_pb2 as apb
+    from scheduler.status import StatusWriter
+
+    key = store.keys.instance("web", "web-1")
+    store.commit([Put(key, pb.Instance(name="web-1", app="web", node="node-a"), 0)])
+    cache = SimpleNamespace(instances={"web-1": store.get(pb.Instance, key)})
+    writer = StatusWriter(store, cache)  # type: ignore[arg-type]
+    running = pb.InstanceStatus(state=pb.INSTANCE_STATE_RUNNING, pid=42)
+    failed = pb.InstanceStatus(state=pb.INSTANCE_STATE_FAILED, reason="Forged")
+    writer.report("node-a", [apb.InstanceReport(name="web-1", app="web", status=running)])
+    writer.report("node-b", [apb.InstanceReport(name="web-1", app="web", status=failed)])
+    batch, writer._pending = writer._pending, {}
+    writer._flush(batch)
+    assert store.get(pb.Instance, key).value.status == running

@@ -141,9 +141,10 @@ def test_load_checks_key_role_name_and_time(ca: Path, tmp_path: Path) -> None:
     later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=900)
     with pytest.raises(TlsError, match=r"scheduler\.crt expired on"):
         TlsFiles.in_dir(ca, "scheduler").load(now=later)
-    os.chmod(ca / "ann.key", 0o644)
-    with pytest.raises(TlsError, match="accessible by other users"):
-        TlsFiles.in_dir(ca, "ann").load()
+    for mode in (0o644, 0o640, 0o604):  # a group that can read the key is as bad as everyone
+        os.chmod(ca / "ann.key", mode)
+        with pytest.raises(TlsError, match="readable by its group or other users"):
+            TlsFiles.in_dir(ca, "ann").load()
     other = tmp_path / "other"
     pki.init(other)
     with pytest.raises(TlsError, match="not signed by the CA"):
