@@ -1,4 +1,4 @@
-"""The only module that talks to etcd.
+"""The typed face of etcd: with etcd_failover.py, the only modules that talk to it.
 
 Values are the API's protobuf messages under one key prefix:
 
