@@ -65,8 +65,8 @@ def translated(operation: str) -> Iterator[None]:
 
 def transient(err: BaseException | None) -> bool:
     """Worth another try, on this member or the next: it was away, slow, or between leaders."""
-    if isinstance(err, etcd3.exceptions.PreconditionFailedError):
-        return False  # e.g. a compacted revision: the same request fails again
+    if isinstance(err, (etcd3.exceptions.PreconditionFailedError, etcd3.exceptions.RevisionCompactedError)):
+        return False  # the same request fails again
     if isinstance(err, etcd3.exceptions.Etcd3Exception):
         return True  # ConnectionFailed, ConnectionTimeout, NoServerAvailable, InternalServerError
     return isinstance(err, grpc.RpcError) and err.code() in TRANSIENT_CODES
