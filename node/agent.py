@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from orch.v1 import types_pb2 as pb
 
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
+GOODBYE_TIMEOUT = 2.0  # s to wait for the scheduler to confirm it holds the node for our restart
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,13 +276,34 @@ def cleanup(config: AgentConfig) -> None:
         NodeNetwork(network_config(config)).teardown()
 
 
+async def leave(agent: Agent, task: asyncio.Task[None]) -> None:
+    """A planned exit (SIGTERM: systemd's restart or stop, an upgrade): the containers keep
+    running for the next agent to adopt, so first ask the scheduler to hold the node
+    rather than replace them when our lease lapses. Then stop the session."""
+    held_until = await agent.session.goodbye(GOODBYE_TIMEOUT)
+    if held_until:
+        left = held_until - time.time()
+        log.info("the scheduler keeps this node's instances for %.0fs while the agent restarts", left)
+    else:
+        log.warning("the scheduler did not confirm a hold for this restart: its instances may be replaced")
+    task.cancel()
+
+
 def main(config: AgentConfig) -> None:
     async def run() -> None:
         agent = Agent(config)
         task = asyncio.create_task(agent.run())
         loop = asyncio.get_running_loop()
+        leaving: list[asyncio.Task[None]] = []
+
+        def on_signal() -> None:
+            if leaving:  # asked twice: stop waiting for the scheduler
+                task.cancel()
+            else:
+                leaving.append(asyncio.create_task(leave(agent, task)))
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, on_signal)
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await agent.wait_stopping()
