@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from prometheus_client import start_http_server
 
 from node.api import NodeAgentService
 from node.capacity import host_capacity, minus_reserve
-from node.images import ImageError, ImageStore
+from node.images import ImageStore
 from node.metrics import NodeMetrics
 from node.network import NetworkConfig, NetworkError, NodeNetwork, PortRange
 from node.reconcile import diff
@@ -41,6 +42,7 @@ from orch.v1 import types_pb2 as pb
 
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
+GOODBYE_TIMEOUT = 2.0  # s to wait for the scheduler to confirm it holds the node for our restart
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +249,7 @@ class Agent:
                 result = await asyncio.to_thread(self.images.gc, keep)
                 if result.freed_bytes:
                     log.info("image gc: freed %d bytes (%d layers)", result.freed_bytes, result.removed_layers)
-            except (OSError, ImageError) as e:
+            except Exception as e:  # whatever it was, the next round tries again: the task lives on
                 log.warning("image gc failed: %s", e)
 
     async def run(self) -> None:
@@ -279,18 +281,35 @@ def cleanup(config: AgentConfig) -> None:
         NodeNetwork(network_config(config)).teardown()
 
 
+async def leave(agent: Agent, task: asyncio.Task[None]) -> None:
+    """A planned exit (SIGTERM: systemd's restart or stop, an upgrade): the containers keep
+    running for the next agent to adopt, so first ask the scheduler to hold the node
+    rather than replace them when our lease lapses. Then stop the session."""
+    held_until = await agent.session.goodbye(GOODBYE_TIMEOUT)
+    if held_until:
+        left = held_until - time.time()
+        log.info("the scheduler keeps this node's instances for %.0fs while the agent restarts", left)
+    else:
+        log.warning("the scheduler did not confirm a hold for this restart: its instances may be replaced")
+    task.cancel()
+
+
 def main(config: AgentConfig) -> None:
     async def run() -> None:
         agent = Agent(config)
         task = asyncio.create_task(agent.run())
         loop = asyncio.get_running_loop()
+        leaving: list[asyncio.Task[None]] = []
 
-        def stop() -> None:
-            sdnotify.stopping()
-            task.cancel()
+        def on_signal() -> None:
+            if leaving:  # asked twice: stop waiting for the scheduler
+                task.cancel()
+            else:
+                sdnotify.stopping()
+                leaving.append(asyncio.create_task(leave(agent, task)))
 
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop)
+            loop.add_signal_handler(sig, on_signal)
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await agent.wait_stopping()

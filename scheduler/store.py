@@ -1,4 +1,4 @@
-"""The only module that talks to etcd.
+"""The typed face of etcd: with etcd_failover.py, the only modules that talk to it.
 
 Values are the API's protobuf messages under one key prefix:
 
@@ -14,17 +14,17 @@ Every write that depends on a read carries the `mod_revision` it read
 double-place or resurrect an instance. The reconciler's writes also carry a
 `Fence` (the leader key is still the one it created); a failed fence raises
 `NotLeader`, so a pass that outlived its leadership writes nothing.
+
+Retries and member failover (RECIPES §1) are etcd_failover.py's: every call
+here goes through `Failover.call`.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -32,12 +32,23 @@ import etcd3
 import etcd3.exceptions
 import etcd3.watch
 import grpc
-from etcd3 import etcdrpc
 from google.protobuf.message import DecodeError, Message
 
 from orch.tls import Credentials
 from orch.v1 import types_pb2 as pb
+from scheduler.contact import Contact
 from scheduler.errors import Conflict, NotLeader, StoreUnavailable
+from scheduler.etcd_failover import (
+    CALL_TIMEOUT,
+    CHANNEL_OPTIONS,
+    REQUIRE_LEADER,
+    RETRY_FOR,
+    SNAPSHOT_TIMEOUT,
+    TIME_RETRY,
+    TRANSIENT_CODES,
+    Failover,
+    KeepAliveStream,
+)
 from scheduler.snapshot import ClusterSnapshot, Versioned
 
 log = logging.getLogger(__name__)
@@ -141,21 +152,6 @@ def parse_endpoints(endpoints: Sequence[str], tls: bool = False) -> list[Endpoin
     return parsed
 
 
-@contextmanager
-def _translated(operation: str) -> Iterator[None]:
-    """Turn the client's errors into ours, at the edge."""
-    try:
-        yield
-    except (etcd3.exceptions.ConnectionFailedError, etcd3.exceptions.ConnectionTimeoutError) as e:
-        raise StoreUnavailable(operation, str(e) or type(e).__name__) from e
-    except etcd3.exceptions.Etcd3Exception as e:  # NoServerAvailable, InternalServerError, ...
-        raise StoreUnavailable(operation, type(e).__name__) from e
-    except ValueError as e:  # 'Trying to use a failed node' from a non-failover client
-        raise StoreUnavailable(operation, str(e)) from e
-    except grpc.RpcError as e:
-        raise StoreUnavailable(operation, f"{e.code().name}: {e.details()}") from e
-
-
 def decode(cls: type[M], data: bytes, key: str) -> M | None:
     msg = cls()
     try:
@@ -168,17 +164,27 @@ def decode(cls: type[M], data: bytes, key: str) -> M | None:
 
 class Store:
     def __init__(
-        self, endpoints: Sequence[str], prefix: str = "/orch/", timeout: float = 2.0, tls: Credentials | None = None
+        self,
+        endpoints: Sequence[str],
+        prefix: str = "/orch/",
+        timeout: float = CALL_TIMEOUT,
+        tls: Credentials | None = None,
+        contact: Contact | None = None,
+        retry_for: float = RETRY_FOR,
     ) -> None:
         self.keys = Keys(prefix)
         creds = tls.channel_credentials() if tls is not None else None
         eps = [
-            etcd3.Endpoint(ep.host, ep.port, secure=ep.secure, creds=creds, time_retry=2)
+            etcd3.Endpoint(ep.host, ep.port, secure=ep.secure, creds=creds, time_retry=TIME_RETRY, opts=CHANNEL_OPTIONS)
             for ep in parse_endpoints(endpoints, tls is not None)
         ]
         # failover=True: after one error the client moves on to the next
         # endpoint instead of refusing every call for minutes.
         self._client = etcd3.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout, failover=True)
+        self._client.metadata = REQUIRE_LEADER
+        self._failover = Failover(self._client, contact or Contact(), retry_for)
+        self._call = self._failover.call
+        self.contact = self._failover.contact
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="etcd-commit")
 
     def close(self) -> None:
@@ -189,8 +195,7 @@ class Store:
 
     def snapshot(self) -> ClusterSnapshot:
         """Everything but events, from one range read (one revision)."""
-        with _translated("snapshot"):
-            resp = self._client.get_prefix_response(self.keys.prefix)
+        resp = self._call("snapshot", lambda _: self._failover.range_prefix(self.keys.prefix, SNAPSHOT_TIMEOUT))
         apps: dict[str, Versioned[pb.App]] = {}
         instances: dict[str, Versioned[pb.Instance]] = {}
         nodes: dict[str, Versioned[pb.Node]] = {}
@@ -220,16 +225,14 @@ class Store:
         )
 
     def get(self, cls: type[M], key: str) -> Versioned[M] | None:
-        with _translated(f"get {key}"):
-            value, meta = self._client.get(key)
+        value, meta = self._call(f"get {key}", lambda _: self._client.get(key))
         if value is None:
             return None
         msg = decode(cls, value, key)
         return None if msg is None else Versioned(msg, meta.mod_revision)
 
     def list_prefix(self, cls: type[M], prefix: str) -> list[Versioned[M]]:
-        with _translated(f"list {prefix}"):
-            items = list(self._client.get_prefix(prefix))
+        items = self._call(f"list {prefix}", lambda _: list(self._client.get_prefix(prefix)))
         out = []
         for value, meta in items:
             msg = decode(cls, value, meta.key.decode())
@@ -290,32 +293,56 @@ class Store:
 
     def _commit_chunk(self, writes: Sequence[Write], fence: Fence | None = None) -> int:
         tx = self._client.transactions
+        payloads = [w.value.SerializeToString() if isinstance(w, Put) else None for w in writes]
         compare: list[Any] = []
         ops: list[Any] = []
-        for w in writes:
+        for w, payload in zip(writes, payloads, strict=True):
             if w.expect == 0:
                 compare.append(tx.version(w.key) == 0)
             elif w.expect is not None:
                 compare.append(tx.mod(w.key) == w.expect)
             if isinstance(w, Put):
-                ops.append(tx.put(w.key, w.value.SerializeToString(), lease=w.lease))
+                ops.append(tx.put(w.key, payload, lease=w.lease))
             else:
                 ops.append(tx.delete(w.key))
         failure: list[Any] = []
         if fence is not None:
             compare.append(tx.create(fence.key) == fence.create_revision)
             failure.append(tx.get(fence.key))  # on failure: was it the fence or a write?
-        with _translated("commit"):
+
+        def attempt(n: int) -> tuple[bool, Any]:
             ok, responses = self._client.transaction(compare=compare, success=ops, failure=failure)
+            if not ok and n > 0 and (revision := self._landed(writes, payloads)):
+                return True, revision  # an attempt that failed in flight had committed (its reply was lost)
+            return ok, responses
+
+        ok, responses = self._call("commit", attempt)
         if not ok:
             if fence is not None and not _still_holds(fence, responses[0]):
                 raise NotLeader(fence.identity or "this scheduler")
             raise Conflict(", ".join(w.key.removeprefix(self.keys.prefix) for w in writes[:3]))
+        if isinstance(responses, int):
+            return responses
         for r in responses:
             header = getattr(getattr(r, r.WhichOneof("response")), "header", None)
             if header is not None:
                 return int(header.revision)
         return 0
+
+    def _landed(self, writes: Sequence[Write], payloads: Sequence[bytes | None]) -> int:
+        """The revision at which etcd holds exactly what these writes wrote, or 0."""
+        tx = self._client.transactions
+        _, found = self._client.transaction(compare=[], success=[tx.get(w.key) for w in writes], failure=[])
+        revision = 0
+        for w, payload, kvs in zip(writes, payloads, found, strict=True):
+            if isinstance(w, Delete):
+                if kvs:
+                    return 0
+                continue
+            if not kvs or kvs[0][0] != payload or (w.lease and kvs[0][1].lease_id != w.lease):
+                return 0
+            revision = max(revision, int(kvs[0][1].mod_revision))
+        return revision or 1
 
     def update(self, cls: type[M], key: str, mutate: Callable[[M], None], attempts: int = 5) -> M | None:
         """Read-modify-write guarded by mod_revision, retried on Conflict.
@@ -340,31 +367,42 @@ class Store:
 
     def grant_lease(self, ttl: int) -> tuple[int, int]:
         """Returns (lease id, granted TTL); etcd may raise a too-small TTL."""
-        with _translated("grant lease"):
-            lease = self._client.lease(ttl)
+        lease = self._call("grant lease", lambda _: self._client.lease(ttl))
         return int(lease.id), int(lease.ttl)
 
     def refresh_lease(self, lease_id: int) -> int:
         """Returns the remaining TTL; 0 or less means the lease is gone."""
-        with _translated("refresh lease"):
-            responses = list(self._client.refresh_lease(lease_id))
+        responses = self._call("refresh lease", lambda _: list(self._client.refresh_lease(lease_id)))
         return int(responses[0].TTL) if responses else 0
 
     def revoke_lease(self, lease_id: int) -> None:
-        with _translated("revoke lease"):
+        def revoke(_: int) -> None:
             try:
                 self._client.revoke_lease(lease_id)
             except grpc.RpcError as e:
-                if e.code() != grpc.StatusCode.NOT_FOUND:
+                if e.code() != grpc.StatusCode.NOT_FOUND:  # already gone (a retry after it landed)
                     raise
+
+        self._call("revoke lease", revoke)
 
     def keep_alive_stream(
         self, on_response: Callable[[int, int], None], on_error: Callable[[Exception], None]
     ) -> KeepAliveStream:
         """One long-lived LeaseKeepAlive stream: refreshing N leases costs N small
-        messages instead of N new RPCs (python-etcd3's refresh_lease opens one each)."""
-        with _translated("lease keep-alive"):
-            return KeepAliveStream(self._client, on_response, on_error)
+        messages instead of N new RPCs (python-etcd3's refresh_lease opens one each).
+
+        When it breaks, its member is marked failed first, so the next stream goes to
+        another one (the caller re-creates it)."""
+        return self._call(
+            "lease keep-alive",
+            lambda _: KeepAliveStream(self._client, on_response, on_error, self._failover.member_failed),
+        )
+
+    def abandon(self, stream: KeepAliveStream) -> None:
+        """The stream's member stopped answering without an error (stopped, cut off): the
+        next stream goes to another one."""
+        stream.close()
+        self._failover.member_failed(stream.member)
 
     # -- watches -------------------------------------------------------
 
@@ -381,9 +419,12 @@ class Store:
         from the last revision it saw).
         """
         plen = len(self.keys.prefix)
+        member = ""
 
         def callback(resp: Any) -> None:
             if resp is None or isinstance(resp, Exception):  # None: the stream ended without an error
+                if isinstance(resp, grpc.RpcError) and resp.code() in TRANSIENT_CODES:
+                    self._failover.member_failed(member)  # re-created on another member (dead, or without a leader)
                 on_error(resp if isinstance(resp, Exception) else ConnectionError("etcd watch stream ended"))
                 return
             events = [
@@ -396,8 +437,13 @@ class Store:
             ]
             on_events(events, int(resp.header.revision))
 
-        with _translated("watch"):
-            watch_id = self._client.add_watch_prefix_callback(self.keys.prefix, callback, start_revision=start_revision)
+        def add(_: int) -> Any:
+            nonlocal member
+            _ = self._client.watcher  # picks the member (a failed one is left) before we note it
+            member = self._failover.member_in_use()
+            return self._client.add_watch_prefix_callback(self.keys.prefix, callback, start_revision=start_revision)
+
+        watch_id = self._call("watch", add)
 
         def cancel() -> None:
             try:
@@ -415,35 +461,3 @@ def _chunks(writes: Sequence[Write]) -> list[Sequence[Write]]:
 def _still_holds(fence: Fence, leader: list[tuple[bytes, Any]]) -> bool:
     """leader: the failure branch's read of the leader key, [(value, meta)] or []."""
     return bool(leader) and int(leader[0][1].create_revision) == fence.create_revision
-
-
-class KeepAliveStream:
-    def __init__(
-        self, client: Any, on_response: Callable[[int, int], None], on_error: Callable[[Exception], None]
-    ) -> None:
-        self._requests: queue.Queue[Any] = queue.Queue()
-        self._call = client.leasestub.LeaseKeepAlive(
-            self._iterate(), credentials=client.call_credentials, metadata=client.metadata
-        )
-        self._on_response = on_response
-        self._on_error = on_error
-        threading.Thread(target=self._read, name="etcd-keepalive", daemon=True).start()
-
-    def _iterate(self) -> Iterator[Any]:
-        while (request := self._requests.get()) is not None:
-            yield request
-
-    def _read(self) -> None:
-        try:
-            for response in self._call:
-                self._on_response(int(response.ID), int(response.TTL))
-        except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.CANCELLED:
-                self._on_error(e)
-
-    def send(self, lease_id: int) -> None:
-        self._requests.put(etcdrpc.LeaseKeepAliveRequest(ID=lease_id))
-
-    def close(self) -> None:
-        self._requests.put(None)
-        self._call.cancel()

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import errno
 import logging
 import os
-import shutil
 import signal
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +42,7 @@ from node.runtime.seccomp import DEFAULT_PROFILE, FilterCache, load_profile
 from node.runtime.security import resolve_user
 from node.runtime.shim_client import Zygote, run_shim
 from node.runtime.spec import ShimSpec
+from orch.trees import remove_tree
 
 __all__ = ["Runtime"]
 
@@ -361,7 +360,7 @@ class Runtime:
             if self._cg.populated(path):  # strays, e.g. after a shim died
                 self._cg.kill_all(path)
             self._cg.remove(path)
-        shutil.rmtree(self.state_dir / id, onerror=_ignore_enoent)
+        remove_tree(self.state_dir / id)  # its upper/ is shaped by the container: any depth
 
     def remove_unknown(self, keep: set[str]) -> builtins.list[str]:
         """Remove leftovers after an agent restart: exited containers not in `keep` (state dir and
@@ -370,12 +369,14 @@ class Runtime:
         removed = []
         for st in self.list():
             if st.id not in keep and st.status is ContainerStatus.EXITED:
-                self.remove(st.id)
-                removed.append(st.id)
+                with _logged(f"removing leftover container {st.id}"):
+                    self.remove(st.id)
+                    removed.append(st.id)
         for name in self._cg.children(self.cgroup_parent):
             if not (self.state_dir / name).exists() and valid_id(name):
-                self._remove_files(name)
-                removed.append(name)
+                with _logged(f"removing leftover cgroup {name}"):
+                    self._remove_files(name)
+                    removed.append(name)
         return removed
 
     def cleanup_all(self) -> None:
@@ -386,16 +387,19 @@ class Runtime:
             try:
                 self.stop(st.id, 0)
                 self.remove(st.id)
-            except (OSError, ContainerError) as exc:
+            except Exception as exc:  # one container must not keep the others: on to the next
                 errors.append(f"{st.id}: {exc}")
         for name in self._cg.children(self.cgroup_parent):  # cgroups whose state dir is gone
             try:
                 self._remove_files(name)
-            except (OSError, ContainerError) as exc:
+            except Exception as exc:
                 errors.append(f"cgroup {name}: {exc}")
         if self._zygote is not None:
             self._zygote.stop()
-        shutil.rmtree(self._seccomp.directory, ignore_errors=True)
+        try:
+            remove_tree(self._seccomp.directory)
+        except OSError as exc:
+            errors.append(f"{self._seccomp.directory}: {exc}")
         base = 0  # cgroupfs: every level of cgroup_parent is ours; systemd: those below the scope
         if (sup := self._supervisors) is not None:
             base = len(Path(sup.scope_path).parts)
@@ -467,7 +471,10 @@ def _exited(id: str, start: dict[str, Any], ended: dict[str, Any]) -> ContainerS
     )
 
 
-def _ignore_enoent(func: Callable[..., Any], path: str, exc_info: Any) -> None:
-    exc = exc_info[1]
-    if not (isinstance(exc, OSError) and exc.errno == errno.ENOENT):
-        raise exc
+@contextlib.contextmanager
+def _logged(what: str) -> Iterator[None]:
+    """One item of a sweep: its failure is logged, and the sweep goes on with the next."""
+    try:
+        yield
+    except Exception as exc:
+        log.warning("%s: %s", what, exc)

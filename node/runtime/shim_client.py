@@ -34,9 +34,11 @@ def shim_command(cdir: ContainerDir, report_fd: int, go_fd: int) -> list[str]:
 
 
 def _shim_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
-    return env
+    """The environment of the zygote, the shims and the exec helper: only what Python needs to
+    find this package. Never the agent's own: a container's PID 1 is forked from a shim, and
+    whatever the agent was started with (tokens, proxies, credentials) has no business there."""
+    path = os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p)
+    return {"PATH": os.environ.get("PATH") or os.defpath, "PYTHONPATH": path, "LANG": "C.UTF-8"}
 
 
 class _Lines:

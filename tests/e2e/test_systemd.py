@@ -102,9 +102,6 @@ def _env_files(ports: list[int]) -> dict[str, str]:
             "ORCH_SCHEDULER_ID": "scheduler-1",
             **_tls("ORCH_TLS", pki, "scheduler"),
             **_tls("ORCH_ETCD", pki / "etcd", "scheduler"),
-            # Until a planned restart holds the node (issue 10 item 4), a restart that outlasts
-            # the 1 s default lease (the VM is slow) would move the instance.
-            "ORCH_SCHEDULER_ARGS": "--lease-ttl 30",
         },
         "node.env": {
             "ORCH_SCHEDULER": f"127.0.0.1:{scheduler}",
