@@ -21,6 +21,16 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 OUTPUT = click.Choice(["table", "wide", "json", "yaml"])
 
 
+def seconds_of(value: str) -> float:
+    """A duration option ("30s", "2m") in seconds; a bad one is the user's error, not a traceback."""
+    from orch.quantity import QuantityError, parse_duration
+
+    try:
+        return parse_duration(value) / 1000
+    except QuantityError as e:
+        raise click.BadParameter(str(e)) from e
+
+
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per registry request
@@ -271,6 +281,14 @@ def etcd_tls_options(f: Callable[..., None]) -> Callable[..., None]:
 @click.option("--prefix", default="/orch/", show_default=True)
 @click.option("--lease-ttl", default=1, show_default=True, help="Node lease TTL in seconds.")
 @click.option("--leader-ttl", default=3, show_default=True, help="Leader lease TTL in seconds.")
+@click.option(
+    "--restart-grace",
+    default="30s",
+    show_default=True,
+    metavar="DURATION",
+    callback=lambda _ctx, _param, value: seconds_of(value),
+    help="How long a node whose agent is restarting (SIGTERM) keeps its instances before they are replaced.",
+)
 @click.option("--metrics-listen", default="", help="host:port for /metrics.")
 @click.option("--id", "identity", default="", help="Name of this scheduler (default host-pid).")
 @tls_options
@@ -284,6 +302,7 @@ def scheduler_cmd(
     prefix: str,
     lease_ttl: int,
     leader_ttl: int,
+    restart_grace: float,
     metrics_listen: str,
     identity: str,
     tls_ca: str,
@@ -309,6 +328,7 @@ def scheduler_cmd(
             prefix=prefix,
             lease_ttl=lease_ttl,
             leader_ttl=leader_ttl,
+            restart_grace=restart_grace,
             metrics_listen=metrics_listen,
             identity=identity,
             tls=scheduler_credentials(tls_ca, tls_cert, tls_key, listen, insecure),

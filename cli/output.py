@@ -54,12 +54,19 @@ def instance_row(i: pb.Instance) -> Row:
     }
 
 
+NODE_STATES = {
+    api.NODE_STATE_READY: "Ready",
+    api.NODE_STATE_NOT_READY: "NotReady",
+    api.NODE_STATE_RESTARTING: "Restarting",  # its agent restarts; its instances are kept until restartingUntil
+}
+
+
 def node_row(n: api.NodeInfo) -> Row:
     node = n.node
-    ready = n.state == api.NODE_STATE_READY
+    restarting = n.state == api.NODE_STATE_RESTARTING
     return {
         "name": node.name,
-        "state": "Ready" if ready else "NotReady",
+        "state": NODE_STATES.get(n.state, "NotReady"),
         "schedulable": not (node.unschedulable or node.draining),
         "labels": dict(sorted(node.labels.items())),
         "capacity": _resources(node.capacity),
@@ -68,6 +75,7 @@ def node_row(n: api.NodeInfo) -> Row:
         "instances": n.instances,
         "address": node.address or None,
         "version": node.version or None,
+        "restartingUntil": _time(node.restarting_until) if restarting else None,
     }
 
 

@@ -29,6 +29,7 @@ from cli.procs import LOCAL, Place, Proc, free_port, http_ok, tcp_open, terminat
 from node.runtime.userns import IDS_PER_CONTAINER, IdRange
 from orch.files import write_json_atomic
 from orch.tls import TlsFiles
+from orch.trees import remove_tree
 
 log = logging.getLogger("orch.up")
 ETCD = "etcd"
@@ -269,7 +270,8 @@ class Cluster:
         for name in ("cluster.json", "prometheus-targets.json", "etcd", "nodes", "hosts"):
             path = self.dir / name
             if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    remove_tree(path)  # nodes/ holds what containers and images made: any depth
             else:
                 path.unlink(missing_ok=True)
 

@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,16 +23,18 @@ from prometheus_client import start_http_server
 
 from node.api import NodeAgentService
 from node.capacity import host_capacity, minus_reserve
-from node.images import ImageError, ImageStore
+from node.images import ImageStore
 from node.metrics import NodeMetrics
 from node.network import NetworkConfig, NetworkError, NodeNetwork, PortRange
 from node.reconcile import diff
 from node.runtime import ContainerError, ContainerState, Runtime
+from node.runtime.cgroups.placement import place_agent, placement_for_cleanup
 from node.runtime.seccomp import DEFAULT_PROFILE
 from node.runtime.userns import IdRange
 from node.session import Session
 from node.usage import sample_usage
 from node.worker import DEFAULT_PIDS_LIMIT, InstanceWorker, WorkerDeps
+from orch import sdnotify
 from orch.tls import Credentials, add_port
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import agent_pb2_grpc
@@ -39,6 +42,7 @@ from orch.v1 import types_pb2 as pb
 
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
+GOODBYE_TIMEOUT = 2.0  # s to wait for the scheduler to confirm it holds the node for our restart
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,17 +60,13 @@ class AgentConfig:
     insecure_registries: tuple[str, ...] = ()  # plain HTTP besides loopback
     image_gc_interval: float = 300.0  # seconds between sweeps of images no instance here uses
     image_gc_above: int = 0  # sweep only while the store holds more bytes than this
-    cgroup: str = ""  # cgroup parent of the containers; default orch/<name>
+    cgroup: str = ""  # cgroup parent of the containers; "": chosen (node/runtime/cgroups/placement.py)
     userns_ids: IdRange = field(default_factory=IdRange)  # host ids for hostUsers: false containers
     publish_address: str = ""  # hostPorts only on this local address; "" = every local one but loopback
     host_port_range: PortRange = field(default_factory=PortRange)  # hostPorts this node publishes at all
     tls: Credentials | None = None  # mutual TLS: to the schedulers, and for our own API
     default_pids_limit: int = DEFAULT_PIDS_LIMIT  # pids.max for apps that set none; 0: unlimited
     seccomp_profile: Path = DEFAULT_PROFILE  # Docker's JSON format; `seccomp: unconfined` apps skip it
-
-    @property
-    def cgroup_parent(self) -> str:
-        return self.cgroup or f"orch/{self.name}"
 
 
 def network_config(config: AgentConfig) -> NetworkConfig:
@@ -86,11 +86,16 @@ class Agent:
         # Private: container specs hold the apps' env (secrets), logs their output.
         config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(config.state_dir, 0o700)
+        try:
+            cgroups = place_agent(config.name, config.cgroup, config.state_dir)
+        except (ContainerError, OSError) as e:
+            raise SystemExit(f"orch node: cgroups: {e}") from None
         self.runtime = Runtime(
             config.state_dir / "containers",
-            config.cgroup_parent,
+            cgroups.containers,
             userns_ids=config.userns_ids,
             seccomp_profile=config.seccomp_profile,
+            supervisors=cgroups.supervisors,
         )
         self.network = NodeNetwork(network_config(config)) if config.bridge else None
         self.metrics = NodeMetrics(config.name)
@@ -244,7 +249,7 @@ class Agent:
                 result = await asyncio.to_thread(self.images.gc, keep)
                 if result.freed_bytes:
                     log.info("image gc: freed %d bytes (%d layers)", result.freed_bytes, result.removed_layers)
-            except (OSError, ImageError) as e:
+            except Exception as e:  # whatever it was, the next round tries again: the task lives on
                 log.warning("image gc failed: %s", e)
 
     async def run(self) -> None:
@@ -264,14 +269,29 @@ class Agent:
         if self.config.metrics_listen:
             host, _, port = self.config.metrics_listen.rpartition(":")
             start_http_server(int(port), addr=host or "127.0.0.1", registry=self.metrics.registry)
+        sdnotify.ready(f"serving on {self.address}")  # Type=notify: `systemctl start` returns now
         await self.session.run()
 
 
 def cleanup(config: AgentConfig) -> None:
     """Stop and remove every container and network object this node created."""
-    Runtime(config.state_dir / "containers", config.cgroup_parent).cleanup_all()
+    cgroups = placement_for_cleanup(config.name, config.cgroup, config.state_dir)
+    Runtime(config.state_dir / "containers", cgroups.containers, supervisors=cgroups.supervisors).cleanup_all()
     if config.bridge:
         NodeNetwork(network_config(config)).teardown()
+
+
+async def leave(agent: Agent, task: asyncio.Task[None]) -> None:
+    """A planned exit (SIGTERM: systemd's restart or stop, an upgrade): the containers keep
+    running for the next agent to adopt, so first ask the scheduler to hold the node
+    rather than replace them when our lease lapses. Then stop the session."""
+    held_until = await agent.session.goodbye(GOODBYE_TIMEOUT)
+    if held_until:
+        left = held_until - time.time()
+        log.info("the scheduler keeps this node's instances for %.0fs while the agent restarts", left)
+    else:
+        log.warning("the scheduler did not confirm a hold for this restart: its instances may be replaced")
+    task.cancel()
 
 
 def main(config: AgentConfig) -> None:
@@ -279,8 +299,17 @@ def main(config: AgentConfig) -> None:
         agent = Agent(config)
         task = asyncio.create_task(agent.run())
         loop = asyncio.get_running_loop()
+        leaving: list[asyncio.Task[None]] = []
+
+        def on_signal() -> None:
+            if leaving:  # asked twice: stop waiting for the scheduler
+                task.cancel()
+            else:
+                sdnotify.stopping()
+                leaving.append(asyncio.create_task(leave(agent, task)))
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, on_signal)
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await agent.wait_stopping()

@@ -1,6 +1,11 @@
 """The agent's stream to a scheduler: register, heartbeat, report status,
 receive desired sets. Reconnects with capped, jittered backoff and tries
-the scheduler addresses in turn."""
+the scheduler addresses in turn; while no scheduler answers (or etcd is
+away behind it) nothing changes on the node: containers keep running.
+
+Before a planned exit the agent says goodbye (`goodbye()`): the scheduler
+holds the node for a restart instead of replacing its instances when the
+lease lapses."""
 
 from __future__ import annotations
 
@@ -19,7 +24,8 @@ from orch.v1 import agent_pb2_grpc
 log = logging.getLogger(__name__)
 
 BACKOFF_MIN = 0.1
-BACKOFF_MAX = 3.0
+BACKOFF_MAX = 3.0  # with the jitter below at most 4.5 s: scheduler/liveness.py AGENT_RECONNECT_BACKOFF
+JITTER = (0.5, 1.5)
 
 
 class Session:
@@ -41,6 +47,8 @@ class Session:
         self.observed_generation = 0  # of the last desired set applied, for heartbeats
         self._applied: Applied | None = None
         self.connected = asyncio.Event()
+        self._leaving = False  # said goodbye: no more heartbeats (they would renew the lease)
+        self._goodbye_ack: asyncio.Future[float] | None = None
 
     def send_status(self, report: apb.StatusReport) -> None:
         """Queue a report; dropped while disconnected (a full report follows on reconnect)."""
@@ -63,7 +71,7 @@ class Session:
             finally:
                 self.connected.clear()
                 self._outbox = None
-            await asyncio.sleep(delay * (0.5 + random.random()))
+            await asyncio.sleep(delay * random.uniform(*JITTER))
             delay = min(BACKOFF_MAX, delay * 2)
 
     async def _session(self, target: str) -> None:
@@ -86,6 +94,10 @@ class Session:
                         log.info("connected to scheduler %s (lease %x)", target, self.lease_id)
                     elif kind == "desired":
                         await self.handle_desired(msg.desired, target)
+                    elif kind == "goodbye_ack" and self._goodbye_ack is not None and not self._goodbye_ack.done():
+                        ack = msg.goodbye_ack
+                        held = ack.held_until.ToNanoseconds() / 1e9 if ack.HasField("held_until") else 0.0
+                        self._goodbye_ack.set_result(held)
             finally:
                 if heartbeat is not None:
                     heartbeat.cancel()
@@ -108,8 +120,22 @@ class Session:
         except Exception:  # level-triggered: the next desired set tries again
             log.exception("applying desired set %d failed", desired.generation)
 
+    async def goodbye(self, timeout: float) -> float | None:
+        """Tell the scheduler this agent exits for a restart. Returns the time (unix s) until
+        which it holds the node, 0 if it could not, None if it did not answer."""
+        self._leaving = True
+        outbox = self._outbox
+        if outbox is None:
+            return None
+        self._goodbye_ack = asyncio.get_running_loop().create_future()
+        outbox.put_nowait(apb.AgentMessage(goodbye=apb.Goodbye(restarting=True)))
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._goodbye_ack), timeout)
+        except TimeoutError:
+            return None
+
     async def _heartbeat(self, outbox: asyncio.Queue[apb.AgentMessage], interval: float) -> None:
-        while True:
+        while not self._leaving:
             outbox.put_nowait(apb.AgentMessage(heartbeat=apb.Heartbeat(observed_generation=self.observed_generation)))
             await asyncio.sleep(interval)
 

@@ -19,6 +19,7 @@ from orch.validation import normalize_app_spec, validate_app_spec
 from scheduler.errors import Conflict, InvalidRequest, NotFound, SchedulerError, StoreUnavailable
 from scheduler.events import EventLog
 from scheduler.exec_relay import ExecFailed, InstanceNotRunning, NodeUnreachable, exec_target, relay_exec
+from scheduler.liveness import NodeState, node_state
 from scheduler.logs import LogsUnavailable, log_sources, stream_logs
 from scheduler.placement import node_views
 from scheduler.reconcile import DONE, event, is_ready
@@ -86,7 +87,14 @@ def app_info(snap: ClusterSnapshot, app: pb.App) -> api.AppInfo:
     )
 
 
-def node_infos(snap: ClusterSnapshot) -> list[api.NodeInfo]:
+NODE_STATES = {
+    NodeState.READY: api.NODE_STATE_READY,
+    NodeState.NOT_READY: api.NODE_STATE_NOT_READY,
+    NodeState.RESTARTING: api.NODE_STATE_RESTARTING,
+}
+
+
+def node_infos(snap: ClusterSnapshot, now: float) -> list[api.NodeInfo]:
     views = node_views(snap)
     out = []
     for name in sorted(snap.nodes):
@@ -94,7 +102,7 @@ def node_infos(snap: ClusterSnapshot) -> list[api.NodeInfo]:
         out.append(
             api.NodeInfo(
                 node=snap.nodes[name].value,
-                state=api.NODE_STATE_READY if snap.is_ready(name) else api.NODE_STATE_NOT_READY,
+                state=NODE_STATES[node_state(snap, name, now)],
                 allocated=pb.Resources(cpu_millis=view.cpu, memory_bytes=view.memory, pids=view.pids),
                 instances=view.total,
             )
@@ -221,7 +229,9 @@ class OrchService(api_pb2_grpc.OrchServicer):
         return await self._call(context, scale)
 
     async def ListNodes(self, request: api.ListNodesRequest, context: Ctx) -> api.ListNodesResponse:
-        return await self._call(context, lambda: api.ListNodesResponse(nodes=node_infos(self._store.snapshot())))
+        return await self._call(
+            context, lambda: api.ListNodesResponse(nodes=node_infos(self._store.snapshot(), time.time()))
+        )
 
     async def SetSchedulable(self, request: api.SetSchedulableRequest, context: Ctx) -> api.NodeInfo:
         def set_schedulable() -> api.NodeInfo:
@@ -236,7 +246,7 @@ class OrchService(api_pb2_grpc.OrchServicer):
             verb = "Uncordoned" if request.schedulable else "Cordoned"
             self._events.record([event(time.time(), "Node", request.name, verb, f"node {verb.lower()}")])
             self._on_change()
-            return next(n for n in node_infos(self._store.snapshot()) if n.node.name == request.name)
+            return next(n for n in node_infos(self._store.snapshot(), time.time()) if n.node.name == request.name)
 
         return await self._call(context, set_schedulable)
 

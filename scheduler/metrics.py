@@ -29,6 +29,16 @@ class SchedulerMetrics:
         self.placements = Counter("orch_scheduler_placements_total", "Instances assigned to nodes.", registry=r)
         self.is_leader = Gauge("orch_scheduler_leader", "1 while this scheduler is the leader.", registry=r)
         self.sessions = Gauge("orch_scheduler_agent_sessions", "Open agent sessions.", registry=r)
+        # Liveness holds (scheduler/liveness.py): NotReady nodes whose instances are kept, by why.
+        self.evictions_held = Gauge(
+            "orch_scheduler_evictions_held_nodes",
+            "NotReady nodes whose instances are not replaced.",
+            ["reason"],
+            registry=r,
+        )
+        self.eviction_holds = Counter(
+            "orch_scheduler_eviction_holds_total", "Times evictions were held back, by why.", ["reason"], registry=r
+        )
 
 
 def state_name(state: int) -> str:

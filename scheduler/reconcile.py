@@ -1,8 +1,10 @@
 """What should change: pure `reconcile(snapshot, now) -> Plan`.
 
 Per app, instances fall into buckets (Nomad's names):
-- *lost*: wants to run on a node that is not Ready → marked Lost and
-  stopped, which frees its slot for a replacement;
+- *lost*: wants to run on a NotReady node that liveness.evictions() lets go
+  → marked Lost and stopped, which frees its slot for a replacement (on a
+  Restarting node, or while the control plane suspects itself, they stay
+  untainted: held, not replaced);
 - *untainted*: wants to run (current or older app generation);
 - *stopping*: desired STOP; deleted once their node confirmed the stop (or
   the node is gone for longer than LOST_RETENTION).
@@ -20,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from orch.v1 import types_pb2 as pb
+from scheduler.liveness import MAX_NOT_READY, Hold, Liveness, evictions
 from scheduler.snapshot import ClusterSnapshot, Versioned, wants_to_run
 from scheduler.timeutil import seconds, ts
 
@@ -40,6 +43,7 @@ STARTED = frozenset(
 class Policy:
     crashloop_restarts: int = CRASHLOOP_RESTARTS
     lost_retention: float = LOST_RETENTION
+    max_not_ready: float = MAX_NOT_READY  # above this fraction of nodes down, nothing is evicted
 
 
 DEFAULT_POLICY = Policy()
@@ -51,6 +55,8 @@ class Plan:
     update: list[tuple[pb.Instance, int]] = field(default_factory=list)  # (new value, expected mod_revision)
     delete: list[tuple[pb.Instance, int]] = field(default_factory=list)
     events: list[pb.Event] = field(default_factory=list)
+    hold: Hold | None = None  # why instances of NotReady nodes were kept this pass
+    recheck_at: float | None = None  # a hold ends then: run a pass even if nothing changes
 
     def extend(self, other: Plan) -> None:
         self.create += other.create
@@ -80,11 +86,17 @@ def is_ready(inst: pb.Instance) -> bool:
 
 
 def reconcile(
-    snap: ClusterSnapshot, now: float, new_suffix: Callable[[], str], policy: Policy = DEFAULT_POLICY
+    snap: ClusterSnapshot,
+    now: float,
+    new_suffix: Callable[[], str],
+    policy: Policy = DEFAULT_POLICY,
+    liveness: Liveness | None = None,
 ) -> Plan:
-    plan = Plan()
+    evict = evictions(snap, now, liveness or Liveness(), policy.max_not_ready)
+    plan = Plan(hold=evict.hold, recheck_at=evict.recheck_at)
     for name in sorted(snap.app_names()):
-        plan.extend(reconcile_app(snap.apps.get(name), snap.instances_of(name), snap, now, new_suffix, policy))
+        insts = snap.instances_of(name)
+        plan.extend(reconcile_app(snap.apps.get(name), insts, snap, now, new_suffix, policy, evict.nodes))
     return plan
 
 
@@ -95,7 +107,9 @@ def reconcile_app(
     now: float,
     new_suffix: Callable[[], str],
     policy: Policy = DEFAULT_POLICY,
+    evict: frozenset[str] = frozenset(),
 ) -> Plan:
+    """evict: the NotReady nodes whose instances are marked Lost now (liveness.evictions)."""
     plan = Plan()
     untainted: list[Versioned[pb.Instance]] = []
     overdue: list[Versioned[pb.Instance]] = []
@@ -103,7 +117,7 @@ def reconcile_app(
         inst = v.value
         if not wants_to_run(inst):
             _collect_garbage(v, snap, now, plan, policy)
-        elif inst.node and not snap.is_ready(inst.node):
+        elif inst.node in evict:
             _mark_lost(v, now, plan)
         elif _drain_overdue(inst, snap, now):
             overdue.append(v)

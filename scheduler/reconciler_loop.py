@@ -6,6 +6,15 @@ race are dropped and the next pass, from a fresh snapshot, decides again;
 the rest of the plan still lands, so a busy key cannot starve the loop.
 Every write is fenced on the leader key: once another scheduler leads (or
 the key is gone) the pass stops and writes nothing more.
+
+Each pass also hands reconcile() what liveness needs beyond the snapshot
+(`Liveness`): the end of the grace after this scheduler took the lead or got
+etcd back (`reconnect_grace`), the nodes seen Ready since (in a snapshot
+read once leases that lapsed meanwhile are surely gone), and which nodes
+beat on this scheduler. When
+a hold starts (instances of NotReady nodes kept, liveness.py), it says why
+once: an event per node, a log line and the orch_scheduler_evictions_held
+gauge.
 """
 
 from __future__ import annotations
@@ -17,11 +26,12 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from orch.v1 import types_pb2 as pb
 from scheduler.errors import NotLeader, StoreUnavailable
 from scheduler.events import EventLog
+from scheduler.liveness import ETCD_EXPIRY_TICK, GRACE, TOO_MANY_NOT_READY, Hold, Liveness, reconnect_grace
 from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import NodeView, Placement, node_views, place, request_for
 from scheduler.reconcile import DEFAULT_POLICY, Plan, Policy, event, reconcile
@@ -62,6 +72,8 @@ class PassResult:
     placed: int
     unschedulable: int
     refused: int  # lost a race; the next pass redoes them
+    hold: Hold | None = None
+    recheck_at: float | None = None  # a hold ends then
 
 
 def place_pending(plan: Plan, snap: ClusterSnapshot, now: float) -> tuple[list[pb.Instance], int]:
@@ -136,8 +148,22 @@ class Reconciler:
         resync: float = RESYNC,
         metrics: SchedulerMetrics | None = None,
         policy: Policy = DEFAULT_POLICY,
+        heartbeats: Callable[[], tuple[frozenset[str], frozenset[str]]] = lambda: (frozenset(), frozenset()),
+        lease_ttl: float = 1.0,
     ) -> None:
+        """heartbeats: (beating, silent) nodes of this scheduler's sessions; lease_ttl: the node
+        lease, from which the grace after this scheduler took the lead or got etcd back follows."""
         self._policy = policy
+        self._heartbeats = heartbeats
+        self.grace = reconnect_grace(lease_ttl)
+        # A lease that lapsed during an outage is gone from etcd within a TTL and one expiry tick.
+        self._settle = lease_ttl + ETCD_EXPIRY_TICK
+        self._led: Fence | None = None
+        self._lead_since = 0.0
+        self._grace_since = 0.0
+        self._recovered: set[str] = set()  # nodes seen Ready since the grace began
+        self._held: dict[str, str] = {}  # node -> hold reason, to say it once
+        self._wakeup: asyncio.TimerHandle | None = None
         self._store = store
         self._metrics = metrics or SchedulerMetrics()
         self._events = events
@@ -147,24 +173,51 @@ class Reconciler:
         self.last_pass_at = 0.0  # monotonic time of the last good pass (health)
         self._last_duration = 0.0
 
-    def run_once(self, fence: Fence | None = None) -> PassResult:
+    def liveness(self, fence: Fence | None) -> Liveness:
+        """What reconcile() needs beyond the snapshot. On the event loop (the sessions live there)."""
+        now = self._clock()
+        if fence is not None and fence != self._led:
+            self._led, self._lead_since = fence, now
+        who = fence.identity if fence is not None and fence.identity else "this scheduler"
+        starts = [(self._lead_since, f"{who} became the leader {now - self._lead_since:.0f}s ago")]
+        contact = self._store.contact
+        if contact.in_outage():  # leases may be lapsing right now; the grace starts once etcd answers
+            starts.append((now, f"etcd has not answered for {contact.down_for():.0f}s"))
+        elif contact.back_at:
+            starts.append((contact.back_at, f"etcd answered again after {contact.outage:.1f}s"))
+        since, why = max(starts)
+        if since != self._grace_since:
+            self._grace_since, self._recovered = since, set()
+        beating, silent = self._heartbeats()
+        return Liveness(since + self.grace, why, beating, silent)
+
+    def _seen(self, live: Liveness, snap: ClusterSnapshot, read_at: float) -> Liveness:
+        """Note the nodes Ready in a snapshot read long enough after the grace began."""
+        if read_at >= self._grace_since + self._settle:
+            self._recovered |= snap.live_nodes
+        return replace(live, recovered=frozenset(self._recovered))
+
+    def run_once(self, fence: Fence | None = None, liveness: Liveness | None = None) -> PassResult:
         """One pass. Blocking: run it in a thread.
 
         Writes that lost a race (their key changed since the snapshot) are
         dropped and the next pass, from a fresh snapshot, decides again.
         Raises NotLeader when the fence no longer holds.
         """
-        t0 = time.monotonic()
+        t0, read_at = time.monotonic(), self._clock()
         snap = self._store.snapshot()
         t1 = time.monotonic()
         now = self._clock()
-        plan = reconcile(snap, now, unique_suffixes(snap.instances), self._policy)
+        if liveness is not None:
+            liveness = self._seen(liveness, snap, read_at)
+        plan = reconcile(snap, now, unique_suffixes(snap.instances), self._policy, liveness)
+        self._record(self._note_hold(plan.hold, now))
         placed, n_placed = place_pending(plan, snap, now)
         writes = plan_writes(plan, placed, snap, self._store)
         t2 = time.monotonic()
         if not writes:
             self.last_pass_at = time.monotonic()
-            return PassResult(snap.revision, 0, 0, 0, 0)
+            return PassResult(snap.revision, 0, 0, 0, 0, plan.hold, plan.recheck_at)
         revision, refused = self._store.commit_partial(writes, fence)
         if len(refused) < len(writes):
             self._record(plan.events)
@@ -178,10 +231,33 @@ class Reconciler:
             len(refused),
             len(writes),
         )
-        return PassResult(revision, len(writes) - len(refused), n_placed, len(placed) - n_placed, len(refused))
+        written = len(writes) - len(refused)
+        return PassResult(revision, written, n_placed, len(placed) - n_placed, len(refused), plan.hold, plan.recheck_at)
 
     def _record(self, events: list[pb.Event]) -> None:
         self._events.record(events)
+
+    def _note_hold(self, hold: Hold | None, now: float) -> list[pb.Event]:
+        """Events (and a log line) for nodes newly held; the gauge for all."""
+        held = {n: hold.reason for n in hold.nodes} if hold is not None else {}
+        new = sorted(n for n, reason in held.items() if self._held.get(n) != reason)
+        if self._held and not held:
+            log.info("evicting again: no node is held any more")
+        self._held = held
+        for reason in (GRACE, TOO_MANY_NOT_READY):
+            self._metrics.evictions_held.labels(reason).set(sum(r == reason for r in held.values()))
+        if hold is None or not new:
+            return []
+        self._metrics.eviction_holds.labels(hold.reason).inc()
+        log.warning("not evicting %s: %s", ", ".join(new), hold.message)
+        return [event(now, "Node", n, hold.reason, hold.message, warning=True) for n in new]
+
+    def _wake_at(self, at: float) -> None:
+        """Run a pass at `at` (unix seconds) even if nothing changes: a hold ends then."""
+        if self._wakeup is not None:
+            self._wakeup.cancel()
+        delay = max(MIN_INTERVAL, at - self._clock())
+        self._wakeup = asyncio.get_running_loop().call_later(delay, self.trigger.set)
 
     async def run(self, leadership: Callable[[], Fence | None]) -> None:
         """leadership: the fence while this scheduler leads, else None."""
@@ -197,7 +273,7 @@ class Reconciler:
                 continue
             started = time.monotonic()
             try:
-                result = await asyncio.to_thread(self.run_once, fence)
+                result = await asyncio.to_thread(self.run_once, fence, self.liveness(fence))
             except NotLeader as e:  # the election notices too; no retrying writes meanwhile
                 self._metrics.reconcile_passes.labels("not_leader").inc()
                 log.warning("reconcile pass dropped: %s", e)
@@ -214,6 +290,8 @@ class Reconciler:
             self._last_duration = time.monotonic() - started
             if result.refused:
                 self.trigger.set()
+            if result.recheck_at is not None:
+                self._wake_at(result.recheck_at)
             self._metrics.reconcile_passes.labels("ok").inc()
             self._metrics.reconcile_seconds.observe(self._last_duration)
             self._metrics.placements.inc(result.placed)

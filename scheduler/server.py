@@ -15,17 +15,19 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
+from orch import sdnotify
 from orch.tls import Credentials, add_port
 from orch.v1 import agent_pb2_grpc, api_pb2_grpc
 from scheduler.api import OrchService
 from scheduler.authz import Authorizer
 from scheduler.cache import ClusterCache
+from scheduler.contact import Contact
 from scheduler.events import EventLog
 from scheduler.leader import LeaderElection
 from scheduler.leases import LeaseKeeper
 from scheduler.metrics import ClusterCollector, SchedulerMetrics
 from scheduler.reconciler_loop import Reconciler
-from scheduler.sessions import AgentSessionService, NodeRegistry
+from scheduler.sessions import RESTART_GRACE, AgentSessionService, NodeRegistry
 from scheduler.status import StatusWriter
 from scheduler.store import Store
 
@@ -43,6 +45,7 @@ class SchedulerConfig:
     identity: str = ""
     tls: Credentials | None = None  # mutual TLS for the API, agent sessions and calls to agents
     etcd_tls: Credentials | None = None  # client certificate for etcd (https endpoints)
+    restart_grace: float = RESTART_GRACE  # s a node whose agent said goodbye for a restart is held
 
 
 async def serve(config: SchedulerConfig) -> None:
@@ -50,16 +53,21 @@ async def serve(config: SchedulerConfig) -> None:
     # starves under a few hundred agents.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="etcd"))
     identity = config.identity or f"{socket.gethostname()}-{os.getpid()}"
-    store = Store(config.etcd, prefix=config.prefix, tls=config.etcd_tls)
+    # Half a lease without answers from etcd and node leases may lapse: the reconciler then waits.
+    contact = Contact(stall=config.lease_ttl / 2)
+    store = Store(config.etcd, prefix=config.prefix, tls=config.etcd_tls, contact=contact)
     metrics = SchedulerMetrics()
     events = EventLog(store)
     cache = ClusterCache(store)
     metrics.registry.register(ClusterCollector(cache))
-    reconciler = Reconciler(store, events, metrics=metrics)
     election = LeaderElection(store, identity, ttl=config.leader_ttl)
     status = StatusWriter(store, cache)
     keeper = LeaseKeeper(store, interval=config.lease_ttl / 4)
-    sessions = AgentSessionService(NodeRegistry(store, config.lease_ttl), cache, status, metrics, keeper)
+    registry = NodeRegistry(store, config.lease_ttl, config.restart_grace)
+    sessions = AgentSessionService(registry, cache, status, metrics, keeper, events)
+    reconciler = Reconciler(
+        store, events, metrics=metrics, heartbeats=sessions.heartbeats.split, lease_ttl=config.lease_ttl
+    )
     cache.on_any_change(reconciler.trigger.set)
 
     # Every call is authorized by the caller's certificate (scheduler/authz.py); without TLS, nothing is.
@@ -96,6 +104,7 @@ async def serve(config: SchedulerConfig) -> None:
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info("scheduler %s serving on %s (etcd %s)", identity, config.listen, ",".join(config.etcd))
+    sdnotify.ready(f"serving on {config.listen}")  # Type=notify: `systemctl start` returns now
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -103,6 +112,7 @@ async def serve(config: SchedulerConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     done = asyncio.create_task(stop.wait())
     await asyncio.wait([done, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    sdnotify.stopping()
     for t in tasks:
         if t.done() and not t.cancelled() and t.exception():
             log.error("task %s failed", t.get_name(), exc_info=t.exception())

@@ -7,6 +7,12 @@ Whenever the node's instances change, the whole desired set is sent again,
 numbered with the etcd revision of the cache it came from. An agent ignores a
 set older than one it applied (from a scheduler that was ahead of us); its
 heartbeats then say so, and the set is sent again once this cache caught up.
+
+An agent that exits for a restart (SIGTERM) says goodbye first: the node is
+held (`Node.restarting_until`, state Restarting) for the restart grace and
+its lease revoked; the new agent's registration ends the hold. `Heartbeats`
+tells the reconciler which nodes beat here now and which have gone quiet
+(liveness.py).
 """
 
 from __future__ import annotations
@@ -14,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -25,13 +31,18 @@ from orch.v1 import agent_pb2_grpc
 from orch.v1 import types_pb2 as pb
 from scheduler.cache import ClusterCache
 from scheduler.errors import Conflict, StoreUnavailable
+from scheduler.events import EventLog
 from scheduler.leases import LeaseKeeper
+from scheduler.liveness import restarting_until
 from scheduler.metrics import SchedulerMetrics
+from scheduler.reconcile import event
 from scheduler.status import StatusWriter
 from scheduler.store import Put, Store
 from scheduler.timeutil import ts
 
 log = logging.getLogger(__name__)
+
+RESTART_GRACE = 30.0  # s a node whose agent said goodbye for a restart is held (orch scheduler --restart-grace)
 
 
 @dataclass(slots=True)
@@ -54,14 +65,39 @@ def desired_message(instances: list[pb.Instance], generation: int, cluster_id: i
     return out
 
 
+class Heartbeats:
+    """When each node's agent last beat on this scheduler (monotonic seconds)."""
+
+    def __init__(self, overdue: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.overdue = overdue
+        self._clock = clock
+        self._last: dict[str, tuple[object, float]] = {}  # node -> (session, time)
+
+    def beat(self, node: str, session: object) -> None:
+        self._last[node] = (session, self._clock())
+
+    def closed(self, node: str, session: object) -> None:
+        """The session ended; a newer one of the same node stays."""
+        if node in self._last and self._last[node][0] is session:
+            del self._last[node]
+
+    def split(self) -> tuple[frozenset[str], frozenset[str]]:
+        """(beating, silent): nodes with a session here that beat recently, and those that went quiet."""
+        now = self._clock()
+        beating = frozenset(n for n, (_, t) in self._last.items() if now - t < self.overdue)
+        return beating, frozenset(self._last) - beating
+
+
 class NodeRegistry:
     """Node records and their leases in etcd (blocking calls)."""
 
-    def __init__(self, store: Store, lease_ttl: int) -> None:
+    def __init__(self, store: Store, lease_ttl: int, restart_grace: float = RESTART_GRACE) -> None:
         self._store = store
         self.lease_ttl = lease_ttl
+        self.restart_grace = restart_grace
 
-    def register(self, reg: apb.Register) -> int:
+    def register(self, reg: apb.Register) -> tuple[int, float]:
+        """Returns (lease id, the end of the restart hold this registration ended, or 0)."""
         key = self._store.keys.node(reg.node)
         # Only this node's own last lease may be reused: any other live lease (another node's,
         # the leader's) kept alive by this session would keep a dead node Ready or a dead
@@ -84,7 +120,10 @@ class NodeRegistry:
             node.version = reg.version
             node.host_port_min, node.host_port_max = reg.host_port_min, reg.host_port_max
             node.lease_id = lease_id
-            node.registered_at.CopyFrom(ts(time.time()))
+            now = time.time()
+            node.registered_at.CopyFrom(ts(now))
+            held = restarting_until(node)
+            node.ClearField("restarting_until")  # back: a hold for its restart ends here
             lease_key = self._store.keys.node_lease(reg.node)
             try:
                 self._store.commit(
@@ -93,10 +132,23 @@ class NodeRegistry:
                         Put(lease_key, pb.Node(name=reg.node), None, lease_id),
                     ]
                 )
-                return lease_id
+                return lease_id, held if held > now else 0.0
             except Conflict:
                 continue
         raise Conflict(f"node {reg.node}")
+
+    def hold(self, node: str, lease_id: int) -> float:
+        """Its agent said goodbye for a restart: hold the node until the returned time, and let
+        its lease go now (it is Restarting, not Ready, at once)."""
+        until = time.time() + self.restart_grace
+
+        def mark(n: pb.Node) -> None:
+            n.restarting_until.CopyFrom(ts(until))
+
+        if self._store.update(pb.Node, self._store.keys.node(node), mark) is None:
+            raise Conflict(f"node {node} (its record is gone)")
+        self._store.revoke_lease(lease_id)
+        return until
 
     def _reuse_or_grant(self, previous: int) -> int:
         if previous and self._store.refresh_lease(previous) > 0:
@@ -114,6 +166,18 @@ class NodeRegistry:
         return new_id
 
 
+@dataclass(slots=True)
+class SessionState:
+    """What one session's reader and writer share."""
+
+    node: str
+    lease_id: int
+    dirty: asyncio.Event = field(default_factory=asyncio.Event)  # the writer looks again
+    gens: Generations = field(default_factory=Generations)
+    replies: list[apb.SchedulerMessage] = field(default_factory=list)  # besides desired sets
+    leaving: bool = False  # said goodbye: its heartbeats no longer keep the lease
+
+
 class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
     def __init__(
         self,
@@ -122,12 +186,16 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
         status: StatusWriter,
         metrics: SchedulerMetrics,
         keeper: LeaseKeeper,
+        events: EventLog | None = None,
     ) -> None:
         self._keeper = keeper
         self._registry = registry
         self._cache = cache
         self._status = status
         self._metrics = metrics
+        self._events = events
+        # Half a lease without a beat: with beats every third of one, at least one is late.
+        self.heartbeats = Heartbeats(overdue=registry.lease_ttl / 2)
 
     async def Session(
         self,
@@ -146,11 +214,14 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
             )
             return
         try:
-            lease_id = await asyncio.to_thread(self._registry.register, reg)
+            lease_id, held_until = await asyncio.to_thread(self._registry.register, reg)
         except (StoreUnavailable, Conflict) as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot register node {reg.node}: {e}")
             return
         log.info("node %s registered (lease %x)", reg.node, lease_id)
+        if held_until:
+            left = held_until - time.time()
+            await self._record(reg.node, "NodeRestarted", f"agent back, {left:.0f}s before its restart hold ended")
         # Three beats per TTL: one lost or late beat never lets a live node's lease lapse.
         interval_ms = max(100, self._registry.lease_ttl * 1000 // 3)
         yield apb.SchedulerMessage(
@@ -160,64 +231,94 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
                 heartbeat_interval_ms=interval_ms,
             )
         )
-        dirty = asyncio.Event()
-        dirty.set()
-        unsubscribe = self._cache.subscribe(lambda nodes: dirty.set() if reg.node in nodes else None)
-        gens = Generations()
-        reader = asyncio.create_task(self._read(reg.node, lease_id, request_iterator, dirty, gens))
+        state = SessionState(reg.node, lease_id)
+        state.dirty.set()
+        self.heartbeats.beat(reg.node, state)
+        unsubscribe = self._cache.subscribe(lambda nodes: state.dirty.set() if reg.node in nodes else None)
+        reader = asyncio.create_task(self._read(state, request_iterator))
         self._metrics.sessions.inc()
         try:
-            last: bytes | None = None
-            while not reader.done():
-                waiter = asyncio.create_task(dirty.wait())
-                try:
-                    await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()  # also when the stream is torn down mid-wait
-                dirty.clear()
-                msg = desired_message(self._cache.desired_for(reg.node), self._cache.revision, self._cache.cluster_id)
-                body = b"".join(i.SerializeToString(deterministic=True) for i in msg.instances)
-                # Same body but the agent ignored it as stale: resend once it no longer is.
-                resend = gens.agent_ahead() and msg.generation >= gens.observed
-                if body != last or resend:
-                    last = body
-                    gens.sent = msg.generation
-                    yield apb.SchedulerMessage(desired=msg)
+            async for msg in self._write(state, reader):
+                yield msg
         finally:
             unsubscribe()
             reader.cancel()
+            self.heartbeats.closed(reg.node, state)
             self._metrics.sessions.dec()
             log.info("node %s: session closed", reg.node)
 
-    async def _read(
-        self,
-        node: str,
-        lease_id: int,
-        requests: AsyncIterator[apb.AgentMessage],
-        dirty: asyncio.Event,
-        gens: Generations,
-    ) -> None:
+    async def _write(self, state: SessionState, reader: asyncio.Task[None]) -> AsyncIterator[apb.SchedulerMessage]:
+        """Replies, and the node's desired set whenever it changed, until the reader ends."""
+        last: bytes | None = None
+        gens = state.gens
+        while not reader.done():
+            waiter = asyncio.create_task(state.dirty.wait())
+            try:
+                await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()  # also when the stream is torn down mid-wait
+            state.dirty.clear()
+            while state.replies:
+                yield state.replies.pop(0)
+            msg = desired_message(self._cache.desired_for(state.node), self._cache.revision, self._cache.cluster_id)
+            body = b"".join(i.SerializeToString(deterministic=True) for i in msg.instances)
+            # Same body but the agent ignored it as stale: resend once it no longer is.
+            resend = gens.agent_ahead() and msg.generation >= gens.observed
+            if body != last or resend:
+                last = body
+                gens.sent = msg.generation
+                yield apb.SchedulerMessage(desired=msg)
+
+    async def _read(self, state: SessionState, requests: AsyncIterator[apb.AgentMessage]) -> None:
         expired = asyncio.Event()
         try:
             async for msg in requests:
                 kind = msg.WhichOneof("msg")
-                if kind == "heartbeat":
+                if kind == "heartbeat" and not state.leaving:
+                    self.heartbeats.beat(state.node, state)
                     if expired.is_set():
                         expired.clear()
-                        lease_id = await self._renew(node, lease_id)
-                    self._keeper.mark(lease_id, expired.set)
-                    gens.observed = msg.heartbeat.observed_generation
-                    if gens.agent_ahead():
-                        dirty.set()  # look again at each beat until our cache caught up
+                        state.lease_id = await self._renew(state.node, state.lease_id)
+                    self._keeper.mark(state.lease_id, expired.set)
+                    state.gens.observed = msg.heartbeat.observed_generation
+                    if state.gens.agent_ahead():
+                        state.dirty.set()  # look again at each beat until our cache caught up
                 elif kind == "status":
-                    self._status.report(node, list(msg.status.instances))
+                    self._status.report(state.node, list(msg.status.instances))
                     if msg.status.full:
-                        self._status.stopped_elsewhere(node, {r.name for r in msg.status.instances})
-                        dirty.set()
+                        self._status.stopped_elsewhere(state.node, {r.name for r in msg.status.instances})
+                        state.dirty.set()
+                elif kind == "goodbye":
+                    await self._goodbye(state, msg.goodbye)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
         finally:
-            self._keeper.forget(lease_id)
+            self._keeper.forget(state.lease_id)
+
+    async def _goodbye(self, state: SessionState, goodbye: apb.Goodbye) -> None:
+        """The agent exits; for a restart, hold its node. The ack tells it the hold is recorded."""
+        state.leaving = True
+        self._keeper.forget(state.lease_id)
+        self.heartbeats.closed(state.node, state)
+        ack = apb.GoodbyeAck()
+        if goodbye.restarting:
+            try:
+                until = await asyncio.to_thread(self._registry.hold, state.node, state.lease_id)
+            except (StoreUnavailable, Conflict) as e:
+                log.warning("node %s: could not hold it for its restart: %s", state.node, e)
+            else:
+                ack.held_until.CopyFrom(ts(until))
+                grace = self._registry.restart_grace
+                log.info("node %s: agent restarting; holding its instances for %.0fs", state.node, grace)
+                await self._record(
+                    state.node, "NodeRestarting", f"agent restarting; its instances are kept for {grace:.0f}s"
+                )
+        state.replies.append(apb.SchedulerMessage(goodbye_ack=ack))
+        state.dirty.set()
+
+    async def _record(self, node: str, reason: str, message: str) -> None:
+        if self._events is not None:
+            await asyncio.to_thread(self._events.record, [event(time.time(), "Node", node, reason, message)])
 
     async def _renew(self, node: str, lease_id: int) -> int:
         try:

@@ -1,4 +1,4 @@
-"""The only module that talks to etcd.
+"""The typed face of etcd: with etcd_failover.py, the only modules that talk to it.
 
 Values are the API's protobuf messages under one key prefix:
 
@@ -14,28 +14,48 @@ Every write that depends on a read carries the `mod_revision` it read
 double-place or resurrect an instance. The reconciler's writes also carry a
 `Fence` (the leader key is still the one it created); a failed fence raises
 `NotLeader`, so a pass that outlived its leadership writes nothing.
+
+Retries and member failover (RECIPES §1) are etcd_failover.py's: every call
+here goes through `Failover.call`.
 """
 
 from __future__ import annotations
 
 import logging
+import types
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import etcd3
+import etcd3.exceptions
+import etcd3.watch
 import grpc
-from etcd3 import utils as etcd_utils
 from google.protobuf.message import DecodeError, Message
 
 from orch.tls import Credentials
 from orch.v1 import types_pb2 as pb
+from scheduler.contact import Contact
 from scheduler.errors import Conflict, NotLeader, StoreUnavailable
-from scheduler.etcd_client import EtcdClient, WatchStream, translated
-from scheduler.etcd_client import KeepAliveStream as KeepAliveStream  # leases.py's type
+from scheduler.etcd_failover import (
+    CALL_TIMEOUT,
+    CHANNEL_OPTIONS,
+    REQUIRE_LEADER,
+    RETRY_FOR,
+    SNAPSHOT_TIMEOUT,
+    TIME_RETRY,
+    TRANSIENT_CODES,
+    Failover,
+    KeepAliveStream,
+)
 from scheduler.snapshot import ClusterSnapshot, Versioned
 
 log = logging.getLogger(__name__)
+
+# python3-etcd3 0.13 uses `six` in its watch thread without importing it; a
+# broken watch stream then dies with NameError and callbacks are never told.
+etcd3.watch.six = types.SimpleNamespace(itervalues=lambda d: iter(d.values()))
 
 M = TypeVar("M", bound=Message)
 
@@ -144,28 +164,38 @@ def decode(cls: type[M], data: bytes, key: str) -> M | None:
 
 class Store:
     def __init__(
-        self, endpoints: Sequence[str], prefix: str = "/orch/", timeout: float = 2.0, tls: Credentials | None = None
+        self,
+        endpoints: Sequence[str],
+        prefix: str = "/orch/",
+        timeout: float = CALL_TIMEOUT,
+        tls: Credentials | None = None,
+        contact: Contact | None = None,
+        retry_for: float = RETRY_FOR,
     ) -> None:
         self.keys = Keys(prefix)
         creds = tls.channel_credentials() if tls is not None else None
-        eps = [(ep.host, ep.port, ep.secure) for ep in parse_endpoints(endpoints, tls is not None)]
-        self._etcd = EtcdClient(eps, timeout, creds)  # fails over between the members (etcd_client.py)
+        eps = [
+            etcd3.Endpoint(ep.host, ep.port, secure=ep.secure, creds=creds, time_retry=TIME_RETRY, opts=CHANNEL_OPTIONS)
+            for ep in parse_endpoints(endpoints, tls is not None)
+        ]
+        # failover=True: after one error the client moves on to the next
+        # endpoint instead of refusing every call for minutes.
+        self._client = etcd3.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout, failover=True)
+        self._client.metadata = REQUIRE_LEADER
+        self._failover = Failover(self._client, contact or Contact(), retry_for)
+        self._call = self._failover.call
+        self.contact = self._failover.contact
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="etcd-commit")
-
-    @property
-    def endpoint(self) -> str:
-        """host:port of the etcd member this store talks to now."""
-        return self._etcd.endpoint
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
-        self._etcd.close()
+        self._client.close()
 
     # -- reads ---------------------------------------------------------
 
     def snapshot(self) -> ClusterSnapshot:
         """Everything but events, from one range read (one revision)."""
-        resp = self._etcd.call("snapshot", lambda c: c.get_prefix_response(self.keys.prefix))
+        resp = self._call("snapshot", lambda _: self._failover.range_prefix(self.keys.prefix, SNAPSHOT_TIMEOUT))
         apps: dict[str, Versioned[pb.App]] = {}
         instances: dict[str, Versioned[pb.Instance]] = {}
         nodes: dict[str, Versioned[pb.Node]] = {}
@@ -195,14 +225,14 @@ class Store:
         )
 
     def get(self, cls: type[M], key: str) -> Versioned[M] | None:
-        value, meta = self._etcd.call(f"get {key}", lambda c: c.get(key))
+        value, meta = self._call(f"get {key}", lambda _: self._client.get(key))
         if value is None:
             return None
         msg = decode(cls, value, key)
         return None if msg is None else Versioned(msg, meta.mod_revision)
 
     def list_prefix(self, cls: type[M], prefix: str) -> list[Versioned[M]]:
-        items = self._etcd.call(f"list {prefix}", lambda c: list(c.get_prefix(prefix)))
+        items = self._call(f"list {prefix}", lambda _: list(self._client.get_prefix(prefix)))
         out = []
         for value, meta in items:
             msg = decode(cls, value, meta.key.decode())
@@ -262,36 +292,57 @@ class Store:
             return e
 
     def _commit_chunk(self, writes: Sequence[Write], fence: Fence | None = None) -> int:
-        tx = self._etcd.raw.transactions  # builds compares and requests; no I/O
+        tx = self._client.transactions
+        payloads = [w.value.SerializeToString() if isinstance(w, Put) else None for w in writes]
         compare: list[Any] = []
         ops: list[Any] = []
-        for w in writes:
+        for w, payload in zip(writes, payloads, strict=True):
             if w.expect == 0:
                 compare.append(tx.version(w.key) == 0)
             elif w.expect is not None:
                 compare.append(tx.mod(w.key) == w.expect)
             if isinstance(w, Put):
-                ops.append(tx.put(w.key, w.value.SerializeToString(), lease=w.lease))
+                ops.append(tx.put(w.key, payload, lease=w.lease))
             else:
                 ops.append(tx.delete(w.key))
         failure: list[Any] = []
         if fence is not None:
             compare.append(tx.create(fence.key) == fence.create_revision)
             failure.append(tx.get(fence.key))  # on failure: was it the fence or a write?
-        # Retried on another member after a failure: a commit that did land then fails its compare
-        # (Conflict), and the caller re-reads, as after any conflict.
-        ok, responses = self._etcd.call(
-            "commit", lambda c: c.transaction(compare=compare, success=ops, failure=failure)
-        )
+
+        def attempt(n: int) -> tuple[bool, Any]:
+            ok, responses = self._client.transaction(compare=compare, success=ops, failure=failure)
+            if not ok and n > 0 and (revision := self._landed(writes, payloads)):
+                return True, revision  # an attempt that failed in flight had committed (its reply was lost)
+            return ok, responses
+
+        ok, responses = self._call("commit", attempt)
         if not ok:
             if fence is not None and not _still_holds(fence, responses[0]):
                 raise NotLeader(fence.identity or "this scheduler")
             raise Conflict(", ".join(w.key.removeprefix(self.keys.prefix) for w in writes[:3]))
+        if isinstance(responses, int):
+            return responses
         for r in responses:
             header = getattr(getattr(r, r.WhichOneof("response")), "header", None)
             if header is not None:
                 return int(header.revision)
         return 0
+
+    def _landed(self, writes: Sequence[Write], payloads: Sequence[bytes | None]) -> int:
+        """The revision at which etcd holds exactly what these writes wrote, or 0."""
+        tx = self._client.transactions
+        _, found = self._client.transaction(compare=[], success=[tx.get(w.key) for w in writes], failure=[])
+        revision = 0
+        for w, payload, kvs in zip(writes, payloads, found, strict=True):
+            if isinstance(w, Delete):
+                if kvs:
+                    return 0
+                continue
+            if not kvs or kvs[0][0] != payload or (w.lease and kvs[0][1].lease_id != w.lease):
+                return 0
+            revision = max(revision, int(kvs[0][1].mod_revision))
+        return revision or 1
 
     def update(self, cls: type[M], key: str, mutate: Callable[[M], None], attempts: int = 5) -> M | None:
         """Read-modify-write guarded by mod_revision, retried on Conflict.
@@ -316,32 +367,42 @@ class Store:
 
     def grant_lease(self, ttl: int) -> tuple[int, int]:
         """Returns (lease id, granted TTL); etcd may raise a too-small TTL."""
-        lease = self._etcd.call("grant lease", lambda c: c.lease(ttl))
+        lease = self._call("grant lease", lambda _: self._client.lease(ttl))
         return int(lease.id), int(lease.ttl)
 
     def refresh_lease(self, lease_id: int) -> int:
         """Returns the remaining TTL; 0 or less means the lease is gone."""
-        responses = self._etcd.call("refresh lease", lambda c: list(c.refresh_lease(lease_id)))
+        responses = self._call("refresh lease", lambda _: list(self._client.refresh_lease(lease_id)))
         return int(responses[0].TTL) if responses else 0
 
     def revoke_lease(self, lease_id: int) -> None:
-
-        def revoke(c: Any) -> None:
+        def revoke(_: int) -> None:
             try:
-                c.revoke_lease(lease_id)
+                self._client.revoke_lease(lease_id)
             except grpc.RpcError as e:
-                if e.code() != grpc.StatusCode.NOT_FOUND:
+                if e.code() != grpc.StatusCode.NOT_FOUND:  # already gone (a retry after it landed)
                     raise
 
-        self._etcd.call("revoke lease", revoke)
+        self._call("revoke lease", revoke)
 
     def keep_alive_stream(
         self, on_response: Callable[[int, int], None], on_error: Callable[[Exception], None]
     ) -> KeepAliveStream:
         """One long-lived LeaseKeepAlive stream: refreshing N leases costs N small
-        messages instead of N new RPCs (python-etcd3's refresh_lease opens one each)."""
-        with translated("lease keep-alive"):
-            return KeepAliveStream(self._etcd, on_response, on_error)
+        messages instead of N new RPCs (python-etcd3's refresh_lease opens one each).
+
+        When it breaks, its member is marked failed first, so the next stream goes to
+        another one (the caller re-creates it)."""
+        return self._call(
+            "lease keep-alive",
+            lambda _: KeepAliveStream(self._client, on_response, on_error, self._failover.member_failed),
+        )
+
+    def abandon(self, stream: KeepAliveStream) -> None:
+        """The stream's member stopped answering without an error (stopped, cut off): the
+        next stream goes to another one."""
+        stream.close()
+        self._failover.member_failed(stream.member)
 
     # -- watches -------------------------------------------------------
 
@@ -355,27 +416,42 @@ class Store:
 
         on_events gets the events and the response's header revision; on_error
         is called once when the stream breaks (the caller re-creates the watch
-        from the last revision it saw; it then goes to a live member).
+        from the last revision it saw).
         """
         plen = len(self.keys.prefix)
+        member = ""
 
-        def on_response(resp: Any) -> None:
+        def callback(resp: Any) -> None:
+            if resp is None or isinstance(resp, Exception):  # None: the stream ended without an error
+                if isinstance(resp, grpc.RpcError) and resp.code() in TRANSIENT_CODES:
+                    self._failover.member_failed(member)  # re-created on another member (dead, or without a leader)
+                on_error(resp if isinstance(resp, Exception) else ConnectionError("etcd watch stream ended"))
+                return
             events = [
                 WatchEvent(
-                    key=ev.kv.key.decode()[plen:],
-                    value=None if ev.type == ev.DELETE else ev.kv.value,
-                    mod_revision=ev.kv.mod_revision,
+                    key=ev.key.decode()[plen:],
+                    value=None if isinstance(ev, etcd3.events.DeleteEvent) else ev.value,
+                    mod_revision=ev.mod_revision,
                 )
                 for ev in resp.events
             ]
             on_events(events, int(resp.header.revision))
 
-        prefix = self.keys.prefix.encode()
-        end = etcd_utils.prefix_range_end(prefix)
-        stream = self._etcd.call(
-            "watch", lambda _: WatchStream(self._etcd, prefix, end, start_revision, on_response, on_error)
-        )
-        return stream.close
+        def add(_: int) -> Any:
+            nonlocal member
+            _ = self._client.watcher  # picks the member (a failed one is left) before we note it
+            member = self._failover.member_in_use()
+            return self._client.add_watch_prefix_callback(self.keys.prefix, callback, start_revision=start_revision)
+
+        watch_id = self._call("watch", add)
+
+        def cancel() -> None:
+            try:
+                self._client.cancel_watch(watch_id)
+            except Exception:  # the stream may already be gone
+                log.debug("cancel_watch failed", exc_info=True)
+
+        return cancel
 
 
 def _chunks(writes: Sequence[Write]) -> list[Sequence[Write]]:

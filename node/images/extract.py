@@ -3,7 +3,7 @@
 Debian's Python 3.11.2 has no `tarfile` extraction filters, so every member is checked and
 written here by hand:
 
-* names: absolute paths and `..` components are rejected;
+* names: absolute paths, `..` components and paths more than MAX_DEPTH directories deep are rejected;
 * parents: every directory on the way is lstat()ed; a symlink there is rejected, so nothing is ever
   written through a symlink (in-layer or escaping);
 * files are created with O_NOFOLLOW|O_EXCL after removing whatever was there;
@@ -29,6 +29,7 @@ from typing import BinaryIO, Protocol
 
 from node.images.errors import DigestMismatch, LayerRejected
 from node.runtime.imagefs import OPAQUE_XATTR  # the overlay format is the runtime's: it mounts the layers
+from orch.trees import remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,9 @@ OPAQUE_MARKER = ".wh..wh..opq"
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 20
+# Directories deep, as the path a member names: real images stay far below; far deeper trees only
+# make trouble for whatever walks them later (the runtime reads /etc/passwd across the layers).
+MAX_DEPTH = 256
 
 
 class Readable(Protocol):
@@ -149,6 +153,8 @@ class _Writer:
         parts = [p for p in name.split("/") if p not in ("", ".")]
         if ".." in parts:
             raise self.reject(member, "path traversal (..)")
+        if len(parts) > MAX_DEPTH:
+            raise self.reject(member, f"more than {MAX_DEPTH} directories deep ({len(parts)})")
         return parts
 
     def _parent(self, parts: list[str], member: tarfile.TarInfo) -> Path:
@@ -215,11 +221,4 @@ class _Writer:
 
 
 def _remove(path: Path) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
+    remove_tree(path)  # a directory the layer made: whatever its depth

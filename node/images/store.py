@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 import threading
 from collections import Counter
@@ -43,6 +42,7 @@ from node.images.registry import RegistryClient, RegistrySource
 from node.images.source import Resolved, Source
 from node.images.usage import DiskUsage, GcResult, tree_bytes
 from orch.files import write_atomic
+from orch.trees import remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,8 @@ class ImageStore:
         self._registry = RegistryClient(load_credentials(auth_file or default_auth_file()), insecure)
         for sub in ("blobs/sha256", "layers", "images"):
             (root / sub).mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(root / "tmp", ignore_errors=True)  # leftovers of a crash: never complete
-        (root / "tmp").mkdir()
+        _discard(root / "tmp")  # leftovers of a crash: never complete
+        (root / "tmp").mkdir(exist_ok=True)
         self._state = threading.Lock()  # refs index, records, pins, gc
         self._locks_guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
@@ -194,7 +194,7 @@ class ImageStore:
                     raise
                 raise DigestMismatch(f"pull {image}: {exc}") from exc
             finally:
-                shutil.rmtree(work, ignore_errors=True)
+                _discard(work)
 
     def _commit(self, res: Resolved, key: str) -> PreparedImage:
         path = self.root / "images" / f"{digest_hex(res.manifest_digest)}.json"
@@ -269,16 +269,28 @@ def _parse_all(images: set[str]) -> list[Reference]:
 
 
 def _sweep(directory: Path, live: set[str]) -> tuple[int, int]:
+    """Remove what is not live; one entry that cannot be removed is logged and the sweep goes on."""
     freed = removed = 0
     for entry in directory.iterdir():
         if entry.name not in live:
-            freed += tree_bytes(entry)
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+            try:
+                size = tree_bytes(entry)
+                remove_tree(entry)
+            except Exception as exc:
+                log.warning("image gc: cannot remove %s: %s", entry, exc)
+                continue
+            freed += size
             removed += 1
     return freed, removed
+
+
+def _discard(path: Path) -> None:
+    """Remove a tree of ours that an image shaped (an extraction); a failure is only logged:
+    its name is unique, so what is left can be in no one's way."""
+    try:
+        remove_tree(path)
+    except OSError as exc:
+        log.warning("image store: cannot remove %s: %s", path, exc)
 
 
 def _put_blob(root: Path, data: bytes) -> str:

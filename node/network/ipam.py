@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from node.network.errors import AddressExhausted, ConfigError, StateError
 from node.network.model import parse_subnet
 from node.runtime.layout import CORRUPT, set_aside
 from orch.files import fsync_dir, write_atomic
+from orch.trees import remove_tree
 
 _LAST = "last"
 _TMP_PREFIX = ".tmp-"
@@ -84,7 +84,8 @@ class Ipam:
             path = self._dir / name
             if CORRUPT in name and self._parse(name.partition(CORRUPT)[0]) is not None:
                 if path.is_dir() and not path.is_symlink():  # set aside: not even a file
-                    shutil.rmtree(path, ignore_errors=True)
+                    with contextlib.suppress(OSError):
+                        remove_tree(path)
                 else:
                     self._unlink(path)
             elif name == _LAST or name.startswith((_TMP_PREFIX, f".{_LAST}.")) or self._parse(name) is not None:

@@ -47,11 +47,10 @@ from node.runtime.exec_request import FAILED, ExecRequest, Lines, send
 from node.runtime.layout import ContainerDir, read_json
 from node.runtime.proctree import sweep
 from node.runtime.spec import ShimSpec
-from node.runtime.sys import CLONE_NEWPID, LinuxSyscalls, set_process_title
+from node.runtime.sys import CLONE_NEWPID, PR_SET_DUMPABLE, LinuxSyscalls, set_process_title
 
 __all__ = ["main"]
 
-PR_SET_DUMPABLE = 4
 _C_EXIT_WAIT = 10.0  # s for C to reap what the sweep killed; then it is killed too
 
 

@@ -12,7 +12,10 @@ thread. So a path is resolved the way the kernel will resolve it inside the cont
 * symlinks are followed inside the image: an absolute target starts again at the image root, `..`
   stops at the root, at most MAX_SYMLINKS of them (openat2's RESOLVE_IN_ROOT, over a layer stack);
 * each directory is opened O_NOFOLLOW relative to its parent's fd, the final file O_NOFOLLOW|
-  O_NONBLOCK, and only a regular file (fstat) of at most `limit` bytes is read.
+  O_NONBLOCK, and only a regular file (fstat) of at most `limit` bytes is read;
+* a walk holds the fds of one merged directory at a time (`..` looks the path up again from the
+  image root), and the steps, the depth and the directories opened are capped: whatever the image,
+  the agent's fds and time are not the image's to spend.
 
 A missing file (or a symlink into nothing, e.g. to /dev/zero, which no image has) is None; anything
 else wrong is an ImageFileError naming the path.
@@ -24,7 +27,6 @@ import errno
 import os
 import stat
 from collections.abc import Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +35,9 @@ __all__ = ["MAX_FILE_BYTES", "MAX_SYMLINKS", "OPAQUE_XATTR", "ImageFileError", "
 OPAQUE_XATTR = "trusted.overlay.opaque"  # on a directory: the layers below do not show through
 MAX_SYMLINKS = 40  # the kernel's limit per path walk
 MAX_FILE_BYTES = 1 << 20
-_MAX_DEPTH = 256  # directories deep; with ".." clamped this bounds the fds a walk holds
+_MAX_DEPTH = 256  # directories deep
 _MAX_STEPS = 4096  # components looked up in one walk, symlink targets included
+_MAX_OPENS = 4096  # directories opened in one walk (one per layer that has it), `..` walks again included
 _ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # the layer dirs themselves are ours, not the image's
 _DIR_FLAGS = _ROOT_FLAGS | os.O_NOFOLLOW
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -74,44 +77,58 @@ class _Found:
 
 
 class _Walk:
+    """One resolution. It holds the fds of one merged directory at a time (one per layer that
+    has it) and a name list for the path above it: `..` walks the names again from the image
+    root instead of keeping every level open, so `a/../a/../...` or a deep path costs few fds.
+    The directories it may open are capped (_MAX_OPENS) as its steps are (_MAX_STEPS)."""
+
     def __init__(self, layers: Sequence[Path], path: str) -> None:
         self.layers, self.path = layers, path
-        self.fds = ExitStack()
-        self.names: list[str] = []  # the resolved path so far, for messages
+        self.held: set[int] = set()  # every fd open now
+        self.opens = 0
+        self.names: list[str] = []  # the resolved path so far, below the image root
 
     def __enter__(self) -> _Walk:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.fds.close()
+        self._close(tuple(self.held))
 
     @property
     def resolved(self) -> str:
         return "/" + "/".join(self.names)
 
     def _open_dir(self, parent: int | None, name: str) -> int:
+        self.opens += 1
+        if self.opens > _MAX_OPENS:
+            raise ImageFileError(self.path, f"needs more than {_MAX_OPENS} directory lookups", self.resolved)
         fd = os.open(name, _DIR_FLAGS if parent is not None else _ROOT_FLAGS, dir_fd=parent)
-        self.fds.callback(os.close, fd)
+        self.held.add(fd)
         return fd
+
+    def _close(self, fds: tuple[int, ...]) -> None:
+        for fd in fds:
+            self.held.discard(fd)
+            os.close(fd)
 
     def resolve(self) -> _Found | None:
         """The final component of the path, symlinks followed inside the image; None if absent."""
-        stack = [self._merge_roots()]  # the merged directory at each depth, the image root first
+        here = self._merge_roots()  # the merged directory at self.names
         todo = list(reversed(self.path.split("/")))  # components still to walk, next one last
         hops = steps = 0
         while todo:
             name = todo.pop()
             steps += 1
-            if steps > _MAX_STEPS or len(stack) > _MAX_DEPTH:
+            if steps > _MAX_STEPS or len(self.names) >= _MAX_DEPTH:
                 raise ImageFileError(self.path, "is nested too deeply")
             if name in ("", "."):
                 continue
             if name == "..":  # clamped at the image root
-                if len(stack) > 1:
-                    stack.pop()
+                if self.names:
                     self.names.pop()
+                    here = self._walk_again(here)
                 continue
-            found = self._lookup(stack[-1], name)
+            found = self._lookup(here, name)
             if found is None:
                 return None
             if stat.S_ISLNK(found.st.st_mode):
@@ -122,21 +139,35 @@ class _Walk:
                 if not target:
                     return None
                 if target.startswith("/"):
-                    del stack[1:], self.names[:]
+                    self.names.clear()
+                    here = self._walk_again(here)
                 todo.extend(reversed(target.split("/")))
                 continue
             self.names.append(name)
             if stat.S_ISDIR(found.st.st_mode):
-                stack.append(found.dirs)
+                self._close(here)
+                here = found.dirs
             elif any(c not in ("", ".") for c in todo):
                 return None  # a file where a directory is needed: ENOTDIR, nothing there
             else:
-                return found
+                return found  # its parent's fds stay open until the walk ends
         raise ImageFileError(self.path, "is a directory", self.resolved)
 
     def _merge_roots(self) -> tuple[int, ...]:
         # overlayfs merges the layers' roots whole: an opaque marker on a root is not looked at.
         return tuple(self._open_dir(None, str(layer)) for layer in self.layers)
+
+    def _walk_again(self, here: tuple[int, ...]) -> tuple[int, ...]:
+        """Close `here`; the merged directory at self.names, looked up again from the image root."""
+        self._close(here)
+        here = self._merge_roots()
+        for name in self.names:
+            found = self._lookup(here, name)
+            self._close(here)
+            if found is None or not stat.S_ISDIR(found.st.st_mode):
+                raise ImageFileError(self.path, "changed while it was read", self.resolved)
+            here = found.dirs
+        return here
 
     def _lookup(self, dirs: tuple[int, ...], name: str) -> _Found | None:
         """overlayfs's lookup of `name` in a merged directory (its layers' fds, top first)."""
@@ -156,8 +187,17 @@ class _Walk:
                 if not stat.S_ISDIR(below.st_mode):
                     break  # a whiteout or a file hides everything under it
                 merged.append(self._open_dir(lower, name))
-            return _Found(st, fd, name, _until_opaque(merged))
+            return _Found(st, fd, name, self._until_opaque(merged))
         return None
+
+    def _until_opaque(self, dirs: list[int]) -> tuple[int, ...]:
+        """The directories that show through: up to and including the first opaque one (the
+        ones below are closed at once)."""
+        for i, fd in enumerate(dirs):
+            if _opaque(fd):
+                self._close(tuple(dirs[i + 1 :]))
+                return tuple(dirs[: i + 1])
+        return tuple(dirs)
 
 
 def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
@@ -165,14 +205,6 @@ def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
         return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except (FileNotFoundError, NotADirectoryError):
         return None
-
-
-def _until_opaque(dirs: list[int]) -> tuple[int, ...]:
-    """The directories that show through: up to and including the first opaque one."""
-    for i, fd in enumerate(dirs):
-        if _opaque(fd):
-            return tuple(dirs[: i + 1])
-    return tuple(dirs)
 
 
 def _opaque(fd: int) -> bool:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from node.runtime import sys as sc
+from node.runtime.cgroups.devices import NODES
 
 __all__ = [
     "DEVICES",
@@ -36,9 +37,8 @@ __all__ = [
     "run_setup",
 ]
 
-# Device nodes bind-mounted from the host: a tmpfs /dev has none, and binding
-# (rather than mknod) also works where mknod is not permitted.
-DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+# (name, major, minor) of the nodes made in the container's tmpfs /dev (and allowed by its cgroup).
+DEVICES = NODES
 
 # The OCI/runc defaults: kernel interfaces that leak host data or allow host changes.
 MASKED_PATHS = (
@@ -162,14 +162,29 @@ def _mount_proc(s: sc.Syscalls, p: InitPlan) -> None:
     s.mount("proc", f"{p.merged}/proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, None)
 
 
+def _make_device(s: sc.Syscalls, p: InitPlan, name: str, major: int, minor: int) -> None:
+    """The container's own node, as runc makes them: a bind of the host's /dev/null would hand
+    the host's inode to container root (chmod, chown with CAP_CHOWN/CAP_FOWNER). We are host
+    root here, so mknod works with a user namespace too (owned by container root, as its /dev).
+    Where mknod is refused (an agent without CAP_MKNOD over the host), a read-only bind: chmod
+    then gets EROFS while the device still reads and writes."""
+    node = f"{p.merged}/dev/{name}"
+    owner = p.userns_root if p.userns_fd >= 0 else 0
+    try:
+        s.mknod(node, major, minor, owner)
+    except PermissionError:
+        s.touch(node)
+        s.mount(f"/dev/{name}", node, None, sc.MS_BIND, None)
+        s.mount(None, node, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY, None)
+
+
 def _mount_dev(s: sc.Syscalls, p: InitPlan) -> None:
     dev = in_rootfs(p, "/dev")
     s.mkdir(dev, 0o755)
     owner = f",uid={p.userns_root},gid={p.userns_root}" if p.userns_fd >= 0 else ""
     s.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID, f"mode=755,size=65536k{owner}")
-    for name in DEVICES:
-        s.touch(f"{dev}/{name}")
-        s.mount(f"/dev/{name}", f"{dev}/{name}", None, sc.MS_BIND, None)
+    for name, major, minor in DEVICES:
+        _make_device(s, p, name, major, minor)
     s.mkdir(f"{dev}/pts", 0o755)
     pts_opts = "newinstance,ptmxmode=0666,mode=0620"
     s.mount("devpts", f"{dev}/pts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, pts_opts)
@@ -205,8 +220,8 @@ def _mask_paths(s: sc.Syscalls, p: InitPlan) -> None:
         kind = s.kind(target)
         if kind == "dir":
             s.mount("tmpfs", target, "tmpfs", sc.MS_RDONLY, None)
-        elif kind == "file":
-            s.mount("/dev/null", target, None, sc.MS_BIND, None)
+        elif kind == "file":  # the container's own /dev/null (mount_dev): never the host's inode
+            s.mount(f"{p.merged}/dev/null", target, None, sc.MS_BIND, None)
 
 
 def _readonly_paths(s: sc.Syscalls, p: InitPlan) -> None:
@@ -273,7 +288,7 @@ SETUP_STEPS: tuple[Step, ...] = (
     # hosts in place once on_netns knows the ip); mount points are created in
     # the overlay, so this comes before the read-only remount of /.
     ("bind_etc_files", _bind_etc_files),
-    # After proc and sys exist, before pivot_root: /dev/null is still the host's.
+    # After proc, dev and sys exist: files are masked with the container's /dev/null.
     ("mask_paths", _mask_paths),
     ("readonly_paths", _readonly_paths),
     ("pivot_root", _pivot_root),
@@ -407,6 +422,11 @@ def exec_with_reaper(s: sc.Syscalls, plan: InitPlan, report: Callable[[dict[str,
 
     report({}) once the command was exec'd, or report({"stage": "exec", ...}) if it could not be.
     """
+    # This process never execs: it is the host's Python with the shim's memory and pipes, and
+    # container root (same uid, CAP_DAC_OVERRIDE) could open its /proc/1/fd, environ and mem.
+    # Not dumpable, those need CAP_SYS_PTRACE over the host's user namespace. The command's
+    # execve makes it dumpable again, as any container process is.
+    s.prctl(sc.PR_SET_DUMPABLE, 0)
     child = 0
 
     def forward(sig: int, _frame: object) -> None:

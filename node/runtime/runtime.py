@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import errno
 import logging
 import os
-import shutil
 import signal
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from node.runtime import procs, staged, userns
 from node.runtime.cgroups import CgroupDriver, CgroupStats, Limits, driver_for
+from node.runtime.cgroups.placement import Supervisors
 from node.runtime.errors import ContainerError, NotFound, NotRunning, RuntimeStartError
 from node.runtime.exec_client import ExecProcess, start_exec
 from node.runtime.exec_request import ExecRequest
@@ -43,6 +42,7 @@ from node.runtime.seccomp import DEFAULT_PROFILE, FilterCache, load_profile
 from node.runtime.security import resolve_user
 from node.runtime.shim_client import Zygote, run_shim
 from node.runtime.spec import ShimSpec
+from orch.trees import remove_tree
 
 __all__ = ["Runtime"]
 
@@ -58,6 +58,9 @@ class Runtime:
 
     seccomp_profile: the profile (Docker's JSON format) of containers with seccomp="default";
     its compiled filters are kept in <state_dir>/.seccomp. Raises ProfileError for a bad one.
+
+    supervisors: the cgroup of the zygote and the shims (a systemd scope, cgroups/placement.py),
+    which then also holds cgroup_parent; None: they stay in the caller's cgroup.
     """
 
     def __init__(
@@ -69,13 +72,17 @@ class Runtime:
         use_zygote: bool = True,
         userns_ids: userns.IdRange = userns.DEFAULT_RANGE,
         seccomp_profile: Path = DEFAULT_PROFILE,
+        supervisors: Supervisors | None = None,
     ) -> None:
+        if supervisors is not None and not use_zygote:
+            raise ValueError("a supervisors' cgroup needs the zygote: it is what moves the shims there")
         self.state_dir = Path(state_dir)
         self.cgroup_parent = cgroup_parent.strip("/")
         self._cg = cgroups if cgroups is not None else driver_for()
+        self._supervisors = supervisors
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)  # spec.json holds the apps' env: root only (layout.py)
-        self._zygote = Zygote(self.state_dir) if use_zygote else None
+        self._zygote = Zygote(self.state_dir, supervisors, self._cg.root) if use_zygote else None
         self._userns_ids = userns_ids
         self._userns_lock = threading.Lock()
         self._userns_pending: dict[str, int] = {}  # id -> host id, until its spec.json exists
@@ -141,6 +148,8 @@ class Runtime:
             raise RuntimeStartError(f"{cdir.path} exists: remove the old container first", id=id) from None
         lock = start_lock(cdir)
         try:
+            if self._supervisors is not None and self._zygote is not None:
+                self._zygote.ensure_running()  # it keeps the scope that holds cgroup_parent alive
             limits = Limits(config.cpu_millis, config.memory_bytes, config.pids)
             self._cg.create(self._cgroup(id), limits)
             # The shim's attach comes a few ms from now and its RCU grace period (~5-10 ms) is
@@ -351,7 +360,7 @@ class Runtime:
             if self._cg.populated(path):  # strays, e.g. after a shim died
                 self._cg.kill_all(path)
             self._cg.remove(path)
-        shutil.rmtree(self.state_dir / id, onerror=_ignore_enoent)
+        remove_tree(self.state_dir / id)  # its upper/ is shaped by the container: any depth
 
     def remove_unknown(self, keep: set[str]) -> builtins.list[str]:
         """Remove leftovers after an agent restart: exited containers not in `keep` (state dir and
@@ -360,12 +369,14 @@ class Runtime:
         removed = []
         for st in self.list():
             if st.id not in keep and st.status is ContainerStatus.EXITED:
-                self.remove(st.id)
-                removed.append(st.id)
+                with _logged(f"removing leftover container {st.id}"):
+                    self.remove(st.id)
+                    removed.append(st.id)
         for name in self._cg.children(self.cgroup_parent):
             if not (self.state_dir / name).exists() and valid_id(name):
-                self._remove_files(name)
-                removed.append(name)
+                with _logged(f"removing leftover cgroup {name}"):
+                    self._remove_files(name)
+                    removed.append(name)
         return removed
 
     def cleanup_all(self) -> None:
@@ -376,18 +387,27 @@ class Runtime:
             try:
                 self.stop(st.id, 0)
                 self.remove(st.id)
-            except (OSError, ContainerError) as exc:
+            except Exception as exc:  # one container must not keep the others: on to the next
                 errors.append(f"{st.id}: {exc}")
         for name in self._cg.children(self.cgroup_parent):  # cgroups whose state dir is gone
             try:
                 self._remove_files(name)
-            except (OSError, ContainerError) as exc:
+            except Exception as exc:
                 errors.append(f"cgroup {name}: {exc}")
         if self._zygote is not None:
             self._zygote.stop()
-        shutil.rmtree(self._seccomp.directory, ignore_errors=True)
+        try:
+            remove_tree(self._seccomp.directory)
+        except OSError as exc:
+            errors.append(f"{self._seccomp.directory}: {exc}")
+        base = 0  # cgroupfs: every level of cgroup_parent is ours; systemd: those below the scope
+        if (sup := self._supervisors) is not None:
+            base = len(Path(sup.scope_path).parts)
+            if self._cg.populated(sup.path):  # spare shims of the zygote killed just now
+                self._cg.kill_all(sup.path)
+            self._cg.remove(sup.path)  # gone is fine: systemd trims the scope once it is empty
         parts = Path(self.cgroup_parent).parts
-        for depth in range(len(parts), 0, -1):
+        for depth in range(len(parts), base, -1):
             parent = "/".join(parts[:depth])
             if self._cg.children(parent):  # e.g. another node's cgroups under "orch"
                 break
@@ -451,7 +471,10 @@ def _exited(id: str, start: dict[str, Any], ended: dict[str, Any]) -> ContainerS
     )
 
 
-def _ignore_enoent(func: Callable[..., Any], path: str, exc_info: Any) -> None:
-    exc = exc_info[1]
-    if not (isinstance(exc, OSError) and exc.errno == errno.ENOENT):
-        raise exc
+@contextlib.contextmanager
+def _logged(what: str) -> Iterator[None]:
+    """One item of a sweep: its failure is logged, and the sweep goes on with the next."""
+    try:
+        yield
+    except Exception as exc:
+        log.warning("%s: %s", what, exc)

@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import resource
 import select
 import signal
 import sys
@@ -81,6 +82,7 @@ def _child(
     code = 1
     try:
         _redirect_stdio(stdio)
+        _close_fds_except((*pipes, userns_fd))
         # No wait for the shim before the mounts: they touch nothing outside our own
         # namespaces, and without "G" (sent after start.json and the attach) we never exec.
         calls, plan = LinuxSyscalls(), spec.init_plan(cdir, userns_fd)
@@ -101,6 +103,7 @@ def _staged_child(stage_dir: str, stdio: tuple[int, int], pipes: tuple[int, int]
     code = 1
     try:
         _redirect_stdio(stdio)
+        _close_fds_except(pipes)
         set_process_title("orch-init (spare)")
         calls, error = LinuxSyscalls(), None
         try:
@@ -133,6 +136,17 @@ def _redirect_stdio(stdio: tuple[int, int]) -> None:
         os.close(fd)
 
 
+def _close_fds_except(keep: tuple[int, ...]) -> None:
+    """Close every fd above 2 but `keep`. PID 1 lives as long as the container and (with the
+    reaper) never execs, so O_CLOEXEC does not help: whatever the shim or the zygote had open
+    (the log file, sockets, other pipes) must not stay reachable in it."""
+    low = 3
+    for fd in sorted(k for k in keep if k >= low):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+
+
 def _read_line(fd: int) -> str:
     """One line from a pipe, byte by byte (nothing after it may be consumed); "" at EOF."""
     data = b""
@@ -157,6 +171,8 @@ def _run_container(calls: LinuxSyscalls, plan: init.InitPlan, use_init: bool, pi
         init.run_setup(calls, plan, init.EXEC_STEPS)
     except OSError as exc:
         _fail(to_shim, "setup", exc)
+    if plan.userns_fd >= 0:
+        os.close(plan.userns_fd)  # joined: a reaper need not keep it
     if use_init:
         init.exec_with_reaper(calls, plan, lambda msg: _send(to_shim, msg))
     try:
@@ -325,11 +341,13 @@ def _supervise(cdir: ContainerDir, fds: tuple[int, int], staged_pid1: Pid1 | Non
     spec = ShimSpec.from_json(read_json(cdir.spec) or {})
     cg = driver_for(spec.cgroup_driver, spec.cgroup_root)
     c = spec.config
-    writer = LogWriter(c.log_path, c.log_max_bytes, c.log_max_files)
     pid1 = staged_pid1 or _fork_unstaged(spec, cdir, fds)
+    # After the fork: the log file is never PID 1's to write to, not even for a moment.
+    writer = LogWriter(c.log_path, c.log_max_bytes, c.log_max_files)
     child, to_child_w, from_child_r = pid1.pid, pid1.to_child, pid1.from_child
     shim = {"shim_pid": os.getpid(), "shim_start": proc_start_time(os.getpid())}
     start: dict[str, Any] = {**shim, "pid": child, "pid_start": proc_start_time(child), "started_at": None}
+    start["staged"] = staged_pid1 is not None  # which path PID 1 took (staged.py), for tests and post-mortems
     write_json_atomic(cdir.start, start)
     msgs = _Reader(from_child_r)
     try:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from node.runtime.cgroups.placement import Supervisors, scope_command
 from node.runtime.errors import RuntimeStartError
 from node.runtime.layout import ContainerDir
 
@@ -33,9 +34,11 @@ def shim_command(cdir: ContainerDir, report_fd: int, go_fd: int) -> list[str]:
 
 
 def _shim_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
-    return env
+    """The environment of the zygote, the shims and the exec helper: only what Python needs to
+    find this package. Never the agent's own: a container's PID 1 is forked from a shim, and
+    whatever the agent was started with (tokens, proxies, credentials) has no business there."""
+    path = os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p)
+    return {"PATH": os.environ.get("PATH") or os.defpath, "PYTHONPATH": path, "LANG": "C.UTF-8"}
 
 
 class _Lines:
@@ -75,9 +78,16 @@ class Zygote:
     Its files live in <state_dir>/.zygote/ (mode 0700: pid, lock, log, and its socket
     <code version>.sock, mode 0600). The process that starts it holds its lifeline (see
     zygote.py): the zygote exits with that process, and the next user starts another.
+
+    supervisors: the cgroup the zygote moves itself into, so that its shims live there
+    (under systemd: a scope of their own, created with the first zygote; placement.py).
     """
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(
+        self, state_dir: Path, supervisors: Supervisors | None = None, cgroup_root: Path = Path("/sys/fs/cgroup")
+    ) -> None:
+        self.supervisors = supervisors
+        self.cgroup_root = cgroup_root
         self.dir = state_dir / ".zygote"
         digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
         self.prefix = f"orch-zygote-{digest}-"
@@ -138,14 +148,28 @@ class Zygote:
             lifeline_r, self._lifeline = os.pipe2(os.O_CLOEXEC)
             try:
                 with open(self.dir / "log", "ab") as log:
-                    cmd = [sys.executable, "-m", "node.runtime.zygote", self.name, str(self.dir),
-                           self.socket.name, str(lifeline_r)]  # fmt: skip
+                    cmd = self._placed([sys.executable, "-m", "node.runtime.zygote", self.name, str(self.dir),
+                                        self.socket.name, str(lifeline_r)])  # fmt: skip
                     subprocess.run(
                         cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_shim_env(), cwd="/",
                         pass_fds=(lifeline_r,), check=False,
                     )  # fmt: skip
             finally:
                 os.close(lifeline_r)
+
+    def _placed(self, cmd: list[str]) -> list[str]:
+        """cmd with the zygote's cgroup as its last argument (it moves itself there at once),
+        run by systemd-run in a new scope when the scope is missing (the first zygote)."""
+        sup = self.supervisors
+        if sup is None:
+            return cmd
+        cmd = [*cmd, str(self.cgroup_root / sup.path)]
+        return cmd if (self.cgroup_root / sup.scope_path).is_dir() else [*scope_command(sup), *cmd]
+
+    def ensure_running(self) -> None:
+        """Start the zygote unless one runs: its cgroup (and scope) must exist before the containers'."""
+        if self.pid() is None:
+            self.start()
 
     def _close_lifeline(self) -> None:
         if self._lifeline >= 0:

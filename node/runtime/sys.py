@@ -43,6 +43,7 @@ __all__ = [
     "PR_CAP_AMBIENT",
     "PR_CAP_AMBIENT_CLEAR_ALL",
     "PR_CAP_AMBIENT_RAISE",
+    "PR_SET_DUMPABLE",
     "PR_SET_KEEPCAPS",
     "PR_SET_NO_NEW_PRIVS",
     "LinuxSyscalls",
@@ -82,6 +83,7 @@ _OPEN_TREE_CLONE = 1
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
 _MOUNT_ATTR_IDMAP = 0x00100000
 
+PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
@@ -102,7 +104,8 @@ class Syscalls(Protocol):
     def sethostname(self, name: str) -> None: ...
     def chdir(self, path: str) -> None: ...
     def mkdir(self, path: str, mode: int) -> None: ...  # existing dir is fine
-    def touch(self, path: str) -> None: ...  # bind-mount target for a device node
+    def touch(self, path: str) -> None: ...  # bind-mount target for a file
+    def mknod(self, path: str, major: int, minor: int, owner: int) -> None: ...  # char device, 0666, owner:owner
     def symlink(self, target: str, path: str) -> None: ...  # existing link is fine
     def kind(self, path: str) -> str | None: ...  # "dir", "file" or None (missing); follows symlinks
     def link_up(self, name: str) -> None: ...  # a network interface of our network namespace
@@ -208,6 +211,11 @@ class LinuxSyscalls:
 
     def touch(self, path: str) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+
+    def mknod(self, path: str, major: int, minor: int, owner: int) -> None:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(major, minor))
+        os.chmod(path, 0o666)  # whatever the umask
+        os.chown(path, owner, owner)
 
     def symlink(self, target: str, path: str) -> None:
         if not os.path.lexists(path):
@@ -336,6 +344,9 @@ class RecordingSyscalls:
 
     def touch(self, path: str) -> None:
         self._record("touch", path)
+
+    def mknod(self, path: str, major: int, minor: int, owner: int) -> None:
+        self._record("mknod", path, major, minor, owner)
 
     def symlink(self, target: str, path: str) -> None:
         self._record("symlink", target, path)

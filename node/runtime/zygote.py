@@ -1,7 +1,7 @@
 """A fork server for shims: started once, it forks a shim per container in ~1 ms
 instead of the ~80 ms a fresh `python -m node.runtime.shim` spends importing.
 
-    python -m node.runtime.zygote <name> <zygote dir> <socket name> <lifeline fd>
+    python -m node.runtime.zygote <name> <zygote dir> <socket name> <lifeline fd> [<cgroup dir>]
 
 It binds a unix socket at <zygote dir>/<socket name> (the dir is 0700, the socket 0600),
 detaches (double fork, own session; its pid goes to <zygote dir>/pid) and serves requests
@@ -23,6 +23,9 @@ It lives as long as its starter: <lifeline fd> is the read end of a pipe whose w
 end only the starting process (the agent) holds, so the zygote exits when the agent
 does, however it ends, and the next agent starts its own. Shims live on either way.
 
+<cgroup dir>: the cgroup it moves itself into first (made if missing), so that every shim
+it forks lives there (cgroups/placement.py: the supervisors' leaf of a systemd scope).
+
 Single-threaded and stdlib-only besides node.runtime, so fork is safe; the
 modules the shim needs are imported once here, and gc.freeze() keeps the
 forked shims from dirtying the shared pages on their first collection.
@@ -42,6 +45,8 @@ import sys
 from pathlib import Path
 
 from node.runtime import shim
+from node.runtime.cgroups.common import write
+from node.runtime.errors import CgroupWriteError
 from node.runtime.layout import ContainerDir
 from node.runtime.sys import LinuxSyscalls, set_process_title
 
@@ -238,6 +243,13 @@ def _listen(zygote_dir: Path, sock_name: str) -> socket.socket:
 
 def main(argv: list[str]) -> int:
     zygote_dir, sock_name, lifeline = Path(argv[2]), argv[3], int(argv[4])
+    if len(argv) > 5:  # before the first fork: the shims are born there
+        try:
+            Path(argv[5]).mkdir(exist_ok=True)
+            write(Path(argv[5]) / "cgroup.procs", str(os.getpid()))
+        except (OSError, CgroupWriteError) as exc:
+            print(f"zygote: cannot move into cgroup {argv[5]}: {exc}", file=sys.stderr)
+            return 1
     stage_dir = zygote_dir / "stage"  # a spare's PID 1 mounts a tmpfs here, in its own mount ns
     stage_dir.mkdir(mode=0o700, exist_ok=True)
     try:

@@ -3,10 +3,12 @@ store; whiteouts and opaque dirs become what overlayfs expects, checked with a r
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import stat
 import subprocess
+import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +18,9 @@ import pytest
 
 from node.images import LayerRejected
 from node.images.build import Entry, ImageSpec, tar_entries, write_layout
-from node.images.extract import extract_layer
+from node.images.extract import MAX_DEPTH, extract_layer
 from node.runtime.imagefs import OPAQUE_XATTR
+from tests.unit.test_trees import chain
 
 pytestmark = pytest.mark.root  # whiteouts are char devices (mknod) and opaque markers trusted.* xattrs
 
@@ -139,3 +142,53 @@ def test_overlay_of_two_layers_applies_whiteouts(make_store: MakeStore, tmp_path
     assert "motd" in listed and "removeme" not in listed  # deleted by the whiteout
     assert "c" in listed and "a" not in listed and "b" not in listed  # /data is opaque in the top layer
     assert not any(merged.iterdir())  # the mount lived only in the private namespace
+
+
+def _ordered_tar(members: list[tuple[str, bytes]]) -> bytes:
+    """A tar with its members in this order (tar_entries sorts them)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_depth_is_limited(tmp_path: Path) -> None:
+    """A member's path may be MAX_DEPTH components long, not one more."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    deepest = "/".join(["d"] * (MAX_DEPTH - 1) + ["f"])
+    extract_layer(_layer(tmp_path, [Entry(deepest, data=b"x")]), dest, "sha256:test")
+    with pytest.raises(LayerRejected, match=f"more than {MAX_DEPTH} directories deep"):
+        extract_layer(_layer(tmp_path, [Entry("d/" + deepest, data=b"x")], "deeper.tar"), dest, "sha256:test")
+
+
+def test_a_deep_hostile_layer_is_rejected_and_leaves_nothing(make_store: MakeStore, tmp_path: Path) -> None:
+    """A tree deeper than Python's recursion limit, then a member that is refused: the refusal is
+    what the pull reports (no RecursionError from the cleanup), and tmp/ ends empty."""
+    layer = _ordered_tar([("/".join(["d"] * 1100) + "/f", b"x"), (f"../{OUTSIDE}", b"x")])
+    write_layout(tmp_path / "layout", "deep", ImageSpec(layers=(layer,), cmd=("sh",)))
+    store = make_store(tmp_path / "store")
+    with pytest.raises(LayerRejected, match=f"more than {MAX_DEPTH} directories deep"):
+        store.prepare(f"oci:{tmp_path / 'layout'}:deep")
+    assert list((tmp_path / "store" / "tmp").iterdir()) == []
+    assert list((tmp_path / "store" / "layers").iterdir()) == []
+
+
+def test_a_store_opens_over_deep_leftovers_and_gc_removes_a_deep_layer(make_store: MakeStore, tmp_path: Path) -> None:
+    """What an older agent may have left: a deep extraction in tmp/ (it crashed), a deep layer.
+    The next store opens (the agent starts), and gc removes the layer."""
+    root = tmp_path / "store"
+    make_store(root)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    depth = sys.getrecursionlimit() + 200  # what made shutil.rmtree raise RecursionError
+    chain(root / "tmp" / "layer-crashed", depth, outside)
+    chain(root / "layers" / ("a" * 64), depth, outside)
+    store = make_store(root)
+    assert list((root / "tmp").iterdir()) == []
+    assert store.disk_usage().layers == 1
+    assert store.gc(set()).removed_layers == 1
+    assert list((root / "layers").iterdir()) == [] and list(outside.iterdir()) == []

@@ -21,10 +21,12 @@ class SchedulerProc:
     proc: subprocess.Popen[bytes]
 
 
-def start_scheduler(etcd: EtcdServer, log: Path, identity: str) -> SchedulerProc:
+def start_scheduler(etcd: EtcdServer | str, log: Path, identity: str) -> SchedulerProc:
+    """etcd: the fixture's server, or endpoints HOST:PORT,..."""
     port = free_port()
+    endpoints = etcd if isinstance(etcd, str) else etcd.endpoint
     argv = orch_argv(
-        "scheduler", "--listen", f"127.0.0.1:{port}", "--etcd", etcd.endpoint, "--id", identity,
+        "scheduler", "--listen", f"127.0.0.1:{port}", "--etcd", endpoints, "--id", identity,
         "--insecure", "--insecure-etcd",  # the fixture's etcd is plaintext on loopback
     )  # fmt: skip
     with open(log, "ab") as out:

@@ -115,11 +115,11 @@ def test_a_node_may_reuse_only_its_own_lease(store):
     from scheduler.sessions import NodeRegistry
 
     registry = NodeRegistry(store, lease_ttl=5)
-    lease_a = registry.register(apb.Register(node="node-a"))
+    lease_a, _ = registry.register(apb.Register(node="node-a"))
     leader_lease, _ = store.grant_lease(5)
     for stolen in (lease_a, leader_lease):
-        assert registry.register(apb.Register(node="node-b", lease_id=stolen)) not in (lease_a, leader_lease)
-    assert registry.register(apb.Register(node="node-a", lease_id=lease_a)) == lease_a  # its own: reused
+        assert registry.register(apb.Register(node="node-b", lease_id=stolen))[0] not in (lease_a, leader_lease)
+    assert registry.register(apb.Register(node="node-a", lease_id=lease_a))[0] == lease_a  # its own: reused
 
 
 def test_a_node_cannot_erase_another_nodes_status_report(store):

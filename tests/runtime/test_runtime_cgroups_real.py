@@ -4,14 +4,22 @@ tree the host has: /sys/fs/cgroup itself on a pure v2 host (its controllers too)
 
 from __future__ import annotations
 
+import contextlib
+import json
 import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from node.runtime import Runtime
 from node.runtime.cgroups import CgroupDriver, Limits, V1Driver, V2Driver, detect
+from node.runtime.cgroups.placement import Supervisors
+from node.runtime.shim_client import Zygote
 
 pytestmark = pytest.mark.root
 UNIFIED = Path("/sys/fs/cgroup/unified")
@@ -113,5 +121,118 @@ def check_v2_accounting(drv: CgroupDriver, path: str) -> None:
     cg = Path("/sys/fs/cgroup") / path
     for name in ("memory.current", "memory.events", "pids.current", "cpu.stat"):
         assert (cg / name).exists(), name
-    stats = drv.stats(path)
-    assert stats.pids == 1 and stats.memory_bytes > 0
+    assert (cg / "cgroup.kill").exists()  # so kill_all (next) kills with it: Linux >= 5.14
+    assert drv.stats(path).pids == 1
+    # Memory stays charged where it was allocated: the sleeper, moved in, brought none along.
+    # A process born here (it joins before its exec, as a container's PID 1 does) is counted.
+    born = subprocess.Popen(["sleep", "100"], preexec_fn=lambda: (cg / "cgroup.procs").write_text("0"))
+    try:
+        stats = drv.stats(path)
+        assert stats.pids == 2 and stats.memory_bytes > 0, stats
+    finally:
+        born.kill()
+        born.wait()
+
+
+# -- placement (cgroups/placement.py) on a pure v2 host ---------------------------------
+
+SYSTEMD = Path("/run/systemd/system").is_dir()
+MOVE_AND_CREATE = """
+import sys
+from pathlib import Path
+from node.runtime.cgroups import Limits, V2Driver
+from node.runtime.cgroups.placement import move_self
+from node.runtime.errors import ContainerError
+root, top = Path("/sys/fs/cgroup"), sys.argv[1]
+(root / top / "cgroup.procs").write_text(sys.argv[2])  # the agent (this process), maybe a neighbour
+(root / top / "cgroup.procs").write_text(str(__import__("os").getpid()))
+try:
+    move_self(root, top + "/agent")
+except ContainerError as e:
+    print("refused:", e)
+    sys.exit(0)
+V2Driver(root).create(top + "/containers/c1", Limits(memory_bytes=64 << 20))
+print(Path("/proc/self/cgroup").read_text().strip())
+"""
+
+
+def _move_and_create(top: str, neighbour: int) -> str:
+    code = [sys.executable, "-c", MOVE_AND_CREATE, top, str(neighbour)]
+    done = subprocess.run(code, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.skipif(not PURE_V2, reason="needs a pure cgroup v2 host (run `make test-v2`)")
+def test_agent_leaves_the_cgroup_that_holds_the_containers() -> None:
+    """No internal processes: an agent whose cgroup is to hold the containers' (an agent in a
+    container with its own cgroup namespace, or --cgroup-parent below its own) moves itself
+    into a leaf first; a neighbour left behind is named, not run into EBUSY later."""
+    root, top = Path("/sys/fs/cgroup"), f"orch-test-{uuid.uuid4().hex[:8]}"
+    (root / top).mkdir()
+    sleeper = subprocess.Popen(["sleep", "100"])
+    try:
+        out = _move_and_create(top, sleeper.pid)
+        assert out.startswith("refused:") and str(sleeper.pid) in out, out
+        own = Path("/proc/self/cgroup").read_text().strip().removeprefix("0::/")
+        (root / own / "cgroup.procs").write_text(str(sleeper.pid))  # the neighbour gone: now it works
+        assert _move_and_create(top, 0) == f"0::/{top}/agent\n"  # ("0": the writer itself)
+        assert (root / top / "cgroup.subtree_control").read_text().split() == ["cpu", "memory", "pids"]
+        assert (root / top / "containers" / "c1" / "memory.max").read_text().strip() == str(64 << 20)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for cg in ("containers/c1", "containers", "agent", ""):
+            with contextlib.suppress(FileNotFoundError):
+                (root / top / cg).rmdir()
+    assert not (root / top).exists()
+
+
+def _cgroup_of(pid: int) -> str:
+    return Path(f"/proc/{pid}/cgroup").read_text().strip().removeprefix("0::/")
+
+
+def _unit_state(unit: str) -> tuple[str, str]:
+    """(ActiveState, Delegate) of a unit."""
+    show = ["systemctl", "show", "--property=ActiveState,Delegate", unit]
+    lines = subprocess.run(show, capture_output=True, text=True, check=True).stdout.split()
+    props = dict(line.partition("=")[::2] for line in lines)
+    return props.get("ActiveState", ""), props.get("Delegate", "")
+
+
+@pytest.mark.skipif(not (PURE_V2 and SYSTEMD), reason="needs systemd as PID 1 on pure cgroup v2 (`make test-v2`)")
+def test_supervisors_and_containers_in_a_scope_of_their_own(tmp_path: Path, make_config: Callable[..., Any]) -> None:
+    """What an agent in a delegated unit gets: the first zygote is started in a new delegated
+    scope (systemd-run) and moves into <scope>/supervisors, its shims with it; the containers
+    are in <scope>/containers/<id>; the scope itself holds no process. A new Runtime (the
+    agent restarted) finds the containers, and its zygote joins the scope without a new one.
+    Cleaning up empties the scope, and systemd removes it."""
+    root, name = Path("/sys/fs/cgroup"), f"orch-node-test-{uuid.uuid4().hex[:8]}.scope"
+    scope = f"system.slice/{name}"
+    sup = Supervisors(f"{scope}/supervisors", name, "system.slice")
+    state = tmp_path / "state"
+    first = again = Runtime(state, f"{scope}/containers", supervisors=sup)
+    try:
+        c1 = first.start(make_config("c1", "sleep", "1000"))
+        shim = json.loads((state / "c1" / "start.json").read_text())["shim_pid"]
+        assert c1.pid is not None and _cgroup_of(c1.pid) == f"{scope}/containers/c1"
+        assert _cgroup_of(shim) == _cgroup_of(Zygote(state).pid() or 0) == sup.path
+        assert (root / scope / "cgroup.procs").read_text() == ""  # no internal process
+        assert {"cpu", "memory", "pids"} <= set((root / scope / "cgroup.subtree_control").read_text().split())
+        assert _unit_state(name) == ("active", "yes")
+
+        Zygote(state).stop(keep_dir=True)  # the agent restarts: its zygote goes, the rest lives on
+        assert _unit_state(name) == ("active", "yes")
+        again = Runtime(state, f"{scope}/containers", supervisors=sup)
+        assert again.state("c1") == c1
+        c2 = again.start(make_config("c2", "sleep", "1000"))
+        assert c2.pid is not None and _cgroup_of(c2.pid) == f"{scope}/containers/c2"
+        assert _cgroup_of(Zygote(state).pid() or 0) == sup.path
+    finally:
+        again.cleanup_all()
+        first.cleanup_all()
+    deadline = time.monotonic() + 10
+    while (root / scope).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not (root / scope).exists()
+    assert _unit_state(name)[0] != "active"

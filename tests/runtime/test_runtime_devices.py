@@ -85,7 +85,8 @@ def execute(code: bytes, kind: int, major: int, minor: int, access: int) -> int:
         (DEV_CHAR, 1, 9, R, 1),  # /dev/urandom
         (DEV_CHAR, 5, 2, R | W, 1),  # /dev/ptmx
         (DEV_CHAR, 136, 7, R | W, 1),  # /dev/pts/7
-        (DEV_CHAR, 5, 1, W, 1),  # /dev/console
+        (DEV_CHAR, 5, 1, R, 0),  # /dev/console: orch makes no console, so none may be opened
+        (DEV_CHAR, 5, 1, W, 0),
         (DEV_BLOCK, 254, 0, M, 1),  # mknod of a disk's node is allowed, as in runc ...
         (DEV_BLOCK, 254, 0, R, 0),  # ... but never opening it
         (DEV_BLOCK, 8, 1, R | W, 0),
@@ -198,6 +199,15 @@ def test_mknod_cannot_reach_the_host_disk(
     assert got == want  # the node can be made (as in runc), not opened
     without = mknod_and_read(runtime, probe_rootfs, tmp_path, disk, "nocap")
     assert without["mknod 0"] == "EPERM"  # and without CAP_MKNOD not even made (the kernel)
+
+
+@pytest.mark.root
+def test_mknod_cannot_reach_the_hosts_console(runtime: Runtime, probe_rootfs: Path, tmp_path: Path) -> None:
+    argv = ("sysprobe", "mknod=/dev/console,c,5,1", "open=/dev/console", "open=/dev/null")
+    config = ContainerConfig("console", probe_rootfs, argv, {}, tmp_path / "console.log", cap_add=("MKNOD",))
+    state, text = run(runtime, config)
+    assert state.exit_code == 0, text
+    assert text.splitlines() == ["mknod OK", "open EPERM", "open OK"]
 
 
 @pytest.mark.root

@@ -3,8 +3,12 @@ overlayfs merges them, symlinks clamped at the image root, regular files only, s
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -147,3 +151,38 @@ def test_opaque_marker_on_a_layer_root_is_ignored_as_overlayfs_does(tmp_path: Pa
     top = layer(tmp_path / "top", {"bin/x": b"x"})
     os.setxattr(top, OPAQUE_XATTR, b"y")  # checked against a real overlay mount: the base still shows
     assert read_image_file([top, base], "/etc/passwd") == PASSWD
+
+
+def bouncing_image(tmp_path: Path, links: int) -> list[Path]:
+    """Three layers that all have etc/a; passwd -> a/../a/../.../p1 -> ... -> passwd.real, each
+    link 400 bounces (a symlink holds 4095 bytes)."""
+    names = ["passwd", *(f"p{i}" for i in range(1, links)), "passwd.real"]
+    files: dict[str, bytes | str] = {"etc/a": "dir", "etc/passwd.real": PASSWD}
+    files |= {f"etc/{name}": "->" + "a/../" * 400 + after for name, after in itertools.pairwise(names)}
+    top = layer(tmp_path / "top", files)
+    return [top, layer(tmp_path / "mid", {"etc/a": "dir"}), layer(tmp_path / "low", {"etc/a": "dir"})]
+
+
+READ_WITH_FEW_FDS = textwrap.dedent("""
+    import resource, sys
+    from pathlib import Path
+    from node.runtime.imagefs import ImageFileError, read_image_file
+    resource.setrlimit(resource.RLIMIT_NOFILE, (48, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    try:
+        print(read_image_file([Path(p) for p in sys.argv[1:]], "/etc/passwd").decode().split(":")[0])
+    except ImageFileError as exc:
+        print(exc)
+""")
+
+
+def test_walking_up_and_down_holds_few_fds(tmp_path: Path) -> None:
+    """Each `a` opens three directories: a walk that kept them all would need 1200 fds."""
+    image = bouncing_image(tmp_path, 1)
+    argv = [sys.executable, "-c", READ_WITH_FEW_FDS, *map(str, image)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout == "root\n", done.stdout
+
+
+def test_a_walk_that_opens_too_many_directories_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ImageFileError, match=r"/etc/passwd .* needs more than 4096 directory lookups"):
+        read_image_file(bouncing_image(tmp_path, 2), "/etc/passwd")

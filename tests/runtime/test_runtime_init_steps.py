@@ -96,17 +96,37 @@ def test_a_fault_injected_at_a_step_stops_there() -> None:
     assert "pivot_root" not in calls.names() and "mount" in calls.names()
 
 
-def test_dev_gets_tmpfs_device_binds_pts_and_shm() -> None:
+def test_dev_gets_tmpfs_its_own_device_nodes_pts_and_shm() -> None:
     calls = RecordingSyscalls()
     run_all(calls)
     targets = {c[2]: c for c in calls.calls if c[0] == "mount"}
     assert targets["/st/c/rootfs/dev"][3] == "tmpfs"
-    for dev in init.DEVICES:
-        assert targets[f"/st/c/rootfs/dev/{dev}"][1] == f"/dev/{dev}"
+    nodes = [c for c in calls.calls if c[0] == "mknod"]
+    assert nodes == [("mknod", f"/st/c/rootfs/dev/{name}", major, minor, 0) for name, major, minor in init.DEVICES]
+    assert not any(str(c[1]).startswith("/dev/") for c in targets.values())  # no host inode is bound
     assert targets["/st/c/rootfs/dev/pts"][3] == "devpts"
     assert targets["/st/c/rootfs/dev/shm"][3] == "tmpfs"
     sys_flags = targets["/st/c/rootfs/sys"][4]
     assert isinstance(sys_flags, int) and sys_flags & sc.MS_RDONLY
+
+
+def test_without_mknod_the_hosts_nodes_are_bound_read_only() -> None:
+    """An agent without CAP_MKNOD over the host: binds, each remounted read-only (chmod: EROFS)."""
+    calls = RecordingSyscalls(fail_on="mknod")
+    init.run_setup(calls, PLAN)
+    for name, _, _ in init.DEVICES:
+        node = f"/st/c/rootfs/dev/{name}"
+        binds = [c for c in calls.calls if c[0] == "mount" and c[2] == node]
+        assert binds == [
+            ("mount", f"/dev/{name}", node, None, sc.MS_BIND, None),
+            ("mount", None, node, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY, None),
+        ]
+
+
+def test_in_a_user_namespace_container_root_owns_its_nodes() -> None:
+    calls = RecordingSyscalls()
+    init.run_setup(calls, dataclasses.replace(PLAN, userns_fd=5, userns_root=100000, idmapped_dir="/st/c/layers"))
+    assert {c[4] for c in calls.calls if c[0] == "mknod"} == {100000}
 
 
 def test_pivot_root_uses_dot_dot_and_detaches_old_root() -> None:
@@ -143,7 +163,7 @@ def test_masked_paths_bind_dev_null_over_files_and_tmpfs_over_dirs() -> None:
     init.run_setup(calls, PLAN)
     targets = {c[2]: c for c in calls.calls if c[0] == "mount"}
     assert targets["/st/c/rootfs/proc/acpi"][3:5] == ("tmpfs", sc.MS_RDONLY)
-    assert targets["/st/c/rootfs/proc/keys"][1] == "/dev/null"
+    assert targets["/st/c/rootfs/proc/keys"][1] == "/st/c/rootfs/dev/null"  # the container's node, not the host's
     assert "/st/c/rootfs/proc/kcore" not in targets and "/st/c/rootfs/proc/bus" not in targets  # missing: skipped
     remount = [c for c in calls.calls if c[0] == "mount" and c[2] == "/st/c/rootfs/proc/sys" and c[1] is None]
     flags = remount[0][4]

@@ -79,3 +79,28 @@ def test_an_instance_back_while_stopping_starts_after_its_old_worker_finished(tm
         await task
 
     asyncio.run(scenario())
+
+
+def test_image_gc_survives_any_error(tmp_path, monkeypatch, caplog):
+    """One failed round (RecursionError was one, from a deep layer) must not end the GC task:
+    it dies silently otherwise, and the disk fills up. Injected: the store no longer fails so."""
+    agent = Agent(AgentConfig(name="n1", state_dir=tmp_path, image_gc_interval=0.01))
+    rounds: list[int] = []
+
+    def disk_usage():
+        rounds.append(len(rounds))
+        if len(rounds) == 1:
+            raise RecursionError("maximum recursion depth exceeded")
+        return agent.images.__class__.disk_usage(agent.images)
+
+    monkeypatch.setattr(agent.images, "disk_usage", disk_usage)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(agent.collect_images())
+        while len(rounds) < 3:
+            assert not task.done()
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert "image gc failed: maximum recursion depth exceeded" in caplog.text

@@ -1,102 +1,99 @@
-"""Unit: how the etcd client fails over (scheduler/etcd_client.py), on python3-etcd3's own
-endpoint bookkeeping, without a network (the real thing: tests/integration/test_store_failover.py)."""
+"""The etcd retry loop and the outage bookkeeping, without etcd: a fake client's members."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from types import SimpleNamespace
 
 import etcd3.exceptions
 import pytest
 
+from scheduler.contact import Contact
 from scheduler.errors import StoreUnavailable
-from scheduler.etcd_client import EtcdClient
-
-ENDPOINTS = [("127.0.0.1", 1, False), ("127.0.0.1", 2, False), ("127.0.0.1", 3, False)]  # never dialled here
+from scheduler.etcd_failover import Failover, transient
 
 
-@pytest.fixture
-def client() -> Iterator[EtcdClient]:
-    c = EtcdClient(ENDPOINTS, timeout=2.0, creds=None)
-    yield c
-    c.close()
+class Member:
+    def __init__(self, netloc: str, failed: bool = False) -> None:
+        self.netloc = netloc
+        self.last_failed = 1e18 if failed else 0
+
+    def is_failed(self) -> bool:
+        return self.last_failed > 0
+
+    def fail(self) -> None:
+        self.last_failed = 1e18
 
 
-class FakeStream:
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
-        self.aborted = ""
-
-    def abort(self, reason: str) -> None:
-        self.aborted = reason
-
-    def close(self) -> None:
-        pass
+def client(*members: Member) -> SimpleNamespace:
+    c = SimpleNamespace(endpoints={m.netloc: m for m in members}, endpoint_in_use=members[0], cleared=0)
+    c._clear_old_stubs = lambda: setattr(c, "cleared", c.cleared + 1)
+    return c
 
 
-def failing_on(count: int, used: list[str]) -> Any:
-    """A call that fails on its first `count` endpoints as a dead member makes it fail."""
+def failing(*errors: BaseException):
+    """fn(attempt) raising these, one per attempt, then returning the attempt number."""
 
-    def fn(raw: Any) -> str:
-        raw.channel  # noqa: B018 - every call picks a live endpoint this way
-        used.append(raw.endpoint_in_use.netloc)
-        if len(used) <= count:
-            raw.endpoint_in_use.fail()  # what the client does on UNAVAILABLE
-            raise etcd3.exceptions.ConnectionFailedError()
-        return "ok"
+    def fn(attempt: int) -> int:
+        if attempt < len(errors):
+            raise errors[attempt]
+        return attempt
 
     return fn
 
 
-def test_a_call_is_retried_on_each_other_endpoint(client: EtcdClient) -> None:
-    used: list[str] = []
-    assert client.call("get", failing_on(2, used)) == "ok"
-    assert len(set(used)) == 3
+def test_transient_errors_are_retried_until_a_member_answers():
+    contact = Contact(stall=10)
+    f = Failover(client(Member("a")), contact, retry_for=5)
+    errors = (etcd3.exceptions.ConnectionFailedError(), etcd3.exceptions.ConnectionTimeoutError())
+    assert f.call("get", failing(*errors)) == 2
+    assert not contact.in_outage() and contact.back_at == 0  # answered within a stall: no outage
 
 
-def test_when_every_endpoint_failed_the_longest_failed_is_tried_again(client: EtcdClient) -> None:
-    used: list[str] = []
-    with pytest.raises(StoreUnavailable, match="during get"):
-        client.call("get", failing_on(3, used))
-    assert len(set(used)) == 3
-    # The library would now raise NoServerAvailableError for time_retry; one endpoint is open again.
-    assert client.call("get", failing_on(0, [])) == "ok"
-    assert client.endpoint == used[0]
-
-
-def test_an_error_that_is_not_the_endpoints_is_not_retried(client: EtcdClient) -> None:
-    calls = []
-
-    def fn(raw: Any) -> None:
-        calls.append(1)
-        raise etcd3.exceptions.PreconditionFailedError()  # e.g. a lease that is gone
-
+@pytest.mark.parametrize(
+    "error",
+    [etcd3.exceptions.PreconditionFailedError(), etcd3.exceptions.RevisionCompactedError(5), ValueError("bad")],
+)
+def test_errors_that_would_repeat_are_not_retried(error):
+    f = Failover(client(Member("a")), Contact(), retry_for=5)
     with pytest.raises(StoreUnavailable):
-        client.call("refresh lease", fn)
-    assert calls == [1]
+        f.call("get", failing(error, error))
+    assert not transient(error)
 
 
-def test_streams_on_a_failed_endpoint_are_aborted_and_only_those(client: EtcdClient) -> None:
-    first, second, _ = client.raw.endpoints
-    doomed, kept = FakeStream(first), FakeStream(second)
-    client.register(doomed)
-    client.register(kept)
-    assert not client.endpoint_failed(first)  # not marked failed: nothing happens
-    assert not doomed.aborted
-    client.mark_failed(first)
-    assert doomed.aborted == f"etcd member {first} failed"
-    assert not kept.aborted
+def test_a_call_gives_up_after_its_retry_window():
+    f = Failover(client(Member("a")), Contact(), retry_for=0.1)
+    with pytest.raises(StoreUnavailable, match="etcd unavailable during get"):
+        f.call("get", failing(*[etcd3.exceptions.ConnectionFailedError()] * 100))
 
 
-def test_with_one_member_streams_stay_and_it_is_never_blacklisted() -> None:
-    # Nowhere to move to: the stream resumes when the member does, and calls keep trying it.
-    client = EtcdClient(ENDPOINTS[:1], timeout=2.0, creds=None)
-    try:
-        (only,) = client.raw.endpoints
-        stream = FakeStream(only)
-        client.register(stream)
-        client.mark_failed(only)
-        assert not stream.aborted
-        assert client.call("get", failing_on(0, [])) == "ok"
-    finally:
-        client.close()
+def test_members_all_marked_failed_are_all_tried_again():
+    members = [Member("a", failed=True), Member("b", failed=True)]
+    f = Failover(client(*members), Contact(), retry_for=5)
+    assert f.call("get", failing(etcd3.exceptions.NoServerAvailableError())) == 1
+    assert not any(m.is_failed() for m in members)
+
+
+def test_a_broken_stream_moves_the_client_off_its_member_unless_it_is_the_only_one():
+    a, b = Member("a"), Member("b")
+    c = client(a, b)
+    Failover(c, Contact()).member_failed("a")
+    assert a.is_failed() and c.cleared == 1  # cached stubs went with it
+    only = Member("x")
+    Failover(client(only), Contact()).member_failed("x")
+    assert not only.is_failed()  # nowhere else to go
+
+
+def test_contact_says_when_etcd_answered_again_after_an_outage():
+    now = [100.0]
+    contact = Contact(stall=0.5, clock=lambda: now[0])
+    contact.failed()
+    now[0] = 100.3
+    contact.ok()
+    assert contact.back_at == 0  # shorter than a stall: leases could not lapse
+    contact.failed(ago=0.2)  # a keep-alive unanswered since 100.1
+    now[0] = 100.7
+    assert contact.in_outage() and contact.down_for() == pytest.approx(0.6)
+    now[0] = 101.0
+    contact.ok()
+    assert contact.back_at == 101.0 and contact.outage == pytest.approx(0.9)
+    assert not contact.in_outage()

@@ -83,8 +83,8 @@ class FakeCache:
 class FakeRegistry:
     lease_ttl = 1
 
-    def register(self, reg: apb.Register) -> int:
-        return 42
+    def register(self, reg: apb.Register) -> tuple[int, float]:
+        return 42, 0.0  # (lease, end of a restart hold it ended)
 
 
 class FakeKeeper:

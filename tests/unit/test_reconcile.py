@@ -1,12 +1,26 @@
-"""reconcile(): scaling, node loss, garbage collection, rollouts."""
+"""reconcile(): scaling, node loss and liveness holds, garbage collection, rollouts."""
 
 from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from orch.v1 import types_pb2 as pb
+from scheduler.liveness import (
+    AGENT_RECONNECT_BACKOFF,
+    GRACE,
+    RECHECK_SOON,
+    TOO_MANY_NOT_READY,
+    Liveness,
+    NodeState,
+    evictions,
+    node_state,
+    reconnect_grace,
+)
 from scheduler.reconcile import LOST_RETENTION, reconcile
 from scheduler.reconciler_loop import place_pending
+from scheduler.timeutil import ts
 from tests.factories import make_app, make_instance, make_node, make_snapshot, make_spec
 
 NOW = 2000.0
@@ -135,3 +149,175 @@ def test_an_instance_its_agent_gave_up_on_is_replaced_on_another_node():
     assert stopped.status.reason == "AgentError" and "could not run it" in stopped.status.message
     placed, _ = place_pending(plan, snap, NOW)
     assert [i.node for i in placed] == ["b"]
+
+
+# -- liveness: which NotReady nodes are evicted, and why the others are held ----------
+
+# Node kinds: "ready" (lease key present), "down" (no lease), "idle-down" (no lease and no instances:
+# a node that left for good), "restarting" (said goodbye; hold ends at NOW + 10), "restart-over"
+# (its hold ended at NOW - 1). Every node but an idle one runs one instance.
+GRACE_END = NOW + 5
+
+
+def liveness_snapshot(kinds: dict[str, str]):
+    app = make_app(make_spec(replicas=sum(k != "idle-down" for k in kinds.values())))
+    nodes, insts = [], []
+    for name, kind in kinds.items():
+        node = make_node(name)
+        if kind.startswith("restart"):
+            node.restarting_until.CopyFrom(ts(NOW + 10 if kind == "restarting" else NOW - 1))
+        nodes.append(node)
+        if kind != "idle-down":
+            insts.append(make_instance(app, f"web-{name}", name))
+    live = {n for n, k in kinds.items() if k == "ready"}
+    return make_snapshot([app], nodes, insts, live=live)
+
+
+LIVENESS_TABLE = [
+    # (case, nodes, liveness, evicted, hold reason)
+    ("all ready", {"a": "ready", "b": "ready", "c": "ready"}, Liveness(), set(), None),
+    ("one of three down", {"a": "ready", "b": "ready", "c": "down"}, Liveness(), {"c"}, None),
+    ("one of two down: half is not more than half", {"a": "ready", "b": "down"}, Liveness(), {"b"}, None),
+    ("two of three down at once", {"a": "ready", "b": "down", "c": "down"}, Liveness(), set(), TOO_MANY_NOT_READY),
+    ("the only node down", {"a": "down"}, Liveness(), set(), TOO_MANY_NOT_READY),
+    ("one down, one silent here (about to expire)", {"a": "ready", "b": "ready", "c": "down"},
+     Liveness(silent=frozenset({"b"})), set(), TOO_MANY_NOT_READY),
+    ("a silent node that is not Ready does not count twice", {"a": "ready", "b": "ready", "c": "ready", "d": "down"},
+     Liveness(silent=frozenset({"d"})), {"d"}, None),
+    ("nodes that left for good do not count", {"a": "ready", "b": "ready", "c": "down", "d": "idle-down",
+     "e": "idle-down"}, Liveness(), {"c"}, None),
+    ("restarting: held, whatever the lease", {"a": "ready", "b": "restarting"}, Liveness(), set(), None),
+    ("restarting counts, but not as down", {"a": "ready", "b": "restarting", "c": "down"}, Liveness(), {"c"}, None),
+    ("the restart hold ended", {"a": "ready", "b": "ready", "c": "restart-over"}, Liveness(), {"c"}, None),
+    ("down but still beating here: its lease is being renewed", {"a": "ready", "b": "ready", "c": "down"},
+     Liveness(beating=frozenset({"c"})), set(), None),
+    ("grace after leadership or an etcd outage", {"a": "ready", "b": "ready", "c": "down"},
+     Liveness(evict_from=GRACE_END, grace_reason="s1 became the leader 1s ago"), set(), GRACE),
+    ("the grace is over", {"a": "ready", "b": "ready", "c": "down"}, Liveness(evict_from=NOW), {"c"}, None),
+    ("seen Ready since the grace began: a failure like any other", {"a": "ready", "b": "ready", "c": "down"},
+     Liveness(evict_from=GRACE_END, recovered=frozenset({"c"})), {"c"}, None),
+    ("only the nodes not back yet are graced", {"a": "ready", "b": "ready", "c": "down", "d": "down"},
+     Liveness(evict_from=GRACE_END, recovered=frozenset({"a", "b", "d"})), {"d"}, GRACE),
+    ("everything down during the grace: said as a grace", {"a": "down", "b": "down"},
+     Liveness(evict_from=GRACE_END), set(), GRACE),
+    ("a grace holds nothing when nothing is down", {"a": "ready", "b": "ready"},
+     Liveness(evict_from=GRACE_END), set(), None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("nodes", "live", "evicted", "hold"), [r[1:] for r in LIVENESS_TABLE],
+                         ids=[r[0] for r in LIVENESS_TABLE])  # fmt: skip
+def test_liveness_decides_which_not_ready_nodes_are_evicted(nodes, live, evicted, hold):
+    snap = liveness_snapshot(nodes)
+    decision = evictions(snap, NOW, live)
+    assert decision.nodes == evicted
+    assert (decision.hold.reason if decision.hold else None) == hold
+    plan = reconcile(snap, NOW, suffixes(), liveness=live)
+    lost = {i.node for i, _ in plan.update if i.status.state == pb.INSTANCE_STATE_LOST}
+    assert lost == evicted
+    assert len(plan.create) == len(evicted)  # held instances are not replaced
+    assert plan.hold == decision.hold
+    if decision.hold is not None:
+        assert decision.hold.nodes and all(nodes[n] in ("down", "restart-over") for n in decision.hold.nodes)
+
+
+RECHECK_TABLE = [
+    # (case, nodes, liveness, when the decision may change by itself)
+    ("nothing pending", {"a": "ready", "b": "down", "c": "ready"}, Liveness(), None),
+    ("a restart hold ends", {"a": "ready", "b": "restarting"}, Liveness(), NOW + 10),
+    ("the grace ends first", {"a": "ready", "b": "restarting", "c": "down", "d": "ready"},
+     Liveness(evict_from=GRACE_END), GRACE_END),
+    ("overdue heartbeats tipped it: look again soon", {"a": "ready", "b": "ready", "c": "down"},
+     Liveness(silent=frozenset({"b"})), NOW + RECHECK_SOON),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("nodes", "live", "at"), [r[1:] for r in RECHECK_TABLE], ids=[r[0] for r in RECHECK_TABLE])
+def test_a_pass_says_when_a_hold_ends(nodes, live, at):
+    assert evictions(liveness_snapshot(nodes), NOW, live).recheck_at == at
+
+
+def test_hold_messages_say_why_and_what():
+    snap = liveness_snapshot({"a": "ready", "b": "down", "c": "down"})
+    paused = evictions(snap, NOW, Liveness()).hold
+    assert paused is not None
+    assert paused.message.startswith("2 of 3 nodes are not ready at once (b, c): suspecting the control plane")
+    grace = evictions(snap, NOW, Liveness(evict_from=GRACE_END, grace_reason="s1 became the leader 1s ago")).hold
+    assert grace is not None and grace.message == (
+        "s1 became the leader 1s ago: agents have 5.0s more to re-register before the instances of b, c are replaced"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "state"),
+    [("ready", NodeState.READY), ("down", NodeState.NOT_READY), ("restarting", NodeState.RESTARTING),
+     ("restart-over", NodeState.NOT_READY)],
+)  # fmt: skip
+def test_node_state(kind, state):
+    assert node_state(liveness_snapshot({"n": kind}), "n", NOW) is state
+
+
+def test_restarting_wins_over_a_lease_that_still_runs():
+    snap = liveness_snapshot({"n": "restarting"})
+    snap = make_snapshot(list(snap.apps[a].value for a in snap.apps), [snap.nodes["n"].value], live={"n"})
+    assert node_state(snap, "n", NOW) is NodeState.RESTARTING
+
+
+def test_the_grace_covers_a_lease_and_the_agents_reconnect_backoff():
+    from node.session import BACKOFF_MAX, JITTER
+
+    assert BACKOFF_MAX * JITTER[1] == AGENT_RECONNECT_BACKOFF
+    assert reconnect_grace(1) > 1 + AGENT_RECONNECT_BACKOFF
+
+
+class LoopStore:
+    """What Reconciler.run_once needs of a Store: a snapshot to read, commits to record."""
+
+    def __init__(self, clock):
+        from scheduler.contact import Contact
+        from scheduler.store import Keys
+
+        self.keys = Keys("/orch/")
+        self.contact = Contact(clock=clock)
+        self.snap = make_snapshot()
+        self.commits: list = []
+
+    def snapshot(self):
+        return self.snap
+
+    def commit_partial(self, writes, fence=None):
+        self.commits.append(writes)
+        return 1, []
+
+
+class NoEvents:
+    def record(self, events):
+        pass
+
+
+def test_the_loop_graces_only_nodes_not_seen_ready_since_it_took_the_lead():
+    from scheduler.reconciler_loop import Reconciler
+    from scheduler.store import Fence
+
+    clock = [100.0]
+    store = LoopStore(lambda: clock[0])
+    loop = Reconciler(store, NoEvents(), clock=lambda: clock[0], lease_ttl=1)  # type: ignore[arg-type]
+    app = make_app(make_spec(replicas=3))
+    insts = [make_instance(app, f"web-{n}", n) for n in "abc"]
+    nodes = [make_node(n) for n in "abc"]
+
+    def lost_after(at: float, live: set[str], fence: Fence) -> set[str]:
+        clock[0] = at
+        store.snap = make_snapshot([app], nodes, insts, live=live)
+        result = loop.run_once(fence, loop.liveness(fence))
+        writes = store.commits.pop() if result.writes else []
+        return {w.value.node for w in writes if w.value.status.reason == "NodeLost"}
+
+    first = Fence("/orch/leader", 7, "s1")
+    assert lost_after(100.0, {"a", "b", "c"}, first) == set()  # the lead begins; too early to vouch for anyone
+    assert lost_after(101.0, {"a", "b"}, first) == set()  # c not seen Ready since: graced
+    assert lost_after(101.6, {"a", "b", "c"}, first) == set()  # read past a lease and an expiry tick: recovered
+    assert lost_after(102.0, {"a", "b"}, first) == {"c"}  # a failure like any other, within the grace
+    second = Fence("/orch/leader", 9, "s2")  # a new lead: everyone gets the grace again
+    assert lost_after(103.0, {"a", "b"}, second) == set()
+    assert lost_after(103.0 + reconnect_grace(1), {"a", "b"}, second) == {"c"}

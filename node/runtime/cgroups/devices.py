@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_RULES", "DeviceRule", "Insn", "assemble", "v1_lines"]
+__all__ = ["DEFAULT_RULES", "NODES", "DeviceRule", "Insn", "assemble", "v1_lines"]
 
 # bpf_cgroup_dev_ctx.access_type: low 16 bits the type, high 16 the access (linux/bpf.h).
 DEV_BLOCK, DEV_CHAR = 1, 2
@@ -55,19 +55,18 @@ def _number(n: int | None) -> str:
     return "*" if n is None else str(n)
 
 
+# The character devices in every container's /dev (init.py makes the nodes): name, major, minor.
+NODES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
+
 # runc's default allow-list (libcontainer/specconv AllowedDevices): mknod of any node is
 # allowed, as in runc (a node is useless without the r/w rules below; the image may ship
 # nodes anyway), but only these devices can be opened.
 DEFAULT_RULES = (
     DeviceRule("c", None, None, "m"),
     DeviceRule("b", None, None, "m"),
-    DeviceRule("c", 1, 3, "rwm"),  # /dev/null
-    DeviceRule("c", 1, 5, "rwm"),  # /dev/zero
-    DeviceRule("c", 1, 7, "rwm"),  # /dev/full
-    DeviceRule("c", 1, 8, "rwm"),  # /dev/random
-    DeviceRule("c", 1, 9, "rwm"),  # /dev/urandom
-    DeviceRule("c", 5, 0, "rwm"),  # /dev/tty
-    DeviceRule("c", 5, 1, "rwm"),  # /dev/console
+    *(DeviceRule("c", major, minor, "rwm") for _, major, minor in NODES),
+    # Not /dev/console (c 5:1), which runc lists for the console it makes with terminal=true:
+    # orch makes none, so with CAP_MKNOD the rule would open the host's console.
     DeviceRule("c", 5, 2, "rwm"),  # /dev/ptmx
     DeviceRule("c", 136, None, "rwm"),  # /dev/pts/*
 )

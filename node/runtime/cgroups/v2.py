@@ -49,14 +49,24 @@ def cpu_weight(millis: int) -> int:
 
 
 def enable_controllers(root: Path, path: str, wanted: AbstractSet[str]) -> None:
-    """Enable `wanted` (as far as available) in subtree_control of every ancestor; create the dirs."""
+    """Enable `wanted` (as far as available) in subtree_control of every ancestor; create the dirs.
+
+    Only what is missing is written: above a delegated systemd unit, systemd has enabled
+    them already, and there we must not write at all (see placement.py)."""
     cg = root
     for part in Path(path).parts:
         available = set((cg / "cgroup.controllers").read_text().split())
-        if todo := sorted(wanted & available):
+        if todo := sorted((wanted & available) - _enabled(cg)):
             write(cg / "cgroup.subtree_control", " ".join(f"+{c}" for c in todo))
         cg = cg / part
         cg.mkdir(exist_ok=True)
+
+
+def _enabled(cg: Path) -> set[str]:
+    try:  # "+" only in the fake trees of the tests, which hold what was written
+        return {c.lstrip("+") for c in (cg / "cgroup.subtree_control").read_text().split()}
+    except FileNotFoundError:
+        return set()
 
 
 def apply_memory(cg: Path, limit_bytes: int) -> None:

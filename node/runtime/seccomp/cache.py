@@ -2,8 +2,9 @@
 
 A profile resolves to a handful of distinct filters (they differ only by the
 capabilities its rules mention), so each is compiled once: the file name is
-the digest of the resolved filter and of the libseccomp version, which is the
-whole input of the compiler. An agent restart finds them still there.
+the digest of the resolved filter, the libseccomp version and the compiler's
+revision, which is the whole input of the compiler. An agent restart finds them
+still there; an upgraded agent compiles anew.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from node.runtime.seccomp.compiler import compile_filter, libseccomp_version
+from node.runtime.seccomp.compiler import REVISION, compile_filter, libseccomp_version
 from node.runtime.seccomp.profile import Profile, ProfileError, parse_profile, resolve
 from orch import files
 
@@ -43,7 +44,8 @@ class FilterCache:
         self.directory = directory
         self._machine = machine or os.uname().machine
         self._kernel = kernel or os.uname().release
-        self._salt = f"libseccomp {libseccomp_version()}"  # also: fails now if libseccomp is missing
+        # Also fails now if libseccomp is missing.
+        self._salt = f"libseccomp {libseccomp_version()}, compiler revision {REVISION}"
         self._lock = threading.Lock()
         self._known: dict[frozenset[str], Path] = {}
 

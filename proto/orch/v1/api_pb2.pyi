@@ -48,12 +48,16 @@ class _NodeStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NodeState.V
     NODE_STATE_UNSPECIFIED: _NodeState.ValueType  # 0
     NODE_STATE_READY: _NodeState.ValueType  # 1
     NODE_STATE_NOT_READY: _NodeState.ValueType  # 2
+    NODE_STATE_RESTARTING: _NodeState.ValueType  # 3
+    """its agent said goodbye for a restart; held until Node.restarting_until"""
 
 class NodeState(_NodeState, metaclass=_NodeStateEnumTypeWrapper): ...
 
 NODE_STATE_UNSPECIFIED: NodeState.ValueType  # 0
 NODE_STATE_READY: NodeState.ValueType  # 1
 NODE_STATE_NOT_READY: NodeState.ValueType  # 2
+NODE_STATE_RESTARTING: NodeState.ValueType  # 3
+"""its agent said goodbye for a restart; held until Node.restarting_until"""
 Global___NodeState: _TypeAlias = NodeState  # noqa: Y015
 
 @_typing.final

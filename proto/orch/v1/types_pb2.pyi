@@ -660,6 +660,7 @@ class Node(_message.Message):
     METRICS_ADDRESS_FIELD_NUMBER: _builtins.int
     HOST_PORT_MIN_FIELD_NUMBER: _builtins.int
     HOST_PORT_MAX_FIELD_NUMBER: _builtins.int
+    RESTARTING_UNTIL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
     """the agent's metrics/log endpoint host:port"""
@@ -689,6 +690,13 @@ class Node(_message.Message):
         even if no replacement could start.
         """
 
+    @_builtins.property
+    def restarting_until(self) -> _timestamp_pb2.Timestamp:
+        """Set when the agent said goodbye for a planned restart (SIGTERM): until then
+        the node is Restarting and its instances are held, not replaced, although
+        its lease lapsed. Cleared when the agent registers again.
+        """
+
     def __init__(
         self,
         *,
@@ -706,10 +714,11 @@ class Node(_message.Message):
         metrics_address: _builtins.str = ...,
         host_port_min: _builtins.int = ...,
         host_port_max: _builtins.int = ...,
+        restarting_until: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["allocatable", b"allocatable", "capacity", b"capacity", "drain_deadline", b"drain_deadline", "registered_at", b"registered_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allocatable", b"allocatable", "capacity", b"capacity", "drain_deadline", b"drain_deadline", "registered_at", b"registered_at", "restarting_until", b"restarting_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allocatable", b"allocatable", "capacity", b"capacity", "drain_deadline", b"drain_deadline", "draining", b"draining", "host_port_max", b"host_port_max", "host_port_min", b"host_port_min", "labels", b"labels", "lease_id", b"lease_id", "metrics_address", b"metrics_address", "name", b"name", "registered_at", b"registered_at", "unschedulable", b"unschedulable", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allocatable", b"allocatable", "capacity", b"capacity", "drain_deadline", b"drain_deadline", "draining", b"draining", "host_port_max", b"host_port_max", "host_port_min", b"host_port_min", "labels", b"labels", "lease_id", b"lease_id", "metrics_address", b"metrics_address", "name", b"name", "registered_at", b"registered_at", "restarting_until", b"restarting_until", "unschedulable", b"unschedulable", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
