@@ -10,6 +10,7 @@ made, the lab included."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import ipaddress
