@@ -237,28 +237,132 @@ class SchedulerMessage(_message.Message):
     REGISTERED_FIELD_NUMBER: _builtins.int
     DESIRED_FIELD_NUMBER: _builtins.int
     GOODBYE_ACK_FIELD_NUMBER: _builtins.int
+    ENDPOINTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def registered(self) -> Global___Registered: ...
     @_builtins.property
     def desired(self) -> Global___DesiredSet: ...
     @_builtins.property
     def goodbye_ack(self) -> Global___GoodbyeAck: ...
+    @_builtins.property
+    def endpoints(self) -> Global___Endpoints:
+        """The cluster's service endpoints, sent after registration and whenever
+        they change (field 10 leaves 4-9 to others).
+        """
+
     def __init__(
         self,
         *,
         registered: Global___Registered | None = ...,
         desired: Global___DesiredSet | None = ...,
         goodbye_ack: Global___GoodbyeAck | None = ...,
+        endpoints: Global___Endpoints | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "goodbye_ack", b"goodbye_ack", "msg", b"msg", "registered", b"registered"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "endpoints", b"endpoints", "goodbye_ack", b"goodbye_ack", "msg", b"msg", "registered", b"registered"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "goodbye_ack", b"goodbye_ack", "msg", b"msg", "registered", b"registered"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "endpoints", b"endpoints", "goodbye_ack", b"goodbye_ack", "msg", b"msg", "registered", b"registered"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["registered", "desired", "goodbye_ack"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["registered", "desired", "goodbye_ack", "endpoints"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
 Global___SchedulerMessage: _TypeAlias = SchedulerMessage  # noqa: Y015
+
+@_typing.final
+class Endpoint(_message.Message):
+    """One instance of an app that runs and has an address (on any node)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    IP_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    READY_FIELD_NUMBER: _builtins.int
+    instance: _builtins.str
+    ip: _builtins.str
+    node: _builtins.str
+    ready: _builtins.bool
+    """passes its readiness probe: in <app>.<domain> and behind the VIP"""
+    def __init__(
+        self,
+        *,
+        instance: _builtins.str = ...,
+        ip: _builtins.str = ...,
+        node: _builtins.str = ...,
+        ready: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance", "ip", b"ip", "node", b"node", "ready", b"ready"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Endpoint: _TypeAlias = Endpoint  # noqa: Y015
+
+@_typing.final
+class AppEndpoints(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    SERVICE_IP_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    ENDPOINTS_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    service_ip: _builtins.str
+    """App.service_ip; "" without spec.service"""
+    @_builtins.property
+    def service(self) -> _types_pb2.ServicePort:
+        """the app's spec.service (unset without one)"""
+
+    @_builtins.property
+    def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___Endpoint]:
+        """sorted by instance name"""
+
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        service_ip: _builtins.str = ...,
+        service: _types_pb2.ServicePort | None = ...,
+        endpoints: _abc.Iterable[Global___Endpoint] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "endpoints", b"endpoints", "service", b"service", "service_ip", b"service_ip"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppEndpoints: _TypeAlias = AppEndpoints  # noqa: Y015
+
+@_typing.final
+class Endpoints(_message.Message):
+    """Every app of the cluster with its running instances: what each agent's DNS
+    server answers and its VIP rules forward to. Level-triggered: always whole.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPS_FIELD_NUMBER: _builtins.int
+    SERVICE_CIDR_FIELD_NUMBER: _builtins.int
+    service_cidr: _builtins.str
+    """where VIPs come from (orch scheduler --service-cidr)"""
+    @_builtins.property
+    def apps(self) -> _containers.RepeatedCompositeFieldContainer[Global___AppEndpoints]:
+        """sorted by app name"""
+
+    def __init__(
+        self,
+        *,
+        apps: _abc.Iterable[Global___AppEndpoints] | None = ...,
+        service_cidr: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["apps", b"apps", "service_cidr", b"service_cidr"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Endpoints: _TypeAlias = Endpoints  # noqa: Y015
 
 @_typing.final
 class GoodbyeAck(_message.Message):

@@ -390,6 +390,7 @@ class AppSpec(_message.Message):
     ANTI_AFFINITY_FIELD_NUMBER: _builtins.int
     USER_NAMESPACE_FIELD_NUMBER: _builtins.int
     SECCOMP_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     replicas: _builtins.int
     image: _builtins.str
@@ -431,6 +432,12 @@ class AppSpec(_message.Message):
         naming the app itself means at most one instance per node.
         """
 
+    @_builtins.property
+    def service(self) -> Global___ServicePort:
+        """A stable virtual IP load-balanced over the Ready instances (manifest
+        `service: {port, targetPort}`); unset: none. Field 30 leaves 23-29 to others.
+        """
+
     def __init__(
         self,
         *,
@@ -456,14 +463,46 @@ class AppSpec(_message.Message):
         anti_affinity: _abc.Iterable[_builtins.str] | None = ...,
         user_namespace: _builtins.bool = ...,
         seccomp: _builtins.str = ...,
+        service: Global___ServicePort | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "readiness", b"readiness", "resources", b"resources", "update", b"update"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "readiness", b"readiness", "resources", b"resources", "service", b"service", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity", b"anti_affinity", "args", b"args", "capabilities", b"capabilities", "command", b"command", "env", b"env", "image", b"image", "labels", b"labels", "name", b"name", "node_selector", b"node_selector", "placement", b"placement", "ports", b"ports", "read_only_root_fs", b"read_only_root_fs", "readiness", b"readiness", "replicas", b"replicas", "resources", b"resources", "restart_policy", b"restart_policy", "seccomp", b"seccomp", "stop_grace_period_ms", b"stop_grace_period_ms", "update", b"update", "user", b"user", "user_namespace", b"user_namespace", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity", b"anti_affinity", "args", b"args", "capabilities", b"capabilities", "command", b"command", "env", b"env", "image", b"image", "labels", b"labels", "name", b"name", "node_selector", b"node_selector", "placement", b"placement", "ports", b"ports", "read_only_root_fs", b"read_only_root_fs", "readiness", b"readiness", "replicas", b"replicas", "resources", b"resources", "restart_policy", b"restart_policy", "seccomp", b"seccomp", "service", b"service", "stop_grace_period_ms", b"stop_grace_period_ms", "update", b"update", "user", b"user", "user_namespace", b"user_namespace", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AppSpec: _TypeAlias = AppSpec  # noqa: Y015
+
+@_typing.final
+class ServicePort(_message.Message):
+    """The app's virtual IP listens on port and forwards to target_port of a Ready
+    instance (iptables DNAT, node/network/services.py).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORT_FIELD_NUMBER: _builtins.int
+    TARGET_PORT_FIELD_NUMBER: _builtins.int
+    PROTOCOL_FIELD_NUMBER: _builtins.int
+    port: _builtins.int
+    target_port: _builtins.int
+    """0: same as port"""
+    protocol: _builtins.str
+    """"tcp" (default) or "udp" """
+    def __init__(
+        self,
+        *,
+        port: _builtins.int = ...,
+        target_port: _builtins.int = ...,
+        protocol: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["port", b"port", "protocol", b"protocol", "target_port", b"target_port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServicePort: _TypeAlias = ServicePort  # noqa: Y015
 
 @_typing.final
 class App(_message.Message):
@@ -475,9 +514,14 @@ class App(_message.Message):
     GENERATION_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    SERVICE_IP_FIELD_NUMBER: _builtins.int
     generation: _builtins.int
     """Bumped whenever the part of the spec that instances run changes
     (everything but replicas and labels), so rollouts can tell old from new.
+    """
+    service_ip: _builtins.str
+    """The virtual IP the scheduler allocated from its --service-cidr while
+    spec.service is set; reserved by <prefix>serviceips/<ip>.
     """
     @_builtins.property
     def spec(self) -> Global___AppSpec: ...
@@ -492,14 +536,41 @@ class App(_message.Message):
         generation: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        service_ip: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "spec", b"spec", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "generation", b"generation", "spec", b"spec", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "generation", b"generation", "service_ip", b"service_ip", "spec", b"spec", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___App: _TypeAlias = App  # noqa: Y015
+
+@_typing.final
+class ServiceIp(_message.Message):
+    """etcd: <prefix>serviceips/<ip>: the reservation of one virtual IP, written in
+    the same transaction as the app, so two apps can never get the same one.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    IP_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    ip: _builtins.str
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        ip: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "ip", b"ip"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceIp: _TypeAlias = ServiceIp  # noqa: Y015
 
 @_typing.final
 class InstanceStatus(_message.Message):
