@@ -258,8 +258,11 @@ def agent_config(
     tls: Credentials | None = None,
     default_pids_limit: int | None = None,
     seccomp_profile: Path | None = None,
+    cluster_domain: str = "orch",
+    resolv_conf: Path = Path("/etc/resolv.conf"),
 ) -> AgentConfig:
     from node.agent import AgentConfig
+    from node.dns import DomainError, check_domain
     from node.network import ConfigError, PortRange
     from node.runtime.seccomp import DEFAULT_PROFILE, SeccompError, check_profile
     from node.runtime.security import CAPS, DEFAULT_CAPS
@@ -281,6 +284,10 @@ def agent_config(
         port_range = PortRange.parse(host_port_range) if host_port_range else PortRange()
     except ConfigError as e:
         raise CliError(f"--host-port-range: {e}") from None
+    try:
+        cluster_domain = check_domain(cluster_domain)
+    except DomainError as e:
+        raise CliError(f"--cluster-domain: {e}") from None
     try:  # compiled for the default and for every capability: a bad profile fails now, not at a start
         check_profile(seccomp_profile or DEFAULT_PROFILE, [DEFAULT_CAPS, CAPS])
     except SeccompError as e:
@@ -303,4 +310,6 @@ def agent_config(
         tls=tls,
         default_pids_limit=DEFAULT_PIDS_LIMIT if default_pids_limit is None else default_pids_limit,
         seccomp_profile=(seccomp_profile or DEFAULT_PROFILE).resolve(),
+        cluster_domain=cluster_domain,
+        resolv_conf=resolv_conf,
     )

@@ -222,6 +222,12 @@ def events(ctx: click.Context, watch: bool, limit: int) -> None:
     help="Container addresses; node i gets the i-th /24, lab hosts the last /24 (default 10.88.0.0/16).",
 )
 @click.option(
+    "--service-cidr",
+    default="",
+    metavar="CIDR",
+    help="Virtual IPs of apps with a service, apart from --cidr (default 10.96.0.0/16).",
+)
+@click.option(
     "--no-tls", is_flag=True, help="Plaintext gRPC and etcd instead of mutual TLS (certificates in STATE/pki)."
 )
 @click.option("-v", "--verbose", is_flag=True)
@@ -233,6 +239,7 @@ def up(
     lease_ttl: int,
     schedulers: int | None,
     cidr: str,
+    service_cidr: str,
     no_tls: bool,
     verbose: bool,
 ) -> None:
@@ -250,6 +257,7 @@ def up(
         port=port,
         lease_ttl=lease_ttl,
         cidr=cidr,
+        service_cidr=service_cidr,
         schedulers=schedulers,
         tls=not no_tls,
         hosts=hosts or 0,
@@ -290,6 +298,13 @@ def etcd_tls_options(f: Callable[..., None]) -> Callable[..., None]:
     help="How long a node whose agent is restarting (SIGTERM) keeps its instances before they are replaced.",
 )
 @click.option("--metrics-listen", default="", help="host:port for /metrics.")
+@click.option(
+    "--service-cidr",
+    default="10.96.0.0/16",
+    show_default=True,
+    metavar="CIDR",
+    help="Virtual IPs of apps with a service (docs/networking.md); apart from the containers' addresses.",
+)
 @click.option("--id", "identity", default="", help="Name of this scheduler (default host-pid).")
 @tls_options
 @etcd_tls_options
@@ -304,6 +319,7 @@ def scheduler_cmd(
     leader_ttl: int,
     restart_grace: float,
     metrics_listen: str,
+    service_cidr: str,
     identity: str,
     tls_ca: str,
     tls_cert: str,
@@ -318,8 +334,13 @@ def scheduler_cmd(
     """Run a scheduler (production entry point)."""
     from cli.transport import etcd_credentials, scheduler_credentials
     from scheduler.server import SchedulerConfig, main
+    from scheduler.services import ServiceCidrError, parse_service_cidr
 
     setup_logging(verbose)
+    try:
+        parse_service_cidr(service_cidr)
+    except ServiceCidrError as e:
+        raise CliError(f"orch scheduler: --service-cidr: {e}") from None
     endpoints = tuple(e.strip() for e in etcd.split(",") if e.strip())
     main(
         SchedulerConfig(
@@ -330,6 +351,7 @@ def scheduler_cmd(
             leader_ttl=leader_ttl,
             restart_grace=restart_grace,
             metrics_listen=metrics_listen,
+            service_cidr=service_cidr,
             identity=identity,
             tls=scheduler_credentials(tls_ca, tls_cert, tls_key, listen, insecure),
             etcd_tls=etcd_credentials(etcd_ca, etcd_cert, etcd_key, endpoints, insecure_etcd),
@@ -379,6 +401,20 @@ def scheduler_cmd(
     type=click.Path(dir_okay=False, path_type=Path),
     help="seccomp profile in Docker's JSON format (default: orch's, node/runtime/seccomp/default.json).",
 )
+@click.option(
+    "--cluster-domain",
+    default="orch",
+    show_default=True,
+    metavar="DOMAIN",
+    help="DNS domain of the cluster's names, answered on the bridge gateway (<app>.DOMAIN).",
+)
+@click.option(
+    "--resolv-conf",
+    default="/etc/resolv.conf",
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The node's resolvers: names outside the cluster domain are forwarded to them.",
+)
 @click.option("--cleanup", is_flag=True, help="Stop and remove every container and network of this node, then exit.")
 @tls_options
 @click.option("--insecure", is_flag=True, help="Allow plaintext gRPC without TLS files (anyone can pose as scheduler).")
@@ -401,6 +437,8 @@ def node_cmd(
     userns_range: str,
     default_pids_limit: int | None,
     seccomp_profile: Path | None,
+    cluster_domain: str,
+    resolv_conf: Path,
     cleanup: bool,
     tls_ca: str,
     tls_cert: str,
@@ -435,6 +473,8 @@ def node_cmd(
         tls=tls,
         default_pids_limit=default_pids_limit,
         seccomp_profile=seccomp_profile,
+        cluster_domain=cluster_domain,
+        resolv_conf=resolv_conf,
     )
     if cleanup:
         cleanup_node(config)

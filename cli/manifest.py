@@ -408,6 +408,14 @@ _SPEC: dict[str, _Setter] = {
     "hostUsers": _scalar("user_namespace", _not(_Doc.boolean)),
     "capabilities": _message("capabilities", {"add": _list("add"), "drop": _list("drop")}),
     "seccomp": _lower("seccomp"),
+    "service": _message(
+        "service",
+        {
+            "port": _scalar("port", _Doc.integer),
+            "targetPort": _scalar("target_port", _Doc.integer),
+            "protocol": _lower("protocol"),
+        },
+    ),
 }
 
 

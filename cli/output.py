@@ -91,6 +91,7 @@ def app_row(a: api.AppInfo) -> Row:
         "generation": a.app.generation,
         "labels": dict(sorted(spec.labels.items())),
         "createdAt": _time(a.app.created_at),
+        "serviceIp": a.app.service_ip or None,  # the stable virtual IP (spec.service)
     }
 
 
@@ -152,9 +153,10 @@ def node_table(rows: list[Row], wide: bool) -> str:
 
 
 def app_table(rows: list[Row], wide: bool) -> str:
-    headers = ["NAME", "READY", "RUNNING", "PENDING", "GENERATION", "IMAGE"]
+    headers = ["NAME", "READY", "RUNNING", "PENDING", "GENERATION", "IMAGE"] + (["SERVICE-IP"] if wide else [])
     out = [
         [r["name"], f"{r['ready']}/{r['replicas']}", r["running"], r["pending"], r["generation"], r["image"]]
+        + ([r["serviceIp"]] if wide else [])
         for r in rows
     ]
     return table(headers, out)

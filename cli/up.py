@@ -31,6 +31,7 @@ from node.runtime.userns import IDS_PER_CONTAINER, IdRange
 from orch.files import write_json_atomic
 from orch.tls import TlsFiles
 from orch.trees import remove_tree
+from scheduler.services import DEFAULT_SERVICE_CIDR, ServiceCidrError, parse_service_cidr
 
 log = logging.getLogger("orch.up")
 ETCD = "etcd"
@@ -51,12 +52,17 @@ class Cluster:
         cidr: str,
         tls: bool = True,
         hosts: int = 0,
+        service_cidr: str = DEFAULT_SERVICE_CIDR,
     ) -> None:
         self.dir = state_dir.resolve()
         self.pki = self.dir / "pki" if tls else None
         self.nodes = nodes
         self.lease_ttl = lease_ttl
         self.cidr = ipaddress.ip_network(cidr)
+        try:  # a VIP that is also a container's (or a lab host's) address would capture its traffic
+            self.service_cidr = str(parse_service_cidr(service_cidr, avoid=[cidr]))
+        except ServiceCidrError as e:
+            raise CliError(f"orch up: --service-cidr: {e}") from None
         self.procs: list[Proc] = []
         self.reported: set[int] = set()  # pids whose exit was logged
         # Bridge and lab names must be unique per cluster on this host and ≤ 15 chars.
@@ -186,7 +192,7 @@ class Cluster:
         metrics = f"{place.address}:{place.port(SCHEDULER_METRICS)}"
         argv = self.orch("scheduler", "--listen", address, "--etcd", ",".join(self.etcd_endpoints),
                          "--lease-ttl", str(self.lease_ttl), "--metrics-listen", metrics,
-                         "--id", f"scheduler-{i}", *self.tls_args("scheduler"),
+                         "--service-cidr", self.service_cidr, "--id", f"scheduler-{i}", *self.tls_args("scheduler"),
                          *self.scheduler_etcd_args())  # fmt: skip
         proc = self._spawn(Proc("scheduler", None, place.argv(argv), f"http://{metrics}/metrics", host=place.name),
                            self.dir / "logs" / f"scheduler-{i}.log")  # fmt: skip
@@ -296,10 +302,12 @@ def run_cluster(
     schedulers: int = 1,
     tls: bool = True,
     hosts: int = 0,
+    service_cidr: str = "",
 ) -> None:
     cidr = cidr or os.environ.get("ORCH_UP_CIDR", "10.88.0.0/16")
+    service_cidr = service_cidr or os.environ.get("ORCH_UP_SERVICE_CIDR", DEFAULT_SERVICE_CIDR)
     ports = [port] + [0] * (schedulers - 1)
-    cluster = Cluster(state_dir or DEFAULT_STATE_DIR, hosts or nodes, ports, lease_ttl, cidr, tls, hosts)
+    cluster = Cluster(state_dir or DEFAULT_STATE_DIR, hosts or nodes, ports, lease_ttl, cidr, tls, hosts, service_cidr)
     if (cluster.dir / "cluster.json").exists():
         raise CliError(f"{cluster.dir / 'cluster.json'} exists: is another `orch up` running there?")
     cluster.dir.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ codes at this edge; reads come from one consistent snapshot."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -23,6 +24,7 @@ from scheduler.liveness import NodeState, node_state
 from scheduler.logs import LogsUnavailable, log_sources, stream_logs
 from scheduler.placement import node_views
 from scheduler.reconcile import DONE, event, is_ready
+from scheduler.services import DEFAULT_SERVICE_CIDR, ServiceCidrError, release_writes, service_ip_writes
 from scheduler.snapshot import ClusterSnapshot, wants_to_run
 from scheduler.store import Delete, Put, Store
 from scheduler.timeutil import ts
@@ -32,6 +34,8 @@ T = TypeVar("T")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 ACTION_WORDS = {api.APPLY_ACTION_CREATED: "created", api.APPLY_ACTION_CONFIGURED: "configured"}
+
+DEFAULT_SERVICE_NETWORK = ipaddress.IPv4Network(DEFAULT_SERVICE_CIDR)
 
 STATUS_OF: dict[type[SchedulerError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
@@ -45,11 +49,12 @@ STATUS_OF: dict[type[SchedulerError], grpc.StatusCode] = {
 
 
 def runtime_part(spec: pb.AppSpec) -> bytes:
-    """What instances run: the spec without replicas and labels (changing those rolls nothing)."""
+    """What instances run: the spec without replicas, labels and service (changing those rolls nothing)."""
     copy = pb.AppSpec()
     copy.CopyFrom(spec)
     copy.ClearField("replicas")
     copy.ClearField("labels")
+    copy.ClearField("service")  # the VIP's rules live on the nodes, not in the instances
     return copy.SerializeToString(deterministic=True)
 
 
@@ -117,7 +122,9 @@ class OrchService(api_pb2_grpc.OrchServicer):
         events: EventLog,
         on_change: Callable[[], None] = lambda: None,
         agent_tls: Credentials | None = None,  # our certificate when we call agents (logs, top)
+        service_network: ipaddress.IPv4Network = DEFAULT_SERVICE_NETWORK,  # where virtual IPs come from
     ) -> None:
+        self._service_network = service_network
         self._store = store
         self._events = events
         self._on_change = on_change
@@ -134,7 +141,18 @@ class OrchService(api_pb2_grpc.OrchServicer):
     async def Apply(self, request: api.ApplyRequest, context: Ctx) -> api.ApplyResponse:
         return await self._call(context, lambda: self._apply(request))
 
-    def _apply(self, request: api.ApplyRequest) -> api.ApplyResponse:
+    def _apply(self, request: api.ApplyRequest, attempts: int = 3) -> api.ApplyResponse:
+        # A conflict is another writer between our read and our commit (another Apply took the
+        # virtual IP we chose, or changed the app): read again and decide again.
+        for attempt in range(attempts):
+            try:
+                return self._apply_once(request)
+            except Conflict:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _apply_once(self, request: api.ApplyRequest) -> api.ApplyResponse:
         specs = [normalize_app_spec(s) for s in request.apps]
         problems = [
             f"app {s.name or '#' + str(i)}: {e.path}: {e.message}"
@@ -148,13 +166,24 @@ class OrchService(api_pb2_grpc.OrchServicer):
         now = time.time()
         writes: list[Put | Delete] = []
         results = []
+        used: set[str] | None = None  # virtual IPs taken, read once if an app needs one
         for spec in specs:
             key = self._store.keys.app(spec.name)
             existing = self._store.get(pb.App, key)
-            action, app = self._next_app(existing.value if existing else None, spec, now)
+            before = existing.value if existing else None
+            action, app = self._next_app(before, spec, now)
             results.append(api.ApplyResult(name=spec.name, action=action, generation=app.generation))
-            if action != api.APPLY_ACTION_UNCHANGED:
-                writes.append(Put(key, app, existing.mod_revision if existing else 0))
+            if action == api.APPLY_ACTION_UNCHANGED:
+                continue
+            writes.append(Put(key, app, existing.mod_revision if existing else 0))
+            if spec.HasField("service") or app.service_ip:
+                if used is None:
+                    used = self._service_ips()
+                try:
+                    writes += service_ip_writes(self._store.keys, before, app, self._service_network, used)
+                except ServiceCidrError as e:
+                    raise InvalidRequest([f"app {spec.name}: spec.service: {e}"]) from None
+                used.add(app.service_ip)
         if writes and not request.dry_run:
             self._store.commit(writes)  # one transaction: all apps or none (up to 128)
             self._events.record(
@@ -166,6 +195,9 @@ class OrchService(api_pb2_grpc.OrchServicer):
             )
             self._on_change()
         return api.ApplyResponse(results=results)
+
+    def _service_ips(self) -> set[str]:
+        return {v.value.ip for v in self._store.list_prefix(pb.ServiceIp, self._store.keys.service_ip(""))}
 
     @staticmethod
     def _next_app(current: pb.App | None, spec: pb.AppSpec, now: float) -> tuple[api.ApplyAction.ValueType, pb.App]:
@@ -204,7 +236,7 @@ class OrchService(api_pb2_grpc.OrchServicer):
             if existing is None:
                 raise NotFound("app", request.name)
             # The reconciler stops and removes its instances (they outlive the app key).
-            self._store.commit([Delete(key, existing.mod_revision)])
+            self._store.commit([Delete(key, existing.mod_revision), *release_writes(self._store.keys, existing.value)])
             self._events.record([event(time.time(), "App", request.name, "Deleted", "stopping its instances")])
             self._on_change()
             return api.DeleteAppResponse(deleted=True)

@@ -1,4 +1,4 @@
-"""A watch-fed copy of instances, nodes and node leases (an informer).
+"""A watch-fed copy of apps, instances and node leases (an informer).
 
 Agent sessions read their desired sets from here instead of querying etcd
 for every change. All mutation happens on the event loop thread; the etcd
@@ -27,6 +27,7 @@ class ClusterCache:
         self.revision = 0
         self.cluster_id = 0
         self.instances: dict[str, Versioned[pb.Instance]] = {}
+        self.apps: dict[str, Versioned[pb.App]] = {}  # for the endpoints (endpoints.py)
         self.by_node: dict[str, set[str]] = defaultdict(set)
         self.live_nodes: set[str] = set()
         self._listeners: list[Listener] = []
@@ -87,6 +88,7 @@ class ClusterCache:
         self.revision = snap.revision
         self.cluster_id = snap.cluster_id
         self.instances = dict(snap.instances)
+        self.apps = dict(snap.apps)
         self.by_node = defaultdict(set)
         for name, v in self.instances.items():
             if v.value.node:
@@ -109,6 +111,8 @@ class ClusterCache:
             kind, _, rest = ev.key.partition("/")
             if kind == "instances":
                 self._apply_instance(rest.partition("/")[2], ev, touched)
+            elif kind == "apps":
+                self._apply_app(rest, ev)
             elif kind == "leases" and rest.startswith("nodes/"):
                 node = rest.removeprefix("nodes/")
                 (self.live_nodes.add if ev.value is not None else self.live_nodes.discard)(node)
@@ -134,6 +138,16 @@ class ClusterCache:
         if inst.node:
             self.by_node[inst.node].add(name)
             touched.add(inst.node)
+
+    def _apply_app(self, name: str, ev: WatchEvent) -> None:
+        old = self.apps.get(name)
+        if old is not None and ev.value is not None and old.mod_revision >= ev.mod_revision:
+            return  # already part of the loaded state
+        app = decode(pb.App, ev.value, ev.key) if ev.value is not None else None
+        if app is None:
+            self.apps.pop(name, None)
+        else:
+            self.apps[name] = Versioned(app, ev.mod_revision)
 
     def _notify(self, nodes: set[str]) -> None:
         for listener in list(self._listeners):

@@ -22,11 +22,13 @@ from scheduler.api import OrchService
 from scheduler.authz import Authorizer
 from scheduler.cache import ClusterCache
 from scheduler.contact import Contact
+from scheduler.endpoints import EndpointsFeed
 from scheduler.events import EventLog
 from scheduler.leader import LeaderElection
 from scheduler.leases import LeaseKeeper
 from scheduler.metrics import ClusterCollector, SchedulerMetrics
 from scheduler.reconciler_loop import Reconciler
+from scheduler.services import DEFAULT_SERVICE_CIDR, parse_service_cidr
 from scheduler.sessions import RESTART_GRACE, AgentSessionService, NodeRegistry
 from scheduler.status import StatusWriter
 from scheduler.store import Store
@@ -46,6 +48,7 @@ class SchedulerConfig:
     tls: Credentials | None = None  # mutual TLS for the API, agent sessions and calls to agents
     etcd_tls: Credentials | None = None  # client certificate for etcd (https endpoints)
     restart_grace: float = RESTART_GRACE  # s a node whose agent said goodbye for a restart is held
+    service_cidr: str = DEFAULT_SERVICE_CIDR  # apps' virtual IPs (services.py); checked by the CLI
 
 
 async def serve(config: SchedulerConfig) -> None:
@@ -64,7 +67,8 @@ async def serve(config: SchedulerConfig) -> None:
     status = StatusWriter(store, cache)
     keeper = LeaseKeeper(store, interval=config.lease_ttl / 4)
     registry = NodeRegistry(store, config.lease_ttl, config.restart_grace)
-    sessions = AgentSessionService(registry, cache, status, metrics, keeper, events)
+    endpoints = EndpointsFeed(cache, config.service_cidr)
+    sessions = AgentSessionService(registry, cache, status, metrics, keeper, events, endpoints)
     reconciler = Reconciler(
         store, events, metrics=metrics, heartbeats=sessions.heartbeats.split, lease_ttl=config.lease_ttl
     )
@@ -79,7 +83,9 @@ async def serve(config: SchedulerConfig) -> None:
     def on_change() -> None:
         loop.call_soon_threadsafe(reconciler.trigger.set)
 
-    api_pb2_grpc.add_OrchServicer_to_server(OrchService(store, events, on_change, agent_tls=config.tls), server)
+    service_network = parse_service_cidr(config.service_cidr)
+    orch_service = OrchService(store, events, on_change, agent_tls=config.tls, service_network=service_network)
+    api_pb2_grpc.add_OrchServicer_to_server(orch_service, server)
     agent_pb2_grpc.add_AgentSessionServicer_to_server(sessions, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -30,6 +30,7 @@ from orch.v1 import agent_pb2 as apb
 from orch.v1 import agent_pb2_grpc
 from orch.v1 import types_pb2 as pb
 from scheduler.cache import ClusterCache
+from scheduler.endpoints import EndpointsFeed
 from scheduler.errors import Conflict, StoreUnavailable
 from scheduler.events import EventLog
 from scheduler.leases import LeaseKeeper
@@ -187,7 +188,9 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
         metrics: SchedulerMetrics,
         keeper: LeaseKeeper,
         events: EventLog | None = None,
+        endpoints: EndpointsFeed | None = None,  # the cluster's service endpoints, for every agent
     ) -> None:
+        self._endpoints = endpoints
         self._keeper = keeper
         self._registry = registry
         self._cache = cache
@@ -235,6 +238,7 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
         state.dirty.set()
         self.heartbeats.beat(reg.node, state)
         unsubscribe = self._cache.subscribe(lambda nodes: state.dirty.set() if reg.node in nodes else None)
+        unsubscribe_endpoints = self._endpoints.subscribe(state.dirty.set) if self._endpoints else lambda: None
         reader = asyncio.create_task(self._read(state, request_iterator))
         self._metrics.sessions.inc()
         try:
@@ -242,6 +246,7 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
                 yield msg
         finally:
             unsubscribe()
+            unsubscribe_endpoints()
             reader.cancel()
             self.heartbeats.closed(reg.node, state)
             self._metrics.sessions.dec()
@@ -250,6 +255,7 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
     async def _write(self, state: SessionState, reader: asyncio.Task[None]) -> AsyncIterator[apb.SchedulerMessage]:
         """Replies, and the node's desired set whenever it changed, until the reader ends."""
         last: bytes | None = None
+        endpoints_sent = -1  # the feed's version last sent
         gens = state.gens
         while not reader.done():
             waiter = asyncio.create_task(state.dirty.wait())
@@ -260,6 +266,10 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
             state.dirty.clear()
             while state.replies:
                 yield state.replies.pop(0)
+            # Endpoints first: the agent's DNS knows the cluster before its first containers start.
+            if self._endpoints is not None and self._endpoints.version != endpoints_sent:
+                endpoints_sent = self._endpoints.version
+                yield apb.SchedulerMessage(endpoints=self._endpoints.message)
             msg = desired_message(self._cache.desired_for(state.node), self._cache.revision, self._cache.cluster_id)
             body = b"".join(i.SerializeToString(deterministic=True) for i in msg.instances)
             # Same body but the agent ignored it as stale: resend once it no longer is.

@@ -8,6 +8,7 @@ Values are the API's protobuf messages under one key prefix:
     leases/nodes/<name>     node name, attached to the node's etcd lease
     leader                  scheduler id, attached to the leader's lease
     events/<time>-<rand>    Event, attached to a TTL lease
+    serviceips/<ip>         ServiceIp: the app holding that virtual IP (services.py)
 
 Every write that depends on a read carries the `mod_revision` it read
 (`expect`); a failed compare raises `Conflict`, so two schedulers can never
@@ -122,6 +123,9 @@ class Keys:
 
     def event(self, suffix: str) -> str:
         return f"{self.prefix}events/{suffix}"
+
+    def service_ip(self, ip: str) -> str:
+        return f"{self.prefix}serviceips/{ip}"
 
 
 @dataclass(frozen=True, slots=True)

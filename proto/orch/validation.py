@@ -99,6 +99,7 @@ def validate_app_spec(spec: types_pb2.AppSpec) -> list[FieldError]:
         *_check_process(spec),
         *_check_capabilities(spec.capabilities),
         *_check_seccomp(spec.seccomp),
+        *_check_service(spec),
     ]
 
 
@@ -107,7 +108,8 @@ def normalize_app_spec(spec: types_pb2.AppSpec) -> types_pb2.AppSpec:
 
     Unset means default, since proto3 cannot tell 0 from absent: restart ALWAYS,
     placement SPREAD, update maxSurge 1 / maxUnavailable 0, stopGracePeriod 10s,
-    readiness period 10s / timeout 1s (as Kubernetes), port protocol "tcp".
+    readiness period 10s / timeout 1s (as Kubernetes), port protocol "tcp",
+    service targetPort = its port and protocol "tcp" (as Kubernetes).
     Capabilities become "CAP_NET_ADMIN" (or "ALL"); seccomp "default" becomes "". Idempotent.
     """
     out = types_pb2.AppSpec()
@@ -124,6 +126,9 @@ def normalize_app_spec(spec: types_pb2.AppSpec) -> types_pb2.AppSpec:
         out.readiness.timeout_ms = out.readiness.timeout_ms or 1_000
     for port in out.ports:
         port.protocol = port.protocol.lower() or "tcp"
+    if out.HasField("service"):
+        out.service.target_port = out.service.target_port or out.service.port
+        out.service.protocol = out.service.protocol.lower() or "tcp"
     for caps in (out.capabilities.add, out.capabilities.drop):
         caps[:] = [canonical_capability(c) or c for c in caps]
     out.seccomp = "" if out.seccomp.lower() == "default" else out.seccomp.lower()
@@ -331,3 +336,16 @@ def _check_seccomp(mode: str) -> Iterator[FieldError]:
         yield FieldError(
             "spec.seccomp", f'"{mode}" is not a seccomp mode: use "unconfined" (or "default", the node\'s profile)'
         )
+
+
+def _check_service(spec: types_pb2.AppSpec) -> Iterator[FieldError]:
+    if not spec.HasField("service"):
+        return
+    service = spec.service
+    if service.port == 0:
+        yield FieldError("spec.service.port", "required field is missing (the port the app's virtual IP listens on)")
+    else:
+        yield from _check_range("spec.service.port", service.port, 1, 65535)
+    yield from _check_range("spec.service.targetPort", service.target_port, 0, 65535)  # 0: the port
+    if (service.protocol.lower() or "tcp") not in ("tcp", "udp"):
+        yield FieldError("spec.service.protocol", f'must be tcp or udp, got "{service.protocol}"')
