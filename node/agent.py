@@ -23,9 +23,11 @@ from prometheus_client import start_http_server
 
 from node.api import NodeAgentService
 from node.capacity import host_capacity, minus_reserve
+from node.discovery import ServiceDiscovery
 from node.images import ImageStore
 from node.metrics import NodeMetrics
 from node.network import NetworkConfig, NetworkError, NodeNetwork, PortRange
+from node.network.services import ServiceProxy
 from node.reconcile import diff
 from node.runtime import ContainerError, ContainerState, Runtime
 from node.runtime.cgroups.placement import place_agent, placement_for_cleanup
@@ -67,6 +69,8 @@ class AgentConfig:
     tls: Credentials | None = None  # mutual TLS: to the schedulers, and for our own API
     default_pids_limit: int = DEFAULT_PIDS_LIMIT  # pids.max for apps that set none; 0: unlimited
     seccomp_profile: Path = DEFAULT_PROFILE  # Docker's JSON format; `seccomp: unconfined` apps skip it
+    cluster_domain: str = "orch"  # <app>.<domain> answered on the bridge gateway (node/dns)
+    resolv_conf: Path = Path("/etc/resolv.conf")  # the node's resolvers: other names are forwarded there
 
 
 def network_config(config: AgentConfig) -> NetworkConfig:
@@ -98,6 +102,9 @@ class Agent:
             supervisors=cgroups.supervisors,
         )
         self.network = NodeNetwork(network_config(config)) if config.bridge else None
+        # DNS and VIPs need a bridge: containers without one have no way to the gateway.
+        net = self.network
+        self.discovery = ServiceDiscovery(net, config.cluster_domain, config.resolv_conf) if net else None
         self.metrics = NodeMetrics(config.name)
         self.metrics.watch_usage(self._running_instances, self.runtime.stats)
         self.workers: dict[str, InstanceWorker] = {}  # the instances the scheduler wants here
@@ -107,9 +114,22 @@ class Agent:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.images = ImageStore(config.state_dir / "images", insecure=config.insecure_registries)
         self._deps = WorkerDeps(
-            self.runtime, self.network, self.images, log_dir, self._report, config.default_pids_limit
+            self.runtime,
+            self.network,
+            self.images,
+            log_dir,
+            self._report,
+            config.default_pids_limit,
+            resolv_conf=self.discovery.resolv_conf if self.discovery else None,
         )
-        self.session = Session(config.schedulers, self._register, self._full_report, self.apply_desired, tls=config.tls)
+        self.session = Session(
+            config.schedulers,
+            self._register,
+            self._full_report,
+            self.apply_desired,
+            tls=config.tls,
+            on_endpoints=self.discovery.update if self.discovery else None,
+        )
         self._apply_lock = asyncio.Lock()
         self._swept = False
         self.address = config.listen
@@ -263,6 +283,10 @@ class Agent:
     async def _run_session(self) -> None:
         if self.network is not None:
             await asyncio.to_thread(self.network.ensure_bridge)
+        discovery = None
+        if self.discovery is not None:  # on the gateway, so after the bridge
+            await self.discovery.start()
+            discovery = asyncio.create_task(self.discovery.run(), name="service-rules")
         self._adoptable = {s.id: s for s in await asyncio.to_thread(self.runtime.list)}
         if self._adoptable:
             log.info("found %d containers from a previous run", len(self._adoptable))
@@ -270,7 +294,13 @@ class Agent:
             host, _, port = self.config.metrics_listen.rpartition(":")
             start_http_server(int(port), addr=host or "127.0.0.1", registry=self.metrics.registry)
         sdnotify.ready(f"serving on {self.address}")  # Type=notify: `systemctl start` returns now
-        await self.session.run()
+        try:
+            await self.session.run()
+        finally:
+            if discovery is not None:
+                discovery.cancel()
+            if self.discovery is not None:
+                await self.discovery.close()
 
 
 def cleanup(config: AgentConfig) -> None:
@@ -278,6 +308,7 @@ def cleanup(config: AgentConfig) -> None:
     cgroups = placement_for_cleanup(config.name, config.cgroup, config.state_dir)
     Runtime(config.state_dir / "containers", cgroups.containers, supervisors=cgroups.supervisors).cleanup_all()
     if config.bridge:
+        ServiceProxy(config.bridge, config.subnet).teardown()  # VIP rules; their route goes with the bridge
         NodeNetwork(network_config(config)).teardown()
 
 

@@ -36,7 +36,9 @@ class Session:
         full_report: Callable[[], apb.StatusReport],
         on_desired: Callable[[apb.DesiredSet], Awaitable[None]],
         tls: Credentials | None = None,
+        on_endpoints: Callable[[apb.Endpoints], None] | None = None,  # the cluster's service endpoints
     ) -> None:
+        self._on_endpoints = on_endpoints
         self._schedulers = list(schedulers)
         self._tls = tls
         self._register = register
@@ -94,6 +96,8 @@ class Session:
                         log.info("connected to scheduler %s (lease %x)", target, self.lease_id)
                     elif kind == "desired":
                         await self.handle_desired(msg.desired, target)
+                    elif kind == "endpoints" and self._on_endpoints is not None:
+                        self._on_endpoints(msg.endpoints)
                     elif kind == "goodbye_ack" and self._goodbye_ack is not None and not self._goodbye_ack.done():
                         ack = msg.goodbye_ack
                         held = ack.held_until.ToNanoseconds() / 1e9 if ack.HasField("held_until") else 0.0

@@ -48,10 +48,15 @@ class WorkerDeps:
     log_dir: Path
     report: Report
     default_pids: int = DEFAULT_PIDS_LIMIT  # 0: unlimited
+    resolv_conf: Callable[[str], str] | None = None  # app -> its containers' resolv.conf (node/dns)
 
 
 def container_config(
-    inst: pb.Instance, image: PreparedImage, log_dir: Path, default_pids: int = DEFAULT_PIDS_LIMIT
+    inst: pb.Instance,
+    image: PreparedImage,
+    log_dir: Path,
+    default_pids: int = DEFAULT_PIDS_LIMIT,
+    resolv_conf: str = "",
 ) -> ContainerConfig:
     """The instance's spec over the image's defaults (Docker's rules) and the node's default limits."""
     spec = inst.spec
@@ -79,6 +84,7 @@ def container_config(
         cpu_millis=spec.resources.cpu_millis,
         memory_bytes=spec.resources.memory_bytes,
         pids=spec.resources.pids or default_pids,
+        resolv_conf=resolv_conf,  # "": a copy of the host's (a node without a bridge)
     )
 
 
@@ -194,7 +200,8 @@ class InstanceWorker:
         self._set(pb.InstanceStatus(state=pb.INSTANCE_STATE_STARTING))
         try:
             deps = self._deps
-            config = container_config(inst, image, deps.log_dir, deps.default_pids)
+            resolv = deps.resolv_conf(inst.app) if deps.resolv_conf else ""
+            config = container_config(inst, image, deps.log_dir, deps.default_pids, resolv)
             if deps.network is not None:  # the node's own policy, whatever the scheduler sent
                 await asyncio.to_thread(deps.network.check_host_ports, inst.name, self._host_ports())
             await asyncio.to_thread(self._remove_leftover)

@@ -108,3 +108,15 @@ def configure_container(ns: Any, ifname: str, address: str, prefixlen: int, gate
     # replace, not add: a re-attach must not fail on the route it set before.
     with netlink_op(ifname, f"set default route via {gateway}"):
         ns.route("replace", dst="default", gateway=gateway, oif=index)
+
+
+def replace_route(ipr: Any, dst: str, oif: int, src: str, priority: int) -> None:
+    """Route dst out of link oif from address src, at metric priority (created or updated)."""
+    with netlink_op(str(oif), f"set route {dst} (metric {priority})"):
+        ipr.route("replace", dst=dst, oif=oif, prefsrc=src, priority=priority, scope=253)  # 253: link
+
+
+def delete_route(ipr: Any, dst: str, oif: int, priority: int) -> None:
+    """Delete that route; one that is already gone (with its link) counts as deleted."""
+    with netlink_op(str(oif), f"delete route {dst} (metric {priority})", ok=(*_GONE, errno.ESRCH)):
+        ipr.route("del", dst=dst, oif=oif, priority=priority)

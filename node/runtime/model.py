@@ -50,6 +50,7 @@ class ContainerConfig:
     read_only_rootfs: bool = False
     hosts: Mapping[str, str] = field(default_factory=dict)  # extra /etc/hosts entries: name -> ip
     dns: tuple[str, ...] = ()  # nameservers for /etc/resolv.conf; () = a copy of the host's
+    resolv_conf: str = ""  # the whole /etc/resolv.conf (the node's DNS, node/dns); wins over dns
     log_max_bytes: int = 10 << 20  # rotate X.log when it would grow past this
     log_max_files: int = 3  # X.log, X.log.1, X.log.2
     # Container ids 0..65535 are a host id block of their own (userns.py); Kubernetes' hostUsers: false.

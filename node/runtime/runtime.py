@@ -425,6 +425,8 @@ def hosts_file(config: ContainerConfig, ip: str = "") -> str:
 
 
 def _resolv_conf(config: ContainerConfig, host: Path = Path("/etc/resolv.conf")) -> str:
+    if config.resolv_conf:
+        return config.resolv_conf
     if config.dns:
         return "".join(f"nameserver {ns}\n" for ns in config.dns)
     try:

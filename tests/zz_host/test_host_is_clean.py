@@ -52,10 +52,11 @@ def test_no_processes_left():
 
 
 def test_no_iptables_rules_left():
-    # hostPorts: the ORCH-HP-<bridge> chains and the jumps and masquerade rules around them.
+    # hostPorts: the ORCH-HP-<bridge> chains and the jumps and masquerade rules around them;
+    # service VIPs: ORCH-SVC-, ORCH-SVCMASQ- (nat) and ORCH-SVCREJ- (filter) and their jumps.
     saved = "".join(
         subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True, check=True).stdout
-        for table in ("nat", "raw")
+        for table in ("nat", "raw", "filter")
     )
     ours = [line for line in saved.splitlines() if "ORCH-" in line or "-o orch" in line or "-i orch" in line]
     assert not ours, ours

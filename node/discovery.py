@@ -1,0 +1,95 @@
+"""The agent's side of the cluster's endpoints: its DNS server and its VIP rules.
+
+The scheduler pushes the whole `Endpoints` message whenever an endpoint
+changes (scheduler/endpoints.py). The DNS zone is swapped at once, on the event
+loop; the VIP rules are rewritten in a thread by the latest message only (a
+burst of updates costs one iptables-restore, never a queue of them). A failed
+rewrite is tried again a second later, and at the next message anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from node.dns import DnsServer, Forwarder, container_resolv_conf, read_resolv_conf
+from node.network import ConfigError, NetworkError, NodeNetwork
+from node.network.services import ServiceProxy, VirtualService
+from orch.v1 import agent_pb2 as apb
+
+__all__ = ["ServiceDiscovery", "virtual_services"]
+
+log = logging.getLogger(__name__)
+
+RETRY = 1.0  # s before a failed rule rewrite is tried again
+
+
+def virtual_services(endpoints: apb.Endpoints) -> list[VirtualService]:
+    """The VIPs to program: apps with a service IP, and their ready instances."""
+    return [
+        VirtualService(
+            app=app.app,
+            ip=app.service_ip,
+            port=app.service.port,
+            target_port=app.service.target_port or app.service.port,
+            protocol=app.service.protocol or "tcp",
+            endpoints=tuple(e.ip for e in app.endpoints if e.ready),
+        )
+        for app in endpoints.apps
+        if app.service_ip and app.service.port
+    ]
+
+
+class ServiceDiscovery:
+    def __init__(self, network: NodeNetwork, domain: str, resolv_conf: Path) -> None:
+        config = network.config
+        self.gateway = str(config.gateway)
+        self.domain = domain
+        self._host = read_resolv_conf(resolv_conf)
+        # Never forward to ourselves (a node whose resolv.conf names its own gateway).
+        upstreams = [(ns, 53) for ns in self._host.nameservers if ns != self.gateway]
+        self.dns = DnsServer(self.gateway, domain, Forwarder(upstreams))
+        self.proxy = ServiceProxy(config.bridge, config.subnet)
+        self.updated_at = 0.0  # monotonic time the last endpoints reached the zone (metrics, bench)
+        self._latest: apb.Endpoints | None = None
+        self._wake = asyncio.Event()
+
+    def resolv_conf(self, app: str) -> str:
+        """/etc/resolv.conf for a container of app."""
+        return container_resolv_conf(self.gateway, app, self.domain, self._host)
+
+    async def start(self) -> None:
+        try:
+            await self.dns.start()
+        except OSError as e:  # the containers' lookups of cluster names fail; everything else works
+            log.error("dns: cannot listen on %s:53: %s; cluster names will not resolve on this node", self.gateway, e)
+            return
+        log.info("dns: answering *.%s on %s:53 (udp, tcp)", self.domain, self.gateway)
+
+    def update(self, endpoints: apb.Endpoints) -> None:
+        self.dns.update(endpoints)
+        self.updated_at = time.monotonic()
+        self._latest = endpoints
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Keep the VIP rules equal to the latest endpoints."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            latest = self._latest
+            if latest is None:
+                continue
+            try:
+                await asyncio.to_thread(self.proxy.sync, virtual_services(latest), latest.service_cidr)
+            except ConfigError as e:  # the scheduler's --service-cidr: wait for the next endpoints
+                log.error("service rules: %s", e)
+            except (NetworkError, OSError) as e:
+                log.warning("service rules: %s; trying again", e)
+                await asyncio.sleep(RETRY)
+                self._wake.set()
+
+    async def close(self) -> None:
+        await self.dns.close()
