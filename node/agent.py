@@ -103,8 +103,7 @@ class Agent:
         )
         self.network = NodeNetwork(network_config(config)) if config.bridge else None
         # DNS and VIPs need a bridge: containers without one have no way to the gateway.
-        net = self.network
-        self.discovery = ServiceDiscovery(net, config.cluster_domain, config.resolv_conf) if net else None
+        self.discovery = ServiceDiscovery(config.cluster_domain, config.resolv_conf) if config.bridge else None
         self.metrics = NodeMetrics(config.name)
         self.metrics.watch_usage(self._running_instances, self.runtime.stats)
         self.workers: dict[str, InstanceWorker] = {}  # the instances the scheduler wants here
@@ -284,8 +283,8 @@ class Agent:
         if self.network is not None:
             await asyncio.to_thread(self.network.ensure_bridge)
         discovery = None
-        if self.discovery is not None:  # on the gateway, so after the bridge
-            await self.discovery.start()
+        if self.discovery is not None and self.network is not None:  # on the gateway, so after the bridge
+            await self.discovery.attach(self.network)
             discovery = asyncio.create_task(self.discovery.run(), name="service-rules")
         self._adoptable = {s.id: s for s in await asyncio.to_thread(self.runtime.list)}
         if self._adoptable:

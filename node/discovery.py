@@ -43,24 +43,33 @@ def virtual_services(endpoints: apb.Endpoints) -> list[VirtualService]:
 
 
 class ServiceDiscovery:
-    def __init__(self, network: NodeNetwork, domain: str, resolv_conf: Path) -> None:
-        config = network.config
-        self.gateway = str(config.gateway)
+    """Created with the agent; attached to the node's network once the bridge is up (its
+    gateway is where the DNS server listens)."""
+
+    def __init__(self, domain: str, resolv_conf: Path) -> None:
         self.domain = domain
         self._host = read_resolv_conf(resolv_conf)
-        # Never forward to ourselves (a node whose resolv.conf names its own gateway).
-        upstreams = [(ns, 53) for ns in self._host.nameservers if ns != self.gateway]
-        self.dns = DnsServer(self.gateway, domain, Forwarder(upstreams))
-        self.proxy = ServiceProxy(config.bridge, config.subnet)
-        self.updated_at = 0.0  # monotonic time the last endpoints reached the zone (metrics, bench)
+        self.gateway = ""  # "" until attached
+        self.dns: DnsServer | None = None
+        self.proxy: ServiceProxy | None = None
+        self.updated_at = 0.0  # monotonic time the last endpoints reached the zone
         self._latest: apb.Endpoints | None = None
         self._wake = asyncio.Event()
 
-    def resolv_conf(self, app: str) -> str:
-        """/etc/resolv.conf for a container of app."""
-        return container_resolv_conf(self.gateway, app, self.domain, self._host)
-
-    async def start(self) -> None:
+    async def attach(self, network: NodeNetwork) -> None:
+        """Answer on network's gateway and program its bridge's VIP rules (again if it changed)."""
+        config = network.config
+        if self.dns is not None and self.gateway == str(config.gateway):
+            return
+        await self.close()
+        self.gateway = str(config.gateway)
+        # Never forward to ourselves (a node whose resolv.conf names its own gateway).
+        upstreams = [(ns, 53) for ns in self._host.nameservers if ns != self.gateway]
+        self.dns = DnsServer(self.gateway, self.domain, Forwarder(upstreams))
+        if self._latest is not None:
+            self.dns.update(self._latest)
+        self.proxy = ServiceProxy(config.bridge, config.subnet)
+        self._wake.set()
         try:
             await self.dns.start()
         except OSError as e:  # the containers' lookups of cluster names fail; everything else works
@@ -68,10 +77,15 @@ class ServiceDiscovery:
             return
         log.info("dns: answering *.%s on %s:53 (udp, tcp)", self.domain, self.gateway)
 
+    def resolv_conf(self, app: str) -> str:
+        """/etc/resolv.conf for a container of app ("" before attach: the host's is copied)."""
+        return container_resolv_conf(self.gateway, app, self.domain, self._host) if self.gateway else ""
+
     def update(self, endpoints: apb.Endpoints) -> None:
-        self.dns.update(endpoints)
-        self.updated_at = time.monotonic()
         self._latest = endpoints
+        if self.dns is not None:
+            self.dns.update(endpoints)
+        self.updated_at = time.monotonic()
         self._wake.set()
 
     async def run(self) -> None:
@@ -79,11 +93,11 @@ class ServiceDiscovery:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            latest = self._latest
-            if latest is None:
+            latest, proxy = self._latest, self.proxy
+            if latest is None or proxy is None:
                 continue
             try:
-                await asyncio.to_thread(self.proxy.sync, virtual_services(latest), latest.service_cidr)
+                await asyncio.to_thread(proxy.sync, virtual_services(latest), latest.service_cidr)
             except ConfigError as e:  # the scheduler's --service-cidr: wait for the next endpoints
                 log.error("service rules: %s", e)
             except (NetworkError, OSError) as e:
@@ -92,4 +106,6 @@ class ServiceDiscovery:
                 self._wake.set()
 
     async def close(self) -> None:
-        await self.dns.close()
+        if self.dns is not None:
+            await self.dns.close()
+            self.dns = None

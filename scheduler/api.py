@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -141,15 +142,17 @@ class OrchService(api_pb2_grpc.OrchServicer):
     async def Apply(self, request: api.ApplyRequest, context: Ctx) -> api.ApplyResponse:
         return await self._call(context, lambda: self._apply(request))
 
-    def _apply(self, request: api.ApplyRequest, attempts: int = 3) -> api.ApplyResponse:
+    def _apply(self, request: api.ApplyRequest, attempts: int = 8) -> api.ApplyResponse:
         # A conflict is another writer between our read and our commit (another Apply took the
-        # virtual IP we chose, or changed the app): read again and decide again.
+        # virtual IP we chose, or changed the app): read again and decide again. Each round
+        # one of the racers wins, so a few rounds settle a burst of applies.
         for attempt in range(attempts):
             try:
                 return self._apply_once(request)
             except Conflict:
                 if attempt == attempts - 1:
                     raise
+                time.sleep(random.uniform(0, 0.02))  # runs in a worker thread (_call)
         raise AssertionError("unreachable")
 
     def _apply_once(self, request: api.ApplyRequest) -> api.ApplyResponse:

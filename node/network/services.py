@@ -19,9 +19,10 @@ chains of its own named after its bridge, so that several nodes on one host
         once instead of a timeout)
     route  <service CIDR> dev <bridge> src <gateway> metric <per bridge>: a host without a
         default route (a lab host) could not even send to a VIP before OUTPUT rewrites it
-    net.ipv4.conf.<bridge>.forwarding = 1: containers' packets to a VIP whose endpoint lives
-        on another bridge or host are routed on; only packets that come in on the bridge
-        (the host's own ip_forward is left alone). Both vanish with the bridge.
+    net.ipv4.conf.<bridge>.forwarding = 1: containers' packets to a VIP, or to an instance
+        they found by name, that lives on another bridge or host are routed on; only packets
+        that come in on the bridge (the host's own ip_forward is left alone). Set at the
+        first sync, with or without VIPs. The route and this flag vanish with the bridge.
 
 Level-triggered: `sync` renders the whole rule set from the endpoints and
 rewrites the chains in one iptables-restore when the text changed; the jumps
@@ -138,11 +139,14 @@ class ServiceProxy:
         self._applied = ""  # the rules text last restored
         self._hooked = ""  # the service CIDR whose jumps, route and forwarding were checked since start
         self._leftover: bool | None = None  # our chains existed at start (looked up once)
+        self._forwarding = False  # the bridge's forwarding flag set
         self._lock = threading.Lock()
 
     def sync(self, services: Sequence[VirtualService], service_cidr: str) -> None:
         """Make the kernel's rules equal services (idempotent; a no-op when nothing changed)."""
         with self._lock:
+            if not self._forwarding:
+                self._forward_from_bridge()
             if not services and not self._hooked:
                 if self._leftover is None:  # rules of an earlier run: keep them in step
                     self._leftover = self._installed()
@@ -163,10 +167,13 @@ class ServiceProxy:
         self._route(service_cidr, self.bridge, True)
         if self._hooked:  # the scheduler's --service-cidr changed
             self._route(self._hooked, self.bridge, False)
-        forwarding = self._proc_sys / "net/ipv4/conf" / self.bridge / "forwarding"
-        if forwarding.exists():
-            forwarding.write_text("1")
         self._hooked = service_cidr
+
+    def _forward_from_bridge(self) -> None:
+        flag = self._proc_sys / "net/ipv4/conf" / self.bridge / "forwarding"
+        if flag.exists():  # else no bridge (yet): the next sync looks again
+            flag.write_text("1")
+            self._forwarding = True
 
     def teardown(self) -> None:
         """Remove the jumps and our chains (the route and the forwarding go with the bridge)."""

@@ -243,11 +243,12 @@ def test_proxy_installs_nothing_until_there_is_a_vip_then_keeps_the_rules_in_ste
     proxy.sync([], "10.96.0.0/16")
     proxy.sync([], "10.96.0.0/16")
     assert [argv[3] for argv, _ in rec.calls] == ["-S"]  # looked once; the host's tables untouched
+    # Containers reach instances of other bridges (found by name) without any VIP too.
+    assert (tmp_path / "net/ipv4/conf/orch1/forwarding").read_text() == "1"
     proxy.sync([WEB], "10.96.0.0/16")
     assert len(rec.restores()) == 1 and "10.96.0.1/32" in rec.restores()[0]
     assert len(rec.installed) == 5  # PREROUTING, OUTPUT, POSTROUTING (nat); FORWARD, OUTPUT (filter)
     assert rec.routes == [("10.96.0.0/16", "orch1", True)]
-    assert (tmp_path / "net/ipv4/conf/orch1/forwarding").read_text() == "1"
     calls = len(rec.calls)
     proxy.sync([WEB], "10.96.0.0/16")
     assert len(rec.calls) == calls  # nothing changed: no fork at all

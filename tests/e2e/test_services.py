@@ -1,0 +1,159 @@
+"""Service discovery and VIPs on a real `orch up` of three nodes (issue 11 items 3-4): names
+resolve inside containers, `web.orch` is a stable VIP that spreads connections over the ready
+instances of every node, and an instance that dies leaves it before clients notice twice."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from tests.e2e.cluster import instances, orch, orch_up, unused_cidr
+from tests.fixtures.processes import orch_argv, orch_env, wait_for
+
+pytestmark = pytest.mark.root
+
+WEB = """
+apiVersion: orch/v1
+kind: App
+metadata: {name: web}
+spec:
+  replicas: 3
+  image: rootfs:%(root)s
+  command: ["sh", "-c", "mkdir -p /tmp/www && hostname > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]
+  readiness: {tcp: 8080, periodSeconds: 1}
+  service: {port: 8080}
+  stopGracePeriod: 1s
+---
+apiVersion: orch/v1
+kind: App
+metadata: {name: db}
+spec:
+  replicas: 2
+  image: rootfs:%(root)s
+  command: ["sh", "-c", "mkdir -p /tmp/www && hostname > /tmp/www/index.html && exec httpd -f -p 5432 -h /tmp/www"]
+  stopGracePeriod: 1s
+---
+apiVersion: orch/v1
+kind: App
+metadata: {name: client}
+spec:
+  replicas: 1
+  image: rootfs:%(root)s
+  command: ["sleep", "100000"]
+  stopGracePeriod: 1s
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, busybox_rootfs):
+    service_cidr = unused_cidr(240)  # VIPs of another cluster on this host must not be ours
+    with orch_up(tmp_path_factory.mktemp("services"), "--nodes", "3", "--service-cidr", service_cidr,
+                 cidr_start=232) as info:  # fmt: skip
+        assert orch(info, "apply", "-", stdin=WEB % {"root": busybox_rootfs}).returncode == 0
+        wait_for(lambda: ready_counts(info) == {"web": 3, "db": 2, "client": 1}, 60, "every instance ready")
+        yield info
+    # orch up removed what the agents made for the VIPs: chains, jumps, routes (with the bridges).
+    saved = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
+    assert f"orch{info['clusterId']}" not in saved
+    assert service_cidr not in subprocess.run(["ip", "route"], capture_output=True, text=True, check=True).stdout
+
+
+def ready_counts(info) -> dict[str, int]:
+    counts: dict[str, int] = collections.Counter()
+    for i in instances(info):
+        counts[i["app"]] += i["state"] == "Running" and i["ready"]
+    return dict(counts)
+
+
+def the(info, app: str) -> list[dict]:
+    return [i for i in instances(info) if i["app"] == app and i["state"] == "Running"]
+
+
+def sh(info, script: str) -> str:
+    """Run a shell script in the client instance; its stdout."""
+    (client,) = the(info, "client")
+    r = orch(info, "exec", client["name"], "--", "sh", "-c", script)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    return r.stdout
+
+
+def service_ip(info) -> str:
+    apps = {a["name"]: a for a in json.loads(orch(info, "get", "apps", "-o", "json").stdout)}
+    return str(apps["web"]["serviceIp"])
+
+
+def test_names_resolve_inside_an_instance(cluster):
+    info = cluster
+    (client,) = the(info, "client")
+    gateway = client["ip"].rsplit(".", 1)[0] + ".1"
+    search, nameserver, options = sh(info, "cat /etc/resolv.conf").splitlines()
+    assert search.startswith("search client.orch orch")  # then the host's own search domains
+    assert (nameserver, options) == (f"nameserver {gateway}", "options ndots:2")
+    vip = service_ip(info)
+    assert f"Address: {vip}" in sh(info, "busybox nslookup web.orch")
+    db = sorted(i["ip"] for i in the(info, "db"))
+    answer = sh(info, "busybox nslookup -type=a db.orch")
+    assert sorted(line.split()[-1] for line in answer.splitlines() if line.startswith("Address") and "#" not in line
+                  and ":53" not in line) == db  # fmt: skip
+    one = the(info, "db")[0]
+    assert f"Address: {one['ip']}" in sh(info, f"busybox nslookup {one['name']}.db.orch")
+    missing = subprocess.run(
+        orch_argv("--scheduler", info["schedulers"][0], "--tls-dir", info["tlsDir"], "exec", client["name"], "--",
+                  "busybox", "nslookup", "nope.orch"),
+        capture_output=True, text=True, env=orch_env(), check=False,
+    )  # fmt: skip
+    assert "NXDOMAIN" in missing.stdout + missing.stderr
+
+
+def test_wget_by_name_answers_and_the_vip_spreads_300_requests_over_3_instances(cluster):
+    info = cluster
+    web = {i["name"] for i in the(info, "web")}
+    assert len({i["node"] for i in the(info, "web")}) == 3  # one per node: the VIP crosses bridges
+    assert sh(info, "wget -q -T 5 -O- http://web.orch:8080/").strip() in web
+    assert sh(info, "wget -q -T 5 -O- http://web:8080/").strip() in web  # the search list
+    db = the(info, "db")[0]
+    assert sh(info, f"wget -q -T 5 -O- http://{db['name']}.db:5432/").strip() == db["name"]
+
+    out = sh(info, "for i in $(seq 300); do wget -q -T 5 -O- http://web.orch:8080/ || echo FAILED; done")
+    counts = collections.Counter(out.split())
+    assert set(counts) == web, counts
+    assert all(n >= 50 for n in counts.values()), counts
+
+    # From the node itself (OUTPUT): every node of this host shares its network namespace.
+    with urllib.request.urlopen(f"http://{service_ip(info)}:8080/", timeout=5) as resp:
+        assert resp.read().decode().strip() in web
+
+
+def test_an_instance_that_dies_leaves_the_vip_before_a_client_fails_twice(cluster):
+    info = cluster
+    victim = the(info, "web")[0]
+    # The client asks every 0.1 s for 8 s, with a 1 s timeout, and notes each outcome.
+    script = (
+        "for i in $(seq 80); do wget -q -T 1 -O- http://web.orch:8080/ >/dev/null && echo ok || echo FAIL;"
+        " sleep 0.1; done"
+    )
+    (client,) = the(info, "client")
+    argv = orch_argv("--scheduler", info["schedulers"][0], "--tls-dir", info["tlsDir"], "exec", client["name"],
+                     "--", "sh", "-c", script)  # fmt: skip
+    loop = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=orch_env())
+    try:
+        time.sleep(2)
+        os.kill(victim["pid"], signal.SIGKILL)  # its init: the whole container goes
+        out, err = loop.communicate(timeout=60)
+    finally:
+        if loop.poll() is None:
+            loop.kill()
+            loop.wait()
+    outcomes = out.split()
+    assert len(outcomes) == 80, (out, err)
+    twice = [i for i in range(1, len(outcomes)) if outcomes[i] == outcomes[i - 1] == "FAIL"]
+    assert not twice, outcomes
+    # It comes back (restartPolicy Always) and is ready again, behind the same VIP.
+    wait_for(lambda: ready_counts(info)["web"] == 3, 30, "the instance back and ready")
