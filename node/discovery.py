@@ -46,8 +46,9 @@ class ServiceDiscovery:
     """Created with the agent; attached to the node's network once the bridge is up (its
     gateway is where the DNS server listens)."""
 
-    def __init__(self, domain: str, resolv_conf: Path) -> None:
+    def __init__(self, domain: str, resolv_conf: Path, dns_port: int = 53) -> None:
         self.domain = domain
+        self.dns_port = dns_port  # tests: 0
         self._host = read_resolv_conf(resolv_conf)
         self.gateway = ""  # "" until attached
         self.dns: DnsServer | None = None
@@ -65,7 +66,7 @@ class ServiceDiscovery:
         self.gateway = str(config.gateway)
         # Never forward to ourselves (a node whose resolv.conf names its own gateway).
         upstreams = [(ns, 53) for ns in self._host.nameservers if ns != self.gateway]
-        self.dns = DnsServer(self.gateway, self.domain, Forwarder(upstreams))
+        self.dns = DnsServer(self.gateway, self.domain, Forwarder(upstreams), port=self.dns_port)
         if self._latest is not None:
             self.dns.update(self._latest)
         self.proxy = ServiceProxy(config.bridge, config.subnet)

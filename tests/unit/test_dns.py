@@ -226,3 +226,35 @@ def test_garbage_gets_formerr_and_responses_get_nothing():
             await ours.close()
 
     run(scenario())
+
+
+def test_the_agent_side_answers_on_its_gateway_once_attached(tmp_path):
+    from types import SimpleNamespace
+
+    from node.discovery import ServiceDiscovery
+
+    (tmp_path / "resolv.conf").write_text("nameserver 127.0.0.1\nsearch corp.example\n")
+
+    async def scenario():
+        found = ServiceDiscovery("orch", tmp_path / "resolv.conf", dns_port=0)
+        assert found.resolv_conf("web") == ""  # no bridge yet: the host's resolv.conf is copied
+        found.update(endpoints())  # endpoints may come before the network
+        config = SimpleNamespace(gateway="127.0.0.1", bridge="orch1", subnet="127.0.0.0/24")
+        await found.attach(SimpleNamespace(config=config))  # type: ignore[arg-type]
+        try:
+            assert (
+                found.resolv_conf("web") == "search web.orch orch corp.example\nnameserver 127.0.0.1\noptions ndots:2\n"
+            )
+            assert found.dns is not None
+            reply = await dns.asyncquery.udp(dns.message.make_query("db.orch.", "A"), "127.0.0.1", port=found.dns.port)
+            assert addresses(reply) == ["10.88.0.5", "10.88.1.5"]
+            changed = endpoints()
+            changed.apps[0].endpoints[1].ready = False
+            found.update(changed)  # the zone is swapped at once
+            reply = await dns.asyncquery.udp(dns.message.make_query("db.orch.", "A"), "127.0.0.1", port=found.dns.port)
+            assert addresses(reply) == ["10.88.0.5"]
+            assert found.dns._forwarder.upstreams == []  # never itself (its own gateway is in resolv.conf)
+        finally:
+            await found.close()
+
+    run(scenario())
