@@ -23,6 +23,7 @@ spec:
   replicas: %(replicas)d
   image: rootfs:/nonexistent
   command: [sleep, "1000"]
+  readiness: {exec: ["true"]}
 %(service)s
 """
 SERVICE = "  service: {port: 80, targetPort: 8080}"
@@ -33,7 +34,7 @@ def scheduler(etcd, tmp_path):
     port = free_port()
     argv = orch_argv(
         "scheduler", "--listen", f"127.0.0.1:{port}", "--etcd", etcd.endpoint, "--insecure", "--insecure-etcd",
-        "--service-cidr", "10.97.0.0/29",  # six addresses: full after six services
+        "--service-cidr", "10.97.0.0/28",  # 14 addresses: full after 14 services
     )  # fmt: skip
     with open(tmp_path / "scheduler.log", "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=orch_env())
@@ -78,8 +79,10 @@ def test_virtual_ips_are_allocated_kept_freed_and_never_shared(scheduler):
     ips = service_ips(scheduler)
     assert sorted(str(ips[f"race{i}"]) for i in range(5)) == [f"10.97.0.{i}" for i in range(2, 7)]
 
+    for i in range(8):
+        assert apply(scheduler, f"fill{i}").returncode == 0
     full = apply(scheduler, "one-too-many")
-    assert full.returncode == 1 and "service CIDR 10.97.0.0/29 is full" in full.stderr
+    assert full.returncode == 1 and "service CIDR 10.97.0.0/28 is full" in full.stderr
     assert "one-too-many" not in service_ips(scheduler)  # nothing half-applied
 
     freed = ips["race2"]
@@ -97,7 +100,7 @@ def test_every_agent_gets_every_node_s_endpoints_and_their_readiness(scheduler):
             assert a.registered.wait(10)
         # Before any app: the service CIDR, so the agents know where VIPs come from.
         wait_for(lambda: all(a.endpoints for a in agents), what="first endpoints")
-        assert agents[0].endpoints[0].service_cidr == "10.97.0.0/29"
+        assert agents[0].endpoints[0].service_cidr == "10.97.0.0/28"
         assert apply(scheduler, "web", replicas=2).returncode == 0
 
         def both_ready(agent: FakeAgent):
