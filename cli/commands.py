@@ -126,8 +126,8 @@ def top(c: Client, kind: str, app: str | None, node: str | None, fmt: str) -> No
 def describe(c: Client, kind: str, name: str) -> str:
     row = rows(c, plural(kind), name, None, None)[0]
     lines = [f"{k}: {_plain(v)}" for k, v in row.items()]
-    events = c.call(lambda s: s.ListEvents(api.ListEventsRequest(), timeout=c.timeout)).events
-    mine = [e for e in events if e.object == name or (kind == "app" and e.object.startswith(name + "-"))][-15:]
+    request = api.ListEventsRequest(limit=15, object=name, with_instances=kind == "app")
+    mine = c.call(lambda s: s.ListEvents(request, timeout=c.timeout)).events
     lines.append("events:" if mine else "events: <none>")
     for e in mine:
         lines.append(f"  {e.time.ToJsonString()}  {e.type:<7}  {e.reason:<14}  {e.object}: {e.message}")

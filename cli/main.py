@@ -291,6 +291,13 @@ def etcd_tls_options(f: Callable[..., None]) -> Callable[..., None]:
 )
 @click.option("--metrics-listen", default="", help="host:port for /metrics.")
 @click.option("--id", "identity", default="", help="Name of this scheduler (default host-pid).")
+@click.option(
+    "--etcd-page-size",
+    default=2000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Keys per etcd range read: a big cluster is read in pages of this many.",
+)
 @tls_options
 @etcd_tls_options
 @click.option("--insecure", is_flag=True, help="Allow plaintext gRPC without TLS files (anyone is admin).")
@@ -305,6 +312,7 @@ def scheduler_cmd(
     restart_grace: float,
     metrics_listen: str,
     identity: str,
+    etcd_page_size: int,
     tls_ca: str,
     tls_cert: str,
     tls_key: str,
@@ -331,6 +339,7 @@ def scheduler_cmd(
             restart_grace=restart_grace,
             metrics_listen=metrics_listen,
             identity=identity,
+            etcd_page=etcd_page_size,
             tls=scheduler_credentials(tls_ca, tls_cert, tls_key, listen, insecure),
             etcd_tls=etcd_credentials(etcd_ca, etcd_cert, etcd_key, endpoints, insecure_etcd),
         )

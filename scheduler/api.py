@@ -279,13 +279,9 @@ class OrchService(api_pb2_grpc.OrchServicer):
 
     async def ListInstances(self, request: api.ListInstancesRequest, context: Ctx) -> api.ListInstancesResponse:
         def list_instances() -> api.ListInstancesResponse:
-            snap = self._store.snapshot()
-            insts = [
-                v.value
-                for v in snap.instances.values()
-                if (not request.app or v.value.app == request.app)
-                and (not request.node or v.value.node == request.node)
-            ]
+            # One app's keys, or all instances: never the whole cluster's state for a listing.
+            found = self._store.list_prefix(pb.Instance, self._store.keys.instances(request.app))
+            insts = [v.value for v in found if not request.node or v.value.node == request.node]
             insts.sort(key=lambda i: (i.app, i.name))
             return api.ListInstancesResponse(instances=insts)
 
@@ -324,4 +320,10 @@ class OrchService(api_pb2_grpc.OrchServicer):
             await context.abort(STATUS_OF[type(e)], str(e))
 
     async def ListEvents(self, request: api.ListEventsRequest, context: Ctx) -> api.ListEventsResponse:
-        return await self._call(context, lambda: api.ListEventsResponse(events=self._events.list(request.limit)))
+        about = _about(request.object, request.with_instances) if request.object else None
+        return await self._call(context, lambda: api.ListEventsResponse(events=self._events.list(request.limit, about)))
+
+
+def _about(name: str, with_instances: bool) -> Callable[[pb.Event], bool]:
+    """Events of the object `name` (and of its instances, `name-...`, for an app)."""
+    return lambda e: e.object == name or (with_instances and e.object.startswith(name + "-"))

@@ -21,6 +21,7 @@ from orch.v1 import agent_pb2_grpc, api_pb2_grpc
 from scheduler.api import OrchService
 from scheduler.authz import Authorizer
 from scheduler.cache import ClusterCache
+from scheduler.compaction import Compactor
 from scheduler.contact import Contact
 from scheduler.events import EventLog
 from scheduler.leader import LeaderElection
@@ -29,7 +30,7 @@ from scheduler.metrics import ClusterCollector, SchedulerMetrics
 from scheduler.reconciler_loop import Reconciler
 from scheduler.sessions import RESTART_GRACE, AgentSessionService, NodeRegistry
 from scheduler.status import StatusWriter
-from scheduler.store import Store
+from scheduler.store import PAGE, Store
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class SchedulerConfig:
     tls: Credentials | None = None  # mutual TLS for the API, agent sessions and calls to agents
     etcd_tls: Credentials | None = None  # client certificate for etcd (https endpoints)
     restart_grace: float = RESTART_GRACE  # s a node whose agent said goodbye for a restart is held
+    etcd_page: int = PAGE  # keys per etcd range read
 
 
 async def serve(config: SchedulerConfig) -> None:
@@ -55,7 +57,7 @@ async def serve(config: SchedulerConfig) -> None:
     identity = config.identity or f"{socket.gethostname()}-{os.getpid()}"
     # Half a lease without answers from etcd and node leases may lapse: the reconciler then waits.
     contact = Contact(stall=config.lease_ttl / 2)
-    store = Store(config.etcd, prefix=config.prefix, tls=config.etcd_tls, contact=contact)
+    store = Store(config.etcd, prefix=config.prefix, tls=config.etcd_tls, contact=contact, page=config.etcd_page)
     metrics = SchedulerMetrics()
     events = EventLog(store)
     cache = ClusterCache(store)
@@ -66,7 +68,12 @@ async def serve(config: SchedulerConfig) -> None:
     registry = NodeRegistry(store, config.lease_ttl, config.restart_grace)
     sessions = AgentSessionService(registry, cache, status, metrics, keeper, events)
     reconciler = Reconciler(
-        store, events, metrics=metrics, heartbeats=sessions.heartbeats.split, lease_ttl=config.lease_ttl
+        store,
+        events,
+        metrics=metrics,
+        heartbeats=sessions.heartbeats.split,
+        lease_ttl=config.lease_ttl,
+        compactor=Compactor(store),
     )
     cache.on_any_change(reconciler.trigger.set)
 

@@ -471,15 +471,24 @@ class ListEventsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LIMIT_FIELD_NUMBER: _builtins.int
+    OBJECT_FIELD_NUMBER: _builtins.int
+    WITH_INSTANCES_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
+    """the newest N; 0: all"""
+    object: _builtins.str
+    """only this object's (empty: every object's)"""
+    with_instances: _builtins.bool
+    """and its instances' (object is an app: "<app>-..." instances)"""
     def __init__(
         self,
         *,
         limit: _builtins.int = ...,
+        object: _builtins.str = ...,
+        with_instances: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "object", b"object", "with_instances", b"with_instances"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
