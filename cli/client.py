@@ -33,7 +33,11 @@ RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class CliError(Exception):
-    """A message for the user; the CLI prints it and exits 1."""
+    """A message for the user; the CLI prints it and exits with `code` (1)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _default_cluster() -> dict[str, Any]:

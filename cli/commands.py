@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from cli.client import Client, CliError
+from cli.diff import summary, unified
 from cli.manifest import LoadedApp, load_manifests
 from cli.output import app_row, instance_row, node_row, render, usage_instance_row, usage_node_row
 from orch.quantity import QuantityError, parse_cpu, parse_duration, parse_memory
@@ -44,11 +45,33 @@ def apply(c: Client, paths: Sequence[str], dry_run: bool, wait: bool, wait_timeo
     apps = load(paths)
     req = api.ApplyRequest(apps=[a.spec for a in apps], dry_run=dry_run)
     resp = c.call(lambda s: s.Apply(req, timeout=c.timeout))
-    suffix = " (dry run)" if dry_run else ""
+    if dry_run:
+        show_diffs(apps, resp.results, summaries_to_stderr=False)
+        return
     for r in resp.results:
-        click.echo(f"app/{r.name} {ACTIONS.get(r.action, '?')}{suffix}")
-    if wait and not dry_run:
+        click.echo(f"app/{r.name} {ACTIONS.get(r.action, '?')}")
+    if wait:
         wait_ready(c, [r.name for r in resp.results], wait_timeout)
+
+
+def diff(c: Client, paths: Sequence[str]) -> bool:
+    """Prints what applying would change; True when something would."""
+    apps = load(paths)
+    req = api.ApplyRequest(apps=[a.spec for a in apps], dry_run=True)
+    resp = c.call(lambda s: s.Apply(req, timeout=c.timeout))
+    return show_diffs(apps, resp.results, summaries_to_stderr=True)
+
+
+def show_diffs(apps: Sequence[LoadedApp], results: Sequence[api.ApplyResult], summaries_to_stderr: bool) -> bool:
+    """The diffs on stdout, then one summary line per app (on stderr for `orch diff`, whose
+    stdout is a patch)."""
+    sources = {a.spec.name: a.source for a in apps}
+    for r in results:
+        if text := unified(r, sources.get(r.name, "")):
+            click.echo(text, nl=False)
+    for r in results:
+        click.echo(summary(r) + ("" if summaries_to_stderr else " (dry run)"), err=summaries_to_stderr)
+    return any(r.action != api.APPLY_ACTION_UNCHANGED for r in results)
 
 
 def wait_ready(c: Client, names: list[str], timeout: float) -> None:

@@ -63,7 +63,7 @@ def client(ctx: click.Context) -> Client:
 @cli.command()
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("-f", "--filename", "more", multiple=True, type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("--dry-run", is_flag=True, help="Validate on the scheduler, store nothing.")
+@click.option("--dry-run", is_flag=True, help="Validate on the scheduler and show the diff; store nothing.")
 @click.option("--wait", is_flag=True, help="Wait until every applied app has all replicas ready.")
 @click.option("--wait-timeout", default=300.0, show_default=True, help="Seconds --wait waits.")
 @click.pass_context
@@ -75,6 +75,24 @@ def apply(
     if not paths:
         raise CliError("apply needs a manifest file: orch apply app.yaml")
     commands.apply(client(ctx), paths, dry_run=dry_run, wait=wait, wait_timeout=wait_timeout)
+
+
+@cli.command()
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-f", "--filename", "more", multiple=True, type=click.Path(dir_okay=False, allow_dash=True))
+@click.pass_context
+def diff(ctx: click.Context, files: tuple[str, ...], more: tuple[str, ...]) -> None:
+    """Show what applying the manifests would change. Exit status 0: nothing; 1: changes; 2: error."""
+    paths = [*files, *more]
+    try:
+        if not paths:
+            raise CliError("diff needs a manifest file: orch diff app.yaml")
+        changed = commands.diff(client(ctx), paths)
+    except ManifestError as e:
+        raise CliError("\n".join(e.problems), code=2) from e
+    except CliError as e:
+        raise CliError(str(e), code=2) from e
+    sys.exit(1 if changed else 0)
 
 
 @cli.command()
@@ -463,7 +481,7 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(1)
     except CliError as e:
         click.echo(str(e), err=True)
-        sys.exit(1)
+        sys.exit(e.code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

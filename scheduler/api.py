@@ -151,8 +151,13 @@ class OrchService(api_pb2_grpc.OrchServicer):
         for spec in specs:
             key = self._store.keys.app(spec.name)
             existing = self._store.get(pb.App, key)
-            action, app = self._next_app(existing.value if existing else None, spec, now)
-            results.append(api.ApplyResult(name=spec.name, action=action, generation=app.generation))
+            before = existing.value if existing else None
+            action, app = self._next_app(before, spec, now)
+            result = api.ApplyResult(name=spec.name, action=action, generation=app.generation, spec=app.spec)
+            if before is not None:
+                result.previous.CopyFrom(before.spec)
+                result.previous_generation = before.generation
+            results.append(result)
             if action != api.APPLY_ACTION_UNCHANGED:
                 writes.append(Put(key, app, existing.mod_revision if existing else 0))
         if writes and not request.dry_run:

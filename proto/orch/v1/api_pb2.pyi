@@ -90,19 +90,36 @@ class ApplyResult(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    PREVIOUS_GENERATION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     action: Global___ApplyAction.ValueType
     generation: _builtins.int
+    """after the apply"""
+    previous_generation: _builtins.int
+    """0 when created"""
+    @_builtins.property
+    def spec(self) -> _types_pb2.AppSpec:
+        """as stored after the apply (normalized: defaults filled in)"""
+
+    @_builtins.property
+    def previous(self) -> _types_pb2.AppSpec:
+        """as stored before; unset when created"""
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         action: Global___ApplyAction.ValueType = ...,
         generation: _builtins.int = ...,
+        spec: _types_pb2.AppSpec | None = ...,
+        previous: _types_pb2.AppSpec | None = ...,
+        previous_generation: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["previous", b"previous", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "generation", b"generation", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "generation", b"generation", "name", b"name", "previous", b"previous", "previous_generation", b"previous_generation", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

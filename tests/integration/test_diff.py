@@ -1,0 +1,92 @@
+"""`orch diff` and `orch apply --dry-run` against a real scheduler: the unified diff of the
+stored spec against the file, whether the instances roll, kubectl diff's exit codes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.etcd import start_etcd
+from tests.fixtures.processes import stop
+from tests.integration.conftest import orch, start_scheduler
+
+APP = """\
+apiVersion: orch/v1
+kind: App
+metadata: {name: %(name)s}
+spec:
+  replicas: %(replicas)d
+  image: rootfs:/nonexistent
+  command: [sleep, "1000"]
+  env: {MODE: %(mode)s}
+"""
+
+
+@pytest.fixture(scope="module")
+def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    etcd = start_etcd()
+    try:
+        s = start_scheduler(etcd, tmp_path_factory.mktemp("diff") / "scheduler.log", "diff-0")
+        yield s.address
+        stop(s.proc)
+    finally:
+        etcd.stop()
+
+
+def manifest(tmp_path: Path, name: str, replicas: int = 2, mode: str = "a") -> str:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(APP % {"name": name, "replicas": replicas, "mode": mode})
+    return str(path)
+
+
+def test_a_new_app_is_all_additions_and_exit_1(scheduler: str, tmp_path: Path) -> None:
+    r = orch(scheduler, "diff", manifest(tmp_path, "diff-new"))
+    assert r.returncode == 1, r.stderr
+    assert "--- /dev/null" in r.stdout and "+++ app/diff-new (" in r.stdout
+    assert "+  replicas: 2" in r.stdout
+    assert "app/diff-new: created, generation 1, 2 replicas" in r.stderr
+    assert orch(scheduler, "get", "apps", "diff-new").returncode == 1  # nothing stored
+
+
+def test_unchanged_is_silent_and_exit_0(scheduler: str, tmp_path: Path) -> None:
+    path = manifest(tmp_path, "diff-same")
+    assert orch(scheduler, "apply", path).returncode == 0
+    r = orch(scheduler, "diff", path)
+    assert (r.returncode, r.stdout) == (0, ""), r.stderr
+    assert "app/diff-same: unchanged" in r.stderr
+
+
+def test_scaling_is_told_apart_from_a_rollout(scheduler: str, tmp_path: Path) -> None:
+    assert orch(scheduler, "apply", manifest(tmp_path, "diff-web")).returncode == 0
+
+    r = orch(scheduler, "diff", manifest(tmp_path, "diff-web", replicas=5))
+    assert r.returncode == 1
+    assert "-  replicas: 2\n+  replicas: 5\n" in r.stdout
+    assert "--- app/diff-web (stored, generation 1)" in r.stdout
+    assert "app/diff-web: scales 2 → 5, instances stay (generation 1)" in r.stderr
+
+    r = orch(scheduler, "diff", manifest(tmp_path, "diff-web", replicas=3, mode="b"))
+    assert r.returncode == 1
+    assert "-    MODE: a\n+    MODE: b\n" in r.stdout
+    assert "app/diff-web: rolls its instances (generation 1 → 2) and scales 2 → 3" in r.stderr
+
+
+def test_apply_dry_run_shows_the_diff_and_stores_nothing(scheduler: str, tmp_path: Path) -> None:
+    assert orch(scheduler, "apply", manifest(tmp_path, "diff-dry")).returncode == 0
+    r = orch(scheduler, "apply", "--dry-run", manifest(tmp_path, "diff-dry", mode="c"))
+    assert r.returncode == 0, r.stderr
+    assert "+    MODE: c" in r.stdout
+    assert "app/diff-dry: rolls its instances (generation 1 → 2) (dry run)" in r.stdout
+    r = orch(scheduler, "diff", manifest(tmp_path, "diff-dry"))
+    assert r.returncode == 0, r.stdout  # still what was applied first
+
+
+def test_errors_exit_2(scheduler: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((APP % {"name": "diff-bad", "replicas": 1, "mode": "a"}).replace("replicas: 1", "replicas: many"))
+    r = orch(scheduler, "diff", str(bad))
+    assert r.returncode == 2 and f"{bad}:5" in r.stderr, r.stderr
+    r = orch("127.0.0.1:1", "diff", manifest(tmp_path, "diff-x"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
