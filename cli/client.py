@@ -40,6 +40,14 @@ class CliError(Exception):
         self.code = code
 
 
+class UsageError(CliError):
+    """The command line itself is wrong (exit 2, as click's own usage errors): nothing was asked
+    of the cluster. Errors from the cluster or its answers exit 1."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code=2)
+
+
 def _default_cluster() -> dict[str, Any]:
     try:
         doc = json.loads((DEFAULT_STATE_DIR / "cluster.json").read_text())

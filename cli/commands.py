@@ -14,6 +14,8 @@ from cli.client import Client, CliError
 from cli.diff import summary, unified
 from cli.manifest import LoadedApp, load_manifests
 from cli.output import app_row, instance_row, node_row, render, usage_instance_row, usage_node_row
+from cli.render import manifest_yaml
+from cli.selector import Selector
 from orch.quantity import QuantityError, parse_cpu, parse_duration, parse_memory
 from orch.tls import Credentials
 from orch.v1 import api_pb2 as api
@@ -100,15 +102,21 @@ def _settled(c: Client, info: api.AppInfo) -> bool:
     return all(i.app_generation == info.app.generation for i in live)
 
 
-def rows(c: Client, kind: str, name: str | None, app: str | None, node: str | None) -> list[dict[str, object]]:
+def rows(
+    c: Client, kind: str, name: str | None, app: str | None, node: str | None, selector: Selector | None = None
+) -> list[dict[str, object]]:
+    """One row per object; an app's labels select its instances too."""
+    wanted = selector or Selector(())
     if kind == "apps":
         apps = c.call(lambda s: s.ListApps(api.ListAppsRequest(), timeout=c.timeout)).apps
-        out = [app_row(a) for a in apps]
+        out = [app_row(a) for a in apps if wanted.matches(a.app.spec.labels)]
     elif kind == "nodes":
-        out = [node_row(n) for n in c.call(lambda s: s.ListNodes(api.ListNodesRequest(), timeout=c.timeout)).nodes]
+        nodes = c.call(lambda s: s.ListNodes(api.ListNodesRequest(), timeout=c.timeout)).nodes
+        out = [node_row(n) for n in nodes if wanted.matches(n.node.labels)]
     else:
         req = api.ListInstancesRequest(app=app or "", node=node or "")
-        out = [instance_row(i) for i in c.call(lambda s: s.ListInstances(req, timeout=c.timeout)).instances]
+        insts = c.call(lambda s: s.ListInstances(req, timeout=c.timeout)).instances
+        out = [instance_row(i) for i in insts if wanted.matches(i.spec.labels)]
     if name:
         out = [r for r in out if r["name"] == name]
         if not out:
@@ -116,10 +124,31 @@ def rows(c: Client, kind: str, name: str | None, app: str | None, node: str | No
     return out
 
 
-def get(c: Client, kind: str, name: str | None, fmt: str, app: str | None, node: str | None, watch: bool) -> None:
+def manifests(c: Client, name: str | None, selector: Selector | None) -> str:
+    """Apps as the manifests that would apply them again (`get apps -o yaml`)."""
+    apps = [a.app.spec for a in c.call(lambda s: s.ListApps(api.ListAppsRequest(), timeout=c.timeout)).apps]
+    apps = [a for a in apps if (not name or a.name == name) and (selector is None or selector.matches(a.labels))]
+    if name and not apps:
+        raise CliError(f'Error: app "{name}" not found')
+    return "---\n".join(manifest_yaml(a) for a in apps).rstrip()
+
+
+def get(
+    c: Client,
+    kind: str,
+    name: str | None,
+    fmt: str,
+    app: str | None,
+    node: str | None,
+    watch: bool,
+    selector: Selector | None = None,
+) -> None:
     last = ""
     while True:
-        text = render(kind, rows(c, kind, name, app, node), fmt)
+        if kind == "apps" and fmt == "yaml":
+            text = manifests(c, name, selector)
+        else:
+            text = render(kind, rows(c, kind, name, app, node, selector), fmt)
         if text != last:
             click.echo(text)
             last = text

@@ -14,8 +14,9 @@ from typing import Any
 import click
 
 from cli import commands, pki_commands
-from cli.client import Client, CliError, load_credentials, scheduler_addresses, tls_files
+from cli.client import Client, CliError, UsageError, load_credentials, scheduler_addresses, tls_files
 from cli.manifest import ManifestError
+from cli.selector import parse_selector
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 OUTPUT = click.Choice(["table", "wide", "json", "yaml"])
@@ -73,7 +74,7 @@ def apply(
     """Create or update the apps in FILE(s) (multi-document YAML; - for stdin)."""
     paths = list(files) + list(more)
     if not paths:
-        raise CliError("apply needs a manifest file: orch apply app.yaml")
+        raise UsageError("apply needs a manifest file: orch apply app.yaml")
     commands.apply(client(ctx), paths, dry_run=dry_run, wait=wait, wait_timeout=wait_timeout)
 
 
@@ -86,7 +87,7 @@ def diff(ctx: click.Context, files: tuple[str, ...], more: tuple[str, ...]) -> N
     paths = [*files, *more]
     try:
         if not paths:
-            raise CliError("diff needs a manifest file: orch diff app.yaml")
+            raise UsageError("diff needs a manifest file: orch diff app.yaml")
         changed = commands.diff(client(ctx), paths)
     except ManifestError as e:
         raise CliError("\n".join(e.problems), code=2) from e
@@ -101,13 +102,28 @@ def diff(ctx: click.Context, files: tuple[str, ...], more: tuple[str, ...]) -> N
 @click.option("-o", "--output", "fmt", type=OUTPUT, default="table", show_default=True)
 @click.option("--app", "app", help="instances: only this app's.")
 @click.option("--node", "node", help="instances: only those on this node.")
+@click.option(
+    "-l",
+    "--selector",
+    default="",
+    metavar="K=V,K!=V,K,!K",
+    help="Only objects whose labels match (instances: their app's).",
+)
 @click.option("-w", "--watch", is_flag=True, help="Print again whenever something changes.")
 @click.pass_context
 def get(
-    ctx: click.Context, kind: str, name: str | None, fmt: str, app: str | None, node: str | None, watch: bool
+    ctx: click.Context,
+    kind: str,
+    name: str | None,
+    fmt: str,
+    app: str | None,
+    node: str | None,
+    selector: str,
+    watch: bool,
 ) -> None:
-    """List apps, nodes or instances."""
-    commands.get(client(ctx), commands.plural(kind), name, fmt, app=app, node=node, watch=watch)
+    """List apps, nodes or instances (`get apps -o yaml`: manifests that apply again)."""
+    wanted = parse_selector(selector) if selector else None
+    commands.get(client(ctx), commands.plural(kind), name, fmt, app=app, node=node, watch=watch, selector=wanted)
 
 
 @cli.command()
@@ -139,7 +155,7 @@ def delete(ctx: click.Context, args: tuple[str, ...], files: tuple[str, ...]) ->
     if args and args[0] == "app":
         names = list(args[1:])
         if not names:
-            raise CliError("delete app needs a name: orch delete app NAME")
+            raise UsageError("delete app needs a name: orch delete app NAME")
     else:
         names = [a.spec.name for a in commands.load(list(args) + list(files))]
     commands.delete(client(ctx), names)
@@ -258,7 +274,7 @@ def up(
     from cli.up import run_cluster
 
     if nodes is not None and hosts is not None:
-        raise CliError("orch up: --nodes or --hosts, not both (--hosts runs one agent per host)")
+        raise UsageError("orch up: --nodes or --hosts, not both (--hosts runs one agent per host)")
     if schedulers is None:
         schedulers = 2 if hosts is not None and hosts >= 2 else 1
     setup_logging(verbose)
@@ -493,4 +509,4 @@ def main(argv: list[str] | None = None) -> Any:
         if os.environ.get("ORCH_DEBUG"):
             raise
         click.echo(f"orch: internal error: {type(e).__name__}: {e} (ORCH_DEBUG=1 shows the traceback)", err=True)
-        sys.exit(2)
+        sys.exit(3)

@@ -3,6 +3,7 @@ stored spec against the file, whether the instances roll, kubectl diff's exit co
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,3 +91,32 @@ def test_errors_exit_2(scheduler: str, tmp_path: Path) -> None:
     assert r.returncode == 2 and f"{bad}:5" in r.stderr, r.stderr
     r = orch("127.0.0.1:1", "diff", manifest(tmp_path, "diff-x"))
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_get_o_yaml_is_a_manifest_that_applies_unchanged(scheduler: str, tmp_path: Path) -> None:
+    assert orch(scheduler, "apply", manifest(tmp_path, "diff-back", replicas=3)).returncode == 0
+    r = orch(scheduler, "get", "apps", "diff-back", "-o", "yaml")
+    assert r.returncode == 0 and "kind: App" in r.stdout, r.stderr
+    back = orch(scheduler, "diff", "-", stdin=r.stdout)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert "app/diff-back: unchanged" in back.stderr
+
+
+def test_selectors_pick_apps_and_their_instances(scheduler: str, tmp_path: Path) -> None:
+    for name, tier in (("diff-sel-a", "web"), ("diff-sel-b", "db")):
+        text = (APP % {"name": name, "replicas": 1, "mode": "a"}).replace(
+            f"metadata: {{name: {name}}}", f"metadata: {{name: {name}, labels: {{tier: {tier}, suite: diff}}}}"
+        )
+        (tmp_path / f"{name}.yaml").write_text(text)
+        assert orch(scheduler, "apply", str(tmp_path / f"{name}.yaml")).returncode == 0
+
+    def names(*args: str) -> list[str]:
+        r = orch(scheduler, "get", *args, "-o", "json")
+        assert r.returncode == 0, r.stderr
+        return sorted(x["name"] for x in json.loads(r.stdout))
+
+    assert names("apps", "-l", "suite=diff,tier=web") == ["diff-sel-a"]
+    assert names("apps", "-l", "suite=diff,tier!=web") == ["diff-sel-b"]
+    assert [n.rsplit("-", 1)[0] for n in names("instances", "-l", "tier=db,suite")] == ["diff-sel-b"]
+    r = orch(scheduler, "get", "apps", "-l", "tier=web,,x")
+    assert r.returncode == 2 and "empty requirement" in r.stderr
