@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from orch.tls import Credentials
 from orch.v1 import api_pb2 as api
 from orch.v1 import types_pb2 as pb
 from orch.v1.api_pb2_grpc import OrchStub
+from orch.version import version
 
 if TYPE_CHECKING:
     from node.agent import AgentConfig
@@ -356,3 +358,19 @@ def agent_config(
         default_pids_limit=DEFAULT_PIDS_LIMIT if default_pids_limit is None else default_pids_limit,
         seccomp_profile=(seccomp_profile or DEFAULT_PROFILE).resolve(),
     )
+
+
+def versions(c: Client | None, fmt: str) -> None:
+    """Like `kubectl version`: the client's, then the server's (and here each agent's)."""
+    out: dict[str, object] = {"client": version()}
+    if c is not None:
+        info = c.call(lambda s: s.Version(api.VersionRequest(), timeout=c.timeout))
+        out |= {"scheduler": info.scheduler, "api": info.api, "nodes": dict(sorted(info.nodes.items()))}
+    if fmt == "json":
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.echo(f"Client version: {out['client']}")
+    if c is not None:
+        click.echo(f"Scheduler version: {out['scheduler']} (API {out['api']})")
+        for node, v in sorted(info.nodes.items()):
+            click.echo(f"Node {node}: {v or 'unknown'}")

@@ -78,6 +78,15 @@ def apply(
     commands.apply(client(ctx), paths, dry_run=dry_run, wait=wait, wait_timeout=wait_timeout)
 
 
+@cli.command("version")
+@click.option("--client", "client_only", is_flag=True, help="Only this CLI's version; ask no server.")
+@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_context
+def version_cmd(ctx: click.Context, client_only: bool, fmt: str) -> None:
+    """This CLI's version, the scheduler's and each node agent's."""
+    commands.versions(None if client_only else client(ctx), fmt)
+
+
 @cli.command()
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("-f", "--filename", "more", multiple=True, type=click.Path(dir_okay=False, allow_dash=True))

@@ -16,6 +16,7 @@ from orch.v1 import api_pb2_grpc
 from orch.v1 import exec_pb2 as xpb
 from orch.v1 import types_pb2 as pb
 from orch.validation import normalize_app_spec, validate_app_spec
+from orch.version import version
 from scheduler.errors import Conflict, InvalidRequest, NotFound, SchedulerError, StoreUnavailable
 from scheduler.events import EventLog
 from scheduler.exec_relay import ExecFailed, InstanceNotRunning, NodeUnreachable, exec_target, relay_exec
@@ -323,6 +324,15 @@ class OrchService(api_pb2_grpc.OrchServicer):
                 yield out
         except (NotFound, InstanceNotRunning, NodeUnreachable, ExecFailed) as e:
             await context.abort(STATUS_OF[type(e)], str(e))
+
+    async def Version(self, request: api.VersionRequest, context: Ctx) -> api.VersionInfo:
+        def versions() -> api.VersionInfo:
+            nodes = self._store.list_prefix(pb.Node, self._store.keys.node(""))
+            return api.VersionInfo(
+                scheduler=version(), api="orch.v1", nodes={n.value.name: n.value.version for n in nodes}
+            )
+
+        return await self._call(context, versions)
 
     async def ListEvents(self, request: api.ListEventsRequest, context: Ctx) -> api.ListEventsResponse:
         about = _about(request.object, request.with_instances) if request.object else None

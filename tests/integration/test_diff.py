@@ -120,3 +120,12 @@ def test_selectors_pick_apps_and_their_instances(scheduler: str, tmp_path: Path)
     assert [n.rsplit("-", 1)[0] for n in names("instances", "-l", "tier=db,suite")] == ["diff-sel-b"]
     r = orch(scheduler, "get", "apps", "-l", "tier=web,,x")
     assert r.returncode == 2 and "empty requirement" in r.stderr
+
+
+def test_version_of_the_client_and_the_scheduler(scheduler: str) -> None:
+    r = orch(scheduler, "version", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    v = json.loads(r.stdout)
+    assert v["client"] == v["scheduler"] != "unknown" and v["api"] == "orch.v1"
+    r = orch("127.0.0.1:1", "version", "--client")
+    assert r.returncode == 0 and r.stdout.startswith("Client version: "), r.stderr

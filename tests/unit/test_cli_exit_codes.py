@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cli import commands
 from cli import main as cli_main
 
 
@@ -30,7 +31,7 @@ def test_a_bug_exits_3(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFi
     def broken(*_: object, **__: object) -> None:
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(cli_main.commands, "get", broken)
+    monkeypatch.setattr(commands, "get", broken)
     monkeypatch.delenv("ORCH_DEBUG", raising=False)
     assert exit_code("--scheduler", "127.0.0.1:1", "get", "apps") == 3
     assert "internal error: ZeroDivisionError: boom" in capsys.readouterr().err

@@ -101,6 +101,11 @@ class OrchStub:
                 request_serializer=orch_dot_v1_dot_exec__pb2.ExecInput.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_exec__pb2.ExecOutput.FromString,
                 _registered_method=True)
+        self.Version = channel.unary_unary(
+                '/orch.v1.Orch/Version',
+                request_serializer=orch_dot_v1_dot_api__pb2.VersionRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_api__pb2.VersionInfo.FromString,
+                _registered_method=True)
 
 
 class OrchServicer:
@@ -192,6 +197,13 @@ class OrchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Version(self, request, context):
+        """`orch version`: the scheduler's version and the agents' (from their node records).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -259,6 +271,11 @@ def add_OrchServicer_to_server(servicer, server):
                     servicer.Exec,
                     request_deserializer=orch_dot_v1_dot_exec__pb2.ExecInput.FromString,
                     response_serializer=orch_dot_v1_dot_exec__pb2.ExecOutput.SerializeToString,
+            ),
+            'Version': grpc.unary_unary_rpc_method_handler(
+                    servicer.Version,
+                    request_deserializer=orch_dot_v1_dot_api__pb2.VersionRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_api__pb2.VersionInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -612,6 +629,33 @@ class Orch:
             '/orch.v1.Orch/Exec',
             orch_dot_v1_dot_exec__pb2.ExecInput.SerializeToString,
             orch_dot_v1_dot_exec__pb2.ExecOutput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Version(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.Orch/Version',
+            orch_dot_v1_dot_api__pb2.VersionRequest.SerializeToString,
+            orch_dot_v1_dot_api__pb2.VersionInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,8 @@ class OrchStub:
     """Usage now, asked of every ready node's agent (`orch top`)."""
     Exec: _grpc.StreamStreamMultiCallable[_exec_pb2.ExecInput, _exec_pb2.ExecOutput]
     """`orch exec`: a command in a running instance, relayed to its node's agent."""
+    Version: _grpc.UnaryUnaryMultiCallable[_api_pb2.VersionRequest, _api_pb2.VersionInfo]
+    """`orch version`: the scheduler's version and the agents' (from their node records)."""
 
 @_typing.type_check_only
 class OrchAsyncStub(OrchStub):
@@ -83,6 +85,8 @@ class OrchAsyncStub(OrchStub):
     """Usage now, asked of every ready node's agent (`orch top`)."""
     Exec: _aio.StreamStreamMultiCallable[_exec_pb2.ExecInput, _exec_pb2.ExecOutput]  # type: ignore[assignment]
     """`orch exec`: a command in a running instance, relayed to its node's agent."""
+    Version: _aio.UnaryUnaryMultiCallable[_api_pb2.VersionRequest, _api_pb2.VersionInfo]  # type: ignore[assignment]
+    """`orch version`: the scheduler's version and the agents' (from their node records)."""
 
 class OrchServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -185,5 +189,13 @@ class OrchServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_exec_pb2.ExecOutput], _abc.AsyncIterator[_exec_pb2.ExecOutput]]:
         """`orch exec`: a command in a running instance, relayed to its node's agent."""
+
+    @_abc_1.abstractmethod
+    def Version(
+        self,
+        request: _api_pb2.VersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.VersionInfo, _abc.Awaitable[_api_pb2.VersionInfo]]:
+        """`orch version`: the scheduler's version and the agents' (from their node records)."""
 
 def add_OrchServicer_to_server(servicer: OrchServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
