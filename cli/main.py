@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from cli import commands, pki_commands
+from cli import commands, logformat, pki_commands
 from cli.client import Client, CliError, UsageError, load_credentials, scheduler_addresses, tls_files
 from cli.manifest import ManifestError
 from cli.selector import parse_selector
@@ -32,8 +32,30 @@ def seconds_of(value: str) -> float:
         raise click.BadParameter(str(e)) from e
 
 
+_log_format = "text"  # set by --log-format before the command runs
+
+
+def _set_log_format(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    global _log_format
+    _log_format = value
+    return value
+
+
+def log_format_option(f: Callable[..., None]) -> Callable[..., None]:
+    """--log-format text|json for a daemon; setup_logging applies it."""
+    return click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        expose_value=False,
+        callback=_set_log_format,
+        help="json: one JSON object per line (ts, level, logger, msg, error).",
+    )(f)
+
+
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, handlers=[logformat.handler(_log_format)])
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per registry request
     if verbose:  # our own debug lines only; grpc's are noise
         for name in ("scheduler", "node", "cli"):
@@ -267,6 +289,7 @@ def events(ctx: click.Context, watch: bool, limit: int) -> None:
 @click.option(
     "--no-tls", is_flag=True, help="Plaintext gRPC and etcd instead of mutual TLS (certificates in STATE/pki)."
 )
+@log_format_option
 @click.option("-v", "--verbose", is_flag=True)
 def up(
     nodes: int | None,
@@ -345,6 +368,7 @@ def etcd_tls_options(f: Callable[..., None]) -> Callable[..., None]:
 @etcd_tls_options
 @click.option("--insecure", is_flag=True, help="Allow plaintext gRPC without TLS files (anyone is admin).")
 @click.option("--insecure-etcd", is_flag=True, help="Allow plaintext etcd without a client certificate.")
+@log_format_option
 @click.option("-v", "--verbose", is_flag=True)
 def scheduler_cmd(
     listen: str,
@@ -434,6 +458,7 @@ def scheduler_cmd(
 @click.option("--cleanup", is_flag=True, help="Stop and remove every container and network of this node, then exit.")
 @tls_options
 @click.option("--insecure", is_flag=True, help="Allow plaintext gRPC without TLS files (anyone can pose as scheduler).")
+@log_format_option
 @click.option("-v", "--verbose", is_flag=True)
 @click.pass_context
 def node_cmd(
