@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+import yaml
 
 from cli.client import Client, CliError
 from cli.diff import summary, unified
 from cli.manifest import LoadedApp, load_manifests
 from cli.output import app_row, instance_row, node_row, render, usage_instance_row, usage_node_row
-from cli.render import manifest_yaml
+from cli.render import manifest, manifest_yaml
 from cli.selector import Selector
 from orch.quantity import QuantityError, parse_cpu, parse_duration, parse_memory
 from orch.tls import Credentials
@@ -180,12 +181,26 @@ def top(c: Client, kind: str, app: str | None, node: str | None, fmt: str) -> No
 def describe(c: Client, kind: str, name: str) -> str:
     row = rows(c, plural(kind), name, None, None)[0]
     lines = [f"{k}: {_plain(v)}" for k, v in row.items()]
+    if kind == "app":
+        lines += _app_details(c, name)
     request = api.ListEventsRequest(limit=15, object=name, with_instances=kind == "app")
     mine = c.call(lambda s: s.ListEvents(request, timeout=c.timeout)).events
     lines.append("events:" if mine else "events: <none>")
     for e in mine:
         lines.append(f"  {e.time.ToJsonString()}  {e.type:<7}  {e.reason:<14}  {e.object}: {e.message}")
     return "\n".join(lines)
+
+
+def _app_details(c: Client, name: str) -> list[str]:
+    """The spec as its manifest would say it, and the app's instances, as `kubectl describe` does."""
+    info = c.call(lambda s: s.GetApp(api.GetAppRequest(name=name), timeout=c.timeout))
+    spec = manifest(info.app.spec)["spec"]
+    lines = ["spec:", *("  " + line for line in yaml.safe_dump(spec, sort_keys=False, width=1000).splitlines())]
+    req = api.ListInstancesRequest(app=name)
+    insts = [instance_row(i) for i in c.call(lambda s: s.ListInstances(req, timeout=c.timeout)).instances]
+    lines.append("instances:" if insts else "instances: <none>")
+    lines += ["  " + line for line in render("instances", insts, "table").splitlines()] if insts else []
+    return lines
 
 
 def _plain(v: object) -> str:

@@ -129,3 +129,12 @@ def test_version_of_the_client_and_the_scheduler(scheduler: str) -> None:
     assert v["client"] == v["scheduler"] != "unknown" and v["api"] == "orch.v1"
     r = orch("127.0.0.1:1", "version", "--client")
     assert r.returncode == 0 and r.stdout.startswith("Client version: "), r.stderr
+
+
+def test_describe_app_shows_its_spec_instances_and_events(scheduler: str, tmp_path: Path) -> None:
+    assert orch(scheduler, "apply", manifest(tmp_path, "diff-desc", replicas=2, mode="z")).returncode == 0
+    r = orch(scheduler, "describe", "app", "diff-desc")
+    assert r.returncode == 0, r.stderr
+    assert "spec:\n  replicas: 2\n" in r.stdout and "    MODE: z" in r.stdout
+    assert "instances:" in r.stdout and r.stdout.count("diff-desc-") >= 2
+    assert "Applied" in r.stdout  # its event
