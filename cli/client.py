@@ -1,14 +1,15 @@
 """Finding and calling the scheduler from the CLI.
 
-The address comes from --scheduler, then $ORCH_SCHEDULER, then the
+The address comes from --scheduler, then $ORCH_SCHEDULER, then the context
+(--context, $ORCH_CONTEXT or the config's current one: cli/contexts.py), then the
 cluster.json of the default `orch up` state dir, then 127.0.0.1:7070.
 Several addresses (comma-separated) are tried in turn.
 
 TLS (mutual, orch/tls.py): the client certificate is <dir>/<user>.crt with
 <dir>/<user>.key and <dir>/ca.crt, where <dir> comes from --tls-dir, then
-$ORCH_TLS_DIR, then the default cluster.json's tlsDir when the scheduler
-address is one of that cluster's; otherwise plaintext. <user> comes from
---tls-user, then $ORCH_TLS_USER, then "admin". The certificate is checked
+$ORCH_TLS_DIR, then the context's tlsDir, then the default cluster.json's tlsDir
+when the scheduler address is one of that cluster's; otherwise plaintext. <user>
+comes from --tls-user, then $ORCH_TLS_USER, then the context's, then "admin". The certificate is checked
 before the first call, and the scheduler must prove its role (orch/identity.py).
 """
 
@@ -56,8 +57,8 @@ def _default_cluster() -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def scheduler_addresses(option: str | None) -> list[str]:
-    raw = option or os.environ.get("ORCH_SCHEDULER", "")
+def scheduler_addresses(option: str | None, context: str = "") -> list[str]:
+    raw = option or os.environ.get("ORCH_SCHEDULER", "") or context
     if not raw:
         try:
             raw = ",".join(_default_cluster()["schedulers"])
@@ -66,14 +67,16 @@ def scheduler_addresses(option: str | None) -> list[str]:
     return [a.strip() for a in raw.split(",") if a.strip()]
 
 
-def tls_files(option: str | None, addresses: list[str], user: str | None = None) -> TlsFiles | None:
-    directory = option or os.environ.get("ORCH_TLS_DIR", "")
+def tls_files(
+    option: str | None, addresses: list[str], user: str | None = None, context_dir: str = "", context_user: str = ""
+) -> TlsFiles | None:
+    directory = option or os.environ.get("ORCH_TLS_DIR", "") or context_dir
     if not directory:
         cluster = _default_cluster()
         if not cluster.get("tlsDir") or not set(addresses) & set(cluster.get("schedulers", [])):
             return None
         directory = str(cluster["tlsDir"])
-    return TlsFiles.in_dir(Path(directory), user or os.environ.get("ORCH_TLS_USER") or "admin")
+    return TlsFiles.in_dir(Path(directory), user or os.environ.get("ORCH_TLS_USER") or context_user or "admin")
 
 
 def load_credentials(files: TlsFiles | None) -> Credentials | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from cli import commands, logformat, pki_commands
+from cli import commands, config_commands, contexts, logformat, pki_commands
 from cli.client import Client, CliError, UsageError, load_credentials, scheduler_addresses, tls_files
 from cli.manifest import ManifestError
 from cli.selector import parse_selector
@@ -67,13 +67,25 @@ def setup_logging(verbose: bool) -> None:
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for each API call.")
 @click.option("--tls-dir", metavar="DIR", help="ca.crt, USER.crt and USER.key for mutual TLS ($ORCH_TLS_DIR).")
 @click.option("--tls-user", metavar="USER", help="Whose certificate in --tls-dir ($ORCH_TLS_USER; default admin).")
+@click.option(
+    "--context", "context", metavar="NAME", help="A context of `orch config` ($ORCH_CONTEXT; default: current)."
+)
 @click.pass_context
-def cli(ctx: click.Context, scheduler: str | None, timeout: float, tls_dir: str | None, tls_user: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    scheduler: str | None,
+    timeout: float,
+    tls_dir: str | None,
+    tls_user: str | None,
+    context: str | None,
+) -> None:
     """orch: a small container orchestrator."""
 
     def connect() -> Client:
-        addresses = scheduler_addresses(scheduler)
-        return Client(addresses, timeout, load_credentials(tls_files(tls_dir, addresses, tls_user)))
+        named = contexts.active(context) or contexts.Context("")
+        addresses = scheduler_addresses(scheduler, named.scheduler)
+        files = tls_files(tls_dir, addresses, tls_user, named.tls_dir, named.tls_user)
+        return Client(addresses, timeout, load_credentials(files))
 
     ctx.obj = connect
 
@@ -520,6 +532,7 @@ def node_cmd(
 
 
 cli.add_command(pki_commands.pki)
+cli.add_command(config_commands.config)
 
 
 def main(argv: list[str] | None = None) -> Any:
