@@ -15,13 +15,14 @@ A context is used when neither a flag nor an environment variable says otherwise
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from cli.client import CliError
+from cli.client import Client, CliError, load_credentials, scheduler_addresses, tls_files
 from orch.files import write_atomic
 
 FIELDS = {"scheduler": "scheduler", "tlsDir": "tls_dir", "tlsUser": "tls_user"}
@@ -116,3 +117,18 @@ def active(name: str | None) -> Context | None:
         known = ", ".join(c.name for c in config.contexts) or "none"
         raise CliError(f'no context "{wanted}" in {config_path()} (known: {known}); orch config get-contexts')
     return ctx
+
+
+def connector(
+    scheduler: str | None, timeout: float, tls_dir: str | None, tls_user: str | None, context: str | None
+) -> Callable[[], Client]:
+    """What connects the CLI to its cluster: the global options, then the environment, then the
+    context (cli/client.py has the whole order). Nothing is read until it is called."""
+
+    def connect() -> Client:
+        named = active(context) or Context("")
+        addresses = scheduler_addresses(scheduler, named.scheduler)
+        files = tls_files(tls_dir, addresses, tls_user, named.tls_dir, named.tls_user)
+        return Client(addresses, timeout, load_credentials(files))
+
+    return connect

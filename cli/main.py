@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from cli import commands, config_commands, contexts, logformat, pki_commands
-from cli.client import Client, CliError, UsageError, load_credentials, scheduler_addresses, tls_files
+from cli import commands, completion, config_commands, contexts, logformat, pki_commands
+from cli.client import Client, CliError, UsageError, scheduler_addresses
 from cli.manifest import ManifestError
 from cli.selector import parse_selector
 
@@ -80,14 +80,7 @@ def cli(
     context: str | None,
 ) -> None:
     """orch: a small container orchestrator."""
-
-    def connect() -> Client:
-        named = contexts.active(context) or contexts.Context("")
-        addresses = scheduler_addresses(scheduler, named.scheduler)
-        files = tls_files(tls_dir, addresses, tls_user, named.tls_dir, named.tls_user)
-        return Client(addresses, timeout, load_credentials(files))
-
-    ctx.obj = connect
+    ctx.obj = contexts.connector(scheduler, timeout, tls_dir, tls_user, context)
 
 
 def client(ctx: click.Context) -> Client:
@@ -110,6 +103,13 @@ def apply(
     if not paths:
         raise UsageError("apply needs a manifest file: orch apply app.yaml")
     commands.apply(client(ctx), paths, dry_run=dry_run, wait=wait, wait_timeout=wait_timeout)
+
+
+@cli.command("completion")
+@click.argument("shell", type=click.Choice(completion.SHELLS))
+def completion_cmd(shell: str) -> None:
+    """Print the shell's completion script: `source <(orch completion bash)` (zsh and fish alike)."""
+    click.echo(completion.script(cli, shell))
 
 
 @cli.command("version")
@@ -141,7 +141,7 @@ def diff(ctx: click.Context, files: tuple[str, ...], more: tuple[str, ...]) -> N
 
 @cli.command()
 @click.argument("kind", type=click.Choice(["apps", "app", "nodes", "node", "instances", "instance", "inst"]))
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=completion.by_kind)
 @click.option("-o", "--output", "fmt", type=OUTPUT, default="table", show_default=True)
 @click.option("--app", "app", help="instances: only this app's.")
 @click.option("--node", "node", help="instances: only those on this node.")
@@ -182,7 +182,7 @@ def top(ctx: click.Context, kind: str, app: str | None, node: str | None, fmt: s
 
 @cli.command()
 @click.argument("kind", type=click.Choice(["app", "node", "instance"]))
-@click.argument("name")
+@click.argument("name", shell_complete=completion.by_kind)
 @click.pass_context
 def describe(ctx: click.Context, kind: str, name: str) -> None:
     """Show one object in detail, with its recent events."""
@@ -205,7 +205,7 @@ def delete(ctx: click.Context, args: tuple[str, ...], files: tuple[str, ...]) ->
 
 
 @cli.command()
-@click.argument("app")
+@click.argument("app", shell_complete=completion.apps)
 @click.argument("replicas", type=click.IntRange(0, 10000))
 @click.pass_context
 def scale(ctx: click.Context, app: str, replicas: int) -> None:
@@ -214,7 +214,7 @@ def scale(ctx: click.Context, app: str, replicas: int) -> None:
 
 
 @cli.command()
-@click.argument("node")
+@click.argument("node", shell_complete=completion.nodes)
 @click.pass_context
 def cordon(ctx: click.Context, node: str) -> None:
     """Mark a node unschedulable (its instances keep running)."""
@@ -222,7 +222,7 @@ def cordon(ctx: click.Context, node: str) -> None:
 
 
 @cli.command()
-@click.argument("node")
+@click.argument("node", shell_complete=completion.nodes)
 @click.pass_context
 def uncordon(ctx: click.Context, node: str) -> None:
     """Make a node schedulable again."""
@@ -230,7 +230,7 @@ def uncordon(ctx: click.Context, node: str) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=completion.apps_or_instances)
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming new lines.")
 @click.option("--tail", default=-1, show_default=True, help="Only the last N lines (-1: all).")
 @click.option("--timestamps", is_flag=True, help="Prefix each line with its RFC 3339 time.")
@@ -241,7 +241,7 @@ def logs(ctx: click.Context, name: str, follow: bool, tail: int, timestamps: boo
 
 
 @cli.command("exec")
-@click.argument("instance")
+@click.argument("instance", shell_complete=completion.instances)
 @click.argument("command", nargs=-1, required=True)
 @click.option("-i", "--stdin", is_flag=True, help="Pass stdin to the command.")
 @click.option("-t", "--tty", is_flag=True, help="Give the command a terminal (raw mode here, resizes forwarded).")
@@ -257,7 +257,7 @@ def exec_cmd(ctx: click.Context, instance: str, command: tuple[str, ...], stdin:
 
 
 @cli.command()
-@click.argument("node")
+@click.argument("node", shell_complete=completion.nodes)
 @click.option("--timeout", "timeout", default="5m", show_default=True, help="Then stop what is left anyway.")
 @click.pass_context
 def drain(ctx: click.Context, node: str, timeout: str) -> None:

@@ -1,16 +1,17 @@
-"""`orch diff` and `orch apply --dry-run` against a real scheduler: the unified diff of the
-stored spec against the file, whether the instances roll, kubectl diff's exit codes."""
+"""The CLI against a real scheduler: `orch diff` and `apply --dry-run` (unified diff, rollout or
+scale, kubectl diff's exit codes), `get -o yaml` and `-l`, describe, version and completion."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures.etcd import start_etcd
-from tests.fixtures.processes import stop
+from tests.fixtures.processes import orch_argv, orch_env, stop
 from tests.integration.conftest import orch, start_scheduler
 
 APP = """\
@@ -138,3 +139,26 @@ def test_describe_app_shows_its_spec_instances_and_events(scheduler: str, tmp_pa
     assert "spec:\n  replicas: 2\n" in r.stdout and "    MODE: z" in r.stdout
     assert "instances:" in r.stdout and r.stdout.count("diff-desc-") >= 2
     assert "Applied" in r.stdout  # its event
+
+
+def complete(scheduler: str, words: str) -> list[str]:
+    env = orch_env() | {
+        "_ORCH_COMPLETE": "bash_complete",
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(len(words.split()) - 1),
+    }
+    argv = orch_argv("--scheduler", scheduler)
+    r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    return [line.split(",", 1)[1] for line in r.stdout.splitlines() if line]
+
+
+def test_shell_completion_offers_names_from_the_cluster(scheduler: str, tmp_path: Path) -> None:
+    assert orch(scheduler, "apply", manifest(tmp_path, "diff-comp", replicas=1)).returncode == 0
+    assert "complete -o nosort -F _orch_completion orch" in orch(scheduler, "completion", "bash").stdout
+    assert complete(scheduler, f"orch --scheduler {scheduler} scale diff-co") == ["diff-comp"]
+    assert complete(scheduler, f"orch --scheduler {scheduler} describe app diff-co") == ["diff-comp"]
+    (inst,) = complete(scheduler, f"orch --scheduler {scheduler} describe instance diff-comp-")
+    assert inst.startswith("diff-comp-")
+    assert "diff-comp" in complete(scheduler, f"orch --scheduler {scheduler} logs diff-co")
+    assert complete("127.0.0.1:1", "orch --scheduler 127.0.0.1:1 scale x") == []  # no cluster: no names, no error
