@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +25,7 @@ import grpc
 
 from orch.identity import Role
 from orch.tls import SCHEDULER, Credentials, TlsError, TlsFiles, channel
-from orch.v1 import api_pb2_grpc
+from orch.v1 import api_pb2, api_pb2_grpc
 
 T = TypeVar("T")
 DEFAULT_STATE_DIR = Path(os.environ.get("ORCH_STATE_DIR") or Path.home() / ".local/state/orch/up")
@@ -111,6 +111,22 @@ class Client:
         # breaks halfway is not retried on the next scheduler (lines would repeat,
         # a drain would start over).
         self.output_started = False
+
+    def watch(self) -> Iterator[int]:
+        """The revisions of the first scheduler that streams its changes (Watch); a grpc.RpcError
+        when the stream breaks or none answers (the caller decides: retry, or poll instead)."""
+        error: grpc.RpcError | None = None
+        for address in self.addresses:
+            with channel(address, self.tls, peer=SCHEDULER) as opened:
+                try:
+                    for change in api_pb2_grpc.OrchStub(opened).Watch(api_pb2.WatchRequest()):
+                        yield change.revision
+                except grpc.RpcError as e:
+                    if e.code() not in RETRYABLE:
+                        raise
+                    error = e
+        if error is not None:
+            raise error
 
     def call(self, fn: Callable[[api_pb2_grpc.OrchStub], T]) -> T:
         """Run fn against each scheduler in turn until one answers."""

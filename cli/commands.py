@@ -5,14 +5,15 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+import grpc
 import yaml
 
-from cli.client import Client, CliError
+from cli.client import RETRYABLE, Client, CliError, describe_rpc_error
 from cli.diff import summary, unified
 from cli.manifest import LoadedApp, load_manifests
 from cli.output import app_row, instance_row, node_row, render, usage_instance_row, usage_node_row
@@ -147,19 +148,47 @@ def get(
     selector: Selector | None = None,
 ) -> None:
     last = ""
-    while True:
+
+    def show() -> None:
+        nonlocal last
         if kind == "apps" and fmt == "yaml":
             text = manifests(c, name, selector)
         else:
             text = render(kind, rows(c, kind, name, app, node, selector), fmt)
         if text != last:
+            if last and fmt in ("table", "wide"):
+                click.echo()
             click.echo(text)
             last = text
-        if not watch:
-            return
+
+    if watch:
+        watch_changes(c, show)
+    else:
+        show()
+
+
+def watch_changes(c: Client, show: Callable[[], None]) -> None:
+    """show() now and after every change the scheduler reports (its Watch stream); once a
+    second against a scheduler without Watch. Runs until Ctrl-C; reconnects when the stream
+    breaks (a scheduler restart), showing again then, since changes may have been missed."""
+    lost = False
+    while True:
+        try:
+            for _ in c.watch():
+                lost = False
+                show()
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                while True:
+                    show()
+                    time.sleep(1.0)
+            problem = describe_rpc_error(e, ",".join(c.addresses))
+            if e.code() not in RETRYABLE:
+                raise CliError(problem) from None
+            if not lost:
+                click.echo(f"watch: {problem}; retrying every second", err=True)
+            lost = True
         time.sleep(1.0)
-        if fmt in ("table", "wide"):
-            click.echo()
 
 
 def top(c: Client, kind: str, app: str | None, node: str | None, fmt: str) -> None:
@@ -264,7 +293,8 @@ def logs(c: Client, name: str, follow: bool, tail: int, timestamps: bool) -> Non
 
 def events(c: Client, watch: bool, limit: int) -> None:
     seen: set[tuple[int, str, str]] = set()
-    while True:
+
+    def show() -> None:
         evs = c.call(lambda s: s.ListEvents(api.ListEventsRequest(limit=limit), timeout=c.timeout)).events
         for e in evs:
             key = (e.time.ToNanoseconds(), e.object, e.reason)
@@ -273,9 +303,11 @@ def events(c: Client, watch: bool, limit: int) -> None:
                 click.echo(
                     f"{e.time.ToJsonString()}  {e.type:<7}  {e.kind:<8}  {e.object:<24}  {e.reason:<14}  {e.message}"
                 )
-        if not watch:
-            return
-        time.sleep(1.0)
+
+    if watch:
+        watch_changes(c, show)
+    else:
+        show()
 
 
 def parse_resources(text: str, what: str) -> pb.Resources | None:

@@ -17,6 +17,7 @@ from orch.v1 import exec_pb2 as xpb
 from orch.v1 import types_pb2 as pb
 from orch.validation import normalize_app_spec, validate_app_spec
 from orch.version import version
+from scheduler.cache import ClusterCache
 from scheduler.errors import Conflict, InvalidRequest, NotFound, SchedulerError, StoreUnavailable
 from scheduler.events import EventLog
 from scheduler.exec_relay import ExecFailed, InstanceNotRunning, NodeUnreachable, exec_target, relay_exec
@@ -31,6 +32,8 @@ from scheduler.top import top
 
 T = TypeVar("T")
 Ctx = grpc.aio.ServicerContext[Any, Any]
+MAX_WATCHES = 256  # open Watch streams; each costs an event and a wakeup per change
+WATCH_COALESCE = 0.1  # s: changes within it make one Watch message
 
 ACTION_WORDS = {api.APPLY_ACTION_CREATED: "created", api.APPLY_ACTION_CONFIGURED: "configured"}
 
@@ -118,7 +121,10 @@ class OrchService(api_pb2_grpc.OrchServicer):
         events: EventLog,
         on_change: Callable[[], None] = lambda: None,
         agent_tls: Credentials | None = None,  # our certificate when we call agents (logs, top)
+        cache: ClusterCache | None = None,  # what Watch follows
     ) -> None:
+        self._cache = cache
+        self._watches = 0
         self._store = store
         self._events = events
         self._on_change = on_change
@@ -324,6 +330,27 @@ class OrchService(api_pb2_grpc.OrchServicer):
                 yield out
         except (NotFound, InstanceNotRunning, NodeUnreachable, ExecFailed) as e:
             await context.abort(STATUS_OF[type(e)], str(e))
+
+    async def Watch(self, request: api.WatchRequest, context: Ctx) -> AsyncIterator[api.WatchResponse]:
+        if self._cache is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this scheduler serves no watches")
+            return
+        if self._watches >= MAX_WATCHES:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{MAX_WATCHES} watches are open; poll instead")
+            return
+        changed = asyncio.Event()
+        unsubscribe = self._cache.watch(changed)
+        self._watches += 1
+        try:
+            yield api.WatchResponse(revision=self._cache.revision)
+            while True:
+                await changed.wait()
+                await asyncio.sleep(WATCH_COALESCE)  # a burst of status reports: one message
+                changed.clear()
+                yield api.WatchResponse(revision=self._cache.revision)
+        finally:
+            unsubscribe()
+            self._watches -= 1
 
     async def Version(self, request: api.VersionRequest, context: Ctx) -> api.VersionInfo:
         def versions() -> api.VersionInfo:

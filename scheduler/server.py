@@ -86,7 +86,8 @@ async def serve(config: SchedulerConfig) -> None:
     def on_change() -> None:
         loop.call_soon_threadsafe(reconciler.trigger.set)
 
-    api_pb2_grpc.add_OrchServicer_to_server(OrchService(store, events, on_change, agent_tls=config.tls), server)
+    orch_api = OrchService(store, events, on_change, agent_tls=config.tls, cache=cache)
+    api_pb2_grpc.add_OrchServicer_to_server(orch_api, server)
     agent_pb2_grpc.add_AgentSessionServicer_to_server(sessions, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -8,8 +8,10 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
+from orch.v1 import api_pb2, api_pb2_grpc
 from tests.fixtures.etcd import start_etcd
 from tests.fixtures.processes import orch_argv, orch_env, stop
 from tests.integration.conftest import orch, start_scheduler
@@ -162,3 +164,31 @@ def test_shell_completion_offers_names_from_the_cluster(scheduler: str, tmp_path
     assert inst.startswith("diff-comp-")
     assert "diff-comp" in complete(scheduler, f"orch --scheduler {scheduler} logs diff-co")
     assert complete("127.0.0.1:1", "orch --scheduler 127.0.0.1:1 scale x") == []  # no cluster: no names, no error
+
+
+def test_watch_streams_a_message_after_each_change(scheduler: str, tmp_path: Path) -> None:
+    with grpc.insecure_channel(scheduler) as ch:
+        stream = api_pb2_grpc.OrchStub(ch).Watch(api_pb2.WatchRequest(), timeout=30)
+        first = next(stream).revision
+        assert orch(scheduler, "apply", manifest(tmp_path, "diff-watch", replicas=1)).returncode == 0
+        assert next(stream).revision > first
+        stream.cancel()
+
+
+def test_get_watch_prints_again_when_something_changes(scheduler: str, tmp_path: Path) -> None:
+    argv = orch_argv("--scheduler", scheduler, "get", "apps", "--watch", "-l", "watched=yes", "-o", "json")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=orch_env())
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "[]"
+        text = (APP % {"name": "diff-watched", "replicas": 1, "mode": "a"}).replace(
+            "metadata: {name: diff-watched}", "metadata: {name: diff-watched, labels: {watched: 'yes'}}"
+        )
+        (tmp_path / "w.yaml").write_text(text)
+        assert orch(scheduler, "apply", str(tmp_path / "w.yaml")).returncode == 0
+        printed = ""
+        while '"diff-watched"' not in printed:  # the next listing; a timeout fails the test
+            printed += proc.stdout.readline()
+    finally:
+        proc.kill()
+        proc.communicate()  # and closes the pipes

@@ -56,6 +56,10 @@ class OrchStub:
     """Usage now, asked of every ready node's agent (`orch top`)."""
     Exec: _grpc.StreamStreamMultiCallable[_exec_pb2.ExecInput, _exec_pb2.ExecOutput]
     """`orch exec`: a command in a running instance, relayed to its node's agent."""
+    Watch: _grpc.UnaryStreamMultiCallable[_api_pb2.WatchRequest, _api_pb2.WatchResponse]
+    """`get --watch`, `events --watch`: one message now and one after each change (bursts
+    coalesced); the client lists again. Ends only when the client or the scheduler goes.
+    """
     Version: _grpc.UnaryUnaryMultiCallable[_api_pb2.VersionRequest, _api_pb2.VersionInfo]
     """`orch version`: the scheduler's version and the agents' (from their node records)."""
 
@@ -85,6 +89,10 @@ class OrchAsyncStub(OrchStub):
     """Usage now, asked of every ready node's agent (`orch top`)."""
     Exec: _aio.StreamStreamMultiCallable[_exec_pb2.ExecInput, _exec_pb2.ExecOutput]  # type: ignore[assignment]
     """`orch exec`: a command in a running instance, relayed to its node's agent."""
+    Watch: _aio.UnaryStreamMultiCallable[_api_pb2.WatchRequest, _api_pb2.WatchResponse]  # type: ignore[assignment]
+    """`get --watch`, `events --watch`: one message now and one after each change (bursts
+    coalesced); the client lists again. Ends only when the client or the scheduler goes.
+    """
     Version: _aio.UnaryUnaryMultiCallable[_api_pb2.VersionRequest, _api_pb2.VersionInfo]  # type: ignore[assignment]
     """`orch version`: the scheduler's version and the agents' (from their node records)."""
 
@@ -189,6 +197,16 @@ class OrchServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_exec_pb2.ExecOutput], _abc.AsyncIterator[_exec_pb2.ExecOutput]]:
         """`orch exec`: a command in a running instance, relayed to its node's agent."""
+
+    @_abc_1.abstractmethod
+    def Watch(
+        self,
+        request: _api_pb2.WatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_api_pb2.WatchResponse], _abc.AsyncIterator[_api_pb2.WatchResponse]]:
+        """`get --watch`, `events --watch`: one message now and one after each change (bursts
+        coalesced); the client lists again. Ends only when the client or the scheduler goes.
+        """
 
     @_abc_1.abstractmethod
     def Version(
