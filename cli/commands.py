@@ -16,7 +16,7 @@ import yaml
 from cli.client import RETRYABLE, Client, CliError, describe_rpc_error
 from cli.diff import summary, unified
 from cli.manifest import LoadedApp, load_manifests
-from cli.output import app_row, instance_row, node_row, render, usage_instance_row, usage_node_row
+from cli.output import app_row, instance_row, node_row, render, table, usage_instance_row, usage_node_row
 from cli.render import manifest, manifest_yaml
 from cli.selector import Selector
 from orch.quantity import QuantityError, parse_cpu, parse_duration, parse_memory
@@ -421,3 +421,30 @@ def versions(c: Client | None, fmt: str) -> None:
         click.echo(f"Scheduler version: {out['scheduler']} (API {out['api']})")
         for node, v in sorted(info.nodes.items()):
             click.echo(f"Node {node}: {v or 'unknown'}")
+
+
+def explain(c: Client, instance: str, fmt: str) -> None:
+    """Why INSTANCE is where it is: every node's verdict (filters, then scores) and its events."""
+    e = c.call(lambda s: s.Explain(api.ExplainRequest(instance=instance), timeout=c.timeout))
+    if fmt == "json":
+        nodes = [
+            {"node": v.node, "rejected": v.rejected or None, "scores": {s.name: s.value for s in v.scores}}
+            for v in e.nodes
+        ]
+        events = [{"time": ev.time.ToJsonString(), "reason": ev.reason, "message": ev.message} for ev in e.events]
+        doc = {"instance": instance, "node": e.instance.node or None, "summary": e.summary, "nodes": nodes}
+        click.echo(json.dumps(doc | {"avoided": list(e.avoided), "events": events}, indent=2))
+        return
+    click.echo(f"instance/{instance}: {e.summary}")
+    if e.avoided:
+        click.echo(f"avoids (this slot kept crashing there): {', '.join(e.avoided)}")
+    headers = ["NODE", "", "VERDICT"]
+    table_rows = []
+    for v in e.nodes:
+        verdict = "rejected: " + v.rejected if v.rejected else ", ".join(f"{s.name} {s.value:g}" for s in v.scores)
+        table_rows.append([v.node, "*" if v.node == e.instance.node else "", verdict])
+    click.echo("nodes, judged now (fitting best first; * its node):")
+    click.echo("\n".join("  " + line for line in table(headers, table_rows).splitlines()))
+    click.echo("events:" if e.events else "events: <none>")
+    for ev in e.events:
+        click.echo(f"  {ev.time.ToJsonString()}  {ev.type:<7}  {ev.reason:<14}  {ev.message}")

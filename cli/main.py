@@ -105,6 +105,15 @@ def apply(
     commands.apply(client(ctx), paths, dry_run=dry_run, wait=wait, wait_timeout=wait_timeout)
 
 
+@cli.command()
+@click.argument("instance", shell_complete=completion.instances)
+@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_context
+def explain(ctx: click.Context, instance: str, fmt: str) -> None:
+    """Why INSTANCE is on its node, Pending, or leaving: each node's verdict and its events."""
+    commands.explain(client(ctx), instance, fmt)
+
+
 @cli.command("completion")
 @click.argument("shell", type=click.Choice(completion.SHELLS))
 def completion_cmd(shell: str) -> None:

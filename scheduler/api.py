@@ -23,7 +23,8 @@ from scheduler.events import EventLog
 from scheduler.exec_relay import ExecFailed, InstanceNotRunning, NodeUnreachable, exec_target, relay_exec
 from scheduler.liveness import NodeState, node_state
 from scheduler.logs import LogsUnavailable, log_sources, stream_logs
-from scheduler.placement import node_views
+from scheduler.placement import node_views, request_for
+from scheduler.placement.explain import summary, verdicts
 from scheduler.reconcile import DONE, event, is_ready
 from scheduler.snapshot import ClusterSnapshot, wants_to_run
 from scheduler.store import Delete, Put, Store
@@ -351,6 +352,28 @@ class OrchService(api_pb2_grpc.OrchServicer):
         finally:
             unsubscribe()
             self._watches -= 1
+
+    async def Explain(self, request: api.ExplainRequest, context: Ctx) -> api.Explanation:
+        def explain_one() -> api.Explanation:
+            snap = self._store.snapshot()
+            v = snap.instances.get(request.instance)
+            if v is None:
+                raise NotFound("instance", request.instance)
+            inst = v.value
+            views = node_views(snap, without=inst.name)
+            judged = verdicts(request_for(inst.spec, frozenset(inst.avoid_nodes)), [views[n] for n in sorted(views)])
+            nodes = [
+                api.NodeVerdict(
+                    node=j.node, rejected=j.rejected, scores=[api.Score(name=n, value=s) for n, s in j.scores]
+                )
+                for j in judged
+            ]
+            events = self._events.list(limit=50, about=_about(inst.name, with_instances=False))
+            return api.Explanation(
+                instance=inst, summary=summary(inst, judged), nodes=nodes, avoided=inst.avoid_nodes, events=events
+            )
+
+        return await self._call(context, explain_one)
 
     async def Version(self, request: api.VersionRequest, context: Ctx) -> api.VersionInfo:
         def versions() -> api.VersionInfo:

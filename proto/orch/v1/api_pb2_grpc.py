@@ -106,6 +106,11 @@ class OrchStub:
                 request_serializer=orch_dot_v1_dot_api__pb2.WatchRequest.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_api__pb2.WatchResponse.FromString,
                 _registered_method=True)
+        self.Explain = channel.unary_unary(
+                '/orch.v1.Orch/Explain',
+                request_serializer=orch_dot_v1_dot_api__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_api__pb2.Explanation.FromString,
+                _registered_method=True)
         self.Version = channel.unary_unary(
                 '/orch.v1.Orch/Version',
                 request_serializer=orch_dot_v1_dot_api__pb2.VersionRequest.SerializeToString,
@@ -210,6 +215,13 @@ class OrchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Explain(self, request, context):
+        """`orch explain INSTANCE`: every node's verdict on it, and what happened to it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Version(self, request, context):
         """`orch version`: the scheduler's version and the agents' (from their node records).
         """
@@ -289,6 +301,11 @@ def add_OrchServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=orch_dot_v1_dot_api__pb2.WatchRequest.FromString,
                     response_serializer=orch_dot_v1_dot_api__pb2.WatchResponse.SerializeToString,
+            ),
+            'Explain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Explain,
+                    request_deserializer=orch_dot_v1_dot_api__pb2.ExplainRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_api__pb2.Explanation.SerializeToString,
             ),
             'Version': grpc.unary_unary_rpc_method_handler(
                     servicer.Version,
@@ -674,6 +691,33 @@ class Orch:
             '/orch.v1.Orch/Watch',
             orch_dot_v1_dot_api__pb2.WatchRequest.SerializeToString,
             orch_dot_v1_dot_api__pb2.WatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Explain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.Orch/Explain',
+            orch_dot_v1_dot_api__pb2.ExplainRequest.SerializeToString,
+            orch_dot_v1_dot_api__pb2.Explanation.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,8 @@ class OrchStub:
     """`get --watch`, `events --watch`: one message now and one after each change (bursts
     coalesced); the client lists again. Ends only when the client or the scheduler goes.
     """
+    Explain: _grpc.UnaryUnaryMultiCallable[_api_pb2.ExplainRequest, _api_pb2.Explanation]
+    """`orch explain INSTANCE`: every node's verdict on it, and what happened to it."""
     Version: _grpc.UnaryUnaryMultiCallable[_api_pb2.VersionRequest, _api_pb2.VersionInfo]
     """`orch version`: the scheduler's version and the agents' (from their node records)."""
 
@@ -93,6 +95,8 @@ class OrchAsyncStub(OrchStub):
     """`get --watch`, `events --watch`: one message now and one after each change (bursts
     coalesced); the client lists again. Ends only when the client or the scheduler goes.
     """
+    Explain: _aio.UnaryUnaryMultiCallable[_api_pb2.ExplainRequest, _api_pb2.Explanation]  # type: ignore[assignment]
+    """`orch explain INSTANCE`: every node's verdict on it, and what happened to it."""
     Version: _aio.UnaryUnaryMultiCallable[_api_pb2.VersionRequest, _api_pb2.VersionInfo]  # type: ignore[assignment]
     """`orch version`: the scheduler's version and the agents' (from their node records)."""
 
@@ -207,6 +211,14 @@ class OrchServicer(metaclass=_abc_1.ABCMeta):
         """`get --watch`, `events --watch`: one message now and one after each change (bursts
         coalesced); the client lists again. Ends only when the client or the scheduler goes.
         """
+
+    @_abc_1.abstractmethod
+    def Explain(
+        self,
+        request: _api_pb2.ExplainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.Explanation, _abc.Awaitable[_api_pb2.Explanation]]:
+        """`orch explain INSTANCE`: every node's verdict on it, and what happened to it."""
 
     @_abc_1.abstractmethod
     def Version(
