@@ -255,12 +255,17 @@ def set_schedulable(c: Client, node: str, schedulable: bool) -> None:
     click.echo(f"node/{node} {'uncordoned' if schedulable else 'cordoned'}")
 
 
-def drain(c: Client, node: str, timeout: str) -> None:
+def drain(c: Client, node: str, timeout: str, dry_run: bool = False) -> None:
     try:
         timeout_ms = parse_duration(timeout)
     except QuantityError as e:
         raise CliError(f"--timeout: {e}") from None
-    req = api.DrainRequest(name=node, timeout_ms=timeout_ms)
+    req = api.DrainRequest(name=node, timeout_ms=timeout_ms, dry_run=dry_run)
+    if dry_run:
+        for p in c.call(lambda s: list(s.Drain(req, timeout=c.timeout * 3))):
+            if not p.done:
+                click.echo(p.message)
+        return
 
     def stream(stub: OrchStub) -> api.DrainProgress:
         last = api.DrainProgress()

@@ -268,10 +268,11 @@ def exec_cmd(ctx: click.Context, instance: str, command: tuple[str, ...], stdin:
 @cli.command()
 @click.argument("node", shell_complete=completion.nodes)
 @click.option("--timeout", "timeout", default="5m", show_default=True, help="Then stop what is left anyway.")
+@click.option("--dry-run", is_flag=True, help="Print the plan: what moves where, in which steps, what is blocked.")
 @click.pass_context
-def drain(ctx: click.Context, node: str, timeout: str) -> None:
+def drain(ctx: click.Context, node: str, timeout: str, dry_run: bool) -> None:
     """Cordon NODE and move its instances elsewhere, replacement first."""
-    commands.drain(client(ctx), node, timeout)
+    commands.drain(client(ctx), node, timeout, dry_run)
 
 
 @cli.command()

@@ -18,6 +18,7 @@ from orch.v1 import types_pb2 as pb
 from orch.validation import normalize_app_spec, validate_app_spec
 from orch.version import version
 from scheduler.cache import ClusterCache
+from scheduler.drain_plan import DrainPlan, plan_drain
 from scheduler.errors import Conflict, InvalidRequest, NotFound, SchedulerError, StoreUnavailable
 from scheduler.events import EventLog
 from scheduler.exec_relay import ExecFailed, InstanceNotRunning, NodeUnreachable, exec_target, relay_exec
@@ -75,6 +76,22 @@ def drain_progress(snap: ClusterSnapshot, node: str, overdue: bool) -> api.Drain
         blocked="; ".join(blocked),
         forced=overdue,
     )
+
+
+def plan_lines(plan: DrainPlan) -> list[str]:
+    """The plan as `orch drain --dry-run` prints it."""
+    lines = [f"node/{plan.node}: drain plan (dry run; nothing changes)"]
+    if not plan.steps and not plan.remaining:
+        return [*lines, "  nothing to move"]
+    for k, step in enumerate(plan.steps, 1):
+        moves = [f"start a replacement of {app} on {node}" for app, node in step.started]
+        moves += [f"stop {name}" for name in step.stopped]
+        lines.append(f"  step {k}: " + "; ".join(moves))
+    for why in plan.blocked:
+        lines.append(f"  blocked: {why}")
+    if plan.remaining:
+        lines.append(f"  left at the deadline (then stopped without a replacement): {', '.join(plan.remaining)}")
+    return lines
 
 
 def is_unschedulable(inst: pb.Instance) -> bool:
@@ -264,6 +281,12 @@ class OrchService(api_pb2_grpc.OrchServicer):
         return await self._call(context, set_schedulable)
 
     async def Drain(self, request: api.DrainRequest, context: Ctx) -> AsyncIterator[api.DrainProgress]:
+        if request.dry_run:
+            plan = await self._call(context, lambda: self._drain_plan(request.name))
+            for line in plan_lines(plan):
+                yield api.DrainProgress(message=line)
+            yield api.DrainProgress(done=True, remaining=len(plan.remaining), blocked="; ".join(plan.blocked))
+            return
         timeout = (request.timeout_ms or 300_000) / 1000
         deadline = time.time() + timeout
         await self._call(context, lambda: self._mark_draining(request.name, deadline))
@@ -279,6 +302,12 @@ class OrchService(api_pb2_grpc.OrchServicer):
             if progress.done:
                 return
             await asyncio.sleep(0.3)
+
+    def _drain_plan(self, name: str) -> DrainPlan:
+        snap = self._store.snapshot()
+        if name not in snap.nodes:
+            raise NotFound("node", name)
+        return plan_drain(snap, name, time.time())
 
     def _mark_draining(self, name: str, deadline: float) -> None:
         def drain(node: pb.Node) -> None:

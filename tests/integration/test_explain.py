@@ -82,3 +82,23 @@ def test_a_pending_instance_says_what_each_node_lacks(cluster: str, tmp_path: Pa
     assert e["summary"] == "Pending: 0/3 nodes available: 2 insufficient cpu, 1 node(s) didn't match node selector"
     r = orch(cluster, "explain", "no-such-instance")
     assert r.returncode == 1 and 'instance "no-such-instance" not found' in r.stderr
+
+
+def test_drain_dry_run_prints_the_plan_and_changes_nothing(cluster: str, tmp_path: Path) -> None:
+    apply(cluster, tmp_path, "pinned", selector="disk: hdd")  # n0 only: it cannot move
+    (tmp_path / "mobile.yaml").write_text(
+        (APP % {"name": "mobile", "cpu": "100m", "selector": ""}).replace("replicas: 1", "replicas: 3")
+    )
+    assert orch(cluster, "apply", str(tmp_path / "mobile.yaml")).returncode == 0  # spread: one on each node
+    wait_for(lambda: len([i for i in instances(cluster) if i["state"] == "Running"]) == 4, 20)
+    (on_n0,) = [i["name"] for i in instances(cluster) if i["app"] == "mobile" and i["node"] == "n0"]
+    r = orch(cluster, "drain", "n0", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("node/n0: drain plan (dry run; nothing changes)")
+    assert "  step 1: start a replacement of mobile on n" in r.stdout
+    assert f"  step 2: stop {on_n0}" in r.stdout
+    assert "blocked: pinned: 0/3 nodes available: 2 node(s) didn't match node selector, 1 node(s) cordoned" in r.stdout
+    assert "left at the deadline (then stopped without a replacement): pinned-" in r.stdout
+    nodes = {n["name"]: n for n in json.loads(orch(cluster, "get", "nodes", "-o", "json").stdout)}
+    assert nodes["n0"]["schedulable"]  # not even cordoned
+    assert orch(cluster, "drain", "nope", "--dry-run").returncode == 1
