@@ -6,6 +6,7 @@ import ipaddress
 import json
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,7 +14,7 @@ import click
 import grpc
 import yaml
 
-from cli.client import RETRYABLE, Client, CliError, describe_rpc_error
+from cli.client import RETRYABLE, Client, CliError, UsageError, describe_rpc_error
 from cli.diff import summary, unified
 from cli.manifest import LoadedApp, load_manifests
 from cli.output import app_row, instance_row, node_row, render, table, usage_instance_row, usage_node_row
@@ -282,8 +283,28 @@ def drain(c: Client, node: str, timeout: str, dry_run: bool = False) -> None:
     click.echo(f"node/{node} drained")
 
 
-def logs(c: Client, name: str, follow: bool, tail: int, timestamps: bool) -> None:
-    req = pb.LogsRequest(name=name, follow=follow, tail=tail)
+def since_of(since: str, since_time: str, now: float) -> float:
+    """--since 5m or --since-time RFC 3339 (as kubectl's) as unix seconds; 0 for neither."""
+    if since and since_time:
+        raise UsageError("--since or --since-time, not both")
+    if since:
+        try:
+            return now - parse_duration(since) / 1000
+        except QuantityError as e:
+            raise UsageError(f"--since: {e}") from None
+    if since_time:
+        try:
+            when = datetime.fromisoformat(since_time.replace("Z", "+00:00"))
+        except ValueError:
+            when = None
+        if when is None or when.tzinfo is None:  # RFC 3339 always says which zone
+            raise UsageError(f'--since-time: "{since_time}" is not an RFC 3339 time (2026-11-29T14:00:00Z)')
+        return when.timestamp()
+    return 0.0
+
+
+def logs(c: Client, name: str, follow: bool, tail: int, timestamps: bool, since: float = 0.0) -> None:
+    req = pb.LogsRequest(name=name, follow=follow, tail=tail, since=since)
 
     def stream(stub: OrchStub) -> None:
         # No deadline when following: it ends with the instance or Ctrl-C.

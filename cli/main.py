@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -243,10 +244,13 @@ def uncordon(ctx: click.Context, node: str) -> None:
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming new lines.")
 @click.option("--tail", default=-1, show_default=True, help="Only the last N lines (-1: all).")
 @click.option("--timestamps", is_flag=True, help="Prefix each line with its RFC 3339 time.")
+@click.option("--since", default="", metavar="DURATION", help="Only lines newer than this (5s, 2m, 3h).")
+@click.option("--since-time", default="", metavar="RFC3339", help="Only lines at or after this time.")
 @click.pass_context
-def logs(ctx: click.Context, name: str, follow: bool, tail: int, timestamps: bool) -> None:
+def logs(ctx: click.Context, name: str, follow: bool, tail: int, timestamps: bool, since: str, since_time: str) -> None:
     """Print an instance's output, or every instance's of an APP (prefixed with the instance)."""
-    commands.logs(client(ctx), name, follow=follow, tail=tail, timestamps=timestamps)
+    start = commands.since_of(since, since_time, time.time())
+    commands.logs(client(ctx), name, follow=follow, tail=tail, timestamps=timestamps, since=start)
 
 
 @cli.command("exec")

@@ -161,6 +161,11 @@ def test_exit_codes_restart_policies_and_logs(cluster, busybox_rootfs):
     assert r.returncode == 0 and r.stdout == "out\n" and r.stderr == "err\n"
     r = orch(info, "logs", once["name"], "--timestamps", "--tail", "1")
     assert r.stderr.startswith("20") and r.stderr.endswith("Z err\n")
+    stamp = r.stderr.split()[0]
+    r = orch(info, "logs", once["name"], "--since-time", "2000-01-01T00:00:00Z")
+    assert r.stdout == "out\n" and r.stderr == "err\n"
+    r = orch(info, "logs", once["name"], "--since-time", stamp[:19] + ".999999Z")  # after both lines
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
     flaky = wait_for(lambda: (i := only(info, "flaky")) and i["restarts"] >= 2 and i, 20, "flaky restarting")
     assert flaky["reason"] in ("CrashLoopBackOff", "Error", None)  # None: caught while running again
     nocmd = wait_for(lambda: (i := only(info, "nocmd")) and i["state"] == "Failed" and i, 20, "nocmd Failed")

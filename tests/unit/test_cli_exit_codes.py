@@ -6,6 +6,7 @@ import pytest
 
 from cli import commands
 from cli import main as cli_main
+from cli.client import UsageError
 
 
 def exit_code(*argv: str) -> int:
@@ -35,3 +36,13 @@ def test_a_bug_exits_3(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFi
     monkeypatch.delenv("ORCH_DEBUG", raising=False)
     assert exit_code("--scheduler", "127.0.0.1:1", "get", "apps") == 3
     assert "internal error: ZeroDivisionError: boom" in capsys.readouterr().err
+
+
+def test_since_is_a_duration_or_a_time() -> None:
+    assert commands.since_of("5m", "", now=1000.0) == 700.0
+    assert commands.since_of("", "2026-11-29T14:00:00Z", now=0.0) == 1795960800.0
+    assert commands.since_of("", "2026-11-29T15:00:00+01:00", now=0.0) == 1795960800.0
+    assert commands.since_of("", "", now=5.0) == 0.0
+    for args in (("5 minutes", ""), ("", "yesterday"), ("", "2026-11-29T14:00:00"), ("5m", "2026-11-29T14:00:00Z")):
+        with pytest.raises(UsageError):
+            commands.since_of(*args, now=0.0)
