@@ -382,6 +382,12 @@ def etcd_tls_options(f: Callable[..., None]) -> Callable[..., None]:
     help="How long a node whose agent is restarting (SIGTERM) keeps its instances before they are replaced.",
 )
 @click.option("--metrics-listen", default="", help="host:port for /metrics.")
+@click.option(
+    "--dashboard-listen",
+    default="",
+    metavar="HOST:PORT",
+    help="Serve the read-only web dashboard there (no login: keep it on loopback).",
+)
 @click.option("--id", "identity", default="", help="Name of this scheduler (default host-pid).")
 @click.option(
     "--etcd-page-size",
@@ -404,6 +410,7 @@ def scheduler_cmd(
     leader_ttl: int,
     restart_grace: float,
     metrics_listen: str,
+    dashboard_listen: str,
     identity: str,
     etcd_page_size: int,
     tls_ca: str,
@@ -431,6 +438,7 @@ def scheduler_cmd(
             leader_ttl=leader_ttl,
             restart_grace=restart_grace,
             metrics_listen=metrics_listen,
+            dashboard_listen=dashboard_listen,
             identity=identity,
             etcd_page=etcd_page_size,
             tls=scheduler_credentials(tls_ca, tls_cert, tls_key, listen, insecure),

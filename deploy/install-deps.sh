@@ -12,9 +12,10 @@ set -euo pipefail
 
 # libseccomp2: the runtime compiles its seccomp filters with it (ctypes).
 # gcc, libc6-dev: the tests build tests/fixtures/sysprobe.c statically.
+# chromium: the dashboard test loads the page in a real headless browser.
 PACKAGES=(etcd-server etcd-client busybox-static iproute2 util-linux python3-venv python3-pip curl
           docker-registry skopeo umoci golang-github-containers-common prometheus iptables
-          libseccomp2 gcc libc6-dev)
+          libseccomp2 gcc libc6-dev chromium)
 # package:service of those that would serve something once installed
 SERVICES=(etcd-server:etcd prometheus:prometheus docker-registry:docker-registry
           prometheus-node-exporter:prometheus-node-exporter
