@@ -99,7 +99,7 @@ class Agent:
             supervisors=cgroups.supervisors,
         )
         self.network = NodeNetwork(network_config(config)) if config.bridge else None
-        self.metrics = NodeMetrics(config.name)
+        self.metrics = NodeMetrics(VERSION)
         self.metrics.watch_usage(self._running_instances, self.runtime.stats)
         self.workers: dict[str, InstanceWorker] = {}  # the instances the scheduler wants here
         self.stopping: dict[str, InstanceWorker] = {}  # removed, still stopping their container
@@ -108,7 +108,14 @@ class Agent:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.images = ImageStore(config.state_dir / "images", insecure=config.insecure_registries)
         self._deps = WorkerDeps(
-            self.runtime, self.network, self.images, log_dir, self._report, config.default_pids_limit
+            self.runtime,
+            self.network,
+            self.images,
+            log_dir,
+            self._report,
+            config.default_pids_limit,
+            started=self.metrics.started,
+            exited=self.metrics.exited,
         )
         self.session = Session(config.schedulers, self._register, self._full_report, self.apply_desired, tls=config.tls)
         self._apply_lock = asyncio.Lock()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -53,19 +53,47 @@ class InstanceUsage(Collector):
 
 
 class NodeMetrics:
-    def __init__(self, node: str, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, version: str, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.instances = Gauge("orch_node_instances", "Instances this agent manages.", registry=r)
         self.transitions = Counter(
             "orch_node_instance_transitions_total", "Instance state changes, by new state.", ["state"], registry=r
         )
-        self.info = Gauge("orch_node_info", "Constant 1, labelled with the node name.", ["node"], registry=r)
-        self.info.labels(node).set(1)
+        # Counted by the agent when it sees the exit, so an OOM kill is never missed because the
+        # instance's cgroup (and its oom_kill count) was gone before the next scrape.
+        self.exits = Counter(
+            "orch_instance_exits_total",
+            "Exits of instances' main processes, by app and reason.",
+            ["app", "reason"],
+            registry=r,
+        )
+        # The node's name is the scrape target's `node` label (file_sd, static_configs); a label
+        # of the same name here would come out as exported_node.
+        self.info = Gauge("orch_node_info", "Constant 1, labelled with the agent's version.", ["version"], registry=r)
+        self.info.labels(version).set(1)
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
 
     def watch_usage(self, running: Running, stats: Callable[[str], CgroupStats]) -> None:
         self.registry.register(InstanceUsage(running, stats))
 
     def observe(self, status: pb.InstanceStatus) -> None:
-        name = pb.InstanceState.Name(status.state).removeprefix("INSTANCE_STATE_").lower()
-        self.transitions.labels(name).inc()
+        self.transitions.labels(state_label(status.state)).inc()
+
+    def started(self, app: str) -> None:
+        """An instance of app runs here: its exit series exist from now on, at 0, so the first
+        exit is an increase Prometheus sees (a series born at 1 shows no increase)."""
+        for reason in EXIT_REASONS:
+            self.exits.labels(app, reason)
+
+    def exited(self, app: str, reason: str) -> None:
+        self.exits.labels(app, reason).inc()
+
+
+EXIT_REASONS = ("Completed", "Error", "OOMKilled")
+
+
+def state_label(state: int) -> str:
+    """As `orch get` and the scheduler's metrics spell states: Running, CrashLoopBackOff, ..."""
+    name = pb.InstanceState.Name(state).removeprefix("INSTANCE_STATE_")  # type: ignore[arg-type]
+    return "".join(part.capitalize() for part in name.split("_"))

@@ -249,6 +249,21 @@ def test_prometheus_scrapes_the_cluster_with_the_shipped_config(cluster, busybox
         dashboard = json.loads((DEPLOY / "grafana" / "orch-dashboard.json").read_text())
         exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
         wait_for(lambda: all(prom.query(e) for e in exprs), 20, "data for every dashboard panel")
+        # An OOM kill of the main process fires the alert, though its cgroup is gone at once.
+        apply_app(info, root, "oomer", "exec tail /dev/zero", policy="Never", extra="  resources: {memory: 16Mi}\n")
+        wait_for(lambda: (i := only(info, "oomer")) and i["reason"] == "OOMKilled", 30, "oomer OOMKilled")
+
+        def firing() -> list[dict]:
+            alerts = prom.get("/api/v1/alerts")["alerts"]
+            return [a for a in alerts if a["labels"]["alertname"] == "OrchInstanceOOMKilled" and a["state"] == "firing"]
+
+        (alert,) = wait_for(firing, 30, "OrchInstanceOOMKilled firing")
+        assert alert["labels"]["app"] == "oomer" and alert["labels"]["node"] == only(info, "oomer")["node"]
+        exits = prom.query('orch_instance_exits_total{app="oomer",reason="OOMKilled"}')
+        assert [s["value"][1] for s in exits] == ["1"]
+        assert all(s["metric"]["state"][0].isupper() for s in prom.query("orch_node_instance_transitions_total"))
+        assert prom.query('process_resident_memory_bytes{role="agent"}')  # process collectors on the agents
+    assert orch(info, "delete", "app", "oomer").returncode == 0
     assert orch(info, "delete", "app", "scraped").returncode == 0
     wait_all_removed(info)
 
