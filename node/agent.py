@@ -100,7 +100,7 @@ class Agent:
         )
         self.network = NodeNetwork(network_config(config)) if config.bridge else None
         self.metrics = NodeMetrics(VERSION)
-        self.metrics.watch_usage(self._running_instances, self.runtime.stats)
+        self.metrics.watch_usage(self._running_instances, self.runtime.stats, self._resources_of)
         self.workers: dict[str, InstanceWorker] = {}  # the instances the scheduler wants here
         self.stopping: dict[str, InstanceWorker] = {}  # removed, still stopping their container
         self._adoptable: dict[str, ContainerState] = {}
@@ -130,6 +130,10 @@ class Agent:
             for name, w in list(self.workers.items())
             if w.status.state == pb.INSTANCE_STATE_RUNNING
         ]
+
+    def _resources_of(self, name: str) -> pb.Resources | None:
+        worker = self.workers.get(name)  # the metrics thread: one lookup, no iteration
+        return worker.instance.spec.resources if worker is not None else None
 
     def _register(self, lease_id: int) -> apb.Register:
         capacity = self.config.capacity or host_capacity()

@@ -23,10 +23,14 @@ log = logging.getLogger(__name__)
 Running = Callable[[], Iterable[tuple[str, str]]]
 
 
+Limits = Callable[[str], pb.Resources | None]  # an instance's resources (its limits), if known
+
+
 class InstanceUsage(Collector):
-    def __init__(self, running: Running, stats: Callable[[str], CgroupStats]) -> None:
+    def __init__(self, running: Running, stats: Callable[[str], CgroupStats], limits: Limits) -> None:
         self._running = running
         self._stats = stats
+        self._limits = limits
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         # Not "instance": Prometheus sets that label to the scrape target and would
@@ -39,17 +43,39 @@ class InstanceUsage(Collector):
         )
         pids = GaugeMetricFamily("orch_node_instance_pids", "Processes and threads of the instance.", labels=labels)
         ooms = CounterMetricFamily("orch_node_instance_oom_kills", "OOM kills in the instance's cgroup.", labels=labels)
+        periods = CounterMetricFamily(
+            "orch_node_instance_cpu_cfs_periods", "CFS periods that elapsed under a CPU limit.", labels=labels
+        )
+        throttled = CounterMetricFamily(
+            "orch_node_instance_cpu_cfs_throttled_periods", "CFS periods in which the CPU limit was hit.", labels=labels
+        )
+        throttled_s = CounterMetricFamily(
+            "orch_node_instance_cpu_cfs_throttled_seconds", "Time throttled by the CPU limit.", labels=labels
+        )
+        cpu_limit = GaugeMetricFamily("orch_node_instance_cpu_limit_cores", "The instance's CPU limit.", labels=labels)
+        mem_limit = GaugeMetricFamily(
+            "orch_node_instance_memory_limit_bytes", "The instance's memory limit.", labels=labels
+        )
         for name, app in self._running():
             try:
                 s = self._stats(name)
             except (ContainerError, OSError):
                 continue  # it ended between listing and reading
-            cpu.add_metric([name, app], s.cpu_usage_ns / 1e9)
-            mem.add_metric([name, app], s.memory_bytes)
-            ws.add_metric([name, app], s.memory_working_set_bytes)
-            pids.add_metric([name, app], s.pids)
-            ooms.add_metric([name, app], s.oom_kills)
-        yield from (cpu, mem, ws, pids, ooms)
+            key = [name, app]
+            cpu.add_metric(key, s.cpu_usage_ns / 1e9)
+            mem.add_metric(key, s.memory_bytes)
+            ws.add_metric(key, s.memory_working_set_bytes)
+            pids.add_metric(key, s.pids)
+            ooms.add_metric(key, s.oom_kills)
+            periods.add_metric(key, s.cpu_periods)
+            throttled.add_metric(key, s.cpu_throttled_periods)
+            throttled_s.add_metric(key, s.cpu_throttled_ns / 1e9)
+            if (res := self._limits(name)) is not None:  # only limits that are set: 0 means none
+                if res.cpu_millis:
+                    cpu_limit.add_metric(key, res.cpu_millis / 1000)
+                if res.memory_bytes:
+                    mem_limit.add_metric(key, res.memory_bytes)
+        yield from (cpu, mem, ws, pids, ooms, periods, throttled, throttled_s, cpu_limit, mem_limit)
 
 
 class NodeMetrics:
@@ -74,8 +100,8 @@ class NodeMetrics:
         self.info.labels(version).set(1)
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
 
-    def watch_usage(self, running: Running, stats: Callable[[str], CgroupStats]) -> None:
-        self.registry.register(InstanceUsage(running, stats))
+    def watch_usage(self, running: Running, stats: Callable[[str], CgroupStats], limits: Limits) -> None:
+        self.registry.register(InstanceUsage(running, stats, limits))
 
     def observe(self, status: pb.InstanceStatus) -> None:
         self.transitions.labels(state_label(status.state)).inc()
