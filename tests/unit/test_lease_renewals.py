@@ -5,18 +5,23 @@ fenced is replaced, and `onNodeLost` in manifests (issue 10 item 6)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
 
 from cli.manifest import ManifestError, load_manifests
+from orch.v1 import agent_pb2 as apb
 from orch.v1 import types_pb2 as pb
 from orch.validation import validate_app_spec
 from scheduler.contact import Contact
 from scheduler.leases import LeaseKeeper
+from scheduler.metrics import SchedulerMetrics
 from scheduler.reconcile import reconcile
 from scheduler.reconciler_loop import place_pending
+from scheduler.sessions import AgentSessionService
 from tests.factories import make_app, make_instance, make_node, make_snapshot, make_spec
+from tests.unit.test_generations import FakeCache, FakeRegistry, PlaintextContext
 
 
 class FakeStream:
@@ -149,3 +154,47 @@ def test_the_scheduler_refuses_an_unknown_on_node_lost():
     assert [(e.path, e.message) for e in validate_app_spec(spec)] == [
         ("spec.onNodeLost", "unknown action 9: use Keep or Stop")
     ]
+
+
+def test_the_session_tells_the_agent_which_heartbeat_renewed_its_lease():
+    class Keeper:
+        renewals: list = []
+
+        def mark(self, lease_id, on_expired, on_renewed=None) -> None:
+            self.renewals.append(on_renewed)
+
+        def forget(self, lease_id) -> None:
+            pass
+
+    keeper = Keeper()
+    cache = FakeCache(revision=15, instances=[pb.Instance(name="web-a", node="n1")])
+    service = AgentSessionService(FakeRegistry(), cache, None, SchedulerMetrics(), keeper)  # type: ignore[arg-type]
+    inbox: asyncio.Queue[apb.AgentMessage] = asyncio.Queue()
+
+    async def requests():
+        while True:
+            yield await inbox.get()
+
+    async def scenario() -> None:
+        inbox.put_nowait(apb.AgentMessage(register=apb.Register(node="n1")))
+        stream = service.Session(requests(), PlaintextContext()).__aiter__()  # type: ignore[arg-type]
+        assert (await anext(stream)).WhichOneof("msg") == "registered"
+        assert (await anext(stream)).WhichOneof("msg") == "desired"
+        inbox.put_nowait(apb.AgentMessage(heartbeat=apb.Heartbeat(observed_generation=15, seq=5)))
+        await asyncio.sleep(0.05)
+        nothing = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.05)
+        assert not nothing.done()  # marked, not renewed yet
+        [renewed] = keeper.renewals
+        renewed(1)  # etcd answered the keep-alive sent after it
+        msg = await asyncio.wait_for(nothing, 2)
+        assert msg.WhichOneof("msg") == "lease_renewed"
+        assert (msg.lease_renewed.seq, msg.lease_renewed.ttl_seconds) == (5, 1)
+        follow = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.05)
+        assert not follow.done()  # a reply alone sends no desired set again
+        follow.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follow
+
+    asyncio.run(scenario())
