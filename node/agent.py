@@ -242,6 +242,7 @@ class Agent:
     def save_fencing(self, force: bool = False) -> None:
         """The Stop apps' instances and the lease bound, for the next agent process (a restart)."""
         names = {n for n, w in self.workers.items() if fences_itself(w.instance) and not w.fenced}
+        self.lease.needed = bool(names)
         if names == self._fence_on_lapse and not force:
             return
         self._fence_on_lapse = names

@@ -85,6 +85,7 @@ class LeaseWatch:
         self._sent: dict[int, float] = {}  # heartbeat seq -> when it was queued
         self.changed = asyncio.Event()
         self.on_lapse: Callable[[], None] = lambda: None  # fences; called at most once per lapse
+        self.needed = False  # instances here would be fenced at a lapse (the session beats faster)
         self._lapse_seen = False
 
     def heartbeat(self) -> int:

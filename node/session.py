@@ -154,7 +154,9 @@ class Session:
         while not self._leaving:
             beat = apb.Heartbeat(observed_generation=self.observed_generation, seq=self.lease.heartbeat())
             outbox.put_nowait(apb.AgentMessage(heartbeat=beat))
-            await asyncio.sleep(interval)
+            # Self-fencing counts from the latest renewal heard of: beating twice as often keeps
+            # it fresher (scheduler/leases.py renews at most once per keeper tick anyway).
+            await asyncio.sleep(interval / 2 if self.lease.needed else interval)
 
 
 async def _drain(outbox: asyncio.Queue[apb.AgentMessage]) -> AsyncIterator[apb.AgentMessage]:
