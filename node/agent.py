@@ -223,7 +223,8 @@ class Agent:
         """The lease may have expired (LeaseWatch.on_lapse): kill the instances of Stop apps now,
         including containers of a previous agent process not yet claimed by a desired set."""
         message = self._fence_message()
-        victims = [w for w in self.workers.values() if fences_itself(w.instance) and not w.fenced]
+        # Those still stopping too: their grace period may outlast the lease.
+        victims = [w for w in self._all_workers() if fences_itself(w.instance) and not w.fenced]
         unclaimed = sorted(n for n in self._fence_on_lapse if n in self._adoptable and n not in self.fenced)
         if not victims and not unclaimed:
             return

@@ -19,11 +19,13 @@ scheduler's (test_outages.py covers those on one host).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -199,8 +201,19 @@ def kill_member(info: dict[str, Any], host: str) -> dict[str, Any]:
 
 
 def member_back(info: dict[str, Any], member: dict[str, Any], restarted: Restarted, log: Path) -> None:
+    """Started again on its data, as `orch up` started it; back once it has a leader (/health)."""
     proc = restarted.add(restart(member, log))
     info["processes"] = [p | {"pid": proc.pid} if p is member else p for p in info["processes"]]
+    health = member["metricsUrl"].removesuffix("/metrics") + "/health"
+    wait_for(lambda: healthy(health), 30, f"{member['host']}'s etcd member healthy again")
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return bool(json.loads(r.read()).get("health") == "true")
+    except (OSError, ValueError):
+        return False
 
 
 def test_an_etcd_member_killed_during_an_apply_and_a_drain_fails_nothing(lab, busybox_rootfs, tmp_path):
