@@ -21,6 +21,7 @@ as it reads them; the hosts share this machine's clock and disk.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,19 @@ class Cluster:
 
     def cordon(self, node: str, on: bool) -> None:
         self.stub.SetSchedulable(api_pb2.SetSchedulableRequest(name=node, schedulable=not on), timeout=10)
+
+    def events_since(self, since: float) -> list[pb.Event]:
+        events = self.stub.ListEvents(api_pb2.ListEventsRequest(limit=1000), timeout=5).events
+        return [e for e in events if e.time.ToNanoseconds() / 1e9 >= since]
+
+    def etcd_leader(self) -> str:
+        """The host whose etcd member leads (its metrics say so)."""
+        for p in self.info["processes"]:
+            if p["role"] == "etcd":
+                with contextlib.suppress(OSError), urllib.request.urlopen(p["metricsUrl"], timeout=2) as r:
+                    if "etcd_server_is_leader 1" in r.read().decode():
+                        return str(p["host"])
+        return "?"
 
     def log_times(self, node: str, instance: str) -> list[float]:
         agent = next(p for p in self.info["processes"] if p["role"] == "agent" and p["host"] == node)
@@ -108,6 +123,7 @@ def run_once(c: Cluster, rootfs: Path) -> tuple[float, float, float, float]:
     insts = wait_for(lambda: running_on(c, "bench-cut", REPLICAS, {"h1", "h2", "h3"}), 60, "6 Running")
     old = [i.status.pid for i in insts if i.node == CUT]
     time.sleep(1)
+    leader = c.etcd_leader()
     cut = time.monotonic()
     cut_wall = time.time()
     c.link(CUT, up=False)
@@ -123,6 +139,11 @@ def run_once(c: Cluster, rootfs: Path) -> tuple[float, float, float, float]:
     fenced = time.monotonic() - healed
     killed = c.log_times(CUT, old_solo.name)[-1] - cut_wall
     back = c.log_times(new_solo.node, new_solo.name)[0] - cut_wall
+    events = c.events_since(cut_wall)
+    lost = min((e.time.ToNanoseconds() / 1e9 - cut_wall for e in events if e.reason == "InstanceLost"), default=-1)
+    holds = sorted({e.reason for e in events if e.reason.startswith("Eviction")})
+    print(f"  etcd leader before the cut: {leader}; first InstanceLost {lost:.2f} s after the cut; "
+          f"holds: {', '.join(holds) or 'none'}", file=sys.stderr, flush=True)  # fmt: skip
     for app in ("bench-cut", "bench-solo"):
         c.stub.DeleteApp(api_pb2.DeleteAppRequest(name=app), timeout=10)
     wait_for(lambda: not c.instances("bench-cut") and not c.instances("bench-solo"), 60, "apps removed")

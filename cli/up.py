@@ -130,7 +130,9 @@ class Cluster:
                     # /metrics and /health only, in plaintext for Prometheus: no keys are served there.
                     "--listen-metrics-urls", metrics_url,
                     # 1 s node leases need an election timeout below 667 ms (etcd raises smaller TTLs).
-                    "--heartbeat-interval", "50", "--election-timeout", "500",
+                    # --pre-vote (etcd 3.5's default): a member back from a partition must not depose
+                    # the leader, whose election would stall every lease renewal for a moment.
+                    "--heartbeat-interval", "50", "--election-timeout", "500", "--pre-vote",
                     "--logger", "zap", "--log-outputs", str(self.dir / "logs" / f"etcd{suffix}.log"),
                     *self.etcd_tls_args(name)]  # fmt: skip
             proc = Proc("etcd", None, place.argv(argv), f"{metrics_url}/metrics", host=place.name)
