@@ -1,7 +1,7 @@
 """Run orch's benchmarks and print markdown tables (see docs/benchmarks.md).
 
     python -m bench                          all of them, in sequence, with modest defaults
-    python -m bench runtime|hollow|recovery|etcd_failover|lab|partition [ARGS...]
+    python -m bench runtime|hollow|recovery|etcd_failover|lab|partition|converge [ARGS...]
 
 ARGS go to that benchmark after its defaults, so an option given there wins
 (e.g. `python -m bench hollow --nodes 100`). Each benchmark runs in its own
@@ -31,6 +31,7 @@ BENCHES: dict[str, tuple[str, list[str], str]] = {
     "etcd_failover": ("bench.etcd_failover", ["--runs", "5"], "the etcd client's stall when one of 3 members dies"),
     "lab": ("bench.lab", ["--runs", "3"], "`orch up --hosts 3` ready, and 6 replicas Running, on a lab of hosts"),
     "partition": ("bench.partition", ["--runs", "5"], "a host cut off on the lab: failover, self-fencing, fencing"),
+    "converge": ("bench.converge", ["--runs", "3"], "apply, scale and restart against Docker Swarm, side by side"),
 }
 
 

@@ -43,14 +43,14 @@ _BOOL = "tag:yaml.org,2002:bool"
 _STR = "tag:yaml.org,2002:str"
 _NULL = "tag:yaml.org,2002:null"
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()
-_RESTART = {
+RESTART_POLICIES = {
     "Always": types_pb2.RESTART_POLICY_ALWAYS,
     "OnFailure": types_pb2.RESTART_POLICY_ON_FAILURE,
     "Never": types_pb2.RESTART_POLICY_NEVER,
 }
-_PLACEMENT = {"spread": types_pb2.PLACEMENT_STRATEGY_SPREAD, "binpack": types_pb2.PLACEMENT_STRATEGY_BINPACK}
+PLACEMENTS = {"spread": types_pb2.PLACEMENT_STRATEGY_SPREAD, "binpack": types_pb2.PLACEMENT_STRATEGY_BINPACK}
 # Keep (the default) is stored as unset: re-applying an older manifest starts no rollout.
-_NODE_LOST = {"Keep": types_pb2.NODE_LOST_ACTION_UNSPECIFIED, "Stop": types_pb2.NODE_LOST_ACTION_STOP}
+NODE_LOST_ACTIONS = {"Keep": types_pb2.NODE_LOST_ACTION_UNSPECIFIED, "Stop": types_pb2.NODE_LOST_ACTION_STOP}
 
 
 class ManifestError(Exception):
@@ -392,10 +392,10 @@ _SPEC: dict[str, _Setter] = {
         },
     ),
     "ports": _ports,
-    "restartPolicy": _choice("restart_policy", _RESTART),
+    "restartPolicy": _choice("restart_policy", RESTART_POLICIES),
     "nodeSelector": _map("node_selector"),
     "antiAffinity": _list("anti_affinity"),
-    "placement": _choice("placement", _PLACEMENT),
+    "placement": _choice("placement", PLACEMENTS),
     # Each bound defaults on its own, so {maxUnavailable: 1} keeps maxSurge 1.
     "update": _message(
         "update",
@@ -410,7 +410,7 @@ _SPEC: dict[str, _Setter] = {
     "hostUsers": _scalar("user_namespace", _not(_Doc.boolean)),
     "capabilities": _message("capabilities", {"add": _list("add"), "drop": _list("drop")}),
     "seccomp": _lower("seccomp"),
-    "onNodeLost": _choice("on_node_lost", _NODE_LOST),
+    "onNodeLost": _choice("on_node_lost", NODE_LOST_ACTIONS),
 }
 
 

@@ -43,9 +43,10 @@ from orch.tls import Credentials, add_port
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import agent_pb2_grpc
 from orch.v1 import types_pb2 as pb
+from orch.version import version
 
 log = logging.getLogger(__name__)
-VERSION = "0.1.0"
+VERSION = version()
 GOODBYE_TIMEOUT = 2.0  # s to wait for the scheduler to confirm it holds the node for our restart
 
 
@@ -102,8 +103,8 @@ class Agent:
             supervisors=cgroups.supervisors,
         )
         self.network = NodeNetwork(network_config(config)) if config.bridge else None
-        self.metrics = NodeMetrics(config.name)
-        self.metrics.watch_usage(self._running_instances, self.runtime.stats)
+        self.metrics = NodeMetrics(VERSION)
+        self.metrics.watch_usage(self._running_instances, self.runtime.stats, self._resources_of)
         self.workers: dict[str, InstanceWorker] = {}  # the instances the scheduler wants here
         self.stopping: dict[str, InstanceWorker] = {}  # removed, still stopping their container
         self._adoptable: dict[str, ContainerState] = {}
@@ -111,7 +112,14 @@ class Agent:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.images = ImageStore(config.state_dir / "images", insecure=config.insecure_registries)
         self._deps = WorkerDeps(
-            self.runtime, self.network, self.images, log_dir, self._report, config.default_pids_limit
+            self.runtime,
+            self.network,
+            self.images,
+            log_dir,
+            self._report,
+            config.default_pids_limit,
+            started=self.metrics.started,
+            exited=self.metrics.exited,
         )
         # Self-fencing: what the previous agent process knew (a restart), then what the scheduler says.
         self._fencing_file = config.state_dir / "fencing.json"
@@ -135,6 +143,10 @@ class Agent:
             for name, w in list(self.workers.items())
             if w.status.state == pb.INSTANCE_STATE_RUNNING
         ]
+
+    def _resources_of(self, name: str) -> pb.Resources | None:
+        worker = self.workers.get(name)  # the metrics thread: one lookup, no iteration
+        return worker.instance.spec.resources if worker is not None else None
 
     def _register(self, lease_id: int) -> apb.Register:
         capacity = self.config.capacity or host_capacity()

@@ -18,9 +18,11 @@ from prometheus_client import start_http_server
 from orch import sdnotify
 from orch.tls import Credentials, add_port
 from orch.v1 import agent_pb2_grpc, api_pb2_grpc
+from scheduler import dashboard
 from scheduler.api import OrchService
 from scheduler.authz import Authorizer
 from scheduler.cache import ClusterCache
+from scheduler.compaction import Compactor
 from scheduler.contact import Contact
 from scheduler.events import EventLog
 from scheduler.leader import LeaderElection
@@ -29,7 +31,7 @@ from scheduler.metrics import ClusterCollector, SchedulerMetrics
 from scheduler.reconciler_loop import Reconciler
 from scheduler.sessions import RESTART_GRACE, AgentSessionService, NodeRegistry
 from scheduler.status import StatusWriter
-from scheduler.store import Store
+from scheduler.store import PAGE, Store
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +44,12 @@ class SchedulerConfig:
     lease_ttl: int = 1
     leader_ttl: int = 3
     metrics_listen: str = ""  # host:port; empty = no metrics endpoint
+    dashboard_listen: str = ""  # host:port; empty = no dashboard (scheduler/dashboard.py)
     identity: str = ""
     tls: Credentials | None = None  # mutual TLS for the API, agent sessions and calls to agents
     etcd_tls: Credentials | None = None  # client certificate for etcd (https endpoints)
     restart_grace: float = RESTART_GRACE  # s a node whose agent said goodbye for a restart is held
+    etcd_page: int = PAGE  # keys per etcd range read
 
 
 async def serve(config: SchedulerConfig) -> None:
@@ -55,7 +59,7 @@ async def serve(config: SchedulerConfig) -> None:
     identity = config.identity or f"{socket.gethostname()}-{os.getpid()}"
     # Half a lease without answers from etcd and node leases may lapse: the reconciler then waits.
     contact = Contact(stall=config.lease_ttl / 2)
-    store = Store(config.etcd, prefix=config.prefix, tls=config.etcd_tls, contact=contact)
+    store = Store(config.etcd, prefix=config.prefix, tls=config.etcd_tls, contact=contact, page=config.etcd_page)
     metrics = SchedulerMetrics()
     events = EventLog(store)
     cache = ClusterCache(store)
@@ -66,7 +70,12 @@ async def serve(config: SchedulerConfig) -> None:
     registry = NodeRegistry(store, config.lease_ttl, config.restart_grace)
     sessions = AgentSessionService(registry, cache, status, metrics, keeper, events)
     reconciler = Reconciler(
-        store, events, metrics=metrics, heartbeats=sessions.heartbeats.split, lease_ttl=config.lease_ttl
+        store,
+        events,
+        metrics=metrics,
+        heartbeats=sessions.heartbeats.split,
+        lease_ttl=config.lease_ttl,
+        compactor=Compactor(store),
     )
     cache.on_any_change(reconciler.trigger.set)
 
@@ -79,7 +88,8 @@ async def serve(config: SchedulerConfig) -> None:
     def on_change() -> None:
         loop.call_soon_threadsafe(reconciler.trigger.set)
 
-    api_pb2_grpc.add_OrchServicer_to_server(OrchService(store, events, on_change, agent_tls=config.tls), server)
+    orch_api = OrchService(store, events, on_change, agent_tls=config.tls, cache=cache)
+    api_pb2_grpc.add_OrchServicer_to_server(orch_api, server)
     agent_pb2_grpc.add_AgentSessionServicer_to_server(sessions, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -88,6 +98,8 @@ async def serve(config: SchedulerConfig) -> None:
     if config.metrics_listen:
         host, _, port = config.metrics_listen.rpartition(":")
         start_http_server(int(port), addr=host or "127.0.0.1", registry=metrics.registry)
+    if config.dashboard_listen:
+        dashboard.serve(config.dashboard_listen, store, events)
 
     tasks = [asyncio.create_task(cache.run(), name="cache")]
     # Serve agents only once the cache holds the cluster, or their first
