@@ -14,7 +14,7 @@ Deliberately more lenient than Kubernetes, which rejects these:
   accept any YAML scalar and keep its source text, so ``PORT: 8080`` gives
   "8080", ``DEBUG: true`` gives "true" and ``user: 1000:1000`` (a YAML 1.1
   base-60 integer!) stays "1000:1000";
-- restartPolicy, placement and protocol are case-insensitive;
+- restartPolicy, placement, onNodeLost and protocol are case-insensitive;
 - a null value (``replicas:``) counts as absent.
 """
 
@@ -49,6 +49,8 @@ RESTART_POLICIES = {
     "Never": types_pb2.RESTART_POLICY_NEVER,
 }
 PLACEMENTS = {"spread": types_pb2.PLACEMENT_STRATEGY_SPREAD, "binpack": types_pb2.PLACEMENT_STRATEGY_BINPACK}
+# Keep (the default) is stored as unset: re-applying an older manifest starts no rollout.
+NODE_LOST_ACTIONS = {"Keep": types_pb2.NODE_LOST_ACTION_UNSPECIFIED, "Stop": types_pb2.NODE_LOST_ACTION_STOP}
 
 
 class ManifestError(Exception):
@@ -416,6 +418,7 @@ _SPEC: dict[str, _Setter] = {
             "protocol": _lower("protocol"),
         },
     ),
+    "onNodeLost": _choice("on_node_lost", NODE_LOST_ACTIONS),
 }
 
 

@@ -8,12 +8,13 @@ from typing import Any
 
 import yaml
 
-from cli.manifest import API_VERSION, KIND, PLACEMENTS, RESTART_POLICIES
+from cli.manifest import API_VERSION, KIND, NODE_LOST_ACTIONS, PLACEMENTS, RESTART_POLICIES
 from orch.quantity import format_cpu, format_duration, format_memory
 from orch.v1 import types_pb2 as pb
 
 _RESTART_NAMES = {v: k for k, v in RESTART_POLICIES.items()}
 _PLACEMENT_NAMES = {v: k for k, v in PLACEMENTS.items()}
+_NODE_LOST_NAMES = {v: k for k, v in NODE_LOST_ACTIONS.items() if v}  # Keep, the default, is left out
 
 
 def manifest(spec: pb.AppSpec) -> dict[str, Any]:
@@ -58,6 +59,7 @@ def _spec(s: pb.AppSpec) -> dict[str, Any]:
     _put(out, "seccomp", s.seccomp)
     if s.HasField("service"):
         out["service"] = {"port": s.service.port, "targetPort": s.service.target_port, "protocol": s.service.protocol}
+    _put(out, "onNodeLost", _NODE_LOST_NAMES.get(s.on_node_lost))
     return out
 
 

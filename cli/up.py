@@ -137,7 +137,9 @@ class Cluster:
                     # /metrics and /health only, in plaintext for Prometheus: no keys are served there.
                     "--listen-metrics-urls", metrics_url,
                     # 1 s node leases need an election timeout below 667 ms (etcd raises smaller TTLs).
-                    "--heartbeat-interval", "50", "--election-timeout", "500",
+                    # --pre-vote (etcd 3.5's default): a member back from a partition must not depose
+                    # the leader, whose election would stall every lease renewal for a moment.
+                    "--heartbeat-interval", "50", "--election-timeout", "500", "--pre-vote",
                     # History is kept for the last 10,000 revisions, not forever (etcd's default).
                     "--auto-compaction-mode", "revision", "--auto-compaction-retention", "10000",
                     "--logger", "zap", "--log-outputs", str(self.dir / "logs" / f"etcd{suffix}.log"),

@@ -4,6 +4,9 @@ Level-triggered: every desired set is diffed against the workers; removed
 ones are told to stop and finish in the background, added ones start at
 once, so a slow stop never delays the next desired set. Containers found at
 start-up (the agent was restarted) are adopted, not restarted.
+
+Instances of `onNodeLost: Stop` apps are killed by the agent itself once its
+node's lease may have expired (node/fencing.py), and never run here again.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 import grpc
 from prometheus_client import start_http_server
 
+from node import fencing
 from node.api import NodeAgentService
 from node.capacity import host_capacity, minus_reserve
 from node.discovery import ServiceDiscovery
@@ -124,6 +128,13 @@ class Agent:
             started=self.metrics.started,
             exited=self.metrics.exited,
         )
+        # Self-fencing: what the previous agent process knew (a restart), then what the scheduler says.
+        self._fencing_file = config.state_dir / "fencing.json"
+        saved = fencing.load(self._fencing_file)
+        self.lease = fencing.LeaseWatch(valid_until=saved.valid_until)
+        self.lease.on_lapse = self._fence
+        self._fence_on_lapse = set(saved.instances)  # instances of Stop apps, saved for the next process
+        self.fenced: dict[str, str] = {}  # instance -> why it was killed for good
         self.session = Session(
             config.schedulers,
             self._register,
@@ -131,6 +142,7 @@ class Agent:
             self.apply_desired,
             tls=config.tls,
             on_endpoints=self.discovery.update if self.discovery else None,
+            lease=self.lease,
         )
         self._apply_lock = asyncio.Lock()
         self._swept = False
@@ -191,6 +203,7 @@ class Agent:
             for inst in d.added:
                 self._start_worker(inst)
             await self._stop_unclaimed()
+            self.save_fencing()
             if not self._swept:
                 # Once the scheduler said what it wants: exited containers of a previous
                 # run that it no longer wants, and cgroups without state, are leftovers.
@@ -219,10 +232,50 @@ class Agent:
     def _start_worker(self, inst: pb.Instance) -> None:
         worker = InstanceWorker(inst, self._deps, adopted=self._adoptable.pop(inst.name, None))
         self.workers[inst.name] = worker
+        if inst.name in self.fenced:  # never again here: the scheduler replaces it
+            worker.fence(self.fenced[inst.name])
+        elif fences_itself(inst) and self.lease.lapsed():
+            worker.fence(self._fence_message())
         # The same instance back while its old worker still stops it: start once that is done,
         # or the old teardown would remove the new container.
         previous = self.stopping.get(inst.name)
         worker.start(after=previous.task if previous is not None else None)
+
+    def _fence_message(self) -> str:
+        return "killed by its agent: the node's lease may have expired (no renewal heard; onNodeLost: Stop)"
+
+    def _fence(self) -> None:
+        """The lease may have expired (LeaseWatch.on_lapse): kill the instances of Stop apps now,
+        including containers of a previous agent process not yet claimed by a desired set."""
+        message = self._fence_message()
+        # Those still stopping too: their grace period may outlast the lease.
+        victims = [w for w in self._all_workers() if fences_itself(w.instance) and not w.fenced]
+        unclaimed = sorted(n for n in self._fence_on_lapse if n in self._adoptable and n not in self.fenced)
+        if not victims and not unclaimed:
+            return
+        log.warning("lease may have expired: killing %d instances of onNodeLost: Stop apps",
+                    len(victims) + len(unclaimed))  # fmt: skip
+        for w in victims:
+            self.fenced[w.instance.name] = message
+            w.fence(message)
+        for name in unclaimed:
+            self.fenced[name] = message
+            try:
+                self.runtime.kill(name, signal.SIGKILL)
+            except (ContainerError, OSError) as e:
+                log.warning("instance %s: fencing kill failed: %s", name, e)
+
+    def save_fencing(self, force: bool = False) -> None:
+        """The Stop apps' instances and the lease bound, for the next agent process (a restart)."""
+        names = {n for n, w in self.workers.items() if fences_itself(w.instance) and not w.fenced}
+        self.lease.needed = bool(names)
+        if names == self._fence_on_lapse and not force:
+            return
+        self._fence_on_lapse = names
+        try:
+            fencing.save(self._fencing_file, self.lease.valid_until, names)
+        except OSError as e:
+            log.warning("could not save %s: %s", self._fencing_file, e)
 
     async def wait_stopping(self) -> None:
         """Let stops in flight finish, so no container is left half-stopped."""
@@ -296,6 +349,8 @@ class Agent:
         self._adoptable = {s.id: s for s in await asyncio.to_thread(self.runtime.list)}
         if self._adoptable:
             log.info("found %d containers from a previous run", len(self._adoptable))
+        # Once the containers are known: the previous process's bound may have passed already.
+        fence_task = asyncio.create_task(self.lease.run(), name="fencing")
         if self.config.metrics_listen:
             host, _, port = self.config.metrics_listen.rpartition(":")
             start_http_server(int(port), addr=host or "127.0.0.1", registry=self.metrics.registry)
@@ -303,10 +358,15 @@ class Agent:
         try:
             await self.session.run()
         finally:
+            fence_task.cancel()
             if discovery is not None:
                 discovery.cancel()
             if self.discovery is not None:
                 await self.discovery.close()
+
+
+def fences_itself(inst: pb.Instance) -> bool:
+    return inst.spec.on_node_lost == pb.NODE_LOST_ACTION_STOP
 
 
 def cleanup(config: AgentConfig) -> None:
@@ -323,6 +383,7 @@ async def leave(agent: Agent, task: asyncio.Task[None]) -> None:
     running for the next agent to adopt, so first ask the scheduler to hold the node
     rather than replace them when our lease lapses. Then stop the session."""
     held_until = await agent.session.goodbye(GOODBYE_TIMEOUT)
+    agent.save_fencing(force=True)  # with the hold: the next process keeps the Stop apps' instances
     if held_until:
         left = held_until - time.time()
         log.info("the scheduler keeps this node's instances for %.0fs while the agent restarts", left)

@@ -5,17 +5,23 @@ away behind it) nothing changes on the node: containers keep running.
 
 Before a planned exit the agent says goodbye (`goodbye()`): the scheduler
 holds the node for a restart instead of replacing its instances when the
-lease lapses."""
+lease lapses.
+
+What the scheduler says of the node's lease (Registered, LeaseRenewed, the
+hold in GoodbyeAck) goes to a `LeaseWatch`, which self-fencing counts from
+(node/fencing.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
 
+from node.fencing import LeaseWatch
 from node.reconcile import Applied, is_stale
 from orch.tls import SCHEDULER, Credentials, aio_channel
 from orch.v1 import agent_pb2 as apb
@@ -37,9 +43,11 @@ class Session:
         on_desired: Callable[[apb.DesiredSet], Awaitable[None]],
         tls: Credentials | None = None,
         on_endpoints: Callable[[apb.Endpoints], None] | None = None,  # the cluster's service endpoints
+        lease: LeaseWatch | None = None,
     ) -> None:
         self._on_endpoints = on_endpoints
         self._schedulers = list(schedulers)
+        self.lease = lease or LeaseWatch()
         self._tls = tls
         self._register = register
         self._full_report = full_report
@@ -51,6 +59,7 @@ class Session:
         self.connected = asyncio.Event()
         self._leaving = False  # said goodbye: no more heartbeats (they would renew the lease)
         self._goodbye_ack: asyncio.Future[float] | None = None
+        self._goodbye_sent = 0.0  # monotonic
 
     def send_status(self, report: apb.StatusReport) -> None:
         """Queue a report; dropped while disconnected (a full report follows on reconnect)."""
@@ -78,6 +87,7 @@ class Session:
 
     async def _session(self, target: str) -> None:
         outbox: asyncio.Queue[apb.AgentMessage] = asyncio.Queue()
+        register_sent = time.monotonic()  # before: the lease is granted or refreshed after it
         outbox.put_nowait(apb.AgentMessage(register=self._register(self.lease_id)))
         async with aio_channel(target, self._tls, peer=SCHEDULER) as channel:  # only a scheduler's certificate
             stub = agent_pb2_grpc.AgentSessionStub(channel)
@@ -88,6 +98,7 @@ class Session:
                     kind = msg.WhichOneof("msg")
                     if kind == "registered":
                         self.lease_id = msg.registered.lease_id
+                        self.lease.registered(register_sent, msg.registered.lease_ttl_seconds)
                         self._outbox = outbox
                         outbox.put_nowait(apb.AgentMessage(status=self._full_report()))
                         interval = msg.registered.heartbeat_interval_ms / 1000
@@ -98,9 +109,13 @@ class Session:
                         await self.handle_desired(msg.desired, target)
                     elif kind == "endpoints" and self._on_endpoints is not None:
                         self._on_endpoints(msg.endpoints)
+                    elif kind == "lease_renewed":
+                        self.lease.renewed(msg.lease_renewed.seq, msg.lease_renewed.ttl_seconds)
                     elif kind == "goodbye_ack" and self._goodbye_ack is not None and not self._goodbye_ack.done():
                         ack = msg.goodbye_ack
                         held = ack.held_until.ToNanoseconds() / 1e9 if ack.HasField("held_until") else 0.0
+                        if held and ack.hold_ms:
+                            self.lease.held(self._goodbye_sent, ack.hold_ms / 1000)
                         self._goodbye_ack.set_result(held)
             finally:
                 if heartbeat is not None:
@@ -132,6 +147,7 @@ class Session:
         if outbox is None:
             return None
         self._goodbye_ack = asyncio.get_running_loop().create_future()
+        self._goodbye_sent = time.monotonic()
         outbox.put_nowait(apb.AgentMessage(goodbye=apb.Goodbye(restarting=True)))
         try:
             return await asyncio.wait_for(asyncio.shield(self._goodbye_ack), timeout)
@@ -140,8 +156,11 @@ class Session:
 
     async def _heartbeat(self, outbox: asyncio.Queue[apb.AgentMessage], interval: float) -> None:
         while not self._leaving:
-            outbox.put_nowait(apb.AgentMessage(heartbeat=apb.Heartbeat(observed_generation=self.observed_generation)))
-            await asyncio.sleep(interval)
+            beat = apb.Heartbeat(observed_generation=self.observed_generation, seq=self.lease.heartbeat())
+            outbox.put_nowait(apb.AgentMessage(heartbeat=beat))
+            # Self-fencing counts from the latest renewal heard of: beating twice as often keeps
+            # it fresher (scheduler/leases.py renews at most once per keeper tick anyway).
+            await asyncio.sleep(interval / 2 if self.lease.needed else interval)
 
 
 async def _drain(outbox: asyncio.Queue[apb.AgentMessage]) -> AsyncIterator[apb.AgentMessage]:

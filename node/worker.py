@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # pids.max of a container whose app sets no resources.pids (`orch node --default-pids-limit`): a fork
 # bomb stays in its container. Not part of the app's spec, so the scheduler's accounting is unchanged.
 DEFAULT_PIDS_LIMIT = 4096
+FENCED_REASON = "NodeLost"  # killed by its own agent: the node's lease may have expired
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,7 @@ class InstanceWorker:
         self.status = pb.InstanceStatus(state=pb.INSTANCE_STATE_STARTING)
         self.ip = ""
         self.task: asyncio.Task[None] | None = None
+        self.fenced = ""  # why it was killed for good (self-fencing); "" if it was not
 
     def start(self, after: asyncio.Task[None] | None = None) -> None:
         """after: a previous worker of the same instance that is still stopping its container."""
@@ -133,6 +136,19 @@ class InstanceWorker:
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def fence(self, message: str) -> None:
+        """Self-fencing (node/fencing.py): SIGKILL to PID 1 now, on the event loop (no thread, no
+        grace period; the kernel kills the rest of its PID namespace), and never run again here:
+        the teardown reports it Failed/NodeLost, and the scheduler replaces it."""
+        if self.fenced:
+            return
+        self.fenced = message
+        self._stop.set()
+        try:
+            self._deps.runtime.kill(self.instance.name, signal.SIGKILL)
+        except (ContainerError, OSError) as e:  # the teardown kills again
+            log.warning("instance %s: fencing kill failed: %s", self.instance.name, e)
 
     def _set(self, status: pb.InstanceStatus) -> None:
         status.ip = status.ip or self.ip
@@ -374,7 +390,7 @@ class InstanceWorker:
     async def _teardown(self) -> None:
         """Stop and remove the container, free its address, report Stopped."""
         name = self.instance.name
-        grace = (self.instance.spec.stop_grace_period_ms or 10_000) / 1000
+        grace = 0.0 if self.fenced else (self.instance.spec.stop_grace_period_ms or 10_000) / 1000
         try:
             state = await asyncio.to_thread(self._deps.runtime.stop, name, grace)
             await asyncio.to_thread(self._deps.runtime.remove, name)
@@ -383,6 +399,8 @@ class InstanceWorker:
             state = None
         await self._detach()
         status = pb.InstanceStatus(state=pb.INSTANCE_STATE_STOPPED, reason="Stopped")
+        if self.fenced:
+            status = pb.InstanceStatus(state=pb.INSTANCE_STATE_FAILED, reason=FENCED_REASON, message=self.fenced)
         if state is not None and state.exit_code is not None:
             status.exit_code = state.exit_code
             status.has_exit_code = True

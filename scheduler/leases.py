@@ -5,6 +5,14 @@ each marked lease once. So a dead agent (no heartbeats) stops being
 refreshed within one tick, and a busy scheduler sends at most one
 keep-alive per lease per tick, however fast agents beat.
 
+A heartbeat may also ask to hear when its lease was renewed (`on_renewed`):
+the callback runs once etcd answered a keep-alive that this keeper *sent
+after* the mark, so the renewal happened after the agent sent its heartbeat.
+etcd answers a stream's keep-alives in order, so the n-th answer for a lease
+belongs to the n-th keep-alive sent for it on that stream; callbacks waiting
+on a stream that is replaced are dropped (never a false renewal: the agent
+then only fences sooner, node/fencing.py).
+
 The keeper is also where this scheduler notices that leases may lapse
 through no fault of the agents, and tells `Contact`: keep-alives unanswered
 for longer than `contact.stall` (etcd stopped or cut off; the stream is then
@@ -15,8 +23,10 @@ stalled).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 
 from scheduler.errors import StoreUnavailable
@@ -24,6 +34,7 @@ from scheduler.etcd_failover import KeepAliveStream
 from scheduler.store import Store
 
 log = logging.getLogger(__name__)
+Renewed = Callable[[int], None]  # called with the TTL etcd renewed the lease for
 
 
 class LeaseKeeper:
@@ -32,25 +43,53 @@ class LeaseKeeper:
         self.interval = interval
         self._due: set[int] = set()
         self._on_expired: dict[int, Callable[[], None]] = {}
+        self._renewal_waiters: dict[int, list[Renewed]] = {}  # marked since the last send
+        # Per lease, one batch of waiters per keep-alive sent on the current stream, oldest first.
+        self._sent: dict[int, deque[list[Renewed]]] = {}
         self._stream: KeepAliveStream | None = None
+        self._stream_no = 0  # answers of an abandoned stream renew no waiter
         self._loop: asyncio.AbstractEventLoop | None = None
         self._broken = False
         self._unanswered_since: float | None = None  # monotonic: first keep-alive sent since the last answer
 
-    def mark(self, lease_id: int, on_expired: Callable[[], None]) -> None:
-        """A heartbeat for this lease arrived; on_expired runs (on the loop) if etcd says it is gone."""
+    def mark(self, lease_id: int, on_expired: Callable[[], None], on_renewed: Renewed | None = None) -> None:
+        """A heartbeat for this lease arrived; on_expired runs (on the loop) if etcd says it is gone,
+        on_renewed(ttl) once etcd renewed it with a keep-alive sent from now on."""
         self._due.add(lease_id)
         self._on_expired[lease_id] = on_expired
+        if on_renewed is not None:
+            self._renewal_waiters.setdefault(lease_id, []).append(on_renewed)
 
     def forget(self, lease_id: int) -> None:
         self._due.discard(lease_id)
         self._on_expired.pop(lease_id, None)
+        self._renewal_waiters.pop(lease_id, None)
+        for batch in self._sent.get(lease_id, ()):  # kept: the answers still in flight stay in step
+            batch.clear()
 
-    def _response(self, lease_id: int, ttl: int) -> None:  # etcd stream thread
+    def _response(self, stream_no: int, lease_id: int, ttl: int) -> None:  # etcd stream thread
         self._unanswered_since = None
         self._store.contact.ok()
-        if ttl <= 0 and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._expired, lease_id)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._answered, stream_no, lease_id, ttl)
+
+    def _answered(self, stream_no: int, lease_id: int, ttl: int) -> None:
+        # A late answer of a stream we gave up renews no waiter: its batches were dropped.
+        waiters = self._oldest_batch(lease_id) if stream_no == self._stream_no else []
+        if ttl <= 0:
+            self._expired(lease_id)
+            return
+        for renewed in waiters:
+            renewed(ttl)
+
+    def _oldest_batch(self, lease_id: int) -> list[Renewed]:
+        batches = self._sent.get(lease_id)
+        if not batches:
+            return []
+        waiters = batches.popleft()
+        if not batches:
+            del self._sent[lease_id]
+        return waiters
 
     def _expired(self, lease_id: int) -> None:
         callback = self._on_expired.pop(lease_id, None)
@@ -74,6 +113,7 @@ class LeaseKeeper:
             log.log(level, "lease keep-alives unanswered for %.1fs on %s; re-opening", now - since, self._stream.member)
             self._store.abandon(self._stream)
             self._stream = None
+            self._sent.clear()
             self._unanswered_since = None  # the next stream gets a stall of its own
 
     async def _open(self) -> bool:
@@ -83,8 +123,11 @@ class LeaseKeeper:
         if self._stream is not None:
             self._stream.close()
             self._stream = None
+        self._sent.clear()
+        self._stream_no += 1
+        on_response = functools.partial(self._response, self._stream_no)
         try:
-            self._stream = await asyncio.to_thread(self._store.keep_alive_stream, self._response, self._error)
+            self._stream = await asyncio.to_thread(self._store.keep_alive_stream, on_response, self._error)
         except StoreUnavailable as e:  # etcd away: keep the marks, try again next tick
             log.warning("lease keep-alive stream: %s", e)
             return False
@@ -106,6 +149,7 @@ class LeaseKeeper:
                 assert self._stream is not None
                 due, self._due = self._due, set()
                 for lease_id in due:
+                    self._sent.setdefault(lease_id, deque()).append(self._renewal_waiters.pop(lease_id, []))
                     self._stream.send(lease_id)
                 if due and self._unanswered_since is None:
                     self._unanswered_since = now

@@ -11,7 +11,8 @@ Per app, instances fall into buckets (Nomad's names):
 
 Scaling and rollouts work on the untainted bucket with the app's
 maxSurge/maxUnavailable. Instances that must *migrate* (their node is
-draining, they keep crashing there, or its agent gave up on them) are handled like an older
+draining, they keep crashing there, its agent gave up on them or fenced them: killed them
+because it had lost touch, `onNodeLost: Stop`) are handled like an older
 generation: a replacement starts first and the old one stops once the app
 can spare it. Where new instances go is placement's job.
 """
@@ -28,6 +29,7 @@ from scheduler.timeutil import seconds, ts
 
 LOST_RETENTION = 300.0  # seconds a Lost instance stays visible on a dead node
 CRASHLOOP_RESTARTS = 5  # restarts in CrashLoopBackOff before the instance moves to another node
+FENCED_REASON = "NodeLost"  # node/worker.py: killed by its own agent (onNodeLost: Stop)
 DONE = frozenset({pb.INSTANCE_STATE_STOPPED, pb.INSTANCE_STATE_SUCCEEDED, pb.INSTANCE_STATE_FAILED})
 STARTED = frozenset(
     {
@@ -143,7 +145,12 @@ def must_migrate(inst: pb.Instance, snap: ClusterSnapshot, policy: Policy) -> bo
     node = snap.nodes.get(inst.node)
     if node is not None and node.value.draining:
         return True
-    return crash_looping(inst, policy) or agent_gave_up(inst)
+    return crash_looping(inst, policy) or agent_gave_up(inst) or fenced(inst)
+
+
+def fenced(inst: pb.Instance) -> bool:
+    """Its agent killed it for good when the node's lease may have expired (node/fencing.py)."""
+    return inst.status.state == pb.INSTANCE_STATE_FAILED and inst.status.reason == FENCED_REASON
 
 
 def agent_gave_up(inst: pb.Instance) -> bool:
@@ -276,6 +283,8 @@ def _retire_old(
             _stop([v], "Replaced", f"replaced by generation {app.generation}", now, plan)
         elif agent_gave_up(inst):
             _stop([v], "AgentError", f"the agent on {inst.node} could not run it; moving", now, plan)
+        elif fenced(inst):
+            _stop([v], FENCED_REASON, f"its agent on {inst.node} killed it when it lost touch; replacing", now, plan)
         elif inst.status.reason == "CrashLoopBackOff":
             _stop([v], "CrashLoop", f"restarted {inst.status.restarts} times on {inst.node}; moving", now, plan)
         else:

@@ -177,6 +177,25 @@ class SessionState:
     gens: Generations = field(default_factory=Generations)
     replies: list[apb.SchedulerMessage] = field(default_factory=list)  # besides desired sets
     leaving: bool = False  # said goodbye: its heartbeats no longer keep the lease
+    recompute: bool = True  # the desired set may have changed (a reply alone does not)
+
+    def look_again(self) -> None:
+        self.recompute = True
+        self.dirty.set()
+
+    def reply(self, msg: apb.SchedulerMessage) -> None:
+        self.replies.append(msg)
+        self.dirty.set()
+
+
+def _renewal_reply(state: SessionState, seq: int) -> Callable[[int], None]:
+    """Tells the agent when etcd renewed its lease after this heartbeat (node/fencing.py)."""
+
+    def renewed(ttl: int) -> None:
+        if not state.leaving:
+            state.reply(apb.SchedulerMessage(lease_renewed=apb.LeaseRenewed(seq=seq, ttl_seconds=ttl)))
+
+    return renewed
 
 
 class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
@@ -235,9 +254,9 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
             )
         )
         state = SessionState(reg.node, lease_id)
-        state.dirty.set()
+        state.look_again()
         self.heartbeats.beat(reg.node, state)
-        unsubscribe = self._cache.subscribe(lambda nodes: state.dirty.set() if reg.node in nodes else None)
+        unsubscribe = self._cache.subscribe(lambda nodes: state.look_again() if reg.node in nodes else None)
         unsubscribe_endpoints = self._endpoints.subscribe(state.dirty.set) if self._endpoints else lambda: None
         reader = asyncio.create_task(self._read(state, request_iterator))
         self._metrics.sessions.inc()
@@ -270,6 +289,9 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
             if self._endpoints is not None and self._endpoints.version != endpoints_sent:
                 endpoints_sent = self._endpoints.version
                 yield apb.SchedulerMessage(endpoints=self._endpoints.message)
+            if not state.recompute:
+                continue
+            state.recompute = False
             msg = desired_message(self._cache.desired_for(state.node), self._cache.revision, self._cache.cluster_id)
             body = b"".join(i.SerializeToString(deterministic=True) for i in msg.instances)
             # Same body but the agent ignored it as stale: resend once it no longer is.
@@ -289,15 +311,15 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
                     if expired.is_set():
                         expired.clear()
                         state.lease_id = await self._renew(state.node, state.lease_id)
-                    self._keeper.mark(state.lease_id, expired.set)
+                    self._keeper.mark(state.lease_id, expired.set, _renewal_reply(state, msg.heartbeat.seq))
                     state.gens.observed = msg.heartbeat.observed_generation
                     if state.gens.agent_ahead():
-                        state.dirty.set()  # look again at each beat until our cache caught up
+                        state.look_again()  # at each beat until our cache caught up
                 elif kind == "status":
                     self._status.report(state.node, list(msg.status.instances))
                     if msg.status.full:
                         self._status.stopped_elsewhere(state.node, {r.name for r in msg.status.instances})
-                        state.dirty.set()
+                        state.look_again()
                 elif kind == "goodbye":
                     await self._goodbye(state, msg.goodbye)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
@@ -318,13 +340,13 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
                 log.warning("node %s: could not hold it for its restart: %s", state.node, e)
             else:
                 ack.held_until.CopyFrom(ts(until))
+                ack.hold_ms = int(self._registry.restart_grace * 1000)
                 grace = self._registry.restart_grace
                 log.info("node %s: agent restarting; holding its instances for %.0fs", state.node, grace)
                 await self._record(
                     state.node, "NodeRestarting", f"agent restarting; its instances are kept for {grace:.0f}s"
                 )
-        state.replies.append(apb.SchedulerMessage(goodbye_ack=ack))
-        state.dirty.set()
+        state.reply(apb.SchedulerMessage(goodbye_ack=ack))
 
     async def _record(self, node: str, reason: str, message: str) -> None:
         if self._events is not None:

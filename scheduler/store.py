@@ -22,7 +22,9 @@ here goes through `Failover.call`.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import threading
 import types
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -202,6 +204,9 @@ class Store:
         self._call = self._failover.call
         self.contact = self._failover.contact
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="etcd-commit")
+        # Open watches: their member, and how to end one from here (abandon()).
+        self._watches: dict[int, tuple[str, Callable[[Exception], None]]] = {}
+        self._watch_seq = itertools.count()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -457,9 +462,15 @@ class Store:
 
     def abandon(self, stream: KeepAliveStream) -> None:
         """The stream's member stopped answering without an error (stopped, cut off): the
-        next stream goes to another one."""
+        next stream goes to another one, and so do the watches on that member. A member cut
+        off by the network never says so: its watch hangs without an error (for as long as
+        TCP takes, minutes), and the cache would serve an old state meanwhile."""
         stream.close()
         self._failover.member_failed(stream.member)
+        gone = ConnectionError(f"etcd member {stream.member} stopped answering")
+        for member, fail in list(self._watches.values()):
+            if member == stream.member:
+                fail(gone)
 
     # -- watches -------------------------------------------------------
 
@@ -477,12 +488,22 @@ class Store:
         """
         plen = len(self.keys.prefix)
         member = ""
+        key = next(self._watch_seq)
+        ended = threading.Event()  # on_error is called once; a stream given up says nothing more
+
+        def fail(err: Exception) -> None:
+            if not ended.is_set():
+                ended.set()
+                self._watches.pop(key, None)
+                on_error(err)
 
         def callback(resp: Any) -> None:
+            if ended.is_set():
+                return
             if resp is None or isinstance(resp, Exception):  # None: the stream ended without an error
                 if isinstance(resp, grpc.RpcError) and resp.code() in TRANSIENT_CODES:
                     self._failover.member_failed(member)  # re-created on another member (dead, or without a leader)
-                on_error(resp if isinstance(resp, Exception) else ConnectionError("etcd watch stream ended"))
+                fail(resp if isinstance(resp, Exception) else ConnectionError("etcd watch stream ended"))
                 return
             events = [
                 WatchEvent(
@@ -501,8 +522,11 @@ class Store:
             return self._client.add_watch_prefix_callback(self.keys.prefix, callback, start_revision=start_revision)
 
         watch_id = self._call("watch", add)
+        self._watches[key] = (member, fail)
 
         def cancel() -> None:
+            ended.set()
+            self._watches.pop(key, None)
             try:
                 self._client.cancel_watch(watch_id)
             except Exception:  # the stream may already be gone

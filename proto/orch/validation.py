@@ -274,6 +274,8 @@ def _check_enums(spec: types_pb2.AppSpec) -> Iterator[FieldError]:
         yield FieldError("spec.restartPolicy", f"unknown restart policy {spec.restart_policy}")
     if spec.placement not in types_pb2.PlacementStrategy.values():
         yield FieldError("spec.placement", f"unknown placement strategy {spec.placement}")
+    if spec.on_node_lost not in types_pb2.NodeLostAction.values():
+        yield FieldError("spec.onNodeLost", f"unknown action {spec.on_node_lost}: use Keep or Stop")
 
 
 def _check_update(spec: types_pb2.AppSpec) -> Iterator[FieldError]:

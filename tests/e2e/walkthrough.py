@@ -176,7 +176,8 @@ def prometheus_targets(v: Values) -> str:
 # The units' ExecStart lines, as deploy/systemd/*.service have them (from branch v2host at
 # 05512fa; test_lab.py checks them against the unit files once those are here).
 EXEC_START = {
-    "orch-etcd": "/usr/bin/etcd --data-dir=%S/orch-etcd --heartbeat-interval=50 --election-timeout=500"
+    "orch-etcd": "/usr/bin/etcd --data-dir=%S/orch-etcd --heartbeat-interval=50 --election-timeout=500 --pre-vote"
+    " --auto-compaction-mode=revision --auto-compaction-retention=10000"
     " --client-cert-auth --trusted-ca-file=%d/ca.crt --cert-file=%d/member.crt --key-file=%d/member.key"
     " --peer-client-cert-auth --peer-trusted-ca-file=%d/ca.crt --peer-cert-file=%d/member.crt"
     " --peer-key-file=%d/member.key",

@@ -2,14 +2,17 @@
 3-member etcd on loopback, hollow agents on the first. kill -9 the etcd leader,
 or a follower, while Apply calls stream in or while a node drains: no call
 fails, no node goes NotReady, no instance is Lost, nothing moves but what the
-drain moves. The member killed is always the one the first scheduler's etcd
+drain moves. A member that hangs (SIGSTOP: a partition) moves the watch along with the
+lease keep-alives. The member killed is always the one the first scheduler's etcd
 client (and so its watch and lease keep-alive stream) uses, made leader or
 follower first with `etcdctl move-leader`: its streams must re-open on
 another member."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -195,3 +198,21 @@ def test_an_etcd_member_killed_during_a_drain_fails_nothing(setup, role, record_
     kept = {name: node for name, node in before.items() if node != "n0"}
     assert {name: after[name] for name in kept} == kept  # only the drained node's instances moved
     assert not lost_events(s)
+
+
+def test_a_member_that_hangs_moves_the_watch_too(setup):
+    """A member cut off by the network (here: SIGSTOPped, so its TCP connections stay up and
+    say nothing) never ends the streams on it. The lease keep-alives going unanswered move
+    the keep-alive stream, and must move the cache's watch with it: otherwise the scheduler
+    places instances that its agents never hear of (their desired sets come from the cache)."""
+    s = setup
+    apply(s.stub, "base", 3)
+    settled(s.stub, "base", 3)
+    member = victim(s, "follower")
+    assert member.proc is not None
+    os.kill(member.proc.pid, signal.SIGSTOP)
+    try:
+        apply(s.stub, "later", 3)
+        settled(s.stub, "later", 3)  # the agents got desired sets from an up-to-date cache
+    finally:
+        os.kill(member.proc.pid, signal.SIGCONT)

@@ -88,7 +88,7 @@ class FakeRegistry:
 
 
 class FakeKeeper:
-    def mark(self, lease_id: int, on_expired: Any) -> None:
+    def mark(self, lease_id: int, on_expired: Any, on_renewed: Any = None) -> None:
         pass
 
     def forget(self, lease_id: int) -> None:

@@ -139,7 +139,7 @@ BAD: list[tuple[str, str, str]] = [
         (
             "6 spec.zzz: unknown field; expected one of replicas, image, command, args, env, resources, ports, "
             "restartPolicy, nodeSelector, antiAffinity, placement, update, readiness, stopGracePeriod, user, "
-            "workingDir, readOnlyRootFilesystem, hostUsers, capabilities, seccomp, service"
+            "workingDir, readOnlyRootFilesystem, hostUsers, capabilities, seccomp, service, onNodeLost"
         ),
     ),
     (

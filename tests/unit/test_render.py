@@ -39,6 +39,7 @@ spec:
   capabilities: {add: [NET_BIND_SERVICE], drop: [MKNOD]}
   seccomp: unconfined
   service: {port: 80, targetPort: 8080, protocol: udp}
+  onNodeLost: Stop
 """ % ("a" * 64)
 
 

@@ -158,20 +158,26 @@ Global___Register: _TypeAlias = Register  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):
-    """observed_generation: the generation of the last desired set the agent applied."""
+    """observed_generation: the generation of the last desired set the agent applied.
+    seq numbers the heartbeats of one agent process; the scheduler echoes it in
+    LeaseRenewed once etcd renewed the node's lease after this heartbeat arrived.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     OBSERVED_GENERATION_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
     observed_generation: _builtins.int
+    seq: _builtins.int
     def __init__(
         self,
         *,
         observed_generation: _builtins.int = ...,
+        seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["observed_generation", b"observed_generation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["observed_generation", b"observed_generation", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -238,6 +244,7 @@ class SchedulerMessage(_message.Message):
     DESIRED_FIELD_NUMBER: _builtins.int
     GOODBYE_ACK_FIELD_NUMBER: _builtins.int
     ENDPOINTS_FIELD_NUMBER: _builtins.int
+    LEASE_RENEWED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def registered(self) -> Global___Registered: ...
     @_builtins.property
@@ -250,6 +257,8 @@ class SchedulerMessage(_message.Message):
         they change (field 10 leaves 4-9 to others).
         """
 
+    @_builtins.property
+    def lease_renewed(self) -> Global___LeaseRenewed: ...
     def __init__(
         self,
         *,
@@ -257,12 +266,13 @@ class SchedulerMessage(_message.Message):
         desired: Global___DesiredSet | None = ...,
         goodbye_ack: Global___GoodbyeAck | None = ...,
         endpoints: Global___Endpoints | None = ...,
+        lease_renewed: Global___LeaseRenewed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "endpoints", b"endpoints", "goodbye_ack", b"goodbye_ack", "msg", b"msg", "registered", b"registered"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "endpoints", b"endpoints", "goodbye_ack", b"goodbye_ack", "lease_renewed", b"lease_renewed", "msg", b"msg", "registered", b"registered"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "endpoints", b"endpoints", "goodbye_ack", b"goodbye_ack", "msg", b"msg", "registered", b"registered"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "endpoints", b"endpoints", "goodbye_ack", b"goodbye_ack", "lease_renewed", b"lease_renewed", "msg", b"msg", "registered", b"registered"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["registered", "desired", "goodbye_ack", "endpoints"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["registered", "desired", "goodbye_ack", "endpoints", "lease_renewed"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
@@ -365,24 +375,57 @@ class Endpoints(_message.Message):
 Global___Endpoints: _TypeAlias = Endpoints  # noqa: Y015
 
 @_typing.final
+class LeaseRenewed(_message.Message):
+    """etcd answered a keep-alive of the node's lease that the scheduler sent after
+    heartbeat `seq` arrived: the lease runs for at least ttl_seconds from the
+    moment the agent sent that heartbeat (what self-fencing counts from).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    ttl_seconds: _builtins.int
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        ttl_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["seq", b"seq", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseRenewed: _TypeAlias = LeaseRenewed  # noqa: Y015
+
+@_typing.final
 class GoodbyeAck(_message.Message):
     """The hold is recorded in etcd: a new agent that registers before held_until
     adopts the node's instances; after it, they are replaced.
+    hold_ms: the same hold as a duration, counted from when the scheduler got the
+    Goodbye (so from after the agent sent it), for an agent that must not trust
+    another machine's wall clock.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     HELD_UNTIL_FIELD_NUMBER: _builtins.int
+    HOLD_MS_FIELD_NUMBER: _builtins.int
+    hold_ms: _builtins.int
     @_builtins.property
     def held_until(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
         held_until: _timestamp_pb2.Timestamp | None = ...,
+        hold_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["held_until", b"held_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["held_until", b"held_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["held_until", b"held_until", "hold_ms", b"hold_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -62,6 +62,39 @@ PLACEMENT_STRATEGY_SPREAD: PlacementStrategy.ValueType  # 1
 PLACEMENT_STRATEGY_BINPACK: PlacementStrategy.ValueType  # 2
 Global___PlacementStrategy: _TypeAlias = PlacementStrategy  # noqa: Y015
 
+class _NodeLostAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NodeLostActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NodeLostAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NODE_LOST_ACTION_UNSPECIFIED: _NodeLostAction.ValueType  # 0
+    """normalized to KEEP"""
+    NODE_LOST_ACTION_KEEP: _NodeLostAction.ValueType  # 1
+    """Keep running until a scheduler answers again; the scheduler replaces the
+    instance once the node's lease expired, and the agent stops the old one
+    when it hears of that (so both may run while the node is cut off).
+    """
+    NODE_LOST_ACTION_STOP: _NodeLostAction.ValueType  # 2
+    """Self-fencing: the agent kills the instance before its node's lease can
+    have expired, so the replacement never runs at the same time (singletons).
+    """
+
+class NodeLostAction(_NodeLostAction, metaclass=_NodeLostActionEnumTypeWrapper): ...
+
+NODE_LOST_ACTION_UNSPECIFIED: NodeLostAction.ValueType  # 0
+"""normalized to KEEP"""
+NODE_LOST_ACTION_KEEP: NodeLostAction.ValueType  # 1
+"""Keep running until a scheduler answers again; the scheduler replaces the
+instance once the node's lease expired, and the agent stops the old one
+when it hears of that (so both may run while the node is cut off).
+"""
+NODE_LOST_ACTION_STOP: NodeLostAction.ValueType  # 2
+"""Self-fencing: the agent kills the instance before its node's lease can
+have expired, so the replacement never runs at the same time (singletons).
+"""
+Global___NodeLostAction: _TypeAlias = NodeLostAction  # noqa: Y015
+
 class _InstanceState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -391,6 +424,7 @@ class AppSpec(_message.Message):
     USER_NAMESPACE_FIELD_NUMBER: _builtins.int
     SECCOMP_FIELD_NUMBER: _builtins.int
     SERVICE_FIELD_NUMBER: _builtins.int
+    ON_NODE_LOST_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     replicas: _builtins.int
     image: _builtins.str
@@ -406,6 +440,11 @@ class AppSpec(_message.Message):
     """
     seccomp: _builtins.str
     """seccomp filter: "" (the node's profile, the default) or "unconfined"."""
+    on_node_lost: Global___NodeLostAction.ValueType
+    """What the agent of a node cut off from every scheduler does with this app's
+    instances (manifest `onNodeLost`). Numbered apart from the fields above so
+    that fields added meanwhile elsewhere do not collide.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -464,10 +503,11 @@ class AppSpec(_message.Message):
         user_namespace: _builtins.bool = ...,
         seccomp: _builtins.str = ...,
         service: Global___ServicePort | None = ...,
+        on_node_lost: Global___NodeLostAction.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "readiness", b"readiness", "resources", b"resources", "service", b"service", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity", b"anti_affinity", "args", b"args", "capabilities", b"capabilities", "command", b"command", "env", b"env", "image", b"image", "labels", b"labels", "name", b"name", "node_selector", b"node_selector", "placement", b"placement", "ports", b"ports", "read_only_root_fs", b"read_only_root_fs", "readiness", b"readiness", "replicas", b"replicas", "resources", b"resources", "restart_policy", b"restart_policy", "seccomp", b"seccomp", "service", b"service", "stop_grace_period_ms", b"stop_grace_period_ms", "update", b"update", "user", b"user", "user_namespace", b"user_namespace", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity", b"anti_affinity", "args", b"args", "capabilities", b"capabilities", "command", b"command", "env", b"env", "image", b"image", "labels", b"labels", "name", b"name", "node_selector", b"node_selector", "on_node_lost", b"on_node_lost", "placement", b"placement", "ports", b"ports", "read_only_root_fs", b"read_only_root_fs", "readiness", b"readiness", "replicas", b"replicas", "resources", b"resources", "restart_policy", b"restart_policy", "seccomp", b"seccomp", "service", b"service", "stop_grace_period_ms", b"stop_grace_period_ms", "update", b"update", "user", b"user", "user_namespace", b"user_namespace", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,200 @@
+"""The scheduler's side of self-fencing: a heartbeat hears of its lease's renewal only
+through a keep-alive sent after it arrived (scheduler/leases.py), an instance its agent
+fenced is replaced, and `onNodeLost` in manifests (issue 10 item 6)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import pytest
+
+from cli.manifest import ManifestError, load_manifests
+from orch.v1 import agent_pb2 as apb
+from orch.v1 import types_pb2 as pb
+from orch.validation import validate_app_spec
+from scheduler.contact import Contact
+from scheduler.leases import LeaseKeeper
+from scheduler.metrics import SchedulerMetrics
+from scheduler.reconcile import reconcile
+from scheduler.reconciler_loop import place_pending
+from scheduler.sessions import AgentSessionService
+from tests.factories import make_app, make_instance, make_node, make_snapshot, make_spec
+from tests.unit.test_generations import FakeCache, FakeRegistry, PlaintextContext
+
+
+class FakeStream:
+    def __init__(self, on_response) -> None:
+        self.member = "m1"
+        self.sent: list[int] = []
+        self.answer = on_response  # answer(lease_id, ttl), as etcd's stream thread would
+
+    def send(self, lease_id: int) -> None:
+        self.sent.append(lease_id)
+
+    def close(self) -> None:
+        pass
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.contact = Contact(stall=10.0)
+        self.streams: list[FakeStream] = []
+
+    def keep_alive_stream(self, on_response, on_error) -> FakeStream:
+        self.streams.append(FakeStream(on_response))
+        return self.streams[-1]
+
+    def abandon(self, stream: FakeStream) -> None:
+        pass
+
+
+async def tick(keeper: LeaseKeeper) -> None:
+    await asyncio.sleep(keeper.interval * 1.5)
+
+
+def test_a_heartbeat_hears_only_of_renewals_by_keep_alives_sent_after_it_arrived():
+    async def scenario() -> list[tuple[str, int]]:
+        store = FakeStore()
+        keeper = LeaseKeeper(store, interval=0.05)  # type: ignore[arg-type]
+        heard: list[tuple[str, int]] = []
+        task = asyncio.create_task(keeper.run())
+        keeper.mark(7, lambda: None, lambda ttl: heard.append(("beat-1", ttl)))
+        await tick(keeper)
+        [stream] = store.streams
+        assert stream.sent == [7]
+        # beat-2 arrives after that keep-alive went out: its answer is not beat-2's renewal.
+        keeper.mark(7, lambda: None, lambda ttl: heard.append(("beat-2", ttl)))
+        stream.answer(7, 1)
+        await asyncio.sleep(0.01)
+        assert heard == [("beat-1", 1)]
+        await tick(keeper)
+        assert stream.sent == [7, 7]
+        stream.answer(7, 1)
+        await asyncio.sleep(0.01)
+        task.cancel()
+        return heard
+
+    assert asyncio.run(scenario()) == [("beat-1", 1), ("beat-2", 1)]
+
+
+def test_no_renewal_is_heard_from_an_expired_lease_or_a_stream_given_up():
+    async def scenario() -> tuple[list[str], list[int]]:
+        store = FakeStore()
+        keeper = LeaseKeeper(store, interval=0.05)  # type: ignore[arg-type]
+        heard: list[str] = []
+        expired: list[int] = []
+        task = asyncio.create_task(keeper.run())
+        keeper.mark(7, lambda: expired.append(7), lambda ttl: heard.append("expired-lease"))
+        await tick(keeper)
+        store.streams[0].answer(7, 0)  # etcd: that lease is gone
+        keeper.mark(8, lambda: None, lambda ttl: heard.append("old-stream"))
+        await tick(keeper)
+        keeper._broken = True  # the stream broke: the next tick opens another
+        keeper.mark(8, lambda: None, lambda ttl: heard.append("new-stream"))
+        await tick(keeper)
+        assert len(store.streams) == 2
+        store.streams[0].answer(8, 1)  # late, from the stream given up
+        await asyncio.sleep(0.01)
+        assert heard == []
+        store.streams[1].answer(8, 1)
+        await asyncio.sleep(0.01)
+        task.cancel()
+        return heard, expired
+
+    assert asyncio.run(scenario()) == (["new-stream"], [7])
+
+
+def test_an_instance_its_agent_fenced_is_replaced():
+    app = make_app(make_spec(replicas=1))
+    fenced = make_instance(app, "solo-1", "a", state=pb.INSTANCE_STATE_FAILED, ready=False)
+    fenced.status.reason = "NodeLost"
+    snap = make_snapshot([app], [make_node("a"), make_node("b")], [fenced])
+    plan = reconcile(snap, 2000.0, lambda: "s1")
+    [(stopped, _)] = plan.update
+    assert stopped.name == "solo-1" and stopped.desired == pb.DESIRED_STATE_STOP
+    assert "killed it when it lost touch" in stopped.status.message
+    [new] = plan.create
+    assert not new.avoid_nodes  # the node did nothing wrong: it may take the replacement
+    _, n = place_pending(plan, snap, 2000.0)
+    assert n == 1
+
+
+def manifest(tmp_path: Path, line: str) -> Path:
+    path = tmp_path / "solo.yaml"
+    path.write_text(f"apiVersion: orch/v1\nkind: App\nmetadata: {{name: solo}}\nspec:\n  image: busybox\n{line}")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("line", "action"),
+    [
+        ("", pb.NODE_LOST_ACTION_UNSPECIFIED),
+        ("  onNodeLost: Stop\n", pb.NODE_LOST_ACTION_STOP),
+        ("  onNodeLost: stop\n", pb.NODE_LOST_ACTION_STOP),
+        ("  onNodeLost: Keep\n", pb.NODE_LOST_ACTION_UNSPECIFIED),  # the default: no new generation
+    ],
+)
+def test_on_node_lost_in_a_manifest(tmp_path, line, action):
+    [app] = load_manifests([str(manifest(tmp_path, line))])
+    assert app.spec.on_node_lost == action
+
+
+def test_a_bad_on_node_lost_names_file_line_and_field(tmp_path):
+    path = manifest(tmp_path, "  onNodeLost: Restart\n")
+    with pytest.raises(ManifestError) as e:
+        load_manifests([str(path)])
+    assert e.value.problems == [f'{path}:6 spec.onNodeLost: expected one of Keep, Stop, got "Restart"']
+
+
+def test_the_scheduler_refuses_an_unknown_on_node_lost():
+    spec = make_spec(replicas=1)
+    spec.on_node_lost = 9  # type: ignore[assignment]
+    assert [(e.path, e.message) for e in validate_app_spec(spec)] == [
+        ("spec.onNodeLost", "unknown action 9: use Keep or Stop")
+    ]
+
+
+def test_the_session_tells_the_agent_which_heartbeat_renewed_its_lease():
+    class Keeper:
+        renewals: list = []
+
+        def mark(self, lease_id, on_expired, on_renewed=None) -> None:
+            self.renewals.append(on_renewed)
+
+        def forget(self, lease_id) -> None:
+            pass
+
+    keeper = Keeper()
+    cache = FakeCache(revision=15, instances=[pb.Instance(name="web-a", node="n1")])
+    service = AgentSessionService(FakeRegistry(), cache, None, SchedulerMetrics(), keeper)  # type: ignore[arg-type]
+    inbox: asyncio.Queue[apb.AgentMessage] = asyncio.Queue()
+
+    async def requests():
+        while True:
+            yield await inbox.get()
+
+    async def scenario() -> None:
+        inbox.put_nowait(apb.AgentMessage(register=apb.Register(node="n1")))
+        stream = service.Session(requests(), PlaintextContext()).__aiter__()  # type: ignore[arg-type]
+        assert (await anext(stream)).WhichOneof("msg") == "registered"
+        assert (await anext(stream)).WhichOneof("msg") == "desired"
+        inbox.put_nowait(apb.AgentMessage(heartbeat=apb.Heartbeat(observed_generation=15, seq=5)))
+        await asyncio.sleep(0.05)
+        nothing = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.05)
+        assert not nothing.done()  # marked, not renewed yet
+        [renewed] = keeper.renewals
+        renewed(1)  # etcd answered the keep-alive sent after it
+        msg = await asyncio.wait_for(nothing, 2)
+        assert msg.WhichOneof("msg") == "lease_renewed"
+        assert (msg.lease_renewed.seq, msg.lease_renewed.ttl_seconds) == (5, 1)
+        follow = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.05)
+        assert not follow.done()  # a reply alone sends no desired set again
+        follow.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follow
+
+    asyncio.run(scenario())
