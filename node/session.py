@@ -36,7 +36,11 @@ class Session:
         full_report: Callable[[], apb.StatusReport],
         on_desired: Callable[[apb.DesiredSet], Awaitable[None]],
         tls: Credentials | None = None,
+        on_registered: Callable[[apb.Registered], Awaitable[None]] | None = None,
+        on_routes: Callable[[apb.Routes], None] | None = None,
     ) -> None:
+        self._on_registered = on_registered  # awaited before any desired set: the network comes first
+        self._on_routes = on_routes
         self._schedulers = list(schedulers)
         self._tls = tls
         self._register = register
@@ -92,8 +96,12 @@ class Session:
                         heartbeat = asyncio.create_task(self._heartbeat(outbox, interval))
                         self.connected.set()
                         log.info("connected to scheduler %s (lease %x)", target, self.lease_id)
+                        if self._on_registered is not None:
+                            await self._on_registered(msg.registered)
                     elif kind == "desired":
                         await self.handle_desired(msg.desired, target)
+                    elif kind == "routes" and self._on_routes is not None:
+                        self._on_routes(msg.routes)
                     elif kind == "goodbye_ack" and self._goodbye_ack is not None and not self._goodbye_ack.done():
                         ack = msg.goodbye_ack
                         held = ack.held_until.ToNanoseconds() / 1e9 if ack.HasField("held_until") else 0.0

@@ -30,6 +30,7 @@ from scheduler.reconciler_loop import Reconciler
 from scheduler.sessions import RESTART_GRACE, AgentSessionService, NodeRegistry
 from scheduler.status import StatusWriter
 from scheduler.store import Store
+from scheduler.subnets import DEFAULT_CLUSTER_CIDR, DEFAULT_NODE_PREFIX, PoolError, SubnetPool
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class SchedulerConfig:
     tls: Credentials | None = None  # mutual TLS for the API, agent sessions and calls to agents
     etcd_tls: Credentials | None = None  # client certificate for etcd (https endpoints)
     restart_grace: float = RESTART_GRACE  # s a node whose agent said goodbye for a restart is held
+    cluster_cidr: str = DEFAULT_CLUSTER_CIDR  # container addresses; each node gets a subnet of it
+    node_subnet_size: int = DEFAULT_NODE_PREFIX  # prefix length of each node's subnet
 
 
 async def serve(config: SchedulerConfig) -> None:
@@ -63,7 +66,11 @@ async def serve(config: SchedulerConfig) -> None:
     election = LeaderElection(store, identity, ttl=config.leader_ttl)
     status = StatusWriter(store, cache)
     keeper = LeaseKeeper(store, interval=config.lease_ttl / 4)
-    registry = NodeRegistry(store, config.lease_ttl, config.restart_grace)
+    try:
+        pool = SubnetPool.parse(config.cluster_cidr, config.node_subnet_size)
+    except PoolError as e:
+        raise SystemExit(f"orch scheduler: {e}") from None
+    registry = NodeRegistry(store, config.lease_ttl, config.restart_grace, pool)
     sessions = AgentSessionService(registry, cache, status, metrics, keeper, events)
     reconciler = Reconciler(
         store, events, metrics=metrics, heartbeats=sessions.heartbeats.split, lease_ttl=config.lease_ttl
@@ -79,7 +86,8 @@ async def serve(config: SchedulerConfig) -> None:
     def on_change() -> None:
         loop.call_soon_threadsafe(reconciler.trigger.set)
 
-    api_pb2_grpc.add_OrchServicer_to_server(OrchService(store, events, on_change, agent_tls=config.tls), server)
+    service = OrchService(store, events, on_change, agent_tls=config.tls, subnets=registry.subnets)
+    api_pb2_grpc.add_OrchServicer_to_server(service, server)
     agent_pb2_grpc.add_AgentSessionServicer_to_server(sessions, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

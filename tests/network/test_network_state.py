@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from node.network import ConfigError, HostPortNotAllowed, PortMapping, PortRange
-from node.network.hostports import HostPorts, Runner
+from node.network.hostports import HostPorts
+from node.network.iptables import Runner
 from node.network.ipam import Ipam
 from node.network.portpolicy import host_listening, refusal
 

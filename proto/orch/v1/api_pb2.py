@@ -26,17 +26,17 @@ from orch.v1 import exec_pb2 as orch_dot_v1_dot_exec__pb2
 from orch.v1 import types_pb2 as orch_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11orch/v1/api.proto\x12\x07orch.v1\x1a\x12orch/v1/exec.proto\x1a\x13orch/v1/types.proto\"?\n\x0c\x41pplyRequest\x12\x1e\n\x04\x61pps\x18\x01 \x03(\x0b\x32\x10.orch.v1.AppSpec\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"U\n\x0b\x41pplyResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x14.orch.v1.ApplyAction\x12\x12\n\ngeneration\x18\x03 \x01(\x03\"6\n\rApplyResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.orch.v1.ApplyResult\"e\n\x07\x41ppInfo\x12\x19\n\x03\x61pp\x18\x01 \x01(\x0b\x32\x0c.orch.v1.App\x12\x0f\n\x07running\x18\x02 \x01(\x05\x12\r\n\x05ready\x18\x03 \x01(\x05\x12\x0f\n\x07pending\x18\x04 \x01(\x05\x12\x0e\n\x06placed\x18\x05 \x01(\x05\"\x1d\n\rGetAppRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x11\n\x0fListAppsRequest\"2\n\x10ListAppsResponse\x12\x1e\n\x04\x61pps\x18\x01 \x03(\x0b\x32\x10.orch.v1.AppInfo\" \n\x10\x44\x65leteAppRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x11\x44\x65leteAppResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\".\n\x0cScaleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\x05\"\x84\x01\n\x08NodeInfo\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\r.orch.v1.Node\x12!\n\x05state\x18\x02 \x01(\x0e\x32\x12.orch.v1.NodeState\x12%\n\tallocated\x18\x03 \x01(\x0b\x32\x12.orch.v1.Resources\x12\x11\n\tinstances\x18\x04 \x01(\x05\"\x12\n\x10ListNodesRequest\"5\n\x11ListNodesResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.orch.v1.NodeInfo\":\n\x15SetSchedulableRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bschedulable\x18\x02 \x01(\x08\"0\n\x0c\x44rainRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x03\"b\n\rDrainProgress\x12\x11\n\tremaining\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07\x62locked\x18\x03 \x01(\t\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x0e\n\x06\x66orced\x18\x05 \x01(\x08\"1\n\x14ListInstancesRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\"=\n\x15ListInstancesResponse\x12$\n\tinstances\x18\x01 \x03(\x0b\x32\x11.orch.v1.Instance\"\"\n\x11ListEventsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"4\n\x12ListEventsResponse\x12\x1e\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0e.orch.v1.Event\"\'\n\nTopRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\"\x9a\x01\n\tNodeUsage\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x12\n\ncpu_millis\x18\x02 \x01(\x03\x12 \n\x18memory_working_set_bytes\x18\x03 \x01(\x03\x12\x11\n\tinstances\x18\x04 \x01(\x05\x12\'\n\x0b\x61llocatable\x18\x05 \x01(\x0b\x32\x12.orch.v1.Resources\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"[\n\x0bTopResponse\x12)\n\tinstances\x18\x01 \x03(\x0b\x32\x16.orch.v1.InstanceUsage\x12!\n\x05nodes\x18\x02 \x03(\x0b\x32\x12.orch.v1.NodeUsage*~\n\x0b\x41pplyAction\x12\x1c\n\x18\x41PPLY_ACTION_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41PPLY_ACTION_CREATED\x10\x01\x12\x1b\n\x17\x41PPLY_ACTION_CONFIGURED\x10\x02\x12\x1a\n\x16\x41PPLY_ACTION_UNCHANGED\x10\x03*r\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10NODE_STATE_READY\x10\x01\x12\x18\n\x14NODE_STATE_NOT_READY\x10\x02\x12\x19\n\x15NODE_STATE_RESTARTING\x10\x03\x32\x9d\x06\n\x04Orch\x12\x36\n\x05\x41pply\x12\x15.orch.v1.ApplyRequest\x1a\x16.orch.v1.ApplyResponse\x12\x32\n\x06GetApp\x12\x16.orch.v1.GetAppRequest\x1a\x10.orch.v1.AppInfo\x12?\n\x08ListApps\x12\x18.orch.v1.ListAppsRequest\x1a\x19.orch.v1.ListAppsResponse\x12\x42\n\tDeleteApp\x12\x19.orch.v1.DeleteAppRequest\x1a\x1a.orch.v1.DeleteAppResponse\x12\x30\n\x05Scale\x12\x15.orch.v1.ScaleRequest\x1a\x10.orch.v1.AppInfo\x12\x42\n\tListNodes\x12\x19.orch.v1.ListNodesRequest\x1a\x1a.orch.v1.ListNodesResponse\x12\x43\n\x0eSetSchedulable\x12\x1e.orch.v1.SetSchedulableRequest\x1a\x11.orch.v1.NodeInfo\x12\x38\n\x05\x44rain\x12\x15.orch.v1.DrainRequest\x1a\x16.orch.v1.DrainProgress0\x01\x12N\n\rListInstances\x12\x1d.orch.v1.ListInstancesRequest\x1a\x1e.orch.v1.ListInstancesResponse\x12\x45\n\nListEvents\x12\x1a.orch.v1.ListEventsRequest\x1a\x1b.orch.v1.ListEventsResponse\x12\x31\n\x04Logs\x12\x14.orch.v1.LogsRequest\x1a\x11.orch.v1.LogEntry0\x01\x12\x30\n\x03Top\x12\x13.orch.v1.TopRequest\x1a\x14.orch.v1.TopResponse\x12\x33\n\x04\x45xec\x12\x12.orch.v1.ExecInput\x1a\x13.orch.v1.ExecOutput(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11orch/v1/api.proto\x12\x07orch.v1\x1a\x12orch/v1/exec.proto\x1a\x13orch/v1/types.proto\"?\n\x0c\x41pplyRequest\x12\x1e\n\x04\x61pps\x18\x01 \x03(\x0b\x32\x10.orch.v1.AppSpec\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"U\n\x0b\x41pplyResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x14.orch.v1.ApplyAction\x12\x12\n\ngeneration\x18\x03 \x01(\x03\"6\n\rApplyResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.orch.v1.ApplyResult\"e\n\x07\x41ppInfo\x12\x19\n\x03\x61pp\x18\x01 \x01(\x0b\x32\x0c.orch.v1.App\x12\x0f\n\x07running\x18\x02 \x01(\x05\x12\r\n\x05ready\x18\x03 \x01(\x05\x12\x0f\n\x07pending\x18\x04 \x01(\x05\x12\x0e\n\x06placed\x18\x05 \x01(\x05\"\x1d\n\rGetAppRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x11\n\x0fListAppsRequest\"2\n\x10ListAppsResponse\x12\x1e\n\x04\x61pps\x18\x01 \x03(\x0b\x32\x10.orch.v1.AppInfo\" \n\x10\x44\x65leteAppRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x11\x44\x65leteAppResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\".\n\x0cScaleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\x05\"\x84\x01\n\x08NodeInfo\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\r.orch.v1.Node\x12!\n\x05state\x18\x02 \x01(\x0e\x32\x12.orch.v1.NodeState\x12%\n\tallocated\x18\x03 \x01(\x0b\x32\x12.orch.v1.Resources\x12\x11\n\tinstances\x18\x04 \x01(\x05\"\x12\n\x10ListNodesRequest\"5\n\x11ListNodesResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.orch.v1.NodeInfo\"!\n\x11\x44\x65leteNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteNodeResponse\":\n\x15SetSchedulableRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bschedulable\x18\x02 \x01(\x08\"0\n\x0c\x44rainRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x03\"b\n\rDrainProgress\x12\x11\n\tremaining\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07\x62locked\x18\x03 \x01(\t\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x0e\n\x06\x66orced\x18\x05 \x01(\x08\"1\n\x14ListInstancesRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\"=\n\x15ListInstancesResponse\x12$\n\tinstances\x18\x01 \x03(\x0b\x32\x11.orch.v1.Instance\"\"\n\x11ListEventsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"4\n\x12ListEventsResponse\x12\x1e\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0e.orch.v1.Event\"\'\n\nTopRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\"\x9a\x01\n\tNodeUsage\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x12\n\ncpu_millis\x18\x02 \x01(\x03\x12 \n\x18memory_working_set_bytes\x18\x03 \x01(\x03\x12\x11\n\tinstances\x18\x04 \x01(\x05\x12\'\n\x0b\x61llocatable\x18\x05 \x01(\x0b\x32\x12.orch.v1.Resources\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"[\n\x0bTopResponse\x12)\n\tinstances\x18\x01 \x03(\x0b\x32\x16.orch.v1.InstanceUsage\x12!\n\x05nodes\x18\x02 \x03(\x0b\x32\x12.orch.v1.NodeUsage*~\n\x0b\x41pplyAction\x12\x1c\n\x18\x41PPLY_ACTION_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41PPLY_ACTION_CREATED\x10\x01\x12\x1b\n\x17\x41PPLY_ACTION_CONFIGURED\x10\x02\x12\x1a\n\x16\x41PPLY_ACTION_UNCHANGED\x10\x03*r\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10NODE_STATE_READY\x10\x01\x12\x18\n\x14NODE_STATE_NOT_READY\x10\x02\x12\x19\n\x15NODE_STATE_RESTARTING\x10\x03\x32\xe4\x06\n\x04Orch\x12\x36\n\x05\x41pply\x12\x15.orch.v1.ApplyRequest\x1a\x16.orch.v1.ApplyResponse\x12\x32\n\x06GetApp\x12\x16.orch.v1.GetAppRequest\x1a\x10.orch.v1.AppInfo\x12?\n\x08ListApps\x12\x18.orch.v1.ListAppsRequest\x1a\x19.orch.v1.ListAppsResponse\x12\x42\n\tDeleteApp\x12\x19.orch.v1.DeleteAppRequest\x1a\x1a.orch.v1.DeleteAppResponse\x12\x30\n\x05Scale\x12\x15.orch.v1.ScaleRequest\x1a\x10.orch.v1.AppInfo\x12\x42\n\tListNodes\x12\x19.orch.v1.ListNodesRequest\x1a\x1a.orch.v1.ListNodesResponse\x12\x43\n\x0eSetSchedulable\x12\x1e.orch.v1.SetSchedulableRequest\x1a\x11.orch.v1.NodeInfo\x12\x45\n\nDeleteNode\x12\x1a.orch.v1.DeleteNodeRequest\x1a\x1b.orch.v1.DeleteNodeResponse\x12\x38\n\x05\x44rain\x12\x15.orch.v1.DrainRequest\x1a\x16.orch.v1.DrainProgress0\x01\x12N\n\rListInstances\x12\x1d.orch.v1.ListInstancesRequest\x1a\x1e.orch.v1.ListInstancesResponse\x12\x45\n\nListEvents\x12\x1a.orch.v1.ListEventsRequest\x1a\x1b.orch.v1.ListEventsResponse\x12\x31\n\x04Logs\x12\x14.orch.v1.LogsRequest\x1a\x11.orch.v1.LogEntry0\x01\x12\x30\n\x03Top\x12\x13.orch.v1.TopRequest\x1a\x14.orch.v1.TopResponse\x12\x33\n\x04\x45xec\x12\x12.orch.v1.ExecInput\x1a\x13.orch.v1.ExecOutput(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'orch.v1.api_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_APPLYACTION']._serialized_start=1519
-  _globals['_APPLYACTION']._serialized_end=1645
-  _globals['_NODESTATE']._serialized_start=1647
-  _globals['_NODESTATE']._serialized_end=1761
+  _globals['_APPLYACTION']._serialized_start=1576
+  _globals['_APPLYACTION']._serialized_end=1702
+  _globals['_NODESTATE']._serialized_start=1704
+  _globals['_NODESTATE']._serialized_end=1818
   _globals['_APPLYREQUEST']._serialized_start=71
   _globals['_APPLYREQUEST']._serialized_end=134
   _globals['_APPLYRESULT']._serialized_start=136
@@ -63,26 +63,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTNODESREQUEST']._serialized_end=757
   _globals['_LISTNODESRESPONSE']._serialized_start=759
   _globals['_LISTNODESRESPONSE']._serialized_end=812
-  _globals['_SETSCHEDULABLEREQUEST']._serialized_start=814
-  _globals['_SETSCHEDULABLEREQUEST']._serialized_end=872
-  _globals['_DRAINREQUEST']._serialized_start=874
-  _globals['_DRAINREQUEST']._serialized_end=922
-  _globals['_DRAINPROGRESS']._serialized_start=924
-  _globals['_DRAINPROGRESS']._serialized_end=1022
-  _globals['_LISTINSTANCESREQUEST']._serialized_start=1024
-  _globals['_LISTINSTANCESREQUEST']._serialized_end=1073
-  _globals['_LISTINSTANCESRESPONSE']._serialized_start=1075
-  _globals['_LISTINSTANCESRESPONSE']._serialized_end=1136
-  _globals['_LISTEVENTSREQUEST']._serialized_start=1138
-  _globals['_LISTEVENTSREQUEST']._serialized_end=1172
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=1174
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=1226
-  _globals['_TOPREQUEST']._serialized_start=1228
-  _globals['_TOPREQUEST']._serialized_end=1267
-  _globals['_NODEUSAGE']._serialized_start=1270
-  _globals['_NODEUSAGE']._serialized_end=1424
-  _globals['_TOPRESPONSE']._serialized_start=1426
-  _globals['_TOPRESPONSE']._serialized_end=1517
-  _globals['_ORCH']._serialized_start=1764
-  _globals['_ORCH']._serialized_end=2561
+  _globals['_DELETENODEREQUEST']._serialized_start=814
+  _globals['_DELETENODEREQUEST']._serialized_end=847
+  _globals['_DELETENODERESPONSE']._serialized_start=849
+  _globals['_DELETENODERESPONSE']._serialized_end=869
+  _globals['_SETSCHEDULABLEREQUEST']._serialized_start=871
+  _globals['_SETSCHEDULABLEREQUEST']._serialized_end=929
+  _globals['_DRAINREQUEST']._serialized_start=931
+  _globals['_DRAINREQUEST']._serialized_end=979
+  _globals['_DRAINPROGRESS']._serialized_start=981
+  _globals['_DRAINPROGRESS']._serialized_end=1079
+  _globals['_LISTINSTANCESREQUEST']._serialized_start=1081
+  _globals['_LISTINSTANCESREQUEST']._serialized_end=1130
+  _globals['_LISTINSTANCESRESPONSE']._serialized_start=1132
+  _globals['_LISTINSTANCESRESPONSE']._serialized_end=1193
+  _globals['_LISTEVENTSREQUEST']._serialized_start=1195
+  _globals['_LISTEVENTSREQUEST']._serialized_end=1229
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=1231
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=1283
+  _globals['_TOPREQUEST']._serialized_start=1285
+  _globals['_TOPREQUEST']._serialized_end=1324
+  _globals['_NODEUSAGE']._serialized_start=1327
+  _globals['_NODEUSAGE']._serialized_end=1481
+  _globals['_TOPRESPONSE']._serialized_start=1483
+  _globals['_TOPRESPONSE']._serialized_end=1574
+  _globals['_ORCH']._serialized_start=1821
+  _globals['_ORCH']._serialized_end=2689
 # @@protoc_insertion_point(module_scope)
