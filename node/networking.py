@@ -22,6 +22,7 @@ from collections.abc import Callable
 from node.network import NetworkError, NodeNetwork
 from node.network.cluster import ClusterNetwork
 from node.network.hostnets import HostNet, source_address
+from node.network.hostports import ip_forward_enabled
 from node.network.routes import NodeRoute
 from orch.v1 import agent_pb2 as apb
 
@@ -82,7 +83,13 @@ class Networking:
         await self._configure(registered.subnet, registered.cluster_cidr)
 
     async def _configure(self, subnet: str, cluster_cidr: str) -> None:
+        first = self.network is None
         self.network = await asyncio.to_thread(self.podnet.configure, subnet, cluster_cidr)
+        if first and not ip_forward_enabled():
+            log.warning(
+                "net.ipv4.ip_forward is 0: this node's instances reach only each other and this host (not "
+                "other nodes' instances, nor the outside); sysctl -w net.ipv4.ip_forward=1"
+            )
         self._on_network(self.network)
         self.ready.set()
         self._wake.set()

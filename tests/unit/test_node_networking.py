@@ -1,0 +1,188 @@
+"""The node's side of the cluster network without root: NAT rules (masquerade.py), what the
+host reports for the overlap check (hostnets.py), the recorded subnet (cluster.py), the node
+IP, and the scheduler's routes table (cache.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node.network.cluster import ClusterNetwork, ClusterNetworkConfig
+from node.network.errors import ConfigError, NetworkError
+from node.network.hostnets import PODMAN_DEFAULT, HostNet, host_routes, podman_networks
+from node.network.masquerade import Masquerade, chain_names, rules
+from node.network.routes import ORCH_PROTO
+from node.networking import node_ip_for
+from orch.v1 import types_pb2 as pb
+from scheduler.cache import ROUTES, ClusterCache
+from scheduler.store import WatchEvent
+
+
+def test_the_nat_rules_masquerade_only_what_leaves_the_cluster_and_hairpins() -> None:
+    text = rules("orch0", "10.88.1.0/24", "10.88.0.0/16")
+    assert text.splitlines() == [
+        "*nat",
+        ":ORCH-MASQ-orch0 - [0:0]",
+        '-A ORCH-MASQ-orch0 -s 10.88.1.0/24 -d 10.88.1.0/24 -m conntrack --ctstate DNAT -m comment --comment "hairpin"'
+        " -j MASQUERADE",
+        "-A ORCH-MASQ-orch0 -s 10.88.1.0/24 -d 10.88.0.0/16 -j RETURN",
+        "-A ORCH-MASQ-orch0 -s 10.88.1.0/24 -d 224.0.0.0/4 -j RETURN",
+        '-A ORCH-MASQ-orch0 -s 10.88.1.0/24 -m comment --comment "leaving the cluster" -j MASQUERADE',
+        "COMMIT",
+        "*filter",
+        ":ORCH-FWD-orch0 - [0:0]",
+        "-A ORCH-FWD-orch0 -i orch0 -j ACCEPT",
+        "-A ORCH-FWD-orch0 -o orch0 -j ACCEPT",
+        "COMMIT",
+    ]
+    assert all(len(c) <= 28 for c in chain_names("a-15-char-name!"))  # iptables' limit
+
+
+class FakeIptables:
+    """Jumps and chains as iptables keeps them; records every call."""
+
+    def __init__(self) -> None:
+        self.jumps: list[tuple[str, tuple[str, ...]]] = []
+        self.chains: set[tuple[str, str]] = set()
+        self.calls: list[str] = []
+
+    def __call__(self, argv: Sequence[str], stdin: str) -> None:
+        self.calls.append(" ".join(argv))
+        if argv[0] == "iptables-restore":
+            table = ""
+            for line in stdin.splitlines():
+                if line.startswith("*"):
+                    table = line[1:]
+                elif line.startswith(":"):
+                    self.chains.add((table, line[1:].split()[0]))
+            return
+        table, op, rest = argv[3], argv[4], tuple(argv[5:])
+        if op == "-C" and (table, rest) not in self.jumps:
+            raise NetworkError("no such rule")
+        if op == "-A":
+            self.jumps.append((table, rest))
+        if op == "-D":
+            self.jumps.remove((table, rest))
+        if op == "-S" and (table, rest[0]) not in self.chains:
+            raise NetworkError("no chain")
+        if op == "-X":
+            self.chains.discard((table, rest[0]))
+
+
+def test_nat_is_ensured_idempotently_and_torn_down_whole() -> None:
+    ipt = FakeIptables()
+    masq = Masquerade("orch0", run=ipt)
+    masq.ensure("10.88.1.0/24", "10.88.0.0/16")
+    masq.ensure("10.88.1.0/24", "10.88.0.0/16")  # an agent start: heals, adds no second jump
+    jumps = [("nat", ("POSTROUTING", "-j", "ORCH-MASQ-orch0")), ("filter", ("FORWARD", "-j", "ORCH-FWD-orch0"))]
+    assert ipt.jumps == jumps
+    assert ipt.chains == {("nat", "ORCH-MASQ-orch0"), ("filter", "ORCH-FWD-orch0")}
+    ipt.jumps.append(ipt.jumps[0])  # a copy someone added
+    masq.teardown()
+    assert ipt.jumps == [] and ipt.chains == set()
+    masq.teardown()  # gone already: fine
+
+
+class FakeIpr:
+    def __init__(self, routes: list[tuple[str, int, int, str]]) -> None:
+        self.routes = routes  # (dst, dst_len, proto, dev)
+
+    def get_links(self) -> list[Any]:
+        return [Msg({"index": i}, {"IFLA_IFNAME": d}) for i, d in enumerate(["lo", "eth0", "orch0", "podman0"])]
+
+    def route(self, op: str, **kw: Any) -> list[Any]:
+        devs = ["lo", "eth0", "orch0", "podman0"]
+        return [
+            Msg({"dst_len": n, "proto": p}, {"RTA_DST": d if n else None, "RTA_OIF": devs.index(dev)})
+            for d, n, p, dev in self.routes
+        ]
+
+
+class Msg:
+    def __init__(self, fields: dict[str, Any], attrs: dict[str, Any]) -> None:
+        self.fields, self.attrs = fields, attrs
+
+    def __getitem__(self, key: str) -> Any:
+        return self.fields[key]
+
+    def get_attr(self, name: str) -> Any:
+        return self.attrs.get(name)
+
+
+def test_the_host_reports_its_routes_but_orchs_own() -> None:
+    ipr = FakeIpr(
+        [
+            ("0.0.0.0", 0, 3, "eth0"),  # default: never a conflict
+            ("192.0.2.0", 24, 2, "eth0"),
+            ("10.88.0.0", 16, 2, "podman0"),
+            ("10.88.1.0", 24, 2, "orch0"),  # this node's bridge
+            ("10.88.2.0", 24, ORCH_PROTO, "eth0"),  # a host-gw route of ours
+        ]
+    )
+    assert host_routes(ipr, "orch0") == [
+        HostNet("192.0.2.0/24", "route dev eth0"),
+        HostNet("10.88.0.0/16", "route dev podman0"),
+    ]
+
+
+def test_podmans_networks_count_where_podman_is_installed(tmp_path: Path) -> None:
+    assert podman_networks(which=lambda _: None, config=tmp_path) == []
+    installed = podman_networks(which=lambda _: "/usr/bin/podman", config=tmp_path / "none")
+    assert installed == [HostNet(PODMAN_DEFAULT, "Podman network podman")]
+    (tmp_path / "web.json").write_text(json.dumps({"name": "web", "subnets": [{"subnet": "10.89.0.0/24"}]}))
+    (tmp_path / "v6.json").write_text(json.dumps({"name": "v6", "subnets": [{"subnet": "fd00::/64"}]}))
+    (tmp_path / "broken.json").write_text("{")
+    assert podman_networks(which=lambda _: "/usr/bin/podman", config=tmp_path) == [
+        HostNet("10.89.0.0/24", "Podman network web"),
+        HostNet(PODMAN_DEFAULT, "Podman network podman"),
+    ]
+
+
+def test_a_recorded_subnet_is_asked_for_again_and_a_contradicting_one_refused(tmp_path: Path) -> None:
+    podnet = ClusterNetwork(ClusterNetworkConfig("orch0", tmp_path))
+    assert podnet.requested_subnet() == ""  # a new node: the scheduler picks
+    (tmp_path / "network.json").write_text(json.dumps({"subnet": "10.88.4.0/24", "clusterCidr": "10.88.0.0/16"}))
+    assert podnet.requested_subnet() == "10.88.4.0/24"  # its containers use it
+    same = ClusterNetwork(ClusterNetworkConfig("orch0", tmp_path, subnet="10.88.4.0/24"))
+    assert same.requested_subnet() == "10.88.4.0/24"
+    other = ClusterNetwork(ClusterNetworkConfig("orch0", tmp_path, subnet="10.88.9.0/24"))
+    with pytest.raises(ConfigError, match=r"--subnet 10.88.9.0/24: this node's containers use 10.88.4.0/24.*--cleanup"):
+        other.requested_subnet()
+
+
+@pytest.mark.parametrize(
+    ("explicit", "listen", "want"),
+    [
+        ("192.0.2.50", "192.0.2.11:7071", "192.0.2.50"),
+        ("", "192.0.2.11:7071", "192.0.2.11"),
+        ("", "127.0.0.1:40000", "127.0.0.1"),  # orch up --nodes: local, and so never routed to
+        ("", "0.0.0.0:7071", "127.0.0.1"),  # the address towards the scheduler (on loopback here)
+    ],
+)
+def test_the_node_ip(explicit: str, listen: str, want: str) -> None:
+    assert node_ip_for(explicit, listen, "127.0.0.1:7070") == want
+
+
+def node_event(name: str, node: pb.Node | None, rev: int) -> WatchEvent:
+    return WatchEvent(f"nodes/{name}", node.SerializeToString() if node else None, rev)
+
+
+def test_the_routes_table_changes_only_with_a_subnet_or_node_ip() -> None:
+    cache = ClusterCache(store=None)  # type: ignore[arg-type]
+    heard: list[set[str]] = []
+    cache.subscribe(heard.append)
+    cache._apply([node_event("m1", pb.Node(name="m1", subnet="10.88.0.0/24", node_ip="192.0.2.11"), 5)], 5)
+    assert cache.routes_version == 1 and ROUTES in heard[-1]
+    assert [(r.node, r.subnet, r.node_ip) for r in cache.routes().nodes] == [("m1", "10.88.0.0/24", "192.0.2.11")]
+    first = cache.routes()
+    cordoned = pb.Node(name="m1", subnet="10.88.0.0/24", node_ip="192.0.2.11", unschedulable=True)
+    cache._apply([node_event("m1", cordoned, 6), node_event("m2", pb.Node(name="m2"), 6)], 6)  # m2: no network
+    assert cache.routes_version == 1 and ROUTES not in heard[-1] and cache.routes() is first
+    cache._apply([node_event("m2", pb.Node(name="m2", subnet="10.88.1.0/24", node_ip="192.0.2.12"), 7)], 7)
+    cache._apply([node_event("m1", None, 8)], 8)  # m1 deleted
+    assert cache.routes_version == 3 and ROUTES in heard[-1]
+    assert [r.node for r in cache.routes().nodes] == ["m2"]
