@@ -150,9 +150,10 @@ class NodeRegistry:
         """Sets the node's subnet and node_ip; returns the writes that claim the subnet (or free
         it: a node without container networking holds none)."""
         if not reg.container_network:
+            had = bool(node.subnet)  # most such nodes never had one: no read for them
             node.ClearField("subnet")
             node.ClearField("node_ip")
-            return self.subnets.release(reg.node)
+            return self.subnets.release(reg.node) if had else []
         node.subnet, writes = self.subnets.claim(reg, node.subnet)
         node.node_ip = reg.node_ip
         return writes
