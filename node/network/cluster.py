@@ -115,7 +115,7 @@ class ClusterNetwork:
             for s in skipped:
                 log.warning("no route to node %s: %s", s.node, s.why)
             self._skipped = skipped
-        for dst, gateway in sorted(todo.add.items()):
+        for dst, gateway in sorted({**todo.add, **todo.change}.items()):
             log.info("route %s via %s", dst, gateway)
         for dst in todo.delete:
             log.info("route %s removed: no node holds it any more", dst)

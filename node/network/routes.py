@@ -52,7 +52,8 @@ class Skipped:
 
 @dataclass(frozen=True, slots=True)
 class RoutePlan:
-    add: dict[str, str]  # dst -> gateway: new, or a changed gateway (replaced)
+    add: dict[str, str]  # dst -> gateway: routes orch does not have yet
+    change: dict[str, str]  # dst -> gateway: orch's routes whose gateway moved (replaced)
     delete: list[str]  # dst
 
 
@@ -82,8 +83,9 @@ def desired(
 
 def plan(want: Mapping[str, str], have: Mapping[str, str]) -> RoutePlan:
     """What turns the routes we have into the ones we want (pure)."""
-    add = {dst: gw for dst, gw in want.items() if have.get(dst) != gw}
-    return RoutePlan(add=add, delete=sorted(dst for dst in have if dst not in want))
+    add = {dst: gw for dst, gw in want.items() if dst not in have}
+    change = {dst: gw for dst, gw in want.items() if dst in have and have[dst] != gw}
+    return RoutePlan(add=add, change=change, delete=sorted(dst for dst in have if dst not in want))
 
 
 def actual(ipr: Any) -> dict[str, str]:
@@ -109,10 +111,21 @@ def apply(ipr: Any, todo: RoutePlan) -> list[str]:
         except NetlinkError as e:
             if e.code not in _GONE:
                 problems.append(f"delete route {dst}: {e}")
-    for dst, gateway in sorted(todo.add.items()):
+    # add, not replace, for a new one: a route to that subnet that orch did not make stays (EEXIST).
+    writes = [("add", dst, gw) for dst, gw in todo.add.items()] + [
+        ("replace", dst, gw) for dst, gw in todo.change.items()
+    ]
+    for op, dst, gateway in sorted(writes, key=lambda w: w[1]):
         try:
-            ipr.route("replace", dst=dst, gateway=gateway, table=MAIN_TABLE, proto=ORCH_PROTO)
+            ipr.route(op, dst=dst, gateway=gateway, table=MAIN_TABLE, proto=ORCH_PROTO)
         except NetlinkError as e:
-            why = " (not on a network this host reaches directly: host-gw needs one L2 segment)"
-            problems.append(f"route {dst} via {gateway}: {e}{why if e.code == errno.ENETUNREACH else ''}")
+            problems.append(f"route {dst} via {gateway}: {e}{_hint(e.code)}")
     return problems
+
+
+def _hint(code: int) -> str:
+    if code == errno.ENETUNREACH:
+        return " (not on a network this host reaches directly: host-gw needs one L2 segment)"
+    if code == errno.EEXIST:
+        return " (this host has a route there that orch did not make: remove it, or choose another cluster CIDR)"
+    return ""

@@ -39,9 +39,11 @@ class FakeRoutes:
             return [FakeMsg(dst, gw) for dst, (gw, proto) in self.table.items() if proto == kw["proto"]]
         self.calls.append((op, kw["dst"]))
         assert kw["proto"] == ORCH_PROTO  # orch only ever writes and deletes its own
-        if op == "replace":
+        if op in ("add", "replace"):
             if kw["gateway"] in self.unreachable:
                 raise NetlinkError(errno.ENETUNREACH, "Network is unreachable")
+            if op == "add" and kw["dst"] in self.table:
+                raise NetlinkError(errno.EEXIST, "File exists")
             self.table[kw["dst"]] = (kw["gateway"], kw["proto"])
         elif op == "del":
             if self.table.get(kw["dst"], ("", 0))[1] != kw["proto"]:
@@ -90,6 +92,14 @@ def test_a_node_that_moved_gets_its_route_replaced() -> None:
     sync(ipr, nodes("m2"))
     sync(ipr, [NodeRoute("m2", "10.88.1.0/24", "192.0.2.99")])
     assert ipr.ours() == {"10.88.1.0/24": "192.0.2.99"}
+    assert ipr.calls == [("add", "10.88.1.0/24"), ("replace", "10.88.1.0/24")]
+
+
+def test_a_route_orch_did_not_make_is_left_alone_and_reported() -> None:
+    ipr = FakeRoutes(others={"10.88.1.0/24": "192.0.2.1"})  # an admin's static route to m2's subnet
+    problems = sync(ipr, nodes("m2", "m3"))
+    assert ipr.table["10.88.1.0/24"] == ("192.0.2.1", 4) and ipr.ours() == {"10.88.2.0/24": "192.0.2.13"}
+    assert len(problems) == 1 and "a route there that orch did not make" in problems[0]
 
 
 def test_a_route_deleted_by_hand_comes_back_and_others_routes_are_never_touched() -> None:
@@ -127,5 +137,5 @@ def test_nodes_in_this_network_namespace_and_unusable_addresses_are_skipped() ->
 
 
 def test_plan_is_a_pure_diff() -> None:
-    todo = rt.plan({"a": "1", "b": "2"}, {"b": "3", "c": "4"})
-    assert todo.add == {"a": "1", "b": "2"} and todo.delete == ["c"]
+    todo = rt.plan({"a": "1", "b": "2", "d": "5"}, {"b": "3", "c": "4", "d": "5"})
+    assert (todo.add, todo.change, todo.delete) == ({"a": "1"}, {"b": "2"}, ["c"])
