@@ -367,6 +367,7 @@ def start(cluster: Cluster, schedulers: int) -> None:
     cluster.write_cluster_json()
     addresses = ",".join(cluster.addresses)
     print(f"orch up: {cluster.nodes} node(s), scheduler(s) {addresses}, state in {cluster.dir}", flush=True)
+    print(f"  containers: cluster CIDR {cluster.cluster_cidr}, a /24 per node (docs/networking.md)", flush=True)
     if cluster.lab is not None:
         hosts = ", ".join(f"{h.name} {h.address}" for h in cluster.lab.hosts)
         where = f"lab network {cluster.lab.network} on bridge {cluster.lab.bridge}, this machine {cluster.lab.gateway}"

@@ -269,8 +269,8 @@ class OrchService(api_pb2_grpc.OrchServicer):
         if state is not NodeState.NOT_READY:
             raise Refused(
                 "NodeInUse",
-                f"node {name} is {state.value}: stop its agent first (`orch node ... --cleanup` also removes "
-                "its containers and network), then delete it",
+                f"node {name} is {state.value}: only a NotReady node can be deleted; stop its agent first "
+                "(`orch node ... --cleanup` also removes its containers and network)",
             )
         self._store.commit([Delete(self._store.keys.node(name), node.mod_revision), *self._subnets.release(name)])
         freed = f"; subnet {node.value.subnet} is free again" if node.value.subnet else ""

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,7 @@ def nodes(info: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {n["name"]: n for n in json.loads(r.stdout)} if r.returncode == 0 else {}
 
 
-def test_instances_reach_each_other_across_hosts_by_ip(tmp_path: Path, web_root: Path) -> None:
+def test_instances_reach_each_other_across_hosts_by_ip(tmp_path: Path, web_root: Path, record_property) -> None:
     with orch_up(tmp_path, "--hosts", "3", cidr_start=180) as info:
         hosts = {h["name"]: h["address"] for h in info["lab"]["hosts"]}
         ready = wait_for(lambda: (n := nodes(info)) and all(x["state"] == "Ready" for x in n.values()) and n, 30)
@@ -161,15 +162,18 @@ def test_instances_reach_each_other_across_hosts_by_ip(tmp_path: Path, web_root:
         cleanup = subprocess.run([*agent["argv"], "--cleanup"], capture_output=True, text=True, env=orch_env())
         assert cleanup.returncode == 0, cleanup.stderr
         assert routes_on(info, "h2") == {}  # --cleanup took h2's own routes
+        started = time.monotonic()
         assert orch(info, "delete", "node", "h2").returncode == 0
-        assert "h2" not in nodes(info)
         wait_for(lambda: str(subnets["h2"]) not in routes_on(info, "h1"), 15, "h2's route gone from h1")
+        record_property("route_removed_after_delete_s", round(time.monotonic() - started, 2))
+        assert "h2" not in nodes(info)
+        started = time.monotonic()
         with open(tmp_path / "h2-again.log", "wb") as log:
             again = subprocess.Popen(agent["argv"], stdout=log, stderr=subprocess.STDOUT, env=orch_env())
         try:
-            wait_for(lambda: nodes(info).get("h2", {}).get("state") == "Ready", 30, "h2 back")
-            assert nodes(info)["h2"]["subnet"] == str(subnets["h2"])
-            wait_for(lambda: routes_on(info, "h1").get(str(subnets["h2"])) == hosts["h2"], 15, "h2's route back")
+            wait_for(lambda: routes_on(info, "h1").get(str(subnets["h2"])) == hosts["h2"], 30, "h2's route back")
+            record_property("route_back_after_agent_start_s", round(time.monotonic() - started, 2))
+            assert nodes(info)["h2"]["subnet"] == str(subnets["h2"]) and nodes(info)["h2"]["state"] == "Ready"
             wait_for(lambda: len(routes_on(info, "h2")) == 2, 15, "h2's routes to the others")
             assert orch(info, "delete", "app", "web", "client", "neighbour").returncode == 0
             wait_for(lambda: not instances(info), 30, "apps gone")

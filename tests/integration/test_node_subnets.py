@@ -59,7 +59,7 @@ def test_subnets_are_assigned_kept_and_freed_by_deleting_the_node(store, etcd) -
     assert subnet_of(store, "a") == "10.88.0.0/24"
 
     api = OrchService(store, EventLog(store), subnets=registry.subnets)
-    with pytest.raises(Refused, match="node a is Ready: stop its agent first"):
+    with pytest.raises(Refused, match="node a is Ready: only a NotReady node can be deleted"):
         api._delete_node("a")
     store.revoke_lease(lease_a)  # its agent is gone for good: NotReady
     api._delete_node("a")
