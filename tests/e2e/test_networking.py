@@ -70,6 +70,7 @@ PEER_SERVER = (
 @pytest.fixture(scope="module")
 def web_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = build_busybox_rootfs(tmp_path_factory.mktemp("web-root"))
+    (root / "bin" / "timeout").symlink_to("busybox")  # busybox 1.35's wget -T segfaults: timeout(1) instead
     cgi = root / "www" / "cgi-bin" / "ip"
     cgi.parent.mkdir()
     cgi.write_text('#!/bin/sh\necho "Content-Type: text/plain"\necho\necho "$REMOTE_ADDR"\n')
@@ -133,13 +134,13 @@ def test_instances_reach_each_other_across_hosts_by_ip(tmp_path: Path, web_root:
         seen = wait_for(lambda: _wget(info, client, url), 15, "web answers the client")
         assert seen == client["ip"]
         request = "GET /index.html HTTP/1.0\r\n\r\n"
-        assert "hello from orch" in exec_in(info, client, "sh", "-c", f"printf '{request}' | nc {web['ip']} 8080")
+        assert "hello from orch" in exec_in(info, client, "sh", "-c", f"printf '{request}' | nc -w 5 {web['ip']} 8080")
 
         # Leaving the cluster CIDR (to h2's own address): masqueraded to h1's address.
         server = subprocess.Popen(netns_argv(info, "h2", sys.executable, "-c", PEER_SERVER), stdout=subprocess.PIPE)
         try:
             wait_for(lambda: _listening(info, "h2", 19111), 10, "the peer server on h2")
-            assert exec_in(info, client, "sh", "-c", f"echo hi | nc {hosts['h2']} 19111").strip() == "seen"
+            assert exec_in(info, client, "sh", "-c", f"echo hi | nc -w 5 {hosts['h2']} 19111").strip() == "seen"
             assert server.communicate(timeout=10)[0].decode().strip() == hosts["h1"]
         finally:
             stop(server, signal.SIGKILL, timeout=5)
@@ -182,7 +183,7 @@ def test_instances_reach_each_other_across_hosts_by_ip(tmp_path: Path, web_root:
 
 
 def _wget(info: dict[str, Any], inst: dict[str, Any], url: str) -> str | None:
-    r = orch(info, "exec", inst["name"], "--", "wget", "-q", "-T", "3", "-O", "-", url)
+    r = orch(info, "exec", inst["name"], "--", "timeout", "5", "wget", "-q", "-O", "-", url)
     return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
 
 
