@@ -162,7 +162,8 @@ def test_instances_reach_each_other_across_hosts_by_ip(tmp_path: Path, web_root:
         assert str(subnets["h2"]) in routes_on(info, "h1")  # liveness alone moves no route
         cleanup = subprocess.run([*agent["argv"], "--cleanup"], capture_output=True, text=True, env=orch_env())
         assert cleanup.returncode == 0, cleanup.stderr
-        assert routes_on(info, "h2") == {}  # --cleanup took h2's own routes
+        assert routes_on(info, "h2") == {}  # --cleanup took h2's own routes and NAT rules
+        assert "ORCH-" not in _sh(info, "h2", "iptables-save")
         started = time.monotonic()
         assert orch(info, "delete", "node", "h2").returncode == 0
         wait_for(lambda: str(subnets["h2"]) not in routes_on(info, "h1"), 15, "h2's route gone from h1")
@@ -176,6 +177,17 @@ def test_instances_reach_each_other_across_hosts_by_ip(tmp_path: Path, web_root:
             record_property("route_back_after_agent_start_s", round(time.monotonic() - started, 2))
             assert nodes(info)["h2"]["subnet"] == str(subnets["h2"]) and nodes(info)["h2"]["state"] == "Ready"
             wait_for(lambda: len(routes_on(info, "h2")) == 2, 15, "h2's routes to the others")
+
+            # Healed at agent start: a route and the NAT jump removed by hand while the agent is
+            # down come back once it runs again.
+            stop(again, signal.SIGTERM, timeout=20)
+            bridge = agent["argv"][agent["argv"].index("--bridge") + 1]
+            _sh(info, "h2", "ip", "route", "del", str(subnets["h3"]))
+            _sh(info, "h2", "iptables", "-t", "nat", "-D", "POSTROUTING", "-j", f"ORCH-MASQ-{bridge}")
+            with open(tmp_path / "h2-again.log", "ab") as log:
+                again = subprocess.Popen(agent["argv"], stdout=log, stderr=subprocess.STDOUT, env=orch_env())
+            wait_for(lambda: str(subnets["h3"]) in routes_on(info, "h2"), 20, "h2's route to h3 back")
+            wait_for(lambda: f"-A POSTROUTING -j ORCH-MASQ-{bridge}" in _sh(info, "h2", "iptables-save"), 20, "jump")
             assert orch(info, "delete", "app", "web", "client", "neighbour").returncode == 0
             wait_for(lambda: not instances(info), 30, "apps gone")
         finally:
@@ -187,6 +199,36 @@ def _wget(info: dict[str, Any], inst: dict[str, Any], url: str) -> str | None:
     return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
 
 
+def _sh(info: dict[str, Any], host: str, *cmd: str) -> str:
+    return subprocess.run(netns_argv(info, host, *cmd), capture_output=True, text=True, check=True).stdout
+
+
 def _listening(info: dict[str, Any], host: str, port: int) -> bool:
     out = subprocess.run(netns_argv(info, host, "ss", "-ltnH"), capture_output=True, text=True).stdout
     return f":{port} " in out
+
+
+def test_orch_up_on_one_machine_gives_each_node_a_subnet_and_removes_its_nat(tmp_path: Path) -> None:
+    # Without --hosts every agent shares this machine's network namespace: no routes between
+    # them (their node IPs are local), but each bridge gets its NAT chains, and orch up's exit
+    # removes them with the bridges.
+    with orch_up(tmp_path, "--nodes", "2", cidr_start=195) as info:
+        ready = wait_for(lambda: (n := nodes(info)) and all(x["state"] == "Ready" for x in n.values()) and n, 30)
+        assert len({n["subnet"] for n in ready.values()}) == 2 and {n["nodeIp"] for n in ready.values()} == {
+            "127.0.0.1"
+        }
+        bridges = [p["argv"][p["argv"].index("--bridge") + 1] for p in info["processes"] if p["role"] == "agent"]
+        rules = _saved()
+        for bridge in bridges:
+            assert f"-A POSTROUTING -j ORCH-MASQ-{bridge}" in rules and f"-A FORWARD -j ORCH-FWD-{bridge}" in rules
+    rules = _saved()
+    assert not [b for b in bridges if b in rules], rules
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    assert not [b for b in bridges if f" {b}:" in links]
+
+
+def _saved() -> str:
+    return "".join(
+        subprocess.run(["iptables-save", "-t", t], capture_output=True, text=True, check=True).stdout
+        for t in ("nat", "filter")
+    )
