@@ -109,8 +109,8 @@ class Networking:
             self._wake.clear()
             try:
                 await self._sync(periodic=not woken)
-            except (NetworkError, OSError) as e:  # the next pass tries again
-                self._report([str(e)])
+            except Exception as e:  # whatever it was, the next pass tries again: the task lives on
+                self._report([f"{type(e).__name__}: {e}" if not isinstance(e, NetworkError) else str(e)])
 
     async def _sync(self, periodic: bool) -> None:
         if periodic:

@@ -4,6 +4,7 @@ IP, and the scheduler's routes table (cache.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,12 +12,13 @@ from typing import Any
 
 import pytest
 
-from node.network.cluster import ClusterNetwork, ClusterNetworkConfig
+from node.network.cluster import ClusterNetwork, ClusterNetworkConfig, Recorded
 from node.network.errors import ConfigError, NetworkError
 from node.network.hostnets import PODMAN_DEFAULT, HostNet, host_routes, podman_networks
 from node.network.masquerade import Masquerade, chain_names, rules
 from node.network.routes import ORCH_PROTO
-from node.networking import node_ip_for
+from node.networking import Networking, node_ip_for
+from orch.v1 import agent_pb2 as apb
 from orch.v1 import types_pb2 as pb
 from scheduler.cache import ROUTES, ClusterCache
 from scheduler.store import WatchEvent
@@ -186,3 +188,60 @@ def test_the_routes_table_changes_only_with_a_subnet_or_node_ip() -> None:
     cache._apply([node_event("m1", None, 8)], 8)  # m1 deleted
     assert cache.routes_version == 3 and ROUTES in heard[-1]
     assert [r.node for r in cache.routes().nodes] == ["m2"]
+
+
+class FakePodnet:
+    """ClusterNetwork's surface as node/networking.py uses it, recording the calls."""
+
+    def __init__(self, recorded: Recorded | None = None) -> None:
+        self._recorded = recorded
+        self.calls: list[tuple[str, object]] = []
+        self.masquerade = self
+
+    def requested_subnet(self) -> str:
+        return self._recorded.subnet if self._recorded else ""
+
+    def recorded(self) -> Recorded | None:
+        return self._recorded
+
+    def host_networks(self) -> list[HostNet]:
+        return [HostNet("192.0.2.0/24", "route dev eth0")]
+
+    def configure(self, subnet: str, cidr: str) -> Any:
+        self.calls.append(("configure", subnet))
+        self._recorded = Recorded(subnet, cidr)
+        return type("Net", (), {"config": type("Cfg", (), {"subnet": subnet})()})()
+
+    def ensure(self, subnet: str, cidr: str) -> None:
+        self.calls.append(("nat", subnet))
+
+    def sync_routes(self, nodes: list[Any]) -> list[str]:
+        self.calls.append(("routes", tuple(n.node for n in nodes)))
+        return []
+
+
+def test_the_agent_sets_its_network_up_from_registered_before_routes_and_heals_at_start() -> None:
+    async def scenario() -> None:
+        handed: list[Any] = []
+        podnet = FakePodnet()
+        net = Networking(podnet, lambda: "192.0.2.12", handed.append)  # type: ignore[arg-type]
+        await net.start()
+        assert podnet.calls == [] and not net.ready.is_set()  # a new node: nothing until the scheduler answers
+        reg = net.register_fields()
+        assert (reg.container_network, reg.subnet, reg.node_ip) == (True, "", "192.0.2.12")
+        assert [(n.cidr, n.source) for n in reg.host_networks] == [("192.0.2.0/24", "route dev eth0")]
+        runner = asyncio.create_task(net.run())
+        await net.on_registered(apb.Registered(subnet="10.88.1.0/24", cluster_cidr="10.88.0.0/16"))
+        assert net.ready.is_set() and len(handed) == 1 and handed[0].config.subnet == "10.88.1.0/24"
+        net.on_routes(apb.Routes(nodes=[apb.NodeRoute(node="m1", subnet="10.88.0.0/24", node_ip="192.0.2.11")]))
+        await asyncio.sleep(0.05)
+        assert podnet.calls == [("configure", "10.88.1.0/24"), ("routes", ("m1",))]
+        runner.cancel()
+        # The agent again: its recorded network comes back at once, and it asks for that subnet.
+        again = FakePodnet(Recorded("10.88.1.0/24", "10.88.0.0/16"))
+        net2 = Networking(again, lambda: "192.0.2.12", handed.append)  # type: ignore[arg-type]
+        await net2.start()
+        assert again.calls == [("configure", "10.88.1.0/24")] and net2.ready.is_set()
+        assert net2.register_fields().subnet == "10.88.1.0/24"
+
+    asyncio.run(scenario())
