@@ -137,6 +137,8 @@ class Cluster:
                     "--listen-metrics-urls", metrics_url,
                     # 1 s node leases need an election timeout below 667 ms (etcd raises smaller TTLs).
                     "--heartbeat-interval", "50", "--election-timeout", "500",
+                    # History is kept for the last 10,000 revisions, not forever (etcd's default).
+                    "--auto-compaction-mode", "revision", "--auto-compaction-retention", "10000",
                     "--logger", "zap", "--log-outputs", str(self.dir / "logs" / f"etcd{suffix}.log"),
                     *self.etcd_tls_args(name)]  # fmt: skip
             proc = Proc("etcd", None, place.argv(argv), f"{metrics_url}/metrics", host=place.name)

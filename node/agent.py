@@ -41,9 +41,10 @@ from orch.tls import Credentials, add_port
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import agent_pb2_grpc
 from orch.v1 import types_pb2 as pb
+from orch.version import version
 
 log = logging.getLogger(__name__)
-VERSION = "0.1.0"
+VERSION = version()
 GOODBYE_TIMEOUT = 2.0  # s to wait for the scheduler to confirm it holds the node for our restart
 
 

@@ -38,13 +38,18 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CALL_TIMEOUT = 1.0  # s per call: a new etcd leader is elected in about 0.5 s (orch up's --election-timeout)
-SNAPSHOT_TIMEOUT = 3.0  # s: a whole-prefix read of a big cluster takes longer than one key
+PAGE_TIMEOUT = 3.0  # s: a page of thousands of keys takes longer than one key
 RETRY_FOR = 5.0  # s a call keeps trying other members before StoreUnavailable
 RETRY_DELAY = (0.02, 0.5)  # first and longest pause between attempts
 TIME_RETRY = 2  # s a failed member is skipped (the library's default, 300 s, outlives any election)
 REQUIRE_LEADER = (("hasleader", "true"),)  # etcd: refuse (and end streams) when the member has no leader
-# A member that comes back is reconnected to within a second, not after gRPC's backoff of up to 2 minutes.
-CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
+CHANNEL_OPTIONS = [
+    # A member that comes back is reconnected to within a second, not after gRPC's backoff of up to 2 minutes.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    # A page of big values outgrows gRPC's 4 MiB default; the page size bounds a reply instead.
+    ("grpc.max_receive_message_length", 256 << 20),
+]
 TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
@@ -122,13 +127,14 @@ class Failover:
         if self._client.endpoint_in_use is endpoint:
             self._client._clear_old_stubs()  # cached stubs are bound to its channel
 
-    def range_prefix(self, prefix: str, timeout: float) -> Any:
-        """get_prefix_response with its own timeout (the client's is one for all calls)."""
+    def range_page(self, start: bytes, end: bytes, limit: int, revision: int, descending: bool = False) -> Any:
+        """One page of a range read: up to `limit` keys in [start, end), at `revision` (0: now),
+        with a timeout of its own (the client's is one for all calls)."""
         c = self._client
-        start = etcd3.utils.to_bytes(prefix)
-        request = c._build_get_range_request(key=start, range_end=etcd3.utils.prefix_range_end(start))
+        order = "descend" if descending else None
+        request = c._build_get_range_request(start, end, limit, revision or None, order)
         try:
-            return c.kvstub.Range(request, timeout, credentials=c.call_credentials, metadata=c.metadata)
+            return c.kvstub.Range(request, PAGE_TIMEOUT, credentials=c.call_credentials, metadata=c.metadata)
         except grpc.RpcError as e:
             c._manage_grpc_errors(e)  # marks the member failed and raises the library's exception
 

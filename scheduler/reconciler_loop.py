@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from orch.v1 import types_pb2 as pb
+from scheduler.compaction import Compactor
 from scheduler.errors import NotLeader, StoreUnavailable
 from scheduler.events import EventLog
 from scheduler.liveness import ETCD_EXPIRY_TICK, GRACE, TOO_MANY_NOT_READY, Hold, Liveness, reconnect_grace
@@ -150,6 +151,7 @@ class Reconciler:
         policy: Policy = DEFAULT_POLICY,
         heartbeats: Callable[[], tuple[frozenset[str], frozenset[str]]] = lambda: (frozenset(), frozenset()),
         lease_ttl: float = 1.0,
+        compactor: Compactor | None = None,
     ) -> None:
         """heartbeats: (beating, silent) nodes of this scheduler's sessions; lease_ttl: the node
         lease, from which the grace after this scheduler took the lead or got etcd back follows."""
@@ -169,6 +171,7 @@ class Reconciler:
         self._events = events
         self._clock = clock
         self._resync = resync
+        self._compactor = compactor
         self.trigger = asyncio.Event()
         self.last_pass_at = 0.0  # monotonic time of the last good pass (health)
         self._last_duration = 0.0
@@ -292,6 +295,8 @@ class Reconciler:
                 self.trigger.set()
             if result.recheck_at is not None:
                 self._wake_at(result.recheck_at)
+            if self._compactor is not None and self._compactor.due():
+                await asyncio.to_thread(self._compactor.after_pass, result.revision)
             self._metrics.reconcile_passes.labels("ok").inc()
             self._metrics.reconcile_seconds.observe(self._last_duration)
             self._metrics.placements.inc(result.placed)

@@ -21,6 +21,7 @@ from orch.v1 import agent_pb2_grpc, api_pb2_grpc
 from scheduler.api import OrchService
 from scheduler.authz import Authorizer
 from scheduler.cache import ClusterCache
+from scheduler.compaction import Compactor
 from scheduler.contact import Contact
 from scheduler.events import EventLog
 from scheduler.leader import LeaderElection
@@ -29,7 +30,7 @@ from scheduler.metrics import ClusterCollector, SchedulerMetrics
 from scheduler.reconciler_loop import Reconciler
 from scheduler.sessions import RESTART_GRACE, AgentSessionService, NodeRegistry
 from scheduler.status import StatusWriter
-from scheduler.store import Store
+from scheduler.store import PAGE, Store
 from scheduler.subnets import DEFAULT_CLUSTER_CIDR, DEFAULT_NODE_PREFIX, PoolError, SubnetPool
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class SchedulerConfig:
     tls: Credentials | None = None  # mutual TLS for the API, agent sessions and calls to agents
     etcd_tls: Credentials | None = None  # client certificate for etcd (https endpoints)
     restart_grace: float = RESTART_GRACE  # s a node whose agent said goodbye for a restart is held
+    etcd_page: int = PAGE  # keys per etcd range read
     cluster_cidr: str = DEFAULT_CLUSTER_CIDR  # container addresses; each node gets a subnet of it
     node_subnet_size: int = DEFAULT_NODE_PREFIX  # prefix length of each node's subnet
 
@@ -58,7 +60,7 @@ async def serve(config: SchedulerConfig) -> None:
     identity = config.identity or f"{socket.gethostname()}-{os.getpid()}"
     # Half a lease without answers from etcd and node leases may lapse: the reconciler then waits.
     contact = Contact(stall=config.lease_ttl / 2)
-    store = Store(config.etcd, prefix=config.prefix, tls=config.etcd_tls, contact=contact)
+    store = Store(config.etcd, prefix=config.prefix, tls=config.etcd_tls, contact=contact, page=config.etcd_page)
     metrics = SchedulerMetrics()
     events = EventLog(store)
     cache = ClusterCache(store)
@@ -73,7 +75,12 @@ async def serve(config: SchedulerConfig) -> None:
     registry = NodeRegistry(store, config.lease_ttl, config.restart_grace, pool)
     sessions = AgentSessionService(registry, cache, status, metrics, keeper, events)
     reconciler = Reconciler(
-        store, events, metrics=metrics, heartbeats=sessions.heartbeats.split, lease_ttl=config.lease_ttl
+        store,
+        events,
+        metrics=metrics,
+        heartbeats=sessions.heartbeats.split,
+        lease_ttl=config.lease_ttl,
+        compactor=Compactor(store),
     )
     cache.on_any_change(reconciler.trigger.set)
 
@@ -86,8 +93,8 @@ async def serve(config: SchedulerConfig) -> None:
     def on_change() -> None:
         loop.call_soon_threadsafe(reconciler.trigger.set)
 
-    service = OrchService(store, events, on_change, agent_tls=config.tls, subnets=registry.subnets)
-    api_pb2_grpc.add_OrchServicer_to_server(service, server)
+    orch_api = OrchService(store, events, on_change, agent_tls=config.tls, cache=cache, subnets=registry.subnets)
+    api_pb2_grpc.add_OrchServicer_to_server(orch_api, server)
     agent_pb2_grpc.add_AgentSessionServicer_to_server(sessions, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

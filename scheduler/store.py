@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import logging
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import etcd3
 import etcd3.exceptions
+import etcd3.utils
 import etcd3.watch
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -43,7 +44,6 @@ from scheduler.etcd_failover import (
     CHANNEL_OPTIONS,
     REQUIRE_LEADER,
     RETRY_FOR,
-    SNAPSHOT_TIMEOUT,
     TIME_RETRY,
     TRANSIENT_CODES,
     Failover,
@@ -62,7 +62,11 @@ M = TypeVar("M", bound=Message)
 # etcd's default --max-txn-ops: compares and operations each count.
 MAX_TXN_OPS = 128
 CHUNK = MAX_TXN_OPS - 1  # writes per transaction: one compare is left for a Fence
-MAX_RECEIVE = 512 << 20
+# etcd refuses a request over --max-request-bytes (1.5 MiB by default): a transaction's
+# writes stay under 1 MiB, with room for keys, compares and framing.
+CHUNK_BYTES = 1 << 20
+PAGE = 2000  # keys per range read: a big cluster is read in pages, never in one reply
+SNAPSHOT_KINDS = ("apps/", "instances/", "nodes/", "leases/nodes/")  # not events/: they are listed apart
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,10 @@ class Keys:
 
     def instance(self, app: str, name: str) -> str:
         return f"{self.prefix}instances/{app}/{name}"
+
+    def instances(self, app: str = "") -> str:
+        """The prefix of one app's instances, or of all."""
+        return f"{self.prefix}instances/{app}/" if app else f"{self.prefix}instances/"
 
     def node(self, name: str) -> str:
         return f"{self.prefix}nodes/{name}"
@@ -178,8 +186,12 @@ class Store:
         tls: Credentials | None = None,
         contact: Contact | None = None,
         retry_for: float = RETRY_FOR,
+        page: int = PAGE,
     ) -> None:
+        if page < 1:
+            raise ValueError(f"etcd page size must be at least 1, not {page}")
         self.keys = Keys(prefix)
+        self._page = page
         creds = tls.channel_credentials() if tls is not None else None
         eps = [
             etcd3.Endpoint(ep.host, ep.port, secure=ep.secure, creds=creds, time_retry=TIME_RETRY, opts=CHANNEL_OPTIONS)
@@ -201,35 +213,51 @@ class Store:
     # -- reads ---------------------------------------------------------
 
     def snapshot(self) -> ClusterSnapshot:
-        """Everything but events, from one range read (one revision)."""
-        resp = self._call("snapshot", lambda _: self._failover.range_prefix(self.keys.prefix, SNAPSHOT_TIMEOUT))
+        """Apps, instances, nodes and live node leases (not events), in pages, all at one revision."""
         apps: dict[str, Versioned[pb.App]] = {}
         instances: dict[str, Versioned[pb.Instance]] = {}
         nodes: dict[str, Versioned[pb.Node]] = {}
         live: set[str] = set()
+        revision, cluster_id = 0, 0
         plen = len(self.keys.prefix)
-        for kv in resp.kvs:
-            key = kv.key.decode()[plen:]
-            kind, _, rest = key.partition("/")
-            if kind == "apps":
-                if app := decode(pb.App, kv.value, key):
-                    apps[rest] = Versioned(app, kv.mod_revision)
-            elif kind == "instances":
-                if inst := decode(pb.Instance, kv.value, key):
-                    instances[inst.name] = Versioned(inst, kv.mod_revision)
-            elif kind == "nodes":
-                if node := decode(pb.Node, kv.value, key):
-                    nodes[rest] = Versioned(node, kv.mod_revision)
-            elif kind == "leases" and rest.startswith("nodes/"):
-                live.add(rest.removeprefix("nodes/"))
+        for kind in SNAPSHOT_KINDS:
+            for resp in self._pages(self.keys.prefix + kind, revision, "snapshot"):
+                if not revision:  # the first reply fixes the revision every later page is read at
+                    revision, cluster_id = int(resp.header.revision), int(resp.header.cluster_id)
+                for kv in resp.kvs:
+                    key = kv.key.decode()[plen:]
+                    rest = key[len(kind) :]
+                    if kind == "apps/":
+                        if app := decode(pb.App, kv.value, key):
+                            apps[rest] = Versioned(app, kv.mod_revision)
+                    elif kind == "instances/":
+                        if inst := decode(pb.Instance, kv.value, key):
+                            instances[inst.name] = Versioned(inst, kv.mod_revision)
+                    elif kind == "nodes/":
+                        if node := decode(pb.Node, kv.value, key):
+                            nodes[rest] = Versioned(node, kv.mod_revision)
+                    else:
+                        live.add(rest)
         return ClusterSnapshot(
-            revision=resp.header.revision,
+            revision=revision,
             apps=apps,
             instances=instances,
             nodes=nodes,
             live_nodes=frozenset(live),
-            cluster_id=int(resp.header.cluster_id),
+            cluster_id=cluster_id,
         )
+
+    def _pages(self, prefix: str, revision: int = 0, what: str = "") -> Iterator[Any]:
+        """The prefix's keys in pages (RangeResponses), all read at one revision: `revision`,
+        or the first page's. A revision compacted meanwhile fails (StoreUnavailable): re-read."""
+        start = etcd3.utils.to_bytes(prefix)
+        while True:
+            resp = self._read(prefix, start, self._page, revision, what=what)
+            yield resp
+            if not resp.more or not resp.kvs:
+                return
+            revision = revision or int(resp.header.revision)
+            start = resp.kvs[-1].key + b"\0"  # the next key after the last one read
 
     def get(self, cls: type[M], key: str) -> Versioned[M] | None:
         value, meta = self._call(f"get {key}", lambda _: self._client.get(key))
@@ -238,14 +266,27 @@ class Store:
         msg = decode(cls, value, key)
         return None if msg is None else Versioned(msg, meta.mod_revision)
 
+    def _read(
+        self, prefix: str, start: bytes, limit: int, revision: int, descending: bool = False, what: str = ""
+    ) -> Any:
+        """One page of prefix's keys from start on (a RangeResponse); `what` names it in errors."""
+        end = etcd3.utils.prefix_range_end(etcd3.utils.to_bytes(prefix))
+        page = self._failover.range_page
+        return self._call(what or f"list {prefix}", lambda _: page(start, end, limit, revision, descending))
+
     def list_prefix(self, cls: type[M], prefix: str) -> list[Versioned[M]]:
-        items = self._call(f"list {prefix}", lambda _: list(self._client.get_prefix(prefix)))
         out = []
-        for value, meta in items:
-            msg = decode(cls, value, meta.key.decode())
-            if msg is not None:
-                out.append(Versioned(msg, meta.mod_revision))
+        for resp in self._pages(prefix):
+            for kv in resp.kvs:
+                if (msg := decode(cls, kv.value, kv.key.decode())) is not None:
+                    out.append(Versioned(msg, kv.mod_revision))
         return out
+
+    def last(self, cls: type[M], prefix: str, n: int) -> list[Versioned[M]]:
+        """The n greatest keys under prefix (the newest, for time-ordered keys), in key order."""
+        resp = self._read(prefix, etcd3.utils.to_bytes(prefix), n, 0, descending=True)
+        found = [(decode(cls, kv.value, kv.key.decode()), kv.mod_revision) for kv in reversed(resp.kvs)]
+        return [Versioned(msg, revision) for msg, revision in found if msg is not None]
 
     # -- writes --------------------------------------------------------
 
@@ -370,6 +411,18 @@ class Store:
             return new
         raise Conflict(key.removeprefix(self.keys.prefix))
 
+    def compact(self, revision: int) -> None:
+        """Drop the history before `revision` (etcd's own auto-compaction may be ahead: fine)."""
+
+        def compact(_: int) -> None:
+            try:
+                self._client.compact(revision)
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.OUT_OF_RANGE:  # already compacted beyond it
+                    raise
+
+        self._call("compact", compact)
+
     # -- leases --------------------------------------------------------
 
     def grant_lease(self, ttl: int) -> tuple[int, int]:
@@ -462,7 +515,18 @@ class Store:
 
 
 def _chunks(writes: Sequence[Write]) -> list[Sequence[Write]]:
-    return [writes[start : start + CHUNK] for start in range(0, len(writes), CHUNK)]
+    """Consecutive runs of at most CHUNK writes and CHUNK_BYTES of keys and values each."""
+    chunks: list[Sequence[Write]] = []
+    start, size = 0, 0
+    for i, w in enumerate(writes):
+        n = len(w.key) + (w.value.ByteSize() if isinstance(w, Put) else 0)
+        if i > start and (i - start == CHUNK or size + n > CHUNK_BYTES):
+            chunks.append(writes[start:i])
+            start, size = i, 0
+        size += n
+    if start < len(writes):
+        chunks.append(writes[start:])
+    return chunks
 
 
 def _still_holds(fence: Fence, leader: list[tuple[bytes, Any]]) -> bool:

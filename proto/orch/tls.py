@@ -200,10 +200,14 @@ def aio_channel(
     return grpc.aio.secure_channel(target, tls.channel_credentials(), options=_verify_peer(peer, options))
 
 
+# A listing of tens of thousands of instances is tens of MiB, past gRPC's 4 MiB default.
+CLIENT_OPTIONS = [("grpc.max_receive_message_length", 256 << 20)]
+
+
 def channel(target: str, tls: Credentials | None, *, peer: str) -> grpc.Channel:
     if tls is None:
-        return grpc.insecure_channel(target)
-    return grpc.secure_channel(target, tls.channel_credentials(), options=_verify_peer(peer, None))
+        return grpc.insecure_channel(target, options=CLIENT_OPTIONS)
+    return grpc.secure_channel(target, tls.channel_credentials(), options=_verify_peer(peer, CLIENT_OPTIONS))
 
 
 def peer_identity(context: Any) -> str | None:
