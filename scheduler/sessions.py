@@ -45,6 +45,9 @@ from scheduler.timeutil import ts
 log = logging.getLogger(__name__)
 
 REFUSAL_EVENT_EVERY = 60.0  # s between two Warning events for one node's refused registrations
+# A lost compare (another scheduler wrote the record, or claimed the subnet we picked: nodes
+# joining at once) re-reads and tries again.
+REGISTER_ATTEMPTS = 10
 RESTART_GRACE = 30.0  # s a node whose agent said goodbye for a restart is held (orch scheduler --restart-grace)
 
 
@@ -112,7 +115,7 @@ class NodeRegistry:
         recorded = self._store.get(pb.Node, key)
         own = reg.lease_id if recorded is not None and reg.lease_id == recorded.value.lease_id else 0
         lease_id = self._reuse_or_grant(own)
-        for _ in range(5):
+        for attempt in range(REGISTER_ATTEMPTS):
             existing = self._store.get(pb.Node, key)
             node = pb.Node()
             if existing is not None:
@@ -133,7 +136,7 @@ class NodeRegistry:
             node.ClearField("restarting_until")  # back: a hold for its restart ends here
             lease_key = self._store.keys.node_lease(reg.node)
             try:
-                claim = self._network(reg, node)
+                claim = self._network(reg, node, attempt)
                 self._store.commit(
                     [
                         Put(key, node, existing.mod_revision if existing else 0),
@@ -146,7 +149,7 @@ class NodeRegistry:
                 continue
         raise Conflict(f"node {reg.node}")
 
-    def _network(self, reg: apb.Register, node: pb.Node) -> list[Write]:
+    def _network(self, reg: apb.Register, node: pb.Node, attempt: int) -> list[Write]:
         """Sets the node's subnet and node_ip; returns the writes that claim the subnet (or free
         it: a node without container networking holds none)."""
         if not reg.container_network:
@@ -154,7 +157,7 @@ class NodeRegistry:
             node.ClearField("subnet")
             node.ClearField("node_ip")
             return self.subnets.release(reg.node) if had else []
-        node.subnet, writes = self.subnets.claim(reg, node.subnet)
+        node.subnet, writes = self.subnets.claim(reg, node.subnet, attempt)
         node.node_ip = reg.node_ip
         return writes
 

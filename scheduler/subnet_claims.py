@@ -8,6 +8,8 @@ its claim with it, which frees the subnet (scheduler/subnets.py decides who gets
 
 from __future__ import annotations
 
+import random
+
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import types_pb2 as pb
 from scheduler.errors import Refused
@@ -20,12 +22,16 @@ class SubnetClaims:
         self._store = store
         self.pool = pool
 
-    def claim(self, reg: apb.Register, recorded: str) -> tuple[str, list[Write]]:
+    def claim(self, reg: apb.Register, recorded: str, attempt: int = 0) -> tuple[str, list[Write]]:
         """The registering node's subnet and the writes that claim it (none if it holds it
-        already); Refused if it gets none. Blocking."""
+        already); Refused if it gets none. attempt: how many races for a claim this registration
+        lost (then it picks among the lowest few free subnets, so that nodes joining together
+        stop colliding). Blocking."""
         claims = self._store.list_prefix(pb.Node, self._store.keys.subnets())
         nets = [HostNetwork(n.cidr, n.source) for n in reg.host_networks]
-        got = assign(self.pool, reg.node, {c.value.subnet: c.value.name for c in claims}, recorded, reg.subnet, nets)
+        pick = random.randrange(attempt + 1)
+        held = {c.value.subnet: c.value.name for c in claims}
+        got = assign(self.pool, reg.node, held, recorded, reg.subnet, nets, pick)
         if isinstance(got, Refusal):
             raise Refused(got.reason, got.message)
         writes: list[Write] = []

@@ -110,12 +110,14 @@ def assign(
     recorded: str = "",
     requested: str = "",
     host_networks: Iterable[HostNetwork] = (),
+    pick: int = 0,
 ) -> str | Refusal:
     """The node's subnet, or why it gets none.
 
     claims: subnet -> node, every claim in the cluster; recorded: the subnet on the node's
     record (a node that returns keeps it); requested: the subnet the node must have (empty:
-    any)."""
+    any); pick: which free subnet a new node takes, 0 the lowest (nodes joining at once race for
+    it: after a lost race the caller spreads them over the lowest few)."""
     others = {s: n for s, n in claims.items() if n != node}
     clash = conflicts(pool, host_networks, others)
     if clash:
@@ -129,7 +131,7 @@ def assign(
         return _requested(pool, node, requested, others)
     if recorded and _usable(pool, recorded, others):
         return recorded
-    return _lowest_free(pool, node, others)
+    return _lowest_free(pool, node, others, pick)
 
 
 def _usable(pool: SubnetPool, subnet: str, others: Mapping[str, str]) -> bool:
@@ -166,13 +168,19 @@ def _requested(pool: SubnetPool, node: str, requested: str, others: Mapping[str,
     return requested
 
 
-def _lowest_free(pool: SubnetPool, node: str, others: Mapping[str, str]) -> str | Refusal:
+def _lowest_free(pool: SubnetPool, node: str, others: Mapping[str, str], pick: int = 0) -> str | Refusal:
     taken = [n for n in map(_net, others) if n is not None]
     same_size = {t for t in taken if t.prefixlen == pool.prefix}  # the common case, looked up in O(1)
     odd = [t for t in taken if t.prefixlen != pool.prefix]  # --subnet overrides of another size
+    found = None
     for candidate in pool.cidr.subnets(new_prefix=pool.prefix):
         if candidate not in same_size and not any(candidate.overlaps(t) for t in odd):
-            return str(candidate)
+            found = str(candidate)
+            if pick == 0:
+                return found
+            pick -= 1
+    if found is not None:  # fewer free ones than pick: the highest
+        return found
     return Refusal(
         SUBNETS_EXHAUSTED,
         f"no /{pool.prefix} left in the cluster CIDR {pool.cidr} for node {node} (all {pool.size} are held): "

@@ -123,3 +123,10 @@ def test_a_large_pool_stays_quick_to_fill() -> None:
     claims = {f"10.{i // 256}.{i % 256}.0/24": f"n{i}" for i in range(5000)}
     assert assign(pool, "new", claims) == "10.19.136.0/24"  # the 5001st /24
     assert pool.size == 65536
+
+
+def test_after_a_lost_race_a_node_picks_among_the_lowest_free_ones() -> None:
+    claims = {"10.88.0.0/24": "a", "10.88.2.0/24": "b"}
+    assert [assign(POOL, "c", claims, pick=p) for p in range(3)] == ["10.88.1.0/24", "10.88.3.0/24", "10.88.4.0/24"]
+    tiny = SubnetPool.parse("10.88.0.0/23")
+    assert assign(tiny, "c", {"10.88.0.0/24": "a"}, pick=5) == "10.88.1.0/24"  # fewer free than pick: the last
