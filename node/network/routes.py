@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -110,7 +111,7 @@ def apply(ipr: Any, todo: RoutePlan) -> list[str]:
             ipr.route("del", dst=dst, table=MAIN_TABLE, proto=ORCH_PROTO)
         except NetlinkError as e:
             if e.code not in _GONE:
-                problems.append(f"delete route {dst}: {e}")
+                problems.append(f"delete route {dst}: {os.strerror(e.code)}")
     # add, not replace, for a new one: a route to that subnet that orch did not make stays (EEXIST).
     writes = [("add", dst, gw) for dst, gw in todo.add.items()] + [
         ("replace", dst, gw) for dst, gw in todo.change.items()
@@ -119,7 +120,7 @@ def apply(ipr: Any, todo: RoutePlan) -> list[str]:
         try:
             ipr.route(op, dst=dst, gateway=gateway, table=MAIN_TABLE, proto=ORCH_PROTO)
         except NetlinkError as e:
-            problems.append(f"route {dst} via {gateway}: {e}{_hint(e.code)}")
+            problems.append(f"route {dst} via {gateway}: {os.strerror(e.code)}{_hint(e.code)}")
     return problems
 
 
