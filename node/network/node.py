@@ -150,6 +150,7 @@ class NodeNetwork:
                 # A leftover veth (earlier attach, crashed agent) would make add fail with EEXIST.
                 links.delete_link(ipr, att.host_veth)
                 links.add_veth(ipr, att.host_veth, bridge, cfg.mtu, CONTAINER_IFNAME, netns_fd)
+                links.set_hairpin(ipr, att.host_veth)
             with _inside(netns_fd, pid) as ns:
                 links.configure_container(ns, CONTAINER_IFNAME, att.ip, att.prefixlen, att.gateway)
 

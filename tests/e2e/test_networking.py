@@ -196,7 +196,10 @@ def test_instances_reach_each_other_across_hosts_by_ip(tmp_path: Path, web_root:
 
 def _wget(info: dict[str, Any], inst: dict[str, Any], url: str) -> str | None:
     r = orch(info, "exec", inst["name"], "--", "timeout", "5", "wget", "-q", "-O", "-", url)
-    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
+    # httpd listens dual-stack: REMOTE_ADDR is "[::ffff:10.88.0.2]" for an IPv4 client.
+    return (
+        r.stdout.strip().removeprefix("[::ffff:").removesuffix("]") if r.returncode == 0 and r.stdout.strip() else None
+    )
 
 
 def _sh(info: dict[str, Any], host: str, *cmd: str) -> str:
