@@ -245,3 +245,18 @@ def test_the_agent_sets_its_network_up_from_registered_before_routes_and_heals_a
         assert net2.register_fields().subnet == "10.88.1.0/24"
 
     asyncio.run(scenario())
+
+
+def test_orch_up_refuses_a_cidr_this_machine_uses_before_starting_anything(tmp_path: Path, monkeypatch) -> None:
+    from cli import up
+    from cli.client import CliError
+
+    cluster = up.Cluster(tmp_path, 2, [0], 1, "10.88.0.0/16")
+    monkeypatch.setattr(up, "machine_networks", lambda: [HostNet("10.88.0.0/16", "Podman network podman")])
+    with pytest.raises(CliError, match=r"--cidr 10.88.0.0/16 overlaps 10.88.0.0/16 \(Podman network podman\)"):
+        cluster.check_cidr()
+    own = [HostNet("10.88.0.0/24", f"route dev {cluster.bridge(0)}"), HostNet("192.0.2.0/24", "route dev eth0")]
+    monkeypatch.setattr(up, "machine_networks", lambda: own)
+    cluster.check_cidr()  # its own bridge, left from an earlier run, is reused: fine
+    lab = up.Cluster(tmp_path / "lab", 3, [0], 1, "10.88.0.0/16", hosts=3)
+    assert str(lab.cluster_cidr) == "10.88.0.0/17" and str(lab.lab.network) == "10.88.255.0/24"  # type: ignore[union-attr]
