@@ -245,6 +245,12 @@ def delete(c: Client, names: list[str]) -> None:
         click.echo(f"app/{n} deleted")
 
 
+def delete_nodes(c: Client, names: list[str]) -> None:
+    for n in names:
+        c.call(lambda s, n=n: s.DeleteNode(api.DeleteNodeRequest(name=n), timeout=c.timeout))  # type: ignore[misc]
+        click.echo(f"node/{n} deleted")
+
+
 def scale(c: Client, app: str, replicas: int) -> None:
     c.call(lambda s: s.Scale(api.ScaleRequest(name=app, replicas=replicas), timeout=c.timeout))
     click.echo(f"app/{app} scaled to {replicas}")
@@ -387,6 +393,7 @@ def agent_config(
     seccomp_profile: Path | None = None,
     cluster_domain: str = "orch",
     resolv_conf: Path = Path("/etc/resolv.conf"),
+    node_ip: str = "",
 ) -> AgentConfig:
     from node.agent import AgentConfig
     from node.dns import DomainError, check_domain
@@ -396,8 +403,14 @@ def agent_config(
     from node.runtime.userns import IdRange
     from node.worker import DEFAULT_PIDS_LIMIT
 
-    if bool(bridge) != bool(subnet):
-        raise CliError("--bridge and --subnet go together")
+    if subnet and not bridge:
+        raise CliError("--subnet needs --bridge (the bridge that carries the subnet's gateway)")
+    for option, value in (("--subnet", subnet), ("--node-ip", node_ip)):
+        try:
+            if value:
+                (ipaddress.IPv4Network if option == "--subnet" else ipaddress.IPv4Address)(value)
+        except ValueError as e:
+            raise CliError(f"{option} {value!r}: {e}") from None
     try:
         userns_ids = IdRange.parse(userns_range) if userns_range else IdRange()
     except ValueError as e:
@@ -428,6 +441,7 @@ def agent_config(
         reserve=parse_resources(reserve, "reserve") or pb.Resources(),
         bridge=bridge,
         subnet=subnet,
+        node_ip=node_ip,
         metrics_listen=metrics_listen,
         cgroup=cgroup_parent,
         listen=listen,

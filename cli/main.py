@@ -204,7 +204,12 @@ def describe(ctx: click.Context, kind: str, name: str) -> None:
 @click.option("-f", "--filename", "files", multiple=True, type=click.Path(dir_okay=False, allow_dash=True))
 @click.pass_context
 def delete(ctx: click.Context, args: tuple[str, ...], files: tuple[str, ...]) -> None:
-    """Delete apps: `orch delete app NAME...` or `orch delete FILE...`."""
+    """Delete apps: `orch delete app NAME...` or `orch delete FILE...`; forget nodes that left
+    (NotReady), freeing their subnets: `orch delete node NAME...`."""
+    if args and args[0] == "node":
+        if not args[1:]:
+            raise CliError("delete node needs a name: orch delete node NAME")
+        return commands.delete_nodes(client(ctx), list(args[1:]))
     if args and args[0] == "app":
         names = list(args[1:])
         if not names:
@@ -310,7 +315,8 @@ def events(ctx: click.Context, watch: bool, limit: int) -> None:
 @click.option(
     "--cidr",
     default="",
-    help="Container addresses; node i gets the i-th /24, lab hosts the last /24 (default 10.88.0.0/16).",
+    help="The scheduler's cluster CIDR (each node gets a /24 of it); with --hosts its first half, and the lab "
+    "network its last /24 (default 10.88.0.0/16, or $ORCH_UP_CIDR).",
 )
 @click.option(
     "--service-cidr",
@@ -389,6 +395,15 @@ def etcd_tls_options(f: Callable[..., None]) -> Callable[..., None]:
     callback=lambda _ctx, _param, value: seconds_of(value),
     help="How long a node whose agent is restarting (SIGTERM) keeps its instances before they are replaced.",
 )
+@click.option(
+    "--cluster-cidr",
+    default="10.88.0.0/16",
+    show_default=True,
+    help="Container addresses: each node gets a subnet of it; refused where it overlaps a node's host networks.",
+)
+@click.option(
+    "--node-subnet-size", default=24, show_default=True, metavar="PREFIX", help="Prefix length of each node's subnet."
+)
 @click.option("--metrics-listen", default="", help="host:port for /metrics.")
 @click.option(
     "--service-cidr",
@@ -424,6 +439,8 @@ def scheduler_cmd(
     lease_ttl: int,
     leader_ttl: int,
     restart_grace: float,
+    cluster_cidr: str,
+    node_subnet_size: int,
     metrics_listen: str,
     service_cidr: str,
     dashboard_listen: str,
@@ -458,6 +475,8 @@ def scheduler_cmd(
             lease_ttl=lease_ttl,
             leader_ttl=leader_ttl,
             restart_grace=restart_grace,
+            cluster_cidr=cluster_cidr,
+            node_subnet_size=node_subnet_size,
             metrics_listen=metrics_listen,
             service_cidr=service_cidr,
             dashboard_listen=dashboard_listen,
@@ -475,8 +494,23 @@ def scheduler_cmd(
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE")
 @click.option("--capacity", default="", metavar="cpu=2,memory=4Gi,pids=4096", help="Override detected capacity.")
 @click.option("--reserve", default="", metavar="cpu=100m,memory=256Mi", help="Kept back from allocatable.")
-@click.option("--bridge", default="", help="Bridge for container networking (empty: loopback only).")
-@click.option("--subnet", default="", help="This node's container subnet, e.g. 10.88.1.0/24.")
+@click.option(
+    "--bridge",
+    default="",
+    help="Bridge for container networking; its subnet comes from the scheduler (empty: loopback only).",
+)
+@click.option(
+    "--subnet",
+    default="",
+    help="Insist on this subnet of the cluster CIDR, e.g. 10.88.1.0/24 (default: the scheduler's pick).",
+)
+@click.option(
+    "--node-ip",
+    default="",
+    metavar="ADDR",
+    help="Where other nodes route this node's containers (default: --listen's address, else the one "
+    "towards the scheduler).",
+)
 @click.option("--metrics-listen", default="", help="host:port for /metrics.")
 @click.option("--listen", default="127.0.0.1:0", show_default=True, help="host:port of the agent's API (logs).")
 @click.option("--cgroup-parent", default="", help="cgroup of this node's containers (default orch/NAME).")
@@ -540,6 +574,7 @@ def node_cmd(
     reserve: str,
     bridge: str,
     subnet: str,
+    node_ip: str,
     metrics_listen: str,
     listen: str,
     cgroup_parent: str,
@@ -586,6 +621,7 @@ def node_cmd(
         seccomp_profile=seccomp_profile,
         cluster_domain=cluster_domain,
         resolv_conf=resolv_conf,
+        node_ip=node_ip,
     )
     if cleanup:
         cleanup_node(config)

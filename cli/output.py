@@ -74,6 +74,8 @@ def node_row(n: api.NodeInfo) -> Row:
         "allocated": _resources(n.allocated),
         "instances": n.instances,
         "address": node.address or None,
+        "subnet": node.subnet or None,  # its containers' addresses (docs/networking.md)
+        "nodeIp": node.node_ip or None,  # where other nodes route that subnet
         "version": node.version or None,
         "restartingUntil": _time(node.restarting_until) if restarting else None,
     }
@@ -140,14 +142,15 @@ def instance_table(rows: list[Row], wide: bool) -> str:
 def node_table(rows: list[Row], wide: bool) -> str:
     headers = ["NAME", "STATE", "SCHEDULABLE", "INSTANCES", "CPU", "MEMORY"]
     if wide:
-        headers += ["ADDRESS", "LABELS"]
+        headers += ["ADDRESS", "SUBNET", "NODE-IP", "LABELS"]
     out = []
     for r in rows:
         cpu = f"{format_cpu(r['allocated']['cpu'])}/{format_cpu(r['allocatable']['cpu'])}"
         mem = f"{human_memory(r['allocated']['memory'])}/{human_memory(r['allocatable']['memory'])}"
         line = [r["name"], r["state"], r["schedulable"], r["instances"], cpu, mem]
         if wide:
-            line += [r["address"], ",".join(f"{k}={v}" for k, v in r["labels"].items()) or None]
+            labels = ",".join(f"{k}={v}" for k, v in r["labels"].items()) or None
+            line += [r["address"], r["subnet"], r["nodeIp"], labels]
         out.append(line)
     return table(headers, out)
 

@@ -27,6 +27,9 @@ from urllib.parse import urlsplit
 from cli import lab, pki
 from cli.client import DEFAULT_STATE_DIR, CliError
 from cli.procs import LOCAL, Place, Proc, free_port, http_ok, tcp_open, terminate, wait_until
+from node.network import NetworkError
+from node.network.hostnets import HostNet, host_routes, podman_networks
+from node.network.node import host_netlink
 from node.runtime.userns import IDS_PER_CONTAINER, IdRange
 from orch.files import write_json_atomic
 from orch.tls import TlsFiles
@@ -59,6 +62,9 @@ class Cluster:
         self.nodes = nodes
         self.lease_ttl = lease_ttl
         self.cidr = ipaddress.ip_network(cidr)
+        # The scheduler's cluster CIDR: all of --cidr, or with a lab its first half (the lab
+        # network is its last /24, and must not be taken for containers).
+        self.cluster_cidr = next(self.cidr.subnets(prefixlen_diff=1)) if hosts else self.cidr
         try:  # a VIP that is also a container's (or a lab host's) address would capture its traffic
             self.service_cidr = str(parse_service_cidr(service_cidr, avoid=[cidr]))
         except ServiceCidrError as e:
@@ -75,10 +81,10 @@ class Cluster:
         self.dashboards: list[str] = []  # each scheduler's dashboard URL
 
     def plan_lab(self, hosts: int) -> lab.Lab:
-        """The hosts h1..hN on the last /24 of the cluster's CIDR (the first ones go to containers)."""
-        subnets = list(self.cidr.subnets(new_prefix=24))  # one per host for containers, the last for the lab
-        if hosts >= len(subnets):
-            raise CliError(f"--hosts {hosts}: --cidr {self.cidr} has too few /24s; give a /16")
+        """The hosts h1..hN on the last /24 of --cidr (its first half goes to containers)."""
+        if self.cidr.prefixlen > 17:
+            raise CliError(f"--hosts: --cidr {self.cidr} is too small: give a /16 (containers get its first half)")
+        subnets = list(self.cidr.subnets(new_prefix=24))
         try:
             return lab.plan(self.cluster_id, [f"h{i + 1}" for i in range(hosts)], str(subnets[-1]))
         except lab.LabError as e:
@@ -200,7 +206,8 @@ class Cluster:
         argv = self.orch("scheduler", "--listen", address, "--etcd", ",".join(self.etcd_endpoints),
                          "--lease-ttl", str(self.lease_ttl), "--metrics-listen", metrics,
                          "--dashboard-listen", dashboard, "--service-cidr", self.service_cidr,
-                         "--id", f"scheduler-{i}", *self.tls_args("scheduler"),
+                         "--id", f"scheduler-{i}", "--cluster-cidr", str(self.cluster_cidr),
+                         *self.tls_args("scheduler"),
                          *self.scheduler_etcd_args())  # fmt: skip
         proc = self._spawn(Proc("scheduler", None, place.argv(argv), f"http://{metrics}/metrics", host=place.name),
                            self.dir / "logs" / f"scheduler-{i}.log")  # fmt: skip
@@ -208,11 +215,28 @@ class Cluster:
 
     def agent_args(self, i: int) -> list[str]:
         name, place = self.node_name(i), self.place(i)
-        subnet = list(self.cidr.subnets(new_prefix=24))[i]
         state = self.host_dir(place) / "node" if place.host else self.dir / "nodes" / name
-        return ["--name", name, "--state-dir", str(state),
-                "--bridge", f"orch{self.cluster_id}n{i}", "--subnet", str(subnet),
+        # The subnet comes from the scheduler; --cleanup removes the routes and NAT rules too.
+        return ["--name", name, "--state-dir", str(state), "--bridge", self.bridge(i),
                 "--cgroup-parent", f"orch/up-{self.cluster_id}/{name}"]  # fmt: skip
+
+    def bridge(self, i: int) -> str:
+        return f"orch{self.cluster_id}n{i}"
+
+    def check_cidr(self) -> None:
+        """Refuse a --cidr this machine already uses (a route, Podman's network) before starting
+        anything; each agent's host is checked again by the scheduler when it registers."""
+        ours = {f"route dev {self.bridge(i)}" for i in range(self.nodes)}  # left from an earlier run: reused
+        try:
+            taken = [n for n in machine_networks() if n.source not in ours]
+        except NetworkError as e:
+            raise CliError(f"orch up: reading this machine's routes: {e}") from None
+        for net in taken:
+            if ipaddress.ip_network(net.cidr).overlaps(self.cidr):
+                raise CliError(
+                    f"orch up: --cidr {self.cidr} overlaps {net.cidr} ({net.source}) on this machine: "
+                    "choose another, e.g. --cidr 10.90.0.0/16 (or set ORCH_UP_CIDR)"
+                )
 
     def publish_address(self, i: int) -> str:
         """Each node its own address for hostPorts, as if the nodes were separate hosts (a lab
@@ -338,7 +362,14 @@ def run_cluster(
         cluster.stop()
 
 
+def machine_networks() -> list[HostNet]:
+    """This machine's routes (but orch's own) and Podman's networks."""
+    with host_netlink() as ipr:
+        return host_routes(ipr, own_bridge="") + podman_networks()
+
+
 def start(cluster: Cluster, schedulers: int) -> None:
+    cluster.check_cidr()
     if cluster.lab is not None:
         try:
             lab.create(cluster.lab, ip_forward=True)
@@ -353,6 +384,7 @@ def start(cluster: Cluster, schedulers: int) -> None:
     cluster.write_cluster_json()
     addresses = ",".join(cluster.addresses)
     print(f"orch up: {cluster.nodes} node(s), scheduler(s) {addresses}, state in {cluster.dir}", flush=True)
+    print(f"  containers: cluster CIDR {cluster.cluster_cidr}, a /24 per node (docs/networking.md)", flush=True)
     if cluster.lab is not None:
         hosts = ", ".join(f"{h.name} {h.address}" for h in cluster.lab.hosts)
         where = f"lab network {cluster.lab.network} on bridge {cluster.lab.bridge}, this machine {cluster.lab.gateway}"

@@ -12,7 +12,7 @@ node's lease may have expired (node/fencing.py), and never run here again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -31,7 +31,9 @@ from node.discovery import ServiceDiscovery
 from node.images import ImageStore
 from node.metrics import NodeMetrics
 from node.network import NetworkConfig, NetworkError, NodeNetwork, PortRange
+from node.network.cluster import ANY_SUBNET, ClusterNetwork, ClusterNetworkConfig
 from node.network.services import ServiceProxy
+from node.networking import Networking, node_ip_for
 from node.reconcile import diff
 from node.runtime import ContainerError, ContainerState, Runtime
 from node.runtime.cgroups.placement import place_agent, placement_for_cleanup
@@ -61,7 +63,8 @@ class AgentConfig:
     capacity: pb.Resources | None = None  # None: what the host has
     reserve: pb.Resources = field(default_factory=pb.Resources)
     bridge: str = ""  # empty: containers get only a loopback network namespace
-    subnet: str = ""
+    subnet: str = ""  # empty: the scheduler assigns one (docs/networking.md)
+    node_ip: str = ""  # where other nodes route our subnet; "": --listen's address, else towards the scheduler
     metrics_listen: str = ""  # host:port
     listen: str = "127.0.0.1:0"  # the agent's own gRPC API (logs), reported to the scheduler
     insecure_registries: tuple[str, ...] = ()  # plain HTTP besides loopback
@@ -78,15 +81,16 @@ class AgentConfig:
     resolv_conf: Path = Path("/etc/resolv.conf")  # the node's resolvers: other names are forwarded there
 
 
-def network_config(config: AgentConfig) -> NetworkConfig:
-    return NetworkConfig(
+def cluster_network(config: AgentConfig) -> ClusterNetwork:
+    base = NetworkConfig(
         config.bridge,
-        config.subnet,
+        config.subnet or ANY_SUBNET,  # the real one comes from the scheduler (or --subnet)
         config.state_dir / "ipam",
         publish_address=config.publish_address,
         host_port_range=config.host_port_range,
         node=config.name,
     )
+    return ClusterNetwork(ClusterNetworkConfig(config.bridge, config.state_dir, config.subnet, config.name, base))
 
 
 class Agent:
@@ -106,9 +110,11 @@ class Agent:
             seccomp_profile=config.seccomp_profile,
             supervisors=cgroups.supervisors,
         )
-        self.network = NodeNetwork(network_config(config)) if config.bridge else None
+        self.network: NodeNetwork | None = None  # once the node has its subnet (self.networking)
+        self.networking = self._networking() if config.bridge else None
         # DNS and VIPs need a bridge: containers without one have no way to the gateway.
         self.discovery = ServiceDiscovery(config.cluster_domain, config.resolv_conf) if config.bridge else None
+        self._attaching: asyncio.Task[None] | None = None  # discovery moving to a new network
         self.metrics = NodeMetrics(VERSION)
         self.metrics.watch_usage(self._running_instances, self.runtime.stats, self._resources_of)
         self.workers: dict[str, InstanceWorker] = {}  # the instances the scheduler wants here
@@ -135,6 +141,7 @@ class Agent:
         self.lease.on_lapse = self._fence
         self._fence_on_lapse = set(saved.instances)  # instances of Stop apps, saved for the next process
         self.fenced: dict[str, str] = {}  # instance -> why it was killed for good
+        net = self.networking
         self.session = Session(
             config.schedulers,
             self._register,
@@ -143,11 +150,25 @@ class Agent:
             tls=config.tls,
             on_endpoints=self.discovery.update if self.discovery else None,
             lease=self.lease,
+            on_registered=net.on_registered if net else None,
+            on_routes=net.on_routes if net else None,
         )
         self._apply_lock = asyncio.Lock()
         self._swept = False
         self.address = config.listen
         self._server: grpc.aio.Server | None = None
+
+    def _networking(self) -> Networking:
+        def node_ip() -> str:
+            return node_ip_for(self.config.node_ip, self.address, self.config.schedulers[0])
+
+        def use(network: NodeNetwork) -> None:  # workers started from now on attach to it
+            self.network = network
+            self._deps = dataclasses.replace(self._deps, network=network)
+            if self.discovery is not None:  # DNS on the (new) gateway, VIP rules on its bridge
+                self._attaching = asyncio.get_running_loop().create_task(self.discovery.attach(network))
+
+        return Networking(cluster_network(self.config), node_ip, use)
 
     def _running_instances(self) -> list[tuple[str, str]]:
         # Called from the metrics server's thread: copy before iterating.
@@ -163,7 +184,7 @@ class Agent:
 
     def _register(self, lease_id: int) -> apb.Register:
         capacity = self.config.capacity or host_capacity()
-        return apb.Register(
+        reg = apb.Register(
             node=self.config.name,
             address=self.address,
             metrics_address=self.config.metrics_listen,
@@ -175,6 +196,9 @@ class Agent:
             host_port_min=self.config.host_port_range.first,
             host_port_max=self.config.host_port_range.last,
         )
+        if self.networking is not None:
+            reg.MergeFrom(self.networking.register_fields())
+        return reg
 
     def _report(self, inst: pb.Instance, status: pb.InstanceStatus) -> None:
         self.metrics.observe(status)
@@ -333,18 +357,20 @@ class Agent:
 
     async def run(self) -> None:
         await self.serve_api()
-        gc_task = asyncio.create_task(self.collect_images(), name="image-gc")
+        tasks = [asyncio.create_task(self.collect_images(), name="image-gc")]
+        if self.networking is not None:
+            tasks.append(asyncio.create_task(self.networking.run(), name="networking"))
         try:
             await self._run_session()
         finally:
-            gc_task.cancel()
+            for task in tasks:
+                task.cancel()
 
     async def _run_session(self) -> None:
-        if self.network is not None:
-            await asyncio.to_thread(self.network.ensure_bridge)
+        if self.networking is not None:  # the network of before set up again (healed) at once
+            await self.networking.start()
         discovery = None
-        if self.discovery is not None and self.network is not None:  # on the gateway, so after the bridge
-            await self.discovery.attach(self.network)
+        if self.discovery is not None:  # attached to the network when it arrives (_networking)
             discovery = asyncio.create_task(self.discovery.run(), name="service-rules")
         self._adoptable = {s.id: s for s in await asyncio.to_thread(self.runtime.list)}
         if self._adoptable:
@@ -373,9 +399,9 @@ def cleanup(config: AgentConfig) -> None:
     """Stop and remove every container and network object this node created."""
     cgroups = placement_for_cleanup(config.name, config.cgroup, config.state_dir)
     Runtime(config.state_dir / "containers", cgroups.containers, supervisors=cgroups.supervisors).cleanup_all()
-    if config.bridge:
-        ServiceProxy(config.bridge, config.subnet).teardown()  # VIP rules; their route goes with the bridge
-        NodeNetwork(network_config(config)).teardown()
+    if config.bridge:  # VIP rules, then routes, NAT, bridge, IPAM state and the recorded subnet
+        ServiceProxy(config.bridge, config.subnet).teardown()  # their route goes with the bridge
+        cluster_network(config).teardown()
 
 
 async def leave(agent: Agent, task: asyncio.Task[None]) -> None:
@@ -408,8 +434,12 @@ def main(config: AgentConfig) -> None:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await task
+        except asyncio.CancelledError:
+            pass
+        except NetworkError as e:  # the node's network cannot be set up: say why, no traceback
+            raise SystemExit(f"orch node {config.name}: network: {e}") from None
         await agent.wait_stopping()
         if agent._server is not None:
             await agent._server.stop(grace=0.5)

@@ -44,8 +44,12 @@ class Session:
         tls: Credentials | None = None,
         on_endpoints: Callable[[apb.Endpoints], None] | None = None,  # the cluster's service endpoints
         lease: LeaseWatch | None = None,
+        on_registered: Callable[[apb.Registered], Awaitable[None]] | None = None,
+        on_routes: Callable[[apb.Routes], None] | None = None,
     ) -> None:
         self._on_endpoints = on_endpoints
+        self._on_registered = on_registered  # awaited before any desired set: the network comes first
+        self._on_routes = on_routes
         self._schedulers = list(schedulers)
         self.lease = lease or LeaseWatch()
         self._tls = tls
@@ -105,12 +109,16 @@ class Session:
                         heartbeat = asyncio.create_task(self._heartbeat(outbox, interval))
                         self.connected.set()
                         log.info("connected to scheduler %s (lease %x)", target, self.lease_id)
+                        if self._on_registered is not None:
+                            await self._on_registered(msg.registered)
                     elif kind == "desired":
                         await self.handle_desired(msg.desired, target)
                     elif kind == "endpoints" and self._on_endpoints is not None:
                         self._on_endpoints(msg.endpoints)
                     elif kind == "lease_renewed":
                         self.lease.renewed(msg.lease_renewed.seq, msg.lease_renewed.ttl_seconds)
+                    elif kind == "routes" and self._on_routes is not None:
+                        self._on_routes(msg.routes)
                     elif kind == "goodbye_ack" and self._goodbye_ack is not None and not self._goodbye_ack.done():
                         ack = msg.goodbye_ack
                         held = ack.held_until.ToNanoseconds() / 1e9 if ack.HasField("held_until") else 0.0

@@ -21,7 +21,7 @@ from orch.validation import normalize_app_spec, validate_app_spec
 from orch.version import version
 from scheduler.cache import ClusterCache
 from scheduler.drain_plan import DrainPlan, plan_drain
-from scheduler.errors import Conflict, InvalidRequest, NotFound, SchedulerError, StoreUnavailable
+from scheduler.errors import Conflict, InvalidRequest, NotFound, Refused, SchedulerError, StoreUnavailable
 from scheduler.events import EventLog
 from scheduler.exec_relay import ExecFailed, InstanceNotRunning, NodeUnreachable, exec_target, relay_exec
 from scheduler.liveness import NodeState, node_state
@@ -32,6 +32,8 @@ from scheduler.reconcile import DONE, event, is_ready
 from scheduler.services import DEFAULT_SERVICE_CIDR, ServiceCidrError, release_writes, service_ip_writes
 from scheduler.snapshot import ClusterSnapshot, wants_to_run
 from scheduler.store import Delete, Put, Store
+from scheduler.subnet_claims import SubnetClaims
+from scheduler.subnets import DEFAULT_CLUSTER_CIDR, SubnetPool
 from scheduler.timeutil import ts
 from scheduler.top import top
 
@@ -50,6 +52,7 @@ STATUS_OF: dict[type[SchedulerError], grpc.StatusCode] = {
     NodeUnreachable: grpc.StatusCode.UNAVAILABLE,
     ExecFailed: grpc.StatusCode.INTERNAL,
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    Refused: grpc.StatusCode.FAILED_PRECONDITION,
     Conflict: grpc.StatusCode.ABORTED,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
@@ -147,6 +150,7 @@ class OrchService(api_pb2_grpc.OrchServicer):
         agent_tls: Credentials | None = None,  # our certificate when we call agents (logs, top)
         cache: ClusterCache | None = None,  # what Watch follows
         service_network: ipaddress.IPv4Network = DEFAULT_SERVICE_NETWORK,  # where virtual IPs come from
+        subnets: SubnetClaims | None = None,
     ) -> None:
         self._service_network = service_network
         self._cache = cache
@@ -155,6 +159,7 @@ class OrchService(api_pb2_grpc.OrchServicer):
         self._events = events
         self._on_change = on_change
         self._agent_tls = agent_tls
+        self._subnets = subnets or SubnetClaims(store, SubnetPool.parse(DEFAULT_CLUSTER_CIDR))
 
     async def _call(self, context: Ctx, fn: Callable[[], T]) -> T:
         try:
@@ -313,6 +318,29 @@ class OrchService(api_pb2_grpc.OrchServicer):
             return next(n for n in node_infos(self._store.snapshot(), time.time()) if n.node.name == request.name)
 
         return await self._call(context, set_schedulable)
+
+    async def DeleteNode(self, request: api.DeleteNodeRequest, context: Ctx) -> api.DeleteNodeResponse:
+        return await self._call(context, lambda: self._delete_node(request.name))
+
+    def _delete_node(self, name: str) -> api.DeleteNodeResponse:
+        """Forget a node that left: its record and its subnet claim, in one transaction. Its
+        instances, if any still want to run, are NotReady's to evict (liveness.py)."""
+        snap = self._store.snapshot()
+        node = snap.nodes.get(name)
+        if node is None:
+            raise NotFound("node", name)
+        state = node_state(snap, name, time.time())
+        if state is not NodeState.NOT_READY:
+            raise Refused(
+                "NodeInUse",
+                f"node {name} is {state.value}: only a NotReady node can be deleted; stop its agent first "
+                "(`orch node ... --cleanup` also removes its containers and network)",
+            )
+        self._store.commit([Delete(self._store.keys.node(name), node.mod_revision), *self._subnets.release(name)])
+        freed = f"; subnet {node.value.subnet} is free again" if node.value.subnet else ""
+        self._events.record([event(time.time(), "Node", name, "NodeDeleted", f"node deleted{freed}")])
+        self._on_change()
+        return api.DeleteNodeResponse()
 
     async def Drain(self, request: api.DrainRequest, context: Ctx) -> AsyncIterator[api.DrainProgress]:
         if request.dry_run:

@@ -41,6 +41,7 @@ POLICY: dict[str, frozenset[Role]] = {
     "/orch.v1.Orch/Scale": ADMIN,
     "/orch.v1.Orch/ListNodes": READ,
     "/orch.v1.Orch/SetSchedulable": ADMIN,
+    "/orch.v1.Orch/DeleteNode": ADMIN,
     "/orch.v1.Orch/Drain": ADMIN,
     "/orch.v1.Orch/ListInstances": READ,
     "/orch.v1.Orch/ListEvents": READ,

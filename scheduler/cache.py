@@ -1,5 +1,11 @@
 """A watch-fed copy of apps, instances and node leases (an informer).
 
+It also keeps where each node's container subnet lives (subnet, node_ip: the
+host-gw routes every networked agent installs) and numbers that table's
+versions; listeners hear ROUTES among the changed nodes when it changes. Only a
+change of a subnet or node_ip counts, not the node record's other writes
+(registration times, cordons), so agents are not sent the table again for those.
+
 Agent sessions read their desired sets from here instead of querying etcd
 for every change. All mutation happens on the event loop thread; the etcd
 watch thread only hands batches over with call_soon_threadsafe.
@@ -12,6 +18,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable
 
+from orch.v1 import agent_pb2 as apb
 from orch.v1 import types_pb2 as pb
 from scheduler.snapshot import Versioned
 from scheduler.store import Store, WatchEvent, decode
@@ -19,6 +26,7 @@ from scheduler.store import Store, WatchEvent, decode
 log = logging.getLogger(__name__)
 
 Listener = Callable[[set[str]], None]  # gets the names of nodes whose instances changed
+ROUTES = "*routes"  # among a listener's nodes when the routes changed (never a node's name)
 
 
 class ClusterCache:
@@ -30,6 +38,9 @@ class ClusterCache:
         self.apps: dict[str, Versioned[pb.App]] = {}  # for the endpoints (endpoints.py)
         self.by_node: dict[str, set[str]] = defaultdict(set)
         self.live_nodes: set[str] = set()
+        self.node_routes: dict[str, tuple[str, str]] = {}  # node -> (subnet, node_ip), nodes with a subnet
+        self.routes_version = 0
+        self._routes_msg: apb.Routes | None = None
         self._listeners: list[Listener] = []
         self._any_change: list[Callable[[], None]] = []
         self._watchers: set[asyncio.Event] = set()  # API watch streams: set on every change
@@ -56,6 +67,21 @@ class ClusterCache:
             if inst.desired in (pb.DESIRED_STATE_RUN, pb.DESIRED_STATE_UNSPECIFIED):
                 out.append(inst)
         return out
+
+    def routes(self) -> apb.Routes:
+        """Every node's subnet and node_ip, built once per version and shared by the sessions."""
+        if self._routes_msg is None:
+            self._routes_msg = apb.Routes(
+                nodes=[apb.NodeRoute(node=n, subnet=s, node_ip=ip) for n, (s, ip) in sorted(self.node_routes.items())]
+            )
+        return self._routes_msg
+
+    def _set_routes(self, routes: dict[str, tuple[str, str]], touched: set[str]) -> None:
+        if routes != self.node_routes:
+            self.node_routes = routes
+            self.routes_version += 1
+            self._routes_msg = None
+            touched.add(ROUTES)
 
     def on_node(self, node: str) -> list[Versioned[pb.Instance]]:
         return [self.instances[n] for n in sorted(self.by_node.get(node, ()))]
@@ -100,7 +126,10 @@ class ClusterCache:
             if v.value.node:
                 self.by_node[v.value.node].add(name)
         self.live_nodes = set(snap.live_nodes)
-        self._notify(old_nodes | set(self.by_node))
+        touched = old_nodes | set(self.by_node)
+        routes = {n: (v.value.subnet, v.value.node_ip) for n, v in snap.nodes.items() if v.value.subnet}
+        self._set_routes(routes, touched)
+        self._notify(touched)
 
     def _from_thread(self, events: list[WatchEvent], revision: int) -> None:
         assert self._loop is not None
@@ -119,6 +148,8 @@ class ClusterCache:
                 self._apply_instance(rest.partition("/")[2], ev, touched)
             elif kind == "apps":
                 self._apply_app(rest, ev)
+            elif kind == "nodes":
+                self._apply_node(rest, ev, touched)
             elif kind == "leases" and rest.startswith("nodes/"):
                 node = rest.removeprefix("nodes/")
                 (self.live_nodes.add if ev.value is not None else self.live_nodes.discard)(node)
@@ -156,6 +187,16 @@ class ClusterCache:
             self.apps.pop(name, None)
         else:
             self.apps[name] = Versioned(app, ev.mod_revision)
+
+    def _apply_node(self, name: str, ev: WatchEvent, touched: set[str]) -> None:
+        node = decode(pb.Node, ev.value, ev.key) if ev.value is not None else None
+        now = (node.subnet, node.node_ip) if node is not None and node.subnet else None
+        if self.node_routes.get(name) == now:
+            return  # most node writes (registration times, cordons) leave the routes alone
+        routes = {n: r for n, r in self.node_routes.items() if n != name}  # a new dict: a new version
+        if now is not None:
+            routes[name] = now
+        self._set_routes(routes, touched)
 
     def _notify(self, nodes: set[str]) -> None:
         for listener in list(self._listeners):

@@ -5,7 +5,9 @@
     ├── Conflict           a revision-checked transaction lost a race
     ├── NotLeader          a fenced transaction found the leader key changed
     ├── NotFound           the named object does not exist
-    └── InvalidRequest     the request is malformed (carries field errors)
+    ├── InvalidRequest     the request is malformed (carries field errors)
+    └── Refused            the request is well-formed but the cluster's state forbids it
+                           (a node's subnet cannot be assigned, a Ready node deleted)
 
 `api.py` maps these to gRPC status codes; nothing else crosses the edge.
 """
@@ -46,3 +48,11 @@ class InvalidRequest(SchedulerError):
     def __init__(self, problems: Sequence[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = list(problems)
+
+
+class Refused(SchedulerError):
+    """reason: CamelCase, also the Warning event's (scheduler/subnets.py's reasons, NodeInUse)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -34,6 +34,7 @@ from scheduler.services import DEFAULT_SERVICE_CIDR, parse_service_cidr
 from scheduler.sessions import RESTART_GRACE, AgentSessionService, NodeRegistry
 from scheduler.status import StatusWriter
 from scheduler.store import PAGE, Store
+from scheduler.subnets import DEFAULT_CLUSTER_CIDR, DEFAULT_NODE_PREFIX, PoolError, SubnetPool
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class SchedulerConfig:
     restart_grace: float = RESTART_GRACE  # s a node whose agent said goodbye for a restart is held
     etcd_page: int = PAGE  # keys per etcd range read
     service_cidr: str = DEFAULT_SERVICE_CIDR  # apps' virtual IPs (services.py); checked by the CLI
+    cluster_cidr: str = DEFAULT_CLUSTER_CIDR  # container addresses; each node gets a subnet of it
+    node_subnet_size: int = DEFAULT_NODE_PREFIX  # prefix length of each node's subnet
 
 
 async def serve(config: SchedulerConfig) -> None:
@@ -70,7 +73,11 @@ async def serve(config: SchedulerConfig) -> None:
     election = LeaderElection(store, identity, ttl=config.leader_ttl)
     status = StatusWriter(store, cache)
     keeper = LeaseKeeper(store, interval=config.lease_ttl / 4)
-    registry = NodeRegistry(store, config.lease_ttl, config.restart_grace)
+    try:
+        pool = SubnetPool.parse(config.cluster_cidr, config.node_subnet_size)
+    except PoolError as e:
+        raise SystemExit(f"orch scheduler: {e}") from None
+    registry = NodeRegistry(store, config.lease_ttl, config.restart_grace, pool)
     endpoints = EndpointsFeed(cache, config.service_cidr)
     sessions = AgentSessionService(registry, cache, status, metrics, keeper, events, endpoints)
     reconciler = Reconciler(
@@ -93,7 +100,15 @@ async def serve(config: SchedulerConfig) -> None:
         loop.call_soon_threadsafe(reconciler.trigger.set)
 
     service_network = parse_service_cidr(config.service_cidr)
-    orch_api = OrchService(store, events, on_change, agent_tls=config.tls, cache=cache, service_network=service_network)
+    orch_api = OrchService(
+        store,
+        events,
+        on_change,
+        agent_tls=config.tls,
+        cache=cache,
+        service_network=service_network,
+        subnets=registry.subnets,
+    )
     api_pb2_grpc.add_OrchServicer_to_server(orch_api, server)
     agent_pb2_grpc.add_AgentSessionServicer_to_server(sessions, server)
     health_servicer = health.aio.HealthServicer()

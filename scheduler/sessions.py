@@ -29,20 +29,26 @@ from orch.tls import node_identity, peer_identity
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import agent_pb2_grpc
 from orch.v1 import types_pb2 as pb
-from scheduler.cache import ClusterCache
+from scheduler.cache import ROUTES, ClusterCache
 from scheduler.endpoints import EndpointsFeed
-from scheduler.errors import Conflict, StoreUnavailable
+from scheduler.errors import Conflict, Refused, StoreUnavailable
 from scheduler.events import EventLog
 from scheduler.leases import LeaseKeeper
 from scheduler.liveness import restarting_until
 from scheduler.metrics import SchedulerMetrics
 from scheduler.reconcile import event
 from scheduler.status import StatusWriter
-from scheduler.store import Put, Store
+from scheduler.store import Put, Store, Write
+from scheduler.subnet_claims import SubnetClaims
+from scheduler.subnets import DEFAULT_CLUSTER_CIDR, SubnetPool
 from scheduler.timeutil import ts
 
 log = logging.getLogger(__name__)
 
+REFUSAL_EVENT_EVERY = 60.0  # s between two Warning events for one node's refused registrations
+# A lost compare (another scheduler wrote the record, or claimed the subnet we picked: nodes
+# joining at once) re-reads and tries again.
+REGISTER_ATTEMPTS = 10
 RESTART_GRACE = 30.0  # s a node whose agent said goodbye for a restart is held (orch scheduler --restart-grace)
 
 
@@ -92,13 +98,17 @@ class Heartbeats:
 class NodeRegistry:
     """Node records and their leases in etcd (blocking calls)."""
 
-    def __init__(self, store: Store, lease_ttl: int, restart_grace: float = RESTART_GRACE) -> None:
+    def __init__(
+        self, store: Store, lease_ttl: int, restart_grace: float = RESTART_GRACE, pool: SubnetPool | None = None
+    ) -> None:
         self._store = store
         self.lease_ttl = lease_ttl
         self.restart_grace = restart_grace
+        self.subnets = SubnetClaims(store, pool or SubnetPool.parse(DEFAULT_CLUSTER_CIDR))
 
-    def register(self, reg: apb.Register) -> tuple[int, float]:
-        """Returns (lease id, the end of the restart hold this registration ended, or 0)."""
+    def register(self, reg: apb.Register) -> tuple[int, float, pb.Node]:
+        """Returns (lease id, the end of the restart hold this registration ended or 0, the node
+        record written). Refused if the node asks for container networking and gets no subnet."""
         key = self._store.keys.node(reg.node)
         # Only this node's own last lease may be reused: any other live lease (another node's,
         # the leader's) kept alive by this session would keep a dead node Ready or a dead
@@ -106,7 +116,7 @@ class NodeRegistry:
         recorded = self._store.get(pb.Node, key)
         own = reg.lease_id if recorded is not None and reg.lease_id == recorded.value.lease_id else 0
         lease_id = self._reuse_or_grant(own)
-        for _ in range(5):
+        for attempt in range(REGISTER_ATTEMPTS):
             existing = self._store.get(pb.Node, key)
             node = pb.Node()
             if existing is not None:
@@ -127,16 +137,30 @@ class NodeRegistry:
             node.ClearField("restarting_until")  # back: a hold for its restart ends here
             lease_key = self._store.keys.node_lease(reg.node)
             try:
+                claim = self._network(reg, node, attempt)
                 self._store.commit(
                     [
                         Put(key, node, existing.mod_revision if existing else 0),
                         Put(lease_key, pb.Node(name=reg.node), None, lease_id),
+                        *claim,
                     ]
                 )
-                return lease_id, held if held > now else 0.0
+                return lease_id, held if held > now else 0.0, node
             except Conflict:
                 continue
         raise Conflict(f"node {reg.node}")
+
+    def _network(self, reg: apb.Register, node: pb.Node, attempt: int) -> list[Write]:
+        """Sets the node's subnet and node_ip; returns the writes that claim the subnet (or free
+        it: a node without container networking holds none)."""
+        if not reg.container_network:
+            had = bool(node.subnet)  # most such nodes never had one: no read for them
+            node.ClearField("subnet")
+            node.ClearField("node_ip")
+            return self.subnets.release(reg.node) if had else []
+        node.subnet, writes = self.subnets.claim(reg, node.subnet, attempt)
+        node.node_ip = reg.node_ip
+        return writes
 
     def hold(self, node: str, lease_id: int) -> float:
         """Its agent said goodbye for a restart: hold the node until the returned time, and let
@@ -177,6 +201,8 @@ class SessionState:
     gens: Generations = field(default_factory=Generations)
     replies: list[apb.SchedulerMessage] = field(default_factory=list)  # besides desired sets
     leaving: bool = False  # said goodbye: its heartbeats no longer keep the lease
+    routes: bool = False  # the agent runs container networking: send it Routes
+    routes_sent: int = -1  # the cache's routes_version last sent
     recompute: bool = True  # the desired set may have changed (a reply alone does not)
 
     def look_again(self) -> None:
@@ -218,6 +244,7 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
         self._events = events
         # Half a lease without a beat: with beats every third of one, at least one is late.
         self.heartbeats = Heartbeats(overdue=registry.lease_ttl / 2)
+        self._refusals: dict[tuple[str, str], float] = {}  # (node, reason) -> when last recorded
 
     async def Session(
         self,
@@ -236,9 +263,13 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
             )
             return
         try:
-            lease_id, held_until = await asyncio.to_thread(self._registry.register, reg)
+            lease_id, held_until, record = await asyncio.to_thread(self._registry.register, reg)
         except (StoreUnavailable, Conflict) as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot register node {reg.node}: {e}")
+            return
+        except Refused as e:
+            await self._refused(reg.node, e)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot register node {reg.node}: {e}")
             return
         log.info("node %s registered (lease %x)", reg.node, lease_id)
         if held_until:
@@ -251,12 +282,21 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
                 lease_id=lease_id,
                 lease_ttl_seconds=self._registry.lease_ttl,
                 heartbeat_interval_ms=interval_ms,
+                subnet=record.subnet,
+                cluster_cidr=str(self._registry.subnets.pool.cidr) if record.subnet else "",
             )
         )
-        state = SessionState(reg.node, lease_id)
+        state = SessionState(reg.node, lease_id, routes=reg.container_network)
         state.look_again()
         self.heartbeats.beat(reg.node, state)
-        unsubscribe = self._cache.subscribe(lambda nodes: state.look_again() if reg.node in nodes else None)
+
+        def changed(nodes: set[str]) -> None:
+            if reg.node in nodes:
+                state.look_again()  # its desired set may differ
+            elif state.routes and ROUTES in nodes:
+                state.dirty.set()  # only the routes: sent whatever the desired set
+
+        unsubscribe = self._cache.subscribe(changed)
         unsubscribe_endpoints = self._endpoints.subscribe(state.dirty.set) if self._endpoints else lambda: None
         reader = asyncio.create_task(self._read(state, request_iterator))
         self._metrics.sessions.inc()
@@ -289,6 +329,9 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
             if self._endpoints is not None and self._endpoints.version != endpoints_sent:
                 endpoints_sent = self._endpoints.version
                 yield apb.SchedulerMessage(endpoints=self._endpoints.message)
+            if state.routes and state.routes_sent != self._cache.routes_version:
+                state.routes_sent = self._cache.routes_version
+                yield apb.SchedulerMessage(routes=self._cache.routes())
             if not state.recompute:
                 continue
             state.recompute = False
@@ -347,6 +390,17 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
                     state.node, "NodeRestarting", f"agent restarting; its instances are kept for {grace:.0f}s"
                 )
         state.reply(apb.SchedulerMessage(goodbye_ack=ack))
+
+    async def _refused(self, node: str, refusal: Refused) -> None:
+        """A Warning event, once a minute per node and reason: the agent retries every few seconds."""
+        now = time.monotonic()
+        if now - self._refusals.get((node, refusal.reason), -REFUSAL_EVENT_EVERY) < REFUSAL_EVENT_EVERY:
+            return
+        self._refusals[(node, refusal.reason)] = now
+        log.warning("node %s: registration refused: %s", node, refusal)
+        if self._events is not None:
+            record = event(time.time(), "Node", node, refusal.reason, str(refusal), warning=True)
+            await asyncio.to_thread(self._events.record, [record])
 
     async def _record(self, node: str, reason: str, message: str) -> None:
         if self._events is not None:

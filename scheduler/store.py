@@ -131,6 +131,13 @@ class Keys:
     def leader(self) -> str:
         return f"{self.prefix}leader"
 
+    def subnets(self) -> str:
+        """Subnet claims: one key per node subnet, whose value is pb.Node(name, subnet)."""
+        return f"{self.prefix}subnets/"
+
+    def subnet(self, subnet: str) -> str:
+        return f"{self.subnets()}{subnet.replace('/', '-')}"
+
     def event(self, suffix: str) -> str:
         return f"{self.prefix}events/{suffix}"
 

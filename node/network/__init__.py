@@ -6,6 +6,8 @@ Vocabulary:
     host veth    "ov" + 10 hex of hash(bridge, instance), enslaved to the bridge
     eth0         the veth's peer, created inside the container's network namespace
     IPAM         one file per allocated address under NetworkConfig.state_dir
+    subnet       the node's share of the cluster CIDR, from the scheduler (cluster.py)
+    node IP      where other nodes route this node's subnet (routes.py: host-gw, proto 152)
 
 Typical use by the agent (blocking calls: from a worker thread, not a coroutine)::
 
@@ -15,6 +17,10 @@ Typical use by the agent (blocking calls: from a worker thread, not a coroutine)
     net.detach(instance)                       # when the instance is gone
     net.addresses()                            # after a restart: who holds which address
     net.teardown()                             # `orch up` shutdown
+
+The cluster network around it (docs/networking.md): cluster.py (the recorded subnet, bridge
+and NAT set-up, teardown), routes.py (routes to the other nodes' subnets), masquerade.py (NAT
+leaving the cluster, hostPort hairpin), hostnets.py (what the host has, for the overlap check).
 
 Errors: see node.network.errors (NetworkError and its subclasses).
 """

@@ -28,14 +28,15 @@ Traffic from other hosts also needs net.ipv4.ip_forward=1, as for Kubernetes.
 from __future__ import annotations
 
 import logging
-import subprocess
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from node.network.errors import HostPortNotAllowed, NetworkError
+from node.network.iptables import Runner
+from node.network.iptables import run as _run
 from node.network.portpolicy import DEFAULT_RANGE, PortRange, host_listening, refusal
 from node.runtime.layout import read_json, set_aside
 from orch import files
@@ -43,8 +44,6 @@ from orch import files
 __all__ = ["HostPorts", "PortMapping", "chain_name", "chain_rules", "ip_forward_enabled"]
 
 log = logging.getLogger(__name__)
-
-Runner = Callable[[Sequence[str], str], None]  # (argv, stdin): raises NetworkError on failure
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +68,6 @@ def chain_rules(chain: str, published: dict[str, tuple[str, list[PortMapping]]],
                 f' -m comment --comment "{instance}" -j DNAT --to-destination {ip}:{m.container_port}'
             )
     return "\n".join([*lines, "COMMIT", ""])
-
-
-def _run(argv: Sequence[str], stdin: str = "") -> None:
-    try:
-        done = subprocess.run(list(argv), input=stdin, capture_output=True, text=True, check=False, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise NetworkError(f"{argv[0]}: {e}") from e
-    if done.returncode != 0:
-        raise NetworkError(f"{' '.join(argv)}: {done.stderr.strip() or f'exit {done.returncode}'}")
 
 
 class HostPorts:

@@ -90,6 +90,16 @@ def add_veth(ipr: Any, host: str, master: int, mtu: int, peer: str, peer_netns_f
         ipr.link("add", ifname=host, kind="veth", master=master, mtu=mtu, state="up", peer=peer_spec)
 
 
+def set_hairpin(ipr: Any, name: str) -> None:
+    """Let the bridge send frames back out of link ``name``, the port they came in on (CNI
+    bridge's hairpinMode). With br_netfilter loaded (bridge-nf-call-iptables=1, as Docker
+    leaves it), an instance's connection to a hostPort of its own node that DNATs back to
+    itself is turned around on the bridge itself, and must leave through its own port."""
+    index = require(ipr, name)
+    with netlink_op(name, "set hairpin mode"):
+        ipr.brport("set", index=index, mode=1)
+
+
 def ports_of(ipr: Any, master: int) -> list[str]:
     """Names of the links enslaved to ``master``."""
     with netlink_op(str(master), "list ports"):

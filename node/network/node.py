@@ -34,7 +34,7 @@ from node.network.names import CONTAINER_IFNAME, VETH_PREFIX, bridge_mac, veth_n
 from node.network.netns import netlink_socket_in, open_netns
 
 
-def _forbid_event_loop() -> None:
+def forbid_event_loop() -> None:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -43,8 +43,8 @@ def _forbid_event_loop() -> None:
 
 
 @contextlib.contextmanager
-def _host() -> Iterator[Any]:
-    _forbid_event_loop()
+def host_netlink() -> Iterator[Any]:
+    forbid_event_loop()
     with IPRoute() as ipr:
         yield ipr
 
@@ -73,7 +73,7 @@ class NodeNetwork:
     def ensure_bridge(self) -> None:
         """Create the bridge if missing, give it the gateway address, bring it up. Idempotent."""
         cfg = self.config
-        with _host() as ipr:
+        with host_netlink() as ipr:
             index = links.ensure_bridge(ipr, cfg.bridge, cfg.mtu, bridge_mac(cfg.bridge))
             links.ensure_addr(ipr, index, cfg.bridge, str(cfg.gateway), cfg.network.prefixlen)
         self.host_ports.sync()  # after an agent restart: the rules equal the recorded ports again
@@ -89,7 +89,7 @@ class NodeNetwork:
         address allocated by this call is released.
         """
         check_instance(instance)
-        _forbid_event_loop()
+        forbid_event_loop()
         had_ip = self._ipam.lookup(instance) is not None
         ip = self._ipam.allocate(instance)
         attachment = Attachment(
@@ -116,7 +116,7 @@ class NodeNetwork:
         """Unpublish its host ports, delete its host veth (gone already is fine), release its address."""
         check_instance(instance)
         self.host_ports.unpublish(instance)
-        with _host() as ipr:
+        with host_netlink() as ipr:
             links.delete_link(ipr, self.veth_name(instance))
         self._ipam.release(instance)
 
@@ -128,7 +128,7 @@ class NodeNetwork:
         """Remove the host port rules, every veth of this bridge, the bridge itself, and the IPAM state."""
         self.host_ports.teardown()
         bridge = self.config.bridge
-        with _host() as ipr:
+        with host_netlink() as ipr:
             index = links.lookup(ipr, bridge)
             if index is not None and links.link_kind(ipr, index) != "bridge":
                 raise LinkError(bridge, "tear down (not a bridge; left alone)", errno.EEXIST)
@@ -145,11 +145,12 @@ class NodeNetwork:
     def _plumb(self, att: Attachment, pid: int) -> None:
         cfg = self.config
         with open_netns(pid) as netns_fd:
-            with _host() as ipr:
+            with host_netlink() as ipr:
                 bridge = links.require(ipr, cfg.bridge)
                 # A leftover veth (earlier attach, crashed agent) would make add fail with EEXIST.
                 links.delete_link(ipr, att.host_veth)
                 links.add_veth(ipr, att.host_veth, bridge, cfg.mtu, CONTAINER_IFNAME, netns_fd)
+                links.set_hairpin(ipr, att.host_veth)
             with _inside(netns_fd, pid) as ns:
                 links.configure_container(ns, CONTAINER_IFNAME, att.ip, att.prefixlen, att.gateway)
 
@@ -157,7 +158,7 @@ class NodeNetwork:
         # Best effort: the error that made attach fail is the one to report.
         with contextlib.suppress(Exception):
             self.host_ports.unpublish(att.instance)
-        with contextlib.suppress(Exception), _host() as ipr:
+        with contextlib.suppress(Exception), host_netlink() as ipr:
             links.delete_link(ipr, att.host_veth)
         if release:
             with contextlib.suppress(Exception):

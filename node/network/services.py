@@ -45,8 +45,8 @@ from pyroute2 import IPRoute
 
 from node.network import links
 from node.network.errors import ConfigError, NetworkError
-from node.network.hostports import Runner
-from node.network.hostports import _run as run_iptables
+from node.network.iptables import Runner
+from node.network.iptables import run as run_iptables
 
 __all__ = ["ServiceChains", "ServiceProxy", "VirtualService", "route_metric", "service_rules"]
 

@@ -10,6 +10,7 @@ The services start as deploy/systemd's units start them (each ExecStart line exp
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shlex
@@ -177,7 +178,7 @@ def deployed(tmp_path_factory):
         workstation.mkdir()
         values = w.Values(
             ip={m: h.address for m, h in lab.hosts.items()},
-            subnet={m: lab.subnet(h) for m, h in lab.hosts.items()},
+            cidr=lab.cluster_cidr,
             pki=str(workstation / "orch-pki"),
             on=lambda m, path: str(lab.hosts[m].path(path)),
             srv=str(tmp / "srv" / "orch"),
@@ -223,8 +224,11 @@ def test_web_runs_on_every_host_and_answers_on_each_hosts_port(deployed: Deploym
     web = [i for i in d.json("get", "instances") if i["app"] == "web"]
     assert sorted(i["node"] for i in web) == ["m1", "m2", "m3"], web
     assert all(i["state"] == "Running" and i["ready"] for i in web), web
-    for i in web:  # each in its host's container subnet, so run by that host's agent
-        assert i["ip"].rpartition(".")[0] == d.lab.subnet(d.lab.hosts[i["node"]]).rpartition(".")[0], i
+    subnets = {n["name"]: ipaddress.ip_network(n["subnet"]) for n in d.json("get", "nodes")}
+    first_three = list(ipaddress.ip_network(d.lab.cluster_cidr).subnets(new_prefix=24))[:3]
+    assert sorted(subnets.values()) == first_three  # the scheduler's picks: the lowest free /24s
+    for i in web:  # each in its node's subnet (the scheduler's pick), so run by that host's agent
+        assert ipaddress.ip_address(i["ip"]) in subnets[i["node"]], (i, subnets)
     for host in d.lab.hosts.values():  # `curl http://m3:18080/` from the workstation
         with urllib.request.urlopen(f"http://{host.address}:18080/", timeout=5) as page:
             assert page.read() == b"hello from orch\n"

@@ -17,7 +17,7 @@ ADMIN = "alice"
 @dataclass(frozen=True)
 class Values:
     ip: dict[str, str]  # machine -> address
-    subnet: dict[str, str]  # machine -> its containers' /24
+    cidr: str  # the cluster CIDR: the schedulers give each node a /24 of it
     pki: str  # the workstation's PKI directory
     on: Callable[[str, str], str]  # (machine, absolute path) -> that path on the machine
     srv: str  # where the image lies, the same path on every machine
@@ -29,7 +29,7 @@ class Values:
 
 PAGE = Values(
     ip={m: f"192.0.2.{11 + i}" for i, m in enumerate(MACHINES)},
-    subnet={m: f"10.88.{1 + i}.0/24" for i, m in enumerate(MACHINES)},
+    cidr="10.88.0.0/16",
     pki="~/orch-pki",
     on=lambda _m, path: path,
     srv="/srv/orch",
@@ -105,7 +105,7 @@ ORCH_TLS_KEY={pki}/scheduler-{m}.key
 ORCH_ETCD_CA={pki}/etcd/ca.crt
 ORCH_ETCD_CERT={pki}/etcd/scheduler-{m}.crt
 ORCH_ETCD_KEY={pki}/etcd/scheduler-{m}.key
-ORCH_SCHEDULER_ARGS=--metrics-listen {ip}:9101
+ORCH_SCHEDULER_ARGS=--metrics-listen {ip}:9101 --cluster-cidr {v.cidr}
 """
 
 
@@ -122,7 +122,7 @@ ORCH_NODE_LISTEN={ip}:7071
 ORCH_TLS_CA={pki}/ca.crt
 ORCH_TLS_CERT={pki}/{m}.crt
 ORCH_TLS_KEY={pki}/{m}.key
-ORCH_NODE_ARGS=--bridge orch0 --subnet {v.subnet[m]} --metrics-listen {ip}:9100
+ORCH_NODE_ARGS=--bridge orch0 --metrics-listen {ip}:9100
 """
 
 

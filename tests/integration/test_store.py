@@ -115,7 +115,7 @@ def test_a_node_may_reuse_only_its_own_lease(store):
     from scheduler.sessions import NodeRegistry
 
     registry = NodeRegistry(store, lease_ttl=5)
-    lease_a, _ = registry.register(apb.Register(node="node-a"))
+    lease_a, _, _ = registry.register(apb.Register(node="node-a"))
     leader_lease, _ = store.grant_lease(5)
     for stolen in (lease_a, leader_lease):
         assert registry.register(apb.Register(node="node-b", lease_id=stolen))[0] not in (lease_a, leader_lease)

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from node.network import ConfigError, HostPortNotAllowed, PortMapping, PortRange
-from node.network.hostports import HostPorts, Runner
+from node.network.hostports import HostPorts
 from node.network.ipam import Ipam
+from node.network.iptables import Runner
 from node.network.portpolicy import host_listening, refusal
 
 # /proc/net/tcp: sl local rem st ... (ports in hex); 0A = LISTEN, 01 = ESTABLISHED.

@@ -83,8 +83,8 @@ class FakeCache:
 class FakeRegistry:
     lease_ttl = 1
 
-    def register(self, reg: apb.Register) -> tuple[int, float]:
-        return 42, 0.0  # (lease, end of a restart hold it ended)
+    def register(self, reg: apb.Register) -> tuple[int, float, pb.Node]:
+        return 42, 0.0, pb.Node(name=reg.node)  # (lease, end of a restart hold it ended, the record)
 
 
 class FakeKeeper:

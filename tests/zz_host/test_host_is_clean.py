@@ -54,9 +54,18 @@ def test_no_processes_left():
 def test_no_iptables_rules_left():
     # hostPorts: the ORCH-HP-<bridge> chains and the jumps and masquerade rules around them;
     # service VIPs: ORCH-SVC-, ORCH-SVCMASQ- (nat) and ORCH-SVCREJ- (filter) and their jumps.
+    # container networking: ORCH-MASQ-<bridge> (nat) and ORCH-FWD-<bridge> (filter) and their jumps.
     saved = "".join(
         subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True, check=True).stdout
         for table in ("nat", "raw", "filter")
     )
     ours = [line for line in saved.splitlines() if "ORCH-" in line or "-o orch" in line or "-i orch" in line]
     assert not ours, ours
+
+
+def test_no_routes_left():
+    # Routes to other nodes' container subnets carry orch's mark (node/network/routes.py ORCH_PROTO).
+    routes = subprocess.run(
+        ["ip", "-4", "route", "show", "table", "all", "proto", "152"], capture_output=True, text=True, check=True
+    ).stdout
+    assert not routes.strip(), routes

@@ -116,6 +116,10 @@ class Register(_message.Message):
     METRICS_ADDRESS_FIELD_NUMBER: _builtins.int
     HOST_PORT_MIN_FIELD_NUMBER: _builtins.int
     HOST_PORT_MAX_FIELD_NUMBER: _builtins.int
+    CONTAINER_NETWORK_FIELD_NUMBER: _builtins.int
+    SUBNET_FIELD_NUMBER: _builtins.int
+    NODE_IP_FIELD_NUMBER: _builtins.int
+    HOST_NETWORKS_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     address: _builtins.str
     version: _builtins.str
@@ -128,12 +132,25 @@ class Register(_message.Message):
     on its own (ports in use on the host), whatever placement decided.
     """
     host_port_max: _builtins.int
+    container_network: _builtins.bool
+    """Container networking (docs/networking.md). With `container_network` the
+    scheduler assigns the node a subnet of the cluster CIDR (Registered.subnet)
+    and sends it the other nodes' subnets (Routes). `subnet`: the one the node
+    must have (orch node --subnet, or the one its containers use from before);
+    empty: any. `node_ip`: where other nodes route this node's subnet (host-gw).
+    `host_networks`: the networks the node's host already has (its routes, Podman's
+    networks); a cluster CIDR overlapping one is refused.
+    """
+    subnet: _builtins.str
+    node_ip: _builtins.str
     @_builtins.property
     def capacity(self) -> _types_pb2.Resources: ...
     @_builtins.property
     def allocatable(self) -> _types_pb2.Resources: ...
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def host_networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostNetwork]: ...
     def __init__(
         self,
         *,
@@ -147,14 +164,44 @@ class Register(_message.Message):
         metrics_address: _builtins.str = ...,
         host_port_min: _builtins.int = ...,
         host_port_max: _builtins.int = ...,
+        container_network: _builtins.bool = ...,
+        subnet: _builtins.str = ...,
+        node_ip: _builtins.str = ...,
+        host_networks: _abc.Iterable[Global___HostNetwork] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["allocatable", b"allocatable", "capacity", b"capacity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allocatable", b"allocatable", "capacity", b"capacity", "host_port_max", b"host_port_max", "host_port_min", b"host_port_min", "labels", b"labels", "lease_id", b"lease_id", "metrics_address", b"metrics_address", "node", b"node", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allocatable", b"allocatable", "capacity", b"capacity", "container_network", b"container_network", "host_networks", b"host_networks", "host_port_max", b"host_port_max", "host_port_min", b"host_port_min", "labels", b"labels", "lease_id", b"lease_id", "metrics_address", b"metrics_address", "node", b"node", "node_ip", b"node_ip", "subnet", b"subnet", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Register: _TypeAlias = Register  # noqa: Y015
+
+@_typing.final
+class HostNetwork(_message.Message):
+    """A network of a node's host, besides orch's own: `cidr` and where it comes from
+    ("route dev eth0", "Podman network podman").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CIDR_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    cidr: _builtins.str
+    source: _builtins.str
+    def __init__(
+        self,
+        *,
+        cidr: _builtins.str = ...,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cidr", b"cidr", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostNetwork: _TypeAlias = HostNetwork  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):
@@ -245,6 +292,7 @@ class SchedulerMessage(_message.Message):
     GOODBYE_ACK_FIELD_NUMBER: _builtins.int
     ENDPOINTS_FIELD_NUMBER: _builtins.int
     LEASE_RENEWED_FIELD_NUMBER: _builtins.int
+    ROUTES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def registered(self) -> Global___Registered: ...
     @_builtins.property
@@ -259,6 +307,10 @@ class SchedulerMessage(_message.Message):
 
     @_builtins.property
     def lease_renewed(self) -> Global___LeaseRenewed: ...
+    @_builtins.property
+    def routes(self) -> Global___Routes:
+        """(4 is lease_renewed)"""
+
     def __init__(
         self,
         *,
@@ -267,12 +319,13 @@ class SchedulerMessage(_message.Message):
         goodbye_ack: Global___GoodbyeAck | None = ...,
         endpoints: Global___Endpoints | None = ...,
         lease_renewed: Global___LeaseRenewed | None = ...,
+        routes: Global___Routes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "endpoints", b"endpoints", "goodbye_ack", b"goodbye_ack", "lease_renewed", b"lease_renewed", "msg", b"msg", "registered", b"registered"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "endpoints", b"endpoints", "goodbye_ack", b"goodbye_ack", "lease_renewed", b"lease_renewed", "msg", b"msg", "registered", b"registered", "routes", b"routes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "endpoints", b"endpoints", "goodbye_ack", b"goodbye_ack", "lease_renewed", b"lease_renewed", "msg", b"msg", "registered", b"registered"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "endpoints", b"endpoints", "goodbye_ack", b"goodbye_ack", "lease_renewed", b"lease_renewed", "msg", b"msg", "registered", b"registered", "routes", b"routes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["registered", "desired", "goodbye_ack", "endpoints", "lease_renewed"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["registered", "desired", "goodbye_ack", "endpoints", "lease_renewed", "routes"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
@@ -402,6 +455,60 @@ class LeaseRenewed(_message.Message):
 Global___LeaseRenewed: _TypeAlias = LeaseRenewed  # noqa: Y015
 
 @_typing.final
+class Routes(_message.Message):
+    """Where every node's container subnet lives (host-gw): the whole list, sent
+    after `registered` and whenever a node's subnet or node_ip changes, to agents
+    that registered with container_network. A node is listed from its
+    registration until its record is deleted, whatever its liveness: a lapsed
+    lease (an etcd outage) must not cut the data plane.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeRoute]: ...
+    def __init__(
+        self,
+        *,
+        nodes: _abc.Iterable[Global___NodeRoute] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Routes: _TypeAlias = Routes  # noqa: Y015
+
+@_typing.final
+class NodeRoute(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    SUBNET_FIELD_NUMBER: _builtins.int
+    NODE_IP_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    subnet: _builtins.str
+    """e.g. 10.88.3.0/24"""
+    node_ip: _builtins.str
+    """the gateway to it"""
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        subnet: _builtins.str = ...,
+        node_ip: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node", "node_ip", b"node_ip", "subnet", b"subnet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeRoute: _TypeAlias = NodeRoute  # noqa: Y015
+
+@_typing.final
 class GoodbyeAck(_message.Message):
     """The hold is recorded in etcd: a new agent that registers before held_until
     adopts the node's instances; after it, they are replaced.
@@ -438,19 +545,28 @@ class Registered(_message.Message):
     LEASE_ID_FIELD_NUMBER: _builtins.int
     LEASE_TTL_SECONDS_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    SUBNET_FIELD_NUMBER: _builtins.int
+    CLUSTER_CIDR_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.int
     lease_ttl_seconds: _builtins.int
     heartbeat_interval_ms: _builtins.int
+    subnet: _builtins.str
+    """With Register.container_network: this node's container subnet and the
+    cluster CIDR it comes from (traffic leaving the cluster CIDR is masqueraded).
+    """
+    cluster_cidr: _builtins.str
     def __init__(
         self,
         *,
         lease_id: _builtins.int = ...,
         lease_ttl_seconds: _builtins.int = ...,
         heartbeat_interval_ms: _builtins.int = ...,
+        subnet: _builtins.str = ...,
+        cluster_cidr: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_ms", b"heartbeat_interval_ms", "lease_id", b"lease_id", "lease_ttl_seconds", b"lease_ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_cidr", b"cluster_cidr", "heartbeat_interval_ms", b"heartbeat_interval_ms", "lease_id", b"lease_id", "lease_ttl_seconds", b"lease_ttl_seconds", "subnet", b"subnet"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,7 +26,7 @@ from orch.v1 import exec_pb2 as orch_dot_v1_dot_exec__pb2
 from orch.v1 import types_pb2 as orch_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11orch/v1/api.proto\x12\x07orch.v1\x1a\x12orch/v1/exec.proto\x1a\x13orch/v1/types.proto\"?\n\x0c\x41pplyRequest\x12\x1e\n\x04\x61pps\x18\x01 \x03(\x0b\x32\x10.orch.v1.AppSpec\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"\xb6\x01\n\x0b\x41pplyResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x14.orch.v1.ApplyAction\x12\x12\n\ngeneration\x18\x03 \x01(\x03\x12\x1e\n\x04spec\x18\x04 \x01(\x0b\x32\x10.orch.v1.AppSpec\x12\"\n\x08previous\x18\x05 \x01(\x0b\x32\x10.orch.v1.AppSpec\x12\x1b\n\x13previous_generation\x18\x06 \x01(\x03\"6\n\rApplyResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.orch.v1.ApplyResult\"e\n\x07\x41ppInfo\x12\x19\n\x03\x61pp\x18\x01 \x01(\x0b\x32\x0c.orch.v1.App\x12\x0f\n\x07running\x18\x02 \x01(\x05\x12\r\n\x05ready\x18\x03 \x01(\x05\x12\x0f\n\x07pending\x18\x04 \x01(\x05\x12\x0e\n\x06placed\x18\x05 \x01(\x05\"\x1d\n\rGetAppRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x11\n\x0fListAppsRequest\"2\n\x10ListAppsResponse\x12\x1e\n\x04\x61pps\x18\x01 \x03(\x0b\x32\x10.orch.v1.AppInfo\" \n\x10\x44\x65leteAppRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x11\x44\x65leteAppResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\".\n\x0cScaleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\x05\"\x84\x01\n\x08NodeInfo\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\r.orch.v1.Node\x12!\n\x05state\x18\x02 \x01(\x0e\x32\x12.orch.v1.NodeState\x12%\n\tallocated\x18\x03 \x01(\x0b\x32\x12.orch.v1.Resources\x12\x11\n\tinstances\x18\x04 \x01(\x05\"\x12\n\x10ListNodesRequest\"5\n\x11ListNodesResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.orch.v1.NodeInfo\":\n\x15SetSchedulableRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bschedulable\x18\x02 \x01(\x08\"A\n\x0c\x44rainRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x03\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"b\n\rDrainProgress\x12\x11\n\tremaining\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07\x62locked\x18\x03 \x01(\t\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x0e\n\x06\x66orced\x18\x05 \x01(\x08\"1\n\x14ListInstancesRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\"=\n\x15ListInstancesResponse\x12$\n\tinstances\x18\x01 \x03(\x0b\x32\x11.orch.v1.Instance\"J\n\x11ListEventsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x16\n\x0ewith_instances\x18\x03 \x01(\x08\"4\n\x12ListEventsResponse\x12\x1e\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0e.orch.v1.Event\"\'\n\nTopRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\"\x9a\x01\n\tNodeUsage\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x12\n\ncpu_millis\x18\x02 \x01(\x03\x12 \n\x18memory_working_set_bytes\x18\x03 \x01(\x03\x12\x11\n\tinstances\x18\x04 \x01(\x05\x12\'\n\x0b\x61llocatable\x18\x05 \x01(\x0b\x32\x12.orch.v1.Resources\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"[\n\x0bTopResponse\x12)\n\tinstances\x18\x01 \x03(\x0b\x32\x16.orch.v1.InstanceUsage\x12!\n\x05nodes\x18\x02 \x03(\x0b\x32\x12.orch.v1.NodeUsage\"\x10\n\x0eVersionRequest\"\x8b\x01\n\x0bVersionInfo\x12\x11\n\tscheduler\x18\x01 \x01(\t\x12\x0b\n\x03\x61pi\x18\x02 \x01(\t\x12.\n\x05nodes\x18\x03 \x03(\x0b\x32\x1f.orch.v1.VersionInfo.NodesEntry\x1a,\n\nNodesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x0e\n\x0cWatchRequest\"!\n\rWatchResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\"\"\n\x0e\x45xplainRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\"$\n\x05Score\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"M\n\x0bNodeVerdict\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x10\n\x08rejected\x18\x02 \x01(\t\x12\x1e\n\x06scores\x18\x03 \x03(\x0b\x32\x0e.orch.v1.Score\"\x99\x01\n\x0b\x45xplanation\x12#\n\x08instance\x18\x01 \x01(\x0b\x32\x11.orch.v1.Instance\x12\x0f\n\x07summary\x18\x02 \x01(\t\x12#\n\x05nodes\x18\x03 \x03(\x0b\x32\x14.orch.v1.NodeVerdict\x12\x0f\n\x07\x61voided\x18\x04 \x03(\t\x12\x1e\n\x06\x65vents\x18\x05 \x03(\x0b\x32\x0e.orch.v1.Event*~\n\x0b\x41pplyAction\x12\x1c\n\x18\x41PPLY_ACTION_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41PPLY_ACTION_CREATED\x10\x01\x12\x1b\n\x17\x41PPLY_ACTION_CONFIGURED\x10\x02\x12\x1a\n\x16\x41PPLY_ACTION_UNCHANGED\x10\x03*r\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10NODE_STATE_READY\x10\x01\x12\x18\n\x14NODE_STATE_NOT_READY\x10\x02\x12\x19\n\x15NODE_STATE_RESTARTING\x10\x03\x32\xcb\x07\n\x04Orch\x12\x36\n\x05\x41pply\x12\x15.orch.v1.ApplyRequest\x1a\x16.orch.v1.ApplyResponse\x12\x32\n\x06GetApp\x12\x16.orch.v1.GetAppRequest\x1a\x10.orch.v1.AppInfo\x12?\n\x08ListApps\x12\x18.orch.v1.ListAppsRequest\x1a\x19.orch.v1.ListAppsResponse\x12\x42\n\tDeleteApp\x12\x19.orch.v1.DeleteAppRequest\x1a\x1a.orch.v1.DeleteAppResponse\x12\x30\n\x05Scale\x12\x15.orch.v1.ScaleRequest\x1a\x10.orch.v1.AppInfo\x12\x42\n\tListNodes\x12\x19.orch.v1.ListNodesRequest\x1a\x1a.orch.v1.ListNodesResponse\x12\x43\n\x0eSetSchedulable\x12\x1e.orch.v1.SetSchedulableRequest\x1a\x11.orch.v1.NodeInfo\x12\x38\n\x05\x44rain\x12\x15.orch.v1.DrainRequest\x1a\x16.orch.v1.DrainProgress0\x01\x12N\n\rListInstances\x12\x1d.orch.v1.ListInstancesRequest\x1a\x1e.orch.v1.ListInstancesResponse\x12\x45\n\nListEvents\x12\x1a.orch.v1.ListEventsRequest\x1a\x1b.orch.v1.ListEventsResponse\x12\x31\n\x04Logs\x12\x14.orch.v1.LogsRequest\x1a\x11.orch.v1.LogEntry0\x01\x12\x30\n\x03Top\x12\x13.orch.v1.TopRequest\x1a\x14.orch.v1.TopResponse\x12\x33\n\x04\x45xec\x12\x12.orch.v1.ExecInput\x1a\x13.orch.v1.ExecOutput(\x01\x30\x01\x12\x38\n\x05Watch\x12\x15.orch.v1.WatchRequest\x1a\x16.orch.v1.WatchResponse0\x01\x12\x38\n\x07\x45xplain\x12\x17.orch.v1.ExplainRequest\x1a\x14.orch.v1.Explanation\x12\x38\n\x07Version\x12\x17.orch.v1.VersionRequest\x1a\x14.orch.v1.VersionInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11orch/v1/api.proto\x12\x07orch.v1\x1a\x12orch/v1/exec.proto\x1a\x13orch/v1/types.proto\"?\n\x0c\x41pplyRequest\x12\x1e\n\x04\x61pps\x18\x01 \x03(\x0b\x32\x10.orch.v1.AppSpec\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"\xb6\x01\n\x0b\x41pplyResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x14.orch.v1.ApplyAction\x12\x12\n\ngeneration\x18\x03 \x01(\x03\x12\x1e\n\x04spec\x18\x04 \x01(\x0b\x32\x10.orch.v1.AppSpec\x12\"\n\x08previous\x18\x05 \x01(\x0b\x32\x10.orch.v1.AppSpec\x12\x1b\n\x13previous_generation\x18\x06 \x01(\x03\"6\n\rApplyResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.orch.v1.ApplyResult\"e\n\x07\x41ppInfo\x12\x19\n\x03\x61pp\x18\x01 \x01(\x0b\x32\x0c.orch.v1.App\x12\x0f\n\x07running\x18\x02 \x01(\x05\x12\r\n\x05ready\x18\x03 \x01(\x05\x12\x0f\n\x07pending\x18\x04 \x01(\x05\x12\x0e\n\x06placed\x18\x05 \x01(\x05\"\x1d\n\rGetAppRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x11\n\x0fListAppsRequest\"2\n\x10ListAppsResponse\x12\x1e\n\x04\x61pps\x18\x01 \x03(\x0b\x32\x10.orch.v1.AppInfo\" \n\x10\x44\x65leteAppRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x11\x44\x65leteAppResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\".\n\x0cScaleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\x05\"\x84\x01\n\x08NodeInfo\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\r.orch.v1.Node\x12!\n\x05state\x18\x02 \x01(\x0e\x32\x12.orch.v1.NodeState\x12%\n\tallocated\x18\x03 \x01(\x0b\x32\x12.orch.v1.Resources\x12\x11\n\tinstances\x18\x04 \x01(\x05\"\x12\n\x10ListNodesRequest\"5\n\x11ListNodesResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.orch.v1.NodeInfo\"!\n\x11\x44\x65leteNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteNodeResponse\":\n\x15SetSchedulableRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bschedulable\x18\x02 \x01(\x08\"A\n\x0c\x44rainRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x03\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"b\n\rDrainProgress\x12\x11\n\tremaining\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07\x62locked\x18\x03 \x01(\t\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x0e\n\x06\x66orced\x18\x05 \x01(\x08\"1\n\x14ListInstancesRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\"=\n\x15ListInstancesResponse\x12$\n\tinstances\x18\x01 \x03(\x0b\x32\x11.orch.v1.Instance\"J\n\x11ListEventsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x16\n\x0ewith_instances\x18\x03 \x01(\x08\"4\n\x12ListEventsResponse\x12\x1e\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0e.orch.v1.Event\"\'\n\nTopRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\"\x9a\x01\n\tNodeUsage\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x12\n\ncpu_millis\x18\x02 \x01(\x03\x12 \n\x18memory_working_set_bytes\x18\x03 \x01(\x03\x12\x11\n\tinstances\x18\x04 \x01(\x05\x12\'\n\x0b\x61llocatable\x18\x05 \x01(\x0b\x32\x12.orch.v1.Resources\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"[\n\x0bTopResponse\x12)\n\tinstances\x18\x01 \x03(\x0b\x32\x16.orch.v1.InstanceUsage\x12!\n\x05nodes\x18\x02 \x03(\x0b\x32\x12.orch.v1.NodeUsage\"\x10\n\x0eVersionRequest\"\x8b\x01\n\x0bVersionInfo\x12\x11\n\tscheduler\x18\x01 \x01(\t\x12\x0b\n\x03\x61pi\x18\x02 \x01(\t\x12.\n\x05nodes\x18\x03 \x03(\x0b\x32\x1f.orch.v1.VersionInfo.NodesEntry\x1a,\n\nNodesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x0e\n\x0cWatchRequest\"!\n\rWatchResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\"\"\n\x0e\x45xplainRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\"$\n\x05Score\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"M\n\x0bNodeVerdict\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x10\n\x08rejected\x18\x02 \x01(\t\x12\x1e\n\x06scores\x18\x03 \x03(\x0b\x32\x0e.orch.v1.Score\"\x99\x01\n\x0b\x45xplanation\x12#\n\x08instance\x18\x01 \x01(\x0b\x32\x11.orch.v1.Instance\x12\x0f\n\x07summary\x18\x02 \x01(\t\x12#\n\x05nodes\x18\x03 \x03(\x0b\x32\x14.orch.v1.NodeVerdict\x12\x0f\n\x07\x61voided\x18\x04 \x03(\t\x12\x1e\n\x06\x65vents\x18\x05 \x03(\x0b\x32\x0e.orch.v1.Event*~\n\x0b\x41pplyAction\x12\x1c\n\x18\x41PPLY_ACTION_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41PPLY_ACTION_CREATED\x10\x01\x12\x1b\n\x17\x41PPLY_ACTION_CONFIGURED\x10\x02\x12\x1a\n\x16\x41PPLY_ACTION_UNCHANGED\x10\x03*r\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10NODE_STATE_READY\x10\x01\x12\x18\n\x14NODE_STATE_NOT_READY\x10\x02\x12\x19\n\x15NODE_STATE_RESTARTING\x10\x03\x32\x92\x08\n\x04Orch\x12\x36\n\x05\x41pply\x12\x15.orch.v1.ApplyRequest\x1a\x16.orch.v1.ApplyResponse\x12\x32\n\x06GetApp\x12\x16.orch.v1.GetAppRequest\x1a\x10.orch.v1.AppInfo\x12?\n\x08ListApps\x12\x18.orch.v1.ListAppsRequest\x1a\x19.orch.v1.ListAppsResponse\x12\x42\n\tDeleteApp\x12\x19.orch.v1.DeleteAppRequest\x1a\x1a.orch.v1.DeleteAppResponse\x12\x30\n\x05Scale\x12\x15.orch.v1.ScaleRequest\x1a\x10.orch.v1.AppInfo\x12\x42\n\tListNodes\x12\x19.orch.v1.ListNodesRequest\x1a\x1a.orch.v1.ListNodesResponse\x12\x43\n\x0eSetSchedulable\x12\x1e.orch.v1.SetSchedulableRequest\x1a\x11.orch.v1.NodeInfo\x12\x45\n\nDeleteNode\x12\x1a.orch.v1.DeleteNodeRequest\x1a\x1b.orch.v1.DeleteNodeResponse\x12\x38\n\x05\x44rain\x12\x15.orch.v1.DrainRequest\x1a\x16.orch.v1.DrainProgress0\x01\x12N\n\rListInstances\x12\x1d.orch.v1.ListInstancesRequest\x1a\x1e.orch.v1.ListInstancesResponse\x12\x45\n\nListEvents\x12\x1a.orch.v1.ListEventsRequest\x1a\x1b.orch.v1.ListEventsResponse\x12\x31\n\x04Logs\x12\x14.orch.v1.LogsRequest\x1a\x11.orch.v1.LogEntry0\x01\x12\x30\n\x03Top\x12\x13.orch.v1.TopRequest\x1a\x14.orch.v1.TopResponse\x12\x33\n\x04\x45xec\x12\x12.orch.v1.ExecInput\x1a\x13.orch.v1.ExecOutput(\x01\x30\x01\x12\x38\n\x05Watch\x12\x15.orch.v1.WatchRequest\x1a\x16.orch.v1.WatchResponse0\x01\x12\x38\n\x07\x45xplain\x12\x17.orch.v1.ExplainRequest\x1a\x14.orch.v1.Explanation\x12\x38\n\x07Version\x12\x17.orch.v1.VersionRequest\x1a\x14.orch.v1.VersionInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_VERSIONINFO_NODESENTRY']._loaded_options = None
   _globals['_VERSIONINFO_NODESENTRY']._serialized_options = b'8\001'
-  _globals['_APPLYACTION']._serialized_start=2194
-  _globals['_APPLYACTION']._serialized_end=2320
-  _globals['_NODESTATE']._serialized_start=2322
-  _globals['_NODESTATE']._serialized_end=2436
+  _globals['_APPLYACTION']._serialized_start=2251
+  _globals['_APPLYACTION']._serialized_end=2377
+  _globals['_NODESTATE']._serialized_start=2379
+  _globals['_NODESTATE']._serialized_end=2493
   _globals['_APPLYREQUEST']._serialized_start=71
   _globals['_APPLYREQUEST']._serialized_end=134
   _globals['_APPLYRESULT']._serialized_start=137
@@ -65,44 +65,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTNODESREQUEST']._serialized_end=855
   _globals['_LISTNODESRESPONSE']._serialized_start=857
   _globals['_LISTNODESRESPONSE']._serialized_end=910
-  _globals['_SETSCHEDULABLEREQUEST']._serialized_start=912
-  _globals['_SETSCHEDULABLEREQUEST']._serialized_end=970
-  _globals['_DRAINREQUEST']._serialized_start=972
-  _globals['_DRAINREQUEST']._serialized_end=1037
-  _globals['_DRAINPROGRESS']._serialized_start=1039
-  _globals['_DRAINPROGRESS']._serialized_end=1137
-  _globals['_LISTINSTANCESREQUEST']._serialized_start=1139
-  _globals['_LISTINSTANCESREQUEST']._serialized_end=1188
-  _globals['_LISTINSTANCESRESPONSE']._serialized_start=1190
-  _globals['_LISTINSTANCESRESPONSE']._serialized_end=1251
-  _globals['_LISTEVENTSREQUEST']._serialized_start=1253
-  _globals['_LISTEVENTSREQUEST']._serialized_end=1327
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=1329
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=1381
-  _globals['_TOPREQUEST']._serialized_start=1383
-  _globals['_TOPREQUEST']._serialized_end=1422
-  _globals['_NODEUSAGE']._serialized_start=1425
-  _globals['_NODEUSAGE']._serialized_end=1579
-  _globals['_TOPRESPONSE']._serialized_start=1581
-  _globals['_TOPRESPONSE']._serialized_end=1672
-  _globals['_VERSIONREQUEST']._serialized_start=1674
-  _globals['_VERSIONREQUEST']._serialized_end=1690
-  _globals['_VERSIONINFO']._serialized_start=1693
-  _globals['_VERSIONINFO']._serialized_end=1832
-  _globals['_VERSIONINFO_NODESENTRY']._serialized_start=1788
-  _globals['_VERSIONINFO_NODESENTRY']._serialized_end=1832
-  _globals['_WATCHREQUEST']._serialized_start=1834
-  _globals['_WATCHREQUEST']._serialized_end=1848
-  _globals['_WATCHRESPONSE']._serialized_start=1850
-  _globals['_WATCHRESPONSE']._serialized_end=1883
-  _globals['_EXPLAINREQUEST']._serialized_start=1885
-  _globals['_EXPLAINREQUEST']._serialized_end=1919
-  _globals['_SCORE']._serialized_start=1921
-  _globals['_SCORE']._serialized_end=1957
-  _globals['_NODEVERDICT']._serialized_start=1959
-  _globals['_NODEVERDICT']._serialized_end=2036
-  _globals['_EXPLANATION']._serialized_start=2039
-  _globals['_EXPLANATION']._serialized_end=2192
-  _globals['_ORCH']._serialized_start=2439
-  _globals['_ORCH']._serialized_end=3410
+  _globals['_DELETENODEREQUEST']._serialized_start=912
+  _globals['_DELETENODEREQUEST']._serialized_end=945
+  _globals['_DELETENODERESPONSE']._serialized_start=947
+  _globals['_DELETENODERESPONSE']._serialized_end=967
+  _globals['_SETSCHEDULABLEREQUEST']._serialized_start=969
+  _globals['_SETSCHEDULABLEREQUEST']._serialized_end=1027
+  _globals['_DRAINREQUEST']._serialized_start=1029
+  _globals['_DRAINREQUEST']._serialized_end=1094
+  _globals['_DRAINPROGRESS']._serialized_start=1096
+  _globals['_DRAINPROGRESS']._serialized_end=1194
+  _globals['_LISTINSTANCESREQUEST']._serialized_start=1196
+  _globals['_LISTINSTANCESREQUEST']._serialized_end=1245
+  _globals['_LISTINSTANCESRESPONSE']._serialized_start=1247
+  _globals['_LISTINSTANCESRESPONSE']._serialized_end=1308
+  _globals['_LISTEVENTSREQUEST']._serialized_start=1310
+  _globals['_LISTEVENTSREQUEST']._serialized_end=1384
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=1386
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=1438
+  _globals['_TOPREQUEST']._serialized_start=1440
+  _globals['_TOPREQUEST']._serialized_end=1479
+  _globals['_NODEUSAGE']._serialized_start=1482
+  _globals['_NODEUSAGE']._serialized_end=1636
+  _globals['_TOPRESPONSE']._serialized_start=1638
+  _globals['_TOPRESPONSE']._serialized_end=1729
+  _globals['_VERSIONREQUEST']._serialized_start=1731
+  _globals['_VERSIONREQUEST']._serialized_end=1747
+  _globals['_VERSIONINFO']._serialized_start=1750
+  _globals['_VERSIONINFO']._serialized_end=1889
+  _globals['_VERSIONINFO_NODESENTRY']._serialized_start=1845
+  _globals['_VERSIONINFO_NODESENTRY']._serialized_end=1889
+  _globals['_WATCHREQUEST']._serialized_start=1891
+  _globals['_WATCHREQUEST']._serialized_end=1905
+  _globals['_WATCHRESPONSE']._serialized_start=1907
+  _globals['_WATCHRESPONSE']._serialized_end=1940
+  _globals['_EXPLAINREQUEST']._serialized_start=1942
+  _globals['_EXPLAINREQUEST']._serialized_end=1976
+  _globals['_SCORE']._serialized_start=1978
+  _globals['_SCORE']._serialized_end=2014
+  _globals['_NODEVERDICT']._serialized_start=2016
+  _globals['_NODEVERDICT']._serialized_end=2093
+  _globals['_EXPLANATION']._serialized_start=2096
+  _globals['_EXPLANATION']._serialized_end=2249
+  _globals['_ORCH']._serialized_start=2496
+  _globals['_ORCH']._serialized_end=3538
 # @@protoc_insertion_point(module_scope)

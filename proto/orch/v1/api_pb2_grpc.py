@@ -71,6 +71,11 @@ class OrchStub:
                 request_serializer=orch_dot_v1_dot_api__pb2.SetSchedulableRequest.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_api__pb2.NodeInfo.FromString,
                 _registered_method=True)
+        self.DeleteNode = channel.unary_unary(
+                '/orch.v1.Orch/DeleteNode',
+                request_serializer=orch_dot_v1_dot_api__pb2.DeleteNodeRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_api__pb2.DeleteNodeResponse.FromString,
+                _registered_method=True)
         self.Drain = channel.unary_stream(
                 '/orch.v1.Orch/Drain',
                 request_serializer=orch_dot_v1_dot_api__pb2.DrainRequest.SerializeToString,
@@ -161,6 +166,14 @@ class OrchServicer:
 
     def SetSchedulable(self, request, context):
         """cordon / uncordon
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteNode(self, request, context):
+        """Forgets a node that left (NotReady): its record, and so its subnet. A
+        Ready or Restarting node is refused (FAILED_PRECONDITION).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -266,6 +279,11 @@ def add_OrchServicer_to_server(servicer, server):
                     servicer.SetSchedulable,
                     request_deserializer=orch_dot_v1_dot_api__pb2.SetSchedulableRequest.FromString,
                     response_serializer=orch_dot_v1_dot_api__pb2.NodeInfo.SerializeToString,
+            ),
+            'DeleteNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteNode,
+                    request_deserializer=orch_dot_v1_dot_api__pb2.DeleteNodeRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_api__pb2.DeleteNodeResponse.SerializeToString,
             ),
             'Drain': grpc.unary_stream_rpc_method_handler(
                     servicer.Drain,
@@ -502,6 +520,33 @@ class Orch:
             '/orch.v1.Orch/SetSchedulable',
             orch_dot_v1_dot_api__pb2.SetSchedulableRequest.SerializeToString,
             orch_dot_v1_dot_api__pb2.NodeInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.Orch/DeleteNode',
+            orch_dot_v1_dot_api__pb2.DeleteNodeRequest.SerializeToString,
+            orch_dot_v1_dot_api__pb2.DeleteNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,10 @@ class OrchStub:
     ListNodes: _grpc.UnaryUnaryMultiCallable[_api_pb2.ListNodesRequest, _api_pb2.ListNodesResponse]
     SetSchedulable: _grpc.UnaryUnaryMultiCallable[_api_pb2.SetSchedulableRequest, _api_pb2.NodeInfo]
     """cordon / uncordon"""
+    DeleteNode: _grpc.UnaryUnaryMultiCallable[_api_pb2.DeleteNodeRequest, _api_pb2.DeleteNodeResponse]
+    """Forgets a node that left (NotReady): its record, and so its subnet. A
+    Ready or Restarting node is refused (FAILED_PRECONDITION).
+    """
     Drain: _grpc.UnaryStreamMultiCallable[_api_pb2.DrainRequest, _api_pb2.DrainProgress]
     """Cordons the node and migrates its instances (replacement first), then
     streams progress until the node is empty or the timeout forced the rest.
@@ -79,6 +83,10 @@ class OrchAsyncStub(OrchStub):
     ListNodes: _aio.UnaryUnaryMultiCallable[_api_pb2.ListNodesRequest, _api_pb2.ListNodesResponse]  # type: ignore[assignment]
     SetSchedulable: _aio.UnaryUnaryMultiCallable[_api_pb2.SetSchedulableRequest, _api_pb2.NodeInfo]  # type: ignore[assignment]
     """cordon / uncordon"""
+    DeleteNode: _aio.UnaryUnaryMultiCallable[_api_pb2.DeleteNodeRequest, _api_pb2.DeleteNodeResponse]  # type: ignore[assignment]
+    """Forgets a node that left (NotReady): its record, and so its subnet. A
+    Ready or Restarting node is refused (FAILED_PRECONDITION).
+    """
     Drain: _aio.UnaryStreamMultiCallable[_api_pb2.DrainRequest, _api_pb2.DrainProgress]  # type: ignore[assignment]
     """Cordons the node and migrates its instances (replacement first), then
     streams progress until the node is empty or the timeout forced the rest.
@@ -153,6 +161,16 @@ class OrchServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_api_pb2.NodeInfo, _abc.Awaitable[_api_pb2.NodeInfo]]:
         """cordon / uncordon"""
+
+    @_abc_1.abstractmethod
+    def DeleteNode(
+        self,
+        request: _api_pb2.DeleteNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.DeleteNodeResponse, _abc.Awaitable[_api_pb2.DeleteNodeResponse]]:
+        """Forgets a node that left (NotReady): its record, and so its subnet. A
+        Ready or Restarting node is refused (FAILED_PRECONDITION).
+        """
 
     @_abc_1.abstractmethod
     def Drain(

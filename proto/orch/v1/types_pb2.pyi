@@ -772,6 +772,8 @@ class Node(_message.Message):
     HOST_PORT_MIN_FIELD_NUMBER: _builtins.int
     HOST_PORT_MAX_FIELD_NUMBER: _builtins.int
     RESTARTING_UNTIL_FIELD_NUMBER: _builtins.int
+    SUBNET_FIELD_NUMBER: _builtins.int
+    NODE_IP_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
     """the agent's metrics/log endpoint host:port"""
@@ -785,6 +787,12 @@ class Node(_message.Message):
     host_port_min: _builtins.int
     """hostPorts the node allows (Register); 0, 0: any"""
     host_port_max: _builtins.int
+    subnet: _builtins.str
+    """Container networking: the node's subnet of the cluster CIDR, assigned by the
+    scheduler at registration and kept while the record exists (also claimed
+    under <prefix>subnets/), and the address other nodes route it through.
+    """
+    node_ip: _builtins.str
     @_builtins.property
     def capacity(self) -> Global___Resources: ...
     @_builtins.property
@@ -826,10 +834,12 @@ class Node(_message.Message):
         host_port_min: _builtins.int = ...,
         host_port_max: _builtins.int = ...,
         restarting_until: _timestamp_pb2.Timestamp | None = ...,
+        subnet: _builtins.str = ...,
+        node_ip: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["allocatable", b"allocatable", "capacity", b"capacity", "drain_deadline", b"drain_deadline", "registered_at", b"registered_at", "restarting_until", b"restarting_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allocatable", b"allocatable", "capacity", b"capacity", "drain_deadline", b"drain_deadline", "draining", b"draining", "host_port_max", b"host_port_max", "host_port_min", b"host_port_min", "labels", b"labels", "lease_id", b"lease_id", "metrics_address", b"metrics_address", "name", b"name", "registered_at", b"registered_at", "restarting_until", b"restarting_until", "unschedulable", b"unschedulable", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allocatable", b"allocatable", "capacity", b"capacity", "drain_deadline", b"drain_deadline", "draining", b"draining", "host_port_max", b"host_port_max", "host_port_min", b"host_port_min", "labels", b"labels", "lease_id", b"lease_id", "metrics_address", b"metrics_address", "name", b"name", "node_ip", b"node_ip", "registered_at", b"registered_at", "restarting_until", b"restarting_until", "subnet", b"subnet", "unschedulable", b"unschedulable", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
