@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from node.runtime import CgroupStats, ContainerError
+from orch.states import state_name
 from orch.v1 import types_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class NodeMetrics:
         self.registry.register(InstanceUsage(running, stats, limits))
 
     def observe(self, status: pb.InstanceStatus) -> None:
-        self.transitions.labels(state_label(status.state)).inc()
+        self.transitions.labels(state_name(status.state)).inc()  # as `orch get` spells it
 
     def started(self, app: str) -> None:
         """An instance of app runs here: its exit series exist from now on, at 0, so the first
@@ -117,9 +118,3 @@ class NodeMetrics:
 
 
 EXIT_REASONS = ("Completed", "Error", "OOMKilled")
-
-
-def state_label(state: int) -> str:
-    """As `orch get` and the scheduler's metrics spell states: Running, CrashLoopBackOff, ..."""
-    name = pb.InstanceState.Name(state).removeprefix("INSTANCE_STATE_")  # type: ignore[arg-type]
-    return "".join(part.capitalize() for part in name.split("_"))

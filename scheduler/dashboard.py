@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 
+from orch.states import state_name
 from orch.v1 import types_pb2 as pb
 from scheduler.api import app_info, node_infos
 from scheduler.events import EventLog
@@ -38,10 +39,6 @@ HEADERS = {
     "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
 }
 NODE_STATES = {1: "Ready", 2: "NotReady", 3: "Restarting"}
-
-
-def _state(value: int) -> str:
-    return pb.InstanceState.Name(value).removeprefix("INSTANCE_STATE_").title()  # type: ignore[arg-type]
 
 
 def overview(snap: ClusterSnapshot, events: list[pb.Event], now: float) -> dict[str, Any]:
@@ -81,7 +78,7 @@ def overview(snap: ClusterSnapshot, events: list[pb.Event], now: float) -> dict[
             "name": i.name,
             "app": i.app,
             "node": i.node,
-            "state": _state(i.status.state),
+            "state": state_name(i.status.state),
             "reason": i.status.reason,
             "ready": i.status.ready,
             "restarts": i.status.restarts,

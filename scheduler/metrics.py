@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from orch.v1 import types_pb2 as pb
+from orch.states import state_name
 
 if TYPE_CHECKING:
     from scheduler.cache import ClusterCache
@@ -40,12 +40,6 @@ class SchedulerMetrics:
         self.eviction_holds = Counter(
             "orch_scheduler_eviction_holds_total", "Times evictions were held back, by why.", ["reason"], registry=r
         )
-
-
-def state_name(state: int) -> str:
-    """INSTANCE_STATE_CRASH... -> the CLI's spelling (Running, Lost, ...)."""
-    name = pb.InstanceState.Name(state).removeprefix("INSTANCE_STATE_")  # type: ignore[arg-type]
-    return "".join(part.capitalize() for part in name.split("_"))
 
 
 class ClusterCollector(Collector):
