@@ -408,6 +408,7 @@ _SPEC: dict[str, _Setter] = {
     "hostUsers": _scalar("user_namespace", _not(_Doc.boolean)),
     "capabilities": _message("capabilities", {"add": _list("add"), "drop": _list("drop")}),
     "seccomp": _lower("seccomp"),
+    "init": _scalar("init", _Doc.boolean),
 }
 
 

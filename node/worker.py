@@ -76,6 +76,7 @@ def container_config(
         read_only_rootfs=spec.read_only_root_fs,
         user_namespace=spec.user_namespace,
         seccomp=spec.seccomp or SECCOMP_DEFAULT,  # "unconfined"; the runtime refuses what it does not know
+        init=spec.init,  # False: the command is PID 1, as under Docker
         cpu_millis=spec.resources.cpu_millis,
         memory_bytes=spec.resources.memory_bytes,
         pids=spec.resources.pids or default_pids,
