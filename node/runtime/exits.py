@@ -15,9 +15,7 @@ from typing import Any
 __all__ = ["exit_record", "normalized"]
 
 
-def exit_record(
-    status: int, oom_kills: int, start_error: str = "", finished_at: float | None = None
-) -> dict[str, Any]:
+def exit_record(status: int, oom_kills: int, start_error: str = "", finished_at: float | None = None) -> dict[str, Any]:
     """The record of a waitpid status: shell convention 128+signal, reason as the API names it."""
     signaled = os.WIFSIGNALED(status)
     code = 128 + os.WTERMSIG(status) if signaled else os.WEXITSTATUS(status)
