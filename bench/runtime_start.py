@@ -231,7 +231,8 @@ def print_table(results: dict[str, dict[str, tuple[float, float]]], runs: int, s
         ratio = f"{b[0] / crun['back-to-back'][0]:.2f}x / {i[0] / crun['isolated'][0]:.2f}x"
         print(f"| {name} | {b[0]:.1f} / {b[1]:.1f} | {i[0]:.1f} / {i[1]:.1f} | {ratio} |")
     print(
-        f"\nPSS per idle container (10 `sleep` containers, init: true): orch-shim {shim:.2f} MiB, orch-init {init:.2f} MiB"
+        f"\nPSS per idle container (10 `sleep` containers, init: true): orch-shim {shim:.2f} MiB, "
+        f"orch-init {init:.2f} MiB"
     )
 
 
