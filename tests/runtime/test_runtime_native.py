@@ -91,7 +91,7 @@ def test_build_is_cached_by_digest_and_hardened(binaries: native.NativeBinaries)
     for flag in ("-Werror", "-Wall", "-D_FORTIFY_SOURCE=2", "-fstack-protector-strong", "-Wl,-z,relro,-z,now"):
         assert flag in native.CFLAGS
     dynamic = subprocess.run(["readelf", "-d", str(binaries.shim)], capture_output=True, text=True).stdout
-    assert "BIND_NOW" in dynamic or "FLAGS_1" in dynamic and "NOW" in dynamic
+    assert "BIND_NOW" in dynamic or ("FLAGS_1" in dynamic and "NOW" in dynamic)
     header = subprocess.run(["readelf", "-h", str(binaries.init)], capture_output=True, text=True).stdout
     assert "DYN" in header  # static-pie
     interp = subprocess.run(["readelf", "-l", str(binaries.init)], capture_output=True, text=True).stdout
@@ -100,7 +100,7 @@ def test_build_is_cached_by_digest_and_hardened(binaries: native.NativeBinaries)
 
 def test_a_missing_compiler_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(native.NativeBuildError, match="gcc not found.*install-deps.sh"):
+    with pytest.raises(native.NativeBuildError, match=r"gcc not found.*install-deps\.sh"):
         native.build(tmp_path / "cache")
     assert not (tmp_path / "cache" / native.digest()).exists()
 
