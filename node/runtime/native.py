@@ -8,8 +8,8 @@ They are built with Debian's gcc (deploy/install-deps.sh installs it) into
 <state_dir>/.native/<digest>/, where the digest covers the sources and the flags, so a
 new version of either is a new directory and a running container keeps the binary it
 started with. A build happens once per state dir and version (~0.3 s), under an flock,
-written to a temporary directory and renamed into place. `python -m node.runtime.native`
-checks that they build (make setup runs it).
+written to a temporary directory and renamed into place. `check()` tells whether they build
+(make setup runs it).
 
 orch-init runs inside containers, so it is handed to them as a sealed memfd
 (`sealed_copy`): there is no path to it in the container, and neither container root nor
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from node.runtime.errors import ContainerError
 
-__all__ = ["CFLAGS", "NativeBinaries", "NativeBuildError", "build", "sealed_copy"]
+__all__ = ["CFLAGS", "NativeBinaries", "NativeBuildError", "build", "check", "sealed_copy"]
 
 SOURCES = Path(__file__).parent / "native"
 # Warnings are errors; Debian's hardening (dpkg-buildflags) plus full RELRO and PIE.
@@ -114,17 +114,12 @@ def sealed_copy(path: Path) -> int:
     return fd
 
 
-def main(argv: list[str]) -> int:
-    """Build into a temporary cache: fails with the compiler's words if this node cannot."""
+def check() -> None:
+    """Build into a temporary cache; exits 1 with the compiler's words if this node cannot
+    (`make setup` runs it)."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
             built = build(Path(tmp))
         except NativeBuildError as exc:
-            print(f"orch: {exc}", file=sys.stderr)
-            return 1
-        print(f"orch: container supervisor and init build here ({built.shim.parent.name})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+            sys.exit(f"orch: {exc}")
+        print(f"orch: the container supervisor and init build here ({built.shim.parent.name})")
