@@ -85,6 +85,9 @@ def test_exits_oom_kills_and_logs_while_no_agent_runs(
         if agent.poll() is None:
             agent.kill()
             agent.wait()
+        for pipe in (agent.stdin, agent.stdout):
+            if pipe is not None:
+                pipe.close()
         rt.cleanup_all()
 
 
