@@ -255,8 +255,8 @@ def test_start_stop_remove_cycles_leave_nothing(
         assert runtime.stop(f"cycle-{i}", 0).exit_code == 137
         runtime.remove(f"cycle-{i}")
     assert driver_for().children(cgroup_parent) == []
-    # The fork server's pid file and the compiled seccomp filters: shared, kept for the next start.
-    assert sorted(p.name for p in runtime.state_dir.iterdir()) == [".seccomp", ".zygote"]
+    # The fork server's pid file, the compiled seccomp filters and C programs: kept for the next start.
+    assert sorted(p.name for p in runtime.state_dir.iterdir()) == [".native", ".seccomp", ".zygote"]
     state_dir = str(runtime.state_dir)
     shims = [p for p in Path("/proc").iterdir() if p.name.isdigit() and state_dir in _cmdline(p)]
     assert [p for p in shims if "node.runtime.zygote" not in _cmdline(p)] == []
