@@ -78,6 +78,21 @@ def per_node(rt: Runtime) -> dict[str, float]:
     return {"zygote": pss_kib(zygote) / 1024, "spare shim + its PID 1": spare / 1024}
 
 
+def rss_by_mapping(pid: int, top: int = 8) -> list[tuple[str, float]]:
+    """The largest holders of pid's RSS, MiB: files by name, anonymous memory as one entry."""
+    sizes: dict[str, int] = {}
+    name = "[anon]"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and not fields[0].endswith(":"):
+            name = fields[5] if len(fields) > 5 and not fields[5].startswith("[stack") else "[anon]"
+            name = "[anon]" if name == "[heap]" else name
+        elif fields and fields[0] == "Rss:":
+            sizes[name] = sizes.get(name, 0) + int(fields[1])
+    ranked = sorted(sizes.items(), key=lambda kv: -kv[1])[:top]
+    return [(Path(n).name if n.startswith("/") else n, kib / 1024) for n, kib in ranked]
+
+
 def agent_footprint(rootfs: Path, base: Path, replicas: int) -> dict[str, float]:
     with orch_up(base, 1, Path(tempfile.gettempdir()) / "orch-bench-footprint-logs") as info:
         tls = TlsFiles.in_dir(Path(info["tlsDir"]), "admin").load() if info.get("tlsDir") else None
@@ -95,6 +110,7 @@ def agent_footprint(rootfs: Path, base: Path, replicas: int) -> dict[str, float]
         agent = next(p["pid"] for p in info["processes"] if p["role"] == "agent")
         status = dict(line.split(":", 1) for line in Path(f"/proc/{agent}/status").read_text().splitlines())
         kib = {key: int(status[key].split()[0]) for key in ("VmRSS", "VmHWM")}
+        print("agent RSS by mapping, MiB: " + ", ".join(f"{n} {m:.1f}" for n, m in rss_by_mapping(agent)))
         return {
             "VmRSS": kib["VmRSS"] / 1024,
             "VmHWM": kib["VmHWM"] / 1024,
