@@ -1,7 +1,7 @@
 """Run orch's benchmarks and print markdown tables (see docs/benchmarks.md).
 
     python -m bench                          all of them, in sequence, with modest defaults
-    python -m bench runtime|footprint|hollow|recovery|etcd_failover|lab [ARGS...]
+    python -m bench runtime|footprint|hollow|recovery|etcd_failover|lab|converge [ARGS...]
 
 ARGS go to that benchmark after its defaults, so an option given there wins
 (e.g. `python -m bench hollow --nodes 100`). Each benchmark runs in its own
@@ -35,6 +35,7 @@ BENCHES: dict[str, tuple[str, list[str], str]] = {
     "recovery": ("bench.recovery", ["--runs", "5"], "node-failure recovery on a real 3-node `orch up`"),
     "etcd_failover": ("bench.etcd_failover", ["--runs", "5"], "the etcd client's stall when one of 3 members dies"),
     "lab": ("bench.lab", ["--runs", "3"], "`orch up --hosts 3` ready, and 6 replicas Running, on a lab of hosts"),
+    "converge": ("bench.converge", ["--runs", "3"], "apply, scale and restart against Docker Swarm, side by side"),
 }
 
 

@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+import grpc
+import yaml
 
-from cli.client import Client, CliError
+from cli.client import RETRYABLE, Client, CliError, UsageError, describe_rpc_error
+from cli.diff import summary, unified
 from cli.manifest import LoadedApp, load_manifests
-from cli.output import app_row, instance_row, node_row, render, usage_instance_row, usage_node_row
+from cli.output import app_row, instance_row, node_row, render, table, usage_instance_row, usage_node_row
+from cli.render import manifest, manifest_yaml
+from cli.selector import Selector
 from orch.quantity import QuantityError, parse_cpu, parse_duration, parse_memory
 from orch.tls import Credentials
 from orch.v1 import api_pb2 as api
 from orch.v1 import types_pb2 as pb
 from orch.v1.api_pb2_grpc import OrchStub
+from orch.version import version
 
 if TYPE_CHECKING:
     from node.agent import AgentConfig
@@ -44,11 +52,33 @@ def apply(c: Client, paths: Sequence[str], dry_run: bool, wait: bool, wait_timeo
     apps = load(paths)
     req = api.ApplyRequest(apps=[a.spec for a in apps], dry_run=dry_run)
     resp = c.call(lambda s: s.Apply(req, timeout=c.timeout))
-    suffix = " (dry run)" if dry_run else ""
+    if dry_run:
+        show_diffs(apps, resp.results, summaries_to_stderr=False)
+        return
     for r in resp.results:
-        click.echo(f"app/{r.name} {ACTIONS.get(r.action, '?')}{suffix}")
-    if wait and not dry_run:
+        click.echo(f"app/{r.name} {ACTIONS.get(r.action, '?')}")
+    if wait:
         wait_ready(c, [r.name for r in resp.results], wait_timeout)
+
+
+def diff(c: Client, paths: Sequence[str]) -> bool:
+    """Prints what applying would change; True when something would."""
+    apps = load(paths)
+    req = api.ApplyRequest(apps=[a.spec for a in apps], dry_run=True)
+    resp = c.call(lambda s: s.Apply(req, timeout=c.timeout))
+    return show_diffs(apps, resp.results, summaries_to_stderr=True)
+
+
+def show_diffs(apps: Sequence[LoadedApp], results: Sequence[api.ApplyResult], summaries_to_stderr: bool) -> bool:
+    """The diffs on stdout, then one summary line per app (on stderr for `orch diff`, whose
+    stdout is a patch)."""
+    sources = {a.spec.name: a.source for a in apps}
+    for r in results:
+        if text := unified(r, sources.get(r.name, "")):
+            click.echo(text, nl=False)
+    for r in results:
+        click.echo(summary(r) + ("" if summaries_to_stderr else " (dry run)"), err=summaries_to_stderr)
+    return any(r.action != api.APPLY_ACTION_UNCHANGED for r in results)
 
 
 def wait_ready(c: Client, names: list[str], timeout: float) -> None:
@@ -77,15 +107,21 @@ def _settled(c: Client, info: api.AppInfo) -> bool:
     return all(i.app_generation == info.app.generation for i in live)
 
 
-def rows(c: Client, kind: str, name: str | None, app: str | None, node: str | None) -> list[dict[str, object]]:
+def rows(
+    c: Client, kind: str, name: str | None, app: str | None, node: str | None, selector: Selector | None = None
+) -> list[dict[str, object]]:
+    """One row per object; an app's labels select its instances too."""
+    wanted = selector or Selector(())
     if kind == "apps":
         apps = c.call(lambda s: s.ListApps(api.ListAppsRequest(), timeout=c.timeout)).apps
-        out = [app_row(a) for a in apps]
+        out = [app_row(a) for a in apps if wanted.matches(a.app.spec.labels)]
     elif kind == "nodes":
-        out = [node_row(n) for n in c.call(lambda s: s.ListNodes(api.ListNodesRequest(), timeout=c.timeout)).nodes]
+        nodes = c.call(lambda s: s.ListNodes(api.ListNodesRequest(), timeout=c.timeout)).nodes
+        out = [node_row(n) for n in nodes if wanted.matches(n.node.labels)]
     else:
         req = api.ListInstancesRequest(app=app or "", node=node or "")
-        out = [instance_row(i) for i in c.call(lambda s: s.ListInstances(req, timeout=c.timeout)).instances]
+        insts = c.call(lambda s: s.ListInstances(req, timeout=c.timeout)).instances
+        out = [instance_row(i) for i in insts if wanted.matches(i.spec.labels)]
     if name:
         out = [r for r in out if r["name"] == name]
         if not out:
@@ -93,18 +129,67 @@ def rows(c: Client, kind: str, name: str | None, app: str | None, node: str | No
     return out
 
 
-def get(c: Client, kind: str, name: str | None, fmt: str, app: str | None, node: str | None, watch: bool) -> None:
+def manifests(c: Client, name: str | None, selector: Selector | None) -> str:
+    """Apps as the manifests that would apply them again (`get apps -o yaml`)."""
+    apps = [a.app.spec for a in c.call(lambda s: s.ListApps(api.ListAppsRequest(), timeout=c.timeout)).apps]
+    apps = [a for a in apps if (not name or a.name == name) and (selector is None or selector.matches(a.labels))]
+    if name and not apps:
+        raise CliError(f'Error: app "{name}" not found')
+    return "---\n".join(manifest_yaml(a) for a in apps).rstrip()
+
+
+def get(
+    c: Client,
+    kind: str,
+    name: str | None,
+    fmt: str,
+    app: str | None,
+    node: str | None,
+    watch: bool,
+    selector: Selector | None = None,
+) -> None:
     last = ""
-    while True:
-        text = render(kind, rows(c, kind, name, app, node), fmt)
+
+    def show() -> None:
+        nonlocal last
+        if kind == "apps" and fmt == "yaml":
+            text = manifests(c, name, selector)
+        else:
+            text = render(kind, rows(c, kind, name, app, node, selector), fmt)
         if text != last:
+            if last and fmt in ("table", "wide"):
+                click.echo()
             click.echo(text)
             last = text
-        if not watch:
-            return
+
+    if watch:
+        watch_changes(c, show)
+    else:
+        show()
+
+
+def watch_changes(c: Client, show: Callable[[], None]) -> None:
+    """show() now and after every change the scheduler reports (its Watch stream); once a
+    second against a scheduler without Watch. Runs until Ctrl-C; reconnects when the stream
+    breaks (a scheduler restart), showing again then, since changes may have been missed."""
+    lost = False
+    while True:
+        try:
+            for _ in c.watch():
+                lost = False
+                show()
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                while True:
+                    show()
+                    time.sleep(1.0)
+            problem = describe_rpc_error(e, ",".join(c.addresses))
+            if e.code() not in RETRYABLE:
+                raise CliError(problem) from None
+            if not lost:
+                click.echo(f"watch: {problem}; retrying every second", err=True)
+            lost = True
         time.sleep(1.0)
-        if fmt in ("table", "wide"):
-            click.echo()
 
 
 def top(c: Client, kind: str, app: str | None, node: str | None, fmt: str) -> None:
@@ -126,12 +211,26 @@ def top(c: Client, kind: str, app: str | None, node: str | None, fmt: str) -> No
 def describe(c: Client, kind: str, name: str) -> str:
     row = rows(c, plural(kind), name, None, None)[0]
     lines = [f"{k}: {_plain(v)}" for k, v in row.items()]
+    if kind == "app":
+        lines += _app_details(c, name)
     request = api.ListEventsRequest(limit=15, object=name, with_instances=kind == "app")
     mine = c.call(lambda s: s.ListEvents(request, timeout=c.timeout)).events
     lines.append("events:" if mine else "events: <none>")
     for e in mine:
         lines.append(f"  {e.time.ToJsonString()}  {e.type:<7}  {e.reason:<14}  {e.object}: {e.message}")
     return "\n".join(lines)
+
+
+def _app_details(c: Client, name: str) -> list[str]:
+    """The spec as its manifest would say it, and the app's instances, as `kubectl describe` does."""
+    info = c.call(lambda s: s.GetApp(api.GetAppRequest(name=name), timeout=c.timeout))
+    spec = manifest(info.app.spec)["spec"]
+    lines = ["spec:", *("  " + line for line in yaml.safe_dump(spec, sort_keys=False, width=1000).splitlines())]
+    req = api.ListInstancesRequest(app=name)
+    insts = [instance_row(i) for i in c.call(lambda s: s.ListInstances(req, timeout=c.timeout)).instances]
+    lines.append("instances:" if insts else "instances: <none>")
+    lines += ["  " + line for line in render("instances", insts, "table").splitlines()] if insts else []
+    return lines
 
 
 def _plain(v: object) -> str:
@@ -157,12 +256,17 @@ def set_schedulable(c: Client, node: str, schedulable: bool) -> None:
     click.echo(f"node/{node} {'uncordoned' if schedulable else 'cordoned'}")
 
 
-def drain(c: Client, node: str, timeout: str) -> None:
+def drain(c: Client, node: str, timeout: str, dry_run: bool = False) -> None:
     try:
         timeout_ms = parse_duration(timeout)
     except QuantityError as e:
         raise CliError(f"--timeout: {e}") from None
-    req = api.DrainRequest(name=node, timeout_ms=timeout_ms)
+    req = api.DrainRequest(name=node, timeout_ms=timeout_ms, dry_run=dry_run)
+    if dry_run:
+        for p in c.call(lambda s: list(s.Drain(req, timeout=c.timeout * 3))):
+            if not p.done:
+                click.echo(p.message)
+        return
 
     def stream(stub: OrchStub) -> api.DrainProgress:
         last = api.DrainProgress()
@@ -179,8 +283,28 @@ def drain(c: Client, node: str, timeout: str) -> None:
     click.echo(f"node/{node} drained")
 
 
-def logs(c: Client, name: str, follow: bool, tail: int, timestamps: bool) -> None:
-    req = pb.LogsRequest(name=name, follow=follow, tail=tail)
+def since_of(since: str, since_time: str, now: float) -> float:
+    """--since 5m or --since-time RFC 3339 (as kubectl's) as unix seconds; 0 for neither."""
+    if since and since_time:
+        raise UsageError("--since or --since-time, not both")
+    if since:
+        try:
+            return now - parse_duration(since) / 1000
+        except QuantityError as e:
+            raise UsageError(f"--since: {e}") from None
+    if since_time:
+        try:
+            when = datetime.fromisoformat(since_time.replace("Z", "+00:00"))
+        except ValueError:
+            when = None
+        if when is None or when.tzinfo is None:  # RFC 3339 always says which zone
+            raise UsageError(f'--since-time: "{since_time}" is not an RFC 3339 time (2026-11-29T14:00:00Z)')
+        return when.timestamp()
+    return 0.0
+
+
+def logs(c: Client, name: str, follow: bool, tail: int, timestamps: bool, since: float = 0.0) -> None:
+    req = pb.LogsRequest(name=name, follow=follow, tail=tail, since=since)
 
     def stream(stub: OrchStub) -> None:
         # No deadline when following: it ends with the instance or Ctrl-C.
@@ -195,7 +319,8 @@ def logs(c: Client, name: str, follow: bool, tail: int, timestamps: bool) -> Non
 
 def events(c: Client, watch: bool, limit: int) -> None:
     seen: set[tuple[int, str, str]] = set()
-    while True:
+
+    def show() -> None:
         evs = c.call(lambda s: s.ListEvents(api.ListEventsRequest(limit=limit), timeout=c.timeout)).events
         for e in evs:
             key = (e.time.ToNanoseconds(), e.object, e.reason)
@@ -204,9 +329,11 @@ def events(c: Client, watch: bool, limit: int) -> None:
                 click.echo(
                     f"{e.time.ToJsonString()}  {e.type:<7}  {e.kind:<8}  {e.object:<24}  {e.reason:<14}  {e.message}"
                 )
-        if not watch:
-            return
-        time.sleep(1.0)
+
+    if watch:
+        watch_changes(c, show)
+    else:
+        show()
 
 
 def parse_resources(text: str, what: str) -> pb.Resources | None:
@@ -304,3 +431,46 @@ def agent_config(
         default_pids_limit=DEFAULT_PIDS_LIMIT if default_pids_limit is None else default_pids_limit,
         seccomp_profile=(seccomp_profile or DEFAULT_PROFILE).resolve(),
     )
+
+
+def versions(c: Client | None, fmt: str) -> None:
+    """Like `kubectl version`: the client's, then the server's (and here each agent's)."""
+    out: dict[str, object] = {"client": version()}
+    if c is not None:
+        info = c.call(lambda s: s.Version(api.VersionRequest(), timeout=c.timeout))
+        out |= {"scheduler": info.scheduler, "api": info.api, "nodes": dict(sorted(info.nodes.items()))}
+    if fmt == "json":
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.echo(f"Client version: {out['client']}")
+    if c is not None:
+        click.echo(f"Scheduler version: {out['scheduler']} (API {out['api']})")
+        for node, v in sorted(info.nodes.items()):
+            click.echo(f"Node {node}: {v or 'unknown'}")
+
+
+def explain(c: Client, instance: str, fmt: str) -> None:
+    """Why INSTANCE is where it is: every node's verdict (filters, then scores) and its events."""
+    e = c.call(lambda s: s.Explain(api.ExplainRequest(instance=instance), timeout=c.timeout))
+    if fmt == "json":
+        nodes = [
+            {"node": v.node, "rejected": v.rejected or None, "scores": {s.name: s.value for s in v.scores}}
+            for v in e.nodes
+        ]
+        events = [{"time": ev.time.ToJsonString(), "reason": ev.reason, "message": ev.message} for ev in e.events]
+        doc = {"instance": instance, "node": e.instance.node or None, "summary": e.summary, "nodes": nodes}
+        click.echo(json.dumps(doc | {"avoided": list(e.avoided), "events": events}, indent=2))
+        return
+    click.echo(f"instance/{instance}: {e.summary}")
+    if e.avoided:
+        click.echo(f"avoids (this slot kept crashing there): {', '.join(e.avoided)}")
+    headers = ["NODE", "", "VERDICT"]
+    table_rows = []
+    for v in e.nodes:
+        verdict = "rejected: " + v.rejected if v.rejected else ", ".join(f"{s.name} {s.value:g}" for s in v.scores)
+        table_rows.append([v.node, "*" if v.node == e.instance.node else "", verdict])
+    click.echo("nodes, judged now (fitting best first; * its node):")
+    click.echo("\n".join("  " + line for line in table(headers, table_rows).splitlines()))
+    click.echo("events:" if e.events else "events: <none>")
+    for ev in e.events:
+        click.echo(f"  {ev.time.ToJsonString()}  {ev.type:<7}  {ev.reason:<14}  {ev.message}")

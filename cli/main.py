@@ -7,15 +7,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from cli import commands, pki_commands
-from cli.client import Client, CliError, load_credentials, scheduler_addresses, tls_files
+from cli import commands, completion, config_commands, contexts, logformat, pki_commands
+from cli.client import Client, CliError, UsageError, scheduler_addresses
 from cli.manifest import ManifestError
+from cli.selector import parse_selector
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 OUTPUT = click.Choice(["table", "wide", "json", "yaml"])
@@ -31,8 +33,30 @@ def seconds_of(value: str) -> float:
         raise click.BadParameter(str(e)) from e
 
 
+_log_format = "text"  # set by --log-format before the command runs
+
+
+def _set_log_format(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    global _log_format
+    _log_format = value
+    return value
+
+
+def log_format_option(f: Callable[..., None]) -> Callable[..., None]:
+    """--log-format text|json for a daemon; setup_logging applies it."""
+    return click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        expose_value=False,
+        callback=_set_log_format,
+        help="json: one JSON object per line (ts, level, logger, msg, error).",
+    )(f)
+
+
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, handlers=[logformat.handler(_log_format)])
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per registry request
     if verbose:  # our own debug lines only; grpc's are noise
         for name in ("scheduler", "node", "cli"):
@@ -44,15 +68,20 @@ def setup_logging(verbose: bool) -> None:
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for each API call.")
 @click.option("--tls-dir", metavar="DIR", help="ca.crt, USER.crt and USER.key for mutual TLS ($ORCH_TLS_DIR).")
 @click.option("--tls-user", metavar="USER", help="Whose certificate in --tls-dir ($ORCH_TLS_USER; default admin).")
+@click.option(
+    "--context", "context", metavar="NAME", help="A context of `orch config` ($ORCH_CONTEXT; default: current)."
+)
 @click.pass_context
-def cli(ctx: click.Context, scheduler: str | None, timeout: float, tls_dir: str | None, tls_user: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    scheduler: str | None,
+    timeout: float,
+    tls_dir: str | None,
+    tls_user: str | None,
+    context: str | None,
+) -> None:
     """orch: a small container orchestrator."""
-
-    def connect() -> Client:
-        addresses = scheduler_addresses(scheduler)
-        return Client(addresses, timeout, load_credentials(tls_files(tls_dir, addresses, tls_user)))
-
-    ctx.obj = connect
+    ctx.obj = contexts.connector(scheduler, timeout, tls_dir, tls_user, context)
 
 
 def client(ctx: click.Context) -> Client:
@@ -63,7 +92,7 @@ def client(ctx: click.Context) -> Client:
 @cli.command()
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("-f", "--filename", "more", multiple=True, type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("--dry-run", is_flag=True, help="Validate on the scheduler, store nothing.")
+@click.option("--dry-run", is_flag=True, help="Validate on the scheduler and show the diff; store nothing.")
 @click.option("--wait", is_flag=True, help="Wait until every applied app has all replicas ready.")
 @click.option("--wait-timeout", default=300.0, show_default=True, help="Seconds --wait waits.")
 @click.pass_context
@@ -73,23 +102,81 @@ def apply(
     """Create or update the apps in FILE(s) (multi-document YAML; - for stdin)."""
     paths = list(files) + list(more)
     if not paths:
-        raise CliError("apply needs a manifest file: orch apply app.yaml")
+        raise UsageError("apply needs a manifest file: orch apply app.yaml")
     commands.apply(client(ctx), paths, dry_run=dry_run, wait=wait, wait_timeout=wait_timeout)
 
 
 @cli.command()
+@click.argument("instance", shell_complete=completion.instances)
+@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_context
+def explain(ctx: click.Context, instance: str, fmt: str) -> None:
+    """Why INSTANCE is on its node, Pending, or leaving: each node's verdict and its events."""
+    commands.explain(client(ctx), instance, fmt)
+
+
+@cli.command("completion")
+@click.argument("shell", type=click.Choice(completion.SHELLS))
+def completion_cmd(shell: str) -> None:
+    """Print the shell's completion script: `source <(orch completion bash)` (zsh and fish alike)."""
+    click.echo(completion.script(cli, shell))
+
+
+@cli.command("version")
+@click.option("--client", "client_only", is_flag=True, help="Only this CLI's version; ask no server.")
+@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_context
+def version_cmd(ctx: click.Context, client_only: bool, fmt: str) -> None:
+    """This CLI's version, the scheduler's and each node agent's."""
+    commands.versions(None if client_only else client(ctx), fmt)
+
+
+@cli.command()
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-f", "--filename", "more", multiple=True, type=click.Path(dir_okay=False, allow_dash=True))
+@click.pass_context
+def diff(ctx: click.Context, files: tuple[str, ...], more: tuple[str, ...]) -> None:
+    """Show what applying the manifests would change. Exit status 0: nothing; 1: changes; 2: error."""
+    paths = [*files, *more]
+    try:
+        if not paths:
+            raise UsageError("diff needs a manifest file: orch diff app.yaml")
+        changed = commands.diff(client(ctx), paths)
+    except ManifestError as e:
+        raise CliError("\n".join(e.problems), code=2) from e
+    except CliError as e:
+        raise CliError(str(e), code=2) from e
+    sys.exit(1 if changed else 0)
+
+
+@cli.command()
 @click.argument("kind", type=click.Choice(["apps", "app", "nodes", "node", "instances", "instance", "inst"]))
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=completion.by_kind)
 @click.option("-o", "--output", "fmt", type=OUTPUT, default="table", show_default=True)
 @click.option("--app", "app", help="instances: only this app's.")
 @click.option("--node", "node", help="instances: only those on this node.")
+@click.option(
+    "-l",
+    "--selector",
+    default="",
+    metavar="K=V,K!=V,K,!K",
+    help="Only objects whose labels match (instances: their app's).",
+)
 @click.option("-w", "--watch", is_flag=True, help="Print again whenever something changes.")
 @click.pass_context
 def get(
-    ctx: click.Context, kind: str, name: str | None, fmt: str, app: str | None, node: str | None, watch: bool
+    ctx: click.Context,
+    kind: str,
+    name: str | None,
+    fmt: str,
+    app: str | None,
+    node: str | None,
+    selector: str,
+    watch: bool,
 ) -> None:
-    """List apps, nodes or instances."""
-    commands.get(client(ctx), commands.plural(kind), name, fmt, app=app, node=node, watch=watch)
+    """List apps, nodes or instances (`get apps -o yaml`: manifests that apply again)."""
+    wanted = parse_selector(selector) if selector else None
+    commands.get(client(ctx), commands.plural(kind), name, fmt, app=app, node=node, watch=watch, selector=wanted)
 
 
 @cli.command()
@@ -105,7 +192,7 @@ def top(ctx: click.Context, kind: str, app: str | None, node: str | None, fmt: s
 
 @cli.command()
 @click.argument("kind", type=click.Choice(["app", "node", "instance"]))
-@click.argument("name")
+@click.argument("name", shell_complete=completion.by_kind)
 @click.pass_context
 def describe(ctx: click.Context, kind: str, name: str) -> None:
     """Show one object in detail, with its recent events."""
@@ -121,14 +208,14 @@ def delete(ctx: click.Context, args: tuple[str, ...], files: tuple[str, ...]) ->
     if args and args[0] == "app":
         names = list(args[1:])
         if not names:
-            raise CliError("delete app needs a name: orch delete app NAME")
+            raise UsageError("delete app needs a name: orch delete app NAME")
     else:
         names = [a.spec.name for a in commands.load(list(args) + list(files))]
     commands.delete(client(ctx), names)
 
 
 @cli.command()
-@click.argument("app")
+@click.argument("app", shell_complete=completion.apps)
 @click.argument("replicas", type=click.IntRange(0, 10000))
 @click.pass_context
 def scale(ctx: click.Context, app: str, replicas: int) -> None:
@@ -137,7 +224,7 @@ def scale(ctx: click.Context, app: str, replicas: int) -> None:
 
 
 @cli.command()
-@click.argument("node")
+@click.argument("node", shell_complete=completion.nodes)
 @click.pass_context
 def cordon(ctx: click.Context, node: str) -> None:
     """Mark a node unschedulable (its instances keep running)."""
@@ -145,7 +232,7 @@ def cordon(ctx: click.Context, node: str) -> None:
 
 
 @cli.command()
-@click.argument("node")
+@click.argument("node", shell_complete=completion.nodes)
 @click.pass_context
 def uncordon(ctx: click.Context, node: str) -> None:
     """Make a node schedulable again."""
@@ -153,18 +240,21 @@ def uncordon(ctx: click.Context, node: str) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=completion.apps_or_instances)
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming new lines.")
 @click.option("--tail", default=-1, show_default=True, help="Only the last N lines (-1: all).")
 @click.option("--timestamps", is_flag=True, help="Prefix each line with its RFC 3339 time.")
+@click.option("--since", default="", metavar="DURATION", help="Only lines newer than this (5s, 2m, 3h).")
+@click.option("--since-time", default="", metavar="RFC3339", help="Only lines at or after this time.")
 @click.pass_context
-def logs(ctx: click.Context, name: str, follow: bool, tail: int, timestamps: bool) -> None:
+def logs(ctx: click.Context, name: str, follow: bool, tail: int, timestamps: bool, since: str, since_time: str) -> None:
     """Print an instance's output, or every instance's of an APP (prefixed with the instance)."""
-    commands.logs(client(ctx), name, follow=follow, tail=tail, timestamps=timestamps)
+    start = commands.since_of(since, since_time, time.time())
+    commands.logs(client(ctx), name, follow=follow, tail=tail, timestamps=timestamps, since=start)
 
 
 @cli.command("exec")
-@click.argument("instance")
+@click.argument("instance", shell_complete=completion.instances)
 @click.argument("command", nargs=-1, required=True)
 @click.option("-i", "--stdin", is_flag=True, help="Pass stdin to the command.")
 @click.option("-t", "--tty", is_flag=True, help="Give the command a terminal (raw mode here, resizes forwarded).")
@@ -180,12 +270,13 @@ def exec_cmd(ctx: click.Context, instance: str, command: tuple[str, ...], stdin:
 
 
 @cli.command()
-@click.argument("node")
+@click.argument("node", shell_complete=completion.nodes)
 @click.option("--timeout", "timeout", default="5m", show_default=True, help="Then stop what is left anyway.")
+@click.option("--dry-run", is_flag=True, help="Print the plan: what moves where, in which steps, what is blocked.")
 @click.pass_context
-def drain(ctx: click.Context, node: str, timeout: str) -> None:
+def drain(ctx: click.Context, node: str, timeout: str, dry_run: bool) -> None:
     """Cordon NODE and move its instances elsewhere, replacement first."""
-    commands.drain(client(ctx), node, timeout)
+    commands.drain(client(ctx), node, timeout, dry_run)
 
 
 @cli.command()
@@ -224,6 +315,7 @@ def events(ctx: click.Context, watch: bool, limit: int) -> None:
 @click.option(
     "--no-tls", is_flag=True, help="Plaintext gRPC and etcd instead of mutual TLS (certificates in STATE/pki)."
 )
+@log_format_option
 @click.option("-v", "--verbose", is_flag=True)
 def up(
     nodes: int | None,
@@ -240,7 +332,7 @@ def up(
     from cli.up import run_cluster
 
     if nodes is not None and hosts is not None:
-        raise CliError("orch up: --nodes or --hosts, not both (--hosts runs one agent per host)")
+        raise UsageError("orch up: --nodes or --hosts, not both (--hosts runs one agent per host)")
     if schedulers is None:
         schedulers = 2 if hosts is not None and hosts >= 2 else 1
     setup_logging(verbose)
@@ -290,6 +382,12 @@ def etcd_tls_options(f: Callable[..., None]) -> Callable[..., None]:
     help="How long a node whose agent is restarting (SIGTERM) keeps its instances before they are replaced.",
 )
 @click.option("--metrics-listen", default="", help="host:port for /metrics.")
+@click.option(
+    "--dashboard-listen",
+    default="",
+    metavar="HOST:PORT",
+    help="Serve the read-only web dashboard there (no login: keep it on loopback).",
+)
 @click.option("--id", "identity", default="", help="Name of this scheduler (default host-pid).")
 @click.option(
     "--etcd-page-size",
@@ -302,6 +400,7 @@ def etcd_tls_options(f: Callable[..., None]) -> Callable[..., None]:
 @etcd_tls_options
 @click.option("--insecure", is_flag=True, help="Allow plaintext gRPC without TLS files (anyone is admin).")
 @click.option("--insecure-etcd", is_flag=True, help="Allow plaintext etcd without a client certificate.")
+@log_format_option
 @click.option("-v", "--verbose", is_flag=True)
 def scheduler_cmd(
     listen: str,
@@ -311,6 +410,7 @@ def scheduler_cmd(
     leader_ttl: int,
     restart_grace: float,
     metrics_listen: str,
+    dashboard_listen: str,
     identity: str,
     etcd_page_size: int,
     tls_ca: str,
@@ -338,6 +438,7 @@ def scheduler_cmd(
             leader_ttl=leader_ttl,
             restart_grace=restart_grace,
             metrics_listen=metrics_listen,
+            dashboard_listen=dashboard_listen,
             identity=identity,
             etcd_page=etcd_page_size,
             tls=scheduler_credentials(tls_ca, tls_cert, tls_key, listen, insecure),
@@ -391,6 +492,7 @@ def scheduler_cmd(
 @click.option("--cleanup", is_flag=True, help="Stop and remove every container and network of this node, then exit.")
 @tls_options
 @click.option("--insecure", is_flag=True, help="Allow plaintext gRPC without TLS files (anyone can pose as scheduler).")
+@log_format_option
 @click.option("-v", "--verbose", is_flag=True)
 @click.pass_context
 def node_cmd(
@@ -452,6 +554,7 @@ def node_cmd(
 
 
 cli.add_command(pki_commands.pki)
+cli.add_command(config_commands.config)
 
 
 def main(argv: list[str] | None = None) -> Any:
@@ -463,7 +566,7 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(1)
     except CliError as e:
         click.echo(str(e), err=True)
-        sys.exit(1)
+        sys.exit(e.code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
@@ -475,4 +578,4 @@ def main(argv: list[str] | None = None) -> Any:
         if os.environ.get("ORCH_DEBUG"):
             raise
         click.echo(f"orch: internal error: {type(e).__name__}: {e} (ORCH_DEBUG=1 shows the traceback)", err=True)
-        sys.exit(2)
+        sys.exit(3)

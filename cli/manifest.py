@@ -43,12 +43,12 @@ _BOOL = "tag:yaml.org,2002:bool"
 _STR = "tag:yaml.org,2002:str"
 _NULL = "tag:yaml.org,2002:null"
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()
-_RESTART = {
+RESTART_POLICIES = {
     "Always": types_pb2.RESTART_POLICY_ALWAYS,
     "OnFailure": types_pb2.RESTART_POLICY_ON_FAILURE,
     "Never": types_pb2.RESTART_POLICY_NEVER,
 }
-_PLACEMENT = {"spread": types_pb2.PLACEMENT_STRATEGY_SPREAD, "binpack": types_pb2.PLACEMENT_STRATEGY_BINPACK}
+PLACEMENTS = {"spread": types_pb2.PLACEMENT_STRATEGY_SPREAD, "binpack": types_pb2.PLACEMENT_STRATEGY_BINPACK}
 
 
 class ManifestError(Exception):
@@ -390,10 +390,10 @@ _SPEC: dict[str, _Setter] = {
         },
     ),
     "ports": _ports,
-    "restartPolicy": _choice("restart_policy", _RESTART),
+    "restartPolicy": _choice("restart_policy", RESTART_POLICIES),
     "nodeSelector": _map("node_selector"),
     "antiAffinity": _list("anti_affinity"),
-    "placement": _choice("placement", _PLACEMENT),
+    "placement": _choice("placement", PLACEMENTS),
     # Each bound defaults on its own, so {maxUnavailable: 1} keeps maxSurge 1.
     "update": _message(
         "update",

@@ -37,7 +37,7 @@ ETCD = "etcd"
 ETCD_MEMBER = "up"  # the one etcd member's name without a lab, and its certificate's
 # Ports on a lab host, which has its own network stack (docs/deploy.md uses the same).
 ETCD_CLIENT, ETCD_PEER, ETCD_METRICS = 2379, 2380, 2381
-SCHEDULER_PORT, SCHEDULER_METRICS = 7070, 9101
+SCHEDULER_PORT, SCHEDULER_METRICS, SCHEDULER_DASHBOARD = 7070, 9101, 8080
 AGENT_API, AGENT_METRICS = 7071, 9100
 
 
@@ -66,6 +66,7 @@ class Cluster:
             f"{self.place(i).address}:{p or (SCHEDULER_PORT if self.lab else free_port())}" for i, p in enumerate(ports)
         ]
         self.etcd_endpoints: list[str] = []
+        self.dashboards: list[str] = []  # each scheduler's dashboard URL
 
     def plan_lab(self, hosts: int) -> lab.Lab:
         """The hosts h1..hN on the last /24 of the cluster's CIDR (the first ones go to containers)."""
@@ -186,8 +187,11 @@ class Cluster:
     def start_scheduler(self, i: int) -> None:
         place, address = self.place(i), self.addresses[i]
         metrics = f"{place.address}:{place.port(SCHEDULER_METRICS)}"
+        dashboard = f"{place.address}:{place.port(SCHEDULER_DASHBOARD)}"
+        self.dashboards.append(f"http://{dashboard}/")
         argv = self.orch("scheduler", "--listen", address, "--etcd", ",".join(self.etcd_endpoints),
                          "--lease-ttl", str(self.lease_ttl), "--metrics-listen", metrics,
+                         "--dashboard-listen", dashboard,
                          "--id", f"scheduler-{i}", *self.tls_args("scheduler"),
                          *self.scheduler_etcd_args())  # fmt: skip
         proc = self._spawn(Proc("scheduler", None, place.argv(argv), f"http://{metrics}/metrics", host=place.name),
@@ -231,6 +235,7 @@ class Cluster:
     def write_cluster_json(self) -> None:
         doc = {
             "schedulers": self.addresses,
+            "dashboards": self.dashboards,
             "etcd": self.etcd_endpoints,
             "stateDir": str(self.dir),
             "clusterId": self.cluster_id,  # names its bridges (orch<id>n<i>) and cgroups (orch/up-<id>/)
@@ -346,6 +351,7 @@ def start(cluster: Cluster, schedulers: int) -> None:
     tls_env = f" ORCH_TLS_DIR={cluster.pki}" if cluster.pki else ""
     if cluster.pki is None:
         print("  WARNING --no-tls: plaintext gRPC and etcd; every local user can control this cluster", flush=True)
+    print(f"  dashboard: {', '.join(cluster.dashboards)}", flush=True)
     print(f"  export ORCH_SCHEDULER={addresses}{tls_env}; Ctrl-C stops the cluster", flush=True)
 
 

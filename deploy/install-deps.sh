@@ -13,15 +13,18 @@ set -euo pipefail
 # libseccomp2: the runtime compiles its seccomp filters with it (ctypes).
 # gcc, libc6-dev: the runtime compiles its container supervisor and init (node/runtime/native/*.c)
 # on the node; the tests build tests/fixtures/sysprobe.c statically.
+# chromium: the dashboard test loads the page in a real headless browser.
 PACKAGES=(etcd-server etcd-client busybox-static iproute2 util-linux python3-venv python3-pip curl
           docker-registry skopeo umoci golang-github-containers-common prometheus iptables
-          libseccomp2 gcc libc6-dev)
+          libseccomp2 gcc libc6-dev chromium)
 # package:service of those that would serve something once installed
 SERVICES=(etcd-server:etcd prometheus:prometheus docker-registry:docker-registry
-          prometheus-node-exporter:prometheus-node-exporter)
+          prometheus-node-exporter:prometheus-node-exporter
+          docker.io:docker docker.io:docker.socket containerd:containerd)
 GUARD=/usr/sbin/policy-rc.d
-# `install-deps.sh bench` adds the peers the benchmarks compare against.
-[ "${1:-}" = bench ] && PACKAGES+=(runc crun)
+# `install-deps.sh bench` adds the peers the benchmarks compare against (bench/converge.py
+# runs its own dockerd, in a network namespace of its own, and removes it afterwards).
+[ "${1:-}" = bench ] && PACKAGES+=(runc crun docker.io)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
@@ -51,21 +54,23 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 apt-get install -y -q --no-install-recommends "${missing[@]}"
 
-quiet() {  # disable and mask one service that a package installed just now enabled
+quiet() {  # disable and mask one unit that a package installed just now enabled
   local unit=$1
+  case $unit in *.*) ;; *) unit=$unit.service ;; esac
   if [ -d /run/systemd/system ]; then  # systemd is PID 1
-    systemctl disable --now -q "$unit.service" 2>/dev/null || true
-    systemctl mask -q "$unit.service"
+    systemctl disable --now -q "$unit" 2>/dev/null || true
+    systemctl mask -q "$unit"
   else
-    if [ -x "/etc/init.d/$unit" ]; then update-rc.d "$unit" disable >/dev/null 2>&1 || true; fi
+    local script=/etc/init.d/${unit%.service}
+    if [ -x "$script" ]; then update-rc.d "${unit%.service}" disable >/dev/null 2>&1 || true; fi
     # and for the day this root boots with systemd (an image built in a container)
-    if [ -e "/lib/systemd/system/$unit.service" ]; then
+    if [ -e "/lib/systemd/system/$unit" ]; then
       if command -v systemctl >/dev/null; then  # works on the unit files, offline
-        systemctl disable -q "$unit.service" >/dev/null 2>&1 || true
-        systemctl mask -q "$unit.service" >/dev/null 2>&1 || true
+        systemctl disable -q "$unit" >/dev/null 2>&1 || true
+        systemctl mask -q "$unit" >/dev/null 2>&1 || true
       else  # what those two do
-        rm -f /etc/systemd/system/*.wants/"$unit.service"
-        ln -sfn /dev/null "/etc/systemd/system/$unit.service"
+        rm -f /etc/systemd/system/*.wants/"$unit"
+        ln -sfn /dev/null "/etc/systemd/system/$unit"
       fi
     fi
   fi

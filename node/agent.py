@@ -40,9 +40,10 @@ from orch.tls import Credentials, add_port
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import agent_pb2_grpc
 from orch.v1 import types_pb2 as pb
+from orch.version import version
 
 log = logging.getLogger(__name__)
-VERSION = "0.1.0"
+VERSION = version()
 GOODBYE_TIMEOUT = 2.0  # s to wait for the scheduler to confirm it holds the node for our restart
 # Threads for blocking work, each kind in a bounded pool of its own so that none starves another:
 # starts, stops and state reads on the loop's default executor; probes, image pulls (and gc) apart.
@@ -109,8 +110,8 @@ class Agent:
         except ContainerError as e:
             raise SystemExit(f"orch node: {e}") from None
         self.network = NodeNetwork(network_config(config)) if config.bridge else None
-        self.metrics = NodeMetrics(config.name)
-        self.metrics.watch_usage(self._running_instances, self.runtime.stats)
+        self.metrics = NodeMetrics(VERSION)
+        self.metrics.watch_usage(self._running_instances, self.runtime.stats, self._resources_of)
         self.workers: dict[str, InstanceWorker] = {}  # the instances the scheduler wants here
         self.stopping: dict[str, InstanceWorker] = {}  # removed, still stopping their container
         self._adoptable: dict[str, ContainerState] = {}
@@ -120,9 +121,17 @@ class Agent:
         self._probes = ThreadPoolExecutor(PROBE_THREADS, thread_name_prefix="orch-probes")
         self._pulls = ThreadPoolExecutor(PULL_THREADS, thread_name_prefix="orch-pulls")
         self._deps = WorkerDeps(
-            self.runtime, self.network, self.images, log_dir, self._report, config.default_pids_limit,
-            probes=self._probes, pulls=self._pulls,
-        )  # fmt: skip
+            self.runtime,
+            self.network,
+            self.images,
+            log_dir,
+            self._report,
+            config.default_pids_limit,
+            started=self.metrics.started,
+            exited=self.metrics.exited,
+            probes=self._probes,
+            pulls=self._pulls,
+        )
         self.session = Session(config.schedulers, self._register, self._full_report, self.apply_desired, tls=config.tls)
         self._apply_lock = asyncio.Lock()
         self._swept = False
@@ -136,6 +145,10 @@ class Agent:
             for name, w in list(self.workers.items())
             if w.status.state == pb.INSTANCE_STATE_RUNNING
         ]
+
+    def _resources_of(self, name: str) -> pb.Resources | None:
+        worker = self.workers.get(name)  # the metrics thread: one lookup, no iteration
+        return worker.instance.spec.resources if worker is not None else None
 
     def _register(self, lease_id: int) -> apb.Register:
         capacity = self.config.capacity or host_capacity()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -23,10 +23,14 @@ log = logging.getLogger(__name__)
 Running = Callable[[], Iterable[tuple[str, str]]]
 
 
+Limits = Callable[[str], pb.Resources | None]  # an instance's resources (its limits), if known
+
+
 class InstanceUsage(Collector):
-    def __init__(self, running: Running, stats: Callable[[str], CgroupStats]) -> None:
+    def __init__(self, running: Running, stats: Callable[[str], CgroupStats], limits: Limits) -> None:
         self._running = running
         self._stats = stats
+        self._limits = limits
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         # Not "instance": Prometheus sets that label to the scrape target and would
@@ -39,33 +43,83 @@ class InstanceUsage(Collector):
         )
         pids = GaugeMetricFamily("orch_node_instance_pids", "Processes and threads of the instance.", labels=labels)
         ooms = CounterMetricFamily("orch_node_instance_oom_kills", "OOM kills in the instance's cgroup.", labels=labels)
+        periods = CounterMetricFamily(
+            "orch_node_instance_cpu_cfs_periods", "CFS periods that elapsed under a CPU limit.", labels=labels
+        )
+        throttled = CounterMetricFamily(
+            "orch_node_instance_cpu_cfs_throttled_periods", "CFS periods in which the CPU limit was hit.", labels=labels
+        )
+        throttled_s = CounterMetricFamily(
+            "orch_node_instance_cpu_cfs_throttled_seconds", "Time throttled by the CPU limit.", labels=labels
+        )
+        cpu_limit = GaugeMetricFamily("orch_node_instance_cpu_limit_cores", "The instance's CPU limit.", labels=labels)
+        mem_limit = GaugeMetricFamily(
+            "orch_node_instance_memory_limit_bytes", "The instance's memory limit.", labels=labels
+        )
         for name, app in self._running():
             try:
                 s = self._stats(name)
             except (ContainerError, OSError):
                 continue  # it ended between listing and reading
-            cpu.add_metric([name, app], s.cpu_usage_ns / 1e9)
-            mem.add_metric([name, app], s.memory_bytes)
-            ws.add_metric([name, app], s.memory_working_set_bytes)
-            pids.add_metric([name, app], s.pids)
-            ooms.add_metric([name, app], s.oom_kills)
-        yield from (cpu, mem, ws, pids, ooms)
+            key = [name, app]
+            cpu.add_metric(key, s.cpu_usage_ns / 1e9)
+            mem.add_metric(key, s.memory_bytes)
+            ws.add_metric(key, s.memory_working_set_bytes)
+            pids.add_metric(key, s.pids)
+            ooms.add_metric(key, s.oom_kills)
+            periods.add_metric(key, s.cpu_periods)
+            throttled.add_metric(key, s.cpu_throttled_periods)
+            throttled_s.add_metric(key, s.cpu_throttled_ns / 1e9)
+            if (res := self._limits(name)) is not None:  # only limits that are set: 0 means none
+                if res.cpu_millis:
+                    cpu_limit.add_metric(key, res.cpu_millis / 1000)
+                if res.memory_bytes:
+                    mem_limit.add_metric(key, res.memory_bytes)
+        yield from (cpu, mem, ws, pids, ooms, periods, throttled, throttled_s, cpu_limit, mem_limit)
 
 
 class NodeMetrics:
-    def __init__(self, node: str, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, version: str, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.instances = Gauge("orch_node_instances", "Instances this agent manages.", registry=r)
         self.transitions = Counter(
             "orch_node_instance_transitions_total", "Instance state changes, by new state.", ["state"], registry=r
         )
-        self.info = Gauge("orch_node_info", "Constant 1, labelled with the node name.", ["node"], registry=r)
-        self.info.labels(node).set(1)
+        # Counted by the agent when it sees the exit, so an OOM kill is never missed because the
+        # instance's cgroup (and its oom_kill count) was gone before the next scrape.
+        self.exits = Counter(
+            "orch_instance_exits_total",
+            "Exits of instances' main processes, by app and reason.",
+            ["app", "reason"],
+            registry=r,
+        )
+        # The node's name is the scrape target's `node` label (file_sd, static_configs); a label
+        # of the same name here would come out as exported_node.
+        self.info = Gauge("orch_node_info", "Constant 1, labelled with the agent's version.", ["version"], registry=r)
+        self.info.labels(version).set(1)
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
 
-    def watch_usage(self, running: Running, stats: Callable[[str], CgroupStats]) -> None:
-        self.registry.register(InstanceUsage(running, stats))
+    def watch_usage(self, running: Running, stats: Callable[[str], CgroupStats], limits: Limits) -> None:
+        self.registry.register(InstanceUsage(running, stats, limits))
 
     def observe(self, status: pb.InstanceStatus) -> None:
-        name = pb.InstanceState.Name(status.state).removeprefix("INSTANCE_STATE_").lower()
-        self.transitions.labels(name).inc()
+        self.transitions.labels(state_label(status.state)).inc()
+
+    def started(self, app: str) -> None:
+        """An instance of app runs here: its exit series exist from now on, at 0, so the first
+        exit is an increase Prometheus sees (a series born at 1 shows no increase)."""
+        for reason in EXIT_REASONS:
+            self.exits.labels(app, reason)
+
+    def exited(self, app: str, reason: str) -> None:
+        self.exits.labels(app, reason).inc()
+
+
+EXIT_REASONS = ("Completed", "Error", "OOMKilled")
+
+
+def state_label(state: int) -> str:
+    """As `orch get` and the scheduler's metrics spell states: Running, CrashLoopBackOff, ..."""
+    name = pb.InstanceState.Name(state).removeprefix("INSTANCE_STATE_")  # type: ignore[arg-type]
+    return "".join(part.capitalize() for part in name.split("_"))

@@ -54,6 +54,8 @@ class WorkerDeps:
     log_dir: Path
     report: Report
     default_pids: int = DEFAULT_PIDS_LIMIT  # 0: unlimited
+    started: Callable[[str], None] = lambda app: None  # an instance of app is given to this node (metrics)
+    exited: Callable[[str, str], None] = lambda app, reason: None  # its main process exited, and why
     # Bounded pools of their own (the agent's); None: the loop's default executor.
     probes: Executor | None = None
     pulls: Executor | None = None
@@ -111,6 +113,7 @@ class InstanceWorker:
     def __init__(self, inst: pb.Instance, deps: WorkerDeps, adopted: ContainerState | None = None) -> None:
         self.instance = inst
         self._deps = deps
+        deps.started(inst.app)  # its exit counters exist before any exit
         self._adopted = adopted
         self._stop = asyncio.Event()
         self._tracker = RestartTracker(inst.spec.restart_policy)
@@ -361,6 +364,7 @@ class InstanceWorker:
         ran_for = (state.finished_at or time.time()) - (state.started_at or time.time())
         decision = self._tracker.next(code, ran_for)
         status = exit_status(state, self._tracker.restarts)
+        self._deps.exited(self.instance.app, status.reason)  # before a CrashLoopBackOff hides why
         if not decision.restart:
             self._set(status)
             return False

@@ -16,12 +16,16 @@ from orch.v1 import api_pb2_grpc
 from orch.v1 import exec_pb2 as xpb
 from orch.v1 import types_pb2 as pb
 from orch.validation import normalize_app_spec, validate_app_spec
+from orch.version import version
+from scheduler.cache import ClusterCache
+from scheduler.drain_plan import DrainPlan, plan_drain
 from scheduler.errors import Conflict, InvalidRequest, NotFound, SchedulerError, StoreUnavailable
 from scheduler.events import EventLog
 from scheduler.exec_relay import ExecFailed, InstanceNotRunning, NodeUnreachable, exec_target, relay_exec
 from scheduler.liveness import NodeState, node_state
 from scheduler.logs import LogsUnavailable, log_sources, stream_logs
-from scheduler.placement import node_views
+from scheduler.placement import node_views, request_for
+from scheduler.placement.explain import summary, verdicts
 from scheduler.reconcile import DONE, event, is_ready
 from scheduler.snapshot import ClusterSnapshot, wants_to_run
 from scheduler.store import Delete, Put, Store
@@ -30,6 +34,8 @@ from scheduler.top import top
 
 T = TypeVar("T")
 Ctx = grpc.aio.ServicerContext[Any, Any]
+MAX_WATCHES = 256  # open Watch streams; each costs an event and a wakeup per change
+WATCH_COALESCE = 0.1  # s: changes within it make one Watch message
 
 ACTION_WORDS = {api.APPLY_ACTION_CREATED: "created", api.APPLY_ACTION_CONFIGURED: "configured"}
 
@@ -70,6 +76,22 @@ def drain_progress(snap: ClusterSnapshot, node: str, overdue: bool) -> api.Drain
         blocked="; ".join(blocked),
         forced=overdue,
     )
+
+
+def plan_lines(plan: DrainPlan) -> list[str]:
+    """The plan as `orch drain --dry-run` prints it."""
+    lines = [f"node/{plan.node}: drain plan (dry run; nothing changes)"]
+    if not plan.steps and not plan.remaining:
+        return [*lines, "  nothing to move"]
+    for k, step in enumerate(plan.steps, 1):
+        moves = [f"start a replacement of {app} on {node}" for app, node in step.started]
+        moves += [f"stop {name}" for name in step.stopped]
+        lines.append(f"  step {k}: " + "; ".join(moves))
+    for why in plan.blocked:
+        lines.append(f"  blocked: {why}")
+    if plan.remaining:
+        lines.append(f"  left at the deadline (then stopped without a replacement): {', '.join(plan.remaining)}")
+    return lines
 
 
 def is_unschedulable(inst: pb.Instance) -> bool:
@@ -117,7 +139,10 @@ class OrchService(api_pb2_grpc.OrchServicer):
         events: EventLog,
         on_change: Callable[[], None] = lambda: None,
         agent_tls: Credentials | None = None,  # our certificate when we call agents (logs, top)
+        cache: ClusterCache | None = None,  # what Watch follows
     ) -> None:
+        self._cache = cache
+        self._watches = 0
         self._store = store
         self._events = events
         self._on_change = on_change
@@ -151,8 +176,13 @@ class OrchService(api_pb2_grpc.OrchServicer):
         for spec in specs:
             key = self._store.keys.app(spec.name)
             existing = self._store.get(pb.App, key)
-            action, app = self._next_app(existing.value if existing else None, spec, now)
-            results.append(api.ApplyResult(name=spec.name, action=action, generation=app.generation))
+            before = existing.value if existing else None
+            action, app = self._next_app(before, spec, now)
+            result = api.ApplyResult(name=spec.name, action=action, generation=app.generation, spec=app.spec)
+            if before is not None:
+                result.previous.CopyFrom(before.spec)
+                result.previous_generation = before.generation
+            results.append(result)
             if action != api.APPLY_ACTION_UNCHANGED:
                 writes.append(Put(key, app, existing.mod_revision if existing else 0))
         if writes and not request.dry_run:
@@ -251,6 +281,12 @@ class OrchService(api_pb2_grpc.OrchServicer):
         return await self._call(context, set_schedulable)
 
     async def Drain(self, request: api.DrainRequest, context: Ctx) -> AsyncIterator[api.DrainProgress]:
+        if request.dry_run:
+            plan = await self._call(context, lambda: self._drain_plan(request.name))
+            for line in plan_lines(plan):
+                yield api.DrainProgress(message=line)
+            yield api.DrainProgress(done=True, remaining=len(plan.remaining), blocked="; ".join(plan.blocked))
+            return
         timeout = (request.timeout_ms or 300_000) / 1000
         deadline = time.time() + timeout
         await self._call(context, lambda: self._mark_draining(request.name, deadline))
@@ -266,6 +302,12 @@ class OrchService(api_pb2_grpc.OrchServicer):
             if progress.done:
                 return
             await asyncio.sleep(0.3)
+
+    def _drain_plan(self, name: str) -> DrainPlan:
+        snap = self._store.snapshot()
+        if name not in snap.nodes:
+            raise NotFound("node", name)
+        return plan_drain(snap, name, time.time())
 
     def _mark_draining(self, name: str, deadline: float) -> None:
         def drain(node: pb.Node) -> None:
@@ -318,6 +360,58 @@ class OrchService(api_pb2_grpc.OrchServicer):
                 yield out
         except (NotFound, InstanceNotRunning, NodeUnreachable, ExecFailed) as e:
             await context.abort(STATUS_OF[type(e)], str(e))
+
+    async def Watch(self, request: api.WatchRequest, context: Ctx) -> AsyncIterator[api.WatchResponse]:
+        if self._cache is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this scheduler serves no watches")
+            return
+        if self._watches >= MAX_WATCHES:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{MAX_WATCHES} watches are open; poll instead")
+            return
+        changed = asyncio.Event()
+        unsubscribe = self._cache.watch(changed)
+        self._watches += 1
+        try:
+            yield api.WatchResponse(revision=self._cache.revision)
+            while True:
+                await changed.wait()
+                await asyncio.sleep(WATCH_COALESCE)  # a burst of status reports: one message
+                changed.clear()
+                yield api.WatchResponse(revision=self._cache.revision)
+        finally:
+            unsubscribe()
+            self._watches -= 1
+
+    async def Explain(self, request: api.ExplainRequest, context: Ctx) -> api.Explanation:
+        def explain_one() -> api.Explanation:
+            snap = self._store.snapshot()
+            v = snap.instances.get(request.instance)
+            if v is None:
+                raise NotFound("instance", request.instance)
+            inst = v.value
+            views = node_views(snap, without=inst.name)
+            judged = verdicts(request_for(inst.spec, frozenset(inst.avoid_nodes)), [views[n] for n in sorted(views)])
+            nodes = [
+                api.NodeVerdict(
+                    node=j.node, rejected=j.rejected, scores=[api.Score(name=n, value=s) for n, s in j.scores]
+                )
+                for j in judged
+            ]
+            events = self._events.list(limit=50, about=_about(inst.name, with_instances=False))
+            return api.Explanation(
+                instance=inst, summary=summary(inst, judged), nodes=nodes, avoided=inst.avoid_nodes, events=events
+            )
+
+        return await self._call(context, explain_one)
+
+    async def Version(self, request: api.VersionRequest, context: Ctx) -> api.VersionInfo:
+        def versions() -> api.VersionInfo:
+            nodes = self._store.list_prefix(pb.Node, self._store.keys.node(""))
+            return api.VersionInfo(
+                scheduler=version(), api="orch.v1", nodes={n.value.name: n.value.version for n in nodes}
+            )
+
+        return await self._call(context, versions)
 
     async def ListEvents(self, request: api.ListEventsRequest, context: Ctx) -> api.ListEventsResponse:
         about = _about(request.object, request.with_instances) if request.object else None

@@ -44,6 +44,9 @@ POLICY: dict[str, frozenset[Role]] = {
     "/orch.v1.Orch/Drain": ADMIN,
     "/orch.v1.Orch/ListInstances": READ,
     "/orch.v1.Orch/ListEvents": READ,
+    "/orch.v1.Orch/Version": READ,
+    "/orch.v1.Orch/Watch": READ,
+    "/orch.v1.Orch/Explain": READ,
     "/orch.v1.Orch/Logs": READ,  # as `view` allows pods/log
     "/orch.v1.Orch/Top": READ,  # as `view` allows metrics
     "/orch.v1.Orch/Exec": ADMIN,  # a shell in any container: never read-only (pods/exec is not in `view`)

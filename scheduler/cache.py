@@ -31,6 +31,7 @@ class ClusterCache:
         self.live_nodes: set[str] = set()
         self._listeners: list[Listener] = []
         self._any_change: list[Callable[[], None]] = []
+        self._watchers: set[asyncio.Event] = set()  # API watch streams: set on every change
         self._cancel: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._broken = asyncio.Event()
@@ -41,6 +42,11 @@ class ClusterCache:
 
     def on_any_change(self, callback: Callable[[], None]) -> None:
         self._any_change.append(callback)
+
+    def watch(self, changed: asyncio.Event) -> Callable[[], None]:
+        """`changed` is set after every change, events included; returns the unsubscribe."""
+        self._watchers.add(changed)
+        return lambda: self._watchers.discard(changed)
 
     def desired_for(self, node: str) -> list[pb.Instance]:
         out = []
@@ -113,6 +119,8 @@ class ClusterCache:
                 node = rest.removeprefix("nodes/")
                 (self.live_nodes.add if ev.value is not None else self.live_nodes.discard)(node)
         self.revision = max(self.revision, revision)
+        for changed in self._watchers:
+            changed.set()
         if all(ev.key.startswith("events/") for ev in events):
             return  # our own event records: nothing to reconcile
         self._notify(touched)

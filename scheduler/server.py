@@ -18,6 +18,7 @@ from prometheus_client import start_http_server
 from orch import sdnotify
 from orch.tls import Credentials, add_port
 from orch.v1 import agent_pb2_grpc, api_pb2_grpc
+from scheduler import dashboard
 from scheduler.api import OrchService
 from scheduler.authz import Authorizer
 from scheduler.cache import ClusterCache
@@ -43,6 +44,7 @@ class SchedulerConfig:
     lease_ttl: int = 1
     leader_ttl: int = 3
     metrics_listen: str = ""  # host:port; empty = no metrics endpoint
+    dashboard_listen: str = ""  # host:port; empty = no dashboard (scheduler/dashboard.py)
     identity: str = ""
     tls: Credentials | None = None  # mutual TLS for the API, agent sessions and calls to agents
     etcd_tls: Credentials | None = None  # client certificate for etcd (https endpoints)
@@ -86,7 +88,8 @@ async def serve(config: SchedulerConfig) -> None:
     def on_change() -> None:
         loop.call_soon_threadsafe(reconciler.trigger.set)
 
-    api_pb2_grpc.add_OrchServicer_to_server(OrchService(store, events, on_change, agent_tls=config.tls), server)
+    orch_api = OrchService(store, events, on_change, agent_tls=config.tls, cache=cache)
+    api_pb2_grpc.add_OrchServicer_to_server(orch_api, server)
     agent_pb2_grpc.add_AgentSessionServicer_to_server(sessions, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -95,6 +98,8 @@ async def serve(config: SchedulerConfig) -> None:
     if config.metrics_listen:
         host, _, port = config.metrics_listen.rpartition(":")
         start_http_server(int(port), addr=host or "127.0.0.1", registry=metrics.registry)
+    if config.dashboard_listen:
+        dashboard.serve(config.dashboard_listen, store, events)
 
     tasks = [asyncio.create_task(cache.run(), name="cache")]
     # Serve agents only once the cache holds the cluster, or their first

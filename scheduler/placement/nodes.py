@@ -60,7 +60,8 @@ def allocatable(node: pb.Node) -> tuple[int, int, int]:
     return res.cpu_millis, res.memory_bytes, res.pids
 
 
-def node_views(snap: ClusterSnapshot) -> dict[str, NodeView]:
+def node_views(snap: ClusterSnapshot, without: str = "") -> dict[str, NodeView]:
+    """without: an instance left out, as if it were being placed now (`orch explain`)."""
     views = {
         name: NodeView(
             name=name,
@@ -77,6 +78,6 @@ def node_views(snap: ClusterSnapshot) -> dict[str, NodeView]:
     for v in snap.instances.values():
         inst = v.value
         view = views.get(inst.node)
-        if view is not None and holds_resources(inst):
+        if view is not None and holds_resources(inst) and inst.name != without:
             view.add(request_for(inst.spec))
     return views

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cli import pki
 from orch.tls import SCHEDULER, TlsFiles, channel, node_identity
@@ -161,6 +162,11 @@ def test_exit_codes_restart_policies_and_logs(cluster, busybox_rootfs):
     assert r.returncode == 0 and r.stdout == "out\n" and r.stderr == "err\n"
     r = orch(info, "logs", once["name"], "--timestamps", "--tail", "1")
     assert r.stderr.startswith("20") and r.stderr.endswith("Z err\n")
+    stamp = r.stderr.split()[0]
+    r = orch(info, "logs", once["name"], "--since-time", "2000-01-01T00:00:00Z")
+    assert r.stdout == "out\n" and r.stderr == "err\n"
+    r = orch(info, "logs", once["name"], "--since-time", stamp[:19] + ".999999Z")  # after both lines
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
     flaky = wait_for(lambda: (i := only(info, "flaky")) and i["restarts"] >= 2 and i, 20, "flaky restarting")
     assert flaky["reason"] in ("CrashLoopBackOff", "Error", None)  # None: caught while running again
     nocmd = wait_for(lambda: (i := only(info, "nocmd")) and i["state"] == "Failed" and i, 20, "nocmd Failed")
@@ -238,12 +244,34 @@ def test_prometheus_scrapes_the_cluster_with_the_shipped_config(cluster, busybox
         ws = prom.query('orch_node_instance_memory_working_set_bytes{app="scraped"}')
         assert len(ws) == 2 and all(float(s["value"][1]) > 0 for s in ws), ws
         assert {s["metric"]["instance_name"].startswith("scraped-") for s in ws} == {True}
-        rules = prom.get("/api/v1/rules")["groups"][0]["rules"]
-        assert {r["name"] for r in rules} >= {"OrchAgentDown", "OrchNoLeader", "OrchInstancesLost"}
+        rules = [r for g in prom.get("/api/v1/rules")["groups"] for r in g["rules"]]
+        assert {r["name"] for r in rules} >= {"OrchAgentDown", "OrchNoLeader", "OrchInstancesLost", "OrchEtcdNoLeader"}
         assert all(r["health"] == "ok" for r in rules), rules
+        # Kubernetes' container dashboards' names, recorded from ours.
+        cadvisor = 'container_memory_working_set_bytes{namespace="orch",container="scraped"}'
+        ws = wait_for(lambda: len(r := prom.query(cadvisor)) == 2 and r, 20, "cAdvisor-named series")
+        assert {s["metric"]["pod"].startswith("scraped-") for s in ws} == {True}
         dashboard = json.loads((DEPLOY / "grafana" / "orch-dashboard.json").read_text())
+        variables = {"$app": ".*", "$node": ".*"}  # the dashboard's variables, set to All
         exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+        for name, value in variables.items():
+            exprs = [e.replace(name, value) for e in exprs]
         wait_for(lambda: all(prom.query(e) for e in exprs), 20, "data for every dashboard panel")
+        # An OOM kill of the main process fires the alert, though its cgroup is gone at once.
+        apply_app(info, root, "oomer", "exec tail /dev/zero", policy="Never", extra="  resources: {memory: 16Mi}\n")
+        wait_for(lambda: (i := only(info, "oomer")) and i["reason"] == "OOMKilled", 30, "oomer OOMKilled")
+
+        def firing() -> list[dict]:
+            alerts = prom.get("/api/v1/alerts")["alerts"]
+            return [a for a in alerts if a["labels"]["alertname"] == "OrchInstanceOOMKilled" and a["state"] == "firing"]
+
+        (alert,) = wait_for(firing, 30, "OrchInstanceOOMKilled firing")
+        assert alert["labels"]["app"] == "oomer" and alert["labels"]["node"] == only(info, "oomer")["node"]
+        exits = prom.query('orch_instance_exits_total{app="oomer",reason="OOMKilled"}')
+        assert [s["value"][1] for s in exits] == ["1"]
+        assert all(s["metric"]["state"][0].isupper() for s in prom.query("orch_node_instance_transitions_total"))
+        assert prom.query('process_resident_memory_bytes{role="agent"}')  # process collectors on the agents
+    assert orch(info, "delete", "app", "oomer").returncode == 0
     assert orch(info, "delete", "app", "scraped").returncode == 0
     wait_all_removed(info)
 
@@ -264,6 +292,18 @@ def test_top_reads_usage_from_the_agents(cluster, busybox_rootfs):
     ready = {n["name"] for n in json.loads(orch(info, "get", "nodes", "-o", "json").stdout) if n["state"] == "Ready"}
     for name in set(nodes) - ready:  # a node an earlier test stopped: reported, not an error
         assert nodes[name]["error"] == "node is NotReady"
+    # The agent's own metrics: the limits it enforces and the CFS throttling the busy loop meets.
+    url = next(p["metricsUrl"] for p in info["processes"] if p["role"] == "agent" and p["node"] == inst["node"])
+
+    def scraped() -> dict[str, float]:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            families = text_string_to_metric_families(r.read().decode())
+        return {s.name: s.value for f in families for s in f.samples if s.labels.get("instance_name") == inst["name"]}
+
+    values = scraped()
+    assert values["orch_node_instance_cpu_limit_cores"] == 0.2
+    assert values["orch_node_instance_memory_limit_bytes"] == 32 << 20
+    wait_for(lambda: scraped()["orch_node_instance_cpu_cfs_throttled_periods_total"] > 0, 20, "CFS throttling counted")
     missing = orch(info, "top", "instances", "--app", "nope")
     assert missing.returncode == 1 and 'app "nope" not found' in missing.stderr
     assert orch(info, "delete", "app", "busy").returncode == 0

@@ -21,13 +21,14 @@ class SchedulerProc:
     proc: subprocess.Popen[bytes]
 
 
-def start_scheduler(etcd: EtcdServer | str, log: Path, identity: str) -> SchedulerProc:
-    """etcd: the fixture's server, or endpoints HOST:PORT,..."""
+def start_scheduler(etcd: EtcdServer | str, log: Path, identity: str, *extra: str) -> SchedulerProc:
+    """etcd: the fixture's server, or endpoints HOST:PORT,...; extra: more `orch scheduler` options."""
     port = free_port()
     endpoints = etcd if isinstance(etcd, str) else etcd.endpoint
     argv = orch_argv(
         "scheduler", "--listen", f"127.0.0.1:{port}", "--etcd", endpoints, "--id", identity,
         "--insecure", "--insecure-etcd",  # the fixture's etcd is plaintext on loopback
+        *extra,
     )  # fmt: skip
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=orch_env())

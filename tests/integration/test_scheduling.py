@@ -154,11 +154,10 @@ def test_follower_takes_over_when_the_leader_dies(schedulers):
         wait_for(lambda: len(running(follower.address)) == 2, what="placed by the leader")
         leader.proc.send_signal(signal.SIGKILL)
         leader.proc.wait()
-        killed = time.monotonic()
-        # The CLI fails over to the follower, which becomes leader within the lease TTL.
+        # The CLI fails over to the follower, which becomes leader once the leader key's lease
+        # (3 s) ends. How fast is measured in bench/, not asserted here.
         assert orch(both, "scale", "web", "4").returncode == 0
-        wait_for(lambda: len(running(follower.address)) == 4, timeout=10, what="placement after failover")
-        assert time.monotonic() - killed < 6
+        wait_for(lambda: len(running(follower.address)) == 4, timeout=30, what="placement after failover")
         assert len([i for i in instances(follower.address) if i["desired"] == "Run"]) == 4  # never placed twice
     finally:
         for a in agents:

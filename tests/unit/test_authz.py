@@ -18,7 +18,7 @@ from orch.v1 import types_pb2 as pb
 from scheduler.authz import POLICY, Authorizer, denial
 
 WRITES = ["Apply", "DeleteApp", "Scale", "SetSchedulable", "Drain", "Exec"]
-READS = ["GetApp", "ListApps", "ListNodes", "ListInstances", "ListEvents", "Logs", "Top"]
+READS = ["GetApp", "ListApps", "ListNodes", "ListInstances", "ListEvents", "Logs", "Top", "Version", "Watch", "Explain"]
 
 
 def served_methods() -> list[str]:

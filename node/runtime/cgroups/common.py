@@ -47,6 +47,9 @@ class CgroupStats:
     pids: int
     memory_working_set_bytes: int = 0  # usage - inactive_file, what the kubelet evicts on
     oom_kills: int = 0
+    cpu_periods: int = 0  # CFS enforcement periods that elapsed while it ran (with a CPU limit)
+    cpu_throttled_periods: int = 0  # of those, the ones in which it hit its quota
+    cpu_throttled_ns: int = 0  # time it spent throttled
 
 
 def working_set(usage: int, inactive_file: int) -> int:

@@ -129,12 +129,16 @@ class V1Driver:
     def stats(self, path: str) -> CgroupStats:
         memory = read_int(self.root / "memory" / path / "memory.usage_in_bytes")
         inactive = read_keyed(self.root / "memory" / path / "memory.stat").get("total_inactive_file", 0)
+        cfs = read_keyed(self.root / "cpu" / path / "cpu.stat")
         return CgroupStats(
             cpu_usage_ns=read_int(self.root / "cpuacct" / path / "cpuacct.usage"),
             memory_bytes=memory,
             pids=read_int(self.root / "pids" / path / "pids.current"),
             memory_working_set_bytes=working_set(memory, inactive),
             oom_kills=self.oom_killed(path),
+            cpu_periods=cfs.get("nr_periods", 0),
+            cpu_throttled_periods=cfs.get("nr_throttled", 0),
+            cpu_throttled_ns=cfs.get("throttled_time", 0),
         )
 
     def remove(self, path: str) -> None:

@@ -131,12 +131,16 @@ class V2Driver:
         cg = self.root / path
         memory = read_int(cg / "memory.current")
         inactive = read_keyed(cg / "memory.stat").get("inactive_file", 0)
+        cpu = read_keyed(cg / "cpu.stat")
         return CgroupStats(
-            cpu_usage_ns=read_keyed(cg / "cpu.stat").get("usage_usec", 0) * 1000,
+            cpu_usage_ns=cpu.get("usage_usec", 0) * 1000,
             memory_bytes=memory,
             pids=read_int(cg / "pids.current"),
             memory_working_set_bytes=working_set(memory, inactive),
             oom_kills=self.oom_killed(path),
+            cpu_periods=cpu.get("nr_periods", 0),
+            cpu_throttled_periods=cpu.get("nr_throttled", 0),
+            cpu_throttled_ns=cpu.get("throttled_usec", 0) * 1000,
         )
 
     def remove(self, path: str) -> None:

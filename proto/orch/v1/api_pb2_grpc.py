@@ -101,6 +101,21 @@ class OrchStub:
                 request_serializer=orch_dot_v1_dot_exec__pb2.ExecInput.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_exec__pb2.ExecOutput.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/orch.v1.Orch/Watch',
+                request_serializer=orch_dot_v1_dot_api__pb2.WatchRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_api__pb2.WatchResponse.FromString,
+                _registered_method=True)
+        self.Explain = channel.unary_unary(
+                '/orch.v1.Orch/Explain',
+                request_serializer=orch_dot_v1_dot_api__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_api__pb2.Explanation.FromString,
+                _registered_method=True)
+        self.Version = channel.unary_unary(
+                '/orch.v1.Orch/Version',
+                request_serializer=orch_dot_v1_dot_api__pb2.VersionRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_api__pb2.VersionInfo.FromString,
+                _registered_method=True)
 
 
 class OrchServicer:
@@ -192,6 +207,28 @@ class OrchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """`get --watch`, `events --watch`: one message now and one after each change (bursts
+        coalesced); the client lists again. Ends only when the client or the scheduler goes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Explain(self, request, context):
+        """`orch explain INSTANCE`: every node's verdict on it, and what happened to it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Version(self, request, context):
+        """`orch version`: the scheduler's version and the agents' (from their node records).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -259,6 +296,21 @@ def add_OrchServicer_to_server(servicer, server):
                     servicer.Exec,
                     request_deserializer=orch_dot_v1_dot_exec__pb2.ExecInput.FromString,
                     response_serializer=orch_dot_v1_dot_exec__pb2.ExecOutput.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=orch_dot_v1_dot_api__pb2.WatchRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_api__pb2.WatchResponse.SerializeToString,
+            ),
+            'Explain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Explain,
+                    request_deserializer=orch_dot_v1_dot_api__pb2.ExplainRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_api__pb2.Explanation.SerializeToString,
+            ),
+            'Version': grpc.unary_unary_rpc_method_handler(
+                    servicer.Version,
+                    request_deserializer=orch_dot_v1_dot_api__pb2.VersionRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_api__pb2.VersionInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -612,6 +664,87 @@ class Orch:
             '/orch.v1.Orch/Exec',
             orch_dot_v1_dot_exec__pb2.ExecInput.SerializeToString,
             orch_dot_v1_dot_exec__pb2.ExecOutput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/orch.v1.Orch/Watch',
+            orch_dot_v1_dot_api__pb2.WatchRequest.SerializeToString,
+            orch_dot_v1_dot_api__pb2.WatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Explain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.Orch/Explain',
+            orch_dot_v1_dot_api__pb2.ExplainRequest.SerializeToString,
+            orch_dot_v1_dot_api__pb2.Explanation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Version(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.Orch/Version',
+            orch_dot_v1_dot_api__pb2.VersionRequest.SerializeToString,
+            orch_dot_v1_dot_api__pb2.VersionInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,14 @@ class OrchStub:
     """Usage now, asked of every ready node's agent (`orch top`)."""
     Exec: _grpc.StreamStreamMultiCallable[_exec_pb2.ExecInput, _exec_pb2.ExecOutput]
     """`orch exec`: a command in a running instance, relayed to its node's agent."""
+    Watch: _grpc.UnaryStreamMultiCallable[_api_pb2.WatchRequest, _api_pb2.WatchResponse]
+    """`get --watch`, `events --watch`: one message now and one after each change (bursts
+    coalesced); the client lists again. Ends only when the client or the scheduler goes.
+    """
+    Explain: _grpc.UnaryUnaryMultiCallable[_api_pb2.ExplainRequest, _api_pb2.Explanation]
+    """`orch explain INSTANCE`: every node's verdict on it, and what happened to it."""
+    Version: _grpc.UnaryUnaryMultiCallable[_api_pb2.VersionRequest, _api_pb2.VersionInfo]
+    """`orch version`: the scheduler's version and the agents' (from their node records)."""
 
 @_typing.type_check_only
 class OrchAsyncStub(OrchStub):
@@ -83,6 +91,14 @@ class OrchAsyncStub(OrchStub):
     """Usage now, asked of every ready node's agent (`orch top`)."""
     Exec: _aio.StreamStreamMultiCallable[_exec_pb2.ExecInput, _exec_pb2.ExecOutput]  # type: ignore[assignment]
     """`orch exec`: a command in a running instance, relayed to its node's agent."""
+    Watch: _aio.UnaryStreamMultiCallable[_api_pb2.WatchRequest, _api_pb2.WatchResponse]  # type: ignore[assignment]
+    """`get --watch`, `events --watch`: one message now and one after each change (bursts
+    coalesced); the client lists again. Ends only when the client or the scheduler goes.
+    """
+    Explain: _aio.UnaryUnaryMultiCallable[_api_pb2.ExplainRequest, _api_pb2.Explanation]  # type: ignore[assignment]
+    """`orch explain INSTANCE`: every node's verdict on it, and what happened to it."""
+    Version: _aio.UnaryUnaryMultiCallable[_api_pb2.VersionRequest, _api_pb2.VersionInfo]  # type: ignore[assignment]
+    """`orch version`: the scheduler's version and the agents' (from their node records)."""
 
 class OrchServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -185,5 +201,31 @@ class OrchServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_exec_pb2.ExecOutput], _abc.AsyncIterator[_exec_pb2.ExecOutput]]:
         """`orch exec`: a command in a running instance, relayed to its node's agent."""
+
+    @_abc_1.abstractmethod
+    def Watch(
+        self,
+        request: _api_pb2.WatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_api_pb2.WatchResponse], _abc.AsyncIterator[_api_pb2.WatchResponse]]:
+        """`get --watch`, `events --watch`: one message now and one after each change (bursts
+        coalesced); the client lists again. Ends only when the client or the scheduler goes.
+        """
+
+    @_abc_1.abstractmethod
+    def Explain(
+        self,
+        request: _api_pb2.ExplainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.Explanation, _abc.Awaitable[_api_pb2.Explanation]]:
+        """`orch explain INSTANCE`: every node's verdict on it, and what happened to it."""
+
+    @_abc_1.abstractmethod
+    def Version(
+        self,
+        request: _api_pb2.VersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.VersionInfo, _abc.Awaitable[_api_pb2.VersionInfo]]:
+        """`orch version`: the scheduler's version and the agents' (from their node records)."""
 
 def add_OrchServicer_to_server(servicer: OrchServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,87 @@
+"""An AppSpec back into the manifest it came from: the inverse of manifest.py, for
+`orch diff`, `orch apply --dry-run` and `orch get app NAME -o yaml` (which can be
+applied again). Fields at their zero value are left out, as a user leaves them out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from cli.manifest import API_VERSION, KIND, PLACEMENTS, RESTART_POLICIES
+from orch.quantity import format_cpu, format_duration, format_memory
+from orch.v1 import types_pb2 as pb
+
+_RESTART_NAMES = {v: k for k, v in RESTART_POLICIES.items()}
+_PLACEMENT_NAMES = {v: k for k, v in PLACEMENTS.items()}
+
+
+def manifest(spec: pb.AppSpec) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": spec.name}
+    if spec.labels:
+        metadata["labels"] = dict(sorted(spec.labels.items()))
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": _spec(spec)}
+
+
+def manifest_yaml(spec: pb.AppSpec) -> str:
+    return yaml.safe_dump(manifest(spec), sort_keys=False, default_flow_style=False, width=1000)
+
+
+def _spec(s: pb.AppSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {"replicas": s.replicas, "image": s.image}
+    _put(out, "command", list(s.command))
+    _put(out, "args", list(s.args))
+    _put(out, "env", dict(sorted(s.env.items())))
+    r = s.resources
+    resources = {
+        "cpu": format_cpu(r.cpu_millis) if r.cpu_millis else None,
+        "memory": format_memory(r.memory_bytes) if r.memory_bytes else None,
+        "pids": r.pids or None,
+    }
+    _put(out, "resources", {k: v for k, v in resources.items() if v is not None})
+    _put(out, "ports", [_port(p) for p in s.ports])
+    _put(out, "restartPolicy", _RESTART_NAMES.get(s.restart_policy))
+    _put(out, "nodeSelector", dict(sorted(s.node_selector.items())))
+    _put(out, "antiAffinity", list(s.anti_affinity))
+    _put(out, "placement", _PLACEMENT_NAMES.get(s.placement))
+    if s.HasField("update"):
+        out["update"] = {"maxSurge": s.update.max_surge, "maxUnavailable": s.update.max_unavailable}
+    if s.HasField("readiness"):
+        out["readiness"] = _readiness(s.readiness)
+    _put(out, "stopGracePeriod", format_duration(s.stop_grace_period_ms) if s.stop_grace_period_ms else None)
+    _put(out, "user", s.user)
+    _put(out, "workingDir", s.working_dir)
+    _put(out, "readOnlyRootFilesystem", s.read_only_root_fs or None)
+    _put(out, "hostUsers", False if s.user_namespace else None)
+    caps = {"add": list(s.capabilities.add), "drop": list(s.capabilities.drop)}
+    _put(out, "capabilities", {k: v for k, v in caps.items() if v})
+    _put(out, "seccomp", s.seccomp)
+    return out
+
+
+def _put(out: dict[str, Any], key: str, value: Any) -> None:
+    if value not in (None, "", [], {}):
+        out[key] = value
+
+
+def _port(p: pb.Port) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    _put(out, "name", p.name)
+    out["containerPort"] = p.container_port
+    _put(out, "hostPort", p.host_port or None)
+    _put(out, "protocol", p.protocol)
+    return out
+
+
+def _readiness(r: pb.Readiness) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    which = r.WhichOneof("probe")
+    if which == "tcp":
+        out["tcp"] = r.tcp
+    elif which == "exec":
+        out["exec"] = list(r.exec.command)
+    elif which == "http":
+        out["http"] = {"port": r.http.port, **({"path": r.http.path} if r.http.path else {})}
+    _put(out, "periodSeconds", format_duration(r.period_ms) if r.period_ms else None)
+    _put(out, "timeoutSeconds", format_duration(r.timeout_ms) if r.timeout_ms else None)
+    return out

@@ -1,0 +1,13 @@
+"""orch's version: pyproject.toml's, as installed. One source for the CLI, the scheduler and
+the agents (which report it on their node records)."""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+
+def version() -> str:
+    try:
+        return metadata.version("orch")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
