@@ -56,6 +56,7 @@ def _spec(s: pb.AppSpec) -> dict[str, Any]:
     caps = {"add": list(s.capabilities.add), "drop": list(s.capabilities.drop)}
     _put(out, "capabilities", {k: v for k, v in caps.items() if v})
     _put(out, "seccomp", s.seccomp)
+    _put(out, "init", s.init or None)
     return out
 
 

@@ -38,6 +38,7 @@ spec:
   hostUsers: false
   capabilities: {add: [NET_BIND_SERVICE], drop: [MKNOD]}
   seccomp: unconfined
+  init: true
 """ % ("a" * 64)
 
 
