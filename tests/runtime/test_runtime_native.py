@@ -211,9 +211,9 @@ def test_orch_init_forwards_signals_to_the_command(binaries: native.NativeBinari
 def test_the_command_starts_with_default_signals_whatever_orch_init_inherited(
     binaries: native.NativeBinaries, tmp_path: Path
 ) -> None:
-    # The zygote ignores HUP and INT, and ignored signals survive exec: not into the command.
+    # The zygote ignores HUP and INT, Python PIPE, and ignored signals survive exec: not into the command.
     out = tmp_path / "status"
-    script = f"trap '' HUP INT; exec {binaries.init} 3 sh -c 'cat /proc/self/status > {out}' 3>/dev/null"
+    script = f"trap '' HUP INT PIPE; exec {binaries.init} 3 sh -c 'cat /proc/self/status > {out}' 3>/dev/null"
     subprocess.run(["sh", "-c", script], check=True, timeout=10)
     status = dict(line.split(":\t", 1) for line in out.read_text().splitlines())
     assert int(status["SigBlk"], 16) == 0
