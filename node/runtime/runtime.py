@@ -361,7 +361,7 @@ class Runtime:
         for shim_pid, shim_start in shims:
             procs.wait_gone(shim_pid, shim_start, _SHIM_EXIT_TIMEOUT)
         # A reaper PID 1 left alone may still be in its kernel exit (the shim does not wait
-        # for that, see shim._exit_status): its mounts and namespaces go with it.
+        # for that, see orch-shim.c end_status): its mounts and namespaces go with it.
         procs.wait_gone(start.get("pid"), start.get("pid_start"), _SHIM_EXIT_TIMEOUT)
         self._remove_files(id)
 

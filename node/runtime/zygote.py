@@ -272,7 +272,7 @@ def main(argv: list[str]) -> int:
         (zygote_dir / "pid").write_text(f"{pid}\n")
         os._exit(0)
     os.setsid()
-    # A shim need not wait for its PID 1's kernel exit (shim._exit_status): the orphan is then
+    # A shim need not wait for its PID 1's kernel exit (orch-shim.c end_status): the orphan is then
     # re-parented to us, the shim's parent, and reaped with the shims.
     LinuxSyscalls().prctl(_PR_SET_CHILD_SUBREAPER, 1)
     devnull = os.open("/dev/null", os.O_RDWR)
