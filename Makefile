@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml deploy/install-deps.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/python -c 'from node.runtime.native import check; check()'  # the C programs build here
 	touch $@
 
 demo: setup

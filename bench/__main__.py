@@ -1,12 +1,12 @@
 """Run orch's benchmarks and print markdown tables (see docs/benchmarks.md).
 
     python -m bench                          all of them, in sequence, with modest defaults
-    python -m bench runtime|hollow|recovery|etcd_failover|lab|partition|converge|discovery [ARGS...]
+    python -m bench runtime|footprint|hollow|recovery|etcd_failover|lab|partition|converge|discovery [ARGS...]
 
 ARGS go to that benchmark after its defaults, so an option given there wins
 (e.g. `python -m bench hollow --nodes 100`). Each benchmark runs in its own
 process with the same interpreter (sys.executable). Root is needed for
-runtime, recovery, lab, partition and discovery (real containers).
+runtime, footprint, recovery, lab, partition and discovery (real containers).
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # name -> (module, default arguments, what it measures)
 BENCHES: dict[str, tuple[str, list[str], str]] = {
     "runtime": ("bench.runtime_start", ["--runs", "100"], "container start-to-exit: orch Runtime vs crun and runc"),
+    "footprint": (
+        "bench.node_footprint",
+        ["--containers", "10", "--agent-containers", "100"],
+        "PSS per container beside its workload; the agent's RSS with 100 containers",
+    ),
     "hollow": (
         "bench.hollow",
         ["--nodes", "100", "1000", "5000", "--instances", "10000"],

@@ -170,9 +170,10 @@ class Bench:
 
 
 @contextlib.contextmanager
-def orch_up(base: Path) -> Iterator[dict[str, Any]]:
+def orch_up(base: Path, nodes: int = 3, logs: Path = LOGS) -> Iterator[dict[str, Any]]:
+    """`orch up --nodes N` until it is stopped; its logs are copied to `logs` at the end."""
     state = base / "up"
-    argv = orch_argv("up", "--nodes", "3", "--state-dir", str(state), "--port", "0")
+    argv = orch_argv("up", "--nodes", str(nodes), "--state-dir", str(state), "--port", "0")
     env = orch_env() | {"ORCH_UP_CIDR": unused_cidr(150)}
     log_path = base / "up.log"
     with open(log_path, "wb") as log:
@@ -189,12 +190,12 @@ def orch_up(base: Path) -> Iterator[dict[str, Any]]:
     finally:
         stop(proc, timeout=120)
         if proc.returncode != 0:
-            print(f"orch up exited with {proc.returncode}; see {LOGS / 'up.log'}", file=sys.stderr)
-        shutil.rmtree(LOGS, ignore_errors=True)
-        LOGS.mkdir()
+            print(f"orch up exited with {proc.returncode}; see {logs / 'up.log'}", file=sys.stderr)
+        shutil.rmtree(logs, ignore_errors=True)
+        logs.mkdir()
         if (state / "logs").is_dir():
-            shutil.copytree(state / "logs", LOGS, dirs_exist_ok=True)
-        shutil.copy2(log_path, LOGS / "up.log")
+            shutil.copytree(state / "logs", logs, dirs_exist_ok=True)
+        shutil.copy2(log_path, logs / "up.log")
 
 
 def p50_min_max(xs: list[float]) -> str:

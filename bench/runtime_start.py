@@ -10,7 +10,8 @@ exit_fd() is readable, inside this one long-running process; crun and runc
 from spawn to exit of `X run`. crun 1.8 refuses this hybrid cgroup host unless
 /sys/fs/cgroup/unified/cgroup.controllers looks empty, so its loop runs in a
 child inside a private mount namespace where an empty file is bound over it.
-Also: PSS of the shim (and the init reaper) for 10 idle containers.
+Also: PSS of the supervisor (orch-shim) and of orch-init for 10 idle `init: true` containers
+(bench/node_footprint.py measures the default too, and the agent).
 """
 
 from __future__ import annotations
@@ -153,7 +154,10 @@ def measure_pss(rt: Runtime, rootfs: Path, logs: Path, count: int = 10) -> tuple
     shims, inits = [], []
     try:
         for id in ids:
-            rt.start(ContainerConfig(id=id, rootfs=rootfs, argv=("sleep", "1000"), env={}, log_path=logs / id))
+            config = ContainerConfig(
+                id=id, rootfs=rootfs, argv=("sleep", "1000"), env={}, log_path=logs / id, init=True
+            )
+            rt.start(config)
         time.sleep(0.5)
         for id in ids:
             start = json.loads((rt.state_dir / id / "start.json").read_text())
@@ -226,7 +230,10 @@ def print_table(results: dict[str, dict[str, tuple[float, float]]], runs: int, s
         b, i = modes["back-to-back"], modes["isolated"]
         ratio = f"{b[0] / crun['back-to-back'][0]:.2f}x / {i[0] / crun['isolated'][0]:.2f}x"
         print(f"| {name} | {b[0]:.1f} / {b[1]:.1f} | {i[0]:.1f} / {i[1]:.1f} | {ratio} |")
-    print(f"\nPSS per idle container (10 `sleep` containers): shim {shim:.2f} MiB, init reaper {init:.2f} MiB")
+    print(
+        f"\nPSS per idle container (10 `sleep` containers, init: true): orch-shim {shim:.2f} MiB, "
+        f"orch-init {init:.2f} MiB"
+    )
 
 
 if __name__ == "__main__":

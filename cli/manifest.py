@@ -419,6 +419,7 @@ _SPEC: dict[str, _Setter] = {
         },
     ),
     "onNodeLost": _choice("on_node_lost", NODE_LOST_ACTIONS),
+    "init": _scalar("init", _Doc.boolean),
 }
 
 

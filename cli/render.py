@@ -60,6 +60,7 @@ def _spec(s: pb.AppSpec) -> dict[str, Any]:
     if s.HasField("service"):
         out["service"] = {"port": s.service.port, "targetPort": s.service.target_port, "protocol": s.service.protocol}
     _put(out, "onNodeLost", _NODE_LOST_NAMES.get(s.on_node_lost))
+    _put(out, "init", s.init or None)
     return out
 
 

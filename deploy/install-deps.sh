@@ -11,7 +11,8 @@
 set -euo pipefail
 
 # libseccomp2: the runtime compiles its seccomp filters with it (ctypes).
-# gcc, libc6-dev: the tests build tests/fixtures/sysprobe.c statically.
+# gcc, libc6-dev: the runtime compiles its container supervisor and init (node/runtime/native/*.c)
+# on the node; the tests build tests/fixtures/sysprobe.c statically.
 # chromium: the dashboard test loads the page in a real headless browser.
 # wget: the service tests' client (busybox-static's wget cannot resolve names).
 PACKAGES=(etcd-server etcd-client busybox-static iproute2 util-linux python3-venv python3-pip curl

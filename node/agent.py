@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,12 @@ from orch.version import version
 log = logging.getLogger(__name__)
 VERSION = version()
 GOODBYE_TIMEOUT = 2.0  # s to wait for the scheduler to confirm it holds the node for our restart
+# Threads for blocking work, each kind in a bounded pool of its own so that none starves another:
+# starts, stops and state reads on the loop's default executor; probes, image pulls (and gc) apart.
+# Log follows and usage samples have theirs in api.py. Waits (exits, grace periods) use no thread.
+LIFECYCLE_THREADS = 8
+PROBE_THREADS = 4
+PULL_THREADS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +117,10 @@ class Agent:
             seccomp_profile=config.seccomp_profile,
             supervisors=cgroups.supervisors,
         )
+        try:  # the C programs every container needs: compiled now, so a node that cannot says so at once
+            log.debug("container supervisor: %s", self.runtime.native.shim)
+        except ContainerError as e:
+            raise SystemExit(f"orch node: {e}") from None
         self.network: NodeNetwork | None = None  # once the node has its subnet (self.networking)
         self.networking = self._networking() if config.bridge else None
         # DNS and VIPs need a bridge: containers without one have no way to the gateway.
@@ -123,6 +134,8 @@ class Agent:
         log_dir = config.state_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         self.images = ImageStore(config.state_dir / "images", insecure=config.insecure_registries)
+        self._probes = ThreadPoolExecutor(PROBE_THREADS, thread_name_prefix="orch-probes")
+        self._pulls = ThreadPoolExecutor(PULL_THREADS, thread_name_prefix="orch-pulls")
         self._deps = WorkerDeps(
             self.runtime,
             self.network,
@@ -133,6 +146,8 @@ class Agent:
             resolv_conf=self.discovery.resolv_conf if self.discovery else None,
             started=self.metrics.started,
             exited=self.metrics.exited,
+            probes=self._probes,
+            pulls=self._pulls,
         )
         # Self-fencing: what the previous agent process knew (a restart), then what the scheduler says.
         self._fencing_file = config.state_dir / "fencing.json"
@@ -345,11 +360,12 @@ class Agent:
         while True:
             await asyncio.sleep(self.config.image_gc_interval)
             try:
-                usage = await asyncio.to_thread(self.images.disk_usage)
+                loop = asyncio.get_running_loop()
+                usage = await loop.run_in_executor(self._pulls, self.images.disk_usage)
                 if usage.total_bytes <= self.config.image_gc_above:
                     continue
                 keep = {w.instance.spec.image for w in self._all_workers()}
-                result = await asyncio.to_thread(self.images.gc, keep)
+                result = await loop.run_in_executor(self._pulls, self.images.gc, keep)
                 if result.freed_bytes:
                     log.info("image gc: freed %d bytes (%d layers)", result.freed_bytes, result.removed_layers)
             except Exception as e:  # whatever it was, the next round tries again: the task lives on
@@ -420,9 +436,10 @@ async def leave(agent: Agent, task: asyncio.Task[None]) -> None:
 
 def main(config: AgentConfig) -> None:
     async def run() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(LIFECYCLE_THREADS, thread_name_prefix="orch-lifecycle"))
         agent = Agent(config)
         task = asyncio.create_task(agent.run())
-        loop = asyncio.get_running_loop()
         leaving: list[asyncio.Task[None]] = []
 
         def on_signal() -> None:

@@ -5,7 +5,7 @@ the node bridge, so the probe really crosses the container's network
 namespace); exec runs the command through the runtime's exec path
 (Runtime.exec, as `runc exec` does): the container's namespaces, cgroup,
 user, capabilities and no_new_privs, never host root. A probe is one
-blocking call; the worker runs them in a thread.
+blocking call; the worker runs them on the agent's probe pool, each for at most MAX_TIMEOUT.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from orch.v1 import types_pb2 as pb
 
 DEFAULT_PERIOD = 2.0
 DEFAULT_TIMEOUT = 1.0
+# A probe holds one of the agent's few probe threads while it runs: whatever the app says, at
+# most this long (Kubernetes' timeoutSeconds has no bound; its default is 1 s, like ours).
+MAX_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +36,7 @@ def period_of(r: pb.Readiness) -> float:
 
 def probe(r: pb.Readiness, ip: str, runtime: Runtime, id: str) -> ProbeResult:
     """id: the container; exec probes run in it."""
-    timeout = r.timeout_ms / 1000 if r.timeout_ms else DEFAULT_TIMEOUT
+    timeout = min(r.timeout_ms / 1000 if r.timeout_ms else DEFAULT_TIMEOUT, MAX_TIMEOUT)
     kind = r.WhichOneof("probe")
     host = ip or "127.0.0.1"
     if kind == "tcp":

@@ -6,19 +6,24 @@ retried with capped backoff, adopting whatever container the failed attempt
 left; after AGENT_ERROR_LIMIT quick failures in a row the instance is given up
 as Failed/AgentError, which the scheduler replaces on another node.
 
-Blocking runtime and network calls run in threads; the wait for an exit is
-a pidfd registered with the event loop, so an idle instance costs nothing.
+Blocking runtime and network calls run in threads: starts and stops on the loop's default
+executor, probes and image pulls on pools of their own (WorkerDeps), so a slow probe or pull
+never holds a thread a start or a stop needs. Waits are on the loop, not in a thread: an exit
+is a pidfd registered with the event loop (an idle instance costs nothing), and so is a stop's
+grace period.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +58,9 @@ class WorkerDeps:
     started: Callable[[str], None] = lambda app: None  # an instance of app is given to this node (metrics)
     exited: Callable[[str, str], None] = lambda app, reason: None  # its main process exited, and why
     resolv_conf: Callable[[str], str] | None = None  # app -> its containers' resolv.conf (node/dns)
+    # Bounded pools of their own (the agent's); None: the loop's default executor.
+    probes: Executor | None = None
+    pulls: Executor | None = None
 
 
 def container_config(
@@ -85,6 +93,7 @@ def container_config(
         read_only_rootfs=spec.read_only_root_fs,
         user_namespace=spec.user_namespace,
         seccomp=spec.seccomp or SECCOMP_DEFAULT,  # "unconfined"; the runtime refuses what it does not know
+        init=spec.init,  # False: the command is PID 1, as under Docker
         cpu_millis=spec.resources.cpu_millis,
         memory_bytes=spec.resources.memory_bytes,
         pids=spec.resources.pids or default_pids,
@@ -245,12 +254,13 @@ class InstanceWorker:
         """The image, pulled if needed; None after a failed pull and its backoff (or a stop)."""
         image = self.instance.spec.image
         images = self._deps.images
+        loop = asyncio.get_running_loop()
         try:
-            if not await asyncio.to_thread(images.is_present, image):
+            if not await loop.run_in_executor(self._deps.pulls, images.is_present, image):
                 self._set(
                     pb.InstanceStatus(state=pb.INSTANCE_STATE_PULLING, reason="Pulling", message=f"pulling {image}")
                 )
-            prepared = await asyncio.to_thread(images.prepare, image)
+            prepared = await loop.run_in_executor(self._deps.pulls, images.prepare, image)
         except (ImageError, OSError) as e:
             log.warning("instance %s: %s", self.instance.name, e)
             delay = self._pulls.next(1, 0.0).delay or 1.0
@@ -348,8 +358,10 @@ class InstanceWorker:
         spec = self.instance.spec
         if not spec.HasField("readiness"):
             return
+        loop = asyncio.get_running_loop()
+        run = functools.partial(probe, spec.readiness, self.ip, self._deps.runtime, self.instance.name)
         while True:
-            result = await asyncio.to_thread(probe, spec.readiness, self.ip, self._deps.runtime, self.instance.name)
+            result = await loop.run_in_executor(self._deps.probes, run)
             message = "" if result.ok else f"readiness: {result.detail}"
             if result.ok != self.status.ready or message != self.status.message:
                 status = pb.InstanceStatus()
@@ -392,7 +404,7 @@ class InstanceWorker:
         name = self.instance.name
         grace = 0.0 if self.fenced else (self.instance.spec.stop_grace_period_ms or 10_000) / 1000
         try:
-            state = await asyncio.to_thread(self._deps.runtime.stop, name, grace)
+            state = await self._stop_container(name, grace)
             await asyncio.to_thread(self._deps.runtime.remove, name)
         except (ContainerError, OSError) as e:
             log.warning("instance %s: stop failed: %s", name, e)
@@ -405,3 +417,22 @@ class InstanceWorker:
             status.exit_code = state.exit_code
             status.has_exit_code = True
         self._set(status)
+
+    async def _stop_container(self, name: str, grace: float) -> ContainerState:
+        """Runtime.stop, with the grace period waited on the loop: a thread held for it (up to
+        stopGracePeriod, and a PID 1 without a SIGTERM handler uses all of it) would be one
+        fewer for starts. SIGTERM, the wait for the end, then stop(0) kills what is left."""
+        runtime = self._deps.runtime
+        if grace > 0:
+            await asyncio.to_thread(runtime.kill, name, signal.SIGTERM)
+            fd = await asyncio.to_thread(runtime.exit_fd, name)
+            ended = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            loop.add_reader(fd, ended.set)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ended.wait(), grace)
+            finally:
+                loop.remove_reader(fd)
+                os.close(fd)
+        return await asyncio.to_thread(runtime.stop, name, 0)

@@ -6,17 +6,19 @@ Vocabulary:
                    <controller root>/<cgroup_parent>/<id>
     zygote         a fork server per state dir (zygote.py): forks a shim in ~2 ms
                    instead of starting a Python interpreter (~100 ms)
-    shim           one supervisor per container: forks PID 1, copies its output
-                   into the log, waits, writes exit.json; it outlives the agent
-                   and the zygote, so containers survive an agent restart
+    shim           one supervisor per container: forks PID 1 and drives its start
+                   (Python), then execs orch-shim (C), which copies its output into
+                   the log, waits and writes exit.json; it outlives the agent and the
+                   zygote, so containers survive an agent restart
     init steps     the ordered setup PID 1 runs before exec (init.py): SETUP_STEPS
                    (namespaces, mounts) then EXEC_STEPS (cgroup ns, rlimits, caps, ids)
-    reaper         with init=True, PID 1 stays a tiny init that forwards signals to
-                   the command and reaps zombies
+    PID 1          the command itself; with init=True, orch-init (C), a tiny init
+                   that forwards signals to the command and reaps zombies
 
 Modules: model (data), errors, runtime (Runtime), shim + shim_client + zygote
-(the handshake), init (PID 1 steps), security (caps, users, rlimits), logs
-(CRI log format, rotation, read_logs), sys (the syscall seam), cgroups/ (v1, v2).
+(the handshake), init (PID 1 steps), native (the C programs: build, sealed copy),
+exits (what an exit means), security (caps, users, rlimits), logs (CRI log
+format, rotation, read_logs), sys (the syscall seam), cgroups/ (v1, v2).
 See docs/runtime.md.
 """
 

@@ -10,7 +10,6 @@ up after a crash).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import signal
@@ -32,7 +31,7 @@ __all__ = [
     "InitPlan",
     "exec_command",
     "exec_failure",
-    "exec_with_reaper",
+    "exec_reaper",
     "pick_steps",
     "run_setup",
 ]
@@ -378,8 +377,8 @@ EXEC_STEPS: tuple[Step, ...] = (
     ("set_caps", _set_caps),
     # Last before exec: the filter was compiled for the final capability set, and the
     # steps above make calls it denies a container (setns, unshare). Loading needs
-    # no_new_privs (set above) once CAP_SYS_ADMIN is gone. What runs after it (exec,
-    # and a reaper PID 1's spawn, waitpid, kill, write) is all allowed by the profile.
+    # no_new_privs (set above) once CAP_SYS_ADMIN is gone. What runs after it (exec, and
+    # orch-init's execveat, fork, wait4, kill, write) is all allowed by the profile.
     ("load_seccomp", _load_seccomp),
 )
 
@@ -401,7 +400,8 @@ def exec_command(s: sc.Syscalls, plan: InitPlan) -> NoReturn:
     s.execvpe(plan.argv[0], plan.argv, plan.env)
 
 
-# What a reaper PID 1 passes on to the command (tini and docker-init do the same).
+# What orch-init (init=True) passes on to the command, as tini and docker-init do; the exec
+# path's C process ignores the others. The list in native/orch-init.c is the same.
 FORWARDED_SIGNALS = (
     signal.SIGHUP,
     signal.SIGINT,
@@ -414,70 +414,12 @@ FORWARDED_SIGNALS = (
 )
 
 
-def exec_with_reaper(s: sc.Syscalls, plan: InitPlan, report: Callable[[dict[str, object]], None]) -> NoReturn:
-    """PID 1 spawns the command and stays behind as a tiny init: it forwards signals to the
-    command, reaps every orphan that is re-parented to it, and when the command has ended
-    reports {"status": <wait status>, "alone": <nothing else was left>} and exits (the kernel
-    then kills what is left).
-
-    report({}) once the command was exec'd, or report({"stage": "exec", ...}) if it could not be.
-    """
-    # This process never execs: it is the host's Python with the shim's memory and pipes, and
-    # container root (same uid, CAP_DAC_OVERRIDE) could open its /proc/1/fd, environ and mem.
-    # Not dumpable, those need CAP_SYS_PTRACE over the host's user namespace. The command's
-    # execve makes it dumpable again, as any container process is.
-    s.prctl(sc.PR_SET_DUMPABLE, 0)
-    child = 0
-
-    def forward(sig: int, _frame: object) -> None:
-        if child:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, sig)
-
-    for sig in FORWARDED_SIGNALS:
-        signal.signal(sig, forward)
-    # Blocked until `child` is known: a SIGTERM arriving before the assignment (the command
-    # may already run and print) stays pending instead of being dropped. The command starts
-    # with these signals at SIG_DFL and unblocked.
-    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
-    try:
-        child = s.spawnvpe(plan.argv[0], plan.argv, plan.env, FORWARDED_SIGNALS)
-    except OSError as exc:
-        code, message = exec_failure(plan.argv[0], exc)
-        report({"stage": "exec", "code": code, "message": message})
-        report({"status": code << 8})  # as if a child had exited with `code`
-        os._exit(0)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
-    sc.set_process_title("init")
-    report({})
-    status = 0
-    while True:
-        try:
-            got, st = os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-        if got == child:
-            status = st
-            break
-    alone = _alone()
-    if alone:
-        # The kernel releases an exiting process's files only after its namespaces are torn
-        # down (~3-5 ms here): closed now, the log pipes reach EOF at once. With nothing else
-        # left in the pid namespace, no one can write to them any more.
-        os.closerange(0, 3)
-    report({"status": status, "alone": alone})
-    os._exit(0)
-
-
-def _alone() -> bool:
-    """Reap what has already ended; True if no other process is left in the pid namespace
-    (each one descends from PID 1, and orphans are re-parented to it)."""
-    try:
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
-    except ChildProcessError:
-        return True
-    return False
+def exec_reaper(s: sc.Syscalls, plan: InitPlan, image: int, report_fd: int) -> NoReturn:
+    """Replace PID 1 with orch-init (native/orch-init.c), from its sealed memfd `image`: it starts
+    the command, forwards signals to it, reaps orphans, and reports on report_fd (kept open
+    across the exec; orch-init makes it close-on-exec for the command)."""
+    os.set_inheritable(report_fd, True)
+    s.execve_fd(image, ("init", str(report_fd), *plan.argv), plan.env)
 
 
 def exec_failure(argv0: str, exc: OSError) -> tuple[int, str]:

@@ -42,7 +42,9 @@ class ContainerConfig:
     memory_bytes: int = 0
     pids: int = 0
     # -- added for issue 3; all optional, see docs/runtime.md ---------------
-    init: bool = True  # PID 1 is a tiny reaper that forwards signals; False: the command is PID 1
+    # False (Docker's default): the command is PID 1. True (`init: true`, docker run --init): PID 1
+    # is orch-init (native/orch-init.c), which forwards signals to the command and reaps zombies.
+    init: bool = False
     user: str = ""  # "UID[:GID]" or names from the image's /etc/passwd, /etc/group; "" = root
     cap_add: tuple[str, ...] = ()  # "NET_ADMIN" or "CAP_NET_ADMIN"; "ALL"
     cap_drop: tuple[str, ...] = ()

@@ -23,12 +23,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from node.runtime import procs, staged, userns
+from node.runtime import native, procs, staged, userns
 from node.runtime.cgroups import CgroupDriver, CgroupStats, Limits, driver_for
 from node.runtime.cgroups.placement import Supervisors
 from node.runtime.errors import ContainerError, NotFound, NotRunning, RuntimeStartError
 from node.runtime.exec_client import ExecProcess, start_exec
 from node.runtime.exec_request import ExecRequest
+from node.runtime.exits import normalized
 from node.runtime.layout import (
     ContainerDir,
     read_json,
@@ -82,12 +83,22 @@ class Runtime:
         self._supervisors = supervisors
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)  # spec.json holds the apps' env: root only (layout.py)
-        self._zygote = Zygote(self.state_dir, supervisors, self._cg.root) if use_zygote else None
+        self._native: native.NativeBinaries | None = None
+        init_binary = lambda: self.native.init  # noqa: E731  (built when the zygote first starts)
+        self._zygote = Zygote(self.state_dir, supervisors, self._cg.root, init_binary) if use_zygote else None
         self._userns_ids = userns_ids
         self._userns_lock = threading.Lock()
         self._userns_pending: dict[str, int] = {}  # id -> host id, until its spec.json exists
         # ".seccomp" is no container id (not a DNS label), so list() and the sweeps skip it.
         self._seccomp = FilterCache(load_profile(seccomp_profile), self.state_dir / ".seccomp")
+
+    @property
+    def native(self) -> native.NativeBinaries:
+        """orch-shim and orch-init (native.py), compiled into <state_dir>/.native on first use.
+        Raises NativeBuildError (no compiler, a failed compile): call it early to fail early."""
+        if self._native is None:
+            self._native = native.build(self.state_dir / ".native")
+        return self._native
 
     # -- paths ---------------------------------------------------------------
 
@@ -162,7 +173,7 @@ class Runtime:
             if host_id >= 0:  # the overlay's root directory is the upper's: owned by container root
                 os.chown(cdir.upper, host_id, host_id)
             spec = ShimSpec.resolve(
-                config, self._cg.name, self._cg.root, self._cgroup(id), host_id, netns_hook, self._seccomp
+                config, self._cg.name, self._cg.root, self._cgroup(id), host_id, netns_hook, self._seccomp, self.native
             )
             _write_etc_files(cdir, config)
             write_json_atomic(cdir.spec, spec.to_json())
@@ -350,7 +361,7 @@ class Runtime:
         for shim_pid, shim_start in shims:
             procs.wait_gone(shim_pid, shim_start, _SHIM_EXIT_TIMEOUT)
         # A reaper PID 1 left alone may still be in its kernel exit (the shim does not wait
-        # for that, see shim._exit_status): its mounts and namespaces go with it.
+        # for that, see orch-shim.c end_status): its mounts and namespaces go with it.
         procs.wait_gone(start.get("pid"), start.get("pid_start"), _SHIM_EXIT_TIMEOUT)
         self._remove_files(id)
 
@@ -381,7 +392,7 @@ class Runtime:
 
     def cleanup_all(self) -> None:
         """Stop (grace 0) and remove every container, orphaned cgroups too, the compiled seccomp
-        filters, then the parent cgroups."""
+        filters and C programs, then the parent cgroups."""
         errors: list[str] = []
         for st in self.list():
             try:
@@ -396,10 +407,11 @@ class Runtime:
                 errors.append(f"cgroup {name}: {exc}")
         if self._zygote is not None:
             self._zygote.stop()
-        try:
-            remove_tree(self._seccomp.directory)
-        except OSError as exc:
-            errors.append(f"{self._seccomp.directory}: {exc}")
+        for built in (self._seccomp.directory, self.state_dir / ".native"):  # rebuilt when needed
+            try:
+                remove_tree(built)
+            except OSError as exc:
+                errors.append(f"{built}: {exc}")
         base = 0  # cgroupfs: every level of cgroup_parent is ours; systemd: those below the scope
         if (sup := self._supervisors) is not None:
             base = len(Path(sup.scope_path).parts)
@@ -460,6 +472,7 @@ def _lost(cdir: ContainerDir, start: dict[str, Any]) -> dict[str, Any]:
 
 
 def _exited(id: str, start: dict[str, Any], ended: dict[str, Any]) -> ContainerState:
+    ended = normalized(ended)
     return ContainerState(
         id=id,
         status=ContainerStatus.EXITED,

@@ -16,17 +16,21 @@ Handshake (one line of JSON per message on <report fd>, one line back on <go fd>
     {"event": "netns", "pid": N} ─────────────────────────────────────▶ on_netns(N)
       (only if the Runtime has an on_netns hook; else straight to "G")
                                    ◀────────────────────────────────── "go"
-    "G" ───────────────────────────────▶ cgroup ns, rlimits, caps, ids; exec (directly, or
-                                         spawned under the reaper when init=True)
+    "G" ───────────────────────────────▶ cgroup ns, rlimits, caps, ids, seccomp; exec the
+                                         command, or (init=True) orch-init, which starts it
                                    ◀───── EOF/"{}" = exec'd, or {"stage": ...}
     {"event": "started"} | {"event": "start_failed"} ─────────────────▶ start() returns
-    (init=True: the reaper sends {"status": <wait status>} when the command ends)
+    exec orch-shim (native/orch-shim.c): the log copy, the wait and exit.json from here on
+    (init=True: orch-init sends {"status": <wait status>, "alone": B} when the command ends)
+
+A start that failed stays in Python to the end: it writes the full exit record itself.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import resource
@@ -40,14 +44,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from node.runtime import init, staged, userns
+from node.runtime import init, native, staged, userns
 from node.runtime.cgroups import CgroupDriver, driver_for
+from node.runtime.exits import exit_record
 from node.runtime.layout import ContainerDir, proc_start_time, read_json, write_json_atomic
 from node.runtime.logs import LogWriter
 from node.runtime.spec import ShimSpec
 from node.runtime.sys import CLONE_NEWPID, LinuxSyscalls, set_process_title
 
-__all__ = ["Pid1", "exit_record", "fork_staged", "main", "run_detached", "supervise"]
+__all__ = ["Pid1", "fork_staged", "main", "run_detached", "supervise"]
 
 _DRAIN_AFTER_EXIT = 2.0  # s: PID 1 is gone, so every writer dies; this only bounds a surprise
 
@@ -76,13 +81,16 @@ class _Reader:
 
 
 def _child(
-    spec: ShimSpec, cdir: ContainerDir, stdio: tuple[int, int], pipes: tuple[int, int], userns_fd: int
+    spec: ShimSpec, cdir: ContainerDir, stdio: tuple[int, int], pipes: tuple[int, int], fds: tuple[int, int]
 ) -> NoReturn:
-    """The container's PID 1. Never returns; reports failures as JSON lines to the shim."""
+    """The container's PID 1. Never returns; reports failures as JSON lines to the shim.
+
+    fds: its user namespace (-1: none) and orch-init's sealed image (-1: none)."""
     code = 1
+    userns_fd, init_image = fds
     try:
         _redirect_stdio(stdio)
-        _close_fds_except((*pipes, userns_fd))
+        _close_fds_except((*pipes, *fds))
         # No wait for the shim before the mounts: they touch nothing outside our own
         # namespaces, and without "G" (sent after start.json and the attach) we never exec.
         calls, plan = LinuxSyscalls(), spec.init_plan(cdir, userns_fd)
@@ -90,20 +98,20 @@ def _child(
             init.run_setup(calls, plan)
         except OSError as exc:
             _fail(pipes[1], "setup", exc)
-        code = _run_container(calls, plan, spec.config.init, pipes)
+        code = _run_container(calls, plan, init_image if spec.config.init else -1, pipes)
     except BaseException:
         traceback.print_exc()
     os._exit(code)
 
 
-def _staged_child(stage_dir: str, stdio: tuple[int, int], pipes: tuple[int, int]) -> NoReturn:
+def _staged_child(stage_dir: str, stdio: tuple[int, int], pipes: tuple[int, int], init_image: int) -> NoReturn:
     """A pre-staged PID 1 (staged.py): stages its mounts, then waits for its container's
     directory from the shim; EOF instead means the spare was never used."""
     from_shim, to_shim = pipes
     code = 1
     try:
         _redirect_stdio(stdio)
-        _close_fds_except(pipes)
+        _close_fds_except((*pipes, init_image))
         set_process_title("orch-init (spare)")
         calls, error = LinuxSyscalls(), None
         try:
@@ -122,7 +130,7 @@ def _staged_child(stage_dir: str, stdio: tuple[int, int], pipes: tuple[int, int]
             init.run_setup(calls, plan, staged.ROOTFS_STEPS)
         except OSError as exc:
             _fail(to_shim, "setup", exc)
-        code = _run_container(calls, plan, spec.config.init, pipes)
+        code = _run_container(calls, plan, init_image if spec.config.init else -1, pipes)
     except BaseException:
         traceback.print_exc()
     os._exit(code)
@@ -158,29 +166,33 @@ def _read_line(fd: int) -> str:
     return data[:-1].decode()
 
 
-def _run_container(calls: LinuxSyscalls, plan: init.InitPlan, use_init: bool, pipes: tuple[int, int]) -> int:
-    """From "R" on: wait for "G", run the exec steps, exec. Returns only with the exec failure's code."""
+def _run_container(calls: LinuxSyscalls, plan: init.InitPlan, init_image: int, pipes: tuple[int, int]) -> int:
+    """From "R" on: wait for "G", run the exec steps, exec the command, or orch-init from its
+    sealed image (init_image >= 0), which starts it. Returns only with the exec failure's code."""
     from_shim, to_shim = pipes
     os.write(to_shim, b"R")
     if os.read(from_shim, 1) != b"G":
         os._exit(1)
-    # Python ignores SIGPIPE/SIGXFSZ; ignored signals survive exec, so restore them.
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+    # Ignored signals survive exec: Python ignores SIGPIPE and SIGXFSZ, the zygote HUP and INT.
+    # The command starts with every disposition at its default, as under Docker.
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
     try:
         init.run_setup(calls, plan, init.EXEC_STEPS)
     except OSError as exc:
         _fail(to_shim, "setup", exc)
     if plan.userns_fd >= 0:
-        os.close(plan.userns_fd)  # joined: a reaper need not keep it
-    if use_init:
-        init.exec_with_reaper(calls, plan, lambda msg: _send(to_shim, msg))
+        os.close(plan.userns_fd)  # joined
     try:
+        if init_image >= 0:
+            init.exec_reaper(calls, plan, init_image, to_shim)
         init.exec_command(calls, plan)
     except OSError as exc:
-        code, message = init.exec_failure(plan.argv[0], exc)
-        _send(to_shim, {"stage": "exec", "code": code, "message": message})
-        return code
+        if init_image >= 0:  # orch-init itself: not the command's fault
+            exc.add_note("exec orch-init")
+            _fail(to_shim, "setup", exc)
+        _send(to_shim, {"stage": "exec", "errno": exc.errno or errno.EIO})
+        return init.exec_failure(plan.argv[0], exc)[0]
 
 
 def _fail(to_shim: int, stage: str, exc: OSError) -> NoReturn:
@@ -189,36 +201,19 @@ def _fail(to_shim: int, stage: str, exc: OSError) -> NoReturn:
     os._exit(1)
 
 
-def exit_record(status: int, oom_kills: int, start_error: str = "") -> dict[str, Any]:
-    """exit.json from a waitpid status: shell convention 128+signal, reason as the API names it."""
-    signaled = os.WIFSIGNALED(status)
-    code = 128 + os.WTERMSIG(status) if signaled else os.WEXITSTATUS(status)
-    if start_error:
-        reason = "StartError"
-    elif oom_kills and code != 0:
-        reason = "OOMKilled"
-    elif signaled:
-        reason = "Killed"
-    else:
-        reason = "Completed" if code == 0 else "Error"
-    message = start_error or (f"killed by signal {os.WTERMSIG(status)}" if signaled else "")
-    return {
-        "exit_code": code,
-        "signal": os.WTERMSIG(status) if signaled else 0,
-        "oom_killed": oom_kills > 0,
-        "finished_at": time.time(),
-        "reason": reason,
-        "message": message,
-    }
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a start failed."""
 
-
-Failure = tuple[str, str]  # (stage "setup" | "exec" | "shim", message); ("", "") = exec'd
+    stage: str  # "setup" | "exec" | "shim"
+    message: str
+    status: int | None = None  # the container's wait status when the failure decides it (exec)
 
 
 def _handshake(
     cg: CgroupDriver, spec: ShimSpec, child: int, to_child: int, msgs: _Reader, fds: tuple[int, int]
-) -> Failure:
-    """Drive the child from fork to exec."""
+) -> Failure | None:
+    """Drive the child from fork to exec; None once the command runs."""
     report, go = fds
     # The child's mounts already run (on another CPU) while a cgroup v1 attach may wait for
     # an RCU grace period. The child only unshares its cgroup namespace and execs after "G",
@@ -228,16 +223,22 @@ def _handshake(
     if first != b"R":
         msgs.buf = first
         failed = msgs.message() or {"message": "container init died"}
-        return "setup", str(failed.get("message"))
+        return Failure("setup", str(failed.get("message")))
     if spec.netns_hook:  # else nobody waits for the netns: on to exec at once
         _send(report, {"event": "netns", "pid": child})
         if os.read(go, 16).strip() != b"go":
-            return "setup", "start aborted by the runtime"
+            return Failure("setup", "start aborted by the runtime")
     os.write(to_child, b"G")
-    msg = msgs.message()
-    if msg and "stage" in msg:
-        return str(msg["stage"]), str(msg["message"])
-    return "", ""
+    # Byte by byte: whatever follows (orch-init's last line) is for orch-shim, after our exec.
+    line = _read_line(msgs.fd)
+    msg = json.loads(line) if line.strip() else {}
+    if not isinstance(msg, dict) or "stage" not in msg:
+        return None  # EOF: the command was exec'd; {}: orch-init started it
+    if msg["stage"] == "exec":
+        err = int(msg.get("errno", errno.EIO))
+        code, message = init.exec_failure(spec.config.argv[0], OSError(err, os.strerror(err)))
+        return Failure("exec", message, code << 8)
+    return Failure(str(msg["stage"]), str(msg.get("message", "")))
 
 
 def _pump(child: int, outputs: dict[int, str], writer: LogWriter) -> None:
@@ -314,19 +315,19 @@ def _fork_pid1(run: Callable[[tuple[int, int], tuple[int, int]], NoReturn]) -> P
     return Pid1(child, out_r, err_r, to_child_w, from_child_r)
 
 
-def fork_staged(stage_dir: str) -> Pid1:
+def fork_staged(stage_dir: str, init_image: int) -> Pid1:
     """In a spare shim, before its request: a PID 1 that stages its mounts (staged.py)."""
-    return _fork_pid1(lambda stdio, pipes: _staged_child(stage_dir, stdio, pipes))
+    return _fork_pid1(lambda stdio, pipes: _staged_child(stage_dir, stdio, pipes, init_image))
 
 
-def _fork_unstaged(spec: ShimSpec, cdir: ContainerDir, fds: tuple[int, int]) -> Pid1:
+def _fork_unstaged(spec: ShimSpec, cdir: ContainerDir, fds: tuple[int, int], init_image: int) -> Pid1:
     # Before the pid namespace: creating it forks, and that fork must not become PID 1.
     userns_fd = userns.create(spec.userns_host_id) if spec.userns_host_id >= 0 else -1
 
     def run(stdio: tuple[int, int], pipes: tuple[int, int]) -> NoReturn:
         for fd in fds:
             os.close(fd)
-        _child(spec, cdir, stdio, pipes, userns_fd)
+        _child(spec, cdir, stdio, pipes, (userns_fd, init_image))
 
     pid1 = _fork_pid1(run)
     if userns_fd >= 0:
@@ -334,16 +335,15 @@ def _fork_unstaged(spec: ShimSpec, cdir: ContainerDir, fds: tuple[int, int]) -> 
     return pid1
 
 
-def _supervise(cdir: ContainerDir, fds: tuple[int, int], staged_pid1: Pid1 | None) -> int:
+def _supervise(cdir: ContainerDir, fds: tuple[int, int], staged_pid1: Pid1 | None, init_image: int) -> int:
     report = fds[0]
     if staged_pid1 is not None:  # first of all: it reads the spec and mounts meanwhile
         os.write(staged_pid1.to_child, f"{cdir.path}\n".encode())
     spec = ShimSpec.from_json(read_json(cdir.spec) or {})
     cg = driver_for(spec.cgroup_driver, spec.cgroup_root)
-    c = spec.config
-    pid1 = staged_pid1 or _fork_unstaged(spec, cdir, fds)
-    # After the fork: the log file is never PID 1's to write to, not even for a moment.
-    writer = LogWriter(c.log_path, c.log_max_bytes, c.log_max_files)
+    if staged_pid1 is None and spec.config.init and init_image < 0:  # python -m node.runtime.shim
+        init_image = native.sealed_copy(Path(spec.native.init))
+    pid1 = staged_pid1 or _fork_unstaged(spec, cdir, fds, init_image)
     child, to_child_w, from_child_r = pid1.pid, pid1.to_child, pid1.from_child
     shim = {"shim_pid": os.getpid(), "shim_start": proc_start_time(os.getpid())}
     start: dict[str, Any] = {**shim, "pid": child, "pid_start": proc_start_time(child), "started_at": None}
@@ -351,22 +351,48 @@ def _supervise(cdir: ContainerDir, fds: tuple[int, int], staged_pid1: Pid1 | Non
     write_json_atomic(cdir.start, start)
     msgs = _Reader(from_child_r)
     try:
-        stage, error = _handshake(cg, spec, child, to_child_w, msgs, fds)
+        failure = _handshake(cg, spec, child, to_child_w, msgs, fds)
     except Exception as exc:  # e.g. a cgroup write failed: the container must not run unconfined
-        stage, error = "shim", f"{type(exc).__name__}: {exc}"
+        failure = Failure("shim", f"{type(exc).__name__}: {exc}")
         traceback.print_exc()
     os.close(to_child_w)  # EOF makes a child still waiting for "G" exit without exec
-    if not stage:
+    if failure is None:
         write_json_atomic(cdir.start, {**start, "started_at": time.time()})
         _send(report, {"event": "started"})
         os.close(report)
-    _pump(child, {pid1.out: "stdout", pid1.err: "stderr"}, writer)
-    status = _exit_status(child, msgs, c.init and stage in ("", "exec"))
+        _exec_orch_shim(spec, cdir, pid1, cg)  # returns only if it could not
+    # After the fork: the log file is never PID 1's to write to, not even for a moment.
+    c = spec.config
+    _pump(child, {pid1.out: "stdout", pid1.err: "stderr"}, LogWriter(c.log_path, c.log_max_bytes, c.log_max_files))
+    status = _exit_status(child, msgs, c.init and failure is None)
+    if failure is not None and failure.status is not None:
+        status = failure.status
     os.close(from_child_r)
+    error = failure.message if failure is not None else ""
     write_json_atomic(cdir.exit, exit_record(status, cg.oom_killed(spec.cgroup_path), error))
-    if stage:
-        _send(report, {"event": "start_failed", "stage": stage, "message": error})
+    if failure is not None:
+        _send(report, {"event": "start_failed", "stage": failure.stage, "message": failure.message})
     return 0
+
+
+def _exec_orch_shim(spec: ShimSpec, cdir: ContainerDir, pid1: Pid1, cg: CgroupDriver) -> None:
+    """Become orch-shim (native/orch-shim.c), which copies the logs, waits and writes exit.json;
+    returns only if the exec failed (then this Python shim does all that itself)."""
+    c = spec.config
+    reports = pid1.from_child if c.init else -1  # orch-init's last line: the command's status
+    argv = [f"orch-shim {cdir.path}", "--pid", str(pid1.pid), "--stdout", str(pid1.out), "--stderr", str(pid1.err),
+            "--reports", str(reports), "--log", str(c.log_path), "--log-max-bytes", str(max(1, c.log_max_bytes)),
+            "--log-max-files", str(min(max(1, c.log_max_files), 1000)),
+            "--oom-file", str(cg.oom_file(spec.cgroup_path)), "--exit", str(cdir.exit)]  # fmt: skip
+    try:
+        c.log_path.parent.mkdir(parents=True, exist_ok=True)
+        for fd in (pid1.out, pid1.err, reports):
+            if fd >= 0:
+                os.set_inheritable(fd, True)
+        sys.stderr.flush()
+        os.execv(spec.native.shim, argv)
+    except OSError:
+        traceback.print_exc()  # shim.log; the Python pump below takes over
 
 
 def run_detached(cdir: ContainerDir, report: int, go: int) -> NoReturn:
@@ -376,10 +402,14 @@ def run_detached(cdir: ContainerDir, report: int, go: int) -> NoReturn:
     supervise(cdir, report, go)
 
 
-def supervise(cdir: ContainerDir, report: int, go: int, staged_pid1: Pid1 | None = None) -> NoReturn:
+def supervise(
+    cdir: ContainerDir, report: int, go: int, staged_pid1: Pid1 | None = None, init_image: int = -1
+) -> NoReturn:
     """The shim's life, in an already detached process; never returns.
 
     staged_pid1: the PID 1 a spare shim forked ahead of time (fork_staged), else one is forked now.
+    init_image: orch-init's sealed memfd (the zygote's, shared by every container); -1: made here
+    when the container asks for init.
     """
     set_process_title(f"orch-shim {cdir.path}")
     for fd in (report, go):
@@ -388,7 +418,7 @@ def supervise(cdir: ContainerDir, report: int, go: int, staged_pid1: Pid1 | None
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     code = 1
     try:
-        code = _supervise(cdir, (report, go), staged_pid1)
+        code = _supervise(cdir, (report, go), staged_pid1, init_image)
     except BaseException as exc:
         traceback.print_exc()
         _send(report, {"event": "shim_error", "message": f"{type(exc).__name__}: {exc}"})

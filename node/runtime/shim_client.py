@@ -66,7 +66,8 @@ class _Lines:
 def _code_version() -> str:
     """A digest of this package's source files (path, size, mtime); changes with every deploy."""
     h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.rglob("*.py")):
+    here = Path(__file__).parent
+    for path in sorted([*here.rglob("*.py"), *here.rglob("*.c")]):
         st = path.stat()
         h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:12]
@@ -84,9 +85,14 @@ class Zygote:
     """
 
     def __init__(
-        self, state_dir: Path, supervisors: Supervisors | None = None, cgroup_root: Path = Path("/sys/fs/cgroup")
+        self,
+        state_dir: Path,
+        supervisors: Supervisors | None = None,
+        cgroup_root: Path = Path("/sys/fs/cgroup"),
+        init_binary: Callable[[], Path] | None = None,
     ) -> None:
         self.supervisors = supervisors
+        self.init_binary = init_binary  # orch-init (native.py), built on first use; None: only stop()
         self.cgroup_root = cgroup_root
         self.dir = state_dir / ".zygote"
         digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
@@ -148,8 +154,9 @@ class Zygote:
             lifeline_r, self._lifeline = os.pipe2(os.O_CLOEXEC)
             try:
                 with open(self.dir / "log", "ab") as log:
+                    init = self.init_binary() if self.init_binary is not None else Path("/nonexistent")
                     cmd = self._placed([sys.executable, "-m", "node.runtime.zygote", self.name, str(self.dir),
-                                        self.socket.name, str(lifeline_r)])  # fmt: skip
+                                        self.socket.name, str(lifeline_r), str(init)])  # fmt: skip
                     subprocess.run(
                         cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_shim_env(), cwd="/",
                         pass_fds=(lifeline_r,), check=False,

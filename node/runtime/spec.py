@@ -15,6 +15,7 @@ from typing import Any
 from node.runtime.init import InitPlan
 from node.runtime.layout import ContainerDir
 from node.runtime.model import DEFAULT_PATH, SECCOMP_DEFAULT, SECCOMP_UNCONFINED, ContainerConfig
+from node.runtime.native import NativeBinaries
 from node.runtime.seccomp import FilterCache
 from node.runtime.security import Identity, cap_mask, cap_names, resolve_user, rlimit_numbers
 from node.runtime.userns import IDS_PER_CONTAINER
@@ -24,6 +25,7 @@ __all__ = ["ShimSpec"]
 ROOT = Identity(0, 0, (0,))
 
 _TUPLES = {"argv", "cap_add", "cap_drop", "dns"}
+NOT_BUILT = NativeBinaries(Path(), Path())  # a spec.json of before native.py: the Python path
 
 
 def _config_to_json(c: ContainerConfig) -> dict[str, Any]:
@@ -68,6 +70,7 @@ class ShimSpec:
     netns_hook: bool = True
     fault_step: str = ""  # test seam: see InitPlan.fault_step
     seccomp_program: str = ""  # the compiled filter's file (seccomp/cache.py); "" = unconfined
+    native: NativeBinaries = NOT_BUILT  # orch-shim, orch-init (native.py)
 
     @classmethod
     def resolve(
@@ -79,6 +82,7 @@ class ShimSpec:
         userns_host_id: int = -1,
         netns_hook: bool = True,
         seccomp: FilterCache | None = None,
+        native: NativeBinaries = NOT_BUILT,
     ) -> ShimSpec:
         """Raises ValueError for an unknown user, group, capability, rlimit or seccomp mode, or an
         unusable /etc/passwd or /etc/group (read across all the image's layers, inside the image);
@@ -92,7 +96,17 @@ class ShimSpec:
         rlimits = tuple(rlimit_numbers(config.rlimits))
         program = _seccomp_program(config.seccomp, caps, seccomp)
         return cls(
-            config, driver, root, path, identity, caps, rlimits, userns_host_id, netns_hook, seccomp_program=program
+            config,
+            driver,
+            root,
+            path,
+            identity,
+            caps,
+            rlimits,
+            userns_host_id,
+            netns_hook,
+            seccomp_program=program,
+            native=native,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -107,6 +121,7 @@ class ShimSpec:
             "userns": {"host_id": self.userns_host_id} if self.userns_host_id >= 0 else None,
             "netns_hook": self.netns_hook,
             "seccomp": {"program": self.seccomp_program} if self.seccomp_program else None,
+            "native": {"shim": str(self.native.shim), "init": str(self.native.init)},
         } | ({"fault_step": self.fault_step} if self.fault_step else {})
 
     @classmethod
@@ -124,7 +139,11 @@ class ShimSpec:
         )
         program = str((data.get("seccomp") or {}).get("program", ""))
         cgroup = (cg["driver"], Path(cg["root"]), cg["path"])
-        return cls(config, *cgroup, identity, caps, rlimits, host_id, hook, fault, seccomp_program=program)
+        paths = data.get("native") or {}
+        native = NativeBinaries(Path(paths.get("shim", "")), Path(paths.get("init", "")))
+        return cls(
+            config, *cgroup, identity, caps, rlimits, host_id, hook, fault, seccomp_program=program, native=native
+        )
 
     def init_plan(self, cdir: ContainerDir, userns_fd: int = -1) -> InitPlan:
         """Reads the seccomp program: call it where the host's state dir is in reach (OSError)."""

@@ -1,7 +1,7 @@
 """A fork server for shims: started once, it forks a shim per container in ~1 ms
 instead of the ~80 ms a fresh `python -m node.runtime.shim` spends importing.
 
-    python -m node.runtime.zygote <name> <zygote dir> <socket name> <lifeline fd> [<cgroup dir>]
+    python -m node.runtime.zygote <name> <zygote dir> <socket name> <lifeline fd> <orch-init> [<cgroup dir>]
 
 It binds a unix socket at <zygote dir>/<socket name> (the dir is 0700, the socket 0600),
 detaches (double fork, own session; its pid goes to <zygote dir>/pid) and serves requests
@@ -22,6 +22,10 @@ every process of the network namespace.
 It lives as long as its starter: <lifeline fd> is the read end of a pipe whose write
 end only the starting process (the agent) holds, so the zygote exits when the agent
 does, however it ends, and the next agent starts its own. Shims live on either way.
+
+<orch-init>: the binary a container's PID 1 execs when it asks for init (native.py). The
+zygote holds it as one sealed memfd that every container's PID 1 inherits and execs, so its
+pages are shared by all of them.
 
 <cgroup dir>: the cgroup it moves itself into first (made if missing), so that every shim
 it forks lives there (cgroups/placement.py: the supervisors' leaf of a systemd scope).
@@ -44,7 +48,7 @@ import struct
 import sys
 from pathlib import Path
 
-from node.runtime import shim
+from node.runtime import native, shim
 from node.runtime.cgroups.common import write
 from node.runtime.errors import CgroupWriteError
 from node.runtime.layout import ContainerDir
@@ -64,7 +68,7 @@ class _Spare:
     it starts running Python) cost ~3-5 ms here; a spare pays them between starts.
     """
 
-    def __init__(self, listener: socket.socket, keep_out: tuple[int, ...], stage_dir: str) -> None:
+    def __init__(self, listener: socket.socket, keep_out: tuple[int, ...], stage_dir: str, init_image: int) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.pid = os.fork()
         if self.pid == 0:
@@ -73,7 +77,7 @@ class _Spare:
                 os.close(fd)
             listener.close()
             ours.close()
-            _spare_child(theirs, stage_dir)
+            _spare_child(theirs, stage_dir, init_image)
         theirs.close()
         self.sock = ours
         self.stale = False  # the host's mounts changed since: its PID 1 has an old copy
@@ -93,19 +97,21 @@ class _Spare:
             self.sock.close()
 
 
-def _spare_child(sock: socket.socket, stage_dir: str) -> None:
+def _spare_child(sock: socket.socket, stage_dir: str, init_image: int) -> None:
     try:
         set_process_title("orch-shim (spare)")
-        pid1 = shim.fork_staged(stage_dir)
+        pid1 = shim.fork_staged(stage_dir, init_image)
         msg, fds, _, _ = socket.recv_fds(sock, 65536, 2)  # EOF (zygote gone): exit, so does PID 1
         sock.close()
         if len(fds) == 2:
-            _shim_child(ContainerDir(Path(json.loads(msg)["dir"])), fds[0], fds[1], pid1)
+            _shim_child(ContainerDir(Path(json.loads(msg)["dir"])), (fds[0], fds[1]), init_image, pid1)
     finally:
         os._exit(1)
 
 
-def _handle(conn: socket.socket, listener: socket.socket, spare: _Spare | None, keep_out: tuple[int, ...]) -> bool:
+def _handle(
+    conn: socket.socket, listener: socket.socket, spare: _Spare | None, keep_out: tuple[int, ...], init_image: int
+) -> bool:
     """Serve one request; True if it used up the spare.
 
     A request that cannot take a pre-staged PID 1 ({"staged": false}: a user namespace)
@@ -131,7 +137,7 @@ def _handle(conn: socket.socket, listener: socket.socket, spare: _Spare | None, 
                     os.close(fd)
                 listener.close()
                 conn.close()
-                _shim_child(cdir, fds[0], fds[1])
+                _shim_child(cdir, (fds[0], fds[1]), init_image)
             finally:
                 os._exit(1)
         conn.sendall(b"ok\n")
@@ -163,7 +169,7 @@ def peer_refused(conn: socket.socket) -> str:
     return ""
 
 
-def _shim_child(cdir: ContainerDir, report: int, go: int, pid1: shim.Pid1 | None = None) -> None:
+def _shim_child(cdir: ContainerDir, fds: tuple[int, int], init_image: int, pid1: shim.Pid1 | None = None) -> None:
     try:
         log = os.open(cdir.shim_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         os.dup2(log, 1)
@@ -171,7 +177,7 @@ def _shim_child(cdir: ContainerDir, report: int, go: int, pid1: shim.Pid1 | None
         os.close(log)
         for sig in (signal.SIGTERM, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
-        shim.supervise(cdir, report, go, pid1)
+        shim.supervise(cdir, fds[0], fds[1], pid1, init_image)
     finally:
         os._exit(1)
 
@@ -182,7 +188,7 @@ def _reap() -> None:
             pass
 
 
-def serve(listener: socket.socket, stage_dir: str, lifeline: int) -> None:
+def serve(listener: socket.socket, stage_dir: str, lifeline: int, init_image: int) -> None:
     """Until EOF on lifeline (the starter has exited)."""
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
@@ -207,7 +213,7 @@ def serve(listener: socket.socket, stage_dir: str, lifeline: int) -> None:
             spare.stale = True
         if not ready and not changed:
             with contextlib.suppress(OSError):
-                spare = _Spare(listener, (wake_r, wake_w, mounts, lifeline), stage_dir)
+                spare = _Spare(listener, (wake_r, wake_w, mounts, lifeline), stage_dir, init_image)
         if wake_r in ready:
             with contextlib.suppress(BlockingIOError):
                 os.read(wake_r, 4096)
@@ -219,7 +225,7 @@ def serve(listener: socket.socket, stage_dir: str, lifeline: int) -> None:
                     spare.discard()
                     spare = None
                 keep_out = (wake_r, wake_w, mounts, lifeline, *([spare.sock.fileno()] if spare else []))
-                if _handle(conn, listener, spare, keep_out):
+                if _handle(conn, listener, spare, keep_out, init_image):
                     spare = None
 
 
@@ -243,13 +249,18 @@ def _listen(zygote_dir: Path, sock_name: str) -> socket.socket:
 
 def main(argv: list[str]) -> int:
     zygote_dir, sock_name, lifeline = Path(argv[2]), argv[3], int(argv[4])
-    if len(argv) > 5:  # before the first fork: the shims are born there
+    if len(argv) > 6:  # before the first fork: the shims are born there
         try:
-            Path(argv[5]).mkdir(exist_ok=True)
-            write(Path(argv[5]) / "cgroup.procs", str(os.getpid()))
+            Path(argv[6]).mkdir(exist_ok=True)
+            write(Path(argv[6]) / "cgroup.procs", str(os.getpid()))
         except (OSError, CgroupWriteError) as exc:
-            print(f"zygote: cannot move into cgroup {argv[5]}: {exc}", file=sys.stderr)
+            print(f"zygote: cannot move into cgroup {argv[6]}: {exc}", file=sys.stderr)
             return 1
+    try:  # before the first fork: every shim and PID 1 inherits it
+        init_image = native.sealed_copy(Path(argv[5]))
+    except OSError as exc:
+        print(f"zygote: orch-init {argv[5]}: {exc}", file=sys.stderr)
+        return 1
     stage_dir = zygote_dir / "stage"  # a spare's PID 1 mounts a tmpfs here, in its own mount ns
     stage_dir.mkdir(mode=0o700, exist_ok=True)
     try:
@@ -261,7 +272,7 @@ def main(argv: list[str]) -> int:
         (zygote_dir / "pid").write_text(f"{pid}\n")
         os._exit(0)
     os.setsid()
-    # A shim need not wait for its PID 1's kernel exit (shim._exit_status): the orphan is then
+    # A shim need not wait for its PID 1's kernel exit (orch-shim.c end_status): the orphan is then
     # re-parented to us, the shim's parent, and reaped with the shims.
     LinuxSyscalls().prctl(_PR_SET_CHILD_SUBREAPER, 1)
     devnull = os.open("/dev/null", os.O_RDWR)
@@ -270,7 +281,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.set_inheritable(lifeline, False)
-    serve(listener, str(stage_dir), lifeline)
+    serve(listener, str(stage_dir), lifeline, init_image)
     return 0  # the socket file stays: connecting to it is refused, and the next starter replaces it
 
 

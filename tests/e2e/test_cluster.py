@@ -197,9 +197,9 @@ def test_readiness_probe_gates_ready(cluster, busybox_rootfs):
     labels = f'{{app="never-ready",instance_name="{inst["name"]}"}}'  # prometheus-client sorts labels
     assert f"orch_node_instance_memory_working_set_bytes{labels}" in text
     assert f"orch_node_instance_cpu_seconds_total{labels}" in text
-    # The init reaper and sleep; an exec probe in flight adds its child and command for a moment.
+    # sleep, PID 1 itself; an exec probe in flight adds its child and command for a moment.
     pids = [line.rsplit(" ", 1)[1] for line in text.splitlines() if line.startswith(f"orch_node_instance_pids{labels}")]
-    assert pids in (["2.0"], ["4.0"]), pids
+    assert pids in (["1.0"], ["3.0"]), pids
     for app in ("probed", "never-ready"):
         assert orch(info, "delete", "app", app).returncode == 0
     wait_all_removed(info)
@@ -283,7 +283,7 @@ def test_top_reads_usage_from_the_agents(cluster, busybox_rootfs):
     rows = json.loads(orch(info, "top", "instances", "--app", "busy", "-o", "json").stdout)
     assert [r["name"] for r in rows] == [inst["name"]] and rows[0]["node"] == inst["node"]
     assert 100 <= rows[0]["cpu"] <= 260, rows  # the busy loop, held near its 200m quota
-    assert rows[0]["memory"] > 0 and rows[0]["pids"] == 2
+    assert rows[0]["memory"] > 0 and rows[0]["pids"] == 1  # the shell is PID 1
     r = orch(info, "top", "nodes")
     assert r.returncode == 0
     assert r.stdout.split()[:6] == ["NAME", "CPU(cores)", "CPU%", "MEMORY(bytes)", "MEMORY%", "INSTANCES"]

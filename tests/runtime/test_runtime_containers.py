@@ -168,7 +168,7 @@ def test_state_from_a_fresh_runtime(runtime: Runtime, make_config: MakeConfig, c
     fresh = Runtime(runtime.state_dir, cgroup_parent)
     assert fresh.state("adopt") == first
     stats = fresh.stats("adopt")
-    assert stats.pids == 2 and stats.memory_bytes > 0  # the init reaper and sleep and stats.cpu_usage_ns > 0
+    assert stats.pids == 1 and stats.memory_bytes > 0  # sleep, PID 1 itself, and stats.cpu_usage_ns > 0
     assert [s.id for s in fresh.list()] == ["adopt"]
     assert fresh.stop("adopt", 0).status is ContainerStatus.EXITED
     fresh.remove("adopt")
@@ -255,8 +255,8 @@ def test_start_stop_remove_cycles_leave_nothing(
         assert runtime.stop(f"cycle-{i}", 0).exit_code == 137
         runtime.remove(f"cycle-{i}")
     assert driver_for().children(cgroup_parent) == []
-    # The fork server's pid file and the compiled seccomp filters: shared, kept for the next start.
-    assert sorted(p.name for p in runtime.state_dir.iterdir()) == [".seccomp", ".zygote"]
+    # The fork server's pid file, the compiled seccomp filters and C programs: kept for the next start.
+    assert sorted(p.name for p in runtime.state_dir.iterdir()) == [".native", ".seccomp", ".zygote"]
     state_dir = str(runtime.state_dir)
     shims = [p for p in Path("/proc").iterdir() if p.name.isdigit() and state_dir in _cmdline(p)]
     assert [p for p in shims if "node.runtime.zygote" not in _cmdline(p)] == []
@@ -314,17 +314,17 @@ def test_pre_staged_pid1_gives_the_same_mounts(runtime: Runtime, make_config: Ma
 def test_exit_with_a_background_process_left(runtime: Runtime, make_config: MakeConfig) -> None:
     """The reaper is not alone when the command ends: the shim waits for PID 1's exit, which
     takes the rest of the pid namespace with it, before it reports the container's end."""
-    state, out = run(runtime, make_config("bg", "sh", "-c", "sleep 100 & echo hi"))
+    state, out = run(runtime, make_config("bg", "sh", "-c", "sleep 100 & echo hi", init=True))
     assert (state.exit_code, out) == (0, "hi\n")
     assert runtime.stats("bg").pids == 0
 
 
 def test_remove_waits_for_pid1_to_be_gone(runtime: Runtime, make_config: MakeConfig) -> None:
-    """A reaper left alone reports the end before its kernel exit (shim._exit_status); remove()
+    """A reaper left alone reports the end before its kernel exit (orch-shim's end_status); remove()
     still leaves nothing of the container behind."""
     from node.runtime import procs
 
-    state, out = run(runtime, make_config("quick", "sh", "-c", "echo done"))
+    state, out = run(runtime, make_config("quick", "sh", "-c", "echo done", init=True))
     assert (state.exit_code, out) == (0, "done\n")
     start = json.loads((runtime.state_dir / "quick" / "start.json").read_text())
     runtime.remove("quick")

@@ -6,7 +6,6 @@ import dataclasses
 import errno
 import os
 import resource
-import signal
 from pathlib import Path
 
 import pytest
@@ -259,35 +258,17 @@ def test_rlimits_default_is_clamped_explicit_is_not() -> None:
         rlimit_numbers({"BOGUS": (1, 1)})
 
 
-def _spawn_wait(file: str, argv: list[str], env: dict[str, str]) -> int:
-    pid = sc.LinuxSyscalls().spawnvpe(file, argv, env, init.FORWARDED_SIGNALS)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-
-
-def test_spawnvpe_searches_the_given_path_like_execvpe(tmp_path: Path) -> None:
-    (tmp_path / "data").write_text("not a program\n")
-    (tmp_path / "data").chmod(0o644)
-    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
-    assert _spawn_wait("true", ["true"], env) == 0
-    with pytest.raises(OSError) as missing:
-        _spawn_wait("no-such-command", ["no-such-command"], env)
-    assert missing.value.errno == errno.ENOENT
-    with pytest.raises(OSError) as denied:  # found on PATH but not executable: that error wins
-        _spawn_wait("data", ["data"], env)
-    assert denied.value.errno == errno.EACCES
-
-
-def test_spawnvpe_child_starts_with_default_unblocked_signals(capfd: pytest.CaptureFixture[str]) -> None:
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, init.FORWARDED_SIGNALS)
-    handler = signal.signal(signal.SIGUSR1, lambda *_: None)
+def test_the_reaper_is_exec_d_from_its_image_with_the_report_fd_and_the_command() -> None:
+    calls = RecordingSyscalls()
+    r, w = os.pipe()
     try:
-        assert _spawn_wait("/bin/cat", ["cat", "/proc/self/status"], {}) == 0
+        with pytest.raises(RecordedExec):
+            init.exec_reaper(calls, PLAN, 42, w)
+        assert os.get_inheritable(w)  # orch-init writes its reports there, after the exec
     finally:
-        signal.signal(signal.SIGUSR1, handler)
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-    status = dict(line.split(":\t", 1) for line in capfd.readouterr().out.splitlines())
-    assert int(status["SigBlk"], 16) == 0
-    assert int(status["SigCgt"], 16) == 0
+        os.close(r)
+        os.close(w)
+    assert calls.calls == [("execve_fd", 42, ("init", str(w), *PLAN.argv), dict(PLAN.env))]
 
 
 def test_staged_steps_are_the_setup_steps_split_in_two() -> None:

@@ -1,15 +1,17 @@
-"""Root: the container's PID 1 gives container root nothing of the host's.
+"""Root: a reaper PID 1 (init=True) gives container root nothing of the host's.
 
-The default PID 1 is the reaper (init=True): the host's Python, forked from a shim, never exec'd,
-uid 0 with the container's capabilities. Were it dumpable, container root could read its
-environ and memory and write through its fds (the log file, the report pipe). Checked on both
-ways PID 1 is made: forked fresh by the shim (no spare ready, use_zygote=False, a user namespace)
-and pre-staged by a spare shim (staged.py).
+The reaper is orch-init (native/orch-init.c), exec'd by the Python PID 1 from a sealed memfd
+after every isolation step, uid 0 with the container's capabilities, holding the report pipe to
+its shim. Were it dumpable, container root could read its environ and memory and write through
+its fds (the report pipe: a forged exit status). Checked on both ways PID 1 is made: forked
+fresh by the shim (no spare ready, use_zygote=False, a user namespace) and pre-staged by a spare
+shim (staged.py). Without init the command is PID 1, an ordinary container process.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -84,7 +86,7 @@ def test_pid1_is_out_of_container_roots_reach(
     rt = Runtime(tmp_path / "state", cgroup_parent, use_zygote=way == "staged")
     try:
         config = make_config("pid1", "sh", "-c", PROBE, log_max_bytes=LOG_MAX, log_max_files=1,
-                             user_namespace=way == "userns")  # fmt: skip
+                             user_namespace=way == "userns", init=True)  # fmt: skip
         if way == "staged":
             start_staged(rt, config)
         else:
@@ -92,16 +94,17 @@ def test_pid1_is_out_of_container_roots_reach(
         out = sections(wait_for_output(config, "#end"))
         start = json.loads((rt.state_dir / "pid1" / "start.json").read_text())
         assert start["staged"] is (way == "staged")
-        # The shim and PID 1 carry only what Python needs, never the agent's environment.
-        assert env_names(start["shim_pid"]) <= CLEAN_ENV and env_names(start["pid"]) <= CLEAN_ENV
+        # The shim carries only what Python needs, PID 1 the container's: never the agent's environment.
+        assert env_names(start["shim_pid"]) <= CLEAN_ENV and env_names(start["pid"]) <= {"PATH", "HOME"}
+        assert os.readlink(f"/proc/{start['pid']}/exe").startswith("/memfd:orch-init")  # no file to write to
         rt.stop("pid1", 0)
     finally:
         rt.cleanup_all()
-    if way == "userns":  # the directory is host root's, a uid the user namespace does not map
-        assert out["fds"] == ["ls: can't open '/proc/1/fd': Permission denied"], out["fds"]
-    else:  # container root owns the directory: it sees numbers, never what they are
-        # stdin, the log pipes and the two handshake pipes: nothing of the shim's or the zygote's
-        assert {"0", "1", "2"} <= set(out["fds"]) and len(out["fds"]) == 5, out["fds"]
+    # /proc/1 is owned by root of the user namespace orch-init was exec'd in: host root, or with
+    # a user namespace container root (as for any exec'd PID 1). Container root sees fd numbers
+    # (stdin, the log pipes and the report pipe: nothing of the shim's or the zygote's), never
+    # where they lead: that needs CAP_SYS_PTRACE, which no container has unless it adds it.
+    assert {"0", "1", "2"} <= set(out["fds"]) and len(out["fds"]) == 4, out["fds"]
     assert out["links"] == ["0"]
     assert out["read"] == [] and out["write"] == [], out
     assert out["secret"] == ["0", "0"]

@@ -334,8 +334,10 @@ def test_capabilities_open_their_syscalls(runtime: Runtime, probe_rootfs: Path, 
 
 @pytest.mark.root
 def test_the_reaper_works_under_the_filter(runtime: Runtime, probe_rootfs: Path, tmp_path: Path) -> None:
-    """PID 1 forwards SIGTERM (kill), reaps (wait4) and reports (write) under the filter."""
-    config = ContainerConfig("reaped", probe_rootfs, ("sh", "-c", "sleep 1000 & echo up; wait"), {}, tmp_path / "r.log")
+    """orch-init is exec'd (execveat), forwards SIGTERM (kill), reaps (wait4) and reports (write)
+    under the filter."""
+    argv = ("sh", "-c", "sleep 1000 & echo up; wait")
+    config = ContainerConfig("reaped", probe_rootfs, argv, {}, tmp_path / "r.log", init=True)
     runtime.start(config)
     wait_for_output(config, "up")
     state = runtime.stop("reaped", 10)

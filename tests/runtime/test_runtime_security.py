@@ -111,7 +111,7 @@ def run_with_ip(runtime: Runtime, config: ContainerConfig, ip: str) -> tuple[obj
 def test_init_reaps_zombies_and_forwards_sigterm(runtime: Runtime, make_config: MakeConfig) -> None:
     # The inner shell exits at once; its background sleep is re-parented to PID 1 and must be reaped.
     script = "sh -c 'sleep 0.1 &'; sleep 0.5; ps -o stat,comm | grep -c '^Z' ; echo ready; exec sleep 1000"
-    config = make_config("reaper", "sh", "-c", script)
+    config = make_config("reaper", "sh", "-c", script, init=True)
     runtime.start(config)
     out = wait_for_output(config, "ready")
     assert out.splitlines()[0] == "0", out  # no zombie
@@ -130,7 +130,7 @@ def test_stats_report_working_set_and_oom_kills(runtime: Runtime, make_config: M
     runtime.start(make_config("st", "sleep", "1000", memory_bytes=64 << 20))
     stats = runtime.stats("st")
     assert 0 < stats.memory_working_set_bytes <= stats.memory_bytes
-    assert stats.oom_kills == 0 and stats.pids == 2
+    assert stats.oom_kills == 0 and stats.pids == 1  # sleep is PID 1
     assert runtime.stop("st", 0).status is ContainerStatus.EXITED
 
 

@@ -82,7 +82,7 @@ def test_cap_sys_admin_inside_a_user_namespace_cannot_mount_or_rename(
 
 
 def test_host_sees_the_mapped_ids_and_a_user_is_shifted(runtime: Runtime, make_config: MakeConfig) -> None:
-    config = make_config("uns-app", "sh", "-c", "echo up; sleep 100", user_namespace=True, user="app")
+    config = make_config("uns-app", "sh", "-c", "echo up; sleep 100", user_namespace=True, user="app", init=True)
     state = runtime.start(config)
     wait_for_output(config, "up")
     assert state.pid is not None

@@ -34,6 +34,7 @@ spec:
   workingDir: /srv
   readOnlyRootFilesystem: true
   hostUsers: false
+  init: true
   capabilities: {add: [NET_ADMIN], drop: [CAP_CHOWN]}
   antiAffinity: [full, db]
 """
@@ -78,6 +79,7 @@ def test_full_manifest() -> None:
     assert (s.stop_grace_period_ms, s.user, s.working_dir) == (90_000, "1000:1000", "/srv")
     assert s.read_only_root_fs is True
     assert s.user_namespace is True  # hostUsers: false
+    assert s.init is True
     assert (list(s.capabilities.add), list(s.capabilities.drop)) == (["CAP_NET_ADMIN"], ["CAP_CHOWN"])
     assert list(s.anti_affinity) == ["full", "db"]
 
@@ -90,6 +92,7 @@ def test_minimal_manifest_gets_defaults() -> None:
     assert s.placement == types_pb2.PLACEMENT_STRATEGY_SPREAD
     assert (s.update.max_surge, s.update.max_unavailable, s.stop_grace_period_ms) == (1, 0, 10_000)
     assert not s.HasField("readiness")
+    assert s.init is False  # the command is PID 1, as under Docker
 
 
 def test_multi_document_sources() -> None:
@@ -139,7 +142,7 @@ BAD: list[tuple[str, str, str]] = [
         (
             "6 spec.zzz: unknown field; expected one of replicas, image, command, args, env, resources, ports, "
             "restartPolicy, nodeSelector, antiAffinity, placement, update, readiness, stopGracePeriod, user, "
-            "workingDir, readOnlyRootFilesystem, hostUsers, capabilities, seccomp, service, onNodeLost"
+            "workingDir, readOnlyRootFilesystem, hostUsers, capabilities, seccomp, service, onNodeLost, init"
         ),
     ),
     (
@@ -186,6 +189,11 @@ BAD: list[tuple[str, str, str]] = [
         "bool",
         HEAD + "  readOnlyRootFilesystem: maybe\n",
         '6 spec.readOnlyRootFilesystem: expected true or false, got "maybe"',
+    ),
+    (
+        "init",
+        HEAD + "  init: yes please\n",
+        '6 spec.init: expected true or false, got "yes please"',
     ),
     (
         "enum",

@@ -40,6 +40,7 @@ spec:
   seccomp: unconfined
   service: {port: 80, targetPort: 8080, protocol: udp}
   onNodeLost: Stop
+  init: true
 """ % ("a" * 64)
 
 

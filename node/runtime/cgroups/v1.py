@@ -121,7 +121,10 @@ class V1Driver:
         return bool(read_pids(self._procs_file(path)))
 
     def oom_killed(self, path: str) -> int:
-        return read_keyed(self.root / "memory" / path / "memory.oom_control").get("oom_kill", 0)
+        return read_keyed(self.oom_file(path)).get("oom_kill", 0)
+
+    def oom_file(self, path: str) -> Path:
+        return self.root / "memory" / path / "memory.oom_control"
 
     def stats(self, path: str) -> CgroupStats:
         memory = read_int(self.root / "memory" / path / "memory.usage_in_bytes")

@@ -122,7 +122,10 @@ class V2Driver:
         return read_keyed(self.root / path / "cgroup.events").get("populated", 0) == 1
 
     def oom_killed(self, path: str) -> int:
-        return read_keyed(self.root / path / "memory.events").get("oom_kill", 0)
+        return read_keyed(self.oom_file(path)).get("oom_kill", 0)
+
+    def oom_file(self, path: str) -> Path:
+        return self.root / path / "memory.events"
 
     def stats(self, path: str) -> CgroupStats:
         cg = self.root / path

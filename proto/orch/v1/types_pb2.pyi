@@ -425,6 +425,7 @@ class AppSpec(_message.Message):
     SECCOMP_FIELD_NUMBER: _builtins.int
     SERVICE_FIELD_NUMBER: _builtins.int
     ON_NODE_LOST_FIELD_NUMBER: _builtins.int
+    INIT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     replicas: _builtins.int
     image: _builtins.str
@@ -444,6 +445,10 @@ class AppSpec(_message.Message):
     """What the agent of a node cut off from every scheduler does with this app's
     instances (manifest `onNodeLost`). Numbered apart from the fields above so
     that fields added meanwhile elsewhere do not collide.
+    """
+    init: _builtins.bool
+    """PID 1 is a reaper that forwards signals to the command and reaps zombies
+    (manifest `init: true`, docker run --init); false: the command is PID 1.
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
@@ -504,10 +509,11 @@ class AppSpec(_message.Message):
         seccomp: _builtins.str = ...,
         service: Global___ServicePort | None = ...,
         on_node_lost: Global___NodeLostAction.ValueType = ...,
+        init: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "readiness", b"readiness", "resources", b"resources", "service", b"service", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity", b"anti_affinity", "args", b"args", "capabilities", b"capabilities", "command", b"command", "env", b"env", "image", b"image", "labels", b"labels", "name", b"name", "node_selector", b"node_selector", "on_node_lost", b"on_node_lost", "placement", b"placement", "ports", b"ports", "read_only_root_fs", b"read_only_root_fs", "readiness", b"readiness", "replicas", b"replicas", "resources", b"resources", "restart_policy", b"restart_policy", "seccomp", b"seccomp", "service", b"service", "stop_grace_period_ms", b"stop_grace_period_ms", "update", b"update", "user", b"user", "user_namespace", b"user_namespace", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity", b"anti_affinity", "args", b"args", "capabilities", b"capabilities", "command", b"command", "env", b"env", "image", b"image", "init", b"init", "labels", b"labels", "name", b"name", "node_selector", b"node_selector", "on_node_lost", b"on_node_lost", "placement", b"placement", "ports", b"ports", "read_only_root_fs", b"read_only_root_fs", "readiness", b"readiness", "replicas", b"replicas", "resources", b"resources", "restart_policy", b"restart_policy", "seccomp", b"seccomp", "service", b"service", "stop_grace_period_ms", b"stop_grace_period_ms", "update", b"update", "user", b"user", "user_namespace", b"user_namespace", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,10 +1,10 @@
 """An app against its own PID 1, the host's device nodes and the socket filter, on a real
 `orch up` (the first security review of issue 9: items 1, 2, 3).
 
-PID 1 (the reaper: the host's Python, never exec'd) gives container root neither its environment
-nor its fds; chmod and chown of /dev/null (and of a masked /proc file, a /dev/null bind) change
-the container's own node, never the host's; AF_VSOCK is refused with a high bit set in the family
-and through 32-bit socketcall.
+PID 1 of an app that asks for one (`init: true`: orch-init, exec'd from a sealed memfd) gives
+container root neither its environment nor its fds; chmod and chown of /dev/null (and of a masked
+/proc file, a /dev/null bind) change the container's own node, never the host's; AF_VSOCK is
+refused with a high bit set in the family and through 32-bit socketcall.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def host_nodes() -> dict[str, tuple[int, int, int, int]]:
 
 def test_an_app_reaches_neither_pid1_nor_host_nodes_nor_vsock(cluster: dict[str, Any], probe_image: Path) -> None:
     before = host_nodes()
-    lines = run_app(cluster, probe_image, "hard-probe", ["sh", "-c", SCRIPT])
+    lines = run_app(cluster, probe_image, "hard-probe", ["sh", "-c", SCRIPT], extra="  init: true\n")
     assert lines == [
         "changed-own",  # its own nodes: allowed, and harmless
         "null-works",
