@@ -95,13 +95,16 @@ def test_only_orch_shim_stays_beside_the_command(runtime: Runtime, make_config: 
     state = runtime.start(make_config("lean", "sleep", "1000"))
     s = start(runtime.state_dir / "lean" / "start.json")
     assert state.pid == s["pid"]
+    title = f"orch-shim {runtime.state_dir}/lean".encode()
+
+    def exec_done() -> bool:  # exe is switched before the new argv is in place: wait for both
+        exe = os.readlink(f"/proc/{s['shim_pid']}/exe")
+        return exe == str(runtime.native.shim) and Path(f"/proc/{s['shim_pid']}/cmdline").read_bytes().startswith(title)
+
     deadline = time.monotonic() + 10  # the Python shim execs orch-shim once the command runs
-    while os.readlink(f"/proc/{s['shim_pid']}/exe") != str(runtime.native.shim) and time.monotonic() < deadline:
+    while not exec_done() and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert os.readlink(f"/proc/{s['shim_pid']}/exe") == str(runtime.native.shim)
-    assert (
-        Path(f"/proc/{s['shim_pid']}/cmdline").read_bytes().startswith(f"orch-shim {runtime.state_dir}/lean".encode())
-    )
+    assert exec_done(), Path(f"/proc/{s['shim_pid']}/cmdline").read_bytes()
     assert Path(f"/proc/{s['pid']}/cmdline").read_bytes() == b"sleep\x001000\x00"  # PID 1 is the command
     shim_children = Path(f"/proc/{s['shim_pid']}/task/{s['shim_pid']}/children").read_text().split()
     assert shim_children == [str(s["pid"])]
