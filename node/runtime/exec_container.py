@@ -31,6 +31,7 @@ from node.runtime.sys import (
     CLONE_NEWNS,
     CLONE_NEWUTS,
     LinuxSyscalls,
+    default_signals,
     set_process_title,
 )
 
@@ -173,9 +174,7 @@ def _command(calls: LinuxSyscalls, plan: init.InitPlan, tty: int) -> NoReturn:
                 os.dup2(tty, fd)
             os.close(tty)
         signal.set_wakeup_fd(-1)
-        for sig in (*init.FORWARDED_SIGNALS, signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)  # ignored signals would stay ignored after exec
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        default_signals()  # ignored signals would stay ignored after exec
         init.exec_command(calls, plan)
     except OSError as exc:
         code, message = init.exec_failure(plan.argv[0], exc)

@@ -50,7 +50,7 @@ from node.runtime.exits import exit_record
 from node.runtime.layout import ContainerDir, proc_start_time, read_json, write_json_atomic
 from node.runtime.logs import LogWriter
 from node.runtime.spec import ShimSpec
-from node.runtime.sys import CLONE_NEWPID, LinuxSyscalls, set_process_title
+from node.runtime.sys import CLONE_NEWPID, LinuxSyscalls, default_signals, set_process_title
 
 __all__ = ["Pid1", "fork_staged", "main", "run_detached", "supervise"]
 
@@ -175,8 +175,7 @@ def _run_container(calls: LinuxSyscalls, plan: init.InitPlan, init_image: int, p
         os._exit(1)
     # Ignored signals survive exec: Python ignores SIGPIPE and SIGXFSZ, the zygote HUP and INT.
     # The command starts with every disposition at its default, as under Docker.
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGHUP, signal.SIGINT):
-        signal.signal(sig, signal.SIG_DFL)
+    default_signals()
     try:
         init.run_setup(calls, plan, init.EXEC_STEPS)
     except OSError as exc:

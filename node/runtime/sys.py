@@ -11,6 +11,7 @@ import ctypes
 import fcntl
 import os
 import resource as _resource
+import signal
 import socket
 import stat
 import struct
@@ -75,6 +76,9 @@ _SYSCALLS = {
     "x86_64": {"pivot_root": 155, "open_tree": 428, "move_mount": 429, "mount_setattr": 442},
     "aarch64": {"pivot_root": 41, "open_tree": 428, "move_mount": 429, "mount_setattr": 442},
 }
+# Signals: glibc refuses to touch its own (32 and 33), so these go around it.
+_SIGNAL_SYSCALLS = {"x86_64": (13, 14), "aarch64": (134, 135)}  # rt_sigaction, rt_sigprocmask
+_NSIG = 64
 _AT_FDCWD = -100
 _AT_EMPTY_PATH = 0x1000
 _AT_RECURSIVE = 0x8000
@@ -145,6 +149,20 @@ def _libc() -> ctypes.CDLL:
 
 def _fs(value: str | None) -> bytes | None:
     return None if value is None else os.fsencode(value)
+
+
+def default_signals() -> None:
+    """Every disposition at its default and nothing blocked, as a command expects when it starts.
+    Ignored signals survive exec, and a parent may have left even glibc's own ignored (32 was, in
+    a test run), which no signal.signal() can undo: raw rt_sigaction can. Best effort: a custom
+    seccomp profile may refuse it, and the command then inherits what it inherits anyway."""
+    libc = _libc()
+    sigaction, sigprocmask = _SIGNAL_SYSCALLS[os.uname().machine]
+    default = ctypes.create_string_buffer(32)  # a zeroed kernel struct sigaction: SIG_DFL, no flags
+    for sig in range(1, _NSIG + 1):
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            libc.syscall(sigaction, sig, default, None, 8)
+    libc.syscall(sigprocmask, 2, ctypes.create_string_buffer(8), None, 8)  # SIG_SETMASK, empty
 
 
 class LinuxSyscalls:

@@ -18,6 +18,7 @@ import pytest
 
 from node.runtime import ContainerConfig, ContainerStatus, Runtime, procs
 from node.runtime.shim_client import Zygote
+from tests.fixtures.signals import ignore_libc_signals, signal_mask
 from tests.runtime.conftest import log_text
 from tests.runtime.test_runtime_containers import wait_for_output
 
@@ -122,6 +123,27 @@ def zombies_below(pid: int) -> int:
 
 # The inner shell exits at once: its background sleep is re-parented to PID 1, then ends.
 ORPHAN = "sh -c 'sleep 0.1 &'; echo ready; exec sleep 1000"
+
+
+def test_default_signals_resets_what_signal_module_cannot(tmp_path: Path) -> None:
+    """The shim's last step before the command: glibc's own 32 and 33 left ignored by a parent
+    (seen in a full test run) would survive exec, and no signal.signal() reaches them."""
+    out = tmp_path / "status"
+    code = (
+        "import os, signal, sys\n"
+        "from node.runtime.sys import default_signals\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])\n"
+        "default_signals()\n"
+        "os.execvp('sh', ['sh', '-c', 'cat /proc/self/status > ' + sys.argv[1]])\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run(
+        [sys.executable, "-c", code, str(out)], cwd=root, check=True, timeout=30, preexec_fn=ignore_libc_signals
+    )
+    status = dict(line.split(":\t", 1) for line in out.read_text().splitlines())
+    assert signal_mask(status["SigIgn"]) == set()
+    assert signal_mask(status["SigBlk"]) == set()
 
 
 def test_without_init_docker_semantics(runtime: Runtime, make_config: MakeConfig) -> None:

@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -78,11 +79,13 @@ static int exec_path(const char *file, char **argv) {
 /* The command's process: default dispositions, nothing blocked, then exec. Its exec error
  * goes back on `errors` (close-on-exec: a successful exec closes it, read as EOF). */
 static void run_command(char **argv, int errors) {
-    sigset_t none;
-    for (int sig = 1; sig < NSIG; sig++)
-        signal(sig, SIG_DFL); /* fails for KILL, STOP and the libc's own: fine */
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
+    /* Raw rt_sigaction: the libc refuses to touch its own signals (32, 33), and one left ignored
+     * by whoever started us would survive exec. A zeroed kernel sigaction is SIG_DFL. */
+    unsigned long dfl[4] = {0}, none = 0;
+    for (int sig = 1; sig <= 64; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP)
+            syscall(SYS_rt_sigaction, sig, dfl, NULL, sizeof none);
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, sizeof none);
     int err = exec_path(argv[0], argv);
     while (write(errors, &err, sizeof err) < 0 && errno == EINTR) {
     }
