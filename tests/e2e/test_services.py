@@ -1,6 +1,9 @@
 """Service discovery and VIPs on a real `orch up` of three nodes (issue 11 items 3-4): names
 resolve inside containers, `web.orch` is a stable VIP that spreads connections over the ready
 instances of every node, and an instance that dies leaves it before clients notice twice.
+Each test runs on both shapes of `orch up`: three nodes on this host (`--nodes 3`, one network
+namespace) and the lab of three hosts (`--hosts 3`), where the VIP and the names cross hosts
+over the host-gw routes.
 
 The client runs GNU wget, copied with its shared libraries into a busybox root and called by its
 path (busybox sh prefers its own applets): Debian's busybox-static wget cannot resolve any name
@@ -16,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -79,10 +81,10 @@ def client_root(tmp_path_factory, busybox_rootfs):
     return root
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory, busybox_rootfs, client_root):
+@pytest.fixture(scope="module", params=["nodes", "hosts"])
+def cluster(request, tmp_path_factory, busybox_rootfs, client_root):
     service_cidr = unused_cidr(240)  # VIPs of another cluster on this host must not be ours
-    with orch_up(tmp_path_factory.mktemp("services"), "--nodes", "3", "--service-cidr", service_cidr,
+    with orch_up(tmp_path_factory.mktemp("services"), f"--{request.param}", "3", "--service-cidr", service_cidr,
                  cidr_start=232) as info:  # fmt: skip
         apps = WEB % {"root": busybox_rootfs, "client_root": client_root}
         assert orch(info, "apply", "-", stdin=apps).returncode == 0
@@ -111,6 +113,14 @@ def sh(info, script: str) -> str:
     r = orch(info, "exec", client["name"], "--", "sh", "-c", script)
     assert r.returncode == 0, (r.stdout, r.stderr)
     return r.stdout
+
+
+def from_a_node(info, url: str) -> str:
+    """GET url from the first node's network namespace (the lab's first host, or this host)."""
+    lab = info.get("lab")
+    netns = ["nsenter", f"--net=/run/netns/{lab['hosts'][0]['netns']}", "--"] if lab else []
+    argv = [*netns, "wget", "-q", "-T", "5", "-t", "1", "-O-", url]
+    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=30).stdout
 
 
 def service_ip(info) -> str:
@@ -152,20 +162,24 @@ def test_wget_by_name_answers_and_the_vip_spreads_300_requests_over_3_instances(
     assert set(counts) == web, counts
     assert all(n >= 50 for n in counts.values()), counts
 
-    # From the node itself (OUTPUT): every node of this host shares its network namespace.
-    with urllib.request.urlopen(f"http://{service_ip(info)}:8080/", timeout=5) as resp:
-        assert resp.read().decode().strip() in web
+    # From a node itself (OUTPUT), as well as from its instances (PREROUTING).
+    assert from_a_node(info, f"http://{service_ip(info)}:8080/").strip() in web
+
+    # By an instance's own name, to one on another node (another host in the lab).
+    (client,) = the(info, "client")
+    far = next(i for i in the(info, "web") if i["node"] != client["node"])
+    assert sh(info, f"/usr/bin/wget -q -T 5 -t 1 -O- http://{far['name']}.web.orch:8080/").strip() == far["name"]
 
 
 def test_an_instance_that_dies_leaves_the_vip_before_a_client_fails_twice(cluster, record_property):
     info = cluster
-    victim = the(info, "web")[0]
+    (client,) = the(info, "client")
+    victim = next(i for i in the(info, "web") if i["node"] != client["node"])  # behind a route in the lab
     # The client asks every 0.1 s for 8 s, with a 1 s timeout, and notes each outcome.
     script = (
         "for i in $(seq 80); do /usr/bin/wget -q -T 1 -t 1 -O- http://web.orch:8080/ >/dev/null"
         " && echo ok || echo FAIL; sleep 0.1; done"
     )
-    (client,) = the(info, "client")
     tls = ["--tls-dir", info["tlsDir"]] if info.get("tlsDir") else []
     argv = orch_argv("--scheduler", info["schedulers"][0], *tls, "exec", client["name"], "--", "sh", "-c", script)
     loop = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=orch_env())
