@@ -136,6 +136,7 @@ class Agent:
         self.images = ImageStore(config.state_dir / "images", insecure=config.insecure_registries)
         self._probes = ThreadPoolExecutor(PROBE_THREADS, thread_name_prefix="orch-probes")
         self._pulls = ThreadPoolExecutor(PULL_THREADS, thread_name_prefix="orch-pulls")
+        self.secrets: dict[str, pb.SecretData] = {}  # from the scheduler, for variables from secrets
         self._deps = WorkerDeps(
             self.runtime,
             self.network,
@@ -148,6 +149,7 @@ class Agent:
             exited=self.metrics.exited,
             probes=self._probes,
             pulls=self._pulls,
+            secrets=lambda name: self.secrets.get(name),
         )
         # Self-fencing: what the previous agent process knew (a restart), then what the scheduler says.
         self._fencing_file = config.state_dir / "fencing.json"
@@ -236,6 +238,7 @@ class Agent:
 
     async def apply_desired(self, desired: apb.DesiredSet) -> None:
         async with self._apply_lock:
+            self.secrets = dict(desired.secrets)  # memory only; what the next starts see
             d = diff(desired.instances, self.workers)
             for name in d.removed:
                 self._stop_worker(self.workers.pop(name))

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 import re
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +28,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from orch.v1 import types_pb2 as pb
 from scheduler.errors import InvalidRequest, SchedulerError
+from scheduler.snapshot import Versioned
 from scheduler.timeutil import seconds, ts
 
-__all__ = ["KeyRing", "SecretKeyError", "SecretsDisabled", "check_secret", "generate_key_line"]
+log = logging.getLogger(__name__)
+
+__all__ = ["KeyRing", "Opener", "SecretKeyError", "SecretsDisabled", "check_secret", "generate_key_line"]
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -133,6 +137,12 @@ class KeyRing:
         return self.seal(secret.name, data.data, now, created=seconds(secret.created_at))
 
 
+def load_key_file(path: Path) -> str:
+    """The file's text once it passed KeyRing.load's checks (for `orch secret keygen --rotate`)."""
+    KeyRing.load(path)
+    return path.read_text()
+
+
 def _aad(name: str) -> bytes:
     return f"orch/secrets/{name}".encode()
 
@@ -152,3 +162,33 @@ def check_secret(name: str, data: Mapping[str, bytes]) -> None:
         problems.append(f"{size} bytes, over the limit of {MAX_SECRET_BYTES}")
     if problems:
         raise InvalidRequest(problems)
+
+
+class Opener:
+    """Opens the secrets a desired set needs, each once per stored version."""
+
+    def __init__(self, keys: KeyRing | None) -> None:
+        self._keys = keys
+        self._opened: dict[str, tuple[int, pb.SecretData | None]] = {}
+
+    def needed(
+        self, instances: Iterable[pb.Instance], stored: Mapping[str, Versioned[pb.Secret]]
+    ) -> dict[str, tuple[int, pb.SecretData]]:
+        """name -> (mod_revision, data) of every stored secret these instances refer to. One that is
+        missing or does not open is left out: the agent reports the instance's start failing."""
+        out = {}
+        for name in sorted({e.secret for inst in instances for e in inst.spec.secret_env}):
+            found = stored.get(name)
+            if found is None or self._keys is None:
+                continue
+            cached = self._opened.get(name)
+            if cached is None or cached[0] != found.mod_revision:
+                try:
+                    cached = (found.mod_revision, self._keys.open(found.value))
+                except SecretUnreadable as e:
+                    log.warning("%s", e)
+                    cached = (found.mod_revision, None)
+                self._opened[name] = cached
+            if cached[1] is not None:
+                out[name] = (cached[0], cached[1])
+        return out
