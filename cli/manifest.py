@@ -359,6 +359,9 @@ def _env(doc: _Doc, node: yaml.Node, path: str, msg: Message) -> None:
         return
     for i, item in enumerate(doc.items(node, path)):
         here = f"{path}[{i}]"
+        if not isinstance(item, yaml.MappingNode):
+            doc.problem(item, here, f"expected a mapping, got {_describe(item)}")
+            continue
         fields = doc.fields(item, here, ("name", "value", "valueFrom"))
         name = doc.string(fields["name"], f"{here}.name") if "name" in fields else None
         if not name:

@@ -366,3 +366,59 @@ def test_mutual_tls_refuses_strangers_and_impostors(cluster, tmp_path):
     ):
         agent_pb2_grpc.NodeAgentStub(ch).Usage(types_pb2.UsageRequest(), timeout=5)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+SECRETIVE = """
+apiVersion: orch/v1
+kind: App
+metadata: {name: secretive}
+spec:
+  image: rootfs:%s
+  command: ["sleep", "100000"]
+  env:
+    - {name: MODE, value: plain}
+    - name: DB_PASSWORD
+      valueFrom:
+        secretKeyRef: {name: db-cred, key: password}
+  stopGracePeriod: 1s
+"""
+SECRET_VALUE = "tr0ub4dor-and-3-e2e"
+
+
+def files_holding(root: Path, text: bytes) -> list[str]:
+    found = []
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            path = Path(dirpath) / name
+            try:
+                if path.is_file() and not path.is_symlink() and text in path.read_bytes():
+                    found.append(str(path))
+            except OSError:
+                pass
+    return found
+
+
+def test_a_variable_from_a_secret_reaches_the_instance_and_no_disk(cluster, busybox_rootfs):
+    info = cluster
+    assert orch(info, "apply", "-", stdin=SECRETIVE % busybox_rootfs).returncode == 0
+
+    def mine() -> list[dict]:
+        return [i for i in instances(info) if i["app"] == "secretive"]
+
+    # No such secret yet: the start fails, saying which, as Kubernetes' CreateContainerConfigError.
+    waiting = wait_for(lambda: [i for i in mine() if i["reason"] == "CreateContainerConfigError"], 30, "config error")
+    assert 'secret "db-cred" not found' in waiting[0]["message"]
+
+    made = orch(info, "secret", "create", "db-cred", "--from-literal", f"password={SECRET_VALUE}")
+    assert made.returncode == 0, made.stderr
+    [inst] = wait_for(lambda: [i for i in mine() if i["state"] == "Running"], 60, "running once the secret exists")
+    shown = orch(info, "exec", inst["name"], "--", "sh", "-c", 'echo "$DB_PASSWORD/$MODE"')
+    assert shown.stdout.strip() == f"{SECRET_VALUE}/plain", shown.stderr
+    # Not on any disk of the cluster's nodes (their state dirs hold spec.json, logs, images).
+    assert files_holding(Path(info["stateDir"]), SECRET_VALUE.encode()) == []
+    listed = orch(info, "secret", "get", "db-cred")
+    assert "secretive" in listed.stdout and SECRET_VALUE not in listed.stdout  # USED-BY
+
+    assert orch(info, "delete", "app", "secretive").returncode == 0
+    wait_for(lambda: not mine(), 30, "secretive gone")
+    assert orch(info, "secret", "delete", "db-cred").returncode == 0

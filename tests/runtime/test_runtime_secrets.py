@@ -43,7 +43,7 @@ def test_secret_variables_reach_the_command_and_no_file(
     # The state dir holds spec.json, start.json, the container's upper layer: none has it.
     assert files_holding(runtime.state_dir, SECRET.encode()) == []
     spec = (runtime.state_dir / "sec" / "spec.json").read_text()
-    assert "secret_env" not in spec and SECRET not in spec and "\"PLAIN\"" in spec
+    assert "secret_env" not in spec and SECRET not in spec and '"PLAIN"' in spec
     runtime.stop("sec", 1)
 
 

@@ -23,7 +23,7 @@ def test_sealed_values_are_not_in_the_record_and_open_again() -> None:
     keys = KeyRing.parse(KEY_A)
     sealed = keys.seal("db", {"password": b"hunter2-very-secret"}, now=100.0)
     assert b"hunter2" not in sealed.SerializeToString()
-    assert (sealed.keys, sealed.key_id) == (["password"], "a")
+    assert (list(sealed.keys), sealed.key_id) == (["password"], "a")
     assert keys.open(sealed).data == {"password": b"hunter2-very-secret"}
 
 
@@ -133,8 +133,8 @@ def test_the_node_resolves_variables_or_names_what_is_missing() -> None:
     found = {"db": pb.SecretData(data={"password": b"s3cret"})}
     assert secret_env(spec, found.get) == {"PW": "s3cret"}
     with pytest.raises(SecretEnvError, match='secret "db" not found'):
-        secret_env(spec, {}.get)
+        secret_env(spec, lambda name: None)
     with pytest.raises(SecretEnvError, match='has no key "password"'):
-        secret_env(spec, {"db": pb.SecretData(data={"user": b"u"})}.get)
+        secret_env(spec, lambda name: pb.SecretData(data={"user": b"u"}))
     with pytest.raises(SecretEnvError, match="not UTF-8"):
-        secret_env(spec, {"db": pb.SecretData(data={"password": b"\xff"})}.get)
+        secret_env(spec, lambda name: pb.SecretData(data={"password": b"\xff"}))
