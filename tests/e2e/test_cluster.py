@@ -22,6 +22,7 @@ from orch.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 from tests.e2e.cluster import instances, orch, orch_up, wait_all_removed
 from tests.fixtures.processes import orch_env, run_orch, stop, wait_for
 from tests.fixtures.prometheus import DEPLOY, config_dir, prometheus
+from tests.fixtures.scan import files_holding
 
 pytestmark = pytest.mark.root
 
@@ -383,19 +384,6 @@ spec:
   stopGracePeriod: 1s
 """
 SECRET_VALUE = "tr0ub4dor-and-3-e2e"
-
-
-def files_holding(root: Path, text: bytes) -> list[str]:
-    found = []
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            path = Path(dirpath) / name
-            try:
-                if path.is_file() and not path.is_symlink() and text in path.read_bytes():
-                    found.append(str(path))
-            except OSError:
-                pass
-    return found
 
 
 def test_a_variable_from_a_secret_reaches_the_instance_and_no_disk(cluster, busybox_rootfs):

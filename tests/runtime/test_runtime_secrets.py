@@ -4,32 +4,19 @@ travel in memory (zygote request, shim, then after "G" to PID 1), never in spec.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from node.runtime import ContainerConfig, Runtime
+from tests.fixtures.scan import files_holding
 from tests.runtime.test_runtime_containers import wait_for_output
 
 pytestmark = pytest.mark.root
 MakeConfig = Callable[..., ContainerConfig]
 
 SECRET = "s3cr3t-value-7d1f"
-
-
-def files_holding(root: Path, text: bytes) -> list[str]:
-    found = []
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            path = Path(dirpath) / name
-            try:
-                if not path.is_symlink() and text in path.read_bytes():
-                    found.append(str(path))
-            except OSError:
-                pass
-    return found
 
 
 @pytest.mark.parametrize("init", [False, True])
