@@ -67,7 +67,8 @@ def probe_http(host: str, port: int, path: str, timeout: float) -> ProbeResult:
         conn.request("GET", path)
         status = conn.getresponse().status
     except (OSError, http.client.HTTPException) as e:
-        return ProbeResult(False, f"http {host}:{port}{path}: {e}")
+        # The error may quote the container's answer (BadStatusLine has the whole status line).
+        return ProbeResult(False, one_line(f"http {host}:{port}{path}: {e}".encode()))
     finally:
         conn.close()
     return ProbeResult(200 <= status < 400, f"http {host}:{port}{path}: {status}")

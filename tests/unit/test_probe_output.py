@@ -4,10 +4,11 @@ one line a terminal cannot be tricked by (a container writes it; operators read 
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 
-from node.probes import OUTPUT_READ, OUTPUT_SHOWN, one_line, read_output
+from node.probes import OUTPUT_READ, OUTPUT_SHOWN, one_line, probe_http, read_output
 
 
 def test_one_line_escapes_control_and_format_characters() -> None:
@@ -56,3 +57,29 @@ def test_endless_output_is_read_until_the_deadline_and_dropped() -> None:
         os.close(r)
         writer.join(5)
         os.close(w)
+
+
+def test_an_http_answer_cannot_write_to_a_terminal() -> None:
+    """A container answering a status line of escape sequences: http.client's error quotes the
+    line, and the probe's detail (in events, read in terminals) has it escaped."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"\x1b]0;owned\x07\x1b[2J\r\n\r\n")
+
+    t = threading.Thread(target=answer)
+    t.start()
+    try:
+        result = probe_http("127.0.0.1", port, "/healthz", 5.0)
+    finally:
+        t.join(5)
+        server.close()
+    assert not result.ok
+    assert "\x1b" not in result.detail and "\x07" not in result.detail
+    assert "\\x1b]0;owned\\x07\\x1b[2J" in result.detail
