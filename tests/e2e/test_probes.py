@@ -89,10 +89,15 @@ def test_liveness_restarts_a_wedged_instance(cluster: dict[str, Any], busybox_ro
     last = again["lastState"]
     assert last["reason"] == "LivenessFailed" and "liveness probe failed 2 times in a row" in last["message"]
     assert ": 404" in last["message"]
-    described = orch(info, "describe", "instance", name).stdout
-    assert "restarts: 1" in described and "LivenessFailed" in described
-    events = [line for line in described.splitlines() if "LivenessFailed" in line and "Warning" in line]
-    assert events and "restart 1" in events[0], described
+
+    def restart_event() -> tuple[str, str] | None:  # recorded right after the status that counts it
+        described = orch(info, "describe", "instance", name).stdout
+        lines = [line for line in described.splitlines() if "Warning" in line and "LivenessFailed" in line]
+        return (described, lines[0]) if lines else None
+
+    described, event = wait_for(restart_event, 10, "the restart's event")
+    assert "restarts: 1" in described and "lastState: reason=LivenessFailed" in described
+    assert f"{name}: liveness probe failed 2 times in a row" in event and event.endswith("; restart 1")
     assert exits(info, again["node"], "wedge").get("LivenessFailed") == 1.0
 
     # The old incarnation's output is the previous log; the new one starts a log of its own.
