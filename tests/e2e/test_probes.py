@@ -80,7 +80,7 @@ def test_liveness_restarts_a_wedged_instance(cluster: dict[str, Any], busybox_ro
     _, before, _ = logs(info, name)
     assert before.startswith("boot ")
 
-    r = orch(info, "exec", name, "--", "rm", "/www/healthz")  # it still runs, but answers 404 now
+    r = orch(info, "exec", name, "--", "busybox", "rm", "/www/healthz")  # it still runs, but answers 404 now
     assert r.returncode == 0, r.stderr
     again = wait_for(
         lambda: (i := only(info, "wedge")) and i["restarts"] == 1 and i["state"] == "Running" and i, 30, "restarted"
