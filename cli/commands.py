@@ -311,8 +311,11 @@ def since_of(since: str, since_time: str, now: float) -> float:
     return 0.0
 
 
-def logs(c: Client, name: str, follow: bool, tail: int, timestamps: bool, since: float = 0.0) -> None:
-    req = pb.LogsRequest(name=name, follow=follow, tail=tail, since=since)
+def logs(
+    c: Client, name: str, follow: bool, tail: int, timestamps: bool, since: float = 0.0, previous: bool = False
+) -> None:
+    follow = follow and not previous  # the previous incarnation has ended: nothing more will come
+    req = pb.LogsRequest(name=name, follow=follow, tail=tail, since=since, previous=previous)
 
     def stream(stub: OrchStub) -> None:
         # No deadline when following: it ends with the instance or Ctrl-C.

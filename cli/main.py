@@ -252,11 +252,23 @@ def uncordon(ctx: click.Context, node: str) -> None:
 @click.option("--timestamps", is_flag=True, help="Prefix each line with its RFC 3339 time.")
 @click.option("--since", default="", metavar="DURATION", help="Only lines newer than this (5s, 2m, 3h).")
 @click.option("--since-time", default="", metavar="RFC3339", help="Only lines at or after this time.")
+@click.option(
+    "-p", "--previous", is_flag=True, help="The previous incarnation's output, of an instance that restarted."
+)
 @click.pass_context
-def logs(ctx: click.Context, name: str, follow: bool, tail: int, timestamps: bool, since: str, since_time: str) -> None:
+def logs(
+    ctx: click.Context,
+    name: str,
+    follow: bool,
+    tail: int,
+    timestamps: bool,
+    since: str,
+    since_time: str,
+    previous: bool,
+) -> None:
     """Print an instance's output, or every instance's of an APP (prefixed with the instance)."""
     start = commands.since_of(since, since_time, time.time())
-    commands.logs(client(ctx), name, follow=follow, tail=tail, timestamps=timestamps, since=start)
+    commands.logs(client(ctx), name, follow=follow, tail=tail, timestamps=timestamps, since=start, previous=previous)
 
 
 @cli.command("exec")

@@ -391,11 +391,25 @@ def _secret_ref(doc: _Doc, node: yaml.Node, path: str, var: types_pb2.SecretEnvV
     var.key = doc.string(fields["key"], f"{path}.secretKeyRef.key") or "" if "key" in fields else ""
 
 
-def _readiness(doc: _Doc, node: yaml.Node, path: str, msg: Message) -> None:
-    _message("readiness", _READINESS)(doc, node, path, msg)
-    probes = [key for key in ("tcp", "exec", "http") if f"{path}.{key}" in doc.lines]
-    if len(probes) > 1:
-        doc.problem(doc.line_of(path), path, f"set only one of tcp, exec or http, not {' and '.join(probes)}")
+def _probe(attr: str) -> _Setter:
+    """readiness, liveness and startup: one shape (types_pb2.Readiness)."""
+
+    def setter(doc: _Doc, node: yaml.Node, path: str, msg: Message) -> None:
+        _message(attr, _PROBE)(doc, node, path, msg)
+        probes = [key for key in ("tcp", "exec", "http") if f"{path}.{key}" in doc.lines]
+        if len(probes) > 1:
+            doc.problem(doc.line_of(path), path, f"set only one of tcp, exec or http, not {' and '.join(probes)}")
+
+    return setter
+
+
+def _at_least_one(doc: _Doc, node: yaml.Node, path: str) -> int | None:
+    """failureThreshold: 0 would mean "the default" in the API; in a manifest it is a mistake."""
+    value = doc.integer(node, path)
+    if value is not None and value < 1:
+        doc.problem(node, path, f"must be at least 1, got {value}")
+        return None
+    return value
 
 
 def _exec(doc: _Doc, node: yaml.Node, path: str, msg: Message) -> None:
@@ -411,12 +425,14 @@ _PORT: dict[str, _Setter] = {
     "protocol": _lower("protocol"),
 }
 _HTTP: dict[str, _Setter] = {"port": _scalar("port", _Doc.integer), "path": _scalar("path", _Doc.string)}
-_READINESS: dict[str, _Setter] = {
+_PROBE: dict[str, _Setter] = {
     "tcp": _scalar("tcp", _Doc.integer),
     "exec": _exec,
     "http": _message("http", _HTTP),
     "periodSeconds": _quantity("period_ms", parse_duration),
     "timeoutSeconds": _quantity("timeout_ms", parse_duration),
+    "failureThreshold": _scalar("failure_threshold", _at_least_one),
+    "initialDelaySeconds": _quantity("initial_delay_ms", parse_duration),
 }
 _SPEC: dict[str, _Setter] = {
     "replicas": _scalar("replicas", _Doc.integer),
@@ -443,7 +459,9 @@ _SPEC: dict[str, _Setter] = {
         {"maxSurge": _scalar("max_surge", _Doc.integer), "maxUnavailable": _scalar("max_unavailable", _Doc.integer)},
         defaults={"max_surge": 1, "max_unavailable": 0},
     ),
-    "readiness": _readiness,
+    "readiness": _probe("readiness"),
+    "liveness": _probe("liveness"),
+    "startup": _probe("startup"),
     "stopGracePeriod": _quantity("stop_grace_period_ms", parse_duration),
     "user": _scalar("user", _Doc.string),
     "workingDir": _scalar("working_dir", _Doc.string),

@@ -51,7 +51,13 @@ def instance_row(i: pb.Instance) -> Row:
         "generation": i.app_generation,
         "image": i.spec.image,
         "createdAt": _time(i.created_at),
+        "lastState": _termination(s.last_termination) if s.HasField("last_termination") else None,
     }
+
+
+def _termination(t: pb.Termination) -> Row:
+    """How the previous incarnation ended (kubectl's lastState.terminated)."""
+    return {"reason": t.reason, "exitCode": t.exit_code, "finishedAt": _time(t.finished_at), "message": t.message}
 
 
 NODE_STATES = {

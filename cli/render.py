@@ -11,6 +11,7 @@ import yaml
 from cli.manifest import API_VERSION, KIND, NODE_LOST_ACTIONS, PLACEMENTS, RESTART_POLICIES
 from orch.quantity import format_cpu, format_duration, format_memory
 from orch.v1 import types_pb2 as pb
+from orch.validation import PROBES
 
 _RESTART_NAMES = {v: k for k, v in RESTART_POLICIES.items()}
 _PLACEMENT_NAMES = {v: k for k, v in PLACEMENTS.items()}
@@ -56,8 +57,9 @@ def _spec(s: pb.AppSpec) -> dict[str, Any]:
     _put(out, "placement", _PLACEMENT_NAMES.get(s.placement))
     if s.HasField("update"):
         out["update"] = {"maxSurge": s.update.max_surge, "maxUnavailable": s.update.max_unavailable}
-    if s.HasField("readiness"):
-        out["readiness"] = _readiness(s.readiness)
+    for name in PROBES:
+        if s.HasField(name):
+            out[name] = _probe(getattr(s, name))
     _put(out, "stopGracePeriod", format_duration(s.stop_grace_period_ms) if s.stop_grace_period_ms else None)
     _put(out, "user", s.user)
     _put(out, "workingDir", s.working_dir)
@@ -87,7 +89,7 @@ def _port(p: pb.Port) -> dict[str, Any]:
     return out
 
 
-def _readiness(r: pb.Readiness) -> dict[str, Any]:
+def _probe(r: pb.Readiness) -> dict[str, Any]:
     out: dict[str, Any] = {}
     which = r.WhichOneof("probe")
     if which == "tcp":
@@ -98,4 +100,6 @@ def _readiness(r: pb.Readiness) -> dict[str, Any]:
         out["http"] = {"port": r.http.port, **({"path": r.http.path} if r.http.path else {})}
     _put(out, "periodSeconds", format_duration(r.period_ms) if r.period_ms else None)
     _put(out, "timeoutSeconds", format_duration(r.timeout_ms) if r.timeout_ms else None)
+    _put(out, "failureThreshold", r.failure_threshold or None)
+    _put(out, "initialDelaySeconds", format_duration(r.initial_delay_ms) if r.initial_delay_ms else None)
     return out

@@ -15,7 +15,7 @@ from node.exec_session import relay_exec
 from node.runtime import ContainerError, NotFound
 from node.runtime.errors import NotRunning
 from node.runtime.exec_client import ExecProcess
-from node.runtime.logs import LogLine, read_logs
+from node.runtime.logs import LogLine, log_file, previous_log, read_logs
 from orch.tls import SCHEDULER, peer_identity
 from orch.v1 import agent_pb2_grpc
 from orch.v1 import exec_pb2 as xpb
@@ -100,9 +100,13 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
     ) -> AsyncIterator[pb.LogEntry]:
         await _only_schedulers(context)
         name = request.name
-        path = self._log_dir / f"{name}.log"
+        path = log_file(self._log_dir, name)
         if "/" in name or not (path.exists() or self._is_active(name)):
             await context.abort(grpc.StatusCode.NOT_FOUND, f'no logs for instance "{name}" on this node')
+        if request.previous:
+            path = previous_log(path)
+            if not path.exists():
+                await context.abort(grpc.StatusCode.NOT_FOUND, f'instance "{name}" has not restarted on this node')
         if self._log_streams >= self._max_log_streams:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -125,7 +129,7 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
             lines = read_logs(
                 path,
                 tail=request.tail if request.tail > 0 else None,
-                follow=request.follow,
+                follow=request.follow and not request.previous,  # the previous one has ended
                 since=request.since or None,
                 done=lambda: stop or not self._is_active(name),
             )

@@ -117,4 +117,4 @@ class NodeMetrics:
         self.exits.labels(app, reason).inc()
 
 
-EXIT_REASONS = ("Completed", "Error", "OOMKilled")
+EXIT_REASONS = ("Completed", "Error", "OOMKilled", "LivenessFailed", "StartupFailed")

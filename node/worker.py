@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import signal
@@ -29,12 +28,15 @@ from pathlib import Path
 
 from node.images import ImageError, ImageStore, PreparedImage, effective_process
 from node.network import HostPortNotAllowed, NetworkError, NodeNetwork, PortMapping
-from node.probes import period_of, probe
+from node.probe_loop import run_probes
+from node.probe_state import Restart
 from node.restarts import RestartTracker
 from node.runtime import ContainerConfig, ContainerError, ContainerState, ContainerStatus, NotFound, Runtime
+from node.runtime.logs import keep_previous, log_file
 from node.runtime.model import DEFAULT_PATH, SECCOMP_DEFAULT
 from node.secret_env import Lookup, SecretEnvError, secret_env
 from orch.v1 import types_pb2 as pb
+from orch.validation import PROBES
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ def container_config(
         lower_dirs=image.lower_dirs,
         argv=process.argv,
         env=env,
-        log_path=log_dir / f"{inst.name}.log",
+        log_path=log_file(log_dir, inst.name),
         hostname=inst.name,
         working_dir=process.working_dir or "/",
         user=process.user,
@@ -134,6 +136,8 @@ class InstanceWorker:
         self.ip = ""
         self.task: asyncio.Task[None] | None = None
         self.fenced = ""  # why it was killed for good (self-fencing); "" if it was not
+        self._probe_restart: Restart | None = None  # a probe had the running container killed
+        self._last: pb.Termination | None = None  # how the previous incarnation ended
 
     def start(self, after: asyncio.Task[None] | None = None) -> None:
         """after: a previous worker of the same instance that is still stopping its container."""
@@ -165,6 +169,8 @@ class InstanceWorker:
     def _set(self, status: pb.InstanceStatus) -> None:
         status.ip = status.ip or self.ip
         status.restarts = self._tracker.restarts
+        if self._last is not None:
+            status.last_termination.CopyFrom(self._last)
         self.status = status
         self._deps.report(self.instance, status)
 
@@ -327,8 +333,8 @@ class InstanceWorker:
 
     def _running_status(self, state: ContainerState) -> pb.InstanceStatus:
         status = pb.InstanceStatus(state=pb.INSTANCE_STATE_RUNNING, pid=state.pid or 0, ip=self.ip)
-        # Without a readiness probe, running is ready; with one, the probe decides.
-        status.ready = not self.instance.spec.HasField("readiness")
+        # Without a readiness or startup probe, running is ready; with one, the probes decide.
+        status.ready = not any(self.instance.spec.HasField(p) for p in ("readiness", "startup"))
         if state.started_at:
             status.started_at.FromNanoseconds(int(state.started_at * 1e9))
         return status
@@ -343,7 +349,8 @@ class InstanceWorker:
         exited = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_reader(fd, exited.set)
-        probes = asyncio.create_task(self._probe_loop(state.pid or 0))
+        self._probe_restart = None
+        probes = asyncio.create_task(self._probe_loop(state))
         try:
             stop = asyncio.create_task(self._stop.wait())
             done = asyncio.create_task(exited.wait())
@@ -358,22 +365,33 @@ class InstanceWorker:
             return None
         return await self._final_state(name)
 
-    async def _probe_loop(self, pid: int) -> None:
+    async def _probe_loop(self, state: ContainerState) -> None:
+        """The probes of the running container; kills it when one calls for a restart."""
         spec = self.instance.spec
-        if not spec.HasField("readiness"):
+        if not any(spec.HasField(p) for p in PROBES):
             return
-        loop = asyncio.get_running_loop()
-        run = functools.partial(probe, spec.readiness, self.ip, self._deps.runtime, self.instance.name)
-        while True:
-            result = await loop.run_in_executor(self._deps.probes, run)
-            message = "" if result.ok else f"readiness: {result.detail}"
-            if result.ok != self.status.ready or message != self.status.message:
-                status = pb.InstanceStatus()
-                status.CopyFrom(self.status)
-                status.ready = result.ok
-                status.message = message
-                self._set(status)
-            await asyncio.sleep(period_of(spec.readiness))
+        ran_for = max(time.time() - state.started_at, 0.0) if state.started_at else 0.0  # adopted: started earlier
+        restart = await run_probes(
+            spec, self.ip, self._deps.runtime, self.instance.name, time.monotonic() - ran_for, self._on_probes,
+            self._deps.probes,
+        )  # fmt: skip
+        log.info("instance %s: %s; restarting it", self.instance.name, restart.message)
+        self._probe_restart = restart
+        runtime, name = self._deps.runtime, self.instance.name
+        try:  # as a stop: SIGTERM, SIGKILL after the grace period (the exit cancels this task)
+            await asyncio.to_thread(runtime.kill, name, signal.SIGTERM)
+            await asyncio.sleep((spec.stop_grace_period_ms or 10_000) / 1000)
+            await asyncio.to_thread(runtime.kill, name, signal.SIGKILL)
+        except (ContainerError, OSError) as e:
+            log.warning("instance %s: kill after the failed %s probe: %s", name, restart.kind.value, e)
+
+    def _on_probes(self, ready: bool, message: str) -> None:
+        if ready != self.status.ready or message != self.status.message:
+            status = pb.InstanceStatus()
+            status.CopyFrom(self.status)
+            status.ready = ready
+            status.message = message
+            self._set(status)
 
     async def _final_state(self, name: str) -> ContainerState:
         # The supervisor writes the exit record right before it ends; allow it a moment.
@@ -388,12 +406,19 @@ class InstanceWorker:
         """Report the exit; wait out the backoff. False: do not restart."""
         code = state.exit_code if state.exit_code is not None else -1
         ran_for = (state.finished_at or time.time()) - (state.started_at or time.time())
-        decision = self._tracker.next(code, ran_for)
+        killed = self._probe_restart
+        # Killed for a failed probe: restarted unless the policy is Never, whatever the exit code (Kubernetes).
+        decision = self._tracker.next((code or 1) if killed else code, ran_for)
         status = exit_status(state, self._tracker.restarts)
+        if killed is not None:
+            status.reason, status.message = killed.reason, f"{killed.message}; killed (exit code {code})"
         self._deps.exited(self.instance.app, status.reason)  # before a CrashLoopBackOff hides why
         if not decision.restart:
             self._set(status)
             return False
+        self._last = pb.Termination(reason=status.reason, message=status.message, exit_code=code)
+        self._last.finished_at.CopyFrom(status.finished_at)
+        await self._keep_log()
         if decision.delay > 0:
             status.reason = "CrashLoopBackOff"
             status.message = f"exit code {code}; restarting in {decision.delay:.1f}s"
@@ -402,6 +427,13 @@ class InstanceWorker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), timeout=decision.delay)
         return True
+
+    async def _keep_log(self) -> None:
+        """The log of the incarnation that ended becomes the previous one (`orch logs -p`)."""
+        try:
+            await asyncio.to_thread(keep_previous, log_file(self._deps.log_dir, self.instance.name))
+        except OSError as e:  # the next incarnation appends to it instead
+            log.warning("instance %s: keeping its previous log: %s", self.instance.name, e)
 
     async def _teardown(self) -> None:
         """Stop and remove the container, free its address, report Stopped."""

@@ -21,6 +21,14 @@ class LogsUnavailable(SchedulerError):
     """The node holding the logs cannot be asked for them."""
 
 
+class NoPreviousLogs(LogsUnavailable):
+    """`orch logs --previous` of an instance that has not restarted (on its node)."""
+
+    def __init__(self, instance: str) -> None:
+        super().__init__(f'instance "{instance}" has not restarted: there is no previous incarnation to show')
+        self.instance = instance
+
+
 @dataclass(frozen=True, slots=True)
 class LogSource:
     instance: str
@@ -63,7 +71,9 @@ async def _pump(
             async for entry in agent_pb2_grpc.NodeAgentStub(channel).Logs(req):
                 await out.put(entry)
     except grpc.aio.AioRpcError as e:
-        if e.code() != grpc.StatusCode.NOT_FOUND:
+        if e.code() == grpc.StatusCode.NOT_FOUND and request.previous:
+            await out.put(NoPreviousLogs(source.instance))
+        elif e.code() != grpc.StatusCode.NOT_FOUND:
             await out.put(LogsUnavailable(f"{source.instance}: agent at {source.address}: {e.details()}"))
     finally:
         await out.put(None)
@@ -75,16 +85,23 @@ async def stream_logs(
     out: asyncio.Queue[pb.LogEntry | Exception | None] = asyncio.Queue(maxsize=1000)
     pumps = [asyncio.create_task(_pump(s, request, out, tls)) for s in sources]
     open_streams = len(pumps)
+    never_restarted = []
     try:
         while open_streams:
             item = await out.get()
             if item is None:
                 open_streams -= 1
+            elif isinstance(item, NoPreviousLogs) and len(sources) > 1:
+                never_restarted.append(item.instance)
             elif isinstance(item, Exception):
                 if len(sources) == 1:
                     raise item
             else:
                 yield item
+        if sources and len(never_restarted) == len(sources):  # an app none of whose instances restarted
+            raise LogsUnavailable(
+                f"no instance has restarted: there is no previous incarnation to show ({', '.join(never_restarted)})"
+            )
     finally:
         for p in pumps:
             p.cancel()

@@ -84,7 +84,7 @@ def event(now: float, kind: str, obj: str, reason: str, message: str, warning: b
 def is_ready(inst: pb.Instance) -> bool:
     if inst.status.state != pb.INSTANCE_STATE_RUNNING:
         return False
-    return inst.status.ready or not inst.spec.HasField("readiness")
+    return inst.status.ready or not (inst.spec.HasField("readiness") or inst.spec.HasField("startup"))
 
 
 def reconcile(

@@ -84,7 +84,7 @@ async def serve(config: SchedulerConfig) -> None:
     cache = ClusterCache(store)
     metrics.registry.register(ClusterCollector(cache))
     election = LeaderElection(store, identity, ttl=config.leader_ttl)
-    status = StatusWriter(store, cache)
+    status = StatusWriter(store, cache, events)
     keeper = LeaseKeeper(store, interval=config.lease_ttl / 4)
     try:
         pool = SubnetPool.parse(config.cluster_cidr, config.node_subnet_size)

@@ -4,6 +4,10 @@ Reports are coalesced per instance (latest wins) and flushed in one
 revision-checked transaction; a conflict falls back to re-reading each
 instance. A report from a node the instance is no longer assigned to is
 dropped: a stale node must not overwrite its replacement's state.
+
+A report whose restart count went up gets an event saying how the incarnation
+before ended (the agent's last_termination: LivenessFailed, OOMKilled, Error...),
+recorded once the status is written.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from orch.v1 import agent_pb2 as apb
 from orch.v1 import types_pb2 as pb
 from scheduler.cache import ClusterCache
 from scheduler.errors import Conflict, StoreUnavailable
+from scheduler.events import EventLog
+from scheduler.reconcile import event
 from scheduler.snapshot import Versioned
 from scheduler.store import Put, Store
 from scheduler.timeutil import ts
@@ -44,10 +50,25 @@ def merged(current: pb.Instance, node: str, status: pb.InstanceStatus, now: floa
     return new
 
 
+def restart_events(before: pb.Instance, after: pb.Instance, now: float) -> list[pb.Event]:
+    """An event when the agent restarted the instance (its count went up; an agent restart
+    starts it again from 0), named after how the incarnation before ended."""
+    status = after.status
+    if status.restarts <= before.status.restarts or not status.HasField("last_termination"):
+        return []
+    last = status.last_termination
+    what = last.message or f"exit code {last.exit_code}"
+    warning = last.reason != "Completed"
+    return [
+        event(now, "Instance", after.name, last.reason or "Restarted", f"{what}; restart {status.restarts}", warning)
+    ]
+
+
 class StatusWriter:
-    def __init__(self, store: Store, cache: ClusterCache) -> None:
+    def __init__(self, store: Store, cache: ClusterCache, events: EventLog | None = None) -> None:
         self._store = store
         self._cache = cache
+        self._events = events
         # (node, instance) -> status: keyed by the reporting node too, so a node that reports
         # another node's instance name cannot overwrite that node's pending report.
         self._pending: dict[tuple[str, str], pb.InstanceStatus] = {}
@@ -89,6 +110,7 @@ class StatusWriter:
         now = time.time()
         writes: list[Put] = []
         nodes: dict[str, str] = {}  # instance -> the node whose report is written
+        events: dict[str, list[pb.Event]] = {}  # instance -> its events, once its status is written
         for (node, name), status in batch.items():
             v = self._cache.instances.get(name)
             if v is None:
@@ -97,12 +119,19 @@ class StatusWriter:
             if new is not None:
                 writes.append(Put(self._store.keys.instance(new.app, new.name), new, v.mod_revision))
                 nodes[name] = node
+                events[name] = restart_events(v.value, new, now)
         for start in range(0, len(writes), MAX_BATCH):
             chunk = writes[start : start + MAX_BATCH]
             try:
                 self._store.commit(chunk)
             except Conflict:
                 self._one_by_one(chunk, batch, nodes, now)
+                continue
+            self._record([e for w in chunk if isinstance(w.value, pb.Instance) for e in events[w.value.name]])
+
+    def _record(self, events: list[pb.Event]) -> None:
+        if events and self._events is not None:
+            self._events.record(events)
 
     def _one_by_one(
         self, chunk: list[Put], batch: dict[tuple[str, str], pb.InstanceStatus], nodes: dict[str, str], now: float
@@ -120,6 +149,7 @@ class StatusWriter:
                     break
                 try:
                     self._store.commit([Put(w.key, new, fresh.mod_revision)])
+                    self._record(restart_events(fresh.value, new, now))
                     break
                 except Conflict:
                     continue

@@ -13,6 +13,10 @@ last bytes before EOF without a newline, are cut into P pieces ended by F).
 Rotation renames X.log -> X.log.1 -> X.log.2 ... and keeps `max_files` files
 in all; `read_logs(follow=True)` notices the rename (inode change) and goes
 on with the new X.log after draining the old one.
+
+Each incarnation of an instance has a log of its own, as in Kubernetes: before
+a container starts again, `keep_previous` moves its log (rotated files too) to
+previous/X.log (`orch logs --previous`), replacing the one kept before.
 """
 
 from __future__ import annotations
@@ -25,7 +29,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["MAX_LINE", "LogLine", "LogWriter", "format_time", "parse_log_line", "parse_time", "read_logs"]
+__all__ = [
+    "MAX_LINE",
+    "LogLine",
+    "LogWriter",
+    "format_time",
+    "keep_previous",
+    "log_file",
+    "parse_log_line",
+    "parse_time",
+    "previous_log",
+    "read_logs",
+]
 
 MAX_LINE = 16 * 1024  # bytes of text per log line before it is split into P pieces
 
@@ -121,6 +136,31 @@ class LogWriter:
         for stream in self._pending:
             self.write(stream, b"")
         os.close(self._fd)
+
+
+def log_file(log_dir: Path, instance: str) -> Path:
+    """Where the shim writes an instance's output (the caller has checked the name)."""
+    return log_dir / f"{instance}.log"
+
+
+def previous_log(log_path: Path) -> Path:
+    """Where the last incarnation's log is kept: a directory of its own, so no instance name
+    can ever be spelt to mean another file."""
+    return log_path.parent / "previous" / log_path.name
+
+
+def keep_previous(log_path: Path) -> bool:
+    """Before a container starts again: its log becomes the previous one (replacing what was
+    kept) and the new incarnation writes a new one. False: there was no log to keep."""
+    if not log_path.exists():
+        return False
+    previous = previous_log(log_path)
+    previous.parent.mkdir(mode=0o700, exist_ok=True)
+    for old in _rotated(previous):
+        old.unlink(missing_ok=True)
+    for current in _rotated(log_path):  # oldest first; X.log last, so a reader sees it go last
+        os.rename(current, previous.parent / current.name)
+    return True
 
 
 def _rotated(path: Path) -> list[Path]:

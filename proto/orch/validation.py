@@ -12,15 +12,18 @@ import difflib
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from orch.imageref import BadReference, parse_reference
 from orch.quantity import format_duration
 from orch.v1 import types_pb2
 
 __all__ = [
+    "DEFAULT_FAILURE_THRESHOLD",
     "LINUX_CAPABILITIES",
     "MAX_APP_NAME",
     "MAX_REPLICAS",
+    "PROBES",
     "SECCOMP_MODES",
     "FieldError",
     "canonical_capability",
@@ -31,6 +34,13 @@ __all__ = [
 MAX_APP_NAME = 57  # instance names are "<app>-<5 chars>" and must stay DNS labels (63)
 MAX_REPLICAS = 10_000
 MAX_DURATION_MS = 3_600_000  # stopGracePeriod and probe timings
+MAX_FAILURE_THRESHOLD = 10_000
+# The probes of an AppSpec (one shape, types_pb2.Readiness), by field name.
+ProbeField = Literal["readiness", "liveness", "startup"]
+PROBES: tuple[ProbeField, ...] = ("readiness", "liveness", "startup")
+# failureThreshold when unset: Kubernetes' 3 for liveness and startup (normalized into the spec);
+# readiness keeps orch's 1 (not ready at the first failure), applied by the node, not stored.
+DEFAULT_FAILURE_THRESHOLD = 3
 
 # Index = capability number (linux/capability.h, up to CAP_CHECKPOINT_RESTORE in 5.9).
 # fmt: off
@@ -88,7 +98,7 @@ def validate_app_spec(spec: types_pb2.AppSpec) -> list[FieldError]:
         *_check_labels("spec.nodeSelector", spec.node_selector),
         *_check_app_names("spec.antiAffinity", spec.anti_affinity),
         *_check_update(spec),
-        *_check_readiness(spec),
+        *_check_probes(spec),
         *_check_duration("spec.stopGracePeriod", spec.stop_grace_period_ms),
         *_check_process(spec),
         *_check_capabilities(spec.capabilities),
@@ -102,7 +112,8 @@ def normalize_app_spec(spec: types_pb2.AppSpec) -> types_pb2.AppSpec:
 
     Unset means default, since proto3 cannot tell 0 from absent: restart ALWAYS,
     placement SPREAD, update maxSurge 1 / maxUnavailable 0, stopGracePeriod 10s,
-    readiness period 10s / timeout 1s (as Kubernetes), port protocol "tcp",
+    probes period 10s / timeout 1s, liveness and startup failureThreshold 3 (as Kubernetes),
+    port protocol "tcp",
     service targetPort = its port and protocol "tcp" (as Kubernetes).
     Capabilities become "CAP_NET_ADMIN" (or "ALL"); seccomp "default" becomes "". Idempotent.
     """
@@ -115,9 +126,13 @@ def normalize_app_spec(spec: types_pb2.AppSpec) -> types_pb2.AppSpec:
     if not out.HasField("update"):
         out.update.max_surge, out.update.max_unavailable = 1, 0
     out.stop_grace_period_ms = out.stop_grace_period_ms or 10_000
-    if out.HasField("readiness"):
-        out.readiness.period_ms = out.readiness.period_ms or 10_000
-        out.readiness.timeout_ms = out.readiness.timeout_ms or 1_000
+    for name in PROBES:
+        if out.HasField(name):
+            probe = getattr(out, name)
+            probe.period_ms = probe.period_ms or 10_000
+            probe.timeout_ms = probe.timeout_ms or 1_000
+            if name != "readiness":  # readiness's stays unset: specs stored before it existed roll nothing
+                probe.failure_threshold = probe.failure_threshold or DEFAULT_FAILURE_THRESHOLD
     for port in out.ports:
         port.protocol = port.protocol.lower() or "tcp"
     if out.HasField("service"):
@@ -303,25 +318,30 @@ def _check_update(spec: types_pb2.AppSpec) -> Iterator[FieldError]:
         yield FieldError("spec.update", "maxSurge and maxUnavailable cannot both be 0: a rollout could never progress")
 
 
-def _check_readiness(spec: types_pb2.AppSpec) -> Iterator[FieldError]:
-    if not spec.HasField("readiness"):
-        return
-    probe = spec.readiness
+def _check_probes(spec: types_pb2.AppSpec) -> Iterator[FieldError]:
+    for name in PROBES:
+        if spec.HasField(name):
+            yield from _check_probe(f"spec.{name}", getattr(spec, name))
+
+
+def _check_probe(path: str, probe: types_pb2.Readiness) -> Iterator[FieldError]:
     kind = probe.WhichOneof("probe")
     if kind is None:
-        yield FieldError("spec.readiness", "needs one of tcp, exec or http")
+        yield FieldError(path, "needs one of tcp, exec or http")
     elif kind == "tcp":
-        yield from _check_range("spec.readiness.tcp", probe.tcp, 1, 65535)
+        yield from _check_range(f"{path}.tcp", probe.tcp, 1, 65535)
     elif kind == "http":
-        yield from _check_range("spec.readiness.http.port", probe.http.port, 1, 65535)
+        yield from _check_range(f"{path}.http.port", probe.http.port, 1, 65535)
         if probe.http.path and not probe.http.path.startswith("/"):
-            yield FieldError("spec.readiness.http.path", f'must start with "/", got "{probe.http.path}"')
+            yield FieldError(f"{path}.http.path", f'must start with "/", got "{probe.http.path}"')
     elif not probe.exec.command:
-        yield FieldError("spec.readiness.exec", "needs a command")
+        yield FieldError(f"{path}.exec", "needs a command")
     else:
-        yield from _check_strings("spec.readiness.exec", probe.exec.command)
-    yield from _check_duration("spec.readiness.periodSeconds", probe.period_ms)
-    yield from _check_duration("spec.readiness.timeoutSeconds", probe.timeout_ms)
+        yield from _check_strings(f"{path}.exec", probe.exec.command)
+    yield from _check_duration(f"{path}.periodSeconds", probe.period_ms)
+    yield from _check_duration(f"{path}.timeoutSeconds", probe.timeout_ms)
+    yield from _check_duration(f"{path}.initialDelaySeconds", probe.initial_delay_ms)
+    yield from _check_range(f"{path}.failureThreshold", probe.failure_threshold, 0, MAX_FAILURE_THRESHOLD)
 
 
 def _check_process(spec: types_pb2.AppSpec) -> Iterator[FieldError]:

@@ -141,3 +141,32 @@ def test_a_node_cannot_erase_another_nodes_status_report(store):
     batch, writer._pending = writer._pending, {}
     writer._flush(batch)
     assert store.get(pb.Instance, key).value.status == running
+
+
+def test_a_restart_report_records_an_event_once(store):
+    """The agent's report of a restart (its count up, lastState set) becomes one event on the
+    instance, after the status is written; the next report of the same restart adds none."""
+    from types import SimpleNamespace
+
+    from orch.v1 import agent_pb2 as apb
+    from scheduler.events import EventLog
+    from scheduler.status import StatusWriter
+
+    key = store.keys.instance("web", "web-1")
+    store.commit([Put(key, pb.Instance(name="web-1", app="web", node="node-a"), 0)])
+    cache = SimpleNamespace(instances={"web-1": store.get(pb.Instance, key)})
+    events = EventLog(store)
+    writer = StatusWriter(store, cache, events)  # type: ignore[arg-type]
+    last = pb.Termination(reason="LivenessFailed", message="liveness probe failed 3 times in a row: tcp", exit_code=137)
+    restarted = pb.InstanceStatus(state=pb.INSTANCE_STATE_RUNNING, restarts=1, last_termination=last)
+    for status in (
+        restarted,
+        pb.InstanceStatus(state=pb.INSTANCE_STATE_RUNNING, restarts=1, last_termination=last, ready=True),
+    ):
+        writer.report("node-a", [apb.InstanceReport(name="web-1", app="web", status=status)])
+        batch, writer._pending = writer._pending, {}
+        writer._flush(batch)
+        cache.instances["web-1"] = store.get(pb.Instance, key)
+    (e,) = events.list()
+    assert (e.object, e.reason, e.type) == ("web-1", "LivenessFailed", "Warning")
+    assert e.message == "liveness probe failed 3 times in a row: tcp; restart 1"

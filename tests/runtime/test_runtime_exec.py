@@ -245,6 +245,17 @@ def test_a_hanging_probe_is_killed_at_its_timeout(runtime: Runtime, sleeper: Cal
     assert_only(pid1)
 
 
+def test_a_probes_output_is_in_its_detail_escaped(runtime: Runtime, sleeper: Callable[..., int]) -> None:
+    """What a failing exec probe printed says why (as Kubernetes' events do); the container wrote
+    it, so escape sequences reach no operator's terminal, and endless output is cut at the timeout."""
+    sleeper()
+    script = "echo not healthy; printf '\\033[2J\\033]0;owned\\007' >&2; exit 3"
+    result = probe_exec(runtime, "ex", ["sh", "-c", script], timeout=10)
+    assert not result.ok and result.detail == "exec sh: exit 3: not healthy\\n\\x1b[2J\\x1b]0;owned\\x07"
+    result = probe_exec(runtime, "ex", ["sh", "-c", "while :; do echo spam; done"], timeout=0.5)
+    assert result.detail == "exec sh: timed out after 0.5s: " + ("spam\\n" * 40)[:200] + "..."
+
+
 def test_the_exec_reaper_is_not_dumpable(runtime: Runtime, sleeper: Callable[..., int]) -> None:
     # The exec's reaper (the command's parent, in the container) was forked from the host-root
     # helper: its /proc/<pid>/exe is the host's python and its memory held host-side state. A

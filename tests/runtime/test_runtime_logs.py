@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 
 from node.runtime import ContainerConfig, Runtime
-from node.runtime.logs import MAX_LINE, LogLine, LogWriter, format_time, parse_log_line, read_logs
+from node.runtime.logs import (
+    MAX_LINE,
+    LogLine,
+    LogWriter,
+    format_time,
+    keep_previous,
+    parse_log_line,
+    previous_log,
+    read_logs,
+)
 from tests.runtime.test_runtime_containers import run
 
 MakeConfig = Callable[..., ContainerConfig]
@@ -104,3 +113,50 @@ def test_container_output_is_timestamped_and_rotated(runtime: Runtime, make_conf
     assert numbers == list(range(401 - len(numbers), 401)) and len(numbers) > 50
     assert config.log_path.with_name("chatty.log.1").exists()
     assert not config.log_path.with_name("chatty.log.2").exists()
+
+
+def test_keep_previous_moves_the_log_with_its_rotated_files(tmp_path: Path) -> None:
+    """Before a container starts again its log becomes the previous one (orch logs -p), replacing
+    the one kept before; what the next incarnation writes starts a new log."""
+    log = tmp_path / "web-a.log"
+    assert not keep_previous(log)  # never started: nothing to keep
+    w = LogWriter(log, max_bytes=200, max_files=3)
+    for i in range(12):
+        w.write("stdout", f"first {i}\n".encode())
+    w.close()
+    assert (tmp_path / "web-a.log.1").exists()  # rotated at least once
+    first = [ln.text for ln in read_logs(log)]
+    assert keep_previous(log)
+    assert not log.exists() and not (tmp_path / "web-a.log.1").exists()
+    assert [ln.text for ln in read_logs(previous_log(log))] == first
+    w = LogWriter(log)
+    w.write("stdout", b"second\n")
+    w.close()
+    assert [ln.text for ln in read_logs(log)] == ["second"]
+    assert keep_previous(log)  # the third incarnation: the first's log (and its rotations) are gone
+    assert [ln.text for ln in read_logs(previous_log(log))] == ["second"]
+    assert sorted(p.name for p in previous_log(log).parent.iterdir()) == ["web-a.log"]
+
+
+def test_a_follower_goes_on_with_the_next_incarnation(tmp_path: Path) -> None:
+    """orch logs -f across a restart: the old log is read to its end, then the new one."""
+    log = tmp_path / "web-a.log"
+    w = LogWriter(log)
+    w.write("stdout", b"one\n")
+    seen: list[str] = []
+    done = threading.Event()
+    reader = threading.Thread(
+        target=lambda: seen.extend(ln.text for ln in read_logs(log, follow=True, done=done.is_set, poll=0.01))
+    )
+    reader.start()
+    w.write("stdout", b"two\n")
+    w.close()
+    time.sleep(0.05)
+    keep_previous(log)
+    w = LogWriter(log)
+    w.write("stdout", b"three\n")
+    w.close()
+    time.sleep(0.1)
+    done.set()
+    reader.join(5)
+    assert seen == ["one", "two", "three"]

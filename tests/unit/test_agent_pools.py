@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+import node.probe_loop as probe_loop
 import node.probes as probes_mod
-import node.worker as worker_mod
 from node.images import ImageConfig, PreparedImage
 from node.probes import MAX_TIMEOUT, ProbeResult
 from node.runtime import ContainerConfig, ContainerState, ContainerStatus, NotFound
@@ -86,7 +86,7 @@ def test_hanging_probes_hold_only_the_probe_pool(monkeypatch: pytest.MonkeyPatch
         release.wait(10)
         return ProbeResult(True, "late")
 
-    monkeypatch.setattr(worker_mod, "probe", hanging_probe)
+    monkeypatch.setattr(probe_loop, "probe", hanging_probe)
     runtime = FakeRuntime()
 
     async def main() -> None:

@@ -115,6 +115,28 @@ def test_scale_to_zero_and_exec_probe() -> None:
 
 HEAD = "apiVersion: orch/v1\nkind: App\nmetadata: {name: web}\nspec:\n  image: busybox\n"
 
+
+def test_liveness_and_startup_probes() -> None:
+    text = HEAD + (
+        "  liveness: {exec: [cat, /tmp/healthy], periodSeconds: 2, initialDelaySeconds: 5s, failureThreshold: 4}\n"
+        "  startup: {http: {port: 8080, path: /started}}\n"
+        "  readiness: {tcp: 8080, initialDelaySeconds: 1500ms}\n"
+    )
+    (app,) = load_manifests([write("app.yaml", text)])
+    s = app.spec
+    assert s.liveness == types_pb2.Readiness(
+        exec=types_pb2.ExecProbe(command=["cat", "/tmp/healthy"]),
+        period_ms=2000,
+        timeout_ms=1000,
+        failure_threshold=4,
+        initial_delay_ms=5000,
+    )
+    assert s.startup == types_pb2.Readiness(
+        http=types_pb2.HttpProbe(port=8080, path="/started"), period_ms=10_000, timeout_ms=1000, failure_threshold=3
+    )  # Kubernetes' defaults
+    assert s.readiness.initial_delay_ms == 1500 and s.readiness.failure_threshold == 0  # orch's 1, unstored
+
+
 BAD: list[tuple[str, str, str]] = [
     (
         "memory",
@@ -141,8 +163,9 @@ BAD: list[tuple[str, str, str]] = [
         HEAD + "  zzz: 1\n",
         (
             "6 spec.zzz: unknown field; expected one of replicas, image, command, args, env, resources, ports, "
-            "restartPolicy, nodeSelector, antiAffinity, placement, update, readiness, stopGracePeriod, user, "
-            "workingDir, readOnlyRootFilesystem, hostUsers, capabilities, seccomp, service, onNodeLost, init"
+            "restartPolicy, nodeSelector, antiAffinity, placement, update, readiness, liveness, startup, "
+            "stopGracePeriod, user, workingDir, readOnlyRootFilesystem, hostUsers, capabilities, seccomp, service, "
+            "onNodeLost, init"
         ),
     ),
     (
@@ -234,6 +257,46 @@ BAD: list[tuple[str, str, str]] = [
         "no probe",
         HEAD + "  readiness: {periodSeconds: 5}\n",
         "6 spec.readiness: needs one of tcp, exec or http",
+    ),
+    (
+        "liveness two probes",
+        HEAD + "  liveness:\n    http: {port: 80}\n    exec: [ls]\n",
+        "6 spec.liveness: set only one of tcp, exec or http, not exec and http",
+    ),
+    (
+        "startup no probe",
+        HEAD + "  startup: {failureThreshold: 30}\n",
+        "6 spec.startup: needs one of tcp, exec or http",
+    ),
+    (
+        "failure threshold 0",
+        HEAD + "  liveness:\n    tcp: 80\n    failureThreshold: 0\n",
+        "8 spec.liveness.failureThreshold: must be at least 1, got 0",
+    ),
+    (
+        "failure threshold text",
+        HEAD + "  startup: {tcp: 80, failureThreshold: many}\n",
+        '6 spec.startup.failureThreshold: expected an integer, got "many"',
+    ),
+    (
+        "initial delay",
+        HEAD + "  readiness:\n    tcp: 80\n    initialDelaySeconds: 5 min\n",
+        '8 spec.readiness.initialDelaySeconds: "5 min" is not a duration; did you mean 5m?',
+    ),
+    (
+        "initial delay too long",
+        HEAD + "  liveness: {tcp: 80, initialDelaySeconds: 2h}\n",
+        "6 spec.liveness.initialDelaySeconds: must be between 0s and 1h, got 2h",
+    ),
+    (
+        "liveness typo",
+        HEAD + "  liveness:\n    exec: [true]\n    initialDelay: 5\n",
+        "8 spec.liveness.initialDelay: unknown field; did you mean initialDelaySeconds?",
+    ),
+    (
+        "liveness port",
+        HEAD + "  liveness:\n    tcp: 0\n",
+        "7 spec.liveness.tcp: must be between 1 and 65535, got 0",
     ),
     (
         "cap",

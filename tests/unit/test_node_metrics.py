@@ -12,7 +12,7 @@ def test_exit_series_exist_at_zero_before_an_exit_and_count_after() -> None:
     m = NodeMetrics("1.2.3")
     m.started("web")
     text = generate_latest(m.registry).decode()
-    for reason in ("Completed", "Error", "OOMKilled"):
+    for reason in ("Completed", "Error", "OOMKilled", "LivenessFailed", "StartupFailed"):
         assert f'orch_instance_exits_total{{app="web",reason="{reason}"}} 0.0' in text
     m.exited("web", "OOMKilled")
     assert 'orch_instance_exits_total{app="web",reason="OOMKilled"} 1.0' in generate_latest(m.registry).decode()

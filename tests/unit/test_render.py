@@ -30,7 +30,14 @@ spec:
   antiAffinity: [full]
   placement: binpack
   update: {maxSurge: 2, maxUnavailable: 1}
-  readiness: {http: {port: 8080, path: /healthz}, periodSeconds: 2s, timeoutSeconds: 500ms}
+  readiness:
+    http: {port: 8080, path: /healthz}
+    periodSeconds: 2s
+    timeoutSeconds: 500ms
+    initialDelaySeconds: 3s
+    failureThreshold: 2
+  liveness: {exec: [cat, /tmp/healthy], periodSeconds: 5, failureThreshold: 4, initialDelaySeconds: 1m}
+  startup: {tcp: 8080, periodSeconds: 1, failureThreshold: 30}
   stopGracePeriod: 1m30s
   user: "1000:1000"
   workingDir: /srv
@@ -63,7 +70,8 @@ def test_every_manifest_field_is_rendered(tmp_path: Path) -> None:
 
 
 def test_exec_and_tcp_probes_and_defaults_left_out(tmp_path: Path) -> None:
-    text = EVERY_FIELD.replace("{http: {port: 8080, path: /healthz}, ", "{exec: [true], ")
+    text = EVERY_FIELD.replace("    http: {port: 8080, path: /healthz}\n", '    exec: ["true"]\n')
+    assert text != EVERY_FIELD
     (spec,) = load(tmp_path, text)
     assert load(tmp_path, manifest_yaml(spec)) == [spec]
     (spec,) = load(
@@ -73,3 +81,21 @@ def test_exec_and_tcp_probes_and_defaults_left_out(tmp_path: Path) -> None:
     assert rendered["readiness"]["tcp"] == 80  # with the defaults the loader filled in
     assert "env" not in rendered and "hostUsers" not in rendered and "ports" not in rendered
     assert load(tmp_path, yaml.safe_dump(manifest(spec))) == [spec]
+
+
+def test_probe_defaults_render_and_load_back_the_same(tmp_path: Path) -> None:
+    """Liveness and startup get Kubernetes' defaults stored (period 10s, timeout 1s, threshold 3);
+    readiness's threshold stays unset (orch's 1), so older specs roll nothing when applied again."""
+    head = "apiVersion: orch/v1\nkind: App\nmetadata: {name: s}\nspec:\n  image: busybox\n"
+    probes = "  readiness: {tcp: 80}\n  liveness: {http: {port: 80}}\n  startup: {exec: [true]}\n"
+    (spec,) = load(tmp_path, head + probes)
+    rendered = manifest(spec)["spec"]
+    assert rendered["liveness"] == {
+        "http": {"port": 80},
+        "periodSeconds": "10s",
+        "timeoutSeconds": "1s",
+        "failureThreshold": 3,
+    }
+    assert rendered["startup"]["failureThreshold"] == 3 and "initialDelaySeconds" not in rendered["startup"]
+    assert "failureThreshold" not in rendered["readiness"]
+    assert load(tmp_path, manifest_yaml(spec)) == [spec]

@@ -135,6 +135,20 @@ BAD: list[tuple[str, Callable[[Spec], None], str, str]] = [
     ("exec entry", lambda s: s.readiness.exec.command.extend(["a", ""]), "spec.readiness.exec[1]", "not be empty"),
     ("no probe", lambda s: s.readiness.ClearField("tcp"), "spec.readiness", "needs one of tcp, exec or http"),
     ("period", lambda s: setattr(s.readiness, "period_ms", -1), "spec.readiness.periodSeconds", "got -1ms"),
+    ("liveness kind", lambda s: s.liveness.SetInParent(), "spec.liveness", "needs one of tcp, exec or http"),
+    ("startup port", lambda s: setattr(s.startup.http, "port", 0), "spec.startup.http.port", "between 1 and 65535"),
+    (
+        "liveness threshold",
+        lambda s: s.liveness.MergeFrom(types_pb2.Readiness(tcp=80, failure_threshold=-1)),
+        "spec.liveness.failureThreshold",
+        "between 0 and 10000, got -1",
+    ),
+    (
+        "startup delay",
+        lambda s: s.startup.MergeFrom(types_pb2.Readiness(tcp=80, initial_delay_ms=3_600_001)),
+        "spec.startup.initialDelaySeconds",
+        "between 0s and 1h",
+    ),
     ("grace", _set(stop_grace_period_ms=7_200_000), "spec.stopGracePeriod", "between 0s and 1h, got 2h"),
     ("user", _set(user="1000:"), "spec.user", '"1000:" is not UID[:GID]'),
     ("user spaces", _set(user="a b"), "spec.user", "is not UID[:GID]"),
@@ -210,6 +224,11 @@ def test_normalize_fills_defaults_on_a_copy() -> None:
     assert (out.update.max_surge, out.update.max_unavailable) == (1, 0)
     assert out.stop_grace_period_ms == 10_000
     assert (out.readiness.period_ms, out.readiness.timeout_ms) == (10_000, 1_000)
+    assert out.readiness.failure_threshold == 0  # orch's 1 for readiness, applied by the node
+    spec.liveness.tcp = spec.startup.tcp = 80
+    out = normalize_app_spec(spec)
+    for probe in (out.liveness, out.startup):
+        assert (probe.period_ms, probe.timeout_ms, probe.failure_threshold) == (10_000, 1_000, 3)
     assert out.ports[0].protocol == "udp"
     assert list(out.capabilities.add) == ["CAP_NET_ADMIN", "CAP_SYS_TIME", "ALL", "bogus"]
     assert out.replicas == 2

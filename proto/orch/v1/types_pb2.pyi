@@ -256,6 +256,8 @@ Global___HttpProbe: _TypeAlias = HttpProbe  # noqa: Y015
 
 @_typing.final
 class Readiness(_message.Message):
+    """A probe: readiness, liveness and startup share this shape (node/probes.py)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TCP_FIELD_NUMBER: _builtins.int
@@ -263,9 +265,18 @@ class Readiness(_message.Message):
     HTTP_FIELD_NUMBER: _builtins.int
     PERIOD_MS_FIELD_NUMBER: _builtins.int
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    FAILURE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    INITIAL_DELAY_MS_FIELD_NUMBER: _builtins.int
     tcp: _builtins.int
     period_ms: _builtins.int
     timeout_ms: _builtins.int
+    failure_threshold: _builtins.int
+    """Consecutive failures before the probe counts as failed (liveness and
+    startup: the instance is restarted; readiness: it is not ready). 0: the
+    default, 3 for liveness and startup (normalized in), 1 for readiness.
+    """
+    initial_delay_ms: _builtins.int
+    """Not run until this long after the container started."""
     @_builtins.property
     def exec(self) -> Global___ExecProbe: ...
     @_builtins.property
@@ -278,10 +289,12 @@ class Readiness(_message.Message):
         http: Global___HttpProbe | None = ...,
         period_ms: _builtins.int = ...,
         timeout_ms: _builtins.int = ...,
+        failure_threshold: _builtins.int = ...,
+        initial_delay_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["exec", b"exec", "http", b"http", "probe", b"probe", "tcp", b"tcp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exec", b"exec", "http", b"http", "period_ms", b"period_ms", "probe", b"probe", "tcp", b"tcp", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exec", b"exec", "failure_threshold", b"failure_threshold", "http", b"http", "initial_delay_ms", b"initial_delay_ms", "period_ms", b"period_ms", "probe", b"probe", "tcp", b"tcp", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_probe: _TypeAlias = _typing.Literal["tcp", "exec", "http"]  # noqa: Y015
     _WhichOneofArgType_probe: _TypeAlias = _typing.Literal["probe", b"probe"]  # noqa: Y015
@@ -426,6 +439,8 @@ class AppSpec(_message.Message):
     SERVICE_FIELD_NUMBER: _builtins.int
     ON_NODE_LOST_FIELD_NUMBER: _builtins.int
     INIT_FIELD_NUMBER: _builtins.int
+    LIVENESS_FIELD_NUMBER: _builtins.int
+    STARTUP_FIELD_NUMBER: _builtins.int
     SECRET_ENV_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     replicas: _builtins.int
@@ -484,6 +499,19 @@ class AppSpec(_message.Message):
         """
 
     @_builtins.property
+    def liveness(self) -> Global___Readiness:
+        """Restart the instance when this probe fails failure_threshold times in a
+        row (manifest `liveness:`, Kubernetes' livenessProbe).
+        """
+
+    @_builtins.property
+    def startup(self) -> Global___Readiness:
+        """Until it has succeeded once, liveness and readiness are not run and the
+        instance is not ready; failing failure_threshold times restarts it
+        (manifest `startup:`, Kubernetes' startupProbe).
+        """
+
+    @_builtins.property
     def secret_env(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecretEnvVar]:
         """Environment variables from secrets (manifest `env: [{name, valueFrom: {secretKeyRef}}]`);
         the values reach only the nodes that run the app, never a file on their disks.
@@ -517,11 +545,13 @@ class AppSpec(_message.Message):
         service: Global___ServicePort | None = ...,
         on_node_lost: Global___NodeLostAction.ValueType = ...,
         init: _builtins.bool = ...,
+        liveness: Global___Readiness | None = ...,
+        startup: Global___Readiness | None = ...,
         secret_env: _abc.Iterable[Global___SecretEnvVar] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "readiness", b"readiness", "resources", b"resources", "service", b"service", "update", b"update"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "liveness", b"liveness", "readiness", b"readiness", "resources", b"resources", "service", b"service", "startup", b"startup", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity", b"anti_affinity", "args", b"args", "capabilities", b"capabilities", "command", b"command", "env", b"env", "image", b"image", "init", b"init", "labels", b"labels", "name", b"name", "node_selector", b"node_selector", "on_node_lost", b"on_node_lost", "placement", b"placement", "ports", b"ports", "read_only_root_fs", b"read_only_root_fs", "readiness", b"readiness", "replicas", b"replicas", "resources", b"resources", "restart_policy", b"restart_policy", "seccomp", b"seccomp", "secret_env", b"secret_env", "service", b"service", "stop_grace_period_ms", b"stop_grace_period_ms", "update", b"update", "user", b"user", "user_namespace", b"user_namespace", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity", b"anti_affinity", "args", b"args", "capabilities", b"capabilities", "command", b"command", "env", b"env", "image", b"image", "init", b"init", "labels", b"labels", "liveness", b"liveness", "name", b"name", "node_selector", b"node_selector", "on_node_lost", b"on_node_lost", "placement", b"placement", "ports", b"ports", "read_only_root_fs", b"read_only_root_fs", "readiness", b"readiness", "replicas", b"replicas", "resources", b"resources", "restart_policy", b"restart_policy", "seccomp", b"seccomp", "secret_env", b"secret_env", "service", b"service", "startup", b"startup", "stop_grace_period_ms", b"stop_grace_period_ms", "update", b"update", "user", b"user", "user_namespace", b"user_namespace", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -758,6 +788,7 @@ class InstanceStatus(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     READY_FIELD_NUMBER: _builtins.int
     PID_FIELD_NUMBER: _builtins.int
+    LAST_TERMINATION_FIELD_NUMBER: _builtins.int
     state: Global___InstanceState.ValueType
     reason: _builtins.str
     """CamelCase, e.g. Error, OOMKilled, CrashLoopBackOff"""
@@ -774,6 +805,12 @@ class InstanceStatus(_message.Message):
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_termination(self) -> Global___Termination:
+        """How the previous incarnation ended, once the instance has restarted on its
+        node (kubectl's lastState.terminated). Numbered apart for fields added elsewhere.
+        """
+
     def __init__(
         self,
         *,
@@ -788,14 +825,45 @@ class InstanceStatus(_message.Message):
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         ready: _builtins.bool = ...,
         pid: _builtins.int = ...,
+        last_termination: Global___Termination | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "last_termination", b"last_termination", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exit_code", b"exit_code", "finished_at", b"finished_at", "has_exit_code", b"has_exit_code", "ip", b"ip", "message", b"message", "pid", b"pid", "ready", b"ready", "reason", b"reason", "restarts", b"restarts", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exit_code", b"exit_code", "finished_at", b"finished_at", "has_exit_code", b"has_exit_code", "ip", b"ip", "last_termination", b"last_termination", "message", b"message", "pid", b"pid", "ready", b"ready", "reason", b"reason", "restarts", b"restarts", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InstanceStatus: _TypeAlias = InstanceStatus  # noqa: Y015
+
+@_typing.final
+class Termination(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    EXIT_CODE_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Error, OOMKilled, LivenessFailed, StartupFailed, ..."""
+    message: _builtins.str
+    exit_code: _builtins.int
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+        exit_code: _builtins.int = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exit_code", b"exit_code", "finished_at", b"finished_at", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Termination: _TypeAlias = Termination  # noqa: Y015
 
 @_typing.final
 class Instance(_message.Message):
@@ -1025,6 +1093,7 @@ class LogsRequest(_message.Message):
     FOLLOW_FIELD_NUMBER: _builtins.int
     TAIL_FIELD_NUMBER: _builtins.int
     SINCE_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """an instance, or an app (all its placed instances)"""
     follow: _builtins.bool
@@ -1032,6 +1101,10 @@ class LogsRequest(_message.Message):
     """last N lines; 0 or less: everything"""
     since: _builtins.float
     """unix seconds; 0: from the start"""
+    previous: _builtins.bool
+    """The previous incarnation's output (kubectl logs --previous): an instance
+    that restarted on its node keeps the last one's log beside its own.
+    """
     def __init__(
         self,
         *,
@@ -1039,10 +1112,11 @@ class LogsRequest(_message.Message):
         follow: _builtins.bool = ...,
         tail: _builtins.int = ...,
         since: _builtins.float = ...,
+        previous: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "name", b"name", "since", b"since", "tail", b"tail"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "name", b"name", "previous", b"previous", "since", b"since", "tail", b"tail"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
