@@ -47,6 +47,7 @@ def _spec(s: pb.AppSpec) -> dict[str, Any]:
     _put(out, "placement", _PLACEMENT_NAMES.get(s.placement))
     if s.HasField("update"):
         out["update"] = {"maxSurge": s.update.max_surge, "maxUnavailable": s.update.max_unavailable}
+    _put(out, "progressDeadline", format_duration(s.progress_deadline_ms) if s.progress_deadline_ms else None)
     if s.HasField("readiness"):
         out["readiness"] = _readiness(s.readiness)
     _put(out, "stopGracePeriod", format_duration(s.stop_grace_period_ms) if s.stop_grace_period_ms else None)

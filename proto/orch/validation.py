@@ -17,6 +17,7 @@ from orch.quantity import format_duration
 from orch.v1 import types_pb2
 
 __all__ = [
+    "DEFAULT_PROGRESS_DEADLINE_MS",
     "LINUX_CAPABILITIES",
     "MAX_APP_NAME",
     "MAX_REPLICAS",
@@ -30,6 +31,8 @@ __all__ = [
 MAX_APP_NAME = 57  # instance names are "<app>-<5 chars>" and must stay DNS labels (63)
 MAX_REPLICAS = 10_000
 MAX_DURATION_MS = 3_600_000  # stopGracePeriod and probe timings
+DEFAULT_PROGRESS_DEADLINE_MS = 120_000  # Nomad's default (Kubernetes' is 600 s)
+MAX_PROGRESS_DEADLINE_MS = 86_400_000  # a big image on a slow link may take hours; days mean a typo
 
 # Index = capability number (linux/capability.h, up to CAP_CHECKPOINT_RESTORE in 5.9).
 # fmt: off
@@ -96,6 +99,7 @@ def validate_app_spec(spec: types_pb2.AppSpec) -> list[FieldError]:
         *_check_update(spec),
         *_check_readiness(spec),
         *_check_duration("spec.stopGracePeriod", spec.stop_grace_period_ms),
+        *_check_progress_deadline(spec.progress_deadline_ms),
         *_check_process(spec),
         *_check_capabilities(spec.capabilities),
         *_check_seccomp(spec.seccomp),
@@ -107,7 +111,7 @@ def normalize_app_spec(spec: types_pb2.AppSpec) -> types_pb2.AppSpec:
     """A copy of `spec` with defaults filled in and spellings made canonical.
 
     Unset means default, since proto3 cannot tell 0 from absent: restart ALWAYS,
-    placement SPREAD, update maxSurge 1 / maxUnavailable 0, stopGracePeriod 10s,
+    placement SPREAD, update maxSurge 1 / maxUnavailable 0, stopGracePeriod 10s, progressDeadline 120s,
     readiness period 10s / timeout 1s (as Kubernetes), port protocol "tcp",
     service targetPort = its port and protocol "tcp" (as Kubernetes).
     Capabilities become "CAP_NET_ADMIN" (or "ALL"); seccomp "default" becomes "". Idempotent.
@@ -121,6 +125,7 @@ def normalize_app_spec(spec: types_pb2.AppSpec) -> types_pb2.AppSpec:
     if not out.HasField("update"):
         out.update.max_surge, out.update.max_unavailable = 1, 0
     out.stop_grace_period_ms = out.stop_grace_period_ms or 10_000
+    out.progress_deadline_ms = out.progress_deadline_ms or DEFAULT_PROGRESS_DEADLINE_MS
     if out.HasField("readiness"):
         out.readiness.period_ms = out.readiness.period_ms or 10_000
         out.readiness.timeout_ms = out.readiness.timeout_ms or 1_000
@@ -187,6 +192,13 @@ def _check_range(path: str, value: int, low: int, high: int) -> Iterator[FieldEr
 def _check_duration(path: str, ms: int) -> Iterator[FieldError]:
     if not 0 <= ms <= MAX_DURATION_MS:
         yield FieldError(path, f"must be between 0s and {format_duration(MAX_DURATION_MS)}, got {format_duration(ms)}")
+
+
+def _check_progress_deadline(ms: int) -> Iterator[FieldError]:
+    """0 is the default (normalize_app_spec); the manifest refuses an explicit 0 (cli/manifest.py)."""
+    if ms and not 1000 <= ms <= MAX_PROGRESS_DEADLINE_MS:
+        limit = format_duration(MAX_PROGRESS_DEADLINE_MS)
+        yield FieldError("spec.progressDeadline", f"must be between 1s and {limit}, got {format_duration(ms)}")
 
 
 def _check_image(image: str) -> Iterator[FieldError]:
