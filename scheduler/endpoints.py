@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import types_pb2 as pb
 from scheduler.cache import ClusterCache
-from scheduler.reconcile import is_ready
+from scheduler.rollout import is_ready
 from scheduler.snapshot import wants_to_run
 
 __all__ = ["EndpointsFeed", "endpoints_of"]
