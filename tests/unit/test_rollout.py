@@ -209,7 +209,7 @@ def test_prune_never_deletes_the_new_one():
 
 
 def spec_v(env: str, replicas: int = 3, **kw: object) -> pb.AppSpec:
-    return normalize_app_spec(make_spec("web", replicas, env={"V": env}, **kw))
+    return normalize_app_spec(make_spec("web", replicas, 0, 0, env={"V": env}, **kw))
 
 
 def test_the_template_leaves_out_what_rolls_nothing():
