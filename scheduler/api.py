@@ -510,7 +510,15 @@ class OrchService(api_pb2_grpc.OrchServicer):
 
         result = self._apply(request).results[0]
         self._events.record(
-            [event(time.time(), "App", name, "RolledBack", f"generation {target}'s template, as {result.generation}")]
+            [
+                event(
+                    time.time(),
+                    "App",
+                    name,
+                    "RolledBack",
+                    f"back to generation {target}'s template, as generation {result.generation}",
+                )
+            ]
         )
         return result
 
