@@ -504,22 +504,13 @@ class OrchService(api_pb2_grpc.OrchServicer):
         def request() -> tuple[api.ApplyRequest, str]:  # from a fresh read on each attempt
             nonlocal target
             app, found = history(self._store, name)
-            target = undo_target(app, {g.generation: g for g in found}, to).generation
-            spec = with_template(app.spec, next(g.template for g in found if g.generation == target))
-            return api.ApplyRequest(apps=[spec]), f"undo to generation {target}"
+            chosen = undo_target(app, {g.generation: g for g in found}, to)
+            target = chosen.generation
+            return api.ApplyRequest(apps=[with_template(app.spec, chosen.template)]), f"undo to generation {target}"
 
         result = self._apply(request).results[0]
-        self._events.record(
-            [
-                event(
-                    time.time(),
-                    "App",
-                    name,
-                    "RolledBack",
-                    f"back to generation {target}'s template, as generation {result.generation}",
-                )
-            ]
-        )
+        told = f"back to generation {target}'s template, as generation {result.generation}"
+        self._events.record([event(time.time(), "App", name, "RolledBack", told)])
         return result
 
     async def ListEvents(self, request: api.ListEventsRequest, context: Ctx) -> api.ListEventsResponse:
