@@ -313,3 +313,15 @@ def test_status_of_a_stuck_rollout_is_an_error():
     stale = info(1, 0, 3, reason=DEADLINE_EXCEEDED)
     stale.app.generation = 3  # stuck was generation 2's; 3 was just applied
     assert judge(stale)[0] is Outcome.WAITING
+
+
+def test_the_dashboard_row_of_a_stuck_rollout():
+    from scheduler.dashboard import overview
+
+    app = rolling(replicas=2, reason=DEADLINE_EXCEEDED)
+    insts = [make_instance(app, "web-old", "a", generation=1), make_instance(app, "web-new", "a", ready=False)]
+    (row,) = overview(make_snapshot([app], [make_node("a")], insts), [], T0)["apps"]
+    assert row["rollout"] == "ProgressDeadlineExceeded: 1/2 on generation 2"
+    app.rollout.reason = PROGRESSING
+    (row,) = overview(make_snapshot([app], [make_node("a")], insts), [], T0)["apps"]
+    assert row["rollout"] == "rolling out: 1/2 on generation 2"
