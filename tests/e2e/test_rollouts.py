@@ -5,6 +5,7 @@ and a rollout whose new instances exit at once stops at its progressDeadline, sa
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -92,7 +93,8 @@ def test_a_rollout_that_crash_loops_stops_at_its_deadline(cluster, busybox_rootf
     apply(info, busybox_rootfs, "bad", "two", command=EXITS, extra=deadline)
     code, out = status(info, "bad")
     assert code == 1, out
-    assert 'error: app "bad" exceeded its progress deadline: generation 2: 0 of 2 instances ready' in out
+    # 1 of 2 if a restarted instance happened to be Running just then: it exits at once.
+    assert re.search(r'error: app "bad" exceeded its progress deadline: generation 2: [01] of 2 instances ready', out)
 
     wide = orch(info, "get", "apps", "bad", "-o", "wide").stdout
     assert "ProgressDeadlineExceeded" in wide, wide
