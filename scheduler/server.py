@@ -60,6 +60,14 @@ class SchedulerConfig:
     node_subnet_size: int = DEFAULT_NODE_PREFIX  # prefix length of each node's subnet
 
 
+SERVER_OPTIONS = [
+    ("grpc.so_reuseport", 0),
+    # Agents ping every 2 s to find a hung scheduler (node/session.py): not "too many pings".
+    ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
+
 async def serve(config: SchedulerConfig) -> None:
     # etcd calls are blocking and run in threads; the default pool (cpus + 4)
     # starves under a few hundred agents.
@@ -102,7 +110,7 @@ async def serve(config: SchedulerConfig) -> None:
 
     # Every call is authorized by the caller's certificate (scheduler/authz.py); without TLS, nothing is.
     authorizer = Authorizer(insecure=config.tls is None)
-    server = grpc.aio.server(interceptors=[authorizer], options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(interceptors=[authorizer], options=SERVER_OPTIONS)
     # The API calls on_change from worker threads; an asyncio.Event must be set on its loop.
     loop = asyncio.get_running_loop()
 
