@@ -163,3 +163,32 @@ def test_status_gives_up_at_its_timeout(cluster: tuple[EtcdServer, str]) -> None
     r = orch(address, "rollout", "status", "slow", "--timeout", "2s")
     assert r.returncode == 1 and "error: timed out after 2s waiting for the rollout of app 'slow'" in r.stderr
     assert app_json(address, "slow")["rollout"] == "Progressing"
+
+
+def test_an_app_stored_before_the_history_gets_its_generation_recorded(cluster: tuple[EtcdServer, str]) -> None:
+    """An upgrade: the app's record has no rollout status and no generation was ever stored."""
+    from orch.validation import normalize_app_spec
+    from scheduler.store import Put, Store
+
+    etcd, address = cluster
+    spec = normalize_app_spec(
+        pb.AppSpec(
+            name="legacy", replicas=1, image="rootfs:/nonexistent", command=["sleep", "1000"], env={"MODE": "old"}
+        )
+    )
+    spec.progress_deadline_ms = 0  # not a field then
+    store = Store([etcd.endpoint])
+    try:
+        store.commit([Put(store.keys.app("legacy"), pb.App(spec=spec, generation=4), 0)])
+    finally:
+        store.close()
+    assert orch(address, "rollout", "status", "legacy", "--timeout", "30s").returncode == 0  # the scheduler judged it
+    apply(address, "legacy", "new", replicas=1)
+    r = orch(address, "rollout", "history", "legacy", "-o", "json")
+    assert [(g["generation"], g["changeCause"]) for g in json.loads(r.stdout)] == [
+        (4, "recorded late (stored before rollout history)"),
+        (5, "env, readiness"),  # APP has a readiness probe
+    ]
+    assert stored_generations(etcd, "legacy") == [4, 5]
+    assert orch(address, "rollout", "undo", "legacy").returncode == 0
+    assert "MODE: old" in orch(address, "get", "apps", "legacy", "-o", "yaml").stdout
