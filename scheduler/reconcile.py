@@ -267,8 +267,10 @@ def _scale(
 
     surge = spec.update.max_surge if spec.HasField("update") else 1
     unavailable = spec.update.max_unavailable if spec.HasField("update") else 0
-    # Without old instances there is nothing to roll: converge straight to replicas. Stuck: no surge.
-    ceiling = replicas + surge if old and not stuck else replicas
+    # Without old instances there is nothing to roll: converge straight to replicas. Stuck: a surge
+    # only for what must migrate (a drain), none for the rollout.
+    moving = [v for v in old if v.value.app_generation == app.generation] if stuck else old
+    ceiling = replicas + surge if moving else replicas
     to_create = min(replicas - len(current), ceiling - len(untainted))
     for _ in range(max(0, to_create)):
         plan.create.append(new_instance(app, new_suffix(), now, avoid))
@@ -278,10 +280,8 @@ def _scale(
     if len(current) > replicas:
         extra = sorted(current, key=_stop_order)[: len(current) - replicas]
         _stop(extra, "ScaledDown", f"app scaled to {replicas}", now, plan)
-    if stuck:  # the old generation keeps serving; migrations (drains, lost agents) go on
-        old = [v for v in old if v.value.app_generation == app.generation]
-    if old:
-        _retire_old(app, old, untainted, unavailable, now, plan)
+    if moving:  # stuck: the old generation keeps serving; migrations (drains, lost agents) go on
+        _retire_old(app, moving, untainted, unavailable, now, plan)
 
 
 def _own_crash_loop(inst: pb.Instance, app: pb.App, snap: ClusterSnapshot, policy: Policy) -> bool:

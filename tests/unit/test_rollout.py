@@ -177,12 +177,14 @@ def test_a_stuck_rollout_leaves_its_crash_loopers_where_they_are():
 
 
 def test_a_stuck_rollout_still_drains():
-    app = rolling(replicas=1, reason=DEADLINE_EXCEEDED)
+    app = rolling(replicas=2, reason=DEADLINE_EXCEEDED, ready=1)
     draining = make_node("a")
     draining.draining = True
-    inst = make_instance(app, "web-new", "a")  # of the current generation, on a draining node
-    plan = reconcile(make_snapshot([app], [draining, make_node("b")], [inst]), T0 + 30, suffixes())
-    assert len(plan.create) == 1  # its replacement comes first, as ever
+    old = make_instance(app, "web-old", "b", generation=1)
+    new = make_instance(app, "web-new", "a")  # of the current generation, ready, on a draining node
+    plan = reconcile(make_snapshot([app], [draining, make_node("b")], [old, new]), T0 + 30, suffixes())
+    assert plan.apps == []  # still stuck: one ready is no more than ever
+    assert len(plan.create) == 1 and plan.update == []  # its replacement comes first, as ever
 
 
 # -- the history ------------------------------------------------------------------------------
