@@ -246,8 +246,9 @@ def rollout() -> None:
 )
 @click.pass_context
 def rollout_status(ctx: click.Context, app: str, timeout: float) -> None:
-    """Follow APP's rollout until it is done (exit 0); exit 1 when it is stuck past its
-    progressDeadline or --timeout passes first."""
+    """Follow APP's rollout until it is done.
+
+    Exit 0 once it is done; 1 when it is stuck past its progressDeadline or --timeout passes first."""
     from cli import rollout as rollouts
 
     rollouts.status(client(ctx), app, timeout)
@@ -259,7 +260,7 @@ def rollout_status(ctx: click.Context, app: str, timeout: float) -> None:
 @click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.pass_context
 def rollout_history(ctx: click.Context, app: str, generation: int | None, fmt: str) -> None:
-    """APP's kept generations (the last 10) with when and what changed."""
+    """List APP's kept generations (the last 10): when, and what changed."""
     from cli import rollout as rollouts
 
     rollouts.history(client(ctx), app, generation or 0, fmt)
@@ -272,7 +273,10 @@ def rollout_history(ctx: click.Context, app: str, generation: int | None, fmt: s
 )
 @click.pass_context
 def rollout_undo(ctx: click.Context, app: str, to: int | None) -> None:
-    """Apply an earlier generation's template again, as a new generation (replicas stay)."""
+    """Roll APP back to an earlier generation's template.
+
+    The template is applied again as a new generation, as kubectl does; replicas, labels,
+    service and progressDeadline stay as they are."""
     from cli import rollout as rollouts
 
     rollouts.undo(client(ctx), app, to or 0)
