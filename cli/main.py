@@ -260,7 +260,7 @@ def rollout_status(ctx: click.Context, app: str, timeout: float) -> None:
 @click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.pass_context
 def rollout_history(ctx: click.Context, app: str, generation: int | None, fmt: str) -> None:
-    """List APP's kept generations (the last 10): when, and what changed."""
+    """List APP's last 10 generations: when, and what changed."""
     from cli import rollout as rollouts
 
     rollouts.history(client(ctx), app, generation or 0, fmt)
