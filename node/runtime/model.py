@@ -60,6 +60,9 @@ class ContainerConfig:
     # Image layers for the overlay, top layer first; () = `rootfs` is the only lower layer.
     lower_dirs: tuple[Path, ...] = ()
     seccomp: str = SECCOMP_DEFAULT  # or SECCOMP_UNCONFINED
+    # Variables from secrets: never in spec.json (a file on the node's disk). They travel in
+    # memory: the zygote's request, the shim, then after "G" to PID 1 (shim.py); zygote only.
+    secret_env: Mapping[str, str] = field(default_factory=dict)
 
 
 class ContainerStatus(enum.Enum):

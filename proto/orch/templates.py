@@ -23,6 +23,7 @@ _MANIFEST_NAMES = {
     "stop_grace_period_ms": "stopGracePeriod",
     "read_only_root_fs": "readOnlyRootFilesystem",
     "user_namespace": "hostUsers",
+    "secret_env": "env",  # env entries with valueFrom.secretKeyRef
 }
 
 
@@ -49,8 +50,8 @@ def with_template(current: pb.AppSpec, template: pb.AppSpec) -> pb.AppSpec:
 def changed_fields(before: pb.AppSpec, after: pb.AppSpec) -> list[str]:
     """The template fields that differ, in the manifest's spelling and the spec's order."""
     a, b = template_of(before), template_of(after)
-    out = []
+    out: dict[str, None] = {}  # ordered, and env once for both its kinds of entry
     for field in pb.AppSpec.DESCRIPTOR.fields:
         if getattr(a, field.name) != getattr(b, field.name):
-            out.append(_MANIFEST_NAMES.get(field.name, field.json_name))
-    return out
+            out[_MANIFEST_NAMES.get(field.name, field.json_name)] = None
+    return list(out)

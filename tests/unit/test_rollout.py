@@ -248,6 +248,9 @@ def test_the_change_cause_names_the_changed_fields_as_the_manifest_does():
         == "undo to generation 1: command, env, readOnlyRootFilesystem"
     )
     assert change_cause(None, after) == "created"
+    secret = make_app(spec_v("two", command=["b"]), generation=3)
+    secret.spec.secret_env.add(name="TOKEN", secret="s", key="k")
+    assert changed_fields(after.spec, secret.spec) == ["readOnlyRootFilesystem", "env"]  # secret env entries: env
 
 
 def kept(*generations: int, env: str = "old") -> dict[int, pb.AppGeneration]:
