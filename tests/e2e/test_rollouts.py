@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.cluster import instances, orch, orch_up
+from tests.fixtures.processes import run_orch
 
 pytestmark = pytest.mark.root
 
@@ -41,8 +42,10 @@ def apply(info: dict[str, Any], rootfs: Any, name: str, version: str, command: s
     assert r.returncode == 0, r.stderr
 
 
-def status(info: dict[str, Any], name: str, timeout: str = "90s") -> tuple[int, str]:
-    r = orch(info, "rollout", "status", name, "--timeout", timeout)
+def status(info: dict[str, Any], name: str) -> tuple[int, str]:
+    """`orch rollout status` with a timeout of its own, which the subprocess outlives."""
+    tls = ["--tls-dir", info["tlsDir"]] if info.get("tlsDir") else []
+    r = run_orch("--scheduler", info["schedulers"][0], *tls, "rollout", "status", name, "--timeout", "90s", timeout=120)
     return r.returncode, r.stdout + r.stderr
 
 

@@ -13,7 +13,7 @@ import pytest
 from orch.v1 import types_pb2 as pb
 from tests.fixtures.etcd import EtcdServer, start_etcd
 from tests.fixtures.fake_agent import FakeAgent
-from tests.fixtures.processes import stop, wait_for
+from tests.fixtures.processes import run_orch, stop, wait_for
 from tests.integration.conftest import orch, start_scheduler
 
 APP = """\
@@ -50,6 +50,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EtcdServ
         etcd.stop()
 
 
+def status(address: str, name: str, timeout: str = "60s") -> subprocess.CompletedProcess[str]:
+    """`orch rollout status`, with a timeout of its own that the subprocess outlives."""
+    return run_orch("--scheduler", address, "rollout", "status", name, "--timeout", timeout, timeout=90)
+
+
 def apply(address: str, name: str, mode: str, replicas: int = 2, extra: str = "") -> None:
     text = APP % {"name": name, "mode": mode, "replicas": replicas, "extra": extra}
     r = orch(address, "apply", "-", stdin=text)
@@ -79,7 +84,7 @@ def test_history_undo_and_the_stored_templates(cluster: tuple[EtcdServer, str]) 
     apply(address, "hist", "one")
     apply(address, "hist", "two")
     assert orch(address, "scale", "hist", "3").returncode == 0  # no new generation
-    r = orch(address, "rollout", "status", "hist", "--timeout", "30s")
+    r = status(address, "hist", "30s")
     assert r.returncode == 0 and 'app "hist" successfully rolled out (generation 2)' in r.stdout, r.stdout + r.stderr
     assert stored_generations(etcd, "hist") == [1, 2]
 
@@ -98,7 +103,7 @@ def test_history_undo_and_the_stored_templates(cluster: tuple[EtcdServer, str]) 
     assert r.returncode == 0 and "app/hist rolled back (generation 2 → 3)" in r.stdout, r.stderr
     assert orch(address, "get", "apps", "hist", "-o", "yaml").stdout.count("MODE: one") == 1
     assert app_json(address, "hist")["replicas"] == 3  # replicas stay
-    r = orch(address, "rollout", "status", "hist", "--timeout", "30s")
+    r = status(address, "hist", "30s")
     assert r.returncode == 0, r.stdout + r.stderr
     r = orch(address, "rollout", "history", "hist", "-o", "json")
     assert json.loads(r.stdout)[-1]["changeCause"] == "undo to generation 1: env"
@@ -134,9 +139,9 @@ def test_the_last_ten_are_kept_and_deleted_with_the_app(cluster: tuple[EtcdServe
 def test_a_rollout_that_never_gets_ready_stops_at_its_deadline(cluster: tuple[EtcdServer, str]) -> None:
     _, address = cluster
     apply(address, "stuck", "good", extra="  progressDeadline: 3s\n  update: {maxSurge: 1, maxUnavailable: 1}\n")
-    assert orch(address, "rollout", "status", "stuck", "--timeout", "30s").returncode == 0
+    assert status(address, "stuck", "30s").returncode == 0
     apply(address, "stuck", "bad", extra="  progressDeadline: 3s\n  update: {maxSurge: 1, maxUnavailable: 1}\n")
-    r = orch(address, "rollout", "status", "stuck", "--timeout", "60s")
+    r = status(address, "stuck", "60s")
     assert r.returncode == 1, r.stdout + r.stderr
     assert 'Waiting for app "stuck" rollout to finish' in r.stdout
     assert 'error: app "stuck" exceeded its progress deadline: generation 2: 0 of 2 instances ready' in r.stderr
@@ -153,14 +158,14 @@ def test_a_rollout_that_never_gets_ready_stops_at_its_deadline(cluster: tuple[Et
     assert running == [(1, "Run"), (2, "Run"), (2, "Run")], insts
 
     apply(address, "stuck", "good", extra="  progressDeadline: 3s\n  update: {maxSurge: 1, maxUnavailable: 1}\n")
-    assert orch(address, "rollout", "status", "stuck", "--timeout", "30s").returncode == 0  # a fix rolls again
+    assert status(address, "stuck", "30s").returncode == 0  # a fix rolls again
 
 
 def test_status_gives_up_at_its_timeout(cluster: tuple[EtcdServer, str]) -> None:
     _, address = cluster
     apply(address, "slow", "good")
     apply(address, "slow", "bad")  # the default deadline, 120 s: never reached here
-    r = orch(address, "rollout", "status", "slow", "--timeout", "2s")
+    r = status(address, "slow", "2s")
     assert r.returncode == 1 and "error: timed out after 2s waiting for the rollout of app 'slow'" in r.stderr
     assert app_json(address, "slow")["rollout"] == "Progressing"
 
@@ -182,7 +187,7 @@ def test_an_app_stored_before_the_history_gets_its_generation_recorded(cluster: 
         store.commit([Put(store.keys.app("legacy"), pb.App(spec=spec, generation=4), 0)])
     finally:
         store.close()
-    assert orch(address, "rollout", "status", "legacy", "--timeout", "30s").returncode == 0  # the scheduler judged it
+    assert status(address, "legacy", "30s").returncode == 0  # the scheduler judged it
     apply(address, "legacy", "new", replicas=1)
     r = orch(address, "rollout", "history", "legacy", "-o", "json")
     assert [(g["generation"], g["changeCause"]) for g in json.loads(r.stdout)] == [
