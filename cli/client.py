@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -112,14 +113,16 @@ class Client:
         # a drain would start over).
         self.output_started = False
 
-    def watch(self) -> Iterator[int]:
+    def watch(self, until: float | None = None) -> Iterator[int]:
         """The revisions of the first scheduler that streams its changes (Watch); a grpc.RpcError
-        when the stream breaks or none answers (the caller decides: retry, or poll instead)."""
+        when the stream breaks or none answers (the caller decides: retry, or poll instead).
+        until: time.monotonic() when the stream ends (DEADLINE_EXCEEDED), None for never."""
         error: grpc.RpcError | None = None
         for address in self.addresses:
             with channel(address, self.tls, peer=SCHEDULER) as opened:
+                timeout = None if until is None else max(0.0, until - time.monotonic())
                 try:
-                    for change in api_pb2_grpc.OrchStub(opened).Watch(api_pb2.WatchRequest()):
+                    for change in api_pb2_grpc.OrchStub(opened).Watch(api_pb2.WatchRequest(), timeout=timeout):
                         yield change.revision
                 except grpc.RpcError as e:
                     if e.code() not in RETRYABLE:

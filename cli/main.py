@@ -229,6 +229,59 @@ def scale(ctx: click.Context, app: str, replicas: int) -> None:
     commands.scale(client(ctx), app, replicas)
 
 
+@cli.group()
+def rollout() -> None:
+    """Follow, list and undo an app's rollouts (its generations), as kubectl rollout does."""
+
+
+@rollout.command("status")
+@click.argument("app", shell_complete=completion.apps)
+@click.option(
+    "--timeout",
+    default="0s",
+    show_default=True,
+    metavar="DURATION",
+    callback=lambda _ctx, _param, value: seconds_of(value),
+    help="Give up after this long (0s: wait until done or stuck).",
+)
+@click.pass_context
+def rollout_status(ctx: click.Context, app: str, timeout: float) -> None:
+    """Follow APP's rollout until it is done.
+
+    Exit 0 once it is done; 1 when it is stuck past its progressDeadline or --timeout passes first."""
+    from cli import rollout as rollouts
+
+    rollouts.status(client(ctx), app, timeout)
+
+
+@rollout.command("history")
+@click.argument("app", shell_complete=completion.apps)
+@click.option("--generation", type=click.IntRange(min=1), default=None, help="Print that generation's manifest.")
+@click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.pass_context
+def rollout_history(ctx: click.Context, app: str, generation: int | None, fmt: str) -> None:
+    """List APP's last 10 generations: when, and what changed."""
+    from cli import rollout as rollouts
+
+    rollouts.history(client(ctx), app, generation or 0, fmt)
+
+
+@rollout.command("undo")
+@click.argument("app", shell_complete=completion.apps)
+@click.option(
+    "--to-generation", "to", type=click.IntRange(min=1), default=None, help="Default: the one before the current."
+)
+@click.pass_context
+def rollout_undo(ctx: click.Context, app: str, to: int | None) -> None:
+    """Roll APP back to an earlier generation's template.
+
+    The template is applied again as a new generation, as kubectl does; replicas, labels,
+    service and progressDeadline stay as they are."""
+    from cli import rollout as rollouts
+
+    rollouts.undo(client(ctx), app, to or 0)
+
+
 @cli.command()
 @click.argument("node", shell_complete=completion.nodes)
 @click.pass_context

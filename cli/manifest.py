@@ -344,6 +344,14 @@ def _lower(attr: str) -> _Setter:
     return _scalar(attr, lambda d, n, p: (d.string(n, p) or "").lower() or None)
 
 
+def _deadline(text: str) -> int:
+    """A duration that cannot be 0: stored 0 means the default, which is not what 0 says."""
+    ms = parse_duration(text)
+    if ms == 0:
+        raise QuantityError("must be at least 1s (leave it out for the default, 2m)")
+    return ms
+
+
 def _ports(doc: _Doc, node: yaml.Node, path: str, msg: Message) -> None:
     assert isinstance(msg, types_pb2.AppSpec)
     for i, item in enumerate(doc.items(node, path)):
@@ -459,6 +467,7 @@ _SPEC: dict[str, _Setter] = {
         {"maxSurge": _scalar("max_surge", _Doc.integer), "maxUnavailable": _scalar("max_unavailable", _Doc.integer)},
         defaults={"max_surge": 1, "max_unavailable": 0},
     ),
+    "progressDeadline": _quantity("progress_deadline_ms", _deadline),
     "readiness": _probe("readiness"),
     "liveness": _probe("liveness"),
     "startup": _probe("startup"),

@@ -89,6 +89,8 @@ def node_row(n: api.NodeInfo) -> Row:
 
 def app_row(a: api.AppInfo) -> Row:
     spec = a.app.spec
+    current = a.app.rollout.generation == a.app.generation  # else the scheduler has not said yet
+    rollout = a.app.rollout if current else pb.RolloutStatus()
     return {
         "name": spec.name,
         "replicas": spec.replicas,
@@ -100,6 +102,9 @@ def app_row(a: api.AppInfo) -> Row:
         "labels": dict(sorted(spec.labels.items())),
         "createdAt": _time(a.app.created_at),
         "serviceIp": a.app.service_ip or None,  # the stable virtual IP (spec.service)
+        # How the current generation's rollout goes: Progressing, Complete, ProgressDeadlineExceeded.
+        "rollout": rollout.reason or None,
+        "rolloutMessage": rollout.message or None,
     }
 
 
@@ -162,10 +167,11 @@ def node_table(rows: list[Row], wide: bool) -> str:
 
 
 def app_table(rows: list[Row], wide: bool) -> str:
-    headers = ["NAME", "READY", "RUNNING", "PENDING", "GENERATION", "IMAGE"] + (["SERVICE-IP"] if wide else [])
+    headers = ["NAME", "READY", "RUNNING", "PENDING", "GENERATION", "IMAGE"]
+    headers += ["SERVICE-IP", "ROLLOUT"] if wide else []
     out = [
         [r["name"], f"{r['ready']}/{r['replicas']}", r["running"], r["pending"], r["generation"], r["image"]]
-        + ([r["serviceIp"]] if wide else [])
+        + ([r["serviceIp"], r["rollout"]] if wide else [])
         for r in rows
     ]
     return table(headers, out)

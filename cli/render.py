@@ -57,6 +57,7 @@ def _spec(s: pb.AppSpec) -> dict[str, Any]:
     _put(out, "placement", _PLACEMENT_NAMES.get(s.placement))
     if s.HasField("update"):
         out["update"] = {"maxSurge": s.update.max_surge, "maxUnavailable": s.update.max_unavailable}
+    _put(out, "progressDeadline", format_duration(s.progress_deadline_ms) if s.progress_deadline_ms else None)
     for name in PROBES:
         if s.HasField(name):
             out[name] = _probe(getattr(s, name))

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from orch.templates import template_of, with_template
 from orch.tls import Credentials
 from orch.v1 import api_pb2 as api
 from orch.v1 import api_pb2_grpc
@@ -25,11 +26,14 @@ from scheduler.drain_plan import DrainPlan, plan_drain
 from scheduler.errors import Conflict, InvalidRequest, NotFound, Refused, SchedulerError, StoreUnavailable
 from scheduler.events import EventLog
 from scheduler.exec_relay import ExecFailed, InstanceNotRunning, NodeUnreachable, exec_target, relay_exec
+from scheduler.generations import change_cause, generation_writes, history, undo_target
+from scheduler.generations import deletes as generation_deletes
 from scheduler.liveness import NodeState, node_state
 from scheduler.logs import LogsUnavailable, log_sources, stream_logs
 from scheduler.placement import node_views, request_for
 from scheduler.placement.explain import summary, verdicts
-from scheduler.reconcile import DONE, event, is_ready
+from scheduler.reconcile import DONE, event
+from scheduler.rollout import is_ready, progress, started
 from scheduler.secrets import KeyRing, SecretsDisabled
 from scheduler.services import DEFAULT_SERVICE_CIDR, ServiceCidrError, release_writes, service_ip_writes
 from scheduler.snapshot import ClusterSnapshot, wants_to_run
@@ -62,13 +66,8 @@ STATUS_OF: dict[type[SchedulerError], grpc.StatusCode] = {
 
 
 def runtime_part(spec: pb.AppSpec) -> bytes:
-    """What instances run: the spec without replicas, labels and service (changing those rolls nothing)."""
-    copy = pb.AppSpec()
-    copy.CopyFrom(spec)
-    copy.ClearField("replicas")
-    copy.ClearField("labels")
-    copy.ClearField("service")  # the VIP's rules live on the nodes, not in the instances
-    return copy.SerializeToString(deterministic=True)
+    """What instances run, the template (orch/templates.py): changing anything else rolls nothing."""
+    return template_of(spec).SerializeToString(deterministic=True)
 
 
 def drain_progress(snap: ClusterSnapshot, node: str, overdue: bool) -> api.DrainProgress:
@@ -112,12 +111,14 @@ def is_unschedulable(inst: pb.Instance) -> bool:
 
 def app_info(snap: ClusterSnapshot, app: pb.App) -> api.AppInfo:
     insts = [v.value for v in snap.instances_of(app.spec.name) if wants_to_run(v.value)]
+    seen = progress(app, insts)
     return api.AppInfo(
         app=app,
         running=sum(1 for i in insts if i.status.state == pb.INSTANCE_STATE_RUNNING),
         ready=sum(1 for i in insts if is_ready(i)),
         pending=sum(1 for i in insts if i.status.state == pb.INSTANCE_STATE_PENDING),
         placed=sum(1 for i in insts if i.node),
+        rollout=api.RolloutProgress(updated=seen.updated, available=seen.available, old=seen.old, done=seen.done),
     )
 
 
@@ -177,20 +178,24 @@ class OrchService(api_pb2_grpc.OrchServicer):
     async def Apply(self, request: api.ApplyRequest, context: Ctx) -> api.ApplyResponse:
         return await self._call(context, lambda: self._apply(request))
 
-    def _apply(self, request: api.ApplyRequest, attempts: int = 8) -> api.ApplyResponse:
+    def _apply(
+        self, request: api.ApplyRequest | Callable[[], tuple[api.ApplyRequest, str]], attempts: int = 8
+    ) -> api.ApplyResponse:
+        """request: or how to make it from a fresh read, with the change cause of the new generations (an undo)."""
         # A conflict is another writer between our read and our commit (another Apply took the
         # virtual IP we chose, or changed the app): read again and decide again. Each round
         # one of the racers wins, so a few rounds settle a burst of applies.
         for attempt in range(attempts):
             try:
-                return self._apply_once(request)
+                made, cause = (request, "") if isinstance(request, api.ApplyRequest) else request()
+                return self._apply_once(made, cause)
             except Conflict:
                 if attempt == attempts - 1:
                     raise
                 time.sleep(random.uniform(0, 0.02))  # runs in a worker thread (_call)
         raise AssertionError("unreachable")
 
-    def _apply_once(self, request: api.ApplyRequest) -> api.ApplyResponse:
+    def _apply_once(self, request: api.ApplyRequest, cause: str = "") -> api.ApplyResponse:
         specs = [normalize_app_spec(s) for s in request.apps]
         problems = [
             f"app {s.name or '#' + str(i)}: {e.path}: {e.message}"
@@ -218,6 +223,9 @@ class OrchService(api_pb2_grpc.OrchServicer):
             if action == api.APPLY_ACTION_UNCHANGED:
                 continue
             writes.append(Put(key, app, existing.mod_revision if existing else 0))
+            if not request.dry_run and (before is None or app.generation != before.generation):
+                # The new generation's template, in the same transaction as the app.
+                writes += generation_writes(self._store, before, app, change_cause(before, app, cause), now)
             if spec.HasField("service") or app.service_ip:
                 if used is None:
                     used = self._service_ips()
@@ -244,7 +252,8 @@ class OrchService(api_pb2_grpc.OrchServicer):
     @staticmethod
     def _next_app(current: pb.App | None, spec: pb.AppSpec, now: float) -> tuple[api.ApplyAction.ValueType, pb.App]:
         if current is None:
-            return api.APPLY_ACTION_CREATED, pb.App(spec=spec, generation=1, created_at=ts(now), updated_at=ts(now))
+            app = pb.App(spec=spec, generation=1, created_at=ts(now), updated_at=ts(now), rollout=started(1, now))
+            return api.APPLY_ACTION_CREATED, app
         if current.spec == spec:
             return api.APPLY_ACTION_UNCHANGED, current
         app = pb.App()
@@ -252,6 +261,7 @@ class OrchService(api_pb2_grpc.OrchServicer):
         app.spec.CopyFrom(spec)
         if runtime_part(current.spec) != runtime_part(spec):
             app.generation += 1
+            app.rollout.CopyFrom(started(app.generation, now))
         app.updated_at.CopyFrom(ts(now))
         return api.APPLY_ACTION_CONFIGURED, app
 
@@ -277,8 +287,10 @@ class OrchService(api_pb2_grpc.OrchServicer):
             existing = self._store.get(pb.App, key)
             if existing is None:
                 raise NotFound("app", request.name)
-            # The reconciler stops and removes its instances (they outlive the app key).
-            self._store.commit([Delete(key, existing.mod_revision), *release_writes(self._store.keys, existing.value)])
+            # The reconciler stops and removes its instances (they outlive the app key and its history).
+            released = release_writes(self._store.keys, existing.value)
+            forgotten = generation_deletes(self._store, request.name)
+            self._store.commit([Delete(key, existing.mod_revision), *released, *forgotten])
             self._events.record([event(time.time(), "App", request.name, "Deleted", "stopping its instances")])
             self._on_change()
             return api.DeleteAppResponse(deleted=True)
@@ -490,6 +502,32 @@ class OrchService(api_pb2_grpc.OrchServicer):
             )
 
         return await self._call(context, versions)
+
+    async def RolloutHistory(self, request: api.RolloutHistoryRequest, context: Ctx) -> api.RolloutHistoryResponse:
+        def list_history() -> api.RolloutHistoryResponse:
+            app, kept = history(self._store, request.app)
+            return api.RolloutHistoryResponse(generations=kept, current=app.generation)
+
+        return await self._call(context, list_history)
+
+    async def RolloutUndo(self, request: api.RolloutUndoRequest, context: Ctx) -> api.ApplyResult:
+        return await self._call(context, lambda: self._undo(request.app, request.to_generation))
+
+    def _undo(self, name: str, to: int) -> api.ApplyResult:
+        """The target's template under the current replicas, labels, service and deadline, applied."""
+        target = 0
+
+        def request() -> tuple[api.ApplyRequest, str]:  # from a fresh read on each attempt
+            nonlocal target
+            app, found = history(self._store, name)
+            chosen = undo_target(app, {g.generation: g for g in found}, to)
+            target = chosen.generation
+            return api.ApplyRequest(apps=[with_template(app.spec, chosen.template)]), f"undo to generation {target}"
+
+        result = self._apply(request).results[0]
+        told = f"back to generation {target}'s template, as generation {result.generation}"
+        self._events.record([event(time.time(), "App", name, "RolledBack", told)])
+        return result
 
     async def ListEvents(self, request: api.ListEventsRequest, context: Ctx) -> api.ListEventsResponse:
         about = _about(request.object, request.with_instances) if request.object else None

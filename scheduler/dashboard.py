@@ -24,6 +24,7 @@ from orch.states import state_name
 from orch.v1 import types_pb2 as pb
 from scheduler.api import app_info, node_infos
 from scheduler.events import EventLog
+from scheduler.rollout import DEADLINE_EXCEEDED, is_stuck
 from scheduler.snapshot import ClusterSnapshot, wants_to_run
 from scheduler.store import Store
 
@@ -62,6 +63,8 @@ def overview(snap: ClusterSnapshot, events: list[pb.Event], now: float) -> dict[
         current = sum(i.app_generation == app.generation for i in live)
         rollout = f"rolling out: {current}/{len(live)} on generation {app.generation}"
         rollout = "stable" if current == len(live) else rollout
+        if is_stuck(app):  # the page colours it by its first word
+            rollout = f"{DEADLINE_EXCEEDED}: {current}/{len(live)} on generation {app.generation}"
         apps.append(
             {
                 "name": name,

@@ -92,4 +92,7 @@ def _advance(snap: ClusterSnapshot, plan: Plan, placed: list[pb.Instance]) -> Cl
             new.status.state = pb.INSTANCE_STATE_RUNNING
             new.status.ready = True
         instances[new.name] = Versioned(new, 0)
-    return replace(snap, instances=instances, _by_app={})
+    apps = dict(snap.apps)
+    for app, _ in plan.apps:  # rollout statuses: the next pass judges from them, as the real one would
+        apps[app.spec.name] = Versioned(app, 0)
+    return replace(snap, instances=instances, apps=apps, _by_app={})

@@ -10,7 +10,7 @@ like desired sets): a lost or reordered update heals at the next one.
 
 What counts: an instance the scheduler still wants (desired RUN) that its node
 reports Running with an address. `ready` is the readiness rule of the
-reconciler (`reconcile.is_ready`): an instance that stops being ready, or is
+reconciler (`rollout.is_ready`): an instance that stops being ready, or is
 told to stop, leaves `<app>.<domain>` and the VIP at the next update, before
 its container is gone.
 """
@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import types_pb2 as pb
 from scheduler.cache import ClusterCache
-from scheduler.reconcile import is_ready
+from scheduler.rollout import is_ready
 from scheduler.snapshot import wants_to_run
 
 __all__ = ["EndpointsFeed", "endpoints_of"]

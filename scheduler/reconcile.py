@@ -10,7 +10,8 @@ Per app, instances fall into buckets (Nomad's names):
   the node is gone for longer than LOST_RETENTION).
 
 Scaling and rollouts work on the untainted bucket with the app's
-maxSurge/maxUnavailable. Instances that must *migrate* (their node is
+maxSurge/maxUnavailable; a rollout past its progress deadline rolls no further
+(rollout.py, which also keeps the app's rollout status). Instances that must *migrate* (their node is
 draining, they keep crashing there, its agent gave up on them or fenced them: killed them
 because it had lost touch, `onNodeLost: Stop`) are handled like an older
 generation: a replacement starts first and the old one stops once the app
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 
 from orch.v1 import types_pb2 as pb
 from scheduler.liveness import MAX_NOT_READY, Hold, Liveness, evictions
+from scheduler.rollout import COMPLETE, DEADLINE_EXCEEDED, is_ready, is_stuck, next_status, progress
 from scheduler.snapshot import ClusterSnapshot, Versioned, wants_to_run
 from scheduler.timeutil import seconds, ts
 
@@ -56,6 +58,7 @@ class Plan:
     create: list[pb.Instance] = field(default_factory=list)  # new, Pending, not placed
     update: list[tuple[pb.Instance, int]] = field(default_factory=list)  # (new value, expected mod_revision)
     delete: list[tuple[pb.Instance, int]] = field(default_factory=list)
+    apps: list[tuple[pb.App, int]] = field(default_factory=list)  # a new rollout status: (app, mod_revision)
     events: list[pb.Event] = field(default_factory=list)
     hold: Hold | None = None  # why instances of NotReady nodes were kept this pass
     recheck_at: float | None = None  # a hold ends then: run a pass even if nothing changes
@@ -64,10 +67,11 @@ class Plan:
         self.create += other.create
         self.update += other.update
         self.delete += other.delete
+        self.apps += other.apps
         self.events += other.events
 
     def is_empty(self) -> bool:
-        return not (self.create or self.update or self.delete)
+        return not (self.create or self.update or self.delete or self.apps)
 
 
 def event(now: float, kind: str, obj: str, reason: str, message: str, warning: bool = False) -> pb.Event:
@@ -79,12 +83,6 @@ def event(now: float, kind: str, obj: str, reason: str, message: str, warning: b
         reason=reason,
         message=message,
     )
-
-
-def is_ready(inst: pb.Instance) -> bool:
-    if inst.status.state != pb.INSTANCE_STATE_RUNNING:
-        return False
-    return inst.status.ready or not (inst.spec.HasField("readiness") or inst.spec.HasField("startup"))
 
 
 def reconcile(
@@ -129,8 +127,26 @@ def reconcile_app(
     if app is None:
         _stop(untainted, "AppDeleted", "its app was deleted", now, plan)
     else:
-        _scale(app.value, untainted, snap, now, new_suffix, plan, policy)
+        _scale(_track_rollout(app, untainted, now, plan), untainted, snap, now, new_suffix, plan, policy)
     return plan
+
+
+def _track_rollout(app: Versioned[pb.App], untainted: list[Versioned[pb.Instance]], now: float, plan: Plan) -> pb.App:
+    """The app with its rollout status as of now; a changed status is written (and told once)."""
+    status = next_status(app.value, progress(app.value, (v.value for v in untainted)), now)
+    if status == app.value.rollout:
+        return app.value
+    new = pb.App()
+    new.CopyFrom(app.value)
+    new.rollout.CopyFrom(status)
+    plan.apps.append((new, app.mod_revision))
+    if status.reason != app.value.rollout.reason or status.generation != app.value.rollout.generation:
+        name = app.value.spec.name
+        if status.reason == DEADLINE_EXCEEDED:
+            plan.events.append(event(now, "App", name, DEADLINE_EXCEEDED, status.message, warning=True))
+        elif status.reason == COMPLETE:
+            plan.events.append(event(now, "App", name, "RolloutComplete", status.message))
+    return new
 
 
 def _drain_overdue(inst: pb.Instance, snap: ClusterSnapshot, now: float) -> bool:
@@ -236,7 +252,13 @@ def _scale(
 ) -> None:
     spec = app.spec
     replicas = spec.replicas
-    migrating = {v.value.name for v in untainted if must_migrate(v.value, snap, policy)}
+    stuck = is_stuck(app)
+    # Stuck: the template fails, not the node; a crash-looping new instance stays where it is.
+    migrating = {
+        v.value.name
+        for v in untainted
+        if must_migrate(v.value, snap, policy) and not (stuck and _own_crash_loop(v.value, app, snap, policy))
+    }
     current = [v for v in untainted if v.value.app_generation == app.generation and v.value.name not in migrating]
     old = [v for v in untainted if v.value.app_generation != app.generation or v.value.name in migrating]
     # Replacements of crash-looping or given-up instances prefer other nodes.
@@ -245,8 +267,10 @@ def _scale(
 
     surge = spec.update.max_surge if spec.HasField("update") else 1
     unavailable = spec.update.max_unavailable if spec.HasField("update") else 0
-    # Without old instances there is nothing to roll: converge straight to replicas.
-    ceiling = replicas + surge if old else replicas
+    # Without old instances there is nothing to roll: converge straight to replicas. Stuck: a surge
+    # only for what must migrate (a drain), none for the rollout.
+    moving = [v for v in old if v.value.app_generation == app.generation] if stuck else old
+    ceiling = replicas + surge if moving else replicas
     to_create = min(replicas - len(current), ceiling - len(untainted))
     for _ in range(max(0, to_create)):
         plan.create.append(new_instance(app, new_suffix(), now, avoid))
@@ -256,8 +280,15 @@ def _scale(
     if len(current) > replicas:
         extra = sorted(current, key=_stop_order)[: len(current) - replicas]
         _stop(extra, "ScaledDown", f"app scaled to {replicas}", now, plan)
-    if old:
-        _retire_old(app, old, untainted, unavailable, now, plan)
+    if moving:  # stuck: the old generation keeps serving; migrations (drains, lost agents) go on
+        _retire_old(app, moving, untainted, unavailable, now, plan)
+
+
+def _own_crash_loop(inst: pb.Instance, app: pb.App, snap: ClusterSnapshot, policy: Policy) -> bool:
+    """It must migrate only because it crash-loops, and it runs the app's current generation."""
+    node = snap.nodes.get(inst.node)
+    draining = node is not None and node.value.draining
+    return inst.app_generation == app.generation and crash_looping(inst, policy) and not draining
 
 
 def _retire_old(

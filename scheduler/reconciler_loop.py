@@ -137,6 +137,8 @@ def plan_writes(plan: Plan, placed: list[pb.Instance], snap: ClusterSnapshot, st
         writes.append(Put(keys.instance(inst.app, inst.name), inst, rev))
     for inst, rev in plan.delete:
         writes.append(Delete(keys.instance(inst.app, inst.name), rev))
+    for app, rev in plan.apps:  # its rollout status; an apply meanwhile wins, the next pass decides again
+        writes.append(Put(keys.app(app.spec.name), app, rev))
     return writes
 
 

@@ -9,6 +9,7 @@ Values are the API's protobuf messages under one key prefix:
     leader                  scheduler id, attached to the leader's lease
     events/<time>-<rand>    Event, attached to a TTL lease
     serviceips/<ip>         ServiceIp: the app holding that virtual IP (services.py)
+    generations/<app>/<n>   AppGeneration: the template of the app's generation n (generations.py)
 
 Every write that depends on a read carries the `mod_revision` it read
 (`expect`); a failed compare raises `Conflict`, so two schedulers can never
@@ -154,6 +155,13 @@ class Keys:
 
     def service_ip(self, ip: str) -> str:
         return f"{self.prefix}serviceips/{ip}"
+
+    def generations(self, app: str) -> str:
+        """The prefix of one app's stored templates (never under apps/: the snapshot reads those as App)."""
+        return f"{self.prefix}generations/{app}/"
+
+    def generation(self, app: str, n: int) -> str:
+        return f"{self.generations(app)}{n}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,11 @@ def make_spec(name: str = "web", replicas: int = 3, cpu: int = 0, memory: int = 
     return spec
 
 
-def make_app(spec: pb.AppSpec, generation: int = 1) -> pb.App:
-    return pb.App(spec=spec, generation=generation)
+def make_app(spec: pb.AppSpec, generation: int = 1, rollout: pb.RolloutStatus | None = None) -> pb.App:
+    """rollout: the app's rollout status; by default its generation's is settled (Complete), so
+    that a test of scaling or migration sees no status write (scheduler/rollout.py)."""
+    settled = pb.RolloutStatus(generation=generation, reason="Complete")
+    return pb.App(spec=spec, generation=generation, rollout=rollout or settled)
 
 
 def make_node(

@@ -20,6 +20,7 @@ from orch.v1 import types_pb2
 
 __all__ = [
     "DEFAULT_FAILURE_THRESHOLD",
+    "DEFAULT_PROGRESS_DEADLINE_MS",
     "LINUX_CAPABILITIES",
     "MAX_APP_NAME",
     "MAX_REPLICAS",
@@ -41,6 +42,8 @@ PROBES: tuple[ProbeField, ...] = ("readiness", "liveness", "startup")
 # failureThreshold when unset: Kubernetes' 3 for liveness and startup (normalized into the spec);
 # readiness keeps orch's 1 (not ready at the first failure), applied by the node, not stored.
 DEFAULT_FAILURE_THRESHOLD = 3
+DEFAULT_PROGRESS_DEADLINE_MS = 120_000  # Nomad's default (Kubernetes' is 600 s)
+MAX_PROGRESS_DEADLINE_MS = 86_400_000  # a big image on a slow link may take hours; days mean a typo
 
 # Index = capability number (linux/capability.h, up to CAP_CHECKPOINT_RESTORE in 5.9).
 # fmt: off
@@ -100,6 +103,7 @@ def validate_app_spec(spec: types_pb2.AppSpec) -> list[FieldError]:
         *_check_update(spec),
         *_check_probes(spec),
         *_check_duration("spec.stopGracePeriod", spec.stop_grace_period_ms),
+        *_check_progress_deadline(spec.progress_deadline_ms),
         *_check_process(spec),
         *_check_capabilities(spec.capabilities),
         *_check_seccomp(spec.seccomp),
@@ -111,7 +115,7 @@ def normalize_app_spec(spec: types_pb2.AppSpec) -> types_pb2.AppSpec:
     """A copy of `spec` with defaults filled in and spellings made canonical.
 
     Unset means default, since proto3 cannot tell 0 from absent: restart ALWAYS,
-    placement SPREAD, update maxSurge 1 / maxUnavailable 0, stopGracePeriod 10s,
+    placement SPREAD, update maxSurge 1 / maxUnavailable 0, stopGracePeriod 10s, progressDeadline 120s,
     probes period 10s / timeout 1s, liveness and startup failureThreshold 3 (as Kubernetes),
     port protocol "tcp",
     service targetPort = its port and protocol "tcp" (as Kubernetes).
@@ -126,6 +130,7 @@ def normalize_app_spec(spec: types_pb2.AppSpec) -> types_pb2.AppSpec:
     if not out.HasField("update"):
         out.update.max_surge, out.update.max_unavailable = 1, 0
     out.stop_grace_period_ms = out.stop_grace_period_ms or 10_000
+    out.progress_deadline_ms = out.progress_deadline_ms or DEFAULT_PROGRESS_DEADLINE_MS
     for name in PROBES:
         if out.HasField(name):
             probe = getattr(out, name)
@@ -197,6 +202,13 @@ def _check_range(path: str, value: int, low: int, high: int) -> Iterator[FieldEr
 def _check_duration(path: str, ms: int) -> Iterator[FieldError]:
     if not 0 <= ms <= MAX_DURATION_MS:
         yield FieldError(path, f"must be between 0s and {format_duration(MAX_DURATION_MS)}, got {format_duration(ms)}")
+
+
+def _check_progress_deadline(ms: int) -> Iterator[FieldError]:
+    """0 is the default (normalize_app_spec); the manifest refuses an explicit 0 (cli/manifest.py)."""
+    if ms and not 1000 <= ms <= MAX_PROGRESS_DEADLINE_MS:
+        limit = format_duration(MAX_PROGRESS_DEADLINE_MS)
+        yield FieldError("spec.progressDeadline", f"must be between 1s and {limit}, got {format_duration(ms)}")
 
 
 def _check_image(image: str) -> Iterator[FieldError]:

@@ -51,7 +51,8 @@ function draw(doc) {
     cell(r, String(a.running));
     cell(r, String(a.pending));
     cell(r, String(a.generation));
-    cell(r, a.rollout, a.rollout === "stable" ? "stable" : "Pending");
+    const stuck = a.rollout.startsWith("ProgressDeadlineExceeded");
+    cell(r, a.rollout, a.rollout === "stable" ? "stable" : stuck ? "Failed" : "Pending");
   });
   fill("instances", ["name", "app", "node", "state", "ready", "restarts", "reason"], doc.instances, (r, i) => {
     cell(r, i.name);

@@ -27,10 +27,11 @@ WRITES = [
     "Exec",
     "CreateSecret",
     "DeleteSecret",
+    "RolloutUndo",
 ]
 READS = [
     "GetApp", "ListApps", "ListNodes", "ListInstances", "ListEvents", "Logs", "Top", "Version", "Watch", "Explain",
-    "ListSecrets",
+    "ListSecrets", "RolloutHistory",
 ]  # fmt: skip
 
 

@@ -163,7 +163,8 @@ BAD: list[tuple[str, str, str]] = [
         HEAD + "  zzz: 1\n",
         (
             "6 spec.zzz: unknown field; expected one of replicas, image, command, args, env, resources, ports, "
-            "restartPolicy, nodeSelector, antiAffinity, placement, update, readiness, liveness, startup, "
+            "restartPolicy, nodeSelector, antiAffinity, placement, update, progressDeadline, readiness, liveness, "
+            "startup, "
             "stopGracePeriod, user, workingDir, readOnlyRootFilesystem, hostUsers, capabilities, seccomp, service, "
             "onNodeLost, init"
         ),
@@ -232,6 +233,21 @@ BAD: list[tuple[str, str, str]] = [
         "grace",
         HEAD + "  stopGracePeriod: 2h\n",
         "6 spec.stopGracePeriod: must be between 0s and 1h, got 2h",
+    ),
+    (
+        "deadline-zero",
+        HEAD + "  progressDeadline: 0\n",
+        "6 spec.progressDeadline: must be at least 1s (leave it out for the default, 2m)",
+    ),
+    (
+        "deadline-long",
+        HEAD + "  progressDeadline: 25h\n",
+        "6 spec.progressDeadline: must be between 1s and 24h, got 25h",
+    ),
+    (
+        "deadline-unit",
+        HEAD + "  progressDeadline: 10 secs\n",
+        '6 spec.progressDeadline: "10 secs" is not a duration; did you mean 10s?',
     ),
     (
         "port",

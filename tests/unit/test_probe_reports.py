@@ -4,7 +4,7 @@ incarnation before ended, and readiness gated by a startup probe."""
 from __future__ import annotations
 
 from orch.v1 import types_pb2 as pb
-from scheduler.reconcile import is_ready
+from scheduler.rollout import is_ready
 from scheduler.status import restart_events
 
 

@@ -30,6 +30,7 @@ spec:
   antiAffinity: [full]
   placement: binpack
   update: {maxSurge: 2, maxUnavailable: 1}
+  progressDeadline: 45s
   readiness:
     http: {port: 8080, path: /healthz}
     periodSeconds: 2s

@@ -308,6 +308,7 @@ class AppInfo(_message.Message):
     READY_FIELD_NUMBER: _builtins.int
     PENDING_FIELD_NUMBER: _builtins.int
     PLACED_FIELD_NUMBER: _builtins.int
+    ROLLOUT_FIELD_NUMBER: _builtins.int
     running: _builtins.int
     ready: _builtins.int
     pending: _builtins.int
@@ -315,6 +316,8 @@ class AppInfo(_message.Message):
     """instances that want to run and have a node"""
     @_builtins.property
     def app(self) -> _types_pb2.App: ...
+    @_builtins.property
+    def rollout(self) -> Global___RolloutProgress: ...
     def __init__(
         self,
         *,
@@ -323,14 +326,117 @@ class AppInfo(_message.Message):
         ready: _builtins.int = ...,
         pending: _builtins.int = ...,
         placed: _builtins.int = ...,
+        rollout: Global___RolloutProgress | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["app", b"app"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "rollout", b"rollout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "pending", b"pending", "placed", b"placed", "ready", b"ready", "running", b"running"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "pending", b"pending", "placed", b"placed", "ready", b"ready", "rollout", b"rollout", "running", b"running"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AppInfo: _TypeAlias = AppInfo  # noqa: Y015
+
+@_typing.final
+class RolloutProgress(_message.Message):
+    """The current generation's rollout counted now (app.rollout says how it went)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPDATED_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    OLD_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    updated: _builtins.int
+    """instances of the current generation that want to run"""
+    available: _builtins.int
+    """of those, ready"""
+    old: _builtins.int
+    """instances of older generations that still want to run"""
+    done: _builtins.bool
+    """replicas instances, all updated and available, no old one left"""
+    def __init__(
+        self,
+        *,
+        updated: _builtins.int = ...,
+        available: _builtins.int = ...,
+        old: _builtins.int = ...,
+        done: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "done", b"done", "old", b"old", "updated", b"updated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutProgress: _TypeAlias = RolloutProgress  # noqa: Y015
+
+@_typing.final
+class RolloutHistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutHistoryRequest: _TypeAlias = RolloutHistoryRequest  # noqa: Y015
+
+@_typing.final
+class RolloutHistoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GENERATIONS_FIELD_NUMBER: _builtins.int
+    CURRENT_FIELD_NUMBER: _builtins.int
+    current: _builtins.int
+    """the app's generation now"""
+    @_builtins.property
+    def generations(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.AppGeneration]:
+        """oldest first"""
+
+    def __init__(
+        self,
+        *,
+        generations: _abc.Iterable[_types_pb2.AppGeneration] | None = ...,
+        current: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "generations", b"generations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutHistoryResponse: _TypeAlias = RolloutHistoryResponse  # noqa: Y015
+
+@_typing.final
+class RolloutUndoRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    TO_GENERATION_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    to_generation: _builtins.int
+    """0: the newest kept generation before the current one"""
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        to_generation: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "to_generation", b"to_generation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutUndoRequest: _TypeAlias = RolloutUndoRequest  # noqa: Y015
 
 @_typing.final
 class GetAppRequest(_message.Message):

@@ -121,6 +121,16 @@ class OrchStub:
                 request_serializer=orch_dot_v1_dot_api__pb2.VersionRequest.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_api__pb2.VersionInfo.FromString,
                 _registered_method=True)
+        self.RolloutHistory = channel.unary_unary(
+                '/orch.v1.Orch/RolloutHistory',
+                request_serializer=orch_dot_v1_dot_api__pb2.RolloutHistoryRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_api__pb2.RolloutHistoryResponse.FromString,
+                _registered_method=True)
+        self.RolloutUndo = channel.unary_unary(
+                '/orch.v1.Orch/RolloutUndo',
+                request_serializer=orch_dot_v1_dot_api__pb2.RolloutUndoRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_api__pb2.ApplyResult.FromString,
+                _registered_method=True)
         self.CreateSecret = channel.unary_unary(
                 '/orch.v1.Orch/CreateSecret',
                 request_serializer=orch_dot_v1_dot_api__pb2.CreateSecretRequest.SerializeToString,
@@ -257,6 +267,21 @@ class OrchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RolloutHistory(self, request, context):
+        """`orch rollout history`: an app's kept generations, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RolloutUndo(self, request, context):
+        """`orch rollout undo`: applies a kept generation's template again, as a new
+        generation (replicas, labels, service and progressDeadline stay as they are).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateSecret(self, request, context):
         """`orch secret create|get|delete`. Values go in and never come out: listing shows keys.
         FAILED_PRECONDITION when the scheduler has no --secret-key-file.
@@ -364,6 +389,16 @@ def add_OrchServicer_to_server(servicer, server):
                     servicer.Version,
                     request_deserializer=orch_dot_v1_dot_api__pb2.VersionRequest.FromString,
                     response_serializer=orch_dot_v1_dot_api__pb2.VersionInfo.SerializeToString,
+            ),
+            'RolloutHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.RolloutHistory,
+                    request_deserializer=orch_dot_v1_dot_api__pb2.RolloutHistoryRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_api__pb2.RolloutHistoryResponse.SerializeToString,
+            ),
+            'RolloutUndo': grpc.unary_unary_rpc_method_handler(
+                    servicer.RolloutUndo,
+                    request_deserializer=orch_dot_v1_dot_api__pb2.RolloutUndoRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_api__pb2.ApplyResult.SerializeToString,
             ),
             'CreateSecret': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSecret,
@@ -840,6 +875,60 @@ class Orch:
             '/orch.v1.Orch/Version',
             orch_dot_v1_dot_api__pb2.VersionRequest.SerializeToString,
             orch_dot_v1_dot_api__pb2.VersionInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RolloutHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.Orch/RolloutHistory',
+            orch_dot_v1_dot_api__pb2.RolloutHistoryRequest.SerializeToString,
+            orch_dot_v1_dot_api__pb2.RolloutHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RolloutUndo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.Orch/RolloutUndo',
+            orch_dot_v1_dot_api__pb2.RolloutUndoRequest.SerializeToString,
+            orch_dot_v1_dot_api__pb2.ApplyResult.FromString,
             options,
             channel_credentials,
             insecure,

@@ -68,6 +68,12 @@ class OrchStub:
     """`orch explain INSTANCE`: every node's verdict on it, and what happened to it."""
     Version: _grpc.UnaryUnaryMultiCallable[_api_pb2.VersionRequest, _api_pb2.VersionInfo]
     """`orch version`: the scheduler's version and the agents' (from their node records)."""
+    RolloutHistory: _grpc.UnaryUnaryMultiCallable[_api_pb2.RolloutHistoryRequest, _api_pb2.RolloutHistoryResponse]
+    """`orch rollout history`: an app's kept generations, oldest first."""
+    RolloutUndo: _grpc.UnaryUnaryMultiCallable[_api_pb2.RolloutUndoRequest, _api_pb2.ApplyResult]
+    """`orch rollout undo`: applies a kept generation's template again, as a new
+    generation (replicas, labels, service and progressDeadline stay as they are).
+    """
     CreateSecret: _grpc.UnaryUnaryMultiCallable[_api_pb2.CreateSecretRequest, _api_pb2.SecretInfo]
     """`orch secret create|get|delete`. Values go in and never come out: listing shows keys.
     FAILED_PRECONDITION when the scheduler has no --secret-key-file.
@@ -113,6 +119,12 @@ class OrchAsyncStub(OrchStub):
     """`orch explain INSTANCE`: every node's verdict on it, and what happened to it."""
     Version: _aio.UnaryUnaryMultiCallable[_api_pb2.VersionRequest, _api_pb2.VersionInfo]  # type: ignore[assignment]
     """`orch version`: the scheduler's version and the agents' (from their node records)."""
+    RolloutHistory: _aio.UnaryUnaryMultiCallable[_api_pb2.RolloutHistoryRequest, _api_pb2.RolloutHistoryResponse]  # type: ignore[assignment]
+    """`orch rollout history`: an app's kept generations, oldest first."""
+    RolloutUndo: _aio.UnaryUnaryMultiCallable[_api_pb2.RolloutUndoRequest, _api_pb2.ApplyResult]  # type: ignore[assignment]
+    """`orch rollout undo`: applies a kept generation's template again, as a new
+    generation (replicas, labels, service and progressDeadline stay as they are).
+    """
     CreateSecret: _aio.UnaryUnaryMultiCallable[_api_pb2.CreateSecretRequest, _api_pb2.SecretInfo]  # type: ignore[assignment]
     """`orch secret create|get|delete`. Values go in and never come out: listing shows keys.
     FAILED_PRECONDITION when the scheduler has no --secret-key-file.
@@ -257,6 +269,24 @@ class OrchServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_api_pb2.VersionInfo, _abc.Awaitable[_api_pb2.VersionInfo]]:
         """`orch version`: the scheduler's version and the agents' (from their node records)."""
+
+    @_abc_1.abstractmethod
+    def RolloutHistory(
+        self,
+        request: _api_pb2.RolloutHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.RolloutHistoryResponse, _abc.Awaitable[_api_pb2.RolloutHistoryResponse]]:
+        """`orch rollout history`: an app's kept generations, oldest first."""
+
+    @_abc_1.abstractmethod
+    def RolloutUndo(
+        self,
+        request: _api_pb2.RolloutUndoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.ApplyResult, _abc.Awaitable[_api_pb2.ApplyResult]]:
+        """`orch rollout undo`: applies a kept generation's template again, as a new
+        generation (replicas, labels, service and progressDeadline stay as they are).
+        """
 
     @_abc_1.abstractmethod
     def CreateSecret(

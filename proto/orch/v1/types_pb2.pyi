@@ -441,6 +441,7 @@ class AppSpec(_message.Message):
     INIT_FIELD_NUMBER: _builtins.int
     LIVENESS_FIELD_NUMBER: _builtins.int
     STARTUP_FIELD_NUMBER: _builtins.int
+    PROGRESS_DEADLINE_MS_FIELD_NUMBER: _builtins.int
     SECRET_ENV_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     replicas: _builtins.int
@@ -465,6 +466,13 @@ class AppSpec(_message.Message):
     init: _builtins.bool
     """PID 1 is a reaper that forwards signals to the command and reaps zombies
     (manifest `init: true`, docker run --init); false: the command is PID 1.
+    """
+    progress_deadline_ms: _builtins.int
+    """How long a rollout may go without progress (one more instance of the new
+    generation ready) before it stops and says so: manifest `progressDeadline`,
+    Kubernetes' progressDeadlineSeconds. 0 (an app stored before it existed):
+    the default, 120 s. Not part of the template: changing it rolls nothing.
+    Fields 31-33 are the rollout's.
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
@@ -547,11 +555,12 @@ class AppSpec(_message.Message):
         init: _builtins.bool = ...,
         liveness: Global___Readiness | None = ...,
         startup: Global___Readiness | None = ...,
+        progress_deadline_ms: _builtins.int = ...,
         secret_env: _abc.Iterable[Global___SecretEnvVar] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "liveness", b"liveness", "readiness", b"readiness", "resources", b"resources", "service", b"service", "startup", b"startup", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity", b"anti_affinity", "args", b"args", "capabilities", b"capabilities", "command", b"command", "env", b"env", "image", b"image", "init", b"init", "labels", b"labels", "liveness", b"liveness", "name", b"name", "node_selector", b"node_selector", "on_node_lost", b"on_node_lost", "placement", b"placement", "ports", b"ports", "read_only_root_fs", b"read_only_root_fs", "readiness", b"readiness", "replicas", b"replicas", "resources", b"resources", "restart_policy", b"restart_policy", "seccomp", b"seccomp", "secret_env", b"secret_env", "service", b"service", "startup", b"startup", "stop_grace_period_ms", b"stop_grace_period_ms", "update", b"update", "user", b"user", "user_namespace", b"user_namespace", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity", b"anti_affinity", "args", b"args", "capabilities", b"capabilities", "command", b"command", "env", b"env", "image", b"image", "init", b"init", "labels", b"labels", "liveness", b"liveness", "name", b"name", "node_selector", b"node_selector", "on_node_lost", b"on_node_lost", "placement", b"placement", "ports", b"ports", "progress_deadline_ms", b"progress_deadline_ms", "read_only_root_fs", b"read_only_root_fs", "readiness", b"readiness", "replicas", b"replicas", "resources", b"resources", "restart_policy", b"restart_policy", "seccomp", b"seccomp", "secret_env", b"secret_env", "service", b"service", "startup", b"startup", "stop_grace_period_ms", b"stop_grace_period_ms", "update", b"update", "user", b"user", "user_namespace", b"user_namespace", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -714,6 +723,7 @@ class App(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     SERVICE_IP_FIELD_NUMBER: _builtins.int
+    ROLLOUT_FIELD_NUMBER: _builtins.int
     generation: _builtins.int
     """Bumped whenever the part of the spec that instances run changes
     (everything but replicas and labels), so rollouts can tell old from new.
@@ -728,6 +738,12 @@ class App(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def rollout(self) -> Global___RolloutStatus:
+        """How the current generation's rollout goes, kept by the leader's reconciler
+        (scheduler/rollout.py). Numbered apart, as AppSpec's rollout fields.
+        """
+
     def __init__(
         self,
         *,
@@ -736,14 +752,98 @@ class App(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         service_ip: _builtins.str = ...,
+        rollout: Global___RolloutStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "spec", b"spec", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "rollout", b"rollout", "spec", b"spec", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "generation", b"generation", "service_ip", b"service_ip", "spec", b"spec", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "generation", b"generation", "rollout", b"rollout", "service_ip", b"service_ip", "spec", b"spec", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___App: _TypeAlias = App  # noqa: Y015
+
+@_typing.final
+class RolloutStatus(_message.Message):
+    """Kubernetes' Deployment conditions, in one: Progressing, Complete, or
+    ProgressDeadlineExceeded (no instance of this generation became ready for
+    spec.progress_deadline_ms; the reconciler then takes no old instance down).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GENERATION_FIELD_NUMBER: _builtins.int
+    PROGRESSED_AT_FIELD_NUMBER: _builtins.int
+    READY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    generation: _builtins.int
+    """whose rollout this is"""
+    ready: _builtins.int
+    """the most of its instances seen ready at once"""
+    reason: _builtins.str
+    """Progressing | Complete | ProgressDeadlineExceeded"""
+    message: _builtins.str
+    @_builtins.property
+    def progressed_at(self) -> _timestamp_pb2.Timestamp:
+        """it began, or more of its instances were ready than ever before"""
+
+    def __init__(
+        self,
+        *,
+        generation: _builtins.int = ...,
+        progressed_at: _timestamp_pb2.Timestamp | None = ...,
+        ready: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["progressed_at", b"progressed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "message", b"message", "progressed_at", b"progressed_at", "ready", b"ready", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutStatus: _TypeAlias = RolloutStatus  # noqa: Y015
+
+@_typing.final
+class AppGeneration(_message.Message):
+    """etcd: <prefix>generations/<app>/<n>: the template of generation n of an app,
+    written in the same transaction as the app when its generation bumps; the
+    last 10 are kept (and any older one an instance still runs), deleted with the
+    app (scheduler/generations.py). `orch rollout history|undo` read them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    CHANGE_CAUSE_FIELD_NUMBER: _builtins.int
+    generation: _builtins.int
+    change_cause: _builtins.str
+    """what changed, as kubectl's CHANGE-CAUSE: "env, command", "created", ..."""
+    @_builtins.property
+    def template(self) -> Global___AppSpec:
+        """The spec without what changes no instance: replicas, labels, service and
+        progressDeadline are left unset (orch/templates.py).
+        """
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        template: Global___AppSpec | None = ...,
+        generation: _builtins.int = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        change_cause: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "template", b"template"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_cause", b"change_cause", "created_at", b"created_at", "generation", b"generation", "template", b"template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppGeneration: _TypeAlias = AppGeneration  # noqa: Y015
 
 @_typing.final
 class ServiceIp(_message.Message):
