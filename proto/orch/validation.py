@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from orch.quantity import format_duration
 from orch.v1 import types_pb2
+from orch.volumes import volume_problems
 
 __all__ = [
     "LINUX_CAPABILITIES",
@@ -100,6 +101,7 @@ def validate_app_spec(spec: types_pb2.AppSpec) -> list[FieldError]:
         *_check_capabilities(spec.capabilities),
         *_check_seccomp(spec.seccomp),
         *_check_service(spec),
+        *(FieldError(path, message) for path, message in volume_problems(spec)),
     ]
 
 
