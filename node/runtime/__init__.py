@@ -24,7 +24,7 @@ See docs/runtime.md.
 
 from node.runtime.cgroups import CgroupDriver, CgroupStats, Limits
 from node.runtime.errors import CgroupWriteError, ContainerError, NotFound, RuntimeStartError
-from node.runtime.model import ContainerConfig, ContainerState, ContainerStatus
+from node.runtime.model import ContainerConfig, ContainerState, ContainerStatus, Mount
 from node.runtime.runtime import Runtime
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "ContainerState",
     "ContainerStatus",
     "Limits",
+    "Mount",
     "NotFound",
     "Runtime",
     "RuntimeStartError",

@@ -8,6 +8,7 @@ can assert the order of the container's init steps without root.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import os
 import resource as _resource
@@ -19,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn, Protocol
 
+from node.runtime import beneath
 from node.runtime.seccomp.loader import load_program
 
 __all__ = [
@@ -30,6 +32,9 @@ __all__ = [
     "CLONE_NEWUSER",
     "CLONE_NEWUTS",
     "MNT_DETACH",
+    "MOUNT_ATTR_NODEV",
+    "MOUNT_ATTR_NOSUID",
+    "MOUNT_ATTR_RDONLY",
     "MS_BIND",
     "MS_MOVE",
     "MS_NODEV",
@@ -84,6 +89,10 @@ _AT_EMPTY_PATH = 0x1000
 _AT_RECURSIVE = 0x8000
 _OPEN_TREE_CLONE = 1
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_MOVE_MOUNT_T_EMPTY_PATH = 0x40
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
 _MOUNT_ATTR_IDMAP = 0x00100000
 
 PR_SET_DUMPABLE = 4
@@ -101,6 +110,13 @@ class Syscalls(Protocol):
     def unshare(self, flags: int) -> None: ...
     def setns(self, fd: int, nstype: int) -> None: ...
     def idmapped_bind(self, source: str, target: str, userns_fd: int) -> None: ...  # recursive
+    # A directory inside `root` as if it were "/" (created if missing): (O_PATH fd, its path from root).
+    def open_in_root(self, root: str, path: str) -> tuple[int, str]: ...
+    # Bind `path` beneath `root` (never out of it) onto target_fd, recursively, with MOUNT_ATTR_* attrs
+    # on every mount of it before it is attached; userns_fd >= 0: idmapped through that namespace.
+    def bind_tree(self, root: str, path: str, target_fd: int, attrs: int, userns_fd: int) -> None: ...
+    def chown_beneath(self, root: str, path: str, owner: int) -> None: ...  # owner:owner, the dir only
+    def close(self, fd: int) -> None: ...
     def mount(self, source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None: ...
     def umount2(self, target: str, flags: int) -> None: ...
     def pivot_root(self, new_root: str, put_old: str) -> None: ...
@@ -202,6 +218,58 @@ class LinuxSyscalls:
         finally:
             os.close(tree)
 
+    def open_in_root(self, root: str, path: str) -> tuple[int, str]:
+        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = beneath.open_dir(root_fd, path, beneath.RESOLVE_IN_ROOT, create=True)
+            top, found = beneath.path_of(root_fd), beneath.path_of(fd)
+        finally:
+            os.close(root_fd)
+        inside = "/" if found == top else found.removeprefix(top) if found.startswith(top + "/") else ""
+        if not inside:  # cannot happen with RESOLVE_IN_ROOT; refuse rather than trust it
+            os.close(fd)
+            raise OSError(errno.EXDEV, f"{path} resolves to {found}, outside {top}")
+        return fd, inside
+
+    def _open_beneath(self, root: str, path: str) -> int:
+        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return beneath.open_dir(root_fd, path, beneath.RESOLVE_BENEATH)
+        finally:
+            os.close(root_fd)
+
+    def bind_tree(self, root: str, path: str, target_fd: int, attrs: int, userns_fd: int) -> None:
+        source = self._open_beneath(root, path)
+        try:
+            flags = _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_RECURSIVE | _AT_EMPTY_PATH
+            tree = self._libc.syscall(self._nr["open_tree"], source, b"", ctypes.c_uint(flags))
+            if tree < 0:
+                self._check(-1, "open_tree", f"{root}/{path}")
+        finally:
+            os.close(source)
+        try:
+            idmap = _MOUNT_ATTR_IDMAP if userns_fd >= 0 else 0
+            attr = _MountAttr(attrs | idmap, 0, 0, max(userns_fd, 0))
+            res = self._libc.syscall(
+                self._nr["mount_setattr"], tree, b"", _AT_EMPTY_PATH | _AT_RECURSIVE, ctypes.byref(attr), 32
+            )
+            self._check(res, "mount_setattr", f"{root}/{path}")
+            flags = _MOVE_MOUNT_F_EMPTY_PATH | _MOVE_MOUNT_T_EMPTY_PATH
+            res = self._libc.syscall(self._nr["move_mount"], tree, b"", target_fd, b"", flags)
+            self._check(res, "move_mount", beneath.path_of(target_fd))
+        finally:
+            os.close(tree)
+
+    def chown_beneath(self, root: str, path: str, owner: int) -> None:
+        fd = self._open_beneath(root, path)
+        try:
+            os.chown(f"/proc/self/fd/{fd}", owner, owner)  # an O_PATH fd: fchown would refuse it
+        finally:
+            os.close(fd)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
     def mount(self, source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
         res = self._libc.mount(_fs(source), _fs(target), _fs(fstype), ctypes.c_ulong(flags), _fs(data))
         self._check(res, f"mount {fstype or source or ''}", target)
@@ -302,10 +370,16 @@ class RecordedExec(BaseException):
 class RecordingSyscalls:
     """Records (name, *args) for each call; `fail_on` makes that call raise OSError."""
 
-    def __init__(self, fail_on: str = "", kinds: Mapping[str, str | None] | None = None) -> None:
+    def __init__(
+        self,
+        fail_on: str = "",
+        kinds: Mapping[str, str | None] | None = None,
+        resolved: Mapping[str, str] | None = None,
+    ) -> None:
         self.calls: list[tuple[object, ...]] = []
         self._fail_on = fail_on
         self._kinds = dict(kinds or {})  # path -> "dir" | "file" | None; unlisted paths are files
+        self._resolved = dict(resolved or {})  # open_in_root: path -> where the image's links lead
 
     def _record(self, name: str, *args: object) -> None:
         self.calls.append((name, *args))
@@ -323,6 +397,19 @@ class RecordingSyscalls:
 
     def idmapped_bind(self, source: str, target: str, userns_fd: int) -> None:
         self._record("idmapped_bind", source, target, userns_fd)
+
+    def open_in_root(self, root: str, path: str) -> tuple[int, str]:
+        self._record("open_in_root", root, path)
+        return 100 + len(self.calls), self._resolved.get(path, path)
+
+    def bind_tree(self, root: str, path: str, target_fd: int, attrs: int, userns_fd: int) -> None:
+        self._record("bind_tree", root, path, target_fd, attrs, userns_fd)
+
+    def chown_beneath(self, root: str, path: str, owner: int) -> None:
+        self._record("chown_beneath", root, path, owner)
+
+    def close(self, fd: int) -> None:
+        self._record("close", fd)
 
     def mount(self, source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
         self._record("mount", source, target, fstype, flags, data)

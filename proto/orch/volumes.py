@@ -102,7 +102,8 @@ def _source_problems(path: str, volume: types_pb2.Volume) -> Iterator[tuple[str,
     elif kind == "empty_dir":
         empty = volume.empty_dir
         if empty.medium not in ("", MEDIUM_MEMORY):
-            yield f"{path}.emptyDir.medium", f'must be "{MEDIUM_MEMORY}" or left out (the node\'s disk), got "{empty.medium}"'
+            medium = _printable(empty.medium)
+            yield f"{path}.emptyDir.medium", f'must be "{MEDIUM_MEMORY}" or left out (the node\'s disk), got "{medium}"'
         if empty.size_limit_bytes < 0:
             yield f"{path}.emptyDir.sizeLimit", f"must not be negative, got {empty.size_limit_bytes}"
     else:

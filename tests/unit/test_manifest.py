@@ -142,7 +142,8 @@ BAD: list[tuple[str, str, str]] = [
         (
             "6 spec.zzz: unknown field; expected one of replicas, image, command, args, env, resources, ports, "
             "restartPolicy, nodeSelector, antiAffinity, placement, update, readiness, stopGracePeriod, user, "
-            "workingDir, readOnlyRootFilesystem, hostUsers, capabilities, seccomp, service, onNodeLost, init, volumes, volumeMounts"
+            "workingDir, readOnlyRootFilesystem, hostUsers, capabilities, seccomp, service, onNodeLost, init, "
+            "volumes, volumeMounts"
         ),
     ),
     (
