@@ -58,7 +58,10 @@ def open_dir(root_fd: int, path: str, scope: int, *, create: bool = False, mode:
                     raise
                 with contextlib.suppress(FileExistsError):  # made meanwhile, or a dangling link: the open decides
                     os.mkdir(part, mode, dir_fd=current)
-                found = openat2(root_fd, prefix, _DIR_FLAGS, scope | RESOLVE_NO_MAGICLINKS)
+                try:
+                    found = openat2(root_fd, prefix, _DIR_FLAGS, scope | RESOLVE_NO_MAGICLINKS)
+                except FileNotFoundError:
+                    raise OSError(errno.ENOENT, f"/{prefix} is a symlink to a missing directory; refused") from None
             os.close(current)
             current = found
     except OSError as exc:
