@@ -109,10 +109,12 @@ def test_a_symlinked_mount_path_in_the_image_cannot_reach_the_host(
     mounts = (Mount(host_dir, "data", "/data/new"), Mount(host_dir, "data", "/up/other"))
     script = f"cat /data/new/from-host /up/other/from-host; ls {victim}"
     config = make_config("evil", "sh", "-c", script, lower_dirs=(layer, rootfs), mounts=mounts)
-    state, text = run(runtime, config)
+    try:
+        state, text = run(runtime, config)
+    finally:
+        assert list(victim.iterdir()) == []  # nothing made or mounted on the host's side
     assert state.exit_code == 0, text
     assert text.splitlines() == ["hello from the host"] * 2 + ["new", "other"]
-    assert list(victim.iterdir()) == []  # nothing made or mounted on the host's side
 
 
 def test_a_symlink_to_a_directory_the_image_lacks_is_a_start_error(
@@ -122,9 +124,11 @@ def test_a_symlink_to_a_directory_the_image_lacks_is_a_start_error(
     victim.mkdir()
     layer = symlink_layer(tmp_path, {"data": str(victim)})
     config = make_config("dangle", "true", lower_dirs=(layer, rootfs), mounts=(Mount(host_dir, "data", "/data/new"),))
-    with pytest.raises(RuntimeStartError, match="/data is a symlink to a missing directory; refused"):
-        runtime.start(config)
-    assert list(victim.iterdir()) == []
+    try:
+        with pytest.raises(RuntimeStartError, match="/data is a symlink to a missing directory; refused"):
+            runtime.start(config)
+    finally:
+        assert list(victim.iterdir()) == []
 
 
 @pytest.mark.parametrize("target", ["/proc/sys", "/sys", "/dev", "/"])
