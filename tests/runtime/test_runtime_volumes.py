@@ -11,6 +11,8 @@ import pytest
 
 from node.runtime import ContainerConfig, Mount, Runtime, RuntimeStartError
 from node.runtime.userns import IdRange
+from node.volumes import NodeVolumes
+from orch.v1 import types_pb2 as pb
 from tests.runtime.test_runtime_containers import run, sections
 
 pytestmark = pytest.mark.root
@@ -167,3 +169,32 @@ def test_an_owned_volume_belongs_to_container_root_in_a_user_namespace(
     assert state.exit_code == 0, text
     assert text.splitlines()[0].split()[2:4] == ["0", "0"], text  # the top dir: container root's
     assert (os.stat(empty / "f").st_uid, os.stat(empty / "d").st_uid) == (0, 1000)  # container ids on disk
+
+
+def test_node_volumes_outlive_the_container_and_go_with_the_instance(
+    runtime: Runtime, make_config: MakeConfig, tmp_path: Path
+) -> None:
+    """node/volumes.py with the runtime: an emptyDir on disk and one in memory (a tmpfs on the
+    host, size-limited) keep their files across a container's remove and start, as a restart does."""
+    volumes = NodeVolumes(tmp_path / "volumes")
+    inst = pb.Instance(name="keep", app="keep")
+    inst.spec.volumes.add(name="disk", empty_dir=pb.EmptyDirVolume())
+    inst.spec.volumes.add(name="mem", empty_dir=pb.EmptyDirVolume(medium="Memory", size_limit_bytes=1 << 20))
+    inst.spec.volume_mounts.add(name="disk", mount_path="/disk")
+    inst.spec.volume_mounts.add(name="mem", mount_path="/mem")
+    mem = tmp_path / "volumes" / "keep" / "mem"
+    try:
+        mounts = volumes.prepare(inst)
+        script = "echo $1 >> /disk/runs; echo $1 >> /mem/runs; cat /disk/runs /mem/runs; grep ' /mem ' /proc/mounts"
+        _, text = run(runtime, make_config("keep", "sh", "-c", script, "sh", "one", mounts=mounts))
+        assert text.splitlines()[:2] == ["one", "one"], text
+        runtime.remove("keep")
+        _, text = run(runtime, make_config("keep", "sh", "-c", script, "sh", "two", mounts=volumes.prepare(inst)))
+        lines = text.splitlines()[-5:]  # the same log file: after the first run's lines
+        assert lines[:4] == ["one", "two", "one", "two"], text
+        assert lines[4].startswith("tmpfs /mem tmpfs ") and "size=1024k" in lines[4], text
+        runtime.remove("keep")
+    finally:
+        volumes.remove("keep")
+    assert not (tmp_path / "volumes" / "keep").exists()
+    assert not [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(mem) in line]
