@@ -95,6 +95,9 @@ class NodeVolumes:
         below = path[len(top) :].lstrip("/")
         try:
             top_fd = os.open(top, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise VolumeError("FailedMount", f'the allowed directory "{top}" of this node: {e.strerror}') from e
+        try:
             try:
                 os.close(open_dir(top_fd, below, RESOLVE_BENEATH, create=kind == "DirectoryOrCreate"))
             finally:
