@@ -18,6 +18,7 @@ from cli import commands, completion, config_commands, contexts, logformat, pki_
 from cli.client import Client, CliError, UsageError, scheduler_addresses
 from cli.manifest import ManifestError
 from cli.selector import parse_selector
+from orch.validation import MAX_REPLICAS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 OUTPUT = click.Choice(["table", "wide", "json", "yaml"])
@@ -221,7 +222,7 @@ def delete(ctx: click.Context, args: tuple[str, ...], files: tuple[str, ...]) ->
 
 @cli.command()
 @click.argument("app", shell_complete=completion.apps)
-@click.argument("replicas", type=click.IntRange(0, 10000))
+@click.argument("replicas", type=click.IntRange(0, MAX_REPLICAS))
 @click.pass_context
 def scale(ctx: click.Context, app: str, replicas: int) -> None:
     """Set an app's replica count."""

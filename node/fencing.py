@@ -45,11 +45,12 @@ import contextlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from orch.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -156,9 +157,8 @@ def save(path: Path, valid_until: float | None, instances: Iterable[str], boot: 
         "validUntil": valid_until,
         "instances": sorted(instances),
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    # No fsync: the bound means nothing after a host crash (another boot id) anyway.
+    write_json_atomic(path, data, mode=0o600, fsync=False)
 
 
 def load(path: Path, boot: str | None = None) -> Saved:

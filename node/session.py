@@ -33,6 +33,18 @@ BACKOFF_MIN = 0.1
 BACKOFF_MAX = 3.0  # with the jitter below at most 4.5 s: scheduler/liveness.py AGENT_RECONNECT_BACKOFF
 JITTER = (0.5, 1.5)
 
+# A scheduler that hangs, or whose host is cut off, resets nothing: without pings the stream
+# would wait for TCP to give up (15 min) or for ever (a stopped process's kernel still ACKs).
+# HTTP/2 pings find it within KEEPALIVE + its timeout, and the session moves to the next
+# scheduler; the server allows pings this often (scheduler/server.py SERVER_OPTIONS).
+KEEPALIVE_MS = 2000
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_MS),
+    ("grpc.http2.ping_timeout_ms", KEEPALIVE_MS),  # without it grpcio 1.85 waited for the ack for ever
+    ("grpc.http2.max_pings_without_data", 0),  # the stream is busy anyway: never hold a ping back
+]
+
 
 class Session:
     def __init__(
@@ -61,6 +73,7 @@ class Session:
         self.observed_generation = 0  # of the last desired set applied, for heartbeats
         self._applied: Applied | None = None
         self.connected = asyncio.Event()
+        self.scheduler = ""  # the address of the scheduler this session is (or was last) connected to
         self._leaving = False  # said goodbye: no more heartbeats (they would renew the lease)
         self._goodbye_ack: asyncio.Future[float] | None = None
         self._goodbye_sent = 0.0  # monotonic
@@ -93,7 +106,8 @@ class Session:
         outbox: asyncio.Queue[apb.AgentMessage] = asyncio.Queue()
         register_sent = time.monotonic()  # before: the lease is granted or refreshed after it
         outbox.put_nowait(apb.AgentMessage(register=self._register(self.lease_id)))
-        async with aio_channel(target, self._tls, peer=SCHEDULER) as channel:  # only a scheduler's certificate
+        # Only a scheduler's certificate.
+        async with aio_channel(target, self._tls, CHANNEL_OPTIONS, peer=SCHEDULER) as channel:
             stub = agent_pb2_grpc.AgentSessionStub(channel)
             call = stub.Session(_drain(outbox))
             heartbeat: asyncio.Task[None] | None = None
@@ -107,6 +121,7 @@ class Session:
                         outbox.put_nowait(apb.AgentMessage(status=self._full_report()))
                         interval = msg.registered.heartbeat_interval_ms / 1000
                         heartbeat = asyncio.create_task(self._heartbeat(outbox, interval))
+                        self.scheduler = target
                         self.connected.set()
                         log.info("connected to scheduler %s (lease %x)", target, self.lease_id)
                         if self._on_registered is not None:

@@ -32,7 +32,7 @@ from node.network import HostPortNotAllowed, NetworkError, NodeNetwork, PortMapp
 from node.probes import period_of, probe
 from node.restarts import RestartTracker
 from node.runtime import ContainerConfig, ContainerError, ContainerState, ContainerStatus, NotFound, Runtime
-from node.runtime.model import SECCOMP_DEFAULT, Mount
+from node.runtime.model import DEFAULT_PATH, SECCOMP_DEFAULT, Mount
 from node.volumes import NodeVolumes, VolumeError
 from orch.v1 import types_pb2 as pb
 
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 Report = Callable[[pb.Instance, pb.InstanceStatus], None]
 AGENT_ERROR_LIMIT = 5  # worker failures in a row before the instance is given up
 AGENT_ERROR_BACKOFF = (1.0, 30.0)  # first and longest wait between those attempts
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # pids.max of a container whose app sets no resources.pids (`orch node --default-pids-limit`): a fork
 # bomb stays in its container. Not part of the app's spec, so the scheduler's accounting is unchanged.
 DEFAULT_PIDS_LIMIT = 4096

@@ -17,7 +17,7 @@ from orch.v1 import api_pb2 as api
 from orch.v1 import api_pb2_grpc
 from orch.v1 import exec_pb2 as xpb
 from orch.v1 import types_pb2 as pb
-from orch.validation import normalize_app_spec, validate_app_spec
+from orch.validation import MAX_REPLICAS, normalize_app_spec, validate_app_spec
 from orch.version import version
 from scheduler.cache import ClusterCache
 from scheduler.drain_plan import DrainPlan, plan_drain
@@ -282,8 +282,8 @@ class OrchService(api_pb2_grpc.OrchServicer):
 
     async def Scale(self, request: api.ScaleRequest, context: Ctx) -> api.AppInfo:
         def scale() -> api.AppInfo:
-            if not 0 <= request.replicas <= 10000:
-                raise InvalidRequest([f"replicas: {request.replicas} is out of range 0..10000"])
+            if not 0 <= request.replicas <= MAX_REPLICAS:
+                raise InvalidRequest([f"replicas: {request.replicas} is out of range 0..{MAX_REPLICAS}"])
 
             def set_replicas(app: pb.App) -> None:
                 app.spec.replicas = request.replicas

@@ -18,7 +18,8 @@ from prometheus_client import start_http_server
 from orch import sdnotify
 from orch.tls import Credentials, add_port
 from orch.v1 import agent_pb2_grpc, api_pb2_grpc
-from scheduler import dashboard
+from orch.v1 import types_pb2 as pb
+from scheduler import dashboard, network_config
 from scheduler.api import OrchService
 from scheduler.authz import Authorizer
 from scheduler.cache import ClusterCache
@@ -29,6 +30,7 @@ from scheduler.events import EventLog
 from scheduler.leader import LeaderElection
 from scheduler.leases import LeaseKeeper
 from scheduler.metrics import ClusterCollector, SchedulerMetrics
+from scheduler.network_config import NetworkMismatch
 from scheduler.reconciler_loop import Reconciler
 from scheduler.services import DEFAULT_SERVICE_CIDR, parse_service_cidr
 from scheduler.sessions import RESTART_GRACE, AgentSessionService, NodeRegistry
@@ -58,6 +60,14 @@ class SchedulerConfig:
     node_subnet_size: int = DEFAULT_NODE_PREFIX  # prefix length of each node's subnet
 
 
+SERVER_OPTIONS = [
+    ("grpc.so_reuseport", 0),
+    # Agents ping every 2 s to find a hung scheduler (node/session.py): not "too many pings".
+    ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
+
 async def serve(config: SchedulerConfig) -> None:
     # etcd calls are blocking and run in threads; the default pool (cpus + 4)
     # starves under a few hundred agents.
@@ -77,6 +87,14 @@ async def serve(config: SchedulerConfig) -> None:
         pool = SubnetPool.parse(config.cluster_cidr, config.node_subnet_size)
     except PoolError as e:
         raise SystemExit(f"orch scheduler: {e}") from None
+    service_network = parse_service_cidr(config.service_cidr)
+    ranges = pb.ClusterNetwork(
+        cluster_cidr=str(pool.cidr), node_subnet_size=pool.prefix, service_cidr=str(service_network)
+    )
+    try:
+        await asyncio.to_thread(network_config.settle, store, ranges)
+    except NetworkMismatch as e:
+        raise SystemExit(f"orch scheduler: {e}") from None
     registry = NodeRegistry(store, config.lease_ttl, config.restart_grace, pool)
     endpoints = EndpointsFeed(cache, config.service_cidr)
     sessions = AgentSessionService(registry, cache, status, metrics, keeper, events, endpoints)
@@ -92,14 +110,13 @@ async def serve(config: SchedulerConfig) -> None:
 
     # Every call is authorized by the caller's certificate (scheduler/authz.py); without TLS, nothing is.
     authorizer = Authorizer(insecure=config.tls is None)
-    server = grpc.aio.server(interceptors=[authorizer], options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(interceptors=[authorizer], options=SERVER_OPTIONS)
     # The API calls on_change from worker threads; an asyncio.Event must be set on its loop.
     loop = asyncio.get_running_loop()
 
     def on_change() -> None:
         loop.call_soon_threadsafe(reconciler.trigger.set)
 
-    service_network = parse_service_cidr(config.service_cidr)
     orch_api = OrchService(
         store,
         events,

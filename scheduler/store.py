@@ -131,6 +131,10 @@ class Keys:
     def leader(self) -> str:
         return f"{self.prefix}leader"
 
+    def network(self) -> str:
+        """The cluster's address ranges, pb.ClusterNetwork (scheduler/network_config.py)."""
+        return f"{self.prefix}config/network"
+
     def subnets(self) -> str:
         """Subnet claims: one key per node subnet, whose value is pb.Node(name, subnet)."""
         return f"{self.prefix}subnets/"

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 
 from node.images.errors import InvalidDigest
+from orch.imageref import DIGEST_PATTERN, DIGEST_SHAPE
 
 __all__ = ["DIGEST_SHAPE", "digest_hex", "is_digest", "parse_digest", "quote", "sha256_digest"]
 
-DIGEST_SHAPE = "sha256:<64 hex>"
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
 _SHOWN = 120  # characters of a bad value shown in an error
 
 
 def is_digest(value: object) -> bool:
-    return isinstance(value, str) and _DIGEST.fullmatch(value) is not None
+    return isinstance(value, str) and DIGEST_PATTERN.fullmatch(value) is not None
 
 
 def parse_digest(value: object, what: str) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.runtime.imagefs import read_image_file
+from orch.validation import LINUX_CAPABILITIES
 
 __all__ = [
     "CAPS",
@@ -24,55 +25,8 @@ __all__ = [
     "rlimit_numbers",
 ]
 
-# linux/capability.h numbering; 0..40 (CAP_CHECKPOINT_RESTORE) as of Linux 5.9.
-CAPS: dict[str, int] = {
-    name: number
-    for number, name in enumerate(
-        [
-            "CHOWN",
-            "DAC_OVERRIDE",
-            "DAC_READ_SEARCH",
-            "FOWNER",
-            "FSETID",
-            "KILL",
-            "SETGID",
-            "SETUID",
-            "SETPCAP",
-            "LINUX_IMMUTABLE",
-            "NET_BIND_SERVICE",
-            "NET_BROADCAST",
-            "NET_ADMIN",
-            "NET_RAW",
-            "IPC_LOCK",
-            "IPC_OWNER",
-            "SYS_MODULE",
-            "SYS_RAWIO",
-            "SYS_CHROOT",
-            "SYS_PTRACE",
-            "SYS_PACCT",
-            "SYS_ADMIN",
-            "SYS_BOOT",
-            "SYS_NICE",
-            "SYS_RESOURCE",
-            "SYS_TIME",
-            "SYS_TTY_CONFIG",
-            "MKNOD",
-            "LEASE",
-            "AUDIT_WRITE",
-            "AUDIT_CONTROL",
-            "SETFCAP",
-            "MAC_OVERRIDE",
-            "MAC_ADMIN",
-            "SYSLOG",
-            "WAKE_ALARM",
-            "BLOCK_SUSPEND",
-            "AUDIT_READ",
-            "PERFMON",
-            "BPF",
-            "CHECKPOINT_RESTORE",
-        ]
-    )
-}
+# linux/capability.h numbering (validation.py holds the one table).
+CAPS: dict[str, int] = {name: number for number, name in enumerate(LINUX_CAPABILITIES)}
 
 # Podman's default set (containers.conf default_capabilities).
 DEFAULT_CAPS = (

@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
+from orch.imageref import BadReference, parse_reference
 from orch.quantity import format_duration
 from orch.v1 import types_pb2
 from orch.volumes import volume_problems
@@ -54,14 +55,6 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _USER_PART = r"(\d+|[A-Za-z_][A-Za-z0-9_.-]*\$?)"
 _USER = re.compile(rf"{_USER_PART}(:{_USER_PART})?")
 
-_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_HOST_COMPONENT = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
-_HOST = rf"(?:{_HOST_COMPONENT}(?:\.{_HOST_COMPONENT})*|\[[0-9a-fA-F:]+\])(?::\d+)?"
-_IMAGE = re.compile(
-    rf"(?:{_HOST}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
-    r"(?::\w[\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
-)
-_TRANSPORTS = ("oci-archive", "docker-archive", "oci", "rootfs")
 _IMAGE_HELP = (
     "expected [HOST[:PORT]/]NAME[:TAG][@sha256:DIGEST], "
     "oci-archive:/path, docker-archive:/path, oci:/path[:tag] or rootfs:/dir"
@@ -192,16 +185,13 @@ def _check_duration(path: str, ms: int) -> Iterator[FieldError]:
 
 
 def _check_image(image: str) -> Iterator[FieldError]:
-    transport, colon, rest = image.partition(":")
     if not image:
         yield FieldError("spec.image", "must not be empty")
-    elif colon and transport in _TRANSPORTS:
-        # "oci:latest" would also be a valid registry reference, but nobody
-        # names an image after a transport: insist on an absolute path.
-        if not rest.startswith("/") or "\0" in rest:
-            yield FieldError("spec.image", f'the path after "{transport}:" must be absolute, got "{rest}"')
-    elif not _IMAGE.fullmatch(image):
-        yield FieldError("spec.image", f'"{image}" is not a valid image reference; {_IMAGE_HELP}')
+        return
+    try:
+        parse_reference(image)  # the node's own grammar: what passes here, the node can pull
+    except BadReference as e:
+        yield FieldError("spec.image", f'"{image}" is not a valid image reference: {e.reason}; {_IMAGE_HELP}')
 
 
 def _check_app_names(path: str, names: Iterable[str]) -> Iterator[FieldError]:

@@ -315,9 +315,11 @@ def fetch(address: str, port: int) -> bytes | None:
         return None
 
 
-def nat_rules() -> list[str]:
+def nat_rules(bridge: str) -> list[str]:
+    """This test's node's NAT rules (its chains are named after its bridge; other clusters on
+    this host have their own)."""
     saved = run("iptables-save", "-t", "nat").stdout
-    return [line for line in saved.splitlines() if "ORCH-" in line or "route_localnet" in line]
+    return [line for line in saved.splitlines() if "ORCH-" in line and bridge in line]
 
 
 def test_host_ports_are_published_on_the_address_and_removed(tmp_path: Path, config: NetworkConfig) -> None:
@@ -325,15 +327,15 @@ def test_host_ports_are_published_on_the_address_and_removed(tmp_path: Path, con
     cfg = dataclasses.replace(config, publish_address=address)
     net = NodeNetwork(cfg)
     net.ensure_bridge()
-    assert nat_rules() == []  # nothing published, nothing installed
+    assert nat_rules(config.bridge) == []  # nothing published, nothing installed
     server = subprocess.Popen(["unshare", "--net", sys.executable, "-c", SERVER])
     try:
         assert wait_until(lambda: netns_inode(server.pid) != netns_inode("self"))
         host_port = free_port()
         net.attach("web-1", server.pid, [PortMapping(host_port, 8080)])
-        assert wait_until(lambda: fetch(address, host_port) == b"hello"), nat_rules()
+        assert wait_until(lambda: fetch(address, host_port) == b"hello"), nat_rules(config.bridge)
         assert fetch("127.0.0.1", host_port) is None  # published on that address only
-        assert any('--comment "web-1"' in r or "--comment web-1" in r for r in nat_rules())
+        assert any('--comment "web-1"' in r or "--comment web-1" in r for r in nat_rules(config.bridge))
         # An agent restart: the kernel lost the rules (or someone flushed them); the files bring them back.
         run("iptables", "-t", "nat", "-F", net.host_ports.chain)
         assert fetch(address, host_port) is None
@@ -341,12 +343,12 @@ def test_host_ports_are_published_on_the_address_and_removed(tmp_path: Path, con
         assert wait_until(lambda: fetch(address, host_port) == b"hello")
         net.detach("web-1")
         assert fetch(address, host_port) is None
-        assert not [r for r in nat_rules() if "DNAT" in r]
+        assert not [r for r in nat_rules(config.bridge) if "DNAT" in r]
     finally:
         server.kill()
         server.wait()
     net.teardown()
-    assert nat_rules() == []
+    assert nat_rules(config.bridge) == []
 
 
 def free_port() -> int:
@@ -373,7 +375,7 @@ def test_a_host_port_the_host_listens_on_is_refused_and_the_host_keeps_it(
                 net.attach("evil-1", server.pid, [PortMapping(port, 8080)])
             with pytest.raises(HostPortNotAllowed, match="hostPort 22/tcp is outside the range"):
                 net.attach("evil-1", server.pid, [PortMapping(22, 8080)])
-            assert not [r for r in nat_rules() if "DNAT" in r]
+            assert not [r for r in nat_rules(config.bridge) if "DNAT" in r]
             with socket.create_connection(("127.0.0.1", port), timeout=2):
                 conn, _ = service.accept()  # the host's connection reached the host's service
                 conn.close()
@@ -393,7 +395,7 @@ def test_without_a_publish_address_loopback_is_never_captured(tmp_path: Path, co
         assert wait_until(lambda: netns_inode(server.pid) != netns_inode("self"))
         host_port = free_port()
         net.attach("web-1", server.pid, [PortMapping(host_port, 8080)])
-        assert wait_until(lambda: fetch(str(config.gateway), host_port) == b"hello"), nat_rules()
+        assert wait_until(lambda: fetch(str(config.gateway), host_port) == b"hello"), nat_rules(config.bridge)
         # A host service on 127.0.0.1 with the same port (started after the publish, so the
         # node's policy could not see it) must still get the host's own connections: without
         # the loopback exclusion the DNAT would send them towards the container instead.

@@ -265,7 +265,7 @@ BAD: list[tuple[str, str, str]] = [
         "image",
         HEAD.replace("busybox", "Busy Box"),
         (
-            '5 spec.image: "Busy Box" is not a valid image reference; expected '
+            '5 spec.image: "Busy Box" is not a valid image reference: contains whitespace; expected '
             "[HOST[:PORT]/]NAME[:TAG][@sha256:DIGEST], oci-archive:/path, docker-archive:/path, oci:/path[:tag] or "
             "rootfs:/dir"
         ),

@@ -1168,3 +1168,33 @@ class LogEntry(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LogEntry: _TypeAlias = LogEntry  # noqa: Y015
+
+@_typing.final
+class ClusterNetwork(_message.Message):
+    """etcd: <prefix>config/network, written once by the first scheduler of a cluster. Every later
+    scheduler must be started with the same values: two that carve different subnets or VIPs out
+    of different ranges would hand out overlapping addresses (scheduler/network_config.py).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_CIDR_FIELD_NUMBER: _builtins.int
+    NODE_SUBNET_SIZE_FIELD_NUMBER: _builtins.int
+    SERVICE_CIDR_FIELD_NUMBER: _builtins.int
+    cluster_cidr: _builtins.str
+    node_subnet_size: _builtins.int
+    service_cidr: _builtins.str
+    def __init__(
+        self,
+        *,
+        cluster_cidr: _builtins.str = ...,
+        node_subnet_size: _builtins.int = ...,
+        service_cidr: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_cidr", b"cluster_cidr", "node_subnet_size", b"node_subnet_size", "service_cidr", b"service_cidr"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterNetwork: _TypeAlias = ClusterNetwork  # noqa: Y015
