@@ -18,7 +18,8 @@ Vocabulary:
 Modules: model (data), errors, runtime (Runtime), shim + shim_client + zygote
 (the handshake), init (PID 1 steps), native (the C programs: build, sealed copy),
 exits (what an exit means), security (caps, users, rlimits), logs (CRI log
-format, rotation, read_logs), sys (the syscall seam), cgroups/ (v1, v2).
+format, rotation, read_logs), sys (the syscall seam), beneath + mountapi (volumes:
+paths resolved under a root with openat2, trees bound with the new mount API), cgroups/ (v1, v2).
 See docs/runtime.md.
 """
 

@@ -16,7 +16,15 @@ import errno
 import os
 import platform
 
-__all__ = ["RESOLVE_BENEATH", "RESOLVE_IN_ROOT", "open_dir", "openat2", "path_of"]
+__all__ = [
+    "RESOLVE_BENEATH",
+    "RESOLVE_IN_ROOT",
+    "open_beneath",
+    "open_dir",
+    "open_in_root",
+    "openat2",
+    "path_of",
+]
 
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_BENEATH = 0x08
@@ -75,3 +83,28 @@ def open_dir(root_fd: int, path: str, scope: int, *, create: bool = False, mode:
 def path_of(fd: int) -> str:
     """Where an fd points now, as this process sees it (for checks and messages only)."""
     return os.readlink(f"/proc/self/fd/{fd}")
+
+
+def open_in_root(root: str, path: str) -> tuple[int, str]:
+    """The directory `path` inside `root` as if it were "/", made if missing: its O_PATH fd and
+    where it ended up, relative to root ("/data")."""
+    root_fd = os.open(root, _DIR_FLAGS)
+    try:
+        fd = open_dir(root_fd, path, RESOLVE_IN_ROOT, create=True)
+        top, found = path_of(root_fd), path_of(fd)
+    finally:
+        os.close(root_fd)
+    inside = "/" if found == top else found.removeprefix(top) if found.startswith(top + "/") else ""
+    if not inside:  # cannot happen with RESOLVE_IN_ROOT; refuse rather than trust it
+        os.close(fd)
+        raise OSError(errno.EXDEV, f"{path} resolves to {found}, outside {top}")
+    return fd, inside
+
+
+def open_beneath(root: str, path: str) -> int:
+    """An O_PATH fd of the existing directory `path` beneath `root`, never resolved out of it."""
+    root_fd = os.open(root, _DIR_FLAGS)
+    try:
+        return open_dir(root_fd, path, RESOLVE_BENEATH)
+    finally:
+        os.close(root_fd)

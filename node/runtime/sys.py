@@ -8,7 +8,6 @@ can assert the order of the container's init steps without root.
 from __future__ import annotations
 
 import ctypes
-import errno
 import fcntl
 import os
 import resource as _resource
@@ -20,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn, Protocol
 
-from node.runtime import beneath
+from node.runtime import beneath, mountapi
+from node.runtime.mountapi import MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY
 from node.runtime.seccomp.loader import load_program
 
 __all__ = [
@@ -76,24 +76,11 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 
-# The new mount API (Linux 5.12+ for idmapped mounts); glibc 2.36 has no wrappers.
-_SYSCALLS = {
-    "x86_64": {"pivot_root": 155, "open_tree": 428, "move_mount": 429, "mount_setattr": 442},
-    "aarch64": {"pivot_root": 41, "open_tree": 428, "move_mount": 429, "mount_setattr": 442},
-}
+# glibc has no wrapper (the new mount API's calls: mountapi.py).
+_SYSCALLS = {"x86_64": {"pivot_root": 155}, "aarch64": {"pivot_root": 41}}
 # Signals: glibc refuses to touch its own (32 and 33), so these go around it.
 _SIGNAL_SYSCALLS = {"x86_64": (13, 14), "aarch64": (134, 135)}  # rt_sigaction, rt_sigprocmask
 _NSIG = 64
-_AT_FDCWD = -100
-_AT_EMPTY_PATH = 0x1000
-_AT_RECURSIVE = 0x8000
-_OPEN_TREE_CLONE = 1
-_MOVE_MOUNT_F_EMPTY_PATH = 0x4
-_MOVE_MOUNT_T_EMPTY_PATH = 0x40
-MOUNT_ATTR_RDONLY = 0x1
-MOUNT_ATTR_NOSUID = 0x2
-MOUNT_ATTR_NODEV = 0x4
-_MOUNT_ATTR_IDMAP = 0x00100000
 
 PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
@@ -138,15 +125,6 @@ class Syscalls(Protocol):
     def load_seccomp(self, program: bytes) -> None: ...  # a compiled BPF program (seccomp/loader.py)
     def execvpe(self, file: str, argv: Sequence[str], env: Mapping[str, str]) -> NoReturn: ...
     def execve_fd(self, fd: int, argv: Sequence[str], env: Mapping[str, str]) -> NoReturn: ...  # fexecve
-
-
-class _MountAttr(ctypes.Structure):
-    _fields_ = [
-        ("attr_set", ctypes.c_uint64),
-        ("attr_clr", ctypes.c_uint64),
-        ("propagation", ctypes.c_uint64),
-        ("userns_fd", ctypes.c_uint64),
-    ]
 
 
 class _CapHeader(ctypes.Structure):
@@ -201,67 +179,31 @@ class LinuxSyscalls:
 
     def idmapped_bind(self, source: str, target: str, userns_fd: int) -> None:
         """Bind source onto target with its ids shifted through userns_fd's maps (mount_setattr(2))."""
-        flags = _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_RECURSIVE
-        tree = self._libc.syscall(self._nr["open_tree"], _AT_FDCWD, _fs(source), ctypes.c_uint(flags))
-        if tree < 0:
-            self._check(-1, "open_tree", source)
+        tree = mountapi.clone_tree(mountapi.AT_FDCWD, source, source)
         try:
-            attr = _MountAttr(_MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
-            res = self._libc.syscall(
-                self._nr["mount_setattr"], tree, b"", _AT_EMPTY_PATH | _AT_RECURSIVE, ctypes.byref(attr), 32
-            )
-            self._check(res, "mount_setattr idmap", source)
-            res = self._libc.syscall(
-                self._nr["move_mount"], tree, b"", _AT_FDCWD, _fs(target), _MOVE_MOUNT_F_EMPTY_PATH
-            )
-            self._check(res, "move_mount", target)
+            mountapi.set_attrs(tree, 0, userns_fd, source)
+            mountapi.attach(tree, mountapi.AT_FDCWD, target, target)
         finally:
             os.close(tree)
 
     def open_in_root(self, root: str, path: str) -> tuple[int, str]:
-        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fd = beneath.open_dir(root_fd, path, beneath.RESOLVE_IN_ROOT, create=True)
-            top, found = beneath.path_of(root_fd), beneath.path_of(fd)
-        finally:
-            os.close(root_fd)
-        inside = "/" if found == top else found.removeprefix(top) if found.startswith(top + "/") else ""
-        if not inside:  # cannot happen with RESOLVE_IN_ROOT; refuse rather than trust it
-            os.close(fd)
-            raise OSError(errno.EXDEV, f"{path} resolves to {found}, outside {top}")
-        return fd, inside
-
-    def _open_beneath(self, root: str, path: str) -> int:
-        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            return beneath.open_dir(root_fd, path, beneath.RESOLVE_BENEATH)
-        finally:
-            os.close(root_fd)
+        return beneath.open_in_root(root, path)
 
     def bind_tree(self, root: str, path: str, target_fd: int, attrs: int, userns_fd: int) -> None:
-        source = self._open_beneath(root, path)
+        where = f"{root}/{path}"
+        source = beneath.open_beneath(root, path)
         try:
-            flags = _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_RECURSIVE | _AT_EMPTY_PATH
-            tree = self._libc.syscall(self._nr["open_tree"], source, b"", ctypes.c_uint(flags))
-            if tree < 0:
-                self._check(-1, "open_tree", f"{root}/{path}")
+            tree = mountapi.clone_tree(source, "", where)
         finally:
             os.close(source)
         try:
-            idmap = _MOUNT_ATTR_IDMAP if userns_fd >= 0 else 0
-            attr = _MountAttr(attrs | idmap, 0, 0, max(userns_fd, 0))
-            res = self._libc.syscall(
-                self._nr["mount_setattr"], tree, b"", _AT_EMPTY_PATH | _AT_RECURSIVE, ctypes.byref(attr), 32
-            )
-            self._check(res, "mount_setattr", f"{root}/{path}")
-            flags = _MOVE_MOUNT_F_EMPTY_PATH | _MOVE_MOUNT_T_EMPTY_PATH
-            res = self._libc.syscall(self._nr["move_mount"], tree, b"", target_fd, b"", flags)
-            self._check(res, "move_mount", beneath.path_of(target_fd))
+            mountapi.set_attrs(tree, attrs, userns_fd, where)
+            mountapi.attach(tree, target_fd, "", beneath.path_of(target_fd))
         finally:
             os.close(tree)
 
     def chown_beneath(self, root: str, path: str, owner: int) -> None:
-        fd = self._open_beneath(root, path)
+        fd = beneath.open_beneath(root, path)
         try:
             os.chown(f"/proc/self/fd/{fd}", owner, owner)  # an O_PATH fd: fchown would refuse it
         finally:
