@@ -60,7 +60,11 @@ def test_a_host_path_goes_only_to_a_node_that_allows_it(cluster: str, tmp_path: 
     inst = wait_for(lambda: [i for i in instances(cluster) if i["app"] == "web" and i["state"] == "Running"], 20)[0]
     assert inst["node"] == "n0"
     nodes = json.loads(orch(cluster, "get", "nodes", "-o", "json").stdout)
-    assert {n["name"] for n in nodes} == {"n0", "n1", "n2"}
+    assert {n["name"]: n["allowedHostPaths"] for n in nodes} == {
+        "n0": ["/srv/data"],
+        "n1": ["/srv/other", "/var/lib/x"],
+        "n2": [],
+    }
     e = json.loads(orch(cluster, "explain", inst["name"], "-o", "json").stdout)
     rejected = {n["node"]: n["rejected"] for n in e["nodes"]}
     assert rejected == {
