@@ -125,14 +125,16 @@ class NodeVolumes:
         return path
 
     def over_limit(self, inst: pb.Instance) -> str:
-        """ "" or why the instance is evicted: a disk emptyDir above its sizeLimit (blocking)."""
+        """Why the instance is to be evicted ("" if not): a disk emptyDir above its sizeLimit (blocking)."""
         for volume in inst.spec.volumes:
             empty = volume.empty_dir
             if not volume.HasField("empty_dir") or empty.medium == MEDIUM_MEMORY or not empty.size_limit_bytes:
                 continue
-            used = disk_usage(self.root / inst.name / volume.name)
+            used = disk_usage(self.root / inst.name / volume.name, DU_TIMEOUT)
+            limit = format_memory(empty.size_limit_bytes)
+            if used is None:  # fail closed: a tree made too big to measure must not escape its limit
+                return f'Usage of EmptyDir volume "{volume.name}" could not be measured within {DU_TIMEOUT:.0f}s'
             if used > empty.size_limit_bytes:
-                limit = format_memory(empty.size_limit_bytes)
                 return f'Usage of EmptyDir volume "{volume.name}" exceeds the limit "{limit}" ({used} bytes)'
         return ""
 
@@ -173,17 +175,16 @@ def _check_name(name: str, what: str) -> None:
         raise VolumeError("FailedMount", f"{what} name {name!r} is not a DNS label")
 
 
-def disk_usage(path: Path) -> int:
-    """Bytes on disk under `path` on its own filesystem, symlinks not followed (`du -sxB1`)."""
+def disk_usage(path: Path, timeout: float = DU_TIMEOUT) -> int | None:
+    """Bytes on disk under `path` on its own filesystem, symlinks not followed (`du -sxB1`);
+    None if that took longer than `timeout`. 0 if it cannot be measured at all (logged)."""
     try:
         out = subprocess.run(
-            ["du", "-s", "-x", "-B1", "--", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=DU_TIMEOUT,
-            check=False,
+            ["du", "-s", "-x", "-B1", "--", str(path)], capture_output=True, text=True, timeout=timeout, check=False
         )
         return int(out.stdout.split()[0]) if out.stdout else 0
-    except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+    except subprocess.TimeoutExpired:
+        return None
+    except (OSError, ValueError) as e:
         log.warning("measuring %s: %s", path, e)
         return 0

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+import node.volumes as node_volumes
 from node.images.process import ImageConfig
 from node.images.store import PreparedImage
 from node.runtime import Mount, NotFound
-from node.volumes import NodeVolumes, VolumeError
+from node.volumes import NodeVolumes, VolumeError, disk_usage
 from node.worker import InstanceWorker, WorkerDeps
 from orch.v1 import types_pb2 as pb
 
@@ -174,3 +175,15 @@ def test_the_worker_refuses_to_start_an_instance_with_a_host_path_the_node_does_
     assert refused.state == pb.INSTANCE_STATE_FAILED
     assert 'hostPath "/etc" of volume "data" is not under a directory this node allows' in refused.message
     assert runtime.started == []
+
+
+def test_a_tree_too_big_to_measure_in_time_is_evicted_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail closed: a container must not escape its limit by making `du` slow."""
+    volumes = NodeVolumes(tmp_path / "volumes")
+    inst = instance(pb.Volume(name="cache", empty_dir=pb.EmptyDirVolume(size_limit_bytes=1 << 20)))
+    (mount,) = volumes.prepare(inst)
+    for i in range(200):
+        (mount.root / str(i)).mkdir()
+    assert disk_usage(mount.root, timeout=0.000001) is None
+    monkeypatch.setattr(node_volumes, "DU_TIMEOUT", 0.000001)
+    assert "could not be measured within" in volumes.over_limit(inst)
