@@ -104,7 +104,8 @@ class NodeVolumes:
                 os.close(top_fd)
         except OSError as e:
             reason = "HostPathNotAllowed" if e.errno == errno.EXDEV else "FailedMount"
-            what = "does not exist (type: DirectoryOrCreate makes it)" if e.errno == errno.ENOENT else e.strerror
+            missing = e.errno == errno.ENOENT and kind != "DirectoryOrCreate"
+            what = "does not exist (type: DirectoryOrCreate makes it)" if missing else e.strerror
             raise VolumeError(reason, f'hostPath "{path}" of volume "{volume.name}": {what}') from e
         return Path(top), below
 
