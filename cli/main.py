@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from cli import commands, completion, config_commands, contexts, logformat, pki_commands
+from cli import commands, completion, config_commands, contexts, logformat, pki_commands, secret_commands
 from cli.client import Client, CliError, UsageError, scheduler_addresses
 from cli.manifest import ManifestError
 from cli.selector import parse_selector
@@ -428,6 +428,13 @@ def etcd_tls_options(f: Callable[..., None]) -> Callable[..., None]:
     metavar="HOST:PORT",
     help="Serve the read-only web dashboard there (no login: keep it on loopback).",
 )
+@click.option(
+    "--secret-key-file",
+    default="",
+    metavar="PATH",
+    help="Keys that seal secrets in etcd, one `NAME BASE64` per line, the first seals (`orch secret keygen`); "
+    "without it secrets are disabled.",
+)
 @click.option("--id", "identity", default="", help="Name of this scheduler (default host-pid).")
 @click.option(
     "--etcd-page-size",
@@ -454,6 +461,7 @@ def scheduler_cmd(
     metrics_listen: str,
     service_cidr: str,
     dashboard_listen: str,
+    secret_key_file: str,
     identity: str,
     etcd_page_size: int,
     tls_ca: str,
@@ -490,6 +498,7 @@ def scheduler_cmd(
             metrics_listen=metrics_listen,
             service_cidr=service_cidr,
             dashboard_listen=dashboard_listen,
+            secret_key_file=secret_key_file,
             identity=identity,
             etcd_page=etcd_page_size,
             tls=scheduler_credentials(tls_ca, tls_cert, tls_key, listen, insecure),
@@ -650,6 +659,7 @@ def node_cmd(
 
 cli.add_command(pki_commands.pki)
 cli.add_command(config_commands.config)
+cli.add_command(secret_commands.secret)
 
 
 def main(argv: list[str] | None = None) -> Any:

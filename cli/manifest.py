@@ -350,6 +350,47 @@ def _ports(doc: _Doc, node: yaml.Node, path: str, msg: Message) -> None:
         _fill(doc, item, f"{path}[{i}]", msg.ports.add(), _PORT, required=("containerPort",))
 
 
+def _env(doc: _Doc, node: yaml.Node, path: str, msg: Message) -> None:
+    """A mapping NAME: value, or Kubernetes' list of {name, value} and
+    {name, valueFrom: {secretKeyRef: {name, key}}}; each variable's path is spec.env.NAME."""
+    assert isinstance(msg, types_pb2.AppSpec)
+    if not isinstance(node, yaml.SequenceNode):
+        _map("env")(doc, node, path, msg)
+        return
+    for i, item in enumerate(doc.items(node, path)):
+        here = f"{path}[{i}]"
+        if not isinstance(item, yaml.MappingNode):
+            doc.problem(item, here, f"expected a mapping, got {_describe(item)}")
+            continue
+        fields = doc.fields(item, here, ("name", "value", "valueFrom"))
+        name = doc.string(fields["name"], f"{here}.name") if "name" in fields else None
+        if not name:
+            doc.problem(item, f"{here}.name", "required field is missing")
+            continue
+        doc.lines[f"{path}.{name}"] = item.start_mark.line + 1
+        if ("value" in fields) == ("valueFrom" in fields):
+            doc.problem(item, f"{path}.{name}", "set exactly one of value or valueFrom")
+        elif "value" in fields:
+            value = doc.string(fields["value"], f"{path}.{name}")
+            if value is not None:
+                msg.env[name] = value
+        else:
+            _secret_ref(doc, fields["valueFrom"], f"{path}.{name}.valueFrom", msg.secret_env.add(name=name))
+
+
+def _secret_ref(doc: _Doc, node: yaml.Node, path: str, var: types_pb2.SecretEnvVar) -> None:
+    ref = doc.fields(node, path, ("secretKeyRef",)).get("secretKeyRef")
+    if ref is None:
+        doc.problem(node, f"{path}.secretKeyRef", "required field is missing")
+        return
+    fields = doc.fields(ref, f"{path}.secretKeyRef", ("name", "key"))
+    for field in ("name", "key"):
+        if field not in fields:
+            doc.problem(ref, f"{path}.secretKeyRef.{field}", "required field is missing")
+    var.secret = doc.string(fields["name"], f"{path}.secretKeyRef.name") or "" if "name" in fields else ""
+    var.key = doc.string(fields["key"], f"{path}.secretKeyRef.key") or "" if "key" in fields else ""
+
+
 def _readiness(doc: _Doc, node: yaml.Node, path: str, msg: Message) -> None:
     _message("readiness", _READINESS)(doc, node, path, msg)
     probes = [key for key in ("tcp", "exec", "http") if f"{path}.{key}" in doc.lines]
@@ -411,7 +452,7 @@ _SPEC: dict[str, _Setter] = {
     "image": _scalar("image", _Doc.string),
     "command": _list("command"),
     "args": _list("args"),
-    "env": _map("env"),
+    "env": _env,
     "resources": _message(
         "resources",
         {

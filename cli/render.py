@@ -28,11 +28,20 @@ def manifest_yaml(spec: pb.AppSpec) -> str:
     return yaml.safe_dump(manifest(spec), sort_keys=False, default_flow_style=False, width=1000)
 
 
+def _env(s: pb.AppSpec) -> dict[str, str] | list[dict[str, Any]]:
+    """A mapping, or Kubernetes' list when some variables come from secrets."""
+    if not s.secret_env:
+        return dict(sorted(s.env.items()))
+    items: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(s.env.items())]
+    refs = [{"name": v.name, "valueFrom": {"secretKeyRef": {"name": v.secret, "key": v.key}}} for v in s.secret_env]
+    return sorted(items + refs, key=lambda item: item["name"])
+
+
 def _spec(s: pb.AppSpec) -> dict[str, Any]:
     out: dict[str, Any] = {"replicas": s.replicas, "image": s.image}
     _put(out, "command", list(s.command))
     _put(out, "args", list(s.args))
-    _put(out, "env", dict(sorted(s.env.items())))
+    _put(out, "env", _env(s))
     r = s.resources
     resources = {
         "cpu": format_cpu(r.cpu_millis) if r.cpu_millis else None,

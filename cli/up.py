@@ -31,9 +31,10 @@ from node.network import NetworkError
 from node.network.hostnets import HostNet, host_routes, podman_networks
 from node.network.node import host_netlink
 from node.runtime.userns import IDS_PER_CONTAINER, IdRange
-from orch.files import write_json_atomic
+from orch.files import write_atomic, write_json_atomic
 from orch.tls import TlsFiles
 from orch.trees import remove_tree
+from scheduler.secrets import generate_key_line
 from scheduler.services import DEFAULT_SERVICE_CIDR, ServiceCidrError, parse_service_cidr
 
 log = logging.getLogger("orch.up")
@@ -200,6 +201,13 @@ class Cluster:
         files = TlsFiles.in_dir(self.pki / pki.ETCD_DIR, "scheduler")
         return ["--etcd-ca", str(files.ca), "--etcd-cert", str(files.cert), "--etcd-key", str(files.key)]
 
+    def secret_key_file(self) -> Path:
+        """The key that seals this cluster's secrets (scheduler/secrets.py): made once, kept."""
+        path = self.dir / "secret-keys"
+        if not path.exists():
+            write_atomic(path, f"{generate_key_line('up')}\n".encode(), mode=0o600)
+        return path
+
     def start_scheduler(self, i: int) -> None:
         place, address = self.place(i), self.addresses[i]
         metrics = f"{place.address}:{place.port(SCHEDULER_METRICS)}"
@@ -209,6 +217,7 @@ class Cluster:
                          "--lease-ttl", str(self.lease_ttl), "--metrics-listen", metrics,
                          "--dashboard-listen", dashboard, "--service-cidr", self.service_cidr,
                          "--id", f"scheduler-{i}", "--cluster-cidr", str(self.cluster_cidr),
+                         "--secret-key-file", str(self.secret_key_file()),
                          *self.tls_args("scheduler"),
                          *self.scheduler_etcd_args())  # fmt: skip
         proc = self._spawn(Proc("scheduler", None, place.argv(argv), f"http://{metrics}/metrics", host=place.name),

@@ -12,15 +12,18 @@ node's lease may have expired (node/fencing.py), and never run here again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
 import os
 import signal
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from prometheus_client import start_http_server
@@ -38,8 +41,10 @@ from node.networking import Networking, node_ip_for
 from node.reconcile import diff
 from node.runtime import ContainerError, ContainerState, Runtime
 from node.runtime.cgroups.placement import place_agent, placement_for_cleanup
+from node.runtime.exec_client import ExecProcess
 from node.runtime.seccomp import DEFAULT_PROFILE
 from node.runtime.userns import IdRange
+from node.secret_env import SecretEnvError, secret_env
 from node.session import Session
 from node.usage import sample_usage
 from node.volumes import NodeVolumes
@@ -139,6 +144,7 @@ class Agent:
         self._probes = ThreadPoolExecutor(PROBE_THREADS, thread_name_prefix="orch-probes")
         self._pulls = ThreadPoolExecutor(PULL_THREADS, thread_name_prefix="orch-pulls")
         self.volumes = NodeVolumes(config.state_dir / "volumes", config.allowed_host_paths)
+        self.secrets: dict[str, pb.SecretData] = {}  # from the scheduler, for variables from secrets
         self._deps = WorkerDeps(
             self.runtime,
             self.network,
@@ -152,6 +158,7 @@ class Agent:
             probes=self._probes,
             pulls=self._pulls,
             volumes=self.volumes,
+            secrets=lambda name: self.secrets.get(name),
         )
         # Self-fencing: what the previous agent process knew (a restart), then what the scheduler says.
         self._fencing_file = config.state_dir / "fencing.json"
@@ -241,6 +248,7 @@ class Agent:
 
     async def apply_desired(self, desired: apb.DesiredSet) -> None:
         async with self._apply_lock:
+            self.secrets = dict(desired.secrets)  # memory only; what the next starts see
             d = diff(desired.instances, self.workers)
             for name in d.removed:
                 self._stop_worker(self.workers.pop(name))
@@ -348,12 +356,22 @@ class Agent:
         except (ContainerError, NetworkError, OSError) as e:  # swept again at the next start
             log.warning("could not remove container %s: %s", name, e)
 
+    def _exec(self, name: str, argv: Sequence[str], **kw: Any) -> ExecProcess:
+        """`orch exec`: the container's environment includes its variables from secrets, which
+        spec.json never holds (runtime/model.py): from memory, over the exec socket."""
+        worker = self.workers.get(name)
+        env: dict[str, str] = {}
+        if worker is not None:
+            with contextlib.suppress(SecretEnvError):  # a secret deleted since: the rest still works
+                env = secret_env(worker.instance.spec, self.secrets.get)
+        return self.runtime.exec(name, argv, env=env | dict(kw.pop("env", None) or {}), **kw)
+
     async def serve_api(self) -> None:
         self._server = grpc.aio.server()
         log_dir = self.config.state_dir / "logs"
         usage = functools.partial(sample_usage, self.config.name, self._running_instances, self.runtime.stats)
         service = NodeAgentService(
-            log_dir, lambda name: name in self.workers or name in self.stopping, usage, self.runtime.exec
+            log_dir, lambda name: name in self.workers or name in self.stopping, usage, self._exec
         )
         agent_pb2_grpc.add_NodeAgentServicer_to_server(service, self._server)
         port = add_port(self._server, self.config.listen, self.config.tls)

@@ -22,7 +22,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ from node.probes import period_of, probe
 from node.restarts import RestartTracker
 from node.runtime import ContainerConfig, ContainerError, ContainerState, ContainerStatus, NotFound, Runtime
 from node.runtime.model import DEFAULT_PATH, SECCOMP_DEFAULT, Mount
+from node.secret_env import Lookup, SecretEnvError, secret_env
 from node.volumes import NodeVolumes, VolumeError
 from orch.v1 import types_pb2 as pb
 
@@ -59,6 +60,7 @@ class WorkerDeps:
     started: Callable[[str], None] = lambda app: None  # an instance of app is given to this node (metrics)
     exited: Callable[[str, str], None] = lambda app, reason: None  # its main process exited, and why
     resolv_conf: Callable[[str], str] | None = None  # app -> its containers' resolv.conf (node/dns)
+    secrets: Lookup = lambda name: None  # the latest desired set's opened secrets (in memory only)
     # Bounded pools of their own (the agent's); None: the loop's default executor.
     probes: Executor | None = None
     pulls: Executor | None = None
@@ -71,6 +73,7 @@ def container_config(
     log_dir: Path,
     default_pids: int = DEFAULT_PIDS_LIMIT,
     resolv_conf: str = "",
+    secrets: Mapping[str, str] | None = None,
     mounts: tuple[Mount, ...] = (),
 ) -> ContainerConfig:
     """The instance's spec over the image's defaults (Docker's rules) and the node's default limits."""
@@ -101,6 +104,7 @@ def container_config(
         memory_bytes=spec.resources.memory_bytes,
         pids=spec.resources.pids or default_pids,
         resolv_conf=resolv_conf,  # "": a copy of the host's (a node without a bridge)
+        secret_env=dict(secrets or {}),  # never written to the node's disk (runtime/model.py)
         mounts=mounts,  # node/volumes.py: emptyDirs and allowed hostPaths
     )
 
@@ -234,15 +238,16 @@ class InstanceWorker:
         try:
             deps = self._deps
             resolv = deps.resolv_conf(inst.app) if deps.resolv_conf else ""
+            from_secrets = secret_env(inst.spec, deps.secrets)
             mounts = await asyncio.to_thread(self._volumes().prepare, inst) if inst.spec.volumes else ()
-            config = container_config(inst, image, deps.log_dir, deps.default_pids, resolv, mounts)
+            config = container_config(inst, image, deps.log_dir, deps.default_pids, resolv, from_secrets, mounts)
             if deps.network is not None:  # the node's own policy, whatever the scheduler sent
                 await asyncio.to_thread(deps.network.check_host_ports, inst.name, self._host_ports())
             await asyncio.to_thread(self._remove_leftover)
             return await asyncio.to_thread(self._deps.runtime.start, config, self._on_netns)
         except (ContainerError, NetworkError, OSError, ValueError, VolumeError) as e:
             log.warning("instance %s: start failed: %s", inst.name, e)
-            reason = e.reason if isinstance(e, HostPortNotAllowed | VolumeError) else "StartError"
+            reason = e.reason if isinstance(e, HostPortNotAllowed | SecretEnvError | VolumeError) else "StartError"
             self._set(pb.InstanceStatus(state=pb.INSTANCE_STATE_FAILED, reason=reason, message=str(e)))
             await self._detach()  # a failed start holds no address and no hostPort
             return await self._backoff_or_none(1)

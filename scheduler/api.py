@@ -19,6 +19,7 @@ from orch.v1 import exec_pb2 as xpb
 from orch.v1 import types_pb2 as pb
 from orch.validation import MAX_REPLICAS, normalize_app_spec, validate_app_spec
 from orch.version import version
+from scheduler import secret_api
 from scheduler.cache import ClusterCache
 from scheduler.drain_plan import DrainPlan, plan_drain
 from scheduler.errors import Conflict, InvalidRequest, NotFound, Refused, SchedulerError, StoreUnavailable
@@ -29,6 +30,7 @@ from scheduler.logs import LogsUnavailable, log_sources, stream_logs
 from scheduler.placement import node_views, request_for
 from scheduler.placement.explain import summary, verdicts
 from scheduler.reconcile import DONE, event, is_ready
+from scheduler.secrets import KeyRing, SecretsDisabled
 from scheduler.services import DEFAULT_SERVICE_CIDR, ServiceCidrError, release_writes, service_ip_writes
 from scheduler.snapshot import ClusterSnapshot, wants_to_run
 from scheduler.store import Delete, Put, Store
@@ -55,6 +57,7 @@ STATUS_OF: dict[type[SchedulerError], grpc.StatusCode] = {
     Refused: grpc.StatusCode.FAILED_PRECONDITION,
     Conflict: grpc.StatusCode.ABORTED,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    SecretsDisabled: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
@@ -151,7 +154,9 @@ class OrchService(api_pb2_grpc.OrchServicer):
         cache: ClusterCache | None = None,  # what Watch follows
         service_network: ipaddress.IPv4Network = DEFAULT_SERVICE_NETWORK,  # where virtual IPs come from
         subnets: SubnetClaims | None = None,
+        secret_keys: KeyRing | None = None,  # --secret-key-file; None: secrets are disabled
     ) -> None:
+        self._secret_keys = secret_keys
         self._service_network = service_network
         self._cache = cache
         self._watches = 0
@@ -279,6 +284,17 @@ class OrchService(api_pb2_grpc.OrchServicer):
             return api.DeleteAppResponse(deleted=True)
 
         return await self._call(context, delete)
+
+    async def CreateSecret(self, request: api.CreateSecretRequest, context: Ctx) -> api.SecretInfo:
+        created = await self._call(context, lambda: secret_api.create(self._store, self._secret_keys, request))
+        self._on_change()  # instances waiting for it may start now
+        return created
+
+    async def ListSecrets(self, request: api.ListSecretsRequest, context: Ctx) -> api.ListSecretsResponse:
+        return await self._call(context, lambda: secret_api.list_all(self._store))
+
+    async def DeleteSecret(self, request: api.DeleteSecretRequest, context: Ctx) -> api.DeleteSecretResponse:
+        return await self._call(context, lambda: secret_api.delete(self._store, request.name))
 
     async def Scale(self, request: api.ScaleRequest, context: Ctx) -> api.AppInfo:
         def scale() -> api.AppInfo:

@@ -50,7 +50,10 @@ POLICY: dict[str, frozenset[Role]] = {
     "/orch.v1.Orch/Explain": READ,
     "/orch.v1.Orch/Logs": READ,  # as `view` allows pods/log
     "/orch.v1.Orch/Top": READ,  # as `view` allows metrics
-    "/orch.v1.Orch/Exec": ADMIN,  # a shell in any container: never read-only (pods/exec is not in `view`)
+    "/orch.v1.Orch/Exec": ADMIN,
+    "/orch.v1.Orch/CreateSecret": ADMIN,
+    "/orch.v1.Orch/ListSecrets": READ,  # names, keys and users only: values never leave
+    "/orch.v1.Orch/DeleteSecret": ADMIN,  # a shell in any container: never read-only (pods/exec is not in `view`)
     "/orch.v1.AgentSession/Session": NODES,
     "/grpc.health.v1.Health/Check": ANYONE,
     "/grpc.health.v1.Health/Watch": ANYONE,

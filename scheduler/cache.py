@@ -36,6 +36,7 @@ class ClusterCache:
         self.cluster_id = 0
         self.instances: dict[str, Versioned[pb.Instance]] = {}
         self.apps: dict[str, Versioned[pb.App]] = {}  # for the endpoints (endpoints.py)
+        self.secrets: dict[str, Versioned[pb.Secret]] = {}  # sealed; opened per desired set (sessions.py)
         self.by_node: dict[str, set[str]] = defaultdict(set)
         self.live_nodes: set[str] = set()
         self.node_routes: dict[str, tuple[str, str]] = {}  # node -> (subnet, node_ip), nodes with a subnet
@@ -126,6 +127,8 @@ class ClusterCache:
             if v.value.node:
                 self.by_node[v.value.node].add(name)
         self.live_nodes = set(snap.live_nodes)
+        secrets = await asyncio.to_thread(self._store.list_prefix, pb.Secret, self._store.keys.secrets())
+        self.secrets = {s.value.name: s for s in secrets}
         touched = old_nodes | set(self.by_node)
         routes = {n: (v.value.subnet, v.value.node_ip) for n, v in snap.nodes.items() if v.value.subnet}
         self._set_routes(routes, touched)
@@ -150,6 +153,8 @@ class ClusterCache:
                 self._apply_app(rest, ev)
             elif kind == "nodes":
                 self._apply_node(rest, ev, touched)
+            elif kind == "secrets":
+                self._apply_secret(rest, ev, touched)
             elif kind == "leases" and rest.startswith("nodes/"):
                 node = rest.removeprefix("nodes/")
                 (self.live_nodes.add if ev.value is not None else self.live_nodes.discard)(node)
@@ -187,6 +192,17 @@ class ClusterCache:
             self.apps.pop(name, None)
         else:
             self.apps[name] = Versioned(app, ev.mod_revision)
+
+    def _apply_secret(self, name: str, ev: WatchEvent, touched: set[str]) -> None:
+        secret = decode(pb.Secret, ev.value, ev.key) if ev.value is not None else None
+        if secret is None:
+            self.secrets.pop(name, None)
+        else:
+            self.secrets[name] = Versioned(secret, ev.mod_revision)
+        # The nodes that run an app using it get their desired set again (new starts see the change).
+        for inst in self.instances.values():
+            if inst.value.node and any(e.secret == name for e in inst.value.spec.secret_env):
+                touched.add(inst.value.node)
 
     def _apply_node(self, name: str, ev: WatchEvent, touched: set[str]) -> None:
         node = decode(pb.Node, ev.value, ev.key) if ev.value is not None else None

@@ -10,6 +10,7 @@ import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,7 +20,7 @@ from orch import sdnotify
 from orch.tls import Credentials, add_port
 from orch.v1 import agent_pb2_grpc, api_pb2_grpc
 from orch.v1 import types_pb2 as pb
-from scheduler import dashboard, network_config
+from scheduler import dashboard, network_config, secret_api
 from scheduler.api import OrchService
 from scheduler.authz import Authorizer
 from scheduler.cache import ClusterCache
@@ -32,6 +33,7 @@ from scheduler.leases import LeaseKeeper
 from scheduler.metrics import ClusterCollector, SchedulerMetrics
 from scheduler.network_config import NetworkMismatch
 from scheduler.reconciler_loop import Reconciler
+from scheduler.secrets import KeyRing, Opener, SecretKeyError
 from scheduler.services import DEFAULT_SERVICE_CIDR, parse_service_cidr
 from scheduler.sessions import RESTART_GRACE, AgentSessionService, NodeRegistry
 from scheduler.status import StatusWriter
@@ -58,6 +60,7 @@ class SchedulerConfig:
     service_cidr: str = DEFAULT_SERVICE_CIDR  # apps' virtual IPs (services.py); checked by the CLI
     cluster_cidr: str = DEFAULT_CLUSTER_CIDR  # container addresses; each node gets a subnet of it
     node_subnet_size: int = DEFAULT_NODE_PREFIX  # prefix length of each node's subnet
+    secret_key_file: str = ""  # keys that seal secrets (secrets.py); "": secrets are disabled
 
 
 SERVER_OPTIONS = [
@@ -95,9 +98,17 @@ async def serve(config: SchedulerConfig) -> None:
         await asyncio.to_thread(network_config.settle, store, ranges)
     except NetworkMismatch as e:
         raise SystemExit(f"orch scheduler: {e}") from None
+    try:
+        secret_keys = KeyRing.load(Path(config.secret_key_file)) if config.secret_key_file else None
+    except SecretKeyError as e:
+        raise SystemExit(f"orch scheduler: {e}") from None
+    # After a key rotation: seal what other keys sealed under the new first one.
+    resealed = await asyncio.to_thread(secret_api.reseal_all, store, secret_keys) if secret_keys else 0
+    if resealed:
+        log.info("resealed %d secrets under key %s", resealed, secret_keys.primary if secret_keys else "")
     registry = NodeRegistry(store, config.lease_ttl, config.restart_grace, pool)
     endpoints = EndpointsFeed(cache, config.service_cidr)
-    sessions = AgentSessionService(registry, cache, status, metrics, keeper, events, endpoints)
+    sessions = AgentSessionService(registry, cache, status, metrics, keeper, events, endpoints, Opener(secret_keys))
     reconciler = Reconciler(
         store,
         events,
@@ -125,6 +136,7 @@ async def serve(config: SchedulerConfig) -> None:
         cache=cache,
         service_network=service_network,
         subnets=registry.subnets,
+        secret_keys=secret_keys,
     )
     api_pb2_grpc.add_OrchServicer_to_server(orch_api, server)
     agent_pb2_grpc.add_AgentSessionServicer_to_server(sessions, server)

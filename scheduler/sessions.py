@@ -37,6 +37,7 @@ from scheduler.leases import LeaseKeeper
 from scheduler.liveness import restarting_until
 from scheduler.metrics import SchedulerMetrics
 from scheduler.reconcile import event
+from scheduler.secrets import Opener
 from scheduler.status import StatusWriter
 from scheduler.store import Put, Store, Write
 from scheduler.subnet_claims import SubnetClaims
@@ -235,7 +236,9 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
         keeper: LeaseKeeper,
         events: EventLog | None = None,
         endpoints: EndpointsFeed | None = None,  # the cluster's service endpoints, for every agent
+        secrets: Opener | None = None,  # opens the secrets a node's instances need
     ) -> None:
+        self._secrets = secrets or Opener(None)
         self._endpoints = endpoints
         self._keeper = keeper
         self._registry = registry
@@ -337,7 +340,11 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
                 continue
             state.recompute = False
             msg = desired_message(self._cache.desired_for(state.node), self._cache.revision, self._cache.cluster_id)
+            opened = self._secrets.needed(msg.instances, self._cache.secrets)
+            for name, (_, data) in opened.items():
+                msg.secrets[name].CopyFrom(data)
             body = b"".join(i.SerializeToString(deterministic=True) for i in msg.instances)
+            body += repr(sorted((n, rev) for n, (rev, _) in opened.items())).encode()  # a changed secret too
             # Same body but the agent ignored it as stale: resend once it no longer is.
             resend = gens.agent_ahead() and msg.generation >= gens.observed
             if body != last or resend:

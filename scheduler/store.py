@@ -131,6 +131,13 @@ class Keys:
     def leader(self) -> str:
         return f"{self.prefix}leader"
 
+    def secret(self, name: str) -> str:
+        return f"{self.secrets()}{name}"
+
+    def secrets(self) -> str:
+        """Sealed secrets, pb.Secret (scheduler/secrets.py)."""
+        return f"{self.prefix}secrets/"
+
     def network(self) -> str:
         """The cluster's address ranges, pb.ClusterNetwork (scheduler/network_config.py)."""
         return f"{self.prefix}config/network"

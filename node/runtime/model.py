@@ -80,6 +80,9 @@ class ContainerConfig:
     lower_dirs: tuple[Path, ...] = ()
     seccomp: str = SECCOMP_DEFAULT  # or SECCOMP_UNCONFINED
     mounts: tuple[Mount, ...] = ()  # volumes, in order (a later one may sit inside an earlier one)
+    # Variables from secrets: never in spec.json (a file on the node's disk). They travel in
+    # memory: the zygote's request, the shim, then after "G" to PID 1 (shim.py); zygote only.
+    secret_env: Mapping[str, str] = field(default_factory=dict)
 
 
 class ContainerStatus(enum.Enum):

@@ -131,7 +131,9 @@ class Runtime:
         # Without on_netns the shim sends "G" itself: no round trip through us (~1 ms).
         hook = netns_hook if on_netns is not None else None
         try:
-            run_shim(cdir, hook, self._zygote, staged.usable(config.user_namespace, bool(config.mounts)))
+            run_shim(
+                cdir, hook, self._zygote, staged.usable(config.user_namespace, bool(config.mounts)), config.secret_env
+            )
         except BaseException:
             self._discard(config.id)
             raise

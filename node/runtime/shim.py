@@ -36,10 +36,11 @@ import os
 import resource
 import select
 import signal
+import struct
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -166,6 +167,35 @@ def _read_line(fd: int) -> str:
     return data[:-1].decode()
 
 
+def _frame(env: Mapping[str, str]) -> bytes:
+    """The variables from secrets as PID 1 reads them after "G": length, then JSON."""
+    body = json.dumps(dict(env)).encode()
+    return struct.pack("=I", len(body)) + body
+
+
+def _read_frame(fd: int) -> dict[str, str] | None:
+    """What _frame wrote; None at EOF or on garbage."""
+
+    def exactly(n: int) -> bytes | None:
+        data = b""
+        while len(data) < n:
+            chunk = os.read(fd, n - len(data))
+            if not chunk:
+                return None
+            data += chunk
+        return data
+
+    head = exactly(4)
+    if head is None:
+        return None
+    body = exactly(struct.unpack("=I", head)[0])
+    try:
+        env = json.loads(body) if body is not None else None
+    except ValueError:
+        return None
+    return {str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else None
+
+
 def _run_container(calls: LinuxSyscalls, plan: init.InitPlan, init_image: int, pipes: tuple[int, int]) -> int:
     """From "R" on: wait for "G", run the exec steps, exec the command, or orch-init from its
     sealed image (init_image >= 0), which starts it. Returns only with the exec failure's code."""
@@ -173,6 +203,11 @@ def _run_container(calls: LinuxSyscalls, plan: init.InitPlan, init_image: int, p
     os.write(to_shim, b"R")
     if os.read(from_shim, 1) != b"G":
         os._exit(1)
+    secret_env = _read_frame(from_shim)  # after "G", always: {} without secrets
+    if secret_env is None:
+        os._exit(1)
+    if secret_env:
+        plan = dataclasses.replace(plan, env={**plan.env, **secret_env})
     # Ignored signals survive exec: Python ignores SIGPIPE and SIGXFSZ, the zygote HUP and INT.
     # The command starts with every disposition at its default, as under Docker.
     default_signals()
@@ -209,8 +244,20 @@ class Failure:
     status: int | None = None  # the container's wait status when the failure decides it (exec)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _handshake(
-    cg: CgroupDriver, spec: ShimSpec, child: int, to_child: int, msgs: _Reader, fds: tuple[int, int]
+    cg: CgroupDriver,
+    spec: ShimSpec,
+    child: int,
+    to_child: int,
+    msgs: _Reader,
+    fds: tuple[int, int],
+    secret_env: Mapping[str, str],
 ) -> Failure | None:
     """Drive the child from fork to exec; None once the command runs."""
     report, go = fds
@@ -227,7 +274,7 @@ def _handshake(
         _send(report, {"event": "netns", "pid": child})
         if os.read(go, 16).strip() != b"go":
             return Failure("setup", "start aborted by the runtime")
-    os.write(to_child, b"G")
+    _write_all(to_child, b"G" + _frame(secret_env))
     # Byte by byte: whatever follows (orch-init's last line) is for orch-shim, after our exec.
     line = _read_line(msgs.fd)
     msg = json.loads(line) if line.strip() else {}
@@ -334,7 +381,13 @@ def _fork_unstaged(spec: ShimSpec, cdir: ContainerDir, fds: tuple[int, int], ini
     return pid1
 
 
-def _supervise(cdir: ContainerDir, fds: tuple[int, int], staged_pid1: Pid1 | None, init_image: int) -> int:
+def _supervise(
+    cdir: ContainerDir,
+    fds: tuple[int, int],
+    staged_pid1: Pid1 | None,
+    init_image: int,
+    secret_env: Mapping[str, str],
+) -> int:
     report = fds[0]
     if staged_pid1 is not None:  # first of all: it reads the spec and mounts meanwhile
         os.write(staged_pid1.to_child, f"{cdir.path}\n".encode())
@@ -350,7 +403,7 @@ def _supervise(cdir: ContainerDir, fds: tuple[int, int], staged_pid1: Pid1 | Non
     write_json_atomic(cdir.start, start)
     msgs = _Reader(from_child_r)
     try:
-        failure = _handshake(cg, spec, child, to_child_w, msgs, fds)
+        failure = _handshake(cg, spec, child, to_child_w, msgs, fds, secret_env)
     except Exception as exc:  # e.g. a cgroup write failed: the container must not run unconfined
         failure = Failure("shim", f"{type(exc).__name__}: {exc}")
         traceback.print_exc()
@@ -402,7 +455,12 @@ def run_detached(cdir: ContainerDir, report: int, go: int) -> NoReturn:
 
 
 def supervise(
-    cdir: ContainerDir, report: int, go: int, staged_pid1: Pid1 | None = None, init_image: int = -1
+    cdir: ContainerDir,
+    report: int,
+    go: int,
+    staged_pid1: Pid1 | None = None,
+    init_image: int = -1,
+    secret_env: Mapping[str, str] | None = None,
 ) -> NoReturn:
     """The shim's life, in an already detached process; never returns.
 
@@ -417,7 +475,7 @@ def supervise(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     code = 1
     try:
-        code = _supervise(cdir, (report, go), staged_pid1, init_image)
+        code = _supervise(cdir, (report, go), staged_pid1, init_image, secret_env or {})
     except BaseException as exc:
         traceback.print_exc()
         _send(report, {"event": "shim_error", "message": f"{type(exc).__name__}: {exc}"})

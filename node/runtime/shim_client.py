@@ -14,13 +14,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from node.runtime.cgroups.placement import Supervisors, scope_command
 from node.runtime.errors import RuntimeStartError
 from node.runtime.layout import ContainerDir
+
+# A request reaches the zygote in one read of its stream socket: one socket buffer's worth (about
+# 32 KiB on Linux), so the variables from secrets of one container are kept well below that.
+MAX_REQUEST = 24_000
 
 __all__ = ["Zygote", "run_shim", "shim_command"]
 
@@ -116,7 +120,9 @@ class Zygote:
                 os.close(dir_fd)
         return sock
 
-    def spawn_shim(self, cdir: ContainerDir, report_w: int, go_r: int, staged: bool = False) -> None:
+    def spawn_shim(
+        self, cdir: ContainerDir, report_w: int, go_r: int, staged: bool = False, env: Mapping[str, str] | None = None
+    ) -> None:
         """Have the zygote fork a shim for cdir; starts the zygote when there is none.
 
         staged: the container may take a pre-staged PID 1 (staged.usable).
@@ -129,8 +135,11 @@ class Zygote:
                 sock = self._connect()
             with sock:
                 sock.settimeout(START_TIMEOUT)
-                request = {"dir": str(cdir.path), "staged": staged}
-                socket.send_fds(sock, [json.dumps(request).encode()], [report_w, go_r])
+                request = {"dir": str(cdir.path), "staged": staged, "env": dict(env or {})}
+                payload = json.dumps(request).encode()
+                if len(payload) > MAX_REQUEST:
+                    raise ValueError(f"variables from secrets: {len(payload)} bytes, over the limit of {MAX_REQUEST}")
+                socket.send_fds(sock, [payload], [report_w, go_r])
                 reply = sock.recv(16)
             if reply.startswith(b"ok"):
                 return
@@ -215,7 +224,11 @@ class Zygote:
 
 
 def run_shim(
-    cdir: ContainerDir, on_netns: Callable[[int], object] | None, zygote: Zygote | None = None, staged: bool = False
+    cdir: ContainerDir,
+    on_netns: Callable[[int], object] | None,
+    zygote: Zygote | None = None,
+    staged: bool = False,
+    secret_env: Mapping[str, str] | None = None,
 ) -> None:
     """Start the shim (through the zygote, or as a fresh process) and drive the handshake.
 
@@ -227,8 +240,10 @@ def run_shim(
     report_r, report_w = os.pipe()
     go_r, go_w = os.pipe()
     try:
+        if secret_env and zygote is None:  # the Python shim's command line is no place for them
+            raise ValueError("variables from secrets need the zygote (Runtime(use_zygote=True))")
         if zygote is not None:
-            zygote.spawn_shim(cdir, report_w, go_r, staged)
+            zygote.spawn_shim(cdir, report_w, go_r, staged, secret_env or {})
             os.close(report_w)
             os.close(go_r)
             report_w = go_r = -1

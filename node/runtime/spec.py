@@ -31,6 +31,8 @@ NOT_BUILT = NativeBinaries(Path(), Path())  # a spec.json of before native.py: t
 def _config_to_json(c: ContainerConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(c):
+        if f.name == "secret_env":
+            continue  # never on disk (model.py)
         value = getattr(c, f.name)
         if isinstance(value, Path):
             value = str(value)

@@ -104,7 +104,9 @@ def _spare_child(sock: socket.socket, stage_dir: str, init_image: int) -> None:
         msg, fds, _, _ = socket.recv_fds(sock, 65536, 2)  # EOF (zygote gone): exit, so does PID 1
         sock.close()
         if len(fds) == 2:
-            _shim_child(ContainerDir(Path(json.loads(msg)["dir"])), (fds[0], fds[1]), init_image, pid1)
+            request = json.loads(msg)
+            cdir = ContainerDir(Path(request["dir"]))
+            _shim_child(cdir, (fds[0], fds[1]), init_image, pid1, _env(request))
     finally:
         os._exit(1)
 
@@ -137,7 +139,7 @@ def _handle(
                     os.close(fd)
                 listener.close()
                 conn.close()
-                _shim_child(cdir, (fds[0], fds[1]), init_image)
+                _shim_child(cdir, (fds[0], fds[1]), init_image, None, _env(request))
             finally:
                 os._exit(1)
         conn.sendall(b"ok\n")
@@ -169,7 +171,21 @@ def peer_refused(conn: socket.socket) -> str:
     return ""
 
 
-def _shim_child(cdir: ContainerDir, fds: tuple[int, int], init_image: int, pid1: shim.Pid1 | None = None) -> None:
+def _env(request: dict[str, object]) -> dict[str, str]:
+    """The request's variables from secrets (shim_client.spawn_shim): str to str only."""
+    env = request.get("env") or {}
+    if not isinstance(env, dict):
+        return {}
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def _shim_child(
+    cdir: ContainerDir,
+    fds: tuple[int, int],
+    init_image: int,
+    pid1: shim.Pid1 | None = None,
+    secret_env: dict[str, str] | None = None,
+) -> None:
     try:
         log = os.open(cdir.shim_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         os.dup2(log, 1)
@@ -177,7 +193,7 @@ def _shim_child(cdir: ContainerDir, fds: tuple[int, int], init_image: int, pid1:
         os.close(log)
         for sig in (signal.SIGTERM, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
-        shim.supervise(cdir, fds[0], fds[1], pid1, init_image)
+        shim.supervise(cdir, fds[0], fds[1], pid1, init_image, secret_env or {})
     finally:
         os._exit(1)
 

@@ -82,6 +82,7 @@ def validate_app_spec(spec: types_pb2.AppSpec) -> list[FieldError]:
         *_check_strings("spec.command", spec.command),
         *_check_strings("spec.args", spec.args),
         *_check_env(spec.env),
+        *_check_secret_env(spec),
         *_check_resources(spec),
         *_check_ports(spec.ports),
         *_check_enums(spec),
@@ -127,6 +128,7 @@ def normalize_app_spec(spec: types_pb2.AppSpec) -> types_pb2.AppSpec:
     for caps in (out.capabilities.add, out.capabilities.drop):
         caps[:] = [canonical_capability(c) or c for c in caps]
     out.seccomp = "" if out.seccomp.lower() == "default" else out.seccomp.lower()
+    out.secret_env.sort(key=lambda v: v.name)  # the order means nothing: no rollout for it
     return out
 
 
@@ -227,6 +229,28 @@ def _check_env(env: Mapping[str, str]) -> Iterator[FieldError]:
                 path, f'"{shown}" is not a valid variable name: letters, digits and "_", not starting with a digit'
             )
         yield from _check_nul(path, value)
+
+
+_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+
+
+def _check_secret_env(spec: types_pb2.AppSpec) -> Iterator[FieldError]:
+    """Variables from secrets: path spec.env.NAME in either manifest form (cli/manifest.py)."""
+    seen: set[str] = set()
+    for var in spec.secret_env:
+        shown = _printable(var.name)
+        path = f"spec.env.{shown}"
+        if not _ENV_NAME.fullmatch(var.name):
+            yield FieldError(
+                path, f'"{shown}" is not a valid variable name: letters, digits and "_", not starting with a digit'
+            )
+        elif var.name in spec.env or var.name in seen:
+            yield FieldError(path, "set twice")
+        seen.add(var.name)
+        if len(var.secret) > 253 or not _DNS_SUBDOMAIN.fullmatch(var.secret):
+            yield FieldError(f"{path}.valueFrom.secretKeyRef.name", f'"{_printable(var.secret)}" is not a secret name')
+        if not _SECRET_KEY.fullmatch(var.key):
+            yield FieldError(f"{path}.valueFrom.secretKeyRef.key", f'"{_printable(var.key)}" is not a secret key')
 
 
 def _check_resources(spec: types_pb2.AppSpec) -> Iterator[FieldError]:

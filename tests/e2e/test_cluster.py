@@ -22,6 +22,7 @@ from orch.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 from tests.e2e.cluster import instances, orch, orch_up, wait_all_removed
 from tests.fixtures.processes import orch_env, run_orch, stop, wait_for
 from tests.fixtures.prometheus import DEPLOY, config_dir, prometheus
+from tests.fixtures.scan import files_holding
 
 pytestmark = pytest.mark.root
 
@@ -366,3 +367,46 @@ def test_mutual_tls_refuses_strangers_and_impostors(cluster, tmp_path):
     ):
         agent_pb2_grpc.NodeAgentStub(ch).Usage(types_pb2.UsageRequest(), timeout=5)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+SECRETIVE = """
+apiVersion: orch/v1
+kind: App
+metadata: {name: secretive}
+spec:
+  image: rootfs:%s
+  command: ["sleep", "100000"]
+  env:
+    - {name: MODE, value: plain}
+    - name: DB_PASSWORD
+      valueFrom:
+        secretKeyRef: {name: db-cred, key: password}
+  stopGracePeriod: 1s
+"""
+SECRET_VALUE = "tr0ub4dor-and-3-e2e"
+
+
+def test_a_variable_from_a_secret_reaches_the_instance_and_no_disk(cluster, busybox_rootfs):
+    info = cluster
+    assert orch(info, "apply", "-", stdin=SECRETIVE % busybox_rootfs).returncode == 0
+
+    def mine() -> list[dict]:
+        return [i for i in instances(info) if i["app"] == "secretive"]
+
+    # No such secret yet: the start fails, saying which, as Kubernetes' CreateContainerConfigError.
+    waiting = wait_for(lambda: [i for i in mine() if i["reason"] == "CreateContainerConfigError"], 30, "config error")
+    assert 'secret "db-cred" not found' in waiting[0]["message"]
+
+    made = orch(info, "secret", "create", "db-cred", "--from-literal", f"password={SECRET_VALUE}")
+    assert made.returncode == 0, made.stderr
+    [inst] = wait_for(lambda: [i for i in mine() if i["state"] == "Running"], 60, "running once the secret exists")
+    shown = orch(info, "exec", inst["name"], "--", "sh", "-c", 'echo "$DB_PASSWORD/$MODE"')
+    assert shown.stdout.strip() == f"{SECRET_VALUE}/plain", shown.stderr
+    # Not on any disk of the cluster's nodes (their state dirs hold spec.json, logs, images).
+    assert files_holding(Path(info["stateDir"]), SECRET_VALUE.encode()) == []
+    listed = orch(info, "secret", "get", "db-cred")
+    assert "secretive" in listed.stdout and SECRET_VALUE not in listed.stdout  # USED-BY
+
+    assert orch(info, "delete", "app", "secretive").returncode == 0
+    wait_for(lambda: not mine(), 30, "secretive gone")
+    assert orch(info, "secret", "delete", "db-cred").returncode == 0

@@ -17,8 +17,21 @@ from orch.v1 import agent_pb2, agent_pb2_grpc, api_pb2, api_pb2_grpc
 from orch.v1 import types_pb2 as pb
 from scheduler.authz import POLICY, Authorizer, denial
 
-WRITES = ["Apply", "DeleteApp", "Scale", "SetSchedulable", "DeleteNode", "Drain", "Exec"]
-READS = ["GetApp", "ListApps", "ListNodes", "ListInstances", "ListEvents", "Logs", "Top", "Version", "Watch", "Explain"]
+WRITES = [
+    "Apply",
+    "DeleteApp",
+    "Scale",
+    "SetSchedulable",
+    "DeleteNode",
+    "Drain",
+    "Exec",
+    "CreateSecret",
+    "DeleteSecret",
+]
+READS = [
+    "GetApp", "ListApps", "ListNodes", "ListInstances", "ListEvents", "Logs", "Top", "Version", "Watch", "Explain",
+    "ListSecrets",
+]  # fmt: skip
 
 
 def served_methods() -> list[str]:

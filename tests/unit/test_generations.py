@@ -64,6 +64,7 @@ class FakeCache:
         self.revision = revision
         self.cluster_id = 7
         self.instances = instances
+        self.secrets: dict[str, Any] = {}
         self._listeners: list[Any] = []
 
     def subscribe(self, listener: Any) -> Any:

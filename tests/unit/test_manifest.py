@@ -179,7 +179,7 @@ BAD: list[tuple[str, str, str]] = [
     (
         "map",
         HEAD + "  env: [A]\n",
-        "6 spec.env: expected a mapping, got a list",
+        '6 spec.env[0]: expected a mapping, got "A"',
     ),
     (
         "string",

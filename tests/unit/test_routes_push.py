@@ -28,6 +28,7 @@ class FakeCache:
 
     def __init__(self) -> None:
         self.routes_version = 1
+        self.secrets: dict[str, Any] = {}
         self.table = [apb.NodeRoute(node="m1", subnet="10.88.0.0/24", node_ip="192.0.2.11")]
         self._listeners: list[Any] = []
 

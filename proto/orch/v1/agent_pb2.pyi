@@ -589,24 +589,53 @@ class DesiredSet(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class SecretsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _types_pb2.SecretData: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _types_pb2.SecretData | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     GENERATION_FIELD_NUMBER: _builtins.int
     INSTANCES_FIELD_NUMBER: _builtins.int
     CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    SECRETS_FIELD_NUMBER: _builtins.int
     generation: _builtins.int
     cluster_id: _builtins.int
     """the etcd cluster's ID"""
     @_builtins.property
     def instances(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Instance]: ...
+    @_builtins.property
+    def secrets(self) -> _containers.MessageMap[_builtins.str, _types_pb2.SecretData]:
+        """The opened secrets the instances above refer to (SecretEnvVar), and only those: the agent
+        keeps them in memory.
+        """
+
     def __init__(
         self,
         *,
         generation: _builtins.int = ...,
         instances: _abc.Iterable[_types_pb2.Instance] | None = ...,
         cluster_id: _builtins.int = ...,
+        secrets: _abc.Mapping[_builtins.str, _types_pb2.SecretData] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "generation", b"generation", "instances", b"instances"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "generation", b"generation", "instances", b"instances", "secrets", b"secrets"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -121,6 +121,21 @@ class OrchStub:
                 request_serializer=orch_dot_v1_dot_api__pb2.VersionRequest.SerializeToString,
                 response_deserializer=orch_dot_v1_dot_api__pb2.VersionInfo.FromString,
                 _registered_method=True)
+        self.CreateSecret = channel.unary_unary(
+                '/orch.v1.Orch/CreateSecret',
+                request_serializer=orch_dot_v1_dot_api__pb2.CreateSecretRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_api__pb2.SecretInfo.FromString,
+                _registered_method=True)
+        self.ListSecrets = channel.unary_unary(
+                '/orch.v1.Orch/ListSecrets',
+                request_serializer=orch_dot_v1_dot_api__pb2.ListSecretsRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_api__pb2.ListSecretsResponse.FromString,
+                _registered_method=True)
+        self.DeleteSecret = channel.unary_unary(
+                '/orch.v1.Orch/DeleteSecret',
+                request_serializer=orch_dot_v1_dot_api__pb2.DeleteSecretRequest.SerializeToString,
+                response_deserializer=orch_dot_v1_dot_api__pb2.DeleteSecretResponse.FromString,
+                _registered_method=True)
 
 
 class OrchServicer:
@@ -242,6 +257,26 @@ class OrchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSecret(self, request, context):
+        """`orch secret create|get|delete`. Values go in and never come out: listing shows keys.
+        FAILED_PRECONDITION when the scheduler has no --secret-key-file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSecrets(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSecret(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -329,6 +364,21 @@ def add_OrchServicer_to_server(servicer, server):
                     servicer.Version,
                     request_deserializer=orch_dot_v1_dot_api__pb2.VersionRequest.FromString,
                     response_serializer=orch_dot_v1_dot_api__pb2.VersionInfo.SerializeToString,
+            ),
+            'CreateSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSecret,
+                    request_deserializer=orch_dot_v1_dot_api__pb2.CreateSecretRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_api__pb2.SecretInfo.SerializeToString,
+            ),
+            'ListSecrets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSecrets,
+                    request_deserializer=orch_dot_v1_dot_api__pb2.ListSecretsRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_api__pb2.ListSecretsResponse.SerializeToString,
+            ),
+            'DeleteSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSecret,
+                    request_deserializer=orch_dot_v1_dot_api__pb2.DeleteSecretRequest.FromString,
+                    response_serializer=orch_dot_v1_dot_api__pb2.DeleteSecretResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -790,6 +840,87 @@ class Orch:
             '/orch.v1.Orch/Version',
             orch_dot_v1_dot_api__pb2.VersionRequest.SerializeToString,
             orch_dot_v1_dot_api__pb2.VersionInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.Orch/CreateSecret',
+            orch_dot_v1_dot_api__pb2.CreateSecretRequest.SerializeToString,
+            orch_dot_v1_dot_api__pb2.SecretInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSecrets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.Orch/ListSecrets',
+            orch_dot_v1_dot_api__pb2.ListSecretsRequest.SerializeToString,
+            orch_dot_v1_dot_api__pb2.ListSecretsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.Orch/DeleteSecret',
+            orch_dot_v1_dot_api__pb2.DeleteSecretRequest.SerializeToString,
+            orch_dot_v1_dot_api__pb2.DeleteSecretResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -68,6 +68,12 @@ class OrchStub:
     """`orch explain INSTANCE`: every node's verdict on it, and what happened to it."""
     Version: _grpc.UnaryUnaryMultiCallable[_api_pb2.VersionRequest, _api_pb2.VersionInfo]
     """`orch version`: the scheduler's version and the agents' (from their node records)."""
+    CreateSecret: _grpc.UnaryUnaryMultiCallable[_api_pb2.CreateSecretRequest, _api_pb2.SecretInfo]
+    """`orch secret create|get|delete`. Values go in and never come out: listing shows keys.
+    FAILED_PRECONDITION when the scheduler has no --secret-key-file.
+    """
+    ListSecrets: _grpc.UnaryUnaryMultiCallable[_api_pb2.ListSecretsRequest, _api_pb2.ListSecretsResponse]
+    DeleteSecret: _grpc.UnaryUnaryMultiCallable[_api_pb2.DeleteSecretRequest, _api_pb2.DeleteSecretResponse]
 
 @_typing.type_check_only
 class OrchAsyncStub(OrchStub):
@@ -107,6 +113,12 @@ class OrchAsyncStub(OrchStub):
     """`orch explain INSTANCE`: every node's verdict on it, and what happened to it."""
     Version: _aio.UnaryUnaryMultiCallable[_api_pb2.VersionRequest, _api_pb2.VersionInfo]  # type: ignore[assignment]
     """`orch version`: the scheduler's version and the agents' (from their node records)."""
+    CreateSecret: _aio.UnaryUnaryMultiCallable[_api_pb2.CreateSecretRequest, _api_pb2.SecretInfo]  # type: ignore[assignment]
+    """`orch secret create|get|delete`. Values go in and never come out: listing shows keys.
+    FAILED_PRECONDITION when the scheduler has no --secret-key-file.
+    """
+    ListSecrets: _aio.UnaryUnaryMultiCallable[_api_pb2.ListSecretsRequest, _api_pb2.ListSecretsResponse]  # type: ignore[assignment]
+    DeleteSecret: _aio.UnaryUnaryMultiCallable[_api_pb2.DeleteSecretRequest, _api_pb2.DeleteSecretResponse]  # type: ignore[assignment]
 
 class OrchServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -245,5 +257,29 @@ class OrchServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_api_pb2.VersionInfo, _abc.Awaitable[_api_pb2.VersionInfo]]:
         """`orch version`: the scheduler's version and the agents' (from their node records)."""
+
+    @_abc_1.abstractmethod
+    def CreateSecret(
+        self,
+        request: _api_pb2.CreateSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.SecretInfo, _abc.Awaitable[_api_pb2.SecretInfo]]:
+        """`orch secret create|get|delete`. Values go in and never come out: listing shows keys.
+        FAILED_PRECONDITION when the scheduler has no --secret-key-file.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSecrets(
+        self,
+        request: _api_pb2.ListSecretsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.ListSecretsResponse, _abc.Awaitable[_api_pb2.ListSecretsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteSecret(
+        self,
+        request: _api_pb2.DeleteSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.DeleteSecretResponse, _abc.Awaitable[_api_pb2.DeleteSecretResponse]]: ...
 
 def add_OrchServicer_to_server(servicer: OrchServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -428,6 +428,7 @@ class AppSpec(_message.Message):
     INIT_FIELD_NUMBER: _builtins.int
     VOLUMES_FIELD_NUMBER: _builtins.int
     VOLUME_MOUNTS_FIELD_NUMBER: _builtins.int
+    SECRET_ENV_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     replicas: _builtins.int
     image: _builtins.str
@@ -492,6 +493,12 @@ class AppSpec(_message.Message):
 
     @_builtins.property
     def volume_mounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___VolumeMount]: ...
+    @_builtins.property
+    def secret_env(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecretEnvVar]:
+        """Environment variables from secrets (manifest `env: [{name, valueFrom: {secretKeyRef}}]`);
+        the values reach only the nodes that run the app, never a file on their disks.
+        """
+
     def __init__(
         self,
         *,
@@ -522,10 +529,11 @@ class AppSpec(_message.Message):
         init: _builtins.bool = ...,
         volumes: _abc.Iterable[Global___Volume] | None = ...,
         volume_mounts: _abc.Iterable[Global___VolumeMount] | None = ...,
+        secret_env: _abc.Iterable[Global___SecretEnvVar] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "readiness", b"readiness", "resources", b"resources", "service", b"service", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity", b"anti_affinity", "args", b"args", "capabilities", b"capabilities", "command", b"command", "env", b"env", "image", b"image", "init", b"init", "labels", b"labels", "name", b"name", "node_selector", b"node_selector", "on_node_lost", b"on_node_lost", "placement", b"placement", "ports", b"ports", "read_only_root_fs", b"read_only_root_fs", "readiness", b"readiness", "replicas", b"replicas", "resources", b"resources", "restart_policy", b"restart_policy", "seccomp", b"seccomp", "service", b"service", "stop_grace_period_ms", b"stop_grace_period_ms", "update", b"update", "user", b"user", "user_namespace", b"user_namespace", "volume_mounts", b"volume_mounts", "volumes", b"volumes", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity", b"anti_affinity", "args", b"args", "capabilities", b"capabilities", "command", b"command", "env", b"env", "image", b"image", "init", b"init", "labels", b"labels", "name", b"name", "node_selector", b"node_selector", "on_node_lost", b"on_node_lost", "placement", b"placement", "ports", b"ports", "read_only_root_fs", b"read_only_root_fs", "readiness", b"readiness", "replicas", b"replicas", "resources", b"resources", "restart_policy", b"restart_policy", "seccomp", b"seccomp", "secret_env", b"secret_env", "service", b"service", "stop_grace_period_ms", b"stop_grace_period_ms", "update", b"update", "user", b"user", "user_namespace", b"user_namespace", "volume_mounts", b"volume_mounts", "volumes", b"volumes", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -643,6 +651,121 @@ class VolumeMount(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VolumeMount: _TypeAlias = VolumeMount  # noqa: Y015
+
+@_typing.final
+class SecretEnvVar(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """the variable"""
+    secret: _builtins.str
+    """the secret's name"""
+    key: _builtins.str
+    """its key whose value the variable gets"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        secret: _builtins.str = ...,
+        key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "name", b"name", "secret", b"secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecretEnvVar: _TypeAlias = SecretEnvVar  # noqa: Y015
+
+@_typing.final
+class Secret(_message.Message):
+    """etcd: <prefix>secrets/<name>. The values are sealed (scheduler/secrets.py): SecretData,
+    serialized, then AES-256-GCM under the scheduler's key `key_id`, the secret's name bound in
+    as associated data, so a record copied under another name does not open.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
+    SEALED_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    key_id: _builtins.str
+    nonce: _builtins.bytes
+    sealed: _builtins.bytes
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the data's keys, for listing; never the values"""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        keys: _abc.Iterable[_builtins.str] | None = ...,
+        key_id: _builtins.str = ...,
+        nonce: _builtins.bytes = ...,
+        sealed: _builtins.bytes = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "key_id", b"key_id", "keys", b"keys", "name", b"name", "nonce", b"nonce", "sealed", b"sealed", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Secret: _TypeAlias = Secret  # noqa: Y015
+
+@_typing.final
+class SecretData(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class DataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    DATA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def data(self) -> _containers.ScalarMap[_builtins.str, _builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        data: _abc.Mapping[_builtins.str, _builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecretData: _TypeAlias = SecretData  # noqa: Y015
 
 @_typing.final
 class ServicePort(_message.Message):
