@@ -119,6 +119,8 @@ def rows(
         nodes = c.call(lambda s: s.ListNodes(api.ListNodesRequest(), timeout=c.timeout)).nodes
         out = [node_row(n) for n in nodes if wanted.matches(n.node.labels)]
     else:
+        if name and not app:  # "<app>-<suffix>": read that app's instances, not the whole cluster's
+            app = name.rpartition("-")[0]
         req = api.ListInstancesRequest(app=app or "", node=node or "")
         insts = c.call(lambda s: s.ListInstances(req, timeout=c.timeout)).instances
         out = [instance_row(i) for i in insts if wanted.matches(i.spec.labels)]

@@ -39,6 +39,9 @@ from scheduler.services import DEFAULT_SERVICE_CIDR, ServiceCidrError, parse_ser
 
 log = logging.getLogger("orch.up")
 ETCD = "etcd"
+# How long a daemon may take to listen: seconds on a laptop, over 15 s on a slow VM (a process
+# that exits meanwhile is reported at once, so a long wait costs nothing when things work).
+STARTUP_WAIT = 90
 ETCD_MEMBER = "up"  # the one etcd member's name without a lab, and its certificate's
 # Ports on a lab host, which has its own network stack (docs/deploy.md uses the same).
 ETCD_CLIENT, ETCD_PEER, ETCD_METRICS = 2379, 2380, 2381
@@ -156,7 +159,7 @@ class Cluster:
             proc = Proc("etcd", None, place.argv(argv), f"{metrics_url}/metrics", host=place.name)
             started.append((self._spawn(proc, self.dir / "logs" / f"etcd{suffix}.out"), metrics_url, name))
         for proc, metrics_url, name in started:
-            wait_until(functools.partial(http_ok, f"{metrics_url}/health"), f"etcd {name}", 20, proc)
+            wait_until(functools.partial(http_ok, f"{metrics_url}/health"), f"etcd {name}", STARTUP_WAIT, proc)
 
     def etcd_tls_args(self, member: str) -> list[str]:
         """Clients and peers alike need a certificate of etcd's own CA (cli/pki.py says why)."""
@@ -222,7 +225,7 @@ class Cluster:
                          *self.scheduler_etcd_args())  # fmt: skip
         proc = self._spawn(Proc("scheduler", None, place.argv(argv), f"http://{metrics}/metrics", host=place.name),
                            self.dir / "logs" / f"scheduler-{i}.log")  # fmt: skip
-        wait_until(lambda: tcp_open(address), f"scheduler-{i}", 15, proc)
+        wait_until(lambda: tcp_open(address), f"scheduler-{i}", STARTUP_WAIT, proc)
 
     def agent_args(self, i: int) -> list[str]:
         name, place = self.node_name(i), self.place(i)
@@ -274,7 +277,7 @@ class Cluster:
                          "--userns-range", self.userns_range(i))  # fmt: skip
         proc = Proc("agent", name, place.argv(argv), f"http://{metrics}/metrics", self.publish_address(i), place.name)
         self._spawn(proc, self.dir / "logs" / f"{name}.log")
-        wait_until(lambda: tcp_open(metrics), f"agent {name}", 15, proc)
+        wait_until(lambda: tcp_open(metrics), f"agent {name}", STARTUP_WAIT, proc)
 
     def write_cluster_json(self) -> None:
         doc = {

@@ -80,6 +80,8 @@ class EventLog:
         prefix = self._store.keys.event("")
         if limit > 0 and about is None:
             events = [v.value for v in self._store.last(pb.Event, prefix, limit)]
+        elif limit > 0 and about is not None:
+            events = [v.value for v in self._store.newest(pb.Event, prefix, limit, about)]
         else:
             events = [v.value for v in self._store.list_prefix(pb.Event, prefix) if about is None or about(v.value)]
         events.sort(key=lambda e: seconds(e.time))

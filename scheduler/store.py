@@ -308,6 +308,30 @@ class Store:
         found = [(decode(cls, kv.value, kv.key.decode()), kv.mod_revision) for kv in reversed(resp.kvs)]
         return [Versioned(msg, revision) for msg, revision in found if msg is not None]
 
+    def newest(self, cls: type[M], prefix: str, n: int, keep: Callable[[M], bool]) -> list[Versioned[M]]:
+        """The n greatest keys under prefix whose value `keep`s, in key order: read backwards a
+        page at a time (at one revision), so the newest events of one object cost a page or
+        two, not the whole history."""
+        start = etcd3.utils.to_bytes(prefix)
+        end = etcd3.utils.prefix_range_end(start)
+        found: list[Versioned[M]] = []
+        revision = 0
+        page = self._failover.range_page
+        while len(found) < n:
+            resp = self._call(
+                f"list {prefix}",
+                lambda _, e=end, r=revision: page(start, e, self._page, r, True),  # type: ignore[misc]
+            )
+            for kv in resp.kvs:
+                msg = decode(cls, kv.value, kv.key.decode())
+                if msg is not None and keep(msg):
+                    found.append(Versioned(msg, kv.mod_revision))
+            if not resp.more or not resp.kvs:
+                break
+            revision = revision or int(resp.header.revision)
+            end = resp.kvs[-1].key  # exclusive: the keys below the last one read
+        return list(reversed(found[:n]))
+
     # -- writes --------------------------------------------------------
 
     def commit(self, writes: Sequence[Write]) -> int:

@@ -32,7 +32,8 @@ def orch_up(tmp_path: Path, *args: str, cidr_start: int = 200) -> Iterator[dict[
     with open(tmp_path / "up.log", "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        deadline = time.monotonic() + 60
+        # A lab of three hosts in the emulated VM (debian-vm) takes over a minute to come up.
+        deadline = time.monotonic() + 240
         while not (state / "cluster.json").exists():
             assert proc.poll() is None, (tmp_path / "up.log").read_text()
             assert time.monotonic() < deadline, "orch up did not write cluster.json"
@@ -44,9 +45,11 @@ def orch_up(tmp_path: Path, *args: str, cidr_start: int = 200) -> Iterator[dict[
     assert not (state / "cluster.json").exists()
 
 
-def orch(info: dict[str, Any], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def orch(
+    info: dict[str, Any], *args: str, stdin: str | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
     tls = ["--tls-dir", info["tlsDir"]] if info.get("tlsDir") else []
-    return run_orch("--scheduler", info["schedulers"][0], *tls, *args, stdin=stdin)
+    return run_orch("--scheduler", info["schedulers"][0], *tls, *args, stdin=stdin, timeout=timeout)
 
 
 def instances(info: dict[str, Any]) -> list[dict[str, Any]]:

@@ -107,10 +107,10 @@ def the(info, app: str) -> list[dict]:
     return [i for i in instances(info) if i["app"] == app and i["state"] == "Running"]
 
 
-def sh(info, script: str) -> str:
+def sh(info, script: str, timeout: float = 30) -> str:
     """Run a shell script in the client instance; its stdout."""
     (client,) = the(info, "client")
-    r = orch(info, "exec", client["name"], "--", "sh", "-c", script)
+    r = orch(info, "exec", client["name"], "--", "sh", "-c", script, timeout=timeout)
     assert r.returncode == 0, (r.stdout, r.stderr)
     return r.stdout
 
@@ -156,7 +156,8 @@ def test_wget_by_name_answers_and_the_vip_spreads_300_requests_over_3_instances(
     db = the(info, "db")[0]
     assert sh(info, f"/usr/bin/wget -q -T 5 -t 1 -O- http://{db['name']}.db:5432/").strip() == db["name"]
 
-    out = sh(info, "for i in $(seq 300); do /usr/bin/wget -q -T 5 -t 1 -O- http://web.orch:8080/ || echo FAILED; done")
+    out = sh(info, "for i in $(seq 300); do /usr/bin/wget -q -T 5 -t 1 -O- http://web.orch:8080/ || echo FAILED; done",
+             timeout=300)  # 300 processes: minutes in the emulated VM
     counts = collections.Counter(out.split())
     record_property("requests_per_instance", sorted(counts.values()))
     assert set(counts) == web, counts

@@ -92,6 +92,15 @@ def test_last_reads_the_newest_events_only(store: Store) -> None:
     assert len(log.list()) == 10
 
 
+def test_one_objects_newest_events_are_read_backwards_in_pages(store: Store) -> None:
+    log = EventLog(store)
+    log.record([pb.Event(time=ts(1000 + i), kind="App", object=f"x{i % 5}", reason=f"R{i}") for i in range(40)])
+    about_x3 = [e.reason for e in log.list(limit=3, about=lambda e: e.object == "x3")]
+    assert about_x3 == ["R28", "R33", "R38"]  # the newest three of x3's eight, oldest first
+    assert len(log.list(limit=100, about=lambda e: e.object == "x3")) == 8  # fewer than asked: all
+    assert log.list(limit=2, about=lambda e: e.object == "nobody") == []
+
+
 def test_events_are_capped_per_object(store: Store) -> None:
     log = EventLog(store)
     n = PER_OBJECT + 15
