@@ -156,8 +156,11 @@ def test_wget_by_name_answers_and_the_vip_spreads_300_requests_over_3_instances(
     db = the(info, "db")[0]
     assert sh(info, f"/usr/bin/wget -q -T 5 -t 1 -O- http://{db['name']}.db:5432/").strip() == db["name"]
 
-    out = sh(info, "for i in $(seq 300); do /usr/bin/wget -q -T 5 -t 1 -O- http://web.orch:8080/ || echo FAILED; done",
-             timeout=300)  # 300 processes: minutes in the emulated VM
+    out = sh(
+        info,
+        "for i in $(seq 300); do /usr/bin/wget -q -T 5 -t 1 -O- http://web.orch:8080/ || echo FAILED; done",
+        timeout=300,
+    )  # 300 processes: minutes in the emulated VM
     counts = collections.Counter(out.split())
     record_property("requests_per_instance", sorted(counts.values()))
     assert set(counts) == web, counts
