@@ -399,6 +399,7 @@ def agent_config(
     cluster_domain: str = "orch",
     resolv_conf: Path = Path("/etc/resolv.conf"),
     node_ip: str = "",
+    allow_host_paths: Sequence[str] = (),
 ) -> AgentConfig:
     from node.agent import AgentConfig
     from node.dns import DomainError, check_domain
@@ -458,7 +459,22 @@ def agent_config(
         seccomp_profile=(seccomp_profile or DEFAULT_PROFILE).resolve(),
         cluster_domain=cluster_domain,
         resolv_conf=resolv_conf,
+        allowed_host_paths=allowed_host_paths(allow_host_paths),
     )
+
+
+def allowed_host_paths(paths: Sequence[str]) -> tuple[str, ...]:
+    """--allow-host-path: absolute, canonical (the scheduler and the node compare them as text)."""
+    from orch.volumes import host_path_problem
+
+    out: list[str] = []
+    for path in paths:
+        canonical = path if path == "/" else path.rstrip("/")
+        if (problem := host_path_problem(canonical)) is not None:
+            raise CliError(f'--allow-host-path "{path}": {problem}')
+        if canonical not in out:
+            out.append(canonical)
+    return tuple(out)
 
 
 def versions(c: Client | None, fmt: str) -> None:

@@ -393,6 +393,13 @@ def events(ctx: click.Context, watch: bool, limit: int) -> None:
 @click.option(
     "--no-tls", is_flag=True, help="Plaintext gRPC and etcd instead of mutual TLS (certificates in STATE/pki)."
 )
+@click.option(
+    "--allow-host-path",
+    "allow_host_paths",
+    multiple=True,
+    metavar="DIR",
+    help="Every node lets hostPath volumes use DIR and below (repeatable; orch node --allow-host-path).",
+)
 @log_format_option
 @click.option("-v", "--verbose", is_flag=True)
 def up(
@@ -405,6 +412,7 @@ def up(
     cidr: str,
     service_cidr: str,
     no_tls: bool,
+    allow_host_paths: tuple[str, ...],
     verbose: bool,
 ) -> None:
     """Run a local cluster in the foreground: etcd, schedulers and agents. Ctrl-C stops it."""
@@ -425,6 +433,7 @@ def up(
         schedulers=schedulers,
         tls=not no_tls,
         hosts=hosts or 0,
+        allow_host_paths=commands.allowed_host_paths(allow_host_paths),
     )
 
 
@@ -634,6 +643,13 @@ def scheduler_cmd(
     type=click.Path(dir_okay=False, path_type=Path),
     help="The node's resolvers: names outside the cluster domain are forwarded to them.",
 )
+@click.option(
+    "--allow-host-path",
+    "allow_host_paths",
+    multiple=True,
+    metavar="DIR",
+    help="hostPath volumes may use DIR and what is below it (repeatable; default: none).",
+)
 @click.option("--cleanup", is_flag=True, help="Stop and remove every container and network of this node, then exit.")
 @tls_options
 @click.option("--insecure", is_flag=True, help="Allow plaintext gRPC without TLS files (anyone can pose as scheduler).")
@@ -660,6 +676,7 @@ def node_cmd(
     seccomp_profile: Path | None,
     cluster_domain: str,
     resolv_conf: Path,
+    allow_host_paths: tuple[str, ...],
     cleanup: bool,
     tls_ca: str,
     tls_cert: str,
@@ -697,6 +714,7 @@ def node_cmd(
         cluster_domain=cluster_domain,
         resolv_conf=resolv_conf,
         node_ip=node_ip,
+        allow_host_paths=allow_host_paths,
     )
     if cleanup:
         cleanup_node(config)

@@ -426,6 +426,35 @@ def _exec(doc: _Doc, node: yaml.Node, path: str, msg: Message) -> None:
     msg.exec.command.extend(doc.strings(node, path))
 
 
+def _volumes(doc: _Doc, node: yaml.Node, path: str, msg: Message) -> None:
+    assert isinstance(msg, types_pb2.AppSpec)
+    for i, item in enumerate(doc.items(node, path)):
+        here = f"{path}[{i}]"
+        _fill(doc, item, here, msg.volumes.add(), _VOLUME, required=("name",))
+        sources = [key for key in ("emptyDir", "hostPath") if f"{here}.{key}" in doc.lines]
+        if len(sources) > 1:  # a oneof: the second would silently replace the first
+            doc.problem(doc.line_of(here), here, "set only one of emptyDir or hostPath")
+
+
+def _volume_mounts(doc: _Doc, node: yaml.Node, path: str, msg: Message) -> None:
+    assert isinstance(msg, types_pb2.AppSpec)
+    for i, item in enumerate(doc.items(node, path)):
+        _fill(doc, item, f"{path}[{i}]", msg.volume_mounts.add(), _VOLUME_MOUNT, required=("name", "mountPath"))
+
+
+_VOLUME: dict[str, _Setter] = {
+    "name": _scalar("name", _Doc.string),
+    "emptyDir": _message(
+        "empty_dir",
+        {"medium": _scalar("medium", _Doc.string), "sizeLimit": _quantity("size_limit_bytes", parse_memory)},
+    ),
+    "hostPath": _message("host_path", {"path": _scalar("path", _Doc.string), "type": _scalar("type", _Doc.string)}),
+}
+_VOLUME_MOUNT: dict[str, _Setter] = {
+    "name": _scalar("name", _Doc.string),
+    "mountPath": _scalar("mount_path", _Doc.string),
+    "readOnly": _scalar("read_only", _Doc.boolean),
+}
 _PORT: dict[str, _Setter] = {
     "name": _scalar("name", _Doc.string),
     "containerPort": _scalar("container_port", _Doc.integer),
@@ -488,6 +517,8 @@ _SPEC: dict[str, _Setter] = {
     ),
     "onNodeLost": _choice("on_node_lost", NODE_LOST_ACTIONS),
     "init": _scalar("init", _Doc.boolean),
+    "volumes": _volumes,
+    "volumeMounts": _volume_mounts,
 }
 
 

@@ -84,6 +84,7 @@ def node_row(n: api.NodeInfo) -> Row:
         "nodeIp": node.node_ip or None,  # where other nodes route that subnet
         "version": node.version or None,
         "restartingUntil": _time(node.restarting_until) if restarting else None,
+        "allowedHostPaths": list(node.allowed_host_paths),  # orch node --allow-host-path
     }
 
 

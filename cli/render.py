@@ -73,6 +73,8 @@ def _spec(s: pb.AppSpec) -> dict[str, Any]:
         out["service"] = {"port": s.service.port, "targetPort": s.service.target_port, "protocol": s.service.protocol}
     _put(out, "onNodeLost", _NODE_LOST_NAMES.get(s.on_node_lost))
     _put(out, "init", s.init or None)
+    _put(out, "volumes", [_volume(v) for v in s.volumes])
+    _put(out, "volumeMounts", [_volume_mount(m) for m in s.volume_mounts])
     return out
 
 
@@ -103,4 +105,22 @@ def _probe(r: pb.Readiness) -> dict[str, Any]:
     _put(out, "timeoutSeconds", format_duration(r.timeout_ms) if r.timeout_ms else None)
     _put(out, "failureThreshold", r.failure_threshold or None)
     _put(out, "initialDelaySeconds", format_duration(r.initial_delay_ms) if r.initial_delay_ms else None)
+    return out
+
+
+def _volume(v: pb.Volume) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": v.name}
+    if v.HasField("empty_dir"):
+        empty: dict[str, Any] = {}
+        _put(empty, "medium", v.empty_dir.medium)
+        _put(empty, "sizeLimit", format_memory(v.empty_dir.size_limit_bytes) if v.empty_dir.size_limit_bytes else None)
+        out["emptyDir"] = empty
+    elif v.HasField("host_path"):
+        out["hostPath"] = {"path": v.host_path.path, **({"type": v.host_path.type} if v.host_path.type else {})}
+    return out
+
+
+def _volume_mount(m: pb.VolumeMount) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": m.name, "mountPath": m.mount_path}
+    _put(out, "readOnly", m.read_only or None)
     return out

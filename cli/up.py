@@ -60,8 +60,10 @@ class Cluster:
         tls: bool = True,
         hosts: int = 0,
         service_cidr: str = DEFAULT_SERVICE_CIDR,
+        allow_host_paths: tuple[str, ...] = (),
     ) -> None:
         self.dir = state_dir.resolve()
+        self.allow_host_paths = allow_host_paths  # given to every agent (--allow-host-path)
         self.pki = self.dir / "pki" if tls else None
         self.nodes = nodes
         self.lease_ttl = lease_ttl
@@ -230,7 +232,8 @@ class Cluster:
         state = self.host_dir(place) / "node" if place.host else self.dir / "nodes" / name
         # The subnet comes from the scheduler; --cleanup removes the routes and NAT rules too.
         return ["--name", name, "--state-dir", str(state), "--bridge", self.bridge(i),
-                "--cgroup-parent", f"orch/up-{self.cluster_id}/{name}"]  # fmt: skip
+                "--cgroup-parent", f"orch/up-{self.cluster_id}/{name}",
+                *(arg for path in self.allow_host_paths for arg in ("--allow-host-path", path))]  # fmt: skip
 
     def bridge(self, i: int) -> str:
         return f"orch{self.cluster_id}n{i}"
@@ -348,11 +351,13 @@ def run_cluster(
     tls: bool = True,
     hosts: int = 0,
     service_cidr: str = "",
+    allow_host_paths: tuple[str, ...] = (),
 ) -> None:
     cidr = cidr or os.environ.get("ORCH_UP_CIDR", "10.88.0.0/16")
     service_cidr = service_cidr or os.environ.get("ORCH_UP_SERVICE_CIDR", DEFAULT_SERVICE_CIDR)
     ports = [port] + [0] * (schedulers - 1)
-    cluster = Cluster(state_dir or DEFAULT_STATE_DIR, hosts or nodes, ports, lease_ttl, cidr, tls, hosts, service_cidr)
+    where = state_dir or DEFAULT_STATE_DIR
+    cluster = Cluster(where, hosts or nodes, ports, lease_ttl, cidr, tls, hosts, service_cidr, allow_host_paths)
     if (cluster.dir / "cluster.json").exists():
         raise CliError(f"{cluster.dir / 'cluster.json'} exists: is another `orch up` running there?")
     cluster.dir.mkdir(parents=True, exist_ok=True)

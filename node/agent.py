@@ -47,6 +47,7 @@ from node.runtime.userns import IdRange
 from node.secret_env import SecretEnvError, secret_env
 from node.session import Session
 from node.usage import sample_usage
+from node.volumes import NodeVolumes
 from node.worker import DEFAULT_PIDS_LIMIT, InstanceWorker, WorkerDeps
 from orch import sdnotify
 from orch.tls import Credentials, add_port
@@ -91,6 +92,7 @@ class AgentConfig:
     seccomp_profile: Path = DEFAULT_PROFILE  # Docker's JSON format; `seccomp: unconfined` apps skip it
     cluster_domain: str = "orch"  # <app>.<domain> answered on the bridge gateway (node/dns)
     resolv_conf: Path = Path("/etc/resolv.conf")  # the node's resolvers: other names are forwarded there
+    allowed_host_paths: tuple[str, ...] = ()  # directories hostPath volumes may use (--allow-host-path)
 
 
 def cluster_network(config: AgentConfig) -> ClusterNetwork:
@@ -141,6 +143,7 @@ class Agent:
         self.images = ImageStore(config.state_dir / "images", insecure=config.insecure_registries)
         self._probes = ThreadPoolExecutor(PROBE_THREADS, thread_name_prefix="orch-probes")
         self._pulls = ThreadPoolExecutor(PULL_THREADS, thread_name_prefix="orch-pulls")
+        self.volumes = NodeVolumes(config.state_dir / "volumes", config.allowed_host_paths)
         self.secrets: dict[str, pb.SecretData] = {}  # from the scheduler, for variables from secrets
         self._deps = WorkerDeps(
             self.runtime,
@@ -154,6 +157,7 @@ class Agent:
             exited=self.metrics.exited,
             probes=self._probes,
             pulls=self._pulls,
+            volumes=self.volumes,
             secrets=lambda name: self.secrets.get(name),
         )
         # Self-fencing: what the previous agent process knew (a restart), then what the scheduler says.
@@ -217,6 +221,7 @@ class Agent:
             lease_id=lease_id,
             host_port_min=self.config.host_port_range.first,
             host_port_max=self.config.host_port_range.last,
+            allowed_host_paths=self.config.allowed_host_paths,
         )
         if self.networking is not None:
             reg.MergeFrom(self.networking.register_fields())
@@ -257,6 +262,9 @@ class Agent:
                 keep = {w.instance.name for w in self._all_workers()}
                 try:
                     await asyncio.to_thread(self.runtime.remove_unknown, keep)
+                    # emptyDirs of instances gone meanwhile; a container still running keeps its own
+                    running = {s.id for s in await asyncio.to_thread(self.runtime.list)}
+                    await asyncio.to_thread(self.volumes.remove_unknown, keep | running)
                 except (ContainerError, OSError) as e:
                     log.warning("sweeping leftovers failed: %s", e)
                 self._swept = True
@@ -433,6 +441,7 @@ def cleanup(config: AgentConfig) -> None:
     """Stop and remove every container and network object this node created."""
     cgroups = placement_for_cleanup(config.name, config.cgroup, config.state_dir)
     Runtime(config.state_dir / "containers", cgroups.containers, supervisors=cgroups.supervisors).cleanup_all()
+    NodeVolumes(config.state_dir / "volumes").cleanup_all()  # emptyDirs, their tmpfs unmounted
     if config.bridge:  # VIP rules, then routes, NAT, bridge, IPAM state and the recorded subnet
         ServiceProxy(config.bridge, config.subnet).teardown()  # their route goes with the bridge
         cluster_network(config).teardown()

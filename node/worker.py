@@ -33,8 +33,9 @@ from node.probe_state import Restart
 from node.restarts import RestartTracker
 from node.runtime import ContainerConfig, ContainerError, ContainerState, ContainerStatus, NotFound, Runtime
 from node.runtime.logs import keep_previous, log_file
-from node.runtime.model import DEFAULT_PATH, SECCOMP_DEFAULT
+from node.runtime.model import DEFAULT_PATH, SECCOMP_DEFAULT, Mount
 from node.secret_env import Lookup, SecretEnvError, secret_env
+from node.volumes import NodeVolumes, VolumeError
 from orch.v1 import types_pb2 as pb
 from orch.validation import PROBES
 
@@ -47,6 +48,7 @@ AGENT_ERROR_BACKOFF = (1.0, 30.0)  # first and longest wait between those attemp
 # bomb stays in its container. Not part of the app's spec, so the scheduler's accounting is unchanged.
 DEFAULT_PIDS_LIMIT = 4096
 FENCED_REASON = "NodeLost"  # killed by its own agent: the node's lease may have expired
+VOLUME_CHECK_INTERVAL = 5.0  # s between measurements of disk emptyDirs that have a sizeLimit
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,7 @@ class WorkerDeps:
     # Bounded pools of their own (the agent's); None: the loop's default executor.
     probes: Executor | None = None
     pulls: Executor | None = None
+    volumes: NodeVolumes | None = None  # None: no volumes here (an app with some fails to start)
 
 
 def container_config(
@@ -73,6 +76,7 @@ def container_config(
     default_pids: int = DEFAULT_PIDS_LIMIT,
     resolv_conf: str = "",
     secrets: Mapping[str, str] | None = None,
+    mounts: tuple[Mount, ...] = (),
 ) -> ContainerConfig:
     """The instance's spec over the image's defaults (Docker's rules) and the node's default limits."""
     spec = inst.spec
@@ -103,6 +107,7 @@ def container_config(
         pids=spec.resources.pids or default_pids,
         resolv_conf=resolv_conf,  # "": a copy of the host's (a node without a bridge)
         secret_env=dict(secrets or {}),  # never written to the node's disk (runtime/model.py)
+        mounts=mounts,  # node/volumes.py: emptyDirs and allowed hostPaths
     )
 
 
@@ -138,6 +143,7 @@ class InstanceWorker:
         self.fenced = ""  # why it was killed for good (self-fencing); "" if it was not
         self._probe_restart: Restart | None = None  # a probe had the running container killed
         self._last: pb.Termination | None = None  # how the previous incarnation ended
+        self.evicted = ""  # why the container was killed: an emptyDir over its sizeLimit
 
     def start(self, after: asyncio.Task[None] | None = None) -> None:
         """after: a previous worker of the same instance that is still stopping its container."""
@@ -239,17 +245,35 @@ class InstanceWorker:
             deps = self._deps
             resolv = deps.resolv_conf(inst.app) if deps.resolv_conf else ""
             from_secrets = secret_env(inst.spec, deps.secrets)
-            config = container_config(inst, image, deps.log_dir, deps.default_pids, resolv, from_secrets)
+            mounts = await asyncio.to_thread(self._volumes().prepare, inst) if inst.spec.volumes else ()
+            config = container_config(inst, image, deps.log_dir, deps.default_pids, resolv, from_secrets, mounts)
             if deps.network is not None:  # the node's own policy, whatever the scheduler sent
                 await asyncio.to_thread(deps.network.check_host_ports, inst.name, self._host_ports())
             await asyncio.to_thread(self._remove_leftover)
             return await asyncio.to_thread(self._deps.runtime.start, config, self._on_netns)
-        except (ContainerError, NetworkError, OSError, ValueError) as e:
+        except (ContainerError, NetworkError, OSError, ValueError, VolumeError) as e:
             log.warning("instance %s: start failed: %s", inst.name, e)
-            reason = e.reason if isinstance(e, HostPortNotAllowed | SecretEnvError) else "StartError"
+            reason = e.reason if isinstance(e, HostPortNotAllowed | SecretEnvError | VolumeError) else "StartError"
             self._set(pb.InstanceStatus(state=pb.INSTANCE_STATE_FAILED, reason=reason, message=str(e)))
             await self._detach()  # a failed start holds no address and no hostPort
             return await self._backoff_or_none(1)
+
+    def _volumes(self) -> NodeVolumes:
+        if self._deps.volumes is None:
+            raise VolumeError("FailedMount", "this node has no volume directory")
+        return self._deps.volumes
+
+    async def _watch_volumes(self) -> None:
+        """Evicts the container once a disk emptyDir is over its sizeLimit (the kubelet's way)."""
+        volumes, inst = self._deps.volumes, self.instance
+        if volumes is None or not any(v.empty_dir.size_limit_bytes for v in inst.spec.volumes):
+            return
+        loop = asyncio.get_running_loop()
+        while not self.evicted:
+            await asyncio.sleep(VOLUME_CHECK_INTERVAL)
+            self.evicted = await loop.run_in_executor(self._deps.probes, volumes.over_limit, inst)
+        log.warning("instance %s: evicted: %s", inst.name, self.evicted)
+        await asyncio.to_thread(self._deps.runtime.kill, inst.name, signal.SIGKILL)
 
     def _remove_leftover(self) -> None:
         """Whatever a previous attempt left of the container, in whatever state (blocking)."""
@@ -351,6 +375,7 @@ class InstanceWorker:
         loop.add_reader(fd, exited.set)
         self._probe_restart = None
         probes = asyncio.create_task(self._probe_loop(state))
+        watch = asyncio.create_task(self._watch_volumes())
         try:
             stop = asyncio.create_task(self._stop.wait())
             done = asyncio.create_task(exited.wait())
@@ -359,6 +384,7 @@ class InstanceWorker:
             done.cancel()
         finally:
             probes.cancel()
+            watch.cancel()
             loop.remove_reader(fd)
             os.close(fd)
         if self._stop.is_set():
@@ -412,6 +438,9 @@ class InstanceWorker:
         status = exit_status(state, self._tracker.restarts)
         if killed is not None:
             status.reason, status.message = killed.reason, f"{killed.message}; killed (exit code {code})"
+        if self.evicted:  # its emptyDirs start empty again, as a new pod's would
+            status.reason, status.message, self.evicted = "Evicted", self.evicted, ""
+            await asyncio.to_thread(self._volumes().remove, self.instance.name)
         self._deps.exited(self.instance.app, status.reason)  # before a CrashLoopBackOff hides why
         if not decision.restart:
             self._set(status)
@@ -442,6 +471,8 @@ class InstanceWorker:
         try:
             state = await self._stop_container(name, grace)
             await asyncio.to_thread(self._deps.runtime.remove, name)
+            if self._deps.volumes is not None:  # its emptyDirs go with it (a leftover: the next sweep)
+                await asyncio.to_thread(self._deps.volumes.remove, name)
         except (ContainerError, OSError) as e:
             log.warning("instance %s: stop failed: %s", name, e)
             state = None

@@ -131,6 +131,7 @@ class NodeRegistry:
             node.labels.update(reg.labels)
             node.version = reg.version
             node.host_port_min, node.host_port_max = reg.host_port_min, reg.host_port_max
+            node.allowed_host_paths[:] = reg.allowed_host_paths
             node.lease_id = lease_id
             now = time.time()
             node.registered_at.CopyFrom(ts(now))

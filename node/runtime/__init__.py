@@ -18,13 +18,14 @@ Vocabulary:
 Modules: model (data), errors, runtime (Runtime), shim + shim_client + zygote
 (the handshake), init (PID 1 steps), native (the C programs: build, sealed copy),
 exits (what an exit means), security (caps, users, rlimits), logs (CRI log
-format, rotation, read_logs), sys (the syscall seam), cgroups/ (v1, v2).
+format, rotation, read_logs), sys (the syscall seam), beneath + mountapi (volumes:
+paths resolved under a root with openat2, trees bound with the new mount API), cgroups/ (v1, v2).
 See docs/runtime.md.
 """
 
 from node.runtime.cgroups import CgroupDriver, CgroupStats, Limits
 from node.runtime.errors import CgroupWriteError, ContainerError, NotFound, RuntimeStartError
-from node.runtime.model import ContainerConfig, ContainerState, ContainerStatus
+from node.runtime.model import ContainerConfig, ContainerState, ContainerStatus, Mount
 from node.runtime.runtime import Runtime
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "ContainerState",
     "ContainerStatus",
     "Limits",
+    "Mount",
     "NotFound",
     "Runtime",
     "RuntimeStartError",

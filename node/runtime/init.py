@@ -20,6 +20,8 @@ from typing import NoReturn
 
 from node.runtime import sys as sc
 from node.runtime.cgroups.devices import NODES
+from node.runtime.model import Mount
+from orch.volumes import mount_path_problem
 
 __all__ = [
     "DEVICES",
@@ -90,6 +92,7 @@ class InitPlan:
     # The compiled BPF program (seccomp/), read on the host side: the exec steps run after
     # pivot_root or setns, where the host's state dir is out of reach. b"" = unconfined.
     seccomp_program: bytes = b""
+    mounts: tuple[Mount, ...] = ()  # volumes (model.Mount), bound by mount_volumes
 
 
 Step = tuple[str, Callable[[sc.Syscalls, InitPlan], None]]
@@ -233,6 +236,37 @@ def _readonly_paths(s: sc.Syscalls, p: InitPlan) -> None:
         s.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | locked, None)
 
 
+def _mount_volumes(s: sc.Syscalls, p: InitPlan) -> None:
+    for mount in p.mounts:
+        # Resolved as if the rootfs were "/", so an image's `/data -> /etc/..` stays in the
+        # image; where a link leads is checked again, as the manifest's path was.
+        fd, inside = s.open_in_root(p.merged, mount.target)
+        try:
+            if (problem := mount_path_problem(inside)) is not None:
+                where = f"volume mountPath {mount.target} leads to {inside} in the image"
+                raise OSError(errno.EPERM, f"{where}, which {problem}")
+            _bind_volume(s, p, mount, fd)
+        finally:
+            s.close(fd)
+
+
+def _bind_volume(s: sc.Syscalls, p: InitPlan, mount: Mount, fd: int) -> None:
+    attrs = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV | (sc.MOUNT_ATTR_RDONLY if mount.read_only else 0)
+    root = str(mount.root)
+    if not (mount.owned and p.userns_fd >= 0):
+        s.bind_tree(root, mount.path, fd, attrs, -1)
+        return
+    try:  # container root owns what host root owns, whichever id block the container has
+        s.bind_tree(root, mount.path, fd, attrs, p.userns_fd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        # A filesystem that cannot be idmapped (tmpfs before Linux 6.3): its top directory is
+        # given to this container's root instead.
+        s.chown_beneath(root, mount.path, p.userns_root)
+        s.bind_tree(root, mount.path, fd, attrs, -1)
+
+
 def _pivot_root(s: sc.Syscalls, p: InitPlan) -> None:
     # pivot_root(".", ".") stacks the old root on top of the new one, so no
     # .oldroot directory has to be created in the image (runc does the same).
@@ -290,6 +324,9 @@ SETUP_STEPS: tuple[Step, ...] = (
     # After proc, dev and sys exist: files are masked with the container's /dev/null.
     ("mask_paths", _mask_paths),
     ("readonly_paths", _readonly_paths),
+    # Volumes once the rootfs is complete, before pivot_root: their sources are host paths.
+    # After proc, dev and sys, so that a link in the image leading there is seen and refused.
+    ("mount_volumes", _mount_volumes),
     ("pivot_root", _pivot_root),
     ("umount_old_root", _umount_old_root),
     # Last mount step: every mount point above had to be created first.

@@ -15,6 +15,7 @@ __all__ = [
     "ContainerConfig",
     "ContainerState",
     "ContainerStatus",
+    "Mount",
     "valid_id",
 ]
 
@@ -27,6 +28,24 @@ _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 def valid_id(id: str) -> bool:
     """Ids become directory and cgroup names, so only DNS-1123 labels are accepted."""
     return bool(_DNS1123_LABEL.match(id))
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """A directory of the node bound into the container (a volume, docs/runtime.md).
+
+    The source is `path` resolved beneath `root` (openat2 RESOLVE_BENEATH: never out of it,
+    whatever symlinks the directory holds); "" is `root` itself. `target` is resolved inside
+    the container's rootfs (RESOLVE_IN_ROOT), its missing directories created there.
+    Always nosuid and nodev; `read_only` recursively. `owned`: with a user namespace, ids
+    are shifted so that container root owns what host root owns (an emptyDir).
+    """
+
+    root: Path
+    path: str
+    target: str
+    read_only: bool = False
+    owned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +79,7 @@ class ContainerConfig:
     # Image layers for the overlay, top layer first; () = `rootfs` is the only lower layer.
     lower_dirs: tuple[Path, ...] = ()
     seccomp: str = SECCOMP_DEFAULT  # or SECCOMP_UNCONFINED
+    mounts: tuple[Mount, ...] = ()  # volumes, in order (a later one may sit inside an earlier one)
     # Variables from secrets: never in spec.json (a file on the node's disk). They travel in
     # memory: the zygote's request, the shim, then after "G" to PID 1 (shim.py); zygote only.
     secret_env: Mapping[str, str] = field(default_factory=dict)

@@ -44,6 +44,7 @@ from node.runtime.security import resolve_user
 from node.runtime.shim_client import Zygote, run_shim
 from node.runtime.spec import ShimSpec
 from orch.trees import remove_tree
+from orch.volumes import mount_path_problem
 
 __all__ = ["Runtime"]
 
@@ -130,7 +131,9 @@ class Runtime:
         # Without on_netns the shim sends "G" itself: no round trip through us (~1 ms).
         hook = netns_hook if on_netns is not None else None
         try:
-            run_shim(cdir, hook, self._zygote, staged.usable(config.user_namespace), config.secret_env)
+            run_shim(
+                cdir, hook, self._zygote, staged.usable(config.user_namespace, bool(config.mounts)), config.secret_env
+            )
         except BaseException:
             self._discard(config.id)
             raise
@@ -149,6 +152,10 @@ class Runtime:
             raise RuntimeStartError("empty argv", id=id)
         if not config.rootfs.is_dir():
             raise RuntimeStartError(f"rootfs {config.rootfs} is not a directory", id=id)
+        for mount in config.mounts:  # the agent checked them; a Runtime is used on its own too
+            problem = mount_path_problem(mount.target) or ("" if mount.root.is_absolute() else "its root is relative")
+            if problem:
+                raise RuntimeStartError(f"volume mount {mount.target!r}: {problem}", id=id)
         cdir = ContainerDir(self.state_dir / id)
         for path in (config.rootfs, *config.lower_dirs, cdir.path):  # overlay options are split on ',' and ':'
             if "," in str(path) or ":" in str(path):

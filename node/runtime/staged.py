@@ -30,9 +30,11 @@ __all__ = ["ROOTFS_STEPS", "STAGE_STEPS", "stage_plan", "usable"]
 _STAGED = (("proc", 0o555), ("dev", 0o755), ("sys", 0o555))
 
 
-def usable(user_namespace: bool) -> bool:
-    """Whether a container can take a pre-staged PID 1 (it has no user ns)."""
-    return not user_namespace
+def usable(user_namespace: bool, volumes: bool = False) -> bool:
+    """Whether a container can take a pre-staged PID 1: no user ns, and no volumes (a spare's
+    mount namespace is a copy of the host's from before: a tmpfs emptyDir mounted since, or a
+    disk mounted on an allowed host path, would be missing from it)."""
+    return not user_namespace and not volumes
 
 
 def stage_plan(stage_dir: str) -> InitPlan:
@@ -67,6 +69,7 @@ ROOTFS_STEPS: tuple[init.Step, ...] = (
     ("move_staged_mounts", _move_staged_mounts),
     *init.pick_steps(
         "bind_etc_files",
+        "mount_volumes",
         "pivot_root",
         "umount_old_root",
         "remount_rootfs_readonly",

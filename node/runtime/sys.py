@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn, Protocol
 
+from node.runtime import beneath, mountapi
+from node.runtime.mountapi import MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY
 from node.runtime.seccomp.loader import load_program
 
 __all__ = [
@@ -30,6 +32,9 @@ __all__ = [
     "CLONE_NEWUSER",
     "CLONE_NEWUTS",
     "MNT_DETACH",
+    "MOUNT_ATTR_NODEV",
+    "MOUNT_ATTR_NOSUID",
+    "MOUNT_ATTR_RDONLY",
     "MS_BIND",
     "MS_MOVE",
     "MS_NODEV",
@@ -71,20 +76,11 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 
-# The new mount API (Linux 5.12+ for idmapped mounts); glibc 2.36 has no wrappers.
-_SYSCALLS = {
-    "x86_64": {"pivot_root": 155, "open_tree": 428, "move_mount": 429, "mount_setattr": 442},
-    "aarch64": {"pivot_root": 41, "open_tree": 428, "move_mount": 429, "mount_setattr": 442},
-}
+# glibc has no wrapper (the new mount API's calls: mountapi.py).
+_SYSCALLS = {"x86_64": {"pivot_root": 155}, "aarch64": {"pivot_root": 41}}
 # Signals: glibc refuses to touch its own (32 and 33), so these go around it.
 _SIGNAL_SYSCALLS = {"x86_64": (13, 14), "aarch64": (134, 135)}  # rt_sigaction, rt_sigprocmask
 _NSIG = 64
-_AT_FDCWD = -100
-_AT_EMPTY_PATH = 0x1000
-_AT_RECURSIVE = 0x8000
-_OPEN_TREE_CLONE = 1
-_MOVE_MOUNT_F_EMPTY_PATH = 0x4
-_MOUNT_ATTR_IDMAP = 0x00100000
 
 PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
@@ -101,6 +97,13 @@ class Syscalls(Protocol):
     def unshare(self, flags: int) -> None: ...
     def setns(self, fd: int, nstype: int) -> None: ...
     def idmapped_bind(self, source: str, target: str, userns_fd: int) -> None: ...  # recursive
+    # A directory inside `root` as if it were "/" (created if missing): (O_PATH fd, its path from root).
+    def open_in_root(self, root: str, path: str) -> tuple[int, str]: ...
+    # Bind `path` beneath `root` (never out of it) onto target_fd, recursively, with MOUNT_ATTR_* attrs
+    # on every mount of it before it is attached; userns_fd >= 0: idmapped through that namespace.
+    def bind_tree(self, root: str, path: str, target_fd: int, attrs: int, userns_fd: int) -> None: ...
+    def chown_beneath(self, root: str, path: str, owner: int) -> None: ...  # owner:owner, the dir only
+    def close(self, fd: int) -> None: ...
     def mount(self, source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None: ...
     def umount2(self, target: str, flags: int) -> None: ...
     def pivot_root(self, new_root: str, put_old: str) -> None: ...
@@ -122,15 +125,6 @@ class Syscalls(Protocol):
     def load_seccomp(self, program: bytes) -> None: ...  # a compiled BPF program (seccomp/loader.py)
     def execvpe(self, file: str, argv: Sequence[str], env: Mapping[str, str]) -> NoReturn: ...
     def execve_fd(self, fd: int, argv: Sequence[str], env: Mapping[str, str]) -> NoReturn: ...  # fexecve
-
-
-class _MountAttr(ctypes.Structure):
-    _fields_ = [
-        ("attr_set", ctypes.c_uint64),
-        ("attr_clr", ctypes.c_uint64),
-        ("propagation", ctypes.c_uint64),
-        ("userns_fd", ctypes.c_uint64),
-    ]
 
 
 class _CapHeader(ctypes.Structure):
@@ -185,22 +179,38 @@ class LinuxSyscalls:
 
     def idmapped_bind(self, source: str, target: str, userns_fd: int) -> None:
         """Bind source onto target with its ids shifted through userns_fd's maps (mount_setattr(2))."""
-        flags = _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_RECURSIVE
-        tree = self._libc.syscall(self._nr["open_tree"], _AT_FDCWD, _fs(source), ctypes.c_uint(flags))
-        if tree < 0:
-            self._check(-1, "open_tree", source)
+        tree = mountapi.clone_tree(mountapi.AT_FDCWD, source, source)
         try:
-            attr = _MountAttr(_MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
-            res = self._libc.syscall(
-                self._nr["mount_setattr"], tree, b"", _AT_EMPTY_PATH | _AT_RECURSIVE, ctypes.byref(attr), 32
-            )
-            self._check(res, "mount_setattr idmap", source)
-            res = self._libc.syscall(
-                self._nr["move_mount"], tree, b"", _AT_FDCWD, _fs(target), _MOVE_MOUNT_F_EMPTY_PATH
-            )
-            self._check(res, "move_mount", target)
+            mountapi.set_attrs(tree, 0, userns_fd, source)
+            mountapi.attach(tree, mountapi.AT_FDCWD, target, target)
         finally:
             os.close(tree)
+
+    def open_in_root(self, root: str, path: str) -> tuple[int, str]:
+        return beneath.open_in_root(root, path)
+
+    def bind_tree(self, root: str, path: str, target_fd: int, attrs: int, userns_fd: int) -> None:
+        where = f"{root}/{path}"
+        source = beneath.open_beneath(root, path)
+        try:
+            tree = mountapi.clone_tree(source, "", where)
+        finally:
+            os.close(source)
+        try:
+            mountapi.set_attrs(tree, attrs, userns_fd, where)
+            mountapi.attach(tree, target_fd, "", beneath.path_of(target_fd))
+        finally:
+            os.close(tree)
+
+    def chown_beneath(self, root: str, path: str, owner: int) -> None:
+        fd = beneath.open_beneath(root, path)
+        try:
+            os.chown(f"/proc/self/fd/{fd}", owner, owner)  # an O_PATH fd: fchown would refuse it
+        finally:
+            os.close(fd)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
 
     def mount(self, source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
         res = self._libc.mount(_fs(source), _fs(target), _fs(fstype), ctypes.c_ulong(flags), _fs(data))
@@ -302,10 +312,16 @@ class RecordedExec(BaseException):
 class RecordingSyscalls:
     """Records (name, *args) for each call; `fail_on` makes that call raise OSError."""
 
-    def __init__(self, fail_on: str = "", kinds: Mapping[str, str | None] | None = None) -> None:
+    def __init__(
+        self,
+        fail_on: str = "",
+        kinds: Mapping[str, str | None] | None = None,
+        resolved: Mapping[str, str] | None = None,
+    ) -> None:
         self.calls: list[tuple[object, ...]] = []
         self._fail_on = fail_on
         self._kinds = dict(kinds or {})  # path -> "dir" | "file" | None; unlisted paths are files
+        self._resolved = dict(resolved or {})  # open_in_root: path -> where the image's links lead
 
     def _record(self, name: str, *args: object) -> None:
         self.calls.append((name, *args))
@@ -323,6 +339,19 @@ class RecordingSyscalls:
 
     def idmapped_bind(self, source: str, target: str, userns_fd: int) -> None:
         self._record("idmapped_bind", source, target, userns_fd)
+
+    def open_in_root(self, root: str, path: str) -> tuple[int, str]:
+        self._record("open_in_root", root, path)
+        return 100 + len(self.calls), self._resolved.get(path, path)
+
+    def bind_tree(self, root: str, path: str, target_fd: int, attrs: int, userns_fd: int) -> None:
+        self._record("bind_tree", root, path, target_fd, attrs, userns_fd)
+
+    def chown_beneath(self, root: str, path: str, owner: int) -> None:
+        self._record("chown_beneath", root, path, owner)
+
+    def close(self, fd: int) -> None:
+        self._record("close", fd)
 
     def mount(self, source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
         self._record("mount", source, target, fstype, flags, data)

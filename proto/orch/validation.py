@@ -17,6 +17,7 @@ from typing import Literal
 from orch.imageref import BadReference, parse_reference
 from orch.quantity import format_duration
 from orch.v1 import types_pb2
+from orch.volumes import volume_problems
 
 __all__ = [
     "DEFAULT_FAILURE_THRESHOLD",
@@ -108,6 +109,7 @@ def validate_app_spec(spec: types_pb2.AppSpec) -> list[FieldError]:
         *_check_capabilities(spec.capabilities),
         *_check_seccomp(spec.seccomp),
         *_check_service(spec),
+        *(FieldError(path, message) for path, message in volume_problems(spec)),
     ]
 
 

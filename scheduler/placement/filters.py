@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from orch.volumes import allowed_by
 from scheduler.placement.nodes import NodeView
 from scheduler.placement.request import Request
 
@@ -21,6 +22,7 @@ CORDONED = Reject("node(s) cordoned", True)
 SELECTOR_MISMATCH = Reject("node(s) didn't match node selector", False)
 PORTS_IN_USE = Reject("node(s) didn't have free host ports", True)
 PORTS_NOT_ALLOWED = Reject("node(s) didn't allow the host port", False)
+HOST_PATH_NOT_ALLOWED = Reject("node(s) didn't allow the host path", False)
 ANTI_AFFINITY = Reject("node(s) didn't satisfy anti-affinity", True)
 INSUFFICIENT = {
     "cpu": Reject("insufficient cpu", True),
@@ -70,6 +72,12 @@ def allows_host_ports(req: Request, node: NodeView) -> Reject | None:
     return None if all(first <= port <= last for port, _ in req.host_ports) else PORTS_NOT_ALLOWED
 
 
+def allows_host_paths(req: Request, node: NodeView) -> Reject | None:
+    """Every hostPath volume under a directory the node allows (it re-checks on disk itself)."""
+    allowed = node.host_paths
+    return None if all(allowed_by(path, allowed) for path in req.host_paths) else HOST_PATH_NOT_ALLOWED
+
+
 def satisfies_anti_affinity(req: Request, node: NodeView) -> Reject | None:
     apps = node.apps
     return ANTI_AFFINITY if any(apps[a] for a in req.anti_affinity) else None
@@ -82,6 +90,7 @@ FILTERS: tuple[Filter, ...] = (
     matches_selector,
     fits_resources,
     allows_host_ports,
+    allows_host_paths,
     has_free_host_ports,
     satisfies_anti_affinity,
 )

@@ -29,6 +29,7 @@ class NodeView:
     labels: dict[str, str]
     allocatable: tuple[int, int, int]  # cpu millis, memory bytes, pids; 0 = unlimited
     host_port_range: tuple[int, int] = (0, 0)  # what the node publishes; (0, 0): any
+    host_paths: tuple[str, ...] = ()  # the directories hostPath volumes may use (--allow-host-path)
     cpu: int = 0
     memory: int = 0
     pids: int = 0
@@ -70,6 +71,7 @@ def node_views(snap: ClusterSnapshot, without: str = "") -> dict[str, NodeView]:
             labels=dict(v.value.labels),
             allocatable=allocatable(v.value),
             host_port_range=(v.value.host_port_min, v.value.host_port_max),
+            host_paths=tuple(v.value.allowed_host_paths),
         )
         for name, v in snap.nodes.items()
     }

@@ -19,6 +19,7 @@ class Request:
     strategy: int
     avoid: frozenset[str]
     anti_affinity: tuple[str, ...] = ()
+    host_paths: tuple[str, ...] = ()  # of the app's hostPath volumes
 
 
 def host_ports(spec: pb.AppSpec) -> frozenset[tuple[int, str]]:
@@ -37,4 +38,5 @@ def request_for(spec: pb.AppSpec, avoid: frozenset[str] = frozenset()) -> Reques
         strategy=spec.placement,
         avoid=avoid,
         anti_affinity=tuple(spec.anti_affinity),
+        host_paths=tuple(v.host_path.path for v in spec.volumes if v.HasField("host_path")),
     )

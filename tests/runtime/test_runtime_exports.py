@@ -14,6 +14,7 @@ def test_public_names() -> None:
             "ContainerState",
             "ContainerStatus",
             "Limits",
+            "Mount",
             "NotFound",
             "Runtime",
             "RuntimeStartError",

@@ -46,6 +46,7 @@ def test_step_names_are_in_the_documented_order() -> None:
         "bind_etc_files",
         "mask_paths",
         "readonly_paths",
+        "mount_volumes",
         "pivot_root",
         "umount_old_root",
         "remount_rootfs_readonly",

@@ -164,9 +164,8 @@ BAD: list[tuple[str, str, str]] = [
         (
             "6 spec.zzz: unknown field; expected one of replicas, image, command, args, env, resources, ports, "
             "restartPolicy, nodeSelector, antiAffinity, placement, update, progressDeadline, readiness, liveness, "
-            "startup, "
-            "stopGracePeriod, user, workingDir, readOnlyRootFilesystem, hostUsers, capabilities, seccomp, service, "
-            "onNodeLost, init"
+            "startup, stopGracePeriod, user, workingDir, readOnlyRootFilesystem, hostUsers, capabilities, seccomp, "
+            "service, onNodeLost, init, volumes, volumeMounts"
         ),
     ),
     (

@@ -49,6 +49,15 @@ spec:
   service: {port: 80, targetPort: 8080, protocol: udp}
   onNodeLost: Stop
   init: true
+  volumes:
+    - {name: cache, emptyDir: {}}
+    - {name: scratch, emptyDir: {medium: Memory, sizeLimit: 64Mi}}
+    - {name: data, hostPath: {path: /srv/data/web, type: DirectoryOrCreate}}
+    - {name: conf, hostPath: {path: /srv/conf}}
+  volumeMounts:
+    - {name: cache, mountPath: /var/cache/app}
+    - {name: scratch, mountPath: /scratch}
+    - {name: data, mountPath: /data, readOnly: true}
 """ % ("a" * 64)
 
 

@@ -27,7 +27,7 @@ from orch.v1 import exec_pb2 as orch_dot_v1_dot_exec__pb2
 from orch.v1 import types_pb2 as orch_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13orch/v1/agent.proto\x12\x07orch.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12orch/v1/exec.proto\x1a\x13orch/v1/types.proto\"\xb3\x01\n\x0c\x41gentMessage\x12%\n\x08register\x18\x01 \x01(\x0b\x32\x11.orch.v1.RegisterH\x00\x12\'\n\theartbeat\x18\x02 \x01(\x0b\x32\x12.orch.v1.HeartbeatH\x00\x12\'\n\x06status\x18\x03 \x01(\x0b\x32\x15.orch.v1.StatusReportH\x00\x12#\n\x07goodbye\x18\x04 \x01(\x0b\x32\x10.orch.v1.GoodbyeH\x00\x42\x05\n\x03msg\"\x1d\n\x07Goodbye\x12\x12\n\nrestarting\x18\x01 \x01(\x08\"\xa9\x03\n\x08Register\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12$\n\x08\x63\x61pacity\x18\x03 \x01(\x0b\x32\x12.orch.v1.Resources\x12\'\n\x0b\x61llocatable\x18\x04 \x01(\x0b\x32\x12.orch.v1.Resources\x12-\n\x06labels\x18\x05 \x03(\x0b\x32\x1d.orch.v1.Register.LabelsEntry\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x10\n\x08lease_id\x18\x07 \x01(\x03\x12\x17\n\x0fmetrics_address\x18\x08 \x01(\t\x12\x15\n\rhost_port_min\x18\t \x01(\r\x12\x15\n\rhost_port_max\x18\n \x01(\r\x12\x19\n\x11\x63ontainer_network\x18\x0b \x01(\x08\x12\x0e\n\x06subnet\x18\x0c \x01(\t\x12\x0f\n\x07node_ip\x18\r \x01(\t\x12+\n\rhost_networks\x18\x0e \x03(\x0b\x32\x14.orch.v1.HostNetwork\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"+\n\x0bHostNetwork\x12\x0c\n\x04\x63idr\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\"5\n\tHeartbeat\x12\x1b\n\x13observed_generation\x18\x01 \x01(\x03\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"T\n\x0eInstanceReport\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0b\x32\x17.orch.v1.InstanceStatus\"H\n\x0cStatusReport\x12*\n\tinstances\x18\x01 \x03(\x0b\x32\x17.orch.v1.InstanceReport\x12\x0c\n\x04\x66ull\x18\x02 \x01(\x08\"\x94\x02\n\x10SchedulerMessage\x12)\n\nregistered\x18\x01 \x01(\x0b\x32\x13.orch.v1.RegisteredH\x00\x12&\n\x07\x64\x65sired\x18\x02 \x01(\x0b\x32\x13.orch.v1.DesiredSetH\x00\x12*\n\x0bgoodbye_ack\x18\x03 \x01(\x0b\x32\x13.orch.v1.GoodbyeAckH\x00\x12\'\n\tendpoints\x18\n \x01(\x0b\x32\x12.orch.v1.EndpointsH\x00\x12.\n\rlease_renewed\x18\x04 \x01(\x0b\x32\x15.orch.v1.LeaseRenewedH\x00\x12!\n\x06routes\x18\x05 \x01(\x0b\x32\x0f.orch.v1.RoutesH\x00\x42\x05\n\x03msg\"E\n\x08\x45ndpoint\x12\x10\n\x08instance\x18\x01 \x01(\t\x12\n\n\x02ip\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\r\n\x05ready\x18\x04 \x01(\x08\"|\n\x0c\x41ppEndpoints\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x12\n\nservice_ip\x18\x02 \x01(\t\x12%\n\x07service\x18\x03 \x01(\x0b\x32\x14.orch.v1.ServicePort\x12$\n\tendpoints\x18\x04 \x03(\x0b\x32\x11.orch.v1.Endpoint\"F\n\tEndpoints\x12#\n\x04\x61pps\x18\x01 \x03(\x0b\x32\x15.orch.v1.AppEndpoints\x12\x14\n\x0cservice_cidr\x18\x02 \x01(\t\"0\n\x0cLeaseRenewed\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x05\"+\n\x06Routes\x12!\n\x05nodes\x18\x01 \x03(\x0b\x32\x12.orch.v1.NodeRoute\":\n\tNodeRoute\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0e\n\x06subnet\x18\x02 \x01(\t\x12\x0f\n\x07node_ip\x18\x03 \x01(\t\"M\n\nGoodbyeAck\x12.\n\nheld_until\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07hold_ms\x18\x02 \x01(\x03\"~\n\nRegistered\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\x12\x19\n\x11lease_ttl_seconds\x18\x02 \x01(\x05\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\x05\x12\x0e\n\x06subnet\x18\x04 \x01(\t\x12\x14\n\x0c\x63luster_cidr\x18\x05 \x01(\t\"\xd2\x01\n\nDesiredSet\x12\x12\n\ngeneration\x18\x01 \x01(\x03\x12$\n\tinstances\x18\x02 \x03(\x0b\x32\x11.orch.v1.Instance\x12\x12\n\ncluster_id\x18\x03 \x01(\x04\x12\x31\n\x07secrets\x18\x04 \x03(\x0b\x32 .orch.v1.DesiredSet.SecretsEntry\x1a\x43\n\x0cSecretsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.orch.v1.SecretData:\x02\x38\x01\x32\xa9\x01\n\tNodeAgent\x12\x31\n\x04Logs\x12\x14.orch.v1.LogsRequest\x1a\x11.orch.v1.LogEntry0\x01\x12\x34\n\x05Usage\x12\x15.orch.v1.UsageRequest\x1a\x14.orch.v1.UsageReport\x12\x33\n\x04\x45xec\x12\x12.orch.v1.ExecInput\x1a\x13.orch.v1.ExecOutput(\x01\x30\x01\x32O\n\x0c\x41gentSession\x12?\n\x07Session\x12\x15.orch.v1.AgentMessage\x1a\x19.orch.v1.SchedulerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13orch/v1/agent.proto\x12\x07orch.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12orch/v1/exec.proto\x1a\x13orch/v1/types.proto\"\xb3\x01\n\x0c\x41gentMessage\x12%\n\x08register\x18\x01 \x01(\x0b\x32\x11.orch.v1.RegisterH\x00\x12\'\n\theartbeat\x18\x02 \x01(\x0b\x32\x12.orch.v1.HeartbeatH\x00\x12\'\n\x06status\x18\x03 \x01(\x0b\x32\x15.orch.v1.StatusReportH\x00\x12#\n\x07goodbye\x18\x04 \x01(\x0b\x32\x10.orch.v1.GoodbyeH\x00\x42\x05\n\x03msg\"\x1d\n\x07Goodbye\x12\x12\n\nrestarting\x18\x01 \x01(\x08\"\xc5\x03\n\x08Register\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12$\n\x08\x63\x61pacity\x18\x03 \x01(\x0b\x32\x12.orch.v1.Resources\x12\'\n\x0b\x61llocatable\x18\x04 \x01(\x0b\x32\x12.orch.v1.Resources\x12-\n\x06labels\x18\x05 \x03(\x0b\x32\x1d.orch.v1.Register.LabelsEntry\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x10\n\x08lease_id\x18\x07 \x01(\x03\x12\x17\n\x0fmetrics_address\x18\x08 \x01(\t\x12\x15\n\rhost_port_min\x18\t \x01(\r\x12\x15\n\rhost_port_max\x18\n \x01(\r\x12\x19\n\x11\x63ontainer_network\x18\x0b \x01(\x08\x12\x0e\n\x06subnet\x18\x0c \x01(\t\x12\x0f\n\x07node_ip\x18\r \x01(\t\x12+\n\rhost_networks\x18\x0e \x03(\x0b\x32\x14.orch.v1.HostNetwork\x12\x1a\n\x12\x61llowed_host_paths\x18\x1e \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"+\n\x0bHostNetwork\x12\x0c\n\x04\x63idr\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\"5\n\tHeartbeat\x12\x1b\n\x13observed_generation\x18\x01 \x01(\x03\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"T\n\x0eInstanceReport\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0b\x32\x17.orch.v1.InstanceStatus\"H\n\x0cStatusReport\x12*\n\tinstances\x18\x01 \x03(\x0b\x32\x17.orch.v1.InstanceReport\x12\x0c\n\x04\x66ull\x18\x02 \x01(\x08\"\x94\x02\n\x10SchedulerMessage\x12)\n\nregistered\x18\x01 \x01(\x0b\x32\x13.orch.v1.RegisteredH\x00\x12&\n\x07\x64\x65sired\x18\x02 \x01(\x0b\x32\x13.orch.v1.DesiredSetH\x00\x12*\n\x0bgoodbye_ack\x18\x03 \x01(\x0b\x32\x13.orch.v1.GoodbyeAckH\x00\x12\'\n\tendpoints\x18\n \x01(\x0b\x32\x12.orch.v1.EndpointsH\x00\x12.\n\rlease_renewed\x18\x04 \x01(\x0b\x32\x15.orch.v1.LeaseRenewedH\x00\x12!\n\x06routes\x18\x05 \x01(\x0b\x32\x0f.orch.v1.RoutesH\x00\x42\x05\n\x03msg\"E\n\x08\x45ndpoint\x12\x10\n\x08instance\x18\x01 \x01(\t\x12\n\n\x02ip\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\r\n\x05ready\x18\x04 \x01(\x08\"|\n\x0c\x41ppEndpoints\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x12\n\nservice_ip\x18\x02 \x01(\t\x12%\n\x07service\x18\x03 \x01(\x0b\x32\x14.orch.v1.ServicePort\x12$\n\tendpoints\x18\x04 \x03(\x0b\x32\x11.orch.v1.Endpoint\"F\n\tEndpoints\x12#\n\x04\x61pps\x18\x01 \x03(\x0b\x32\x15.orch.v1.AppEndpoints\x12\x14\n\x0cservice_cidr\x18\x02 \x01(\t\"0\n\x0cLeaseRenewed\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x05\"+\n\x06Routes\x12!\n\x05nodes\x18\x01 \x03(\x0b\x32\x12.orch.v1.NodeRoute\":\n\tNodeRoute\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0e\n\x06subnet\x18\x02 \x01(\t\x12\x0f\n\x07node_ip\x18\x03 \x01(\t\"M\n\nGoodbyeAck\x12.\n\nheld_until\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07hold_ms\x18\x02 \x01(\x03\"~\n\nRegistered\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\x12\x19\n\x11lease_ttl_seconds\x18\x02 \x01(\x05\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\x05\x12\x0e\n\x06subnet\x18\x04 \x01(\t\x12\x14\n\x0c\x63luster_cidr\x18\x05 \x01(\t\"\xd2\x01\n\nDesiredSet\x12\x12\n\ngeneration\x18\x01 \x01(\x03\x12$\n\tinstances\x18\x02 \x03(\x0b\x32\x11.orch.v1.Instance\x12\x12\n\ncluster_id\x18\x03 \x01(\x04\x12\x31\n\x07secrets\x18\x04 \x03(\x0b\x32 .orch.v1.DesiredSet.SecretsEntry\x1a\x43\n\x0cSecretsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.orch.v1.SecretData:\x02\x38\x01\x32\xa9\x01\n\tNodeAgent\x12\x31\n\x04Logs\x12\x14.orch.v1.LogsRequest\x1a\x11.orch.v1.LogEntry0\x01\x12\x34\n\x05Usage\x12\x15.orch.v1.UsageRequest\x1a\x14.orch.v1.UsageReport\x12\x33\n\x04\x45xec\x12\x12.orch.v1.ExecInput\x1a\x13.orch.v1.ExecOutput(\x01\x30\x01\x32O\n\x0c\x41gentSession\x12?\n\x07Session\x12\x15.orch.v1.AgentMessage\x1a\x19.orch.v1.SchedulerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,41 +43,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GOODBYE']._serialized_start=288
   _globals['_GOODBYE']._serialized_end=317
   _globals['_REGISTER']._serialized_start=320
-  _globals['_REGISTER']._serialized_end=745
-  _globals['_REGISTER_LABELSENTRY']._serialized_start=700
-  _globals['_REGISTER_LABELSENTRY']._serialized_end=745
-  _globals['_HOSTNETWORK']._serialized_start=747
-  _globals['_HOSTNETWORK']._serialized_end=790
-  _globals['_HEARTBEAT']._serialized_start=792
-  _globals['_HEARTBEAT']._serialized_end=845
-  _globals['_INSTANCEREPORT']._serialized_start=847
-  _globals['_INSTANCEREPORT']._serialized_end=931
-  _globals['_STATUSREPORT']._serialized_start=933
-  _globals['_STATUSREPORT']._serialized_end=1005
-  _globals['_SCHEDULERMESSAGE']._serialized_start=1008
-  _globals['_SCHEDULERMESSAGE']._serialized_end=1284
-  _globals['_ENDPOINT']._serialized_start=1286
-  _globals['_ENDPOINT']._serialized_end=1355
-  _globals['_APPENDPOINTS']._serialized_start=1357
-  _globals['_APPENDPOINTS']._serialized_end=1481
-  _globals['_ENDPOINTS']._serialized_start=1483
-  _globals['_ENDPOINTS']._serialized_end=1553
-  _globals['_LEASERENEWED']._serialized_start=1555
-  _globals['_LEASERENEWED']._serialized_end=1603
-  _globals['_ROUTES']._serialized_start=1605
-  _globals['_ROUTES']._serialized_end=1648
-  _globals['_NODEROUTE']._serialized_start=1650
-  _globals['_NODEROUTE']._serialized_end=1708
-  _globals['_GOODBYEACK']._serialized_start=1710
-  _globals['_GOODBYEACK']._serialized_end=1787
-  _globals['_REGISTERED']._serialized_start=1789
-  _globals['_REGISTERED']._serialized_end=1915
-  _globals['_DESIREDSET']._serialized_start=1918
-  _globals['_DESIREDSET']._serialized_end=2128
-  _globals['_DESIREDSET_SECRETSENTRY']._serialized_start=2061
-  _globals['_DESIREDSET_SECRETSENTRY']._serialized_end=2128
-  _globals['_NODEAGENT']._serialized_start=2131
-  _globals['_NODEAGENT']._serialized_end=2300
-  _globals['_AGENTSESSION']._serialized_start=2302
-  _globals['_AGENTSESSION']._serialized_end=2381
+  _globals['_REGISTER']._serialized_end=773
+  _globals['_REGISTER_LABELSENTRY']._serialized_start=728
+  _globals['_REGISTER_LABELSENTRY']._serialized_end=773
+  _globals['_HOSTNETWORK']._serialized_start=775
+  _globals['_HOSTNETWORK']._serialized_end=818
+  _globals['_HEARTBEAT']._serialized_start=820
+  _globals['_HEARTBEAT']._serialized_end=873
+  _globals['_INSTANCEREPORT']._serialized_start=875
+  _globals['_INSTANCEREPORT']._serialized_end=959
+  _globals['_STATUSREPORT']._serialized_start=961
+  _globals['_STATUSREPORT']._serialized_end=1033
+  _globals['_SCHEDULERMESSAGE']._serialized_start=1036
+  _globals['_SCHEDULERMESSAGE']._serialized_end=1312
+  _globals['_ENDPOINT']._serialized_start=1314
+  _globals['_ENDPOINT']._serialized_end=1383
+  _globals['_APPENDPOINTS']._serialized_start=1385
+  _globals['_APPENDPOINTS']._serialized_end=1509
+  _globals['_ENDPOINTS']._serialized_start=1511
+  _globals['_ENDPOINTS']._serialized_end=1581
+  _globals['_LEASERENEWED']._serialized_start=1583
+  _globals['_LEASERENEWED']._serialized_end=1631
+  _globals['_ROUTES']._serialized_start=1633
+  _globals['_ROUTES']._serialized_end=1676
+  _globals['_NODEROUTE']._serialized_start=1678
+  _globals['_NODEROUTE']._serialized_end=1736
+  _globals['_GOODBYEACK']._serialized_start=1738
+  _globals['_GOODBYEACK']._serialized_end=1815
+  _globals['_REGISTERED']._serialized_start=1817
+  _globals['_REGISTERED']._serialized_end=1943
+  _globals['_DESIREDSET']._serialized_start=1946
+  _globals['_DESIREDSET']._serialized_end=2156
+  _globals['_DESIREDSET_SECRETSENTRY']._serialized_start=2089
+  _globals['_DESIREDSET_SECRETSENTRY']._serialized_end=2156
+  _globals['_NODEAGENT']._serialized_start=2159
+  _globals['_NODEAGENT']._serialized_end=2328
+  _globals['_AGENTSESSION']._serialized_start=2330
+  _globals['_AGENTSESSION']._serialized_end=2409
 # @@protoc_insertion_point(module_scope)

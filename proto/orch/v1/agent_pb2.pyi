@@ -120,6 +120,7 @@ class Register(_message.Message):
     SUBNET_FIELD_NUMBER: _builtins.int
     NODE_IP_FIELD_NUMBER: _builtins.int
     HOST_NETWORKS_FIELD_NUMBER: _builtins.int
+    ALLOWED_HOST_PATHS_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     address: _builtins.str
     version: _builtins.str
@@ -151,6 +152,12 @@ class Register(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def host_networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostNetwork]: ...
+    @_builtins.property
+    def allowed_host_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The directories hostPath volumes may use here (orch node --allow-host-path), so
+        placement avoids this node for others; the node re-checks before it mounts.
+        """
+
     def __init__(
         self,
         *,
@@ -168,10 +175,11 @@ class Register(_message.Message):
         subnet: _builtins.str = ...,
         node_ip: _builtins.str = ...,
         host_networks: _abc.Iterable[Global___HostNetwork] | None = ...,
+        allowed_host_paths: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["allocatable", b"allocatable", "capacity", b"capacity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allocatable", b"allocatable", "capacity", b"capacity", "container_network", b"container_network", "host_networks", b"host_networks", "host_port_max", b"host_port_max", "host_port_min", b"host_port_min", "labels", b"labels", "lease_id", b"lease_id", "metrics_address", b"metrics_address", "node", b"node", "node_ip", b"node_ip", "subnet", b"subnet", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allocatable", b"allocatable", "allowed_host_paths", b"allowed_host_paths", "capacity", b"capacity", "container_network", b"container_network", "host_networks", b"host_networks", "host_port_max", b"host_port_max", "host_port_min", b"host_port_min", "labels", b"labels", "lease_id", b"lease_id", "metrics_address", b"metrics_address", "node", b"node", "node_ip", b"node_ip", "subnet", b"subnet", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -442,6 +442,8 @@ class AppSpec(_message.Message):
     LIVENESS_FIELD_NUMBER: _builtins.int
     STARTUP_FIELD_NUMBER: _builtins.int
     PROGRESS_DEADLINE_MS_FIELD_NUMBER: _builtins.int
+    VOLUMES_FIELD_NUMBER: _builtins.int
+    VOLUME_MOUNTS_FIELD_NUMBER: _builtins.int
     SECRET_ENV_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     replicas: _builtins.int
@@ -520,6 +522,14 @@ class AppSpec(_message.Message):
         """
 
     @_builtins.property
+    def volumes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Volume]:
+        """Volumes of each instance and where its container mounts them (manifest
+        `volumes:` / `volumeMounts:`, spelled as Kubernetes does).
+        """
+
+    @_builtins.property
+    def volume_mounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___VolumeMount]: ...
+    @_builtins.property
     def secret_env(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecretEnvVar]:
         """Environment variables from secrets (manifest `env: [{name, valueFrom: {secretKeyRef}}]`);
         the values reach only the nodes that run the app, never a file on their disks.
@@ -556,15 +566,130 @@ class AppSpec(_message.Message):
         liveness: Global___Readiness | None = ...,
         startup: Global___Readiness | None = ...,
         progress_deadline_ms: _builtins.int = ...,
+        volumes: _abc.Iterable[Global___Volume] | None = ...,
+        volume_mounts: _abc.Iterable[Global___VolumeMount] | None = ...,
         secret_env: _abc.Iterable[Global___SecretEnvVar] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "liveness", b"liveness", "readiness", b"readiness", "resources", b"resources", "service", b"service", "startup", b"startup", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity", b"anti_affinity", "args", b"args", "capabilities", b"capabilities", "command", b"command", "env", b"env", "image", b"image", "init", b"init", "labels", b"labels", "liveness", b"liveness", "name", b"name", "node_selector", b"node_selector", "on_node_lost", b"on_node_lost", "placement", b"placement", "ports", b"ports", "progress_deadline_ms", b"progress_deadline_ms", "read_only_root_fs", b"read_only_root_fs", "readiness", b"readiness", "replicas", b"replicas", "resources", b"resources", "restart_policy", b"restart_policy", "seccomp", b"seccomp", "secret_env", b"secret_env", "service", b"service", "startup", b"startup", "stop_grace_period_ms", b"stop_grace_period_ms", "update", b"update", "user", b"user", "user_namespace", b"user_namespace", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity", b"anti_affinity", "args", b"args", "capabilities", b"capabilities", "command", b"command", "env", b"env", "image", b"image", "init", b"init", "labels", b"labels", "liveness", b"liveness", "name", b"name", "node_selector", b"node_selector", "on_node_lost", b"on_node_lost", "placement", b"placement", "ports", b"ports", "progress_deadline_ms", b"progress_deadline_ms", "read_only_root_fs", b"read_only_root_fs", "readiness", b"readiness", "replicas", b"replicas", "resources", b"resources", "restart_policy", b"restart_policy", "seccomp", b"seccomp", "secret_env", b"secret_env", "service", b"service", "startup", b"startup", "stop_grace_period_ms", b"stop_grace_period_ms", "update", b"update", "user", b"user", "user_namespace", b"user_namespace", "volume_mounts", b"volume_mounts", "volumes", b"volumes", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AppSpec: _TypeAlias = AppSpec  # noqa: Y015
+
+@_typing.final
+class Volume(_message.Message):
+    """One volume of an instance: exactly one source is set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    EMPTY_DIR_FIELD_NUMBER: _builtins.int
+    HOST_PATH_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """a DNS label, unique in the app"""
+    @_builtins.property
+    def empty_dir(self) -> Global___EmptyDirVolume: ...
+    @_builtins.property
+    def host_path(self) -> Global___HostPathVolume: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        empty_dir: Global___EmptyDirVolume | None = ...,
+        host_path: Global___HostPathVolume | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["empty_dir", b"empty_dir", "host_path", b"host_path", "source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["empty_dir", b"empty_dir", "host_path", b"host_path", "name", b"name", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["empty_dir", "host_path"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___Volume: _TypeAlias = Volume  # noqa: Y015
+
+@_typing.final
+class EmptyDirVolume(_message.Message):
+    """A directory made for each instance, kept across its container's restarts and
+    removed with the instance.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEDIUM_FIELD_NUMBER: _builtins.int
+    SIZE_LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    medium: _builtins.str
+    """"" (the node's disk) or "Memory" (a tmpfs)"""
+    size_limit_bytes: _builtins.int
+    """0: no limit"""
+    def __init__(
+        self,
+        *,
+        medium: _builtins.str = ...,
+        size_limit_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["medium", b"medium", "size_limit_bytes", b"size_limit_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmptyDirVolume: _TypeAlias = EmptyDirVolume  # noqa: Y015
+
+@_typing.final
+class HostPathVolume(_message.Message):
+    """A directory of the node, only under one the node allows (orch node --allow-host-path)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """absolute"""
+    type: _builtins.str
+    """"" or "Directory" (must exist) | "DirectoryOrCreate" """
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostPathVolume: _TypeAlias = HostPathVolume  # noqa: Y015
+
+@_typing.final
+class VolumeMount(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MOUNT_PATH_FIELD_NUMBER: _builtins.int
+    READ_ONLY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """a volume of the app"""
+    mount_path: _builtins.str
+    """absolute, in the container"""
+    read_only: _builtins.bool
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        mount_path: _builtins.str = ...,
+        read_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mount_path", b"mount_path", "name", b"name", "read_only", b"read_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VolumeMount: _TypeAlias = VolumeMount  # noqa: Y015
 
 @_typing.final
 class SecretEnvVar(_message.Message):
@@ -1071,6 +1196,7 @@ class Node(_message.Message):
     RESTARTING_UNTIL_FIELD_NUMBER: _builtins.int
     SUBNET_FIELD_NUMBER: _builtins.int
     NODE_IP_FIELD_NUMBER: _builtins.int
+    ALLOWED_HOST_PATHS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
     """the agent's metrics/log endpoint host:port"""
@@ -1113,6 +1239,12 @@ class Node(_message.Message):
         its lease lapsed. Cleared when the agent registers again.
         """
 
+    @_builtins.property
+    def allowed_host_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The directories hostPath volumes may use on this node (orch node
+        --allow-host-path), from its registration. Numbered from 30 for others' fields.
+        """
+
     def __init__(
         self,
         *,
@@ -1133,10 +1265,11 @@ class Node(_message.Message):
         restarting_until: _timestamp_pb2.Timestamp | None = ...,
         subnet: _builtins.str = ...,
         node_ip: _builtins.str = ...,
+        allowed_host_paths: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["allocatable", b"allocatable", "capacity", b"capacity", "drain_deadline", b"drain_deadline", "registered_at", b"registered_at", "restarting_until", b"restarting_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allocatable", b"allocatable", "capacity", b"capacity", "drain_deadline", b"drain_deadline", "draining", b"draining", "host_port_max", b"host_port_max", "host_port_min", b"host_port_min", "labels", b"labels", "lease_id", b"lease_id", "metrics_address", b"metrics_address", "name", b"name", "node_ip", b"node_ip", "registered_at", b"registered_at", "restarting_until", b"restarting_until", "subnet", b"subnet", "unschedulable", b"unschedulable", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allocatable", b"allocatable", "allowed_host_paths", b"allowed_host_paths", "capacity", b"capacity", "drain_deadline", b"drain_deadline", "draining", b"draining", "host_port_max", b"host_port_max", "host_port_min", b"host_port_min", "labels", b"labels", "lease_id", b"lease_id", "metrics_address", b"metrics_address", "name", b"name", "node_ip", b"node_ip", "registered_at", b"registered_at", "restarting_until", b"restarting_until", "subnet", b"subnet", "unschedulable", b"unschedulable", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
