@@ -11,6 +11,7 @@ from orch.v1 import types_pb2 as pb
 from scheduler.errors import Conflict, NotFound, Refused
 from scheduler.secrets import KeyRing, SecretsDisabled, SecretUnreadable, check_secret
 from scheduler.store import Delete, Put, Store
+from scheduler.timeutil import seconds
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def create(store: Store, keys: KeyRing | None, request: api.CreateSecretRequest)
     if existing is not None and not request.replace:
         raise Refused("AlreadyExists", f'secret "{request.name}" already exists (--replace to change its data)')
     now = time.time()
-    created = existing.value.created_at.ToNanoseconds() / 1e9 if existing is not None else None
+    created = seconds(existing.value.created_at) if existing is not None else None
     secret = keys.seal(request.name, request.data, now, created)
     store.commit([Put(key, secret, existing.mod_revision if existing is not None else 0)])
     return info(secret, _apps(store))

@@ -295,10 +295,18 @@ class Store:
         return None if msg is None else Versioned(msg, meta.mod_revision)
 
     def _read(
-        self, prefix: str, start: bytes, limit: int, revision: int, descending: bool = False, what: str = ""
+        self,
+        prefix: str,
+        start: bytes,
+        limit: int,
+        revision: int,
+        descending: bool = False,
+        what: str = "",
+        end: bytes = b"",
     ) -> Any:
-        """One page of prefix's keys from start on (a RangeResponse); `what` names it in errors."""
-        end = etcd3.utils.prefix_range_end(etcd3.utils.to_bytes(prefix))
+        """One page of prefix's keys in [start, end) (a RangeResponse; end defaults to the
+        prefix's end); `what` names it in errors."""
+        end = end or etcd3.utils.prefix_range_end(etcd3.utils.to_bytes(prefix))
         page = self._failover.range_page
         return self._call(what or f"list {prefix}", lambda _: page(start, end, limit, revision, descending))
 
@@ -324,12 +332,8 @@ class Store:
         end = etcd3.utils.prefix_range_end(start)
         found: list[Versioned[M]] = []
         revision = 0
-        page = self._failover.range_page
         while len(found) < n:
-            resp = self._call(
-                f"list {prefix}",
-                lambda _, e=end, r=revision: page(start, e, self._page, r, True),  # type: ignore[misc]
-            )
+            resp = self._read(prefix, start, self._page, revision, descending=True, end=end)
             for kv in resp.kvs:
                 msg = decode(cls, kv.value, kv.key.decode())
                 if msg is not None and keep(msg):

@@ -79,7 +79,7 @@ MNT_DETACH = 2
 # glibc has no wrapper (the new mount API's calls: mountapi.py).
 _SYSCALLS = {"x86_64": {"pivot_root": 155}, "aarch64": {"pivot_root": 41}}
 # Signals: glibc refuses to touch its own (32 and 33), so these go around it.
-_SIGNAL_SYSCALLS = {"x86_64": (13, 14), "aarch64": (134, 135)}  # rt_sigaction, rt_sigprocmask
+SIGNAL_SYSCALLS = {"x86_64": (13, 14), "aarch64": (134, 135)}  # rt_sigaction, rt_sigprocmask
 _NSIG = 64
 
 PR_SET_DUMPABLE = 4
@@ -151,7 +151,7 @@ def default_signals() -> None:
     a test run), which no signal.signal() can undo: raw rt_sigaction can. Best effort: a custom
     seccomp profile may refuse it, and the command then inherits what it inherits anyway."""
     libc = _libc()
-    sigaction, sigprocmask = _SIGNAL_SYSCALLS[os.uname().machine]
+    sigaction, sigprocmask = SIGNAL_SYSCALLS[os.uname().machine]
     default = ctypes.create_string_buffer(32)  # a zeroed kernel struct sigaction: SIG_DFL, no flags
     for sig in range(1, _NSIG + 1):
         if sig not in (signal.SIGKILL, signal.SIGSTOP):
