@@ -9,9 +9,9 @@ the key is gone) the pass stops and writes nothing more.
 
 Each pass also hands reconcile() what liveness needs beyond the snapshot
 (`Liveness`): the end of the grace after this scheduler took the lead or got
-etcd back (`reconnect_grace`), the nodes seen Ready since (in a snapshot
-read once leases that lapsed meanwhile are surely gone), and which nodes
-beat on this scheduler. When
+etcd back (`reconnect_grace`), the nodes seen back since (Ready in a snapshot
+read once leases that lapsed meanwhile are surely gone; after an etcd outage,
+with a lease key written since), and which nodes beat on this scheduler. When
 a hold starts (instances of NotReady nodes kept, liveness.py), it says why
 once: an event per node, a log line and the orch_scheduler_evictions_held
 gauge.
@@ -142,6 +142,22 @@ def plan_writes(plan: Plan, placed: list[pb.Instance], snap: ClusterSnapshot, st
     return writes
 
 
+def landed(events: list[pb.Event], refused: list[Write]) -> list[pb.Event]:
+    """The events whose writes took effect: "replacing" must not be said of an instance
+    that a race kept from being marked Lost (the next pass decides again and says it then)."""
+    if not refused:
+        return events
+    lost: set[tuple[str, str]] = set()
+    for w in refused:
+        if isinstance(w, Delete):
+            lost.add(("Instance", w.key.rsplit("/", 1)[-1]))
+        elif isinstance(w.value, pb.Instance):
+            lost.add(("Instance", w.value.name))
+        elif isinstance(w.value, pb.App):
+            lost.add(("App", w.value.spec.name))
+    return [e for e in events if (e.kind, e.object) not in lost]
+
+
 class Reconciler:
     def __init__(
         self,
@@ -165,6 +181,8 @@ class Reconciler:
         self._led: Fence | None = None
         self._lead_since = 0.0
         self._grace_since = 0.0
+        self._grace_revision = 0  # of the first snapshot read once the grace began (0: none yet)
+        self._after_outage = False  # the grace follows an etcd outage: a lease key is no evidence
         self._recovered: set[str] = set()  # nodes seen Ready since the grace began
         self._held: dict[str, str] = {}  # node -> hold reason, to say it once
         self._wakeup: asyncio.TimerHandle | None = None
@@ -192,13 +210,24 @@ class Reconciler:
             starts.append((contact.back_at, f"etcd answered again after {contact.outage:.1f}s"))
         since, why = max(starts)
         if since != self._grace_since:
-            self._grace_since, self._recovered = since, set()
+            self._grace_since, self._grace_revision, self._recovered = since, 0, set()
+        # etcd's new leader extends every lease by a TTL and an election timeout, so for a while
+        # after an outage a lease key outlives an agent that is not there any more.
+        self._after_outage = contact.in_outage() or now < contact.back_at + self.grace
         beating, silent = self._heartbeats()
         return Liveness(since + self.grace, why, beating, silent)
 
     def _seen(self, live: Liveness, snap: ClusterSnapshot, read_at: float) -> Liveness:
-        """Note the nodes Ready in a snapshot read long enough after the grace began."""
-        if read_at >= self._grace_since + self._settle:
+        """Note the nodes that showed they are back: after a leadership change, Ready in a
+        snapshot read once the old leases had time to lapse; after an etcd outage, Ready with
+        a lease key written since the grace began (the agent registered or renewed)."""
+        if read_at >= self._grace_since and not self._grace_revision:
+            self._grace_revision = snap.revision
+        if self._after_outage:
+            since = self._grace_revision
+            if since:
+                self._recovered |= {n for n in snap.live_nodes if snap.lease_revisions.get(n, 0) > since}
+        elif read_at >= self._grace_since + self._settle:
             self._recovered |= snap.live_nodes
         return replace(live, recovered=frozenset(self._recovered))
 
@@ -225,7 +254,7 @@ class Reconciler:
             return PassResult(snap.revision, 0, 0, 0, 0, plan.hold, plan.recheck_at)
         revision, refused = self._store.commit_partial(writes, fence)
         if len(refused) < len(writes):
-            self._record(plan.events)
+            self._record(landed(plan.events, refused))
         self.last_pass_at = time.monotonic()
         log.debug(
             "pass: snapshot %.3fs (%d instances), plan %.3fs, commit %.3fs, %d of %d writes lost a race",

@@ -33,6 +33,8 @@ class ClusterSnapshot:
     nodes: Mapping[str, Versioned[pb.Node]]
     live_nodes: frozenset[str]  # nodes whose lease key exists
     cluster_id: int = 0  # etcd's: revisions are only comparable within one etcd cluster
+    # node -> the revision its lease key was last written at: a (re-)registration or a renewal
+    lease_revisions: Mapping[str, int] = field(default_factory=dict)
     _by_app: dict[str, list[Versioned[pb.Instance]]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -245,7 +245,7 @@ class Store:
         apps: dict[str, Versioned[pb.App]] = {}
         instances: dict[str, Versioned[pb.Instance]] = {}
         nodes: dict[str, Versioned[pb.Node]] = {}
-        live: set[str] = set()
+        live: dict[str, int] = {}
         revision, cluster_id = 0, 0
         plen = len(self.keys.prefix)
         for kind in SNAPSHOT_KINDS:
@@ -265,7 +265,7 @@ class Store:
                         if node := decode(pb.Node, kv.value, key):
                             nodes[rest] = Versioned(node, kv.mod_revision)
                     else:
-                        live.add(rest)
+                        live[rest] = kv.mod_revision
         return ClusterSnapshot(
             revision=revision,
             apps=apps,
@@ -273,6 +273,7 @@ class Store:
             nodes=nodes,
             live_nodes=frozenset(live),
             cluster_id=cluster_id,
+            lease_revisions=live,
         )
 
     def _pages(self, prefix: str, revision: int = 0, what: str = "") -> Iterator[Any]:
