@@ -86,13 +86,14 @@ _NETWORK = (  # (name, help, the counter of the container's eth0)
     ("transmit_bytes", "Bytes the instance sent from its eth0.", "tx_bytes"),
     ("receive_packets", "Packets the instance received on its eth0.", "rx_packets"),
     ("transmit_packets", "Packets the instance sent from its eth0.", "tx_packets"),
-    ("receive_packets_dropped", "Packets for the instance its veth could not deliver.", "rx_dropped"),
+    ("receive_packets_dropped", "Packets for the instance its veth could not hand over.", "rx_dropped"),
+    ("transmit_packets_dropped", "Packets from the instance its veth could not take.", "tx_dropped"),
 )
 
 
 class InstanceNetwork(Collector):
     """Per-instance traffic from the veths' host ends: one read of /proc/net/dev per scrape
-    (node/network/counters.py says why that end, and why no transmit drops)."""
+    (node/network/counters.py says why that end, and what the drops count)."""
 
     def __init__(
         self, running: Running, veth_of: VethOf, read: Callable[[], dict[str, LinkCounters]] = read_link_counters

@@ -11,11 +11,12 @@ veth's tx counters count what it handed to its peer, and its rx counters are its
 tx (veth_get_stats64). So what the container *receives* is the host end's *transmit*,
 and the other way round; `container_view` makes that swap in this one place.
 
-Drops are the exception. The host end's tx_dropped counts frames it could not hand to
-the container (its eth0 down, its backlog full): receive drops the container's own eth0
-never counts, so they are exported. Frames the container could not hand to the host end
-are counted on the container's eth0 only, so transmit drops are not exported. A veth
-counts no errors.
+Drops mirror too: a frame one end could not hand to the other (the receiving side's
+backlog full, or the frame too big for it) counts as tx_dropped on the sending end and
+rx_dropped on the receiving one (veth_xmit; __dev_forward_skb, enqueue_to_backlog). What
+the host end cannot show is what the container's own stack dropped after taking a frame
+(more rx_dropped on its eth0, which cAdvisor, reading inside, counts). A veth counts no
+errors.
 """
 
 from __future__ import annotations
@@ -73,12 +74,12 @@ def read_link_counters(path: Path = NET_DEV) -> dict[str, LinkCounters]:
 
 
 def container_view(host_end: LinkCounters) -> LinkCounters:
-    """The counters of the container's eth0, from its veth's host end (module docstring).
-    tx_dropped is 0: the container's transmit drops are not visible from the host end."""
+    """The counters of the container's eth0, from its veth's host end (module docstring)."""
     return LinkCounters(
         rx_bytes=host_end.tx_bytes,
         rx_packets=host_end.tx_packets,
         rx_dropped=host_end.tx_dropped,
         tx_bytes=host_end.rx_bytes,
         tx_packets=host_end.rx_packets,
+        tx_dropped=host_end.rx_dropped,
     )

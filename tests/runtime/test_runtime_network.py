@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -114,6 +115,7 @@ def scrape_network(metrics: NodeMetrics, labels: dict[str, str]) -> LinkCounters
         rx_dropped=v[f"{prefix}_receive_packets_dropped_total"],
         tx_bytes=v[f"{prefix}_transmit_bytes_total"],
         tx_packets=v[f"{prefix}_transmit_packets_total"],
+        tx_dropped=v[f"{prefix}_transmit_packets_dropped_total"],
     )
 
 
@@ -170,3 +172,27 @@ def test_instance_traffic_counts_what_crossed_its_veth_each_way(
         finally:
             runtime.stop("netio", 0)
             bridge.detach("netio")
+
+
+def test_frames_the_veth_cannot_hand_to_the_instance_count_as_its_receive_drops(
+    runtime: Runtime, make_config: MakeConfig, bridge: NodeNetwork
+) -> None:
+    """Frames too big for the container's eth0 (its MTU lowered to 1000 from inside) are
+    dropped at the handover: they count as the instance's receive drops, as its own eth0
+    counts them, and not as transmit drops."""
+    state = runtime.start(make_config("drops", "sleep", "1000"), on_netns=lambda pid: bridge.attach("drops", pid).ip)
+    assert state.pid is not None
+    pid = state.pid
+    try:
+        subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "link", "set", "eth0", "mtu", "1000"], check=True)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            for _ in range(3):  # 1400 bytes fit the bridge (1500), not the container's eth0
+                udp.sendto(b"\0" * 1400, (bridge.addresses()["drops"], 9))
+        metrics = NodeMetrics("test")
+        metrics.watch_network(lambda: [("drops", "drops-app")], bridge.veth_name)
+        seen = scrape_network(metrics, {"instance_name": "drops", "app": "drops-app"})
+        assert seen.rx_dropped >= 3 and seen.tx_dropped == 0, seen
+        assert eth0_inside(pid).rx_dropped >= 3
+    finally:
+        runtime.stop("drops", 0)
+        bridge.detach("drops")

@@ -51,6 +51,16 @@ def test_net_dev_parses_every_link_and_skips_the_headers() -> None:
     assert parse_net_dev("garbage\nx: 1 2 3\n") == {}
 
 
+SERIES = (
+    "receive_bytes",
+    "transmit_bytes",
+    "receive_packets",
+    "transmit_packets",
+    "receive_packets_dropped",
+    "transmit_packets_dropped",
+)
+
+
 def network_metrics(running: list[tuple[str, str]], veths: dict[str, str] | None) -> dict[tuple[str, str], float]:
     m = NodeMetrics("1.2.3")
     m.registry.register(
@@ -68,18 +78,18 @@ def network_metrics(running: list[tuple[str, str]], veths: dict[str, str] | None
 
 
 def test_an_instance_receives_what_its_veths_host_end_transmits() -> None:
-    # The host end's tx is the container's rx (veths are mirrors); its tx_dropped, frames
-    # that could not be handed to the container, are the container's receive drops.
+    # The host end's tx is the container's rx (veths are mirrors); drops too: its tx_dropped,
+    # frames it could not hand to the container, are the container's receive drops.
     got = network_metrics([("web-1", "web"), ("web-2", "web")], {"web-1": "ov0123456789", "web-2": "ovffffffffff"})
     assert got[("orch_node_instance_network_receive_bytes_total", "web-1")] == 50000
     assert got[("orch_node_instance_network_transmit_bytes_total", "web-1")] == 1000
     assert got[("orch_node_instance_network_receive_packets_total", "web-1")] == 40
     assert got[("orch_node_instance_network_transmit_packets_total", "web-1")] == 10
     assert got[("orch_node_instance_network_receive_packets_dropped_total", "web-1")] == 7
+    assert got[("orch_node_instance_network_transmit_packets_dropped_total", "web-1")] == 2
     # A running instance whose veth is not there keeps its series, at 0.
     assert {k: v for k, v in got.items() if k[1] == "web-2"} == {
-        (f"orch_node_instance_network_{n}_total", "web-2"): 0.0
-        for n in ("receive_bytes", "transmit_bytes", "receive_packets", "transmit_packets", "receive_packets_dropped")
+        (f"orch_node_instance_network_{n}_total", "web-2"): 0.0 for n in SERIES
     }
 
 
