@@ -190,9 +190,13 @@ def test_frames_the_veth_cannot_hand_to_the_instance_count_as_its_receive_drops(
                 udp.sendto(b"\0" * 1400, (bridge.addresses()["drops"], 9))
         metrics = NodeMetrics("test")
         metrics.watch_network(lambda: [("drops", "drops-app")], bridge.veth_name)
-        seen = scrape_network(metrics, {"instance_name": "drops", "app": "drops-app"})
-        assert seen.rx_dropped >= 3 and seen.tx_dropped == 0, seen
-        assert eth0_inside(pid).rx_dropped >= 3
+
+        def seen() -> LinkCounters:
+            return scrape_network(metrics, {"instance_name": "drops", "app": "drops-app"})
+
+        # Sent is not yet delivered (the first frames wait for the container's ARP answer).
+        assert wait_until(lambda: seen().rx_dropped >= 3), seen()
+        assert seen().tx_dropped == 0 and eth0_inside(pid).rx_dropped >= 3, (seen(), eth0_inside(pid))
     finally:
         runtime.stop("drops", 0)
         bridge.detach("drops")
