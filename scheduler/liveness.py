@@ -14,7 +14,10 @@ A node is
   answers again after an outage (`Liveness.evict_from`): agents first get a
   lease period plus their reconnect backoff to re-register. A node seen
   Ready again since then (`Liveness.recovered`) had its chance: if it goes
-  NotReady now, that is a failure like any other;
+  NotReady now, that is a failure like any other. So has a node whose open
+  session here stays quiet for a lease after the grace began
+  (`Liveness.quiet`): its agent stopped beating while this scheduler and
+  etcd worked (a host cut off just as etcd's keep-alives stalled);
 - *its scheduler went away* (`EvictionDelayed` too, `Liveness.away`): the
   node's lease lapsed together with the presence of the scheduler its agent
   was on (scheduler/presence.py): the agent gets the same grace to move to
@@ -92,6 +95,9 @@ class Liveness:
     beating: frozenset[str] = frozenset()  # nodes whose agent beats on this scheduler now
     silent: frozenset[str] = frozenset()  # nodes with a session here whose heartbeats are overdue
     recovered: frozenset[str] = frozenset()  # nodes seen Ready (for good) since the grace began
+    # nodes whose session here has been silent since a lease after the grace began: their agent
+    # stopped beating while this scheduler and etcd worked, so the grace is not for them
+    quiet: frozenset[str] = frozenset()
     # NotReady nodes held for their scheduler: node -> (until when, why): it went away, or may yet
     away: Mapping[str, tuple[float, str]] = field(default_factory=dict)
 
@@ -117,7 +123,11 @@ def evictions(snap: ClusterSnapshot, now: float, live: Liveness, max_not_ready: 
     recheck = _next_change(snap, busy, now, live)
     if not dead:
         return Evictions(frozenset(), None, recheck)
-    graced = [n for n in dead if (now < live.evict_from and n not in live.recovered) or now < _away_until(live, n)]
+    graced = [
+        n
+        for n in dead
+        if (now < live.evict_from and n not in live.recovered and n not in live.quiet) or now < _away_until(live, n)
+    ]
     if graced == dead:  # the control plane just came back: nobody had a chance to re-register yet
         return Evictions(frozenset(), _grace_hold(graced, now, live), recheck)
     counted = {n for n, s in states.items() if s is NodeState.READY} | busy

@@ -185,6 +185,7 @@ class Reconciler:
         identity: this scheduler's, as named on the lease keys its sessions keep alive."""
         self._identity = identity
         self._confirm = holder_confirm(lease_ttl)
+        self._quiet_after = lease_ttl
         self._holder: dict[str, str] = {}  # node -> the scheduler last seen keeping its lease
         self._lapsed: dict[str, float] = {}  # node on another scheduler -> when first seen NotReady
         self._gone: dict[str, float] = {}  # scheduler -> when its presence was first seen gone
@@ -230,7 +231,10 @@ class Reconciler:
         # after an outage a lease key outlives an agent that is not there any more.
         self._after_outage = contact.in_outage() or now < contact.back_at + self.grace
         beating, silent = self._heartbeats()
-        return Liveness(since + self.grace, why, beating, silent)
+        # A session here that stays quiet for a lease after the grace began (after this process
+        # or etcd came back) lost its agent, whatever etcd did: no grace for that node.
+        quiet = silent if now >= since + self._quiet_after else frozenset()
+        return Liveness(since + self.grace, why, beating, silent, quiet=quiet)
 
     def _seen(self, live: Liveness, snap: ClusterSnapshot, read_at: float) -> Liveness:
         """Note the nodes that showed they are back: after a leadership change, Ready in a

@@ -439,3 +439,41 @@ def test_evictions_hold_a_node_away_with_its_schedulers_reason():
     assert "scheduler s2" in held.hold.message and "3.0s" in held.hold.message
     assert held.recheck_at == NOW + 3
     assert evictions(snap, NOW + 3, live).nodes == {"c"}
+
+
+def test_a_session_quiet_for_a_lease_after_the_grace_began_gets_no_grace():
+    """A host cut off just as etcd's keep-alives stalled: the grace after etcd came back is not
+    for the node whose open session here went quiet (its agent stopped beating), once this
+    scheduler has run for a lease since."""
+    from scheduler.reconciler_loop import Reconciler
+    from scheduler.store import Fence
+
+    clock = [100.0]
+    store = LoopStore(lambda: clock[0])
+    quiet: set[str] = set()
+    loop = Reconciler(
+        store,  # type: ignore[arg-type]
+        NoEvents(),  # type: ignore[arg-type]
+        clock=lambda: clock[0],
+        lease_ttl=1,
+        heartbeats=lambda: (frozenset({"a", "b", "c"} - quiet), frozenset(quiet)),
+    )
+    app = make_app(make_spec(replicas=3))
+    insts = [make_instance(app, f"web-{n}", n) for n in "abc"]
+    nodes = [make_node(n) for n in "abc"]
+    fence = Fence("/orch/leader", 7, "s1")
+
+    def lost(at: float, live: set[str]) -> set[str]:
+        clock[0] = at
+        store.snap = make_snapshot([app], nodes, insts, live=live)
+        result = loop.run_once(fence, loop.liveness(fence))
+        writes = store.commits.pop() if result.writes else []
+        return {w.value.node for w in writes if w.value.status.reason == "NodeLost"}
+
+    assert lost(100.0, {"a", "b", "c"}) == set()
+    clock[0] = 120.0
+    store.contact.failed(ago=0.6)
+    store.contact.ok()  # keep-alives stalled 0.6 s (their member was cut off with c's host)
+    quiet.add("c")  # c's session here is open but quiet
+    assert lost(120.2, {"a", "b"}) == set()  # too soon after the stall to tell
+    assert lost(121.0, {"a", "b"}) == {"c"}  # a lease since: c's agent is gone, not etcd
