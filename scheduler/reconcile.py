@@ -205,16 +205,8 @@ def _mark_lost(v: Versioned[pb.Instance], now: float, plan: Plan) -> None:
     inst.status.ready = False
     inst.updated_at.CopyFrom(ts(now))
     plan.update.append((inst, v.mod_revision))
-    plan.events.append(
-        event(
-            now,
-            "Instance",
-            inst.name,
-            "InstanceLost",
-            f"node {inst.node} is not ready; replacing",
-            warning=True,
-        )
-    )
+    # The same words as its status and its replacement's `replaces` (moves.py).
+    plan.events.append(event(now, "Instance", inst.name, "InstanceLost", f"{inst.status.message}; replacing", True))
 
 
 def _stop(victims: Iterable[Versioned[pb.Instance]], reason: str, message: str, now: float, plan: Plan) -> None:

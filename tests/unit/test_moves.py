@@ -37,6 +37,8 @@ def test_a_replacement_of_an_instance_on_a_lost_node_names_it_and_the_loss() -> 
     assert seconds(new.replaces.at) == NOW
     [(lost, _)] = plan.update  # the same words as the lost one's own status
     assert (lost.status.reason, lost.status.message) == (new.replaces.reason, new.replaces.message)
+    told = [e.message for e in plan.events if e.reason == "InstanceLost"]
+    assert told == ['node "b" stopped answering; replacing']
 
 
 def test_a_drain_replacement_names_the_instance_on_the_draining_node() -> None:
