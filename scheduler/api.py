@@ -96,7 +96,7 @@ def plan_lines(plan: DrainPlan) -> list[str]:
     if not plan.steps and not plan.remaining:
         return [*lines, "  nothing to move"]
     for k, step in enumerate(plan.steps, 1):
-        moves = [f"start a replacement of {app} on {node}" for app, node in step.started]
+        moves = [f"start a replacement of {what} on {node}" for what, node in step.started]
         moves += [f"stop {name}" for name in step.stopped]
         lines.append(f"  step {k}: " + "; ".join(moves))
     for why in plan.blocked:

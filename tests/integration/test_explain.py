@@ -96,7 +96,7 @@ def test_drain_dry_run_prints_the_plan_and_changes_nothing(cluster: str, tmp_pat
     r = orch(cluster, "drain", "n0", "--dry-run")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("node/n0: drain plan (dry run; nothing changes)")
-    assert "  step 1: start a replacement of mobile on n" in r.stdout
+    assert f"  step 1: start a replacement of {on_n0} on n" in r.stdout  # the one it stands in for
     assert f"  step 2: stop {on_n0}" in r.stdout
     assert "blocked: pinned: 0/3 nodes available: 2 node(s) didn't match node selector, 1 node(s) cordoned" in r.stdout
     assert "left at the deadline (then stopped without a replacement): pinned-" in r.stdout
