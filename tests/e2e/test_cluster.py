@@ -95,6 +95,7 @@ def test_spread_replace_fence_and_delete(cluster, busybox_rootfs, record_propert
     record_property("node_kill_to_replaced_s", round(time.monotonic() - killed_at, 2))
     lost = [i for i in instances(info) if i["state"] == "Lost"]
     assert len(lost) == 2 and {i["node"] for i in lost} == {"node-1"}
+    explains_the_move(info, lost[0]["name"], 'NodeLost: node "node-1" stopped answering')
 
     # The node comes back: its old instances are no longer desired there, so
     # it stops them (fencing): never more than replicas + maxSurge run.
@@ -116,6 +117,36 @@ def test_spread_replace_fence_and_delete(cluster, busybox_rootfs, record_propert
     # Later tests in this module must not place work on the node we just stopped (SIGTERM:
     # Restarting for the restart grace, then NotReady).
     wait_for(node1_not_ready, 10, "node-1 no longer Ready")
+
+
+def explains_the_move(info, old: str, why: str) -> None:
+    """`orch explain` of old's replacement names old and why it left, and of old (while its record
+    stays) names the replacement."""
+    [new] = [i["name"] for i in instances(info) if (i["replaces"] or {}).get("instance") == old]
+    assert f"\nreplaces {old}: {why} (at " in orch(info, "explain", new).stdout
+    assert json.loads(orch(info, "explain", new, "-o", "json").stdout)["replaces"]["instance"] == old
+    if old in {i["name"] for i in instances(info)}:
+        assert f"\nreplaced by {new}\n" in orch(info, "explain", old).stdout
+
+
+def test_explain_says_what_a_drain_moved_and_why(cluster, busybox_rootfs):
+    # node-1 is down since the first test: the two replicas spread over node-0 and node-2.
+    info = cluster
+    manifest = APP.replace("{name: web}", "{name: moved}").replace("replicas: 6", "replicas: 2")
+    assert orch(info, "apply", "-", stdin=manifest % busybox_rootfs).returncode == 0
+
+    def mine() -> list[dict]:
+        return [i for i in instances(info) if i["app"] == "moved"]
+
+    old = wait_for(lambda: [i for i in mine() if i["state"] == "Running"][1:], 30, "2 Running")[0]
+    try:
+        r = orch(info, "drain", old["node"], "--timeout", "60s", timeout=90)
+        assert r.returncode == 0, r.stderr
+        explains_the_move(info, old["name"], f"Drained: node {old['node']} is draining")
+    finally:
+        assert orch(info, "uncordon", old["node"]).returncode == 0
+    assert orch(info, "delete", "app", "moved").returncode == 0
+    wait_for(lambda: not mine(), 30, "moved gone")
 
 
 def test_bad_manifest_names_file_line_and_field_and_applies_nothing(cluster, tmp_path):

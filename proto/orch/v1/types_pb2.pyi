@@ -1096,6 +1096,42 @@ class Instance(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class Move(_message.Message):
+        """Set on a replacement when it is created (scheduler/moves.py): the instance it
+        stands in for and why that one left, as its status said then. Empty for first
+        creations and scale-ups. Numbered from 20 for others' fields.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        INSTANCE_FIELD_NUMBER: _builtins.int
+        NODE_FIELD_NUMBER: _builtins.int
+        REASON_FIELD_NUMBER: _builtins.int
+        MESSAGE_FIELD_NUMBER: _builtins.int
+        AT_FIELD_NUMBER: _builtins.int
+        instance: _builtins.str
+        node: _builtins.str
+        reason: _builtins.str
+        """NodeLost, Drained, CrashLoop, AgentError, Fenced, Replaced"""
+        message: _builtins.str
+        @_builtins.property
+        def at(self) -> _timestamp_pb2.Timestamp: ...
+        def __init__(
+            self,
+            *,
+            instance: _builtins.str = ...,
+            node: _builtins.str = ...,
+            reason: _builtins.str = ...,
+            message: _builtins.str = ...,
+            at: _timestamp_pb2.Timestamp | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "instance", b"instance", "message", b"message", "node", b"node", "reason", b"reason"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     APP_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
@@ -1106,6 +1142,7 @@ class Instance(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     AVOID_NODES_FIELD_NUMBER: _builtins.int
+    REPLACES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """<app>-<suffix>"""
     app: _builtins.str
@@ -1129,6 +1166,8 @@ class Instance(_message.Message):
         prefers other nodes (a reschedule penalty, not a hard filter).
         """
 
+    @_builtins.property
+    def replaces(self) -> Global___Instance.Move: ...
     def __init__(
         self,
         *,
@@ -1142,10 +1181,11 @@ class Instance(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         avoid_nodes: _abc.Iterable[_builtins.str] | None = ...,
+        replaces: Global___Instance.Move | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "spec", b"spec", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "replaces", b"replaces", "spec", b"spec", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "app_generation", b"app_generation", "avoid_nodes", b"avoid_nodes", "created_at", b"created_at", "desired", b"desired", "name", b"name", "node", b"node", "spec", b"spec", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "app_generation", b"app_generation", "avoid_nodes", b"avoid_nodes", "created_at", b"created_at", "desired", b"desired", "name", b"name", "node", b"node", "replaces", b"replaces", "spec", b"spec", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
