@@ -94,7 +94,8 @@ def open_in_root(root: str, path: str) -> tuple[int, str]:
         top, found = path_of(root_fd), path_of(fd)
     finally:
         os.close(root_fd)
-    inside = "/" if found == top else found.removeprefix(top) if found.startswith(top + "/") else ""
+    base = top.rstrip("/")  # "/" itself: after pivot_root (secret volumes)
+    inside = "/" if found == top else found.removeprefix(base) if found.startswith(base + "/") else ""
     if not inside:  # cannot happen with RESOLVE_IN_ROOT; refuse rather than trust it
         os.close(fd)
         raise OSError(errno.EXDEV, f"{path} resolves to {found}, outside {top}")
