@@ -41,6 +41,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
+    if "\0" in path:  # C would read it as the path's end
+        raise OSError(errno.EINVAL, "a NUL byte in the path", path)
     how = _OpenHow(flags, 0, resolve)
     nr = _SYS_OPENAT2[platform.machine()]
     fd = int(_libc.syscall(nr, dirfd, os.fsencode(path), ctypes.byref(how), ctypes.sizeof(how)))

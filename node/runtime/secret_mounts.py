@@ -28,7 +28,7 @@ from typing import Any
 
 from node.runtime import mountapi
 from node.runtime import sys as sc
-from node.runtime.beneath import RESOLVE_BENEATH, openat2
+from node.runtime.beneath import RESOLVE_BENEATH, open_dir, openat2
 from node.runtime.init import InitPlan, Step, open_mount_point
 from node.runtime.model import SecretFile, SecretMount
 from orch.secretrefs import file_mode_problem, item_path_problem
@@ -128,13 +128,17 @@ def _mount_one(s: sc.Syscalls, mount: SecretMount, owner: tuple[int, int]) -> No
 
 
 def _write(tree: int, f: SecretFile, owner: tuple[int, int]) -> None:
-    """One file beneath the detached tmpfs: its directories 0755, itself f.mode, all owner's."""
+    """One file beneath the detached tmpfs: its directories 0755, itself f.mode, all owner's.
+    Every step is resolved beneath the tmpfs: a path that slipped past check_files stays in it."""
     parts = f.path.split("/")
-    for i in range(1, len(parts)):
-        sub = "/".join(parts[:i])
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(sub, 0o755, dir_fd=tree)
-            os.chown(sub, *owner, dir_fd=tree, follow_symlinks=False)
+    for i, part in enumerate(parts[:-1]):
+        dir_fd = open_dir(tree, "/".join(parts[:i]), RESOLVE_BENEATH)
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=dir_fd)
+                os.chown(part, *owner, dir_fd=dir_fd, follow_symlinks=False)
+        finally:
+            os.close(dir_fd)
     fd = openat2(tree, f.path, _FILE_FLAGS, RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS)
     try:
         view = memoryview(f.data)
