@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from node.runtime.model import SecretFile, SecretMount
 from node.runtime.userns import IdRange
 from tests.fixtures.scan import files_holding
 from tests.runtime.test_runtime_containers import sections, wait_for_output
+from tests.runtime.test_runtime_pid1 import spare_ready
 
 pytestmark = pytest.mark.root
 MakeConfig = Callable[..., ContainerConfig]
@@ -79,6 +82,26 @@ def test_secret_files_on_a_read_only_tmpfs_owned_by_the_user_and_gone_with_it(
     runtime.cleanup_all()
     assert host_leftovers(cgroup_parent, runtime.state_dir) == []
     assert files_holding(tmp_path, SECRET) == []
+
+
+def test_a_pre_staged_pid1_mounts_them_too(runtime: Runtime, make_config: MakeConfig, tmp_path: Path) -> None:
+    """Secret volumes need nothing of the host's mount namespace: a spare shim's PID 1 takes them."""
+    runtime.start(make_config("warm", "true"))  # starts the zygote, which forks a spare
+    for attempt in range(10):  # a spare made stale by another test's mount is not used: again
+        config = make_config("svs", "sh", "-c", SCRIPT, user="1000:1000")
+        config = dataclasses.replace(config, log_path=tmp_path / f"svs-{attempt}.log")  # one run's output
+        deadline = time.monotonic() + 10
+        while not spare_ready(runtime.state_dir) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        runtime.start(dataclasses.replace(config, secret_mounts=(CREDS,)))
+        if json.loads((runtime.state_dir / "svs" / "start.json").read_text())["staged"]:
+            break
+        runtime.stop("svs", 0)
+        runtime.remove("svs")
+    else:
+        pytest.fail("no start took a spare shim in 10 tries")
+    _check_inside(sections(wait_for_output(config, "#ready")), 1000)
+    runtime.stop("svs", 1)
 
 
 def test_with_a_user_namespace_the_files_belong_to_the_containers_user(
