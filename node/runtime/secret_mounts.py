@@ -73,13 +73,18 @@ def _mount(m: dict[str, Any]) -> SecretMount:
     return SecretMount(str(m["target"]), files)
 
 
+def _dirs(mount: SecretMount) -> set[str]:
+    """Every directory the files need ("a/b/c" needs "a" and "a/b")."""
+    return {"/".join(f.path.split("/")[:i]) for f in mount.files for i in range(1, f.path.count("/") + 1)}
+
+
 def check_files(mount: SecretMount) -> str | None:
     """The first problem with a mount's files (a hostile path, a bad mode, one path twice)."""
     seen: set[str] = set()
     for f in mount.files:
         problem = item_path_problem(f.path) or file_mode_problem(f.mode)
         if problem is not None:
-            return f'file "{f.path!r}" {problem}'
+            return f"file {f.path!r} {problem}"
         dirs = {"/".join(f.path.split("/")[:i]) for i in range(1, f.path.count("/") + 1)}
         if f.path in seen or dirs & seen or any(s.startswith(f.path + "/") for s in seen):
             return f'file "{f.path}" clashes with another file of the volume'
@@ -107,7 +112,7 @@ def _mount_one(s: sc.Syscalls, mount: SecretMount, owner: tuple[int, int]) -> No
     pages = sum(max(1, -(-len(f.data) // _PAGE)) for f in mount.files)
     options = {
         "size": str((pages + 4) * _PAGE),
-        "nr_inodes": str(2 * len(mount.files) + 16),
+        "nr_inodes": str(len(_dirs(mount)) + len(mount.files) + 16),
         "mode": "0755",
         "uid": str(owner[0]),
         "gid": str(owner[1]),
