@@ -129,7 +129,7 @@ def test_a_hostile_file_path_is_refused_before_anything_starts(
 def test_deep_paths_many_files_and_a_large_one_fit_their_tmpfs(runtime: Runtime, make_config: MakeConfig) -> None:
     """The tmpfs is sized from the files (pages, inodes for every directory): nothing is left out."""
     deep = "/".join(f"d{i}" for i in range(60)) + "/leaf"
-    files = (SecretFile(deep, 0o400, b"deep"), SecretFile("big", 0o400, b"x" * 12_000))  # ~24 KB per container
+    files: tuple[SecretFile, ...] = (SecretFile(deep, 0o400, b"deep"), SecretFile("big", 0o400, b"x" * 12_000))
     files += tuple(SecretFile(f"many/f{i}", 0o400, b"%d" % i) for i in range(20))
     script = f"cat /s/{deep}; echo; busybox wc -c < /s/big; ls /s/many | busybox wc -l; echo '#end'"
     config = make_config("svd", "sh", "-c", script)
