@@ -14,11 +14,13 @@ import contextlib
 import os
 import queue
 import signal
+import sys
 import termios
 import threading
 import tty as tty_
 from collections.abc import Iterator
 from types import FrameType
+from typing import NoReturn
 
 import click
 import grpc
@@ -28,7 +30,14 @@ from orch.tls import SCHEDULER, channel
 from orch.v1 import exec_pb2 as xpb
 from orch.v1.api_pb2_grpc import OrchStub
 
-__all__ = ["EXIT_ERROR", "EXIT_NOT_FOUND", "EXIT_NOT_RUNNING", "EXIT_UNREACHABLE", "ExecError", "run_exec"]
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_NOT_FOUND",
+    "EXIT_NOT_RUNNING",
+    "EXIT_UNREACHABLE",
+    "ExecError",
+    "run_exec",
+]
 
 EXIT_NOT_FOUND = 121  # no such instance
 EXIT_NOT_RUNNING = 122  # the instance exists but is not running
@@ -45,9 +54,10 @@ CODES = {
 class ExecError(Exception):
     """orch could not run the command: a one-line message and the exit code."""
 
-    def __init__(self, message: str, code: int) -> None:
+    def __init__(self, message: str, code: int, signalled: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        self.signalled = signalled  # SIGTERM/SIGHUP ended it
 
 
 def run_exec(c: Client, instance: str, command: list[str], *, stdin: bool, tty: bool) -> int:
@@ -60,7 +70,21 @@ def run_exec(c: Client, instance: str, command: list[str], *, stdin: bool, tty: 
         return _on_some_scheduler(c, xpb.ExecInput(start=start))
     except ExecError as e:
         click.echo(str(e), err=True)
+        if e.signalled:
+            _exit_now(e.code)
         return e.code
+    except KeyboardInterrupt:  # Ctrl-C without -t: the stream was cancelled on the way out
+        _exit_now(130)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Exit at once when a signal ended the session, without the interpreter's teardown: it
+    joins gRPC's threads, and one still busy with the cancelled stream kept a Ctrl-C'd exec
+    alive on a loaded machine. The terminal is already restored (the finally blocks ran)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
 
 
 def _on_some_scheduler(c: Client, start: xpb.ExecInput) -> int:
@@ -159,7 +183,7 @@ def _ended_by_signals() -> Iterator[None]:
     """SIGTERM/SIGHUP end the session through the same finally blocks as the command's end."""
 
     def stop(sig: int, _frame: FrameType | None) -> None:
-        raise ExecError(f"orch exec: stopped by signal {sig}", 128 + sig)
+        raise ExecError(f"orch exec: stopped by signal {sig}", 128 + sig, signalled=True)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:

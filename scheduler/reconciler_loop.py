@@ -9,9 +9,9 @@ the key is gone) the pass stops and writes nothing more.
 
 Each pass also hands reconcile() what liveness needs beyond the snapshot
 (`Liveness`): the end of the grace after this scheduler took the lead or got
-etcd back (`reconnect_grace`), the nodes seen Ready since (in a snapshot
-read once leases that lapsed meanwhile are surely gone), and which nodes
-beat on this scheduler. When
+etcd back (`reconnect_grace`), the nodes seen back since (Ready in a snapshot
+read once leases that lapsed meanwhile are surely gone; after an etcd outage,
+with a lease key written since), and which nodes beat on this scheduler. When
 a hold starts (instances of NotReady nodes kept, liveness.py), it says why
 once: an event per node, a log line and the orch_scheduler_evictions_held
 gauge.
@@ -32,7 +32,15 @@ from orch.v1 import types_pb2 as pb
 from scheduler.compaction import Compactor
 from scheduler.errors import NotLeader, StoreUnavailable
 from scheduler.events import EventLog
-from scheduler.liveness import ETCD_EXPIRY_TICK, GRACE, TOO_MANY_NOT_READY, Hold, Liveness, reconnect_grace
+from scheduler.liveness import (
+    ETCD_EXPIRY_TICK,
+    GRACE,
+    TOO_MANY_NOT_READY,
+    Hold,
+    Liveness,
+    holder_confirm,
+    reconnect_grace,
+)
 from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import NodeView, Placement, node_views, place, request_for
 from scheduler.reconcile import DEFAULT_POLICY, Plan, Policy, event, reconcile
@@ -142,6 +150,22 @@ def plan_writes(plan: Plan, placed: list[pb.Instance], snap: ClusterSnapshot, st
     return writes
 
 
+def landed(events: list[pb.Event], refused: list[Write]) -> list[pb.Event]:
+    """The events whose writes took effect: "replacing" must not be said of an instance
+    that a race kept from being marked Lost (the next pass decides again and says it then)."""
+    if not refused:
+        return events
+    lost: set[tuple[str, str]] = set()
+    for w in refused:
+        if isinstance(w, Delete):
+            lost.add(("Instance", w.key.rsplit("/", 1)[-1]))
+        elif isinstance(w.value, pb.Instance):
+            lost.add(("Instance", w.value.name))
+        elif isinstance(w.value, pb.App):
+            lost.add(("App", w.value.spec.name))
+    return [e for e in events if (e.kind, e.object) not in lost]
+
+
 class Reconciler:
     def __init__(
         self,
@@ -154,9 +178,16 @@ class Reconciler:
         heartbeats: Callable[[], tuple[frozenset[str], frozenset[str]]] = lambda: (frozenset(), frozenset()),
         lease_ttl: float = 1.0,
         compactor: Compactor | None = None,
+        identity: str = "",
     ) -> None:
         """heartbeats: (beating, silent) nodes of this scheduler's sessions; lease_ttl: the node
-        lease, from which the grace after this scheduler took the lead or got etcd back follows."""
+        lease, from which the grace after this scheduler took the lead or got etcd back follows;
+        identity: this scheduler's, as named on the lease keys its sessions keep alive."""
+        self._identity = identity
+        self._confirm = holder_confirm(lease_ttl)
+        self._holder: dict[str, str] = {}  # node -> the scheduler last seen keeping its lease
+        self._lapsed: dict[str, float] = {}  # node on another scheduler -> when first seen NotReady
+        self._gone: dict[str, float] = {}  # scheduler -> when its presence was first seen gone
         self._policy = policy
         self._heartbeats = heartbeats
         self.grace = reconnect_grace(lease_ttl)
@@ -165,6 +196,8 @@ class Reconciler:
         self._led: Fence | None = None
         self._lead_since = 0.0
         self._grace_since = 0.0
+        self._grace_revision = 0  # of the first snapshot read once the grace began (0: none yet)
+        self._after_outage = False  # the grace follows an etcd outage: a lease key is no evidence
         self._recovered: set[str] = set()  # nodes seen Ready since the grace began
         self._held: dict[str, str] = {}  # node -> hold reason, to say it once
         self._wakeup: asyncio.TimerHandle | None = None
@@ -192,15 +225,44 @@ class Reconciler:
             starts.append((contact.back_at, f"etcd answered again after {contact.outage:.1f}s"))
         since, why = max(starts)
         if since != self._grace_since:
-            self._grace_since, self._recovered = since, set()
+            self._grace_since, self._grace_revision, self._recovered = since, 0, set()
+        # etcd's new leader extends every lease by a TTL and an election timeout, so for a while
+        # after an outage a lease key outlives an agent that is not there any more.
+        self._after_outage = contact.in_outage() or now < contact.back_at + self.grace
         beating, silent = self._heartbeats()
         return Liveness(since + self.grace, why, beating, silent)
 
     def _seen(self, live: Liveness, snap: ClusterSnapshot, read_at: float) -> Liveness:
-        """Note the nodes Ready in a snapshot read long enough after the grace began."""
-        if read_at >= self._grace_since + self._settle:
+        """Note the nodes that showed they are back: after a leadership change, Ready in a
+        snapshot read once the old leases had time to lapse; after an etcd outage, Ready with
+        a lease key written since the grace began (the agent registered or renewed)."""
+        if read_at >= self._grace_since and not self._grace_revision:
+            self._grace_revision = snap.revision
+        if self._after_outage:
+            since = self._grace_revision
+            if since:
+                self._recovered |= {n for n in snap.live_nodes if snap.lease_revisions.get(n, 0) > since}
+        elif read_at >= self._grace_since + self._settle:
             self._recovered |= snap.live_nodes
-        return replace(live, recovered=frozenset(self._recovered))
+        return replace(live, recovered=frozenset(self._recovered), away=self._away(snap, read_at))
+
+    def _away(self, snap: ClusterSnapshot, read_at: float) -> dict[str, tuple[float, str]]:
+        """NotReady nodes whose lease another scheduler kept: held while that scheduler is gone
+        (a grace from when it went) or until its presence could have lapsed too."""
+        self._holder = {n: s for n, s in self._holder.items() if n in snap.nodes} | dict(snap.lease_holders)
+        self._gone = {s: t for s, t in self._gone.items() if s not in snap.schedulers}
+        away: dict[str, tuple[float, str]] = {}
+        for node, holder in self._holder.items():
+            if node in snap.live_nodes or not holder or holder == self._identity:
+                self._lapsed.pop(node, None)
+                continue
+            lapsed = self._lapsed.setdefault(node, read_at)
+            if holder in snap.schedulers:
+                away[node] = (lapsed + self._confirm, f"scheduler {holder}, which kept its lease, may be going away")
+            else:
+                gone = self._gone.setdefault(holder, read_at)
+                away[node] = (gone + self.grace, f"scheduler {holder}, which kept its lease, went away")
+        return away
 
     def run_once(self, fence: Fence | None = None, liveness: Liveness | None = None) -> PassResult:
         """One pass. Blocking: run it in a thread.
@@ -225,7 +287,7 @@ class Reconciler:
             return PassResult(snap.revision, 0, 0, 0, 0, plan.hold, plan.recheck_at)
         revision, refused = self._store.commit_partial(writes, fence)
         if len(refused) < len(writes):
-            self._record(plan.events)
+            self._record(landed(plan.events, refused))
         self.last_pass_at = time.monotonic()
         log.debug(
             "pass: snapshot %.3fs (%d instances), plan %.3fs, commit %.3fs, %d of %d writes lost a race",

@@ -252,6 +252,19 @@ def test_prometheus_scrapes_the_cluster_with_the_shipped_config(cluster, busybox
         cadvisor = 'container_memory_working_set_bytes{namespace="orch",container="scraped"}'
         ws = wait_for(lambda: len(r := prom.query(cadvisor)) == 2 and r, 20, "cAdvisor-named series")
         assert {s["metric"]["pod"].startswith("scraped-") for s in ws} == {True}
+        # Traffic into one instance (a connection to a closed port: its SYN in, its RST out)
+        # arrives under cAdvisor's network names, per pod, both ways.
+        pod = next(i for i in instances(info) if i["app"] == "scraped" and i["state"] == "Running")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((pod["ip"], 9), timeout=5)
+
+        def recorded(direction: str) -> list[dict]:
+            sel = f'namespace="orch",container="scraped",interface="eth0",pod="{pod["name"]}"'
+            series = prom.query(f"container_network_{direction}_bytes_total{{{sel}}}")
+            return [s for s in series if float(s["value"][1]) > 0]
+
+        wait_for(lambda: recorded("receive") and recorded("transmit"), 20, "network bytes both ways, recorded")
+        assert len(prom.query('container_network_receive_bytes_total{container="scraped"}')) == 2
         dashboard = json.loads((DEPLOY / "grafana" / "orch-dashboard.json").read_text())
         variables = {"$app": ".*", "$node": ".*"}  # the dashboard's variables, set to All
         exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]

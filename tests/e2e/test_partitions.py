@@ -284,7 +284,9 @@ def test_an_agent_sigtermed_and_started_again_keeps_every_pid(lab, busybox_rootf
         time.sleep(2)  # past the lease: a dead node would be replaced by now
         new = restarted.add(restart(agent, tmp_path / f"agent-{host}.log"))
         info["processes"] = [p | {"pid": new.pid} if p["pid"] == agent["pid"] else p for p in info["processes"]]
-        wait_for(lambda: api.nodes()[host] == "Ready", 30, f"{host} Ready again")
+        # A new agent starts, adopts its containers and registers: seconds here, up to a minute
+        # in the emulated VM (make test-v2).
+        wait_for(lambda: api.nodes()[host] == "Ready", 90, f"{host} Ready again")
         time.sleep(2)  # a fencing of the singleton would show by now
         after = snapshot(wait_for(lambda: running(api, apps, 4), 20, "4 Running"))
     assert after == before  # same instances, nodes, PIDs, restart counts, start times

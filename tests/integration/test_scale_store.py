@@ -73,7 +73,9 @@ def big_etcd() -> Iterator[EtcdServer]:
 
 
 def count(address: str, *args: str) -> int:
-    r = orch(address, "get", *args, "-o", "json")
+    # Each listing reads and decodes 50k instances: 1-2 s here, but past the CLI's default
+    # 10 s deadline in the emulated VM (make test-v2), which is about ten times slower.
+    r = orch(address, "--timeout", "60", "get", *args, "-o", "json")
     assert r.returncode == 0, r.stderr
     return len(json.loads(r.stdout))
 

@@ -1264,6 +1264,7 @@ class Node(_message.Message):
     RESTARTING_UNTIL_FIELD_NUMBER: _builtins.int
     SUBNET_FIELD_NUMBER: _builtins.int
     NODE_IP_FIELD_NUMBER: _builtins.int
+    SCHEDULER_FIELD_NUMBER: _builtins.int
     ALLOWED_HOST_PATHS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
@@ -1284,6 +1285,11 @@ class Node(_message.Message):
     under <prefix>subnets/), and the address other nodes route it through.
     """
     node_ip: _builtins.str
+    scheduler: _builtins.str
+    """On a node's lease key (leases/nodes/<name>) only: the scheduler whose agent
+    session keeps the lease alive. Its presence key (leases/schedulers/<id>)
+    tells the leader whether a lapse is the node's fault (scheduler/liveness.py).
+    """
     @_builtins.property
     def capacity(self) -> Global___Resources: ...
     @_builtins.property
@@ -1333,11 +1339,12 @@ class Node(_message.Message):
         restarting_until: _timestamp_pb2.Timestamp | None = ...,
         subnet: _builtins.str = ...,
         node_ip: _builtins.str = ...,
+        scheduler: _builtins.str = ...,
         allowed_host_paths: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["allocatable", b"allocatable", "capacity", b"capacity", "drain_deadline", b"drain_deadline", "registered_at", b"registered_at", "restarting_until", b"restarting_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allocatable", b"allocatable", "allowed_host_paths", b"allowed_host_paths", "capacity", b"capacity", "drain_deadline", b"drain_deadline", "draining", b"draining", "host_port_max", b"host_port_max", "host_port_min", b"host_port_min", "labels", b"labels", "lease_id", b"lease_id", "metrics_address", b"metrics_address", "name", b"name", "node_ip", b"node_ip", "registered_at", b"registered_at", "restarting_until", b"restarting_until", "subnet", b"subnet", "unschedulable", b"unschedulable", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allocatable", b"allocatable", "allowed_host_paths", b"allowed_host_paths", "capacity", b"capacity", "drain_deadline", b"drain_deadline", "draining", b"draining", "host_port_max", b"host_port_max", "host_port_min", b"host_port_min", "labels", b"labels", "lease_id", b"lease_id", "metrics_address", b"metrics_address", "name", b"name", "node_ip", b"node_ip", "registered_at", b"registered_at", "restarting_until", b"restarting_until", "scheduler", b"scheduler", "subnet", b"subnet", "unschedulable", b"unschedulable", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
