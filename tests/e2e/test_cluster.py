@@ -425,12 +425,18 @@ spec:
     - name: DB_PASSWORD
       valueFrom:
         secretKeyRef: {name: db-cred, key: password}
+  user: "1000:1000"
+  volumes:
+    - name: creds
+      secret: {secretName: db-cred, items: [{key: password, path: db/password}]}
+  volumeMounts:
+    - {name: creds, mountPath: /etc/creds, readOnly: true}
   stopGracePeriod: 1s
 """
 SECRET_VALUE = "tr0ub4dor-and-3-e2e"
 
 
-def test_a_variable_from_a_secret_reaches_the_instance_and_no_disk(cluster, busybox_rootfs):
+def test_a_variable_and_a_file_from_a_secret_reach_the_instance_and_no_disk(cluster, busybox_rootfs):
     info = cluster
     assert orch(info, "apply", "-", stdin=SECRETIVE % busybox_rootfs).returncode == 0
 
@@ -446,11 +452,26 @@ def test_a_variable_from_a_secret_reaches_the_instance_and_no_disk(cluster, busy
     [inst] = wait_for(lambda: [i for i in mine() if i["state"] == "Running"], 60, "running once the secret exists")
     shown = orch(info, "exec", inst["name"], "--", "sh", "-c", 'echo "$DB_PASSWORD/$MODE"')
     assert shown.stdout.strip() == f"{SECRET_VALUE}/plain", shown.stderr
+    # And as a file: 0400, the container user's, on a read-only tmpfs of the container's own.
+    script = (
+        "cat /etc/creds/db/password; echo; busybox stat -c '%a %u' /etc/creds/db/password;"
+        " grep ' /etc/creds ' /proc/self/mountinfo"
+    )
+    value, mode, mount = orch(info, "exec", inst["name"], "--", "sh", "-c", script).stdout.splitlines()
+    assert (value, mode) == (SECRET_VALUE, "400 1000")
+    assert mount.split(" - ")[1].startswith("tmpfs ") and "ro" in mount.split()[5].split(","), mount
     # Not on any disk of the cluster's nodes (their state dirs hold spec.json, logs, images).
     assert files_holding(Path(info["stateDir"]), SECRET_VALUE.encode()) == []
     listed = orch(info, "secret", "get", "db-cred")
     assert "secretive" in listed.stdout and SECRET_VALUE not in listed.stdout  # USED-BY
 
+    described = (
+        orch(info, "describe", "app", "secretive").stdout + orch(info, "get", "app", "secretive", "-o", "yaml").stdout
+    )
+    assert "secretName: db-cred" in described and SECRET_VALUE not in described
+
     assert orch(info, "delete", "app", "secretive").returncode == 0
     wait_for(lambda: not mine(), 30, "secretive gone")
     assert orch(info, "secret", "delete", "db-cred").returncode == 0
+    assert " /etc/creds " not in Path("/proc/self/mountinfo").read_text()  # never on the host
+    assert files_holding(Path(info["stateDir"]), SECRET_VALUE.encode()) == []
