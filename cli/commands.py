@@ -17,7 +17,17 @@ import yaml
 from cli.client import RETRYABLE, Client, CliError, UsageError, describe_rpc_error
 from cli.diff import summary, unified
 from cli.manifest import LoadedApp, load_manifests
-from cli.output import app_row, instance_row, node_row, render, table, usage_instance_row, usage_node_row
+from cli.output import (
+    app_row,
+    instance_row,
+    move_line,
+    move_row,
+    node_row,
+    render,
+    table,
+    usage_instance_row,
+    usage_node_row,
+)
 from cli.render import manifest, manifest_yaml
 from cli.selector import Selector
 from orch.quantity import QuantityError, parse_cpu, parse_duration, parse_memory
@@ -503,9 +513,14 @@ def explain(c: Client, instance: str, fmt: str) -> None:
         ]
         events = [{"time": ev.time.ToJsonString(), "reason": ev.reason, "message": ev.message} for ev in e.events]
         doc = {"instance": instance, "node": e.instance.node or None, "summary": e.summary, "nodes": nodes}
-        click.echo(json.dumps(doc | {"avoided": list(e.avoided), "events": events}, indent=2))
+        moved = {"replaces": move_row(e.instance.replaces), "replacedBy": e.replaced_by or None}
+        click.echo(json.dumps(doc | moved | {"avoided": list(e.avoided), "events": events}, indent=2))
         return
     click.echo(f"instance/{instance}: {e.summary}")
+    if e.instance.replaces.instance:
+        click.echo(move_line(e.instance.replaces))
+    if e.replaced_by:
+        click.echo(f"replaced by {e.replaced_by}")
     if e.avoided:
         click.echo(f"avoids (this slot kept crashing there): {', '.join(e.avoided)}")
     headers = ["NODE", "", "VERDICT"]

@@ -431,9 +431,16 @@ def _volumes(doc: _Doc, node: yaml.Node, path: str, msg: Message) -> None:
     for i, item in enumerate(doc.items(node, path)):
         here = f"{path}[{i}]"
         _fill(doc, item, here, msg.volumes.add(), _VOLUME, required=("name",))
-        sources = [key for key in ("emptyDir", "hostPath") if f"{here}.{key}" in doc.lines]
+        sources = [key for key in ("emptyDir", "hostPath", "secret") if f"{here}.{key}" in doc.lines]
         if len(sources) > 1:  # a oneof: the second would silently replace the first
-            doc.problem(doc.line_of(here), here, "set only one of emptyDir or hostPath")
+            chosen = " and ".join(sources)
+            doc.problem(doc.line_of(here), here, f"set only one of emptyDir, hostPath or secret, not {chosen}")
+
+
+def _secret_items(doc: _Doc, node: yaml.Node, path: str, msg: Message) -> None:
+    assert isinstance(msg, types_pb2.SecretVolume)
+    for i, item in enumerate(doc.items(node, path)):
+        _fill(doc, item, f"{path}[{i}]", msg.items.add(), _KEY_TO_PATH, required=("key", "path"))
 
 
 def _volume_mounts(doc: _Doc, node: yaml.Node, path: str, msg: Message) -> None:
@@ -449,6 +456,19 @@ _VOLUME: dict[str, _Setter] = {
         {"medium": _scalar("medium", _Doc.string), "sizeLimit": _quantity("size_limit_bytes", parse_memory)},
     ),
     "hostPath": _message("host_path", {"path": _scalar("path", _Doc.string), "type": _scalar("type", _Doc.string)}),
+    "secret": _message(
+        "secret",
+        {
+            "secretName": _scalar("secret_name", _Doc.string),
+            "items": _secret_items,
+            "defaultMode": _scalar("default_mode", _Doc.integer),  # YAML 1.1: 0400 is octal, as in kubectl
+        },
+    ),
+}
+_KEY_TO_PATH: dict[str, _Setter] = {
+    "key": _scalar("key", _Doc.string),
+    "path": _scalar("path", _Doc.string),
+    "mode": _scalar("mode", _Doc.integer),
 }
 _VOLUME_MOUNT: dict[str, _Setter] = {
     "name": _scalar("name", _Doc.string),

@@ -52,7 +52,22 @@ def instance_row(i: pb.Instance) -> Row:
         "image": i.spec.image,
         "createdAt": _time(i.created_at),
         "lastState": _termination(s.last_termination) if s.HasField("last_termination") else None,
+        "replaces": move_row(i.replaces),
     }
+
+
+def move_row(m: pb.Instance.Move) -> Row | None:
+    """The instance a replacement stands in for and why that one left; None for any other."""
+    if not m.instance:
+        return None
+    return {"instance": m.instance, "node": m.node or None, "reason": m.reason, "message": m.message, "at": _time(m.at)}
+
+
+def move_line(m: pb.Instance.Move) -> str:
+    """`replaces web-x: NodeLost: node "n1" stopped answering (at ...)`, for explain and describe."""
+    why = f"{m.reason}: {m.message}" if m.message else m.reason
+    at = _time(m.at)
+    return f"replaces {m.instance}: {why}" + (f" (at {at})" if at else "")
 
 
 def _termination(t: pb.Termination) -> Row:

@@ -117,6 +117,20 @@ def _volume(v: pb.Volume) -> dict[str, Any]:
         out["emptyDir"] = empty
     elif v.HasField("host_path"):
         out["hostPath"] = {"path": v.host_path.path, **({"type": v.host_path.type} if v.host_path.type else {})}
+    elif v.HasField("secret"):
+        out["secret"] = _secret_volume(v.secret)
+    return out
+
+
+def _secret_volume(s: pb.SecretVolume) -> dict[str, Any]:
+    """Names only: a secret's values are never in a spec."""
+    out: dict[str, Any] = {"secretName": s.secret_name}
+    items = []
+    for item in s.items:
+        items.append({"key": item.key, "path": item.path, **({"mode": item.mode} if item.HasField("mode") else {})})
+    _put(out, "items", items)
+    if s.HasField("default_mode"):
+        out["defaultMode"] = s.default_mode
     return out
 
 

@@ -135,6 +135,8 @@ class Agent:
         self._attaching: asyncio.Task[None] | None = None  # discovery moving to a new network
         self.metrics = NodeMetrics(VERSION)
         self.metrics.watch_usage(self._running_instances, self.runtime.stats, self._resources_of)
+        if config.bridge:  # without one, containers have only lo: no per-instance traffic
+            self.metrics.watch_network(self._running_instances, self._veth_of)
         self.workers: dict[str, InstanceWorker] = {}  # the instances the scheduler wants here
         self.stopping: dict[str, InstanceWorker] = {}  # removed, still stopping their container
         self._adoptable: dict[str, ContainerState] = {}
@@ -207,6 +209,10 @@ class Agent:
     def _resources_of(self, name: str) -> pb.Resources | None:
         worker = self.workers.get(name)  # the metrics thread: one lookup, no iteration
         return worker.instance.spec.resources if worker is not None else None
+
+    def _veth_of(self, name: str) -> str | None:
+        network = self.network  # the metrics thread: read once
+        return network.veth_name(name) if network is not None else None
 
     def _register(self, lease_id: int) -> apb.Register:
         capacity = self.config.capacity or host_capacity()

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollecto
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from node.network.counters import LinkCounters, container_view, read_link_counters
 from node.runtime import CgroupStats, ContainerError
 from orch.states import state_name
 from orch.v1 import types_pb2 as pb
@@ -25,6 +26,7 @@ Running = Callable[[], Iterable[tuple[str, str]]]
 
 
 Limits = Callable[[str], pb.Resources | None]  # an instance's resources (its limits), if known
+VethOf = Callable[[str], str | None]  # an instance's host veth; None: the node has no container network
 
 
 class InstanceUsage(Collector):
@@ -79,6 +81,50 @@ class InstanceUsage(Collector):
         yield from (cpu, mem, ws, pids, ooms, periods, throttled, throttled_s, cpu_limit, mem_limit)
 
 
+_NETWORK = (  # (name, help, the counter of the container's eth0)
+    ("receive_bytes", "Bytes the instance received on its eth0.", "rx_bytes"),
+    ("transmit_bytes", "Bytes the instance sent from its eth0.", "tx_bytes"),
+    ("receive_packets", "Packets the instance received on its eth0.", "rx_packets"),
+    ("transmit_packets", "Packets the instance sent from its eth0.", "tx_packets"),
+    ("receive_packets_dropped", "Packets for the instance its veth could not hand over.", "rx_dropped"),
+    ("transmit_packets_dropped", "Packets from the instance its veth could not take.", "tx_dropped"),
+)
+
+
+class InstanceNetwork(Collector):
+    """Per-instance traffic from the veths' host ends: one read of /proc/net/dev per scrape
+    (node/network/counters.py says why that end, and what the drops count)."""
+
+    def __init__(
+        self, running: Running, veth_of: VethOf, read: Callable[[], dict[str, LinkCounters]] = read_link_counters
+    ) -> None:
+        self._running = running
+        self._veth_of = veth_of
+        self._read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        labels = ["instance_name", "app"]
+        families = [
+            CounterMetricFamily(f"orch_node_instance_network_{name}", text, labels=labels) for name, text, _ in _NETWORK
+        ]
+        links: dict[str, LinkCounters] | None = None
+        for name, app in self._running():
+            veth = self._veth_of(name)
+            if veth is None:
+                continue  # no container network on this node: the instance has only lo
+            if links is None:
+                try:
+                    links = self._read()
+                except OSError as e:
+                    log.warning("network counters: %s", e)
+                    return
+            # A veth not there (yet) counts 0: the series lives as long as the instance runs.
+            seen = container_view(links.get(veth, LinkCounters()))
+            for family, (_, _, field) in zip(families, _NETWORK, strict=True):
+                family.add_metric([name, app], getattr(seen, field))
+        yield from families
+
+
 class NodeMetrics:
     def __init__(self, version: str, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -103,6 +149,9 @@ class NodeMetrics:
 
     def watch_usage(self, running: Running, stats: Callable[[str], CgroupStats], limits: Limits) -> None:
         self.registry.register(InstanceUsage(running, stats, limits))
+
+    def watch_network(self, running: Running, veth_of: VethOf) -> None:
+        self.registry.register(InstanceNetwork(running, veth_of))
 
     def observe(self, status: pb.InstanceStatus) -> None:
         self.transitions.labels(state_name(status.state)).inc()  # as `orch get` spells it

@@ -62,9 +62,12 @@ class NodeVolumes:
         _check_name(inst.name, "instance")
         spec = inst.spec
         sources: dict[str, tuple[Path, str, bool]] = {}  # name -> (root, path beneath it, owned)
+        secrets = set()  # made by the runtime in the container (node/secret_volumes.py)
         for volume in spec.volumes:
             _check_name(volume.name, "volume")
-            if volume.HasField("host_path"):
+            if volume.HasField("secret"):
+                secrets.add(volume.name)
+            elif volume.HasField("host_path"):
                 sources[volume.name] = (*self._host_path(volume), False)
             elif volume.HasField("empty_dir"):
                 sources[volume.name] = (self._empty_dir(inst.name, volume), "", True)
@@ -72,6 +75,8 @@ class NodeVolumes:
                 raise VolumeError("FailedMount", f'volume "{volume.name}" has no source')
         mounts = []
         for m in spec.volume_mounts:
+            if m.name in secrets:
+                continue
             if m.name not in sources:
                 raise VolumeError("FailedMount", f'volumeMount "{m.mount_path}": no volume named "{m.name}"')
             if (problem := mount_path_problem(m.mount_path)) is not None:

@@ -33,8 +33,9 @@ from node.probe_state import Restart
 from node.restarts import RestartTracker
 from node.runtime import ContainerConfig, ContainerError, ContainerState, ContainerStatus, NotFound, Runtime
 from node.runtime.logs import keep_previous, log_file
-from node.runtime.model import DEFAULT_PATH, SECCOMP_DEFAULT, Mount
+from node.runtime.model import DEFAULT_PATH, SECCOMP_DEFAULT, Mount, SecretMount
 from node.secret_env import Lookup, SecretEnvError, secret_env
+from node.secret_volumes import secret_mounts
 from node.volumes import NodeVolumes, VolumeError
 from orch.v1 import types_pb2 as pb
 from orch.validation import PROBES
@@ -77,6 +78,7 @@ def container_config(
     resolv_conf: str = "",
     secrets: Mapping[str, str] | None = None,
     mounts: tuple[Mount, ...] = (),
+    secret_files: tuple[SecretMount, ...] = (),
 ) -> ContainerConfig:
     """The instance's spec over the image's defaults (Docker's rules) and the node's default limits."""
     spec = inst.spec
@@ -108,6 +110,7 @@ def container_config(
         resolv_conf=resolv_conf,  # "": a copy of the host's (a node without a bridge)
         secret_env=dict(secrets or {}),  # never written to the node's disk (runtime/model.py)
         mounts=mounts,  # node/volumes.py: emptyDirs and allowed hostPaths
+        secret_mounts=secret_files,  # node/secret_volumes.py: in memory only, like secret_env
     )
 
 
@@ -245,8 +248,10 @@ class InstanceWorker:
             deps = self._deps
             resolv = deps.resolv_conf(inst.app) if deps.resolv_conf else ""
             from_secrets = secret_env(inst.spec, deps.secrets)
-            mounts = await asyncio.to_thread(self._volumes().prepare, inst) if inst.spec.volumes else ()
-            config = container_config(inst, image, deps.log_dir, deps.default_pids, resolv, from_secrets, mounts)
+            files = secret_mounts(inst.spec, deps.secrets)
+            on_node = any(not v.HasField("secret") for v in inst.spec.volumes)  # secret ones: in the container
+            mounts = await asyncio.to_thread(self._volumes().prepare, inst) if on_node else ()
+            config = container_config(inst, image, deps.log_dir, deps.default_pids, resolv, from_secrets, mounts, files)
             if deps.network is not None:  # the node's own policy, whatever the scheduler sent
                 await asyncio.to_thread(deps.network.check_host_ports, inst.name, self._host_ports())
             await asyncio.to_thread(self._remove_leftover)

@@ -30,6 +30,7 @@ from scheduler.generations import change_cause, generation_writes, history, undo
 from scheduler.generations import deletes as generation_deletes
 from scheduler.liveness import NodeState, node_state
 from scheduler.logs import LogsUnavailable, log_sources, stream_logs
+from scheduler.moves import replaced_by
 from scheduler.placement import node_views, request_for
 from scheduler.placement.explain import summary, verdicts
 from scheduler.reconcile import DONE, event
@@ -95,7 +96,7 @@ def plan_lines(plan: DrainPlan) -> list[str]:
     if not plan.steps and not plan.remaining:
         return [*lines, "  nothing to move"]
     for k, step in enumerate(plan.steps, 1):
-        moves = [f"start a replacement of {app} on {node}" for app, node in step.started]
+        moves = [f"start a replacement of {what} on {node}" for what, node in step.started]
         moves += [f"stop {name}" for name in step.stopped]
         lines.append(f"  step {k}: " + "; ".join(moves))
     for why in plan.blocked:
@@ -488,8 +489,14 @@ class OrchService(api_pb2_grpc.OrchServicer):
                 for j in judged
             ]
             events = self._events.list(limit=50, about=_about(inst.name, with_instances=False))
+            successor = replaced_by(inst.name, (i.value for i in snap.instances_of(inst.app)))
             return api.Explanation(
-                instance=inst, summary=summary(inst, judged), nodes=nodes, avoided=inst.avoid_nodes, events=events
+                instance=inst,
+                summary=summary(inst, judged),
+                nodes=nodes,
+                avoided=inst.avoid_nodes,
+                events=events,
+                replaced_by=successor,
             )
 
         return await self._call(context, explain_one)

@@ -18,6 +18,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable
 
+from orch.secretrefs import referenced_secrets
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import types_pb2 as pb
 from scheduler.snapshot import Versioned
@@ -201,7 +202,7 @@ class ClusterCache:
             self.secrets[name] = Versioned(secret, ev.mod_revision)
         # The nodes that run an app using it get their desired set again (new starts see the change).
         for inst in self.instances.values():
-            if inst.value.node and any(e.secret == name for e in inst.value.spec.secret_env):
+            if inst.value.node and name in referenced_secrets(inst.value.spec):
                 touched.add(inst.value.node)
 
     def _apply_node(self, name: str, ev: WatchEvent, touched: set[str]) -> None:

@@ -22,7 +22,7 @@ MAX_STEPS = 100  # more passes than any drain of a sane node needs; the rest is 
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    started: tuple[tuple[str, str], ...]  # (app, node) of each replacement placed
+    started: tuple[tuple[str, str], ...]  # (what it replaces, else its app; node) of each replacement placed
     stopped: tuple[str, ...]  # instances leaving the node
     blocked: tuple[str, ...]  # "app: why its replacement cannot be placed"
 
@@ -45,7 +45,7 @@ def plan_drain(snap: ClusterSnapshot, node: str, now: float, policy: Policy = DE
             break
         plan = reconcile(state, now, lambda: f"new{next(counter)}", policy)
         placed, _ = place_pending(plan, state, now)
-        started = tuple(sorted((i.app, i.node) for i in placed if i.node and i.app in apps))
+        started = tuple(sorted((i.replaces.instance or i.app, i.node) for i in placed if i.node and i.app in apps))
         stopped = tuple(sorted(i.name for i, _ in plan.update if i.node == node and not wants_to_run(i)))
         unplaced = [i for i in placed if not i.node and i.app in apps and i.status.message]
         blocked = tuple(sorted({f"{i.app}: {i.status.message}" for i in unplaced}))

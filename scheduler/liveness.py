@@ -14,7 +14,16 @@ A node is
   answers again after an outage (`Liveness.evict_from`): agents first get a
   lease period plus their reconnect backoff to re-register. A node seen
   Ready again since then (`Liveness.recovered`) had its chance: if it goes
-  NotReady now, that is a failure like any other;
+  NotReady now, that is a failure like any other. So has a node whose open
+  session here stays quiet for a lease after the grace began
+  (`Liveness.quiet`): its agent stopped beating while this scheduler and
+  etcd worked (a host cut off just as etcd's keep-alives stalled);
+- *its scheduler went away* (`EvictionDelayed` too, `Liveness.away`): the
+  node's lease lapsed together with the presence of the scheduler its agent
+  was on (scheduler/presence.py): the agent gets the same grace to move to
+  another scheduler. A node on another scheduler that lapses while that
+  scheduler is still present is held a moment longer (`holder_confirm`), in
+  case the scheduler's presence lapses a heartbeat and an expiry tick later;
 - *too many NotReady at once* (`EvictionPaused`): more than half of the
   nodes that matter are down (Kubernetes' unhealthyZoneThreshold). An etcd
   stall, a partition of the control plane or a scheduler that cannot keep
@@ -29,7 +38,8 @@ A node is
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from orch.v1 import types_pb2 as pb
 from scheduler.snapshot import ClusterSnapshot, wants_to_run
@@ -50,6 +60,13 @@ TOO_MANY_NOT_READY = "EvictionPaused"
 def reconnect_grace(lease_ttl: float) -> float:
     """How long agents get to re-register after the control plane came back."""
     return lease_ttl + AGENT_RECONNECT_BACKOFF + REGISTRATION_MARGIN
+
+
+def holder_confirm(lease_ttl: float) -> float:
+    """How much later than a node's lease the presence of its (hung) scheduler may lapse: the node
+    was renewed up to a heartbeat (a third of a lease) before the presence, which the keeper renews
+    every tick (a quarter of one), and etcd revokes expired leases on its own tick."""
+    return lease_ttl / 3 + lease_ttl / 4 + ETCD_EXPIRY_TICK + 0.15
 
 
 class NodeState(enum.Enum):
@@ -78,6 +95,11 @@ class Liveness:
     beating: frozenset[str] = frozenset()  # nodes whose agent beats on this scheduler now
     silent: frozenset[str] = frozenset()  # nodes with a session here whose heartbeats are overdue
     recovered: frozenset[str] = frozenset()  # nodes seen Ready (for good) since the grace began
+    # nodes whose session here has been silent since a lease after the grace began: their agent
+    # stopped beating while this scheduler and etcd worked, so the grace is not for them
+    quiet: frozenset[str] = frozenset()
+    # NotReady nodes held for their scheduler: node -> (until when, why): it went away, or may yet
+    away: Mapping[str, tuple[float, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +123,11 @@ def evictions(snap: ClusterSnapshot, now: float, live: Liveness, max_not_ready: 
     recheck = _next_change(snap, busy, now, live)
     if not dead:
         return Evictions(frozenset(), None, recheck)
-    graced = [n for n in dead if now < live.evict_from and n not in live.recovered]
+    graced = [
+        n
+        for n in dead
+        if (now < live.evict_from and n not in live.recovered and n not in live.quiet) or now < _away_until(live, n)
+    ]
     if graced == dead:  # the control plane just came back: nobody had a chance to re-register yet
         return Evictions(frozenset(), _grace_hold(graced, now, live), recheck)
     counted = {n for n, s in states.items() if s is NodeState.READY} | busy
@@ -119,18 +145,33 @@ def evictions(snap: ClusterSnapshot, now: float, live: Liveness, max_not_ready: 
     return Evictions(frozenset(dead) - set(graced), hold, recheck)
 
 
+def _away_until(live: Liveness, node: str) -> float:
+    held = live.away.get(node)
+    return held[0] if held is not None else 0.0
+
+
 def _grace_hold(nodes: list[str], now: float, live: Liveness) -> Hold:
-    message = (
-        f"{live.grace_reason or 'the control plane just came back'}: agents have {live.evict_from - now:.1f}s "
-        f"more to re-register before the instances of {_names(nodes)} are replaced"
-    )
-    return Hold(GRACE, message, tuple(nodes))
+    away = [n for n in nodes if now < _away_until(live, n)]
+    graced = [n for n in nodes if n not in away]
+    parts = []
+    if graced:
+        parts.append(
+            f"{live.grace_reason or 'the control plane just came back'}: agents have {live.evict_from - now:.1f}s "
+            f"more to re-register before the instances of {_names(graced)} are replaced"
+        )
+    for n in away:
+        until, why = live.away[n]
+        parts.append(
+            f"{why}: its agent has {until - now:.1f}s more to re-register before the instances of {n} are replaced"
+        )
+    return Hold(GRACE, "; ".join(parts), tuple(nodes))
 
 
 def _next_change(snap: ClusterSnapshot, busy: set[str], now: float, live: Liveness) -> float | None:
     """The end of the grace, or of a restart hold on a node with instances."""
     ends = [restarting_until(snap.nodes[n].value) for n in busy if n in snap.nodes]
     ends.append(live.evict_from)
+    ends.extend(until for until, _ in live.away.values())
     future = [t for t in ends if t > now]
     return min(future) if future else None
 

@@ -15,7 +15,8 @@ maxSurge/maxUnavailable; a rollout past its progress deadline rolls no further
 draining, they keep crashing there, its agent gave up on them or fenced them: killed them
 because it had lost touch, `onNodeLost: Stop`) are handled like an older
 generation: a replacement starts first and the old one stops once the app
-can spare it. Where new instances go is placement's job.
+can spare it. Which new instance stands in for which departing one, and why that one left, is
+recorded on the new one (moves.py, for `orch explain`). Where new instances go is placement's job.
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ from dataclasses import dataclass, field
 
 from orch.v1 import types_pb2 as pb
 from scheduler.liveness import MAX_NOT_READY, Hold, Liveness, evictions
+from scheduler.moves import DRAINED, LOST, agent_gave_up, assign, departing, departure, fenced
 from scheduler.rollout import COMPLETE, DEADLINE_EXCEEDED, is_ready, is_stuck, next_status, progress
 from scheduler.snapshot import ClusterSnapshot, Versioned, wants_to_run
 from scheduler.timeutil import seconds, ts
 
 LOST_RETENTION = 300.0  # seconds a Lost instance stays visible on a dead node
 CRASHLOOP_RESTARTS = 5  # restarts in CrashLoopBackOff before the instance moves to another node
-FENCED_REASON = "NodeLost"  # node/worker.py: killed by its own agent (onNodeLost: Stop)
 DONE = frozenset({pb.INSTANCE_STATE_STOPPED, pb.INSTANCE_STATE_SUCCEEDED, pb.INSTANCE_STATE_FAILED})
 STARTED = frozenset(
     {
@@ -123,12 +124,22 @@ def reconcile_app(
             overdue.append(v)
         else:
             untainted.append(v)
-    _stop(overdue, "Drained", "drain deadline reached before a replacement was ready", now, plan)
+    _stop(overdue, DRAINED, "drain deadline reached before a replacement was ready", now, plan)
     if app is None:
         _stop(untainted, "AppDeleted", "its app was deleted", now, plan)
     else:
-        _scale(_track_rollout(app, untainted, now, plan), untainted, snap, now, new_suffix, plan, policy)
+        moving = _scale(_track_rollout(app, untainted, now, plan), untainted, snap, now, new_suffix, plan, policy)
+        _link_replacements(plan, instances, moving, app.value.generation, now)
     return plan
+
+
+def _link_replacements(
+    plan: Plan, instances: list[Versioned[pb.Instance]], moving: list[pb.Instance], generation: int, now: float
+) -> None:
+    """Name on each new instance the departing one it stands in for (moves.py)."""
+    if plan.create:
+        after = {v.value.name: v.value for v in instances} | {i.name: i for i, _ in plan.update}
+        assign(plan.create, departing(after.values(), moving, generation), now)
 
 
 def _track_rollout(app: Versioned[pb.App], untainted: list[Versioned[pb.Instance]], now: float, plan: Plan) -> pb.App:
@@ -164,16 +175,6 @@ def must_migrate(inst: pb.Instance, snap: ClusterSnapshot, policy: Policy) -> bo
     return crash_looping(inst, policy) or agent_gave_up(inst) or fenced(inst)
 
 
-def fenced(inst: pb.Instance) -> bool:
-    """Its agent killed it for good when the node's lease may have expired (node/fencing.py)."""
-    return inst.status.state == pb.INSTANCE_STATE_FAILED and inst.status.reason == FENCED_REASON
-
-
-def agent_gave_up(inst: pb.Instance) -> bool:
-    """The agent failed to run it, again and again: it will not run on that node."""
-    return inst.status.state == pb.INSTANCE_STATE_FAILED and inst.status.reason == "AgentError"
-
-
 def crash_looping(inst: pb.Instance, policy: Policy) -> bool:
     return (
         policy.crashloop_restarts > 0
@@ -199,21 +200,13 @@ def _mark_lost(v: Versioned[pb.Instance], now: float, plan: Plan) -> None:
     inst.CopyFrom(v.value)
     inst.desired = pb.DESIRED_STATE_STOP
     inst.status.state = pb.INSTANCE_STATE_LOST
-    inst.status.reason = "NodeLost"
+    inst.status.reason = LOST
     inst.status.message = f'node "{inst.node}" stopped answering'
     inst.status.ready = False
     inst.updated_at.CopyFrom(ts(now))
     plan.update.append((inst, v.mod_revision))
-    plan.events.append(
-        event(
-            now,
-            "Instance",
-            inst.name,
-            "InstanceLost",
-            f"node {inst.node} is not ready; replacing",
-            warning=True,
-        )
-    )
+    # The same words as its status and its replacement's `replaces` (moves.py).
+    plan.events.append(event(now, "Instance", inst.name, "InstanceLost", f"{inst.status.message}; replacing", True))
 
 
 def _stop(victims: Iterable[Versioned[pb.Instance]], reason: str, message: str, now: float, plan: Plan) -> None:
@@ -249,7 +242,8 @@ def _scale(
     new_suffix: Callable[[], str],
     plan: Plan,
     policy: Policy,
-) -> None:
+) -> list[pb.Instance]:
+    """Creates and stops toward the app's replicas; returns what must leave, in the order it leaves."""
     spec = app.spec
     replicas = spec.replicas
     stuck = is_stuck(app)
@@ -282,6 +276,7 @@ def _scale(
         _stop(extra, "ScaledDown", f"app scaled to {replicas}", now, plan)
     if moving:  # stuck: the old generation keeps serving; migrations (drains, lost agents) go on
         _retire_old(app, moving, untainted, unavailable, now, plan)
+    return [v.value for v in _retire_order(moving)]
 
 
 def _own_crash_loop(inst: pb.Instance, app: pb.App, snap: ClusterSnapshot, policy: Policy) -> bool:
@@ -301,25 +296,20 @@ def _retire_old(
 ) -> None:
     """Stop old-generation instances without going below replicas - maxUnavailable ready."""
     replicas = app.spec.replicas
-    old_unready = [v for v in old if not is_ready(v.value)]
-    old_ready = sorted((v for v in old if is_ready(v.value)), key=_stop_order)
+    in_order = _retire_order(old)
     ready = sum(1 for v in untainted if is_ready(v.value))
     # Readiness is the budget: a Pending replacement serves nobody yet. A lower
     # replica count raises the budget, so scaling down mid-rollout needs no extra case.
     budget = ready - (replicas - max_unavailable)
-    count = max(0, min(len(old_ready), budget))
-    for v in old_unready + old_ready[:count]:
-        inst = v.value
-        if inst.app_generation != app.generation:
-            _stop([v], "Replaced", f"replaced by generation {app.generation}", now, plan)
-        elif agent_gave_up(inst):
-            _stop([v], "AgentError", f"the agent on {inst.node} could not run it; moving", now, plan)
-        elif fenced(inst):
-            _stop([v], FENCED_REASON, f"its agent on {inst.node} killed it when it lost touch; replacing", now, plan)
-        elif inst.status.reason == "CrashLoopBackOff":
-            _stop([v], "CrashLoop", f"restarted {inst.status.restarts} times on {inst.node}; moving", now, plan)
-        else:
-            _stop([v], "Drained", f"node {inst.node} is draining; a replacement runs elsewhere", now, plan)
+    unready = sum(1 for v in old if not is_ready(v.value))
+    count = unready + max(0, min(len(old) - unready, budget))
+    for v in in_order[:count]:
+        _stop([v], *departure(v.value, app.generation), now, plan)
+
+
+def _retire_order(old: list[Versioned[pb.Instance]]) -> list[Versioned[pb.Instance]]:
+    """Not ready first (all of them go at once), then the cheapest to lose (_stop_order)."""
+    return sorted(old, key=lambda v: (is_ready(v.value), _stop_order(v)))
 
 
 def new_instance(app: pb.App, suffix: str, now: float, avoid_nodes: Iterable[str] = ()) -> pb.Instance:

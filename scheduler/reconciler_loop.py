@@ -32,7 +32,15 @@ from orch.v1 import types_pb2 as pb
 from scheduler.compaction import Compactor
 from scheduler.errors import NotLeader, StoreUnavailable
 from scheduler.events import EventLog
-from scheduler.liveness import ETCD_EXPIRY_TICK, GRACE, TOO_MANY_NOT_READY, Hold, Liveness, reconnect_grace
+from scheduler.liveness import (
+    ETCD_EXPIRY_TICK,
+    GRACE,
+    TOO_MANY_NOT_READY,
+    Hold,
+    Liveness,
+    holder_confirm,
+    reconnect_grace,
+)
 from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import NodeView, Placement, node_views, place, request_for
 from scheduler.reconcile import DEFAULT_POLICY, Plan, Policy, event, reconcile
@@ -170,9 +178,17 @@ class Reconciler:
         heartbeats: Callable[[], tuple[frozenset[str], frozenset[str]]] = lambda: (frozenset(), frozenset()),
         lease_ttl: float = 1.0,
         compactor: Compactor | None = None,
+        identity: str = "",
     ) -> None:
         """heartbeats: (beating, silent) nodes of this scheduler's sessions; lease_ttl: the node
-        lease, from which the grace after this scheduler took the lead or got etcd back follows."""
+        lease, from which the grace after this scheduler took the lead or got etcd back follows;
+        identity: this scheduler's, as named on the lease keys its sessions keep alive."""
+        self._identity = identity
+        self._confirm = holder_confirm(lease_ttl)
+        self._quiet_after = lease_ttl
+        self._holder: dict[str, str] = {}  # node -> the scheduler last seen keeping its lease
+        self._lapsed: dict[str, float] = {}  # node on another scheduler -> when first seen NotReady
+        self._gone: dict[str, float] = {}  # scheduler -> when its presence was first seen gone
         self._policy = policy
         self._heartbeats = heartbeats
         self.grace = reconnect_grace(lease_ttl)
@@ -215,7 +231,10 @@ class Reconciler:
         # after an outage a lease key outlives an agent that is not there any more.
         self._after_outage = contact.in_outage() or now < contact.back_at + self.grace
         beating, silent = self._heartbeats()
-        return Liveness(since + self.grace, why, beating, silent)
+        # A session here that stays quiet for a lease after the grace began (after this process
+        # or etcd came back) lost its agent, whatever etcd did: no grace for that node.
+        quiet = silent if now >= since + self._quiet_after else frozenset()
+        return Liveness(since + self.grace, why, beating, silent, quiet=quiet)
 
     def _seen(self, live: Liveness, snap: ClusterSnapshot, read_at: float) -> Liveness:
         """Note the nodes that showed they are back: after a leadership change, Ready in a
@@ -229,7 +248,25 @@ class Reconciler:
                 self._recovered |= {n for n in snap.live_nodes if snap.lease_revisions.get(n, 0) > since}
         elif read_at >= self._grace_since + self._settle:
             self._recovered |= snap.live_nodes
-        return replace(live, recovered=frozenset(self._recovered))
+        return replace(live, recovered=frozenset(self._recovered), away=self._away(snap, read_at))
+
+    def _away(self, snap: ClusterSnapshot, read_at: float) -> dict[str, tuple[float, str]]:
+        """NotReady nodes whose lease another scheduler kept: held while that scheduler is gone
+        (a grace from when it went) or until its presence could have lapsed too."""
+        self._holder = {n: s for n, s in self._holder.items() if n in snap.nodes} | dict(snap.lease_holders)
+        self._gone = {s: t for s, t in self._gone.items() if s not in snap.schedulers}
+        away: dict[str, tuple[float, str]] = {}
+        for node, holder in self._holder.items():
+            if node in snap.live_nodes or not holder or holder == self._identity:
+                self._lapsed.pop(node, None)
+                continue
+            lapsed = self._lapsed.setdefault(node, read_at)
+            if holder in snap.schedulers:
+                away[node] = (lapsed + self._confirm, f"scheduler {holder}, which kept its lease, may be going away")
+            else:
+                gone = self._gone.setdefault(holder, read_at)
+                away[node] = (gone + self.grace, f"scheduler {holder}, which kept its lease, went away")
+        return away
 
     def run_once(self, fence: Fence | None = None, liveness: Liveness | None = None) -> PassResult:
         """One pass. Blocking: run it in a thread.

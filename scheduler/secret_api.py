@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 
+from orch.secretrefs import referenced_secrets
 from orch.v1 import api_pb2 as api
 from orch.v1 import types_pb2 as pb
 from scheduler.errors import Conflict, NotFound, Refused
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def users(apps: list[pb.App], name: str) -> list[str]:
     """The apps whose spec refers to secret `name`."""
-    return sorted(a.spec.name for a in apps if any(e.secret == name for e in a.spec.secret_env))
+    return sorted(a.spec.name for a in apps if name in referenced_secrets(a.spec))
 
 
 def info(secret: pb.Secret, apps: list[pb.App]) -> api.SecretInfo:

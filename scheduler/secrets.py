@@ -26,6 +26,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from orch.secretrefs import referenced_secrets, secret_key_problem
 from orch.v1 import types_pb2 as pb
 from scheduler.errors import InvalidRequest, SchedulerError
 from scheduler.snapshot import Versioned
@@ -40,7 +41,6 @@ NONCE_BYTES = 12
 MAX_SECRET_BYTES = 1 << 20  # as Kubernetes: a secret is small; etcd's requests are 1.5 MiB
 _KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _SECRET_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-_DATA_KEY = re.compile(r"[-._a-zA-Z0-9]+")  # Kubernetes' secret keys: file names, too
 
 
 class SecretKeyError(SchedulerError):
@@ -155,8 +155,8 @@ def check_secret(name: str, data: Mapping[str, bytes]) -> None:
     if not data:
         problems.append("no data: give at least one key (--from-literal KEY=VALUE or --from-file [KEY=]PATH)")
     for key in data:
-        if len(key) > 253 or not _DATA_KEY.fullmatch(key) or key in (".", ".."):
-            problems.append(f'key "{key}" is not valid (letters, digits, "-", "_" and ".")')
+        if (problem := secret_key_problem(key)) is not None:  # a key is a file name in a secret volume
+            problems.append(f'key "{key}" {problem}')
     size = sum(len(k) + len(v) for k, v in data.items())
     if size > MAX_SECRET_BYTES:
         problems.append(f"{size} bytes, over the limit of {MAX_SECRET_BYTES}")
@@ -177,7 +177,7 @@ class Opener:
         """name -> (mod_revision, data) of every stored secret these instances refer to. One that is
         missing or does not open is left out: the agent reports the instance's start failing."""
         out = {}
-        for name in sorted({e.secret for inst in instances for e in inst.spec.secret_env}):
+        for name in sorted({name for inst in instances for name in referenced_secrets(inst.spec)}):
             found = stored.get(name)
             if found is None or self._keys is None:
                 continue

@@ -32,6 +32,7 @@ from scheduler.leader import LeaderElection
 from scheduler.leases import LeaseKeeper
 from scheduler.metrics import ClusterCollector, SchedulerMetrics
 from scheduler.network_config import NetworkMismatch
+from scheduler.presence import Presence
 from scheduler.reconciler_loop import Reconciler
 from scheduler.secrets import KeyRing, Opener, SecretKeyError
 from scheduler.services import DEFAULT_SERVICE_CIDR, parse_service_cidr
@@ -106,7 +107,8 @@ async def serve(config: SchedulerConfig) -> None:
     resealed = await asyncio.to_thread(secret_api.reseal_all, store, secret_keys) if secret_keys else 0
     if resealed:
         log.info("resealed %d secrets under key %s", resealed, secret_keys.primary if secret_keys else "")
-    registry = NodeRegistry(store, config.lease_ttl, config.restart_grace, pool)
+    registry = NodeRegistry(store, config.lease_ttl, config.restart_grace, pool, identity)
+    presence = Presence(store, keeper, identity, config.lease_ttl)
     endpoints = EndpointsFeed(cache, config.service_cidr)
     sessions = AgentSessionService(registry, cache, status, metrics, keeper, events, endpoints, Opener(secret_keys))
     reconciler = Reconciler(
@@ -116,6 +118,7 @@ async def serve(config: SchedulerConfig) -> None:
         heartbeats=sessions.heartbeats.split,
         lease_ttl=config.lease_ttl,
         compactor=Compactor(store),
+        identity=identity,
     )
     cache.on_any_change(reconciler.trigger.set)
 
@@ -160,6 +163,7 @@ async def serve(config: SchedulerConfig) -> None:
         asyncio.create_task(reconciler.run(election.fence), name="reconciler"),
         asyncio.create_task(status.run(), name="status"),
         asyncio.create_task(keeper.run(), name="leases"),
+        asyncio.create_task(presence.run(), name="presence"),
         asyncio.create_task(_watch_leadership(election, reconciler, metrics), name="leadership"),
     ]
     await server.start()
@@ -180,6 +184,7 @@ async def serve(config: SchedulerConfig) -> None:
     await server.stop(grace=1)
     for t in tasks:
         t.cancel()
+    await asyncio.to_thread(presence.withdraw)
     with contextlib.suppress(BaseException):
         await asyncio.gather(*tasks, return_exceptions=True)
     store.close()

@@ -100,8 +100,14 @@ class NodeRegistry:
     """Node records and their leases in etcd (blocking calls)."""
 
     def __init__(
-        self, store: Store, lease_ttl: int, restart_grace: float = RESTART_GRACE, pool: SubnetPool | None = None
+        self,
+        store: Store,
+        lease_ttl: int,
+        restart_grace: float = RESTART_GRACE,
+        pool: SubnetPool | None = None,
+        identity: str = "",  # this scheduler's: named on the lease keys it keeps alive
     ) -> None:
+        self.identity = identity
         self._store = store
         self.lease_ttl = lease_ttl
         self.restart_grace = restart_grace
@@ -143,7 +149,7 @@ class NodeRegistry:
                 self._store.commit(
                     [
                         Put(key, node, existing.mod_revision if existing else 0),
-                        Put(lease_key, pb.Node(name=reg.node), None, lease_id),
+                        Put(lease_key, self._lease_value(reg.node), None, lease_id),
                         *claim,
                     ]
                 )
@@ -177,6 +183,9 @@ class NodeRegistry:
         self._store.revoke_lease(lease_id)
         return until
 
+    def _lease_value(self, node: str) -> pb.Node:
+        return pb.Node(name=node, scheduler=self.identity)
+
     def _reuse_or_grant(self, previous: int) -> int:
         if previous and self._store.refresh_lease(previous) > 0:
             return previous
@@ -188,7 +197,7 @@ class NodeRegistry:
     def renew(self, node: str) -> int:
         """The node's lease expired while its agent still beats: attach the lease key to a new one."""
         new_id, _ = self._store.grant_lease(self.lease_ttl)
-        self._store.commit([Put(self._store.keys.node_lease(node), pb.Node(name=node), None, new_id)])
+        self._store.commit([Put(self._store.keys.node_lease(node), self._lease_value(node), None, new_id)])
         log.info("node %s: lease had expired; new lease %x", node, new_id)
         return new_id
 

@@ -35,6 +35,8 @@ class ClusterSnapshot:
     cluster_id: int = 0  # etcd's: revisions are only comparable within one etcd cluster
     # node -> the revision its lease key was last written at: a (re-)registration or a renewal
     lease_revisions: Mapping[str, int] = field(default_factory=dict)
+    lease_holders: Mapping[str, str] = field(default_factory=dict)  # node -> the scheduler keeping its lease
+    schedulers: frozenset[str] = frozenset()  # schedulers whose presence key exists (presence.py)
     _by_app: dict[str, list[Versioned[pb.Instance]]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -5,7 +5,8 @@ Values are the API's protobuf messages under one key prefix:
     apps/<name>             App
     instances/<app>/<name>  Instance
     nodes/<name>            Node
-    leases/nodes/<name>     node name, attached to the node's etcd lease
+    leases/nodes/<name>     Node (name, and the scheduler keeping it alive), on the node's etcd lease
+    leases/schedulers/<id>  Node (the scheduler's id), on a lease the scheduler keeps alive (presence.py)
     leader                  scheduler id, attached to the leader's lease
     events/<time>-<rand>    Event, attached to a TTL lease
     serviceips/<ip>         ServiceIp: the app holding that virtual IP (services.py)
@@ -70,7 +71,13 @@ CHUNK = MAX_TXN_OPS - 1  # writes per transaction: one compare is left for a Fen
 # writes stay under 1 MiB, with room for keys, compares and framing.
 CHUNK_BYTES = 1 << 20
 PAGE = 2000  # keys per range read: a big cluster is read in pages, never in one reply
-SNAPSHOT_KINDS = ("apps/", "instances/", "nodes/", "leases/nodes/")  # not events/: they are listed apart
+SNAPSHOT_KINDS = (
+    "apps/",
+    "instances/",
+    "nodes/",
+    "leases/nodes/",
+    "leases/schedulers/",
+)  # not events/: they are listed apart
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +135,9 @@ class Keys:
 
     def node_lease(self, name: str) -> str:
         return f"{self.prefix}leases/nodes/{name}"
+
+    def scheduler_presence(self, identity: str) -> str:
+        return f"{self.prefix}leases/schedulers/{identity}"
 
     def leader(self) -> str:
         return f"{self.prefix}leader"
@@ -246,6 +256,8 @@ class Store:
         instances: dict[str, Versioned[pb.Instance]] = {}
         nodes: dict[str, Versioned[pb.Node]] = {}
         live: dict[str, int] = {}
+        holders: dict[str, str] = {}
+        schedulers: set[str] = set()
         revision, cluster_id = 0, 0
         plen = len(self.keys.prefix)
         for kind in SNAPSHOT_KINDS:
@@ -264,8 +276,12 @@ class Store:
                     elif kind == "nodes/":
                         if node := decode(pb.Node, kv.value, key):
                             nodes[rest] = Versioned(node, kv.mod_revision)
-                    else:
+                    elif kind == "leases/nodes/":
                         live[rest] = kv.mod_revision
+                        if lease := decode(pb.Node, kv.value, key):
+                            holders[rest] = lease.scheduler
+                    else:
+                        schedulers.add(rest)
         return ClusterSnapshot(
             revision=revision,
             apps=apps,
@@ -274,6 +290,8 @@ class Store:
             live_nodes=frozenset(live),
             cluster_id=cluster_id,
             lease_revisions=live,
+            lease_holders=holders,
+            schedulers=frozenset(schedulers),
         )
 
     def _pages(self, prefix: str, revision: int = 0, what: str = "") -> Iterator[Any]:

@@ -41,6 +41,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
+    if "\0" in path:  # C would read it as the path's end
+        raise OSError(errno.EINVAL, "a NUL byte in the path", path)
     how = _OpenHow(flags, 0, resolve)
     nr = _SYS_OPENAT2[platform.machine()]
     fd = int(_libc.syscall(nr, dirfd, os.fsencode(path), ctypes.byref(how), ctypes.sizeof(how)))
@@ -94,7 +96,8 @@ def open_in_root(root: str, path: str) -> tuple[int, str]:
         top, found = path_of(root_fd), path_of(fd)
     finally:
         os.close(root_fd)
-    inside = "/" if found == top else found.removeprefix(top) if found.startswith(top + "/") else ""
+    base = top.rstrip("/")  # "/" itself: after pivot_root (secret volumes)
+    inside = "/" if found == top else found.removeprefix(base) if found.startswith(base + "/") else ""
     if not inside:  # cannot happen with RESOLVE_IN_ROOT; refuse rather than trust it
         os.close(fd)
         raise OSError(errno.EXDEV, f"{path} resolves to {found}, outside {top}")

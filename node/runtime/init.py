@@ -20,7 +20,7 @@ from typing import NoReturn
 
 from node.runtime import sys as sc
 from node.runtime.cgroups.devices import NODES
-from node.runtime.model import Mount
+from node.runtime.model import Mount, SecretMount
 from orch.volumes import mount_path_problem
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "exec_command",
     "exec_failure",
     "exec_reaper",
+    "open_mount_point",
     "pick_steps",
     "run_setup",
 ]
@@ -93,6 +94,10 @@ class InitPlan:
     # pivot_root or setns, where the host's state dir is out of reach. b"" = unconfined.
     seccomp_program: bytes = b""
     mounts: tuple[Mount, ...] = ()  # volumes (model.Mount), bound by mount_volumes
+    # Secret volumes: their mount points are made by mount_volumes (before a read-only remount
+    # of /); their files arrive after "G" and are mounted by secret_mounts.SECRET_STEPS.
+    secret_targets: tuple[str, ...] = ()
+    secret_mounts: tuple[SecretMount, ...] = ()
 
 
 Step = tuple[str, Callable[[sc.Syscalls, InitPlan], None]]
@@ -238,16 +243,24 @@ def _readonly_paths(s: sc.Syscalls, p: InitPlan) -> None:
 
 def _mount_volumes(s: sc.Syscalls, p: InitPlan) -> None:
     for mount in p.mounts:
-        # Resolved as if the rootfs were "/", so an image's `/data -> /etc/..` stays in the
-        # image; where a link leads is checked again, as the manifest's path was.
-        fd, inside = s.open_in_root(p.merged, mount.target)
+        fd = open_mount_point(s, p.merged, mount.target)
         try:
-            if (problem := mount_path_problem(inside)) is not None:
-                where = f"volume mountPath {mount.target} leads to {inside} in the image"
-                raise OSError(errno.EPERM, f"{where}, which {problem}")
             _bind_volume(s, p, mount, fd)
         finally:
             s.close(fd)
+    for target in p.secret_targets:  # only made here: the files come after "G"
+        s.close(open_mount_point(s, p.merged, target))
+
+
+def open_mount_point(s: sc.Syscalls, root: str, target: str) -> int:
+    """The directory `target` inside `root`, made if missing. Resolved as if the rootfs were "/",
+    so an image's `/data -> /etc/..` stays in the image; where a link leads is checked again, as
+    the manifest's path was."""
+    fd, inside = s.open_in_root(root, target)
+    if (problem := mount_path_problem(inside)) is not None:
+        s.close(fd)
+        raise OSError(errno.EPERM, f"volume mountPath {target} leads to {inside} in the image, which {problem}")
+    return fd
 
 
 def _bind_volume(s: sc.Syscalls, p: InitPlan, mount: Mount, fd: int) -> None:

@@ -16,6 +16,8 @@ __all__ = [
     "ContainerState",
     "ContainerStatus",
     "Mount",
+    "SecretFile",
+    "SecretMount",
     "valid_id",
 ]
 
@@ -46,6 +48,24 @@ class Mount:
     target: str
     read_only: bool = False
     owned: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SecretFile:
+    path: str  # relative to the volume's mountPath ("db/password"): orch.secretrefs.item_path_problem
+    mode: int  # 0..0o777
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SecretMount:
+    """A secret volume: its files on a tmpfs of its own, made in the container's mount namespace
+    and attached read-only at `target` (resolved inside the rootfs, like Mount.target), owned by
+    the container's user. Only `target` is written to spec.json; the files travel with secret_env.
+    """
+
+    target: str
+    files: tuple[SecretFile, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +103,8 @@ class ContainerConfig:
     # Variables from secrets: never in spec.json (a file on the node's disk). They travel in
     # memory: the zygote's request, the shim, then after "G" to PID 1 (shim.py); zygote only.
     secret_env: Mapping[str, str] = field(default_factory=dict)
+    # Files from secrets (secret volumes), the same way; spec.json holds only their targets.
+    secret_mounts: tuple[SecretMount, ...] = ()
 
 
 class ContainerStatus(enum.Enum):

@@ -7,14 +7,42 @@ or to a descriptor: nothing in between is looked up by path again.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 
-__all__ = ["MOUNT_ATTR_NODEV", "MOUNT_ATTR_NOSUID", "MOUNT_ATTR_RDONLY", "attach", "clone_tree", "set_attrs"]
+__all__ = [
+    "MOUNT_ATTR_NODEV",
+    "MOUNT_ATTR_NOSUID",
+    "MOUNT_ATTR_RDONLY",
+    "attach",
+    "clone_tree",
+    "new_tmpfs",
+    "set_attrs",
+]
 
 _SYSCALLS = {
-    "x86_64": {"open_tree": 428, "move_mount": 429, "mount_setattr": 442},
-    "aarch64": {"open_tree": 428, "move_mount": 429, "mount_setattr": 442},
+    "x86_64": {
+        "open_tree": 428,
+        "move_mount": 429,
+        "fsopen": 430,
+        "fsconfig": 431,
+        "fsmount": 432,
+        "mount_setattr": 442,
+    },
+    "aarch64": {
+        "open_tree": 428,
+        "move_mount": 429,
+        "fsopen": 430,
+        "fsconfig": 431,
+        "fsmount": 432,
+        "mount_setattr": 442,
+    },
 }
+_FSOPEN_CLOEXEC = 1
+_FSMOUNT_CLOEXEC = 1
+_FSCONFIG_SET_FLAG = 0
+_FSCONFIG_SET_STRING = 1
+_FSCONFIG_CMD_CREATE = 6
 AT_FDCWD = -100
 _AT_EMPTY_PATH = 0x1000
 _AT_RECURSIVE = 0x8000
@@ -67,3 +95,24 @@ def attach(tree: int, dirfd: int, path: str, where: str) -> None:
     """Attach the tree at `path` under dirfd ("": onto dirfd itself)."""
     flags = _MOVE_MOUNT_F_EMPTY_PATH | (_MOVE_MOUNT_T_EMPTY_PATH if not path else 0)
     _check(_call("move_mount", tree, b"", dirfd, os.fsencode(path), flags), "move_mount", where)
+
+
+def new_tmpfs(options: dict[str, str], flags: tuple[str, ...], attrs: int, where: str) -> int:
+    """A detached tmpfs (fsopen, fsconfig, fsmount): reachable only through the returned fd
+    (O_PATH; usable as a dir_fd) until it is attached. `flags` the kernel does not know (e.g.
+    "noswap" before Linux 6.4) are skipped; an unknown option in `options` is an error."""
+    fs = _check(_call("fsopen", b"tmpfs", ctypes.c_uint(_FSOPEN_CLOEXEC)), "fsopen tmpfs", where)
+    try:
+        for key, value in options.items():
+            res = _call("fsconfig", fs, _FSCONFIG_SET_STRING, key.encode(), value.encode(), 0)
+            _check(res, f"fsconfig {key}={value}", where)
+        for flag in flags:
+            if (
+                _call("fsconfig", fs, _FSCONFIG_SET_FLAG, flag.encode(), None, 0) < 0
+                and ctypes.get_errno() != errno.EINVAL
+            ):
+                _check(-1, f"fsconfig {flag}", where)
+        _check(_call("fsconfig", fs, _FSCONFIG_CMD_CREATE, None, None, 0), "fsconfig create", where)
+        return _check(_call("fsmount", fs, _FSMOUNT_CLOEXEC, ctypes.c_uint(attrs)), "fsmount", where)
+    finally:
+        os.close(fs)

@@ -40,6 +40,7 @@ from node.runtime.layout import (
 )
 from node.runtime.model import ContainerConfig, ContainerState, ContainerStatus, valid_id
 from node.runtime.seccomp import DEFAULT_PROFILE, FilterCache, load_profile
+from node.runtime.secret_mounts import SecretPayload, check_files
 from node.runtime.security import resolve_user
 from node.runtime.shim_client import Zygote, run_shim
 from node.runtime.spec import ShimSpec
@@ -131,9 +132,8 @@ class Runtime:
         # Without on_netns the shim sends "G" itself: no round trip through us (~1 ms).
         hook = netns_hook if on_netns is not None else None
         try:
-            run_shim(
-                cdir, hook, self._zygote, staged.usable(config.user_namespace, bool(config.mounts)), config.secret_env
-            )
+            secrets = SecretPayload(config.secret_env, config.secret_mounts)
+            run_shim(cdir, hook, self._zygote, staged.usable(config.user_namespace, bool(config.mounts)), secrets)
         except BaseException:
             self._discard(config.id)
             raise
@@ -156,6 +156,9 @@ class Runtime:
             problem = mount_path_problem(mount.target) or ("" if mount.root.is_absolute() else "its root is relative")
             if problem:
                 raise RuntimeStartError(f"volume mount {mount.target!r}: {problem}", id=id)
+        for secret in config.secret_mounts:  # PID 1 checks the files again before writing any
+            if why := mount_path_problem(secret.target) or check_files(secret):
+                raise RuntimeStartError(f"secret volume mount {secret.target!r}: {why}", id=id)
         cdir = ContainerDir(self.state_dir / id)
         for path in (config.rootfs, *config.lower_dirs, cdir.path):  # overlay options are split on ',' and ':'
             if "," in str(path) or ":" in str(path):

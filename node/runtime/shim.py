@@ -40,7 +40,7 @@ import struct
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -50,6 +50,7 @@ from node.runtime.cgroups import CgroupDriver, driver_for
 from node.runtime.exits import exit_record
 from node.runtime.layout import ContainerDir, proc_start_time, read_json, write_json_atomic
 from node.runtime.logs import LogWriter
+from node.runtime.secret_mounts import SECRET_STEPS, SecretPayload
 from node.runtime.spec import ShimSpec
 from node.runtime.sys import CLONE_NEWPID, LinuxSyscalls, default_signals, set_process_title
 
@@ -167,13 +168,13 @@ def _read_line(fd: int) -> str:
     return data[:-1].decode()
 
 
-def _frame(env: Mapping[str, str]) -> bytes:
-    """The variables from secrets as PID 1 reads them after "G": length, then JSON."""
-    body = json.dumps(dict(env)).encode()
+def _frame(secrets: SecretPayload) -> bytes:
+    """The secrets (variables and files) as PID 1 reads them after "G": length, then JSON."""
+    body = json.dumps(secrets.wire()).encode()
     return struct.pack("=I", len(body)) + body
 
 
-def _read_frame(fd: int) -> dict[str, str] | None:
+def _read_frame(fd: int) -> SecretPayload | None:
     """What _frame wrote; None at EOF or on garbage."""
 
     def exactly(n: int) -> bytes | None:
@@ -190,10 +191,9 @@ def _read_frame(fd: int) -> dict[str, str] | None:
         return None
     body = exactly(struct.unpack("=I", head)[0])
     try:
-        env = json.loads(body) if body is not None else None
+        return SecretPayload.from_wire(json.loads(body)) if body is not None else None
     except ValueError:
         return None
-    return {str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else None
 
 
 def _run_container(calls: LinuxSyscalls, plan: init.InitPlan, init_image: int, pipes: tuple[int, int]) -> int:
@@ -203,16 +203,15 @@ def _run_container(calls: LinuxSyscalls, plan: init.InitPlan, init_image: int, p
     os.write(to_shim, b"R")
     if os.read(from_shim, 1) != b"G":
         os._exit(1)
-    secret_env = _read_frame(from_shim)  # after "G", always: {} without secrets
-    if secret_env is None:
+    secrets = _read_frame(from_shim)  # after "G", always: empty without secrets
+    if secrets is None:
         os._exit(1)
-    if secret_env:
-        plan = dataclasses.replace(plan, env={**plan.env, **secret_env})
+    plan = dataclasses.replace(plan, env={**plan.env, **secrets.env}, secret_mounts=secrets.mounts)
     # Ignored signals survive exec: Python ignores SIGPIPE and SIGXFSZ, the zygote HUP and INT.
     # The command starts with every disposition at its default, as under Docker.
     default_signals()
     try:
-        init.run_setup(calls, plan, init.EXEC_STEPS)
+        init.run_setup(calls, plan, SECRET_STEPS + init.EXEC_STEPS)
     except OSError as exc:
         _fail(to_shim, "setup", exc)
     if plan.userns_fd >= 0:
@@ -257,7 +256,7 @@ def _handshake(
     to_child: int,
     msgs: _Reader,
     fds: tuple[int, int],
-    secret_env: Mapping[str, str],
+    secrets: SecretPayload,
 ) -> Failure | None:
     """Drive the child from fork to exec; None once the command runs."""
     report, go = fds
@@ -274,7 +273,7 @@ def _handshake(
         _send(report, {"event": "netns", "pid": child})
         if os.read(go, 16).strip() != b"go":
             return Failure("setup", "start aborted by the runtime")
-    _write_all(to_child, b"G" + _frame(secret_env))
+    _write_all(to_child, b"G" + _frame(secrets))
     # Byte by byte: whatever follows (orch-init's last line) is for orch-shim, after our exec.
     line = _read_line(msgs.fd)
     msg = json.loads(line) if line.strip() else {}
@@ -386,7 +385,7 @@ def _supervise(
     fds: tuple[int, int],
     staged_pid1: Pid1 | None,
     init_image: int,
-    secret_env: Mapping[str, str],
+    secrets: SecretPayload,
 ) -> int:
     report = fds[0]
     if staged_pid1 is not None:  # first of all: it reads the spec and mounts meanwhile
@@ -403,7 +402,7 @@ def _supervise(
     write_json_atomic(cdir.start, start)
     msgs = _Reader(from_child_r)
     try:
-        failure = _handshake(cg, spec, child, to_child_w, msgs, fds, secret_env)
+        failure = _handshake(cg, spec, child, to_child_w, msgs, fds, secrets)
     except Exception as exc:  # e.g. a cgroup write failed: the container must not run unconfined
         failure = Failure("shim", f"{type(exc).__name__}: {exc}")
         traceback.print_exc()
@@ -460,7 +459,7 @@ def supervise(
     go: int,
     staged_pid1: Pid1 | None = None,
     init_image: int = -1,
-    secret_env: Mapping[str, str] | None = None,
+    secrets: SecretPayload | None = None,
 ) -> NoReturn:
     """The shim's life, in an already detached process; never returns.
 
@@ -475,7 +474,7 @@ def supervise(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     code = 1
     try:
-        code = _supervise(cdir, (report, go), staged_pid1, init_image, secret_env or {})
+        code = _supervise(cdir, (report, go), staged_pid1, init_image, secrets or SecretPayload())
     except BaseException as exc:
         traceback.print_exc()
         _send(report, {"event": "shim_error", "message": f"{type(exc).__name__}: {exc}"})

@@ -14,16 +14,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from node.runtime.cgroups.placement import Supervisors, scope_command
 from node.runtime.errors import RuntimeStartError
 from node.runtime.layout import ContainerDir
+from node.runtime.secret_mounts import SecretPayload
 
 # A request reaches the zygote in one read of its stream socket: one socket buffer's worth (about
-# 32 KiB on Linux), so the variables from secrets of one container are kept well below that.
+# 32 KiB on Linux), so the secrets of one container (variables and files) are kept well below that.
 MAX_REQUEST = 24_000
 
 __all__ = ["Zygote", "run_shim", "shim_command"]
@@ -121,7 +122,7 @@ class Zygote:
         return sock
 
     def spawn_shim(
-        self, cdir: ContainerDir, report_w: int, go_r: int, staged: bool = False, env: Mapping[str, str] | None = None
+        self, cdir: ContainerDir, report_w: int, go_r: int, staged: bool = False, secrets: SecretPayload | None = None
     ) -> None:
         """Have the zygote fork a shim for cdir; starts the zygote when there is none.
 
@@ -135,10 +136,12 @@ class Zygote:
                 sock = self._connect()
             with sock:
                 sock.settimeout(START_TIMEOUT)
-                request = {"dir": str(cdir.path), "staged": staged, "env": dict(env or {})}
+                request = {"dir": str(cdir.path), "staged": staged, **(secrets or SecretPayload()).wire()}
                 payload = json.dumps(request).encode()
                 if len(payload) > MAX_REQUEST:
-                    raise ValueError(f"variables from secrets: {len(payload)} bytes, over the limit of {MAX_REQUEST}")
+                    raise ValueError(
+                        f"secrets (variables and files, base64): {len(payload)} bytes, over the limit of {MAX_REQUEST}"
+                    )
                 socket.send_fds(sock, [payload], [report_w, go_r])
                 reply = sock.recv(16)
             if reply.startswith(b"ok"):
@@ -228,7 +231,7 @@ def run_shim(
     on_netns: Callable[[int], object] | None,
     zygote: Zygote | None = None,
     staged: bool = False,
-    secret_env: Mapping[str, str] | None = None,
+    secrets: SecretPayload | None = None,
 ) -> None:
     """Start the shim (through the zygote, or as a fresh process) and drive the handshake.
 
@@ -240,10 +243,10 @@ def run_shim(
     report_r, report_w = os.pipe()
     go_r, go_w = os.pipe()
     try:
-        if secret_env and zygote is None:  # the Python shim's command line is no place for them
-            raise ValueError("variables from secrets need the zygote (Runtime(use_zygote=True))")
+        if secrets and (secrets.env or secrets.mounts) and zygote is None:  # no place on a command line
+            raise ValueError("variables and files from secrets need the zygote (Runtime(use_zygote=True))")
         if zygote is not None:
-            zygote.spawn_shim(cdir, report_w, go_r, staged, secret_env or {})
+            zygote.spawn_shim(cdir, report_w, go_r, staged, secrets)
             os.close(report_w)
             os.close(go_r)
             report_w = go_r = -1

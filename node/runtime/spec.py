@@ -14,7 +14,14 @@ from typing import Any
 
 from node.runtime.init import InitPlan
 from node.runtime.layout import ContainerDir
-from node.runtime.model import DEFAULT_PATH, SECCOMP_DEFAULT, SECCOMP_UNCONFINED, ContainerConfig, Mount
+from node.runtime.model import (
+    DEFAULT_PATH,
+    SECCOMP_DEFAULT,
+    SECCOMP_UNCONFINED,
+    ContainerConfig,
+    Mount,
+    SecretMount,
+)
 from node.runtime.native import NativeBinaries
 from node.runtime.seccomp import FilterCache
 from node.runtime.security import Identity, cap_mask, cap_names, resolve_user, rlimit_numbers
@@ -38,6 +45,8 @@ def _config_to_json(c: ContainerConfig) -> dict[str, Any]:
             value = str(value)
         elif f.name == "mounts":
             value = [dataclasses.asdict(m) | {"root": str(m.root)} for m in value]
+        elif f.name == "secret_mounts":
+            value = [m.target for m in value]  # where they go; never the files (model.py)
         elif isinstance(value, tuple):
             value = [str(v) if isinstance(v, Path) else v for v in value]
         elif f.name == "rlimits":
@@ -56,6 +65,7 @@ def _config_from_json(c: dict[str, Any]) -> ContainerConfig:
         kw[name] = tuple(kw[name])
     kw["lower_dirs"] = tuple(Path(p) for p in kw.get("lower_dirs", ()))
     kw["mounts"] = tuple(Mount(**(m | {"root": Path(m["root"])})) for m in kw.get("mounts", ()))
+    kw["secret_mounts"] = tuple(SecretMount(str(target)) for target in kw.get("secret_mounts", ()))
     if "rlimits" in kw:
         kw["rlimits"] = {k: (int(v[0]), int(v[1])) for k, v in kw["rlimits"].items()}
     return ContainerConfig(**kw)
@@ -180,6 +190,7 @@ class ShimSpec:
             fault_step=self.fault_step,
             seccomp_program=Path(self.seccomp_program).read_bytes() if self.seccomp_program else b"",
             mounts=c.mounts,
+            secret_targets=tuple(m.target for m in c.secret_mounts),
         )
 
 

@@ -52,6 +52,7 @@ from node.runtime import native, shim
 from node.runtime.cgroups.common import write
 from node.runtime.errors import CgroupWriteError
 from node.runtime.layout import ContainerDir
+from node.runtime.secret_mounts import SecretPayload
 from node.runtime.sys import LinuxSyscalls, set_process_title
 
 __all__ = ["main", "peer_refused", "serve"]
@@ -106,7 +107,7 @@ def _spare_child(sock: socket.socket, stage_dir: str, init_image: int) -> None:
         if len(fds) == 2:
             request = json.loads(msg)
             cdir = ContainerDir(Path(request["dir"]))
-            _shim_child(cdir, (fds[0], fds[1]), init_image, pid1, _env(request))
+            _shim_child(cdir, (fds[0], fds[1]), init_image, pid1, _secrets(request))
     finally:
         os._exit(1)
 
@@ -139,7 +140,7 @@ def _handle(
                     os.close(fd)
                 listener.close()
                 conn.close()
-                _shim_child(cdir, (fds[0], fds[1]), init_image, None, _env(request))
+                _shim_child(cdir, (fds[0], fds[1]), init_image, None, _secrets(request))
             finally:
                 os._exit(1)
         conn.sendall(b"ok\n")
@@ -171,12 +172,14 @@ def peer_refused(conn: socket.socket) -> str:
     return ""
 
 
-def _env(request: dict[str, object]) -> dict[str, str]:
-    """The request's variables from secrets (shim_client.spawn_shim): str to str only."""
-    env = request.get("env") or {}
-    if not isinstance(env, dict):
-        return {}
-    return {str(k): str(v) for k, v in env.items()}
+def _secrets(request: dict[str, object]) -> SecretPayload:
+    """The request's secrets (shim_client.spawn_shim). Malformed: none, and PID 1 then refuses
+    to run a container whose secret volumes have no files (secret_mounts.py)."""
+    try:
+        return SecretPayload.from_wire(request)
+    except ValueError as exc:
+        print(f"zygote: {exc}", file=sys.stderr, flush=True)
+        return SecretPayload()
 
 
 def _shim_child(
@@ -184,7 +187,7 @@ def _shim_child(
     fds: tuple[int, int],
     init_image: int,
     pid1: shim.Pid1 | None = None,
-    secret_env: dict[str, str] | None = None,
+    secrets: SecretPayload | None = None,
 ) -> None:
     try:
         log = os.open(cdir.shim_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -193,7 +196,7 @@ def _shim_child(
         os.close(log)
         for sig in (signal.SIGTERM, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
-        shim.supervise(cdir, fds[0], fds[1], pid1, init_image, secret_env or {})
+        shim.supervise(cdir, fds[0], fds[1], pid1, init_image, secrets)
     finally:
         os._exit(1)
 

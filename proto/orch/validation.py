@@ -16,6 +16,7 @@ from typing import Literal
 
 from orch.imageref import BadReference, parse_reference
 from orch.quantity import format_duration
+from orch.secretrefs import secret_key_problem
 from orch.v1 import types_pb2
 from orch.volumes import volume_problems
 
@@ -258,9 +259,6 @@ def _check_env(env: Mapping[str, str]) -> Iterator[FieldError]:
         yield from _check_nul(path, value)
 
 
-_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
-
-
 def _check_secret_env(spec: types_pb2.AppSpec) -> Iterator[FieldError]:
     """Variables from secrets: path spec.env.NAME in either manifest form (cli/manifest.py)."""
     seen: set[str] = set()
@@ -276,8 +274,8 @@ def _check_secret_env(spec: types_pb2.AppSpec) -> Iterator[FieldError]:
         seen.add(var.name)
         if len(var.secret) > 253 or not _DNS_SUBDOMAIN.fullmatch(var.secret):
             yield FieldError(f"{path}.valueFrom.secretKeyRef.name", f'"{_printable(var.secret)}" is not a secret name')
-        if not _SECRET_KEY.fullmatch(var.key):
-            yield FieldError(f"{path}.valueFrom.secretKeyRef.key", f'"{_printable(var.key)}" is not a secret key')
+        if (problem := secret_key_problem(var.key)) is not None:
+            yield FieldError(f"{path}.valueFrom.secretKeyRef.key", f'"{_printable(var.key)}" {problem}')
 
 
 def _check_resources(spec: types_pb2.AppSpec) -> Iterator[FieldError]:

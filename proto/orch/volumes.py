@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 
+from orch.secretrefs import secret_volume_problems
 from orch.v1 import types_pb2
 
 __all__ = [
@@ -84,6 +85,7 @@ def volume_problems(spec: types_pb2.AppSpec) -> Iterator[tuple[str, str]]:
         names.setdefault(volume.name, i)
         yield from _source_problems(path, volume)
     mounted: dict[str, int] = {}
+    secrets = {v.name for v in spec.volumes if v.HasField("secret")}
     for i, mount in enumerate(spec.volume_mounts):
         path = f"spec.volumeMounts[{i}]"
         if mount.name not in names:
@@ -93,12 +95,28 @@ def volume_problems(spec: types_pb2.AppSpec) -> Iterator[tuple[str, str]]:
         elif mount.mount_path in mounted:
             yield f"{path}.mountPath", f"is already mounted by spec.volumeMounts[{mounted[mount.mount_path]}]"
         mounted.setdefault(mount.mount_path, i)
+    yield from _below_secret_problems(spec, secrets)
+
+
+def _below_secret_problems(spec: types_pb2.AppSpec, secrets: set[str]) -> Iterator[tuple[str, str]]:
+    """A secret volume is mounted last and read-only (its tmpfs is made after the others):
+    no other mount can sit below it."""
+    tops = [(j, m.mount_path) for j, m in enumerate(spec.volume_mounts) if m.name in secrets]
+    for i, mount in enumerate(spec.volume_mounts):
+        for j, top in tops:
+            if i != j and top != "/" and mount.mount_path.startswith(top + "/"):
+                yield (
+                    f"spec.volumeMounts[{i}].mountPath",
+                    f"is below spec.volumeMounts[{j}].mountPath, a secret volume (read-only): mount it elsewhere",
+                )
 
 
 def _source_problems(path: str, volume: types_pb2.Volume) -> Iterator[tuple[str, str]]:
     kind = volume.WhichOneof("source")
     if kind is None:
-        yield path, "needs one of emptyDir or hostPath"
+        yield path, "needs one of emptyDir, hostPath or secret"
+    elif kind == "secret":
+        yield from secret_volume_problems(f"{path}.secret", volume.secret)
     elif kind == "empty_dir":
         empty = volume.empty_dir
         if empty.medium not in ("", MEDIUM_MEMORY):

@@ -95,6 +95,7 @@ def test_spread_replace_fence_and_delete(cluster, busybox_rootfs, record_propert
     record_property("node_kill_to_replaced_s", round(time.monotonic() - killed_at, 2))
     lost = [i for i in instances(info) if i["state"] == "Lost"]
     assert len(lost) == 2 and {i["node"] for i in lost} == {"node-1"}
+    explains_the_move(info, lost[0]["name"], 'NodeLost: node "node-1" stopped answering')
 
     # The node comes back: its old instances are no longer desired there, so
     # it stops them (fencing): never more than replicas + maxSurge run.
@@ -116,6 +117,36 @@ def test_spread_replace_fence_and_delete(cluster, busybox_rootfs, record_propert
     # Later tests in this module must not place work on the node we just stopped (SIGTERM:
     # Restarting for the restart grace, then NotReady).
     wait_for(node1_not_ready, 10, "node-1 no longer Ready")
+
+
+def explains_the_move(info, old: str, why: str) -> None:
+    """`orch explain` of old's replacement names old and why it left, and of old (while its record
+    stays) names the replacement."""
+    [new] = [i["name"] for i in instances(info) if (i["replaces"] or {}).get("instance") == old]
+    assert f"\nreplaces {old}: {why} (at " in orch(info, "explain", new).stdout
+    assert json.loads(orch(info, "explain", new, "-o", "json").stdout)["replaces"]["instance"] == old
+    if old in {i["name"] for i in instances(info)}:
+        assert f"\nreplaced by {new}\n" in orch(info, "explain", old).stdout
+
+
+def test_explain_says_what_a_drain_moved_and_why(cluster, busybox_rootfs):
+    # node-1 is down since the first test: the two replicas spread over node-0 and node-2.
+    info = cluster
+    manifest = APP.replace("{name: web}", "{name: moved}").replace("replicas: 6", "replicas: 2")
+    assert orch(info, "apply", "-", stdin=manifest % busybox_rootfs).returncode == 0
+
+    def mine() -> list[dict]:
+        return [i for i in instances(info) if i["app"] == "moved"]
+
+    old = wait_for(lambda: [i for i in mine() if i["state"] == "Running"][1:], 30, "2 Running")[0]
+    try:
+        r = orch(info, "drain", old["node"], "--timeout", "60s", timeout=90)
+        assert r.returncode == 0, r.stderr
+        explains_the_move(info, old["name"], f"Drained: node {old['node']} is draining")
+    finally:
+        assert orch(info, "uncordon", old["node"]).returncode == 0
+    assert orch(info, "delete", "app", "moved").returncode == 0
+    wait_for(lambda: not mine(), 30, "moved gone")
 
 
 def test_bad_manifest_names_file_line_and_field_and_applies_nothing(cluster, tmp_path):
@@ -252,6 +283,19 @@ def test_prometheus_scrapes_the_cluster_with_the_shipped_config(cluster, busybox
         cadvisor = 'container_memory_working_set_bytes{namespace="orch",container="scraped"}'
         ws = wait_for(lambda: len(r := prom.query(cadvisor)) == 2 and r, 20, "cAdvisor-named series")
         assert {s["metric"]["pod"].startswith("scraped-") for s in ws} == {True}
+        # Traffic into one instance (a connection to a closed port: its SYN in, its RST out)
+        # arrives under cAdvisor's network names, per pod, both ways.
+        pod = next(i for i in instances(info) if i["app"] == "scraped" and i["state"] == "Running")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((pod["ip"], 9), timeout=5)
+
+        def recorded(direction: str) -> list[dict]:
+            sel = f'namespace="orch",container="scraped",interface="eth0",pod="{pod["name"]}"'
+            series = prom.query(f"container_network_{direction}_bytes_total{{{sel}}}")
+            return [s for s in series if float(s["value"][1]) > 0]
+
+        wait_for(lambda: recorded("receive") and recorded("transmit"), 20, "network bytes both ways, recorded")
+        assert len(prom.query('container_network_receive_bytes_total{container="scraped"}')) == 2
         dashboard = json.loads((DEPLOY / "grafana" / "orch-dashboard.json").read_text())
         variables = {"$app": ".*", "$node": ".*"}  # the dashboard's variables, set to All
         exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
@@ -381,12 +425,18 @@ spec:
     - name: DB_PASSWORD
       valueFrom:
         secretKeyRef: {name: db-cred, key: password}
+  user: "1000:1000"
+  volumes:
+    - name: creds
+      secret: {secretName: db-cred, items: [{key: password, path: db/password}]}
+  volumeMounts:
+    - {name: creds, mountPath: /etc/creds, readOnly: true}
   stopGracePeriod: 1s
 """
 SECRET_VALUE = "tr0ub4dor-and-3-e2e"
 
 
-def test_a_variable_from_a_secret_reaches_the_instance_and_no_disk(cluster, busybox_rootfs):
+def test_a_variable_and_a_file_from_a_secret_reach_the_instance_and_no_disk(cluster, busybox_rootfs):
     info = cluster
     assert orch(info, "apply", "-", stdin=SECRETIVE % busybox_rootfs).returncode == 0
 
@@ -402,11 +452,26 @@ def test_a_variable_from_a_secret_reaches_the_instance_and_no_disk(cluster, busy
     [inst] = wait_for(lambda: [i for i in mine() if i["state"] == "Running"], 60, "running once the secret exists")
     shown = orch(info, "exec", inst["name"], "--", "sh", "-c", 'echo "$DB_PASSWORD/$MODE"')
     assert shown.stdout.strip() == f"{SECRET_VALUE}/plain", shown.stderr
+    # And as a file: 0400, the container user's, on a read-only tmpfs of the container's own.
+    script = (
+        "cat /etc/creds/db/password; echo; busybox stat -c '%a %u' /etc/creds/db/password;"
+        " grep ' /etc/creds ' /proc/self/mountinfo"
+    )
+    value, mode, mount = orch(info, "exec", inst["name"], "--", "sh", "-c", script).stdout.splitlines()
+    assert (value, mode) == (SECRET_VALUE, "400 1000")
+    assert mount.split(" - ")[1].startswith("tmpfs ") and "ro" in mount.split()[5].split(","), mount
     # Not on any disk of the cluster's nodes (their state dirs hold spec.json, logs, images).
     assert files_holding(Path(info["stateDir"]), SECRET_VALUE.encode()) == []
     listed = orch(info, "secret", "get", "db-cred")
     assert "secretive" in listed.stdout and SECRET_VALUE not in listed.stdout  # USED-BY
 
+    described = (
+        orch(info, "describe", "app", "secretive").stdout + orch(info, "get", "app", "secretive", "-o", "yaml").stdout
+    )
+    assert "secretName: db-cred" in described and SECRET_VALUE not in described
+
     assert orch(info, "delete", "app", "secretive").returncode == 0
     wait_for(lambda: not mine(), 30, "secretive gone")
     assert orch(info, "secret", "delete", "db-cred").returncode == 0
+    assert " /etc/creds " not in Path("/proc/self/mountinfo").read_text()  # never on the host
+    assert files_holding(Path(info["stateDir"]), SECRET_VALUE.encode()) == []

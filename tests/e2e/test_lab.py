@@ -244,6 +244,13 @@ def test_prometheus_on_the_workstation_scrapes_every_host(deployed: Deployment, 
     with prometheus(config_dir(targets, tmp_path / "prometheus")) as prom:
         # The first scrape comes ~5 s after start, whatever the interval (RECIPES §3).
         up = wait_for(lambda: (r := prom.query('up{job="orch"} == 1')) and len(r) == 8 and r, 30, "8 targets up")
+        # Each host's agent reads the veths of its own namespace: web's instances, which the
+        # workstation has just fetched a page from, have received bytes, each on its node.
+        web = {(i["name"], i["node"]) for i in d.json("get", "instances") if i["app"] == "web"}
+        assert len(web) == 3, web
+        received = 'container_network_receive_bytes_total{container="web"} > 0'
+        series = wait_for(lambda: len(r := prom.query(received)) == 3 and r, 30, "web's received bytes")
+        assert {(s["metric"]["pod"], s["metric"]["node"]) for s in series} == web
     roles = sorted((s["metric"]["role"], s["metric"].get("node", "")) for s in up)
     assert roles == [("agent", "m1"), ("agent", "m2"), ("agent", "m3"), ("etcd", ""), ("etcd", ""), ("etcd", ""),
                      ("scheduler", ""), ("scheduler", "")]  # fmt: skip

@@ -7,6 +7,7 @@ keeps its PID: nothing running is stopped."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -189,3 +190,42 @@ def test_leadership_change_evicts_nothing(tmp_path, busybox_rootfs):
             assert after == before and not seen.lost() and not lost_events(api, "led")
         finally:
             api.close()
+
+
+def test_a_scheduler_that_goes_away_evicts_nothing_of_its_agents(tmp_path, busybox_rootfs):
+    """One agent of three keeps its session on the second scheduler, which hangs (SIGSTOP: a
+    killed one resets the stream and its agents move before their leases lapse). That node's
+    lease lapses with the scheduler's presence; its agent finds the hang by its pings (~4 s)
+    and moves to the leader within the grace instead of having its instances replaced. One node
+    of three is not "more than half down": only the presence tells the leader it is not the
+    node's fault."""
+    with orch_up(tmp_path, "--nodes", "3", "--schedulers", "2", cidr_start=214) as info:
+        api, restarted = Api({**info, "schedulers": [info["schedulers"][0]]}), Restarted()  # the survivor
+        try:
+            manifest = APP % {"name": "kept", "replicas": 6, "root": busybox_rootfs}
+            assert orch(info, "apply", "-", stdin=manifest).returncode == 0
+            wait_for(lambda: running(api, {"kept"}, 6), 30, "6 Running")
+            leader, other = (process(info, "scheduler", index=i) for i in (0, 1))
+            assert metric(leader["metricsUrl"], "orch_scheduler_leader") == 1
+            agent = process(info, "agent", "node-2")
+            os.kill(agent["pid"], signal.SIGTERM)  # a planned restart: held, nothing moves
+            wait_exit(agent["pid"])
+            restarted.add(restart(agent | {"argv": _schedulers_reversed(agent["argv"])}, tmp_path / "agent.log"))
+            wait_for(lambda: metric(other["metricsUrl"], "orch_scheduler_agent_sessions") == 1, 60, "node-2 on s1")
+            wait_for(lambda: api.nodes()["node-2"] == "Ready", 60, "node-2 Ready")
+            before = snapshot(wait_for(lambda: running(api, {"kept"}, 6), 30, "6 Running"))
+            with observed(api, {"kept"}) as seen:
+                os.kill(other["pid"], signal.SIGSTOP)
+                wait_for(lambda: metric(leader["metricsUrl"], "orch_scheduler_agent_sessions") == 3, 30, "all on s0")
+                after = settled(api, {"kept"}, 6, leader)
+            assert after == before and not seen.lost() and not lost_events(api, "kept")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process(info, "scheduler", index=1)["pid"], signal.SIGKILL)  # stopped: SIGTERM would wait
+            restarted.stop_all()
+            api.close()
+
+
+def _schedulers_reversed(argv: list[str]) -> list[str]:
+    at = argv.index("--scheduler") + 1
+    return [*argv[:at], ",".join(reversed(argv[at].split(","))), *argv[at + 1 :]]

@@ -1,5 +1,6 @@
 """`orch explain` against a real scheduler with hollow agents: each node's verdict comes from
-the same filters and scores placement uses."""
+the same filters and scores placement uses, and a replacement says which instance it replaces
+and why that one left (a lost node, a drain)."""
 
 from __future__ import annotations
 
@@ -95,10 +96,53 @@ def test_drain_dry_run_prints_the_plan_and_changes_nothing(cluster: str, tmp_pat
     r = orch(cluster, "drain", "n0", "--dry-run")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("node/n0: drain plan (dry run; nothing changes)")
-    assert "  step 1: start a replacement of mobile on n" in r.stdout
+    assert f"  step 1: start a replacement of {on_n0} on n" in r.stdout  # the one it stands in for
     assert f"  step 2: stop {on_n0}" in r.stdout
     assert "blocked: pinned: 0/3 nodes available: 2 node(s) didn't match node selector, 1 node(s) cordoned" in r.stdout
     assert "left at the deadline (then stopped without a replacement): pinned-" in r.stdout
     nodes = {n["name"]: n for n in json.loads(orch(cluster, "get", "nodes", "-o", "json").stdout)}
     assert nodes["n0"]["schedulable"]  # not even cordoned
     assert orch(cluster, "drain", "nope", "--dry-run").returncode == 1
+
+
+def test_a_replacement_names_the_instance_it_replaces_and_why(etcd, tmp_path: Path) -> None:
+    s = start_scheduler(etcd, tmp_path / "scheduler.log", "explain-1")
+    agents = {f"n{i}": FakeAgent(s.address, f"n{i}") for i in range(3)}
+    try:
+        assert all(a.registered.wait(10) for a in agents.values())
+        apply(s.address, tmp_path, "moved", selector="")
+        [first] = wait_for(lambda: running_of(s.address, "moved"), 20)
+        assert explain(s.address, first["name"])["replaces"] is None  # a first creation replaces nothing
+        agents[first["node"]].kill()
+        [second] = wait_for(lambda: running_of(s.address, "moved", but=first), 30)
+        e = explain(s.address, second["name"])
+        why = f'node "{first["node"]}" stopped answering'
+        assert e["replaces"]["instance"] == first["name"] and e["replaces"]["node"] == first["node"]
+        assert (e["replaces"]["reason"], e["replaces"]["message"]) == ("NodeLost", why)
+        assert e["replacedBy"] is None
+        text = orch(s.address, "explain", second["name"]).stdout
+        assert f"\nreplaces {first['name']}: NodeLost: {why} (at 20" in text
+        # The lost one's record stays while its node is gone: it names its replacement.
+        assert explain(s.address, first["name"])["replacedBy"] == second["name"]
+        assert f"\nreplaced by {second['name']}\n" in orch(s.address, "explain", first["name"]).stdout
+
+        r = orch(s.address, "drain", second["node"], "--timeout", "30s")
+        assert r.returncode == 0, r.stderr
+        [third] = wait_for(lambda: running_of(s.address, "moved", but=second), 20)
+        moved = explain(s.address, third["name"])["replaces"]
+        assert (moved["instance"], moved["reason"]) == (second["name"], "Drained")
+        assert moved["message"] == f"node {second['node']} is draining"
+    finally:
+        for a in agents.values():
+            a.kill()
+        stop(s.proc)
+
+
+def running_of(address: str, app: str, but: dict | None = None) -> list[dict]:
+    """The app's Running instances that are not on their way out (other than `but`)."""
+    other = (but or {}).get("name")
+    return [
+        i
+        for i in instances(address)
+        if i["app"] == app and i["state"] == "Running" and i["desired"] == "Run" and i["name"] != other
+    ]

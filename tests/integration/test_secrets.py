@@ -9,7 +9,8 @@ from pathlib import Path
 
 from scheduler.secrets import generate_key_line
 from tests.fixtures.etcd import free_port
-from tests.fixtures.processes import orch_argv, orch_env, stop
+from tests.fixtures.fake_agent import FakeAgent
+from tests.fixtures.processes import orch_argv, orch_env, stop, wait_for
 from tests.integration.conftest import orch, start_scheduler
 
 VALUE = "correct-horse-battery-staple-42"
@@ -74,3 +75,36 @@ def test_a_key_file_others_can_read_stops_the_scheduler(etcd, tmp_path: Path) ->
                      "--insecure", "--insecure-etcd", "--secret-key-file", str(keys))  # fmt: skip
     r = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=orch_env())
     assert r.returncode == 1 and "readable by its group or other users (mode 644); chmod 600" in r.stderr
+
+
+SECRET_VOLUME_APP = """\
+apiVersion: orch/v1
+kind: App
+metadata: {name: files}
+spec:
+  image: busybox
+  volumes: [{name: creds, secret: {secretName: db, items: [{key: password, path: db/password}]}}]
+  volumeMounts: [{name: creds, mountPath: /etc/creds, readOnly: true}]
+"""
+
+
+def test_a_secret_used_only_by_a_volume_reaches_the_node_and_its_changes_too(etcd, tmp_path: Path) -> None:
+    """The desired set carries the secrets of volumes as of variables (scheduler/secrets.py Opener),
+    and a changed secret is sent again (scheduler/cache.py); USED-BY counts the volume."""
+    s = start_scheduler(etcd, tmp_path / "s.log", "s0", "--secret-key-file", str(key_file(tmp_path)))
+    agent = FakeAgent(s.address, "n0")
+    try:
+        assert agent.registered.wait(10)
+        assert orch(s.address, "secret", "create", "db", "--from-literal", f"password={VALUE}").returncode == 0
+        assert orch(s.address, "apply", "-", stdin=SECRET_VOLUME_APP).returncode == 0
+        wait_for(lambda: "db" in agent.secrets, 20)
+        assert agent.secrets["db"].data["password"] == VALUE.encode()
+        replaced = orch(s.address, "secret", "create", "db", "--from-literal", "password=new", "--replace")
+        assert replaced.returncode == 0, replaced.stderr
+        wait_for(lambda: agent.secrets["db"].data["password"] == b"new", 20)
+        assert "files" in orch(s.address, "secret", "get", "db").stdout
+        shown = orch(s.address, "get", "app", "files", "-o", "yaml").stdout
+        assert "secretName: db" in shown and VALUE not in shown
+    finally:
+        agent.kill()
+        stop(s.proc)

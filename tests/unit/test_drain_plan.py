@@ -21,6 +21,8 @@ def test_replacements_start_before_the_old_instances_stop() -> None:
     assert sorted(n for s in stopped for n in s) == ["web-1", "web-2"]
     assert started[0] and not stopped[0]  # a replacement first
     assert all(node in ("b", "c") for s in started for _, node in s)
+    # Each step names the instance its replacement stands in for: the one the next step stops.
+    assert [what for s in started for what, _ in s] == [n for s in stopped for n in s]
 
 
 def test_a_replacement_with_nowhere_to_go_blocks_under_max_unavailable_0() -> None:

@@ -378,3 +378,102 @@ def test_events_of_writes_that_lost_a_race_are_not_told():
     ]
     assert [e.object for e in landed(events, refused)] == ["web-b"]
     assert landed(events, []) == events
+
+
+def test_a_node_whose_scheduler_went_away_gets_the_grace_to_move():
+    """Nodes whose lease another scheduler kept: one whose agent died is replaced once that
+    scheduler's presence would have lapsed too; those of a scheduler that went away are held."""
+    from scheduler.liveness import holder_confirm
+    from scheduler.reconciler_loop import Reconciler
+    from scheduler.store import Fence
+
+    clock = [100.0]
+    store = LoopStore(lambda: clock[0])
+    loop = Reconciler(store, NoEvents(), clock=lambda: clock[0], lease_ttl=1, identity="s1")  # type: ignore[arg-type]
+    app = make_app(make_spec(replicas=4))
+    insts = [make_instance(app, f"web-{n}", n) for n in "abcd"]
+    nodes = [make_node(n) for n in "abcd"]
+    fence = Fence("/orch/leader", 7, "s1")
+    holders = {"a": "s1", "b": "s1", "c": "s2", "d": "s3"}
+    lost_after(clock, store, loop, fence, 100.0, app, nodes, insts, holders, {"s1", "s2", "s3"})  # leading since 100
+    clock[0] = 100.0 + reconnect_grace(1)  # past the grace of the new lead
+
+    def lost(at: float, live: set[str], schedulers: set[str]) -> set[str]:
+        held = {n: s for n, s in holders.items() if n in live}
+        return lost_after(clock, store, loop, fence, at, app, nodes, insts, held, schedulers)
+
+    t = clock[0]
+    assert lost(t, {"a", "b", "c", "d"}, {"s1", "s2", "s3"}) == set()
+    # d's agent dies; s3 is still there: held until s3's presence would have lapsed with it...
+    assert lost(t + 0.1, {"a", "b", "c"}, {"s1", "s2", "s3"}) == set()
+    # ...then a failure like any other.
+    assert lost(t + 0.1 + holder_confirm(1), {"a", "b", "c"}, {"s1", "s2", "s3"}) == {"d"}
+    del insts[3], nodes[3]  # (this fake store keeps no writes: d is gone from here on)
+    # s2 goes away with c's lease (same moment, or its presence a tick later): c is held for the grace.
+    t2 = t + 5
+    assert lost(t2, {"a", "b"}, {"s1", "s2", "s3"}) == set()
+    assert lost(t2 + 0.5, {"a", "b"}, {"s1", "s3"}) == set()
+    assert lost(t2 + 0.5 + reconnect_grace(1) - 0.1, {"a", "b"}, {"s1", "s3"}) == set()
+    assert lost(t2 + 0.5 + reconnect_grace(1), {"a", "b"}, {"s1", "s3"}) == {"c"}  # it never came back
+    del insts[2], nodes[2]
+    # A node of this scheduler's own sessions is not held at all.
+    assert lost(t2 + 20, {"a"}, {"s1", "s3"}) == {"b"}
+
+
+def lost_after(clock, store, loop, fence, at, app, nodes, insts, holders, schedulers) -> set[str]:
+    from dataclasses import replace
+
+    clock[0] = at
+    snap = make_snapshot([app], nodes, insts, live=set(holders))
+    store.snap = replace(snap, lease_holders=holders, schedulers=frozenset(schedulers))
+    result = loop.run_once(fence, loop.liveness(fence))
+    writes = store.commits.pop() if result.writes else []
+    return {w.value.node for w in writes if isinstance(w.value, pb.Instance) and w.value.status.reason == "NodeLost"}
+
+
+def test_evictions_hold_a_node_away_with_its_schedulers_reason():
+    snap = liveness_snapshot({"a": "ready", "b": "ready", "c": "down"})
+    live = Liveness(away={"c": (NOW + 3, "scheduler s2, which kept its lease, went away")})
+    held = evictions(snap, NOW, live)
+    assert held.nodes == frozenset() and held.hold is not None and held.hold.nodes == ("c",)
+    assert "scheduler s2" in held.hold.message and "3.0s" in held.hold.message
+    assert held.recheck_at == NOW + 3
+    assert evictions(snap, NOW + 3, live).nodes == {"c"}
+
+
+def test_a_session_quiet_for_a_lease_after_the_grace_began_gets_no_grace():
+    """A host cut off just as etcd's keep-alives stalled: the grace after etcd came back is not
+    for the node whose open session here went quiet (its agent stopped beating), once this
+    scheduler has run for a lease since."""
+    from scheduler.reconciler_loop import Reconciler
+    from scheduler.store import Fence
+
+    clock = [100.0]
+    store = LoopStore(lambda: clock[0])
+    quiet: set[str] = set()
+    loop = Reconciler(
+        store,  # type: ignore[arg-type]
+        NoEvents(),  # type: ignore[arg-type]
+        clock=lambda: clock[0],
+        lease_ttl=1,
+        heartbeats=lambda: (frozenset({"a", "b", "c"} - quiet), frozenset(quiet)),
+    )
+    app = make_app(make_spec(replicas=3))
+    insts = [make_instance(app, f"web-{n}", n) for n in "abc"]
+    nodes = [make_node(n) for n in "abc"]
+    fence = Fence("/orch/leader", 7, "s1")
+
+    def lost(at: float, live: set[str]) -> set[str]:
+        clock[0] = at
+        store.snap = make_snapshot([app], nodes, insts, live=live)
+        result = loop.run_once(fence, loop.liveness(fence))
+        writes = store.commits.pop() if result.writes else []
+        return {w.value.node for w in writes if w.value.status.reason == "NodeLost"}
+
+    assert lost(100.0, {"a", "b", "c"}) == set()
+    clock[0] = 120.0
+    store.contact.failed(ago=0.6)
+    store.contact.ok()  # keep-alives stalled 0.6 s (their member was cut off with c's host)
+    quiet.add("c")  # c's session here is open but quiet
+    assert lost(120.2, {"a", "b"}) == set()  # too soon after the stall to tell
+    assert lost(121.0, {"a", "b"}) == {"c"}  # a lease since: c's agent is gone, not etcd

@@ -79,10 +79,10 @@ def test_a_good_manifest_loads(tmp_path: Path) -> None:
             "  volumes: [{name: a, emptyDir: {sizeLimit: 1GB}}]\n",
             '6 spec.volumes[0].emptyDir.sizeLimit: "1GB" is not a quantity; did you mean 1Gi?',
         ),
-        ("  volumes: [{name: a}]\n", "6 spec.volumes[0]: needs one of emptyDir or hostPath"),
+        ("  volumes: [{name: a}]\n", "6 spec.volumes[0]: needs one of emptyDir, hostPath or secret"),
         (
             "  volumes: [{name: a, emptyDir: {}, hostPath: {path: /srv}}]\n",
-            "6 spec.volumes[0]: set only one of emptyDir or hostPath",
+            "6 spec.volumes[0]: set only one of emptyDir, hostPath or secret, not emptyDir and hostPath",
         ),
         (
             "  volumes: [{name: A_b, emptyDir: {}}]\n",

@@ -11,7 +11,8 @@
  * its business. It then
  *
  *   - starts the command (PATH searched as os.execvpe does: the first error other than
- *     ENOENT/ENOTDIR wins) with default signal dispositions and nothing blocked;
+ *     ENOENT/ENOTDIR wins) with default signal dispositions and nothing blocked; from its
+ *     first instruction it sees in /proc/1/fd only stdio and REPORT_FD, never a fd of ours;
  *   - forwards HUP INT QUIT TERM USR1 USR2 WINCH CONT to it (init.FORWARDED_SIGNALS);
  *   - reaps every process re-parented to it;
  *   - when the command has ended, reaps what has ended too and, if nothing else is left in
@@ -26,10 +27,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -37,6 +40,11 @@
 
 static const int forwarded[] = {SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT};
 #define FORWARDED (sizeof forwarded / sizeof forwarded[0])
+
+struct command {
+    char **argv;
+    int *failed; /* shared with PID 1: the exec error, 0 while none */
+};
 
 static void report(int fd, const char *line) {
     size_t len = strlen(line), done = 0;
@@ -76,9 +84,10 @@ static int exec_path(const char *file, char **argv) {
     return first ? first : last;
 }
 
-/* The command's process: default dispositions, nothing blocked, then exec. Its exec error
- * goes back on `errors` (close-on-exec: a successful exec closes it, read as EOF). */
-static void run_command(char **argv, int errors) {
+/* The command's process: default dispositions, nothing blocked, then exec. Only if no exec
+ * succeeds does it write its error to `failed`, a page shared with PID 1. */
+static int run_command(void *arg) {
+    const struct command *cmd = arg;
     /* Raw rt_sigaction: the libc refuses to touch its own signals (32, 33), and one left ignored
      * by whoever started us would survive exec. A zeroed kernel sigaction is SIG_DFL. */
     unsigned long dfl[4] = {0}, none = 0;
@@ -86,28 +95,28 @@ static void run_command(char **argv, int errors) {
         if (sig != SIGKILL && sig != SIGSTOP)
             syscall(SYS_rt_sigaction, sig, dfl, NULL, sizeof none);
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, sizeof none);
-    int err = exec_path(argv[0], argv);
-    while (write(errors, &err, sizeof err) < 0 && errno == EINTR) {
-    }
+    int err = exec_path(cmd->argv[0], cmd->argv);
+    *cmd->failed = err ? err : EIO; /* never 0: that reads as exec'd */
     _exit(127);
 }
 
-/* Fork and exec the command: its pid, or -errno if it could not be started. */
+/* Start the command: its pid, or -errno if it could not be started.
+ *
+ * No fd of ours may exist once the command runs: it lists /proc/1/fd (an exec-status pipe
+ * closed only after the exec was seen raced the command's first instructions). So a fork
+ * with CLONE_VFORK, not CLONE_VM (a copy of our memory, its own stack): we sleep until the
+ * command's process has exec'd or exited, and its exec error comes back through a shared
+ * anonymous page, which is no fd. */
 static pid_t start(char **argv) {
-    int errors[2], err = 0;
-    if (pipe2(errors, O_CLOEXEC) < 0)
+    static char stack[64 << 10] __attribute__((aligned(16))); /* the child's copy of it */
+    int *failed = mmap(NULL, sizeof *failed, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (failed == MAP_FAILED)
         return -errno;
-    pid_t child = fork();
-    if (child == 0) {
-        close(errors[0]);
-        run_command(argv, errors[1]);
-    }
-    if (child < 0)
-        err = errno;
-    close(errors[1]);
-    while (child > 0 && read(errors[0], &err, sizeof err) < 0 && errno == EINTR) {
-    }
-    close(errors[0]);
+    *failed = 0;
+    struct command cmd = {argv, failed};
+    pid_t child = clone(run_command, stack + sizeof stack, CLONE_VFORK | SIGCHLD, &cmd);
+    int err = child < 0 ? errno : *failed;
+    munmap(failed, sizeof *failed);
     if (err == 0)
         return child;
     if (child > 0)

@@ -1096,8 +1096,11 @@ class Explanation(_message.Message):
     NODES_FIELD_NUMBER: _builtins.int
     AVOIDED_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    REPLACED_BY_FIELD_NUMBER: _builtins.int
     summary: _builtins.str
     """why it is on its node, Pending, or leaving"""
+    replaced_by: _builtins.str
+    """the live instance whose `replaces` names this one"""
     @_builtins.property
     def instance(self) -> _types_pb2.Instance: ...
     @_builtins.property
@@ -1120,10 +1123,11 @@ class Explanation(_message.Message):
         nodes: _abc.Iterable[Global___NodeVerdict] | None = ...,
         avoided: _abc.Iterable[_builtins.str] | None = ...,
         events: _abc.Iterable[_types_pb2.Event] | None = ...,
+        replaced_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["avoided", b"avoided", "events", b"events", "instance", b"instance", "nodes", b"nodes", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avoided", b"avoided", "events", b"events", "instance", b"instance", "nodes", b"nodes", "replaced_by", b"replaced_by", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -587,24 +587,28 @@ class Volume(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     EMPTY_DIR_FIELD_NUMBER: _builtins.int
     HOST_PATH_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """a DNS label, unique in the app"""
     @_builtins.property
     def empty_dir(self) -> Global___EmptyDirVolume: ...
     @_builtins.property
     def host_path(self) -> Global___HostPathVolume: ...
+    @_builtins.property
+    def secret(self) -> Global___SecretVolume: ...
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         empty_dir: Global___EmptyDirVolume | None = ...,
         host_path: Global___HostPathVolume | None = ...,
+        secret: Global___SecretVolume | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["empty_dir", b"empty_dir", "host_path", b"host_path", "source", b"source"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["empty_dir", b"empty_dir", "host_path", b"host_path", "secret", b"secret", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["empty_dir", b"empty_dir", "host_path", b"host_path", "name", b"name", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["empty_dir", b"empty_dir", "host_path", b"host_path", "name", b"name", "secret", b"secret", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["empty_dir", "host_path"]  # noqa: Y015
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["empty_dir", "host_path", "secret"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
 
@@ -663,6 +667,70 @@ class HostPathVolume(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HostPathVolume: _TypeAlias = HostPathVolume  # noqa: Y015
+
+@_typing.final
+class SecretVolume(_message.Message):
+    """A secret's keys as files (manifest `secret: {secretName, items, defaultMode}`), on a
+    tmpfs of their own made in the container's mount namespace, always read-only.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SECRET_NAME_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    DEFAULT_MODE_FIELD_NUMBER: _builtins.int
+    secret_name: _builtins.str
+    default_mode: _builtins.int
+    """unset: 0400"""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyToPath]:
+        """empty: every key, as a file named by the key"""
+
+    def __init__(
+        self,
+        *,
+        secret_name: _builtins.str = ...,
+        items: _abc.Iterable[Global___KeyToPath] | None = ...,
+        default_mode: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_default_mode", b"_default_mode", "default_mode", b"default_mode"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_default_mode", b"_default_mode", "default_mode", b"default_mode", "items", b"items", "secret_name", b"secret_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__default_mode: _TypeAlias = _typing.Literal["default_mode"]  # noqa: Y015
+    _WhichOneofArgType__default_mode: _TypeAlias = _typing.Literal["_default_mode", b"_default_mode"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__default_mode) -> _WhichOneofReturnType__default_mode | None: ...
+
+Global___SecretVolume: _TypeAlias = SecretVolume  # noqa: Y015
+
+@_typing.final
+class KeyToPath(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    path: _builtins.str
+    """relative, below the mountPath ("db/password")"""
+    mode: _builtins.int
+    """unset: the volume's default_mode"""
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        path: _builtins.str = ...,
+        mode: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_mode", b"_mode", "mode", b"mode"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_mode", b"_mode", "key", b"key", "mode", b"mode", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__mode: _TypeAlias = _typing.Literal["mode"]  # noqa: Y015
+    _WhichOneofArgType__mode: _TypeAlias = _typing.Literal["_mode", b"_mode"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mode) -> _WhichOneofReturnType__mode | None: ...
+
+Global___KeyToPath: _TypeAlias = KeyToPath  # noqa: Y015
 
 @_typing.final
 class VolumeMount(_message.Message):
@@ -1096,6 +1164,42 @@ class Instance(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class Move(_message.Message):
+        """Set on a replacement when it is created (scheduler/moves.py): the instance it
+        stands in for and why that one left, as its status said then. Empty for first
+        creations and scale-ups. Numbered from 20 for others' fields.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        INSTANCE_FIELD_NUMBER: _builtins.int
+        NODE_FIELD_NUMBER: _builtins.int
+        REASON_FIELD_NUMBER: _builtins.int
+        MESSAGE_FIELD_NUMBER: _builtins.int
+        AT_FIELD_NUMBER: _builtins.int
+        instance: _builtins.str
+        node: _builtins.str
+        reason: _builtins.str
+        """NodeLost, Drained, CrashLoop, AgentError, Fenced, Replaced"""
+        message: _builtins.str
+        @_builtins.property
+        def at(self) -> _timestamp_pb2.Timestamp: ...
+        def __init__(
+            self,
+            *,
+            instance: _builtins.str = ...,
+            node: _builtins.str = ...,
+            reason: _builtins.str = ...,
+            message: _builtins.str = ...,
+            at: _timestamp_pb2.Timestamp | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "instance", b"instance", "message", b"message", "node", b"node", "reason", b"reason"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     APP_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
@@ -1106,6 +1210,7 @@ class Instance(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     AVOID_NODES_FIELD_NUMBER: _builtins.int
+    REPLACES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """<app>-<suffix>"""
     app: _builtins.str
@@ -1129,6 +1234,8 @@ class Instance(_message.Message):
         prefers other nodes (a reschedule penalty, not a hard filter).
         """
 
+    @_builtins.property
+    def replaces(self) -> Global___Instance.Move: ...
     def __init__(
         self,
         *,
@@ -1142,10 +1249,11 @@ class Instance(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         avoid_nodes: _abc.Iterable[_builtins.str] | None = ...,
+        replaces: Global___Instance.Move | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "spec", b"spec", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "replaces", b"replaces", "spec", b"spec", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "app_generation", b"app_generation", "avoid_nodes", b"avoid_nodes", "created_at", b"created_at", "desired", b"desired", "name", b"name", "node", b"node", "spec", b"spec", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "app_generation", b"app_generation", "avoid_nodes", b"avoid_nodes", "created_at", b"created_at", "desired", b"desired", "name", b"name", "node", b"node", "replaces", b"replaces", "spec", b"spec", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1196,6 +1304,7 @@ class Node(_message.Message):
     RESTARTING_UNTIL_FIELD_NUMBER: _builtins.int
     SUBNET_FIELD_NUMBER: _builtins.int
     NODE_IP_FIELD_NUMBER: _builtins.int
+    SCHEDULER_FIELD_NUMBER: _builtins.int
     ALLOWED_HOST_PATHS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
@@ -1216,6 +1325,11 @@ class Node(_message.Message):
     under <prefix>subnets/), and the address other nodes route it through.
     """
     node_ip: _builtins.str
+    scheduler: _builtins.str
+    """On a node's lease key (leases/nodes/<name>) only: the scheduler whose agent
+    session keeps the lease alive. Its presence key (leases/schedulers/<id>)
+    tells the leader whether a lapse is the node's fault (scheduler/liveness.py).
+    """
     @_builtins.property
     def capacity(self) -> Global___Resources: ...
     @_builtins.property
@@ -1265,11 +1379,12 @@ class Node(_message.Message):
         restarting_until: _timestamp_pb2.Timestamp | None = ...,
         subnet: _builtins.str = ...,
         node_ip: _builtins.str = ...,
+        scheduler: _builtins.str = ...,
         allowed_host_paths: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["allocatable", b"allocatable", "capacity", b"capacity", "drain_deadline", b"drain_deadline", "registered_at", b"registered_at", "restarting_until", b"restarting_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allocatable", b"allocatable", "allowed_host_paths", b"allowed_host_paths", "capacity", b"capacity", "drain_deadline", b"drain_deadline", "draining", b"draining", "host_port_max", b"host_port_max", "host_port_min", b"host_port_min", "labels", b"labels", "lease_id", b"lease_id", "metrics_address", b"metrics_address", "name", b"name", "node_ip", b"node_ip", "registered_at", b"registered_at", "restarting_until", b"restarting_until", "subnet", b"subnet", "unschedulable", b"unschedulable", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allocatable", b"allocatable", "allowed_host_paths", b"allowed_host_paths", "capacity", b"capacity", "drain_deadline", b"drain_deadline", "draining", b"draining", "host_port_max", b"host_port_max", "host_port_min", b"host_port_min", "labels", b"labels", "lease_id", b"lease_id", "metrics_address", b"metrics_address", "name", b"name", "node_ip", b"node_ip", "registered_at", b"registered_at", "restarting_until", b"restarting_until", "scheduler", b"scheduler", "subnet", b"subnet", "unschedulable", b"unschedulable", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
