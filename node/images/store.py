@@ -86,10 +86,8 @@ class ImageStore:
 
     def close(self) -> None:
         """Close the registry connections (the store stays usable: they reopen on the next pull)."""
-        with self._state:
-            registry = self._registry
-        if registry is not None:
-            registry.close()
+        if self._registry is not None:
+            self._registry.close()
 
     def __enter__(self) -> ImageStore:
         return self
@@ -164,7 +162,7 @@ class ImageStore:
 
     def _registry_client(self) -> RegistryClient:
         # Imported at the first registry pull: httpx (and what its __init__ drags in: its CLI's
-        # click and pygments) is ~2.8 MiB RSS the agent need not hold while it runs local images.
+        # click and pygments) is 1-2 MiB RSS the agent need not hold while it runs local images.
         from node.images.registry import RegistryClient
 
         with self._state:

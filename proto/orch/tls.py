@@ -11,6 +11,9 @@ for node X.
 Credentials are read and checked once, at start (`TlsFiles.load`): a missing
 or unreadable file, a key that is not the certificate's, a certificate not
 signed by the CA, expired or of the wrong role fails then, naming the file.
+The checks use cryptography and live in orch/certcheck.py, imported only where
+they run: `orch node` runs them in a forked child (`load(apart=True)`), so the
+long-running agent never loads it.
 Without TLS everything is plaintext (`--insecure`: tests, benchmarks).
 """
 
