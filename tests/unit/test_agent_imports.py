@@ -45,3 +45,16 @@ def test_the_agent_loads_neither_all_of_pyroute2_nor_cryptography_nor_httpx(tmp_
     result = json.loads(done.stdout)
     assert result["identity"] == "node:n1"  # checked, by the child
     assert result["loaded"] == []
+
+
+def test_the_runtimes_small_processes_do_not_load_protobuf() -> None:
+    """The zygote, the shim and PID 1 (when Python) import node.runtime: protobuf there cost
+    each zygote and spare shim ~2-4 MiB (a capability table once lived beside the validation)."""
+    script = (
+        "import sys, node.runtime.zygote, node.runtime.shim, node.runtime.init; "
+        "print(sorted(m for m in sys.modules if m.startswith(('google.protobuf', 'orch.v1', 'grpc'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=orch_env(), check=True
+    ).stdout
+    assert out.strip() == "[]", out
