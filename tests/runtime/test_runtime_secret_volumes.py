@@ -136,3 +136,22 @@ def test_deep_paths_many_files_and_a_large_one_fit_their_tmpfs(runtime: Runtime,
     runtime.start(dataclasses.replace(config, secret_mounts=(SecretMount("/s", files),)))
     assert sections(wait_for_output(config, "#end"))[""] == ["deep", "12000", "20"]
     runtime.stop("svd", 0)
+
+
+def test_a_tmpfs_flag_the_kernel_does_not_know_is_skipped_as_noswap_is_before_linux_6_4() -> None:
+    """Debian 12's kernel (6.1) has no "noswap": fsconfig says EINVAL and the secret volume's
+    tmpfs is made without it. A flag no kernel knows takes the same path on any kernel."""
+    import os
+
+    from node.runtime import mountapi
+
+    attrs = mountapi.MOUNT_ATTR_NOSUID | mountapi.MOUNT_ATTR_NODEV
+    tree = mountapi.new_tmpfs({"size": "1m", "mode": "0700"}, ("noswap", "orch_no_such_flag"), attrs, "test")
+    try:
+        fd = os.open("probe", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400, dir_fd=tree)
+        os.write(fd, b"x")
+        os.close(fd)
+    finally:
+        os.close(tree)
+    with pytest.raises(OSError, match="fsconfig"):  # an unknown *option* stays an error
+        mountapi.new_tmpfs({"orch_no_such_option": "1"}, (), attrs, "test")
