@@ -192,11 +192,14 @@ def test_a_singleton_that_stops_on_node_lost_never_runs_twice(lab, busybox_rootf
     try:
         [new] = wait_for(lambda: running_elsewhere(api, apps, "h3", 1), 30, "a replacement Running")
         wait_for(lambda: len(ticks(info, new.node, new.name)) >= 20, 10, "the replacement ticking")
+        # Read while cut off: once back, h3's agent hears the old instance was replaced and
+        # deletes it, its log included. A still-running old one would tick until now.
+        old_ticks = ticks(info, "h3", old.name)
         healed_at = time.time()
     finally:
         set_link(h3, up=True)
     wait_for(lambda: old.name not in {i.name for i in api.instances(apps)}, 30, "the old instance removed")
-    old_ticks, new_ticks = ticks(info, "h3", old.name), ticks(info, new.node, new.name)
+    new_ticks = ticks(info, new.node, new.name)
     # It ran until the cut, and its own agent stopped it long before the link came back.
     assert old_ticks[-1] > cut_at, (cut_at, old_ticks[-5:])
     assert old_ticks[-1] < healed_at - 1, (healed_at, old_ticks[-5:])
