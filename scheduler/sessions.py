@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from orch.templates import template_key
 from orch.tls import node_identity, peer_identity
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import agent_pb2_grpc
@@ -33,6 +34,7 @@ from scheduler.cache import ROUTES, ClusterCache
 from scheduler.endpoints import EndpointsFeed
 from scheduler.errors import Conflict, Refused, StoreUnavailable
 from scheduler.events import EventLog
+from scheduler.hydrate import missing
 from scheduler.leases import LeaseKeeper
 from scheduler.liveness import restarting_until
 from scheduler.metrics import SchedulerMetrics
@@ -63,11 +65,27 @@ class Generations:
         return self.observed > self.sent
 
 
-def desired_message(instances: list[pb.Instance], generation: int, cluster_id: int = 0) -> apb.DesiredSet:
+def desired_message(
+    instances: list[pb.Instance],
+    generation: int,
+    cluster_id: int,
+    template_of: Callable[[pb.Instance], pb.AppSpec | None],
+) -> apb.DesiredSet:
+    """The instances without their specs, and each distinct template they run once (keyed
+    app/generation). An instance whose template is not stored is left out (and logged): the
+    reconciler stops and replaces it (TemplateMissing)."""
     out = apb.DesiredSet(generation=generation, cluster_id=cluster_id)
     for inst in instances:
+        key = template_key(inst.app, inst.app_generation)
+        if key not in out.templates:
+            template = template_of(inst)
+            if template is None:
+                log.error("left out of node %s's desired set: %s", inst.node, missing(inst))
+                continue
+            out.templates[key].CopyFrom(template)
         item = out.instances.add()
         item.CopyFrom(inst)
+        item.ClearField("spec")
         item.ClearField("status")  # the agent owns status; resending it on every report is noise
         item.ClearField("updated_at")
     return out
@@ -348,11 +366,13 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
             if not state.recompute:
                 continue
             state.recompute = False
-            msg = desired_message(self._cache.desired_for(state.node), self._cache.revision, self._cache.cluster_id)
-            opened = self._secrets.needed(msg.instances, self._cache.secrets)
+            cache = self._cache
+            msg = desired_message(cache.desired_for(state.node), cache.revision, cache.cluster_id, cache.template_of)
+            opened = self._secrets.needed(msg.templates.values(), cache.secrets)
             for name, (_, data) in opened.items():
                 msg.secrets[name].CopyFrom(data)
             body = b"".join(i.SerializeToString(deterministic=True) for i in msg.instances)
+            body += b"".join(msg.templates[k].SerializeToString(deterministic=True) for k in sorted(msg.templates))
             body += repr(sorted((n, rev) for n, (rev, _) in opened.items())).encode()  # a changed secret too
             # Same body but the agent ignored it as stale: resend once it no longer is.
             resend = gens.agent_ahead() and msg.generation >= gens.observed

@@ -610,10 +610,32 @@ class DesiredSet(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class TemplatesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _types_pb2.AppSpec: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _types_pb2.AppSpec | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     GENERATION_FIELD_NUMBER: _builtins.int
     INSTANCES_FIELD_NUMBER: _builtins.int
     CLUSTER_ID_FIELD_NUMBER: _builtins.int
     SECRETS_FIELD_NUMBER: _builtins.int
+    TEMPLATES_FIELD_NUMBER: _builtins.int
     generation: _builtins.int
     cluster_id: _builtins.int
     """the etcd cluster's ID"""
@@ -625,6 +647,13 @@ class DesiredSet(_message.Message):
         keeps them in memory.
         """
 
+    @_builtins.property
+    def templates(self) -> _containers.MessageMap[_builtins.str, _types_pb2.AppSpec]:
+        """Each distinct template the instances above run, once, keyed "<app>/<generation>"
+        (issue 12): the instances carry no spec; the agent puts the template back on each.
+        An older scheduler sends none and a spec on each instance instead.
+        """
+
     def __init__(
         self,
         *,
@@ -632,10 +661,11 @@ class DesiredSet(_message.Message):
         instances: _abc.Iterable[_types_pb2.Instance] | None = ...,
         cluster_id: _builtins.int = ...,
         secrets: _abc.Mapping[_builtins.str, _types_pb2.SecretData] | None = ...,
+        templates: _abc.Mapping[_builtins.str, _types_pb2.AppSpec] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "generation", b"generation", "instances", b"instances", "secrets", b"secrets"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "generation", b"generation", "instances", b"instances", "secrets", b"secrets", "templates", b"templates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
