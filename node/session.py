@@ -81,6 +81,11 @@ class Session:
         self._goodbye_ack: asyncio.Future[float] | None = None
         self._goodbye_sent = 0.0  # monotonic
 
+    def registration(self) -> apb.Register:
+        register = self._register(self.lease_id)
+        register.accepts_templates = True  # handle_desired puts them back (with_templates)
+        return register
+
     def send_status(self, report: apb.StatusReport) -> None:
         """Queue a report; dropped while disconnected (a full report follows on reconnect)."""
         if self._outbox is not None:
@@ -108,7 +113,7 @@ class Session:
     async def _session(self, target: str) -> None:
         outbox: asyncio.Queue[apb.AgentMessage] = asyncio.Queue()
         register_sent = time.monotonic()  # before: the lease is granted or refreshed after it
-        outbox.put_nowait(apb.AgentMessage(register=self._register(self.lease_id)))
+        outbox.put_nowait(apb.AgentMessage(register=self.registration()))
         # Only a scheduler's certificate.
         async with aio_channel(target, self._tls, CHANNEL_OPTIONS, peer=SCHEDULER) as channel:
             stub = agent_pb2_grpc.AgentSessionStub(channel)

@@ -59,7 +59,8 @@ def first(store: Store, name: str) -> int:
 
 def _live(store: Store, name: str) -> set[int]:
     """The generations the app's instances run (their records' app_generation)."""
-    return {v.value.app_generation for v in store.list_prefix(pb.Instance, store.keys.instances(name))}
+    found = store.list_prefix(pb.Instance, store.keys.instances(name), hydrate=False)
+    return {v.value.app_generation for v in found}
 
 
 def generation_writes(store: Store, before: pb.App | None, app: pb.App, cause: str, now: float) -> list[Write]:

@@ -70,10 +70,12 @@ def desired_message(
     generation: int,
     cluster_id: int,
     template_of: Callable[[pb.Instance], pb.AppSpec | None],
+    inline: bool = False,
 ) -> apb.DesiredSet:
     """The instances without their specs, and each distinct template they run once (keyed
-    app/generation). An instance whose template is not stored is left out (and logged): the
-    reconciler stops and replaces it (TemplateMissing)."""
+    app/generation); inline: each instance with its template as its spec instead (an agent
+    older than the templates map). An instance whose template is not stored is left out (and
+    logged): the reconciler stops and replaces it (TemplateMissing)."""
     out = apb.DesiredSet(generation=generation, cluster_id=cluster_id)
     for inst in instances:
         key = template_key(inst.app, inst.app_generation)
@@ -86,8 +88,12 @@ def desired_message(
         item = out.instances.add()
         item.CopyFrom(inst)
         item.ClearField("spec")
+        if inline:
+            item.spec.CopyFrom(out.templates[key])
         item.ClearField("status")  # the agent owns status; resending it on every report is noise
         item.ClearField("updated_at")
+    if inline:
+        out.ClearField("templates")
     return out
 
 
@@ -231,6 +237,7 @@ class SessionState:
     replies: list[apb.SchedulerMessage] = field(default_factory=list)  # besides desired sets
     leaving: bool = False  # said goodbye: its heartbeats no longer keep the lease
     routes: bool = False  # the agent runs container networking: send it Routes
+    templates: bool = False  # the agent takes DesiredSet.templates; an older one gets specs inline
     routes_sent: int = -1  # the cache's routes_version last sent
     recompute: bool = True  # the desired set may have changed (a reply alone does not)
 
@@ -317,7 +324,7 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
                 cluster_cidr=str(self._registry.subnets.pool.cidr) if record.subnet else "",
             )
         )
-        state = SessionState(reg.node, lease_id, routes=reg.container_network)
+        state = SessionState(reg.node, lease_id, routes=reg.container_network, templates=reg.accepts_templates)
         state.look_again()
         self.heartbeats.beat(reg.node, state)
 
@@ -367,8 +374,10 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
                 continue
             state.recompute = False
             cache = self._cache
-            msg = desired_message(cache.desired_for(state.node), cache.revision, cache.cluster_id, cache.template_of)
-            opened = self._secrets.needed(msg.templates.values(), cache.secrets)
+            insts = cache.desired_for(state.node)
+            msg = desired_message(insts, cache.revision, cache.cluster_id, cache.template_of, not state.templates)
+            specs = msg.templates.values() if state.templates else [i.spec for i in msg.instances]
+            opened = self._secrets.needed(specs, cache.secrets)
             for name, (_, data) in opened.items():
                 msg.secrets[name].CopyFrom(data)
             body = b"".join(i.SerializeToString(deterministic=True) for i in msg.instances)

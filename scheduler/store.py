@@ -347,13 +347,14 @@ class Store:
         page = self._failover.range_page
         return self._call(what or f"list {prefix}", lambda _: page(start, end, limit, revision, descending))
 
-    def list_prefix(self, cls: type[M], prefix: str) -> list[Versioned[M]]:
+    def list_prefix(self, cls: type[M], prefix: str, hydrate: bool = True) -> list[Versioned[M]]:
+        """hydrate=False: instances as stored, without their specs (for who needs no spec)."""
         out = []
         for resp in self._pages(prefix):
             for kv in resp.kvs:
                 if (msg := decode(cls, kv.value, kv.key.decode())) is not None:
                     out.append(Versioned(msg, kv.mod_revision))
-        return self._hydrated(out)
+        return self._hydrated(out) if hydrate else out
 
     def _hydrated(self, found: list[Versioned[M]]) -> list[Versioned[M]]:
         """Instances with their specs (hydrate.py), from their apps and generations; anything else as read."""

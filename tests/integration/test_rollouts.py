@@ -125,15 +125,18 @@ def test_undo_refusals(cluster: tuple[EtcdServer, str]) -> None:
     assert r.returncode == 2  # a usage error: nothing was asked
 
 
-def test_the_last_ten_are_kept_and_deleted_with_the_app(cluster: tuple[EtcdServer, str]) -> None:
+def test_the_last_ten_are_kept_and_deleted_after_the_app(cluster: tuple[EtcdServer, str]) -> None:
     etcd, address = cluster
     for n in range(13):
         apply(address, "prune", f"m{n}", replicas=1)
     wait_for(lambda: stored_generations(etcd, "prune") == list(range(4, 14)), 10, "generations 4-13 kept")
     r = orch(address, "rollout", "undo", "prune", "--to-generation", "2")
     assert r.returncode == 1 and 'generation 2 of app "prune" is no longer kept (kept: 4, 5,' in r.stderr
+    assert status(address, "prune").returncode == 0  # generation 13 runs
     assert orch(address, "delete", "app", "prune").returncode == 0
-    assert stored_generations(etcd, "prune") == []
+    # The generation its instance runs stays until that instance is gone: its spec is there.
+    assert 13 in stored_generations(etcd, "prune")
+    wait_for(lambda: stored_generations(etcd, "prune") == [], 20, "the rest deleted after the last instance")
 
 
 def test_a_rollout_that_never_gets_ready_stops_at_its_deadline(cluster: tuple[EtcdServer, str]) -> None:

@@ -121,6 +121,7 @@ class Register(_message.Message):
     NODE_IP_FIELD_NUMBER: _builtins.int
     HOST_NETWORKS_FIELD_NUMBER: _builtins.int
     ALLOWED_HOST_PATHS_FIELD_NUMBER: _builtins.int
+    ACCEPTS_TEMPLATES_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     address: _builtins.str
     version: _builtins.str
@@ -144,6 +145,10 @@ class Register(_message.Message):
     """
     subnet: _builtins.str
     node_ip: _builtins.str
+    accepts_templates: _builtins.bool
+    """The agent takes DesiredSet.templates (issue 12). An older one does not say so: it is
+    sent each instance with its spec on it, as before.
+    """
     @_builtins.property
     def capacity(self) -> _types_pb2.Resources: ...
     @_builtins.property
@@ -176,10 +181,11 @@ class Register(_message.Message):
         node_ip: _builtins.str = ...,
         host_networks: _abc.Iterable[Global___HostNetwork] | None = ...,
         allowed_host_paths: _abc.Iterable[_builtins.str] | None = ...,
+        accepts_templates: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["allocatable", b"allocatable", "capacity", b"capacity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allocatable", b"allocatable", "allowed_host_paths", b"allowed_host_paths", "capacity", b"capacity", "container_network", b"container_network", "host_networks", b"host_networks", "host_port_max", b"host_port_max", "host_port_min", b"host_port_min", "labels", b"labels", "lease_id", b"lease_id", "metrics_address", b"metrics_address", "node", b"node", "node_ip", b"node_ip", "subnet", b"subnet", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_templates", b"accepts_templates", "address", b"address", "allocatable", b"allocatable", "allowed_host_paths", b"allowed_host_paths", "capacity", b"capacity", "container_network", b"container_network", "host_networks", b"host_networks", "host_port_max", b"host_port_max", "host_port_min", b"host_port_min", "labels", b"labels", "lease_id", b"lease_id", "metrics_address", b"metrics_address", "node", b"node", "node_ip", b"node_ip", "subnet", b"subnet", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
