@@ -4,6 +4,7 @@ that never gets ready stopping at its progressDeadline."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 from collections.abc import Iterator
@@ -200,3 +201,39 @@ def test_an_app_stored_before_the_history_gets_its_generation_recorded(cluster: 
     assert stored_generations(etcd, "legacy") == [4, 5]
     assert orch(address, "rollout", "undo", "legacy").returncode == 0
     assert "MODE: old" in orch(address, "get", "apps", "legacy", "-o", "yaml").stdout
+
+
+def test_an_instance_record_stores_no_spec_and_reads_show_it(cluster: tuple[EtcdServer, str]) -> None:
+    """Issue 12 item 1: etcd holds app + generation; the API and the agent see the spec."""
+    etcd, address = cluster
+    apply(address, "lean", "good", replicas=1)
+    assert status(address, "lean").returncode == 0  # the agent got its template: MODE=good is ready
+    out = subprocess.run(
+        ["etcdctl", "--endpoints", etcd.url, "get", "--prefix", "/orch/instances/lean/", "-w", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+    ).stdout
+    [kv] = json.loads(out)["kvs"]
+    raw = pb.Instance.FromString(base64.b64decode(kv["value"]))
+    assert raw.app == "lean" and raw.app_generation == 1 and raw.node
+    assert not raw.HasField("spec")
+    r = orch(address, "get", "instance", raw.name, "-o", "yaml")
+    assert r.returncode == 0, r.stderr
+    assert "image: rootfs:/nonexistent" in r.stdout and "generation: 1" in r.stdout
+    r = orch(address, "scale", "lean", "2")
+    assert r.returncode == 0, r.stderr
+    r = orch(address, "describe", "app", "lean")
+    assert r.returncode == 0 and "MODE: good" in r.stdout, r.stdout + r.stderr
+
+
+def test_scale_is_refused_what_apply_refuses(cluster: tuple[EtcdServer, str]) -> None:
+    """`orch scale` is checked by apply's own function: 0 → 2 replicas of an app whose update can
+    never progress (both bounds 0, which apply allows only with no replicas) is refused."""
+    _, address = cluster
+    apply(address, "stuckscale", "good", replicas=0, extra="  update: {maxSurge: 0, maxUnavailable: 0}")
+    r = orch(address, "scale", "stuckscale", "2")
+    assert r.returncode == 1
+    assert "app stuckscale: spec.update: maxSurge and maxUnavailable cannot both be 0" in r.stderr
+    assert app_json(address, "stuckscale")["replicas"] == 0  # nothing written
