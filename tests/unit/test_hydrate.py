@@ -14,6 +14,7 @@ from node.session import TEMPLATE_MISSING, Session
 from orch.templates import template_of
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import types_pb2 as pb
+from scheduler.endpoints import endpoints_of
 from scheduler.hydrate import MISSING, Templates, stored
 from scheduler.reconcile import new_instance, reconcile, unused_generations
 from scheduler.sessions import desired_message
@@ -244,3 +245,16 @@ def test_an_older_agent_gets_each_instance_with_its_spec():
 def test_the_agent_says_it_takes_templates():
     session = Session(["x"], lambda _: apb.Register(node="n1"), apb.StatusReport, lambda _: asyncio.sleep(0))
     assert session.registration().accepts_templates
+
+
+def test_endpoints_take_the_probes_from_the_template():
+    """The cache's instances carry no spec: an unready instance of a probed app is not ready."""
+    app = web()  # readiness: tcp 8080
+    app.spec.service.port = 80
+    inst = stored(make_instance(app, "web-1", node="n1"))
+    inst.status.ready, inst.status.ip = False, "10.88.0.2"
+    templates = Templates()
+    [entry] = endpoints_of({"web": app}, [inst], "10.96.0.0/16", lambda i: templates.template(i, app)).apps
+    assert [(e.instance, e.ready) for e in entry.endpoints] == [("web-1", False)]
+    [entry] = endpoints_of({"web": app}, [inst], "10.96.0.0/16", lambda i: None).apps
+    assert not entry.endpoints  # without a template it serves nobody
