@@ -653,12 +653,18 @@ def _payload(value: Message) -> bytes:
     return (stored(value) if isinstance(value, pb.Instance) else value).SerializeToString()
 
 
+def _stored_size(value: Message) -> int:
+    """About what _payload stores, without serializing it."""
+    spec = value.spec.ByteSize() + 2 if isinstance(value, pb.Instance) and value.HasField("spec") else 0
+    return value.ByteSize() - spec
+
+
 def _chunks(writes: Sequence[Write]) -> list[Sequence[Write]]:
     """Consecutive runs of at most CHUNK writes and CHUNK_BYTES of keys and values each."""
     chunks: list[Sequence[Write]] = []
     start, size = 0, 0
     for i, w in enumerate(writes):
-        n = len(w.key) + (w.value.ByteSize() if isinstance(w, Put) else 0)
+        n = len(w.key) + (_stored_size(w.value) if isinstance(w, Put) else 0)
         if i > start and (i - start == CHUNK or size + n > CHUNK_BYTES):
             chunks.append(writes[start:i])
             start, size = i, 0
