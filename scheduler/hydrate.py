@@ -14,6 +14,7 @@ last, not what the app said when the instance was created.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 
 from orch.templates import template_of, with_template
 from orch.v1 import types_pb2 as pb
@@ -72,16 +73,33 @@ class Templates:
             return template_of(inst.spec)
         return None
 
-    def hydrate(self, inst: pb.Instance, app: pb.App | None) -> pb.Instance:
-        """A copy of inst with its spec; without one (and logged) when its template is missing."""
+    def hydrate(self, inst: pb.Instance, app: pb.App | None, specs: dict[Key, pb.AppSpec] | None = None) -> pb.Instance:
+        """A copy of inst with its spec; without one (and logged) when its template is missing.
+        specs: the specs made so far for one read (hydrate_all), each made once."""
         out = pb.Instance()
         out.CopyFrom(inst)
-        template = self.template(inst, app)
-        if template is None:
+        key = (inst.app, inst.app_generation)
+        spec = specs.get(key) if specs is not None and not inst.HasField("spec") else None
+        if spec is None:
+            spec = self._spec(inst, app)
+            if spec is not None and specs is not None and not inst.HasField("spec"):
+                specs[key] = spec
+        if spec is None:
             out.ClearField("spec")
             log.error("%s", missing(inst))
-        elif app is not None:
-            out.spec.CopyFrom(with_template(app.spec, template))
-        else:  # its app is gone (the instance is being stopped): the template and the record's own rest
-            out.spec.CopyFrom(with_template(inst.spec, template))
+        else:
+            out.spec.CopyFrom(spec)
         return out
+
+    def hydrate_all(self, instances: Iterable[pb.Instance], apps: Mapping[str, pb.App]) -> list[pb.Instance]:
+        """hydrate() of many, each (app, generation)'s spec made once."""
+        specs: dict[Key, pb.AppSpec] = {}
+        return [self.hydrate(inst, apps.get(inst.app), specs) for inst in instances]
+
+    def _spec(self, inst: pb.Instance, app: pb.App | None) -> pb.AppSpec | None:
+        template = self.template(inst, app)
+        if template is None:
+            return None
+        if app is not None:
+            return with_template(app.spec, template)
+        return with_template(inst.spec, template)  # its app is gone (it is being stopped): the template alone

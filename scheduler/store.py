@@ -293,9 +293,11 @@ class Store:
                             holders[rest] = lease.scheduler
                     else:
                         schedulers.add(rest)
-        for name, v in instances.items() if hydrate else ():
-            owner = apps.get(v.value.app)
-            instances[name] = Versioned(templates.hydrate(v.value, owner.value if owner else None), v.mod_revision)
+        if hydrate:
+            owners = {name: v.value for name, v in apps.items()}
+            filled = templates.hydrate_all((v.value for v in instances.values()), owners)
+            pairs = zip(instances.values(), filled, strict=True)
+            instances = {inst.name: Versioned(inst, v.mod_revision) for v, inst in pairs}
         return ClusterSnapshot(
             revision=revision,
             apps=apps,
@@ -369,9 +371,10 @@ class Store:
             for gen in self.list_prefix(pb.AppGeneration, self.keys.generations(name)):
                 templates.put(name, gen.value.generation, gen.value)
         out: list[Versioned[M]] = []
+        specs: dict[tuple[str, int], pb.AppSpec] = {}  # each (app, generation)'s spec made once
         for v in found:
             if isinstance(v.value, pb.Instance):
-                hydrated = templates.hydrate(v.value, apps[v.value.app])
+                hydrated = templates.hydrate(v.value, apps[v.value.app], specs)
                 out.append(Versioned(hydrated, v.mod_revision))  # type: ignore[arg-type]
             else:
                 out.append(v)

@@ -258,3 +258,18 @@ def test_endpoints_take_the_probes_from_the_template():
     assert [(e.instance, e.ready) for e in entry.endpoints] == [("web-1", False)]
     [entry] = endpoints_of({"web": app}, [inst], "10.96.0.0/16", lambda i: None).apps
     assert not entry.endpoints  # without a template it serves nobody
+
+
+def test_hydrating_many_makes_each_generations_spec_once_and_right():
+    app = web()
+    old = pb.App()
+    old.CopyFrom(app)
+    old.generation, old.spec.image = 2, "rootfs:/old"
+    templates = Templates()
+    templates.put("web", 2, record(old))
+    templates.put("web", 3, record(app))
+    insts = [stored(make_instance(app, f"web-{i}", generation=2 + i % 2)) for i in range(4)]
+    out = Templates.hydrate_all(templates, insts, {"web": app})
+    assert [i.spec.image for i in out] == ["rootfs:/old", app.spec.image] * 2
+    out[0].spec.env["X"] = "1"  # each instance its own copy
+    assert "X" not in out[2].spec.env
