@@ -237,3 +237,37 @@ def test_scale_is_refused_what_apply_refuses(cluster: tuple[EtcdServer, str]) ->
     assert r.returncode == 1
     assert "app stuckscale: spec.update: maxSurge and maxUnavailable cannot both be 0" in r.stderr
     assert app_json(address, "stuckscale")["replicas"] == 0  # nothing written
+
+
+def test_an_instance_whose_template_was_deleted_by_hand_is_replaced_with_a_warning(
+    cluster: tuple[EtcdServer, str],
+) -> None:
+    """A corrupt store (generations/<app>/<n> deleted under a running instance): no traceback, no
+    empty spec; a Warning names the missing key, and the instance is stopped and replaced."""
+    etcd, address = cluster
+    apply(address, "corrupt", "good", replicas=1)
+    assert status(address, "corrupt").returncode == 0
+    apply(address, "corrupt", "bad", replicas=1)  # generation 2 never gets ready: generation 1 keeps running
+    wait_for(lambda: app_json(address, "corrupt")["generation"] == 2, 10, "generation 2")
+    subprocess.run(
+        ["etcdctl", "--endpoints", etcd.url, "del", "/orch/generations/corrupt/1"],
+        check=True,
+        capture_output=True,
+        env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+    )
+
+    def warned() -> list[str]:
+        r = orch(address, "events")
+        return [line for line in r.stdout.splitlines() if "generations/corrupt/1" in line] if r.returncode == 0 else []
+
+    [line] = wait_for(warned, 20, "a warning naming the missing template")
+    assert "Warning" in line and "Stopping" in line and line.endswith("replacing it")
+    assert 'runs generation 1 of app "corrupt", whose template is not stored' in line
+    # It was stopped (its agent was sent a set without it) and is gone; generation 2 stands in.
+    wait_for(lambda: [i["generation"] for i in app_instances(address, "corrupt")] == [2], 20, "only generation 2")
+
+
+def app_instances(address: str, app: str) -> list[dict]:
+    r = orch(address, "get", "instances", "--app", app, "-o", "json")
+    assert r.returncode == 0, r.stderr
+    return list(json.loads(r.stdout))
