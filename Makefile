@@ -25,8 +25,9 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# --durations: where the suite's time goes (it must stay well under 15 minutes).
 test: lint
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider --durations=30
 
 # The whole suite on a fresh Debian 12 VM with systemd and pure cgroup v2 (the committed HEAD;
 # software emulation here, ~30 min). DEBIAN_VM: the steering repo's shared/tools/debian-vm.

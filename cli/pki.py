@@ -225,8 +225,6 @@ def issue(directory: Path, file_name: str, leaf: Leaf) -> bool:
 
 # -- `orch pki init|issue`, and what `orch up` issues ------------------------------------------
 
-ROLES = ("scheduler", "admin", "viewer", "node", "etcd")
-
 
 def init(directory: Path) -> list[Path]:
     """Both CAs; the CA files made now (none if they existed)."""

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import click
 
-from cli import pki as ca
 from cli.client import CliError
 
 __all__ = ["pki"]
+
+# What `issue` issues (cli/pki.py's issue_for). cli/pki.py itself is imported only when a pki
+# command runs: it imports cryptography (~8.5 MiB RSS), and `orch node` runs from this CLI.
+ROLES = ("scheduler", "admin", "viewer", "node", "etcd")
 
 
 @click.group()
@@ -23,7 +27,7 @@ def pki() -> None:
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 def pki_init(directory: Path) -> None:
     """Create the cluster's CA and etcd's CA in DIRECTORY (kept if they exist)."""
-    made = _pki(lambda: ca.init(directory))
+    made = _pki(lambda ca: ca.init(directory))
     for path in made:
         click.echo(f"created {path}")
     if not made:
@@ -32,12 +36,12 @@ def pki_init(directory: Path) -> None:
 
 @pki.command("issue")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.argument("role", type=click.Choice(ca.ROLES))
+@click.argument("role", type=click.Choice(ROLES))
 @click.argument("name")
 @click.option("--host", "hosts", multiple=True, metavar="H", help="IP or DNS name it serves on (repeat).")
 def pki_issue(directory: Path, role: str, name: str, hosts: tuple[str, ...]) -> None:
     """Issue NAME.crt/NAME.key for ROLE (a scheduler also gets etcd/NAME.crt, an etcd member etcd/NAME.crt)."""
-    issued = _pki(lambda: ca.issue_for(directory, role, name, hosts))
+    issued = _pki(lambda ca: ca.issue_for(directory, role, name, hosts))
     for path in issued:
         click.echo(f"issued {path}")
     if not issued:
@@ -51,12 +55,14 @@ def pki_issue(directory: Path, role: str, name: str, hosts: tuple[str, ...]) -> 
 def pki_bundle(directory: Path, out: Path, names: tuple[str, ...]) -> None:
     """Copy to OUT what one machine needs: both CA certificates and NAME.crt/NAME.key of each NAME
     (from DIRECTORY and DIRECTORY/etcd), never a CA key. Then copy OUT to the machine's /etc/orch/pki."""
-    for path in _pki(lambda: ca.bundle(directory, out, names)):
+    for path in _pki(lambda ca: ca.bundle(directory, out, names)):
         click.echo(f"wrote {path}")
 
 
-def _pki(fn: Callable[[], list[Path]]) -> list[Path]:
+def _pki(fn: Callable[[ModuleType], list[Path]]) -> list[Path]:
+    from cli import pki as ca
+
     try:
-        return fn()
+        return fn(ca)
     except (ca.PkiError, OSError) as e:
         raise CliError(f"orch pki: {e}") from None

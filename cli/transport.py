@@ -25,9 +25,11 @@ def _warn(lines: Sequence[str]) -> None:
     click.echo("\n".join([bar, *(f"!! {line}" for line in lines), bar]), err=True)
 
 
-def _load(files: TlsFiles, roles: Sequence[Role] = (), identity: str = "", serve: bool = False) -> Credentials:
+def _load(
+    files: TlsFiles, roles: Sequence[Role] = (), identity: str = "", serve: bool = False, apart: bool = False
+) -> Credentials:
     try:
-        return files.load(roles=roles, identity=identity, serve=serve)
+        return files.load(roles=roles, identity=identity, serve=serve, apart=apart)
     except TlsError as e:
         raise CliError(str(e)) from None
 
@@ -62,7 +64,8 @@ def node_credentials(ca: str, cert: str, key: str, name: str, insecure: bool) ->
         danger = "Whoever answers at the scheduler's address may run any container as root here."
         _plaintext(f"orch node {name}", "to the scheduler and on the agent's API", danger, insecure)
         return None
-    return _load(files, identity=node_identity(name), serve=True)
+    # Checked in a child: the agent runs for months and would keep cryptography's ~8.5 MiB (orch/tls.py).
+    return _load(files, identity=node_identity(name), serve=True, apart=True)
 
 
 def etcd_credentials(ca: str, cert: str, key: str, endpoints: Sequence[str], insecure: bool) -> Credentials | None:

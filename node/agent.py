@@ -42,6 +42,7 @@ from node.reconcile import diff
 from node.runtime import ContainerError, ContainerState, Runtime
 from node.runtime.cgroups.placement import place_agent, placement_for_cleanup
 from node.runtime.exec_client import ExecProcess
+from node.runtime.logs import remove_logs, remove_unknown_logs
 from node.runtime.seccomp import DEFAULT_PROFILE
 from node.runtime.userns import IdRange
 from node.secret_env import SecretEnvError, secret_env
@@ -271,6 +272,7 @@ class Agent:
                     # emptyDirs of instances gone meanwhile; a container still running keeps its own
                     running = {s.id for s in await asyncio.to_thread(self.runtime.list)}
                     await asyncio.to_thread(self.volumes.remove_unknown, keep | running)
+                    await asyncio.to_thread(remove_unknown_logs, self._deps.log_dir, keep | running)
                 except (ContainerError, OSError) as e:
                     log.warning("sweeping leftovers failed: %s", e)
                 self._swept = True
@@ -281,14 +283,26 @@ class Agent:
         name = worker.instance.name
         worker.request_stop()
         if worker.task is None or worker.task.done():
+            self._drop_logs(name)
             return
         self.stopping[name] = worker
 
         def forget(_: object) -> None:
             if self.stopping.get(name) is worker:
                 del self.stopping[name]
+            self._drop_logs(name)
 
         worker.task.add_done_callback(forget)
+
+    def _drop_logs(self, name: str) -> None:
+        """The instance left the desired set (its record is gone) and its container too: its
+        logs go, unless the same instance came back meanwhile."""
+        if name in self.workers or name in self.stopping:
+            return
+        try:
+            remove_logs(self._deps.log_dir, name)
+        except OSError as e:  # swept at the next start
+            log.warning("could not remove the logs of %s: %s", name, e)
 
     def _start_worker(self, inst: pb.Instance) -> None:
         worker = InstanceWorker(inst, self._deps, adopted=self._adoptable.pop(inst.name, None))

@@ -29,6 +29,7 @@ class Presence:
         self.identity = identity
         self._ttl = ttl
         self._lease = 0
+        self._failing = False
 
     def _announce(self) -> int:
         """Grant a lease and put the key on it (blocking)."""
@@ -58,8 +59,12 @@ class Presence:
             if not self._lease:
                 try:
                     self._lease = await asyncio.to_thread(self._announce)
-                except StoreUnavailable as e:
-                    log.warning("cannot announce %s: %s", self.identity, e)
+                    self._failing = False
+                except StoreUnavailable as e:  # once per outage: it is retried every tick
+                    log.log(
+                        logging.DEBUG if self._failing else logging.WARNING, "cannot announce %s: %s", self.identity, e
+                    )
+                    self._failing = True
             if lease := self._lease:
                 self._keeper.mark(lease, functools.partial(self._lapsed, lease))
             await asyncio.sleep(self._keeper.interval)

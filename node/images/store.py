@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from node.images.archive import DockerArchiveSource, OciLayoutSource
 from node.images.auth import default_auth_file, load_credentials
@@ -38,11 +39,13 @@ from node.images.manifest import Descriptor, Platform, host_platform
 from node.images.process import ImageConfig
 from node.images.record import ImageRecord, refs_from_json
 from node.images.reference import Reference, parse_reference
-from node.images.registry import RegistryClient, RegistrySource
 from node.images.source import Resolved, Source
 from node.images.usage import DiskUsage, GcResult, tree_bytes
 from orch.files import write_atomic
 from orch.trees import remove_tree
+
+if TYPE_CHECKING:
+    from node.images.registry import RegistryClient
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +71,9 @@ class ImageStore:
         self.root = root
         self.platform = platform or host_platform()
         self._parallel = max_parallel
-        self._registry = RegistryClient(load_credentials(auth_file or default_auth_file()), insecure)
+        self._credentials = load_credentials(auth_file or default_auth_file())  # a bad file fails now
+        self._insecure = tuple(insecure)
+        self._registry: RegistryClient | None = None  # at the first registry pull (_registry_client)
         for sub in ("blobs/sha256", "layers", "images"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         _discard(root / "tmp")  # leftovers of a crash: never complete
@@ -81,7 +86,8 @@ class ImageStore:
 
     def close(self) -> None:
         """Close the registry connections (the store stays usable: they reopen on the next pull)."""
-        self._registry.close()
+        if self._registry is not None:
+            self._registry.close()
 
     def __enter__(self) -> ImageStore:
         return self
@@ -154,10 +160,22 @@ class ImageStore:
                 self._pins.subtract(pinned)
                 self._pins = +self._pins  # drop zero counts
 
+    def _registry_client(self) -> RegistryClient:
+        # Imported at the first registry pull: httpx (and what its __init__ drags in: its CLI's
+        # click and pygments) is 1-2 MiB RSS the agent need not hold while it runs local images.
+        from node.images.registry import RegistryClient
+
+        with self._state:
+            if self._registry is None:
+                self._registry = RegistryClient(self._credentials, self._insecure)
+            return self._registry
+
     def _source(self, ref: Reference) -> Source:
         image = str(ref)
         if ref.transport == "docker":
-            return RegistrySource(self._registry, ref, self.platform)
+            from node.images.registry import RegistrySource
+
+            return RegistrySource(self._registry_client(), ref, self.platform)
         if ref.transport == "oci":
             return OciLayoutSource.from_dir(Path(ref.path), image, ref.tag, self.platform)
         if ref.transport == "oci-archive":

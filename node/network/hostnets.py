@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from node.network.errors import LinkError
+from node.network.pyroute import NetlinkError
 from node.network.routes import MAIN_TABLE, ORCH_PROTO
 
 __all__ = ["PODMAN_DEFAULT", "HostNet", "host_routes", "local_addresses", "podman_networks", "source_address"]

@@ -13,9 +13,8 @@ import errno
 from collections.abc import Iterator
 from typing import Any
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from node.network.errors import LinkError
+from node.network.pyroute import NetlinkError
 
 LOOPBACK = "lo"
 _GONE = (errno.ENODEV, errno.ENOENT)

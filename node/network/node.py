@@ -23,8 +23,6 @@ import errno
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from pyroute2 import IPRoute
-
 from node.network import links
 from node.network.errors import LinkError, NetworkError
 from node.network.hostports import HostPorts, PortMapping
@@ -32,6 +30,7 @@ from node.network.ipam import Ipam, check_instance
 from node.network.model import Attachment, NetworkConfig
 from node.network.names import CONTAINER_IFNAME, VETH_PREFIX, bridge_mac, veth_name
 from node.network.netns import netlink_socket_in, open_netns
+from node.network.pyroute import IPRoute
 
 
 def forbid_event_loop() -> None:

@@ -25,9 +25,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from node.network.errors import LinkError
+from node.network.pyroute import NetlinkError
 
 __all__ = ["MAIN_TABLE", "ORCH_PROTO", "NodeRoute", "RoutePlan", "Skipped", "actual", "apply", "desired", "plan"]
 

@@ -41,12 +41,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyroute2 import IPRoute
-
 from node.network import links
 from node.network.errors import ConfigError, NetworkError
 from node.network.iptables import Runner
 from node.network.iptables import run as run_iptables
+from node.network.pyroute import IPRoute
 
 __all__ = ["ServiceChains", "ServiceProxy", "VirtualService", "route_metric", "service_rules"]
 

@@ -25,7 +25,7 @@ import contextlib
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,6 +161,35 @@ def keep_previous(log_path: Path) -> bool:
     for current in _rotated(log_path):  # oldest first; X.log last, so a reader sees it go last
         os.rename(current, previous.parent / current.name)
     return True
+
+
+def remove_logs(log_dir: Path, instance: str) -> None:
+    """An instance's logs, its previous incarnation's included: gone with the instance (as
+    `docker rm` and the kubelet do), or a node with churn fills its disk with them."""
+    current = log_file(log_dir, instance)
+    for path in (*_rotated(current), *_rotated(previous_log(current))):
+        path.unlink(missing_ok=True)
+
+
+def remove_unknown_logs(log_dir: Path, keep: Iterable[str]) -> list[str]:
+    """The logs of instances not in `keep` (left by a run that ended before it removed them).
+    Returns the instances whose logs were removed."""
+    keep = set(keep)
+    gone: set[str] = set()
+    for folder in (log_dir, log_dir / "previous"):
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(folder):
+                name = _log_owner(entry.name)
+                if name is not None and name not in keep and entry.is_file(follow_symlinks=False):
+                    os.unlink(entry.path)
+                    gone.add(name)
+    return sorted(gone)
+
+
+def _log_owner(file_name: str) -> str | None:
+    """The instance of X.log or X.log.N; None for anything else."""
+    name, dot, rest = file_name.partition(".log")
+    return name if dot and (rest == "" or (rest[:1] == "." and rest[1:].isdigit())) else None
 
 
 def _rotated(path: Path) -> list[Path]:

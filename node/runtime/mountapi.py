@@ -20,23 +20,14 @@ __all__ = [
     "set_attrs",
 ]
 
+# Added after Linux unified its syscall tables (5.1+): one number on every architecture.
 _SYSCALLS = {
-    "x86_64": {
-        "open_tree": 428,
-        "move_mount": 429,
-        "fsopen": 430,
-        "fsconfig": 431,
-        "fsmount": 432,
-        "mount_setattr": 442,
-    },
-    "aarch64": {
-        "open_tree": 428,
-        "move_mount": 429,
-        "fsopen": 430,
-        "fsconfig": 431,
-        "fsmount": 432,
-        "mount_setattr": 442,
-    },
+    "open_tree": 428,
+    "move_mount": 429,
+    "fsopen": 430,
+    "fsconfig": 431,
+    "fsmount": 432,
+    "mount_setattr": 442,
 }
 _FSOPEN_CLOEXEC = 1
 _FSMOUNT_CLOEXEC = 1
@@ -67,7 +58,7 @@ class _MountAttr(ctypes.Structure):
 
 
 def _call(name: str, *args: object) -> int:
-    return int(_libc.syscall(_SYSCALLS[os.uname().machine][name], *args))
+    return int(_libc.syscall(_SYSCALLS[name], *args))
 
 
 def _check(result: int, what: str, where: str) -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.runtime.imagefs import read_image_file
-from orch.validation import LINUX_CAPABILITIES
+from orch.capabilities import LINUX_CAPABILITIES
 
 __all__ = [
     "CAPS",
@@ -25,7 +25,7 @@ __all__ = [
     "rlimit_numbers",
 ]
 
-# linux/capability.h numbering (validation.py holds the one table).
+# linux/capability.h numbering (orch/capabilities.py holds the one table).
 CAPS: dict[str, int] = {name: number for number, name in enumerate(LINUX_CAPABILITIES)}
 
 # Podman's default set (containers.conf default_capabilities).

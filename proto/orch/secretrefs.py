@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from orch.v1 import types_pb2
+if TYPE_CHECKING:  # annotations only: the runtime (zygote, PID 1) does not load protobuf
+    from orch.v1 import types_pb2
 
 __all__ = [
     "DEFAULT_MODE",

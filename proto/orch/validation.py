@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from orch.capabilities import LINUX_CAPABILITIES
 from orch.imageref import BadReference, parse_reference
 from orch.quantity import format_duration
 from orch.secretrefs import secret_key_problem
@@ -47,17 +48,6 @@ DEFAULT_FAILURE_THRESHOLD = 3
 DEFAULT_PROGRESS_DEADLINE_MS = 120_000  # Nomad's default (Kubernetes' is 600 s)
 MAX_PROGRESS_DEADLINE_MS = 86_400_000  # a big image on a slow link may take hours; days mean a typo
 
-# Index = capability number (linux/capability.h, up to CAP_CHECKPOINT_RESTORE in 5.9).
-# fmt: off
-LINUX_CAPABILITIES = (
-    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID",
-    "SETUID", "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
-    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
-    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
-    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
-    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
-)
-# fmt: on
 
 # spec.seccomp: "" = the node's profile; "default" is normalized to "".
 SECCOMP_MODES = ("", "unconfined")

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from orch.secretrefs import secret_volume_problems
-from orch.v1 import types_pb2
+
+if TYPE_CHECKING:  # annotations only: the runtime (zygote, PID 1) does not load protobuf
+    from orch.v1 import types_pb2
 
 __all__ = [
     "HOST_PATH_TYPES",

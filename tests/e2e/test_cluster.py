@@ -203,9 +203,14 @@ def test_exit_codes_restart_policies_and_logs(cluster, busybox_rootfs):
     assert flaky["reason"] in ("CrashLoopBackOff", "Error", None)  # None: caught while running again
     nocmd = wait_for(lambda: (i := only(info, "nocmd")) and i["state"] == "Failed" and i, 20, "nocmd Failed")
     assert nocmd["exitCode"] == 127
+    names = {i["name"] for i in (once, flaky, nocmd)}
+    state = Path(info["stateDir"])
+    assert {p.name for p in state.rglob("*.log") if p.stem in names} >= {f"{n}.log" for n in names}
     for app in ("once", "flaky", "nocmd"):
         assert orch(info, "delete", "app", app).returncode == 0
     wait_all_removed(info)
+    # Their logs (flaky's previous incarnation's too) go with them, as `docker rm` and the kubelet do.
+    wait_for(lambda: not [p for p in state.rglob("*.log*") if p.name.split(".log")[0] in names], 20, "logs removed")
 
 
 def test_readiness_probe_gates_ready(cluster, busybox_rootfs):

@@ -74,6 +74,25 @@ def test_snapshot_sees_node_leases_and_their_expiry(store):
     assert "n1" in store.snapshot().nodes  # the node record stays; only liveness went
 
 
+def test_snapshot_names_each_leases_scheduler_and_the_schedulers_present(store):
+    """What the leader's liveness needs (scheduler/presence.py): which scheduler keeps each node's
+    lease, which schedulers are present, and when each lease key was last written."""
+    node_lease, _ = store.grant_lease(5)
+    presence, _ = store.grant_lease(5)
+    revision = store.commit(
+        [
+            Put(store.keys.node("n1"), pb.Node(name="n1"), 0),
+            Put(store.keys.node_lease("n1"), pb.Node(name="n1", scheduler="s2"), None, node_lease),
+            Put(store.keys.scheduler_presence("s2"), pb.Node(name="s2"), None, presence),
+        ]
+    )
+    snap = store.snapshot()
+    assert snap.lease_holders == {"n1": "s2"} and snap.schedulers == {"s2"}
+    assert snap.lease_revisions == {"n1": revision} and snap.live_nodes == {"n1"}
+    store.revoke_lease(presence)
+    assert store.snapshot().schedulers == frozenset()
+
+
 def test_unreachable_etcd_is_a_clear_error(etcd):
     s = Store(["127.0.0.1:1"], timeout=0.5)
     with pytest.raises(StoreUnavailable, match="etcd unavailable during snapshot"):

@@ -6,9 +6,8 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from node.network import routes as rt
+from node.network.pyroute import NetlinkError
 from node.network.routes import ORCH_PROTO, NodeRoute
 
 ME = "10.88.0.0/24"

@@ -151,6 +151,26 @@ def test_load_checks_key_role_name_and_time(ca: Path, tmp_path: Path) -> None:
         TlsFiles(other / "ca.crt", ca / "scheduler.crt", ca / "scheduler.key").load()
 
 
+def test_checks_apart_answer_as_in_process(ca: Path) -> None:
+    """load(apart=True), as `orch node` checks (in a forked child): the same identity, the same errors."""
+    pki.issue_for(ca, "node", "n1", ["127.0.0.1"])
+    pki.issue_for(ca, "admin", "ann", [])
+    assert TlsFiles.in_dir(ca, "n1").load(identity="node:n1", serve=True, apart=True).identity == "node:n1"
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=900)
+    cases: list[tuple[TlsFiles, dict[str, Any], str]] = [
+        (TlsFiles(ca / "ca.crt", ca / "n1.crt", ca / "ann.key"), {}, r"ann\.key is not the key of certificate"),
+        (TlsFiles.in_dir(ca, "n1"), {"identity": "node:n2"}, '"node:n1", not "node:n2"'),
+        (TlsFiles.in_dir(ca, "ann"), {"serve": True}, "not a server identity"),
+        (TlsFiles.in_dir(ca, "n1"), {"now": later}, r"n1\.crt expired on"),
+    ]
+    for files, how, message in cases:
+        with pytest.raises(TlsError, match=message):
+            files.load(**how, apart=True)
+    (ca / "ann.crt").write_text("not a certificate\n")
+    with pytest.raises(TlsError, match=r"ann\.crt: not a PEM certificate"):
+        TlsFiles.in_dir(ca, "ann").load(apart=True)
+
+
 class _Sessions(agent_pb2_grpc.AgentSessionServicer):
     async def Session(self, request_iterator: Any, context: Any) -> Any:
         yield agent_pb2.SchedulerMessage()

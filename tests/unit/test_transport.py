@@ -80,3 +80,12 @@ def test_credentials_are_checked_at_start(certs: Path, tmp_path: Path) -> None:
     assert "is not signed by the CA" in refused(*scheduler(*tls(certs, "scheduler"), *etcd_wrong))
     node = ["--scheduler", "127.0.0.1:1", "node", "--name", "n1", "--state-dir", str(tmp_path / "n1")]
     assert 'n2.crt is "node:n2", not "node:n1"' in refused(*node, *tls(certs, "n2"))
+    # The agent checks in a forked child (orch/tls.py): the same refusals reach its user.
+    wrong_key = tls(certs, "n1")
+    wrong_key[5] = str(certs / "n2.key")
+    assert "n2.key is not the key of certificate" in refused(*node, *wrong_key)
+    other = tmp_path / "other"
+    pki.init(other)
+    foreign_ca = tls(certs, "n1")
+    foreign_ca[1] = str(other / "ca.crt")
+    assert "n1.crt is not signed by the CA" in refused(*node, *foreign_ca)
