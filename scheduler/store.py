@@ -459,7 +459,7 @@ class Store:
 
     def _commit_chunk(self, writes: Sequence[Write], fence: Fence | None = None) -> int:
         tx = self._client.transactions
-        payloads = [_payload(w.value) if isinstance(w, Put) else None for w in writes]
+        payloads = [stored_bytes(w.value) if isinstance(w, Put) else None for w in writes]
         compare: list[Any] = []
         ops: list[Any] = []
         for w, payload in zip(writes, payloads, strict=True):
@@ -651,13 +651,13 @@ class Store:
         return cancel
 
 
-def _payload(value: Message) -> bytes:
+def stored_bytes(value: Message) -> bytes:
     """What a Put stores: an instance without its spec (its generation holds it: hydrate.py)."""
     return (stored(value) if isinstance(value, pb.Instance) else value).SerializeToString()
 
 
 def _stored_size(value: Message) -> int:
-    """About what _payload stores, without serializing it."""
+    """About len(stored_bytes(value)), without serializing it."""
     spec = value.spec.ByteSize() + 2 if isinstance(value, pb.Instance) and value.HasField("spec") else 0
     return value.ByteSize() - spec
 

@@ -19,7 +19,7 @@ from scheduler.hydrate import MISSING, Templates, stored
 from scheduler.reconcile import new_instance, reconcile, unused_generations
 from scheduler.sessions import desired_message
 from scheduler.snapshot import ClusterSnapshot
-from scheduler.store import _payload
+from scheduler.store import stored_bytes
 from tests.factories import make_app, make_instance, make_node, make_snapshot, make_spec
 
 WEB_YAML = Path(__file__).parents[2] / "deploy" / "examples" / "web.yaml"
@@ -40,7 +40,7 @@ def web() -> pb.App:
 def test_an_instance_is_stored_without_its_spec_and_the_caller_keeps_its_own():
     app = web()
     inst = new_instance(app, "a1b2c", 1000.0)
-    raw = pb.Instance.FromString(_payload(inst))  # what a Put writes to etcd
+    raw = pb.Instance.FromString(stored_bytes(inst))  # what a Put writes to etcd
     assert not raw.HasField("spec") and raw.app == "web" and raw.app_generation == 3
     assert inst.spec.image == app.spec.image  # stored() copies: the plan's instance is untouched
     assert stored(raw) is raw
@@ -168,7 +168,7 @@ def test_record_and_desired_set_sizes(capsys):
     app = web()
     one = new_instance(app, "a1b2c", 1000.0)
     one.node, one.status.state = "n1", pb.INSTANCE_STATE_RUNNING
-    before, after = one.ByteSize(), len(_payload(one))
+    before, after = one.ByteSize(), len(stored_bytes(one))
     insts, templates = sized(app, 100)
     old = apb.DesiredSet(generation=42, cluster_id=7)
     for inst in insts:  # the old message: each instance with the whole spec
