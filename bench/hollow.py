@@ -91,7 +91,7 @@ async def hollow_session(
 ) -> None:
     outbox: asyncio.Queue[apb.AgentMessage] = asyncio.Queue()
     cap = pb.Resources(cpu_millis=64_000, memory_bytes=256 << 30, pids=1 << 20)
-    outbox.put_nowait(apb.AgentMessage(register=apb.Register(node=node.name, capacity=cap)))
+    outbox.put_nowait(apb.AgentMessage(register=apb.Register(node=node.name, capacity=cap, accepts_templates=True)))
 
     async def requests():  # type: ignore[no-untyped-def]
         while True:

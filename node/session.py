@@ -22,16 +22,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 import grpc
 
 from node.fencing import LeaseWatch
-from node.reconcile import Applied, is_stale
+from node.reconcile import Applied, is_stale, with_templates
+from orch.templates import template_key
 from orch.tls import SCHEDULER, Credentials, aio_channel
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import agent_pb2_grpc
+from orch.v1 import types_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 3.0  # with the jitter below at most 4.5 s: scheduler/liveness.py AGENT_RECONNECT_BACKOFF
 JITTER = (0.5, 1.5)
+TEMPLATE_MISSING = "TemplateMissing"  # the scheduler's reason for the same fault (scheduler/hydrate.py)
 
 # A scheduler that hangs, or whose host is cut off, resets nothing: without pings the stream
 # would wait for TCP to give up (15 min) or for ever (a stopped process's kernel still ACKs).
@@ -78,6 +81,11 @@ class Session:
         self._goodbye_ack: asyncio.Future[float] | None = None
         self._goodbye_sent = 0.0  # monotonic
 
+    def registration(self) -> apb.Register:
+        register = self._register(self.lease_id)
+        register.accepts_templates = True  # handle_desired puts them back (with_templates)
+        return register
+
     def send_status(self, report: apb.StatusReport) -> None:
         """Queue a report; dropped while disconnected (a full report follows on reconnect)."""
         if self._outbox is not None:
@@ -105,7 +113,7 @@ class Session:
     async def _session(self, target: str) -> None:
         outbox: asyncio.Queue[apb.AgentMessage] = asyncio.Queue()
         register_sent = time.monotonic()  # before: the lease is granted or refreshed after it
-        outbox.put_nowait(apb.AgentMessage(register=self._register(self.lease_id)))
+        outbox.put_nowait(apb.AgentMessage(register=self.registration()))
         # Only a scheduler's certificate.
         async with aio_channel(target, self._tls, CHANNEL_OPTIONS, peer=SCHEDULER) as channel:
             stub = agent_pb2_grpc.AgentSessionStub(channel)
@@ -155,12 +163,27 @@ class Session:
                 self.observed_generation,
             )
             return
+        if lacking := with_templates(desired):
+            self._refuse(desired, lacking, source)
+            return
         self._applied = Applied(desired.cluster_id, desired.generation)
         self.observed_generation = desired.generation
         try:
             await self._on_desired(desired)
         except Exception:  # level-triggered: the next desired set tries again
             log.exception("applying desired set %d failed", desired.generation)
+
+    def _refuse(self, desired: apb.DesiredSet, lacking: Sequence[pb.Instance], source: str) -> None:
+        """A set that names a template it does not carry: nothing of it is applied (nothing stops
+        either: the set applied before stays), and the instances not running here say why."""
+        names = ", ".join(f"{i.name} ({template_key(i.app, i.app_generation)})" for i in lacking)
+        log.error("refusing desired set %d from %s: no template for %s", desired.generation, source, names)
+        running = {r.name for r in self._full_report().instances}
+        message = f"desired set {desired.generation} from {source} lacks this instance's template: refused"
+        status = pb.InstanceStatus(state=pb.INSTANCE_STATE_PENDING, reason=TEMPLATE_MISSING, message=message)
+        reports = [apb.InstanceReport(name=i.name, app=i.app, status=status) for i in lacking if i.name not in running]
+        if reports:
+            self.send_status(apb.StatusReport(instances=reports))
 
     async def goodbye(self, timeout: float) -> float | None:
         """Tell the scheduler this agent exits for a restart. Returns the time (unix s) until

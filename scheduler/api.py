@@ -18,7 +18,7 @@ from orch.v1 import api_pb2 as api
 from orch.v1 import api_pb2_grpc
 from orch.v1 import exec_pb2 as xpb
 from orch.v1 import types_pb2 as pb
-from orch.validation import MAX_REPLICAS, normalize_app_spec, validate_app_spec
+from orch.validation import normalize_app_spec, validate_app_spec
 from orch.version import version
 from scheduler import secret_api
 from scheduler.cache import ClusterCache
@@ -28,6 +28,7 @@ from scheduler.events import EventLog
 from scheduler.exec_relay import ExecFailed, InstanceNotRunning, NodeUnreachable, exec_target, relay_exec
 from scheduler.generations import change_cause, generation_writes, history, undo_target
 from scheduler.generations import deletes as generation_deletes
+from scheduler.generations import first as first_generation
 from scheduler.liveness import NodeState, node_state
 from scheduler.logs import LogsUnavailable, log_sources, stream_logs
 from scheduler.moves import replaced_by
@@ -64,6 +65,11 @@ STATUS_OF: dict[type[SchedulerError], grpc.StatusCode] = {
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     SecretsDisabled: grpc.StatusCode.FAILED_PRECONDITION,
 }
+
+
+def spec_problems(spec: pb.AppSpec, name: str) -> list[str]:
+    """What apply refuses in a spec, one line each; `orch scale` asks the same of the spec it makes."""
+    return [f"app {name}: {e.path}: {e.message}" for e in validate_app_spec(spec)]
 
 
 def runtime_part(spec: pb.AppSpec) -> bytes:
@@ -198,11 +204,7 @@ class OrchService(api_pb2_grpc.OrchServicer):
 
     def _apply_once(self, request: api.ApplyRequest, cause: str = "") -> api.ApplyResponse:
         specs = [normalize_app_spec(s) for s in request.apps]
-        problems = [
-            f"app {s.name or '#' + str(i)}: {e.path}: {e.message}"
-            for i, s in enumerate(specs)
-            for e in validate_app_spec(s)
-        ]
+        problems = [p for i, s in enumerate(specs) for p in spec_problems(s, s.name or "#" + str(i))]
         names = [s.name for s in specs]
         problems += [f'app "{n}" appears more than once' for n in sorted({n for n in names if names.count(n) > 1})]
         if problems:
@@ -215,7 +217,9 @@ class OrchService(api_pb2_grpc.OrchServicer):
             key = self._store.keys.app(spec.name)
             existing = self._store.get(pb.App, key)
             before = existing.value if existing else None
-            action, app = self._next_app(before, spec, now)
+            action, app = self._next_app(
+                before, spec, now, first_generation(self._store, spec.name) if not before else 1
+            )
             result = api.ApplyResult(name=spec.name, action=action, generation=app.generation, spec=app.spec)
             if before is not None:
                 result.previous.CopyFrom(before.spec)
@@ -251,9 +255,13 @@ class OrchService(api_pb2_grpc.OrchServicer):
         return {v.value.ip for v in self._store.list_prefix(pb.ServiceIp, self._store.keys.service_ip(""))}
 
     @staticmethod
-    def _next_app(current: pb.App | None, spec: pb.AppSpec, now: float) -> tuple[api.ApplyAction.ValueType, pb.App]:
+    def _next_app(
+        current: pb.App | None, spec: pb.AppSpec, now: float, first: int = 1
+    ) -> tuple[api.ApplyAction.ValueType, pb.App]:
         if current is None:
-            app = pb.App(spec=spec, generation=1, created_at=ts(now), updated_at=ts(now), rollout=started(1, now))
+            app = pb.App(
+                spec=spec, generation=first, created_at=ts(now), updated_at=ts(now), rollout=started(first, now)
+            )
             return api.APPLY_ACTION_CREATED, app
         if current.spec == spec:
             return api.APPLY_ACTION_UNCHANGED, current
@@ -311,11 +319,10 @@ class OrchService(api_pb2_grpc.OrchServicer):
 
     async def Scale(self, request: api.ScaleRequest, context: Ctx) -> api.AppInfo:
         def scale() -> api.AppInfo:
-            if not 0 <= request.replicas <= MAX_REPLICAS:
-                raise InvalidRequest([f"replicas: {request.replicas} is out of range 0..{MAX_REPLICAS}"])
-
             def set_replicas(app: pb.App) -> None:
                 app.spec.replicas = request.replicas
+                if problems := spec_problems(app.spec, request.name):  # apply's checks: the spec as it would be
+                    raise InvalidRequest(problems)
                 app.updated_at.CopyFrom(ts(time.time()))
 
             app = self._store.update(pb.App, self._store.keys.app(request.name), set_replicas)

@@ -7,7 +7,9 @@ change of a subnet or node_ip counts, not the node record's other writes
 (registration times, cordons), so agents are not sent the table again for those.
 
 Agent sessions read their desired sets from here instead of querying etcd
-for every change. All mutation happens on the event loop thread; the etcd
+for every change. Instances are kept as stored, without their specs; the
+templates they run are kept once each (`templates`, from generations/) and
+go into a desired set once each (`template_of`, hydrate.py). All mutation happens on the event loop thread; the etcd
 watch thread only hands batches over with call_soon_threadsafe.
 """
 
@@ -21,6 +23,7 @@ from collections.abc import Callable
 from orch.secretrefs import referenced_secrets
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import types_pb2 as pb
+from scheduler.hydrate import Templates
 from scheduler.snapshot import Versioned
 from scheduler.store import Store, WatchEvent, decode
 
@@ -38,6 +41,7 @@ class ClusterCache:
         self.instances: dict[str, Versioned[pb.Instance]] = {}
         self.apps: dict[str, Versioned[pb.App]] = {}  # for the endpoints (endpoints.py)
         self.secrets: dict[str, Versioned[pb.Secret]] = {}  # sealed; opened per desired set (sessions.py)
+        self.templates = Templates()  # generations/: what the instances run (hydrate.py)
         self.by_node: dict[str, set[str]] = defaultdict(set)
         self.live_nodes: set[str] = set()
         self.node_routes: dict[str, tuple[str, str]] = {}  # node -> (subnet, node_ip), nodes with a subnet
@@ -69,6 +73,11 @@ class ClusterCache:
             if inst.desired in (pb.DESIRED_STATE_RUN, pb.DESIRED_STATE_UNSPECIFIED):
                 out.append(inst)
         return out
+
+    def template_of(self, inst: pb.Instance) -> pb.AppSpec | None:
+        """The template inst runs, or None if it is not stored (hydrate.Templates.template)."""
+        app = self.apps.get(inst.app)
+        return self.templates.template(inst, app.value if app is not None else None)
 
     def routes(self) -> apb.Routes:
         """Every node's subnet and node_ip, built once per version and shared by the sessions."""
@@ -117,12 +126,13 @@ class ClusterCache:
                 log.warning("reload after broken watch failed: %s", e)
 
     async def _load(self) -> None:
-        snap = await asyncio.to_thread(self._store.snapshot)
+        snap = await asyncio.to_thread(self._store.snapshot, False)  # as stored: specs come from templates
         old_nodes = set(self.by_node)
         self.revision = snap.revision
         self.cluster_id = snap.cluster_id
         self.instances = dict(snap.instances)
         self.apps = dict(snap.apps)
+        self.templates = snap.templates
         self.by_node = defaultdict(set)
         for name, v in self.instances.items():
             if v.value.node:
@@ -154,6 +164,8 @@ class ClusterCache:
                 self._apply_app(rest, ev)
             elif kind == "nodes":
                 self._apply_node(rest, ev, touched)
+            elif kind == "generations":
+                self._apply_generation(rest, ev)
             elif kind == "secrets":
                 self._apply_secret(rest, ev, touched)
             elif kind == "leases" and rest.startswith("nodes/"):
@@ -194,6 +206,16 @@ class ClusterCache:
         else:
             self.apps[name] = Versioned(app, ev.mod_revision)
 
+    def _apply_generation(self, rest: str, ev: WatchEvent) -> None:
+        app, _, n = rest.rpartition("/")
+        if not n.isdigit():
+            return
+        record = decode(pb.AppGeneration, ev.value, ev.key) if ev.value is not None else None
+        if record is None:
+            self.templates.drop(app, int(n))
+        else:
+            self.templates.put(app, int(n), record)
+
     def _apply_secret(self, name: str, ev: WatchEvent, touched: set[str]) -> None:
         secret = decode(pb.Secret, ev.value, ev.key) if ev.value is not None else None
         if secret is None:
@@ -202,7 +224,8 @@ class ClusterCache:
             self.secrets[name] = Versioned(secret, ev.mod_revision)
         # The nodes that run an app using it get their desired set again (new starts see the change).
         for inst in self.instances.values():
-            if inst.value.node and name in referenced_secrets(inst.value.spec):
+            template = self.template_of(inst.value) if inst.value.node else None
+            if template is not None and name in referenced_secrets(template):
                 touched.add(inst.value.node)
 
     def _apply_node(self, name: str, ev: WatchEvent, touched: set[str]) -> None:

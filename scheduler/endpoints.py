@@ -39,14 +39,23 @@ def _serves(inst: pb.Instance) -> bool:
     )
 
 
-def endpoints_of(apps: Mapping[str, pb.App], instances: Iterable[pb.Instance], service_cidr: str) -> apb.Endpoints:
-    """Every app (sorted), each with its running instances (sorted by name)."""
+def _own_spec(inst: pb.Instance) -> pb.AppSpec | None:
+    return inst.spec
+
+
+def endpoints_of(
+    apps: Mapping[str, pb.App],
+    instances: Iterable[pb.Instance],
+    service_cidr: str,
+    template_of: Callable[[pb.Instance], pb.AppSpec | None] = _own_spec,
+) -> apb.Endpoints:
+    """Every app (sorted), each with its running instances (sorted by name). template_of: where an
+    instance's probes are found (the cache's instances carry no spec); without one it serves nobody."""
     by_app: dict[str, list[apb.Endpoint]] = defaultdict(list)
     for inst in instances:
-        if inst.app in apps and _serves(inst):
-            by_app[inst.app].append(
-                apb.Endpoint(instance=inst.name, ip=inst.status.ip, node=inst.node, ready=is_ready(inst))
-            )
+        if inst.app in apps and _serves(inst) and (template := template_of(inst)) is not None:
+            ready = is_ready(inst, template)
+            by_app[inst.app].append(apb.Endpoint(instance=inst.name, ip=inst.status.ip, node=inst.node, ready=ready))
     out = apb.Endpoints(service_cidr=service_cidr)
     for name in sorted(apps):
         app = apps[name]
@@ -87,7 +96,8 @@ class EndpointsFeed:
     def refresh(self) -> None:
         self._scheduled = False
         apps = {name: v.value for name, v in self._cache.apps.items()}
-        msg = endpoints_of(apps, (v.value for v in self._cache.instances.values()), self.service_cidr)
+        insts = (v.value for v in self._cache.instances.values())
+        msg = endpoints_of(apps, insts, self.service_cidr, self._cache.template_of)
         body = msg.SerializeToString(deterministic=True)
         if body == self._body:
             return

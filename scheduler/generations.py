@@ -3,11 +3,16 @@
 Written in the same transaction as the app whenever an apply bumps its generation
 (api.py); that transaction also deletes what falls out of the history: all but the
 newest HISTORY, except a generation an instance of the app still runs (its record
-exists). Deleted with the app. `orch rollout history` lists them; `orch rollout undo`
-applies one's template again, as a new generation, as kubectl does.
+exists). `orch rollout history` lists them; `orch rollout undo` applies one's template
+again, as a new generation, as kubectl does.
 
-Instances still carry a full copy of their spec (Instance.spec): referring to the
-template by (app, generation) instead is the rest of issue 12 item 1.
+This is where an instance's spec lives: its record names (app, app_generation) and
+carries no spec (hydrate.py puts it back when read). So no path deletes a generation an
+instance runs: not apply or undo (prune), not an app's delete (it leaves the generations
+its stopping instances run; the reconciler deletes them after the last one, and prunes
+what an apply had to keep: reconcile.unused_generations), and an app created again
+under the name of one whose instances still stop numbers its generations on from the
+old ones' (`first`), so an old instance never takes a new template for its own.
 """
 
 from __future__ import annotations
@@ -46,6 +51,18 @@ def record(app: pb.App, cause: str, now: float) -> pb.AppGeneration:
     )
 
 
+def first(store: Store, name: str) -> int:
+    """A new app's first generation: 1, or past any generation still stored under its name."""
+    found = store.list_prefix(pb.AppGeneration, store.keys.generations(name))
+    return max((v.value.generation for v in found), default=0) + 1
+
+
+def _live(store: Store, name: str) -> set[int]:
+    """The generations the app's instances run (their records' app_generation)."""
+    found = store.list_prefix(pb.Instance, store.keys.instances(name), hydrate=False)
+    return {v.value.app_generation for v in found}
+
+
 def generation_writes(store: Store, before: pb.App | None, app: pb.App, cause: str, now: float) -> list[Write]:
     """What goes into the transaction that stores `app` at a new generation: its template, the
     previous generation's if it was never recorded, and the deletes of what falls out."""
@@ -55,9 +72,10 @@ def generation_writes(store: Store, before: pb.App | None, app: pb.App, cause: s
     writes: list[Write] = [
         Put(keys.generation(name, app.generation), record(app, cause, now), stale.mod_revision if stale else 0)
     ]
-    if before is None:  # a new app: anything under its name belonged to an earlier one
-        earlier = [Delete(keys.generation(name, g), v.mod_revision) for g, v in found.items() if g != app.generation]
-        return writes + earlier
+    if before is None:  # a new app: anything under its name belonged to an earlier one (kept while it runs)
+        live = _live(store, name)
+        gone = [Delete(keys.generation(name, g), v.mod_revision) for g, v in found.items() if g != app.generation]
+        return writes + [d for d in gone if int(d.key.rsplit("/", 1)[1]) not in live]
     gens = set(found)
     if before.generation not in gens:  # an app stored before there was a history: the newest but one, so kept
         gens.add(before.generation)
@@ -68,15 +86,20 @@ def generation_writes(store: Store, before: pb.App | None, app: pb.App, cause: s
             change_cause=RECORDED_LATE,
         )
         writes.append(Put(keys.generation(name, before.generation), late, 0))
-    live = {v.value.app_generation for v in store.list_prefix(pb.Instance, keys.instances(name))}
-    doomed = [g for g in prune(gens, app.generation, live) if g in found]
+    doomed = [g for g in prune(gens, app.generation, _live(store, name)) if g in found]
     return writes + [Delete(keys.generation(name, g), found[g].mod_revision) for g in doomed]
 
 
 def deletes(store: Store, name: str) -> list[Write]:
-    """The app's whole history, to go with the app's own delete."""
+    """The app's history, to go with the app's own delete, but for the generations its
+    instances still run: the reconciler deletes those after them."""
     found = store.list_prefix(pb.AppGeneration, store.keys.generations(name))
-    return [Delete(store.keys.generation(name, v.value.generation), v.mod_revision) for v in found]
+    live = _live(store, name)
+    return [
+        Delete(store.keys.generation(name, v.value.generation), v.mod_revision)
+        for v in found
+        if v.value.generation not in live
+    ]
 
 
 def history(store: Store, name: str) -> tuple[pb.App, list[pb.AppGeneration]]:

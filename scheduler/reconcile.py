@@ -17,6 +17,11 @@ because it had lost touch, `onNodeLost: Stop`) are handled like an older
 generation: a replacement starts first and the old one stops once the app
 can spare it. Which new instance stands in for which departing one, and why that one left, is
 recorded on the new one (moves.py, for `orch explain`). Where new instances go is placement's job.
+
+An instance whose template is not stored (hydrate.py: a hand-edited etcd) is stopped and replaced,
+with a warning saying which generation is missing. Stored templates no instance runs are deleted
+here too (`forget`): beyond an app's history (generations.prune), or all of a deleted app's once its
+last instance is gone.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from orch.v1 import types_pb2 as pb
+from scheduler.generations import prune
+from scheduler.hydrate import MISSING, missing
 from scheduler.liveness import MAX_NOT_READY, Hold, Liveness, evictions
 from scheduler.moves import DRAINED, LOST, agent_gave_up, assign, departing, departure, fenced
 from scheduler.rollout import COMPLETE, DEADLINE_EXCEEDED, is_ready, is_stuck, next_status, progress
@@ -60,6 +67,7 @@ class Plan:
     update: list[tuple[pb.Instance, int]] = field(default_factory=list)  # (new value, expected mod_revision)
     delete: list[tuple[pb.Instance, int]] = field(default_factory=list)
     apps: list[tuple[pb.App, int]] = field(default_factory=list)  # a new rollout status: (app, mod_revision)
+    forget: list[tuple[str, int, int]] = field(default_factory=list)  # stored templates to delete: (app, gen, rev)
     events: list[pb.Event] = field(default_factory=list)
     hold: Hold | None = None  # why instances of NotReady nodes were kept this pass
     recheck_at: float | None = None  # a hold ends then: run a pass even if nothing changes
@@ -69,10 +77,11 @@ class Plan:
         self.update += other.update
         self.delete += other.delete
         self.apps += other.apps
+        self.forget += other.forget
         self.events += other.events
 
     def is_empty(self) -> bool:
-        return not (self.create or self.update or self.delete or self.apps)
+        return not (self.create or self.update or self.delete or self.apps or self.forget)
 
 
 def event(now: float, kind: str, obj: str, reason: str, message: str, warning: bool = False) -> pb.Event:
@@ -98,7 +107,20 @@ def reconcile(
     for name in sorted(snap.app_names()):
         insts = snap.instances_of(name)
         plan.extend(reconcile_app(snap.apps.get(name), insts, snap, now, new_suffix, policy, evict.nodes))
+    plan.forget = unused_generations(snap)
     return plan
+
+
+def unused_generations(snap: ClusterSnapshot) -> list[tuple[str, int, int]]:
+    """Stored templates that no instance runs and no history keeps: (app, generation, mod_revision)."""
+    out = []
+    for name, stored in sorted(snap.generations.items()):
+        app = snap.apps.get(name)
+        live = {v.value.app_generation for v in snap.instances_of(name)}
+        gone = [] if live else sorted(stored)  # a deleted app's: once its last instance is gone
+        doomed = gone if app is None else prune(stored, app.value.generation, live)
+        out += [(name, g, stored[g]) for g in doomed]
+    return out
 
 
 def reconcile_app(
@@ -118,6 +140,8 @@ def reconcile_app(
         inst = v.value
         if not wants_to_run(inst):
             _collect_garbage(v, snap, now, plan, policy)
+        elif not inst.HasField("spec"):  # its template is missing: nothing can run it
+            _stop([v], MISSING, f"{missing(inst)}; replacing it", now, plan, warning=True)
         elif inst.node in evict:
             _mark_lost(v, now, plan)
         elif _drain_overdue(inst, snap, now):
@@ -209,7 +233,9 @@ def _mark_lost(v: Versioned[pb.Instance], now: float, plan: Plan) -> None:
     plan.events.append(event(now, "Instance", inst.name, "InstanceLost", f"{inst.status.message}; replacing", True))
 
 
-def _stop(victims: Iterable[Versioned[pb.Instance]], reason: str, message: str, now: float, plan: Plan) -> None:
+def _stop(
+    victims: Iterable[Versioned[pb.Instance]], reason: str, message: str, now: float, plan: Plan, warning: bool = False
+) -> None:
     for v in victims:
         inst = pb.Instance()
         inst.CopyFrom(v.value)
@@ -220,7 +246,7 @@ def _stop(victims: Iterable[Versioned[pb.Instance]], reason: str, message: str, 
         inst.status.message = message
         inst.updated_at.CopyFrom(ts(now))
         plan.update.append((inst, v.mod_revision))
-        plan.events.append(event(now, "Instance", inst.name, "Stopping", message))
+        plan.events.append(event(now, "Instance", inst.name, "Stopping", message, warning))
 
 
 def _stop_order(v: Versioned[pb.Instance]) -> tuple[int, int, int, float]:

@@ -147,6 +147,8 @@ def plan_writes(plan: Plan, placed: list[pb.Instance], snap: ClusterSnapshot, st
         writes.append(Delete(keys.instance(inst.app, inst.name), rev))
     for app, rev in plan.apps:  # its rollout status; an apply meanwhile wins, the next pass decides again
         writes.append(Put(keys.app(app.spec.name), app, rev))
+    for name, generation, rev in plan.forget:
+        writes.append(Delete(keys.generation(name, generation), rev))
     return writes
 
 

@@ -43,10 +43,12 @@ class Progress:
         return self.old == 0 and self.updated == self.desired and self.available == self.desired
 
 
-def is_ready(inst: pb.Instance) -> bool:
+def is_ready(inst: pb.Instance, spec: pb.AppSpec | None = None) -> bool:
+    """spec: the instance's, when it carries none (the cache's instances: hydrate.py)."""
     if inst.status.state != pb.INSTANCE_STATE_RUNNING:
         return False
-    return inst.status.ready or not (inst.spec.HasField("readiness") or inst.spec.HasField("startup"))
+    probed = spec if spec is not None else inst.spec
+    return inst.status.ready or not (probed.HasField("readiness") or probed.HasField("startup"))
 
 
 def progress(app: pb.App, instances: Iterable[pb.Instance]) -> Progress:

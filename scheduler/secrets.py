@@ -172,12 +172,13 @@ class Opener:
         self._opened: dict[str, tuple[int, pb.SecretData | None]] = {}
 
     def needed(
-        self, instances: Iterable[pb.Instance], stored: Mapping[str, Versioned[pb.Secret]]
+        self, specs: Iterable[pb.AppSpec], stored: Mapping[str, Versioned[pb.Secret]]
     ) -> dict[str, tuple[int, pb.SecretData]]:
-        """name -> (mod_revision, data) of every stored secret these instances refer to. One that is
-        missing or does not open is left out: the agent reports the instance's start failing."""
+        """name -> (mod_revision, data) of every stored secret these specs (a desired set's
+        templates) refer to. One that is missing or does not open is left out: the agent
+        reports the instance's start failing."""
         out = {}
-        for name in sorted({name for inst in instances for name in referenced_secrets(inst.spec)}):
+        for name in sorted({name for spec in specs for name in referenced_secrets(spec)}):
             found = stored.get(name)
             if found is None or self._keys is None:
                 continue

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from orch.templates import template_key
 from orch.tls import node_identity, peer_identity
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import agent_pb2_grpc
@@ -33,6 +34,7 @@ from scheduler.cache import ROUTES, ClusterCache
 from scheduler.endpoints import EndpointsFeed
 from scheduler.errors import Conflict, Refused, StoreUnavailable
 from scheduler.events import EventLog
+from scheduler.hydrate import missing
 from scheduler.leases import LeaseKeeper
 from scheduler.liveness import restarting_until
 from scheduler.metrics import SchedulerMetrics
@@ -63,13 +65,35 @@ class Generations:
         return self.observed > self.sent
 
 
-def desired_message(instances: list[pb.Instance], generation: int, cluster_id: int = 0) -> apb.DesiredSet:
+def desired_message(
+    instances: list[pb.Instance],
+    generation: int,
+    cluster_id: int,
+    template_of: Callable[[pb.Instance], pb.AppSpec | None],
+    inline: bool = False,
+) -> apb.DesiredSet:
+    """The instances without their specs, and each distinct template they run once (keyed
+    app/generation); inline: each instance with its template as its spec instead (an agent
+    older than the templates map). An instance whose template is not stored is left out (and
+    logged): the reconciler stops and replaces it (TemplateMissing)."""
     out = apb.DesiredSet(generation=generation, cluster_id=cluster_id)
     for inst in instances:
+        key = template_key(inst.app, inst.app_generation)
+        if key not in out.templates:
+            template = template_of(inst)
+            if template is None:
+                log.error("left out of node %s's desired set: %s", inst.node, missing(inst))
+                continue
+            out.templates[key].CopyFrom(template)
         item = out.instances.add()
         item.CopyFrom(inst)
+        item.ClearField("spec")
+        if inline:
+            item.spec.CopyFrom(out.templates[key])
         item.ClearField("status")  # the agent owns status; resending it on every report is noise
         item.ClearField("updated_at")
+    if inline:
+        out.ClearField("templates")
     return out
 
 
@@ -213,6 +237,7 @@ class SessionState:
     replies: list[apb.SchedulerMessage] = field(default_factory=list)  # besides desired sets
     leaving: bool = False  # said goodbye: its heartbeats no longer keep the lease
     routes: bool = False  # the agent runs container networking: send it Routes
+    templates: bool = False  # the agent takes DesiredSet.templates; an older one gets specs inline
     routes_sent: int = -1  # the cache's routes_version last sent
     recompute: bool = True  # the desired set may have changed (a reply alone does not)
 
@@ -299,7 +324,7 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
                 cluster_cidr=str(self._registry.subnets.pool.cidr) if record.subnet else "",
             )
         )
-        state = SessionState(reg.node, lease_id, routes=reg.container_network)
+        state = SessionState(reg.node, lease_id, routes=reg.container_network, templates=reg.accepts_templates)
         state.look_again()
         self.heartbeats.beat(reg.node, state)
 
@@ -348,11 +373,15 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
             if not state.recompute:
                 continue
             state.recompute = False
-            msg = desired_message(self._cache.desired_for(state.node), self._cache.revision, self._cache.cluster_id)
-            opened = self._secrets.needed(msg.instances, self._cache.secrets)
+            cache = self._cache
+            insts = cache.desired_for(state.node)
+            msg = desired_message(insts, cache.revision, cache.cluster_id, cache.template_of, not state.templates)
+            specs = msg.templates.values() if state.templates else [i.spec for i in msg.instances]
+            opened = self._secrets.needed(specs, cache.secrets)
             for name, (_, data) in opened.items():
                 msg.secrets[name].CopyFrom(data)
             body = b"".join(i.SerializeToString(deterministic=True) for i in msg.instances)
+            body += b"".join(msg.templates[k].SerializeToString(deterministic=True) for k in sorted(msg.templates))
             body += repr(sorted((n, rev) for n, (rev, _) in opened.items())).encode()  # a changed secret too
             # Same body but the agent ignored it as stale: resend once it no longer is.
             resend = gens.agent_ahead() and msg.generation >= gens.observed

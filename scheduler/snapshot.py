@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from orch.v1 import types_pb2 as pb
+from scheduler.hydrate import Templates
 
 T = TypeVar("T")
 
@@ -37,6 +38,9 @@ class ClusterSnapshot:
     lease_revisions: Mapping[str, int] = field(default_factory=dict)
     lease_holders: Mapping[str, str] = field(default_factory=dict)  # node -> the scheduler keeping its lease
     schedulers: frozenset[str] = frozenset()  # schedulers whose presence key exists (presence.py)
+    # app -> {generation: mod_revision} of its stored templates (generations.py), apps gone included
+    generations: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
+    templates: Templates = field(default_factory=Templates, compare=False, repr=False)  # what hydrated the instances
     _by_app: dict[str, list[Versioned[pb.Instance]]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

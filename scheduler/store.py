@@ -3,7 +3,7 @@
 Values are the API's protobuf messages under one key prefix:
 
     apps/<name>             App
-    instances/<app>/<name>  Instance
+    instances/<app>/<name>  Instance, without its spec (hydrate.py: read back from its generation)
     nodes/<name>            Node
     leases/nodes/<name>     Node (name, and the scheduler keeping it alive), on the node's etcd lease
     leases/schedulers/<id>  Node (the scheduler's id), on a lease the scheduler keeps alive (presence.py)
@@ -54,6 +54,7 @@ from scheduler.etcd_failover import (
     Failover,
     KeepAliveStream,
 )
+from scheduler.hydrate import Templates, stored
 from scheduler.snapshot import ClusterSnapshot, Versioned
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ SNAPSHOT_KINDS = (
     "nodes/",
     "leases/nodes/",
     "leases/schedulers/",
+    "generations/",  # the templates the instances' specs come from
 )  # not events/: they are listed apart
 
 
@@ -250,9 +252,13 @@ class Store:
 
     # -- reads ---------------------------------------------------------
 
-    def snapshot(self) -> ClusterSnapshot:
-        """Apps, instances, nodes and live node leases (not events), in pages, all at one revision."""
+    def snapshot(self, hydrate: bool = True) -> ClusterSnapshot:
+        """Apps, instances, nodes and live node leases (not events), in pages, all at one revision.
+        The instances are hydrated (hydrate.py) unless `hydrate` is False: then as stored, with
+        the snapshot's templates to hydrate them from (the cache keeps them so)."""
         apps: dict[str, Versioned[pb.App]] = {}
+        templates = Templates()
+        generations: dict[str, dict[int, int]] = {}
         instances: dict[str, Versioned[pb.Instance]] = {}
         nodes: dict[str, Versioned[pb.Node]] = {}
         live: dict[str, int] = {}
@@ -276,16 +282,28 @@ class Store:
                     elif kind == "nodes/":
                         if node := decode(pb.Node, kv.value, key):
                             nodes[rest] = Versioned(node, kv.mod_revision)
+                    elif kind == "generations/":
+                        app, _, n = rest.rpartition("/")
+                        if n.isdigit() and (record := decode(pb.AppGeneration, kv.value, key)):
+                            templates.put(app, int(n), record)
+                            generations.setdefault(app, {})[int(n)] = kv.mod_revision
                     elif kind == "leases/nodes/":
                         live[rest] = kv.mod_revision
                         if lease := decode(pb.Node, kv.value, key):
                             holders[rest] = lease.scheduler
                     else:
                         schedulers.add(rest)
+        if hydrate:
+            owners = {name: v.value for name, v in apps.items()}
+            filled = templates.hydrate_all((v.value for v in instances.values()), owners)
+            pairs = zip(instances.values(), filled, strict=True)
+            instances = {inst.name: Versioned(inst, v.mod_revision) for v, inst in pairs}
         return ClusterSnapshot(
             revision=revision,
             apps=apps,
             instances=instances,
+            generations=generations,
+            templates=templates,
             nodes=nodes,
             live_nodes=frozenset(live),
             cluster_id=cluster_id,
@@ -311,7 +329,9 @@ class Store:
         if value is None:
             return None
         msg = decode(cls, value, key)
-        return None if msg is None else Versioned(msg, meta.mod_revision)
+        if msg is None:
+            return None
+        return self._hydrated([Versioned(msg, meta.mod_revision)])[0]
 
     def _read(
         self,
@@ -329,12 +349,35 @@ class Store:
         page = self._failover.range_page
         return self._call(what or f"list {prefix}", lambda _: page(start, end, limit, revision, descending))
 
-    def list_prefix(self, cls: type[M], prefix: str) -> list[Versioned[M]]:
+    def list_prefix(self, cls: type[M], prefix: str, hydrate: bool = True) -> list[Versioned[M]]:
+        """hydrate=False: instances as stored, without their specs (for who needs no spec)."""
         out = []
         for resp in self._pages(prefix):
             for kv in resp.kvs:
                 if (msg := decode(cls, kv.value, kv.key.decode())) is not None:
                     out.append(Versioned(msg, kv.mod_revision))
+        return self._hydrated(out) if hydrate else out
+
+    def _hydrated(self, found: list[Versioned[M]]) -> list[Versioned[M]]:
+        """Instances with their specs (hydrate.py), from their apps and generations; anything else as read."""
+        insts = [v for v in found if isinstance(v.value, pb.Instance)]
+        if not insts:
+            return found
+        apps: dict[str, pb.App | None] = {}
+        templates = Templates()
+        for name in sorted({v.value.app for v in insts}):  # type: ignore[attr-defined]
+            app = self.get(pb.App, self.keys.app(name))
+            apps[name] = app.value if app else None
+            for gen in self.list_prefix(pb.AppGeneration, self.keys.generations(name)):
+                templates.put(name, gen.value.generation, gen.value)
+        out: list[Versioned[M]] = []
+        specs: dict[tuple[str, int], pb.AppSpec] = {}  # each (app, generation)'s spec made once
+        for v in found:
+            if isinstance(v.value, pb.Instance):
+                hydrated = templates.hydrate(v.value, apps[v.value.app], specs)
+                out.append(Versioned(hydrated, v.mod_revision))  # type: ignore[arg-type]
+            else:
+                out.append(v)
         return out
 
     def last(self, cls: type[M], prefix: str, n: int) -> list[Versioned[M]]:
@@ -416,7 +459,7 @@ class Store:
 
     def _commit_chunk(self, writes: Sequence[Write], fence: Fence | None = None) -> int:
         tx = self._client.transactions
-        payloads = [w.value.SerializeToString() if isinstance(w, Put) else None for w in writes]
+        payloads = [stored_bytes(w.value) if isinstance(w, Put) else None for w in writes]
         compare: list[Any] = []
         ops: list[Any] = []
         for w, payload in zip(writes, payloads, strict=True):
@@ -608,12 +651,23 @@ class Store:
         return cancel
 
 
+def stored_bytes(value: Message) -> bytes:
+    """What a Put stores: an instance without its spec (its generation holds it: hydrate.py)."""
+    return (stored(value) if isinstance(value, pb.Instance) else value).SerializeToString()
+
+
+def _stored_size(value: Message) -> int:
+    """About len(stored_bytes(value)), without serializing it."""
+    spec = value.spec.ByteSize() + 2 if isinstance(value, pb.Instance) and value.HasField("spec") else 0
+    return value.ByteSize() - spec
+
+
 def _chunks(writes: Sequence[Write]) -> list[Sequence[Write]]:
     """Consecutive runs of at most CHUNK writes and CHUNK_BYTES of keys and values each."""
     chunks: list[Sequence[Write]] = []
     start, size = 0, 0
     for i, w in enumerate(writes):
-        n = len(w.key) + (w.value.ByteSize() if isinstance(w, Put) else 0)
+        n = len(w.key) + (_stored_size(w.value) if isinstance(w, Put) else 0)
         if i > start and (i - start == CHUNK or size + n > CHUNK_BYTES):
             chunks.append(writes[start:i])
             start, size = i, 0

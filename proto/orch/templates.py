@@ -13,7 +13,7 @@ from typing import Final
 
 from orch.v1 import types_pb2 as pb
 
-__all__ = ["NOT_TEMPLATE", "changed_fields", "template_of", "with_template"]
+__all__ = ["NOT_TEMPLATE", "changed_fields", "template_key", "template_of", "with_template"]
 
 # AppSpec fields outside the template. service: the VIP's rules live on the nodes, not in the instances.
 NOT_TEMPLATE: Final = ("replicas", "labels", "service", "progress_deadline_ms")
@@ -25,6 +25,11 @@ _MANIFEST_NAMES = {
     "user_namespace": "hostUsers",
     "secret_env": "env",  # env entries with valueFrom.secretKeyRef
 }
+
+
+def template_key(app: str, generation: int) -> str:
+    """A template's key in a desired set (DesiredSet.templates): its app and generation."""
+    return f"{app}/{generation}"
 
 
 def template_of(spec: pb.AppSpec) -> pb.AppSpec:

@@ -4,6 +4,7 @@ that never gets ready stopping at its progressDeadline."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 from collections.abc import Iterator
@@ -125,15 +126,18 @@ def test_undo_refusals(cluster: tuple[EtcdServer, str]) -> None:
     assert r.returncode == 2  # a usage error: nothing was asked
 
 
-def test_the_last_ten_are_kept_and_deleted_with_the_app(cluster: tuple[EtcdServer, str]) -> None:
+def test_the_last_ten_are_kept_and_deleted_after_the_app(cluster: tuple[EtcdServer, str]) -> None:
     etcd, address = cluster
     for n in range(13):
         apply(address, "prune", f"m{n}", replicas=1)
     wait_for(lambda: stored_generations(etcd, "prune") == list(range(4, 14)), 10, "generations 4-13 kept")
     r = orch(address, "rollout", "undo", "prune", "--to-generation", "2")
     assert r.returncode == 1 and 'generation 2 of app "prune" is no longer kept (kept: 4, 5,' in r.stderr
+    assert status(address, "prune").returncode == 0  # generation 13 runs
     assert orch(address, "delete", "app", "prune").returncode == 0
-    assert stored_generations(etcd, "prune") == []
+    # The generation its instance runs stays until that instance is gone: its spec is there.
+    assert 13 in stored_generations(etcd, "prune")
+    wait_for(lambda: stored_generations(etcd, "prune") == [], 20, "the rest deleted after the last instance")
 
 
 def test_a_rollout_that_never_gets_ready_stops_at_its_deadline(cluster: tuple[EtcdServer, str]) -> None:
@@ -197,3 +201,73 @@ def test_an_app_stored_before_the_history_gets_its_generation_recorded(cluster: 
     assert stored_generations(etcd, "legacy") == [4, 5]
     assert orch(address, "rollout", "undo", "legacy").returncode == 0
     assert "MODE: old" in orch(address, "get", "apps", "legacy", "-o", "yaml").stdout
+
+
+def test_an_instance_record_stores_no_spec_and_reads_show_it(cluster: tuple[EtcdServer, str]) -> None:
+    """Issue 12 item 1: etcd holds app + generation; the API and the agent see the spec."""
+    etcd, address = cluster
+    apply(address, "lean", "good", replicas=1)
+    assert status(address, "lean").returncode == 0  # the agent got its template: MODE=good is ready
+    out = subprocess.run(
+        ["etcdctl", "--endpoints", etcd.url, "get", "--prefix", "/orch/instances/lean/", "-w", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+    ).stdout
+    [kv] = json.loads(out)["kvs"]
+    raw = pb.Instance.FromString(base64.b64decode(kv["value"]))
+    assert raw.app == "lean" and raw.app_generation == 1 and raw.node
+    assert not raw.HasField("spec")
+    r = orch(address, "get", "instance", raw.name, "-o", "yaml")
+    assert r.returncode == 0, r.stderr
+    assert "image: rootfs:/nonexistent" in r.stdout and "generation: 1" in r.stdout
+    r = orch(address, "scale", "lean", "2")
+    assert r.returncode == 0, r.stderr
+    r = orch(address, "describe", "app", "lean")
+    assert r.returncode == 0 and "MODE: good" in r.stdout, r.stdout + r.stderr
+
+
+def test_scale_is_refused_what_apply_refuses(cluster: tuple[EtcdServer, str]) -> None:
+    """`orch scale` is checked by apply's own function: 0 → 2 replicas of an app whose update can
+    never progress (both bounds 0, which apply allows only with no replicas) is refused."""
+    _, address = cluster
+    apply(address, "stuckscale", "good", replicas=0, extra="  update: {maxSurge: 0, maxUnavailable: 0}")
+    r = orch(address, "scale", "stuckscale", "2")
+    assert r.returncode == 1
+    assert "app stuckscale: spec.update: maxSurge and maxUnavailable cannot both be 0" in r.stderr
+    assert app_json(address, "stuckscale")["replicas"] == 0  # nothing written
+
+
+def test_an_instance_whose_template_was_deleted_by_hand_is_replaced_with_a_warning(
+    cluster: tuple[EtcdServer, str],
+) -> None:
+    """A corrupt store (generations/<app>/<n> deleted under a running instance): no traceback, no
+    empty spec; a Warning names the missing key, and the instance is stopped and replaced."""
+    etcd, address = cluster
+    apply(address, "corrupt", "good", replicas=1)
+    assert status(address, "corrupt").returncode == 0
+    apply(address, "corrupt", "bad", replicas=1)  # generation 2 never gets ready: generation 1 keeps running
+    wait_for(lambda: app_json(address, "corrupt")["generation"] == 2, 10, "generation 2")
+    subprocess.run(
+        ["etcdctl", "--endpoints", etcd.url, "del", "/orch/generations/corrupt/1"],
+        check=True,
+        capture_output=True,
+        env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+    )
+
+    def warned() -> list[str]:
+        r = orch(address, "events")
+        return [line for line in r.stdout.splitlines() if "generations/corrupt/1" in line] if r.returncode == 0 else []
+
+    [line] = wait_for(warned, 20, "a warning naming the missing template")
+    assert "Warning" in line and "Stopping" in line and line.endswith("replacing it")
+    assert 'runs generation 1 of app "corrupt", whose template is not stored' in line
+    # It was stopped (its agent was sent a set without it) and is gone; generation 2 stands in.
+    wait_for(lambda: [i["generation"] for i in app_instances(address, "corrupt")] == [2], 20, "only generation 2")
+
+
+def app_instances(address: str, app: str) -> list[dict]:
+    r = orch(address, "get", "instances", "--app", app, "-o", "json")
+    assert r.returncode == 0, r.stderr
+    return list(json.loads(r.stdout))

@@ -21,7 +21,10 @@ from scheduler.sessions import AgentSessionService
 
 def desired(generation: int, cluster: int = 7, *names: str) -> apb.DesiredSet:
     return apb.DesiredSet(
-        generation=generation, cluster_id=cluster, instances=[pb.Instance(name=n, app="web") for n in names]
+        generation=generation,
+        cluster_id=cluster,
+        instances=[pb.Instance(name=n, app="web", app_generation=1) for n in names],
+        templates={"web/1": pb.AppSpec(name="web", image="rootfs:/x")},
     )
 
 
@@ -70,6 +73,9 @@ class FakeCache:
     def subscribe(self, listener: Any) -> Any:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
+
+    def template_of(self, inst: pb.Instance) -> pb.AppSpec:
+        return pb.AppSpec(name=inst.app, image="rootfs:/x")
 
     def desired_for(self, node: str) -> list[pb.Instance]:
         return list(self.instances)

@@ -36,6 +36,9 @@ class FakeCache:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
+    def template_of(self, inst: pb.Instance) -> pb.AppSpec:
+        return pb.AppSpec(name=inst.app, image="rootfs:/x")
+
     def desired_for(self, node: str) -> list[pb.Instance]:
         return [pb.Instance(name="web-a", node=node)]
 

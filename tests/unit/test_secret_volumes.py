@@ -198,7 +198,7 @@ def test_a_node_is_sent_the_secrets_its_volumes_refer_to() -> None:
     stored = {name: Versioned(keys.seal(name, {"k": name.encode()}, 0.0), 1) for name in ("db", "tls", "other")}
     spec = _spec(pb.SecretVolume(secret_name="tls"))
     spec.secret_env.add(name="PW", secret="db", key="k")
-    opened = Opener(keys).needed([pb.Instance(name="web-1", spec=spec)], stored)
+    opened = Opener(keys).needed([spec], stored)
     assert sorted(opened) == ["db", "tls"]
 
 

@@ -121,6 +121,7 @@ class Register(_message.Message):
     NODE_IP_FIELD_NUMBER: _builtins.int
     HOST_NETWORKS_FIELD_NUMBER: _builtins.int
     ALLOWED_HOST_PATHS_FIELD_NUMBER: _builtins.int
+    ACCEPTS_TEMPLATES_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     address: _builtins.str
     version: _builtins.str
@@ -144,6 +145,10 @@ class Register(_message.Message):
     """
     subnet: _builtins.str
     node_ip: _builtins.str
+    accepts_templates: _builtins.bool
+    """The agent takes DesiredSet.templates (issue 12). An older one does not say so: it is
+    sent each instance with its spec on it, as before.
+    """
     @_builtins.property
     def capacity(self) -> _types_pb2.Resources: ...
     @_builtins.property
@@ -176,10 +181,11 @@ class Register(_message.Message):
         node_ip: _builtins.str = ...,
         host_networks: _abc.Iterable[Global___HostNetwork] | None = ...,
         allowed_host_paths: _abc.Iterable[_builtins.str] | None = ...,
+        accepts_templates: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["allocatable", b"allocatable", "capacity", b"capacity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allocatable", b"allocatable", "allowed_host_paths", b"allowed_host_paths", "capacity", b"capacity", "container_network", b"container_network", "host_networks", b"host_networks", "host_port_max", b"host_port_max", "host_port_min", b"host_port_min", "labels", b"labels", "lease_id", b"lease_id", "metrics_address", b"metrics_address", "node", b"node", "node_ip", b"node_ip", "subnet", b"subnet", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_templates", b"accepts_templates", "address", b"address", "allocatable", b"allocatable", "allowed_host_paths", b"allowed_host_paths", "capacity", b"capacity", "container_network", b"container_network", "host_networks", b"host_networks", "host_port_max", b"host_port_max", "host_port_min", b"host_port_min", "labels", b"labels", "lease_id", b"lease_id", "metrics_address", b"metrics_address", "node", b"node", "node_ip", b"node_ip", "subnet", b"subnet", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -610,10 +616,32 @@ class DesiredSet(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class TemplatesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _types_pb2.AppSpec: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _types_pb2.AppSpec | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     GENERATION_FIELD_NUMBER: _builtins.int
     INSTANCES_FIELD_NUMBER: _builtins.int
     CLUSTER_ID_FIELD_NUMBER: _builtins.int
     SECRETS_FIELD_NUMBER: _builtins.int
+    TEMPLATES_FIELD_NUMBER: _builtins.int
     generation: _builtins.int
     cluster_id: _builtins.int
     """the etcd cluster's ID"""
@@ -625,6 +653,13 @@ class DesiredSet(_message.Message):
         keeps them in memory.
         """
 
+    @_builtins.property
+    def templates(self) -> _containers.MessageMap[_builtins.str, _types_pb2.AppSpec]:
+        """Each distinct template the instances above run, once, keyed "<app>/<generation>"
+        (issue 12): the instances carry no spec; the agent puts the template back on each.
+        An older scheduler sends none and a spec on each instance instead.
+        """
+
     def __init__(
         self,
         *,
@@ -632,10 +667,11 @@ class DesiredSet(_message.Message):
         instances: _abc.Iterable[_types_pb2.Instance] | None = ...,
         cluster_id: _builtins.int = ...,
         secrets: _abc.Mapping[_builtins.str, _types_pb2.SecretData] | None = ...,
+        templates: _abc.Mapping[_builtins.str, _types_pb2.AppSpec] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "generation", b"generation", "instances", b"instances", "secrets", b"secrets"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "generation", b"generation", "instances", b"instances", "secrets", b"secrets", "templates", b"templates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

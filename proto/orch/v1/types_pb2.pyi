@@ -1220,7 +1220,9 @@ class Instance(_message.Message):
     desired: Global___DesiredState.ValueType
     @_builtins.property
     def spec(self) -> Global___AppSpec:
-        """the spec this instance runs"""
+        """The spec this instance runs. Never stored (etcd holds app + app_generation; the
+        template is generations/<app>/<n>); filled in by the scheduler when read (hydrate.py).
+        """
 
     @_builtins.property
     def status(self) -> Global___InstanceStatus: ...
