@@ -131,7 +131,16 @@ def test_nothing_of_an_exec_outlives_its_caller(cluster: dict[str, Any], app: An
     tls = ["--tls-dir", cluster["tlsDir"]] if cluster.get("tlsDir") else []
     script = "sleep 1001 & exec sleep 1002"
     argv = orch_argv("--scheduler", cluster["schedulers"][0], *tls, "exec", name, "--", "sh", "-c", script)
-    cli = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=orch_env(), cwd=ROOT)
+    # SIGINT as a terminal's Ctrl-C finds it: a suite started in the background (`make test &`)
+    # has SIGINT ignored, and Python keeps an inherited SIG_IGN, as a background job should.
+    cli = subprocess.Popen(
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=orch_env(),
+        cwd=ROOT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         wait_for(lambda: len(sleeps()) == 2, 30, "both sleeps running")
         cli.send_signal(signal.SIGINT)
