@@ -131,21 +131,19 @@ def test_more_than_half_of_the_nodes_not_ready_evicts_nothing(cluster):
 
 
 # 2 s: the node leases (1 s) lapse, the leader's (3 s) does not, so the leader reconciles right
-# after; 30 s: everything lapses, leadership too.
-@pytest.mark.parametrize("stopped_for", [2, 30])
-def test_etcd_stopped_evicts_nothing(cluster, stopped_for):
+# after. 30 s, where everything lapses, leadership too: tests/e2e/test_partitions.py stops every
+# member of the lab's three for 30 s (one run of that wait is enough for the suite's time).
+def test_etcd_stopped_evicts_nothing(cluster):
     info, api, _ = cluster
     before = snapshot(api.instances({"steady"}))
     etcd = process(info, "etcd")
     with observed(api, {"steady"}) as seen:
         os.kill(etcd["pid"], signal.SIGSTOP)
         try:
-            time.sleep(stopped_for)
+            time.sleep(2)
         finally:
             os.kill(etcd["pid"], signal.SIGCONT)
         after = settled(api, {"steady"}, 6, process(info, "scheduler"))
-    if stopped_for > 5:  # longer than the scheduler retries a call: it could not answer meanwhile
-        assert seen.errors
     assert after == before and not seen.lost() and not lost_events(api, "steady")
 
 
