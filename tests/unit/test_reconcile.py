@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 
 import pytest
 
@@ -295,69 +296,6 @@ class NoEvents:
         pass
 
 
-def test_the_loop_graces_only_nodes_not_seen_ready_since_it_took_the_lead():
-    from scheduler.reconciler_loop import Reconciler
-    from scheduler.store import Fence
-
-    clock = [100.0]
-    store = LoopStore(lambda: clock[0])
-    loop = Reconciler(store, NoEvents(), clock=lambda: clock[0], lease_ttl=1)  # type: ignore[arg-type]
-    app = make_app(make_spec(replicas=3))
-    insts = [make_instance(app, f"web-{n}", n) for n in "abc"]
-    nodes = [make_node(n) for n in "abc"]
-
-    def lost_after(at: float, live: set[str], fence: Fence) -> set[str]:
-        clock[0] = at
-        store.snap = make_snapshot([app], nodes, insts, live=live)
-        result = loop.run_once(fence, loop.liveness(fence))
-        writes = store.commits.pop() if result.writes else []
-        return {w.value.node for w in writes if w.value.status.reason == "NodeLost"}
-
-    first = Fence("/orch/leader", 7, "s1")
-    assert lost_after(100.0, {"a", "b", "c"}, first) == set()  # the lead begins; too early to vouch for anyone
-    assert lost_after(101.0, {"a", "b"}, first) == set()  # c not seen Ready since: graced
-    assert lost_after(101.6, {"a", "b", "c"}, first) == set()  # read past a lease and an expiry tick: recovered
-    assert lost_after(102.0, {"a", "b"}, first) == {"c"}  # a failure like any other, within the grace
-    second = Fence("/orch/leader", 9, "s2")  # a new lead: everyone gets the grace again
-    assert lost_after(103.0, {"a", "b"}, second) == set()
-    assert lost_after(103.0 + reconnect_grace(1), {"a", "b"}, second) == {"c"}
-
-
-def test_after_an_etcd_outage_only_a_lease_written_since_vouches_for_a_node():
-    """etcd's new leader extends every lease: a lease key that outlived the outage is no sign
-    of its agent, so a node is recovered only once its lease key was written again."""
-    from dataclasses import replace
-
-    from scheduler.reconciler_loop import Reconciler
-    from scheduler.store import Fence
-
-    clock = [100.0]
-    store = LoopStore(lambda: clock[0])
-    loop = Reconciler(store, NoEvents(), clock=lambda: clock[0], lease_ttl=1)  # type: ignore[arg-type]
-    app = make_app(make_spec(replicas=3))
-    insts = [make_instance(app, f"web-{n}", n) for n in "abc"]
-    nodes = [make_node(n) for n in "abc"]
-    fence = Fence("/orch/leader", 7, "s1")
-
-    def lost_after(at: float, live: dict[str, int], revision: int) -> set[str]:
-        clock[0] = at
-        snap = make_snapshot([app], nodes, insts, live=set(live))
-        store.snap = replace(snap, revision=revision, lease_revisions=live)
-        result = loop.run_once(fence, loop.liveness(fence))
-        writes = store.commits.pop() if result.writes else []
-        return {w.value.node for w in writes if w.value.status.reason == "NodeLost"}
-
-    assert lost_after(100.0, {"a": 5, "b": 5, "c": 5}, 50) == set()  # leading since 100
-    store.contact.failed()
-    clock[0] = 200.0
-    store.contact.ok()  # etcd answers again at 200 after a 100 s outage
-    assert lost_after(200.0, {"a": 5, "b": 5, "c": 5}, 60) == set()  # every lease extended by etcd
-    assert lost_after(202.0, {"a": 61, "b": 62, "c": 5}, 62) == set()  # a and b registered again
-    assert lost_after(203.0, {"a": 61, "b": 62}, 63) == set()  # c's stale lease lapsed: still graced
-    assert lost_after(204.0, {"a": 61, "c": 64}, 64) == {"b"}  # b had shown it was back: a failure like any other
-    assert lost_after(200.0 + loop.grace, {"a": 61, "c": 64}, 64) == {"b"}
-
-
 def test_events_of_writes_that_lost_a_race_are_not_told():
     from scheduler.reconcile import event
     from scheduler.reconciler_loop import landed
@@ -380,57 +318,6 @@ def test_events_of_writes_that_lost_a_race_are_not_told():
     assert landed(events, []) == events
 
 
-def test_a_node_whose_scheduler_went_away_gets_the_grace_to_move():
-    """Nodes whose lease another scheduler kept: one whose agent died is replaced once that
-    scheduler's presence would have lapsed too; those of a scheduler that went away are held."""
-    from scheduler.liveness import holder_confirm
-    from scheduler.reconciler_loop import Reconciler
-    from scheduler.store import Fence
-
-    clock = [100.0]
-    store = LoopStore(lambda: clock[0])
-    loop = Reconciler(store, NoEvents(), clock=lambda: clock[0], lease_ttl=1, identity="s1")  # type: ignore[arg-type]
-    app = make_app(make_spec(replicas=4))
-    insts = [make_instance(app, f"web-{n}", n) for n in "abcd"]
-    nodes = [make_node(n) for n in "abcd"]
-    fence = Fence("/orch/leader", 7, "s1")
-    holders = {"a": "s1", "b": "s1", "c": "s2", "d": "s3"}
-    lost_after(clock, store, loop, fence, 100.0, app, nodes, insts, holders, {"s1", "s2", "s3"})  # leading since 100
-    clock[0] = 100.0 + reconnect_grace(1)  # past the grace of the new lead
-
-    def lost(at: float, live: set[str], schedulers: set[str]) -> set[str]:
-        held = {n: s for n, s in holders.items() if n in live}
-        return lost_after(clock, store, loop, fence, at, app, nodes, insts, held, schedulers)
-
-    t = clock[0]
-    assert lost(t, {"a", "b", "c", "d"}, {"s1", "s2", "s3"}) == set()
-    # d's agent dies; s3 is still there: held until s3's presence would have lapsed with it...
-    assert lost(t + 0.1, {"a", "b", "c"}, {"s1", "s2", "s3"}) == set()
-    # ...then a failure like any other.
-    assert lost(t + 0.1 + holder_confirm(1), {"a", "b", "c"}, {"s1", "s2", "s3"}) == {"d"}
-    del insts[3], nodes[3]  # (this fake store keeps no writes: d is gone from here on)
-    # s2 goes away with c's lease (same moment, or its presence a tick later): c is held for the grace.
-    t2 = t + 5
-    assert lost(t2, {"a", "b"}, {"s1", "s2", "s3"}) == set()
-    assert lost(t2 + 0.5, {"a", "b"}, {"s1", "s3"}) == set()
-    assert lost(t2 + 0.5 + reconnect_grace(1) - 0.1, {"a", "b"}, {"s1", "s3"}) == set()
-    assert lost(t2 + 0.5 + reconnect_grace(1), {"a", "b"}, {"s1", "s3"}) == {"c"}  # it never came back
-    del insts[2], nodes[2]
-    # A node of this scheduler's own sessions is not held at all.
-    assert lost(t2 + 20, {"a"}, {"s1", "s3"}) == {"b"}
-
-
-def lost_after(clock, store, loop, fence, at, app, nodes, insts, holders, schedulers) -> set[str]:
-    from dataclasses import replace
-
-    clock[0] = at
-    snap = make_snapshot([app], nodes, insts, live=set(holders))
-    store.snap = replace(snap, lease_holders=holders, schedulers=frozenset(schedulers))
-    result = loop.run_once(fence, loop.liveness(fence))
-    writes = store.commits.pop() if result.writes else []
-    return {w.value.node for w in writes if isinstance(w.value, pb.Instance) and w.value.status.reason == "NodeLost"}
-
-
 def test_evictions_hold_a_node_away_with_its_schedulers_reason():
     snap = liveness_snapshot({"a": "ready", "b": "ready", "c": "down"})
     live = Liveness(away={"c": (NOW + 3, "scheduler s2, which kept its lease, went away")})
@@ -441,39 +328,123 @@ def test_evictions_hold_a_node_away_with_its_schedulers_reason():
     assert evictions(snap, NOW + 3, live).nodes == {"c"}
 
 
+class Loop:
+    """A Reconciler over LoopStore, an app with one instance per node, and a fake clock: each
+    `lost` call reads a snapshot at a time and returns the nodes whose instances it marked Lost."""
+
+    def __init__(self, nodes: str = "abc", identity: str = "", heartbeats=None) -> None:
+        from scheduler.reconciler_loop import Reconciler
+
+        self.clock = [100.0]
+        self.store = LoopStore(lambda: self.clock[0])
+        extra = {"heartbeats": heartbeats} if heartbeats is not None else {}
+        self.loop = Reconciler(
+            self.store,  # type: ignore[arg-type]
+            NoEvents(),  # type: ignore[arg-type]
+            clock=lambda: self.clock[0],
+            lease_ttl=1,
+            identity=identity,
+            **extra,
+        )
+        self.app = make_app(make_spec(replicas=len(nodes)))
+        self.insts = [make_instance(self.app, f"web-{n}", n) for n in nodes]
+        self.nodes = [make_node(n) for n in nodes]
+
+    def lost(self, at: float, live: Iterable[str], fence, **fields) -> set[str]:
+        from dataclasses import replace
+
+        self.clock[0] = at
+        snap = make_snapshot([self.app], self.nodes, self.insts, live=set(live))
+        self.store.snap = replace(snap, **fields) if fields else snap
+        result = self.loop.run_once(fence, self.loop.liveness(fence))
+        writes = self.store.commits.pop() if result.writes else []
+        return {
+            w.value.node for w in writes if isinstance(w.value, pb.Instance) and w.value.status.reason == "NodeLost"
+        }
+
+
+def test_the_loop_graces_only_nodes_not_seen_ready_since_it_took_the_lead():
+    from scheduler.store import Fence
+
+    t = Loop()
+    first = Fence("/orch/leader", 7, "s1")
+    assert t.lost(100.0, {"a", "b", "c"}, first) == set()  # the lead begins; too early to vouch for anyone
+    assert t.lost(101.0, {"a", "b"}, first) == set()  # c not seen Ready since: graced
+    assert t.lost(101.6, {"a", "b", "c"}, first) == set()  # read past a lease and an expiry tick: recovered
+    assert t.lost(102.0, {"a", "b"}, first) == {"c"}  # a failure like any other, within the grace
+    second = Fence("/orch/leader", 9, "s2")  # a new lead: everyone gets the grace again
+    assert t.lost(103.0, {"a", "b"}, second) == set()
+    assert t.lost(103.0 + reconnect_grace(1), {"a", "b"}, second) == {"c"}
+
+
+def test_after_an_etcd_outage_only_a_lease_written_since_vouches_for_a_node():
+    """etcd's new leader extends every lease: a lease key that outlived the outage is no sign
+    of its agent, so a node is recovered only once its lease key was written again."""
+    from scheduler.store import Fence
+
+    t = Loop()
+    fence = Fence("/orch/leader", 7, "s1")
+
+    def lost_after(at: float, live: dict[str, int], revision: int) -> set[str]:
+        return t.lost(at, live, fence, revision=revision, lease_revisions=live)
+
+    assert lost_after(100.0, {"a": 5, "b": 5, "c": 5}, 50) == set()  # leading since 100
+    t.store.contact.failed()
+    t.clock[0] = 200.0
+    t.store.contact.ok()  # etcd answers again at 200 after a 100 s outage
+    assert lost_after(200.0, {"a": 5, "b": 5, "c": 5}, 60) == set()  # every lease extended by etcd
+    assert lost_after(202.0, {"a": 61, "b": 62, "c": 5}, 62) == set()  # a and b registered again
+    assert lost_after(203.0, {"a": 61, "b": 62}, 63) == set()  # c's stale lease lapsed: still graced
+    assert lost_after(204.0, {"a": 61, "c": 64}, 64) == {"b"}  # b had shown it was back: a failure like any other
+    assert lost_after(200.0 + t.loop.grace, {"a": 61, "c": 64}, 64) == {"b"}
+
+
+def test_a_node_whose_scheduler_went_away_gets_the_grace_to_move():
+    """Nodes whose lease another scheduler kept: one whose agent died is replaced once that
+    scheduler's presence would have lapsed too; those of a scheduler that went away are held."""
+    from scheduler.liveness import holder_confirm
+    from scheduler.store import Fence
+
+    t = Loop("abcd", identity="s1")
+    fence = Fence("/orch/leader", 7, "s1")
+    holders = {"a": "s1", "b": "s1", "c": "s2", "d": "s3"}
+
+    def lost(at: float, live: set[str], schedulers: set[str]) -> set[str]:
+        held = {n: s for n, s in holders.items() if n in live}
+        return t.lost(at, held, fence, lease_holders=held, schedulers=frozenset(schedulers))
+
+    lost(100.0, set(holders), {"s1", "s2", "s3"})  # leading since 100
+    s0 = 100.0 + reconnect_grace(1)  # past the grace of the new lead
+    assert lost(s0, {"a", "b", "c", "d"}, {"s1", "s2", "s3"}) == set()
+    # d's agent dies; s3 is still there: held until s3's presence would have lapsed with it...
+    assert lost(s0 + 0.1, {"a", "b", "c"}, {"s1", "s2", "s3"}) == set()
+    # ...then a failure like any other.
+    assert lost(s0 + 0.1 + holder_confirm(1), {"a", "b", "c"}, {"s1", "s2", "s3"}) == {"d"}
+    del t.insts[3], t.nodes[3]  # (this fake store keeps no writes: d is gone from here on)
+    # s2 goes away with c's lease (same moment, or its presence a tick later): c is held for the grace.
+    t2 = s0 + 5
+    assert lost(t2, {"a", "b"}, {"s1", "s2", "s3"}) == set()
+    assert lost(t2 + 0.5, {"a", "b"}, {"s1", "s3"}) == set()
+    assert lost(t2 + 0.5 + reconnect_grace(1) - 0.1, {"a", "b"}, {"s1", "s3"}) == set()
+    assert lost(t2 + 0.5 + reconnect_grace(1), {"a", "b"}, {"s1", "s3"}) == {"c"}  # it never came back
+    del t.insts[2], t.nodes[2]
+    # A node of this scheduler's own sessions is not held at all.
+    assert lost(t2 + 20, {"a"}, {"s1", "s3"}) == {"b"}
+
+
 def test_a_session_quiet_for_a_lease_after_the_grace_began_gets_no_grace():
     """A host cut off just as etcd's keep-alives stalled: the grace after etcd came back is not
     for the node whose open session here went quiet (its agent stopped beating), once this
     scheduler has run for a lease since."""
-    from scheduler.reconciler_loop import Reconciler
     from scheduler.store import Fence
 
-    clock = [100.0]
-    store = LoopStore(lambda: clock[0])
     quiet: set[str] = set()
-    loop = Reconciler(
-        store,  # type: ignore[arg-type]
-        NoEvents(),  # type: ignore[arg-type]
-        clock=lambda: clock[0],
-        lease_ttl=1,
-        heartbeats=lambda: (frozenset({"a", "b", "c"} - quiet), frozenset(quiet)),
-    )
-    app = make_app(make_spec(replicas=3))
-    insts = [make_instance(app, f"web-{n}", n) for n in "abc"]
-    nodes = [make_node(n) for n in "abc"]
+    t = Loop(heartbeats=lambda: (frozenset({"a", "b", "c"} - quiet), frozenset(quiet)))
     fence = Fence("/orch/leader", 7, "s1")
-
-    def lost(at: float, live: set[str]) -> set[str]:
-        clock[0] = at
-        store.snap = make_snapshot([app], nodes, insts, live=live)
-        result = loop.run_once(fence, loop.liveness(fence))
-        writes = store.commits.pop() if result.writes else []
-        return {w.value.node for w in writes if w.value.status.reason == "NodeLost"}
-
-    assert lost(100.0, {"a", "b", "c"}) == set()
-    clock[0] = 120.0
-    store.contact.failed(ago=0.6)
-    store.contact.ok()  # keep-alives stalled 0.6 s (their member was cut off with c's host)
+    assert t.lost(100.0, {"a", "b", "c"}, fence) == set()
+    t.clock[0] = 120.0
+    t.store.contact.failed(ago=0.6)
+    t.store.contact.ok()  # keep-alives stalled 0.6 s (their member was cut off with c's host)
     quiet.add("c")  # c's session here is open but quiet
-    assert lost(120.2, {"a", "b"}) == set()  # too soon after the stall to tell
-    assert lost(121.0, {"a", "b"}) == {"c"}  # a lease since: c's agent is gone, not etcd
+    assert t.lost(120.2, {"a", "b"}, fence) == set()  # too soon after the stall to tell
+    assert t.lost(121.0, {"a", "b"}, fence) == {"c"}  # a lease since: c's agent is gone, not etcd
