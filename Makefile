@@ -26,14 +26,16 @@ lint: setup
 	$(BIN)/mypy
 
 # --durations: where the suite's time goes (it must stay well under 15 minutes).
+# PYTEST_FLAGS: e.g. -v, so a long run (the VM's) names each failure as it happens
+PYTEST_FLAGS ?= -q
 test: lint
-	$(BIN)/pytest -q -p no:cacheprovider --durations=30
+	$(BIN)/pytest $(PYTEST_FLAGS) -p no:cacheprovider --durations=30
 
 # The whole suite on a fresh Debian 12 VM with systemd and pure cgroup v2 (the committed HEAD;
 # software emulation here, ~30 min). DEBIAN_VM: the steering repo's shared/tools/debian-vm.
 DEBIAN_VM ?= ../shared/tools/debian-vm
 test-v2:
-	$(DEBIAN_VM) . -- make test
+	$(DEBIAN_VM) . -- make test PYTEST_FLAGS=-v
 
 unit: setup
 	$(BIN)/pytest -q tests/unit
