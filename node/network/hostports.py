@@ -165,11 +165,11 @@ class HostPorts:
         published = self.published()
         if not published and not self._hooked and not self._chain_exists():
             return  # nothing published, nothing installed: leave the host's tables alone
-        self._run(["iptables-restore", "--noflush"], chain_rules(self.chain, published, self.address))
+        self._run(["iptables-restore", "-w", "--noflush"], chain_rules(self.chain, published, self.address))
         if not self._hooked:
             for table, *rule in self._jumps():
                 if not self._has(table, rule):
-                    self._run(["iptables", "-t", table, "-A", *rule], "")
+                    self._run(["iptables", "-w", "-t", table, "-A", *rule], "")
             if not self.address.startswith("127.") and not ip_forward_enabled():
                 log.warning("net.ipv4.ip_forward is 0: hostPorts answer only to clients on this host")
             route_localnet = Path(f"/proc/sys/net/ipv4/conf/{self.bridge}/route_localnet")
@@ -182,10 +182,10 @@ class HostPorts:
         """Remove the jumps, the masquerade rule, the chain and the state files."""
         for table, *rule in self._jumps():
             while self._has(table, rule):
-                self._run(["iptables", "-t", table, "-D", *rule], "")
+                self._run(["iptables", "-w", "-t", table, "-D", *rule], "")
         if self._chain_exists():
-            self._run(["iptables", "-t", "nat", "-F", self.chain], "")
-            self._run(["iptables", "-t", "nat", "-X", self.chain], "")
+            self._run(["iptables", "-w", "-t", "nat", "-F", self.chain], "")
+            self._run(["iptables", "-w", "-t", "nat", "-X", self.chain], "")
         for path in self._dir.glob("*.json*") if self._dir.is_dir() else ():  # with the set-aside ones
             path.unlink()
         if self._dir.is_dir() and not any(self._dir.iterdir()):
@@ -194,14 +194,14 @@ class HostPorts:
 
     def _has(self, table: str, rule: list[str]) -> bool:
         try:
-            self._run(["iptables", "-t", table, "-C", *rule], "")
+            self._run(["iptables", "-w", "-t", table, "-C", *rule], "")
         except NetworkError:
             return False
         return True
 
     def _chain_exists(self) -> bool:
         try:
-            self._run(["iptables", "-t", "nat", "-S", self.chain], "")
+            self._run(["iptables", "-w", "-t", "nat", "-S", self.chain], "")
         except NetworkError:
             return False
         return True

@@ -154,7 +154,7 @@ class ServiceProxy:
             check_service_cidr(service_cidr, self.subnet)
             text = service_rules(self.chains, services, self.subnet, service_cidr)
             if text != self._applied:
-                self._run(["iptables-restore", "--noflush"], text)
+                self._run(["iptables-restore", "-w", "--noflush"], text)
                 self._applied = text
             if self._hooked != service_cidr:
                 self._hook(service_cidr)
@@ -162,7 +162,7 @@ class ServiceProxy:
     def _hook(self, service_cidr: str) -> None:
         for table, *rule in self.chains.jumps():
             if not self._has(table, rule):
-                self._run(["iptables", "-t", table, "-A", *rule], "")
+                self._run(["iptables", "-w", "-t", table, "-A", *rule], "")
         self._route(service_cidr, self.bridge, True)
         if self._hooked:  # the scheduler's --service-cidr changed
             self._route(self._hooked, self.bridge, False)
@@ -179,12 +179,12 @@ class ServiceProxy:
         with self._lock:
             for table, *rule in self.chains.jumps():
                 while self._has(table, rule):
-                    self._run(["iptables", "-t", table, "-D", *rule], "")
+                    self._run(["iptables", "-w", "-t", table, "-D", *rule], "")
             for table, chain in (("nat", self.chains.dnat), ("nat", self.chains.masquerade),
                                  ("filter", self.chains.reject)):  # fmt: skip
                 if self._has_chain(table, chain):
-                    self._run(["iptables", "-t", table, "-F", chain], "")
-                    self._run(["iptables", "-t", table, "-X", chain], "")
+                    self._run(["iptables", "-w", "-t", table, "-F", chain], "")
+                    self._run(["iptables", "-w", "-t", table, "-X", chain], "")
             self._applied, self._hooked = "", ""
 
     def _installed(self) -> bool:
@@ -192,14 +192,14 @@ class ServiceProxy:
 
     def _has(self, table: str, rule: list[str]) -> bool:
         try:
-            self._run(["iptables", "-t", table, "-C", *rule], "")
+            self._run(["iptables", "-w", "-t", table, "-C", *rule], "")
         except NetworkError:
             return False
         return True
 
     def _has_chain(self, table: str, chain: str) -> bool:
         try:
-            self._run(["iptables", "-t", table, "-S", chain], "")
+            self._run(["iptables", "-w", "-t", table, "-S", chain], "")
         except NetworkError:
             return False
         return True

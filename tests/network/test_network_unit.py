@@ -220,16 +220,16 @@ def test_host_ports_state_drives_the_rules(tmp_path: Path) -> None:
 
     def run(argv: Sequence[str], stdin: str) -> None:
         calls.append((list(argv), stdin))
-        if argv[3:4] in (["-C"], ["-S"]):
+        if argv[4:5] in (["-C"], ["-S"]):  # iptables -w -t TABLE OP
             raise NetworkError("no such rule")  # nothing installed yet
 
     ports = HostPorts("orch1", tmp_path / "hp", run=run, proc_net=tmp_path)  # nothing listens
     ports.sync()
-    assert calls[-1][0][3:4] == ["-S"]  # nothing published: only looked, touched nothing
+    assert calls[-1][0][4:5] == ["-S"]  # nothing published: only looked, touched nothing
     ports.publish("web-1", "10.88.1.2", [PortMapping(18080, 8080)])
     restores = [stdin for argv, stdin in calls if argv[0] == "iptables-restore"]
     assert "--dport 18080" in restores[-1]
-    appended = [argv[2:5] for argv, _ in calls if argv[3:4] == ["-A"]]
+    appended = [argv[3:6] for argv, _ in calls if argv[4:5] == ["-A"]]
     assert appended == [["raw", "-A", "PREROUTING"], ["nat", "-A", "PREROUTING"], ["nat", "-A", "OUTPUT"],
                         ["nat", "-A", "POSTROUTING"]]  # fmt: skip
     assert HostPorts("orch1", tmp_path / "hp", run=run).published() == {

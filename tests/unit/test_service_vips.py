@@ -218,7 +218,7 @@ class Recorder:
 
     def run(self, argv: Sequence[str], stdin: str) -> None:
         self.calls.append((list(argv), stdin))
-        op, rest = argv[3:4], tuple(argv[2:3]) + tuple(argv[4:])
+        op, rest = argv[4:5], tuple(argv[3:4]) + tuple(argv[5:])  # iptables -w -t TABLE OP RULE
         if op == ["-A"]:
             self.installed.add(rest)
         elif op == ["-D"]:
@@ -242,7 +242,7 @@ def test_proxy_installs_nothing_until_there_is_a_vip_then_keeps_the_rules_in_ste
     proxy = ServiceProxy("orch1", "10.88.0.0/24", run=rec.run, proc_sys=tmp_path, route=rec.route)
     proxy.sync([], "10.96.0.0/16")
     proxy.sync([], "10.96.0.0/16")
-    assert [argv[3] for argv, _ in rec.calls] == ["-S"]  # looked once; the host's tables untouched
+    assert [argv[4] for argv, _ in rec.calls] == ["-S"]  # looked once; the host's tables untouched
     # Containers reach instances of other bridges (found by name) without any VIP too.
     assert (tmp_path / "net/ipv4/conf/orch1/forwarding").read_text() == "1"
     proxy.sync([WEB], "10.96.0.0/16")
@@ -258,7 +258,7 @@ def test_proxy_installs_nothing_until_there_is_a_vip_then_keeps_the_rules_in_ste
     assert "DNAT --to" not in rec.restores()[-1]
     proxy.teardown()
     assert not rec.installed
-    flushed = [argv[3:5] for argv, _ in rec.calls if argv[3:4] in (["-F"], ["-X"])]
+    flushed = [argv[4:6] for argv, _ in rec.calls if argv[4:5] in (["-F"], ["-X"])]
     assert sorted(map(tuple, flushed)) == sorted(
         (op, chain) for op in ("-F", "-X") for chain in ("ORCH-SVC-orch1", "ORCH-SVCMASQ-orch1", "ORCH-SVCREJ-orch1")
     )
