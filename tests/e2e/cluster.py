@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,14 +16,32 @@ from typing import Any
 
 from tests.fixtures.processes import orch_argv, orch_env, run_orch, stop
 
+CIDR_LOCKS = Path(tempfile.gettempdir()) / "orch-test-cidrs"
+BRIDGE_TESTS = 213  # 10.213.x.0/24: the single bridges of the network tests (free_subnet), never a cluster's
 
-def unused_cidr(start: int = 200) -> str:
-    """A 10.x/16 that no route on this host covers, for the test cluster's bridges."""
+
+@contextmanager
+def unused_cidr(start: int = 200) -> Iterator[str]:
+    """A 10.x/16 that no route on this host covers, for a test cluster's bridges, held until the
+    block ends: pytest workers running side by side (make test's -n) must not pick the same one
+    before either has made a bridge. The hold is an flock, so a killed test process frees it."""
     routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True, check=True).stdout
-    for second in range(start, start + 50):
-        if f"10.{second}." not in routes:
-            return f"10.{second}.0.0/16"
-    raise RuntimeError("no free 10.x/16 for the test cluster")
+    CIDR_LOCKS.mkdir(exist_ok=True)
+    for second in range(start, min(start + 50, 255)):
+        if f"10.{second}." in routes or second == BRIDGE_TESTS:
+            continue
+        fd = os.open(CIDR_LOCKS / f"10.{second}", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        try:
+            yield f"10.{second}.0.0/16"
+        finally:
+            os.close(fd)
+        return
+    raise RuntimeError(f"no free 10.x/16 from 10.{start} for the test cluster")
 
 
 @contextmanager
@@ -28,19 +49,18 @@ def orch_up(tmp_path: Path, *args: str, cidr_start: int = 200) -> Iterator[dict[
     """Runs orch up until the block ends; yields cluster.json. Checks it cleaned up."""
     state = tmp_path / "up"
     argv = orch_argv("up", "--state-dir", str(state), "--port", "0", *args)
-    env = orch_env() | {"ORCH_UP_CIDR": unused_cidr(cidr_start)}
-    with open(tmp_path / "up.log", "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        # A lab of three hosts in the emulated VM (debian-vm) takes over a minute to come up.
-        deadline = time.monotonic() + 240
-        while not (state / "cluster.json").exists():
-            assert proc.poll() is None, (tmp_path / "up.log").read_text()
-            assert time.monotonic() < deadline, "orch up did not write cluster.json"
-            time.sleep(0.1)
-        yield json.loads((state / "cluster.json").read_text())
-    finally:
-        stop(proc, signal.SIGTERM, timeout=60)
+    with unused_cidr(cidr_start) as cidr, open(tmp_path / "up.log", "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=orch_env() | {"ORCH_UP_CIDR": cidr})
+        try:
+            # A lab of three hosts in the emulated VM (debian-vm) takes over a minute to come up.
+            deadline = time.monotonic() + 240
+            while not (state / "cluster.json").exists():
+                assert proc.poll() is None, (tmp_path / "up.log").read_text()
+                assert time.monotonic() < deadline, "orch up did not write cluster.json"
+                time.sleep(0.1)
+            yield json.loads((state / "cluster.json").read_text())
+        finally:
+            stop(proc, signal.SIGTERM, timeout=60)
     assert proc.returncode == 0, (tmp_path / "up.log").read_text()[-3000:]
     assert not (state / "cluster.json").exists()
 

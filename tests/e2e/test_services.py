@@ -83,9 +83,13 @@ def client_root(tmp_path_factory, busybox_rootfs):
 
 @pytest.fixture(scope="module", params=["nodes", "hosts"])
 def cluster(request, tmp_path_factory, busybox_rootfs, client_root):
-    service_cidr = unused_cidr(240)  # VIPs of another cluster on this host must not be ours
-    with orch_up(tmp_path_factory.mktemp("services"), f"--{request.param}", "3", "--service-cidr", service_cidr,
-                 cidr_start=232) as info:  # fmt: skip
+    with unused_cidr(240) as service_cidr:  # VIPs of another cluster on this host must not be ours
+        tmp = tmp_path_factory.mktemp("services")
+        yield from _cluster(request.param, tmp, service_cidr, busybox_rootfs, client_root)
+
+
+def _cluster(shape, tmp, service_cidr, busybox_rootfs, client_root):
+    with orch_up(tmp, f"--{shape}", "3", "--service-cidr", service_cidr, cidr_start=232) as info:
         apps = WEB % {"root": busybox_rootfs, "client_root": client_root}
         assert orch(info, "apply", "-", stdin=apps).returncode == 0
         wait_for(lambda: ready_counts(info) == {"web": 3, "db": 2, "client": 1}, 60, "every instance ready")

@@ -35,6 +35,7 @@ from node.network import (
     NodeNetwork,
     PortMapping,
 )
+from tests.e2e.cluster import BRIDGE_TESTS
 
 pytestmark = [
     pytest.mark.root,
@@ -80,10 +81,10 @@ def host_routes() -> list[ipaddress.IPv4Network]:
 
 
 def free_subnet() -> str:
-    """A 10.213.x.0/24 that no host route overlaps."""
+    """A 10.213.x.0/24 that no host route overlaps (test clusters keep out of 10.213: unused_cidr)."""
     routes = host_routes()
     for third in random.sample(range(1, 255), 254):
-        net = ipaddress.IPv4Network(f"10.213.{third}.0/24")
+        net = ipaddress.IPv4Network(f"10.{BRIDGE_TESTS}.{third}.0/24")
         if not any(net.overlaps(r) for r in routes):
             return str(net)
     raise RuntimeError("no free 10.213.x.0/24")
