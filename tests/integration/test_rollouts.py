@@ -35,15 +35,18 @@ def ready_unless_bad(inst: pb.Instance) -> pb.InstanceStatus:
     return pb.InstanceStatus(state=pb.INSTANCE_STATE_RUNNING, ready=inst.spec.env.get("MODE") != "bad")
 
 
+Cluster = tuple[EtcdServer, str, list[FakeAgent]]  # etcd, the scheduler's address, its hollow agents
+
+
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EtcdServer, str]]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     etcd = start_etcd()
     agents: list[FakeAgent] = []
     try:
         s = start_scheduler(etcd, tmp_path_factory.mktemp("rollouts") / "scheduler.log", "rollouts-0")
         agents = [FakeAgent(s.address, f"n{i}", status_for=ready_unless_bad) for i in range(2)]
         assert all(a.registered.wait(10) for a in agents)
-        yield etcd, s.address
+        yield etcd, s.address, agents
         for a in agents:
             a.kill()
         stop(s.proc)
@@ -80,8 +83,8 @@ def app_json(address: str, name: str) -> dict:
     return dict(json.loads(r.stdout)[0])
 
 
-def test_history_undo_and_the_stored_templates(cluster: tuple[EtcdServer, str]) -> None:
-    etcd, address = cluster
+def test_history_undo_and_the_stored_templates(cluster: Cluster) -> None:
+    etcd, address, _ = cluster
     apply(address, "hist", "one")
     apply(address, "hist", "two")
     assert orch(address, "scale", "hist", "3").returncode == 0  # no new generation
@@ -110,8 +113,8 @@ def test_history_undo_and_the_stored_templates(cluster: tuple[EtcdServer, str]) 
     assert json.loads(r.stdout)[-1]["changeCause"] == "undo to generation 1: env"
 
 
-def test_undo_refusals(cluster: tuple[EtcdServer, str]) -> None:
-    _, address = cluster
+def test_undo_refusals(cluster: Cluster) -> None:
+    _, address, _ = cluster
     apply(address, "refuse", "one")
     r = orch(address, "rollout", "undo", "refuse")
     assert (r.returncode, r.stderr.strip()) == (1, 'Error: app "refuse" has no earlier generation kept to go back to')
@@ -126,22 +129,29 @@ def test_undo_refusals(cluster: tuple[EtcdServer, str]) -> None:
     assert r.returncode == 2  # a usage error: nothing was asked
 
 
-def test_the_last_ten_are_kept_and_deleted_after_the_app(cluster: tuple[EtcdServer, str]) -> None:
-    etcd, address = cluster
+def test_the_last_ten_are_kept_and_deleted_after_the_app(cluster: Cluster) -> None:
+    etcd, address, agents = cluster
     for n in range(13):
         apply(address, "prune", f"m{n}", replicas=1)
     wait_for(lambda: stored_generations(etcd, "prune") == list(range(4, 14)), 10, "generations 4-13 kept")
     r = orch(address, "rollout", "undo", "prune", "--to-generation", "2")
     assert r.returncode == 1 and 'generation 2 of app "prune" is no longer kept (kept: 4, 5,' in r.stderr
     assert status(address, "prune").returncode == 0  # generation 13 runs
-    assert orch(address, "delete", "app", "prune").returncode == 0
-    # The generation its instance runs stays until that instance is gone: its spec is there.
-    assert 13 in stored_generations(etcd, "prune")
+    for a in agents:  # its instance takes a while to stop
+        a.stops_held = True
+    try:
+        assert orch(address, "delete", "app", "prune").returncode == 0
+        wait_for(lambda: not any("prune" in n for a in agents for n in a.desired), 10, "the instance told to stop")
+        # The generation its instance runs stays until that instance is gone: its spec is there.
+        assert 13 in stored_generations(etcd, "prune")
+    finally:
+        for a in agents:
+            a.release_stops()
     wait_for(lambda: stored_generations(etcd, "prune") == [], 20, "the rest deleted after the last instance")
 
 
-def test_a_rollout_that_never_gets_ready_stops_at_its_deadline(cluster: tuple[EtcdServer, str]) -> None:
-    _, address = cluster
+def test_a_rollout_that_never_gets_ready_stops_at_its_deadline(cluster: Cluster) -> None:
+    _, address, _ = cluster
     apply(address, "stuck", "good", extra="  progressDeadline: 3s\n  update: {maxSurge: 1, maxUnavailable: 1}\n")
     assert status(address, "stuck", "30s").returncode == 0
     apply(address, "stuck", "bad", extra="  progressDeadline: 3s\n  update: {maxSurge: 1, maxUnavailable: 1}\n")
@@ -165,8 +175,8 @@ def test_a_rollout_that_never_gets_ready_stops_at_its_deadline(cluster: tuple[Et
     assert status(address, "stuck", "30s").returncode == 0  # a fix rolls again
 
 
-def test_status_gives_up_at_its_timeout(cluster: tuple[EtcdServer, str]) -> None:
-    _, address = cluster
+def test_status_gives_up_at_its_timeout(cluster: Cluster) -> None:
+    _, address, _ = cluster
     apply(address, "slow", "good")
     apply(address, "slow", "bad")  # the default deadline, 120 s: never reached here
     r = status(address, "slow", "2s")
@@ -174,12 +184,12 @@ def test_status_gives_up_at_its_timeout(cluster: tuple[EtcdServer, str]) -> None
     assert app_json(address, "slow")["rollout"] == "Progressing"
 
 
-def test_an_app_stored_before_the_history_gets_its_generation_recorded(cluster: tuple[EtcdServer, str]) -> None:
+def test_an_app_stored_before_the_history_gets_its_generation_recorded(cluster: Cluster) -> None:
     """An upgrade: the app's record has no rollout status and no generation was ever stored."""
     from orch.validation import normalize_app_spec
     from scheduler.store import Put, Store
 
-    etcd, address = cluster
+    etcd, address, _ = cluster
     spec = normalize_app_spec(
         pb.AppSpec(
             name="legacy", replicas=1, image="rootfs:/nonexistent", command=["sleep", "1000"], env={"MODE": "old"}
@@ -203,9 +213,9 @@ def test_an_app_stored_before_the_history_gets_its_generation_recorded(cluster: 
     assert "MODE: old" in orch(address, "get", "apps", "legacy", "-o", "yaml").stdout
 
 
-def test_an_instance_record_stores_no_spec_and_reads_show_it(cluster: tuple[EtcdServer, str]) -> None:
+def test_an_instance_record_stores_no_spec_and_reads_show_it(cluster: Cluster) -> None:
     """Issue 12 item 1: etcd holds app + generation; the API and the agent see the spec."""
-    etcd, address = cluster
+    etcd, address, _ = cluster
     apply(address, "lean", "good", replicas=1)
     assert status(address, "lean").returncode == 0  # the agent got its template: MODE=good is ready
     out = subprocess.run(
@@ -228,10 +238,10 @@ def test_an_instance_record_stores_no_spec_and_reads_show_it(cluster: tuple[Etcd
     assert r.returncode == 0 and "MODE: good" in r.stdout, r.stdout + r.stderr
 
 
-def test_scale_is_refused_what_apply_refuses(cluster: tuple[EtcdServer, str]) -> None:
+def test_scale_is_refused_what_apply_refuses(cluster: Cluster) -> None:
     """`orch scale` is checked by apply's own function: 0 → 2 replicas of an app whose update can
     never progress (both bounds 0, which apply allows only with no replicas) is refused."""
-    _, address = cluster
+    _, address, _ = cluster
     apply(address, "stuckscale", "good", replicas=0, extra="  update: {maxSurge: 0, maxUnavailable: 0}")
     r = orch(address, "scale", "stuckscale", "2")
     assert r.returncode == 1
@@ -240,11 +250,11 @@ def test_scale_is_refused_what_apply_refuses(cluster: tuple[EtcdServer, str]) ->
 
 
 def test_an_instance_whose_template_was_deleted_by_hand_is_replaced_with_a_warning(
-    cluster: tuple[EtcdServer, str],
+    cluster: Cluster,
 ) -> None:
     """A corrupt store (generations/<app>/<n> deleted under a running instance): no traceback, no
     empty spec; a Warning names the missing key, and the instance is stopped and replaced."""
-    etcd, address = cluster
+    etcd, address, _ = cluster
     apply(address, "corrupt", "good", replicas=1)
     assert status(address, "corrupt").returncode == 0
     apply(address, "corrupt", "bad", replicas=1)  # generation 2 never gets ready: generation 1 keeps running
