@@ -1,19 +1,24 @@
 """Placement throughput with hollow nodes.
 
 A real etcd and a real scheduler process; N hollow agents (no runtime: they
-report every desired instance Running at once) speak the real gRPC session
-from one asyncio process. One app of R replicas is applied; we time until
-every instance has reached an agent in its desired set (placed, committed to
-etcd and pushed) and until all are reported Running, and read the
-scheduler's peak RSS (VmHWM).
+report every desired instance Running and ready at once, with an address, as a
+real agent reports a networked container) speak the real gRPC session from one
+asyncio process. One app of R replicas (with a readiness probe) is applied; we
+time until every instance has reached an agent in its desired set (placed,
+committed to etcd and pushed) and until all are reported Running, and read the
+scheduler's peak RSS (VmHWM). Every agent hears of every endpoint: we count the
+bytes of endpoints each receives, during the start and during a churn of
+CHURN_FLIPS readiness changes afterwards (with the scheduler's CPU time then).
 
-    python -m bench.hollow --nodes 100 1000 5000 --instances 10000
+    python -m bench.hollow --nodes 100 1000 5000 --instances 10000 [--compare-whole-endpoints]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -24,12 +29,21 @@ from pathlib import Path
 import grpc
 
 from orch.v1 import agent_pb2 as apb
-from orch.v1 import agent_pb2_grpc, api_pb2, api_pb2_grpc
+from orch.v1 import api_pb2, api_pb2_grpc
 from orch.v1 import types_pb2 as pb
 from tests.fixtures.etcd import free_port, start_etcd
 from tests.fixtures.processes import orch_argv, orch_env, stop, wait_port
 
-NODES_PER_CHANNEL = 20  # HTTP/2 streams share a connection (a real fleet has one each); saves fds
+SESSION = "/orch.v1.AgentSession/Session"
+ENDPOINTS_TAG = bytes([10 << 3 | 2])  # SchedulerMessage.endpoints: field 10, length-delimited
+NODES_PER_CHANNEL = 20
+# After all are Running: this many readiness flips (an instance turns unready, or ready again),
+# one every CHURN_EVERY s, as probes do in a cluster at rest; then CHURN_SETTLE s to propagate.
+CHURN_FLIPS, CHURN_EVERY, CHURN_SETTLE = (
+    100,
+    0.05,
+    2.0,
+)  # HTTP/2 streams share a connection (a real fleet has one each); saves fds
 
 
 @dataclass
@@ -40,6 +54,9 @@ class Result:
     running_s: float
     peak_rss_mib: float
     reconnects: int = 0
+    endpoint_mib_per_agent: float = 0.0  # endpoints messages received, on average, until all Running
+    churn_kib_per_agent: float = 0.0  # the same during the churn: CHURN_FLIPS readiness changes
+    churn_cpu_s: float = 0.0  # the scheduler's CPU time during the churn
 
     @property
     def placed_per_s(self) -> float:
@@ -71,9 +88,25 @@ class Hollow:
     """One hollow node: what it was told to run, across reconnects."""
 
     name: str
+    index: int
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     known: set[str] = field(default_factory=set)
     reconnects: int = 0
+    addresses: int = 0  # handed out to its instances
+    endpoint_bytes: int = 0  # received in endpoints messages
+    reports: dict[str, apb.InstanceReport] = field(default_factory=dict)  # the last one of each instance
+    outbox: asyncio.Queue[apb.AgentMessage] | None = None  # of the current session
+    endpoint_updates: bool = True  # False: as an agent older than Endpoints updates (the whole view each time)
+
+
+def running(node: Hollow, inst: pb.Instance) -> apb.InstanceReport:
+    """Running and ready with an address, as a real agent reports a networked container: so the
+    instance is an endpoint, which every agent's DNS and VIP rules hear about."""
+    node.addresses += 1
+    ip = f"10.{node.index >> 8 & 255}.{node.index & 255}.{node.addresses % 250 + 2}"
+    status = pb.InstanceStatus(state=pb.INSTANCE_STATE_RUNNING, ready=True, ip=ip)
+    node.reports[inst.name] = apb.InstanceReport(name=inst.name, app=inst.app, status=status)
+    return node.reports[inst.name]
 
 
 async def hollow_node(channel: grpc.aio.Channel, node: Hollow, stop_event: asyncio.Event, delivered: Delivered) -> None:
@@ -91,13 +124,20 @@ async def hollow_session(
 ) -> None:
     outbox: asyncio.Queue[apb.AgentMessage] = asyncio.Queue()
     cap = pb.Resources(cpu_millis=64_000, memory_bytes=256 << 30, pids=1 << 20)
-    outbox.put_nowait(apb.AgentMessage(register=apb.Register(node=node.name, capacity=cap, accepts_templates=True)))
+    reg = apb.Register(
+        node=node.name, capacity=cap, accepts_templates=True, accepts_endpoint_updates=node.endpoint_updates
+    )
+    outbox.put_nowait(apb.AgentMessage(register=reg))
+    node.outbox = outbox
 
     async def requests():  # type: ignore[no-untyped-def]
         while True:
             yield await outbox.get()
 
-    call = agent_pb2_grpc.AgentSessionStub(channel).Session(requests())
+    # Raw responses: endpoints (every agent gets every change) are counted, not parsed; one
+    # process parsing them for a thousand agents would measure itself, not the scheduler.
+    session = channel.stream_stream(SESSION, request_serializer=apb.AgentMessage.SerializeToString)
+    call = session(requests())
     interval = 1.0
 
     async def heartbeat() -> None:
@@ -107,7 +147,11 @@ async def hollow_session(
 
     beat: asyncio.Task[None] | None = None
     try:
-        async for msg in call:
+        async for raw in call:
+            if raw[:1] == ENDPOINTS_TAG:
+                node.endpoint_bytes += len(raw)
+                continue
+            msg = apb.SchedulerMessage.FromString(raw)
             if msg.WhichOneof("msg") == "registered":
                 interval = msg.registered.heartbeat_interval_ms / 1000
                 beat = asyncio.create_task(heartbeat())
@@ -117,15 +161,38 @@ async def hollow_session(
                 node.known = {i.name for i in msg.desired.instances}
                 delivered.add(len(new))
                 if new:
-                    running = pb.InstanceStatus(state=pb.INSTANCE_STATE_RUNNING, ready=True)
-                    report = apb.StatusReport(
-                        instances=[apb.InstanceReport(name=i.name, app=i.app, status=running) for i in new]
-                    )
+                    report = apb.StatusReport(instances=[running(node, i) for i in new])
                     outbox.put_nowait(apb.AgentMessage(status=report))
     finally:
         if beat:
             beat.cancel()
         call.cancel()
+
+
+async def quiet(fleet: list[Hollow], still: float = 1.0, limit: float = 120.0) -> None:
+    """Until no endpoints arrive for `still` seconds."""
+    deadline = time.monotonic() + limit
+    last = -1
+    while (now := sum(n.endpoint_bytes for n in fleet)) != last and time.monotonic() < deadline:
+        last = now
+        await asyncio.sleep(still)
+
+
+async def churn(fleet: list[Hollow]) -> None:
+    rng = random.Random(1)
+    for _ in range(CHURN_FLIPS):
+        node = rng.choice([n for n in fleet if n.reports and n.outbox is not None])
+        report = node.reports[rng.choice(sorted(node.reports))]
+        report.status.ready = not report.status.ready
+        assert node.outbox is not None
+        node.outbox.put_nowait(apb.AgentMessage(status=apb.StatusReport(instances=[report])))
+        await asyncio.sleep(CHURN_EVERY)
+    await asyncio.sleep(CHURN_SETTLE)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -135,7 +202,7 @@ def peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
-async def run_one(nodes: int, instances: int, lease_ttl: int) -> Result:
+async def run_one(nodes: int, instances: int, lease_ttl: int, endpoint_updates: bool = True) -> Result:
     etcd = start_etcd()
     port = free_port()
     argv = orch_argv(
@@ -152,7 +219,7 @@ async def run_one(nodes: int, instances: int, lease_ttl: int) -> Result:
     channels = []
     try:
         wait_port(port, sched)
-        fleet = [Hollow(f"hollow-{i:05d}") for i in range(nodes)]
+        fleet = [Hollow(f"hollow-{i:05d}", i, endpoint_updates=endpoint_updates) for i in range(nodes)]
         for i, node in enumerate(fleet):
             if i % NODES_PER_CHANNEL == 0:
                 channels.append(grpc.aio.insecure_channel(addr))
@@ -162,6 +229,7 @@ async def run_one(nodes: int, instances: int, lease_ttl: int) -> Result:
             stub = api_pb2_grpc.OrchStub(ch)
             spec = pb.AppSpec(name="bench", replicas=instances, image="rootfs:/x", command=["true"])
             spec.resources.cpu_millis = 10
+            spec.readiness.tcp = 8080  # so readiness flips (the churn) move endpoints
             started = time.monotonic()
             await stub.Apply(api_pb2.ApplyRequest(apps=[spec]))
             await asyncio.wait_for(delivered.done.wait(), timeout=600)
@@ -173,7 +241,22 @@ async def run_one(nodes: int, instances: int, lease_ttl: int) -> Result:
                     running_s = time.monotonic() - started
                 await asyncio.sleep(0.2)
         reconnects = sum(n.reconnects for n in fleet)
-        return Result(nodes, instances, placed_s, running_s, peak_rss_mib(sched.pid), reconnects)
+        await quiet(fleet)  # the last endpoints of the start reached every agent
+        received = sum(n.endpoint_bytes for n in fleet)
+        cpu = cpu_seconds(sched.pid)
+        await churn(fleet)
+        churned = sum(n.endpoint_bytes for n in fleet) - received
+        return Result(
+            nodes,
+            instances,
+            placed_s,
+            running_s,
+            peak_rss_mib(sched.pid),
+            reconnects,
+            received / nodes / 2**20,
+            churned / nodes / 2**10,
+            cpu_seconds(sched.pid) - cpu,
+        )
     finally:
         stop_event.set()
         for t in tasks:
@@ -191,19 +274,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--instances", type=int, default=10_000)
     # Kubernetes' node lease is 40 s: a big fleet beats slowly; failure detection is measured separately.
     parser.add_argument("--lease-ttl", type=int, default=40, help="node lease TTL for the hollow fleet (seconds)")
+    parser.add_argument(
+        "--compare-whole-endpoints",
+        action="store_true",
+        help="after each run, the same with agents that take only whole endpoint views (before issue 12)",
+    )
     args = parser.parse_args(argv)
     print(
-        "| nodes | instances | all at agents (s) | all Running (s) | placed/s | Running/s | scheduler peak RSS "
-        "| agent reconnects |"
+        "| nodes | instances | endpoints to agents | all at agents (s) | all Running (s) | placed/s | Running/s "
+        "| scheduler peak RSS | agent reconnects | endpoints received per agent | churn: received per agent "
+        "| churn: scheduler CPU |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in args.nodes:
-        r = asyncio.run(run_one(n, args.instances, args.lease_ttl))
-        print(
-            f"| {r.nodes} | {r.instances} | {r.placed_s:.2f} | {r.running_s:.2f} | {r.placed_per_s:,.0f} "
-            f"| {r.running_per_s:,.0f} | {r.peak_rss_mib:.0f} MiB | {r.reconnects} |",
-            flush=True,
-        )
+        for updates in (True, False) if args.compare_whole_endpoints else (True,):
+            r = asyncio.run(run_one(n, args.instances, args.lease_ttl, updates))
+            print(
+                f"| {r.nodes} | {r.instances} | {'updates' if updates else 'whole view'} | {r.placed_s:.2f} "
+                f"| {r.running_s:.2f} | {r.placed_per_s:,.0f} | {r.running_per_s:,.0f} | {r.peak_rss_mib:.0f} MiB "
+                f"| {r.reconnects} | {r.endpoint_mib_per_agent:.2f} MiB | {r.churn_kib_per_agent:,.1f} KiB "
+                f"| {r.churn_cpu_s:.1f} s |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
 
+from node.endpoints_view import EndpointsView
 from node.fencing import LeaseWatch
 from node.reconcile import Applied, is_stale, with_templates
 from orch.templates import template_key
@@ -63,6 +64,7 @@ class Session:
         on_routes: Callable[[apb.Routes], None] | None = None,
     ) -> None:
         self._on_endpoints = on_endpoints
+        self._endpoints = EndpointsView()  # built from this session's whole view and its updates
         self._on_registered = on_registered  # awaited before any desired set: the network comes first
         self._on_routes = on_routes
         self._schedulers = list(schedulers)
@@ -84,6 +86,7 @@ class Session:
     def registration(self) -> apb.Register:
         register = self._register(self.lease_id)
         register.accepts_templates = True  # handle_desired puts them back (with_templates)
+        register.accepts_endpoint_updates = True  # applied to self._endpoints
         return register
 
     def send_status(self, report: apb.StatusReport) -> None:
@@ -114,6 +117,7 @@ class Session:
         outbox: asyncio.Queue[apb.AgentMessage] = asyncio.Queue()
         register_sent = time.monotonic()  # before: the lease is granted or refreshed after it
         outbox.put_nowait(apb.AgentMessage(register=self.registration()))
+        self._endpoints.reset()
         # Only a scheduler's certificate.
         async with aio_channel(target, self._tls, CHANNEL_OPTIONS, peer=SCHEDULER) as channel:
             stub = agent_pb2_grpc.AgentSessionStub(channel)
@@ -137,7 +141,7 @@ class Session:
                     elif kind == "desired":
                         await self.handle_desired(msg.desired, target)
                     elif kind == "endpoints" and self._on_endpoints is not None:
-                        self._on_endpoints(msg.endpoints)
+                        self._on_endpoints(self._endpoints.apply(msg.endpoints))
                     elif kind == "lease_renewed":
                         self.lease.renewed(msg.lease_renewed.seq, msg.lease_renewed.ttl_seconds)
                     elif kind == "routes" and self._on_routes is not None:

@@ -19,6 +19,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from orch.secretrefs import referenced_secrets
 from orch.v1 import agent_pb2 as apb
@@ -31,6 +32,19 @@ log = logging.getLogger(__name__)
 
 Listener = Callable[[set[str]], None]  # gets the names of nodes whose instances changed
 ROUTES = "*routes"  # among a listener's nodes when the routes changed (never a node's name)
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What one watch batch (or a reload: everything) changed, for the endpoints feed."""
+
+    instances: frozenset[tuple[str, str]] = frozenset()  # (app, instance) whose records changed
+    apps: frozenset[str] = frozenset()  # app records
+    templates: frozenset[str] = frozenset()  # apps with a generation record written or deleted
+    everything: bool = False
+
+
+ChangeListener = Callable[[Changes], None]
 
 
 class ClusterCache:
@@ -49,6 +63,7 @@ class ClusterCache:
         self._routes_msg: apb.Routes | None = None
         self._listeners: list[Listener] = []
         self._any_change: list[Callable[[], None]] = []
+        self._change_listeners: list[ChangeListener] = []
         self._watchers: set[asyncio.Event] = set()  # API watch streams: set on every change
         self._cancel: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -60,6 +75,10 @@ class ClusterCache:
 
     def on_any_change(self, callback: Callable[[], None]) -> None:
         self._any_change.append(callback)
+
+    def on_changes(self, listener: ChangeListener) -> None:
+        """Which instances and apps changed, after each batch (what the endpoints feed recomputes)."""
+        self._change_listeners.append(listener)
 
     def watch(self, changed: asyncio.Event) -> Callable[[], None]:
         """`changed` is set after every change, events included; returns the unsubscribe."""
@@ -143,6 +162,8 @@ class ClusterCache:
         touched = old_nodes | set(self.by_node)
         routes = {n: (v.value.subnet, v.value.node_ip) for n, v in snap.nodes.items() if v.value.subnet}
         self._set_routes(routes, touched)
+        for listener in list(self._change_listeners):
+            listener(Changes(everything=True))
         self._notify(touched)
 
     def _from_thread(self, events: list[WatchEvent], revision: int) -> None:
@@ -156,15 +177,22 @@ class ClusterCache:
 
     def _apply(self, events: list[WatchEvent], revision: int) -> None:
         touched: set[str] = set()
+        instances: set[tuple[str, str]] = set()
+        apps: set[str] = set()
+        templates: set[str] = set()
         for ev in events:
             kind, _, rest = ev.key.partition("/")
             if kind == "instances":
-                self._apply_instance(rest.partition("/")[2], ev, touched)
+                app, _, name = rest.partition("/")
+                instances.add((app, name))
+                self._apply_instance(name, ev, touched)
             elif kind == "apps":
+                apps.add(rest)
                 self._apply_app(rest, ev)
             elif kind == "nodes":
                 self._apply_node(rest, ev, touched)
             elif kind == "generations":
+                templates.add(rest.rpartition("/")[0])
                 self._apply_generation(rest, ev)
             elif kind == "secrets":
                 self._apply_secret(rest, ev, touched)
@@ -176,6 +204,10 @@ class ClusterCache:
             changed.set()
         if all(ev.key.startswith("events/") for ev in events):
             return  # our own event records: nothing to reconcile
+        if instances or apps or templates:
+            changes = Changes(frozenset(instances), frozenset(apps), frozenset(templates))
+            for listener in list(self._change_listeners):
+                listener(changes)
         self._notify(touched)
 
     def _apply_instance(self, name: str, ev: WatchEvent, touched: set[str]) -> None:

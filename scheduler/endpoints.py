@@ -2,11 +2,20 @@
 
 Every agent needs the same cluster-wide view: each app with its virtual IP and
 the address of each of its running instances, on any node, marked ready or
-not. `endpoints_of` computes it from the cache (pure); `EndpointsFeed`
-recomputes it when the cache changes and wakes the agent sessions only when
-it really changed, so a status report that moves no endpoint costs the
-sessions nothing. Each session then sends the whole message (level-triggered,
-like desired sets): a lost or reordered update heals at the next one.
+not. `endpoints_of` computes it from a set of instances (pure); `EndpointsFeed`
+keeps it up to date from the cache's changes, one instance at a time, and wakes
+the agent sessions only when an endpoint really changed, so a status report
+that moves no endpoint costs the sessions nothing.
+
+What a session sends: the whole view first, then only what changed since its
+previous message (`since`): each change of an instance reaches every agent
+once, as one endpoint, instead of the whole cluster's endpoints again. At 1,000
+nodes and 10,000 instances the whole view on every change made the scheduler
+send gigabytes and grow to 1.7 GiB (docs/benchmarks.md, hollow). The feed
+keeps a log of which (app, instance) changed at which version; a session too
+far behind it (the log is trimmed) gets the whole view again. Agents that do
+not take updates (`Register.accepts_endpoint_updates`) get the whole view on
+every change, as before.
 
 What counts: an instance the scheduler still wants (desired RUN) that its node
 reports Running with an address. `ready` is the readiness rule of the
@@ -18,12 +27,15 @@ its container is gone.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import types_pb2 as pb
-from scheduler.cache import ClusterCache
+from scheduler.cache import Changes, ClusterCache
 from scheduler.rollout import is_ready
 from scheduler.snapshot import wants_to_run
 
@@ -58,50 +70,219 @@ def endpoints_of(
             by_app[inst.app].append(apb.Endpoint(instance=inst.name, ip=inst.status.ip, node=inst.node, ready=ready))
     out = apb.Endpoints(service_cidr=service_cidr)
     for name in sorted(apps):
-        app = apps[name]
-        entry = out.apps.add(app=name, service_ip=app.service_ip)
-        if app.spec.HasField("service"):
-            entry.service.CopyFrom(app.spec.service)
+        entry = out.apps.add()
+        entry.CopyFrom(_header(name, apps[name]))
         entry.endpoints.extend(sorted(by_app.get(name, ()), key=lambda e: e.instance))
     return out
 
 
-class EndpointsFeed:
-    """The current endpoints, and who to wake when they change (on the event loop)."""
+def _header(name: str, app: pb.App) -> apb.AppEndpoints:
+    """An app's entry without its endpoints: its name, VIP and service ports."""
+    entry = apb.AppEndpoints(app=name, service_ip=app.service_ip)
+    if app.spec.HasField("service"):
+        entry.service.CopyFrom(app.spec.service)
+    return entry
 
-    def __init__(self, cache: ClusterCache, service_cidr: str) -> None:
+
+def _endpoint(inst: pb.Instance, template_of: Callable[[pb.Instance], pb.AppSpec | None]) -> apb.Endpoint | None:
+    if not _serves(inst) or (template := template_of(inst)) is None:
+        return None
+    return apb.Endpoint(instance=inst.name, ip=inst.status.ip, node=inst.node, ready=is_ready(inst, template))
+
+
+MIN_INTERVAL = 0.05  # s between two recomputations: a burst of status reports becomes one update
+APP = ""  # in the change log: the app's own entry (its VIP, its ports, whether it exists)
+LOG_KEPT = 20_000  # changes the log keeps at least; past twice that (or the endpoints), its older half goes
+
+
+@dataclass(slots=True)
+class _AppView:
+    header: apb.AppEndpoints
+    generation: int  # the app record's: an instance of it without a template record runs its spec (hydrate.py)
+    endpoints: dict[str, apb.Endpoint] = field(default_factory=dict)
+
+
+class EndpointsFeed:
+    """The current endpoints, what changed since any recent version, and who to wake when they
+    change. Runs on the event loop (the cache calls it there)."""
+
+    def __init__(
+        self,
+        cache: ClusterCache,
+        service_cidr: str,
+        min_interval: float = MIN_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._cache = cache
         self.service_cidr = service_cidr
-        self.message = apb.Endpoints(service_cidr=service_cidr)
         self.version = 0  # bumped on every real change; sessions compare it with what they sent
-        self._body = b""
+        self._apps: dict[str, _AppView] = {}
+        self._log: list[tuple[int, str, str]] = []  # (version, app, instance or APP), in version order
+        self._floor = 0  # the log has every change after this version
+        self._whole: apb.Endpoints | None = None  # of this version, built once for every session
+        self._updates: dict[int, apb.Endpoints] = {}  # from version -> the update to this one
+        self._pending = Changes()
         self._listeners: list[Callable[[], None]] = []
         self._scheduled = False
-        cache.on_any_change(self._changed)
+        self._min_interval, self._clock = min_interval, clock
+        self._last_refresh = float("-inf")
+        cache.on_changes(self._changed)
 
     def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
-    def _changed(self) -> None:
-        # Watch batches that arrive together are folded into one recomputation.
+    @property
+    def message(self) -> apb.Endpoints:
+        """The whole view."""
+        if self._whole is None:
+            self._whole = apb.Endpoints(service_cidr=self.service_cidr)
+            for name in sorted(self._apps):
+                view = self._apps[name]
+                entry = self._whole.apps.add()
+                entry.CopyFrom(view.header)
+                entry.endpoints.extend(view.endpoints[n] for n in sorted(view.endpoints))
+        return self._whole
+
+    def since(self, version: int) -> apb.Endpoints:
+        """What a session that last sent `version` sends now: the changes since (update), or the
+        whole view if it sent none yet or the log no longer reaches back that far."""
+        if version < self._floor or version < 0:
+            return self.message
+        if version not in self._updates:
+            self._updates[version] = self._update_since(version)
+        return self._updates[version]
+
+    def _update_since(self, version: int) -> apb.Endpoints:
+        touched: dict[str, set[str]] = defaultdict(set)
+        for _, app, instance in self._log[bisect.bisect_right(self._log, (version, "\uffff", "")) :]:
+            touched[app].add(instance)
+        out = apb.Endpoints(service_cidr=self.service_cidr, update=True)
+        for name in sorted(touched):
+            view = self._apps.get(name)
+            if view is None:
+                out.removed_apps.append(name)
+                continue
+            entry = out.apps.add()
+            entry.CopyFrom(view.header)
+            for instance in sorted(touched[name] - {APP}):
+                if (ep := view.endpoints.get(instance)) is not None:
+                    entry.endpoints.append(ep)
+                else:
+                    entry.removed.append(instance)
+        return out
+
+    def _changed(self, changes: Changes) -> None:
+        p = self._pending
+        self._pending = Changes(
+            p.instances | changes.instances,
+            p.apps | changes.apps,
+            p.templates | changes.templates,
+            p.everything or changes.everything,
+        )
         if self._scheduled:
-            return
+            return  # watch batches that arrive together are folded into one recomputation
         self._scheduled = True
         try:
-            asyncio.get_running_loop().call_soon(self.refresh)
+            loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (tests, a synchronous caller): now
             self.refresh()
+            return
+        loop.call_later(max(0.0, self._last_refresh + self._min_interval - self._clock()), self.refresh)
 
     def refresh(self) -> None:
         self._scheduled = False
-        apps = {name: v.value for name, v in self._cache.apps.items()}
-        insts = (v.value for v in self._cache.instances.values())
-        msg = endpoints_of(apps, insts, self.service_cidr, self._cache.template_of)
-        body = msg.SerializeToString(deterministic=True)
-        if body == self._body:
+        self._last_refresh = self._clock()
+        changes, self._pending = self._pending, Changes()
+        cache = self._cache
+        if changes.everything:
+            rescan = set(self._apps) | set(cache.apps)
+            headers = rescan
+        else:
+            # A new or deleted app, a new generation, or a template written: each of its instances
+            # may start or stop serving. Other writes of an app record (its rollout status) touch
+            # only its VIP and ports, if anything.
+            headers = set(changes.apps)
+            rescan = {a for a in changes.apps if self._generation(a) != self._generation(a, cache)}
+            rescan |= changes.templates
+        changed: list[tuple[str, str]] = []
+        for app in sorted(headers | rescan):
+            changed += self._refresh_header(app)
+        if rescan:
+            by_app: dict[str, list[pb.Instance]] = defaultdict(list)
+            for stored in cache.instances.values():
+                if stored.value.app in rescan:
+                    by_app[stored.value.app].append(stored.value)
+            for app in sorted(rescan):
+                changed += self._refresh_app(app, by_app.get(app, []))
+        for app, name in changes.instances:
+            if app not in rescan and app in self._apps:
+                now = cache.instances.get(name)
+                changed += self._set(app, name, now.value if now is not None and now.value.app == app else None)
+        if not changed:
             return
-        self._body, self.message = body, msg
         self.version += 1
+        self._log.extend((self.version, app, name) for app, name in changed)
+        self._whole = None
+        self._updates.clear()
+        self._trim()
         for listener in list(self._listeners):
             listener()
+
+    def _generation(self, name: str, cache: ClusterCache | None = None) -> int | None:
+        """The app's generation as this view has it, or as the cache has it; None: no such app."""
+        if cache is not None:
+            stored = cache.apps.get(name)
+            return stored.value.generation if stored is not None else None
+        view = self._apps.get(name)
+        return view.generation if view is not None else None
+
+    def _refresh_header(self, name: str) -> list[tuple[str, str]]:
+        app = self._cache.apps.get(name)
+        view = self._apps.get(name)
+        if app is None:
+            if view is None:
+                return []
+            del self._apps[name]  # the agents drop the app with all its endpoints
+            return [(name, APP), *((name, n) for n in view.endpoints)]
+        header = _header(name, app.value)
+        if view is None:
+            self._apps[name] = _AppView(header, app.value.generation)
+            return [(name, APP)]
+        view.generation = app.value.generation
+        if view.header == header:
+            return []
+        view.header = header
+        return [(name, APP)]
+
+    def _refresh_app(self, app: str, instances: list[pb.Instance]) -> list[tuple[str, str]]:
+        view = self._apps.get(app)
+        if view is None:
+            return []
+        present = {i.name for i in instances}
+        changed = [c for i in instances for c in self._set(app, i.name, i)]
+        for gone in [n for n in view.endpoints if n not in present]:
+            changed += self._set(app, gone, None)
+        return changed
+
+    def _set(self, app: str, name: str, inst: pb.Instance | None) -> list[tuple[str, str]]:
+        """inst's endpoint (None: it has none) into its app's view; the change, if any."""
+        endpoints = self._apps[app].endpoints
+        ep = _endpoint(inst, self._cache.template_of) if inst is not None else None
+        old = endpoints.get(name)
+        if ep == old:
+            return []
+        if ep is None:
+            del endpoints[name]
+        else:
+            endpoints[name] = ep
+        return [(app, name)]
+
+    def _trim(self) -> None:
+        """Keep the log to about twice the endpoints (at least LOG_KEPT): a session further
+        behind gets the whole view, which costs no more than replaying that much."""
+        total = sum(len(v.endpoints) for v in self._apps.values())
+        if len(self._log) <= 2 * max(LOG_KEPT, total):
+            return
+        self._floor = self._log[len(self._log) // 2][0]
+        self._log = self._log[bisect.bisect_right(self._log, (self._floor, "\uffff", "")) :]

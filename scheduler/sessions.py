@@ -238,6 +238,7 @@ class SessionState:
     leaving: bool = False  # said goodbye: its heartbeats no longer keep the lease
     routes: bool = False  # the agent runs container networking: send it Routes
     templates: bool = False  # the agent takes DesiredSet.templates; an older one gets specs inline
+    endpoint_updates: bool = False  # the agent applies Endpoints updates; an older one gets the whole view
     routes_sent: int = -1  # the cache's routes_version last sent
     recompute: bool = True  # the desired set may have changed (a reply alone does not)
 
@@ -324,7 +325,13 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
                 cluster_cidr=str(self._registry.subnets.pool.cidr) if record.subnet else "",
             )
         )
-        state = SessionState(reg.node, lease_id, routes=reg.container_network, templates=reg.accepts_templates)
+        state = SessionState(
+            reg.node,
+            lease_id,
+            routes=reg.container_network,
+            templates=reg.accepts_templates,
+            endpoint_updates=reg.accepts_endpoint_updates,
+        )
         state.look_again()
         self.heartbeats.beat(reg.node, state)
 
@@ -364,9 +371,11 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
             while state.replies:
                 yield state.replies.pop(0)
             # Endpoints first: the agent's DNS knows the cluster before its first containers start.
-            if self._endpoints is not None and self._endpoints.version != endpoints_sent:
-                endpoints_sent = self._endpoints.version
-                yield apb.SchedulerMessage(endpoints=self._endpoints.message)
+            feed = self._endpoints
+            if feed is not None and feed.version != endpoints_sent:
+                update = feed.since(endpoints_sent if state.endpoint_updates else -1)
+                endpoints_sent = feed.version
+                yield apb.SchedulerMessage(endpoints=update)
             if state.routes and state.routes_sent != self._cache.routes_version:
                 state.routes_sent = self._cache.routes_version
                 yield apb.SchedulerMessage(routes=self._cache.routes())

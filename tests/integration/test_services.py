@@ -94,7 +94,10 @@ def test_virtual_ips_are_allocated_kept_freed_and_never_shared(scheduler):
 
 
 def test_every_agent_gets_every_node_s_endpoints_and_their_readiness(scheduler):
-    agents = [FakeAgent(scheduler, f"n{i}", status_for=with_address(i)) for i in range(2)]
+    """n1 applies updates as today's agent does; n0 is an older agent, sent the whole view each time."""
+    agents = [
+        FakeAgent(scheduler, f"n{i}", status_for=with_address(i), accepts_endpoint_updates=i == 1) for i in range(2)
+    ]
     try:
         for a in agents:
             assert a.registered.wait(10)
@@ -104,7 +107,7 @@ def test_every_agent_gets_every_node_s_endpoints_and_their_readiness(scheduler):
         assert apply(scheduler, "web", replicas=2).returncode == 0
 
         def both_ready(agent: FakeAgent):
-            last = agent.endpoints[-1] if agent.endpoints else None
+            last = agent.endpoint_views[-1] if agent.endpoint_views else None
             if last is None or not last.apps or len([e for e in last.apps[0].endpoints if e.ready]) != 2:
                 return None
             return last
@@ -120,10 +123,14 @@ def test_every_agent_gets_every_node_s_endpoints_and_their_readiness(scheduler):
         agents[1].report(inst, pb.InstanceStatus(state=pb.INSTANCE_STATE_RUNNING, ready=False, ip="10.88.1.2"))
 
         def unready(agent: FakeAgent) -> bool:
-            eps = agent.endpoints[-1].apps[0].endpoints
+            eps = agent.endpoint_views[-1].apps[0].endpoints
             return [(e.node, e.ready) for e in eps if e.node == "n1"] == [("n1", False)]
 
         wait_for(lambda: all(unready(a) for a in agents), what="the unready endpoint everywhere")
+        assert agents[0].endpoint_views[-1] == agents[1].endpoint_views[-1]
+        old, new = agents[0].endpoints[-1], agents[1].endpoints[-1]
+        assert not old.update and len(old.apps[0].endpoints) == 2  # the whole view again
+        assert new.update and [e.instance for e in new.apps[0].endpoints] == [inst.name]  # only what changed
         sent = len(agents[0].endpoints)
         agents[1].report(inst, pb.InstanceStatus(state=pb.INSTANCE_STATE_RUNNING, ready=False, ip="10.88.1.2"))
         assert run_orch("--scheduler", scheduler, "get", "apps").returncode == 0

@@ -122,6 +122,7 @@ class Register(_message.Message):
     HOST_NETWORKS_FIELD_NUMBER: _builtins.int
     ALLOWED_HOST_PATHS_FIELD_NUMBER: _builtins.int
     ACCEPTS_TEMPLATES_FIELD_NUMBER: _builtins.int
+    ACCEPTS_ENDPOINT_UPDATES_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     address: _builtins.str
     version: _builtins.str
@@ -148,6 +149,10 @@ class Register(_message.Message):
     accepts_templates: _builtins.bool
     """The agent takes DesiredSet.templates (issue 12). An older one does not say so: it is
     sent each instance with its spec on it, as before.
+    """
+    accepts_endpoint_updates: _builtins.bool
+    """The agent applies Endpoints updates (Endpoints.update). An older one does not say so:
+    it is sent the whole of the cluster's endpoints on every change, as before.
     """
     @_builtins.property
     def capacity(self) -> _types_pb2.Resources: ...
@@ -182,10 +187,11 @@ class Register(_message.Message):
         host_networks: _abc.Iterable[Global___HostNetwork] | None = ...,
         allowed_host_paths: _abc.Iterable[_builtins.str] | None = ...,
         accepts_templates: _builtins.bool = ...,
+        accepts_endpoint_updates: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["allocatable", b"allocatable", "capacity", b"capacity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_templates", b"accepts_templates", "address", b"address", "allocatable", b"allocatable", "allowed_host_paths", b"allowed_host_paths", "capacity", b"capacity", "container_network", b"container_network", "host_networks", b"host_networks", "host_port_max", b"host_port_max", "host_port_min", b"host_port_min", "labels", b"labels", "lease_id", b"lease_id", "metrics_address", b"metrics_address", "node", b"node", "node_ip", b"node_ip", "subnet", b"subnet", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_endpoint_updates", b"accepts_endpoint_updates", "accepts_templates", b"accepts_templates", "address", b"address", "allocatable", b"allocatable", "allowed_host_paths", b"allowed_host_paths", "capacity", b"capacity", "container_network", b"container_network", "host_networks", b"host_networks", "host_port_max", b"host_port_max", "host_port_min", b"host_port_min", "labels", b"labels", "lease_id", b"lease_id", "metrics_address", b"metrics_address", "node", b"node", "node_ip", b"node_ip", "subnet", b"subnet", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -384,6 +390,7 @@ class AppEndpoints(_message.Message):
     SERVICE_IP_FIELD_NUMBER: _builtins.int
     SERVICE_FIELD_NUMBER: _builtins.int
     ENDPOINTS_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
     app: _builtins.str
     service_ip: _builtins.str
     """App.service_ip; "" without spec.service"""
@@ -395,6 +402,10 @@ class AppEndpoints(_message.Message):
     def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___Endpoint]:
         """sorted by instance name"""
 
+    @_builtins.property
+    def removed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """in an update: instances no longer among its endpoints"""
+
     def __init__(
         self,
         *,
@@ -402,10 +413,11 @@ class AppEndpoints(_message.Message):
         service_ip: _builtins.str = ...,
         service: _types_pb2.ServicePort | None = ...,
         endpoints: _abc.Iterable[Global___Endpoint] | None = ...,
+        removed: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "endpoints", b"endpoints", "service", b"service", "service_ip", b"service_ip"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "endpoints", b"endpoints", "removed", b"removed", "service", b"service", "service_ip", b"service_ip"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -414,28 +426,44 @@ Global___AppEndpoints: _TypeAlias = AppEndpoints  # noqa: Y015
 @_typing.final
 class Endpoints(_message.Message):
     """Every app of the cluster with its running instances: what each agent's DNS
-    server answers and its VIP rules forward to. Level-triggered: always whole.
+    server answers and its VIP rules forward to.
+
+    Whole (update false): the first message of a session, and every message to an
+    agent that does not accept updates. An update carries only what changed since
+    the session's previous Endpoints: each app that changed with its current
+    service_ip and service, its added or changed endpoints and the names of those
+    removed; apps deleted since in removed_apps. The stream is ordered, so an
+    update applies to exactly the view the previous messages built (as Kubernetes'
+    EndpointSlices and Envoy's incremental xDS): a change of one instance costs
+    every agent one endpoint, not the whole cluster's.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     APPS_FIELD_NUMBER: _builtins.int
     SERVICE_CIDR_FIELD_NUMBER: _builtins.int
+    UPDATE_FIELD_NUMBER: _builtins.int
+    REMOVED_APPS_FIELD_NUMBER: _builtins.int
     service_cidr: _builtins.str
     """where VIPs come from (orch scheduler --service-cidr)"""
+    update: _builtins.bool
     @_builtins.property
     def apps(self) -> _containers.RepeatedCompositeFieldContainer[Global___AppEndpoints]:
         """sorted by app name"""
 
+    @_builtins.property
+    def removed_apps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
         apps: _abc.Iterable[Global___AppEndpoints] | None = ...,
         service_cidr: _builtins.str = ...,
+        update: _builtins.bool = ...,
+        removed_apps: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["apps", b"apps", "service_cidr", b"service_cidr"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["apps", b"apps", "removed_apps", b"removed_apps", "service_cidr", b"service_cidr", "update", b"update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
