@@ -201,7 +201,8 @@ class EndpointsFeed:
         else:
             # A new or deleted app, a new generation, or a template written: each of its instances
             # may start or stop serving. Other writes of an app record (its rollout status) touch
-            # only its VIP and ports, if anything.
+            # only its VIP and ports, if anything: a template never changes without a new
+            # generation (api.py bumps it, and writes the generation record in the same txn).
             headers = set(changes.apps)
             rescan = {a for a in changes.apps if self._generation(a) != self._generation(a, cache)}
             rescan |= changes.templates
