@@ -121,6 +121,7 @@ class EndpointsFeed:
         self._floor = 0  # the log has every change after this version
         self._whole: apb.Endpoints | None = None  # of this version, built once for every session
         self._updates: dict[int, apb.Endpoints] = {}  # from version -> the update to this one
+        self._wire: dict[int, bytes] = {}  # from version -> that, as a serialized SchedulerMessage
         self._pending = Changes()
         self._listeners: list[Callable[[], None]] = []
         self._scheduled = False
@@ -152,6 +153,14 @@ class EndpointsFeed:
         if version not in self._updates:
             self._updates[version] = self._update_since(version)
         return self._updates[version]
+
+    def wire_since(self, version: int) -> bytes:
+        """since(version) as a serialized SchedulerMessage, made once for every session that sends
+        it: a thousand sessions sending one update share one copy (sessions.serialize)."""
+        key = version if self._floor <= version else -1
+        if key not in self._wire:
+            self._wire[key] = apb.SchedulerMessage(endpoints=self.since(version)).SerializeToString()
+        return self._wire[key]
 
     def _update_since(self, version: int) -> apb.Endpoints:
         touched: dict[str, set[str]] = defaultdict(set)
@@ -226,6 +235,7 @@ class EndpointsFeed:
         self._log.extend((self.version, app, name) for app, name in changed)
         self._whole = None
         self._updates.clear()
+        self._wire.clear()
         self._trim()
         for listener in list(self._listeners):
             listener()

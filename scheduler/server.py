@@ -18,7 +18,7 @@ from prometheus_client import start_http_server
 
 from orch import sdnotify
 from orch.tls import Credentials, add_port
-from orch.v1 import agent_pb2_grpc, api_pb2_grpc
+from orch.v1 import api_pb2_grpc
 from orch.v1 import types_pb2 as pb
 from scheduler import dashboard, network_config, secret_api
 from scheduler.api import OrchService
@@ -37,6 +37,7 @@ from scheduler.reconciler_loop import Reconciler
 from scheduler.secrets import KeyRing, Opener, SecretKeyError
 from scheduler.services import DEFAULT_SERVICE_CIDR, parse_service_cidr
 from scheduler.sessions import RESTART_GRACE, AgentSessionService, NodeRegistry
+from scheduler.sessions import add_to_server as add_sessions_to_server
 from scheduler.status import StatusWriter
 from scheduler.store import PAGE, Store
 from scheduler.subnets import DEFAULT_CLUSTER_CIDR, DEFAULT_NODE_PREFIX, PoolError, SubnetPool
@@ -142,7 +143,7 @@ async def serve(config: SchedulerConfig) -> None:
         secret_keys=secret_keys,
     )
     api_pb2_grpc.add_OrchServicer_to_server(orch_api, server)
-    agent_pb2_grpc.add_AgentSessionServicer_to_server(sessions, server)
+    add_sessions_to_server(sessions, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if add_port(server, config.listen, config.tls) == 0:

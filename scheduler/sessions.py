@@ -28,7 +28,6 @@ import grpc
 from orch.templates import template_key
 from orch.tls import node_identity, peer_identity
 from orch.v1 import agent_pb2 as apb
-from orch.v1 import agent_pb2_grpc
 from orch.v1 import types_pb2 as pb
 from scheduler.cache import ROUTES, ClusterCache
 from scheduler.endpoints import EndpointsFeed
@@ -48,6 +47,7 @@ from scheduler.timeutil import ts
 
 log = logging.getLogger(__name__)
 
+SERVICE = "orch.v1.AgentSession"
 REFUSAL_EVENT_EVERY = 60.0  # s between two Warning events for one node's refused registrations
 # A lost compare (another scheduler wrote the record, or claimed the subnet we picked: nodes
 # joining at once) re-reads and tries again.
@@ -261,7 +261,24 @@ def _renewal_reply(state: SessionState, seq: int) -> Callable[[int], None]:
     return renewed
 
 
-class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
+def serialize(msg: apb.SchedulerMessage | bytes) -> bytes:
+    """The session stream's serializer: a message, or one already serialized (the endpoints,
+    which every session sends alike: EndpointsFeed.wire_since)."""
+    return msg if isinstance(msg, bytes) else msg.SerializeToString()
+
+
+def add_to_server(service: AgentSessionService, server: grpc.aio.Server) -> None:
+    """As the generated add_AgentSessionServicer_to_server, with serialize() for the responses."""
+    handlers = {
+        "Session": grpc.stream_stream_rpc_method_handler(
+            service.Session, request_deserializer=apb.AgentMessage.FromString, response_serializer=serialize
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
+class AgentSessionService:
     def __init__(
         self,
         registry: NodeRegistry,
@@ -289,7 +306,7 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
         self,
         request_iterator: AsyncIterator[apb.AgentMessage],
         context: grpc.aio.ServicerContext[apb.AgentMessage, apb.SchedulerMessage],
-    ) -> AsyncIterator[apb.SchedulerMessage]:
+    ) -> AsyncIterator[apb.SchedulerMessage | bytes]:
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("msg") != "register" or not first.register.node:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be register with a node name")
@@ -356,7 +373,9 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
             self._metrics.sessions.dec()
             log.info("node %s: session closed", reg.node)
 
-    async def _write(self, state: SessionState, reader: asyncio.Task[None]) -> AsyncIterator[apb.SchedulerMessage]:
+    async def _write(
+        self, state: SessionState, reader: asyncio.Task[None]
+    ) -> AsyncIterator[apb.SchedulerMessage | bytes]:
         """Replies, and the node's desired set whenever it changed, until the reader ends."""
         last: bytes | None = None
         endpoints_sent = -1  # the feed's version last sent
@@ -373,9 +392,9 @@ class AgentSessionService(agent_pb2_grpc.AgentSessionServicer):
             # Endpoints first: the agent's DNS knows the cluster before its first containers start.
             feed = self._endpoints
             if feed is not None and feed.version != endpoints_sent:
-                update = feed.since(endpoints_sent if state.endpoint_updates else -1)
+                update = feed.wire_since(endpoints_sent if state.endpoint_updates else -1)
                 endpoints_sent = feed.version
-                yield apb.SchedulerMessage(endpoints=update)
+                yield update
             if state.routes and state.routes_sent != self._cache.routes_version:
                 state.routes_sent = self._cache.routes_version
                 yield apb.SchedulerMessage(routes=self._cache.routes())

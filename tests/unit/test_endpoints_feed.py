@@ -81,7 +81,11 @@ def test_an_instance_that_changes_costs_a_caught_up_agent_one_endpoint() -> None
     assert agent.catch_up(w.feed) == w.recomputed() and len(w.feed.message.apps[0].endpoints) == 200
     assert not agent.received[-1].update  # the first message of a session is whole
 
+    caught_up = w.feed.version
     w.apply(w.instance("web", "web-007", ip="10.88.0.99"))  # moved: a new address
+    wire = w.feed.wire_since(caught_up)  # what every caught-up session sends: one copy for all
+    assert wire is w.feed.wire_since(caught_up)
+    assert apb.SchedulerMessage.FromString(wire).endpoints == w.feed.since(caught_up)
     assert agent.catch_up(w.feed) == w.recomputed()
     [entry] = agent.received[-1].apps
     assert agent.received[-1].update and [e.instance for e in entry.endpoints] == ["web-007"]
@@ -132,7 +136,7 @@ def test_random_histories_leave_every_agent_with_the_recomputed_view(
     assert sleeper.catch_up(w.feed) == w.recomputed()
     names = [f"{app}-{i}" for app in ("a", "b", "c") for i in range(12)]
     for _ in range(300):
-        batch = []
+        batch: list[tuple[str, bytes | None]] = []
         for _ in range(rng.randint(1, 4)):
             app = rng.choice("abc")
             roll = rng.random()

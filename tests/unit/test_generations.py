@@ -17,6 +17,7 @@ from orch.v1 import agent_pb2 as apb
 from orch.v1 import types_pb2 as pb
 from scheduler.metrics import SchedulerMetrics
 from scheduler.sessions import AgentSessionService
+from tests.fixtures.session_stream import as_received
 
 
 def desired(generation: int, cluster: int = 7, *names: str) -> apb.DesiredSet:
@@ -116,7 +117,7 @@ def test_the_scheduler_resends_a_set_the_agent_ignored_once_its_cache_caught_up(
 
     async def scenario() -> None:
         inbox.put_nowait(apb.AgentMessage(register=apb.Register(node="n1")))
-        stream = service.Session(requests(), PlaintextContext()).__aiter__()  # type: ignore[arg-type]
+        stream = as_received(service.Session(requests(), PlaintextContext()))  # type: ignore[arg-type]
         assert (await anext(stream)).WhichOneof("msg") == "registered"
         first = (await anext(stream)).desired
         assert (first.generation, first.cluster_id) == (15, 7)

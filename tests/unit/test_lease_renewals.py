@@ -21,6 +21,7 @@ from scheduler.reconcile import reconcile
 from scheduler.reconciler_loop import place_pending
 from scheduler.sessions import AgentSessionService
 from tests.factories import make_app, make_instance, make_node, make_snapshot, make_spec
+from tests.fixtures.session_stream import as_received
 from tests.unit.test_generations import FakeCache, FakeRegistry, PlaintextContext
 
 
@@ -177,7 +178,7 @@ def test_the_session_tells_the_agent_which_heartbeat_renewed_its_lease():
 
     async def scenario() -> None:
         inbox.put_nowait(apb.AgentMessage(register=apb.Register(node="n1")))
-        stream = service.Session(requests(), PlaintextContext()).__aiter__()  # type: ignore[arg-type]
+        stream = as_received(service.Session(requests(), PlaintextContext()))  # type: ignore[arg-type]
         assert (await anext(stream)).WhichOneof("msg") == "registered"
         assert (await anext(stream)).WhichOneof("msg") == "desired"
         inbox.put_nowait(apb.AgentMessage(heartbeat=apb.Heartbeat(observed_generation=15, seq=5)))

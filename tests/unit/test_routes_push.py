@@ -20,6 +20,7 @@ from scheduler.errors import Refused
 from scheduler.metrics import SchedulerMetrics
 from scheduler.sessions import AgentSessionService
 from scheduler.subnets import SUBNETS_EXHAUSTED, SubnetPool
+from tests.fixtures.session_stream import as_received
 from tests.unit.test_generations import FakeKeeper, PlaintextContext
 
 
@@ -91,7 +92,7 @@ def stream_for(service: AgentSessionService, register: apb.Register) -> AsyncIte
         while True:
             yield await inbox.get()
 
-    return service.Session(requests(), Context()).__aiter__()  # type: ignore[arg-type]
+    return as_received(service.Session(requests(), Context()))  # type: ignore[arg-type]
 
 
 def test_a_networked_agent_gets_its_subnet_then_the_table_then_its_desired_set() -> None:
