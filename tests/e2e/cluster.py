@@ -83,3 +83,19 @@ def wait_all_removed(info: dict[str, Any], timeout: float = 20) -> None:
     while (left := instances(info)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not left, [(i["name"], i["node"], i["state"], i["reason"], i["desired"]) for i in left]
+
+
+def wait_removed(info: dict[str, Any], *apps: str, timeout: float = 20) -> None:
+    """Until no instance of these apps is left: a test on a shared cluster looks only at its own,
+    so that another test's leftovers do not fail it too."""
+    deadline = time.monotonic() + timeout
+    while (left := [i for i in instances(info) if i["app"] in apps]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, [(i["name"], i["node"], i["state"], i["reason"], i["desired"]) for i in left]
+
+
+def delete_apps(info: dict[str, Any], *apps: str, timeout: float = 20) -> None:
+    for app in apps:
+        r = orch(info, "delete", "app", app)
+        assert r.returncode == 0, r.stderr
+    wait_removed(info, *apps, timeout=timeout)

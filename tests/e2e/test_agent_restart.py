@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from node.network.hostports import chain_name
-from tests.e2e.cluster import instances, orch, orch_up, wait_all_removed
+from tests.e2e.cluster import delete_apps, instances, orch, orch_up
 from tests.e2e.liveness_checks import Api, Restarted, observed, process, restart, running, snapshot, wait_exit
 from tests.fixtures.processes import orch_env, stop, wait_for
 
@@ -167,9 +167,7 @@ def test_restarted_agent_adopts_containers_and_reports_exits(cluster, busybox_ro
             assert inst["state"] == "Running" and inst["restarts"] == 0
             assert inst["pid"] == before[name]["pid"]  # the same process, adopted
             assert inst["startedAt"] == before[name]["startedAt"]
-        for app in ("steady", "brief"):
-            assert orch(info, "delete", "app", app).returncode == 0
-        wait_all_removed(info)
+        delete_apps(info, "steady", "brief")
     finally:
         stop(restarted)
 
@@ -277,9 +275,7 @@ def test_sigterm_takes_the_zygote_and_the_next_agent_reads_past_unreadable_state
         assert f"{torn['name']}/start.json is unreadable" in text and "set aside as start.json.corrupt-" in text
         corrupt = sorted(p.name.split(".corrupt-")[0] for p in (node_dir / "ipam").rglob("*.corrupt-*"))
         assert corrupt == sorted([f"{served['name']}.json", subnet_ip]), corrupt
-        for app in ("served", "torn"):
-            assert orch(info, "delete", "app", app).returncode == 0
-        wait_all_removed(info)
+        delete_apps(info, "served", "torn")
     finally:
         for proc in (running, restarted):
             if proc is not None:

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cli import pki
 from orch.tls import SCHEDULER, TlsFiles, channel, node_identity
 from orch.v1 import agent_pb2, agent_pb2_grpc, types_pb2
-from tests.e2e.cluster import instances, orch, orch_up, wait_all_removed
+from tests.e2e.cluster import delete_apps, instances, orch, orch_up
 from tests.fixtures.processes import orch_env, run_orch, stop, wait_for
 from tests.fixtures.prometheus import DEPLOY, config_dir, prometheus
 from tests.fixtures.scan import files_holding
@@ -206,9 +206,7 @@ def test_exit_codes_restart_policies_and_logs(cluster, busybox_rootfs):
     names = {i["name"] for i in (once, flaky, nocmd)}
     state = Path(info["stateDir"])
     assert {p.name for p in state.rglob("*.log") if p.stem in names} >= {f"{n}.log" for n in names}
-    for app in ("once", "flaky", "nocmd"):
-        assert orch(info, "delete", "app", app).returncode == 0
-    wait_all_removed(info)
+    delete_apps(info, "once", "flaky", "nocmd")
     # Their logs (flaky's previous incarnation's too) go with them, as `docker rm` and the kubelet do.
     wait_for(lambda: not [p for p in state.rglob("*.log*") if p.name.split(".log")[0] in names], 20, "logs removed")
 
@@ -237,9 +235,7 @@ def test_readiness_probe_gates_ready(cluster, busybox_rootfs):
     # sleep, PID 1 itself; an exec probe in flight adds its child and command for a moment.
     pids = [line.rsplit(" ", 1)[1] for line in text.splitlines() if line.startswith(f"orch_node_instance_pids{labels}")]
     assert pids in (["1.0"], ["3.0"]), pids
-    for app in ("probed", "never-ready"):
-        assert orch(info, "delete", "app", app).returncode == 0
-    wait_all_removed(info)
+    delete_apps(info, "probed", "never-ready")
 
 
 def test_host_users_false_runs_in_a_user_namespace(cluster, busybox_rootfs):
@@ -252,8 +248,7 @@ def test_host_users_false_runs_in_a_user_namespace(cluster, busybox_rootfs):
     host_uid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
     assert host_uid >= 1 << 30  # root inside, an unprivileged id of its own on the host
     assert orch(info, "logs", inst["name"]).stdout == "uid=0\n"
-    assert orch(info, "delete", "app", "userns").returncode == 0
-    wait_all_removed(info)
+    delete_apps(info, "userns")
 
 
 def test_prometheus_scrapes_the_cluster_with_the_shipped_config(cluster, busybox_rootfs, tmp_path):
@@ -321,9 +316,7 @@ def test_prometheus_scrapes_the_cluster_with_the_shipped_config(cluster, busybox
         assert [s["value"][1] for s in exits] == ["1"]
         assert all(s["metric"]["state"][0].isupper() for s in prom.query("orch_node_instance_transitions_total"))
         assert prom.query('process_resident_memory_bytes{role="agent"}')  # process collectors on the agents
-    assert orch(info, "delete", "app", "oomer").returncode == 0
-    assert orch(info, "delete", "app", "scraped").returncode == 0
-    wait_all_removed(info)
+    delete_apps(info, "oomer", "scraped")
 
 
 def test_top_reads_usage_from_the_agents(cluster, busybox_rootfs):
@@ -356,8 +349,7 @@ def test_top_reads_usage_from_the_agents(cluster, busybox_rootfs):
     wait_for(lambda: scraped()["orch_node_instance_cpu_cfs_throttled_periods_total"] > 0, 20, "CFS throttling counted")
     missing = orch(info, "top", "instances", "--app", "nope")
     assert missing.returncode == 1 and 'app "nope" not found' in missing.stderr
-    assert orch(info, "delete", "app", "busy").returncode == 0
-    wait_all_removed(info)
+    delete_apps(info, "busy")
 
 
 def test_host_port_reaches_the_instance_on_its_nodes_address(cluster, busybox_rootfs):
@@ -373,8 +365,7 @@ def test_host_port_reaches_the_instance_on_its_nodes_address(cluster, busybox_ro
     url = f"http://{agent['publishAddress']}:{host_port}/"
     body = wait_for(lambda: _get(url), 10, f"{url} answers")
     assert body == b"hello from orch\n"
-    assert orch(info, "delete", "app", "published").returncode == 0
-    wait_all_removed(info)
+    delete_apps(info, "published")
     assert _get(url) is None
     saved = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True).stdout
     assert inst["name"] not in saved  # its DNAT rule went with it

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.cluster import instances, orch, orch_up, wait_all_removed
+from tests.e2e.cluster import delete_apps, instances, orch, orch_up
 from tests.fixtures.processes import wait_for
 
 pytestmark = pytest.mark.root
@@ -108,8 +108,7 @@ def test_liveness_restarts_a_wedged_instance(cluster: dict[str, Any], busybox_ro
     # Healthy again (the new incarnation wrote /www/healthz): no more restarts.
     time.sleep(3)
     assert only(info, "wedge")["restarts"] == 1  # type: ignore[index]
-    assert orch(info, "delete", "app", "wedge").returncode == 0
-    wait_all_removed(info)
+    delete_apps(info, "wedge")
 
 
 def test_startup_probe_holds_liveness_back_and_restarts_what_never_starts(
@@ -135,9 +134,7 @@ def test_startup_probe_holds_liveness_back_and_restarts_what_never_starts(
     assert restarted["lastState"]["reason"] == "StartupFailed"
     assert "startup probe failed 2 times in a row: exec test: exit 1" in restarted["lastState"]["message"]
     assert restarted["ready"] is False
-    for app in ("slow", "never"):
-        assert orch(info, "delete", "app", app).returncode == 0
-    wait_all_removed(info)
+    delete_apps(info, "slow", "never")
 
 
 def test_a_bad_probe_names_file_line_and_field(cluster: dict[str, Any], tmp_path: Path) -> None:

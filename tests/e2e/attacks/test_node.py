@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.e2e.cluster import instances, orch, wait_all_removed
+from tests.e2e.cluster import instances, orch, wait_removed
 from tests.fixtures.processes import wait_for
 
 pytestmark = pytest.mark.root
@@ -60,7 +60,7 @@ def refused(info: dict[str, Any], app: str) -> dict[str, Any] | None:
 def delete(info: dict[str, Any], *apps: str) -> None:
     for app in apps:
         orch(info, "delete", "app", app)
-    wait_all_removed(info, timeout=30)
+    wait_removed(info, *apps, timeout=30)
 
 
 def port_of(address: str) -> int:
