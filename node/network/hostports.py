@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.network.errors import HostPortNotAllowed, NetworkError
+from node.network import iptables
+from node.network.errors import HostPortNotAllowed
 from node.network.iptables import Runner
 from node.network.iptables import run as _run
 from node.network.portpolicy import DEFAULT_RANGE, PortRange, host_listening, refusal
@@ -163,13 +164,12 @@ class HostPorts:
 
     def _sync(self) -> None:
         published = self.published()
-        if not published and not self._hooked and not self._chain_exists():
+        if not published and not self._hooked and not iptables.chain_exists(self._run, "nat", self.chain):
             return  # nothing published, nothing installed: leave the host's tables alone
-        self._run(["iptables-restore", "-w", "--noflush"], chain_rules(self.chain, published, self.address))
+        iptables.restore(self._run, chain_rules(self.chain, published, self.address))
         if not self._hooked:
             for table, *rule in self._jumps():
-                if not self._has(table, rule):
-                    self._run(["iptables", "-w", "-t", table, "-A", *rule], "")
+                iptables.add_jump(self._run, table, rule)
             if not self.address.startswith("127.") and not ip_forward_enabled():
                 log.warning("net.ipv4.ip_forward is 0: hostPorts answer only to clients on this host")
             route_localnet = Path(f"/proc/sys/net/ipv4/conf/{self.bridge}/route_localnet")
@@ -181,30 +181,13 @@ class HostPorts:
     def teardown(self) -> None:
         """Remove the jumps, the masquerade rule, the chain and the state files."""
         for table, *rule in self._jumps():
-            while self._has(table, rule):
-                self._run(["iptables", "-w", "-t", table, "-D", *rule], "")
-        if self._chain_exists():
-            self._run(["iptables", "-w", "-t", "nat", "-F", self.chain], "")
-            self._run(["iptables", "-w", "-t", "nat", "-X", self.chain], "")
+            iptables.remove_jump(self._run, table, rule)
+        iptables.delete_chain(self._run, "nat", self.chain)
         for path in self._dir.glob("*.json*") if self._dir.is_dir() else ():  # with the set-aside ones
             path.unlink()
         if self._dir.is_dir() and not any(self._dir.iterdir()):
             self._dir.rmdir()
         self._hooked = False
-
-    def _has(self, table: str, rule: list[str]) -> bool:
-        try:
-            self._run(["iptables", "-w", "-t", table, "-C", *rule], "")
-        except NetworkError:
-            return False
-        return True
-
-    def _chain_exists(self) -> bool:
-        try:
-            self._run(["iptables", "-w", "-t", "nat", "-S", self.chain], "")
-        except NetworkError:
-            return False
-        return True
 
 
 def _mapping(doc: Any) -> PortMapping:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from node.network.errors import NetworkError
 
-__all__ = ["Runner", "chain_exists", "delete_chain", "has_rule", "run"]
+__all__ = ["Runner", "add_jump", "chain_exists", "delete_chain", "has_rule", "remove_jump", "restore", "run"]
 
 Runner = Callable[[Sequence[str], str], None]  # (argv, stdin): raises NetworkError on failure
 
@@ -24,6 +24,24 @@ def run(argv: Sequence[str], stdin: str = "") -> None:
         raise NetworkError(f"{argv[0]}: {e}") from e
     if done.returncode != 0:
         raise NetworkError(f"{' '.join(argv)}: {done.stderr.strip() or f'exit {done.returncode}'}")
+
+
+# -w everywhere: agents and clusters on one host share the xtables lock; wait for it, not fail.
+def restore(runner: Runner, text: str) -> None:
+    """iptables-restore --noflush: the chains text names are replaced whole, others untouched."""
+    runner(["iptables-restore", "-w", "--noflush"], text)
+
+
+def add_jump(runner: Runner, table: str, rule: Sequence[str]) -> None:
+    """Append rule unless it is there already."""
+    if not has_rule(runner, table, rule):
+        runner(["iptables", "-w", "-t", table, "-A", *rule], "")
+
+
+def remove_jump(runner: Runner, table: str, rule: Sequence[str]) -> None:
+    """Delete every copy of rule; none left counts as removed."""
+    while has_rule(runner, table, rule):
+        runner(["iptables", "-w", "-t", table, "-D", *rule], "")
 
 
 def has_rule(runner: Runner, table: str, rule: Sequence[str]) -> bool:

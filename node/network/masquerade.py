@@ -67,15 +67,13 @@ class Masquerade:
 
     def ensure(self, subnet: str, cluster_cidr: str) -> None:
         """The chains as they must be, and the jumps into them. Idempotent."""
-        self._run(["iptables-restore", "-w", "--noflush"], rules(self.bridge, subnet, cluster_cidr))
+        iptables.restore(self._run, rules(self.bridge, subnet, cluster_cidr))
         for table, rule in self._jumps():
-            if not iptables.has_rule(self._run, table, rule):
-                self._run(["iptables", "-w", "-t", table, "-A", *rule], "")
+            iptables.add_jump(self._run, table, rule)
 
     def teardown(self) -> None:
         """The jumps (every copy), then the chains; what is gone already counts as removed."""
         for table, rule in self._jumps():
-            while iptables.has_rule(self._run, table, rule):
-                self._run(["iptables", "-w", "-t", table, "-D", *rule], "")
+            iptables.remove_jump(self._run, table, rule)
         iptables.delete_chain(self._run, "nat", self.nat_chain)
         iptables.delete_chain(self._run, "filter", self.forward_chain)

@@ -41,8 +41,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.network import links
-from node.network.errors import ConfigError, NetworkError
+from node.network import iptables, links
+from node.network.errors import ConfigError
 from node.network.iptables import Runner
 from node.network.iptables import run as run_iptables
 from node.network.pyroute import IPRoute
@@ -154,15 +154,14 @@ class ServiceProxy:
             check_service_cidr(service_cidr, self.subnet)
             text = service_rules(self.chains, services, self.subnet, service_cidr)
             if text != self._applied:
-                self._run(["iptables-restore", "-w", "--noflush"], text)
+                iptables.restore(self._run, text)
                 self._applied = text
             if self._hooked != service_cidr:
                 self._hook(service_cidr)
 
     def _hook(self, service_cidr: str) -> None:
         for table, *rule in self.chains.jumps():
-            if not self._has(table, rule):
-                self._run(["iptables", "-w", "-t", table, "-A", *rule], "")
+            iptables.add_jump(self._run, table, rule)
         self._route(service_cidr, self.bridge, True)
         if self._hooked:  # the scheduler's --service-cidr changed
             self._route(self._hooked, self.bridge, False)
@@ -178,31 +177,14 @@ class ServiceProxy:
         """Remove the jumps and our chains (the route and the forwarding go with the bridge)."""
         with self._lock:
             for table, *rule in self.chains.jumps():
-                while self._has(table, rule):
-                    self._run(["iptables", "-w", "-t", table, "-D", *rule], "")
+                iptables.remove_jump(self._run, table, rule)
             for table, chain in (("nat", self.chains.dnat), ("nat", self.chains.masquerade),
                                  ("filter", self.chains.reject)):  # fmt: skip
-                if self._has_chain(table, chain):
-                    self._run(["iptables", "-w", "-t", table, "-F", chain], "")
-                    self._run(["iptables", "-w", "-t", table, "-X", chain], "")
+                iptables.delete_chain(self._run, table, chain)
             self._applied, self._hooked = "", ""
 
     def _installed(self) -> bool:
-        return self._has_chain("nat", self.chains.dnat)
-
-    def _has(self, table: str, rule: list[str]) -> bool:
-        try:
-            self._run(["iptables", "-w", "-t", table, "-C", *rule], "")
-        except NetworkError:
-            return False
-        return True
-
-    def _has_chain(self, table: str, chain: str) -> bool:
-        try:
-            self._run(["iptables", "-w", "-t", table, "-S", chain], "")
-        except NetworkError:
-            return False
-        return True
+        return iptables.chain_exists(self._run, "nat", self.chains.dnat)
 
     def _netlink_route(self, service_cidr: str, bridge: str, present: bool) -> None:
         net = ipaddress.IPv4Network(service_cidr)
