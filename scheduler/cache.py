@@ -43,6 +43,14 @@ class Changes:
     templates: frozenset[str] = frozenset()  # apps with a generation record written or deleted
     everything: bool = False
 
+    def __or__(self, other: Changes) -> Changes:
+        return Changes(
+            self.instances | other.instances,
+            self.apps | other.apps,
+            self.templates | other.templates,
+            self.everything or other.everything,
+        )
+
 
 ChangeListener = Callable[[Changes], None]
 

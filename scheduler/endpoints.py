@@ -106,13 +106,7 @@ class EndpointsFeed:
     """The current endpoints, what changed since any recent version, and who to wake when they
     change. Runs on the event loop (the cache calls it there)."""
 
-    def __init__(
-        self,
-        cache: ClusterCache,
-        service_cidr: str,
-        min_interval: float = MIN_INTERVAL,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, cache: ClusterCache, service_cidr: str) -> None:
         self._cache = cache
         self.service_cidr = service_cidr
         self.version = 0  # bumped on every real change; sessions compare it with what they sent
@@ -120,12 +114,10 @@ class EndpointsFeed:
         self._log: list[tuple[int, str, str]] = []  # (version, app, instance or APP), in version order
         self._floor = 0  # the log has every change after this version
         self._whole: apb.Endpoints | None = None  # of this version, built once for every session
-        self._updates: dict[int, apb.Endpoints] = {}  # from version -> the update to this one
-        self._wire: dict[int, bytes] = {}  # from version -> that, as a serialized SchedulerMessage
+        self._wire: dict[int, bytes] = {}  # from version (-1: none) -> since() as a SchedulerMessage
         self._pending = Changes()
         self._listeners: list[Callable[[], None]] = []
         self._scheduled = False
-        self._min_interval, self._clock = min_interval, clock
         self._last_refresh = float("-inf")
         cache.on_changes(self._changed)
 
@@ -148,21 +140,8 @@ class EndpointsFeed:
     def since(self, version: int) -> apb.Endpoints:
         """What a session that last sent `version` sends now: the changes since (update), or the
         whole view if it sent none yet or the log no longer reaches back that far."""
-        if version < self._floor or version < 0:
+        if version < max(self._floor, 0):
             return self.message
-        if version not in self._updates:
-            self._updates[version] = self._update_since(version)
-        return self._updates[version]
-
-    def wire_since(self, version: int) -> bytes:
-        """since(version) as a serialized SchedulerMessage, made once for every session that sends
-        it: a thousand sessions sending one update share one copy (sessions.serialize)."""
-        key = version if self._floor <= version else -1
-        if key not in self._wire:
-            self._wire[key] = apb.SchedulerMessage(endpoints=self.since(version)).SerializeToString()
-        return self._wire[key]
-
-    def _update_since(self, version: int) -> apb.Endpoints:
         touched: dict[str, set[str]] = defaultdict(set)
         for _, app, instance in self._log[bisect.bisect_right(self._log, (version, "\uffff", "")) :]:
             touched[app].add(instance)
@@ -181,14 +160,16 @@ class EndpointsFeed:
                     entry.removed.append(instance)
         return out
 
+    def wire_since(self, version: int) -> bytes:
+        """since(version) as a serialized SchedulerMessage, made once for every session that sends
+        it: a thousand sessions sending one update share one copy (sessions.serialize)."""
+        key = version if version >= max(self._floor, 0) else -1
+        if key not in self._wire:
+            self._wire[key] = apb.SchedulerMessage(endpoints=self.since(version)).SerializeToString()
+        return self._wire[key]
+
     def _changed(self, changes: Changes) -> None:
-        p = self._pending
-        self._pending = Changes(
-            p.instances | changes.instances,
-            p.apps | changes.apps,
-            p.templates | changes.templates,
-            p.everything or changes.everything,
-        )
+        self._pending |= changes
         if self._scheduled:
             return  # watch batches that arrive together are folded into one recomputation
         self._scheduled = True
@@ -197,11 +178,11 @@ class EndpointsFeed:
         except RuntimeError:  # no loop (tests, a synchronous caller): now
             self.refresh()
             return
-        loop.call_later(max(0.0, self._last_refresh + self._min_interval - self._clock()), self.refresh)
+        loop.call_later(max(0.0, self._last_refresh + MIN_INTERVAL - time.monotonic()), self.refresh)
 
     def refresh(self) -> None:
         self._scheduled = False
-        self._last_refresh = self._clock()
+        self._last_refresh = time.monotonic()
         changes, self._pending = self._pending, Changes()
         cache = self._cache
         if changes.everything:
@@ -212,8 +193,16 @@ class EndpointsFeed:
             # may start or stop serving. Other writes of an app record (its rollout status) touch
             # only its VIP and ports, if anything: a template never changes without a new
             # generation (api.py bumps it, and writes the generation record in the same txn).
+            def in_view(app: str) -> int | None:
+                view = self._apps.get(app)
+                return view.generation if view is not None else None
+
+            def in_cache(app: str) -> int | None:
+                v = cache.apps.get(app)
+                return v.value.generation if v is not None else None
+
             headers = set(changes.apps)
-            rescan = {a for a in changes.apps if self._generation(a) != self._generation(a, cache)}
+            rescan = {a for a in changes.apps if in_view(a) != in_cache(a)}
             rescan |= changes.templates
         changed: list[tuple[str, str]] = []
         for app in sorted(headers | rescan):
@@ -234,19 +223,10 @@ class EndpointsFeed:
         self.version += 1
         self._log.extend((self.version, app, name) for app, name in changed)
         self._whole = None
-        self._updates.clear()
         self._wire.clear()
         self._trim()
         for listener in list(self._listeners):
             listener()
-
-    def _generation(self, name: str, cache: ClusterCache | None = None) -> int | None:
-        """The app's generation as this view has it, or as the cache has it; None: no such app."""
-        if cache is not None:
-            stored = cache.apps.get(name)
-            return stored.value.generation if stored is not None else None
-        view = self._apps.get(name)
-        return view.generation if view is not None else None
 
     def _refresh_header(self, name: str) -> list[tuple[str, str]]:
         app = self._cache.apps.get(name)
