@@ -78,18 +78,12 @@ def instances(info: dict[str, Any]) -> list[dict[str, Any]]:
     return list(json.loads(r.stdout))
 
 
-def wait_all_removed(info: dict[str, Any], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while (left := instances(info)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not left, [(i["name"], i["node"], i["state"], i["reason"], i["desired"]) for i in left]
-
-
 def wait_removed(info: dict[str, Any], *apps: str, timeout: float = 20) -> None:
-    """Until no instance of these apps is left: a test on a shared cluster looks only at its own,
-    so that another test's leftovers do not fail it too."""
+    """Until no instance of these apps is left (none named: of any app, for a cluster a test has
+    to itself). A test on a shared cluster names its own, so that another test's leftovers do
+    not fail it too."""
     deadline = time.monotonic() + timeout
-    while (left := [i for i in instances(info) if i["app"] in apps]) and time.monotonic() < deadline:
+    while (left := [i for i in instances(info) if not apps or i["app"] in apps]) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not left, [(i["name"], i["node"], i["state"], i["reason"], i["desired"]) for i in left]
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.e2e.cluster import instances, orch, orch_up, wait_all_removed
+from tests.e2e.cluster import instances, orch, orch_up, wait_removed
 from tests.fixtures.processes import wait_for
 
 pytestmark = pytest.mark.root
@@ -58,4 +58,4 @@ def test_agents_and_cli_fail_over_to_the_surviving_scheduler(cluster, busybox_ro
     wait_for(lambda: sum(i["state"] == "Running" for i in instances(both)) == 4, 20, "placed by the new leader")
     assert sorted(sum(i["node"] == n for i in instances(both)) for n in ("node-0", "node-1")) == [2, 2]
     assert orch(both, "delete", "app", "after").returncode == 0
-    wait_all_removed(both)
+    wait_removed(both)

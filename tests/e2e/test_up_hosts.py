@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster import instances, orch, orch_up, wait_all_removed
+from tests.e2e.cluster import instances, orch, orch_up, wait_removed
 from tests.fixtures.processes import orch_env, stop, wait_for
 
 pytestmark = pytest.mark.root
@@ -75,7 +75,7 @@ def test_up_hosts_runs_each_node_on_its_own_host_and_leaves_nothing(tmp_path: Pa
             wait_for(lambda: netns_inode(f"/proc/{again.pid}/ns/net") == h3, 5, "the agent in h3's namespace")
             wait_for(lambda: ready(info) == ["h1", "h2", "h3"], 30, "h3 Ready again")
             assert orch(info, "delete", "app", "spread").returncode == 0
-            wait_all_removed(info, timeout=30)
+            wait_removed(info, timeout=30)
         finally:
             stop(again, timeout=20)  # orch up stops only what it started; its cleanup removes h3's containers
     left = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
