@@ -1,4 +1,6 @@
-"""A watch-fed copy of apps, instances and node leases (an informer).
+"""A watch-fed copy of what a snapshot reads (an informer): apps, instances, templates,
+nodes, their leases and the schedulers' presence. Reconcile passes read it once it has
+seen etcd's current revision (reconciler_loop.py).
 
 It also keeps where each node's container subnet lives (subnet, node_ip: the
 host-gw routes every networked agent installs) and numbers that table's
@@ -16,6 +18,7 @@ watch thread only hands batches over with call_soon_threadsafe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable
@@ -25,7 +28,7 @@ from orch.secretrefs import referenced_secrets
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import types_pb2 as pb
 from scheduler.hydrate import Templates
-from scheduler.snapshot import Versioned
+from scheduler.snapshot import ClusterSnapshot, Versioned
 from scheduler.store import Store, WatchEvent, decode
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,16 @@ class ClusterCache:
         self.templates = Templates()  # generations/: what the instances run (hydrate.py)
         self.by_node: dict[str, set[str]] = defaultdict(set)
         self.live_nodes: set[str] = set()
+        # For the reconciler's snapshots (snapshot()): what a ClusterSnapshot read from etcd holds.
+        self.nodes: dict[str, Versioned[pb.Node]] = {}
+        self.lease_revisions: dict[str, int] = {}  # node -> its lease key's mod_revision
+        self.lease_holders: dict[str, str] = {}  # node -> the scheduler keeping its lease
+        self.schedulers: set[str] = set()  # presence keys (presence.py)
+        self.generations: dict[str, dict[int, int]] = {}  # app -> {generation: mod_revision}
+        # Every change up to this revision is applied. Not `revision`: a watch reply's header
+        # may be ahead of its events while etcd catches a watcher up in batches.
+        self.seen = 0
+        self._applied = asyncio.Event()
         self.node_routes: dict[str, tuple[str, str]] = {}  # node -> (subnet, node_ip), nodes with a subnet
         self.routes_version = 0
         self._routes_msg: apb.Routes | None = None
@@ -92,6 +105,33 @@ class ClusterCache:
         """`changed` is set after every change, events included; returns the unsubscribe."""
         self._watchers.add(changed)
         return lambda: self._watchers.discard(changed)
+
+    def snapshot(self) -> ClusterSnapshot:
+        """The cluster as of `seen`, the instances as stored (without specs: hydrate them from
+        its templates). On the event loop; shallow copies, as the records are never changed in
+        place, only replaced."""
+        return ClusterSnapshot(
+            revision=self.seen,
+            apps=dict(self.apps),
+            instances=dict(self.instances),
+            generations={app: dict(g) for app, g in self.generations.items()},
+            templates=self.templates.copy(),
+            nodes=dict(self.nodes),
+            live_nodes=frozenset(self.live_nodes),
+            cluster_id=self.cluster_id,
+            lease_revisions=dict(self.lease_revisions),
+            lease_holders=dict(self.lease_holders),
+            schedulers=frozenset(self.schedulers),
+        )
+
+    async def reached(self, revision: int, timeout: float) -> bool:
+        """Whether every change up to `revision` got here within `timeout` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self.seen < revision:
+                    self._applied.clear()
+                    await self._applied.wait()
+        return self.seen >= revision
 
     def desired_for(self, node: str) -> list[pb.Instance]:
         out = []
@@ -165,11 +205,18 @@ class ClusterCache:
             if v.value.node:
                 self.by_node[v.value.node].add(name)
         self.live_nodes = set(snap.live_nodes)
+        self.nodes = dict(snap.nodes)
+        self.lease_revisions = dict(snap.lease_revisions)
+        self.lease_holders = dict(snap.lease_holders)
+        self.schedulers = set(snap.schedulers)
+        self.generations = {app: dict(g) for app, g in snap.generations.items()}
         secrets = await asyncio.to_thread(self._store.list_prefix, pb.Secret, self._store.keys.secrets())
         self.secrets = {s.value.name: s for s in secrets}
         touched = old_nodes | set(self.by_node)
         routes = {n: (v.value.subnet, v.value.node_ip) for n, v in snap.nodes.items() if v.value.subnet}
         self._set_routes(routes, touched)
+        self.seen = snap.revision
+        self._applied.set()
         for listener in list(self._change_listeners):
             listener(Changes(everything=True))
         self._notify(touched)
@@ -204,10 +251,11 @@ class ClusterCache:
                 self._apply_generation(rest, ev)
             elif kind == "secrets":
                 self._apply_secret(rest, ev, touched)
-            elif kind == "leases" and rest.startswith("nodes/"):
-                node = rest.removeprefix("nodes/")
-                (self.live_nodes.add if ev.value is not None else self.live_nodes.discard)(node)
+            elif kind == "leases":
+                self._apply_lease(rest, ev)
         self.revision = max(self.revision, revision)
+        self.seen = max([self.seen, *(ev.mod_revision for ev in events)])
+        self._applied.set()
         for changed in self._watchers:
             changed.set()
         if all(ev.key.startswith("events/") for ev in events):
@@ -229,12 +277,31 @@ class ClusterCache:
             self.instances.pop(name, None)
             return
         inst = decode(pb.Instance, ev.value, ev.key)
-        if inst is None:
+        if inst is None:  # left out, as a snapshot leaves it out
+            self.instances.pop(name, None)
             return
         self.instances[name] = Versioned(inst, ev.mod_revision)
         if inst.node:
             self.by_node[inst.node].add(name)
             touched.add(inst.node)
+
+    def _apply_lease(self, rest: str, ev: WatchEvent) -> None:
+        what, _, name = rest.partition("/")
+        if what == "schedulers":
+            (self.schedulers.add if ev.value is not None else self.schedulers.discard)(name)
+        elif what != "nodes":
+            return
+        elif ev.value is None:
+            self.live_nodes.discard(name)
+            self.lease_revisions.pop(name, None)
+            self.lease_holders.pop(name, None)
+        else:
+            self.live_nodes.add(name)
+            self.lease_revisions[name] = ev.mod_revision
+            if (lease := decode(pb.Node, ev.value, ev.key)) is not None:
+                self.lease_holders[name] = lease.scheduler
+            else:
+                self.lease_holders.pop(name, None)
 
     def _apply_app(self, name: str, ev: WatchEvent) -> None:
         old = self.apps.get(name)
@@ -253,8 +320,13 @@ class ClusterCache:
         record = decode(pb.AppGeneration, ev.value, ev.key) if ev.value is not None else None
         if record is None:
             self.templates.drop(app, int(n))
+            if (kept := self.generations.get(app)) is not None:
+                kept.pop(int(n), None)
+                if not kept:
+                    del self.generations[app]
         else:
             self.templates.put(app, int(n), record)
+            self.generations.setdefault(app, {})[int(n)] = ev.mod_revision
 
     def _apply_secret(self, name: str, ev: WatchEvent, touched: set[str]) -> None:
         secret = decode(pb.Secret, ev.value, ev.key) if ev.value is not None else None
@@ -270,6 +342,10 @@ class ClusterCache:
 
     def _apply_node(self, name: str, ev: WatchEvent, touched: set[str]) -> None:
         node = decode(pb.Node, ev.value, ev.key) if ev.value is not None else None
+        if node is None:
+            self.nodes.pop(name, None)
+        else:
+            self.nodes[name] = Versioned(node, ev.mod_revision)
         now = (node.subnet, node.node_ip) if node is not None and node.subnet else None
         if self.node_routes.get(name) == now:
             return  # most node writes (registration times, cordons) leave the routes alone

@@ -53,6 +53,12 @@ class Templates:
     def __len__(self) -> int:
         return len(self._by_key)
 
+    def copy(self) -> Templates:
+        """Another index of the same templates (they are never changed in place)."""
+        out = Templates()
+        out._by_key = dict(self._by_key)
+        return out
+
     def put(self, app: str, generation: int, record: pb.AppGeneration) -> None:
         self._by_key[(app, generation)] = record.template
 

@@ -4,6 +4,16 @@ A pass runs when something under the prefix changed (the watch sets the
 trigger) and at least every RESYNC seconds. Writes that lose a revision
 race are dropped and the next pass, from a fresh snapshot, decides again;
 the rest of the plan still lands, so a busy key cannot starve the loop.
+
+A pass reads the watch-fed cache (cache.py), as Kubernetes' controllers read
+their informers: reading 10,000 instances from etcd for every burst of
+status reports cost ~0.9 s of the process's one interpreter. It does so only
+once the cache has seen etcd's current revision, read with a quorum read
+just before (a consistent read from cache, as kube-apiserver's): a copy
+without the last pass's own creations would create them again, and a watch
+that hangs must not hide a lapsed lease. A pass whose cache lags, and one
+every FULL_READ_EVERY seconds, reads etcd itself.
+
 Every write is fenced on the leader key: once another scheduler leads (or
 the key is gone) the pass stops and writes nothing more.
 
@@ -29,6 +39,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from orch.v1 import types_pb2 as pb
+from scheduler.cache import ClusterCache
 from scheduler.compaction import Compactor
 from scheduler.errors import NotLeader, StoreUnavailable
 from scheduler.events import EventLog
@@ -44,13 +55,15 @@ from scheduler.liveness import (
 from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import NodeView, Placement, node_views, place, request_for
 from scheduler.reconcile import DEFAULT_POLICY, Plan, Policy, event, reconcile
-from scheduler.snapshot import ClusterSnapshot, wants_to_run
+from scheduler.snapshot import ClusterSnapshot, HydrationMemo, wants_to_run
 from scheduler.store import Delete, Fence, Put, Store, Write
 from scheduler.timeutil import seconds, ts
 
 log = logging.getLogger(__name__)
 
 RESYNC = 2.0
+FULL_READ_EVERY = 30.0  # s: etcd itself, not the cache, at least this often
+CATCH_UP = 0.5  # s to wait for the cache to see etcd's current revision, else read etcd
 MIN_INTERVAL = 0.05  # a burst of watch events (status reports) coalesces into one pass
 EVENTS_PER_APP = 20  # per pass; beyond it one summary event
 SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # no vowels: no accidental words
@@ -181,10 +194,15 @@ class Reconciler:
         lease_ttl: float = 1.0,
         compactor: Compactor | None = None,
         identity: str = "",
+        cache: ClusterCache | None = None,
     ) -> None:
         """heartbeats: (beating, silent) nodes of this scheduler's sessions; lease_ttl: the node
         lease, from which the grace after this scheduler took the lead or got etcd back follows;
-        identity: this scheduler's, as named on the lease keys its sessions keep alive."""
+        identity: this scheduler's, as named on the lease keys its sessions keep alive; cache:
+        what passes read when it is current (None: every pass reads etcd)."""
+        self._cache = cache
+        self._memo: HydrationMemo = {}
+        self._read_due = 0.0  # monotonic time of the next pass that reads etcd itself
         self._identity = identity
         self._confirm = holder_confirm(lease_ttl)
         self._quiet_after = lease_ttl
@@ -270,15 +288,37 @@ class Reconciler:
                 away[node] = (gone + self.grace, f"scheduler {holder}, which kept its lease, went away")
         return away
 
-    def run_once(self, fence: Fence | None = None, liveness: Liveness | None = None) -> PassResult:
-        """One pass. Blocking: run it in a thread.
+    async def _cached(self) -> tuple[ClusterSnapshot, float] | None:
+        """The cache's records (not yet hydrated) and the time they were current at, if the
+        cache has seen etcd's current revision; else None: the pass reads etcd."""
+        if self._cache is None or time.monotonic() >= self._read_due:
+            return None
+        at = self._clock()
+        revision = await asyncio.to_thread(self._store.revision)
+        if not await self._cache.reached(revision, CATCH_UP):
+            log.info("the cache has not seen etcd's revision %d after %.1fs: reading etcd", revision, CATCH_UP)
+            return None
+        return self._cache.snapshot(), at
+
+    def run_once(
+        self,
+        fence: Fence | None = None,
+        liveness: Liveness | None = None,
+        cached: tuple[ClusterSnapshot, float] | None = None,
+    ) -> PassResult:
+        """One pass, over `cached` (the cache's records, and when they were current) or else a
+        snapshot read from etcd. Blocking: run it in a thread.
 
         Writes that lost a race (their key changed since the snapshot) are
         dropped and the next pass, from a fresh snapshot, decides again.
         Raises NotLeader when the fence no longer holds.
         """
         t0, read_at = time.monotonic(), self._clock()
-        snap = self._store.snapshot()
+        if cached is not None:
+            snap, read_at = cached[0].hydrated(self._memo), cached[1]
+        else:
+            snap = self._store.snapshot()
+            self._read_due = time.monotonic() + FULL_READ_EVERY
         t1 = time.monotonic()
         now = self._clock()
         if liveness is not None:
@@ -296,7 +336,8 @@ class Reconciler:
             self._record(landed(plan.events, refused))
         self.last_pass_at = time.monotonic()
         log.debug(
-            "pass: snapshot %.3fs (%d instances), plan %.3fs, commit %.3fs, %d of %d writes lost a race",
+            "pass: %s %.3fs (%d instances), plan %.3fs, commit %.3fs, %d of %d writes lost a race",
+            "cache" if cached is not None else "snapshot",
             t1 - t0,
             len(snap.instances),
             t2 - t1,
@@ -346,12 +387,14 @@ class Reconciler:
                 continue
             started = time.monotonic()
             try:
-                result = await asyncio.to_thread(self.run_once, fence, self.liveness(fence))
+                cached = await self._cached()
+                result = await asyncio.to_thread(self.run_once, fence, self.liveness(fence), cached)
             except NotLeader as e:  # the election notices too; no retrying writes meanwhile
                 self._metrics.reconcile_passes.labels("not_leader").inc()
                 log.warning("reconcile pass dropped: %s", e)
                 continue
             except Exception as e:  # the loop must outlive any one bad pass
+                self._read_due = 0.0  # the next pass reads etcd itself
                 self._metrics.reconcile_passes.labels("error").inc()
                 if isinstance(e, StoreUnavailable):
                     log.warning("reconcile pass failed: %s", e)

@@ -120,6 +120,7 @@ async def serve(config: SchedulerConfig) -> None:
         lease_ttl=config.lease_ttl,
         compactor=Compactor(store),
         identity=identity,
+        cache=cache,
     )
     cache.on_any_change(reconciler.trigger.set)
 

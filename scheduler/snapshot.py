@@ -19,6 +19,9 @@ class Versioned(Generic[T]):
     mod_revision: int
 
 
+# instance -> ((its mod_revision, its app's, its template's), the hydrated record)
+HydrationMemo = dict[str, tuple[tuple[int, int, int], Versioned[pb.Instance]]]
+
 ACTIVE_DESIRED = (pb.DESIRED_STATE_RUN, pb.DESIRED_STATE_UNSPECIFIED)
 
 
@@ -46,6 +49,38 @@ class ClusterSnapshot:
     def __post_init__(self) -> None:
         for v in self.instances.values():
             self._by_app.setdefault(v.value.app, []).append(v)
+
+    def hydrated(self, memo: HydrationMemo) -> ClusterSnapshot:
+        """This snapshot of records as stored (a cache's) with each instance's spec filled in
+        (hydrate.py). memo: the copies made for an earlier snapshot, reused for records, apps
+        and templates that did not change since; it is updated (records gone leave it)."""
+        specs: dict[tuple[str, int], pb.AppSpec] = {}
+        fresh: HydrationMemo = {}
+        for name, v in self.instances.items():
+            inst = v.value
+            app = self.apps.get(inst.app)
+            template = self.generations.get(inst.app, {}).get(inst.app_generation, 0)
+            key = (v.mod_revision, app.mod_revision if app else 0, template)
+            hit = memo.get(name)
+            if hit is None or hit[0] != key:
+                filled = self.templates.hydrate(inst, app.value if app else None, specs)
+                hit = (key, Versioned(filled, v.mod_revision))
+            fresh[name] = hit
+        memo.clear()
+        memo.update(fresh)
+        return ClusterSnapshot(
+            revision=self.revision,
+            apps=self.apps,
+            instances={name: hit[1] for name, hit in fresh.items()},
+            nodes=self.nodes,
+            live_nodes=self.live_nodes,
+            cluster_id=self.cluster_id,
+            lease_revisions=self.lease_revisions,
+            lease_holders=self.lease_holders,
+            schedulers=self.schedulers,
+            generations=self.generations,
+            templates=self.templates,
+        )
 
     def instances_of(self, app: str) -> list[Versioned[pb.Instance]]:
         return list(self._by_app.get(app, ()))

@@ -324,6 +324,12 @@ class Store:
             revision = revision or int(resp.header.revision)
             start = resp.kvs[-1].key + b"\0"  # the next key after the last one read
 
+    def revision(self) -> int:
+        """etcd's current revision, from a quorum read (of one small key)."""
+        key = self.keys.leader()
+        resp = self._read(key, etcd3.utils.to_bytes(key), 1, 0, what="read the current revision")
+        return int(resp.header.revision)
+
     def get(self, cls: type[M], key: str) -> Versioned[M] | None:
         value, meta = self._call(f"get {key}", lambda _: self._client.get(key))
         if value is None:

@@ -1,0 +1,230 @@
+"""Reconcile passes over the watch-fed cache, against a real etcd: the cache holds what a
+snapshot read from etcd holds, and a pass uses it only once it has seen etcd's current
+revision. The watch's lag and hang are made by holding its batches back (a fault a
+loopback etcd does not make on its own)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from orch.v1 import types_pb2 as pb
+from scheduler.cache import ClusterCache
+from scheduler.events import EventLog
+from scheduler.leader import LeaderElection
+from scheduler.reconciler_loop import Reconciler
+from scheduler.store import Delete, Fence, Put, Store
+from tests.factories import make_app, make_node, make_spec
+
+
+@pytest.fixture
+def store(etcd):
+    s = Store([etcd.endpoint], prefix="/c/")
+    yield s
+    s.close()
+
+
+def lead(store: Store) -> Fence:
+    election = LeaderElection(store, "s1", ttl=60)  # outlives the test: nobody renews it
+    assert election._campaign() and election._fence is not None
+    return election._fence
+
+
+def add_node(store: Store, name: str, scheduler: str = "s1") -> int:
+    """A node and its live lease, kept by `scheduler`; returns the lease's id."""
+    lease, _ = store.grant_lease(60)
+    store.commit(
+        [
+            Put(store.keys.node(name), make_node(name), None),
+            Put(store.keys.node_lease(name), pb.Node(name=name, scheduler=scheduler), None, lease),
+        ]
+    )
+    return lease
+
+
+def add_app(store: Store, replicas: int, generation: int = 1) -> None:
+    spec = make_spec("web", replicas=replicas, command=["sleep", "1000"])
+    template = pb.AppGeneration(template=spec)
+    store.commit(
+        [
+            Put(store.keys.app("web"), make_app(spec, generation), None),
+            Put(store.keys.generation("web", generation), template, None),
+        ]
+    )
+
+
+class Valve:
+    """Between the watch and the cache: open, batches pass at once; `delay` holds each back
+    that long (a lagging watch); closed, they are dropped (a watch that hangs)."""
+
+    def __init__(self, cache: ClusterCache) -> None:
+        self.delay = 0.0
+        self.closed = False
+        self._apply = cache._apply
+        cache._from_thread = self._from_thread  # type: ignore[method-assign]
+        self._cache = cache
+
+    def _from_thread(self, events, revision) -> None:
+        if self.closed:
+            return
+        loop = self._cache._loop
+        assert loop is not None
+        loop.call_soon_threadsafe(loop.call_later, self.delay, self._apply, events, revision)
+
+
+@contextlib.asynccontextmanager
+async def running_cache(store: Store) -> AsyncIterator[tuple[ClusterCache, Valve]]:
+    cache = ClusterCache(store)
+    valve = Valve(cache)
+    task = asyncio.create_task(cache.run())
+    try:
+        while not cache.seen:
+            await asyncio.sleep(0.01)
+        yield cache, valve
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if cache._cancel is not None:
+            cache._cancel()
+
+
+def comparable(snap) -> dict:
+    return {
+        "apps": snap.apps,
+        "instances": snap.instances,
+        "nodes": snap.nodes,
+        "live_nodes": snap.live_nodes,
+        "lease_revisions": snap.lease_revisions,
+        "lease_holders": snap.lease_holders,
+        "schedulers": snap.schedulers,
+        "generations": snap.generations,
+    }
+
+
+def test_the_cache_holds_what_a_snapshot_of_etcd_holds(store):
+    async def main() -> None:
+        for n in ("n1", "n2", "n3"):
+            add_node(store, n)
+        add_app(store, replicas=4)
+        fence = lead(store)
+        Reconciler(store, EventLog(store)).run_once(fence)  # instances, placed
+        async with running_cache(store) as (cache, _):
+            # Changes the watch brings: a lease gone, a holder changed, a presence key, an app
+            # and template changed, an instance gone, a node record rewritten.
+            store.commit([Delete(store.keys.node_lease("n3"), None)])
+            add_node(store, "n2", scheduler="s2")
+            lease, _ = store.grant_lease(60)
+            store.commit([Put(store.keys.scheduler_presence("s2"), pb.Node(), None, lease)])
+            add_app(store, replicas=3, generation=2)
+            victim = sorted(cache.instances)[0]
+            app = cache.instances[victim].value.app
+            store.commit([Delete(store.keys.instance(app, victim), None)])
+            assert await cache.reached(store.revision(), 5)
+
+            etcd_snap = store.snapshot(hydrate=False)
+            cached = cache.snapshot()
+            assert comparable(cached) == comparable(etcd_snap)
+            assert cached.revision == etcd_snap.revision
+            assert cached.lease_holders["n2"] == "s2" and "n3" not in cached.live_nodes
+            assert "s2" in cached.schedulers and cached.generations["web"].keys() == {1, 2}
+
+            # Hydrated, it is what a hydrated snapshot holds; unchanged records are reused.
+            memo: dict = {}
+            hydrated = cached.hydrated(memo)
+            assert hydrated.instances == store.snapshot().instances
+            assert all(v.value.spec.command == ["sleep", "1000"] for v in hydrated.instances.values())
+            again = cache.snapshot().hydrated(memo)
+            assert all(again.instances[n] is hydrated.instances[n] for n in hydrated.instances)
+            add_app(store, replicas=5, generation=2)  # the app changed: its instances are hydrated anew
+            assert await cache.reached(store.revision(), 5)
+            third = cache.snapshot().hydrated(memo)
+            assert all(third.instances[n] is not hydrated.instances[n] for n in hydrated.instances)
+            assert all(v.value.spec.replicas == 5 for v in third.instances.values())
+
+    asyncio.run(main())
+
+
+def web_instances(store: Store) -> int:
+    return sum(v.value.app == "web" for v in store.snapshot(hydrate=False).instances.values())
+
+
+async def settle(store: Store, reconciler: Reconciler, want: int, seconds: float = 5.0) -> int:
+    """The number of web's instances once passes stopped changing it (or time ran out)."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    last, since = -1, 0.0
+    while asyncio.get_running_loop().time() < deadline:
+        reconciler.trigger.set()
+        await asyncio.sleep(0.1)
+        n = await asyncio.to_thread(web_instances, store)
+        if n != last:
+            last, since = n, asyncio.get_running_loop().time()
+        elif n == want and asyncio.get_running_loop().time() - since > 1.5:
+            break
+    return last
+
+
+def test_passes_over_a_lagging_cache_create_each_replica_once(store):
+    """Without the revision check, the pass after the one that created the replicas reads a
+    cache that has not seen them yet, and creates them again."""
+
+    async def main() -> None:
+        for n in ("n1", "n2", "n3"):
+            add_node(store, n)
+        fence = lead(store)
+        async with running_cache(store) as (cache, valve):
+            valve.delay = 0.3  # each watch batch reaches the cache 0.3 s late
+            reconciler = Reconciler(store, EventLog(store), cache=cache)
+            task = asyncio.create_task(reconciler.run(lambda: fence))
+            try:
+                await asyncio.sleep(0.5)  # the first pass reads etcd itself
+                add_app(store, replicas=20)
+                assert await settle(store, reconciler, 20) == 20
+                store.update(pb.App, store.keys.app("web"), lambda a: setattr(a.spec, "replicas", 40))
+                assert await settle(store, reconciler, 40) == 40
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    asyncio.run(main())
+
+
+def test_a_watch_that_hangs_does_not_hide_a_lapsed_lease(store):
+    """The cache still holds n2's lease; etcd does not. Without the revision check the pass
+    trusts the cache and n2's instances are never replaced."""
+
+    async def main() -> None:
+        for n in ("n1", "n2", "n3"):
+            add_node(store, n)
+        add_app(store, replicas=3)
+        fence = lead(store)
+        async with running_cache(store) as (cache, valve):
+            reconciler = Reconciler(store, EventLog(store), cache=cache, lease_ttl=1, identity="s1")
+            task = asyncio.create_task(reconciler.run(lambda: fence))
+            try:
+                assert await settle(store, reconciler, 3) == 3
+                on_n2 = {v.value.name for v in store.snapshot().instances.values() if v.value.node == "n2"}
+                assert on_n2
+                await asyncio.sleep(reconciler.grace + 0.5)  # past the grace after taking the lead
+                valve.closed = True  # the watch hangs: nothing more reaches the cache
+                store.commit([Delete(store.keys.node_lease("n2"), None)])
+
+                def lost() -> set[str]:
+                    snap = store.snapshot()
+                    return {n for n in on_n2 if snap.instances[n].value.status.state == pb.INSTANCE_STATE_LOST}
+
+                deadline = asyncio.get_running_loop().time() + 5
+                while asyncio.get_running_loop().time() < deadline and lost() != on_n2:
+                    reconciler.trigger.set()
+                    await asyncio.sleep(0.2)
+                assert lost() == on_n2
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    asyncio.run(main())
