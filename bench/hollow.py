@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,7 @@ class Result:
     running_s: float
     peak_rss_mib: float
     reconnects: int = 0
+    why: Counter[str] = field(default_factory=Counter)  # the errors that ended sessions
     endpoint_mib_per_agent: float = 0.0  # endpoints messages received, on average, until all Running
     churn_kib_per_agent: float = 0.0  # the same during the churn: CHURN_FLIPS readiness changes
     churn_cpu_s: float = 0.0  # the scheduler's CPU time during the churn
@@ -92,6 +94,7 @@ class Hollow:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     known: set[str] = field(default_factory=set)
     reconnects: int = 0
+    why: Counter[str] = field(default_factory=Counter)  # status code and details of each error
     addresses: int = 0  # handed out to its instances
     endpoint_bytes: int = 0  # received in endpoints messages
     reports: dict[str, apb.InstanceReport] = field(default_factory=dict)  # the last one of each instance
@@ -114,8 +117,9 @@ async def hollow_node(channel: grpc.aio.Channel, node: Hollow, stop_event: async
     while not stop_event.is_set():
         try:
             await hollow_session(channel, node, stop_event, delivered)
-        except grpc.aio.AioRpcError:
+        except grpc.aio.AioRpcError as e:
             node.reconnects += 1
+            node.why[f"{e.code().name}: {(e.details() or '')[:100]}"] += 1
             await asyncio.sleep(0.5)
 
 
@@ -241,6 +245,7 @@ async def run_one(nodes: int, instances: int, lease_ttl: int, endpoint_updates: 
                     running_s = time.monotonic() - started
                 await asyncio.sleep(0.2)
         reconnects = sum(n.reconnects for n in fleet)
+        why = sum((n.why for n in fleet), Counter[str]())
         await quiet(fleet)  # the last endpoints of the start reached every agent
         received = sum(n.endpoint_bytes for n in fleet)
         cpu = cpu_seconds(sched.pid)
@@ -253,6 +258,7 @@ async def run_one(nodes: int, instances: int, lease_ttl: int, endpoint_updates: 
             running_s,
             peak_rss_mib(sched.pid),
             reconnects,
+            why,
             received / nodes / 2**20,
             churned / nodes / 2**10,
             cpu_seconds(sched.pid) - cpu,
@@ -296,6 +302,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"| {r.churn_cpu_s:.1f} s |",
                 flush=True,
             )
+            for reason, count in r.why.most_common(5):
+                print(f"  reconnects: {count} x {reason}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

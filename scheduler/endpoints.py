@@ -13,7 +13,8 @@ once, as one endpoint, instead of the whole cluster's endpoints again. At 1,000
 nodes and 10,000 instances the whole view on every change made the scheduler
 send gigabytes and grow to 1.7 GiB (docs/benchmarks.md, hollow). The feed
 keeps a log of which (app, instance) changed at which version; a session too
-far behind it (the log is trimmed) gets the whole view again. Agents that do
+far behind it (the log is trimmed) gets the whole view again. Updates are paced
+so that the sessions send about FANOUT_PER_S messages a second between them. Agents that do
 not take updates (`Register.accepts_endpoint_updates`) get the whole view on
 every change, as before.
 
@@ -91,6 +92,11 @@ def _endpoint(inst: pb.Instance, template_of: Callable[[pb.Instance], pb.AppSpec
 
 
 MIN_INTERVAL = 0.05  # s between two recomputations: a burst of status reports becomes one update
+# Messages a second the sessions send between them: the interval grows with the sessions (1,000
+# agents: an update every 0.5 s; 5,000: 2.5 s), so fan-out costs the event loop a bounded share
+# whatever the fleet, each update carries more, and all sessions send the same bytes (one
+# serialization). As Istio's debounce of pushes to Envoys, kube-proxy's minimum sync period.
+FANOUT_PER_S = 2000
 APP = ""  # in the change log: the app's own entry (its VIP, its ports, whether it exists)
 LOG_KEPT = 20_000  # changes the log keeps at least; past twice that (or the endpoints), its older half goes
 
@@ -116,14 +122,14 @@ class EndpointsFeed:
         self._whole: apb.Endpoints | None = None  # of this version, built once for every session
         self._wire: dict[int, bytes] = {}  # from version (-1: none) -> since() as a SchedulerMessage
         self._pending = Changes()
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: set[Callable[[], None]] = set()
         self._scheduled = False
         self._last_refresh = float("-inf")
         cache.on_changes(self._changed)
 
     def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener)
+        self._listeners.add(listener)
+        return lambda: self._listeners.discard(listener)
 
     @property
     def message(self) -> apb.Endpoints:
@@ -178,7 +184,11 @@ class EndpointsFeed:
         except RuntimeError:  # no loop (tests, a synchronous caller): now
             self.refresh()
             return
-        loop.call_later(max(0.0, self._last_refresh + MIN_INTERVAL - time.monotonic()), self.refresh)
+        loop.call_later(max(0.0, self._last_refresh + self.interval() - time.monotonic()), self.refresh)
+
+    def interval(self) -> float:
+        """Seconds between two updates: MIN_INTERVAL, or longer with many sessions (FANOUT_PER_S)."""
+        return max(MIN_INTERVAL, len(self._listeners) / FANOUT_PER_S)
 
     def refresh(self) -> None:
         self._scheduled = False

@@ -170,3 +170,30 @@ def test_random_histories_leave_every_agent_with_the_recomputed_view(
         assert a.catch_up(w.feed) == w.recomputed()
     assert all(sum(m.update for m in a.received) > len(a.received) / 2 for a in agents)
     assert [m.update for m in sleeper.received] == [False, False]  # too far behind the log: whole again
+
+
+def test_many_sessions_get_fewer_updates_each_carrying_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 100 sessions and 200 messages a second allowed, one update every 0.5 s: the
+    first of six readiness flips 50 ms apart goes at once and the other five together 0.5 s
+    later (the pacing that bounds fan-out at 5,000 agents); with 2 sessions, every 50 ms."""
+    import asyncio
+
+    monkeypatch.setattr(endpoints, "FANOUT_PER_S", 200)
+
+    async def main(sessions: int) -> tuple[float, int]:
+        w = World()
+        w.apply(w.app("web"), w.generation("web", 1, probed=True))
+        w.apply(*(w.instance("web", f"web-{i}", ip=f"10.0.0.{i + 2}") for i in range(6)))
+        await asyncio.sleep(0.6)  # the start's recomputation has run
+        for _ in range(sessions):
+            w.feed.subscribe(lambda: None)
+        before = w.feed.version
+        for i in range(6):  # a flip every 50 ms
+            w.apply(w.instance("web", f"web-{i}", ip=f"10.0.0.{i + 2}", ready=False))
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.6)
+        return w.feed.interval(), w.feed.version - before
+
+    assert asyncio.run(main(100)) == (0.5, 2)
+    interval, updates = asyncio.run(main(2))
+    assert interval == endpoints.MIN_INTERVAL and updates >= 4
