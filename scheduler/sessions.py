@@ -148,7 +148,7 @@ class NodeRegistry:
         own = reg.lease_id if recorded is not None and reg.lease_id == recorded.value.lease_id else 0
         lease_id = self._reuse_or_grant(own)
         for attempt in range(REGISTER_ATTEMPTS):
-            existing = self._store.get(pb.Node, key)
+            existing = recorded if attempt == 0 else self._store.get(pb.Node, key)  # a conflict: read again
             node = pb.Node()
             if existing is not None:
                 node.CopyFrom(existing.value)  # keeps cordon/drain flags across restarts

@@ -96,8 +96,26 @@ FILTERS: tuple[Filter, ...] = (
 )
 
 
-def first_reject(req: Request, node: NodeView) -> Reject | None:
-    for check in FILTERS:
+# When a filter can reject at all: a request without host ports, host paths, a selector,
+# anti-affinity or resources passes it on every node.
+MAY_REJECT: dict[Filter, Callable[[Request], bool]] = {
+    matches_selector: lambda req: bool(req.selector),
+    fits_resources: lambda req: bool(req.cpu or req.memory or req.pids),
+    allows_host_ports: lambda req: bool(req.host_ports),
+    allows_host_paths: lambda req: bool(req.host_paths),
+    has_free_host_ports: lambda req: bool(req.host_ports),
+    satisfies_anti_affinity: lambda req: bool(req.anti_affinity),
+}
+
+
+def filters_for(req: Request) -> tuple[Filter, ...]:
+    """FILTERS without those that pass req on any node: placing one instance visits up to 50
+    nodes, and most apps ask for none of ports, paths, selectors or anti-affinity."""
+    return tuple(f for f in FILTERS if f not in MAY_REJECT or MAY_REJECT[f](req))
+
+
+def first_reject(req: Request, node: NodeView, filters: tuple[Filter, ...] = FILTERS) -> Reject | None:
+    for check in filters:
         if (reject := check(req, node)) is not None:
             return reject
     return None

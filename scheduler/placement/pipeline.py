@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from scheduler.placement.filters import first_reject
+from scheduler.placement.filters import filters_for, first_reject
 from scheduler.placement.nodes import NodeView
 from scheduler.placement.request import Request
 from scheduler.placement.scores import RANKS, rank_spread
@@ -56,9 +56,10 @@ def place(req: Request, nodes: Sequence[NodeView], start: int = 0) -> Placement 
     feasible: list[NodeView] = []
     diagnosis: dict[str, str] = {}
     n = len(nodes)
+    filters = filters_for(req)
     for i in range(n):
         node = nodes[(start + i) % n]
-        reject = first_reject(req, node)
+        reject = first_reject(req, node, filters)
         if reject is None:
             feasible.append(node)
             if len(feasible) >= limit:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from orch.v1 import types_pb2 as pb
 from scheduler.placement import Placement, Unschedulable, node_views, place, request_for
-from scheduler.placement.filters import first_reject
+from scheduler.placement.filters import filters_for, first_reject
 from tests.factories import make_app, make_instance, make_node, make_snapshot, make_spec
 
 
@@ -157,6 +157,37 @@ def test_pipeline_properties(nodes, replicas, cpu, memory, selector, host_port):
     eligible = [n.name for n in nodes if first_reject(request_for(spec), by_name[n.name]) is None]
     if eligible and placed:
         assert max(placed.values()) - min(placed[n] for n in eligible) <= 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    nodes=st.lists(node_strategy, min_size=1, max_size=6, unique_by=lambda n: n.name),
+    cordoned=st.booleans(),
+    live=st.booleans(),
+    cpu=st.sampled_from([0, 500, 5000]),
+    selector=st.sampled_from([{}, {"disk": "ssd"}]),
+    host_port=st.sampled_from([0, 8080]),
+    host_path=st.sampled_from(["", "/srv/data", "/etc"]),
+    anti=st.booleans(),
+)
+def test_the_filters_a_request_needs_reject_as_all_of_them_do(
+    nodes, cordoned, live, cpu, selector, host_port, host_path, anti
+):
+    """place() runs only filters_for(req); every node gets the answer of the whole chain."""
+    nodes[0].unschedulable = cordoned
+    for n in nodes:
+        n.host_port_min, n.host_port_max = (1024, 65535) if n.name < "n5" else (0, 0)
+        n.allowed_host_paths[:] = ["/srv"]
+    ports = [pb.Port(name="p", container_port=80, host_port=host_port)] if host_port else []
+    volumes = [pb.Volume(name="v", host_path=pb.HostPathVolume(path=host_path))] if host_path else []
+    anti_affinity = ["web"] if anti else []
+    spec = make_spec(cpu=cpu, node_selector=selector, ports=ports, volumes=volumes, anti_affinity=anti_affinity)
+    app = make_app(spec)
+    placed = [make_instance(app, "web-1", node=nodes[-1].name)]
+    names = {n.name for n in nodes}
+    for view in views(nodes, placed, live=names if live else names - {nodes[0].name}):
+        req = request_for(spec)
+        assert first_reject(req, view, filters_for(req)) == first_reject(req, view)
 
 
 @settings(max_examples=100, deadline=None)
