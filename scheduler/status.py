@@ -1,8 +1,8 @@
 """Writes what agents report into the instances' status, in batches.
 
-Reports are coalesced per instance (latest wins) and flushed in one
-revision-checked transaction; a conflict falls back to re-reading each
-instance. A report from a node the instance is no longer assigned to is
+Reports are coalesced per instance (latest wins) and flushed in
+revision-checked transactions, sent together; a write that lost a race is
+retried after re-reading its instance. A report from a node the instance is no longer assigned to is
 dropped: a stale node must not overwrite its replacement's state.
 
 A report whose restart count went up gets an event saying how the incarnation
@@ -23,13 +23,12 @@ from scheduler.errors import Conflict, StoreUnavailable
 from scheduler.events import EventLog
 from scheduler.reconcile import event
 from scheduler.snapshot import Versioned
-from scheduler.store import Put, Store
+from scheduler.store import Put, Store, Write
 from scheduler.timeutil import ts
 
 log = logging.getLogger(__name__)
 
 FLUSH_EVERY = 0.02
-MAX_BATCH = 128
 
 
 def merged(current: pb.Instance, node: str, status: pb.InstanceStatus, now: float) -> pb.Instance | None:
@@ -120,24 +119,25 @@ class StatusWriter:
                 writes.append(Put(self._store.keys.instance(new.app, new.name), new, v.mod_revision))
                 nodes[name] = node
                 events[name] = restart_events(v.value, new, now)
-        for start in range(0, len(writes), MAX_BATCH):
-            chunk = writes[start : start + MAX_BATCH]
-            try:
-                self._store.commit(chunk)
-            except Conflict:
-                self._one_by_one(chunk, batch, nodes, now)
-                continue
-            self._record([e for w in chunk if isinstance(w.value, pb.Instance) for e in events[w.value.name]])
+        if not writes:
+            return
+        # Chunks in flight together (etcd syncs them to disk together); a chunk that lost a race
+        # is retried write by write, and what is still refused is read again (_one_by_one).
+        _, refused = self._store.commit_partial(writes)
+        lost = {id(w) for w in refused}
+        self._record([e for w in writes if id(w) not in lost for e in events[w.key.rpartition("/")[2]]])
+        if refused:
+            self._one_by_one(refused, batch, nodes, now)
 
     def _record(self, events: list[pb.Event]) -> None:
         if events and self._events is not None:
             self._events.record(events)
 
     def _one_by_one(
-        self, chunk: list[Put], batch: dict[tuple[str, str], pb.InstanceStatus], nodes: dict[str, str], now: float
+        self, chunk: list[Write], batch: dict[tuple[str, str], pb.InstanceStatus], nodes: dict[str, str], now: float
     ) -> None:
         for w in chunk:
-            assert isinstance(w.value, pb.Instance)
+            assert isinstance(w, Put) and isinstance(w.value, pb.Instance)
             name = w.value.name
             for _ in range(3):
                 fresh: Versioned[pb.Instance] | None = self._store.get(pb.Instance, w.key)

@@ -189,3 +189,28 @@ def test_a_restart_report_records_an_event_once(store):
     (e,) = events.list()
     assert (e.object, e.reason, e.type) == ("web-1", "LivenessFailed", "Warning")
     assert e.message == "liveness probe failed 3 times in a row: tcp; restart 1"
+
+
+def test_status_reports_land_in_parallel_chunks_and_a_stale_one_after_a_read(store):
+    """300 reports (three transactions in flight together); the cache is behind for one
+    instance (it was written meanwhile): that one is read again and written, the rest land."""
+    from types import SimpleNamespace
+
+    from orch.v1 import agent_pb2 as apb
+    from scheduler.status import StatusWriter
+
+    names = [f"web-{i:03d}" for i in range(300)]
+    store.commit([Put(store.keys.instance("web", n), pb.Instance(name=n, app="web", node="node-a"), 0) for n in names])
+    cache = SimpleNamespace(instances={n: store.get(pb.Instance, store.keys.instance("web", n)) for n in names})
+    stale = store.keys.instance("web", "web-150")
+    store.update(pb.Instance, stale, lambda i: setattr(i, "desired", pb.DESIRED_STATE_STOP))
+    writer = StatusWriter(store, cache)  # type: ignore[arg-type]
+    running = pb.InstanceStatus(state=pb.INSTANCE_STATE_RUNNING, pid=42)
+    writer.report("node-a", [apb.InstanceReport(name=n, app="web", status=running) for n in names])
+    batch, writer._pending = writer._pending, {}
+    writer._flush(batch)
+    states = {n: store.get(pb.Instance, store.keys.instance("web", n)).value for n in names}
+    assert all(states[n].status == running for n in names if n != "web-150")
+    # Being stopped: its Running report reads Terminating (merged() on the fresh record).
+    assert states["web-150"].status.state == pb.INSTANCE_STATE_TERMINATING
+    assert states["web-150"].desired == pb.DESIRED_STATE_STOP
