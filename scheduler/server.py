@@ -70,6 +70,10 @@ SERVER_OPTIONS = [
     # Agents ping every 2 s to find a hung scheduler (node/session.py): not "too many pings".
     ("grpc.http2.min_ping_interval_without_data_ms", 1000),
     ("grpc.http2.max_ping_strikes", 0),
+    # Calls not yet taken by the event loop: gRPC refuses them past 1,000 (some) and 3,000 (all),
+    # and 5,000 agents whose scheduler restarted all open their sessions at once.
+    ("grpc.server.max_pending_requests", 20_000),
+    ("grpc.server.max_pending_requests_hard_limit", 40_000),
 ]
 
 
