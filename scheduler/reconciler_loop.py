@@ -100,8 +100,6 @@ class PassResult:
 
 def place_pending(plan: Plan, snap: ClusterSnapshot, now: float) -> tuple[list[pb.Instance], int]:
     """Give nodes to new and still-Pending instances; returns (changed instances, placed count)."""
-    views = node_views(snap)
-    ordered: list[NodeView] = [views[n] for n in sorted(views)]
     updating = {inst.name for inst, _ in plan.update} | {inst.name for inst, _ in plan.delete}
     pending = list(plan.create) + sorted(
         (
@@ -111,6 +109,10 @@ def place_pending(plan: Plan, snap: ClusterSnapshot, now: float) -> tuple[list[p
         ),
         key=lambda i: (seconds(i.created_at), i.name),
     )
+    if not pending:  # most passes: no need to account for every node
+        return [], 0
+    views = node_views(snap)
+    ordered: list[NodeView] = [views[n] for n in sorted(views)]
     created = {c.name for c in plan.create}
     changed: list[pb.Instance] = []
     per_app: Counter[str] = Counter()
