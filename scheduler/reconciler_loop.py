@@ -233,6 +233,7 @@ class Reconciler:
         self.trigger = asyncio.Event()
         self.last_pass_at = 0.0  # monotonic time of the last good pass (health)
         self._last_duration = 0.0
+        self._ended = float("-inf")  # monotonic time the last pass ended
 
     def liveness(self, fence: Fence | None) -> Liveness:
         """What reconcile() needs beyond the snapshot. On the event loop (the sessions live there)."""
@@ -381,8 +382,11 @@ class Reconciler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.trigger.wait(), timeout=self._resync)
             # Never spend more than about half the time reconciling: a pass over a
-            # big cluster is CPU-bound and shares the process with the sessions.
-            await asyncio.sleep(max(MIN_INTERVAL, self._last_duration))
+            # big cluster is CPU-bound and shares the process with the sessions. The
+            # wait counts from the end of the last pass, so the first change after a
+            # quiet spell (an apply, a scale) is acted on at once, and a burst of
+            # status reports still coalesces into passes MIN_INTERVAL apart at least.
+            await asyncio.sleep(max(0.0, self._ended + max(MIN_INTERVAL, self._last_duration) - time.monotonic()))
             self.trigger.clear()
             fence = leadership()
             if fence is None:
@@ -405,7 +409,8 @@ class Reconciler:
                 await asyncio.sleep(0.2)
                 self.trigger.set()
                 continue
-            self._last_duration = time.monotonic() - started
+            self._ended = time.monotonic()
+            self._last_duration = self._ended - started
             if result.refused:
                 self.trigger.set()
             if result.recheck_at is not None:

@@ -91,10 +91,13 @@ class StatusWriter:
         self._wake.set()
 
     async def run(self) -> None:
+        flushed = float("-inf")  # monotonic time the last flush ended
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await asyncio.sleep(FLUSH_EVERY)
+            # Reports that arrive together go together, FLUSH_EVERY apart at least; the first
+            # after a quiet spell (a container just started) goes at once.
+            await asyncio.sleep(max(0.0, flushed + FLUSH_EVERY - time.monotonic()))
             batch, self._pending = self._pending, {}
             try:
                 await asyncio.to_thread(self._flush, batch)
@@ -104,6 +107,7 @@ class StatusWriter:
                     self._pending.setdefault(key, item)
                 await asyncio.sleep(0.5)
                 self._wake.set()
+            flushed = time.monotonic()
 
     def _flush(self, batch: dict[tuple[str, str], pb.InstanceStatus]) -> None:
         now = time.time()
