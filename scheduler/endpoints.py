@@ -14,7 +14,8 @@ nodes and 10,000 instances the whole view on every change made the scheduler
 send gigabytes and grow to 1.7 GiB (docs/benchmarks.md, hollow). The feed
 keeps a log of which (app, instance) changed at which version; a session too
 far behind it (the log is trimmed) gets the whole view again. Updates are paced
-so that the sessions send about FANOUT_PER_S messages a second between them. Agents that do
+so that the sessions send about FANOUT_PER_S messages a second between them,
+woken a chunk at a time. Agents that do
 not take updates (`Register.accepts_endpoint_updates`) get the whole view on
 every change, as before.
 
@@ -123,6 +124,8 @@ class EndpointsFeed:
         self._wire: dict[int, bytes] = {}  # from version (-1: none) -> since() as a SchedulerMessage
         self._pending = Changes()
         self._listeners: set[Callable[[], None]] = set()
+        self._to_wake: list[Callable[[], None]] = []  # this round's sessions not woken yet
+        self._waking: asyncio.TimerHandle | None = None  # the round's next chunk
         self._scheduled = False
         self._last_refresh = float("-inf")
         cache.on_changes(self._changed)
@@ -235,8 +238,29 @@ class EndpointsFeed:
         self._whole = None
         self._wire.clear()
         self._trim()
-        for listener in list(self._listeners):
-            listener()
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        """Wake the sessions FANOUT_PER_S * MIN_INTERVAL at a time, MIN_INTERVAL apart: 5,000
+        sessions sending an update in one instant held 5,000 copies of it in the scheduler at
+        once. A round takes about interval(): the next version starts the next round."""
+        self._to_wake = list(self._listeners)
+        if self._waking is None:
+            self._wake_some()
+
+    def _wake_some(self) -> None:
+        self._waking = None
+        chunk = max(1, int(FANOUT_PER_S * MIN_INTERVAL))
+        woken, self._to_wake = self._to_wake[:chunk], self._to_wake[chunk:]
+        for listener in woken:
+            if listener in self._listeners:  # not a session that closed meanwhile
+                listener()
+        if not self._to_wake:
+            return
+        try:
+            self._waking = asyncio.get_running_loop().call_later(MIN_INTERVAL, self._wake_some)
+        except RuntimeError:  # no loop (a synchronous caller): the rest now
+            self._wake_some()
 
     def _refresh_header(self, name: str) -> list[tuple[str, str]]:
         app = self._cache.apps.get(name)

@@ -8,7 +8,9 @@ must always hold exactly that view. Updates carry only what changed.
 
 from __future__ import annotations
 
+import itertools
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -197,3 +199,34 @@ def test_many_sessions_get_fewer_updates_each_carrying_more(monkeypatch: pytest.
     assert asyncio.run(main(100)) == (0.5, 2)
     interval, updates = asyncio.run(main(2))
     assert interval == endpoints.MIN_INTERVAL and updates >= 4
+
+
+def test_sessions_are_woken_a_chunk_at_a_time() -> None:
+    """250 sessions, 100 per 50 ms: an update never goes out 250 times in one instant."""
+    import asyncio
+
+    woken: list[tuple[int, float]] = []
+
+    def listener(i: int) -> Callable[[], None]:
+        return lambda: woken.append((i, asyncio.get_running_loop().time()))
+
+    async def main() -> None:
+        w = World()
+        w.apply(w.app("web"), w.generation("web", 1, probed=True))
+        await asyncio.sleep(0.1)  # that change is out (to nobody yet)
+        for i in range(250):
+            w.feed.subscribe(listener(i))
+        await asyncio.sleep(0.3)  # past the interval: the next change goes at once
+        w.apply(w.instance("web", "web-0", ip="10.0.0.2"))
+        await asyncio.sleep(0.5)
+
+    asyncio.run(main())
+    assert sorted(i for i, _ in woken) == list(range(250))  # each once
+    chunks: list[list[float]] = []  # wake times, split where MIN_INTERVAL passed between two
+    for _, t in woken:
+        if chunks and t - chunks[-1][-1] < endpoints.MIN_INTERVAL / 2:
+            chunks[-1].append(t)
+        else:
+            chunks.append([t])
+    assert [len(c) for c in chunks] == [100, 100, 50]
+    assert all(b[0] - a[-1] >= endpoints.MIN_INTERVAL * 0.99 for a, b in itertools.pairwise(chunks))
