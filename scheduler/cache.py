@@ -79,6 +79,7 @@ class ClusterCache:
         # may be ahead of its events while etcd catches a watcher up in batches.
         self.seen = 0
         self._applied = asyncio.Event()
+        self._lagging = False  # current() found the watch behind etcd (said once per spell)
         self.node_routes: dict[str, tuple[str, str]] = {}  # node -> (subnet, node_ip), nodes with a subnet
         self.routes_version = 0
         self._routes_msg: apb.Routes | None = None
@@ -165,35 +166,58 @@ class ClusterCache:
         return [self.instances[n] for n in sorted(self.by_node.get(node, ()))]
 
     async def run(self) -> None:
-        """Load, then follow the watch; on a broken stream, resume from the last revision."""
+        """Load, then follow the watch; on a broken stream, load again and follow from there."""
         self._loop = asyncio.get_running_loop()
-        while True:  # etcd may still be starting
-            try:
-                await self._load()
-                break
-            except Exception as e:
-                log.warning("loading the cluster state failed: %s; retrying", e)
-                await asyncio.sleep(0.5)
         while True:
+            await self._load_until_done()
             self._broken.clear()
             try:
+                # From `seen`, not `revision`: a reply's header may be ahead of its events.
                 self._cancel = await asyncio.to_thread(
-                    self._store.watch, self.revision + 1, self._from_thread, self._on_error
+                    self._store.watch, self.seen + 1, self._from_thread, self._on_error
                 )
-            except Exception as e:  # etcd down: retry, the loop is level-triggered anyway
+            except Exception as e:  # etcd down, or that revision compacted: load again
                 log.warning("watch failed to start: %s", e)
                 await asyncio.sleep(0.5)
                 continue
             await self._broken.wait()
             self._cancel()
             await asyncio.sleep(0.2)
+
+    async def _load_until_done(self) -> None:
+        """A watch that broke may have missed changes (a compaction, an outage): nothing is
+        followed again, nor trusted by a reconcile pass, before a whole new read."""
+        while True:  # etcd may be starting, or down
             try:
-                await self._load()  # the watch may have missed a compaction; reload
+                await self._load()
+                return
             except Exception as e:
-                log.warning("reload after broken watch failed: %s", e)
+                log.warning("loading the cluster state failed: %s; retrying", e)
+                await asyncio.sleep(0.5)
+
+    async def current(self, timeout: float) -> ClusterSnapshot | None:
+        """The cache as a snapshot holding everything etcd held when this was called: etcd's
+        current revision from a quorum read, then the watch's events up to it (a consistent
+        read from cache, as kube-apiserver's). None if the watch has not brought them within
+        `timeout` (a lagging or hung watch; revisions of writers outside our prefix, when etcd
+        is shared, look the same): the caller reads etcd itself."""
+        revision = await asyncio.to_thread(self._store.revision)
+        if revision < self.seen:  # etcd went back in history (restored from a backup): load again
+            log.warning("etcd is at revision %d, behind this cache (%d): reloading", revision, self.seen)
+            self._broken.set()
+            return None
+        if not await self.reached(revision, timeout):
+            if not self._lagging:  # once per spell, not once per pass
+                log.info("the cache has not seen etcd's revision %d after %.1fs: reading etcd", revision, timeout)
+            self._lagging = True
+            return None
+        self._lagging = False
+        return self.snapshot()
 
     async def _load(self) -> None:
         snap = await asyncio.to_thread(self._store.snapshot, False)  # as stored: specs come from templates
+        secrets = await asyncio.to_thread(self._store.list_prefix, pb.Secret, self._store.keys.secrets())
+        # From here on nothing awaits: no one sees half of the new state.
         old_nodes = set(self.by_node)
         self.revision = snap.revision
         self.cluster_id = snap.cluster_id
@@ -210,7 +234,6 @@ class ClusterCache:
         self.lease_holders = dict(snap.lease_holders)
         self.schedulers = set(snap.schedulers)
         self.generations = {app: dict(g) for app, g in snap.generations.items()}
-        secrets = await asyncio.to_thread(self._store.list_prefix, pb.Secret, self._store.keys.secrets())
         self.secrets = {s.value.name: s for s in secrets}
         touched = old_nodes | set(self.by_node)
         routes = {n: (v.value.subnet, v.value.node_ip) for n, v in snap.nodes.items() if v.value.subnet}

@@ -126,6 +126,7 @@ class EndpointsFeed:
         self._listeners: set[Callable[[], None]] = set()
         self._to_wake: list[Callable[[], None]] = []  # this round's sessions not woken yet
         self._waking: asyncio.TimerHandle | None = None  # the round's next chunk
+        self._again = False  # a version was made during this round: another round follows
         self._scheduled = False
         self._last_refresh = float("-inf")
         cache.on_changes(self._changed)
@@ -243,10 +244,13 @@ class EndpointsFeed:
     def _wake_all(self) -> None:
         """Wake the sessions FANOUT_PER_S * MIN_INTERVAL at a time, MIN_INTERVAL apart: 5,000
         sessions sending an update in one instant held 5,000 copies of it in the scheduler at
-        once. A round takes about interval(): the next version starts the next round."""
+        once. A round takes about interval(). A version made during a round is sent by the
+        sessions the round has yet to wake; the others get it in a round after this one."""
+        if self._waking is not None:
+            self._again = True
+            return
         self._to_wake = list(self._listeners)
-        if self._waking is None:
-            self._wake_some()
+        self._wake_some()
 
     def _wake_some(self) -> None:
         self._waking = None
@@ -255,6 +259,8 @@ class EndpointsFeed:
         for listener in woken:
             if listener in self._listeners:  # not a session that closed meanwhile
                 listener()
+        if not self._to_wake and self._again:
+            self._again, self._to_wake = False, list(self._listeners)
         if not self._to_wake:
             return
         try:

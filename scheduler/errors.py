@@ -25,6 +25,7 @@ class StoreUnavailable(SchedulerError):
     def __init__(self, operation: str, detail: str) -> None:
         super().__init__(f"etcd unavailable during {operation}: {detail}")
         self.operation = operation
+        self.landed: Sequence[object] = ()  # of a commit in chunks, the writes that did land
 
 
 class Conflict(SchedulerError):

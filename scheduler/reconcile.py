@@ -249,14 +249,16 @@ def _stop(
         plan.events.append(event(now, "Instance", inst.name, "Stopping", message, warning))
 
 
-def _stop_order(v: Versioned[pb.Instance]) -> tuple[int, int, int, float]:
-    """Cheapest to lose first: unplaced, then not running, then not ready, then newest."""
+def _stop_order(v: Versioned[pb.Instance]) -> tuple[int, int, int, float, str]:
+    """Cheapest to lose first: unplaced, then not running, then not ready, then newest; the
+    name breaks ties (the same victims whichever order the snapshot's records came in)."""
     inst = v.value
     return (
         0 if not inst.node else 1,
         0 if inst.status.state != pb.INSTANCE_STATE_RUNNING else 1,
         0 if not is_ready(inst) else 1,
         -seconds(inst.created_at),
+        inst.name,
     )
 
 

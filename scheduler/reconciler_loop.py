@@ -88,6 +88,16 @@ def unique_suffixes(existing: Iterable[str]) -> Callable[[], str]:
 
 
 @dataclass(frozen=True, slots=True)
+class Cached:
+    """The cache's records for a pass: everything etcd held at fresh_at is in them; taken at
+    seen_at (later: they may hold changes since fresh_at too)."""
+
+    snap: ClusterSnapshot
+    fresh_at: float
+    seen_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class PassResult:
     revision: int
     writes: int
@@ -259,10 +269,12 @@ class Reconciler:
         quiet = silent if now >= since + self._quiet_after else frozenset()
         return Liveness(since + self.grace, why, beating, silent, quiet=quiet)
 
-    def _seen(self, live: Liveness, snap: ClusterSnapshot, read_at: float) -> Liveness:
+    def _seen(self, live: Liveness, snap: ClusterSnapshot, read_at: float, seen_at: float) -> Liveness:
         """Note the nodes that showed they are back: after a leadership change, Ready in a
         snapshot read once the old leases had time to lapse; after an etcd outage, Ready with
-        a lease key written since the grace began (the agent registered or renewed)."""
+        a lease key written since the grace began (the agent registered or renewed).
+        read_at: snap holds everything etcd held then; seen_at: when it was taken (the same for
+        a read of etcd; later for the cache's, which may also hold changes since read_at)."""
         if read_at >= self._grace_since and not self._grace_revision:
             self._grace_revision = snap.revision
         if self._after_outage:
@@ -271,11 +283,12 @@ class Reconciler:
                 self._recovered |= {n for n in snap.live_nodes if snap.lease_revisions.get(n, 0) > since}
         elif read_at >= self._grace_since + self._settle:
             self._recovered |= snap.live_nodes
-        return replace(live, recovered=frozenset(self._recovered), away=self._away(snap, read_at))
+        return replace(live, recovered=frozenset(self._recovered), away=self._away(snap, seen_at))
 
-    def _away(self, snap: ClusterSnapshot, read_at: float) -> dict[str, tuple[float, str]]:
+    def _away(self, snap: ClusterSnapshot, seen_at: float) -> dict[str, tuple[float, str]]:
         """NotReady nodes whose lease another scheduler kept: held while that scheduler is gone
-        (a grace from when it went) or until its presence could have lapsed too."""
+        (a grace from when it went) or until its presence could have lapsed too. seen_at: when
+        snap was taken (a lapse in it is dated then, never earlier)."""
         self._holder = {n: s for n, s in self._holder.items() if n in snap.nodes} | dict(snap.lease_holders)
         self._gone = {s: t for s, t in self._gone.items() if s not in snap.schedulers}
         away: dict[str, tuple[float, str]] = {}
@@ -283,49 +296,44 @@ class Reconciler:
             if node in snap.live_nodes or not holder or holder == self._identity:
                 self._lapsed.pop(node, None)
                 continue
-            lapsed = self._lapsed.setdefault(node, read_at)
+            lapsed = self._lapsed.setdefault(node, seen_at)
             if holder in snap.schedulers:
                 away[node] = (lapsed + self._confirm, f"scheduler {holder}, which kept its lease, may be going away")
             else:
-                gone = self._gone.setdefault(holder, read_at)
+                gone = self._gone.setdefault(holder, seen_at)
                 away[node] = (gone + self.grace, f"scheduler {holder}, which kept its lease, went away")
         return away
 
-    async def _cached(self) -> tuple[ClusterSnapshot, float] | None:
-        """The cache's records (not yet hydrated) and the time they were current at, if the
-        cache has seen etcd's current revision; else None: the pass reads etcd."""
+    async def _cached(self) -> Cached | None:
+        """The cache's records (not yet hydrated) if they hold everything etcd held now (the
+        cache's `current`), else None: the pass reads etcd."""
         if self._cache is None or time.monotonic() >= self._read_due:
             return None
-        at = self._clock()
-        revision = await asyncio.to_thread(self._store.revision)
-        if not await self._cache.reached(revision, CATCH_UP):
-            log.info("the cache has not seen etcd's revision %d after %.1fs: reading etcd", revision, CATCH_UP)
-            return None
-        return self._cache.snapshot(), at
+        fresh_at = self._clock()
+        snap = await self._cache.current(CATCH_UP)
+        return Cached(snap, fresh_at, self._clock()) if snap is not None else None
 
     def run_once(
-        self,
-        fence: Fence | None = None,
-        liveness: Liveness | None = None,
-        cached: tuple[ClusterSnapshot, float] | None = None,
+        self, fence: Fence | None = None, liveness: Liveness | None = None, cached: Cached | None = None
     ) -> PassResult:
-        """One pass, over `cached` (the cache's records, and when they were current) or else a
-        snapshot read from etcd. Blocking: run it in a thread.
+        """One pass, over `cached` (the cache's records) or else a snapshot read from etcd.
+        Blocking: run it in a thread.
 
         Writes that lost a race (their key changed since the snapshot) are
         dropped and the next pass, from a fresh snapshot, decides again.
         Raises NotLeader when the fence no longer holds.
         """
         t0, read_at = time.monotonic(), self._clock()
+        seen_at = read_at
         if cached is not None:
-            snap, read_at = cached[0].hydrated(self._memo), cached[1]
+            snap, read_at, seen_at = cached.snap.hydrated(self._memo), cached.fresh_at, cached.seen_at
         else:
             snap = self._store.snapshot()
             self._read_due = time.monotonic() + FULL_READ_EVERY
         t1 = time.monotonic()
         now = self._clock()
         if liveness is not None:
-            liveness = self._seen(liveness, snap, read_at)
+            liveness = self._seen(liveness, snap, read_at, seen_at)
         plan = reconcile(snap, now, unique_suffixes(snap.instances), self._policy, liveness)
         self._record(self._note_hold(plan.hold, now))
         placed, n_placed = place_pending(plan, snap, now)
@@ -390,10 +398,11 @@ class Reconciler:
             self.trigger.clear()
             fence = leadership()
             if fence is None:
+                self._memo.clear()  # a follower keeps no copies for passes it does not run
                 continue
-            started = time.monotonic()
             try:
                 cached = await self._cached()
+                started = time.monotonic()  # a wait for the cache is no CPU: not in _last_duration
                 result = await asyncio.to_thread(self.run_once, fence, self.liveness(fence), cached)
             except NotLeader as e:  # the election notices too; no retrying writes meanwhile
                 self._metrics.reconcile_passes.labels("not_leader").inc()

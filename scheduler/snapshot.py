@@ -1,5 +1,6 @@
-"""A frozen view of the cluster from one etcd read; everything downstream
-(reconcile, placement, the API's views) treats it as immutable."""
+"""A frozen view of the cluster at one revision, read from etcd (store.py) or taken from the
+watch-fed cache (cache.py); everything downstream (reconcile, placement, the API's views)
+treats it as immutable."""
 
 from __future__ import annotations
 

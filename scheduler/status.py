@@ -2,8 +2,9 @@
 
 Reports are coalesced per instance (latest wins) and flushed in
 revision-checked transactions, sent together; a write that lost a race is
-retried after re-reading its instance. A report from a node the instance is no longer assigned to is
-dropped: a stale node must not overwrite its replacement's state.
+retried after re-reading its instance. A report from a node the instance is
+no longer assigned to is dropped: a stale node must not overwrite its
+replacement's state.
 
 A report whose restart count went up gets an event saying how the incarnation
 before ended (the agent's last_termination: LivenessFailed, OOMKilled, Error...),
@@ -127,7 +128,11 @@ class StatusWriter:
             return
         # Chunks in flight together (etcd syncs them to disk together); a chunk that lost a race
         # is retried write by write, and what is still refused is read again (_one_by_one).
-        _, refused = self._store.commit_partial(writes)
+        try:
+            _, refused = self._store.commit_partial(writes)
+        except StoreUnavailable as e:  # run() tries the batch again; what landed is told now
+            self._record([ev for w in e.landed if isinstance(w, Put) for ev in events[w.key.rpartition("/")[2]]])
+            raise
         lost = {id(w) for w in refused}
         self._record([e for w in writes if id(w) not in lost for e in events[w.key.rpartition("/")[2]]])
         if refused:

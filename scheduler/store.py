@@ -433,7 +433,8 @@ class Store:
     def commit_partial(self, writes: Sequence[Write], fence: Fence | None = None) -> tuple[int, list[Write]]:
         """Apply what still applies: a chunk that lost a race is retried write by
         write, so one busy key (an instance its agent keeps reporting on) cannot
-        hold back the rest. Returns (revision, the writes that were refused).
+        hold back the rest. Returns (revision, the writes that were refused). StoreUnavailable,
+        when a chunk could not be written, carries the writes that landed (`landed`).
 
         With a fence, every transaction also requires that leadership; once it
         fails, NotLeader is raised and nothing more is tried."""
@@ -444,17 +445,30 @@ class Store:
 
         results = list(self._pool.map(attempt, chunks)) if len(chunks) > 1 else [attempt(chunks[0])]
         revision, refused = 0, []
+        landed: list[Write] = []
+        unavailable: StoreUnavailable | None = None
         for chunk, result in zip(chunks, results, strict=True):
-            if isinstance(result, (StoreUnavailable, NotLeader)):
+            if isinstance(result, NotLeader):
                 raise result
+            if isinstance(result, StoreUnavailable):
+                unavailable = unavailable or result
+                continue
             if isinstance(result, int):
                 revision = max(revision, result)
+                landed += chunk
                 continue
             for w in chunk:
                 try:
                     revision = max(revision, self._commit_chunk([w], fence))
+                    landed.append(w)
                 except Conflict:
                     refused.append(w)
+                except StoreUnavailable as e:
+                    unavailable = unavailable or e
+                    break
+        if unavailable is not None:  # what did land is said (its events), the caller retries the rest
+            unavailable.landed = landed
+            raise unavailable
         return revision, refused
 
     def _try_chunk(self, chunk: Sequence[Write], fence: Fence | None = None) -> int | Exception:

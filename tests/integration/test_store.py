@@ -214,3 +214,49 @@ def test_status_reports_land_in_parallel_chunks_and_a_stale_one_after_a_read(sto
     # Being stopped: its Running report reads Terminating (merged() on the fresh record).
     assert states["web-150"].status.state == pb.INSTANCE_STATE_TERMINATING
     assert states["web-150"].desired == pb.DESIRED_STATE_STOP
+
+
+def test_restart_events_of_chunks_that_landed_are_told_when_another_chunk_fails(store, monkeypatch):
+    """etcd fails one of three chunks (injected: a real etcd does not fail one transaction of
+    three on cue). The two that landed get their restart events at once, the third when the
+    batch is tried again: each restart told once, none lost."""
+    from types import SimpleNamespace
+
+    from orch.v1 import agent_pb2 as apb
+    from scheduler.errors import StoreUnavailable
+    from scheduler.events import EventLog
+    from scheduler.status import StatusWriter
+
+    names = [f"web-{i:03d}" for i in range(300)]
+    keys = {n: store.keys.instance("web", n) for n in names}
+    store.commit([Put(keys[n], pb.Instance(name=n, app="web", node="node-a"), 0) for n in names])
+    cache = SimpleNamespace(instances={n: store.get(pb.Instance, keys[n]) for n in names})
+    events = EventLog(store)
+    writer = StatusWriter(store, cache, events)  # type: ignore[arg-type]
+    last = pb.Termination(reason="OOMKilled", exit_code=137)
+    restarted = pb.InstanceStatus(state=pb.INSTANCE_STATE_RUNNING, restarts=1, last_termination=last)
+    writer.report("node-a", [apb.InstanceReport(name=n, app="web", status=restarted) for n in names])
+
+    real = store._try_chunk
+    calls = []
+
+    def second_fails(chunk, fence=None):
+        if any(w.key in keys.values() for w in chunk):  # not the events' own writes
+            calls.append(chunk)
+        if any(w.key == keys["web-150"] for w in chunk):
+            return StoreUnavailable("commit", "injected")
+        return real(chunk, fence)
+
+    monkeypatch.setattr(store, "_try_chunk", second_fails)
+    batch, writer._pending = writer._pending, {}
+    with pytest.raises(StoreUnavailable):
+        writer._flush(batch)
+    assert len(calls) == 3
+    told = {e.object for e in events.list()}
+    failed = {w.value.name for chunk in calls for w in chunk if any(x.key == keys["web-150"] for x in chunk)}
+    assert told == set(names) - failed and "web-150" in failed
+
+    monkeypatch.setattr(store, "_try_chunk", real)
+    cache.instances = {n: store.get(pb.Instance, keys[n]) for n in names}  # what the watch brings
+    writer._flush(batch)  # run() tries the batch again
+    assert sorted(e.object for e in events.list()) == names  # each restart once
