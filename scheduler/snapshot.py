@@ -51,20 +51,22 @@ class ClusterSnapshot:
         for v in self.instances.values():
             self._by_app.setdefault(v.value.app, []).append(v)
 
-    def hydrated(self, memo: HydrationMemo) -> ClusterSnapshot:
+    def hydrated(self, memo: HydrationMemo, app: str = "") -> ClusterSnapshot:
         """This snapshot of records as stored (a cache's) with each instance's spec filled in
         (hydrate.py). memo: the copies made for an earlier snapshot, reused for records, apps
-        and templates that did not change since; it is updated (records gone leave it)."""
+        and templates that did not change since; it is updated (records gone leave it). app:
+        only that app's instances, the others left out (what one app's view needs)."""
         specs: dict[tuple[str, int], pb.AppSpec] = {}
         fresh: HydrationMemo = {}
-        for name, v in self.instances.items():
+        chosen = ((v.value.name, v) for v in self._by_app.get(app, ())) if app else self.instances.items()
+        for name, v in chosen:
             inst = v.value
-            app = self.apps.get(inst.app)
+            owner = self.apps.get(inst.app)
             template = self.generations.get(inst.app, {}).get(inst.app_generation, 0)
-            key = (v.mod_revision, app.mod_revision if app else 0, template)
+            key = (v.mod_revision, owner.mod_revision if owner else 0, template)
             hit = memo.get(name)
             if hit is None or hit[0] != key:
-                filled = self.templates.hydrate(inst, app.value if app else None, specs)
+                filled = self.templates.hydrate(inst, owner.value if owner else None, specs)
                 hit = (key, Versioned(filled, v.mod_revision))
             fresh[name] = hit
         memo.clear()

@@ -228,3 +228,22 @@ def test_a_watch_that_hangs_does_not_hide_a_lapsed_lease(store):
                     await task
 
     asyncio.run(main())
+
+
+def test_api_reads_from_a_lagging_cache_see_every_write_made_before_them(store):
+    """`orch get app` right after `orch scale` shows the new replicas, though the watch brings
+    changes 0.3 s late: the API reads the cache only once it holds etcd's current revision."""
+    from scheduler.api import OrchService
+
+    async def main() -> None:
+        add_node(store, "n1")
+        add_app(store, replicas=3)
+        async with running_cache(store) as (cache, valve):
+            service = OrchService(store, EventLog(store), cache=cache)
+            valve.delay = 0.3
+            for replicas in (4, 5, 6):
+                store.update(pb.App, store.keys.app("web"), lambda a, n=replicas: setattr(a.spec, "replicas", n))
+                snap = await service._read(None, "web")  # type: ignore[arg-type]
+                assert snap.apps["web"].value.spec.replicas == replicas
+
+    asyncio.run(main())
