@@ -92,6 +92,18 @@ async def running_cache(store: Store) -> AsyncIterator[tuple[ClusterCache, Valve
             cache._cancel()
 
 
+@contextlib.asynccontextmanager
+async def leading(reconciler: Reconciler, fence: Fence) -> AsyncIterator[None]:
+    """The reconciler's loop, leading with `fence`, for the block."""
+    task = asyncio.create_task(reconciler.run(lambda: fence))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def comparable(snap) -> dict:
     return {
         "apps": snap.apps,
@@ -178,17 +190,12 @@ def test_passes_over_a_lagging_cache_create_each_replica_once(store):
         async with running_cache(store) as (cache, valve):
             valve.delay = 0.3  # each watch batch reaches the cache 0.3 s late
             reconciler = Reconciler(store, EventLog(store), cache=cache)
-            task = asyncio.create_task(reconciler.run(lambda: fence))
-            try:
+            async with leading(reconciler, fence):
                 await asyncio.sleep(0.5)  # the first pass reads etcd itself
                 add_app(store, replicas=20)
                 assert await settle(store, reconciler, 20) == 20
                 store.update(pb.App, store.keys.app("web"), lambda a: setattr(a.spec, "replicas", 40))
                 assert await settle(store, reconciler, 40) == 40
-            finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
 
     asyncio.run(main())
 
@@ -204,8 +211,7 @@ def test_a_watch_that_hangs_does_not_hide_a_lapsed_lease(store):
         fence = lead(store)
         async with running_cache(store) as (cache, valve):
             reconciler = Reconciler(store, EventLog(store), cache=cache, lease_ttl=1, identity="s1")
-            task = asyncio.create_task(reconciler.run(lambda: fence))
-            try:
+            async with leading(reconciler, fence):
                 assert await settle(store, reconciler, 3) == 3
                 on_n2 = {v.value.name for v in store.snapshot().instances.values() if v.value.node == "n2"}
                 assert on_n2
@@ -222,10 +228,6 @@ def test_a_watch_that_hangs_does_not_hide_a_lapsed_lease(store):
                     reconciler.trigger.set()
                     await asyncio.sleep(0.2)
                 assert lost() == on_n2
-            finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
 
     asyncio.run(main())
 
