@@ -208,7 +208,8 @@ root = pytest.mark.root
 @root
 def test_three_hosts_join_over_the_lab_network(deployed: Deployment) -> None:
     d = deployed
-    wait_for(lambda: ready_nodes(d) == ["m1", "m2", "m3"], 30, "m1, m2, m3 Ready")
+    # 90 s: in the emulated VM (make test-v2) three agents over a TLS etcd of three took over 30.
+    wait_for(lambda: ready_nodes(d) == ["m1", "m2", "m3"], 90, "m1, m2, m3 Ready")
     addresses = {n["name"]: n["address"] for n in d.json("get", "nodes")}
     assert addresses == {m: f"{h.address}:7071" for m, h in d.lab.hosts.items()}
 
@@ -289,7 +290,8 @@ def test_the_schedulers_fail_over_between_the_etcd_members(deployed: Deployment)
     # schedulers' etcd client moves to another member), then the member restarts on its data.
     # The CLI asks m1's scheduler only: another scheduler must not answer in its place.
     d = deployed
-    wait_for(lambda: ready_nodes(d) == ["m1", "m2", "m3"], 30, "m1, m2, m3 Ready")
+    # 90 s: in the emulated VM (make test-v2) three agents over a TLS etcd of three took over 30.
+    wait_for(lambda: ready_nodes(d) == ["m1", "m2", "m3"], 90, "m1, m2, m3 Ready")
     m1 = f"{d.lab.hosts['m1'].address}:7070"
     for replicas, (m, host) in enumerate(d.lab.hosts.items(), start=1):
         host.stop("orch-etcd", signal.SIGKILL)
@@ -298,6 +300,7 @@ def test_the_schedulers_fail_over_between_the_etcd_members(deployed: Deployment)
         wait_for(lambda: running(d, "web") == replicas, 30, f"{replicas} web instances running")  # noqa: B023
         start_unit(host, "orch-etcd", "/etc/orch/etcd.env")  # Restart=always
         wait_for(lambda: etcd_healthy(d), 30, f"{m}'s member back")
-    wait_for(lambda: ready_nodes(d) == ["m1", "m2", "m3"], 30, "m1, m2, m3 Ready")
+    # 90 s: in the emulated VM (make test-v2) three agents over a TLS etcd of three took over 30.
+    wait_for(lambda: ready_nodes(d) == ["m1", "m2", "m3"], 90, "m1, m2, m3 Ready")
     assert d.orch("delete", "app", "web").returncode == 0
     wait_for(lambda: not [i for i in d.json("get", "instances") if i["app"] == "web"], 30, "web gone")
