@@ -46,7 +46,6 @@ from scheduler.timeutil import ts
 from scheduler.top import top
 
 T = TypeVar("T")
-CATCH_UP = 0.5  # s a read waits for the cache to see etcd's current revision, else reads etcd
 Ctx = grpc.aio.ServicerContext[Any, Any]
 MAX_WATCHES = 256  # open Watch streams; each costs an event and a wakeup per change
 WATCH_COALESCE = 0.1  # s: changes within it make one Watch message
@@ -193,7 +192,7 @@ class OrchService(api_pb2_grpc.OrchServicer):
         not. app: only that app's instances are in it."""
         if self._cache is not None:
             try:
-                cached = await self._cache.current(CATCH_UP)
+                cached = await self._cache.current()
             except SchedulerError as e:
                 await self._abort(context, e)
                 raise  # unreachable: abort raises

@@ -34,6 +34,7 @@ from scheduler.store import Store, WatchEvent, decode
 log = logging.getLogger(__name__)
 
 Listener = Callable[[set[str]], None]  # gets the names of nodes whose instances changed
+CATCH_UP = 0.5  # s current() waits for the watch to bring etcd's current revision
 ROUTES = "*routes"  # among a listener's nodes when the routes changed (never a node's name)
 
 
@@ -195,7 +196,7 @@ class ClusterCache:
                 log.warning("loading the cluster state failed: %s; retrying", e)
                 await asyncio.sleep(0.5)
 
-    async def current(self, timeout: float) -> ClusterSnapshot | None:
+    async def current(self, timeout: float = CATCH_UP) -> ClusterSnapshot | None:
         """The cache as a snapshot holding everything etcd held when this was called: etcd's
         current revision from a quorum read, then the watch's events up to it (a consistent
         read from cache, as kube-apiserver's). None if the watch has not brought them within

@@ -63,7 +63,6 @@ log = logging.getLogger(__name__)
 
 RESYNC = 2.0
 FULL_READ_EVERY = 30.0  # s: etcd itself, not the cache, at least this often
-CATCH_UP = 0.5  # s to wait for the cache to see etcd's current revision, else read etcd
 MIN_INTERVAL = 0.05  # a burst of watch events (status reports) coalesces into one pass
 EVENTS_PER_APP = 20  # per pass; beyond it one summary event
 SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # no vowels: no accidental words
@@ -310,7 +309,7 @@ class Reconciler:
         if self._cache is None or time.monotonic() >= self._read_due:
             return None
         fresh_at = self._clock()
-        snap = await self._cache.current(CATCH_UP)
+        snap = await self._cache.current()
         return Cached(snap, fresh_at, self._clock()) if snap is not None else None
 
     def run_once(
