@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import types_pb2 as pb
@@ -126,15 +127,19 @@ class StatusWriter:
                 events[name] = restart_events(v.value, new, now)
         if not writes:
             return
+
         # Chunks in flight together (etcd syncs them to disk together); a chunk that lost a race
         # is retried write by write, and what is still refused is read again (_one_by_one).
+        def tell(landed: Iterable[object]) -> None:
+            self._record([e for w in landed if isinstance(w, Put) for e in events[w.key.rpartition("/")[2]]])
+
         try:
             _, refused = self._store.commit_partial(writes)
         except StoreUnavailable as e:  # run() tries the batch again; what landed is told now
-            self._record([ev for w in e.landed if isinstance(w, Put) for ev in events[w.key.rpartition("/")[2]]])
+            tell(e.landed)
             raise
         lost = {id(w) for w in refused}
-        self._record([e for w in writes if id(w) not in lost for e in events[w.key.rpartition("/")[2]]])
+        tell(w for w in writes if id(w) not in lost)
         if refused:
             self._one_by_one(refused, batch, nodes, now)
 
