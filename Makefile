@@ -38,10 +38,10 @@ test: lint
 	$(BIN)/pytest $(PYTEST_FLAGS) -p no:cacheprovider tests/zz_host || rc=1; exit $$rc
 
 # The whole suite on a fresh Debian 12 VM with systemd and pure cgroup v2 (the committed HEAD;
-# software emulation here, ~30 min). DEBIAN_VM: the steering repo's shared/tools/debian-vm.
+# software emulation here: ~2 h 45 min with its set-up). DEBIAN_VM: the steering repo's shared/tools/debian-vm.
 DEBIAN_VM ?= ../shared/tools/debian-vm
 test-v2:
-	$(DEBIAN_VM) . -- make test PYTEST_FLAGS=-v TEST_WORKERS=1
+	$(DEBIAN_VM) . -- env ORCH_TEST_TRACE_AT_ONCE=1 make test PYTEST_FLAGS=-v TEST_WORKERS=1
 
 unit: setup
 	$(BIN)/pytest -q tests/unit

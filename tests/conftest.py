@@ -32,3 +32,13 @@ def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not BUSYBOX.exists():
         pytest.skip("busybox-static is not installed")
     return build_busybox_rootfs(tmp_path_factory.mktemp("busybox-rootfs"))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """With ORCH_TEST_TRACE_AT_ONCE=1, print a failure's traceback when it happens.
+
+    A suite in an emulated VM runs for hours; if it is cut short, the tracebacks
+    pytest keeps for its summary are lost with it.
+    """
+    if report.failed and os.environ.get("ORCH_TEST_TRACE_AT_ONCE") == "1":
+        print(f"\n--- {report.nodeid} ({report.when}) failed:\n{report.longreprtext}\n", flush=True)
