@@ -248,8 +248,8 @@ class Flipper:
 
     def round(self) -> tuple[float, float, float, float]:
         """(file → Ready in etcd, Ready → resolvable, file → resolvable, Ready → VIP rule) in ms."""
-        flip, vip = sorted(wait_for(lambda: len(self.probed()) == 2 and self.probed(), 30, "both running"),
-                           key=lambda i: i.app)  # fmt: skip
+        both = wait_for(lambda: p if len(p := self.probed()) == 2 else None, 30, "both running")
+        flip, vip = sorted(both, key=lambda i: i.app)
         for inst in (flip, vip):
             set_ready(inst, False)
         wait_for(lambda: not any(i.status.ready for i in self.probed()), 10, "not ready")
@@ -295,18 +295,19 @@ def readiness_rounds(cluster: Cluster, rounds: int) -> list[tuple[float, float, 
 @contextlib.contextmanager
 def orch_up(base: Path) -> Iterator[dict[str, Any]]:
     state = base / "up"
-    argv = orch_argv("up", "--nodes", "3", "--state-dir", str(state), "--port", "0",
-                     "--service-cidr", unused_cidr(244))  # fmt: skip
-    env = orch_env() | {"ORCH_UP_CIDR": unused_cidr(170)}
-    with open(base / "up.log", "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-    try:
-        wait_for(lambda: (state / "cluster.json").exists() or proc.poll() is not None, 60, "cluster.json", 0.1)
-        if proc.poll() is not None:
-            raise RuntimeError(f"orch up exited: {(base / 'up.log').read_text()[-2000:]}")
-        yield json.loads((state / "cluster.json").read_text())
-    finally:
-        stop(proc, timeout=120)
+    # Both /16s held until orch up stops: another process must not take them.
+    with unused_cidr(244) as services, unused_cidr(170) as cidr:
+        argv = orch_argv("up", "--nodes", "3", "--state-dir", str(state), "--port", "0", "--service-cidr", services)
+        env = orch_env() | {"ORCH_UP_CIDR": cidr}
+        with open(base / "up.log", "wb") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        try:
+            wait_for(lambda: (state / "cluster.json").exists() or proc.poll() is not None, 60, "cluster.json", 0.1)
+            if proc.poll() is not None:
+                raise RuntimeError(f"orch up exited: {(base / 'up.log').read_text()[-2000:]}")
+            yield json.loads((state / "cluster.json").read_text())
+        finally:
+            stop(proc, timeout=120)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,13 +135,15 @@ async def hollow_session(
     outbox.put_nowait(apb.AgentMessage(register=reg))
     node.outbox = outbox
 
-    async def requests():  # type: ignore[no-untyped-def]
+    async def requests() -> AsyncIterator[apb.AgentMessage]:
         while True:
             yield await outbox.get()
 
     # Raw responses: endpoints (every agent gets every change) are counted, not parsed; one
     # process parsing them for a thousand agents would measure itself, not the scheduler.
-    session = channel.stream_stream(SESSION, request_serializer=apb.AgentMessage.SerializeToString)
+    session: grpc.aio.StreamStreamMultiCallable[apb.AgentMessage, bytes] = channel.stream_stream(
+        SESSION, request_serializer=apb.AgentMessage.SerializeToString
+    )
     call = session(requests())
     interval = 1.0
 
@@ -307,4 +310,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -164,23 +164,24 @@ def main(argv: list[str] | None = None) -> int:
         base = Path(tmp)
         rootfs = build_busybox_rootfs(base / "rootfs")
         state = base / "up"
-        env = orch_env() | {"ORCH_UP_CIDR": unused_cidr(163)}
-        with open(base / "up.log", "ab") as log:
-            proc = subprocess.Popen(orch_argv("up", "--hosts", "3", "--state-dir", str(state)), stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)  # fmt: skip
-        try:
-            info = wait_for(lambda: json.loads((state / "cluster.json").read_text()), 120, "cluster.json")
-            tls = TlsFiles.in_dir(Path(info["tlsDir"]), "admin").load()
-            with channel(info["schedulers"][0], tls, peer=SCHEDULER) as ch:
-                c = Cluster(info, api_pb2_grpc.OrchStub(ch))
-                wait_for(c.ready, 120, "3 Ready nodes")
-                for k in range(args.runs):
-                    samples.append(run_once(c, rootfs))
-                    r, kl, b, f = samples[-1]
-                    print(f"run {k + 1}: replaced {r:.2f} s, singleton killed {kl:.2f} s, back {b:.2f} s, "
-                          f"fenced after heal {f:.2f} s", file=sys.stderr, flush=True)  # fmt: skip
-        finally:
-            stop(proc, timeout=120)
+        with unused_cidr(163) as cidr:  # held until orch up stops: another process must not take it
+            env = orch_env() | {"ORCH_UP_CIDR": cidr}
+            with open(base / "up.log", "ab") as log:
+                proc = subprocess.Popen(orch_argv("up", "--hosts", "3", "--state-dir", str(state)), stdout=log,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)  # fmt: skip
+            try:
+                info = wait_for(lambda: json.loads((state / "cluster.json").read_text()), 120, "cluster.json")
+                tls = TlsFiles.in_dir(Path(info["tlsDir"]), "admin").load()
+                with channel(info["schedulers"][0], tls, peer=SCHEDULER) as ch:
+                    c = Cluster(info, api_pb2_grpc.OrchStub(ch))
+                    wait_for(c.ready, 120, "3 Ready nodes")
+                    for k in range(args.runs):
+                        samples.append(run_once(c, rootfs))
+                        r, kl, b, f = samples[-1]
+                        print(f"run {k + 1}: replaced {r:.2f} s, singleton killed {kl:.2f} s, back {b:.2f} s, "
+                              f"fenced after heal {f:.2f} s", file=sys.stderr, flush=True)  # fmt: skip
+            finally:
+                stop(proc, timeout=120)
     print(f"h3 of `orch up --hosts 3` cut off (default 1 s lease), {len(samples)} runs\n")
     print("| | p50 (s) | min (s) | max (s) |")
     print("|---|---|---|---|")

@@ -174,28 +174,29 @@ def orch_up(base: Path, nodes: int = 3, logs: Path = LOGS) -> Iterator[dict[str,
     """`orch up --nodes N` until it is stopped; its logs are copied to `logs` at the end."""
     state = base / "up"
     argv = orch_argv("up", "--nodes", str(nodes), "--state-dir", str(state), "--port", "0")
-    env = orch_env() | {"ORCH_UP_CIDR": unused_cidr(150)}
-    log_path = base / "up.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while not (state / "cluster.json").exists():
-            if proc.poll() is not None:
-                raise RuntimeError(f"orch up exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("orch up did not write cluster.json in 60 s")
-            time.sleep(0.1)
-        yield json.loads((state / "cluster.json").read_text())
-    finally:
-        stop(proc, timeout=120)
-        if proc.returncode != 0:
-            print(f"orch up exited with {proc.returncode}; see {logs / 'up.log'}", file=sys.stderr)
-        shutil.rmtree(logs, ignore_errors=True)
-        logs.mkdir()
-        if (state / "logs").is_dir():
-            shutil.copytree(state / "logs", logs, dirs_exist_ok=True)
-        shutil.copy2(log_path, logs / "up.log")
+    with unused_cidr(150) as cidr:  # held until orch up stops: another process must not take it
+        env = orch_env() | {"ORCH_UP_CIDR": cidr}
+        log_path = base / "up.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        try:
+            deadline = time.monotonic() + 60
+            while not (state / "cluster.json").exists():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"orch up exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError("orch up did not write cluster.json in 60 s")
+                time.sleep(0.1)
+            yield json.loads((state / "cluster.json").read_text())
+        finally:
+            stop(proc, timeout=120)
+            if proc.returncode != 0:
+                print(f"orch up exited with {proc.returncode}; see {logs / 'up.log'}", file=sys.stderr)
+            shutil.rmtree(logs, ignore_errors=True)
+            logs.mkdir()
+            if (state / "logs").is_dir():
+                shutil.copytree(state / "logs", logs, dirs_exist_ok=True)
+            shutil.copy2(log_path, logs / "up.log")
 
 
 def p50_min_max(xs: list[float]) -> str:
