@@ -115,19 +115,21 @@ def test_startup_probe_holds_liveness_back_and_restarts_what_never_starts(
     cluster: dict[str, Any], busybox_rootfs: Path
 ) -> None:
     info = cluster
-    # httpd listens only after 4 s; liveness alone (one failure restarts) would kill it first.
-    slow = "sleep 4; " + WEB
+    never = "  startup: {exec: [test, -f, /tmp/started], periodSeconds: 1, failureThreshold: 2}\n"
+    apply(info, busybox_rootfs, "never", "exec sleep 1000", never)
+    # httpd listens only after 12 s; liveness alone (one failure restarts) would kill it first.
+    # 12 s, not less: the first look at it must come before it is ready, and in the emulated VM
+    # (make test-v2) a CLI call alone takes seconds.
+    slow = "sleep 12; " + WEB
     gated = (
-        "  startup: {tcp: 8080, periodSeconds: 1, failureThreshold: 15}\n"
+        "  startup: {tcp: 8080, periodSeconds: 1, failureThreshold: 30}\n"
         "  liveness: {tcp: 8080, periodSeconds: 1, failureThreshold: 1}\n"
     )
     apply(info, busybox_rootfs, "slow", slow, gated)
-    never = "  startup: {exec: [test, -f, /tmp/started], periodSeconds: 1, failureThreshold: 2}\n"
-    apply(info, busybox_rootfs, "never", "exec sleep 1000", never)
 
     inst = wait_for(lambda: (i := only(info, "slow")) and i["state"] == "Running" and i, 30, "slow running")
     assert inst["ready"] is False  # not before its startup probe succeeded
-    ready = wait_for(lambda: (i := only(info, "slow")) and i["ready"] and i, 30, "slow ready")
+    ready = wait_for(lambda: (i := only(info, "slow")) and i["ready"] and i, 60, "slow ready")
     assert ready["restarts"] == 0
 
     restarted = wait_for(lambda: (i := only(info, "never")) and i["restarts"] >= 1 and i, 30, "never restarted")
