@@ -106,10 +106,18 @@ def nodes(info: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {n["name"]: n for n in json.loads(r.stdout)} if r.returncode == 0 else {}
 
 
+def all_ready(info: dict[str, Any], count: int) -> dict[str, Any] | None:
+    """The nodes once all `count` are Ready. The count matters: on a slow host the first agents
+    register before the last, and those alone are all Ready. 90 s: a lab of three in the
+    emulated VM (make test-v2) took over 30."""
+    n = nodes(info)
+    return n if len(n) == count and all(x["state"] == "Ready" for x in n.values()) else None
+
+
 def test_instances_reach_each_other_across_hosts_by_ip(tmp_path: Path, web_root: Path, record_property) -> None:
     with orch_up(tmp_path, "--hosts", "3", cidr_start=180) as info:
         hosts = {h["name"]: h["address"] for h in info["lab"]["hosts"]}
-        ready = wait_for(lambda: (n := nodes(info)) and all(x["state"] == "Ready" for x in n.values()) and n, 30)
+        ready = wait_for(lambda: all_ready(info, 3), 90, "3 nodes Ready")
         # Subnets from the scheduler: the lowest /24s of the cluster CIDR, the first half of --cidr
         # (whose last /24 is the lab network).
         lab_network = ipaddress.IPv4Network(info["lab"]["network"])
@@ -216,7 +224,7 @@ def test_orch_up_on_one_machine_gives_each_node_a_subnet_and_removes_its_nat(tmp
     # them (their node IPs are local), but each bridge gets its NAT chains, and orch up's exit
     # removes them with the bridges.
     with orch_up(tmp_path, "--nodes", "2", cidr_start=195) as info:
-        ready = wait_for(lambda: (n := nodes(info)) and all(x["state"] == "Ready" for x in n.values()) and n, 30)
+        ready = wait_for(lambda: all_ready(info, 2), 90, "2 nodes Ready")
         assert len({n["subnet"] for n in ready.values()}) == 2 and {n["nodeIp"] for n in ready.values()} == {
             "127.0.0.1"
         }
