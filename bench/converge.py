@@ -1,6 +1,6 @@
 """Convergence against Docker Swarm, side by side in one run.
 
-    python -m bench.converge [--runs 3]      (root; needs docker.io: `make bench` installs it)
+    python -m bench.converge [--runs 3] [--orch-only]   (root; needs docker.io: `make bench` installs it)
 
 Each case is timed from the spawn of the CLI command to the first poll (every 50 ms, over
 each system's API) where all N replicas are running:
@@ -18,7 +18,9 @@ rootfs imported as a local image, and dockerd started with DOCKER_SERVICE_PREFER
 so it never looks for a public registry. dockerd runs in a network namespace of its own (it
 makes bridges and rules there, never on the host), with its data and exec roots under a
 temporary directory and its cgroups under a parent of its own; all of it is removed at the end.
-The two systems run one after the other for each case, `--runs` times.
+The two systems run one after the other for each case, `--runs` times. A second table says where
+orch's time went in each case, from its records' own timestamps (created, started, the previous
+incarnation's end, stored) against the moment of the spawn or the kill.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ def _failed(proc: subprocess.Popen[bytes], what: str) -> bool:
 
 class Orch:
     def __init__(self, info: dict[str, Any], rootfs: Path, manifests: Path) -> None:
+        self.phases: list[dict[str, float]] = []  # one per case, in order: where its time went (s)
         tls = TlsFiles.in_dir(Path(info["tlsDir"]), "admin").load() if info.get("tlsDir") else None
         self.channel = channel(info["schedulers"][0], tls, peer=SCHEDULER)
         self.stub = api_pb2_grpc.OrchStub(self.channel)
@@ -109,10 +112,24 @@ class Orch:
             f"apiVersion: orch/v1\nkind: App\nmetadata: {{name: {app}}}\nspec:\n  replicas: {n}\n"
             f"  image: rootfs:{self.rootfs}\n  command: [sleep, '100000']\n  stopGracePeriod: 1s\n"
         )
-        return timed(orch_argv("apply", str(path)), lambda: self.all_running(app, n), f"orch {app}", self.env)
+        return self._traced(orch_argv("apply", str(path)), app, n)
 
     def scale(self, app: str, n: int) -> float:
-        return timed(orch_argv("scale", app, str(n)), lambda: self.all_running(app, n), f"orch scale {app}", self.env)
+        return self._traced(orch_argv("scale", app, str(n)), app, n)
+
+    def _traced(self, argv: list[str], app: str, n: int) -> float:
+        began = time.time()
+        elapsed = timed(argv, lambda: self.all_running(app, n), f"orch {' '.join(argv[-2:])}", self.env)
+        new = [i for i in self.running(app) if _at(i.created_at) >= began]
+        created = [_at(i.created_at) - began for i in new]
+        started = sorted(_at(i.status.started_at) - began for i in new)
+        self.phases.append({
+            "spawn to placed": max(created),
+            "placed to first start": started[0] - max(created),
+            "first to last start": started[-1] - started[0],
+            "last start to seen Running": elapsed - started[-1],
+        })  # fmt: skip
+        return elapsed
 
     def kill(self, app: str, n: int) -> float:
         victim = self.running(app)[0]
@@ -125,8 +142,20 @@ class Orch:
             again = insts.get(victim.name)
             return len(insts) == n and again is not None and again.status.restarts > restarts
 
+        killed = time.time()
         wait_until(back, f"orch {victim.name} Running again")
-        return time.monotonic() - t0
+        elapsed = time.monotonic() - t0
+        again = next(i for i in self.running(app) if i.name == victim.name)
+        ended = _at(again.status.last_termination.finished_at) - killed
+        started = _at(again.status.started_at) - killed
+        stored = _at(again.updated_at) - killed
+        self.phases.append({
+            "SIGKILL to exit noticed": ended,
+            "exit noticed to started again": started - ended,
+            "started to stored": stored - started,
+            "stored to seen Running": elapsed - stored,
+        })  # fmt: skip
+        return elapsed
 
     def delete(self, *apps: str) -> None:
         for app in apps:
@@ -141,6 +170,12 @@ class Orch:
 
     def close(self) -> None:
         self.channel.close()
+
+
+def _at(ts: Any) -> float:
+    """A protobuf Timestamp as time.time() seconds (the agents, the scheduler and this process
+    share this host's clock)."""
+    return float(ts.ToNanoseconds()) / 1e9
 
 
 # -- Docker Swarm --------------------------------------------------------------------------
@@ -296,6 +331,19 @@ def print_table(results: dict[str, list[list[float]]]) -> None:
         print(f"| {case} | {_spread(o)} | {_spread(s)} | {ratio:.2f}x |")
 
 
+def print_phases(phases: list[dict[str, float]]) -> None:
+    """Where orch's time went, per case: p50 over the runs, in ms, from the records' timestamps
+    (created_at, started_at, last_termination.finished_at, updated_at) against the spawn or kill."""
+    print("\nWhere orch's time goes, p50 over the runs, ms\n")
+    print("| case | step | ms |")
+    print("|---|---|---|")
+    cases = len(CASES)
+    for c, case in enumerate(CASES):
+        runs = phases[c::cases]
+        for step in runs[0]:
+            print(f"| {case} | {step} | {statistics.median(r[step] for r in runs) * 1000:.0f} |")
+
+
 def _spread(xs: list[float]) -> str:
     return f"{statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})"
 
@@ -303,6 +351,7 @@ def _spread(xs: list[float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--orch-only", action="store_true", help="no Swarm: only orch's times and where they go")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("needs root (real containers, dockerd)", file=sys.stderr)
@@ -313,17 +362,22 @@ def main(argv: list[str] | None = None) -> int:
         rootfs = build_busybox_rootfs(base / "rootfs")
         (base / "swarm").mkdir()
         (base / "manifests").mkdir()
-        with orch_up(base) as info, swarm(base / "swarm", rootfs) as sw:
+        with orch_up(base) as info, contextlib.ExitStack() as peers:
             o = Orch(info, rootfs, base / "manifests")
+            systems: list[tuple[str, Orch | Swarm]] = [("orch", o)]
+            if not args.orch_only:
+                systems.append(("swarm", peers.enter_context(swarm(base / "swarm", rootfs))))
             try:
                 for k in range(args.runs):
-                    for name, system in (("orch", o), ("swarm", sw)):
+                    for name, system in systems:
                         results[name].append(one_round(system, k))
                         print(f"run {k + 1} {name}: " + ", ".join(f"{t:.2f}" for t in results[name][-1]),
                               file=sys.stderr, flush=True)  # fmt: skip
             finally:
                 o.close()
-    print_table(results)
+    if not args.orch_only:
+        print_table(results)
+    print_phases(o.phases)
     return 0
 
 
