@@ -419,7 +419,10 @@ class Agent:
 
     async def run(self) -> None:
         await self.serve_api()
-        tasks = [asyncio.create_task(self.collect_images(), name="image-gc")]
+        tasks = [
+            asyncio.create_task(self.collect_images(), name="image-gc"),
+            asyncio.create_task(self._warm_runtime(), name="warm-runtime"),
+        ]
         if self.networking is not None:
             tasks.append(asyncio.create_task(self.networking.run(), name="networking"))
         try:
@@ -427,6 +430,13 @@ class Agent:
         finally:
             for task in tasks:
                 task.cancel()
+
+    async def _warm_runtime(self) -> None:
+        """The zygote started while the session registers, so the first desired set does not wait for it."""
+        try:
+            await asyncio.to_thread(self.runtime.warm)
+        except (ContainerError, OSError) as e:  # the first start tries again and reports it
+            log.warning("starting the container fork server failed: %s", e)
 
     async def _run_session(self) -> None:
         if self.networking is not None:  # the network of before set up again (healed) at once

@@ -78,6 +78,19 @@ def refusals(zygote: Zygote) -> list[str]:
     return [line for line in (zygote.dir / "log").read_text().splitlines() if "request refused" in line]
 
 
+def test_warm_starts_the_zygote_that_the_first_start_then_uses(runtime: Runtime, make_config: MakeConfig) -> None:
+    zygote = Zygote(runtime.state_dir)
+    assert zygote.pid() is None
+    runtime.warm()  # the agent does this at start, while it registers
+    warmed = zygote.pid()
+    assert warmed is not None
+    assert list((runtime.state_dir / ".seccomp").glob("*.bpf"))  # the default capabilities' filter
+    runtime.warm()  # idempotent: the same one
+    assert zygote.pid() == warmed
+    assert runtime.start(make_config("first", "true")).status in (ContainerStatus.RUNNING, ContainerStatus.EXITED)
+    assert zygote.pid() == warmed
+
+
 def test_the_socket_is_a_root_only_path_not_an_abstract_name(runtime: Runtime, make_config: MakeConfig) -> None:
     zygote = started_zygote(runtime, make_config)
     assert stat.S_IMODE(zygote.dir.stat().st_mode) == 0o700
