@@ -435,7 +435,7 @@ class Agent:
         """The zygote started while the session registers, so the first desired set does not wait for it."""
         try:
             await asyncio.to_thread(self.runtime.warm)
-        except (ContainerError, OSError) as e:  # the first start tries again and reports it
+        except Exception as e:  # whatever it was, the first start tries again and reports it
             log.warning("starting the container fork server failed: %s", e)
 
     async def _run_session(self) -> None:
