@@ -158,11 +158,15 @@ def test_an_etcd_member_killed_during_apply_fails_nothing(setup, role, record_pr
     thread = watched(s, done, watch, churn=True)
     time.sleep(1)
     member.kill()
+    killed_at = len(watch.latencies)
     time.sleep(4)  # several elections' worth
+    # And 10 rounds since the kill however slow the machine: in the emulated VM (make test-v2) a
+    # round took 0.3-2.3 s, and 4 s held only 4-7 of them.
+    wait_for(lambda: len(watch.latencies) >= killed_at + 10, 60, "10 rounds since the kill")
     done.set()
     thread.join()
     record_property("longest_call_s", round(max(watch.latencies), 2))
-    assert not watch.failures and len(watch.latencies) > 10
+    assert not watch.failures
     assert watch.node_states == {"NODE_STATE_READY"}
     assert placement(s.stub, "base") == before  # nothing moved
     assert not lost_events(s)
