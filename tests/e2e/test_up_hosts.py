@@ -39,6 +39,9 @@ def netns_inode(path: str) -> int:
     return os.stat(path).st_ino
 
 
+# 600 s, not the suite's 300: in the emulated VM (make test-v2) the whole test passed its checks and
+# was still stopping the lab of three (8 daemons, 6 containers) when 300 s ran out.
+@pytest.mark.timeout(600)
 def test_up_hosts_runs_each_node_on_its_own_host_and_leaves_nothing(tmp_path: Path, busybox_rootfs: Path) -> None:
     with orch_up(tmp_path, "--hosts", "3", cidr_start=170) as info:
         lab = info["lab"]
