@@ -46,6 +46,7 @@ from bench.recovery import orch_up
 from orch.tls import SCHEDULER, TlsFiles, channel
 from orch.v1 import api_pb2, api_pb2_grpc
 from orch.v1 import types_pb2 as pb
+from scheduler.timeutil import seconds  # the records' timestamps: this host's clock, as time.time()
 from tests.fixtures.processes import orch_argv, orch_env, stop
 from tests.fixtures.rootfs import build_busybox_rootfs
 
@@ -120,9 +121,9 @@ class Orch:
     def _traced(self, argv: list[str], app: str, n: int) -> float:
         began = time.time()
         elapsed = timed(argv, lambda: self.all_running(app, n), f"orch {' '.join(argv[-2:])}", self.env)
-        new = [i for i in self.running(app) if _at(i.created_at) >= began]
-        created = [_at(i.created_at) - began for i in new]
-        started = sorted(_at(i.status.started_at) - began for i in new)
+        new = [i for i in self.running(app) if seconds(i.created_at) >= began]
+        created = [seconds(i.created_at) - began for i in new]
+        started = sorted(seconds(i.status.started_at) - began for i in new)
         self.phases.append({
             "spawn to placed": max(created),
             "placed to first start": started[0] - max(created),
@@ -146,9 +147,9 @@ class Orch:
         wait_until(back, f"orch {victim.name} Running again")
         elapsed = time.monotonic() - t0
         again = next(i for i in self.running(app) if i.name == victim.name)
-        ended = _at(again.status.last_termination.finished_at) - killed
-        started = _at(again.status.started_at) - killed
-        stored = _at(again.updated_at) - killed
+        ended = seconds(again.status.last_termination.finished_at) - killed
+        started = seconds(again.status.started_at) - killed
+        stored = seconds(again.updated_at) - killed
         self.phases.append({
             "SIGKILL to exit noticed": ended,
             "exit noticed to started again": started - ended,
@@ -170,12 +171,6 @@ class Orch:
 
     def close(self) -> None:
         self.channel.close()
-
-
-def _at(ts: Any) -> float:
-    """A protobuf Timestamp as time.time() seconds (the agents, the scheduler and this process
-    share this host's clock)."""
-    return float(ts.ToNanoseconds()) / 1e9
 
 
 # -- Docker Swarm --------------------------------------------------------------------------

@@ -15,6 +15,7 @@ polling the scheduler's gRPC API from the root namespace over the lab network ev
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -22,9 +23,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from orch.tls import SCHEDULER, TlsFiles, channel
 from orch.v1 import api_pb2, api_pb2_grpc
@@ -52,41 +53,47 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
         time.sleep(POLL)
 
 
-def run_once(base: Path, rootfs: Path) -> tuple[float, float, float]:
+@contextlib.contextmanager
+def lab_up(base: Path, cidr_start: int) -> Iterator[tuple[dict[str, Any], subprocess.Popen[bytes]]]:
+    """`orch up --hosts 3` (its output in base/up.log) until the block ends, on a /16 held until it
+    has stopped (another process must not take it); yields cluster.json and the process."""
     state = base / "up"
-    with unused_cidr(160) as cidr:  # held until orch up stops: another process must not take it
+    with unused_cidr(cidr_start) as cidr:
         env = orch_env() | {"ORCH_UP_CIDR": cidr}
-        started = time.monotonic()
         with open(base / "up.log", "ab") as log:
             proc = subprocess.Popen(orch_argv("up", "--hosts", "3", "--state-dir", str(state)), stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)  # fmt: skip
         try:
-            info = wait_for(lambda: json.loads((state / "cluster.json").read_text()), 120, "cluster.json")
-            tls = TlsFiles.in_dir(Path(info["tlsDir"]), "admin").load()
-            with channel(info["schedulers"][0], tls, peer=SCHEDULER) as ch:
-                stub = api_pb2_grpc.OrchStub(ch)
-
-                def nodes_ready() -> bool:
-                    nodes = stub.ListNodes(api_pb2.ListNodesRequest(), timeout=5).nodes
-                    return len(nodes) == 3 and all(n.state == api_pb2.NODE_STATE_READY for n in nodes)
-
-                wait_for(nodes_ready, 120, "3 Ready nodes")
-                ready = time.monotonic() - started
-                image = f"rootfs:{rootfs}"
-                spec = pb.AppSpec(name="bench-lab", replicas=REPLICAS, image=image, command=["sleep", "1d"])
-                spec.stop_grace_period_ms = 1000
-                applied = time.monotonic()
-                stub.Apply(api_pb2.ApplyRequest(apps=[spec]), timeout=10)
-
-                def all_running() -> bool:
-                    insts = stub.ListInstances(api_pb2.ListInstancesRequest(app="bench-lab"), timeout=5).instances
-                    return sum(i.status.state == pb.INSTANCE_STATE_RUNNING for i in insts) == REPLICAS
-
-                wait_for(all_running, 120, f"{REPLICAS} Running")
-                running = time.monotonic() - applied
+            yield wait_for(lambda: json.loads((state / "cluster.json").read_text()), 120, "cluster.json"), proc
         finally:
-            stopping = time.monotonic()
             stop(proc, timeout=120)
+
+
+def run_once(base: Path, rootfs: Path) -> tuple[float, float, float]:
+    started = time.monotonic()
+    with lab_up(base, 160) as (info, proc):
+        tls = TlsFiles.in_dir(Path(info["tlsDir"]), "admin").load()
+        with channel(info["schedulers"][0], tls, peer=SCHEDULER) as ch:
+            stub = api_pb2_grpc.OrchStub(ch)
+
+            def nodes_ready() -> bool:
+                nodes = stub.ListNodes(api_pb2.ListNodesRequest(), timeout=5).nodes
+                return len(nodes) == 3 and all(n.state == api_pb2.NODE_STATE_READY for n in nodes)
+
+            wait_for(nodes_ready, 120, "3 Ready nodes")
+            ready = time.monotonic() - started
+            spec = pb.AppSpec(name="bench-lab", replicas=REPLICAS, image=f"rootfs:{rootfs}", command=["sleep", "1d"])
+            spec.stop_grace_period_ms = 1000
+            applied = time.monotonic()
+            stub.Apply(api_pb2.ApplyRequest(apps=[spec]), timeout=10)
+
+            def all_running() -> bool:
+                insts = stub.ListInstances(api_pb2.ListInstancesRequest(app="bench-lab"), timeout=5).instances
+                return sum(i.status.state == pb.INSTANCE_STATE_RUNNING for i in insts) == REPLICAS
+
+            wait_for(all_running, 120, f"{REPLICAS} Running")
+            running = time.monotonic() - applied
+        stopping = time.monotonic()
     if proc.returncode != 0:
         raise RuntimeError(f"orch up exited with {proc.returncode}; see {base / 'up.log'}")
     return ready, running, time.monotonic() - stopping

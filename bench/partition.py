@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import subprocess
@@ -33,14 +32,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.lab import wait_for
+from bench.lab import lab_up, wait_for
 from cli import lab as labnet
 from node.runtime.logs import parse_log_line
 from orch.tls import SCHEDULER, TlsFiles, channel
 from orch.v1 import api_pb2, api_pb2_grpc
 from orch.v1 import types_pb2 as pb
-from tests.e2e.cluster import unused_cidr
-from tests.fixtures.processes import orch_argv, orch_env, stop
 from tests.fixtures.rootfs import build_busybox_rootfs
 
 CUT = "h3"
@@ -163,25 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="orch-bench-partition-") as tmp:
         base = Path(tmp)
         rootfs = build_busybox_rootfs(base / "rootfs")
-        state = base / "up"
-        with unused_cidr(163) as cidr:  # held until orch up stops: another process must not take it
-            env = orch_env() | {"ORCH_UP_CIDR": cidr}
-            with open(base / "up.log", "ab") as log:
-                proc = subprocess.Popen(orch_argv("up", "--hosts", "3", "--state-dir", str(state)), stdout=log,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)  # fmt: skip
-            try:
-                info = wait_for(lambda: json.loads((state / "cluster.json").read_text()), 120, "cluster.json")
-                tls = TlsFiles.in_dir(Path(info["tlsDir"]), "admin").load()
-                with channel(info["schedulers"][0], tls, peer=SCHEDULER) as ch:
-                    c = Cluster(info, api_pb2_grpc.OrchStub(ch))
-                    wait_for(c.ready, 120, "3 Ready nodes")
-                    for k in range(args.runs):
-                        samples.append(run_once(c, rootfs))
-                        r, kl, b, f = samples[-1]
-                        print(f"run {k + 1}: replaced {r:.2f} s, singleton killed {kl:.2f} s, back {b:.2f} s, "
-                              f"fenced after heal {f:.2f} s", file=sys.stderr, flush=True)  # fmt: skip
-            finally:
-                stop(proc, timeout=120)
+        with lab_up(base, 163) as (info, _):
+            tls = TlsFiles.in_dir(Path(info["tlsDir"]), "admin").load()
+            with channel(info["schedulers"][0], tls, peer=SCHEDULER) as ch:
+                c = Cluster(info, api_pb2_grpc.OrchStub(ch))
+                wait_for(c.ready, 120, "3 Ready nodes")
+                for k in range(args.runs):
+                    samples.append(run_once(c, rootfs))
+                    r, kl, b, f = samples[-1]
+                    print(f"run {k + 1}: replaced {r:.2f} s, singleton killed {kl:.2f} s, back {b:.2f} s, "
+                          f"fenced after heal {f:.2f} s", file=sys.stderr, flush=True)  # fmt: skip
     print(f"h3 of `orch up --hosts 3` cut off (default 1 s lease), {len(samples)} runs\n")
     print("| | p50 (s) | min (s) | max (s) |")
     print("|---|---|---|---|")

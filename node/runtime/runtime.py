@@ -41,7 +41,7 @@ from node.runtime.layout import (
 from node.runtime.model import ContainerConfig, ContainerState, ContainerStatus, valid_id
 from node.runtime.seccomp import DEFAULT_PROFILE, FilterCache, load_profile
 from node.runtime.secret_mounts import SecretPayload, check_files
-from node.runtime.security import cap_mask, cap_names, resolve_user
+from node.runtime.security import DEFAULT_CAPS, resolve_user
 from node.runtime.shim_client import Zygote, run_shim
 from node.runtime.spec import ShimSpec
 from orch.trees import remove_tree
@@ -109,7 +109,7 @@ class Runtime:
         0.2-0.6 s here. Idempotent; blocking. What fails here is the first start's error too."""
         if self._zygote is not None:
             self._zygote.start()
-        self._seccomp.program_for(cap_names(cap_mask()))
+        self._seccomp.program_for(DEFAULT_CAPS)
 
     # -- paths ---------------------------------------------------------------
 
