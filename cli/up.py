@@ -398,7 +398,6 @@ def start(cluster: Cluster, schedulers: int) -> None:
         cluster.start_scheduler(i)
     for i in range(cluster.nodes):
         cluster.start_agent(i)
-    cluster.write_cluster_json()
     addresses = ",".join(cluster.addresses)
     print(f"orch up: {cluster.nodes} node(s), scheduler(s) {addresses}, state in {cluster.dir}", flush=True)
     print(f"  containers: cluster CIDR {cluster.cluster_cidr}, a /24 per node (docs/networking.md)", flush=True)
@@ -412,6 +411,8 @@ def start(cluster: Cluster, schedulers: int) -> None:
         print("  WARNING --no-tls: plaintext gRPC and etcd; every local user can control this cluster", flush=True)
     print(f"  dashboard: {', '.join(cluster.dashboards)}", flush=True)
     print(f"  export ORCH_SCHEDULER={addresses}{tls_env}; Ctrl-C stops the cluster", flush=True)
+    # Last: tools (and tests) take cluster.json as "up", and may read what was printed then.
+    cluster.write_cluster_json()
 
 
 def watch_children(cluster: Cluster) -> None:
