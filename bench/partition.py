@@ -129,12 +129,13 @@ def run_once(c: Cluster, rootfs: Path) -> tuple[float, float, float, float]:
         replaced = time.monotonic() - cut
         [new_solo] = wait_for(lambda: running_on(c, "bench-solo", 1, {"h1", "h2"}), 30, "the singleton back")
         wait_for(lambda: len(c.log_times(new_solo.node, new_solo.name)) > 2, 10, "the new singleton's log")
+        # Read while h3 is cut off: once healed, its agent removes the dropped instance and its log.
+        killed = c.log_times(CUT, old_solo.name)[-1] - cut_wall
     finally:
         c.link(CUT, up=True)
     healed = time.monotonic()
     wait_for(lambda: not any(alive(p) for p in old), 60, "the old replicas fenced")
     fenced = time.monotonic() - healed
-    killed = c.log_times(CUT, old_solo.name)[-1] - cut_wall
     back = c.log_times(new_solo.node, new_solo.name)[0] - cut_wall
     events = c.events_since(cut_wall)
     lost = min((e.time.ToNanoseconds() / 1e9 - cut_wall for e in events if e.reason == "InstanceLost"), default=-1)

@@ -34,9 +34,9 @@ def wait_exit(rt: Runtime, id: str, timeout: float = 20.0) -> ContainerState:
     return rt.state(id)
 
 
-def run(rt: Runtime, config: ContainerConfig) -> tuple[ContainerState, str]:
+def run(rt: Runtime, config: ContainerConfig, timeout: float = 20.0) -> tuple[ContainerState, str]:
     rt.start(config)
-    state = wait_exit(rt, config.id)
+    state = wait_exit(rt, config.id, timeout)
     return state, log_text(config.log_path)
 
 

@@ -25,8 +25,9 @@ def test_a_container_that_made_a_deep_tree_is_removed(
     cgroup_parent: str,
     host_leftovers: Callable[[str, Path], list[str]],
 ) -> None:
-    """2000 levels in its /tmp: deeper than Python's recursion limit, longer than PATH_MAX."""
-    state, text = run(runtime, make_config("deep", "sh", "-c", DEEP))
+    """2000 levels in its /tmp: deeper than Python's recursion limit, longer than PATH_MAX. Making
+    them is 4,000 busybox runs, which took over 20 s in the emulated VM: the wait is for removal."""
+    state, text = run(runtime, make_config("deep", "sh", "-c", DEEP), timeout=180.0)
     assert (state.exit_code, text) == (0, "depth 2000\n")
     runtime.remove("deep")
     runtime.cleanup_all()
