@@ -419,10 +419,7 @@ class Agent:
 
     async def run(self) -> None:
         await self.serve_api()
-        tasks = [
-            asyncio.create_task(self.collect_images(), name="image-gc"),
-            asyncio.create_task(self._warm_runtime(), name="warm-runtime"),
-        ]
+        tasks = [asyncio.create_task(self.collect_images(), name="image-gc")]
         if self.networking is not None:
             tasks.append(asyncio.create_task(self.networking.run(), name="networking"))
         try:
@@ -432,7 +429,8 @@ class Agent:
                 task.cancel()
 
     async def _warm_runtime(self) -> None:
-        """The zygote started while the session registers, so the first desired set does not wait for it."""
+        """A fresh node's zygote, started while the session registers, so that the first desired
+        set does not wait for it."""
         try:
             await asyncio.to_thread(self.runtime.warm)
         except Exception as e:  # whatever it was, the first start tries again and reports it
@@ -445,8 +443,14 @@ class Agent:
         if self.discovery is not None:  # attached to the network when it arrives (_networking)
             discovery = asyncio.create_task(self.discovery.run(), name="service-rules")
         self._adoptable = {s.id: s for s in await asyncio.to_thread(self.runtime.list)}
+        warm = None
         if self._adoptable:
+            # A restart: what runs is adopted, not started. Warming up would only take CPU from
+            # registering within the scheduler's hold and from the first lease renewals, which
+            # the Stop apps' instances depend on; the next start starts the zygote.
             log.info("found %d containers from a previous run", len(self._adoptable))
+        else:
+            warm = asyncio.create_task(self._warm_runtime(), name="warm-runtime")
         # Once the containers are known: the previous process's bound may have passed already.
         fence_task = asyncio.create_task(self.lease.run(), name="fencing")
         if self.config.metrics_listen:
@@ -457,6 +461,8 @@ class Agent:
             await self.session.run()
         finally:
             fence_task.cancel()
+            if warm is not None:
+                warm.cancel()
             if discovery is not None:
                 discovery.cancel()
             if self.discovery is not None:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +101,22 @@ def running(api: Api, apps: set[str], count: int) -> list[pb.Instance] | None:
     insts = api.instances(apps)
     ok = len(insts) == count and all(i.status.state == pb.INSTANCE_STATE_RUNNING and i.status.pid for i in insts)
     return insts if ok else None
+
+
+def story(api: Api, apps: set[str], since: float, nodes: Collection[str] = ()) -> str:
+    """What the cluster says of some apps (and nodes) since a wall-clock time: their instances
+    now and the events, each at seconds from `since`. For a failure's message: a wait that ran
+    out in the emulated VM otherwise says only what it waited for."""
+    lines = [f"instances of {sorted(apps)} now:"]
+    for i in api.instances(apps):
+        status = pb.InstanceState.Name(i.status.state).removeprefix("INSTANCE_STATE_")
+        lines.append(f"  {i.name} on {i.node or '-'}: {status} {i.status.reason} {i.status.message}".rstrip())
+    lines.append(f"events since (s from {since:.2f}):")
+    for e in sorted(api.events(), key=lambda e: e.time.ToNanoseconds()):
+        at = e.time.ToNanoseconds() / 1e9 - since
+        if at >= 0 and (e.object in nodes or e.object.rsplit("-", 1)[0] in apps or e.object in apps):
+            lines.append(f"  {at:+7.2f} {e.object} {e.reason}: {e.message}")
+    return "\n".join(lines)
 
 
 def process(info: dict[str, Any], role: str, node: str | None = None, index: int = 0) -> dict[str, Any]:
