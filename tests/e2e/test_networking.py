@@ -114,6 +114,9 @@ def all_ready(info: dict[str, Any], count: int) -> dict[str, Any] | None:
     return n if len(n) == count and all(x["state"] == "Ready" for x in n.values()) else None
 
 
+# 600 s, not the suite's 300: in the emulated VM (make test-v2, 25654ef) every check passed and the
+# lab of three was still stopping when 300 s ran out, as test_up_hosts' did.
+@pytest.mark.timeout(600)
 def test_instances_reach_each_other_across_hosts_by_ip(tmp_path: Path, web_root: Path, record_property) -> None:
     with orch_up(tmp_path, "--hosts", "3", cidr_start=180) as info:
         hosts = {h["name"]: h["address"] for h in info["lab"]["hosts"]}
