@@ -61,7 +61,7 @@ def orch_up(tmp_path: Path, *args: str, cidr_start: int = 200) -> Iterator[dict[
             yield json.loads((state / "cluster.json").read_text())
         finally:
             # orch up stops every daemon and removes what they made: a lab of three hosts took over
-            # 60 s to in the emulated VM, and a SIGKILL then leaves the lab behind.
+            # 60 s in the emulated VM, and a SIGKILL then leaves the lab behind.
             stop(proc, signal.SIGTERM, timeout=180)
     assert proc.returncode == 0, (tmp_path / "up.log").read_text()[-3000:]
     assert not (state / "cluster.json").exists()

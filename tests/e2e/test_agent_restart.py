@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from node.network.hostports import chain_name
+from node.runtime.shim_client import Zygote
 from tests.e2e.cluster import delete_apps, instances, orch, orch_up
 from tests.e2e.liveness_checks import Api, Restarted, observed, process, restart, running, snapshot, wait_exit
 from tests.fixtures.processes import orch_env, stop, wait_for
@@ -77,20 +78,12 @@ def defaults(tmp_path_factory, busybox_rootfs):
             api.close()
 
 
-def live_zygote(node_dir: Path) -> int | None:
-    try:
-        pid = int((node_dir / "containers" / ".zygote" / "pid").read_text())
-    except (OSError, ValueError):
-        return None
-    return pid if _alive(pid) else None
-
-
 def test_sigterm_and_restart_moves_nothing(defaults, busybox_rootfs, tmp_path):
     info, api, restarted = defaults
     apps = {"kept"}
-    node_dir = Path(info["stateDir"]) / "nodes" / "node-0"
+    zygote = Zygote(Path(info["stateDir"]) / "nodes" / "node-0" / "containers")
     # A fresh node warms up its runtime before any container (the module's first test).
-    warmed = wait_for(lambda: live_zygote(node_dir), 30, "node-0's zygote, warmed up at its start")
+    warmed = wait_for(zygote.pid, 30, "node-0's zygote, warmed up at its start")
     manifest = KEPT % {"name": "kept", "replicas": 4, "root": busybox_rootfs}
     assert orch(info, "apply", "-", stdin=manifest).returncode == 0
     before = snapshot(wait_for(lambda: running(api, apps, 4), 30, "4 Running"))
@@ -114,7 +107,7 @@ def test_sigterm_and_restart_moves_nothing(defaults, busybox_rootfs, tmp_path):
     # A restart adopts and starts nothing: no warm-up taking CPU from registering and renewing
     # (the old agent's zygote may still be on its way out). A warm-up takes under a second here.
     time.sleep(3)
-    assert live_zygote(node_dir) in (None, warmed)
+    assert zygote.pid() in (None, warmed)
     assert not seen.lost() and set(seen.states) == set(before)
     assert "Restarting" in seen.node_states["node-0"] and "NotReady" not in seen.node_states["node-0"]
     assert not [e for e in api.events("InstanceLost") if e.object.startswith("kept-")]

@@ -184,11 +184,15 @@ def running_elsewhere(api: Api, apps: set[str], cut: str, count: int) -> list[pb
     return insts if ok else None
 
 
+def agent_state(info: dict[str, Any], node: str) -> Path:
+    """A node's agent state dir (its --state-dir), on the shared disk."""
+    argv = process(info, "agent", node)["argv"]
+    return Path(argv[argv.index("--state-dir") + 1])
+
+
 def ticks(info: dict[str, Any], node: str, instance: str) -> list[float]:
-    """When each line of an instance's log was written (its agent's state dir, on the shared disk)."""
-    agent = process(info, "agent", node)
-    state = Path(agent["argv"][agent["argv"].index("--state-dir") + 1])
-    lines = (state / "logs" / f"{instance}.log").read_text().splitlines()
+    """When each line of an instance's log was written."""
+    lines = (agent_state(info, node) / "logs" / f"{instance}.log").read_text().splitlines()
     return [parse_log_line(line).timestamp for line in lines if line.strip()]
 
 
@@ -201,8 +205,7 @@ def old_ticks_or_why(info: dict[str, Any], api: Api, old: pb.Instance, cut_at: f
         return ticks(info, "h3", old.name)
     except FileNotFoundError:
         pass
-    argv = process(info, "agent", "h3")["argv"]
-    state = Path(argv[argv.index("--state-dir") + 1])
+    state = agent_state(info, "h3")
     logs = sorted(str(p.relative_to(state)) for p in (state / "logs").rglob("*"))
     agent_log = Path(info["stateDir"]) / "logs" / "h3.log"
     lines = agent_log.read_text(errors="replace").splitlines() if agent_log.exists() else []
