@@ -409,6 +409,7 @@ def _supervise(
     os.close(to_child_w)  # EOF makes a child still waiting for "G" exit without exec
     if failure is None:
         write_json_atomic(cdir.start, {**start, "started_at": time.time()})
+        _create_log(spec.config.log_path)
         _send(report, {"event": "started"})
         os.close(report)
         _exec_orch_shim(spec, cdir, pid1, cg)  # returns only if it could not
@@ -426,6 +427,16 @@ def _supervise(
     return 0
 
 
+def _create_log(path: Path) -> None:
+    """Before "started": Running means the log exists, for whoever reads it then (orch-shim
+    opens it only after its exec, which a loaded host can delay past the status write)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640))
+    except OSError:
+        traceback.print_exc()  # shim.log; the log's writer says so again when it opens it
+
+
 def _exec_orch_shim(spec: ShimSpec, cdir: ContainerDir, pid1: Pid1, cg: CgroupDriver) -> None:
     """Become orch-shim (native/orch-shim.c), which copies the logs, waits and writes exit.json;
     returns only if the exec failed (then this Python shim does all that itself)."""
@@ -436,7 +447,6 @@ def _exec_orch_shim(spec: ShimSpec, cdir: ContainerDir, pid1: Pid1, cg: CgroupDr
             "--log-max-files", str(min(max(1, c.log_max_files), 1000)),
             "--oom-file", str(cg.oom_file(spec.cgroup_path)), "--exit", str(cdir.exit)]  # fmt: skip
     try:
-        c.log_path.parent.mkdir(parents=True, exist_ok=True)
         for fd in (pid1.out, pid1.err, reports):
             if fd >= 0:
                 os.set_inheritable(fd, True)

@@ -119,6 +119,21 @@ def wait_for_output(config: ContainerConfig, text: str, timeout: float = 10.0) -
     return out
 
 
+def test_the_log_exists_once_start_returns_however_late_orch_shim_comes(
+    runtime: Runtime, make_config: MakeConfig, tmp_path: Path
+) -> None:
+    """Running means the log file exists: whoever reads it then (the agent's log API, a test, a
+    log shipper) never races orch-shim, which opens it only after its exec (late here by 2 s)."""
+    late = tmp_path / "late-orch-shim"
+    late.write_text(f'#!/bin/sh\nsleep 2\nexec "{runtime.native.shim}" "$@"\n')
+    late.chmod(0o755)
+    runtime._native = dataclasses.replace(runtime.native, shim=late)
+    config = make_config("late-log", "sh", "-c", "echo hello; sleep 100")
+    assert runtime.start(config).status is ContainerStatus.RUNNING
+    assert config.log_path.exists()
+    wait_for_output(config, "hello")  # the same file orch-shim then writes to
+
+
 def test_pids_limit_stops_a_fork_bomb(runtime: Runtime, make_config: MakeConfig) -> None:
     # busybox sh exits when a fork fails, so the bomb runs in an inner shell; the outer one survives.
     bomb = "sh -c 'while true; do sleep 100 & done'; echo bomb-ended; sleep 1000"
