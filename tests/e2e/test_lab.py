@@ -197,6 +197,19 @@ def running(d: Deployment, app: str) -> int | None:
     return next((a["running"] for a in d.json("get", "apps") if a["name"] == app), None)
 
 
+def why_not_ready(d: Deployment) -> str:
+    """What the CLI and each host's scheduler and agent said last: the VM's processes are gone
+    before anyone can look (make test-v2 on a9c88cd: not all three Ready after 90 s)."""
+    r = d.orch("get", "nodes")
+    out = [f"orch get nodes (exit {r.returncode}):\n{r.stdout}{r.stderr}"]
+    for m, host in d.lab.hosts.items():
+        for unit in ("orch-scheduler", "orch-node"):
+            if host.path(f"/log/{unit}.log").exists():
+                tail = host.log(unit).splitlines()[-15:]
+                out.append(f"{m} {unit}.log, last lines:\n  " + "\n  ".join(tail))
+    return "\n".join(out)
+
+
 def ready_nodes(d: Deployment) -> list[str]:
     r = d.orch("get", "nodes", "-o", "json")
     return sorted(n["name"] for n in json.loads(r.stdout) if n["state"] == "Ready") if r.returncode == 0 else []
@@ -209,7 +222,7 @@ root = pytest.mark.root
 def test_three_hosts_join_over_the_lab_network(deployed: Deployment) -> None:
     d = deployed
     # 90 s: in the emulated VM (make test-v2) three agents over a TLS etcd of three took over 30.
-    wait_for(lambda: ready_nodes(d) == ["m1", "m2", "m3"], 90, "m1, m2, m3 Ready")
+    wait_for(lambda: ready_nodes(d) == ["m1", "m2", "m3"], 90, "m1, m2, m3 Ready", explain=lambda: why_not_ready(d))
     addresses = {n["name"]: n["address"] for n in d.json("get", "nodes")}
     assert addresses == {m: f"{h.address}:7071" for m, h in d.lab.hosts.items()}
 
@@ -244,7 +257,14 @@ def test_prometheus_on_the_workstation_scrapes_every_host(deployed: Deployment, 
     targets.write_text(w.prometheus_targets(d.values))
     with prometheus(config_dir(targets, tmp_path / "prometheus")) as prom:
         # The first scrape comes ~5 s after start, whatever the interval (RECIPES §3).
-        up = wait_for(lambda: (r := prom.query('up{job="orch"} == 1')) and len(r) == 8 and r, 30, "8 targets up")
+        up = wait_for(
+            lambda: (r := prom.query('up{job="orch"} == 1')) and len(r) == 8 and r,
+            30,
+            "8 targets up",
+            explain=lambda: "\n".join(
+                f"{t['labels']} {t['health']} {t['lastError']}" for t in prom.get("/api/v1/targets")["activeTargets"]
+            ),
+        )
         # Each host's agent reads the veths of its own namespace: web's instances, which the
         # workstation has just fetched a page from, have received bytes, each on its node.
         web = {(i["name"], i["node"]) for i in d.json("get", "instances") if i["app"] == "web"}
