@@ -30,6 +30,11 @@ from tests.fixtures.lab import Host, Lab, lab_of_hosts
 from tests.fixtures.processes import ROOT, orch_argv, orch_env, wait_for
 from tests.fixtures.prometheus import config_dir, prometheus
 
+# The module's last test also tears the lab down: 8 processes stopped (up to 15 s each), then each
+# host's `orch node --cleanup` (up to 60 s each). In the emulated VM that passed pytest's 300 s
+# (a9c88cd), which then interrupts the teardown itself.
+pytestmark = pytest.mark.timeout(600)
+
 DOC = ROOT / "docs" / "deploy.md"
 UNITS = ROOT / "deploy" / "systemd"
 

@@ -157,7 +157,9 @@ def test_a_rollout_that_never_gets_ready_stops_at_its_deadline(cluster: Cluster)
     apply(address, "stuck", "bad", extra="  progressDeadline: 3s\n  update: {maxSurge: 1, maxUnavailable: 1}\n")
     r = status(address, "stuck", "60s")
     assert r.returncode == 1, r.stdout + r.stderr
-    assert 'Waiting for app "stuck" rollout to finish' in r.stdout
+    # No "Waiting for ..." asserted: whether the first poll still sees it rolling depends on the
+    # CLI's start, over the 3 s deadline in the emulated VM (a9c88cd); tests/unit/test_rollout.py
+    # covers that line.
     assert 'error: app "stuck" exceeded its progress deadline: generation 2: 0 of 2 instances ready' in r.stderr
 
     row = app_json(address, "stuck")
