@@ -56,7 +56,9 @@ def orch_up(tmp_path: Path, *args: str, cidr_start: int = 200) -> Iterator[dict[
             deadline = time.monotonic() + 240
             while not (state / "cluster.json").exists():
                 assert proc.poll() is None, (tmp_path / "up.log").read_text()
-                assert time.monotonic() < deadline, "orch up did not write cluster.json"
+                if time.monotonic() > deadline:  # its own words say which daemon it still waits for
+                    up_log = (tmp_path / "up.log").read_text(errors="replace")[-3000:]
+                    raise AssertionError(f"orch up did not write cluster.json in 240 s:\n{up_log}")
                 time.sleep(0.1)
             yield json.loads((state / "cluster.json").read_text())
         finally:
