@@ -97,8 +97,9 @@ def snapshot(insts: list[pb.Instance]) -> dict[str, tuple[str, int, int, int]]:
     return {i.name: (i.node, i.status.pid, i.status.restarts, i.status.started_at.ToNanoseconds()) for i in insts}
 
 
-def running(api: Api, apps: set[str], count: int) -> list[pb.Instance] | None:
-    insts = api.instances(apps)
+def running(api: Api, apps: set[str], count: int, off: str = "") -> list[pb.Instance] | None:
+    """count instances of apps, all Running; off: leaving out those on that node (cut off)."""
+    insts = [i for i in api.instances(apps) if not off or i.node != off]
     ok = len(insts) == count and all(i.status.state == pb.INSTANCE_STATE_RUNNING and i.status.pid for i in insts)
     return insts if ok else None
 

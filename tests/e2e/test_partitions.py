@@ -138,7 +138,7 @@ def test_a_cut_host_is_replaced_elsewhere_and_fenced_when_it_returns(lab, busybo
     set_link(h3, up=False)
     cut_at = time.monotonic()
     try:
-        replaced = wait_for(lambda: running_elsewhere(api, apps, "h3", 6), 30, "6 Running on h1 and h2")
+        replaced = wait_for(lambda: running(api, apps, 6, off="h3"), 30, "6 Running on h1 and h2")
         time.sleep(max(0.0, cut_at + 4 - time.monotonic()))  # h3's etcd member campaigns in vain meanwhile
         assert all(alive(pid) for pid in on_h3.values())  # onNodeLost: Keep: h3 never heard of it
         lost = {i.name for i in api.instances(apps) if i.status.reason == "NodeLost"}
@@ -167,14 +167,6 @@ def etcd_leader(info: dict[str, Any]) -> str:
                 if "etcd_server_is_leader 1" in r.read().decode().splitlines():
                     return str(p["host"])
     return ""
-
-
-def running_elsewhere(api: Api, apps: set[str], cut: str, count: int) -> list[pb.Instance] | None:
-    # Right after the cut the scheduler's etcd calls may first wait out the cut member (1 s each,
-    # then the next): on a loaded machine a listing took over the 5 s asked (wait_for: not yet).
-    insts = [i for i in api.instances(apps) if i.node != cut]
-    ok = len(insts) == count and all(i.status.state == pb.INSTANCE_STATE_RUNNING and i.status.pid for i in insts)
-    return insts if ok else None
 
 
 def agent_state(info: dict[str, Any], node: str) -> Path:
@@ -226,7 +218,7 @@ def test_a_singleton_that_stops_on_node_lost_never_runs_twice(lab, busybox_rootf
     cut_at = time.time()
     set_link(h3, up=False)
     try:
-        [new] = wait_for(lambda: running_elsewhere(api, apps, "h3", 1), 30, "a replacement Running")
+        [new] = wait_for(lambda: running(api, apps, 1, off="h3"), 30, "a replacement Running")
         wait_for(lambda: len(ticks(info, new.node, new.name)) >= 20, 10, "the replacement ticking")
         # Read while cut off: once back, h3's agent hears the old instance was replaced and
         # deletes it, its log included. A still-running old one would tick until now.
