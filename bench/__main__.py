@@ -45,8 +45,20 @@ BENCHES: dict[str, tuple[str, list[str], str]] = {
 }
 
 
+def compile_sources() -> None:
+    """Byte-compile orch's own modules first, as pip does when it installs a wheel. The checkout is
+    an editable install, and where PYTHONDONTWRITEBYTECODE is set (CI, many containers, this
+    project's build machines) nothing ever writes their bytecode: every CLI a benchmark spawns then
+    compiled cli/ and orch/ from source, ~50-90 ms of CPU that no installed user pays."""
+    import compileall
+
+    for package in ("cli", "node", "scheduler", "proto/orch", "bench"):
+        compileall.compile_dir(ROOT / package, quiet=1)
+
+
 def run(name: str, extra: list[str]) -> int:
     module, defaults, what = BENCHES[name]
+    compile_sources()
     print(f"\n## {name}: {what}\n", flush=True)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), str(ROOT / "proto"), env.get("PYTHONPATH")) if p)
