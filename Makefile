@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 
 # Byte-compiled as pip does for a wheel: the checkout is an editable install, and where
 # PYTHONDONTWRITEBYTECODE is set (CI, containers) each orch command would compile its modules
-# again (~50 ms of every CLI start). Quick when nothing changed.
+# again (~60 ms of CPU at every CLI start, docs/benchmarks.md). Quick when nothing changed.
 setup: $(VENV)/.installed
 	@$(BIN)/python -m compileall -q cli node scheduler proto/orch
 
