@@ -12,11 +12,8 @@ import os
 import signal
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
-import grpc
 import pytest
 
 from tests.e2e.cluster import orch, orch_up
@@ -44,7 +41,6 @@ spec:
   command: ["sleep", "100000"]
   stopGracePeriod: 1s
 """
-T = TypeVar("T")
 GRACE = 6.5  # scheduler/liveness.py reconnect_grace(1): a lease, the agents' reconnect backoff, a margin
 
 
@@ -68,21 +64,12 @@ def settled(api: Api, apps: set[str], count: int, leader: dict) -> dict[str, tup
     """Every node Ready, the apps' instances Running and `leader` leading, past any grace that
     the outage or the new leadership started: anything still wrong would have moved by then."""
     wait_for(lambda: metric(leader["metricsUrl"], "orch_scheduler_leader") == 1, 30, "a leader")
-    # A restarted scheduler serves /metrics (and may lead) before its API listens: refused calls
-    # mean "not yet" here.
-    wait_for(lambda: answered(lambda: set(api.nodes().values()) == {"Ready"}), 30, "every node Ready")
-    wait_for(lambda: answered(lambda: running(api, apps, count)), 30, f"{count} Running")
+    # A restarted scheduler serves /metrics (and may lead) before its API listens: wait_for takes
+    # its refused calls (UNAVAILABLE) as "not yet".
+    wait_for(lambda: set(api.nodes().values()) == {"Ready"}, 30, "every node Ready")
+    wait_for(lambda: running(api, apps, count), 30, f"{count} Running")
     time.sleep(GRACE + 1)
     return snapshot(wait_for(lambda: running(api, apps, count), 10, f"{count} Running"))
-
-
-def answered(ask: Callable[[], T]) -> T | None:
-    try:
-        return ask()
-    except grpc.RpcError as e:
-        if e.code() != grpc.StatusCode.UNAVAILABLE:
-            raise
-        return None
 
 
 def lost_events(api: Api, app: str) -> list[str]:
