@@ -202,9 +202,11 @@ class ClusterCache:
         read from cache, as kube-apiserver's). None if the watch has not brought them within
         `timeout` (a lagging or hung watch; revisions of writers outside our prefix, when etcd
         is shared, look the same): the caller reads etcd itself."""
+        # `seen` from before the read: the watch may bring newer changes while it is in flight.
+        seen = self.seen
         revision = await asyncio.to_thread(self._store.revision)
-        if revision < self.seen:  # etcd went back in history (restored from a backup): load again
-            log.warning("etcd is at revision %d, behind this cache (%d): reloading", revision, self.seen)
+        if revision < seen:  # etcd went back in history (restored from a backup): load again
+            log.warning("etcd is at revision %d, behind this cache (%d): reloading", revision, seen)
             self._broken.set()
             return None
         if not await self.reached(revision, timeout):
