@@ -15,9 +15,16 @@ then only fences sooner, node/fencing.py).
 
 The keeper is also where this scheduler notices that leases may lapse
 through no fault of the agents, and tells `Contact`: keep-alives unanswered
-for longer than `contact.stall` (etcd stopped or cut off; the stream is then
-re-opened on another member), or a tick that came that late (this process
-stalled).
+for longer than `contact.stall` (etcd stopped or cut off), or a tick that came
+that late (this process stalled).
+
+A stream whose keep-alives go unanswered is given up for another member after
+`patience()`: the stall, or longer where etcd has been answering slowly (as
+TCP's retransmission timeout follows the round trip, RFC 6298: SRTT + 4
+RTTVAR), at most a lease TTL (two stalls). On a starved machine etcd answering
+in 0.6 s still renews 1 s leases; giving that stream up at 0.5 s dropped the
+answers in flight and left every lease unrenewed until another member, as
+starved, answered: all members in turn, and every node NotReady.
 """
 
 from __future__ import annotations
@@ -51,6 +58,8 @@ class LeaseKeeper:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._broken = False
         self._unanswered_since: float | None = None  # monotonic: first keep-alive sent since the last answer
+        self._srtt: float | None = None  # smoothed time to the first answer after a send (s)
+        self._rttvar = 0.0  # its smoothed deviation
 
     def mark(self, lease_id: int, on_expired: Callable[[], None], on_renewed: Renewed | None = None) -> None:
         """A heartbeat for this lease arrived; on_expired runs (on the loop) if etcd says it is gone,
@@ -68,8 +77,11 @@ class LeaseKeeper:
             batch.clear()
 
     def _response(self, stream_no: int, lease_id: int, ttl: int) -> None:  # etcd stream thread
-        self._unanswered_since = None
         self._store.contact.ok()
+        since = self._unanswered_since
+        if stream_no == self._stream_no and since is not None:  # a given-up stream's late answer times nothing
+            self._unanswered_since = None
+            self._sample(time.monotonic() - since)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._answered, stream_no, lease_id, ttl)
 
@@ -100,16 +112,33 @@ class LeaseKeeper:
         log.warning("lease keep-alive stream broke: %s", err)
         self._broken = True
 
+    def _sample(self, rtt: float) -> None:
+        if self._srtt is None:
+            self._srtt, self._rttvar = rtt, rtt / 2
+        else:
+            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - rtt)
+            self._srtt = 0.875 * self._srtt + 0.125 * rtt
+
+    def patience(self) -> float:
+        """How long keep-alives may go unanswered before the stream is given up (module doc)."""
+        stall = self._store.contact.stall
+        if self._srtt is None:
+            return stall
+        return min(2 * stall, max(stall, self._srtt + 4 * self._rttvar))
+
     def _check_answers(self, now: float) -> None:
-        """Keep-alives unanswered for longer than a stall: etcd is away, or the stream's member
-        hangs (stopped, cut off) without an error. Say so, and open the next stream elsewhere."""
+        """Keep-alives unanswered for longer than a stall: etcd is away or slow, or the stream's
+        member hangs (stopped, cut off) without an error. Say so; past `patience()`, open the
+        next stream elsewhere."""
         since = self._unanswered_since
         if since is None or now - since < self._store.contact.stall:
             return
         self._store.contact.failed(ago=now - since)
+        if now - since < self.patience():
+            return
         if self._stream is not None and not self._broken:
             # Once per outage at warning level: etcd stopped for 30 s would otherwise say it 60 times.
-            level = logging.DEBUG if self._store.contact.down_for() > 2 * self._store.contact.stall else logging.WARNING
+            level = logging.DEBUG if self._store.contact.down_for() > 2 * self.patience() else logging.WARNING
             log.log(level, "lease keep-alives unanswered for %.1fs on %s; re-opening", now - since, self._stream.member)
             self._store.abandon(self._stream)
             self._stream = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from pathlib import Path
 
 import pytest
@@ -199,3 +200,101 @@ def test_the_session_tells_the_agent_which_heartbeat_renewed_its_lease():
             await follow
 
     asyncio.run(scenario())
+
+
+class SlowStream(FakeStream):
+    """A starved member: it answers in bursts, everything sent so far at once, the n-th burst
+    `gaps[n]` seconds after the one before (the last gap repeats; None: it never answers again)."""
+
+    def __init__(self, on_response, gaps: list[float | None]) -> None:
+        super().__init__(on_response)
+        self.pending: list[int] = []
+        self.gaps = gaps
+        self.bursts: asyncio.Task[None] | None = None  # from the first send, on the loop (opened in a thread)
+
+    async def _answer(self, gaps: list[float | None]) -> None:
+        for n in itertools.count():
+            gap = gaps[min(n, len(gaps) - 1)]
+            if gap is None:
+                return
+            await asyncio.sleep(gap)
+            answered, self.pending = self.pending, []
+            for lease_id in answered:
+                self.answer(lease_id, 1)
+
+    def send(self, lease_id: int) -> None:
+        super().send(lease_id)
+        self.pending.append(lease_id)
+        if self.bursts is None:
+            self.bursts = asyncio.get_running_loop().create_task(self._answer(self.gaps))
+
+    def close(self) -> None:
+        if self.bursts is not None:
+            self.bursts.cancel()
+
+
+class SlowStore(FakeStore):
+    def __init__(self, gaps: list[float | None], stall: float) -> None:
+        super().__init__()
+        self.contact = Contact(stall=stall)
+        self.gaps = gaps
+        self.abandoned: list[FakeStream] = []
+
+    def keep_alive_stream(self, on_response, on_error) -> FakeStream:
+        self.streams.append(SlowStream(on_response, self.gaps))
+        return self.streams[-1]
+
+    def abandon(self, stream: FakeStream) -> None:
+        self.abandoned.append(stream)
+        stream.close()
+
+
+async def keep_beating(keeper: LeaseKeeper, seconds: float) -> None:
+    """A heartbeat every tick for lease 7, as a live agent's, for `seconds`."""
+    task = asyncio.create_task(keeper.run())
+    deadline = asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < deadline:
+        keeper.mark(7, lambda: None)
+        await asyncio.sleep(keeper.interval)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def test_a_member_that_answers_slowly_but_surely_keeps_its_stream():
+    """etcd answers in bursts further and further apart, from 40 ms to 1.5 stalls (a starved
+    machine): each burst still comes within the lease, so the stream is kept. Given up at the
+    first gap longer than the stall, it was re-opened on every member in turn, each as starved,
+    while no lease was renewed."""
+
+    async def scenario() -> tuple[SlowStore, LeaseKeeper]:
+        store = SlowStore([0.04, 0.08, 0.12, 0.16, 0.2, 0.24, 0.28, 0.3], stall=0.2)
+        keeper = LeaseKeeper(store, interval=0.05)  # type: ignore[arg-type]
+        await keep_beating(keeper, 2.0)
+        return store, keeper
+
+    store, keeper = asyncio.run(scenario())
+    assert store.abandoned == [] and len(store.streams) == 1
+    assert 0.2 < keeper.patience() <= 0.4  # more than a stall, at most a lease (two)
+
+
+def test_a_member_that_stops_answering_is_left_after_the_stall_when_it_was_quick():
+    """With quick answers so far, silence means the member is gone: the stream is given up
+    after the stall, not the longer patience a slow etcd earns."""
+
+    async def scenario() -> tuple[SlowStore, float]:
+        store = SlowStore([0.05] * 10 + [None], stall=0.2)
+        keeper = LeaseKeeper(store, interval=0.05)  # type: ignore[arg-type]
+        started = asyncio.get_running_loop().time()
+        task = asyncio.create_task(keep_beating(keeper, 2.0))
+        while not store.abandoned and asyncio.get_running_loop().time() < started + 3:
+            await asyncio.sleep(0.01)
+        left_after = asyncio.get_running_loop().time() - started
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return store, left_after
+
+    store, left_after = asyncio.run(scenario())
+    # 10 answered ticks (0.5 s), then silence from ~0.5 s: given up a stall (0.2 s) later, give or take a tick.
+    assert store.abandoned == [store.streams[0]] and left_after < 0.5 + 0.2 + 0.15
