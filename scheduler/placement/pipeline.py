@@ -1,7 +1,10 @@
-"""place(): filter, sample, score. Pure over the given node views."""
+"""place(): filter, sample, score. Pure over the given node views.
+place_all(): a pass's pending instances, in order, each placement recorded on its view."""
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,3 +74,50 @@ def place(req: Request, nodes: Sequence[NodeView], start: int = 0) -> Placement 
     rank = RANKS.get(req.strategy, rank_spread)
     best = max(feasible, key=lambda nd: rank(req, nd))
     return Placement(best.name)
+
+
+def place_all(reqs: Sequence[Request], nodes: Sequence[NodeView]) -> list[Placement | Unschedulable]:
+    """Place each request in turn, recording each placement on its node's view (`add`), so one
+    pass never overcommits a node.
+
+    A run of requests that ask the same (the replicas of an apply or a scale) is placed with one
+    heap of every feasible node's rank when that visits fewer nodes than sampling each: a
+    placement changes only its own node's rank, so the heap stays exact, and each replica goes
+    to the best node of all, where a sample finds the best of 50. Up to SCORE_ALL_BELOW nodes
+    every node is scored either way, with the same result."""
+    out: list[Placement | Unschedulable] = []
+    n = len(nodes)
+    by_name = {node.name: node for node in nodes}
+    for req, run in itertools.groupby(reqs):
+        count = sum(1 for _ in run)
+        if count > 1 and count * feasible_limit(n) > n:
+            out.extend(_place_run(req, nodes, count))
+            continue
+        for _ in range(count):
+            result = place(req, nodes, start=len(out) % max(1, n))
+            if isinstance(result, Placement):
+                by_name[result.node].add(req)
+            out.append(result)
+    return out
+
+
+def _place_run(req: Request, nodes: Sequence[NodeView], count: int) -> list[Placement | Unschedulable]:
+    filters = filters_for(req)
+    rank = RANKS.get(req.strategy, rank_spread)
+
+    def entry(i: int) -> tuple[tuple[float, ...], int]:
+        return tuple(-x for x in rank(req, nodes[i])), i  # smallest first: the best rank
+
+    heap = [entry(i) for i, node in enumerate(nodes) if first_reject(req, node, filters) is None]
+    heapq.heapify(heap)
+    out: list[Placement | Unschedulable] = []
+    while heap and len(out) < count:
+        _, i = heapq.heappop(heap)
+        node = nodes[i]
+        node.add(req)
+        out.append(Placement(node.name))
+        if first_reject(req, node, filters) is None:
+            heapq.heappush(heap, entry(i))
+    if len(out) < count:  # no node takes another: each says why, as place() does
+        out.extend([place(req, nodes)] * (count - len(out)))
+    return out

@@ -210,3 +210,63 @@ def test_fast_ranks_match_the_readable_scores(apps, cpu, total, avoided, strateg
     req = request_for(make_spec(name="web", placement=strategy), frozenset({"n"} if avoided else ()))
     readable = tuple(score(req, node) for score in STRATEGIES[strategy])
     assert RANKS[strategy](req, node) == (*readable, -node.order)
+
+
+def one_by_one(reqs, nodes):
+    """The reference: place() and add() for each request in turn."""
+    out = []
+    for i, req in enumerate(reqs):
+        result = place(req, nodes, start=i % len(nodes))
+        if isinstance(result, Placement):
+            next(n for n in nodes if n.name == result.node).add(req)
+        out.append(result)
+    return out
+
+
+def loaded_nodes(count, seed, cpu=4000):
+    """Nodes of mixed sizes, some cordoned, each already running a few instances of other apps."""
+    import random
+
+    rng = random.Random(seed)
+    nodes = [make_node(f"n{i:04d}", cpu=rng.choice([cpu, cpu // 2, 2 * cpu])) for i in range(count)]
+    for node in rng.sample(nodes, count // 10):
+        node.unschedulable = True
+    other = make_app(make_spec(name="other", cpu=rng.choice([100, 300])))
+    placed = [make_instance(other, f"other-{i}", node=rng.choice(nodes).name) for i in range(count)]
+    return views(nodes, placed)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    nodes=st.integers(1, 100),
+    replicas=st.integers(1, 300),
+    cpu=st.sampled_from([0, 250, 1000]),
+    strategy=st.sampled_from([pb.PLACEMENT_STRATEGY_SPREAD, pb.PLACEMENT_STRATEGY_BINPACK]),
+    seed=st.integers(0, 1000),
+)
+def test_a_run_of_replicas_lands_where_placing_them_one_by_one_does(nodes, replicas, cpu, strategy, seed):
+    """Up to 100 nodes every node is scored either way: the heap of place_all() is exact, down
+    to the tie-break and to the instances no node had room for."""
+    from scheduler.placement import place_all
+
+    req = request_for(make_spec(name="web", cpu=cpu, placement=strategy))
+    expected = one_by_one([req] * replicas, loaded_nodes(nodes, seed))
+    assert place_all([req] * replicas, loaded_nodes(nodes, seed)) == expected
+
+
+def test_a_run_over_many_nodes_goes_to_the_best_of_all_and_never_overcommits(monkeypatch):
+    """Over 100 nodes one placement scores a sample of 50; a run of replicas scores every node
+    once and keeps the ranks in a heap. Each replica goes where scoring all nodes would put it,
+    until no node has room: the rest are Unschedulable with the reasons place() gives."""
+    from scheduler.placement import pipeline, place_all
+
+    spread, other = request_for(make_spec(name="web", cpu=1000)), request_for(make_spec(name="db", cpu=700))
+    reqs = [spread] * 3000 + [other] * 200 + [spread] * 2000  # each run long enough for the heap
+    got = place_all(reqs, nodes := loaded_nodes(1000, 7))
+    monkeypatch.setattr(pipeline, "SCORE_ALL_BELOW", 10**9)  # the reference scores every node
+    assert got == one_by_one(reqs, reference := loaded_nodes(1000, 7))
+    assert [(n.cpu, n.apps) for n in nodes] == [(n.cpu, n.apps) for n in reference]
+    assert all(n.cpu <= n.allocatable[0] for n in nodes)
+    unplaced = [r for r in got if isinstance(r, Unschedulable)]
+    assert unplaced and unplaced[-1].message.startswith("0/1000 nodes available: ")
+    assert "insufficient cpu" in unplaced[-1].message and "cordoned" in unplaced[-1].message
