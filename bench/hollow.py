@@ -9,8 +9,10 @@ committed to etcd and pushed) and until all are reported Running, and read the
 scheduler's peak RSS (VmHWM). Every agent hears of every endpoint: we count the
 bytes of endpoints each receives, during the start and during a churn of
 CHURN_FLIPS readiness changes afterwards (with the scheduler's CPU time then).
+With --schedulers N, N schedulers share the etcd and the hollow agents spread
+their sessions over them (the first leads; peak RSS and CPU are the leader's).
 
-    python -m bench.hollow --nodes 100 1000 5000 --instances 10000 [--compare-whole-endpoints]
+    python -m bench.hollow --nodes 100 1000 5000 --instances 10000 [--compare-whole-endpoints] [--schedulers 2]
 """
 
 from __future__ import annotations
@@ -209,28 +211,42 @@ def peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
-async def run_one(nodes: int, instances: int, lease_ttl: int, endpoint_updates: bool = True) -> Result:
+async def run_one(
+    nodes: int, instances: int, lease_ttl: int, endpoint_updates: bool = True, schedulers: int = 1
+) -> Result:
     etcd = start_etcd()
-    port = free_port()
-    argv = orch_argv(
-        "scheduler", "--listen", f"127.0.0.1:{port}", "--etcd", etcd.endpoint, "--lease-ttl", str(lease_ttl), "-v",
-        "--insecure", "--insecure-etcd",  # plaintext: hollow agents measure scheduling, not TLS
-    )  # fmt: skip
-    log_path = Path(tempfile.gettempdir()) / f"orch-bench-scheduler-{nodes}.log"
-    with open(log_path, "wb") as log:
-        sched = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=orch_env())
-    addr = f"127.0.0.1:{port}"
+    ports = [free_port() for _ in range(schedulers)]
+    scheds = []
+    for k, port in enumerate(ports):
+        argv = orch_argv(
+            "scheduler", "--listen", f"127.0.0.1:{port}", "--etcd", etcd.endpoint, "--lease-ttl", str(lease_ttl),
+            "-v", "--insecure", "--insecure-etcd",  # plaintext: hollow agents measure scheduling, not TLS
+        )  # fmt: skip
+        suffix = f"-{k}" if k else ""
+        log_path = Path(tempfile.gettempdir()) / f"orch-bench-scheduler-{nodes}{suffix}.log"
+        with open(log_path, "wb") as log:
+            scheds.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=orch_env()))
+        if k == 0:
+            wait_port(port, scheds[0])  # it leads: it started first
+    sched = scheds[0]
+    addrs = [f"127.0.0.1:{port}" for port in ports]
+    addr = addrs[0]
     stop_event = asyncio.Event()
     delivered = Delivered(instances)
     tasks: list[asyncio.Task[None]] = []
-    channels = []
+    channels: list[grpc.aio.Channel] = []
     try:
-        wait_port(port, sched)
+        for port, proc in zip(ports, scheds, strict=True):
+            wait_port(port, proc)
         fleet = [Hollow(f"hollow-{i:05d}", i, endpoint_updates=endpoint_updates) for i in range(nodes)]
+        by_scheduler: dict[int, list[grpc.aio.Channel]] = {}
         for i, node in enumerate(fleet):
-            if i % NODES_PER_CHANNEL == 0:
-                channels.append(grpc.aio.insecure_channel(addr))
-            tasks.append(asyncio.create_task(hollow_node(channels[-1], node, stop_event, delivered)))
+            k = i % schedulers  # sessions spread over the schedulers
+            chans = by_scheduler.setdefault(k, [])
+            if (i // schedulers) % NODES_PER_CHANNEL == 0:
+                chans.append(grpc.aio.insecure_channel(addrs[k]))
+                channels.append(chans[-1])
+            tasks.append(asyncio.create_task(hollow_node(chans[-1], node, stop_event, delivered)))
         await asyncio.wait_for(asyncio.gather(*(n.ready.wait() for n in fleet)), timeout=300)
         async with grpc.aio.insecure_channel(addr) as ch:
             stub = api_pb2_grpc.OrchStub(ch)
@@ -273,7 +289,8 @@ async def run_one(nodes: int, instances: int, lease_ttl: int, endpoint_updates: 
         await asyncio.gather(*tasks, return_exceptions=True)
         for ch in channels:
             await ch.close()
-        stop(sched)
+        for proc in scheds:
+            stop(proc)
         etcd.stop()
 
 
@@ -288,6 +305,9 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="after each run, the same with agents that take only whole endpoint views (before issue 12)",
     )
+    parser.add_argument(
+        "--schedulers", type=int, default=1, help="schedulers on the same etcd; hollow agents spread over them"
+    )
     args = parser.parse_args(argv)
     print(
         "| nodes | instances | endpoints to agents | all at agents (s) | all Running (s) | placed/s | Running/s "
@@ -297,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in args.nodes:
         for updates in (True, False) if args.compare_whole_endpoints else (True,):
-            r = asyncio.run(run_one(n, args.instances, args.lease_ttl, updates))
+            r = asyncio.run(run_one(n, args.instances, args.lease_ttl, updates, args.schedulers))
             print(
                 f"| {r.nodes} | {r.instances} | {'updates' if updates else 'whole view'} | {r.placed_s:.2f} "
                 f"| {r.running_s:.2f} | {r.placed_per_s:,.0f} | {r.running_per_s:,.0f} | {r.peak_rss_mib:.0f} MiB "
