@@ -10,7 +10,8 @@ scheduler's peak RSS (VmHWM). Every agent hears of every endpoint: we count the
 bytes of endpoints each receives, during the start and during a churn of
 CHURN_FLIPS readiness changes afterwards (with the scheduler's CPU time then).
 With --schedulers N, N schedulers share the etcd and the hollow agents spread
-their sessions over them (the first leads; peak RSS and CPU are the leader's).
+their sessions over them (peak RSS and CPU are the first one's, started first: it
+mostly leads).
 
     python -m bench.hollow --nodes 100 1000 5000 --instances 10000 [--compare-whole-endpoints] [--schedulers 2]
 """
