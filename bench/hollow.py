@@ -33,6 +33,7 @@ from pathlib import Path
 
 import grpc
 
+from node.session import first_scheduler
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import api_pb2, api_pb2_grpc
 from orch.v1 import types_pb2 as pb
@@ -241,12 +242,14 @@ async def run_one(
             wait_port(port, proc)
         fleet = [Hollow(f"hollow-{i:05d}", i, endpoint_updates=endpoint_updates) for i in range(nodes)]
         by_scheduler: dict[int, list[grpc.aio.Channel]] = {}
-        for i, node in enumerate(fleet):
-            k = i % schedulers  # sessions spread over the schedulers
+        per_scheduler: Counter[int] = Counter()
+        for node in fleet:
+            k = first_scheduler(node.name, schedulers)  # where a real agent of that name starts
             chans = by_scheduler.setdefault(k, [])
-            if (i // schedulers) % NODES_PER_CHANNEL == 0:
+            if per_scheduler[k] % NODES_PER_CHANNEL == 0:
                 chans.append(grpc.aio.insecure_channel(addrs[k]))
                 channels.append(chans[-1])
+            per_scheduler[k] += 1
             tasks.append(asyncio.create_task(hollow_node(chans[-1], node, stop_event, delivered)))
         await asyncio.wait_for(asyncio.gather(*(n.ready.wait() for n in fleet)), timeout=300)
         async with grpc.aio.insecure_channel(addr) as ch:

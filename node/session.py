@@ -1,7 +1,9 @@
 """The agent's stream to a scheduler: register, heartbeat, report status,
 receive desired sets. Reconnects with capped, jittered backoff and tries
-the scheduler addresses in turn; while no scheduler answers (or etcd is
-away behind it) nothing changes on the node: containers keep running.
+the scheduler addresses in turn, from one picked by the node's name (so the
+nodes of a cluster spread over its schedulers, which all serve sessions);
+while no scheduler answers (or etcd is away behind it) nothing changes on
+the node: containers keep running.
 
 Before a planned exit the agent says goodbye (`goodbye()`): the scheduler
 holds the node for a restart instead of replacing its instances when the
@@ -14,6 +16,7 @@ hold in GoodbyeAck) goes to a `LeaseWatch`, which self-fencing counts from
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import time
@@ -48,6 +51,16 @@ CHANNEL_OPTIONS = [
     ("grpc.http2.ping_timeout_ms", KEEPALIVE_MS),  # without it grpcio 1.85 waited for the ack for ever
     ("grpc.http2.max_pings_without_data", 0),  # the stream is busy anyway: never hold a ping back
 ]
+
+
+def first_scheduler(node: str, schedulers: int) -> int:
+    """Where in its --scheduler list a node's agent starts. Every scheduler serves sessions (only
+    the leader reconciles), so the nodes spread over them, as Nomad's clients shuffle their
+    servers: with one list on every machine, all agents on the first scheduler made it the only
+    one working, and all of them moved at once when it went. The same node starts at the same
+    one again after a restart."""
+    digest = hashlib.sha256(node.encode()).digest()  # well mixed for names a character apart, unlike crc32
+    return int.from_bytes(digest[:8], "big") % schedulers if schedulers else 0
 
 
 class Session:
@@ -96,7 +109,7 @@ class Session:
 
     async def run(self) -> None:
         delay = BACKOFF_MIN
-        attempt = 0
+        attempt = first_scheduler(self._register(self.lease_id).node, len(self._schedulers))
         while True:
             target = self._schedulers[attempt % len(self._schedulers)]
             attempt += 1

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from node.session import first_scheduler
 from tests.e2e.cluster import orch, orch_up
 from tests.e2e.liveness_checks import (
     Api,
@@ -231,7 +232,9 @@ def leader_index(info: dict) -> int:
 
 
 def _scheduler_first(argv: list[str], address: str) -> list[str]:
-    """An agent's argv with `address` first in its --scheduler list: its session goes there."""
+    """An agent's argv with `address` where in its --scheduler list it starts (first_scheduler
+    of its node's name): its session goes there."""
     at = argv.index("--scheduler") + 1
     rest = [a for a in argv[at].split(",") if a != address]
-    return [*argv[:at], ",".join([address, *rest]), *argv[at + 1 :]]
+    rest.insert(first_scheduler(argv[argv.index("--name") + 1], len(rest) + 1), address)
+    return [*argv[:at], ",".join(rest), *argv[at + 1 :]]

@@ -9,7 +9,7 @@ import os
 import signal
 import time
 
-from node.session import KEEPALIVE_MS, Session
+from node.session import KEEPALIVE_MS, Session, first_scheduler
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import types_pb2 as pb
 from tests.fixtures.processes import stop
@@ -36,7 +36,9 @@ async def _follow(first: str, second: str, first_pid: int) -> float:
     async def nothing(_: apb.DesiredSet) -> None:
         return None
 
-    session = Session([first, second], lambda lease: register, apb.StatusReport, nothing)
+    # The agent starts at the scheduler its node's name picks (first_scheduler): `first` goes there.
+    order = [first, second] if first_scheduler("n1", 2) == 0 else [second, first]
+    session = Session(order, lambda lease: register, apb.StatusReport, nothing)
     task = asyncio.create_task(session.run())
     try:
         await asyncio.wait_for(session.connected.wait(), 20)
