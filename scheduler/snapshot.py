@@ -20,8 +20,9 @@ class Versioned(Generic[T]):
     mod_revision: int
 
 
-# instance -> ((its mod_revision, its app's, its template's), the hydrated record)
-HydrationMemo = dict[str, tuple[tuple[int, int, int], Versioned[pb.Instance]]]
+# instance -> ((its mod_revision, what hydration reads of its app, its template's mod_revision),
+# the hydrated record)
+HydrationMemo = dict[str, tuple[tuple[int, bytes, int], Versioned[pb.Instance]]]
 
 ACTIVE_DESIRED = (pb.DESIRED_STATE_RUN, pb.DESIRED_STATE_UNSPECIFIED)
 
@@ -58,12 +59,15 @@ class ClusterSnapshot:
         only that app's instances, the others left out (what one app's view needs)."""
         specs: dict[tuple[str, int], pb.AppSpec] = {}
         fresh: HydrationMemo = {}
+        read_of_app: dict[str, bytes] = {}
         chosen = ((v.value.name, v) for v in self._by_app.get(app, ())) if app else self.instances.items()
         for name, v in chosen:
             inst = v.value
             owner = self.apps.get(inst.app)
+            if (of_app := read_of_app.get(inst.app)) is None:
+                of_app = read_of_app[inst.app] = _what_hydration_reads(owner.value if owner else None)
             template = self.generations.get(inst.app, {}).get(inst.app_generation, 0)
-            key = (v.mod_revision, owner.mod_revision if owner else 0, template)
+            key = (v.mod_revision, of_app, template)
             hit = memo.get(name)
             if hit is None or hit[0] != key:
                 filled = self.templates.hydrate(inst, owner.value if owner else None, specs)
@@ -97,3 +101,12 @@ class ClusterSnapshot:
 
     def on_node(self, node: str) -> list[pb.Instance]:
         return [v.value for v in self.instances.values() if v.value.node == node]
+
+
+def _what_hydration_reads(app: pb.App | None) -> bytes:
+    """Of an app record, what hydrate.py reads: its generation and spec, not its rollout status.
+    The status changes with every instance that turns ready; keyed on the record's revision, a
+    rollout of 10,000 re-hydrated all 10,000 at every pass (0.3-0.5 s each at 5,000 nodes)."""
+    if app is None:
+        return b""
+    return app.generation.to_bytes(8, "big") + app.spec.SerializeToString(deterministic=True)

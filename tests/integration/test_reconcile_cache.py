@@ -277,3 +277,30 @@ def test_a_write_seen_while_reading_the_revision_is_not_etcd_going_back_in_histo
             assert snap is not None and not cache._broken.is_set()
 
     asyncio.run(main())
+
+
+def test_a_rollout_status_write_hydrates_no_instance_again(store):
+    """Every pass of a rollout writes the app's status (how many are ready) and so its record's
+    revision: the instances' hydrated copies are kept all the same, as nothing hydration reads
+    changed. A scale changes the spec: then they are made again."""
+
+    async def main() -> None:
+        for n in ("n1", "n2"):
+            add_node(store, n)
+        add_app(store, replicas=4)
+        Reconciler(store, EventLog(store)).run_once(lead(store))
+        async with running_cache(store) as (cache, _):
+            memo: dict = {}
+            first = cache.snapshot().hydrated(memo)
+            store.update(pb.App, store.keys.app("web"), lambda a: setattr(a.rollout, "ready", 3))
+            assert await cache.reached(store.revision(), 5)
+            again = cache.snapshot().hydrated(memo)
+            assert again.apps["web"].value.rollout.ready == 3
+            assert all(again.instances[n] is first.instances[n] for n in first.instances)
+            store.update(pb.App, store.keys.app("web"), lambda a: setattr(a.spec, "replicas", 5))
+            assert await cache.reached(store.revision(), 5)
+            third = cache.snapshot().hydrated(memo)
+            assert all(third.instances[n] is not first.instances[n] for n in first.instances)
+            assert all(v.value.spec.replicas == 5 for v in third.instances.values())
+
+    asyncio.run(main())
