@@ -218,39 +218,34 @@ async def run_one(
 ) -> Result:
     etcd = start_etcd()
     ports = [free_port() for _ in range(schedulers)]
-    scheds = []
-    for k, port in enumerate(ports):
-        argv = orch_argv(
-            "scheduler", "--listen", f"127.0.0.1:{port}", "--etcd", etcd.endpoint, "--lease-ttl", str(lease_ttl),
-            "-v", "--insecure", "--insecure-etcd",  # plaintext: hollow agents measure scheduling, not TLS
-        )  # fmt: skip
-        suffix = f"-{k}" if k else ""
-        log_path = Path(tempfile.gettempdir()) / f"orch-bench-scheduler-{nodes}{suffix}.log"
-        with open(log_path, "wb") as log:
-            scheds.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=orch_env()))
-        if k == 0:
-            wait_port(port, scheds[0])  # it leads: it started first
-    sched = scheds[0]
     addrs = [f"127.0.0.1:{port}" for port in ports]
     addr = addrs[0]
+    scheds: list[subprocess.Popen[bytes]] = []
     stop_event = asyncio.Event()
     delivered = Delivered(instances)
     tasks: list[asyncio.Task[None]] = []
     channels: list[grpc.aio.Channel] = []
     try:
-        for port, proc in zip(ports, scheds, strict=True):
-            wait_port(port, proc)
+        for k, port in enumerate(ports):  # one after the other: the first to listen leads
+            argv = orch_argv(
+                "scheduler", "--listen", addrs[k], "--etcd", etcd.endpoint, "--lease-ttl", str(lease_ttl),
+                "-v", "--insecure", "--insecure-etcd",  # plaintext: hollow agents measure scheduling, not TLS
+            )  # fmt: skip
+            log_path = Path(tempfile.gettempdir()) / f"orch-bench-scheduler-{nodes}{f'-{k}' if k else ''}.log"
+            with open(log_path, "wb") as log:
+                scheds.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=orch_env()))
+            wait_port(port, scheds[-1])
+        sched = scheds[0]
         fleet = [Hollow(f"hollow-{i:05d}", i, endpoint_updates=endpoint_updates) for i in range(nodes)]
-        by_scheduler: dict[int, list[grpc.aio.Channel]] = {}
-        per_scheduler: Counter[int] = Counter()
+        on_channel: Counter[int] = Counter()  # sessions on each scheduler's newest channel
+        newest: dict[int, grpc.aio.Channel] = {}
         for node in fleet:
             k = first_scheduler(node.name, schedulers)  # where a real agent of that name starts
-            chans = by_scheduler.setdefault(k, [])
-            if per_scheduler[k] % NODES_PER_CHANNEL == 0:
-                chans.append(grpc.aio.insecure_channel(addrs[k]))
-                channels.append(chans[-1])
-            per_scheduler[k] += 1
-            tasks.append(asyncio.create_task(hollow_node(chans[-1], node, stop_event, delivered)))
+            if on_channel[k] % NODES_PER_CHANNEL == 0:
+                newest[k] = grpc.aio.insecure_channel(addrs[k])
+                channels.append(newest[k])
+            on_channel[k] += 1
+            tasks.append(asyncio.create_task(hollow_node(newest[k], node, stop_event, delivered)))
         await asyncio.wait_for(asyncio.gather(*(n.ready.wait() for n in fleet)), timeout=300)
         async with grpc.aio.insecure_channel(addr) as ch:
             stub = api_pb2_grpc.OrchStub(ch)

@@ -64,13 +64,14 @@ class ClusterSnapshot:
         for name, v in chosen:
             inst = v.value
             owner = self.apps.get(inst.app)
+            app_record = owner.value if owner else None
             if (of_app := read_of_app.get(inst.app)) is None:
-                of_app = read_of_app[inst.app] = _what_hydration_reads(owner.value if owner else None)
+                of_app = read_of_app[inst.app] = _what_hydration_reads(app_record)
             template = self.generations.get(inst.app, {}).get(inst.app_generation, 0)
             key = (v.mod_revision, of_app, template)
             hit = memo.get(name)
             if hit is None or hit[0] != key:
-                filled = self.templates.hydrate(inst, owner.value if owner else None, specs)
+                filled = self.templates.hydrate(inst, app_record, specs)
                 hit = (key, Versioned(filled, v.mod_revision))
             fresh[name] = hit
         memo.clear()
