@@ -28,6 +28,15 @@ class StoreUnavailable(SchedulerError):
         self.landed: Sequence[object] = ()  # of a commit in chunks, the writes that did land
 
 
+class HistoryCompacted(SchedulerError):
+    """A watch asked etcd for revisions it no longer keeps: whatever followed it must read
+    everything again."""
+
+    def __init__(self, revision: int) -> None:
+        super().__init__(f"etcd compacted its history past revision {revision}")
+        self.revision = revision
+
+
 class Conflict(SchedulerError):
     def __init__(self, what: str) -> None:
         super().__init__(f"conflicting update of {what}; re-read and retry")

@@ -43,7 +43,7 @@ from google.protobuf.message import DecodeError, Message
 from orch.tls import Credentials
 from orch.v1 import types_pb2 as pb
 from scheduler.contact import Contact
-from scheduler.errors import Conflict, NotLeader, StoreUnavailable
+from scheduler.errors import Conflict, HistoryCompacted, NotLeader, StoreUnavailable
 from scheduler.etcd_failover import (
     CALL_TIMEOUT,
     CHANNEL_OPTIONS,
@@ -245,8 +245,10 @@ class Store:
         # Open watches: their member, and how to end one from here (abandon()).
         self._watches: dict[int, tuple[str, Callable[[Exception], None]]] = {}
         self._watch_seq = itertools.count()
+        self._closed = False
 
     def close(self) -> None:
+        self._closed = True  # the watches' streams end now: that is no news to tell
         self._pool.shutdown(wait=False)
         self._client.close()
 
@@ -620,7 +622,8 @@ class Store:
 
         on_events gets the events and the response's header revision; on_error
         is called once when the stream breaks (the caller re-creates the watch
-        from the last revision it saw).
+        from the last revision it saw). HistoryCompacted, raised or passed to
+        on_error, means etcd no longer keeps the revisions asked for.
         """
         plen = len(self.keys.prefix)
         member = ""
@@ -634,7 +637,10 @@ class Store:
                 on_error(err)
 
         def callback(resp: Any) -> None:
-            if ended.is_set():
+            if ended.is_set() or self._closed:
+                return
+            if isinstance(resp, etcd3.exceptions.RevisionCompactedError):
+                fail(HistoryCompacted(start_revision))
                 return
             if resp is None or isinstance(resp, Exception):  # None: the stream ended without an error
                 if isinstance(resp, grpc.RpcError) and resp.code() in TRANSIENT_CODES:
@@ -657,7 +663,12 @@ class Store:
             member = self._failover.member_in_use()
             return self._client.add_watch_prefix_callback(self.keys.prefix, callback, start_revision=start_revision)
 
-        watch_id = self._call("watch", add)
+        try:
+            watch_id = self._call("watch", add)
+        except StoreUnavailable as e:
+            if isinstance(e.__cause__, etcd3.exceptions.RevisionCompactedError):
+                raise HistoryCompacted(start_revision) from e
+            raise
         self._watches[key] = (member, fail)
 
         def cancel() -> None:
