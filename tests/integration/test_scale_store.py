@@ -85,17 +85,24 @@ def placed(address: str, app: str) -> bool:
     return r.returncode == 0 and sum(bool(i["node"]) for i in json.loads(r.stdout)) == 3
 
 
-def leading(sched: SchedulerProc, app: str) -> None:
+def leading(sched: SchedulerProc, app: str, log: Path) -> None:
     """Applying an app of 3 replicas gets them placed: the reconciler passes over the whole state."""
-    r = wait_for(lambda: (r := orch(sched.address, "apply", "-", stdin=PROBE % app)).returncode == 0 and r, 60, "apply")
+
+    def log_tail() -> str:  # why not (in the VM nobody can look afterwards)
+        return "the scheduler's log ends:\n" + log.read_text()[-4000:]
+
+    r = wait_for(
+        lambda: (r := orch(sched.address, "apply", "-", stdin=PROBE % app)).returncode == 0 and r, 60, "apply", log_tail
+    )
     assert f"app/{app} created" in r.stdout
-    wait_for(lambda: placed(sched.address, app), 120, f"{app}'s 3 instances placed")
+    wait_for(lambda: placed(sched.address, app), 120, f"{app}'s 3 instances placed", log_tail)
 
 
 def test_a_big_cluster_lists_reconciles_and_survives_a_scheduler_restart(big_etcd: EtcdServer, tmp_path: Path) -> None:
-    sched = start_scheduler(big_etcd, tmp_path / "scheduler.log", "big-0")
+    log = tmp_path / "scheduler.log"
+    sched = start_scheduler(big_etcd, log, "big-0")
     try:
-        leading(sched, "probe-a")
+        leading(sched, "probe-a", log)
         assert count(sched.address, "instances") == INSTANCES + 3
         assert count(sched.address, "instances", "--app", "probe-a") == 3
         assert count(sched.address, "nodes") == NODES
@@ -106,11 +113,11 @@ def test_a_big_cluster_lists_reconciles_and_survives_a_scheduler_restart(big_etc
     finally:
         stop(sched.proc)
     # A new scheduler (a restart) loads the same state and leads again.
-    sched = start_scheduler(big_etcd, tmp_path / "scheduler.log", "big-1")
+    sched = start_scheduler(big_etcd, log, "big-1")
     try:
-        leading(sched, "probe-b")
+        leading(sched, "probe-b", log)
         assert count(sched.address, "instances") == INSTANCES + 6
     finally:
         stop(sched.proc)
-    log = (tmp_path / "scheduler.log").read_text()
-    assert "Traceback" not in log, log[-3000:]
+    text = log.read_text()
+    assert "Traceback" not in text, text[-3000:]
