@@ -77,9 +77,15 @@ def node_views(snap: ClusterSnapshot, without: str = "") -> dict[str, NodeView]:
     }
     for order, name in enumerate(sorted(views)):
         views[name].order = order
+    # One Request per template, not per instance: an app's generation runs one spec (hydrate.py),
+    # and building it for each of 50,000 instances was an eighth of a pass.
+    requests: dict[tuple[str, int], Request] = {}
     for v in snap.instances.values():
         inst = v.value
         view = views.get(inst.node)
         if view is not None and holds_resources(inst) and inst.name != without:
-            view.add(request_for(inst.spec))
+            key = (inst.app, inst.app_generation)
+            if (request := requests.get(key)) is None:
+                request = requests[key] = request_for(inst.spec)
+            view.add(request)
     return views

@@ -20,6 +20,15 @@ def views(nodes, instances=(), live=None):
     return [v[n] for n in sorted(v)]
 
 
+def test_a_node_counts_what_each_generation_of_an_app_asks():
+    """Node views build one request per (app, generation): a rollout's two specs both count."""
+    old, new = make_app(make_spec(cpu=100, memory=1 << 20), 1), make_app(make_spec(cpu=300, memory=4 << 20), 2)
+    insts = [make_instance(old, "web-1", node="a"), make_instance(new, "web-2", node="a")]
+    insts += [make_instance(new, "web-3", node="a"), make_instance(make_app(make_spec("db", cpu=50)), "db-1", node="a")]
+    (a,) = views([make_node("a", cpu=1000, memory=1 << 30)], insts)
+    assert (a.cpu, a.memory, a.total, dict(a.apps)) == (750, 9 << 20, 4, {"web": 3, "db": 1})
+
+
 @pytest.mark.parametrize(
     ("node", "spec", "reason"),
     [
