@@ -50,7 +50,7 @@ from node.session import Session
 from node.usage import sample_usage
 from node.volumes import NodeVolumes
 from node.worker import DEFAULT_PIDS_LIMIT, InstanceWorker, WorkerDeps
-from orch import sdnotify
+from orch import malloc, sdnotify
 from orch.tls import Credentials, add_port
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import agent_pb2_grpc
@@ -498,6 +498,8 @@ async def leave(agent: Agent, task: asyncio.Task[None]) -> None:
 
 
 def main(config: AgentConfig) -> None:
+    malloc.limit_arenas()  # before grpc's and the lifecycle pool's threads (orch/malloc.py)
+
     async def run() -> None:
         loop = asyncio.get_running_loop()
         loop.set_default_executor(ThreadPoolExecutor(LIFECYCLE_THREADS, thread_name_prefix="orch-lifecycle"))

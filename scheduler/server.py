@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
-from orch import sdnotify
+from orch import malloc, sdnotify
 from orch.tls import Credentials, add_port
 from orch.v1 import api_pb2_grpc
 from orch.v1 import types_pb2 as pb
@@ -214,6 +214,7 @@ GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def main(config: SchedulerConfig) -> None:
+    malloc.limit_arenas()  # before grpc's and the etcd pool's threads (orch/malloc.py)
     gc.freeze()  # what is alive after start-up (modules, classes) is never traversed again
     gc.set_threshold(*GC_THRESHOLDS)
     asyncio.run(serve(config))
