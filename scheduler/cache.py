@@ -177,10 +177,16 @@ class ClusterCache:
         machine that delayed the lease keep-alives, which broke the watch again."""
         self._loop = asyncio.get_running_loop()
         self._reload = True
+        resumed = False
         while True:
             if self._reload:
+                self._reload = False  # first: a reload asked for during this one is not lost
                 await self._load_until_done()
-                self._reload = False
+                resumed = False
+                if self._reload:
+                    continue
+            elif resumed and not await self._etcd_still_ahead():
+                continue  # etcd away (try again), or behind this cache (load again)
             self._broken.clear()
             try:
                 # From `seen`, not `revision`: a reply's header may be ahead of its events.
@@ -194,7 +200,24 @@ class ClusterCache:
                 continue
             await self._broken.wait()
             self._cancel()
+            resumed = True
             await asyncio.sleep(0.2)
+
+    async def _etcd_still_ahead(self) -> bool:
+        """Before a broken watch is taken up again: etcd has not gone back in history (restored
+        from a backup), which a watch from `seen` would not say (etcd waits for that revision). A
+        follower's cache is read by no pass, so current() would not notice either."""
+        try:
+            revision = await asyncio.to_thread(self._store.revision)
+        except Exception as e:  # etcd still away
+            log.warning("etcd's revision: %s", e)
+            await asyncio.sleep(0.5)
+            return False
+        if revision < self.seen:
+            log.warning("etcd is at revision %d, behind this cache (%d): reloading", revision, self.seen)
+            self._reload = True
+            return False
+        return True
 
     async def _load_until_done(self) -> None:
         """Changes may have been missed (history compacted): nothing is followed again, nor
@@ -273,6 +296,9 @@ class ClusterCache:
         self._broken.set()
 
     def _apply(self, events: list[WatchEvent], revision: int) -> None:
+        # A batch of a watch given up (or of one before a reload) may come after its successor's:
+        # what `seen` covers is applied already (etcd never splits a revision across replies).
+        events = [ev for ev in events if ev.mod_revision > self.seen]
         touched: set[str] = set()
         instances: set[tuple[str, str]] = set()
         apps: set[str] = set()

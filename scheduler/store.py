@@ -245,6 +245,7 @@ class Store:
         # Open watches: their member, and how to end one from here (abandon()).
         self._watches: dict[int, tuple[str, Callable[[Exception], None]]] = {}
         self._watch_seq = itertools.count()
+        self._watches_lock = threading.Lock()
         self._closed = False
 
     def close(self) -> None:
@@ -631,10 +632,12 @@ class Store:
         ended = threading.Event()  # on_error is called once; a stream given up says nothing more
 
         def fail(err: Exception) -> None:
-            if not ended.is_set():
+            with self._watches_lock:  # with the registration below: never a dead watch left listed
+                if ended.is_set():
+                    return
                 ended.set()
                 self._watches.pop(key, None)
-                on_error(err)
+            on_error(err)
 
         def callback(resp: Any) -> None:
             if ended.is_set() or self._closed:
@@ -669,11 +672,14 @@ class Store:
             if isinstance(e.__cause__, etcd3.exceptions.RevisionCompactedError):
                 raise HistoryCompacted(start_revision) from e
             raise
-        self._watches[key] = (member, fail)
+        with self._watches_lock:
+            if not ended.is_set():  # not already failed (a compaction notice can come this soon)
+                self._watches[key] = (member, fail)
 
         def cancel() -> None:
-            ended.set()
-            self._watches.pop(key, None)
+            with self._watches_lock:
+                ended.set()
+                self._watches.pop(key, None)
             try:
                 self._client.cancel_watch(watch_id)
             except Exception:  # the stream may already be gone

@@ -17,7 +17,7 @@ from scheduler.cache import ClusterCache
 from scheduler.events import EventLog
 from scheduler.leader import LeaderElection
 from scheduler.reconciler_loop import Reconciler
-from scheduler.store import Delete, Fence, Put, Store
+from scheduler.store import Delete, Fence, Put, Store, WatchEvent
 from tests.factories import make_app, make_node, make_spec
 
 
@@ -306,10 +306,24 @@ def test_a_rollout_status_write_hydrates_no_instance_again(store):
     asyncio.run(main())
 
 
-def break_watches(store: Store) -> None:
-    """What Store.abandon does to a member that stopped answering: its watches end."""
-    for _, fail in list(store._watches.values()):
+async def break_watches(store: Store) -> None:
+    """What Store.abandon does to a member that stopped answering: its watches end. Waits for the
+    cache's watch first (running_cache returns once the cache has loaded, maybe before)."""
+    deadline = time.monotonic() + 5
+    while not store._watches and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    watches = list(store._watches.values())
+    assert watches, "the cache has no watch to break"
+    for _, fail in watches:
         fail(ConnectionError("etcd member stopped answering"))
+
+
+def counting_reads(store: Store) -> list:
+    """The whole reads (snapshots) the cache makes from now on."""
+    reads: list = []
+    snapshot = store.snapshot
+    store.snapshot = lambda *a: reads.append(a) or snapshot(*a)  # type: ignore[method-assign]
+    return reads
 
 
 def test_a_broken_watch_takes_up_where_it_was_without_reading_everything_again(store):
@@ -320,11 +334,9 @@ def test_a_broken_watch_takes_up_where_it_was_without_reading_everything_again(s
     async def main() -> None:
         add_node(store, "n1")
         async with running_cache(store) as (cache, _):
-            reads = []
-            snapshot = store.snapshot
-            store.snapshot = lambda *a: reads.append(a) or snapshot(*a)  # type: ignore[method-assign]
+            reads = counting_reads(store)
             for n in ("n2", "n3"):
-                break_watches(store)
+                await break_watches(store)
                 store.commit([Put(store.keys.node(n), make_node(n), None)])  # while nobody watches
                 assert await cache.reached(store.revision(), 5)
                 assert n in cache.nodes
@@ -341,9 +353,8 @@ def test_history_compacted_while_the_watch_was_broken_is_read_again_whole(store)
     async def main() -> None:
         add_node(store, "n1")
         async with running_cache(store) as (cache, _):
-            reads = []
-            snapshot, watch = store.snapshot, store.watch
-            store.snapshot = lambda *a: reads.append(a) or snapshot(*a)  # type: ignore[method-assign]
+            reads = counting_reads(store)
+            watch = store.watch
             resume = asyncio.Event()
             loop = asyncio.get_running_loop()
 
@@ -351,8 +362,8 @@ def test_history_compacted_while_the_watch_was_broken_is_read_again_whole(store)
                 asyncio.run_coroutine_threadsafe(resume.wait(), loop).result(10)
                 return watch(*args)
 
+            await break_watches(store)
             store.watch = held_watch  # type: ignore[method-assign]
-            break_watches(store)
             store.commit([Put(store.keys.node("n2"), make_node("n2"), None)])
             store.commit([Delete(store.keys.node("n1"), None)])
             store.compact(store.revision())
@@ -363,5 +374,43 @@ def test_history_compacted_while_the_watch_was_broken_is_read_again_whole(store)
             store.commit([Put(store.keys.node("n3"), make_node("n3"), None)])  # followed again
             assert await cache.reached(store.revision(), 5)
             assert set(cache.nodes) == {"n2", "n3"}
+
+    asyncio.run(main())
+
+
+def test_etcd_behind_the_cache_when_its_watch_broke_is_read_again_whole(store):
+    """etcd restored from a backup while the watch was broken: a watch from the cache's revision
+    would wait for etcd to get there and build on a history that is gone. The cache asks etcd's
+    revision before it resumes. (A restore is made by answering an older revision once.)"""
+
+    async def main() -> None:
+        add_node(store, "n1")
+        async with running_cache(store) as (cache, _):
+            reads = counting_reads(store)
+            revision = store.revision
+            answers = [cache.seen - 1]
+            store.revision = lambda: answers.pop() if answers else revision()  # type: ignore[method-assign]
+            await break_watches(store)
+            deadline = time.monotonic() + 5
+            while not reads and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert len(reads) == 1 and answers == []
+
+    asyncio.run(main())
+
+
+def test_a_late_batch_of_a_watch_given_up_changes_nothing(store):
+    """A batch of a watch that was given up can come after its successor's: what the cache has
+    seen is applied already (here: a node's deletion that a later write undid)."""
+
+    async def main() -> None:
+        add_node(store, "n1")
+        async with running_cache(store) as (cache, _):
+            store.commit([Delete(store.keys.node("n1"), None)])
+            gone = store.revision()
+            store.commit([Put(store.keys.node("n1"), make_node("n1"), None)])
+            assert await cache.reached(store.revision(), 5) and "n1" in cache.nodes
+            cache._apply([WatchEvent(key="nodes/n1", value=None, mod_revision=gone)], gone)
+            assert "n1" in cache.nodes
 
     asyncio.run(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import pytest
@@ -21,12 +22,18 @@ def views(nodes, instances=(), live=None):
 
 
 def test_a_node_counts_what_each_generation_of_an_app_asks():
-    """Node views build one request per (app, generation): a rollout's two specs both count."""
+    """Node views build one request per (app, generation) whose instances share one template: a
+    rollout's two specs both count, and records an older scheduler wrote with their own specs
+    (no template stored, their app gone) count each their own."""
     old, new = make_app(make_spec(cpu=100, memory=1 << 20), 1), make_app(make_spec(cpu=300, memory=4 << 20), 2)
+    db = make_app(make_spec("db", cpu=50))
     insts = [make_instance(old, "web-1", node="a"), make_instance(new, "web-2", node="a")]
-    insts += [make_instance(new, "web-3", node="a"), make_instance(make_app(make_spec("db", cpu=50)), "db-1", node="a")]
-    (a,) = views([make_node("a", cpu=1000, memory=1 << 30)], insts)
-    assert (a.cpu, a.memory, a.total, dict(a.apps)) == (750, 9 << 20, 4, {"web": 3, "db": 1})
+    insts += [make_instance(new, "web-3", node="a"), make_instance(db, "db-1", node="a")]
+    legacy = [make_instance(make_app(make_spec("gone", cpu=c)), f"gone-{c}", node="a") for c in (7, 11)]
+    snap = make_snapshot(apps=[new, db], nodes=[make_node("a", cpu=1000, memory=1 << 30)], instances=insts + legacy)
+    a = node_views(dataclasses.replace(snap, generations={"web": {1: 5, 2: 6}}))["a"]  # both templates stored
+    assert (a.cpu, a.memory, a.total) == (768, 9 << 20, 6)
+    assert dict(a.apps) == {"web": 3, "db": 1, "gone": 2}
 
 
 @pytest.mark.parametrize(
