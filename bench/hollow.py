@@ -64,6 +64,9 @@ class Result:
     endpoint_mib_per_agent: float = 0.0  # endpoints messages received, on average, until all Running
     churn_kib_per_agent: float = 0.0  # the same during the churn: CHURN_FLIPS readiness changes
     churn_cpu_s: float = 0.0  # the scheduler's CPU time during the churn
+    # CPU seconds from the apply until every instance was delivered: the schedulers, this process
+    # (the hollow agents; every thread), etcd. Against placed_s, whether 2 cores were all busy.
+    delivery_cpu: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     @property
     def placed_per_s(self) -> float:
@@ -206,6 +209,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def cpus(scheds: list[subprocess.Popen[bytes]], etcd_pid: int) -> tuple[float, float, float]:
+    """CPU seconds so far: the schedulers', this process's (the hollow agents), etcd's."""
+    own = os.times()
+    return sum(cpu_seconds(p.pid) for p in scheds), own.user + own.system, cpu_seconds(etcd_pid)
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -252,10 +261,13 @@ async def run_one(
             spec = pb.AppSpec(name="bench", replicas=instances, image="rootfs:/x", command=["true"])
             spec.resources.cpu_millis = 10
             spec.readiness.tcp = 8080  # so readiness flips (the churn) move endpoints
+            cpu_before = cpus(scheds, etcd.proc.pid)
             started = time.monotonic()
             await stub.Apply(api_pb2.ApplyRequest(apps=[spec]))
             await asyncio.wait_for(delivered.done.wait(), timeout=600)
             placed_s = delivered.at - started
+            (s1, a1, e1), (s0, a0, e0) = cpus(scheds, etcd.proc.pid), cpu_before
+            delivery_cpu = (s1 - s0, a1 - a0, e1 - e0)
             running_s = 0.0
             while not running_s:  # polled gently: each GetApp is a full snapshot in the scheduler
                 info = await stub.GetApp(api_pb2.GetAppRequest(name="bench"), timeout=60)
@@ -280,6 +292,7 @@ async def run_one(
             received / nodes / 2**20,
             churned / nodes / 2**10,
             cpu_seconds(sched.pid) - cpu,
+            delivery_cpu,
         )
     finally:
         stop_event.set()
@@ -311,9 +324,9 @@ def main(argv: list[str] | None = None) -> None:
     print(
         "| nodes | instances | endpoints to agents | all at agents (s) | all Running (s) | placed/s | Running/s "
         "| scheduler peak RSS | agent reconnects | endpoints received per agent | churn: received per agent "
-        "| churn: scheduler CPU |"
+        "| churn: scheduler CPU | CPU until delivered: schedulers / hollow agents / etcd |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in args.nodes:
         for updates in (True, False) if args.compare_whole_endpoints else (True,):
             r = asyncio.run(run_one(n, args.instances, args.lease_ttl, updates, args.schedulers))
@@ -321,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"| {r.nodes} | {r.instances} | {'updates' if updates else 'whole view'} | {r.placed_s:.2f} "
                 f"| {r.running_s:.2f} | {r.placed_per_s:,.0f} | {r.running_per_s:,.0f} | {r.peak_rss_mib:.0f} MiB "
                 f"| {r.reconnects} | {r.endpoint_mib_per_agent:.2f} MiB | {r.churn_kib_per_agent:,.1f} KiB "
-                f"| {r.churn_cpu_s:.1f} s |",
+                f"| {r.churn_cpu_s:.1f} s | {' / '.join(f'{c:.1f}' for c in r.delivery_cpu)} s |",
                 flush=True,
             )
             for reason, count in r.why.most_common(5):
