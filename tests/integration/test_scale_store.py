@@ -16,7 +16,7 @@ from scheduler.store import Put, Store
 from scheduler.timeutil import ts
 from tests.factories import make_app, make_instance, make_node, make_spec
 from tests.fixtures.etcd import EtcdServer, start_etcd
-from tests.fixtures.processes import stop, wait_for
+from tests.fixtures.processes import run_orch, stop, wait_for
 from tests.integration.conftest import SchedulerProc, orch, start_scheduler
 
 INSTANCES = 50_000
@@ -75,7 +75,8 @@ def big_etcd() -> Iterator[EtcdServer]:
 def count(address: str, *args: str) -> int:
     # Each listing reads and decodes 50k instances: 1-2 s here, but past the CLI's default
     # 10 s deadline in the emulated VM (make test-v2), which is about ten times slower.
-    r = orch(address, "--timeout", "60", "get", *args, "-o", "json")
+    # And past the helper's own 30 s for the process there (1f56058 in the VM): 90 s for it.
+    r = run_orch("--scheduler", address, "--timeout", "60", "get", *args, "-o", "json", timeout=90)
     assert r.returncode == 0, r.stderr
     return len(json.loads(r.stdout))
 
