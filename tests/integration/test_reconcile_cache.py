@@ -322,7 +322,12 @@ def counting_reads(store: Store) -> list:
     """The whole reads (snapshots) the cache makes from now on."""
     reads: list = []
     snapshot = store.snapshot
-    store.snapshot = lambda *a: reads.append(a) or snapshot(*a)  # type: ignore[method-assign]
+
+    def counted(*args):
+        reads.append(args)
+        return snapshot(*args)
+
+    store.snapshot = counted  # type: ignore[method-assign]
     return reads
 
 
@@ -363,7 +368,7 @@ def test_history_compacted_while_the_watch_was_broken_is_read_again_whole(store)
                 return watch(*args)
 
             await break_watches(store)
-            store.watch = held_watch  # type: ignore[method-assign]
+            store.watch = held_watch
             store.commit([Put(store.keys.node("n2"), make_node("n2"), None)])
             store.commit([Delete(store.keys.node("n1"), None)])
             store.compact(store.revision())
@@ -389,7 +394,7 @@ def test_etcd_behind_the_cache_when_its_watch_broke_is_read_again_whole(store):
             reads = counting_reads(store)
             revision = store.revision
             answers = [cache.seen - 1]
-            store.revision = lambda: answers.pop() if answers else revision()  # type: ignore[method-assign]
+            store.revision = lambda: answers.pop() if answers else revision()
             await break_watches(store)
             deadline = time.monotonic() + 5
             while not reads and time.monotonic() < deadline:
