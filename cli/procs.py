@@ -58,15 +58,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(check: Callable[[], bool], what: str, timeout: float, proc: Proc) -> None:
-    deadline = time.monotonic() + timeout
+SLOW = 5.0  # s: a daemon slower than this to serve is named as it is waited for
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float, proc: Proc, slow: float = SLOW) -> None:
+    """Until check() holds, the process exits (an error), or timeout. A slow wait says so, and
+    again when it ends: on a slow machine (an emulated VM) `orch up` otherwise printed nothing
+    for minutes, and whoever waited on it could not tell which daemon held it up."""
+    started = time.monotonic()
+    deadline = started + timeout
+    told = False
     while time.monotonic() < deadline:
         assert proc.popen is not None
         if proc.popen.poll() is not None:
             raise CliError(f"{what}: process exited with code {proc.popen.returncode}; see its log")
         with contextlib.suppress(OSError, ValueError):
             if check():
+                if told:
+                    print(f"orch up: {what} ready after {time.monotonic() - started:.0f}s", flush=True)
                 return
+        if not told and time.monotonic() - started >= slow:
+            print(f"orch up: waiting for {what} (up to {timeout:.0f}s)", flush=True)
+            told = True
         time.sleep(0.05)
     raise CliError(f"{what}: not ready after {timeout:.0f}s")
 
