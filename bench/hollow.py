@@ -67,6 +67,8 @@ class Result:
     # CPU seconds from the apply until every instance was delivered: the schedulers, this process
     # (the hollow agents; every thread), etcd. Against placed_s, whether 2 cores were all busy.
     delivery_cpu: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    half_s: float = 0.0  # from the apply until half of the instances were at their agents
+    most_s: float = 0.0  # until nine tenths were
 
     @property
     def placed_per_s(self) -> float:
@@ -85,11 +87,18 @@ class Delivered:
     seen: int = 0
     at: float = 0.0
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    half_at: float = 0.0  # when half, and nine tenths, had arrived: the delivery's shape
+    most_at: float = 0.0
 
     def add(self, n: int) -> None:
         self.seen += n
+        now = time.monotonic()
+        if not self.half_at and 2 * self.seen >= self.want:
+            self.half_at = now
+        if not self.most_at and 10 * self.seen >= 9 * self.want:
+            self.most_at = now
         if self.seen >= self.want and not self.done.is_set():
-            self.at = time.monotonic()
+            self.at = now
             self.done.set()
 
 
@@ -293,6 +302,8 @@ async def run_one(
             churned / nodes / 2**10,
             cpu_seconds(sched.pid) - cpu,
             delivery_cpu,
+            delivered.half_at - started,
+            delivered.most_at - started,
         )
     finally:
         stop_event.set()
@@ -324,9 +335,10 @@ def main(argv: list[str] | None = None) -> None:
     print(
         "| nodes | instances | endpoints to agents | all at agents (s) | all Running (s) | placed/s | Running/s "
         "| scheduler peak RSS | agent reconnects | endpoints received per agent | churn: received per agent "
-        "| churn: scheduler CPU | CPU until delivered: schedulers / hollow agents / etcd |"
+        "| churn: scheduler CPU | CPU until delivered: schedulers / hollow agents / etcd "
+        "| half / nine tenths at agents (s) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in args.nodes:
         for updates in (True, False) if args.compare_whole_endpoints else (True,):
             r = asyncio.run(run_one(n, args.instances, args.lease_ttl, updates, args.schedulers))
@@ -334,7 +346,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"| {r.nodes} | {r.instances} | {'updates' if updates else 'whole view'} | {r.placed_s:.2f} "
                 f"| {r.running_s:.2f} | {r.placed_per_s:,.0f} | {r.running_per_s:,.0f} | {r.peak_rss_mib:.0f} MiB "
                 f"| {r.reconnects} | {r.endpoint_mib_per_agent:.2f} MiB | {r.churn_kib_per_agent:,.1f} KiB "
-                f"| {r.churn_cpu_s:.1f} s | {' / '.join(f'{c:.1f}' for c in r.delivery_cpu)} s |",
+                f"| {r.churn_cpu_s:.1f} s | {' / '.join(f'{c:.1f}' for c in r.delivery_cpu)} s "
+                f"| {r.half_s:.2f} / {r.most_s:.2f} |",
                 flush=True,
             )
             for reason, count in r.why.most_common(5):
