@@ -107,9 +107,10 @@ def test_a_big_cluster_lists_reconciles_and_survives_a_scheduler_restart(big_etc
         assert count(sched.address, "instances") == INSTANCES + 3
         assert count(sched.address, "instances", "--app", "probe-a") == 3
         assert count(sched.address, "nodes") == NODES
-        r = orch(sched.address, "events", "--limit", "20")
+        r = run_orch("--scheduler", sched.address, "--timeout", "60", "events", "--limit", "20", timeout=90)
         assert r.returncode == 0 and len(r.stdout.splitlines()) >= 20, r.stderr
-        r = orch(sched.address, "describe", "instance", "bulk-00007")
+        # Past the CLI's default 10 s in the emulated VM (3bddd8e), as the listings.
+        r = run_orch("--scheduler", sched.address, "--timeout", "60", "describe", "instance", "bulk-00007", timeout=90)
         assert r.returncode == 0 and "Started" in r.stdout, r.stderr
     finally:
         stop(sched.proc)
