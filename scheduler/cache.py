@@ -177,15 +177,13 @@ class ClusterCache:
         machine that delayed the lease keep-alives, which broke the watch again."""
         self._loop = asyncio.get_running_loop()
         self._reload = True
-        resumed = False
         while True:
             if self._reload:
                 self._reload = False  # first: a reload asked for during this one is not lost
                 await self._load_until_done()
-                resumed = False
                 if self._reload:
                     continue
-            elif resumed and not await self._etcd_still_ahead():
+            elif not await self._etcd_still_ahead():
                 continue  # etcd away (try again), or behind this cache (load again)
             self._broken.clear()
             try:
@@ -200,12 +198,11 @@ class ClusterCache:
                 continue
             await self._broken.wait()
             self._cancel()
-            resumed = True
             await asyncio.sleep(0.2)
 
     async def _etcd_still_ahead(self) -> bool:
-        """Before a broken watch is taken up again: etcd has not gone back in history (restored
-        from a backup), which a watch from `seen` would not say (etcd waits for that revision). A
+        """Before a watch is taken up again: etcd has not gone back in history (restored from a
+        backup), which a watch from `seen` would not say (etcd waits for that revision). A
         follower's cache is read by no pass, so current() would not notice either."""
         try:
             revision = await asyncio.to_thread(self._store.revision)
@@ -213,10 +210,14 @@ class ClusterCache:
             log.warning("etcd's revision: %s", e)
             await asyncio.sleep(0.5)
             return False
-        if revision < self.seen:
-            log.warning("etcd is at revision %d, behind this cache (%d): reloading", revision, self.seen)
-            self._reload = True
+        return not self._went_back(revision, self.seen)
+
+    def _went_back(self, revision: int, seen: int) -> bool:
+        """etcd at `revision` is behind what this cache had seen: it is read again whole."""
+        if revision >= seen:
             return False
+        log.warning("etcd is at revision %d, behind this cache (%d): reloading", revision, seen)
+        self._reload = True
         return True
 
     async def _load_until_done(self) -> None:
@@ -239,9 +240,7 @@ class ClusterCache:
         # `seen` from before the read: the watch may bring newer changes while it is in flight.
         seen = self.seen
         revision = await asyncio.to_thread(self._store.revision)
-        if revision < seen:  # etcd went back in history (restored from a backup): load again
-            log.warning("etcd is at revision %d, behind this cache (%d): reloading", revision, seen)
-            self._reload = True
+        if self._went_back(revision, seen):  # restored from a backup: load again
             self._broken.set()
             return None
         if not await self.reached(revision, timeout):

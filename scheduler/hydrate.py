@@ -65,6 +65,11 @@ class Templates:
     def drop(self, app: str, generation: int) -> None:
         self._by_key.pop((app, generation), None)
 
+    def shared(self, app: str, generation: int, record: pb.App | None) -> bool:
+        """Every instance of this (app, generation) gets one template from template(): its stored
+        record, or its app record at that generation. Otherwise each may carry its own spec."""
+        return (app, generation) in self._by_key or (record is not None and record.generation == generation)
+
     def template(self, inst: pb.Instance, app: pb.App | None) -> pb.AppSpec | None:
         """The template inst runs, or None. Its generation's record; else the app's own spec when
         inst runs the app's current generation (the two are written in one transaction: this

@@ -79,7 +79,7 @@ def node_views(snap: ClusterSnapshot, without: str = "") -> dict[str, NodeView]:
         views[name].order = order
     # One Request per template, not per instance: building it for each of 50,000 instances was an
     # eighth of a pass. Shared only where hydration gives every instance of that (app,
-    # generation) one spec (hydrate.py); a record an older scheduler wrote may carry its own.
+    # generation) one spec (Templates.shared); a record an older scheduler wrote may carry its own.
     requests: dict[tuple[str, int], Request] = {}
     for v in snap.instances.values():
         inst = v.value
@@ -89,15 +89,8 @@ def node_views(snap: ClusterSnapshot, without: str = "") -> dict[str, NodeView]:
         key = (inst.app, inst.app_generation)
         if (request := requests.get(key)) is None:
             request = request_for(inst.spec)
-            if _one_spec(snap, key):
+            record = snap.apps.get(inst.app)
+            if snap.templates.shared(inst.app, inst.app_generation, record.value if record else None):
                 requests[key] = request
         view.add(request)
     return views
-
-
-def _one_spec(snap: ClusterSnapshot, key: tuple[str, int]) -> bool:
-    """Every instance of this (app, generation) was hydrated from one template: its stored
-    generation record, or its app's record at that generation."""
-    app, generation = key
-    record = snap.apps.get(app)
-    return generation in snap.generations.get(app, {}) or (record is not None and record.value.generation == generation)

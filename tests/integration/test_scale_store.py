@@ -5,6 +5,7 @@ gRPC's message limit, events read from the newest end, writes split by bytes).""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,11 +73,15 @@ def big_etcd() -> Iterator[EtcdServer]:
         server.stop()
 
 
+def slow_orch(address: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """A command over the whole state (a listing decodes 50k instances): 1-2 s here, but past the
+    CLI's default 10 s deadline in the emulated VM (make test-v2), about ten times slower, and
+    past the helper's own 30 s for the process there (1f56058, 3bddd8e)."""
+    return run_orch("--scheduler", address, "--timeout", "60", *args, timeout=90)
+
+
 def count(address: str, *args: str) -> int:
-    # Each listing reads and decodes 50k instances: 1-2 s here, but past the CLI's default
-    # 10 s deadline in the emulated VM (make test-v2), which is about ten times slower.
-    # And past the helper's own 30 s for the process there (1f56058 in the VM): 90 s for it.
-    r = run_orch("--scheduler", address, "--timeout", "60", "get", *args, "-o", "json", timeout=90)
+    r = slow_orch(address, "get", *args, "-o", "json")
     assert r.returncode == 0, r.stderr
     return len(json.loads(r.stdout))
 
@@ -107,10 +112,9 @@ def test_a_big_cluster_lists_reconciles_and_survives_a_scheduler_restart(big_etc
         assert count(sched.address, "instances") == INSTANCES + 3
         assert count(sched.address, "instances", "--app", "probe-a") == 3
         assert count(sched.address, "nodes") == NODES
-        r = run_orch("--scheduler", sched.address, "--timeout", "60", "events", "--limit", "20", timeout=90)
+        r = slow_orch(sched.address, "events", "--limit", "20")
         assert r.returncode == 0 and len(r.stdout.splitlines()) >= 20, r.stderr
-        # Past the CLI's default 10 s in the emulated VM (3bddd8e), as the listings.
-        r = run_orch("--scheduler", sched.address, "--timeout", "60", "describe", "instance", "bulk-00007", timeout=90)
+        r = slow_orch(sched.address, "describe", "instance", "bulk-00007")
         assert r.returncode == 0 and "Started" in r.stdout, r.stderr
     finally:
         stop(sched.proc)
