@@ -513,7 +513,7 @@ class OrchService(api_pb2_grpc.OrchServicer):
                 )
                 for j in judged
             ]
-            events = self._events.list(limit=50, about=_about(inst.name, with_instances=False))
+            events = self._events.list(limit=50, of=inst.name)
             successor = replaced_by(inst.name, (i.value for i in snap.instances_of(inst.app)))
             return api.Explanation(
                 instance=inst,
@@ -562,10 +562,7 @@ class OrchService(api_pb2_grpc.OrchServicer):
         return result
 
     async def ListEvents(self, request: api.ListEventsRequest, context: Ctx) -> api.ListEventsResponse:
-        about = _about(request.object, request.with_instances) if request.object else None
-        return await self._call(context, lambda: api.ListEventsResponse(events=self._events.list(request.limit, about)))
+        def read() -> api.ListEventsResponse:
+            return api.ListEventsResponse(events=self._events.list(request.limit, request.object, request.with_instances))
 
-
-def _about(name: str, with_instances: bool) -> Callable[[pb.Event], bool]:
-    """Events of the object `name` (and of its instances, `name-...`, for an app)."""
-    return lambda e: e.object == name or (with_instances and e.object.startswith(name + "-"))
+        return await self._call(context, read)

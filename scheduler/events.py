@@ -9,7 +9,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from orch.v1 import types_pb2 as pb
 from scheduler.errors import StoreUnavailable
@@ -30,9 +30,9 @@ class EventLog:
         self._lease = 0
         self._granted_at = 0.0
         self._lock = threading.Lock()
-        # Keys this scheduler wrote, per object, oldest first. Bounded both ways; what it forgets
-        # (other schedulers' events, a restart) still expires with its lease.
-        self._recent: OrderedDict[tuple[str, str], deque[str]] = OrderedDict()
+        # Key suffixes this scheduler wrote, per object name, oldest first. Bounded both ways;
+        # what it forgets (other schedulers' events, a restart) still expires with its lease.
+        self._recent: OrderedDict[str, deque[str]] = OrderedDict()
 
     def _lease_id(self) -> int:
         with self._lock:
@@ -42,24 +42,27 @@ class EventLog:
             return self._lease
 
     def writes(self, events: Sequence[pb.Event]) -> list[Write]:
-        """Puts of the events, and deletes of what they push over an object's cap."""
+        """Puts of the events (each twice: in the timeline and under its object), and deletes of
+        what they push over an object's cap."""
         if not events:
             return []
         lease = self._lease_id()
+        keys = self._store.keys
         out: list[Write] = []
         for e in events:
-            key = self._store.keys.event(f"{e.time.ToNanoseconds():020d}-{secrets.token_hex(3)}")
-            out.append(Put(key, e, None, lease))
-            out.extend(Delete(old, None) for old in self._remember((e.kind, e.object), key))
+            suffix = f"{e.time.ToNanoseconds():020d}-{secrets.token_hex(3)}"
+            out += [Put(keys.event(suffix), e, None, lease), Put(keys.event_of(e.object, suffix), e, None, lease)]
+            for old in self._remember(e.object, suffix):
+                out += [Delete(keys.event(old), None), Delete(keys.event_of(e.object, old), None)]
         return out
 
-    def _remember(self, obj: tuple[str, str], key: str) -> list[str]:
-        """Notes key as obj's newest; returns the keys over the cap."""
+    def _remember(self, obj: str, suffix: str) -> list[str]:
+        """Notes suffix as obj's newest event; returns those over the cap."""
         with self._lock:
-            keys = self._recent.pop(obj, None) or deque()
-            self._recent[obj] = keys  # now the most recent object
-            keys.append(key)
-            over = [keys.popleft() for _ in range(len(keys) - PER_OBJECT)]
+            suffixes = self._recent.pop(obj, None) or deque()
+            self._recent[obj] = suffixes  # now the most recent object
+            suffixes.append(suffix)
+            over = [suffixes.popleft() for _ in range(len(suffixes) - PER_OBJECT)]
             while len(self._recent) > OBJECTS:
                 self._recent.popitem(last=False)
             return over
@@ -73,16 +76,21 @@ class EventLog:
         except StoreUnavailable as e:
             log.warning("could not record %d events: %s", len(events), e)
 
-    def list(self, limit: int = 0, about: Callable[[pb.Event], bool] | None = None) -> list[pb.Event]:
-        """The newest `limit` events (all with 0) that are `about` what is asked, oldest first.
-        Keys start with the time, so without a filter the newest are read from the end of the
-        range, not all of them."""
-        prefix = self._store.keys.event("")
-        if limit > 0 and about is None:
-            events = [v.value for v in self._store.last(pb.Event, prefix, limit)]
-        elif limit > 0 and about is not None:
-            events = [v.value for v in self._store.newest(pb.Event, prefix, limit, about)]
+    def list(self, limit: int = 0, of: str = "", with_instances: bool = False) -> list[pb.Event]:
+        """The newest `limit` events (all with 0), oldest first: everyone's, or those of the
+        object named `of` (with_instances: and of the objects named `of-...`, an app's instances).
+        Keys start with the time, so the newest are read from the end of a range: the timeline's,
+        or the object's own, never the whole hour's to pick one object's out."""
+        keys = self._store.keys
+        if not of:
+            events = self._read(keys.event(""), limit)
         else:
-            events = [v.value for v in self._store.list_prefix(pb.Event, prefix) if about is None or about(v.value)]
+            events = [e for e in self._read(keys.events_of(of), limit) if e.object == of]
+            if with_instances:  # object by object: each one's newest are at the end of its range
+                events += [e for e in self._read(keys.events_of(of, True), 0) if e.object.startswith(of + "-")]
         events.sort(key=lambda e: seconds(e.time))
         return events[-limit:] if limit > 0 else events
+
+    def _read(self, prefix: str, limit: int) -> list[pb.Event]:
+        found = self._store.last(pb.Event, prefix, limit) if limit > 0 else self._store.list_prefix(pb.Event, prefix)
+        return [v.value for v in found]

@@ -165,6 +165,16 @@ class Keys:
     def event(self, suffix: str) -> str:
         return f"{self.prefix}events/{suffix}"
 
+    def event_of(self, obj: str, suffix: str) -> str:
+        """An event's copy under its object's name: `orch describe` reads one object's events
+        as a range of their own, not the whole hour of everyone's."""
+        return f"{self.events_of(obj)}{suffix}"
+
+    def events_of(self, obj: str, with_instances: bool = False) -> str:
+        """The range of obj's event copies; with_instances, of the objects named `obj-...`
+        instead (an app's instances)."""
+        return f"{self.prefix}eventsof/{obj}-" if with_instances else f"{self.prefix}eventsof/{obj}/"
+
     def service_ip(self, ip: str) -> str:
         return f"{self.prefix}serviceips/{ip}"
 
@@ -394,26 +404,6 @@ class Store:
         resp = self._read(prefix, etcd3.utils.to_bytes(prefix), n, 0, descending=True)
         found = [(decode(cls, kv.value, kv.key.decode()), kv.mod_revision) for kv in reversed(resp.kvs)]
         return [Versioned(msg, revision) for msg, revision in found if msg is not None]
-
-    def newest(self, cls: type[M], prefix: str, n: int, keep: Callable[[M], bool]) -> list[Versioned[M]]:
-        """The n greatest keys under prefix whose value `keep`s, in key order: read backwards a
-        page at a time (at one revision), so the newest events of one object cost a page or
-        two, not the whole history."""
-        start = etcd3.utils.to_bytes(prefix)
-        end = etcd3.utils.prefix_range_end(start)
-        found: list[Versioned[M]] = []
-        revision = 0
-        while len(found) < n:
-            resp = self._read(prefix, start, self._page, revision, descending=True, end=end)
-            for kv in resp.kvs:
-                msg = decode(cls, kv.value, kv.key.decode())
-                if msg is not None and keep(msg):
-                    found.append(Versioned(msg, kv.mod_revision))
-            if not resp.more or not resp.kvs:
-                break
-            revision = revision or int(resp.header.revision)
-            end = resp.kvs[-1].key  # exclusive: the keys below the last one read
-        return list(reversed(found[:n]))
 
     # -- writes --------------------------------------------------------
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from orch.v1 import types_pb2 as pb
+from scheduler.events import EventLog
 from scheduler.store import Put, Store
 from scheduler.timeutil import ts
 from tests.factories import make_app, make_instance, make_node, make_spec
@@ -60,11 +61,13 @@ def big_etcd() -> Iterator[EtcdServer]:
         for i in range(INSTANCES):
             inst = make_instance(app, f"bulk-{i:05x}", node=f"n{i % NODES:03d}", created=time.time())
             writes.append(Put(store.keys.instance("bulk", inst.name), inst, 0))
-        events_lease, _ = store.grant_lease(3600)
-        for i in range(EVENTS):
-            e = pb.Event(time=ts(time.time() - EVENTS + i), type="Normal", kind="Instance", reason="Started")
+        events = [
+            pb.Event(time=ts(time.time() - EVENTS + i), type="Normal", kind="Instance", reason="Started")
+            for i in range(EVENTS)
+        ]
+        for i, e in enumerate(events):
             e.object, e.message = f"bulk-{i % INSTANCES:05x}", "started on its node"
-            writes.append(Put(store.keys.event(f"{e.time.ToNanoseconds():020d}-{i:06x}"), e, None, events_lease))
+        writes += EventLog(store).writes(events)  # as the schedulers write them: twice each
         for start in range(0, len(writes), 5000):
             store.commit(writes[start : start + 5000])
         yield server

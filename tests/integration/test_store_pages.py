@@ -92,13 +92,26 @@ def test_last_reads_the_newest_events_only(store: Store) -> None:
     assert len(log.list()) == 10
 
 
-def test_one_objects_newest_events_are_read_backwards_in_pages(store: Store) -> None:
+def test_one_objects_events_are_read_from_its_own_range(store: Store) -> None:
     log = EventLog(store)
     log.record([pb.Event(time=ts(1000 + i), kind="App", object=f"x{i % 5}", reason=f"R{i}") for i in range(40)])
-    about_x3 = [e.reason for e in log.list(limit=3, about=lambda e: e.object == "x3")]
+    about_x3 = [e.reason for e in log.list(limit=3, of="x3")]
     assert about_x3 == ["R28", "R33", "R38"]  # the newest three of x3's eight, oldest first
-    assert len(log.list(limit=100, about=lambda e: e.object == "x3")) == 8  # fewer than asked: all
-    assert log.list(limit=2, about=lambda e: e.object == "nobody") == []
+    assert len(log.list(limit=100, of="x3")) == 8  # fewer than asked: all
+    assert log.list(limit=2, of="nobody") == []
+    # The timeline is left alone: a read of one object's events costs its own range, not the hour's.
+    store._client.delete_prefix(store.keys.event(""))
+    assert len(log.list(limit=100, of="x3")) == 8 and log.list() == []
+
+
+def test_an_apps_events_with_its_instances_are_the_newest_of_all_of_them(store: Store) -> None:
+    log = EventLog(store)
+    names = ["web", "web-a1", "web-b2", "webby", "we", "api-1"]
+    log.record([pb.Event(time=ts(1000 + i), kind="Instance", object=names[i % 6], reason=f"R{i}") for i in range(36)])
+    mine = log.list(limit=8, of="web", with_instances=True)
+    assert {e.object for e in mine} <= {"web", "web-a1", "web-b2"}
+    assert [e.reason for e in mine] == [f"R{i}" for i in range(36) if i % 6 < 3][-8:]
+    assert [e.object for e in log.list(of="web")] == ["web"] * 6
 
 
 def test_events_are_capped_per_object(store: Store) -> None:
@@ -111,6 +124,7 @@ def test_events_are_capped_per_object(store: Store) -> None:
     crashy = [e.reason for e in events if e.object == "crashy"]
     assert crashy == [f"R{i}" for i in range(15, n)]  # the oldest went, the newest stay
     assert [e.reason for e in events if e.object == "calm"] == ["Once"]
+    assert [e.reason for e in log.list(of="crashy")] == crashy  # its own range is capped alike
 
 
 def test_compaction_drops_history_before_the_revision(store: Store, etcd) -> None:
