@@ -563,6 +563,7 @@ class OrchService(api_pb2_grpc.OrchServicer):
 
     async def ListEvents(self, request: api.ListEventsRequest, context: Ctx) -> api.ListEventsResponse:
         def read() -> api.ListEventsResponse:
-            return api.ListEventsResponse(events=self._events.list(request.limit, request.object, request.with_instances))
+            found = self._events.list(request.limit, request.object, request.with_instances)
+            return api.ListEventsResponse(events=found)
 
         return await self._call(context, read)

@@ -76,6 +76,10 @@ class EventLog:
         except StoreUnavailable as e:
             log.warning("could not record %d events: %s", len(events), e)
 
+    def _read(self, prefix: str, limit: int) -> list[pb.Event]:
+        found = self._store.last(pb.Event, prefix, limit) if limit > 0 else self._store.list_prefix(pb.Event, prefix)
+        return [v.value for v in found]
+
     def list(self, limit: int = 0, of: str = "", with_instances: bool = False) -> list[pb.Event]:
         """The newest `limit` events (all with 0), oldest first: everyone's, or those of the
         object named `of` (with_instances: and of the objects named `of-...`, an app's instances).
@@ -86,11 +90,7 @@ class EventLog:
             events = self._read(keys.event(""), limit)
         else:
             events = [e for e in self._read(keys.events_of(of), limit) if e.object == of]
-            if with_instances:  # object by object: each one's newest are at the end of its range
+            if with_instances:  # every one: that range is in name order, then time
                 events += [e for e in self._read(keys.events_of(of, True), 0) if e.object.startswith(of + "-")]
         events.sort(key=lambda e: seconds(e.time))
         return events[-limit:] if limit > 0 else events
-
-    def _read(self, prefix: str, limit: int) -> list[pb.Event]:
-        found = self._store.last(pb.Event, prefix, limit) if limit > 0 else self._store.list_prefix(pb.Event, prefix)
-        return [v.value for v in found]

@@ -14,7 +14,7 @@ import pytest
 
 from orch.v1 import types_pb2 as pb
 from scheduler.events import EventLog
-from scheduler.store import Put, Store
+from scheduler.store import Put, Store, Write
 from scheduler.timeutil import ts
 from tests.factories import make_app, make_instance, make_node, make_spec
 from tests.fixtures.etcd import EtcdServer, start_etcd
@@ -54,7 +54,7 @@ def big_etcd() -> Iterator[EtcdServer]:
     try:
         app = make_app(bulk_spec())
         lease, _ = store.grant_lease(3600)
-        writes: list[Put] = [Put(store.keys.app("bulk"), app, 0)]
+        writes: list[Write] = [Put(store.keys.app("bulk"), app, 0)]
         for n in range(NODES):
             node = make_node(f"n{n:03d}", cpu=1_000_000, memory=1 << 50)
             writes += [Put(store.keys.node(node.name), node, 0), Put(store.keys.node_lease(node.name), node, 0, lease)]
