@@ -56,6 +56,7 @@ class Networking:
         self._routes: list[NodeRoute] | None = None  # None: no table from the scheduler yet
         self._wake = asyncio.Event()
         self._problems: list[str] = []
+        self._configured: tuple[str, str] | None = None  # (subnet, cluster CIDR) set up by this process
 
     def register_fields(self) -> apb.Register:
         """The networking fields of Register (merged into the agent's)."""
@@ -78,6 +79,11 @@ class Networking:
         if not registered.subnet:  # a scheduler that assigns none: an older one
             log.error("the scheduler assigned no subnet: containers get no network until one does")
             return
+        if self._configured == (registered.subnet, registered.cluster_cidr):
+            # Set up from the record at this process's start (start()): doing it again here would
+            # only delay the first desired set (a dozen iptables runs, seconds on a slow host),
+            # and with it the adoption of the running containers. RESYNC re-ensures the NAT.
+            return
         if self.network is None or self.network.config.subnet != registered.subnet:
             log.info("subnet %s of cluster CIDR %s", registered.subnet, registered.cluster_cidr)
         await self._configure(registered.subnet, registered.cluster_cidr)
@@ -90,6 +96,7 @@ class Networking:
                 "net.ipv4.ip_forward is 0: this node's instances reach only each other and this host (not "
                 "other nodes' instances, nor the outside); sysctl -w net.ipv4.ip_forward=1"
             )
+        self._configured = (subnet, cluster_cidr)
         self._on_network(self.network)
         self.ready.set()
         self._wake.set()
@@ -121,6 +128,8 @@ class Networking:
             recorded = await asyncio.to_thread(self.podnet.recorded)
             if recorded is not None:
                 await asyncio.to_thread(self.podnet.masquerade.ensure, recorded.subnet, recorded.cluster_cidr)
+            # hostPorts too: the rules equal the records again (a chain flushed by hand comes back)
+            await asyncio.to_thread(self.network.host_ports.sync)
         if self._routes is not None:  # never from nothing: routes left from before stay until the table comes
             self._report(await asyncio.to_thread(self.podnet.sync_routes, self._routes))
 

@@ -185,8 +185,10 @@ class InstanceWorker:
 
     async def _run(self) -> None:
         state = self._adopted  # a container found running (or exited) after an agent restart
-        if state is not None and state.status is ContainerStatus.RUNNING:
-            await self._adopt_network()
+        adopting = None
+        if state is not None and state.status is ContainerStatus.RUNNING and self._deps.network is not None:
+            self.ip = await self._adopted_address(self._deps.network)  # in its first status report
+            adopting = asyncio.create_task(self._adopt_host_ports(self._deps.network))  # beside supervising
         try:
             while not self._stop.is_set():
                 began = time.monotonic()
@@ -198,6 +200,12 @@ class InstanceWorker:
                         await self._stop.wait()  # given up: the scheduler places a replacement
                     state = await self._existing()
         finally:
+            if adopting is not None:
+                if not self._stop.is_set():
+                    adopting.cancel()
+                # A publish in flight ends before the teardown unpublishes: none is left behind.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await adopting
             if self._stop.is_set():
                 await self._teardown()
 
@@ -339,18 +347,35 @@ class InstanceWorker:
         self.ip = self._deps.network.attach(self.instance.name, pid, self._host_ports()).ip
         return self.ip
 
-    async def _adopt_network(self) -> None:
-        """A container found running after an agent restart: its address from the IPAM state,
-        and its hostPorts published again (level-triggered: heals a lost or unreadable record)."""
-        network = self._deps.network
-        if network is None:
-            return
+    async def _adopted_address(self, network: NodeNetwork) -> str:
+        """A container found running after an agent restart: its address, from the IPAM state."""
         try:
-            self.ip = (await asyncio.to_thread(network.addresses)).get(self.instance.name, "")
-            if self.ip:
-                await asyncio.to_thread(network.host_ports.publish, self.instance.name, self.ip, self._host_ports())
+            return (await asyncio.to_thread(network.addresses)).get(self.instance.name, "")
         except NetworkError as e:
-            log.warning("instance %s: adopting its network state: %s", self.instance.name, e)
+            log.warning("instance %s: reading its address: %s", self.instance.name, e)
+            return ""
+
+    async def _adopt_host_ports(self, network: NodeNetwork) -> None:
+        """An adopted container's hostPorts published again (level-triggered: heals a lost or
+        unreadable record). A failure (iptables starved, a port taken) is retried until it works
+        or the instance stops: the container runs meanwhile, and its ports must come back
+        without another agent restart."""
+        if not self.ip:
+            if self._host_ports():
+                log.warning(
+                    "instance %s: no address in the IPAM state: its hostPorts stay unpublished", self.instance.name
+                )
+            return
+        delay, longest = AGENT_ERROR_BACKOFF
+        while not self._stop.is_set():
+            try:
+                await asyncio.to_thread(network.host_ports.publish, self.instance.name, self.ip, self._host_ports())
+                return
+            except NetworkError as e:
+                log.warning("instance %s: publishing its hostPorts: %s; again in %.0fs", self.instance.name, e, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            delay = min(longest, delay * 2)
 
     async def _detach(self) -> None:
         if self._deps.network is None:

@@ -291,7 +291,17 @@ def test_sigterm_takes_the_zygote_and_the_next_agent_reads_past_unreadable_state
             restarted = subprocess.Popen(agent["argv"], env=orch_env(), stdout=out, stderr=subprocess.STDOUT)
         # Only the new agent can bring the DNAT back (the record was unreadable, the chain flushed):
         # it adopted the container and published its hostPort again.
-        assert wait_for(lambda: _fetch(url), 30, "the hostPort republished") == b"hello from orch\n"
+        # Up to an agent start (its Ready alone may take 25 s in the emulated VM, see above), then the
+        # adoption; the failure shows the new agent's log.
+        assert (
+            wait_for(
+                lambda: _fetch(url),
+                60,
+                "the hostPort republished",
+                explain=lambda: "the new agent's log ends:\n" + log.read_text(errors="replace")[-3000:],
+            )
+            == b"hello from orch\n"
+        )
         adopted = next(i for i in instances(info) if i["name"] == served["name"])
         assert (adopted["state"], adopted["pid"], adopted["restarts"]) == ("Running", served["pid"], 0)
         assert adopted["ip"] == served["ip"]  # taken back from the IPAM state

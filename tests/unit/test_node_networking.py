@@ -210,7 +210,8 @@ class FakePodnet:
     def configure(self, subnet: str, cidr: str) -> Any:
         self.calls.append(("configure", subnet))
         self._recorded = Recorded(subnet, cidr)
-        return type("Net", (), {"config": type("Cfg", (), {"subnet": subnet})()})()
+        host_ports = type("HostPorts", (), {"sync": lambda _: self.calls.append(("hostports", subnet))})()
+        return type("Net", (), {"config": type("Cfg", (), {"subnet": subnet})(), "host_ports": host_ports})()
 
     def ensure(self, subnet: str, cidr: str) -> None:
         self.calls.append(("nat", subnet))
@@ -243,6 +244,14 @@ def test_the_agent_sets_its_network_up_from_registered_before_routes_and_heals_a
         await net2.start()
         assert again.calls == [("configure", "10.88.1.0/24")] and net2.ready.is_set()
         assert net2.register_fields().subnet == "10.88.1.0/24"
+        # The scheduler confirms it: set up already, so the desired set is not kept waiting for a second set-up.
+        await net2.on_registered(apb.Registered(subnet="10.88.1.0/24", cluster_cidr="10.88.0.0/16"))
+        assert again.calls == [("configure", "10.88.1.0/24")]
+        await net2.on_registered(apb.Registered(subnet="10.88.1.0/24", cluster_cidr="10.88.0.0/15"))  # the CIDR grew
+        assert again.calls == [("configure", "10.88.1.0/24")] * 2
+        # Every RESYNC: the NAT and the hostPort rules as recorded (a chain flushed by hand comes back).
+        await net2._sync(periodic=True)
+        assert again.calls[2:] == [("nat", "10.88.1.0/24"), ("hostports", "10.88.1.0/24")]
 
     asyncio.run(scenario())
 

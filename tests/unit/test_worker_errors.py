@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 
 import node.worker as worker_mod
+from node.network import NetworkError
 from node.runtime import ContainerState, ContainerStatus, NotFound
 from node.worker import AGENT_ERROR_LIMIT, InstanceWorker, WorkerDeps
 from orch.v1 import types_pb2 as pb
@@ -23,12 +25,14 @@ class FakeRuntime:
         return self._state
 
 
-def make_worker(monkeypatch, runtime: FakeRuntime, fail_times: int):
+def make_worker(
+    monkeypatch, runtime: FakeRuntime, fail_times: int, adopted: ContainerState | None = None, network: object = None
+):
     monkeypatch.setattr(worker_mod, "AGENT_ERROR_BACKOFF", (0.01, 0.04))
     reports: list[pb.InstanceStatus] = []
     attempts: list[ContainerState | None] = []
-    deps = WorkerDeps(runtime, None, None, Path("/nonexistent"), lambda _, s: reports.append(s))  # type: ignore[arg-type]
-    worker = InstanceWorker(pb.Instance(name="web-a", app="web"), deps)
+    deps = WorkerDeps(runtime, network, None, Path("/nonexistent"), lambda _, s: reports.append(s))  # type: ignore[arg-type]
+    worker = InstanceWorker(pb.Instance(name="web-a", app="web"), deps, adopted)
 
     async def supervise(state: ContainerState | None) -> None:
         attempts.append(state)
@@ -84,3 +88,71 @@ def test_repeated_failures_give_the_instance_up_for_the_scheduler_to_replace(mon
 
     asyncio.run(scenario())
     assert reports[-1].state == pb.INSTANCE_STATE_STOPPED
+
+
+class FlakyPorts:
+    """hostPort rules that fail to publish `fails` times (iptables starved, a port taken)."""
+
+    def __init__(self, fails: int) -> None:
+        self.fails = fails
+        self.calls: list[str] = []
+
+    def publish(self, instance: str, ip: str, mappings: object) -> None:
+        self.calls.append(f"publish {instance} {ip}")
+        if len(self.calls) <= self.fails:
+            raise NetworkError("iptables-restore: timed out")
+
+    def unpublish(self, instance: str) -> None:
+        self.calls.append(f"unpublish {instance}")
+
+
+def test_an_adopted_containers_hostports_are_published_again_until_it_works(monkeypatch):
+    """After an agent restart the hostPorts come back even if the first tries fail, while the
+    container is supervised meanwhile; nothing is published after the instance's teardown."""
+    running = ContainerState("web-a", ContainerStatus.RUNNING, 123, None, False, 1.0, None, "", "")
+    ports = FlakyPorts(fails=2)
+    network = SimpleNamespace(addresses=lambda: {"web-a": "10.88.0.5"}, host_ports=ports)
+    worker, reports, attempts = make_worker(monkeypatch, FakeRuntime(running), 0, running, network)
+
+    async def teardown() -> None:
+        ports.unpublish("web-a")
+
+    monkeypatch.setattr(worker, "_teardown", teardown)
+
+    async def scenario() -> None:
+        worker.start()
+        await asyncio.sleep(0.3)
+        assert attempts == [running]  # supervised at once, not after the network
+        assert ports.calls == ["publish web-a 10.88.0.5"] * 3  # failed twice, then published
+        assert worker.ip == "10.88.0.5"
+        worker.request_stop()
+        assert worker.task is not None
+        await worker.task
+
+    asyncio.run(scenario())
+    assert ports.calls[-1] == "unpublish web-a"
+
+
+def test_an_instance_stopped_while_its_hostports_fail_leaves_none_published(monkeypatch):
+    running = ContainerState("web-a", ContainerStatus.RUNNING, 123, None, False, 1.0, None, "", "")
+    ports = FlakyPorts(fails=100)
+    network = SimpleNamespace(addresses=lambda: {"web-a": "10.88.0.5"}, host_ports=ports)
+    worker, reports, attempts = make_worker(monkeypatch, FakeRuntime(running), 0, running, network)
+
+    async def teardown() -> None:
+        ports.unpublish("web-a")
+
+    monkeypatch.setattr(worker, "_teardown", teardown)
+
+    async def scenario() -> None:
+        worker.start()
+        await asyncio.sleep(0.2)
+        worker.request_stop()
+        assert worker.task is not None
+        await worker.task
+        tries = len(ports.calls)
+        await asyncio.sleep(0.2)
+        assert len(ports.calls) == tries  # no more tries once stopped
+
+    asyncio.run(scenario())
+    assert ports.calls[-1] == "unpublish web-a" and ports.calls.count("unpublish web-a") == 1
