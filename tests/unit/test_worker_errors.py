@@ -112,7 +112,7 @@ def test_an_adopted_containers_hostports_are_published_again_until_it_works(monk
     running = ContainerState("web-a", ContainerStatus.RUNNING, 123, None, False, 1.0, None, "", "")
     ports = FlakyPorts(fails=2)
     network = SimpleNamespace(addresses=lambda: {"web-a": "10.88.0.5"}, host_ports=ports)
-    worker, reports, attempts = make_worker(monkeypatch, FakeRuntime(running), 0, running, network)
+    worker, _, attempts = make_worker(monkeypatch, FakeRuntime(running), 0, running, network)
 
     async def teardown() -> None:
         ports.unpublish("web-a")
@@ -137,7 +137,7 @@ def test_an_instance_stopped_while_its_hostports_fail_leaves_none_published(monk
     running = ContainerState("web-a", ContainerStatus.RUNNING, 123, None, False, 1.0, None, "", "")
     ports = FlakyPorts(fails=100)
     network = SimpleNamespace(addresses=lambda: {"web-a": "10.88.0.5"}, host_ports=ports)
-    worker, reports, attempts = make_worker(monkeypatch, FakeRuntime(running), 0, running, network)
+    worker, _, _ = make_worker(monkeypatch, FakeRuntime(running), 0, running, network)
 
     async def teardown() -> None:
         ports.unpublish("web-a")
