@@ -10,6 +10,7 @@ rewrite is tried again a second later, and at the next message anyway.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ __all__ = ["ServiceDiscovery", "virtual_services"]
 log = logging.getLogger(__name__)
 
 RETRY = 1.0  # s before a failed rule rewrite is tried again
+LISTEN_RETRY = 5.0  # s between tries to listen on the gateway's port 53 while another holds it
 
 
 def virtual_services(endpoints: apb.Endpoints) -> list[VirtualService]:
@@ -71,12 +73,28 @@ class ServiceDiscovery:
             self.dns.update(self._latest)
         self.proxy = ServiceProxy(config.bridge, config.subnet)
         self._wake.set()
+        await self._listen(first=True)
+
+    async def _listen(self, first: bool) -> None:
+        """Start answering. If the address cannot be had (another server holds the port), the
+        containers' lookups of cluster names fail meanwhile, everything else works, and run()
+        tries again every LISTEN_RETRY s."""
+        if self.dns is None or self.dns.listening:
+            return
         try:
             await self.dns.start()
-        except OSError as e:  # the containers' lookups of cluster names fail; everything else works
-            log.error("dns: cannot listen on %s:53: %s; cluster names will not resolve on this node", self.gateway, e)
+        except OSError as e:
+            if first:
+                log.error(
+                    "dns: cannot listen on %s:%d: %s; cluster names will not resolve on this node until it can "
+                    "(trying again every %.0f s)",
+                    self.gateway,
+                    self.dns_port,
+                    e,
+                    LISTEN_RETRY,
+                )
             return
-        log.info("dns: answering *.%s on %s:53 (udp, tcp)", self.domain, self.gateway)
+        log.info("dns: answering *.%s on %s:%d (udp, tcp)", self.domain, self.gateway, self.dns.port)
 
     def resolv_conf(self, app: str) -> str:
         """/etc/resolv.conf for a container of app ("" before attach: the host's is copied)."""
@@ -92,8 +110,11 @@ class ServiceDiscovery:
     async def run(self) -> None:
         """Keep the VIP rules equal to the latest endpoints."""
         while True:
-            await self._wake.wait()
+            not_listening = self.dns is not None and not self.dns.listening
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), LISTEN_RETRY if not_listening else None)
             self._wake.clear()
+            await self._listen(first=False)
             latest, proxy = self._latest, self.proxy
             if latest is None or proxy is None:
                 continue

@@ -54,13 +54,17 @@ class DnsServer:
         """Listen; OSError (e.g. EADDRINUSE) if the address cannot be had."""
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(self.address, self.port))
-        self._udp = transport
-        self.port = transport.get_extra_info("sockname")[1]  # port 0 (tests): TCP takes the same one
+        port = transport.get_extra_info("sockname")[1]  # port 0 (tests): TCP takes the same one
         try:
-            self._tcp = await asyncio.start_server(self._serve_tcp, self.address, self.port, reuse_address=True)
+            self._tcp = await asyncio.start_server(self._serve_tcp, self.address, port, reuse_address=True)
         except OSError:
             transport.close()
             raise
+        self._udp, self.port = transport, port
+
+    @property
+    def listening(self) -> bool:
+        return self._udp is not None
 
     async def close(self) -> None:
         if self._udp is not None:

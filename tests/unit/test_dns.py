@@ -258,3 +258,46 @@ def test_the_agent_side_answers_on_its_gateway_once_attached(tmp_path):
             await found.close()
 
     run(scenario())
+
+
+def test_the_agent_side_listens_once_the_port_is_free_again(tmp_path, monkeypatch):
+    """Another server holds the gateway's port 53 when the agent attaches (a stray process, an
+    agent not yet gone): cluster names resolve once it lets go, without an agent restart."""
+    import socket
+    from types import SimpleNamespace
+
+    import node.discovery
+    from node.discovery import ServiceDiscovery
+
+    monkeypatch.setattr(node.discovery, "LISTEN_RETRY", 0.05)
+    (tmp_path / "resolv.conf").write_text("nameserver 192.0.2.53\n")
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+
+    async def scenario():
+        found = ServiceDiscovery("orch", tmp_path / "resolv.conf", dns_port=port)
+        found.update(endpoints())
+        config = SimpleNamespace(gateway="127.0.0.1", bridge="orch1", subnet="127.0.0.0/24")
+        await found.attach(SimpleNamespace(config=config))  # type: ignore[arg-type]
+        found.proxy = None  # no VIP rules on this host from a unit test
+        assert found.dns is not None and not found.dns.listening
+        runner = asyncio.create_task(found.run())
+        try:
+            await asyncio.sleep(0.2)
+            assert not found.dns.listening  # still held: tried again, still refused
+            holder.close()
+            for _ in range(100):
+                if found.dns.listening:
+                    break
+                await asyncio.sleep(0.02)
+            reply = await dns.asyncquery.udp(dns.message.make_query("db.orch.", "A"), "127.0.0.1", port=port, timeout=2)
+            assert addresses(reply) == ["10.88.0.5", "10.88.1.5"]
+        finally:
+            runner.cancel()
+            await found.close()
+
+    try:
+        run(scenario())
+    finally:
+        holder.close()
