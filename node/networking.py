@@ -80,9 +80,10 @@ class Networking:
             log.error("the scheduler assigned no subnet: containers get no network until one does")
             return
         if self._configured == (registered.subnet, registered.cluster_cidr):
-            # Set up from the record at this process's start (start()): doing it again here would
-            # only delay the first desired set (a dozen iptables runs, seconds on a slow host),
-            # and with it the adoption of the running containers. RESYNC re-ensures the NAT.
+            # Set up already (from the record at this process's start, or at an earlier
+            # registration): again here would only delay the desired set (a dozen iptables runs,
+            # seconds on a starved host), and with it the adoption of running containers. Every
+            # RESYNC makes the bridge, the NAT and the hostPort rules what they should be anyway.
             return
         if self.network is None or self.network.config.subnet != registered.subnet:
             log.info("subnet %s of cluster CIDR %s", registered.subnet, registered.cluster_cidr)
@@ -128,10 +129,13 @@ class Networking:
             recorded = await asyncio.to_thread(self.podnet.recorded)
             if recorded is not None:
                 await asyncio.to_thread(self.podnet.masquerade.ensure, recorded.subnet, recorded.cluster_cidr)
-            # hostPorts too: the rules equal the records again (a chain flushed by hand comes back)
-            await asyncio.to_thread(self.network.host_ports.sync)
         if self._routes is not None:  # never from nothing: routes left from before stay until the table comes
             self._report(await asyncio.to_thread(self.podnet.sync_routes, self._routes))
+        if periodic:  # what configure sets up but the NAT (a re-registration does not set it up again)
+            try:  # the bridge, its gateway address, the hostPort rules as recorded (a flushed chain)
+                await asyncio.to_thread(self.network.ensure_bridge)
+            except (NetworkError, OSError) as e:
+                log.warning("bridge and hostPorts: %s", e)
 
     def _report(self, problems: list[str]) -> None:
         if problems != self._problems:

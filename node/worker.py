@@ -142,6 +142,7 @@ class InstanceWorker:
         self._errors = RestartTracker(pb.RESTART_POLICY_ALWAYS, initial=first, maximum=longest)
         self.status = pb.InstanceStatus(state=pb.INSTANCE_STATE_STARTING)
         self.ip = ""
+        self._republish = False  # an adopted container's hostPorts, published again while it runs
         self.task: asyncio.Task[None] | None = None
         self.fenced = ""  # why it was killed for good (self-fencing); "" if it was not
         self._probe_restart: Restart | None = None  # a probe had the running container killed
@@ -185,10 +186,9 @@ class InstanceWorker:
 
     async def _run(self) -> None:
         state = self._adopted  # a container found running (or exited) after an agent restart
-        adopting = None
         if state is not None and state.status is ContainerStatus.RUNNING and self._deps.network is not None:
             self.ip = await self._adopted_address(self._deps.network)  # in its first status report
-            adopting = asyncio.create_task(self._adopt_host_ports(self._deps.network))  # beside supervising
+            self._republish = True  # beside its supervision (_wait_exit)
         try:
             while not self._stop.is_set():
                 began = time.monotonic()
@@ -200,12 +200,6 @@ class InstanceWorker:
                         await self._stop.wait()  # given up: the scheduler places a replacement
                     state = await self._existing()
         finally:
-            if adopting is not None:
-                if not self._stop.is_set():
-                    adopting.cancel()
-                # A publish in flight ends before the teardown unpublishes: none is left behind.
-                with contextlib.suppress(asyncio.CancelledError):
-                    await adopting
             if self._stop.is_set():
                 await self._teardown()
 
@@ -355,27 +349,30 @@ class InstanceWorker:
             log.warning("instance %s: reading its address: %s", self.instance.name, e)
             return ""
 
-    async def _adopt_host_ports(self, network: NodeNetwork) -> None:
+    def _republish_host_ports(self, ran: asyncio.Event) -> asyncio.Task[None]:
         """An adopted container's hostPorts published again (level-triggered: heals a lost or
-        unreadable record). A failure (iptables starved, a port taken) is retried until it works
-        or the instance stops: the container runs meanwhile, and its ports must come back
-        without another agent restart."""
-        if not self.ip:
-            if self._host_ports():
-                log.warning(
-                    "instance %s: no address in the IPAM state: its hostPorts stay unpublished", self.instance.name
-                )
-            return
-        delay, longest = AGENT_ERROR_BACKOFF
-        while not self._stop.is_set():
-            try:
-                await asyncio.to_thread(network.host_ports.publish, self.instance.name, self.ip, self._host_ports())
+        unreadable record), retried with backoff until it works (iptables starved) or `ran` is
+        set: the container exited or the instance stops, and then nothing is published for it."""
+        network, name, ports = self._deps.network, self.instance.name, self._host_ports()
+
+        async def republish() -> None:
+            if network is None or not ports:
                 return
-            except NetworkError as e:
-                log.warning("instance %s: publishing its hostPorts: %s; again in %.0fs", self.instance.name, e, delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
-            delay = min(longest, delay * 2)
+            if not self.ip:
+                log.warning("instance %s: no address in the IPAM state: its hostPorts stay unpublished", name)
+                return
+            delay, longest = AGENT_ERROR_BACKOFF
+            while not ran.is_set():
+                try:
+                    await asyncio.to_thread(network.host_ports.publish, name, self.ip, ports)
+                    return
+                except (NetworkError, OSError) as e:  # a port refused now too (HostPortNotAllowed)
+                    log.warning("instance %s: publishing its hostPorts: %s; again in %.0fs", name, e, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ran.wait(), delay)
+                delay = min(longest, delay * 2)
+
+        return asyncio.create_task(republish(), name=f"republish-{name}")
 
     async def _detach(self) -> None:
         if self._deps.network is None:
@@ -406,6 +403,9 @@ class InstanceWorker:
         self._probe_restart = None
         probes = asyncio.create_task(self._probe_loop(state))
         watch = asyncio.create_task(self._watch_volumes())
+        ran = asyncio.Event()  # this incarnation's run is over: no hostPort publish of it after this
+        republish = self._republish_host_ports(ran) if self._republish else None
+        self._republish = False
         try:
             stop = asyncio.create_task(self._stop.wait())
             done = asyncio.create_task(exited.wait())
@@ -417,6 +417,11 @@ class InstanceWorker:
             watch.cancel()
             loop.remove_reader(fd)
             os.close(fd)
+            if republish is not None:  # a publish in flight ends before anything can unpublish
+                ran.set()
+                await asyncio.wait({republish})
+                if not republish.cancelled() and (e := republish.exception()) is not None:
+                    log.error("instance %s: publishing its hostPorts: %r", self.instance.name, e)
         if self._stop.is_set():
             return None
         return await self._final_state(name)

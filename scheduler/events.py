@@ -18,7 +18,8 @@ from scheduler.timeutil import seconds
 
 EVENT_TTL = 3600  # seconds an event stays
 ROTATE_AFTER = 300.0  # a new lease every 5 minutes, so events live 55-60 minutes
-PER_OBJECT = 50  # events kept per object (kind, name); older ones are deleted as new ones come
+PER_OBJECT = 50  # events kept per object name; older ones are deleted as new ones come
+PER_APP = 100  # an app's, with its instances', kept in its own range (describe app reads those)
 OBJECTS = 20_000  # objects whose recent keys are remembered; beyond, the least recent is forgotten
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,10 @@ class EventLog:
         self._lease = 0
         self._granted_at = 0.0
         self._lock = threading.Lock()
-        # Key suffixes this scheduler wrote, per object name, oldest first. Bounded both ways;
-        # what it forgets (other schedulers' events, a restart) still expires with its lease.
-        self._recent: OrderedDict[str, deque[str]] = OrderedDict()
+        # Key suffixes this scheduler wrote, per range (an object's, an app's), oldest first.
+        # Bounded both ways; what it forgets (other schedulers' events, a restart) still expires
+        # with its lease.
+        self._recent: OrderedDict[tuple[str, str], deque[str]] = OrderedDict()
 
     def _lease_id(self) -> int:
         with self._lock:
@@ -42,27 +44,43 @@ class EventLog:
             return self._lease
 
     def writes(self, events: Sequence[pb.Event]) -> list[Write]:
-        """Puts of the events (each twice: in the timeline and under its object), and deletes of
-        what they push over an object's cap."""
+        """Puts of the events, each in the timeline, under its object and under its app (an app's
+        or an instance's), and deletes of what they push over an object's or an app's cap."""
         if not events:
             return []
         lease = self._lease_id()
         keys = self._store.keys
-        out: list[Write] = []
+        # By key: an event pushed over a cap by later ones of the same batch is not written at
+        # all (etcd refuses a transaction that names a key twice).
+        out: dict[str, Write] = {}
+
+        def put(key: str, e: pb.Event) -> None:
+            out[key] = Put(key, e, None, lease)
+
+        def delete(key: str) -> None:
+            if out.pop(key, None) is None:
+                out[key] = Delete(key, None)
+
         for e in events:
             suffix = f"{e.time.ToNanoseconds():020d}-{secrets.token_hex(3)}"
-            out += [Put(keys.event(suffix), e, None, lease), Put(keys.event_of(e.object, suffix), e, None, lease)]
-            for old in self._remember(e.object, suffix):
-                out += [Delete(keys.event(old), None), Delete(keys.event_of(e.object, old), None)]
-        return out
+            put(keys.event(suffix), e)
+            put(keys.event_of(e.object, suffix), e)
+            for old in self._remember(("object", e.object), suffix, PER_OBJECT):
+                delete(keys.event(old))
+                delete(keys.event_of(e.object, old))
+            if app := app_of(e):
+                put(keys.app_event(app, suffix), e)
+                for old in self._remember(("app", app), suffix, PER_APP):
+                    delete(keys.app_event(app, old))
+        return list(out.values())
 
-    def _remember(self, obj: str, suffix: str) -> list[str]:
-        """Notes suffix as obj's newest event; returns those over the cap."""
+    def _remember(self, of: tuple[str, str], suffix: str, cap: int) -> list[str]:
+        """Notes suffix as the newest event of a range; returns those over its cap."""
         with self._lock:
-            suffixes = self._recent.pop(obj, None) or deque()
-            self._recent[obj] = suffixes  # now the most recent object
+            suffixes = self._recent.pop(of, None) or deque()
+            self._recent[of] = suffixes  # now the most recent range
             suffixes.append(suffix)
-            over = [suffixes.popleft() for _ in range(len(suffixes) - PER_OBJECT)]
+            over = [suffixes.popleft() for _ in range(len(suffixes) - cap)]
             while len(self._recent) > OBJECTS:
                 self._recent.popitem(last=False)
             return over
@@ -82,15 +100,24 @@ class EventLog:
 
     def list(self, limit: int = 0, of: str = "", with_instances: bool = False) -> list[pb.Event]:
         """The newest `limit` events (all with 0), oldest first: everyone's, or those of the
-        object named `of` (with_instances: and of the objects named `of-...`, an app's instances).
-        Keys start with the time, so the newest are read from the end of a range: the timeline's,
-        or the object's own, never the whole hour's to pick one object's out."""
+        object named `of` (with_instances: of the app `of` and its instances). Keys start with
+        the time, so the newest are at the end of a range: the timeline's, the object's or the
+        app's; never the whole hour's read to pick one object's out."""
         keys = self._store.keys
         if not of:
             events = self._read(keys.event(""), limit)
+        elif with_instances:
+            events = self._read(keys.app_events(of), limit)
         else:
             events = [e for e in self._read(keys.events_of(of), limit) if e.object == of]
-            if with_instances:  # every one: that range is in name order, then time
-                events += [e for e in self._read(keys.events_of(of, True), 0) if e.object.startswith(of + "-")]
         events.sort(key=lambda e: seconds(e.time))
         return events[-limit:] if limit > 0 else events
+
+
+def app_of(e: pb.Event) -> str:
+    """The app an event is about: its own, or an instance's (named `<app>-<suffix>`, reconcile.py)."""
+    if e.kind == "App":
+        return e.object
+    if e.kind == "Instance" and "-" in e.object:
+        return e.object.rsplit("-", 1)[0]
+    return ""

@@ -8,7 +8,8 @@ Values are the API's protobuf messages under one key prefix:
     leases/nodes/<name>     Node (name, and the scheduler keeping it alive), on the node's etcd lease
     leases/schedulers/<id>  Node (the scheduler's id), on a lease the scheduler keeps alive (presence.py)
     leader                  scheduler id, attached to the leader's lease
-    events/<time>-<rand>    Event, attached to a TTL lease
+    events/<time>-<rand>    Event, attached to a TTL lease (events.py); the same Event again under
+    eventsof/<object>/<time>-<rand> and, an app's or an instance's, appevents/<app>/<time>-<rand>
     serviceips/<ip>         ServiceIp: the app holding that virtual IP (services.py)
     generations/<app>/<n>   AppGeneration: the template of the app's generation n (generations.py)
 
@@ -166,14 +167,20 @@ class Keys:
         return f"{self.prefix}events/{suffix}"
 
     def event_of(self, obj: str, suffix: str) -> str:
-        """An event's copy under its object's name: `orch describe` reads one object's events
-        as a range of their own, not the whole hour of everyone's."""
+        """An event's copy under its object's name: `orch describe` of an instance reads its
+        own events as a range, not the whole hour of everyone's."""
         return f"{self.events_of(obj)}{suffix}"
 
-    def events_of(self, obj: str, with_instances: bool = False) -> str:
-        """The range of obj's event copies; with_instances, of the objects named `obj-...`
-        instead (an app's instances)."""
-        return f"{self.prefix}eventsof/{obj}-" if with_instances else f"{self.prefix}eventsof/{obj}/"
+    def events_of(self, obj: str) -> str:
+        return f"{self.prefix}eventsof/{obj}/"
+
+    def app_event(self, app: str, suffix: str) -> str:
+        """An app's, or one of its instances', event's copy under the app: `orch describe app`
+        reads the newest of them all at the end of one range."""
+        return f"{self.app_events(app)}{suffix}"
+
+    def app_events(self, app: str) -> str:
+        return f"{self.prefix}appevents/{app}/"
 
     def service_ip(self, ip: str) -> str:
         return f"{self.prefix}serviceips/{ip}"

@@ -89,6 +89,7 @@ class HostPorts:
         self._dir = state_dir
         self._run = run
         self._hooked = False
+        self._no_chain = False  # known: no chain of ours in the nat table (and nothing published)
         # Worker threads publish and unpublish concurrently: each sync must see the others' files.
         self._lock = threading.RLock()
 
@@ -164,8 +165,13 @@ class HostPorts:
 
     def _sync(self) -> None:
         published = self.published()
-        if not published and not self._hooked and not iptables.chain_exists(self._run, "nat", self.chain):
-            return  # nothing published, nothing installed: leave the host's tables alone
+        # Nothing published, nothing installed: leave the host's tables alone. Looked up once (a
+        # leftover chain of an earlier agent), not at every periodic sync: one iptables process
+        # less every 10 s on a node without hostPorts.
+        nothing = not published and not self._hooked
+        if nothing and (self._no_chain or not iptables.chain_exists(self._run, "nat", self.chain)):
+            self._no_chain = True
+            return
         iptables.restore(self._run, chain_rules(self.chain, published, self.address))
         if not self._hooked:
             for table, *rule in self._jumps():

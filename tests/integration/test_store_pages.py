@@ -10,7 +10,7 @@ import pytest
 
 from orch.v1 import types_pb2 as pb
 from scheduler.errors import StoreUnavailable
-from scheduler.events import PER_OBJECT, EventLog
+from scheduler.events import PER_APP, PER_OBJECT, EventLog
 from scheduler.store import Put, Store
 from scheduler.timeutil import ts
 
@@ -106,12 +106,17 @@ def test_one_objects_events_are_read_from_its_own_range(store: Store) -> None:
 
 def test_an_apps_events_with_its_instances_are_the_newest_of_all_of_them(store: Store) -> None:
     log = EventLog(store)
-    names = ["web", "web-a1", "web-b2", "webby", "we", "api-1"]
-    log.record([pb.Event(time=ts(1000 + i), kind="Instance", object=names[i % 6], reason=f"R{i}") for i in range(36)])
+    names = ["web", "web-a1b2c", "web-b2c3d", "web-api", "web-api-c3d4e", "api-d4e5f"]
+    kinds = ["App", "Instance", "Instance", "App", "Instance", "Instance"]
+    log.record([pb.Event(time=ts(1000 + i), kind=kinds[i % 6], object=names[i % 6], reason=f"R{i}") for i in range(36)])
     mine = log.list(limit=8, of="web", with_instances=True)
-    assert {e.object for e in mine} <= {"web", "web-a1", "web-b2"}
-    assert [e.reason for e in mine] == [f"R{i}" for i in range(36) if i % 6 < 3][-8:]
+    assert [e.reason for e in mine] == [f"R{i}" for i in range(36) if i % 6 < 3][-8:]  # not web-api's
+    assert {e.object for e in log.list(of="web-api", with_instances=True)} == {"web-api", "web-api-c3d4e"}
     assert [e.object for e in log.list(of="web")] == ["web"] * 6
+    # One range read, at its end: the timeline and the objects' own ranges are not looked at.
+    store._client.delete_prefix(store.keys.event(""))
+    store._client.delete_prefix(store.keys.events_of("web-a1b2c"))
+    assert log.list(limit=8, of="web", with_instances=True) == mine
 
 
 def test_events_are_capped_per_object(store: Store) -> None:
@@ -125,6 +130,16 @@ def test_events_are_capped_per_object(store: Store) -> None:
     assert crashy == [f"R{i}" for i in range(15, n)]  # the oldest went, the newest stay
     assert [e.reason for e in events if e.object == "calm"] == ["Once"]
     assert [e.reason for e in log.list(of="crashy")] == crashy  # its own range is capped alike
+    for i in range(PER_APP + 10):  # an app's range holds its instances' too, capped on its own
+        log.record([pb.Event(time=ts(6000 + i), kind="Instance", object=f"busy-{i:05d}", reason=f"B{i}")])
+    busy = [e.reason for e in log.list(of="busy", with_instances=True)]
+    assert busy == [f"B{i}" for i in range(10, PER_APP + 10)]
+    # More than a cap's worth about one object in one batch: the oldest are never written (a put
+    # and a delete of one key in one transaction would be refused).
+    log.record(
+        [pb.Event(time=ts(9000 + i), kind="Node", object="flappy", reason=f"F{i}") for i in range(PER_OBJECT + 5)]
+    )
+    assert [e.reason for e in log.list(of="flappy")] == [f"F{i}" for i in range(5, PER_OBJECT + 5)]
 
 
 def test_compaction_drops_history_before_the_revision(store: Store, etcd) -> None:

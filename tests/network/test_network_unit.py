@@ -226,6 +226,9 @@ def test_host_ports_state_drives_the_rules(tmp_path: Path) -> None:
     ports = HostPorts("orch1", tmp_path / "hp", run=run, proc_net=tmp_path)  # nothing listens
     ports.sync()
     assert calls[-1][0][4:5] == ["-S"]  # nothing published: only looked, touched nothing
+    looked = len(calls)
+    ports.sync()  # the agent's periodic sync: no chain then, none now, no iptables process
+    assert len(calls) == looked
     ports.publish("web-1", "10.88.1.2", [PortMapping(18080, 8080)])
     restores = [stdin for argv, stdin in calls if argv[0] == "iptables-restore"]
     assert "--dport 18080" in restores[-1]

@@ -210,8 +210,8 @@ class FakePodnet:
     def configure(self, subnet: str, cidr: str) -> Any:
         self.calls.append(("configure", subnet))
         self._recorded = Recorded(subnet, cidr)
-        host_ports = type("HostPorts", (), {"sync": lambda _: self.calls.append(("hostports", subnet))})()
-        return type("Net", (), {"config": type("Cfg", (), {"subnet": subnet})(), "host_ports": host_ports})()
+        bridge = {"ensure_bridge": lambda _: self.calls.append(("bridge and hostports", subnet))}
+        return type("Net", (), {"config": type("Cfg", (), {"subnet": subnet})(), **bridge})()
 
     def ensure(self, subnet: str, cidr: str) -> None:
         self.calls.append(("nat", subnet))
@@ -249,9 +249,10 @@ def test_the_agent_sets_its_network_up_from_registered_before_routes_and_heals_a
         assert again.calls == [("configure", "10.88.1.0/24")]
         await net2.on_registered(apb.Registered(subnet="10.88.1.0/24", cluster_cidr="10.88.0.0/15"))  # the CIDR grew
         assert again.calls == [("configure", "10.88.1.0/24")] * 2
-        # Every RESYNC: the NAT and the hostPort rules as recorded (a chain flushed by hand comes back).
+        # Every RESYNC: the NAT, then the bridge and the hostPort rules as recorded (a chain
+        # flushed or a bridge deleted by hand comes back without a set-up at registration).
         await net2._sync(periodic=True)
-        assert again.calls[2:] == [("nat", "10.88.1.0/24"), ("hostports", "10.88.1.0/24")]
+        assert again.calls[2:] == [("nat", "10.88.1.0/24"), ("bridge and hostports", "10.88.1.0/24")]
 
     asyncio.run(scenario())
 
