@@ -361,22 +361,39 @@ def run_cluster(
     if (cluster.dir / "cluster.json").exists():
         raise CliError(f"{cluster.dir / 'cluster.json'} exists: is another `orch up` running there?")
     cluster.dir.mkdir(parents=True, exist_ok=True)
-    stopping = False
+    stopping = starting = False
 
     def on_signal(signum: int, _: object) -> None:
         nonlocal stopping
         stopping = True
+        if starting:  # not after every daemon's wait (up to STARTUP_WAIT each on a starved machine)
+            raise StartInterrupted(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        start(cluster, schedulers)
+        starting = True
+        try:
+            start(cluster, schedulers)
+        except CliError as e:
+            # Said before the stop, which takes minutes on a starved machine: whoever reads the
+            # log, or gives up waiting, learns why at once (once: not again from main()).
+            print(f"orch up: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(e.code) from None
+        finally:
+            starting = False
         while not stopping:
             watch_children(cluster)
             time.sleep(0.2)
+    except StartInterrupted as e:
+        print(f"orch up: {e} while starting", flush=True)
     finally:
         print("orch up: stopping", flush=True)
         cluster.stop()
+
+
+class StartInterrupted(Exception):
+    """SIGTERM or SIGINT arrived while `orch up` was starting its daemons."""
 
 
 def machine_networks() -> list[HostNet]:

@@ -41,6 +41,12 @@ class LeaderElection:
         return self._fence if self.is_leader() else None
 
     def _campaign(self) -> bool:
+        # While another scheduler leads: one read, nothing written. Granting a lease, losing the
+        # put and revoking the lease were three etcd proposals (three WAL syncs) a second for each
+        # follower, most of an idle cluster's etcd work, and on a starved machine CPU the agents
+        # needed to start. The put below still decides a race between two campaigns.
+        if self._store.get(pb.Node, self._store.keys.leader()) is not None:
+            return False
         lease, _ = self._store.grant_lease(self._ttl)
         marker = pb.Node(name=self.identity)  # the value only names the holder
         key = self._store.keys.leader()

@@ -56,9 +56,11 @@ def orch_up(tmp_path: Path, *args: str, cidr_start: int = 200) -> Iterator[dict[
             deadline = time.monotonic() + 240
             while not (state / "cluster.json").exists():
                 assert proc.poll() is None, (tmp_path / "up.log").read_text()
-                if time.monotonic() > deadline:  # its own words say which daemon it still waits for
-                    up_log = (tmp_path / "up.log").read_text(errors="replace")[-3000:]
-                    raise AssertionError(f"orch up did not write cluster.json in 240 s:\n{up_log}")
+                up_log = (tmp_path / "up.log").read_text(errors="replace")
+                # A start that failed says why, then stops (minutes when starved): fail now, with
+                # its reason, not after the deadline and the stop, past pytest's own timeout.
+                if time.monotonic() > deadline or "orch up: stopping" in up_log:  # its own words say why
+                    raise AssertionError(f"orch up did not write cluster.json:\n{up_log[-3000:]}")
                 time.sleep(0.1)
             yield json.loads((state / "cluster.json").read_text())
         finally:

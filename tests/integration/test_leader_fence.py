@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import urllib.request
 
 import pytest
 
@@ -13,7 +14,7 @@ from scheduler.errors import NotLeader
 from scheduler.events import EventLog
 from scheduler.leader import LeaderElection
 from scheduler.reconciler_loop import Reconciler
-from scheduler.store import Fence, Put, Store
+from scheduler.store import Delete, Fence, Put, Store
 from tests.factories import make_app, make_node, make_spec
 
 
@@ -106,3 +107,24 @@ def test_the_election_notices_a_leader_key_it_no_longer_holds(store, etcd):
     etcdctl(etcd, "del", "/f/leader")
     lead(store, "s2")
     assert "leader key" in election._check()
+
+
+def proposals(etcd) -> float:
+    """etcd's committed raft proposals: every write, lease grant and lease revoke is one."""
+    with urllib.request.urlopen(f"{etcd.url}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("etcd_server_proposals_committed_total "):
+                return float(line.split()[1])
+    raise AssertionError("etcd has no etcd_server_proposals_committed_total")
+
+
+def test_a_follower_writes_nothing_to_etcd_while_another_leads(store, etcd):
+    """A follower campaigns every third of the lease TTL; while the leader key is held, each
+    campaign is one read (it was a lease grant, a lost put and a revoke: 3 proposals a second)."""
+    lead(store, "s1")
+    follower = LeaderElection(store, "s2")
+    before = proposals(etcd)
+    assert not any(follower._campaign() for _ in range(5))
+    assert proposals(etcd) == before
+    store.commit([Delete(store.keys.leader(), None)])  # the leader's key is gone: s2 takes over
+    assert follower._campaign()

@@ -42,3 +42,44 @@ def test_a_quick_daemon_says_nothing_and_one_that_never_serves_is_an_error(capsy
     finally:
         proc.popen.kill()  # type: ignore[union-attr]
         proc.popen.wait()  # type: ignore[union-attr]
+
+
+def test_a_start_that_fails_says_why_before_the_long_stop(tmp_path, monkeypatch, capsys) -> None:
+    """The reason comes first: on a starved machine the stop took minutes, and the VM's test
+    gave up before `orch up` said which daemon had not come up (1f56058)."""
+    from cli import up
+
+    told: list[str] = []
+
+    def start(cluster: object, schedulers: int) -> None:
+        raise CliError("agent node-2: not ready after 90s")
+
+    monkeypatch.setattr(up, "start", start)
+    monkeypatch.setattr(up.Cluster, "stop", lambda self: told.append(capsys.readouterr().err))
+    with pytest.raises(SystemExit) as exited:
+        up.run_cluster(1, tmp_path / "up", 0, 1)
+    assert exited.value.code == 1
+    assert told == ["orch up: agent node-2: not ready after 90s\n"]  # said before the stop began
+
+
+def test_sigterm_while_starting_stops_at_once(tmp_path, monkeypatch, capsys) -> None:
+    """Not after every daemon's wait (up to 90 s each on a starved machine)."""
+    import os
+    import signal
+    import threading
+
+    from cli import up
+
+    stopped: list[float] = []
+    monkeypatch.setattr(up, "start", lambda cluster, schedulers: time.sleep(30))
+    monkeypatch.setattr(up.Cluster, "stop", lambda self: stopped.append(time.monotonic()))
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    began = time.monotonic()
+    try:
+        up.run_cluster(1, tmp_path / "up", 0, 1)
+    finally:
+        signal.signal(signal.SIGTERM, handlers[0])
+        signal.signal(signal.SIGINT, handlers[1])
+    assert stopped and stopped[0] - began < 10
+    assert "orch up: SIGTERM while starting" in capsys.readouterr().out
