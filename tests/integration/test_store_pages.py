@@ -151,3 +151,12 @@ def test_compaction_drops_history_before_the_revision(store: Store, etcd) -> Non
     with pytest.raises(StoreUnavailable):
         next(store._pages(key, revision=first))  # that history is gone
     assert store.get(pb.App, key).value.generation == 2  # type: ignore[union-attr]
+
+
+def test_events_of_one_instant_each_get_a_key_of_their_own(store: Store) -> None:
+    """A pass tells hundreds of events with one time; with a 3-byte random suffix two of 300
+    collided now and then, and one event overwrote the other (test_store's chunk test)."""
+    log = EventLog(store)
+    many = [pb.Event(time=ts(7000), kind="Instance", object=f"many-{i:05d}", reason="Same") for i in range(20_000)]
+    timeline = [w.key for w in log.writes(many) if w.key.startswith(store.keys.event(""))]
+    assert len(timeline) == len(set(timeline)) == 20_000
