@@ -499,6 +499,9 @@ async def leave(agent: Agent, task: asyncio.Task[None]) -> None:
 
 def main(config: AgentConfig) -> None:
     malloc.limit_arenas()  # before grpc's and the lifecycle pool's threads (orch/malloc.py)
+    # First of all: how long the start takes after this (fork server, network, adoption,
+    # registration) shows in the log apart from the interpreter's own start and imports.
+    log.info("agent %s starting (orch %s, state in %s)", config.name, version(), config.state_dir)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()

@@ -232,9 +232,10 @@ def test_orch_up_on_one_machine_gives_each_node_a_subnet_and_removes_its_nat(tmp
             "127.0.0.1"
         }
         bridges = [p["argv"][p["argv"].index("--bridge") + 1] for p in info["processes"] if p["role"] == "agent"]
-        rules = _saved()
-        for bridge in bridges:
-            assert f"-A POSTROUTING -j ORCH-MASQ-{bridge}" in rules and f"-A FORWARD -j ORCH-FWD-{bridge}" in rules
+        # Ready comes with the registration; the agent sets its NAT up right after it (make test,
+        # loaded: node-1's jump was not there yet when read at once).
+        jumps = [f"-A {j} -j ORCH-{c}-{b}" for b in bridges for j, c in (("POSTROUTING", "MASQ"), ("FORWARD", "FWD"))]
+        wait_for(lambda: all(j in _saved() for j in jumps), 30, "each bridge's NAT and FORWARD jumps")
     rules = _saved()
     assert not [b for b in bridges if b in rules], rules
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import etcd3.exceptions
+import grpc
 import pytest
 
 from scheduler.contact import Contact
@@ -97,3 +98,22 @@ def test_contact_says_when_etcd_answered_again_after_an_outage():
     contact.ok()
     assert contact.back_at == 101.0 and contact.outage == pytest.approx(0.9)
     assert not contact.in_outage()
+
+
+class RpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def test_a_members_own_deadline_is_retried_and_other_unknown_errors_are_not():
+    """etcd answers UNKNOWN "context deadline exceeded" for a read it could not confirm with a
+    leader during an election (make test, an etcd leader killed during an apply)."""
+    f = Failover(client(Member("a"), Member("b")), Contact(), retry_for=5)
+    assert f.call("get /orch/apps/churn", failing(RpcError(grpc.StatusCode.UNKNOWN, "context deadline exceeded"))) == 1
+    assert not transient(RpcError(grpc.StatusCode.UNKNOWN, "etcdserver: mvcc: database space exceeded"))
