@@ -188,7 +188,12 @@ class InstanceWorker:
         state = self._adopted  # a container found running (or exited) after an agent restart
         if state is not None and state.status is ContainerStatus.RUNNING and self._deps.network is not None:
             self.ip = await self._adopted_address(self._deps.network)  # in its first status report
-            self._republish = True  # beside its supervision (_wait_exit)
+            self._republish = bool(self._host_ports())  # beside its supervision (_wait_exit)
+            if self._republish and not self.ip:
+                log.warning(
+                    "instance %s: no address in the IPAM state: its hostPorts stay unpublished", self.instance.name
+                )
+                self._republish = False
         try:
             while not self._stop.is_set():
                 began = time.monotonic()
@@ -349,30 +354,21 @@ class InstanceWorker:
             log.warning("instance %s: reading its address: %s", self.instance.name, e)
             return ""
 
-    def _republish_host_ports(self, ran: asyncio.Event) -> asyncio.Task[None]:
+    async def _republish_host_ports(self, network: NodeNetwork, ran: asyncio.Event) -> None:
         """An adopted container's hostPorts published again (level-triggered: heals a lost or
         unreadable record), retried with backoff until it works (iptables starved) or `ran` is
         set: the container exited or the instance stops, and then nothing is published for it."""
-        network, name, ports = self._deps.network, self.instance.name, self._host_ports()
-
-        async def republish() -> None:
-            if network is None or not ports:
+        name, ports = self.instance.name, self._host_ports()
+        delay, longest = AGENT_ERROR_BACKOFF
+        while not ran.is_set():
+            try:
+                await asyncio.to_thread(network.host_ports.publish, name, self.ip, ports)
                 return
-            if not self.ip:
-                log.warning("instance %s: no address in the IPAM state: its hostPorts stay unpublished", name)
-                return
-            delay, longest = AGENT_ERROR_BACKOFF
-            while not ran.is_set():
-                try:
-                    await asyncio.to_thread(network.host_ports.publish, name, self.ip, ports)
-                    return
-                except (NetworkError, OSError) as e:  # a port refused now too (HostPortNotAllowed)
-                    log.warning("instance %s: publishing its hostPorts: %s; again in %.0fs", name, e, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ran.wait(), delay)
-                delay = min(longest, delay * 2)
-
-        return asyncio.create_task(republish(), name=f"republish-{name}")
+            except (NetworkError, OSError) as e:  # a port refused now too (HostPortNotAllowed)
+                log.warning("instance %s: publishing its hostPorts: %s; again in %.0fs", name, e, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ran.wait(), delay)
+            delay = min(longest, delay * 2)
 
     async def _detach(self) -> None:
         if self._deps.network is None:
@@ -404,7 +400,11 @@ class InstanceWorker:
         probes = asyncio.create_task(self._probe_loop(state))
         watch = asyncio.create_task(self._watch_volumes())
         ran = asyncio.Event()  # this incarnation's run is over: no hostPort publish of it after this
-        republish = self._republish_host_ports(ran) if self._republish else None
+        republish = None
+        if self._republish and self._deps.network is not None:
+            republish = asyncio.create_task(
+                self._republish_host_ports(self._deps.network, ran), name=f"republish-{name}"
+            )
         self._republish = False
         try:
             stop = asyncio.create_task(self._stop.wait())

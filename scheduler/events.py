@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 from orch.v1 import types_pb2 as pb
 from scheduler.errors import StoreUnavailable
+from scheduler.reconcile import app_of_instance
 from scheduler.store import Delete, Put, Store, Write
-from scheduler.timeutil import seconds
 
 EVENT_TTL = 3600  # seconds an event stays
 ROTATE_AFTER = 300.0  # a new lease every 5 minutes, so events live 55-60 minutes
@@ -106,23 +106,18 @@ class EventLog:
     def list(self, limit: int = 0, of: str = "", with_instances: bool = False) -> list[pb.Event]:
         """The newest `limit` events (all with 0), oldest first: everyone's, or those of the
         object named `of` (with_instances: of the app `of` and its instances). Keys start with
-        the time, so the newest are at the end of a range: the timeline's, the object's or the
-        app's; never the whole hour's read to pick one object's out."""
+        the time, so a range is in time order and its newest are at its end: the timeline's, the
+        object's or the app's; never the whole hour's read to pick one object's out."""
         keys = self._store.keys
         if not of:
-            events = self._read(keys.event(""), limit)
-        elif with_instances:
-            events = self._read(keys.app_events(of), limit)
-        else:
-            events = [e for e in self._read(keys.events_of(of), limit) if e.object == of]
-        events.sort(key=lambda e: seconds(e.time))
-        return events[-limit:] if limit > 0 else events
+            return self._read(keys.event(""), limit)
+        if with_instances:
+            return self._read(keys.app_events(of), limit)
+        return [e for e in self._read(keys.events_of(of), limit) if e.object == of]
 
 
 def app_of(e: pb.Event) -> str:
-    """The app an event is about: its own, or an instance's (named `<app>-<suffix>`, reconcile.py)."""
+    """The app an event is about: its own, or an instance's."""
     if e.kind == "App":
         return e.object
-    if e.kind == "Instance" and "-" in e.object:
-        return e.object.rsplit("-", 1)[0]
-    return ""
+    return app_of_instance(e.object) if e.kind == "Instance" else ""

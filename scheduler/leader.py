@@ -45,11 +45,11 @@ class LeaderElection:
         # put and revoking the lease were three etcd proposals (three WAL syncs) a second for each
         # follower, most of an idle cluster's etcd work, and on a starved machine CPU the agents
         # needed to start. The put below still decides a race between two campaigns.
-        if self._store.get(pb.Node, self._store.keys.leader()) is not None:
+        key = self._store.keys.leader()
+        if self._store.get(pb.Node, key) is not None:
             return False
         lease, _ = self._store.grant_lease(self._ttl)
         marker = pb.Node(name=self.identity)  # the value only names the holder
-        key = self._store.keys.leader()
         try:
             revision = self._store.commit([Put(key, marker, 0, lease)])
         except Conflict:

@@ -340,6 +340,11 @@ def _retire_order(old: list[Versioned[pb.Instance]]) -> list[Versioned[pb.Instan
     return sorted(old, key=lambda v: (is_ready(v.value), _stop_order(v)))
 
 
+def app_of_instance(name: str) -> str:
+    """The app of the instance `name`, as new_instance names it ("" for a name it cannot make)."""
+    return name.rsplit("-", 1)[0] if "-" in name else ""
+
+
 def new_instance(app: pb.App, suffix: str, now: float, avoid_nodes: Iterable[str] = ()) -> pb.Instance:
     inst = pb.Instance(
         name=f"{app.spec.name}-{suffix}",
