@@ -523,7 +523,7 @@ def main(config: AgentConfig) -> None:
             await task
         except asyncio.CancelledError:
             pass
-        except NetworkError as e:  # the node's network cannot be set up: say why, no traceback
+        except NetworkError as e:  # a --subnet against the recorded one (node/networking.py): no traceback
             raise SystemExit(f"orch node {config.name}: network: {e}") from None
         await agent.wait_stopping()
         if agent._server is not None:

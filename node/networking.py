@@ -9,7 +9,9 @@
 
 At start, a node whose subnet is recorded from before sets its network up again at once
 (healing it), before the scheduler answers. `ready` is set once the network is up; then
-`network.config` holds the subnet and the bridge's gateway address.
+`network.config` holds the subnet and the bridge's gateway address. A network that cannot be set
+up does not end the agent: it says why, and the next registration tries again
+(`RegistrationFailed`); only a --subnet that contradicts the recorded one is fatal.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from node.network.cluster import ClusterNetwork
 from node.network.hostnets import HostNet, source_address
 from node.network.hostports import ip_forward_enabled
 from node.network.routes import NodeRoute
+from node.session import RegistrationFailed
 from orch.v1 import agent_pb2 as apb
 
 log = logging.getLogger(__name__)
@@ -73,7 +76,10 @@ class Networking:
         self.host_networks = await asyncio.to_thread(self.podnet.host_networks)
         recorded = await asyncio.to_thread(self.podnet.recorded)
         if recorded is not None:
-            await self._configure(recorded.subnet, recorded.cluster_cidr)
+            try:
+                await self._configure(recorded.subnet, recorded.cluster_cidr)
+            except (NetworkError, OSError) as e:  # each registration tries again, and says why
+                log.error("setting up the network of subnet %s again failed: %s", recorded.subnet, e)
 
     async def on_registered(self, registered: apb.Registered) -> None:
         if not registered.subnet:  # a scheduler that assigns none: an older one
@@ -87,7 +93,10 @@ class Networking:
             return
         if self.network is None or self.network.config.subnet != registered.subnet:
             log.info("subnet %s of cluster CIDR %s", registered.subnet, registered.cluster_cidr)
-        await self._configure(registered.subnet, registered.cluster_cidr)
+        try:
+            await self._configure(registered.subnet, registered.cluster_cidr)
+        except (NetworkError, OSError) as e:  # no desired set without the network: register again
+            raise RegistrationFailed(f"the network of subnet {registered.subnet} cannot be set up: {e}") from e
 
     async def _configure(self, subnet: str, cluster_cidr: str) -> None:
         first = self.network is None

@@ -35,6 +35,14 @@ from orch.v1 import types_pb2 as pb
 
 log = logging.getLogger(__name__)
 
+
+class RegistrationFailed(Exception):
+    """Raised by an `on_registered` hook that could not do what the registration needs (the
+    node's network): the session ends and the agent registers again after the backoff, as after
+    a lost connection. The agent lives on: a transient fault costs a reconnect, a lasting one
+    lets the lease lapse (the node NotReady, its instances replaced) and says why at each try."""
+
+
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 3.0  # with the jitter below at most 4.5 s: scheduler/liveness.py AGENT_RECONNECT_BACKOFF
 JITTER = (0.5, 1.5)
@@ -120,6 +128,8 @@ class Session:
                 log.warning("scheduler %s: %s %s", target, e.code().name, e.details())
             except (OSError, ConnectionError) as e:
                 log.warning("scheduler %s: %s", target, e)
+            except RegistrationFailed as e:
+                log.error("registered with scheduler %s, but %s; registering again", target, e)
             finally:
                 self.connected.clear()
                 self._outbox = None

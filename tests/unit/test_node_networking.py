@@ -18,6 +18,7 @@ from node.network.hostnets import PODMAN_DEFAULT, HostNet, host_routes, podman_n
 from node.network.masquerade import Masquerade, chain_names, rules
 from node.network.routes import ORCH_PROTO
 from node.networking import Networking, node_ip_for
+from node.session import RegistrationFailed
 from orch.v1 import agent_pb2 as apb
 from orch.v1 import types_pb2 as pb
 from scheduler.cache import ROUTES, ClusterCache
@@ -253,6 +254,42 @@ def test_the_agent_sets_its_network_up_from_registered_before_routes_and_heals_a
         # flushed or a bridge deleted by hand comes back without a set-up at registration).
         await net2._sync(periodic=True)
         assert again.calls[2:] == [("nat", "10.88.1.0/24"), ("bridge and hostports", "10.88.1.0/24")]
+
+    asyncio.run(scenario())
+
+
+class FailingPodnet(FakePodnet):
+    """configure fails `failures` times (the bridge could not be made, iptables refused), then works."""
+
+    def __init__(self, failures: int, recorded: Recorded | None = None) -> None:
+        super().__init__(recorded)
+        self.failures = failures
+
+    def configure(self, subnet: str, cidr: str) -> Any:
+        if self.failures:
+            self.failures -= 1
+            self.calls.append(("configure failed", subnet))
+            raise NetworkError(f"bridge orch0: {subnet}: Device or resource busy")
+        return super().configure(subnet, cidr)
+
+
+def test_a_network_that_cannot_be_set_up_fails_the_registration_not_the_agent() -> None:
+    """At start (the recorded network) and at a registration alike: the agent says why and the
+    next registration tries again; no desired set is taken meanwhile (the session ends)."""
+
+    async def scenario() -> None:
+        handed: list[Any] = []
+        podnet = FailingPodnet(failures=2, recorded=Recorded("10.88.1.0/24", "10.88.0.0/16"))
+        net = Networking(podnet, lambda: "192.0.2.12", handed.append)  # type: ignore[arg-type]
+        await net.start()  # logged, not raised: the agent goes on to register
+        assert not net.ready.is_set() and handed == []
+        registered = apb.Registered(subnet="10.88.1.0/24", cluster_cidr="10.88.0.0/16")
+        with pytest.raises(RegistrationFailed, match=r"10\.88\.1\.0/24 cannot be set up: bridge orch0"):
+            await net.on_registered(registered)
+        assert not net.ready.is_set() and handed == []
+        await net.on_registered(registered)  # the next registration: set up now
+        assert net.ready.is_set() and [h.config.subnet for h in handed] == ["10.88.1.0/24"]
+        assert [c[0] for c in podnet.calls] == ["configure failed", "configure failed", "configure"]
 
     asyncio.run(scenario())
 
