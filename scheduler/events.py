@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 from orch.v1 import types_pb2 as pb
 from scheduler.errors import StoreUnavailable
-from scheduler.reconcile import app_of_instance
 from scheduler.store import Delete, Put, Store, Write
 
 EVENT_TTL = 3600  # seconds an event stays
@@ -73,7 +72,7 @@ class EventLog:
             for old in self._remember(("object", e.object), suffix, PER_OBJECT):
                 delete(keys.event(old))
                 delete(keys.event_of(e.object, old))
-            if app := app_of(e):
+            if app := e.app:
                 put(keys.app_event(app, suffix), e)
                 for old in self._remember(("app", app), suffix, PER_APP):
                     delete(keys.app_event(app, old))
@@ -114,10 +113,3 @@ class EventLog:
         if with_instances:
             return self._read(keys.app_events(of), limit)
         return [e for e in self._read(keys.events_of(of), limit) if e.object == of]
-
-
-def app_of(e: pb.Event) -> str:
-    """The app an event is about: its own, or an instance's."""
-    if e.kind == "App":
-        return e.object
-    return app_of_instance(e.object) if e.kind == "Instance" else ""

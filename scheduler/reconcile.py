@@ -85,6 +85,7 @@ class Plan:
 
 
 def event(now: float, kind: str, obj: str, reason: str, message: str, warning: bool = False) -> pb.Event:
+    """A node's or an app's event (an app's names itself as its app)."""
     return pb.Event(
         time=ts(now),
         type="Warning" if warning else "Normal",
@@ -92,7 +93,15 @@ def event(now: float, kind: str, obj: str, reason: str, message: str, warning: b
         object=obj,
         reason=reason,
         message=message,
+        app=obj if kind == "App" else "",
     )
+
+
+def instance_event(now: float, inst: pb.Instance, reason: str, message: str, warning: bool = False) -> pb.Event:
+    """An instance's event, naming its app (`orch describe app` reads them under it)."""
+    e = event(now, "Instance", inst.name, reason, message, warning)
+    e.app = inst.app
+    return e
 
 
 def reconcile(
@@ -230,7 +239,7 @@ def _mark_lost(v: Versioned[pb.Instance], now: float, plan: Plan) -> None:
     inst.updated_at.CopyFrom(ts(now))
     plan.update.append((inst, v.mod_revision))
     # The same words as its status and its replacement's `replaces` (moves.py).
-    plan.events.append(event(now, "Instance", inst.name, "InstanceLost", f"{inst.status.message}; replacing", True))
+    plan.events.append(instance_event(now, inst, "InstanceLost", f"{inst.status.message}; replacing", True))
 
 
 def _stop(
@@ -246,7 +255,7 @@ def _stop(
         inst.status.message = message
         inst.updated_at.CopyFrom(ts(now))
         plan.update.append((inst, v.mod_revision))
-        plan.events.append(event(now, "Instance", inst.name, "Stopping", message, warning))
+        plan.events.append(instance_event(now, inst, "Stopping", message, warning))
 
 
 def _stop_order(v: Versioned[pb.Instance]) -> tuple[int, int, int, float, str]:
@@ -338,11 +347,6 @@ def _retire_old(
 def _retire_order(old: list[Versioned[pb.Instance]]) -> list[Versioned[pb.Instance]]:
     """Not ready first (all of them go at once), then the cheapest to lose (_stop_order)."""
     return sorted(old, key=lambda v: (is_ready(v.value), _stop_order(v)))
-
-
-def app_of_instance(name: str) -> str:
-    """The app of the instance `name`, as new_instance names it ("" for a name it cannot make)."""
-    return name.rsplit("-", 1)[0] if "-" in name else ""
 
 
 def new_instance(app: pb.App, suffix: str, now: float, avoid_nodes: Iterable[str] = ()) -> pb.Instance:

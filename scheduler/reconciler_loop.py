@@ -54,7 +54,7 @@ from scheduler.liveness import (
 )
 from scheduler.metrics import SchedulerMetrics
 from scheduler.placement import NodeView, Placement, node_views, place_all, request_for
-from scheduler.reconcile import DEFAULT_POLICY, Plan, Policy, event, reconcile
+from scheduler.reconcile import DEFAULT_POLICY, Plan, Policy, event, instance_event, reconcile
 from scheduler.snapshot import ClusterSnapshot, HydrationMemo, wants_to_run
 from scheduler.store import Delete, Fence, Put, Store, Write
 from scheduler.timeutil import seconds, ts
@@ -141,7 +141,7 @@ def place_pending(plan: Plan, snap: ClusterSnapshot, now: float) -> tuple[list[p
             new.status.message = ""
             per_app[new.app] += 1
             if per_app[new.app] <= EVENTS_PER_APP:
-                plan.events.append(event(now, "Instance", new.name, "Scheduled", f"assigned to {result.node}"))
+                plan.events.append(instance_event(now, new, "Scheduled", f"assigned to {result.node}"))
         else:
             new.status.state = pb.INSTANCE_STATE_PENDING
             new.status.reason = "Unschedulable"

@@ -23,7 +23,7 @@ from orch.v1 import types_pb2 as pb
 from scheduler.cache import ClusterCache
 from scheduler.errors import Conflict, StoreUnavailable
 from scheduler.events import EventLog
-from scheduler.reconcile import event
+from scheduler.reconcile import instance_event
 from scheduler.snapshot import Versioned
 from scheduler.store import Put, Store, Write
 from scheduler.timeutil import ts
@@ -60,9 +60,7 @@ def restart_events(before: pb.Instance, after: pb.Instance, now: float) -> list[
     last = status.last_termination
     what = last.message or f"exit code {last.exit_code}"
     warning = last.reason != "Completed"
-    return [
-        event(now, "Instance", after.name, last.reason or "Restarted", f"{what}; restart {status.restarts}", warning)
-    ]
+    return [instance_event(now, after, last.reason or "Restarted", f"{what}; restart {status.restarts}", warning)]
 
 
 class StatusWriter:

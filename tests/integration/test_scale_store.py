@@ -62,12 +62,12 @@ def big_etcd() -> Iterator[EtcdServer]:
             inst = make_instance(app, f"bulk-{i:05x}", node=f"n{i % NODES:03d}", created=time.time())
             writes.append(Put(store.keys.instance("bulk", inst.name), inst, 0))
         events = [
-            pb.Event(time=ts(time.time() - EVENTS + i), type="Normal", kind="Instance", reason="Started")
+            pb.Event(time=ts(time.time() - EVENTS + i), type="Normal", kind="Instance", reason="Started", app="bulk")
             for i in range(EVENTS)
         ]
         for i, e in enumerate(events):
             e.object, e.message = f"bulk-{i % INSTANCES:05x}", "started on its node"
-        writes += EventLog(store).writes(events)  # as the schedulers write them: twice each
+        writes += EventLog(store).writes(events)  # as the schedulers write them: timeline, object, app
         for start in range(0, len(writes), 5000):
             store.commit(writes[start : start + 5000])
         yield server

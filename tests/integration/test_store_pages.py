@@ -108,7 +108,13 @@ def test_an_apps_events_with_its_instances_are_the_newest_of_all_of_them(store: 
     log = EventLog(store)
     names = ["web", "web-a1b2c", "web-b2c3d", "web-api", "web-api-c3d4e", "api-d4e5f"]
     kinds = ["App", "Instance", "Instance", "App", "Instance", "Instance"]
-    log.record([pb.Event(time=ts(1000 + i), kind=kinds[i % 6], object=names[i % 6], reason=f"R{i}") for i in range(36)])
+    apps = ["web", "web", "web", "web-api", "web-api", "api"]  # as the scheduler makes them (reconcile.event)
+    log.record(
+        [
+            pb.Event(time=ts(1000 + i), kind=kinds[i % 6], object=names[i % 6], reason=f"R{i}", app=apps[i % 6])
+            for i in range(36)
+        ]
+    )
     mine = log.list(limit=8, of="web", with_instances=True)
     assert [e.reason for e in mine] == [f"R{i}" for i in range(36) if i % 6 < 3][-8:]  # not web-api's
     assert {e.object for e in log.list(of="web-api", with_instances=True)} == {"web-api", "web-api-c3d4e"}
@@ -131,7 +137,7 @@ def test_events_are_capped_per_object(store: Store) -> None:
     assert [e.reason for e in events if e.object == "calm"] == ["Once"]
     assert [e.reason for e in log.list(of="crashy")] == crashy  # its own range is capped alike
     for i in range(PER_APP + 10):  # an app's range holds its instances' too, capped on its own
-        log.record([pb.Event(time=ts(6000 + i), kind="Instance", object=f"busy-{i:05d}", reason=f"B{i}")])
+        log.record([pb.Event(time=ts(6000 + i), kind="Instance", object=f"busy-{i:05d}", reason=f"B{i}", app="busy")])
     busy = [e.reason for e in log.list(of="busy", with_instances=True)]
     assert busy == [f"B{i}" for i in range(10, PER_APP + 10)]
     # More than a cap's worth about one object in one batch: the oldest are never written (a put

@@ -1404,6 +1404,7 @@ class Event(_message.Message):
     OBJECT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    APP_FIELD_NUMBER: _builtins.int
     type: _builtins.str
     """Normal | Warning"""
     kind: _builtins.str
@@ -1413,6 +1414,10 @@ class Event(_message.Message):
     reason: _builtins.str
     """CamelCase: Scheduled, NodeNotReady, ..."""
     message: _builtins.str
+    app: _builtins.str
+    """The app it is about: an App's own name, an instance's app; "" for a node. Set where the
+    event is made, so nothing parses it out of an instance's name.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -1424,10 +1429,11 @@ class Event(_message.Message):
         object: _builtins.str = ...,
         reason: _builtins.str = ...,
         message: _builtins.str = ...,
+        app: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "message", b"message", "object", b"object", "reason", b"reason", "time", b"time", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "kind", b"kind", "message", b"message", "object", b"object", "reason", b"reason", "time", b"time", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
