@@ -448,3 +448,46 @@ def test_a_session_quiet_for_a_lease_after_the_grace_began_gets_no_grace():
     quiet.add("c")  # c's session here is open but quiet
     assert t.lost(120.2, {"a", "b"}, fence) == set()  # too soon after the stall to tell
     assert t.lost(121.0, {"a", "b"}, fence) == {"c"}  # a lease since: c's agent is gone, not etcd
+
+
+def test_the_pause_between_passes_is_the_last_pass_cpu_time_not_its_wall_time(monkeypatch) -> None:
+    """Passes take at most about half the scheduler's CPU: after one, the next waits as long as
+    it computed. A pass that was slow only because the sessions held the interpreter (5,000 agents
+    registering: 0.3 s of CPU over 6.5 s) used to hold the next apply back for its wall time."""
+    import asyncio
+    import time
+
+    from scheduler import reconciler_loop
+    from scheduler.reconciler_loop import MIN_INTERVAL, PassResult
+    from scheduler.store import Fence
+
+    t = Loop()
+    fence = Fence("/orch/leader", 7, "s1")
+    passes = [(0.5, 0.01), (0.0, 2.0), (0.0, 0.0)]  # (wall s, CPU s) of each pass
+    pauses: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float) -> None:  # records the pause instead of taking it
+        pauses.append(delay)
+        await real_sleep(0)
+
+    def run_once(fence, liveness=None, cached=None) -> PassResult:
+        wall, cpu = passes.pop(0)
+        time.sleep(wall)  # in its thread, waiting: as for the interpreter behind busy sessions
+        return PassResult(revision=1, writes=0, placed=0, unschedulable=0, refused=0, cpu_seconds=cpu)
+
+    monkeypatch.setattr(t.loop, "run_once", run_once)
+    monkeypatch.setattr(reconciler_loop.asyncio, "sleep", sleep)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(t.loop.run(lambda: fence))
+        while passes:
+            t.loop.trigger.set()  # a change after each pass
+            await real_sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert pauses[0] == 0.0  # the first change: at once
+    assert pauses[1] <= MIN_INTERVAL  # after 0.5 s of waiting but 0.01 s of CPU: not 0.5 s
+    assert 1.9 < pauses[2] <= 2.0  # after 2 s of CPU: as long again
