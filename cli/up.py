@@ -31,6 +31,7 @@ from node.network import NetworkError
 from node.network.hostnets import HostNet, host_routes, podman_networks
 from node.network.node import host_netlink
 from node.runtime.userns import IDS_PER_CONTAINER, IdRange
+from node.session import first_scheduler
 from orch.files import write_atomic, write_json_atomic
 from orch.tls import TlsFiles
 from orch.trees import remove_tree
@@ -47,6 +48,15 @@ ETCD_MEMBER = "up"  # the one etcd member's name without a lab, and its certific
 ETCD_CLIENT, ETCD_PEER, ETCD_METRICS = 2379, 2380, 2381
 SCHEDULER_PORT, SCHEDULER_METRICS, SCHEDULER_DASHBOARD = 7070, 9101, 8080
 AGENT_API, AGENT_METRICS = 7071, 9100
+
+
+def scheduler_list(addresses: list[str], node: str, i: int) -> list[str]:
+    """The i-th agent's --scheduler list, turned so that its session starts at scheduler i mod
+    n: an agent starts where its node's name points (first_scheduler), which spreads a fleet but
+    can put a handful of nodes all on one (node-0 to node-5 all on the first of two)."""
+    n = len(addresses)
+    k = (i - first_scheduler(node, n)) % n if n else 0
+    return addresses[k:] + addresses[:k]
 
 
 class Cluster:
@@ -270,7 +280,8 @@ class Cluster:
         place, name = self.place(i), self.node_name(i)
         metrics = f"{place.address}:{place.port(AGENT_METRICS)}"
         # Agents get every scheduler and fail over between them.
-        argv = self.orch("--scheduler", ",".join(self.addresses), "node", *self.agent_args(i),
+        schedulers = ",".join(scheduler_list(self.addresses, name, i))
+        argv = self.orch("--scheduler", schedulers, "node", *self.agent_args(i),
                          "--label", f"zone=zone-{i % 3}", "--metrics-listen", metrics,
                          "--listen", f"{place.address}:{place.port(AGENT_API)}",
                          "--publish-address", self.publish_address(i), *self.tls_args(name),

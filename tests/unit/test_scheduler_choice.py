@@ -43,3 +43,18 @@ def test_an_agent_starts_where_its_name_points_then_tries_the_others_in_turn():
     assert start != 0  # this name does not point at the list's first: the test sees the choice
     assert tried == [order[(start + k) % 3] for k in range(4)]
     assert first_scheduler(name, 3) == start
+
+
+@pytest.mark.parametrize("schedulers", [1, 2, 3])
+def test_orch_up_turns_each_agents_list_so_a_few_nodes_spread_round_robin(schedulers):
+    """node-0 to node-5 all hash to the first of two schedulers: orch up gives each agent its
+    list turned so that the session of node i starts at scheduler i mod n."""
+    from cli.up import scheduler_list
+
+    addresses = [f"s{k}:7070" for k in range(schedulers)]
+    if schedulers == 2:
+        assert {first_scheduler(f"node-{i}", 2) for i in range(6)} == {0}  # why: the hash alone
+    for i in range(6):
+        turned = scheduler_list(addresses, f"node-{i}", i)
+        assert sorted(turned) == addresses  # every scheduler still there, to fail over to
+        assert turned[first_scheduler(f"node-{i}", schedulers)] == addresses[i % schedulers]
