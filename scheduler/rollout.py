@@ -17,7 +17,7 @@ crash-loops is ready for a moment after each restart, which is no progress.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from orch.states import ROLLOUT_COMPLETE, ROLLOUT_DEADLINE_EXCEEDED, ROLLOUT_PROGRESSING
@@ -51,13 +51,16 @@ def is_ready(inst: pb.Instance, spec: pb.AppSpec | None = None) -> bool:
     return inst.status.ready or not (probed.HasField("readiness") or probed.HasField("startup"))
 
 
-def progress(app: pb.App, instances: Iterable[pb.Instance]) -> Progress:
+def progress(
+    app: pb.App, instances: Iterable[pb.Instance], template_of: Callable[[pb.Instance], pb.AppSpec | None] | None = None
+) -> Progress:
+    """template_of: where an instance's probes are, for instances as stored (no spec on them)."""
     live = [i for i in instances if wants_to_run(i)]
     updated = [i for i in live if i.app_generation == app.generation]
     return Progress(
         desired=app.spec.replicas,
         updated=len(updated),
-        available=sum(1 for i in updated if is_ready(i)),
+        available=sum(1 for i in updated if is_ready(i, template_of(i) if template_of else None)),
         old=len(live) - len(updated),
     )
 

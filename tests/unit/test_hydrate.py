@@ -273,3 +273,34 @@ def test_hydrating_many_makes_each_generations_spec_once_and_right():
     assert [i.spec.image for i in out] == ["rootfs:/old", app.spec.image] * 2
     out[0].spec.env["X"] = "1"  # each instance its own copy
     assert "X" not in out[2].spec.env
+
+
+def test_an_apps_counts_read_the_probes_from_the_template_without_hydrating():
+    """GetApp and ListApps count over the cache's records as stored: an instance Running but
+    not yet ready by its app's readiness probe is not counted ready (nor available), and the
+    records are not copied to say so."""
+    from scheduler.api import app_info
+
+    app = web()  # readiness: tcp 8080
+    old = pb.App()
+    old.CopyFrom(app)
+    old.generation = 2
+    old.spec.ClearField("readiness")  # the previous generation had no probe: Running is ready
+    templates = Templates()
+    templates.put("web", 2, record(old))
+    templates.put("web", 3, record(app))
+    insts = [stored(make_instance(app, f"web-{i}", node="n1", ready=i == 0)) for i in range(3)]  # web-0's probe passed
+    insts.append(stored(make_instance(old, "web-old", node="n1", ready=False)))
+    records = make_snapshot([app], [make_node("n1")], insts)
+    snap = ClusterSnapshot(
+        revision=1,
+        apps=records.apps,
+        instances=records.instances,
+        nodes=records.nodes,
+        live_nodes=records.live_nodes,
+        templates=templates,
+    )
+    info = app_info(snap, app)
+    assert (info.running, info.ready) == (4, 2)  # web-0, and web-old (no probe in its generation)
+    assert (info.rollout.updated, info.rollout.available, info.rollout.old) == (3, 1, 1)
+    assert all(not i.HasField("spec") for i in insts)  # nothing hydrated in place
