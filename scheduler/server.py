@@ -158,7 +158,7 @@ async def serve(config: SchedulerConfig) -> None:
         host, _, port = config.metrics_listen.rpartition(":")
         start_http_server(int(port), addr=host or "127.0.0.1", registry=metrics.registry)
     if config.dashboard_listen:
-        dashboard.serve(config.dashboard_listen, store, events)
+        dashboard.serve(config.dashboard_listen, dashboard.cached_reader(store, cache, loop), events)
 
     tasks = [asyncio.create_task(cache.run(), name="cache")]
     # Serve agents only once the cache holds the cluster, or their first
