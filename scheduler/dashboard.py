@@ -106,8 +106,8 @@ def cached_reader(
 ) -> Callable[[], ClusterSnapshot]:
     """The dashboard's read, from its own thread: the cache's consistent read (ClusterCache.current,
     on the scheduler's loop) hydrated with the copies of the refresh before kept for the records
-    that did not change, else etcd's. A read of etcd costs ~1 s of the scheduler's CPU at 10,000
-    instances: once a second while a page was open, that was most of a core."""
+    that did not change, else etcd's. At 10,000 instances a read of etcd took 107-159 ms of the
+    scheduler's CPU (most of it hydrating every record), the cache's with the kept copies 8 ms."""
     memo: HydrationMemo = {}
 
     def read() -> ClusterSnapshot:
