@@ -199,10 +199,11 @@ class OrchService(api_pb2_grpc.OrchServicer):
 
     async def _read(self, context: Ctx, app: str = "", hydrate: bool = True) -> ClusterSnapshot:
         """The cluster now: the cache's once it holds everything etcd held when asked (a
-        consistent read from cache: ClusterCache.current), else read from etcd, which costs
-        more at every poll (decoding every record; 10,000 instances took ~1 s of CPU before
-        records lost their spec, 107-159 ms with hydration on 2026-12-01). app: only that app's instances are in it. hydrate=False: the cache's records as
-        they are, for a caller that needs no spec on them (app_info)."""
+        consistent read from cache: ClusterCache.current), else read from etcd, which decodes
+        every record at every poll (10,000 instances: ~1 s of CPU before records lost their
+        spec, 107-159 ms with hydration on 2026-12-01). app: only that app's instances are in
+        it. hydrate=False: the cache's records as they are, for a caller that needs no spec on
+        them (app_info)."""
         if self._cache is not None:
             try:
                 cached = await self._cache.current()
