@@ -93,6 +93,7 @@ def test_sigterm_and_restart_moves_nothing(defaults, busybox_rootfs, tmp_path):
     agent = process(info, "agent", "node-0")
     with observed(api, apps) as seen:
         os.kill(agent["pid"], signal.SIGTERM)
+        signalled = time.monotonic()
         wait_exit(agent["pid"])
         wait_for(lambda: api.nodes()["node-0"] == "Restarting", 10, "node-0 Restarting")
         shown = json.loads(orch(info, "get", "nodes", "-o", "json").stdout)
@@ -100,7 +101,11 @@ def test_sigterm_and_restart_moves_nothing(defaults, busybox_rootfs, tmp_path):
         assert held["state"] == "Restarting" and held["restartingUntil"]
         described = orch(info, "describe", "node", "node-0").stdout
         assert "state: Restarting" in described and "NodeRestarting" in described
-        time.sleep(3)  # past the lease (1 s) and etcd's expiry tick: a dead node would be replaced by now
+        # Past the lease (1 s) and etcd's expiry tick: a dead node would be replaced by now. The
+        # two commands above may have taken that long already (seconds each in the emulated VM,
+        # where the restart then came too late for the hold's 30 s: 3abbd17).
+        time.sleep(max(0.0, 3 - (time.monotonic() - signalled)))
+        restarted_after = time.monotonic() - signalled
         new = restarted.add(restart(agent, tmp_path / "agent-0.log"))
         # 20 s ran out in the emulated VM (1f56058): up to the hold's 30 s, less the 3 above,
         # and the new agent's log if that is not enough.
@@ -110,9 +115,14 @@ def test_sigterm_and_restart_moves_nothing(defaults, busybox_rootfs, tmp_path):
             "node-0 Ready again",
             explain=lambda: "the new agent's log ends:\n" + (tmp_path / "agent-0.log").read_text()[-3000:],
         )
+        ready_after = time.monotonic() - signalled
         after = snapshot(wait_for(lambda: running(api, apps, 4), 20, "4 Running"))
     assert new.poll() is None
-    assert after == before  # same instances, nodes, PIDs, restart counts and start times
+    # Same instances, nodes, PIDs, restart counts and start times.
+    assert after == before, (
+        f"restarted {restarted_after:.1f} s after SIGTERM, Ready again after {ready_after:.1f} s (the hold: 30 s); "
+        "the new agent's log ends:\n" + (tmp_path / "agent-0.log").read_text()[-3000:]
+    )
     # A restart adopts and starts nothing: no warm-up taking CPU from registering and renewing
     # (the old agent's zygote may still be on its way out). A warm-up takes under a second here.
     time.sleep(3)
