@@ -203,7 +203,7 @@ class OrchService(api_pb2_grpc.OrchServicer):
         every record at every poll (10,000 instances: ~1 s of CPU before records lost their
         spec, 107-159 ms with hydration on 2026-12-01). app: only that app's instances are in
         it. hydrate=False: the cache's records as they are, for a caller that needs no spec on
-        them (app_info)."""
+        each of them (app_info, node_infos)."""
         if self._cache is not None:
             try:
                 cached = await self._cache.current()
@@ -367,7 +367,7 @@ class OrchService(api_pb2_grpc.OrchServicer):
         return await self._call(context, scale)
 
     async def ListNodes(self, request: api.ListNodesRequest, context: Ctx) -> api.ListNodesResponse:
-        snap = await self._read(context)
+        snap = await self._read(context, hydrate=False)  # node_views takes one spec per generation
         return await self._call(context, lambda: api.ListNodesResponse(nodes=node_infos(snap, time.time())))
 
     async def SetSchedulable(self, request: api.SetSchedulableRequest, context: Ctx) -> api.NodeInfo:

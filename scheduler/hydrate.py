@@ -92,7 +92,7 @@ class Templates:
         key = (inst.app, inst.app_generation)
         spec = specs.get(key) if specs is not None and not inst.HasField("spec") else None
         if spec is None:
-            spec = self._spec(inst, app)
+            spec = self.spec_of(inst, app)
             if spec is not None and specs is not None and not inst.HasField("spec"):
                 specs[key] = spec
         if spec is None:
@@ -107,7 +107,9 @@ class Templates:
         specs: dict[Key, pb.AppSpec] = {}
         return [self.hydrate(inst, apps.get(inst.app), specs) for inst in instances]
 
-    def _spec(self, inst: pb.Instance, app: pb.App | None) -> pb.AppSpec | None:
+    def spec_of(self, inst: pb.Instance, app: pb.App | None) -> pb.AppSpec | None:
+        """The spec hydrate() gives inst (its template inside app's current spec), without a copy
+        of inst: for a reader that needs the spec of many instances of one generation once."""
         template = self.template(inst, app)
         if template is None:
             return None

@@ -90,6 +90,14 @@ class ClusterSnapshot:
             templates=self.templates,
         )
 
+    def spec_of(self, inst: pb.Instance) -> pb.AppSpec:
+        """inst's spec: its own once hydrated, else from the templates (empty when missing, as a
+        hydrated instance's then is)."""
+        if inst.HasField("spec"):
+            return inst.spec
+        record = self.apps.get(inst.app)
+        return self.templates.spec_of(inst, record.value if record else None) or pb.AppSpec()
+
     def instances_of(self, app: str) -> list[Versioned[pb.Instance]]:
         return list(self._by_app.get(app, ()))
 

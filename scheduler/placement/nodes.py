@@ -88,7 +88,7 @@ def node_views(snap: ClusterSnapshot, without: str = "") -> dict[str, NodeView]:
             continue
         key = (inst.app, inst.app_generation)
         if (request := requests.get(key)) is None:
-            request = request_for(inst.spec)
+            request = request_for(snap.spec_of(inst))  # hydrated or as stored (ListNodes: the cache's)
             record = snap.apps.get(inst.app)
             if snap.templates.shared(inst.app, inst.app_generation, record.value if record else None):
                 requests[key] = request

@@ -304,3 +304,37 @@ def test_an_apps_counts_read_the_probes_from_the_template_without_hydrating():
     assert (info.running, info.ready) == (4, 2)  # web-0, and web-old (no probe in its generation)
     assert (info.rollout.updated, info.rollout.available, info.rollout.old) == (3, 1, 1)
     assert all(not i.HasField("spec") for i in insts)  # nothing hydrated in place
+
+
+def test_the_nodes_requested_resources_are_the_same_from_stored_records_as_from_hydrated_ones():
+    """ListNodes reads the cache's records without hydrating them: each generation's request
+    comes from its template, and adds up to what the hydrated instances ask for."""
+    from scheduler.api import node_infos
+
+    app = web()
+    old = pb.App()
+    old.CopyFrom(app)
+    old.generation = 2
+    old.spec.resources.cpu_millis = app.spec.resources.cpu_millis + 500  # the generations differ
+    templates = Templates()
+    templates.put("web", 2, record(old))
+    templates.put("web", 3, record(app))
+    insts = [stored(make_instance(app, f"web-{i}", node=f"n{i % 2}")) for i in range(4)]
+    insts += [stored(make_instance(old, f"web-old-{i}", node="n1")) for i in range(2)]
+    nodes = [make_node("n0"), make_node("n1")]
+    records = make_snapshot([app], nodes, insts)
+    raw = ClusterSnapshot(
+        revision=1,
+        apps=records.apps,
+        instances=records.instances,
+        nodes=records.nodes,
+        live_nodes=records.live_nodes,
+        templates=templates,
+    )
+    hydrated = raw.hydrated({})
+    assert all(v.value.HasField("spec") for v in hydrated.instances.values())
+    from_records, from_hydrated = node_infos(raw, 1000.0), node_infos(hydrated, 1000.0)
+    assert from_records == from_hydrated
+    n1 = next(n for n in from_records if n.node.name == "n1")
+    assert n1.allocated.cpu_millis == 2 * app.spec.resources.cpu_millis + 2 * old.spec.resources.cpu_millis
+    assert all(not v.value.HasField("spec") for v in raw.instances.values())  # nothing hydrated in place
