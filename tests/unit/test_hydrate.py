@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from cli.manifest import load_manifests
@@ -275,24 +276,22 @@ def test_hydrating_many_makes_each_generations_spec_once_and_right():
     assert "X" not in out[2].spec.env
 
 
-def test_an_apps_counts_read_the_probes_from_the_template_without_hydrating():
-    """GetApp and ListApps count over the cache's records as stored: an instance Running but
-    not yet ready by its app's readiness probe is not counted ready (nor available), and the
-    records are not copied to say so."""
-    from scheduler.api import app_info
-
-    app = web()  # readiness: tcp 8080
+def two_generations(app: pb.App, change: Callable[[pb.AppSpec], None]) -> tuple[pb.App, Templates]:
+    """app's generation 2, made different by change, and the templates of both (2 and app's 3)."""
     old = pb.App()
     old.CopyFrom(app)
     old.generation = 2
-    old.spec.ClearField("readiness")  # the previous generation had no probe: Running is ready
+    change(old.spec)
     templates = Templates()
     templates.put("web", 2, record(old))
     templates.put("web", 3, record(app))
-    insts = [stored(make_instance(app, f"web-{i}", node="n1", ready=i == 0)) for i in range(3)]  # web-0's probe passed
-    insts.append(stored(make_instance(old, "web-old", node="n1", ready=False)))
-    records = make_snapshot([app], [make_node("n1")], insts)
-    snap = ClusterSnapshot(
+    return old, templates
+
+
+def as_the_cache_holds(app: pb.App, nodes: list[pb.Node], insts: list[pb.Instance], templates: Templates):
+    """A snapshot of records as stored, with the templates to hydrate them from (ClusterCache.snapshot)."""
+    records = make_snapshot([app], nodes, insts)
+    return ClusterSnapshot(
         revision=1,
         apps=records.apps,
         instances=records.instances,
@@ -300,7 +299,19 @@ def test_an_apps_counts_read_the_probes_from_the_template_without_hydrating():
         live_nodes=records.live_nodes,
         templates=templates,
     )
-    info = app_info(snap, app)
+
+
+def test_an_apps_counts_read_the_probes_from_the_template_without_hydrating():
+    """GetApp and ListApps count over the cache's records as stored: an instance Running but
+    not yet ready by its app's readiness probe is not counted ready (nor available), and the
+    records are not copied to say so."""
+    from scheduler.api import app_info
+
+    app = web()  # readiness: tcp 8080
+    old, templates = two_generations(app, lambda spec: spec.ClearField("readiness"))  # Running is ready there
+    insts = [stored(make_instance(app, f"web-{i}", node="n1", ready=i == 0)) for i in range(3)]  # web-0's probe passed
+    insts.append(stored(make_instance(old, "web-old", node="n1", ready=False)))
+    info = app_info(as_the_cache_holds(app, [make_node("n1")], insts, templates), app)
     assert (info.running, info.ready) == (4, 2)  # web-0, and web-old (no probe in its generation)
     assert (info.rollout.updated, info.rollout.available, info.rollout.old) == (3, 1, 1)
     assert all(not i.HasField("spec") for i in insts)  # nothing hydrated in place
@@ -312,29 +323,19 @@ def test_the_nodes_requested_resources_are_the_same_from_stored_records_as_from_
     from scheduler.api import node_infos
 
     app = web()
-    old = pb.App()
-    old.CopyFrom(app)
-    old.generation = 2
-    old.spec.resources.cpu_millis = app.spec.resources.cpu_millis + 500  # the generations differ
-    templates = Templates()
-    templates.put("web", 2, record(old))
-    templates.put("web", 3, record(app))
+    more = app.spec.resources.cpu_millis + 500
+
+    def ask_more(spec: pb.AppSpec) -> None:  # the generations differ in what they request
+        spec.resources.cpu_millis = more
+
+    old, templates = two_generations(app, ask_more)
     insts = [stored(make_instance(app, f"web-{i}", node=f"n{i % 2}")) for i in range(4)]
     insts += [stored(make_instance(old, f"web-old-{i}", node="n1")) for i in range(2)]
-    nodes = [make_node("n0"), make_node("n1")]
-    records = make_snapshot([app], nodes, insts)
-    raw = ClusterSnapshot(
-        revision=1,
-        apps=records.apps,
-        instances=records.instances,
-        nodes=records.nodes,
-        live_nodes=records.live_nodes,
-        templates=templates,
-    )
+    raw = as_the_cache_holds(app, [make_node("n0"), make_node("n1")], insts, templates)
     hydrated = raw.hydrated({})
     assert all(v.value.HasField("spec") for v in hydrated.instances.values())
     from_records, from_hydrated = node_infos(raw, 1000.0), node_infos(hydrated, 1000.0)
     assert from_records == from_hydrated
     n1 = next(n for n in from_records if n.node.name == "n1")
-    assert n1.allocated.cpu_millis == 2 * app.spec.resources.cpu_millis + 2 * old.spec.resources.cpu_millis
+    assert n1.allocated.cpu_millis == 2 * app.spec.resources.cpu_millis + 2 * more
     assert all(not v.value.HasField("spec") for v in raw.instances.values())  # nothing hydrated in place
