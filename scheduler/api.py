@@ -121,20 +121,20 @@ def app_info(snap: ClusterSnapshot, app: pb.App) -> api.AppInfo:
     needs only the probes, so each generation's template is looked up once and nothing is
     copied (hydrating 10,000 instances for a count took ~70 ms of the scheduler's CPU per poll)."""
     insts = [v.value for v in snap.instances_of(app.spec.name) if wants_to_run(v.value)]
-    templates: dict[int, pb.AppSpec | None] = {}
+    specs: dict[int, pb.AppSpec] = {}  # generation -> spec, for records as stored
 
-    def template(inst: pb.Instance) -> pb.AppSpec | None:
+    def spec(inst: pb.Instance) -> pb.AppSpec:
         if inst.HasField("spec"):  # hydrated, or written by an older scheduler
             return inst.spec
-        if inst.app_generation not in templates:
-            templates[inst.app_generation] = snap.templates.template(inst, app)
-        return templates[inst.app_generation]
+        if inst.app_generation not in specs:
+            specs[inst.app_generation] = snap.spec_of(inst)
+        return specs[inst.app_generation]
 
-    seen = progress(app, insts, template)
+    seen = progress(app, insts, spec)
     return api.AppInfo(
         app=app,
         running=sum(1 for i in insts if i.status.state == pb.INSTANCE_STATE_RUNNING),
-        ready=sum(1 for i in insts if is_ready(i, template(i))),
+        ready=sum(1 for i in insts if is_ready(i, spec(i))),
         pending=sum(1 for i in insts if i.status.state == pb.INSTANCE_STATE_PENDING),
         placed=sum(1 for i in insts if i.node),
         rollout=api.RolloutProgress(updated=seen.updated, available=seen.available, old=seen.old, done=seen.done),
