@@ -501,7 +501,7 @@ def main(config: AgentConfig) -> None:
     malloc.limit_arenas()  # before grpc's and the lifecycle pool's threads (orch/malloc.py)
     # First of all: how long the start takes after this (fork server, network, adoption,
     # registration) shows in the log apart from the interpreter's own start and imports.
-    log.info("agent %s starting (orch %s, state in %s)", config.name, version(), config.state_dir)
+    log.info("agent %s starting (orch %s, state in %s)", config.name, VERSION, config.state_dir)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
